@@ -1,0 +1,105 @@
+//! The agent channel's contract: ALPN names, enrollment messages and the routes the
+//! agent serves to the bastion over the reversed HTTP/2 connection.
+
+use serde::{Deserialize, Serialize};
+
+/// ALPN for the mutually authenticated, reversed HTTP/2 agent channel.
+pub const ALPN_CHANNEL: &[u8] = b"postern-agent/1";
+/// ALPN for enrollment: HTTP/1.1, server-authenticated only.
+pub const ALPN_ENROLL: &[u8] = b"http/1.1";
+
+pub const ENROLL_PATH: &str = "/agent/v1/enroll";
+/// Largest enrollment request (a CSR and a few fields).
+pub const ENROLL_MAX_BODY: usize = 16 * 1024;
+
+/// Agent routes, served by the agent and called by the bastion.
+pub mod routes {
+    pub const HEALTH: &str = "/v1/health";
+    pub const CSR: &str = "/v1/csr";
+    pub const CERT: &str = "/v1/cert";
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub protocol: u32,
+    pub token: String,
+    pub hostname: String,
+    pub csr_pem: String,
+    pub agent_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollResponse {
+    pub node_id: String,
+    pub state: crate::admin::NodeState,
+    pub cert_pem: String,
+    pub ca_pem: String,
+}
+
+/// The agent's reply to `POST /v1/csr`: a fresh key pair was made on the node and
+/// only this request leaves it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsrResponse {
+    pub csr_pem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallCert {
+    pub cert_pem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub node_id: String,
+    pub hostname: String,
+    pub agent_version: String,
+}
+
+/// `sha256:<hex>` of the CA certificate's DER, the pin carried by the join command.
+pub fn format_ca_hash(digest: &[u8]) -> String {
+    let mut s = String::with_capacity(7 + digest.len() * 2);
+    s.push_str("sha256:");
+    for b in digest {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Parses `sha256:<64 hex>` into the digest, with a message that says what is expected.
+pub fn parse_ca_hash(s: &str) -> Result<[u8; 32], String> {
+    let hex = s.strip_prefix("sha256:").ok_or_else(|| {
+        format!("CA hash {s:?} must start with 'sha256:' (copy it from the join command)")
+    })?;
+    if hex.len() != 64 {
+        return Err(format!(
+            "CA hash must have 64 hex digits after 'sha256:', got {}",
+            hex.len()
+        ));
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+        let pair = std::str::from_utf8(chunk).map_err(|_| "CA hash is not hex".to_string())?;
+        out[i] = u8::from_str_radix(pair, 16)
+            .map_err(|_| format!("CA hash has a non-hex digit in {pair:?}"))?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_hash_round_trip() {
+        let d = [0xabu8; 32];
+        let s = format_ca_hash(&d);
+        assert_eq!(parse_ca_hash(&s), Ok(d));
+        assert!(parse_ca_hash("abc").is_err());
+        assert!(parse_ca_hash("sha256:zz").is_err());
+        assert!(parse_ca_hash(&format!("sha256:{}", "g".repeat(64))).is_err());
+    }
+}

@@ -1,0 +1,150 @@
+//! Validation of every name that crosses a trust boundary. Each rule lives here once,
+//! so the REST API, enrollment and the SSH front door cannot disagree.
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum ValidationError {
+    #[error(
+        "invalid {what} {value:?}: use 1 to 63 lowercase letters, digits or '-', starting with a letter or digit"
+    )]
+    Name { what: &'static str, value: String },
+    #[error(
+        "invalid hostname {0:?}: use dot-separated labels of letters, digits and '-' (at most 63 each, 253 in all)"
+    )]
+    Hostname(String),
+    #[error(
+        "invalid unix login {0:?}: use 1 to 32 characters from a-z, 0-9, '_' and '-', starting with a letter or '_'"
+    )]
+    Login(String),
+    #[error("{what} must be between {min} and {max}, got {value}")]
+    OutOfRange {
+        what: &'static str,
+        min: i64,
+        max: i64,
+        value: i64,
+    },
+}
+
+/// Org, project, edge and user names: DNS-label-like, so they are safe in paths,
+/// logs and the `<host>.<edge>.<project>` SSH form.
+pub fn name(what: &'static str, value: &str) -> Result<(), ValidationError> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::Name {
+            what,
+            value: truncate(value),
+        })
+    }
+}
+
+/// RFC 1123 hostnames. Case is kept as given; uniqueness is per edge.
+pub fn hostname(value: &str) -> Result<(), ValidationError> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if !value.is_empty() && value.len() <= 253 && value.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(ValidationError::Hostname(truncate(value)))
+    }
+}
+
+/// Unix logins as `useradd` accepts them by default (NAME_REGEX), no `$` suffix.
+pub fn login(value: &str) -> Result<(), ValidationError> {
+    let mut bytes = value.bytes();
+    let first_ok = matches!(bytes.next(), Some(b) if b.is_ascii_lowercase() || b == b'_');
+    let rest_ok =
+        bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if first_ok && rest_ok && value.len() <= 32 {
+        Ok(())
+    } else {
+        Err(ValidationError::Login(truncate(value)))
+    }
+}
+
+pub fn range(what: &'static str, value: i64, min: i64, max: i64) -> Result<i64, ValidationError> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ValidationError::OutOfRange {
+            what,
+            min,
+            max,
+            value,
+        })
+    }
+}
+
+/// Echo at most 80 characters of a rejected value back, so an error message cannot
+/// be used to reflect a megabyte of attacker input into logs.
+fn truncate(value: &str) -> String {
+    value.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(name("project", "demo-1").is_ok());
+        for bad in ["", "-x", "Demo", "a_b", "a.b", &"a".repeat(64), "a/b"] {
+            assert!(name("project", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn hostnames() {
+        for good in ["node-a", "n1.example.com", "A1"] {
+            assert!(hostname(good).is_ok(), "{good:?} refused");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a..b",
+            "a b",
+            "a_b",
+            &"a".repeat(64),
+            "a\nb",
+        ] {
+            assert!(hostname(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn logins() {
+        for good in ["root", "_svc", "deploy-1", "a_b"] {
+            assert!(login(good).is_ok(), "{good:?} refused");
+        }
+        for bad in ["", "1abc", "Root", "a b", "a:b", "a\n", &"a".repeat(33)] {
+            assert!(login(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(range("limit", 10, 1, 100), Ok(10));
+        assert!(range("limit", 0, 1, 100).is_err());
+        assert!(range("limit", 101, 1, 100).is_err());
+    }
+
+    #[test]
+    fn rejected_values_are_truncated() {
+        let long = "X".repeat(10_000);
+        let msg = name("user", &long).unwrap_err().to_string();
+        assert!(msg.len() < 300);
+    }
+}

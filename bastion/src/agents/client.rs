@@ -1,0 +1,78 @@
+//! Calls from the bastion to an agent over its channel, each with a deadline.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use postern_api::agent::{Health, routes};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+use super::registry::{AgentBody, AgentConn};
+
+#[derive(Debug, Error)]
+pub enum CallError {
+    #[error("agent call timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("agent channel failed: {0}")]
+    Channel(#[from] hyper::Error),
+    #[error("agent answered {status}: {body}")]
+    Status { status: StatusCode, body: String },
+    #[error("agent answer unreadable: {0}")]
+    Body(String),
+}
+
+/// Largest JSON answer read from an agent on these control calls.
+const MAX_ANSWER: usize = 1024 * 1024;
+
+pub fn full(data: impl Into<Bytes>) -> AgentBody {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub async fn call_json<Req: Serialize, Resp: DeserializeOwned>(
+    agent: &AgentConn,
+    method: Method,
+    path: &str,
+    body: Option<&Req>,
+    timeout: Duration,
+) -> Result<Resp, CallError> {
+    let fut = async {
+        let mut sender = agent.sender.clone();
+        sender.ready().await?;
+        let payload = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| CallError::Body(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://agent{path}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(full(payload))
+            .map_err(|e| CallError::Body(e.to_string()))?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| CallError::Body(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(CallError::Status {
+                status,
+                body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| CallError::Body(e.to_string()))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| CallError::Timeout(timeout))?
+}
+
+pub async fn health(agent: &AgentConn, timeout: Duration) -> Result<Health, CallError> {
+    call_json::<(), Health>(agent, Method::GET, routes::HEALTH, None, timeout).await
+}

@@ -1,0 +1,98 @@
+//! The agent port: one TLS 1.3 listener for both enrollment (server-authenticated
+//! HTTP/1.1) and the agents' mutually authenticated channels (reversed HTTP/2).
+//!
+//! The accept loop only accepts: every handshake runs in its own task under a
+//! deadline, so a peer that stalls mid-handshake delays nobody else.
+
+mod channel;
+pub mod client;
+mod enroll;
+mod registry;
+mod rotate;
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postern_api::agent::{ALPN_CHANNEL, ALPN_ENROLL};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+pub use enroll::{EnrollError, TOKEN_PREFIX as ENROLL_TOKEN_PREFIX, enroll};
+pub use registry::{AgentBody, AgentConn, BoxError, Registry};
+pub use rotate::{rotate_node, run_rotation};
+pub use tls::server_config;
+
+use crate::metrics::inc;
+use crate::state::Shared;
+
+/// Accepts on the agent port until shutdown.
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared: Arc<Shared>) {
+    let acceptor = TlsAcceptor::from(tls);
+    let limit = Arc::new(Semaphore::new(shared.settings.max_agent_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    inc(&shared.metrics.connections_rejected_full);
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                shared
+                    .tasks
+                    .spawn(handle(tcp, peer, acceptor.clone(), shared.clone(), permit));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "agent port accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let handshake = tokio::time::timeout(shared.settings.handshake_timeout, acceptor.accept(tcp));
+    let tls = tokio::select! {
+        _ = shared.shutdown.cancelled() => return,
+        r = handshake => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                inc(&shared.metrics.handshake_failures);
+                tracing::debug!(%peer, error = %e, "agent port TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                inc(&shared.metrics.handshake_failures);
+                tracing::debug!(%peer, "agent port TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    let (_, conn) = tls.get_ref();
+    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    let client_cert = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.clone().into_owned());
+    match (alpn.as_deref(), client_cert) {
+        (Some(ALPN_CHANNEL), Some(cert)) => channel::run(tls, peer, cert, shared).await,
+        (Some(ALPN_ENROLL), None) => enroll::serve(tls, peer, shared).await,
+        _ => {
+            inc(&shared.metrics.agents_refused);
+            tracing::debug!(%peer, "agent port: wrong protocol for the credentials presented; closing");
+        }
+    }
+}

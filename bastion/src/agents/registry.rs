@@ -1,0 +1,127 @@
+//! The registry of live agent channels: one HTTP/2 `SendRequest` per connected node,
+//! with its certificate details and a token that cuts the connection.
+//!
+//! A node is reachable exactly while it has an entry here.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::client::conn::http2::SendRequest;
+use tokio_util::sync::CancellationToken;
+
+use crate::pki::NodeCertInfo;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Request bodies the bastion sends to agents.
+pub type AgentBody = BoxBody<Bytes, BoxError>;
+
+/// One live channel.
+pub struct AgentConn {
+    pub node_id: String,
+    pub conn_id: u64,
+    pub peer: SocketAddr,
+    pub connected_at_ms: i64,
+    pub sender: SendRequest<AgentBody>,
+    pub cancel: CancellationToken,
+    /// The certificate the agent holds now (updated on rotation, while the
+    /// connection itself keeps the one it was opened with).
+    pub cert: Mutex<NodeCertInfo>,
+    pub rotating: AtomicBool,
+}
+
+impl std::fmt::Debug for AgentConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConn")
+            .field("node_id", &self.node_id)
+            .field("conn_id", &self.conn_id)
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    conns: Mutex<HashMap<String, Arc<AgentConn>>>,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<AgentConn>>> {
+        // A poisoned lock only means another thread panicked mid-insert; the map
+        // itself is still consistent (single operations), so keep serving.
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a channel; a previous channel of the same node is cut, since an
+    /// agent that reconnects has given up on it.
+    pub fn insert(&self, conn: Arc<AgentConn>) {
+        let old = self.lock().insert(conn.node_id.clone(), conn);
+        if let Some(old) = old {
+            old.cancel.cancel();
+        }
+    }
+
+    /// Removes the entry if it is still this connection's.
+    pub fn remove(&self, node_id: &str, conn_id: u64) -> bool {
+        let mut map = self.lock();
+        if map.get(node_id).is_some_and(|c| c.conn_id == conn_id) {
+            map.remove(node_id);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn get(&self, node_id: &str) -> Option<Arc<AgentConn>> {
+        self.lock().get(node_id).cloned()
+    }
+
+    pub fn is_reachable(&self, node_id: &str) -> bool {
+        self.lock().contains_key(node_id)
+    }
+
+    /// Cuts the node's channel (deleted or disabled node). Returns whether it had one.
+    pub fn disconnect(&self, node_id: &str) -> bool {
+        let conn = self.lock().remove(node_id);
+        match conn {
+            Some(c) => {
+                c.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn snapshot(&self) -> Vec<Arc<AgentConn>> {
+        self.lock().values().cloned().collect()
+    }
+
+    pub fn node_ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Cuts every channel (shutdown). Dropping the senders lets h2 send GOAWAY.
+    pub fn drain(&self) -> Vec<Arc<AgentConn>> {
+        let all: Vec<_> = self.lock().drain().map(|(_, c)| c).collect();
+        for c in &all {
+            c.cancel.cancel();
+        }
+        all
+    }
+}

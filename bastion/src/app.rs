@@ -1,0 +1,220 @@
+//! Composition: open the store, load the CA, bind the listeners (failing before
+//! anything is served if the configuration is bad), run everything under one
+//! shutdown token, and drain with a deadline.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::agents::{self, Registry};
+use crate::audit::Audit;
+use crate::metrics::Metrics;
+use crate::pki::{Pki, PkiError};
+use crate::secrets::{MasterKey, SecretError};
+use crate::state::{Settings, Shared};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub api_addr: SocketAddr,
+    pub agent_addr: SocketAddr,
+    /// Master key file sealing the CA key; `dev` makes one in the data directory.
+    pub master_key_file: PathBuf,
+    pub create_master_key: bool,
+    /// Extra DNS names / IPs for the agent port's certificate.
+    pub tls_names: Vec<String>,
+    pub node_cert_ttl: Duration,
+    pub settings: Settings,
+}
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot create data directory {0}: {1}")]
+    DataDir(String, std::io::Error),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("PKI: {0}")]
+    Pki(#[from] PkiError),
+    #[error("cannot listen on {addr} ({what}): {source} (is another process using the port?)")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bastion that has bound its ports and is ready to run.
+pub struct Bastion {
+    shared: Arc<Shared>,
+    api: TcpListener,
+    agent: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for Bastion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bastion").finish_non_exhaustive()
+    }
+}
+
+impl Bastion {
+    pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Bastion, StartError> {
+        if !cfg.api_addr.ip().is_loopback() {
+            return Err(StartError::Config(format!(
+                "--api-addr {} is not loopback: a non-loopback REST listener needs TLS, which this build does not terminate; \
+                 listen on 127.0.0.1 and put a TLS reverse proxy in front",
+                cfg.api_addr
+            )));
+        }
+        crate::fsutil::private_dir(&cfg.data_dir)
+            .map_err(|e| StartError::DataDir(cfg.data_dir.display().to_string(), e))?;
+        let master = if cfg.create_master_key {
+            MasterKey::load_or_create(&cfg.master_key_file)?
+        } else {
+            MasterKey::load(&cfg.master_key_file)?
+        };
+        let store = match &cfg.database_url {
+            Some(url) => Store::open(url).await?,
+            None => Store::open_sqlite(&cfg.data_dir).await?,
+        };
+        let pki = Pki::load_or_create(&store, &master, cfg.node_cert_ttl).await?;
+
+        let api = TcpListener::bind(cfg.api_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "REST API",
+                addr: cfg.api_addr,
+                source,
+            })?;
+        let agent = TcpListener::bind(cfg.agent_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "agent port",
+                addr: cfg.agent_addr,
+                source,
+            })?;
+        let agent_local = agent.local_addr().map_err(|source| StartError::Bind {
+            what: "agent port",
+            addr: cfg.agent_addr,
+            source,
+        })?;
+        let mut names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
+        if !agent_local.ip().is_unspecified() {
+            names.push(agent_local.ip().to_string());
+        }
+        names.extend(cfg.tls_names.iter().cloned());
+        let mut settings = cfg.settings.clone();
+        if settings.agent_public_url.is_empty() {
+            settings.agent_public_url = format!("https://{agent_local}");
+        }
+        if let Ok(c) = postern_agent::enroll::Controller::parse(&settings.agent_public_url)
+            && !names.contains(&c.host)
+        {
+            names.push(c.host);
+        }
+        names.dedup();
+        let tls = agents::server_config(&pki, &names)?;
+        let shared = Arc::new(Shared {
+            audit: Audit::new(store.clone()),
+            store,
+            pki,
+            registry: Arc::new(Registry::default()),
+            metrics: Arc::new(Metrics::default()),
+            settings,
+            shutdown,
+            tasks: TaskTracker::new(),
+        });
+        Ok(Bastion {
+            shared,
+            api,
+            agent,
+            tls,
+        })
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.local_addr().ok()
+    }
+
+    pub fn agent_addr(&self) -> Option<SocketAddr> {
+        self.agent.local_addr().ok()
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains.
+    pub async fn run(self) -> std::io::Result<()> {
+        let Bastion {
+            shared,
+            api,
+            agent,
+            tls,
+        } = self;
+        shared
+            .tasks
+            .spawn(agents::serve(agent, tls, shared.clone()));
+        shared.tasks.spawn(agents::run_rotation(shared.clone()));
+        shared.tasks.spawn(flush_last_seen(shared.clone()));
+
+        let app =
+            crate::http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let shutdown = shared.shutdown.clone();
+        let served =
+            axum::serve(api, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
+        let result = tokio::select! {
+            r = served => r,
+            // Shutdown can stall on a client that never finishes its request.
+            _ = async {
+                shared.shutdown.cancelled().await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            } => Ok(()),
+        };
+        shared.shutdown.cancel();
+        let drained = shared.registry.drain();
+        tracing::info!(agents = drained.len(), "draining agent channels");
+        drop(drained);
+        shared.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not stop within 10s");
+        }
+        shared.store.close().await;
+        result
+    }
+}
+
+/// Writes last-seen times of connected nodes now and then, in batches.
+async fn flush_last_seen(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.settings.last_seen_flush);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ids = shared.registry.node_ids();
+        if let Err(e) = shared.store.touch_nodes(&ids, crate::clock::now_ms()).await {
+            tracing::warn!(error = %e, "could not record last-seen times");
+        }
+    }
+}

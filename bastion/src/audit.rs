@@ -1,0 +1,375 @@
+//! The append-only, hash-chained audit log.
+//!
+//! Entry `n` stores `hash_n = sha256(canonical(entry_n) ‖ hash_{n-1})` and a dense
+//! sequence number, so an edited entry breaks its own hash and a removed one breaks
+//! the sequence and the next entry's link. `verify` walks the chain. Appends are
+//! serialized in-process, and the primary key on `seq` makes concurrent appenders
+//! (several replicas on PostgreSQL) retry instead of forking the chain.
+
+use std::sync::Arc;
+
+use postern_api::admin::AuditEntry;
+use serde_json::{Value, json};
+use sqlx::Row;
+use thiserror::Error;
+use tokio::sync::Mutex;
+
+use crate::clock::{now_ms, rfc3339};
+use crate::secrets::sha256_hex;
+use crate::store::{Store, StoreError};
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One event to record. Build with [`Event::new`] and the setters.
+#[derive(Debug, Clone, Default)]
+pub struct Event {
+    pub action: String,
+    pub outcome: String,
+    pub org_id: Option<String>,
+    pub actor: Option<String>,
+    pub source_ip: Option<String>,
+    pub project: Option<String>,
+    pub targets: Vec<String>,
+    pub exec_id: Option<String>,
+    pub detail: Value,
+}
+
+impl Event {
+    pub fn new(action: impl Into<String>, outcome: impl Into<String>) -> Event {
+        Event {
+            action: action.into(),
+            outcome: outcome.into(),
+            detail: Value::Null,
+            ..Event::default()
+        }
+    }
+    pub fn org(mut self, org_id: impl Into<String>) -> Self {
+        self.org_id = Some(org_id.into());
+        self
+    }
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+    pub fn source(mut self, ip: Option<String>) -> Self {
+        self.source_ip = ip;
+        self
+    }
+    pub fn project(mut self, project: impl Into<String>) -> Self {
+        self.project = Some(project.into());
+        self
+    }
+    pub fn target(mut self, t: impl Into<String>) -> Self {
+        self.targets.push(t.into());
+        self
+    }
+    pub fn detail(mut self, d: Value) -> Self {
+        self.detail = d;
+        self
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("audit entry could not be appended after {0} attempts (concurrent writers)")]
+    Contended(u32),
+}
+
+impl From<sqlx::Error> for AuditError {
+    fn from(e: sqlx::Error) -> Self {
+        AuditError::Store(StoreError::Db(e))
+    }
+}
+
+/// A problem found by [`Audit::verify`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ChainBreak {
+    #[error("entry {seq}: its hash does not match its content (the entry was edited)")]
+    Edited { seq: i64 },
+    #[error(
+        "entry {seq}: it does not link to the entry before it (an entry was removed or reordered)"
+    )]
+    Unlinked { seq: i64 },
+    #[error("entries {expected} to {found_minus_one} are missing (removed)", found_minus_one = .found - 1)]
+    Gap { expected: i64, found: i64 },
+}
+
+#[derive(Clone)]
+pub struct Audit {
+    store: Store,
+    head: Arc<Mutex<Option<(i64, String)>>>,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Audit")
+    }
+}
+
+struct Row_ {
+    seq: i64,
+    id: String,
+    at: i64,
+    org_id: Option<String>,
+    action: String,
+    outcome: String,
+    actor: Option<String>,
+    source_ip: Option<String>,
+    project: Option<String>,
+    targets: String,
+    exec_id: Option<String>,
+    detail: String,
+    prev_hash: String,
+    hash: String,
+}
+
+/// The bytes that are hashed: every stored field but the hash, in a fixed order.
+fn digest(r: &Row_) -> String {
+    let canonical = json!([
+        r.seq,
+        r.id,
+        r.at,
+        r.org_id,
+        r.action,
+        r.outcome,
+        r.actor,
+        r.source_ip,
+        r.project,
+        r.targets,
+        r.exec_id,
+        r.detail,
+        r.prev_hash
+    ]);
+    sha256_hex(canonical.to_string().as_bytes())
+}
+
+// Dynamic SQL here is assembled only from this constant; hence `AssertSqlSafe`.
+const COLS: &str = "seq, id, at, org_id, action, outcome, actor, source_ip, project, targets, exec_id, detail, prev_hash, hash";
+
+fn read_row(r: sqlx::any::AnyRow) -> Result<Row_, sqlx::Error> {
+    Ok(Row_ {
+        seq: r.try_get(0)?,
+        id: r.try_get(1)?,
+        at: r.try_get(2)?,
+        org_id: r.try_get(3)?,
+        action: r.try_get(4)?,
+        outcome: r.try_get(5)?,
+        actor: r.try_get(6)?,
+        source_ip: r.try_get(7)?,
+        project: r.try_get(8)?,
+        targets: r.try_get(9)?,
+        exec_id: r.try_get(10)?,
+        detail: r.try_get(11)?,
+        prev_hash: r.try_get(12)?,
+        hash: r.try_get(13)?,
+    })
+}
+
+impl Audit {
+    pub fn new(store: Store) -> Audit {
+        Audit {
+            store,
+            head: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Appends an event. Audit failures are errors for the caller: an action whose
+    /// record cannot be written should not be reported as done.
+    pub async fn record(&self, ev: Event) -> Result<i64, AuditError> {
+        let mut head = self.head.lock().await;
+        for _attempt in 0..5 {
+            let (prev_seq, prev_hash) = match head.as_ref() {
+                Some(h) => h.clone(),
+                None => self.load_head().await?,
+            };
+            let mut row = Row_ {
+                seq: prev_seq + 1,
+                id: crate::store::new_id(),
+                at: now_ms(),
+                org_id: ev.org_id.clone(),
+                action: ev.action.clone(),
+                outcome: ev.outcome.clone(),
+                actor: ev.actor.clone(),
+                source_ip: ev.source_ip.clone(),
+                project: ev.project.clone(),
+                targets: serde_json::to_string(&ev.targets).unwrap_or_else(|_| "[]".into()),
+                exec_id: ev.exec_id.clone(),
+                detail: ev.detail.to_string(),
+                prev_hash,
+                hash: String::new(),
+            };
+            row.hash = digest(&row);
+            let q = format!(
+                "INSERT INTO audit_log ({COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
+            );
+            let res = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+                .bind(row.seq)
+                .bind(&row.id)
+                .bind(row.at)
+                .bind(&row.org_id)
+                .bind(&row.action)
+                .bind(&row.outcome)
+                .bind(&row.actor)
+                .bind(&row.source_ip)
+                .bind(&row.project)
+                .bind(&row.targets)
+                .bind(&row.exec_id)
+                .bind(&row.detail)
+                .bind(&row.prev_hash)
+                .bind(&row.hash)
+                .execute(self.store.pool())
+                .await;
+            match res {
+                Ok(_) => {
+                    *head = Some((row.seq, row.hash));
+                    return Ok(row.seq);
+                }
+                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                    // Another replica appended first: reload the head and retry.
+                    *head = None;
+                }
+                Err(e) => {
+                    *head = None;
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(AuditError::Contended(5))
+    }
+
+    async fn load_head(&self) -> Result<(i64, String), AuditError> {
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(self.store.pool())
+                .await?;
+        Ok(row.unwrap_or((0, GENESIS.to_string())))
+    }
+
+    /// Newest first, for one org (`None`: all orgs, for the operator's CLI).
+    pub async fn page(
+        &self,
+        org_id: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(i64, Vec<AuditEntry>), AuditError> {
+        let pool = self.store.pool();
+        let (total, rows) = match org_id {
+            Some(org) => {
+                let total: (i64,) =
+                    sqlx::query_as("SELECT COUNT(*) FROM audit_log WHERE org_id = $1")
+                        .bind(org)
+                        .fetch_one(pool)
+                        .await?;
+                let q = format!(
+                    "SELECT {COLS} FROM audit_log WHERE org_id = $1 ORDER BY seq DESC LIMIT $2 OFFSET $3"
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+                    .bind(org)
+                    .bind(limit)
+                    .bind(offset)
+                    .fetch_all(pool)
+                    .await?;
+                (total.0, rows)
+            }
+            None => {
+                let total: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_log")
+                    .fetch_one(pool)
+                    .await?;
+                let q =
+                    format!("SELECT {COLS} FROM audit_log ORDER BY seq DESC LIMIT $1 OFFSET $2");
+                let rows = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+                    .bind(limit)
+                    .bind(offset)
+                    .fetch_all(pool)
+                    .await?;
+                (total.0, rows)
+            }
+        };
+        let entries = rows
+            .into_iter()
+            .map(|r| {
+                let r = read_row(r)?;
+                Ok(AuditEntry {
+                    seq: r.seq,
+                    id: r.id,
+                    at: rfc3339(r.at),
+                    action: r.action,
+                    outcome: r.outcome,
+                    actor: r.actor,
+                    source_ip: r.source_ip,
+                    project: r.project,
+                    targets: serde_json::from_str(&r.targets).unwrap_or_default(),
+                    exec_id: r.exec_id,
+                    detail: serde_json::from_str(&r.detail).unwrap_or(Value::Null),
+                    hash: r.hash,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok((total, entries))
+    }
+
+    /// Walks the whole chain oldest first; returns the number of entries checked or
+    /// the first break found.
+    pub async fn verify(&self) -> Result<Result<i64, ChainBreak>, AuditError> {
+        let mut expected_seq = 1;
+        let mut prev_hash = GENESIS.to_string();
+        let q = format!("SELECT {COLS} FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT 1000");
+        loop {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+                .bind(expected_seq)
+                .fetch_all(self.store.pool())
+                .await?;
+            if rows.is_empty() {
+                return Ok(Ok(expected_seq - 1));
+            }
+            for r in rows {
+                let r = read_row(r)?;
+                if r.seq != expected_seq {
+                    return Ok(Err(ChainBreak::Gap {
+                        expected: expected_seq,
+                        found: r.seq,
+                    }));
+                }
+                if digest(&r) != r.hash {
+                    return Ok(Err(ChainBreak::Edited { seq: r.seq }));
+                }
+                if r.prev_hash != prev_hash {
+                    return Ok(Err(ChainBreak::Unlinked { seq: r.seq }));
+                }
+                prev_hash = r.hash;
+                expected_seq += 1;
+            }
+        }
+    }
+
+    /// Every entry oldest first as JSON lines, for export to a SIEM.
+    pub async fn export(&self, out: &mut (dyn std::io::Write + Send)) -> Result<i64, AuditError> {
+        let mut n = 0;
+        let mut offset_seq = 1;
+        let q = format!("SELECT {COLS} FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT 1000");
+        loop {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+                .bind(offset_seq)
+                .fetch_all(self.store.pool())
+                .await?;
+            if rows.is_empty() {
+                return Ok(n);
+            }
+            for r in rows {
+                let r = read_row(r)?;
+                offset_seq = r.seq + 1;
+                let line = json!({
+                    "seq": r.seq, "id": r.id, "at": rfc3339(r.at), "org_id": r.org_id, "action": r.action,
+                    "outcome": r.outcome, "actor": r.actor, "source_ip": r.source_ip, "project": r.project,
+                    "targets": serde_json::from_str::<Value>(&r.targets).unwrap_or(Value::Null),
+                    "exec_id": r.exec_id, "detail": serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null),
+                    "prev_hash": r.prev_hash, "hash": r.hash,
+                });
+                let _ = writeln!(out, "{line}");
+                n += 1;
+            }
+        }
+    }
+}

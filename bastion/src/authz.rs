@@ -1,0 +1,202 @@
+//! The one place where allow or deny is decided.
+//!
+//! A caller who may not see a project gets `NotVisible` (answered as 404, so the
+//! existence of other orgs' or projects' resources does not leak); a caller who may
+//! see it but not do the action gets `Forbidden` (403). The HTTP layer audits every
+//! decision together with the request it answers.
+
+use postern_api::admin::Role;
+
+use crate::store::{BindingRow, ProjectRow};
+
+/// Who is calling, as established by a valid API token (or SSH key, later).
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: String,
+    pub user_name: String,
+    pub org_id: String,
+    pub bindings: Vec<BindingRow>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Users, roles, projects, other users' tokens.
+    ManageOrg,
+    ReadAudit,
+    /// Edges, node approval and deletion, enrollment tokens.
+    ManageProject,
+    /// List edges and nodes, read executions and history.
+    ReadProject,
+    /// Run commands through cmdexec.
+    Execute,
+}
+
+impl Action {
+    fn describe(self) -> &'static str {
+        match self {
+            Action::ManageOrg => "manage the org",
+            Action::ReadAudit => "read the audit log",
+            Action::ManageProject => "manage this project",
+            Action::ReadProject => "read this project",
+            Action::Execute => "execute commands",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    NotVisible,
+    Forbidden(String),
+}
+
+impl Principal {
+    pub fn is_org_admin(&self) -> bool {
+        self.bindings
+            .iter()
+            .any(|b| b.project_id.is_none() && b.role == Role::OrgAdmin)
+    }
+
+    pub fn project_role(&self, project_id: &str) -> Option<Role> {
+        self.bindings
+            .iter()
+            .find(|b| b.project_id.as_deref() == Some(project_id))
+            .map(|b| b.role)
+    }
+
+    /// Unix logins this principal may use on nodes of the project; `None` means any.
+    pub fn logins_for(&self, project_id: &str) -> Option<Vec<String>> {
+        if self.is_org_admin() {
+            return None;
+        }
+        Some(
+            self.bindings
+                .iter()
+                .filter(|b| b.project_id.as_deref() == Some(project_id))
+                .flat_map(|b| b.logins.iter().cloned())
+                .collect(),
+        )
+    }
+}
+
+/// Decides whether `p` may do `action`, on `project` when the action is scoped to one.
+pub fn decide(p: &Principal, action: Action, project: Option<&ProjectRow>) -> Decision {
+    if let Some(project) = project
+        && project.org_id != p.org_id
+    {
+        return Decision::NotVisible;
+    }
+    if p.is_org_admin() {
+        return Decision::Allow;
+    }
+    let role = project.and_then(|pr| p.project_role(&pr.id));
+    let forbidden = |role: Option<Role>| {
+        Decision::Forbidden(match role {
+            Some(r) => format!("role {r} may not {}; ask an org admin", action.describe()),
+            None => format!("only an org_admin may {}", action.describe()),
+        })
+    };
+    match action {
+        Action::ManageOrg | Action::ReadAudit | Action::Execute => match (project, role) {
+            (Some(_), None) => Decision::NotVisible,
+            (_, role) => forbidden(role),
+        },
+        Action::ManageProject => match role {
+            None => Decision::NotVisible,
+            Some(Role::ProjectAdmin | Role::OrgAdmin) => Decision::Allow,
+            Some(r) => forbidden(Some(r)),
+        },
+        Action::ReadProject => match role {
+            None => Decision::NotVisible,
+            Some(_) => Decision::Allow,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project(org: &str, id: &str) -> ProjectRow {
+        ProjectRow {
+            id: id.into(),
+            org_id: org.into(),
+            name: id.into(),
+            created_at: 0,
+        }
+    }
+
+    fn principal(bindings: Vec<(Option<&str>, Role)>) -> Principal {
+        Principal {
+            user_id: "u".into(),
+            user_name: "alice".into(),
+            org_id: "o1".into(),
+            bindings: bindings
+                .into_iter()
+                .map(|(p, role)| BindingRow {
+                    project_id: p.map(String::from),
+                    role,
+                    logins: vec!["deploy".into()],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn org_admin_may_do_everything_in_its_org_only() {
+        let admin = principal(vec![(None, Role::OrgAdmin)]);
+        for a in [
+            Action::ManageOrg,
+            Action::ReadAudit,
+            Action::ManageProject,
+            Action::ReadProject,
+            Action::Execute,
+        ] {
+            assert_eq!(
+                decide(&admin, a, Some(&project("o1", "p"))),
+                Decision::Allow
+            );
+            assert_eq!(
+                decide(&admin, a, Some(&project("o2", "p"))),
+                Decision::NotVisible
+            );
+        }
+        assert_eq!(admin.logins_for("p"), None);
+    }
+
+    #[test]
+    fn project_roles() {
+        let p = project("o1", "p");
+        let other = project("o1", "q");
+        let padmin = principal(vec![(Some("p"), Role::ProjectAdmin)]);
+        let member = principal(vec![(Some("p"), Role::ProjectMember)]);
+        let ro = principal(vec![(Some("p"), Role::ReadOnly)]);
+        assert_eq!(
+            decide(&padmin, Action::ManageProject, Some(&p)),
+            Decision::Allow
+        );
+        assert!(matches!(
+            decide(&member, Action::ManageProject, Some(&p)),
+            Decision::Forbidden(_)
+        ));
+        assert_eq!(decide(&ro, Action::ReadProject, Some(&p)), Decision::Allow);
+        assert!(matches!(
+            decide(&padmin, Action::Execute, Some(&p)),
+            Decision::Forbidden(_)
+        ));
+        assert_eq!(
+            decide(&padmin, Action::ReadProject, Some(&other)),
+            Decision::NotVisible
+        );
+        assert_eq!(
+            decide(&padmin, Action::Execute, Some(&other)),
+            Decision::NotVisible
+        );
+        assert!(matches!(
+            decide(&padmin, Action::ManageOrg, None),
+            Decision::Forbidden(_)
+        ));
+        assert_eq!(member.logins_for("p"), Some(vec!["deploy".to_string()]));
+        assert_eq!(member.logins_for("q"), Some(vec![]));
+    }
+}

@@ -1,0 +1,152 @@
+//! `postern-bastion dev`: the five-minute experience. On first start it makes org
+//! `default`, project `demo`, edge `local` and the org admin `admin`, writes the
+//! admin's API token and a ready join command into the data directory, and enrolls
+//! one demo agent (`demo-node`) through the real agent port. Later starts reuse
+//! everything.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use postern_agent::{Agent, AgentOptions, Identity, JoinRequest};
+use postern_api::admin::Role;
+use serde_json::json;
+use thiserror::Error;
+
+use crate::audit::Event;
+use crate::clock::now_ms;
+use crate::fsutil::write_private;
+use crate::http::{ApiError, AppState};
+use crate::state::Shared;
+use crate::store::{BindingRow, StoreError};
+
+#[derive(Debug, Error)]
+pub enum DevError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Api(#[from] ApiError),
+    #[error("cannot write {0}: {1}")]
+    Write(String, std::io::Error),
+    #[error("demo agent: {0}")]
+    Agent(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct DevFiles {
+    pub token_file: PathBuf,
+    pub join_file: PathBuf,
+}
+
+/// Creates the demo tenancy if missing; returns where the token and join command are.
+pub async fn bootstrap(shared: &Arc<Shared>, data_dir: &Path) -> Result<DevFiles, DevError> {
+    let files = DevFiles {
+        token_file: data_dir.join("admin.token"),
+        join_file: data_dir.join("join-command"),
+    };
+    if shared.store.org_by_name("default").await?.is_some()
+        && files.token_file.exists()
+        && files.join_file.exists()
+    {
+        return Ok(files);
+    }
+    let now = now_ms();
+    let org = match shared.store.org_by_name("default").await? {
+        Some(o) => o,
+        None => shared.store.create_org("default", now).await?,
+    };
+    let project = match shared.store.project_by_name(&org.id, "demo").await? {
+        Some(p) => p,
+        None => shared.store.create_project(&org.id, "demo", now).await?,
+    };
+    let edge = match shared.store.edge_by_name(&project.id, "local").await? {
+        Some(e) => e,
+        None => shared.store.create_edge(&project.id, "local", now).await?,
+    };
+    let admin = match shared.store.user_by_name("admin").await? {
+        Some(u) => u,
+        None => shared.store.create_user(&org.id, "admin", now).await?,
+    };
+    shared
+        .store
+        .set_binding(
+            &admin.id,
+            &BindingRow {
+                project_id: None,
+                role: Role::OrgAdmin,
+                logins: vec![],
+            },
+            now,
+        )
+        .await?;
+    let state: AppState = shared.clone();
+    let token = crate::http::issue_api_token(
+        &state,
+        &admin,
+        Some("dev bootstrap".into()),
+        365 * 24 * 3600,
+    )
+    .await?;
+    write_private(&files.token_file, format!("{}\n", token.token).as_bytes())
+        .map_err(|e| DevError::Write(files.token_file.display().to_string(), e))?;
+    let enroll = crate::http::issue_enrollment_token(
+        &state,
+        &edge,
+        Some("admin"),
+        30 * 24 * 3600,
+        1000,
+        true,
+    )
+    .await?;
+    write_private(
+        &files.join_file,
+        format!("{}\n", enroll.join_command).as_bytes(),
+    )
+    .map_err(|e| DevError::Write(files.join_file.display().to_string(), e))?;
+    shared
+        .audit(
+            Event::new("dev.bootstrap", "ok")
+                .org(&org.id)
+                .actor("admin")
+                .project("demo")
+                .detail(json!({ "edge": "local", "user": "admin" })),
+        )
+        .await;
+    Ok(files)
+}
+
+/// Enrolls the demo agent on first start (through the real agent port), then
+/// returns it ready to run.
+pub async fn demo_agent(data_dir: &Path, join_file: &Path) -> Result<Agent, DevError> {
+    let dir = data_dir.join("demo-agent");
+    let identity = if Identity::is_enrolled(&dir) {
+        Identity::load(&dir).map_err(|e| DevError::Agent(e.to_string()))?
+    } else {
+        let line = std::fs::read_to_string(join_file)
+            .map_err(|e| DevError::Write(join_file.display().to_string(), e))?;
+        let (controller, token, ca_hash) = parse_join_command(&line)
+            .ok_or_else(|| DevError::Agent("join-command is malformed".into()))?;
+        postern_agent::join(&JoinRequest {
+            controller,
+            token,
+            ca_hash,
+            hostname: "demo-node".into(),
+            data_dir: Some(dir),
+        })
+        .await
+        .map_err(|e| DevError::Agent(e.to_string()))?
+    };
+    Ok(Agent::new(identity, AgentOptions::default()))
+}
+
+/// Reads `--controller`, `--token` and `--ca-hash` out of a join command line.
+pub fn parse_join_command(line: &str) -> Option<(String, String, String)> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let get = |flag: &str| {
+        words
+            .iter()
+            .position(|w| *w == flag)
+            .and_then(|i| words.get(i + 1))
+            .map(|s| s.to_string())
+    };
+    Some((get("--controller")?, get("--token")?, get("--ca-hash")?))
+}

@@ -1,0 +1,450 @@
+//! Admin endpoints for projects, edges, nodes, enrollment tokens and the audit log.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use http::StatusCode;
+use postern_api::admin::{
+    self as dto, AuditPage, CreateEdge, CreateEnrollmentToken, CreateProject,
+    EnrollmentTokenCreated, NodeState, PageQuery,
+};
+use postern_api::validate;
+use serde_json::json;
+
+use super::extract::{ApiJson, ApiQuery, Caller};
+use super::{ApiError, AppState};
+use crate::authz::{Action, Decision, decide};
+use crate::clock::{now_ms, rfc3339};
+use crate::secrets::new_token;
+use crate::store::{EdgeRow, EnrollmentTokenRow, NodeRow, ProjectRow};
+
+/// Resolves a project by name in the caller's org and checks `action` on it.
+pub(super) async fn resolve_project(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    action: Action,
+) -> Result<ProjectRow, ApiError> {
+    let not_found = || ApiError::NotFound(format!("project {name:?} not found"));
+    if validate::name("project", name).is_err() {
+        return Err(not_found());
+    }
+    let project = state
+        .store
+        .project_by_name(&caller.principal.org_id, name)
+        .await?
+        .ok_or_else(not_found)?;
+    match decide(&caller.principal, action, Some(&project)) {
+        Decision::Allow => {
+            caller
+                .audit
+                .with(|a| a.project = Some(project.name.clone()));
+            Ok(project)
+        }
+        Decision::NotVisible => Err(not_found()),
+        Decision::Forbidden(why) => {
+            caller
+                .audit
+                .with(|a| a.project = Some(project.name.clone()));
+            Err(ApiError::Forbidden(why))
+        }
+    }
+}
+
+pub(super) fn require(caller: &Caller, action: Action) -> Result<(), ApiError> {
+    match decide(&caller.principal, action, None) {
+        Decision::Allow => Ok(()),
+        Decision::NotVisible => Err(ApiError::NotFound("not found".into())),
+        Decision::Forbidden(why) => Err(ApiError::Forbidden(why)),
+    }
+}
+
+pub(super) async fn resolve_edge(
+    state: &AppState,
+    project: &ProjectRow,
+    name: &str,
+) -> Result<EdgeRow, ApiError> {
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "edge {name:?} not found in project {:?}",
+            project.name
+        ))
+    };
+    if validate::name("edge", name).is_err() {
+        return Err(not_found());
+    }
+    state
+        .store
+        .edge_by_name(&project.id, name)
+        .await?
+        .ok_or_else(not_found)
+}
+
+async fn resolve_node(
+    state: &AppState,
+    caller: &Caller,
+    edge: &EdgeRow,
+    hostname: &str,
+) -> Result<NodeRow, ApiError> {
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "node {hostname:?} not found in edge {:?}",
+            edge.name
+        ))
+    };
+    if validate::hostname(hostname).is_err() {
+        return Err(not_found());
+    }
+    let node = state
+        .store
+        .node_by_hostname(&edge.id, hostname)
+        .await?
+        .ok_or_else(not_found)?;
+    caller.audit.with(|a| a.targets.push(node.hostname.clone()));
+    Ok(node)
+}
+
+fn project_view(p: &ProjectRow) -> dto::Project {
+    dto::Project {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        created_at: rfc3339(p.created_at),
+    }
+}
+
+fn edge_view(project: &ProjectRow, e: &EdgeRow) -> dto::Edge {
+    dto::Edge {
+        id: e.id.clone(),
+        name: e.name.clone(),
+        project: project.name.clone(),
+        created_at: rfc3339(e.created_at),
+    }
+}
+
+fn node_view(state: &AppState, project: &ProjectRow, edge: &EdgeRow, n: &NodeRow) -> dto::Node {
+    let reachable = state.registry.is_reachable(&n.id);
+    dto::Node {
+        id: n.id.clone(),
+        hostname: n.hostname.clone(),
+        edge: edge.name.clone(),
+        project: project.name.clone(),
+        state: n.state,
+        reachable,
+        last_seen_at: if reachable {
+            Some(rfc3339(now_ms()))
+        } else {
+            n.last_seen_at.map(rfc3339)
+        },
+        agent_version: n.agent_version.clone(),
+        cert_serial: n.cert_serial.clone(),
+        cert_expires_at: n.cert_expires_at.map(rfc3339),
+        created_at: rfc3339(n.created_at),
+    }
+}
+
+pub async fn list_projects(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<dto::Project>>, ApiError> {
+    let all = state.store.list_projects(&caller.principal.org_id).await?;
+    let visible = all
+        .iter()
+        .filter(|p| decide(&caller.principal, Action::ReadProject, Some(p)) == Decision::Allow)
+        .map(project_view)
+        .collect();
+    Ok(Json(visible))
+}
+
+pub async fn create_project(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateProject>,
+) -> Result<(StatusCode, Json<dto::Project>), ApiError> {
+    require(&caller, Action::ManageOrg)?;
+    validate::name("project", &body.name)?;
+    let p = state
+        .store
+        .create_project(&caller.principal.org_id, &body.name, now_ms())
+        .await?;
+    caller.audit.with(|a| a.project = Some(p.name.clone()));
+    Ok((StatusCode::CREATED, Json(project_view(&p))))
+}
+
+pub async fn get_project(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+) -> Result<Json<dto::Project>, ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
+    Ok(Json(project_view(&p)))
+}
+
+pub async fn list_edges(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+) -> Result<Json<Vec<dto::Edge>>, ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
+    let edges = state.store.list_edges(&p.id).await?;
+    Ok(Json(edges.iter().map(|e| edge_view(&p, e)).collect()))
+}
+
+pub async fn create_edge(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+    ApiJson(body): ApiJson<CreateEdge>,
+) -> Result<(StatusCode, Json<dto::Edge>), ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
+    validate::name("edge", &body.name)?;
+    let e = state.store.create_edge(&p.id, &body.name, now_ms()).await?;
+    caller.audit.with(|a| a.targets.push(e.name.clone()));
+    Ok((StatusCode::CREATED, Json(edge_view(&p, &e))))
+}
+
+pub async fn list_nodes(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, edge)): Path<(String, String)>,
+) -> Result<Json<Vec<dto::Node>>, ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
+    let e = resolve_edge(&state, &p, &edge).await?;
+    let nodes = state.store.list_nodes(&e.id).await?;
+    Ok(Json(
+        nodes.iter().map(|n| node_view(&state, &p, &e, n)).collect(),
+    ))
+}
+
+pub async fn get_node(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, edge, node)): Path<(String, String, String)>,
+) -> Result<Json<dto::Node>, ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
+    let e = resolve_edge(&state, &p, &edge).await?;
+    let n = resolve_node(&state, &caller, &e, &node).await?;
+    Ok(Json(node_view(&state, &p, &e, &n)))
+}
+
+pub async fn approve_node(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, edge, node)): Path<(String, String, String)>,
+) -> Result<Json<dto::Node>, ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
+    let e = resolve_edge(&state, &p, &edge).await?;
+    let n = resolve_node(&state, &caller, &e, &node).await?;
+    match n.state {
+        NodeState::Pending => {
+            let to = if state.registry.is_reachable(&n.id) {
+                NodeState::Provisioned
+            } else {
+                NodeState::Approved
+            };
+            state.store.set_node_state(&n.id, to, now_ms()).await?;
+        }
+        NodeState::Disabled => {
+            return Err(ApiError::Conflict(format!(
+                "node {:?} is disabled; enable it instead of approving it",
+                n.hostname
+            )));
+        }
+        NodeState::Approved | NodeState::Provisioned => {}
+    }
+    let n = state
+        .store
+        .node(&n.id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("node vanished".into()))?;
+    Ok(Json(node_view(&state, &p, &e, &n)))
+}
+
+pub async fn disable_node(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, edge, node)): Path<(String, String, String)>,
+) -> Result<Json<dto::Node>, ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
+    let e = resolve_edge(&state, &p, &edge).await?;
+    let n = resolve_node(&state, &caller, &e, &node).await?;
+    state
+        .store
+        .set_node_state(&n.id, NodeState::Disabled, now_ms())
+        .await?;
+    let cut = state.registry.disconnect(&n.id);
+    caller
+        .audit
+        .with(|a| a.detail = Some(json!({ "channel_closed": cut })));
+    let n = state
+        .store
+        .node(&n.id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("node vanished".into()))?;
+    Ok(Json(node_view(&state, &p, &e, &n)))
+}
+
+pub async fn enable_node(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, edge, node)): Path<(String, String, String)>,
+) -> Result<Json<dto::Node>, ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
+    let e = resolve_edge(&state, &p, &edge).await?;
+    let n = resolve_node(&state, &caller, &e, &node).await?;
+    if n.state == NodeState::Disabled {
+        state
+            .store
+            .set_node_state(&n.id, NodeState::Approved, now_ms())
+            .await?;
+    }
+    let n = state
+        .store
+        .node(&n.id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("node vanished".into()))?;
+    Ok(Json(node_view(&state, &p, &e, &n)))
+}
+
+pub async fn delete_node(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, edge, node)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
+    let e = resolve_edge(&state, &p, &edge).await?;
+    let n = resolve_node(&state, &caller, &e, &node).await?;
+    // Delete first so a reconnect racing with us is refused at its handshake.
+    state.store.delete_node(&n.id).await?;
+    let cut = state.registry.disconnect(&n.id);
+    caller
+        .audit
+        .with(|a| a.detail = Some(json!({ "node_id": n.id, "channel_closed": cut })));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn create_enrollment_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, edge)): Path<(String, String)>,
+    ApiJson(body): ApiJson<CreateEnrollmentToken>,
+) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
+    let e = resolve_edge(&state, &p, &edge).await?;
+    let ttl = validate::range(
+        "ttl_seconds",
+        body.ttl_seconds.unwrap_or(dto::ENROLL_TTL_DEFAULT_SECS),
+        1,
+        dto::ENROLL_TTL_MAX_SECS,
+    )?;
+    let max_uses = validate::range(
+        "max_uses",
+        body.max_uses.unwrap_or(1),
+        1,
+        dto::ENROLL_USES_MAX,
+    )?;
+    let created = issue_enrollment_token(
+        &state,
+        &e,
+        Some(&caller.principal.user_name),
+        ttl,
+        max_uses,
+        body.auto_approve,
+    )
+    .await?;
+    caller.audit.with(|a| {
+        a.targets.push(e.name.clone());
+        a.detail = Some(json!({
+            "token_id": created.id, "max_uses": max_uses, "ttl_seconds": ttl, "auto_approve": body.auto_approve,
+        }));
+    });
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Makes an enrollment token for an edge and the join command that carries it.
+pub async fn issue_enrollment_token(
+    state: &AppState,
+    edge: &EdgeRow,
+    created_by: Option<&str>,
+    ttl_seconds: i64,
+    max_uses: i64,
+    auto_approve: bool,
+) -> Result<EnrollmentTokenCreated, ApiError> {
+    let t = new_token(crate::agents::ENROLL_TOKEN_PREFIX)?;
+    let now = now_ms();
+    let row = EnrollmentTokenRow {
+        id: t.id.clone(),
+        edge_id: edge.id.clone(),
+        secret_hash: t.hash,
+        created_by: created_by.map(String::from),
+        created_at: now,
+        expires_at: now + ttl_seconds * 1000,
+        max_uses,
+        uses: 0,
+        auto_approve,
+        revoked_at: None,
+    };
+    state.store.insert_enrollment_token(&row).await?;
+    let ca_hash = state.pki.ca_hash().to_string();
+    let join_command = format!(
+        "postern-agent join --controller {} --token {} --ca-hash {}",
+        state.settings.agent_public_url,
+        t.full.expose(),
+        ca_hash
+    );
+    Ok(EnrollmentTokenCreated {
+        id: t.id,
+        token: t.full.expose().to_string(),
+        expires_at: rfc3339(row.expires_at),
+        max_uses,
+        auto_approve,
+        ca_hash,
+        join_command,
+    })
+}
+
+pub async fn revoke_enrollment_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, edge, token_id)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
+    let e = resolve_edge(&state, &p, &edge).await?;
+    let not_found = || ApiError::NotFound(format!("enrollment token {token_id:?} not found"));
+    let t = state
+        .store
+        .enrollment_token(&token_id)
+        .await?
+        .ok_or_else(not_found)?;
+    if t.edge_id != e.id {
+        return Err(not_found());
+    }
+    state.store.revoke_enrollment_token(&t.id, now_ms()).await?;
+    caller
+        .audit
+        .with(|a| a.detail = Some(json!({ "token_id": t.id })));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn audit_page(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<AuditPage>, ApiError> {
+    require(&caller, Action::ReadAudit)?;
+    let limit = validate::range(
+        "limit",
+        q.limit.unwrap_or(dto::PAGE_LIMIT_DEFAULT),
+        1,
+        dto::PAGE_LIMIT_MAX,
+    )?;
+    let offset = validate::range("offset", q.offset.unwrap_or(0), 0, i64::MAX / 2)?;
+    let (total, entries) = state
+        .audit
+        .page(Some(&caller.principal.org_id), limit, offset)
+        .await?;
+    Ok(Json(AuditPage {
+        total,
+        limit,
+        offset,
+        entries,
+    }))
+}

@@ -1,0 +1,178 @@
+//! Request extractors that turn every kind of bad input into a clear `ApiError`:
+//! the bearer token (`Caller`), JSON bodies (`ApiJson`) and query strings
+//! (`ApiQuery`). Each also fills in the request's audit context.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use http::request::Parts;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::authz::Principal;
+use crate::clock::{now_ms, rfc3339};
+use crate::secrets::{parse_token, secret_matches};
+
+/// API tokens look like `pst_<id>_<secret>`.
+pub const TOKEN_PREFIX: &str = "pst";
+
+/// What the audit middleware records about a request, filled in by extractors and
+/// handlers as they learn who asked and what it touched.
+#[derive(Debug, Clone, Default)]
+pub struct AuditCtx(pub Arc<Mutex<AuditInfo>>);
+
+#[derive(Debug, Default)]
+pub struct AuditInfo {
+    pub actor: Option<String>,
+    pub org_id: Option<String>,
+    pub project: Option<String>,
+    pub targets: Vec<String>,
+    pub exec_id: Option<String>,
+    pub detail: Option<Value>,
+    pub error: Option<String>,
+}
+
+impl AuditCtx {
+    pub fn with<R>(&self, f: impl FnOnce(&mut AuditInfo) -> R) -> R {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+}
+
+pub fn audit_ctx(parts: &Parts) -> AuditCtx {
+    parts
+        .extensions
+        .get::<AuditCtx>()
+        .cloned()
+        .unwrap_or_default()
+}
+
+pub fn source_ip(parts: &Parts) -> Option<String> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ci| ci.0.ip().to_string())
+}
+
+/// An authenticated caller, established from `Authorization: Bearer pst_…`.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub source_ip: Option<String>,
+    pub audit: AuditCtx,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let audit = audit_ctx(parts);
+        let missing = || {
+            ApiError::Unauthorized(
+                "missing or invalid API token: send `Authorization: Bearer pst_…` with a token from `POST /api/v1/users/{user}/tokens`"
+                    .into(),
+            )
+        };
+        let header = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .ok_or_else(missing)?;
+        let token = header.strip_prefix("Bearer ").ok_or_else(missing)?.trim();
+        let (id, secret) = parse_token(TOKEN_PREFIX, token).ok_or_else(missing)?;
+        let row = state.store.api_token(id).await?.ok_or_else(missing)?;
+        if !secret_matches(secret, &row.secret_hash) {
+            return Err(missing());
+        }
+        if row.revoked_at.is_some() {
+            return Err(ApiError::Unauthorized(
+                "this API token was revoked; create a new one".into(),
+            ));
+        }
+        if row.expires_at <= now_ms() {
+            return Err(ApiError::Unauthorized(format!(
+                "this API token expired at {}; create a new one",
+                rfc3339(row.expires_at)
+            )));
+        }
+        let user = state
+            .store
+            .user_by_id(&row.user_id)
+            .await?
+            .ok_or_else(missing)?;
+        let bindings = state.store.bindings(&user.id).await?;
+        audit.with(|a| {
+            a.actor = Some(user.name.clone());
+            a.org_id = Some(user.org_id.clone());
+        });
+        Ok(Caller {
+            principal: Principal {
+                user_id: user.id,
+                user_name: user.name,
+                org_id: user.org_id,
+                bindings,
+            },
+            source_ip: source_ip(parts),
+            audit,
+        })
+    }
+}
+
+/// A JSON body; malformed JSON, unknown fields, a wrong content type and an
+/// oversized body each get their own clear error.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    match r {
+        JsonRejection::JsonDataError(e) => {
+            ApiError::BadRequest(format!("invalid request body: {}", e.body_text()))
+        }
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::BadRequest(format!("malformed JSON: {}", e.body_text()))
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::Unsupported(
+            "send the body as JSON with `Content-Type: application/json`".into(),
+        ),
+        other if other.status() == http::StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge("request body too large".into())
+        }
+        other => ApiError::BadRequest(other.body_text()),
+    }
+}
+
+/// A query string, with unknown parameters and non-numbers refused.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(ApiError::BadRequest(
+                format!("invalid query string: {}", e.body_text()),
+            )),
+            Err(other) => Err(ApiError::BadRequest(other.body_text())),
+        }
+    }
+}

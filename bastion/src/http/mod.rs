@@ -1,0 +1,143 @@
+//! The REST API (axum): admin endpoints under `/api/v1/`, health, readiness and
+//! metrics. Every `/api/v1` request is audited with its caller, outcome and source
+//! IP by one middleware, so no handler can forget to.
+
+mod admin;
+mod error;
+mod extract;
+mod ops;
+mod users;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post, put};
+use serde_json::json;
+
+pub use admin::issue_enrollment_token;
+pub use error::ApiError;
+pub use extract::{ApiJson, ApiQuery, AuditCtx, Caller, TOKEN_PREFIX};
+pub use users::issue_api_token;
+
+use crate::audit::Event;
+use crate::metrics::inc;
+use crate::state::Shared;
+
+pub type AppState = Arc<Shared>;
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/whoami", get(users::whoami))
+        .route(
+            "/projects",
+            get(admin::list_projects).post(admin::create_project),
+        )
+        .route("/projects/{project}", get(admin::get_project))
+        .route(
+            "/projects/{project}/edges",
+            get(admin::list_edges).post(admin::create_edge),
+        )
+        .route(
+            "/projects/{project}/edges/{edge}/nodes",
+            get(admin::list_nodes),
+        )
+        .route(
+            "/projects/{project}/edges/{edge}/nodes/{node}",
+            get(admin::get_node).delete(admin::delete_node),
+        )
+        .route(
+            "/projects/{project}/edges/{edge}/nodes/{node}/approve",
+            post(admin::approve_node),
+        )
+        .route(
+            "/projects/{project}/edges/{edge}/nodes/{node}/disable",
+            post(admin::disable_node),
+        )
+        .route(
+            "/projects/{project}/edges/{edge}/nodes/{node}/enable",
+            post(admin::enable_node),
+        )
+        .route(
+            "/projects/{project}/edges/{edge}/enrollment-tokens",
+            post(admin::create_enrollment_token),
+        )
+        .route(
+            "/projects/{project}/edges/{edge}/enrollment-tokens/{token_id}",
+            delete(admin::revoke_enrollment_token),
+        )
+        .route("/users", get(users::list_users).post(users::create_user))
+        .route(
+            "/users/{user}",
+            get(users::get_user).delete(users::delete_user),
+        )
+        .route("/users/{user}/roles", put(users::set_role))
+        .route("/users/{user}/roles/{scope}", delete(users::remove_role))
+        .route(
+            "/users/{user}/tokens",
+            get(users::list_tokens).post(users::create_token),
+        )
+        .route("/tokens/{token_id}", delete(users::revoke_token))
+        .route("/audit", get(admin::audit_page))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            audit_requests,
+        ))
+        .fallback(not_found);
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(postern_api::admin::MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint; see /api/v1 in the README".into())
+}
+
+/// Audits every API request after it is answered: who, from where, what, outcome.
+async fn audit_requests(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    inc(&state.metrics.api_requests);
+    let ctx = AuditCtx::default();
+    req.extensions_mut().insert(ctx.clone());
+    let method = req.method().clone();
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map(|u| u.0.path().to_string())
+        .unwrap_or_else(|| req.uri().path().to_string());
+    let matched = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| format!("/api/v1{}", m.as_str()))
+        .unwrap_or_else(|| path.clone());
+    let source = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let outcome = match status.as_u16() {
+        200..=399 => "ok",
+        401 | 403 => "denied",
+        404 => "not_found",
+        400..=499 => "rejected",
+        _ => "error",
+    };
+    let info = ctx.with(std::mem::take);
+    let mut ev = Event::new(format!("api {method} {matched}"), outcome)
+        .source(source)
+        .detail(json!({ "path": path, "status": status.as_u16(), "detail": info.detail }));
+    ev.actor = info.actor;
+    ev.org_id = info.org_id;
+    ev.project = info.project;
+    ev.targets = info.targets;
+    ev.exec_id = info.exec_id;
+    state.audit(ev).await;
+    resp
+}

@@ -1,0 +1,328 @@
+//! Users, their roles, and API tokens.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use http::StatusCode;
+use postern_api::admin::{
+    self as dto, CreateToken, CreateUser, Role, RoleBinding, TokenCreated, TokenInfo,
+};
+use postern_api::validate;
+use serde_json::json;
+
+use super::admin::require;
+use super::extract::{ApiJson, Caller, TOKEN_PREFIX};
+use super::{ApiError, AppState};
+use crate::authz::Action;
+use crate::clock::{now_ms, rfc3339};
+use crate::secrets::new_token;
+use crate::store::{ApiTokenRow, BindingRow, UserRow};
+
+async fn resolve_user(state: &AppState, caller: &Caller, name: &str) -> Result<UserRow, ApiError> {
+    let not_found = || ApiError::NotFound(format!("user {name:?} not found"));
+    if validate::name("user", name).is_err() {
+        return Err(not_found());
+    }
+    let user = state
+        .store
+        .user_by_name(name)
+        .await?
+        .ok_or_else(not_found)?;
+    if user.org_id != caller.principal.org_id {
+        return Err(not_found());
+    }
+    caller
+        .audit
+        .with(|a| a.targets.push(format!("user:{}", user.name)));
+    Ok(user)
+}
+
+/// Org admins manage everyone; a user may manage their own tokens.
+fn may_manage_tokens_of(caller: &Caller, user: &UserRow) -> Result<(), ApiError> {
+    if caller.principal.user_id == user.id {
+        return Ok(());
+    }
+    require(caller, Action::ManageOrg)
+}
+
+pub(super) async fn user_view(state: &AppState, user: &UserRow) -> Result<dto::User, ApiError> {
+    let org = state
+        .store
+        .org_by_id(&user.org_id)
+        .await?
+        .map(|o| o.name)
+        .unwrap_or_default();
+    let mut roles = Vec::new();
+    for b in state.store.bindings(&user.id).await? {
+        let project = match &b.project_id {
+            Some(id) => state.store.project_by_id(id).await?.map(|p| p.name),
+            None => None,
+        };
+        roles.push(RoleBinding {
+            role: b.role,
+            project,
+            logins: b.logins,
+        });
+    }
+    Ok(dto::User {
+        id: user.id.clone(),
+        name: user.name.clone(),
+        org,
+        roles,
+        created_at: rfc3339(user.created_at),
+    })
+}
+
+pub async fn whoami(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<dto::User>, ApiError> {
+    let user = state
+        .store
+        .user_by_id(&caller.principal.user_id)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("user no longer exists".into()))?;
+    Ok(Json(user_view(&state, &user).await?))
+}
+
+pub async fn list_users(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<dto::User>>, ApiError> {
+    require(&caller, Action::ManageOrg)?;
+    let mut out = Vec::new();
+    for u in state.store.list_users(&caller.principal.org_id).await? {
+        out.push(user_view(&state, &u).await?);
+    }
+    Ok(Json(out))
+}
+
+pub async fn create_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateUser>,
+) -> Result<(StatusCode, Json<dto::User>), ApiError> {
+    require(&caller, Action::ManageOrg)?;
+    validate::name("user", &body.name)?;
+    let user = state
+        .store
+        .create_user(&caller.principal.org_id, &body.name, now_ms())
+        .await?;
+    caller
+        .audit
+        .with(|a| a.targets.push(format!("user:{}", user.name)));
+    Ok((StatusCode::CREATED, Json(user_view(&state, &user).await?)))
+}
+
+pub async fn get_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<dto::User>, ApiError> {
+    let user = resolve_user(&state, &caller, &name).await?;
+    may_manage_tokens_of(&caller, &user)?;
+    Ok(Json(user_view(&state, &user).await?))
+}
+
+pub async fn delete_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require(&caller, Action::ManageOrg)?;
+    let user = resolve_user(&state, &caller, &name).await?;
+    if user.id == caller.principal.user_id {
+        return Err(ApiError::Conflict(
+            "you cannot delete yourself; ask another org admin".into(),
+        ));
+    }
+    state.store.delete_user(&user.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sets the user's role on the org (no `project`) or on one project.
+pub async fn set_role(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<RoleBinding>,
+) -> Result<Json<dto::User>, ApiError> {
+    require(&caller, Action::ManageOrg)?;
+    let user = resolve_user(&state, &caller, &name).await?;
+    for l in &body.logins {
+        validate::login(l)?;
+    }
+    if body.logins.len() > 64 {
+        return Err(ApiError::BadRequest("at most 64 logins per role".into()));
+    }
+    let project_id = match (&body.project, body.role) {
+        (None, Role::OrgAdmin) => None,
+        (None, r) => {
+            return Err(ApiError::BadRequest(format!(
+                "role {r} is per project: give \"project\""
+            )));
+        }
+        (Some(_), Role::OrgAdmin) => {
+            return Err(ApiError::BadRequest(
+                "org_admin is org-wide: leave out \"project\"".into(),
+            ));
+        }
+        (Some(p), _) => {
+            let project = state
+                .store
+                .project_by_name(&caller.principal.org_id, p)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("project {p:?} not found")))?;
+            caller
+                .audit
+                .with(|a| a.project = Some(project.name.clone()));
+            Some(project.id)
+        }
+    };
+    let binding = BindingRow {
+        project_id,
+        role: body.role,
+        logins: body.logins.clone(),
+    };
+    state
+        .store
+        .set_binding(&user.id, &binding, now_ms())
+        .await?;
+    caller
+        .audit
+        .with(|a| a.detail = Some(json!({ "role": body.role, "logins": body.logins })));
+    Ok(Json(user_view(&state, &user).await?))
+}
+
+/// Removes the user's role on a project, or on the org when `scope` is `org`.
+pub async fn remove_role(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, scope)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    require(&caller, Action::ManageOrg)?;
+    let user = resolve_user(&state, &caller, &name).await?;
+    let project_id = if scope == "org" {
+        None
+    } else {
+        let p = state
+            .store
+            .project_by_name(&caller.principal.org_id, &scope)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("project {scope:?} not found")))?;
+        Some(p.id)
+    };
+    if !state
+        .store
+        .remove_binding(&user.id, project_id.as_deref())
+        .await?
+    {
+        return Err(ApiError::NotFound(format!(
+            "user {name:?} has no role on {scope:?}"
+        )));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn token_view(user: &UserRow, t: &ApiTokenRow) -> TokenInfo {
+    TokenInfo {
+        id: t.id.clone(),
+        user: user.name.clone(),
+        name: t.name.clone(),
+        created_at: rfc3339(t.created_at),
+        expires_at: rfc3339(t.expires_at),
+        revoked: t.revoked_at.is_some(),
+    }
+}
+
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    let user = resolve_user(&state, &caller, &name).await?;
+    may_manage_tokens_of(&caller, &user)?;
+    let tokens = state.store.list_api_tokens(&user.id).await?;
+    Ok(Json(tokens.iter().map(|t| token_view(&user, t)).collect()))
+}
+
+pub async fn create_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<CreateToken>,
+) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
+    let user = resolve_user(&state, &caller, &name).await?;
+    may_manage_tokens_of(&caller, &user)?;
+    let ttl = validate::range(
+        "ttl_seconds",
+        body.ttl_seconds.unwrap_or(dto::TOKEN_TTL_DEFAULT_SECS),
+        60,
+        dto::TOKEN_TTL_MAX_SECS,
+    )?;
+    if let Some(n) = &body.name
+        && (n.len() > 100 || n.chars().any(char::is_control))
+    {
+        return Err(ApiError::BadRequest(
+            "token name: at most 100 printable characters".into(),
+        ));
+    }
+    let created = issue_api_token(&state, &user, body.name.clone(), ttl).await?;
+    caller
+        .audit
+        .with(|a| a.detail = Some(json!({ "token_id": created.id, "ttl_seconds": ttl })));
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Makes an API token for a user; the secret is in the answer only.
+pub async fn issue_api_token(
+    state: &AppState,
+    user: &UserRow,
+    name: Option<String>,
+    ttl_seconds: i64,
+) -> Result<TokenCreated, ApiError> {
+    let t = new_token(TOKEN_PREFIX)?;
+    let now = now_ms();
+    let row = ApiTokenRow {
+        id: t.id.clone(),
+        user_id: user.id.clone(),
+        secret_hash: t.hash,
+        name,
+        created_at: now,
+        expires_at: now + ttl_seconds * 1000,
+        revoked_at: None,
+    };
+    state.store.insert_api_token(&row).await?;
+    Ok(TokenCreated {
+        id: t.id,
+        token: t.full.expose().to_string(),
+        expires_at: rfc3339(row.expires_at),
+    })
+}
+
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(token_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let not_found = || ApiError::NotFound(format!("token {token_id:?} not found"));
+    let t = state
+        .store
+        .api_token(&token_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let owner = state
+        .store
+        .user_by_id(&t.user_id)
+        .await?
+        .ok_or_else(not_found)?;
+    if owner.org_id != caller.principal.org_id {
+        return Err(not_found());
+    }
+    may_manage_tokens_of(&caller, &owner)?;
+    state.store.revoke_api_token(&t.id, now_ms()).await?;
+    caller.audit.with(|a| {
+        a.targets.push(format!("user:{}", owner.name));
+        a.detail = Some(json!({ "token_id": t.id }));
+    });
+    Ok(StatusCode::NO_CONTENT)
+}

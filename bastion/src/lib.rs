@@ -1,0 +1,19 @@
+//! The Postern bastion as a library: the store, authorization, audit, PKI, the
+//! agent port and the REST API, composed by [`app::Bastion`]. `main.rs` only parses
+//! flags, so tests drive all of this in process.
+
+pub mod agents;
+pub mod app;
+pub mod audit;
+pub mod authz;
+pub mod clock;
+pub mod dev;
+pub mod http;
+pub mod metrics;
+pub mod pki;
+pub mod secrets;
+pub mod state;
+pub mod store;
+
+pub use app::{Bastion, Config, StartError};
+pub use postern_agent::fsutil;

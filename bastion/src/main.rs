@@ -1,0 +1,296 @@
+//! `postern-bastion`: parse flags, build the configuration, hand over to the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use postern_bastion::state::Settings;
+use postern_bastion::{Bastion, Config, audit::Audit, dev, store::Store};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "postern-bastion",
+    version,
+    about = "Postern bastion: zero-trust access to fleets of Linux hosts"
+)]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(
+        long,
+        global = true,
+        default_value = "text",
+        env = "POSTERN_LOG_FORMAT"
+    )]
+    log_format: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the bastion.
+    Serve(ServeArgs),
+    /// Run a bastion with a demo org, project, edge, admin token and one demo agent.
+    Dev(DevArgs),
+    /// Check or export the audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Where the SQLite database and local state live.
+    #[arg(long, env = "POSTERN_DATA_DIR")]
+    data_dir: PathBuf,
+    /// postgres://… to use PostgreSQL instead of SQLite in the data directory.
+    #[arg(long, env = "POSTERN_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    api_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    agent_addr: SocketAddr,
+    /// The SSH front door's address (reserved: the SSH front door is not in this build).
+    #[arg(long, default_value = "127.0.0.1:2222")]
+    ssh_addr: SocketAddr,
+    /// File holding the 32-byte master key (64 hex digits) that seals the CA key.
+    #[arg(long, env = "POSTERN_MASTER_KEY_FILE")]
+    master_key_file: PathBuf,
+    /// The URL agents dial, printed in join commands (default: https://<agent-addr>).
+    #[arg(long)]
+    agent_public_url: Option<String>,
+    /// Extra DNS names or IPs for the agent port's certificate (repeatable).
+    #[arg(long = "tls-name")]
+    tls_names: Vec<String>,
+    #[command(flatten)]
+    tuning: Tuning,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    #[arg(long, env = "POSTERN_DATA_DIR", default_value = "./postern-dev")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    api_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    agent_addr: SocketAddr,
+    /// Reserved: the SSH front door is not in this build.
+    #[arg(long, default_value = "127.0.0.1:2222")]
+    ssh_addr: SocketAddr,
+    #[command(flatten)]
+    tuning: Tuning,
+}
+
+#[derive(Args)]
+struct Tuning {
+    /// Lifetime of node certificates; agents rotate at two thirds of it.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    node_cert_ttl: Duration,
+    /// How often to look for certificates due for rotation.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    rotation_check: Duration,
+    /// Most simultaneous connections on the agent port.
+    #[arg(long, default_value_t = 16_000)]
+    max_agent_connections: usize,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Walk the hash chain; exits 1 if an entry was edited or removed.
+    Verify(Common),
+    /// Print every entry, oldest first, as JSON lines.
+    Export(Common),
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn settings(t: &Tuning, public_url: Option<String>) -> Settings {
+    Settings {
+        agent_public_url: public_url.unwrap_or_default(),
+        rotation_check: t.rotation_check,
+        max_agent_connections: t.max_agent_connections,
+        handshake_timeout: t.handshake_timeout,
+        ..Settings::default()
+    }
+}
+
+fn check_ssh_addr(addr: SocketAddr) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        addr.ip().is_loopback(),
+        "--ssh-addr {addr} is not loopback; the SSH front door listens on loopback unless configured otherwise"
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logs(&cli.log_format);
+    match cli.cmd {
+        Cmd::Serve(a) => {
+            check_ssh_addr(a.ssh_addr)?;
+            let cfg = Config {
+                data_dir: a.common.data_dir,
+                database_url: a.common.database_url,
+                api_addr: a.api_addr,
+                agent_addr: a.agent_addr,
+                master_key_file: a.master_key_file,
+                create_master_key: false,
+                tls_names: a.tls_names,
+                node_cert_ttl: a.tuning.node_cert_ttl,
+                settings: settings(&a.tuning, a.agent_public_url),
+            };
+            serve(cfg).await
+        }
+        Cmd::Dev(a) => {
+            check_ssh_addr(a.ssh_addr)?;
+            let cfg = Config {
+                master_key_file: a.data_dir.join("master.key"),
+                data_dir: a.data_dir,
+                database_url: None,
+                api_addr: a.api_addr,
+                agent_addr: a.agent_addr,
+                create_master_key: true,
+                tls_names: vec![],
+                node_cert_ttl: a.tuning.node_cert_ttl,
+                settings: settings(&a.tuning, None),
+            };
+            run_dev(cfg).await
+        }
+        Cmd::Audit { cmd } => audit(cmd).await,
+    }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let bastion = Bastion::start(cfg, shutdown.clone())
+        .await
+        .context("cannot start the bastion")?;
+    log_addresses(&bastion);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+    bastion.run().await.context("the REST API server failed")
+}
+
+async fn run_dev(cfg: Config) -> anyhow::Result<()> {
+    let data_dir = cfg.data_dir.clone();
+    let shutdown = CancellationToken::new();
+    let bastion = Bastion::start(cfg, shutdown.clone())
+        .await
+        .context("cannot start the bastion")?;
+    let files = dev::bootstrap(&bastion.shared(), &data_dir)
+        .await
+        .context("dev bootstrap failed")?;
+    log_addresses(&bastion);
+    let api = bastion
+        .api_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let running = tokio::spawn(bastion.run());
+    let agent = dev::demo_agent(&data_dir, &files.join_file)
+        .await
+        .context("demo agent")?;
+    let agent_task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { agent.run(shutdown).await }
+    });
+    eprintln!(
+        "\nPostern dev bastion is up.\n  admin API token: {tok}\n  join command:    {join}\n  try: curl -H \"Authorization: Bearer $(cat {tok})\" http://{api}/api/v1/projects/demo/edges/local/nodes\n",
+        tok = files.token_file.display(),
+        join = files.join_file.display(),
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), agent_task).await;
+    match tokio::time::timeout(Duration::from_secs(20), running).await {
+        Ok(Ok(r)) => r.context("the REST API server failed"),
+        _ => Ok(()),
+    }
+}
+
+fn log_addresses(b: &Bastion) {
+    tracing::info!(
+        api = ?b.api_addr(),
+        agents = ?b.agent_addr(),
+        ca_hash = %b.shared().pki.ca_hash(),
+        "bastion listening"
+    );
+}
+
+async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
+    let (common, verify) = match cmd {
+        AuditCmd::Verify(c) => (c, true),
+        AuditCmd::Export(c) => (c, false),
+    };
+    let store = match &common.database_url {
+        Some(url) => Store::open(url).await?,
+        None => {
+            anyhow::ensure!(
+                common.data_dir.join("postern.db").exists(),
+                "no database in {}: pass the bastion's --data-dir (or --database-url)",
+                common.data_dir.display()
+            );
+            Store::open_sqlite(&common.data_dir).await?
+        }
+    };
+    let audit = Audit::new(store);
+    if verify {
+        match audit.verify().await? {
+            Ok(n) => {
+                println!("audit log intact: {n} entries verified");
+                Ok(())
+            }
+            Err(brk) => {
+                eprintln!("AUDIT LOG TAMPERED: {brk}");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        let mut out = std::io::BufWriter::new(std::io::stdout());
+        audit.export(&mut out).await?;
+        std::io::Write::flush(&mut out)?;
+        Ok(())
+    }
+}
+
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

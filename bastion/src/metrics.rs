@@ -1,0 +1,97 @@
+//! Process metrics in the Prometheus text format. A handful of atomics is all the
+//! bastion needs; the exposition is written by hand to keep the hot path lock-free.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub handshakes: AtomicU64,
+    pub handshake_failures: AtomicU64,
+    pub agents_refused: AtomicU64,
+    pub connections_rejected_full: AtomicU64,
+    pub enrollments: AtomicU64,
+    pub enrollment_failures: AtomicU64,
+    pub rotations: AtomicU64,
+    pub rotation_failures: AtomicU64,
+    pub api_requests: AtomicU64,
+    pub audit_failures: AtomicU64,
+}
+
+pub fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Metrics {
+    pub fn render(&self, agents_connected: usize) -> String {
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, v: u64, kind: &str| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        };
+        gauge(
+            "postern_agents_connected",
+            "Agents with a live channel.",
+            agents_connected as u64,
+            "gauge",
+        );
+        let counters: [(&str, &str, &AtomicU64); 10] = [
+            (
+                "postern_agent_handshakes_total",
+                "Agent channels established.",
+                &self.handshakes,
+            ),
+            (
+                "postern_agent_handshake_failures_total",
+                "TLS handshakes on the agent port that failed or timed out.",
+                &self.handshake_failures,
+            ),
+            (
+                "postern_agent_refused_total",
+                "Valid certificates refused (node deleted, disabled, wrong protocol).",
+                &self.agents_refused,
+            ),
+            (
+                "postern_agent_connections_rejected_total",
+                "Connections dropped because the connection limit was reached.",
+                &self.connections_rejected_full,
+            ),
+            (
+                "postern_enrollments_total",
+                "Nodes enrolled.",
+                &self.enrollments,
+            ),
+            (
+                "postern_enrollment_failures_total",
+                "Enrollment requests refused.",
+                &self.enrollment_failures,
+            ),
+            (
+                "postern_cert_rotations_total",
+                "Node certificates rotated.",
+                &self.rotations,
+            ),
+            (
+                "postern_cert_rotation_failures_total",
+                "Node certificate rotations that failed (retried later).",
+                &self.rotation_failures,
+            ),
+            (
+                "postern_api_requests_total",
+                "Admin and cmdexec API requests.",
+                &self.api_requests,
+            ),
+            (
+                "postern_audit_failures_total",
+                "Audit entries that could not be written.",
+                &self.audit_failures,
+            ),
+        ];
+        for (name, help, c) in counters {
+            gauge(name, help, c.load(Ordering::Relaxed), "counter");
+        }
+        out
+    }
+}

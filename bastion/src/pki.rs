@@ -1,0 +1,238 @@
+//! The bastion's certificate authority: made at first start and kept in the store
+//! with its key sealed by the operator's master key; signs node CSRs (short-lived
+//! client certificates) and the agent port's server certificate.
+//!
+//! A node certificate names the node by id in its CN. The CSR proves possession of
+//! the key and supplies the public key; nothing else it asks for is honoured.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use thiserror::Error;
+use time::OffsetDateTime;
+
+use crate::clock::now_ms;
+use crate::secrets::{MasterKey, SecretError, random_bytes};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Error)]
+pub enum PkiError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("certificate error: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("invalid certificate signing request: {0}")]
+    BadCsr(String),
+    #[error("invalid certificate: {0}")]
+    BadCert(String),
+}
+
+/// A certificate just issued.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub serial: String,
+    pub not_after_ms: i64,
+}
+
+/// What the bastion reads from a node's client certificate at handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCertInfo {
+    pub node_id: String,
+    pub serial: String,
+    pub not_before_ms: i64,
+    pub not_after_ms: i64,
+}
+
+pub struct Pki {
+    ca_pem: String,
+    ca_der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+    ca_hash: String,
+    node_cert_ttl: Duration,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki")
+            .field("ca_hash", &self.ca_hash)
+            .finish()
+    }
+}
+
+impl Pki {
+    /// Loads the CA from the store, or makes and stores one on first start.
+    pub async fn load_or_create(
+        store: &Store,
+        master: &MasterKey,
+        node_cert_ttl: Duration,
+    ) -> Result<Arc<Pki>, PkiError> {
+        let (cert_pem, sealed) = match store.load_ca().await? {
+            Some(ca) => ca,
+            None => {
+                let (cert_pem, key_pem) = new_ca()?;
+                let sealed = master.seal(key_pem.as_bytes())?;
+                tracing::info!("created a new certificate authority");
+                store.insert_ca(&cert_pem, &sealed, now_ms()).await?
+            }
+        };
+        let key_pem =
+            String::from_utf8(master.open(&sealed)?).map_err(|_| SecretError::Malformed)?;
+        let key = KeyPair::from_pem(&key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
+        let ca_der = pem_to_der(&cert_pem)?;
+        let ca_hash = postern_api::agent::format_ca_hash(
+            ring::digest::digest(&ring::digest::SHA256, &ca_der).as_ref(),
+        );
+        Ok(Arc::new(Pki {
+            ca_pem: cert_pem,
+            ca_der,
+            issuer,
+            ca_hash,
+            node_cert_ttl,
+        }))
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    pub fn ca_der(&self) -> &CertificateDer<'static> {
+        &self.ca_der
+    }
+
+    /// `sha256:<hex>` of the CA certificate, the pin in every join command.
+    pub fn ca_hash(&self) -> &str {
+        &self.ca_hash
+    }
+
+    pub fn node_cert_ttl(&self) -> Duration {
+        self.node_cert_ttl
+    }
+
+    /// Signs a node's CSR after checking its self-signature. The certificate is a
+    /// TLS client certificate for `node_id`, valid for the node certificate TTL.
+    pub fn sign_node_csr(&self, csr_pem: &str, node_id: &str) -> Result<Issued, PkiError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::BadCsr(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, node_id);
+        dn.push(DnType::OrganizationName, "postern node");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let (serial, serial_hex) = new_serial()?;
+        params.serial_number = Some(serial);
+        let now = OffsetDateTime::now_utc();
+        // A minute of slack for clocks that are slightly behind.
+        params.not_before = now - time::Duration::minutes(1);
+        let not_after =
+            now + time::Duration::try_from(self.node_cert_ttl).unwrap_or(time::Duration::days(1));
+        params.not_after = not_after;
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            serial: serial_hex,
+            not_after_ms: i64::try_from(not_after.unix_timestamp_nanos() / 1_000_000)
+                .unwrap_or(i64::MAX),
+        })
+    }
+
+    /// A fresh server certificate for the agent port, for the given DNS names and IPs.
+    pub fn server_cert(
+        &self,
+        names: &[String],
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "postern bastion");
+        params.distinguished_name = dn;
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => n.clone().try_into().map(SanType::DnsName),
+            })
+            .collect::<Result<_, _>>()?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.serial_number = Some(new_serial()?.0);
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + time::Duration::days(90);
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let chain = vec![cert.der().clone(), self.ca_der.clone()];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((chain, key))
+    }
+}
+
+fn new_ca() -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "Postern CA");
+    dn.push(DnType::OrganizationName, "postern");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.serial_number = Some(new_serial()?.0);
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = now + time::Duration::days(3650);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// 128 random bits with the top bit clear, so the DER integer is positive.
+fn new_serial() -> Result<(SerialNumber, String), PkiError> {
+    let mut b = random_bytes::<16>()?;
+    b[0] &= 0x7f;
+    b[0] |= 0x01;
+    Ok((SerialNumber::from_slice(&b), hex::encode(b)))
+}
+
+pub fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .map(|c| c.into_owned())
+        .map_err(|e| PkiError::BadCert(e.to_string()))
+}
+
+/// Reads the node id, serial and validity from a node certificate (already
+/// verified against the CA by rustls).
+pub fn node_cert_info(der: &[u8]) -> Result<NodeCertInfo, PkiError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::BadCert(e.to_string()))?;
+    let node_id = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| PkiError::BadCert("no common name".into()))?
+        .to_string();
+    Ok(NodeCertInfo {
+        node_id,
+        serial: hex::encode(cert.raw_serial()),
+        not_before_ms: cert.validity().not_before.timestamp() * 1000,
+        not_after_ms: cert.validity().not_after.timestamp() * 1000,
+    })
+}

@@ -1,0 +1,69 @@
+//! What every part of a running bastion shares: store, audit, PKI, the registry of
+//! agent channels, metrics, settings and the shutdown token that owns all tasks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::agents::Registry;
+use crate::audit::Audit;
+use crate::metrics::Metrics;
+use crate::pki::Pki;
+use crate::store::Store;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The URL agents dial (`https://host:port`), printed in join commands.
+    pub agent_public_url: String,
+    /// A TLS handshake on the agent port must finish within this.
+    pub handshake_timeout: Duration,
+    /// Connections beyond this on the agent port are dropped at once.
+    pub max_agent_connections: usize,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// How often to look for certificates due for rotation.
+    pub rotation_check: Duration,
+    /// How often to write last-seen times of connected nodes.
+    pub last_seen_flush: Duration,
+    /// Timeout of a single call from the bastion to an agent.
+    pub agent_call_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            agent_public_url: "https://127.0.0.1:8443".into(),
+            handshake_timeout: Duration::from_secs(10),
+            max_agent_connections: 16_000,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+            rotation_check: Duration::from_secs(30),
+            last_seen_flush: Duration::from_secs(30),
+            agent_call_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Shared {
+    pub store: Store,
+    pub audit: Audit,
+    pub pki: Arc<Pki>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+impl Shared {
+    /// Records an audit event; a failure is logged and counted, never silent.
+    pub async fn audit(&self, ev: crate::audit::Event) {
+        if let Err(e) = self.audit.record(ev).await {
+            crate::metrics::inc(&self.metrics.audit_failures);
+            tracing::error!(error = %e, "could not write audit entry");
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The store: sqlx over SQLite (a file in the data directory, WAL) by default, or
+//! PostgreSQL when given a `postgres://` URL.
+//!
+//! Queries are runtime-checked and written once for both backends through sqlx's
+//! `Any` driver; the same tests run against both. Timestamps are unix milliseconds.
+
+mod nodes;
+mod tenancy;
+mod tokens;
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::AnyPool;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use thiserror::Error;
+
+pub use nodes::{EnrollOutcome, NewNode, NodeRow};
+pub use tenancy::{BindingRow, EdgeRow, OrgRow, ProjectRow, UserRow};
+pub use tokens::{ApiTokenRow, EnrollmentTokenRow};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("cannot apply database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
+    BadUrl(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Maps unique-constraint violations to `Conflict`, so callers can answer 409
+    /// instead of 500 without parsing backend messages.
+    fn conflict_or(e: sqlx::Error, what: impl Into<String>) -> StoreError {
+        if let sqlx::Error::Database(db) = &e
+            && db.is_unique_violation()
+        {
+            return StoreError::Conflict(what.into());
+        }
+        StoreError::Db(e)
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens the SQLite file `postern.db` in `data_dir`, creating it if missing.
+    pub async fn open_sqlite(data_dir: &Path) -> Result<Store> {
+        let path = data_dir.join("postern.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        Store::open(&url).await
+    }
+
+    /// Opens a store by URL (`sqlite://…` or `postgres://…`) and applies migrations.
+    pub async fn open(url: &str) -> Result<Store> {
+        install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::BadUrl(url.to_string()));
+        };
+        let max = match backend {
+            // One writer at a time is all SQLite allows; a few readers help listings.
+            Backend::Sqlite => 4,
+            Backend::Postgres => 16,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        if backend == Backend::Sqlite {
+            // WAL lets readers proceed during writes; the setting persists in the file.
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await?;
+        }
+        match backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+        }
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // --- the CA row ---------------------------------------------------------
+
+    pub async fn load_ca(&self) -> Result<Option<(String, String)>> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT cert_pem, key_sealed FROM ca WHERE id = 'main'")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row)
+    }
+
+    /// Inserts the CA unless one exists; returns the one that is stored, so two
+    /// replicas starting together agree on a single CA.
+    pub async fn insert_ca(
+        &self,
+        cert_pem: &str,
+        key_sealed: &str,
+        now: i64,
+    ) -> Result<(String, String)> {
+        let res = sqlx::query(
+            "INSERT INTO ca (id, cert_pem, key_sealed, created_at) VALUES ('main', $1, $2, $3)",
+        )
+        .bind(cert_pem)
+        .bind(key_sealed)
+        .bind(now)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => {}
+            Err(e) => match StoreError::conflict_or(e, "ca") {
+                StoreError::Conflict(_) => {}
+                other => return Err(other),
+            },
+        }
+        self.load_ca()
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("CA row vanished after insert".into()))
+    }
+}
+
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

@@ -1,0 +1,245 @@
+//! Nodes: enrollment (consuming a token use and creating the node in one
+//! transaction), lifecycle changes and listings.
+
+use postern_api::admin::NodeState;
+use sqlx::Row;
+
+use super::{Result, Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    pub id: String,
+    pub edge_id: String,
+    pub hostname: String,
+    pub state: NodeState,
+    pub created_at: i64,
+    pub approved_at: Option<i64>,
+    pub last_seen_at: Option<i64>,
+    pub agent_version: Option<String>,
+    pub cert_serial: Option<String>,
+    pub cert_expires_at: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewNode<'a> {
+    pub id: &'a str,
+    pub token_id: &'a str,
+    pub edge_id: &'a str,
+    pub hostname: &'a str,
+    pub agent_version: &'a str,
+    pub auto_approve: bool,
+    pub cert_serial: &'a str,
+    pub cert_expires_at: i64,
+}
+
+/// Why an enrollment was refused by the store. Every variant leaves no node record
+/// and does not consume a token use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrollOutcome {
+    Enrolled(NodeRow),
+    /// Expired, revoked or used up between the caller's check and the update.
+    TokenExhausted,
+    HostnameTaken,
+}
+
+// Dynamic SQL in this module is assembled only from these constants and
+// numbered placeholders, never from input; hence `AssertSqlSafe`.
+const NODE_COLS: &str = "id, edge_id, hostname, state, created_at, approved_at, last_seen_at, agent_version, cert_serial, cert_expires_at";
+
+fn node(r: sqlx::any::AnyRow) -> Result<NodeRow> {
+    let state: String = r.try_get(3)?;
+    Ok(NodeRow {
+        id: r.try_get(0)?,
+        edge_id: r.try_get(1)?,
+        hostname: r.try_get(2)?,
+        state: state.parse().map_err(StoreError::Corrupt)?,
+        created_at: r.try_get(4)?,
+        approved_at: r.try_get(5)?,
+        last_seen_at: r.try_get(6)?,
+        agent_version: r.try_get(7)?,
+        cert_serial: r.try_get(8)?,
+        cert_expires_at: r.try_get(9)?,
+    })
+}
+
+impl Store {
+    /// Consumes one use of the token and creates the node, atomically: a refusal
+    /// (token exhausted, hostname taken) leaves the store exactly as it was.
+    pub async fn enroll_node(&self, n: &NewNode<'_>, now: i64) -> Result<EnrollOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let used = sqlx::query(
+            "UPDATE enrollment_tokens SET uses = uses + 1
+             WHERE id = $1 AND uses < max_uses AND expires_at > $2 AND revoked_at IS NULL",
+        )
+        .bind(n.token_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if used.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(EnrollOutcome::TokenExhausted);
+        }
+        let state = if n.auto_approve {
+            NodeState::Approved
+        } else {
+            NodeState::Pending
+        };
+        let approved_at = n.auto_approve.then_some(now);
+        let inserted = sqlx::query(
+            "INSERT INTO nodes (id, edge_id, hostname, state, created_at, approved_at, last_seen_at, agent_version, cert_serial, cert_expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, $9)",
+        )
+        .bind(n.id)
+        .bind(n.edge_id)
+        .bind(n.hostname)
+        .bind(state.as_str())
+        .bind(now)
+        .bind(approved_at)
+        .bind(n.agent_version)
+        .bind(n.cert_serial)
+        .bind(n.cert_expires_at)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) => {
+                tx.rollback().await?;
+                return match StoreError::conflict_or(e, "node") {
+                    StoreError::Conflict(_) => Ok(EnrollOutcome::HostnameTaken),
+                    other => Err(other),
+                };
+            }
+        }
+        tx.commit().await?;
+        Ok(EnrollOutcome::Enrolled(NodeRow {
+            id: n.id.to_string(),
+            edge_id: n.edge_id.to_string(),
+            hostname: n.hostname.to_string(),
+            state,
+            created_at: now,
+            approved_at,
+            last_seen_at: None,
+            agent_version: Some(n.agent_version.to_string()),
+            cert_serial: Some(n.cert_serial.to_string()),
+            cert_expires_at: Some(n.cert_expires_at),
+        }))
+    }
+
+    pub async fn node(&self, id: &str) -> Result<Option<NodeRow>> {
+        let q = format!("SELECT {NODE_COLS} FROM nodes WHERE id = $1");
+        sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(node)
+            .transpose()
+    }
+
+    pub async fn node_by_hostname(&self, edge_id: &str, hostname: &str) -> Result<Option<NodeRow>> {
+        let q = format!("SELECT {NODE_COLS} FROM nodes WHERE edge_id = $1 AND hostname = $2");
+        sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(edge_id)
+            .bind(hostname)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(node)
+            .transpose()
+    }
+
+    pub async fn list_nodes(&self, edge_id: &str) -> Result<Vec<NodeRow>> {
+        let q = format!("SELECT {NODE_COLS} FROM nodes WHERE edge_id = $1 ORDER BY hostname");
+        sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(edge_id)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(node)
+            .collect()
+    }
+
+    pub async fn set_node_state(&self, id: &str, state: NodeState, now: i64) -> Result<()> {
+        let approved_at =
+            matches!(state, NodeState::Approved | NodeState::Provisioned).then_some(now);
+        let res = sqlx::query(
+            "UPDATE nodes SET state = $2, approved_at = COALESCE(approved_at, $3) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state.as_str())
+        .bind(approved_at)
+        .execute(&self.pool)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("node {id:?}")));
+        }
+        Ok(())
+    }
+
+    /// Marks an approved node provisioned once its agent has connected.
+    pub async fn mark_provisioned(&self, id: &str) -> Result<bool> {
+        let res = sqlx::query(
+            "UPDATE nodes SET state = 'provisioned' WHERE id = $1 AND state = 'approved'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    pub async fn delete_node(&self, id: &str) -> Result<()> {
+        let res = sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("node {id:?}")));
+        }
+        Ok(())
+    }
+
+    pub async fn record_cert(&self, id: &str, serial: &str, expires_at: i64) -> Result<()> {
+        sqlx::query("UPDATE nodes SET cert_serial = $2, cert_expires_at = $3 WHERE id = $1")
+            .bind(id)
+            .bind(serial)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records when nodes were last seen, in one statement per batch so that
+    /// thousands of connected agents cost a handful of writes per flush.
+    pub async fn touch_nodes(&self, ids: &[String], now: i64) -> Result<()> {
+        for chunk in ids.chunks(500) {
+            let mut q = String::from("UPDATE nodes SET last_seen_at = $1 WHERE id IN (");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    q.push(',');
+                }
+                q.push_str(&format!("${}", i + 2));
+            }
+            q.push(')');
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str())).bind(now);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            query.execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn set_agent_version(&self, id: &str, version: &str) -> Result<()> {
+        sqlx::query("UPDATE nodes SET agent_version = $2 WHERE id = $1")
+            .bind(id)
+            .bind(version)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn count_nodes(&self) -> Result<i64> {
+        let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM nodes")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n.0)
+    }
+}

@@ -1,0 +1,150 @@
+//! The agent's side of the channel: dial out, TLS 1.3 with our certificate, then
+//! *serve* HTTP/2 on the connection we opened so the bastion can call us. When the
+//! connection ends for any reason, come back by ourselves after a fully jittered
+//! backoff; never give up.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use postern_api::agent::ALPN_CHANNEL;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::enroll::Controller;
+use crate::identity::Identity;
+use crate::service;
+use crate::tls::channel_config;
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub connect_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// A connection that lived this long resets the backoff.
+    pub stable_after: Duration,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+            stable_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Live counters, for the process's logs, tests and the swarm.
+#[derive(Debug, Default)]
+pub struct AgentStatus {
+    pub connected: AtomicBool,
+    pub connects: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub identity: Arc<Identity>,
+    pub options: AgentOptions,
+    pub status: Arc<AgentStatus>,
+}
+
+impl Agent {
+    pub fn new(identity: Arc<Identity>, options: AgentOptions) -> Agent {
+        Agent {
+            identity,
+            options,
+            status: Arc::new(AgentStatus::default()),
+        }
+    }
+
+    /// Keeps the channel up until `shutdown`.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let controller = match Controller::parse(&self.identity.meta.controller) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "stored controller URL is invalid; re-enroll this node");
+                return;
+            }
+        };
+        let mut backoff = Backoff::new(self.options.backoff_base, self.options.backoff_cap);
+        loop {
+            let started = Instant::now();
+            match self.session(&controller, &shutdown).await {
+                Ok(()) => tracing::info!("channel to the bastion closed"),
+                Err(e) => {
+                    self.status.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(controller = %controller.url, error = %e, "channel to the bastion failed");
+                }
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if started.elapsed() >= self.options.stable_after {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay();
+            tracing::debug!(?delay, "reconnecting after backoff");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One connection, from dial to close.
+    async fn session(
+        &self,
+        controller: &Controller,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        // Built per attempt so a rotated certificate is used from the next connection.
+        let cfg = channel_config(&self.identity.ca_pem, &self.identity.credentials())
+            .map_err(|e| e.to_string())?;
+        let name = controller.server_name()?;
+        let opts = &self.options;
+        let tcp = controller.connect_tcp(opts.connect_timeout).await?;
+        let tls = tokio::time::timeout(
+            opts.connect_timeout,
+            TlsConnector::from(cfg).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN_CHANNEL) {
+            return Err(
+                "the bastion did not agree to the agent protocol (version mismatch?)".into(),
+            );
+        }
+        self.status.connected.store(true, Ordering::Relaxed);
+        self.status.connects.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(controller = %controller.url, "channel to the bastion up");
+
+        let router = service::router(self.identity.clone());
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(opts.keepalive_interval)
+            .keep_alive_timeout(opts.keepalive_timeout)
+            .serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));
+        let mut conn = std::pin::pin!(conn);
+        let result = tokio::select! {
+            r = &mut conn => r.map_err(|e| e.to_string()),
+            _ = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut conn).await;
+                Ok(())
+            }
+        };
+        self.status.connected.store(false, Ordering::Relaxed);
+        result
+    }
+}

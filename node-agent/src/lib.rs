@@ -1,0 +1,18 @@
+//! The Postern node agent as a library: enroll with a bastion, keep the outbound
+//! mTLS channel (reconnecting with capped, fully jittered backoff), and serve the
+//! bastion's calls over the reversed HTTP/2 connection.
+//!
+//! Many agents can run in one process (the benchmark swarm does), so nothing here
+//! is global: each agent is an [`Identity`] plus a [`channel::Agent`].
+
+pub mod backoff;
+pub mod channel;
+pub mod enroll;
+pub mod fsutil;
+pub mod identity;
+mod service;
+pub mod tls;
+
+pub use channel::{Agent, AgentOptions, AgentStatus};
+pub use enroll::{EnrollError, JoinRequest, join};
+pub use identity::{Identity, IdentityError};

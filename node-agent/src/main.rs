@@ -1,0 +1,148 @@
+//! `postern-agent`: parse flags, then hand over to the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use postern_agent::{Agent, AgentOptions, Identity, JoinRequest};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "postern-agent", version, about = "Postern node agent")]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(
+        long,
+        global = true,
+        default_value = "text",
+        env = "POSTERN_LOG_FORMAT"
+    )]
+    log_format: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Enroll this node with a bastion and exit.
+    Join {
+        /// The bastion's agent URL, e.g. https://bastion.example.com:8443
+        #[arg(long)]
+        controller: String,
+        /// The enrollment token (pet_…).
+        #[arg(long, env = "POSTERN_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The bastion CA's hash (sha256:…), from the join command.
+        #[arg(long)]
+        ca_hash: String,
+        /// This node's name; defaults to the machine's hostname.
+        #[arg(long)]
+        hostname: Option<String>,
+        #[arg(long, default_value = "/var/lib/postern-agent")]
+        data_dir: PathBuf,
+    },
+    /// Keep the channel to the bastion up (the systemd service runs this).
+    Run {
+        #[arg(long, default_value = "/var/lib/postern-agent")]
+        data_dir: PathBuf,
+        /// Longest wait between reconnect attempts.
+        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+        backoff_cap: Duration,
+    },
+}
+
+fn system_hostname() -> anyhow::Result<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("cannot read the hostname; pass --hostname")?;
+    Ok(h.trim().to_string())
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logs(&cli.log_format);
+    match cli.cmd {
+        Cmd::Join {
+            controller,
+            token,
+            ca_hash,
+            hostname,
+            data_dir,
+        } => {
+            let hostname = match hostname {
+                Some(h) => h,
+                None => system_hostname()?,
+            };
+            let identity = postern_agent::join(&JoinRequest {
+                controller,
+                token,
+                ca_hash,
+                hostname,
+                data_dir: Some(data_dir.clone()),
+            })
+            .await
+            .context("join failed")?;
+            println!(
+                "enrolled {} as node {}; start the channel with: postern-agent run --data-dir {}",
+                identity.meta.hostname,
+                identity.meta.node_id,
+                data_dir.display()
+            );
+            Ok(())
+        }
+        Cmd::Run {
+            data_dir,
+            backoff_cap,
+        } => {
+            let identity = Identity::load(&data_dir)?;
+            tracing::info!(node = %identity.meta.node_id, hostname = %identity.meta.hostname, "agent starting");
+            let agent = Agent::new(
+                identity,
+                AgentOptions {
+                    backoff_cap,
+                    ..AgentOptions::default()
+                },
+            );
+            let shutdown = CancellationToken::new();
+            let runner = tokio::spawn({
+                let agent = agent.clone();
+                let shutdown = shutdown.clone();
+                async move { agent.run(shutdown).await }
+            });
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            shutdown.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(10), runner).await;
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
