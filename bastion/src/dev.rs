@@ -80,7 +80,7 @@ pub async fn bootstrap(shared: &Arc<Shared>, data_dir: &Path) -> Result<DevFiles
         .await?;
     let state: AppState = shared.clone();
     let token = crate::http::issue_api_token(
-        &state,
+        &shared.store,
         &admin,
         Some("dev bootstrap".into()),
         365 * 24 * 3600,

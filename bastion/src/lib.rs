@@ -14,6 +14,7 @@ pub mod pki;
 pub mod secrets;
 pub mod state;
 pub mod store;
+pub mod tenancy_init;
 
 pub use app::{Bastion, Config, StartError};
 pub use postern_agent::fsutil;

@@ -35,6 +35,18 @@ enum Cmd {
     Serve(ServeArgs),
     /// Run a bastion with a demo org, project, edge, admin token and one demo agent.
     Dev(DevArgs),
+    /// Create an org and its first org admin (if missing) and print a new API token for that admin.
+    Init {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value = "default")]
+        org: String,
+        #[arg(long, default_value = "admin")]
+        admin: String,
+        /// Lifetime of the token.
+        #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+        token_ttl: Duration,
+    },
     /// Check or export the audit log.
     Audit {
         #[command(subcommand)]
@@ -181,6 +193,23 @@ async fn main() -> anyhow::Result<()> {
             run_dev(cfg).await
         }
         Cmd::Audit { cmd } => audit(cmd).await,
+        Cmd::Init {
+            common,
+            org,
+            admin,
+            token_ttl,
+        } => {
+            postern_bastion::fsutil::private_dir(&common.data_dir)
+                .with_context(|| format!("cannot create {}", common.data_dir.display()))?;
+            let store = open_store(&common, true).await?;
+            let ttl = i64::try_from(token_ttl.as_secs()).unwrap_or(i64::MAX);
+            let token = postern_bastion::tenancy_init::init(&store, &org, &admin, ttl)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            store.close().await;
+            println!("{}", token.token);
+            Ok(())
+        }
     }
 }
 
@@ -249,17 +278,7 @@ async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
         AuditCmd::Verify(c) => (c, true),
         AuditCmd::Export(c) => (c, false),
     };
-    let store = match &common.database_url {
-        Some(url) => Store::open(url).await?,
-        None => {
-            anyhow::ensure!(
-                common.data_dir.join("postern.db").exists(),
-                "no database in {}: pass the bastion's --data-dir (or --database-url)",
-                common.data_dir.display()
-            );
-            Store::open_sqlite(&common.data_dir).await?
-        }
-    };
+    let store = open_store(&common, false).await?;
     let audit = Audit::new(store);
     if verify {
         match audit.verify().await? {
@@ -278,6 +297,20 @@ async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
         std::io::Write::flush(&mut out)?;
         Ok(())
     }
+}
+
+async fn open_store(common: &Common, create: bool) -> anyhow::Result<Store> {
+    Ok(match &common.database_url {
+        Some(url) => Store::open(url).await?,
+        None => {
+            anyhow::ensure!(
+                create || common.data_dir.join("postern.db").exists(),
+                "no database in {}: pass the bastion's --data-dir (or --database-url)",
+                common.data_dir.display()
+            );
+            Store::open_sqlite(&common.data_dir).await?
+        }
+    })
 }
 
 async fn wait_for_signal() {

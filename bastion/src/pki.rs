@@ -35,6 +35,9 @@ pub enum PkiError {
     BadCert(String),
 }
 
+/// Node certificates start this long before their issue, for clocks that lag.
+pub const NOT_BEFORE_SLACK_MS: i64 = 60_000;
+
 /// A certificate just issued.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -65,6 +68,14 @@ impl std::fmt::Debug for Pki {
         f.debug_struct("Pki")
             .field("ca_hash", &self.ca_hash)
             .finish()
+    }
+}
+
+impl NodeCertInfo {
+    /// Rotation is due at two thirds of the certificate's life, counted from issue.
+    pub fn rotation_due(&self, now_ms: i64) -> bool {
+        let issued = self.not_before_ms + NOT_BEFORE_SLACK_MS;
+        now_ms >= issued + (self.not_after_ms - issued) * 2 / 3
     }
 }
 
@@ -134,8 +145,8 @@ impl Pki {
         let (serial, serial_hex) = new_serial()?;
         params.serial_number = Some(serial);
         let now = OffsetDateTime::now_utc();
-        // A minute of slack for clocks that are slightly behind.
-        params.not_before = now - time::Duration::minutes(1);
+        // Slack for node clocks that are slightly behind.
+        params.not_before = now - time::Duration::milliseconds(NOT_BEFORE_SLACK_MS);
         let not_after =
             now + time::Duration::try_from(self.node_cert_ttl).unwrap_or(time::Duration::days(1));
         params.not_after = not_after;
@@ -235,4 +246,22 @@ pub fn node_cert_info(der: &[u8]) -> Result<NodeCertInfo, PkiError> {
         not_before_ms: cert.validity().not_before.timestamp() * 1000,
         not_after_ms: cert.validity().not_after.timestamp() * 1000,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_is_due_at_two_thirds_of_life_from_issue() {
+        let issued = 1_000_000;
+        let c = NodeCertInfo {
+            node_id: "n".into(),
+            serial: "s".into(),
+            not_before_ms: issued - NOT_BEFORE_SLACK_MS,
+            not_after_ms: issued + 9_000,
+        };
+        assert!(!c.rotation_due(issued + 5_999));
+        assert!(c.rotation_due(issued + 6_000));
+    }
 }

@@ -31,10 +31,11 @@ pub async fn run_rotation(shared: Arc<Shared>) {
         }
         let now = now_ms();
         for agent in shared.registry.snapshot() {
-            let due = {
-                let c = agent.cert.lock().unwrap_or_else(|p| p.into_inner());
-                now >= c.not_before_ms + (c.not_after_ms - c.not_before_ms) * 2 / 3
-            };
+            let due = agent
+                .cert
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .rotation_due(now);
             if !due || agent.rotating.swap(true, Ordering::AcqRel) {
                 continue;
             }

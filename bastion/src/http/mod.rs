@@ -114,7 +114,7 @@ async fn audit_requests(State(state): State<AppState>, mut req: Request, next: N
     let matched = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|m| format!("/api/v1{}", m.as_str()))
+        .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| path.clone());
     let source = req
         .extensions()

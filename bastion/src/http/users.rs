@@ -266,7 +266,7 @@ pub async fn create_token(
             "token name: at most 100 printable characters".into(),
         ));
     }
-    let created = issue_api_token(&state, &user, body.name.clone(), ttl).await?;
+    let created = issue_api_token(&state.store, &user, body.name.clone(), ttl).await?;
     caller
         .audit
         .with(|a| a.detail = Some(json!({ "token_id": created.id, "ttl_seconds": ttl })));
@@ -275,7 +275,7 @@ pub async fn create_token(
 
 /// Makes an API token for a user; the secret is in the answer only.
 pub async fn issue_api_token(
-    state: &AppState,
+    store: &crate::store::Store,
     user: &UserRow,
     name: Option<String>,
     ttl_seconds: i64,
@@ -291,7 +291,7 @@ pub async fn issue_api_token(
         expires_at: now + ttl_seconds * 1000,
         revoked_at: None,
     };
-    state.store.insert_api_token(&row).await?;
+    store.insert_api_token(&row).await?;
     Ok(TokenCreated {
         id: t.id,
         token: t.full.expose().to_string(),

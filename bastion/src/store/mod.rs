@@ -173,3 +173,17 @@ impl Store {
 pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
+
+impl Store {
+    /// A bare pool without migrations, for operator tasks such as creating schemas.
+    pub async fn open_admin(url: &str) -> AnyPool {
+        install_default_drivers();
+        #[allow(clippy::expect_used)]
+        AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .expect("cannot connect to the database")
+    }
+}

@@ -1,0 +1,45 @@
+//! `postern-bastion init`: the operator's first step with `serve`. Creates an org
+//! and its first org admin (if missing) and mints an API token for that admin.
+
+use postern_api::admin::{Role, TokenCreated};
+use postern_api::validate;
+
+use crate::clock::now_ms;
+use crate::http::ApiError;
+use crate::store::{BindingRow, Store};
+
+pub async fn init(
+    store: &Store,
+    org: &str,
+    admin: &str,
+    ttl_seconds: i64,
+) -> Result<TokenCreated, ApiError> {
+    validate::name("org", org)?;
+    validate::name("user", admin)?;
+    let now = now_ms();
+    let org_row = match store.org_by_name(org).await? {
+        Some(o) => o,
+        None => store.create_org(org, now).await?,
+    };
+    let user = match store.user_by_name(admin).await? {
+        Some(u) if u.org_id == org_row.id => u,
+        Some(_) => {
+            return Err(ApiError::Conflict(format!(
+                "user {admin:?} exists in another org"
+            )));
+        }
+        None => store.create_user(&org_row.id, admin, now).await?,
+    };
+    store
+        .set_binding(
+            &user.id,
+            &BindingRow {
+                project_id: None,
+                role: Role::OrgAdmin,
+                logins: vec![],
+            },
+            now,
+        )
+        .await?;
+    crate::http::issue_api_token(store, &user, Some("init".into()), ttl_seconds).await
+}

@@ -1,0 +1,560 @@
+//! The admin REST API in process (`Router::oneshot`, no sockets): authentication,
+//! authorization by role and org, and every kind of bad input, which must get a
+//! clear JSON error and change nothing.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use postern_api::admin::Role;
+use postern_bastion::http::{issue_api_token, router};
+use postern_bastion::state::Shared;
+use postern_bastion::store::{ApiTokenRow, BindingRow};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct World {
+    app: Router,
+    shared: Arc<Shared>,
+    admin: String,
+    padmin: String,
+    member: String,
+    outsider: String,
+    other_org_admin: String,
+    _t: common::TestStore,
+}
+
+async fn token_for(
+    shared: &Shared,
+    org: &str,
+    name: &str,
+    binding: Option<(Option<&str>, Role)>,
+) -> String {
+    let user = shared.store.create_user(org, name, 1).await.unwrap();
+    if let Some((project, role)) = binding {
+        let project_id = match project {
+            Some(p) => Some(
+                shared
+                    .store
+                    .project_by_name(org, p)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .id,
+            ),
+            None => None,
+        };
+        shared
+            .store
+            .set_binding(
+                &user.id,
+                &BindingRow {
+                    project_id,
+                    role,
+                    logins: vec!["deploy".into()],
+                },
+                1,
+            )
+            .await
+            .unwrap();
+    }
+    issue_api_token(&shared.store, &user, None, 3600)
+        .await
+        .unwrap()
+        .token
+}
+
+async fn world() -> World {
+    let t = common::sqlite().await;
+    let shared = common::shared(t.store.clone()).await;
+    let s = &shared.store;
+    let org = s.create_org("acme", 1).await.unwrap();
+    let web = s.create_project(&org.id, "web", 1).await.unwrap();
+    s.create_project(&org.id, "db", 1).await.unwrap();
+    s.create_edge(&web.id, "eu-1", 1).await.unwrap();
+    let other = s.create_org("globex", 1).await.unwrap();
+    let secret = s.create_project(&other.id, "secret", 1).await.unwrap();
+    s.create_edge(&secret.id, "hq", 1).await.unwrap();
+    World {
+        app: router(shared.clone()),
+        admin: token_for(&shared, &org.id, "admin", Some((None, Role::OrgAdmin))).await,
+        padmin: token_for(
+            &shared,
+            &org.id,
+            "pat",
+            Some((Some("web"), Role::ProjectAdmin)),
+        )
+        .await,
+        member: token_for(
+            &shared,
+            &org.id,
+            "mem",
+            Some((Some("web"), Role::ProjectMember)),
+        )
+        .await,
+        outsider: token_for(&shared, &org.id, "olly", Some((Some("db"), Role::ReadOnly))).await,
+        other_org_admin: token_for(&shared, &other.id, "gadmin", Some((None, Role::OrgAdmin)))
+            .await,
+        shared,
+        _t: t,
+    }
+}
+
+impl World {
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Body>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req.header("content-type", "application/json").body(b),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, v)
+    }
+
+    async fn get(&self, uri: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, uri, Some(token), None).await
+    }
+
+    async fn post(&self, uri: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            uri,
+            Some(token),
+            Some(Body::from(body.to_string())),
+        )
+        .await
+    }
+
+    async fn project_names(&self) -> Vec<String> {
+        let (_, v) = self.get("/api/v1/projects", &self.admin).await;
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+fn assert_error(v: &Value, code: &str, needle: &str) {
+    assert_eq!(v["error"]["code"], code, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}");
+}
+
+#[tokio::test]
+async fn bad_tokens_are_401_with_a_clear_message() {
+    let w = world().await;
+    let (s, v) = w.call(Method::GET, "/api/v1/projects", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_error(&v, "unauthorized", "Authorization: Bearer");
+    for bad in [
+        "garbage",
+        "pst_000000000000000000000000_x",
+        &format!("{}x", w.admin),
+    ] {
+        let (s, _) = w.get("/api/v1/projects", bad).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{bad}");
+    }
+    // Expired and revoked tokens.
+    let user = w.shared.store.user_by_name("admin").await.unwrap().unwrap();
+    let t = postern_bastion::secrets::new_token("pst").unwrap();
+    w.shared
+        .store
+        .insert_api_token(&ApiTokenRow {
+            id: t.id.clone(),
+            user_id: user.id,
+            secret_hash: t.hash.clone(),
+            name: None,
+            created_at: 0,
+            expires_at: 1,
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+    let (s, v) = w.get("/api/v1/projects", t.full.expose()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_error(&v, "unauthorized", "expired");
+    let (_, created) = w
+        .post("/api/v1/users/admin/tokens", &w.admin, json!({}))
+        .await;
+    let fresh = created["token"].as_str().unwrap().to_string();
+    assert_eq!(w.get("/api/v1/whoami", &fresh).await.0, StatusCode::OK);
+    let id = created["id"].as_str().unwrap();
+    let (s, _) = w
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            Some(&w.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = w.get("/api/v1/whoami", &fresh).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_error(&v, "unauthorized", "revoked");
+}
+
+#[tokio::test]
+async fn roles_decide_403_and_invisible_projects_are_404() {
+    let w = world().await;
+    // Read: members see their project's nodes; others' projects do not exist for them.
+    assert_eq!(
+        w.get("/api/v1/projects/web/edges/eu-1/nodes", &w.member)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (s, v) = w
+        .get("/api/v1/projects/web/edges/eu-1/nodes", &w.outsider)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_error(&v, "not_found", "project \"web\" not found");
+    // A project of another org is 404 even to that org's... other admins.
+    let (s, _) = w
+        .get("/api/v1/projects/secret/edges/hq/nodes", &w.admin)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = w.get("/api/v1/projects/web", &w.other_org_admin).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Manage: project admins may, members may not.
+    let (s, v) = w
+        .post(
+            "/api/v1/projects/web/edges",
+            &w.member,
+            json!({"name": "us-1"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_error(&v, "forbidden", "project_member may not");
+    let (s, _) = w
+        .post(
+            "/api/v1/projects/web/edges",
+            &w.padmin,
+            json!({"name": "us-1"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    // Org-level actions are org_admin only.
+    let (s, _) = w
+        .post("/api/v1/projects", &w.padmin, json!({"name": "new"}))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(
+        w.get("/api/v1/audit", &w.padmin).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        w.get("/api/v1/users", &w.member).await.0,
+        StatusCode::FORBIDDEN
+    );
+    // Users of another org are invisible.
+    assert_eq!(
+        w.get("/api/v1/users/admin", &w.other_org_admin).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // Listing shows only visible projects.
+    let (_, v) = w.get("/api/v1/projects", &w.member).await;
+    assert_eq!(v.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn malformed_unknown_oversized_and_untyped_bodies_change_nothing() {
+    let w = world().await;
+    let before = w.project_names().await;
+    let cases: Vec<(Body, Option<&str>, StatusCode, &str, &str)> = vec![
+        (
+            Body::from("{\"name\": "),
+            Some("application/json"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "malformed JSON",
+        ),
+        (
+            Body::from("{\"name\":\"x\",\"color\":\"red\"}"),
+            Some("application/json"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "unknown field",
+        ),
+        (
+            Body::from("{\"name\":7}"),
+            Some("application/json"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "invalid request body",
+        ),
+        (
+            Body::from("{\"name\":\"x\"}"),
+            None,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type",
+        ),
+        (
+            Body::from(format!("{{\"name\":\"{}\"}}", "a".repeat(70_000))),
+            Some("application/json"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "too large",
+        ),
+        (
+            Body::from("{\"name\":\"Bad Name\"}"),
+            Some("application/json"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "invalid project",
+        ),
+    ];
+    for (body, ctype, status, code, needle) in cases {
+        let mut req = Request::post("/api/v1/projects")
+            .header("authorization", format!("Bearer {}", w.admin));
+        if let Some(c) = ctype {
+            req = req.header("content-type", c);
+        }
+        let resp = w
+            .app
+            .clone()
+            .oneshot(req.body(body).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{needle}");
+        let v: Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_error(&v, code, needle);
+    }
+    assert_eq!(
+        w.project_names().await,
+        before,
+        "a refused request changed the store"
+    );
+}
+
+#[tokio::test]
+async fn out_of_range_limits_and_bad_queries_are_400() {
+    let w = world().await;
+    for q in [
+        "limit=0",
+        "limit=101",
+        "limit=-1",
+        "offset=-5",
+        "limit=abc",
+        "colour=red",
+    ] {
+        let (s, v) = w.get(&format!("/api/v1/audit?{q}"), &w.admin).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
+        assert_eq!(v["error"]["code"], "bad_request");
+    }
+    let (s, v) = w.get("/api/v1/audit?limit=100&offset=0", &w.admin).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["limit"], 100);
+    for body in [
+        json!({"ttl_seconds": 0}),
+        json!({"max_uses": 0}),
+        json!({"ttl_seconds": 99_999_999}),
+    ] {
+        let (s, _) = w
+            .post(
+                "/api/v1/projects/web/edges/eu-1/enrollment-tokens",
+                &w.admin,
+                body,
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+    }
+    let (s, v) = w
+        .post(
+            "/api/v1/users/admin/tokens",
+            &w.admin,
+            json!({"ttl_seconds": 5}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "bad_request", "between 60 and");
+}
+
+#[tokio::test]
+async fn unknown_nodes_edges_and_routes_are_404() {
+    let w = world().await;
+    let (s, v) = w
+        .get("/api/v1/projects/web/edges/eu-1/nodes/ghost", &w.admin)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_error(&v, "not_found", "node \"ghost\" not found");
+    let (s, _) = w
+        .call(
+            Method::DELETE,
+            "/api/v1/projects/web/edges/eu-1/nodes/ghost",
+            Some(&w.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = w
+        .get("/api/v1/projects/web/edges/nowhere/nodes", &w.admin)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_error(&v, "not_found", "edge \"nowhere\"");
+    let (s, v) = w.get("/api/v1/nonsense", &w.admin).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(v["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn roles_and_users_validate_logins_and_scopes() {
+    let w = world().await;
+    let (s, _) = w
+        .post("/api/v1/users", &w.admin, json!({"name": "carol"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _) = w
+        .post("/api/v1/users", &w.admin, json!({"name": "carol"}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let put = |body: Value| {
+        let w = &w;
+        async move {
+            w.call(
+                Method::PUT,
+                "/api/v1/users/carol/roles",
+                Some(&w.admin),
+                Some(Body::from(body.to_string())),
+            )
+            .await
+        }
+    };
+    let (s, v) =
+        put(json!({"role": "project_member", "project": "web", "logins": ["root;rm"]})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "bad_request", "invalid unix login");
+    let (s, _) = put(json!({"role": "project_member", "logins": []})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = put(json!({"role": "org_admin", "project": "web"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = put(json!({"role": "superuser", "project": "web"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) =
+        put(json!({"role": "project_member", "project": "web", "logins": ["deploy"]})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["roles"][0]["logins"][0], "deploy");
+    let (s, _) = w
+        .call(
+            Method::DELETE,
+            "/api/v1/users/carol/roles/web",
+            Some(&w.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn every_call_and_every_denial_is_audited() {
+    let w = world().await;
+    w.post("/api/v1/projects", &w.member, json!({"name": "sneaky"}))
+        .await;
+    w.get("/api/v1/projects/secret", &w.admin).await;
+    w.post("/api/v1/projects", &w.admin, json!({"name": "ok"}))
+        .await;
+    let (_, v) = w.get("/api/v1/audit?limit=10", &w.admin).await;
+    let entries = v["entries"].as_array().unwrap();
+    let find = |actor: &str, outcome: &str| {
+        entries
+            .iter()
+            .find(|e| e["actor"] == actor && e["outcome"] == outcome)
+            .unwrap_or_else(|| panic!("no {outcome} entry for {actor}: {v}"))
+    };
+    let denied = find("mem", "denied");
+    assert_eq!(denied["action"], "api POST /api/v1/projects");
+    assert_eq!(denied["detail"]["status"], 403);
+    assert_eq!(
+        find("admin", "not_found")["detail"]["path"],
+        "/api/v1/projects/secret"
+    );
+    assert_eq!(find("admin", "ok")["project"], "ok");
+    // The other org's admin sees none of it.
+    let (_, v) = w.get("/api/v1/audit", &w.other_org_admin).await;
+    assert!(
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["actor"] != "admin")
+    );
+    assert_eq!(
+        w.shared.audit.verify().await.unwrap().map(|n| n > 3),
+        Ok(true)
+    );
+}
+
+#[tokio::test]
+async fn enrollment_tokens_carry_a_working_join_command() {
+    let w = world().await;
+    let (s, v) = w
+        .post(
+            "/api/v1/projects/web/edges/eu-1/enrollment-tokens",
+            &w.padmin,
+            json!({"max_uses": 3, "auto_approve": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let join = v["join_command"].as_str().unwrap();
+    assert!(join.starts_with("postern-agent join --controller https://"));
+    assert!(join.contains(v["token"].as_str().unwrap()));
+    assert!(join.contains(&format!("--ca-hash {}", w.shared.pki.ca_hash())));
+    let id = v["id"].as_str().unwrap();
+    let (s, _) = w
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/projects/web/edges/eu-1/enrollment-tokens/{id}"),
+            Some(&w.member),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = w
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/projects/web/edges/eu-1/enrollment-tokens/{id}"),
+            Some(&w.padmin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let w = world().await;
+    let (s, _) = w.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = w.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = w.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = v.as_str().unwrap();
+    assert!(text.contains("postern_agents_connected 0"));
+    assert!(text.contains("# TYPE postern_agent_handshakes_total counter"));
+}

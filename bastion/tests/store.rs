@@ -1,0 +1,317 @@
+//! Store tests, each on SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use postern_api::admin::{NodeState, Role};
+use postern_bastion::audit::{Audit, ChainBreak, Event};
+use postern_bastion::store::{
+    ApiTokenRow, BindingRow, EnrollOutcome, EnrollmentTokenRow, NewNode, Store, StoreError,
+};
+
+async fn tenancy(s: &Store) -> (String, String, String) {
+    let org = s.create_org("acme", 1).await.unwrap();
+    let p = s.create_project(&org.id, "web", 2).await.unwrap();
+    let e = s.create_edge(&p.id, "eu-1", 3).await.unwrap();
+    (org.id, p.id, e.id)
+}
+
+fn token_row(id: &str, edge: &str, max_uses: i64, expires_at: i64) -> EnrollmentTokenRow {
+    EnrollmentTokenRow {
+        id: id.into(),
+        edge_id: edge.into(),
+        secret_hash: "h".into(),
+        created_by: None,
+        created_at: 0,
+        expires_at,
+        max_uses,
+        uses: 0,
+        auto_approve: false,
+        revoked_at: None,
+    }
+}
+
+fn new_node<'a>(id: &'a str, token: &'a str, edge: &'a str, host: &'a str) -> NewNode<'a> {
+    NewNode {
+        id,
+        token_id: token,
+        edge_id: edge,
+        hostname: host,
+        agent_version: "0.1.0",
+        auto_approve: false,
+        cert_serial: "01",
+        cert_expires_at: 99,
+    }
+}
+
+async fn names_are_unique_per_scope(s: &Store) {
+    let (org, project, _) = tenancy(s).await;
+    assert!(matches!(
+        s.create_project(&org, "web", 5).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.create_edge(&project, "eu-1", 5).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let other = s.create_org("other", 1).await.unwrap();
+    s.create_project(&other.id, "web", 5).await.unwrap();
+    assert_eq!(s.list_projects(&org).await.unwrap().len(), 1);
+    assert!(s.project_by_name(&org, "nope").await.unwrap().is_none());
+}
+
+async fn role_bindings_round_trip(s: &Store) {
+    let (org, project, _) = tenancy(s).await;
+    let u = s.create_user(&org, "alice", 1).await.unwrap();
+    s.set_binding(
+        &u.id,
+        &BindingRow {
+            project_id: Some(project.clone()),
+            role: Role::ProjectMember,
+            logins: vec!["deploy".into(), "www".into()],
+        },
+        2,
+    )
+    .await
+    .unwrap();
+    // Setting the same scope again replaces, never duplicates.
+    s.set_binding(
+        &u.id,
+        &BindingRow {
+            project_id: Some(project.clone()),
+            role: Role::ReadOnly,
+            logins: vec![],
+        },
+        3,
+    )
+    .await
+    .unwrap();
+    s.set_binding(
+        &u.id,
+        &BindingRow {
+            project_id: None,
+            role: Role::OrgAdmin,
+            logins: vec![],
+        },
+        3,
+    )
+    .await
+    .unwrap();
+    let b = s.bindings(&u.id).await.unwrap();
+    assert_eq!(b.len(), 2);
+    assert_eq!(b[0].project_id, None);
+    assert_eq!(b[1].role, Role::ReadOnly);
+    assert!(s.remove_binding(&u.id, Some(&project)).await.unwrap());
+    assert!(!s.remove_binding(&u.id, Some(&project)).await.unwrap());
+    assert_eq!(s.bindings(&u.id).await.unwrap().len(), 1);
+}
+
+async fn api_tokens_revoke(s: &Store) {
+    let (org, _, _) = tenancy(s).await;
+    let u = s.create_user(&org, "bob", 1).await.unwrap();
+    let row = ApiTokenRow {
+        id: "t1".into(),
+        user_id: u.id.clone(),
+        secret_hash: "abc".into(),
+        name: Some("ci".into()),
+        created_at: 1,
+        expires_at: 1000,
+        revoked_at: None,
+    };
+    s.insert_api_token(&row).await.unwrap();
+    assert_eq!(s.api_token("t1").await.unwrap().unwrap(), row);
+    s.revoke_api_token("t1", 5).await.unwrap();
+    s.revoke_api_token("t1", 9).await.unwrap();
+    assert_eq!(
+        s.api_token("t1").await.unwrap().unwrap().revoked_at,
+        Some(5)
+    );
+    assert!(matches!(
+        s.revoke_api_token("nope", 5).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.list_api_tokens(&u.id).await.unwrap().len(), 1);
+}
+
+async fn enrollment_consumes_uses_atomically(s: &Store) {
+    let (_, _, edge) = tenancy(s).await;
+    s.insert_enrollment_token(&token_row("tok", &edge, 2, 1_000))
+        .await
+        .unwrap();
+    let first = s
+        .enroll_node(&new_node("n1", "tok", &edge, "a"), 10)
+        .await
+        .unwrap();
+    assert!(matches!(first, EnrollOutcome::Enrolled(ref n) if n.state == NodeState::Pending));
+    // A taken hostname is refused and does not use up the token.
+    let dup = s
+        .enroll_node(&new_node("n2", "tok", &edge, "a"), 10)
+        .await
+        .unwrap();
+    assert_eq!(dup, EnrollOutcome::HostnameTaken);
+    assert_eq!(s.enrollment_token("tok").await.unwrap().unwrap().uses, 1);
+    s.enroll_node(&new_node("n3", "tok", &edge, "b"), 10)
+        .await
+        .unwrap();
+    let used_up = s
+        .enroll_node(&new_node("n4", "tok", &edge, "c"), 10)
+        .await
+        .unwrap();
+    assert_eq!(used_up, EnrollOutcome::TokenExhausted);
+    assert!(s.node("n4").await.unwrap().is_none());
+    assert_eq!(s.list_nodes(&edge).await.unwrap().len(), 2);
+}
+
+async fn expired_and_revoked_tokens_enroll_nothing(s: &Store) {
+    let (_, _, edge) = tenancy(s).await;
+    s.insert_enrollment_token(&token_row("old", &edge, 5, 100))
+        .await
+        .unwrap();
+    let r = s
+        .enroll_node(&new_node("n1", "old", &edge, "a"), 100)
+        .await
+        .unwrap();
+    assert_eq!(r, EnrollOutcome::TokenExhausted);
+    s.insert_enrollment_token(&token_row("rev", &edge, 5, 1_000))
+        .await
+        .unwrap();
+    s.revoke_enrollment_token("rev", 1).await.unwrap();
+    let r = s
+        .enroll_node(&new_node("n2", "rev", &edge, "b"), 10)
+        .await
+        .unwrap();
+    assert_eq!(r, EnrollOutcome::TokenExhausted);
+    assert!(s.list_nodes(&edge).await.unwrap().is_empty());
+}
+
+async fn node_lifecycle(s: &Store) {
+    let (_, _, edge) = tenancy(s).await;
+    s.insert_enrollment_token(&token_row("tok", &edge, 5, 1_000))
+        .await
+        .unwrap();
+    s.enroll_node(&new_node("n1", "tok", &edge, "a"), 10)
+        .await
+        .unwrap();
+    assert!(
+        !s.mark_provisioned("n1").await.unwrap(),
+        "pending nodes are not provisioned"
+    );
+    s.set_node_state("n1", NodeState::Approved, 11)
+        .await
+        .unwrap();
+    assert!(s.mark_provisioned("n1").await.unwrap());
+    let n = s.node("n1").await.unwrap().unwrap();
+    assert_eq!((n.state, n.approved_at), (NodeState::Provisioned, Some(11)));
+    s.touch_nodes(&["n1".to_string(), "missing".to_string()], 50)
+        .await
+        .unwrap();
+    s.record_cert("n1", "ff", 77).await.unwrap();
+    let n = s.node_by_hostname(&edge, "a").await.unwrap().unwrap();
+    assert_eq!(
+        (n.last_seen_at, n.cert_serial.as_deref(), n.cert_expires_at),
+        (Some(50), Some("ff"), Some(77))
+    );
+    s.delete_node("n1").await.unwrap();
+    assert!(matches!(
+        s.delete_node("n1").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn touch_many_nodes_in_batches(s: &Store) {
+    let (_, _, edge) = tenancy(s).await;
+    s.insert_enrollment_token(&token_row("tok", &edge, 2_000, 1_000))
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..1_200).map(|i| format!("n{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let host = format!("h{i}");
+        s.enroll_node(&new_node(id, "tok", &edge, &host), 10)
+            .await
+            .unwrap();
+    }
+    s.touch_nodes(&ids, 500).await.unwrap();
+    let all = s.list_nodes(&edge).await.unwrap();
+    assert_eq!(all.len(), 1_200);
+    assert!(all.iter().all(|n| n.last_seen_at == Some(500)));
+}
+
+async fn ca_is_stored_once(s: &Store) {
+    let first = s.insert_ca("cert1", "key1", 1).await.unwrap();
+    let second = s.insert_ca("cert2", "key2", 2).await.unwrap();
+    assert_eq!(first, ("cert1".to_string(), "key1".to_string()));
+    assert_eq!(second, first, "a second CA must never replace the first");
+}
+
+async fn audit_chain_detects_edit_and_removal(s: &Store) {
+    let audit = Audit::new(s.clone());
+    for i in 0..5 {
+        audit
+            .record(
+                Event::new("test", "ok")
+                    .org("o1")
+                    .actor(format!("u{i}"))
+                    .target("n"),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(audit.verify().await.unwrap(), Ok(5));
+    let (total, page) = audit.page(Some("o1"), 2, 1).await.unwrap();
+    assert_eq!(total, 5);
+    assert_eq!(
+        page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [4, 3],
+        "newest first"
+    );
+
+    sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        audit.verify().await.unwrap(),
+        Err(ChainBreak::Edited { seq: 3 })
+    );
+    sqlx::query("UPDATE audit_log SET actor = 'u2' WHERE seq = 3")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(audit.verify().await.unwrap(), Ok(5));
+
+    sqlx::query("DELETE FROM audit_log WHERE seq = 2")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        audit.verify().await.unwrap(),
+        Err(ChainBreak::Gap {
+            expected: 2,
+            found: 3
+        })
+    );
+}
+
+async fn audit_survives_a_second_writer(s: &Store) {
+    // Two appenders over one database (two replicas): the chain stays one chain.
+    let a = Audit::new(s.clone());
+    let b = Audit::new(s.clone());
+    for i in 0..6 {
+        let w = if i % 2 == 0 { &a } else { &b };
+        w.record(Event::new("x", "ok")).await.unwrap();
+    }
+    assert_eq!(a.verify().await.unwrap(), Ok(6));
+}
+
+both_backends!(
+    names_are_unique_per_scope,
+    role_bindings_round_trip,
+    api_tokens_revoke,
+    enrollment_consumes_uses_atomically,
+    expired_and_revoked_tokens_enroll_nothing,
+    node_lifecycle,
+    touch_many_nodes_in_batches,
+    ca_is_stored_once,
+    audit_chain_detects_edit_and_removal,
+    audit_survives_a_second_writer,
+);
