@@ -1,1 +1,372 @@
-//! placeholder
+//! End-to-end test support: the real `postern-bastion` and `postern-agent`
+//! binaries on ephemeral loopback ports, a small HTTP client for the REST API, and
+//! `eventually` polling instead of sleeps.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+pub mod swarm;
+
+/// A binary built from this workspace, next to the test executable's directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`; scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 50 ms until it is true or `timeout` passes; panics with `what`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sigterm(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Options for a bastion under test.
+#[derive(Debug, Clone)]
+pub struct BastionOpts {
+    pub node_cert_ttl: String,
+    pub rotation_check: String,
+    pub handshake_timeout: String,
+    pub database_url: Option<String>,
+}
+
+impl Default for BastionOpts {
+    fn default() -> Self {
+        BastionOpts {
+            node_cert_ttl: "24h".into(),
+            rotation_check: "30s".into(),
+            handshake_timeout: "10s".into(),
+            database_url: None,
+        }
+    }
+}
+
+/// A running `postern-bastion serve` with an org admin token and a project `web`
+/// with edge `eu-1`.
+pub struct Bastion {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub api: SocketAddr,
+    pub agent: SocketAddr,
+    pub token: String,
+    pub opts: BastionOpts,
+    log: PathBuf,
+}
+
+impl Bastion {
+    pub async fn start(opts: BastionOpts) -> Bastion {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("master.key");
+        std::fs::write(&key, hex_key()).unwrap();
+        let mut init = Command::new(bin("postern-bastion"));
+        init.args(["init", "--data-dir"])
+            .arg(dir.path().join("data"));
+        if let Some(u) = &opts.database_url {
+            init.args(["--database-url", u]);
+        }
+        let out = init.output().unwrap();
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let mut b = Bastion {
+            child: None,
+            api: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            agent: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            log: dir.path().join("bastion.log"),
+            dir,
+            token,
+            opts,
+        };
+        b.spawn().await;
+        let (s, v) = b
+            .post("/api/v1/projects", serde_json::json!({"name": "web"}))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let (s, v) = b
+            .post(
+                "/api/v1/projects/web/edges",
+                serde_json::json!({"name": "eu-1"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        b
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(bin("postern-bastion"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--master-key-file")
+            .arg(self.dir.path().join("master.key"))
+            .args([
+                "--api-addr",
+                &self.api.to_string(),
+                "--agent-addr",
+                &self.agent.to_string(),
+            ])
+            .args(["--node-cert-ttl", &self.opts.node_cert_ttl])
+            .args(["--rotation-check", &self.opts.rotation_check])
+            .args(["--handshake-timeout", &self.opts.handshake_timeout])
+            .env("POSTERN_LOG", "info,postern_bastion=debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(u) = &self.opts.database_url {
+            cmd.args(["--database-url", u]);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+        let api = self.api;
+        let log = self.log.clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = http(api, "GET", "/readyz", None, None).await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bastion did not become ready; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM and wait (graceful shutdown).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            sigterm(&mut c);
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        http(self.api, "GET", path, Some(&self.token), None)
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        http(self.api, "POST", path, Some(&self.token), Some(body))
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        http(self.api, "DELETE", path, Some(&self.token), None)
+            .await
+            .unwrap()
+    }
+
+    /// A fresh enrollment token for web/eu-1; returns the API's answer.
+    pub async fn enrollment(&self, body: Value) -> Value {
+        let (s, v) = self
+            .post("/api/v1/projects/web/edges/eu-1/enrollment-tokens", body)
+            .await;
+        assert_eq!(s, 201, "{v}");
+        v
+    }
+
+    pub async fn node(&self, hostname: &str) -> Option<Value> {
+        let (s, v) = self.get("/api/v1/projects/web/edges/eu-1/nodes").await;
+        assert_eq!(s, 200, "{v}");
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["hostname"] == hostname)
+            .cloned()
+    }
+
+    pub async fn reachable(&self, hostname: &str) -> bool {
+        self.node(hostname)
+            .await
+            .is_some_and(|n| n["reachable"] == true)
+    }
+
+    /// A metric's value from `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let (_, v) = http(self.api, "GET", "/metrics", None, None).await.unwrap();
+        let text = v.as_str().unwrap_or_default().to_string();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+    }
+}
+
+impl Drop for Bastion {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn hex_key() -> String {
+    (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+/// A `postern-agent run` process.
+pub struct AgentProc {
+    child: Child,
+    pub data_dir: PathBuf,
+}
+
+impl AgentProc {
+    pub fn run(data_dir: &Path) -> AgentProc {
+        let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
+        let child = Command::new(bin("postern-agent"))
+            .args(["run", "--data-dir"])
+            .arg(data_dir)
+            .args(["--backoff-cap", "2s"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        AgentProc {
+            child,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        sigterm(&mut self.child);
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the join command text (as the bastion printed it) with extra arguments.
+pub fn run_join(join_command: &str, extra: &[&str]) -> Output {
+    let words: Vec<&str> = join_command.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"postern-agent"));
+    Command::new(bin("postern-agent"))
+        .args(&words[1..])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// One HTTP/1.1 request to the REST API; the body is parsed as JSON when it is JSON.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> anyhow::Result<(u16, Value)> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let payload = match body {
+        Some(b) => {
+            req = req.header("content-type", "application/json");
+            Bytes::from(b.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let resp = tokio::time::timeout(
+        Duration::from_secs(20),
+        sender.send_request(req.body(Full::new(payload))?),
+    )
+    .await??;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    Ok((status, v))
+}

@@ -1,0 +1,402 @@
+//! The agent channel through the real binaries and real TLS: cut-off of deleted
+//! and disabled nodes, recovery after a bastion restart, rotation without a drop,
+//! hostile clients on the agent port, and the audit chain on disk.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postern_agent::identity::Credentials;
+use postern_tests::{AgentProc, Bastion, BastionOpts, eventually, run_join};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Enrolls `hostname` (auto-approved) and starts its agent; waits until reachable.
+async fn enrolled_agent(b: &Bastion, hostname: &str) -> AgentProc {
+    let dir = enroll_only(b, hostname).await;
+    let agent = AgentProc::run(&dir);
+    eventually(
+        Duration::from_secs(15),
+        &format!("{hostname} reachable"),
+        || b.reachable(hostname),
+    )
+    .await;
+    agent
+}
+
+async fn enroll_only(b: &Bastion, hostname: &str) -> PathBuf {
+    let t = b.enrollment(json!({"auto_approve": true})).await;
+    let dir = b.dir.path().join(hostname);
+    let out = run_join(
+        t["join_command"].as_str().unwrap(),
+        &["--hostname", hostname, "--data-dir", dir.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleted_and_disabled_nodes_are_cut_off_within_a_second() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let _a = enrolled_agent(&b, "doomed").await;
+    let _c = enrolled_agent(&b, "paused").await;
+    let _keep = enrolled_agent(&b, "bystander").await;
+
+    let (s, _) = b
+        .delete("/api/v1/projects/web/edges/eu-1/nodes/doomed")
+        .await;
+    assert_eq!(s, 204);
+    let (s, v) = b
+        .post(
+            "/api/v1/projects/web/edges/eu-1/nodes/paused/disable",
+            json!({}),
+        )
+        .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("disabled")));
+    let t0 = Instant::now();
+    eventually(Duration::from_secs(1), "both channels closed", || async {
+        b.metric("postern_agents_connected").await == 1
+    })
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    // The agents keep trying and keep being refused; the bystander is untouched.
+    let refused = b.metric("postern_agent_refused_total").await;
+    eventually(Duration::from_secs(10), "reconnects refused", || async {
+        b.metric("postern_agent_refused_total").await >= refused + 2
+    })
+    .await;
+    assert!(b.reachable("bystander").await);
+    assert!(!b.reachable("paused").await);
+    assert!(b.node("doomed").await.is_none());
+    // Re-enabled, the paused node comes back by itself.
+    let (s, _) = b
+        .post(
+            "/api/v1/projects/web/edges/eu-1/nodes/paused/enable",
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    eventually(Duration::from_secs(10), "paused back", || {
+        b.reachable("paused")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_come_back_after_the_bastion_restarts() {
+    let mut b = Bastion::start(BastionOpts::default()).await;
+    let agent = enrolled_agent(&b, "phoenix").await;
+    let before = b.node("phoenix").await.unwrap();
+    b.restart().await;
+    eventually(
+        Duration::from_secs(20),
+        "phoenix back after restart",
+        || b.reachable("phoenix"),
+    )
+    .await;
+    let after = b.node("phoenix").await.unwrap();
+    assert_eq!(before["id"], after["id"], "same node, same identity");
+    // Graceful shutdown told the agent (GOAWAY / close), it did not wait for keep-alives.
+    assert!(
+        agent.log().contains("channel to the bastion closed") || agent.log().contains("failed"),
+        "{}",
+        agent.log()
+    );
+    assert!(agent.log().matches("channel to the bastion up").count() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_rotate_without_dropping_the_channel() {
+    let b = Bastion::start(BastionOpts {
+        node_cert_ttl: "9s".into(),
+        rotation_check: "500ms".into(),
+        ..BastionOpts::default()
+    })
+    .await;
+    let mut agent = enrolled_agent(&b, "rot").await;
+    let first = b.node("rot").await.unwrap()["cert_serial"].clone();
+    let cert_path = agent.data_dir.join("node.crt");
+    let key_path = agent.data_dir.join("node.key");
+    let (cert0, key0) = (
+        std::fs::read(&cert_path).unwrap(),
+        std::fs::read(&key_path).unwrap(),
+    );
+    eventually(Duration::from_secs(15), "rotation", || async {
+        b.node("rot").await.unwrap()["cert_serial"] != first
+    })
+    .await;
+    // Same connection throughout: one handshake, still reachable.
+    assert_eq!(b.metric("postern_agent_handshakes_total").await, 1);
+    assert!(b.reachable("rot").await);
+    assert!(b.metric("postern_cert_rotations_total").await >= 1);
+    // A new key was made on the node and stored.
+    assert_ne!(std::fs::read(&cert_path).unwrap(), cert0);
+    assert_ne!(std::fs::read(&key_path).unwrap(), key0);
+    // The first certificate has expired by now; the agent reconnects with the new one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    agent.stop();
+    eventually(Duration::from_secs(2), "rot gone", || async {
+        !b.reachable("rot").await
+    })
+    .await;
+    let _again = AgentProc::run(&agent.data_dir);
+    eventually(
+        Duration::from_secs(10),
+        "rot back with rotated cert",
+        || b.reachable("rot"),
+    )
+    .await;
+    let (_, audit) = b.get("/api/v1/audit?limit=100").await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "cert.rotate")
+    );
+}
+
+/// Reads until EOF or error; true if the peer closed within `limit`.
+async fn closed_within(mut s: impl AsyncReadExt + Unpin, limit: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+fn rogue_credentials() -> Credentials {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "01a00000-0000-7000-8000-000000000000",
+    );
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    let _ = ca_cert;
+    Credentials {
+        key_pem: key.serialize_pem(),
+        cert_pem: cert.pem(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_clients_on_the_agent_port_are_closed_without_harm() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let agent = enrolled_agent(&b, "steady").await;
+    let ca_pem = std::fs::read_to_string(agent.data_dir.join("ca.crt")).unwrap();
+    let handshakes = b.metric("postern_agent_handshakes_total").await;
+    let limit = Duration::from_secs(5);
+
+    // Random bytes.
+    let mut s = TcpStream::connect(b.agent).await.unwrap();
+    let noise: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
+    let _ = s.write_all(&noise).await;
+    assert!(closed_within(s, limit).await, "random bytes not closed");
+
+    // Plain TCP that connects and says nothing but EOF.
+    let mut s = TcpStream::connect(b.agent).await.unwrap();
+    s.shutdown().await.unwrap();
+    assert!(closed_within(s, limit).await);
+
+    // A plaintext HTTP/1 client.
+    let mut s = TcpStream::connect(b.agent).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: bastion\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(closed_within(s, limit).await, "plaintext HTTP/1 not closed");
+
+    // A client certificate from another CA.
+    let cfg = postern_agent::tls::channel_config(&ca_pem, &rogue_credentials()).unwrap();
+    let tcp = TcpStream::connect(b.agent).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    match tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+    {
+        Err(_) => {}
+        Ok(tls) => assert!(
+            closed_within(tls, limit).await,
+            "foreign client certificate not closed"
+        ),
+    }
+
+    // A valid node certificate, but HTTP/1.1 instead of the channel protocol.
+    let creds = Credentials {
+        key_pem: std::fs::read_to_string(agent.data_dir.join("node.key")).unwrap(),
+        cert_pem: std::fs::read_to_string(agent.data_dir.join("node.crt")).unwrap(),
+    };
+    let mut cfg = (*postern_agent::tls::channel_config(&ca_pem, &creds).unwrap()).clone();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(b.agent).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    if let Ok(mut tls) = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+    {
+        let _ = tls
+            .write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        assert!(
+            closed_within(tls, limit).await,
+            "HTTP/1 with a node cert not closed"
+        );
+    }
+
+    // Without a certificate, only enrollment is served.
+    let (status, body) = enroll_port_get(&b, &ca_pem).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("only POST /agent/v1/enroll"));
+
+    // None of it disturbed the agent that was already there.
+    assert!(b.reachable("steady").await);
+    assert_eq!(b.metric("postern_agent_handshakes_total").await, handshakes);
+    assert!(b.metric("postern_agent_handshake_failures_total").await >= 2);
+    assert!(
+        agent.log().matches("channel to the bastion up").count() == 1,
+        "{}",
+        agent.log()
+    );
+}
+
+/// GET / over server-authenticated TLS on the agent port (as an enrolling agent would).
+async fn enroll_port_get(b: &Bastion, ca_pem: &str) -> (u16, String) {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(postern_agent::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(b.agent).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_handshakes_do_not_delay_other_agents() {
+    // A handshake deadline far longer than the test: if handshakes ran in the
+    // accept loop, the stalled clients would block everyone for 60 s.
+    let b = Bastion::start(BastionOpts {
+        handshake_timeout: "60s".into(),
+        ..BastionOpts::default()
+    })
+    .await;
+    let dir = enroll_only(&b, "punctual").await;
+    let mut stallers = Vec::new();
+    for i in 0..100 {
+        let mut s = TcpStream::connect(b.agent).await.unwrap();
+        // Half a TLS record header, or nothing at all.
+        if i % 2 == 0 {
+            s.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+        }
+        stallers.push(s);
+    }
+    let t0 = Instant::now();
+    let _agent = AgentProc::run(&dir);
+    eventually(
+        Duration::from_secs(5),
+        "punctual connects despite 100 stalled peers",
+        || b.reachable("punctual"),
+    )
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // And a fresh enrollment goes through too.
+    let _late = enroll_only(&b, "latecomer").await;
+    drop(stallers);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_verify_detects_an_edited_or_removed_entry() {
+    let mut b = Bastion::start(BastionOpts::default()).await;
+    let _a = enrolled_agent(&b, "audited").await;
+    b.stop();
+    let verify = || {
+        std::process::Command::new(postern_tests::bin("postern-bastion"))
+            .args(["audit", "verify", "--data-dir"])
+            .arg(b.data_dir())
+            .output()
+            .unwrap()
+    };
+    let ok = verify();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("intact"));
+
+    let export = std::process::Command::new(postern_tests::bin("postern-bastion"))
+        .args(["audit", "export", "--data-dir"])
+        .arg(b.data_dir())
+        .output()
+        .unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["action"] == "node.enroll" && l["targets"][0] == "audited")
+    );
+
+    let store = postern_bastion::store::Store::open_sqlite(&b.data_dir())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_log SET source_ip = '10.9.9.9' WHERE seq = 2")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let bad = verify();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("entry 2: its hash does not match"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    sqlx::query("DELETE FROM audit_log WHERE seq = 2")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let bad = verify();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("missing"));
+    store.close().await;
+}
