@@ -213,6 +213,10 @@ impl Bastion {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         http(self.api, "GET", path, Some(&self.token), None)
             .await

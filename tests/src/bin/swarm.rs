@@ -1,1 +1,40 @@
-fn main() {}
+//! `postern-swarm`: the agent-swarm benchmark. Build in release and run, e.g.
+//! `cargo build --release --workspace --bins && target/release/postern-swarm --agents 10000 --restart`.
+
+use std::time::Duration;
+
+use clap::Parser;
+use postern_tests::swarm::{SwarmOpts, run};
+
+#[derive(Parser)]
+#[command(about = "Connect a swarm of real agents to one bastion and measure it")]
+struct Args {
+    /// Agent counts to run, one swarm each (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    agents: Vec<usize>,
+    /// Also restart the bastion and time the reconnection.
+    #[arg(long)]
+    restart: bool,
+    #[arg(long, default_value_t = 64)]
+    enroll_concurrency: usize,
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    backoff_cap: Duration,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG").unwrap_or_else(|_| "warn".into()))
+        .init();
+    let args = Args::parse();
+    for n in args.agents {
+        let report = run(&SwarmOpts {
+            agents: n,
+            enroll_concurrency: args.enroll_concurrency,
+            restart: args.restart,
+            backoff_cap: args.backoff_cap,
+        })
+        .await;
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    }
+}

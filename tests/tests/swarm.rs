@@ -1,0 +1,19 @@
+//! A small swarm in CI, so the benchmark's code keeps working: 200 real agents
+//! connect, the bastion restarts, and all come back without giving up.
+
+use std::time::Duration;
+
+use postern_tests::swarm::{SwarmOpts, run};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_swarm_connects_and_survives_a_restart() {
+    let r = run(&SwarmOpts {
+        agents: 200,
+        enroll_concurrency: 16,
+        restart: true,
+        backoff_cap: Duration::from_secs(3),
+    })
+    .await;
+    assert_eq!(r.agents_gave_up, 0);
+    assert!(r.restart_reconnect_secs.is_some());
+}
