@@ -17,6 +17,8 @@ pub mod routes {
     pub const HEALTH: &str = "/v1/health";
     pub const CSR: &str = "/v1/csr";
     pub const CERT: &str = "/v1/cert";
+    pub const EXEC: &str = "/v1/exec";
+    pub const EXEC_ONE: &str = "/v1/exec/{exec_id}";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

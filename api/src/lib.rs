@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod cmdexec;
 pub mod error;
 pub mod validate;
 

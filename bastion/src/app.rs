@@ -130,7 +130,10 @@ impl Bastion {
         }
         names.dedup();
         let tls = agents::server_config(&pki, &names)?;
+        let tasks = TaskTracker::new();
+        let cmdexec = crate::cmdexec::Engine::new(store.clone(), &tasks, shutdown.clone());
         let shared = Arc::new(Shared {
+            cmdexec,
             audit: Audit::new(store.clone()),
             store,
             pki,
@@ -138,7 +141,7 @@ impl Bastion {
             metrics: Arc::new(Metrics::default()),
             settings,
             shutdown,
-            tasks: TaskTracker::new(),
+            tasks,
         });
         Ok(Bastion {
             shared,
@@ -173,6 +176,9 @@ impl Bastion {
             .spawn(agents::serve(agent, tls, shared.clone()));
         shared.tasks.spawn(agents::run_rotation(shared.clone()));
         shared.tasks.spawn(flush_last_seen(shared.clone()));
+        if let Err(e) = shared.cmdexec.recover(&shared).await {
+            tracing::error!(error = %e, "cannot resume unfinished executions");
+        }
 
         let app =
             crate::http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();

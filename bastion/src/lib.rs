@@ -7,6 +7,7 @@ pub mod app;
 pub mod audit;
 pub mod authz;
 pub mod clock;
+pub mod cmdexec;
 pub mod dev;
 pub mod http;
 pub mod metrics;

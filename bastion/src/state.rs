@@ -29,6 +29,10 @@ pub struct Settings {
     pub last_seen_flush: Duration,
     /// Timeout of a single call from the bastion to an agent.
     pub agent_call_timeout: Duration,
+    /// How long a node running a command may stay disconnected before it is `lost`.
+    pub exec_lost_grace: Duration,
+    /// Output kept per stream and node (head and tail halves).
+    pub exec_keep_bytes: usize,
 }
 
 impl Default for Settings {
@@ -42,6 +46,8 @@ impl Default for Settings {
             rotation_check: Duration::from_secs(30),
             last_seen_flush: Duration::from_secs(30),
             agent_call_timeout: Duration::from_secs(10),
+            exec_lost_grace: Duration::from_secs(120),
+            exec_keep_bytes: postern_api::cmdexec::DEFAULT_KEEP_BYTES,
         }
     }
 }
@@ -56,6 +62,7 @@ pub struct Shared {
     pub settings: Settings,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    pub cmdexec: crate::cmdexec::Engine,
 }
 
 impl Shared {

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::enroll::Controller;
+use crate::exec::Executor;
 use crate::identity::Identity;
 use crate::service;
 use crate::tls::channel_config;
@@ -56,14 +57,19 @@ pub struct Agent {
     pub identity: Arc<Identity>,
     pub options: AgentOptions,
     pub status: Arc<AgentStatus>,
+    pub executor: Executor,
 }
 
 impl Agent {
+    /// An agent whose exec results are spooled under its data directory (or kept
+    /// in memory when the identity has none).
     pub fn new(identity: Arc<Identity>, options: AgentOptions) -> Agent {
+        let executor = Executor::new(identity.data_dir().map(|d| d.join("spool")));
         Agent {
             identity,
             options,
             status: Arc::new(AgentStatus::default()),
+            executor,
         }
     }
 
@@ -129,7 +135,7 @@ impl Agent {
         self.status.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(controller = %controller.url, "channel to the bastion up");
 
-        let router = service::router(self.identity.clone());
+        let router = service::router(self.identity.clone(), self.executor.clone());
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(opts.keepalive_interval)

@@ -86,6 +86,10 @@ impl Identity {
         })
     }
 
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
     pub fn credentials(&self) -> Credentials {
         self.creds.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

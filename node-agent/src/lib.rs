@@ -8,6 +8,7 @@
 pub mod backoff;
 pub mod channel;
 pub mod enroll;
+pub mod exec;
 pub mod fsutil;
 pub mod identity;
 mod service;

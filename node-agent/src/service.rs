@@ -1,56 +1,118 @@
 //! The routes the agent serves to the bastion over the channel.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use postern_api::ErrorBody;
 use postern_api::agent::{CsrResponse, Health, InstallCert, routes};
+use postern_api::cmdexec::{AgentExec, AgentExecResult, MAX_EXECUTE_BODY};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::exec::{ExecError, Executor};
 use crate::identity::Identity;
 
 type Reply<T> = Result<Json<T>, (StatusCode, Json<ErrorBody>)>;
 
-pub fn router(identity: Arc<Identity>) -> Router {
+#[derive(Clone)]
+struct Ctx {
+    identity: Arc<Identity>,
+    executor: Executor,
+}
+
+pub fn router(identity: Arc<Identity>, executor: Executor) -> Router {
     Router::new()
         .route(routes::HEALTH, get(health))
         .route(routes::CSR, post(csr))
         .route(routes::CERT, put(cert))
+        .route(
+            routes::EXEC,
+            post(exec).layer(DefaultBodyLimit::max(MAX_EXECUTE_BODY + 64 * 1024)),
+        )
+        .route(routes::EXEC_ONE, get(exec_get).delete(exec_forget))
         .layer(DefaultBodyLimit::max(64 * 1024))
-        .with_state(identity)
+        .with_state(Ctx { identity, executor })
 }
 
 fn fail(status: StatusCode, e: impl std::fmt::Display) -> (StatusCode, Json<ErrorBody>) {
     (status, Json(ErrorBody::new("agent_error", e.to_string())))
 }
 
-async fn health(State(id): State<Arc<Identity>>) -> Json<Health> {
+async fn health(State(c): State<Ctx>) -> Json<Health> {
     Json(Health {
-        node_id: id.meta.node_id.clone(),
-        hostname: id.meta.hostname.clone(),
+        node_id: c.identity.meta.node_id.clone(),
+        hostname: c.identity.meta.hostname.clone(),
         agent_version: postern_api::VERSION.to_string(),
     })
 }
 
-async fn csr(State(id): State<Arc<Identity>>) -> Reply<CsrResponse> {
+async fn csr(State(c): State<Ctx>) -> Reply<CsrResponse> {
     // Key generation is CPU work; keep it off the runtime's I/O threads.
-    let id2 = id.clone();
-    let csr = tokio::task::spawn_blocking(move || id2.new_csr())
+    let id = c.identity.clone();
+    let csr = tokio::task::spawn_blocking(move || id.new_csr())
         .await
         .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e))?
         .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     Ok(Json(CsrResponse { csr_pem: csr }))
 }
 
-async fn cert(State(id): State<Arc<Identity>>, Json(body): Json<InstallCert>) -> Reply<Value> {
-    let id2 = id.clone();
-    tokio::task::spawn_blocking(move || id2.install_cert(&body.cert_pem))
+async fn cert(State(c): State<Ctx>, Json(body): Json<InstallCert>) -> Reply<Value> {
+    let id = c.identity.clone();
+    tokio::task::spawn_blocking(move || id.install_cert(&body.cert_pem))
         .await
         .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e))?
         .map_err(|e| fail(StatusCode::BAD_REQUEST, e))?;
     tracing::info!("installed a rotated node certificate");
     Ok(Json(json!({ "installed": true })))
+}
+
+/// Starts the exec (once per ID) and answers with its result when it finishes,
+/// or with its current state if the wait runs out first.
+async fn exec(State(c): State<Ctx>, Json(req): Json<AgentExec>) -> Reply<AgentExecResult> {
+    let wait = Duration::from_secs(req.timeout_secs.saturating_add(15));
+    let rx = c.executor.start(req).map_err(|e| match e {
+        ExecError::Forgotten(_) => fail(StatusCode::GONE, e),
+        ExecError::Spool(_) => fail(StatusCode::INTERNAL_SERVER_ERROR, e),
+        _ => fail(StatusCode::BAD_REQUEST, e),
+    })?;
+    Ok(Json(Executor::wait(rx, wait).await))
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    /// Seconds to wait for a final result.
+    wait: Option<u64>,
+}
+
+async fn exec_get(
+    State(c): State<Ctx>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Reply<AgentExecResult> {
+    let Some(rx) = c.executor.get(&id) else {
+        if c.executor.was_forgotten(&id) {
+            return Err(fail(
+                StatusCode::GONE,
+                format!("exec {id} was delivered and forgotten"),
+            ));
+        }
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            format!("exec {id} was never started here"),
+        ));
+    };
+    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(3_700));
+    Ok(Json(Executor::wait(rx, wait).await))
+}
+
+async fn exec_forget(State(c): State<Ctx>, Path(id): Path<String>) -> StatusCode {
+    if c.executor.forget(&id) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
 }

@@ -81,6 +81,7 @@ pub struct BastionOpts {
     pub node_cert_ttl: String,
     pub rotation_check: String,
     pub handshake_timeout: String,
+    pub exec_lost_grace: String,
     pub database_url: Option<String>,
 }
 
@@ -90,6 +91,7 @@ impl Default for BastionOpts {
             node_cert_ttl: "24h".into(),
             rotation_check: "30s".into(),
             handshake_timeout: "10s".into(),
+            exec_lost_grace: "120s".into(),
             database_url: None,
         }
     }
@@ -174,6 +176,7 @@ impl Bastion {
             .args(["--node-cert-ttl", &self.opts.node_cert_ttl])
             .args(["--rotation-check", &self.opts.rotation_check])
             .args(["--handshake-timeout", &self.opts.handshake_timeout])
+            .args(["--exec-lost-grace", &self.opts.exec_lost_grace])
             .env("POSTERN_LOG", "info,postern_bastion=debug")
             .stdout(Stdio::null())
             .stderr(log);
@@ -260,6 +263,37 @@ impl Bastion {
             .is_some_and(|n| n["reachable"] == true)
     }
 
+    /// Enrolls `hostname` (auto-approved) through the real join command; returns its data directory.
+    pub async fn enroll(&self, hostname: &str) -> PathBuf {
+        let t = self
+            .enrollment(serde_json::json!({"auto_approve": true}))
+            .await;
+        let dir = self.dir.path().join(hostname);
+        let out = run_join(
+            t["join_command"].as_str().unwrap(),
+            &["--hostname", hostname, "--data-dir", dir.to_str().unwrap()],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    }
+
+    /// Enrolls `hostname`, runs its agent, and waits until the node is reachable.
+    pub async fn agent(&self, hostname: &str) -> AgentProc {
+        let dir = self.enroll(hostname).await;
+        let agent = AgentProc::run(&dir);
+        eventually(
+            Duration::from_secs(15),
+            &format!("{hostname} reachable"),
+            || self.reachable(hostname),
+        )
+        .await;
+        agent
+    }
+
     /// A metric's value from `/metrics`.
     pub async fn metric(&self, name: &str) -> u64 {
         let (_, v) = http(self.api, "GET", "/metrics", None, None).await.unwrap();
@@ -317,6 +351,16 @@ impl AgentProc {
 
     pub fn stop(&mut self) {
         sigterm(&mut self.child);
+    }
+
+    /// SIGKILL: the agent dies without a word, as on a crash or power loss.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

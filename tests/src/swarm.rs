@@ -65,7 +65,11 @@ pub async fn run(opts: &SwarmOpts) -> Report {
     let identities: Vec<_> = stream::iter(0..n)
         .map(|i| {
             let req = join(i);
-            async move { postern_agent::join(&req).await.unwrap_or_else(|e| panic!("enroll {i}: {e}")) }
+            async move {
+                postern_agent::join(&req)
+                    .await
+                    .unwrap_or_else(|e| panic!("enroll {i}: {e}"))
+            }
         })
         .buffer_unordered(opts.enroll_concurrency)
         .collect()
@@ -82,7 +86,10 @@ pub async fn run(opts: &SwarmOpts) -> Report {
         backoff_cap: opts.backoff_cap,
         ..AgentOptions::default()
     };
-    let agents: Vec<Agent> = identities.into_iter().map(|id| Agent::new(id, options.clone())).collect();
+    let agents: Vec<Agent> = identities
+        .into_iter()
+        .map(|id| Agent::new(id, options.clone()))
+        .collect();
     let t1 = Instant::now();
     let tasks: Vec<_> = agents
         .iter()
@@ -93,7 +100,12 @@ pub async fn run(opts: &SwarmOpts) -> Report {
         })
         .collect();
     let all_connected = || async { bastion.metric("postern_agents_connected").await == n as u64 };
-    eventually(Duration::from_secs(600), "all agents connected", all_connected).await;
+    eventually(
+        Duration::from_secs(600),
+        "all agents connected",
+        all_connected,
+    )
+    .await;
     let connect_secs = t1.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_connected = rss_kib(pid);
@@ -107,9 +119,11 @@ pub async fn run(opts: &SwarmOpts) -> Report {
         let ready_after = t2.elapsed();
         let rss_fresh = rss_kib(bastion.pid().unwrap_or(0));
         let t3 = Instant::now();
-        eventually(Duration::from_secs(600), "all agents back after restart", || async {
-            bastion.metric("postern_agents_connected").await == n as u64
-        })
+        eventually(
+            Duration::from_secs(600),
+            "all agents back after restart",
+            || async { bastion.metric("postern_agents_connected").await == n as u64 },
+        )
         .await;
         restart_secs = Some(t3.elapsed().as_secs_f64());
         tracing::info!(?ready_after, "bastion ready after restart");
@@ -118,7 +132,10 @@ pub async fn run(opts: &SwarmOpts) -> Report {
         per_agent_after = Some(rss.saturating_sub(rss_fresh) as f64 / n as f64);
     }
     let gave_up = tasks.iter().filter(|t| t.is_finished()).count();
-    let connected_agents = agents.iter().filter(|a| a.status.connected.load(Ordering::Relaxed)).count();
+    let connected_agents = agents
+        .iter()
+        .filter(|a| a.status.connected.load(Ordering::Relaxed))
+        .count();
     tracing::info!(connected_agents, "swarm done");
     shutdown.cancel();
     for t in tasks {

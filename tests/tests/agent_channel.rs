@@ -3,50 +3,21 @@
 //! hostile clients on the agent port, and the audit chain on disk.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postern_agent::identity::Credentials;
-use postern_tests::{AgentProc, Bastion, BastionOpts, eventually, run_join};
+use postern_tests::{AgentProc, Bastion, BastionOpts, eventually};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Enrolls `hostname` (auto-approved) and starts its agent; waits until reachable.
-async fn enrolled_agent(b: &Bastion, hostname: &str) -> AgentProc {
-    let dir = enroll_only(b, hostname).await;
-    let agent = AgentProc::run(&dir);
-    eventually(
-        Duration::from_secs(15),
-        &format!("{hostname} reachable"),
-        || b.reachable(hostname),
-    )
-    .await;
-    agent
-}
-
-async fn enroll_only(b: &Bastion, hostname: &str) -> PathBuf {
-    let t = b.enrollment(json!({"auto_approve": true})).await;
-    let dir = b.dir.path().join(hostname);
-    let out = run_join(
-        t["join_command"].as_str().unwrap(),
-        &["--hostname", hostname, "--data-dir", dir.to_str().unwrap()],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn deleted_and_disabled_nodes_are_cut_off_within_a_second() {
     let b = Bastion::start(BastionOpts::default()).await;
-    let _a = enrolled_agent(&b, "doomed").await;
-    let _c = enrolled_agent(&b, "paused").await;
-    let _keep = enrolled_agent(&b, "bystander").await;
+    let _a = b.agent("doomed").await;
+    let _c = b.agent("paused").await;
+    let _keep = b.agent("bystander").await;
 
     let (s, _) = b
         .delete("/api/v1/projects/web/edges/eu-1/nodes/doomed")
@@ -91,7 +62,7 @@ async fn deleted_and_disabled_nodes_are_cut_off_within_a_second() {
 #[tokio::test(flavor = "multi_thread")]
 async fn agents_come_back_after_the_bastion_restarts() {
     let mut b = Bastion::start(BastionOpts::default()).await;
-    let agent = enrolled_agent(&b, "phoenix").await;
+    let agent = b.agent("phoenix").await;
     let before = b.node("phoenix").await.unwrap();
     b.restart().await;
     eventually(
@@ -119,7 +90,7 @@ async fn certificates_rotate_without_dropping_the_channel() {
         ..BastionOpts::default()
     })
     .await;
-    let mut agent = enrolled_agent(&b, "rot").await;
+    let mut agent = b.agent("rot").await;
     let first = b.node("rot").await.unwrap()["cert_serial"].clone();
     let cert_path = agent.data_dir.join("node.crt");
     let key_path = agent.data_dir.join("node.key");
@@ -201,7 +172,7 @@ fn rogue_credentials() -> Credentials {
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_clients_on_the_agent_port_are_closed_without_harm() {
     let b = Bastion::start(BastionOpts::default()).await;
-    let agent = enrolled_agent(&b, "steady").await;
+    let agent = b.agent("steady").await;
     let ca_pem = std::fs::read_to_string(agent.data_dir.join("ca.crt")).unwrap();
     let handshakes = b.metric("postern_agent_handshakes_total").await;
     let limit = Duration::from_secs(5);
@@ -318,7 +289,7 @@ async fn stalled_handshakes_do_not_delay_other_agents() {
         ..BastionOpts::default()
     })
     .await;
-    let dir = enroll_only(&b, "punctual").await;
+    let dir = b.enroll("punctual").await;
     let mut stallers = Vec::new();
     for i in 0..100 {
         let mut s = TcpStream::connect(b.agent).await.unwrap();
@@ -338,14 +309,14 @@ async fn stalled_handshakes_do_not_delay_other_agents() {
     .await;
     assert!(t0.elapsed() < Duration::from_secs(5));
     // And a fresh enrollment goes through too.
-    let _late = enroll_only(&b, "latecomer").await;
+    let _late = b.enroll("latecomer").await;
     drop(stallers);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_verify_detects_an_edited_or_removed_entry() {
     let mut b = Bastion::start(BastionOpts::default()).await;
-    let _a = enrolled_agent(&b, "audited").await;
+    let _a = b.agent("audited").await;
     b.stop();
     let verify = || {
         std::process::Command::new(postern_tests::bin("postern-bastion"))

@@ -25,14 +25,23 @@ pub(super) async fn resolve_project(
     action: Action,
 ) -> Result<ProjectRow, ApiError> {
     let not_found = || ApiError::NotFound(format!("project {name:?} not found"));
-    if validate::name("project", name).is_err() {
+    if name.len() > 63 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return Err(not_found());
     }
-    let project = state
+    // By name, or by id (the form cmdexec clients often hold).
+    let project = match state
         .store
         .project_by_name(&caller.principal.org_id, name)
         .await?
-        .ok_or_else(not_found)?;
+    {
+        Some(p) => p,
+        None => state
+            .store
+            .project_by_id(name)
+            .await?
+            .filter(|p| p.org_id == caller.principal.org_id)
+            .ok_or_else(not_found)?,
+    };
     match decide(&caller.principal, action, Some(&project)) {
         Decision::Allow => {
             caller

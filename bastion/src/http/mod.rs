@@ -3,6 +3,7 @@
 //! IP by one middleware, so no handler can forget to.
 
 mod admin;
+mod cmdexec;
 mod error;
 mod extract;
 mod ops;
@@ -86,8 +87,34 @@ pub fn router(state: AppState) -> Router {
             audit_requests,
         ))
         .fallback(not_found);
+    let exec_body = DefaultBodyLimit::max(postern_api::cmdexec::MAX_EXECUTE_BODY);
+    let cmdexec = Router::new()
+        .route(
+            "/projects/{project}/edges/{edge}/execute/",
+            post(cmdexec::execute).layer(exec_body),
+        )
+        .route(
+            "/projects/{project}/edges/{edge}/execute",
+            post(cmdexec::execute).layer(exec_body),
+        )
+        .route(
+            "/projects/{project}/edges/{edge}/execution/{exec_id}/",
+            get(cmdexec::execution),
+        )
+        .route(
+            "/projects/{project}/edges/{edge}/execution/{exec_id}",
+            get(cmdexec::execution),
+        )
+        .route("/projects/{project}/history/", get(cmdexec::history))
+        .route("/projects/{project}/history", get(cmdexec::history))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            audit_requests,
+        ))
+        .fallback(not_found);
     Router::new()
         .nest("/api/v1", api)
+        .nest("/cmdexec/v1", cmdexec)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -4,6 +4,7 @@
 //! Queries are runtime-checked and written once for both backends through sqlx's
 //! `Any` driver; the same tests run against both. Timestamps are unix milliseconds.
 
+mod executions;
 mod nodes;
 mod tenancy;
 mod tokens;
@@ -15,6 +16,7 @@ use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use thiserror::Error;
 
+pub use executions::{ExecutionRow, ResultRow, ResultUpdate};
 pub use nodes::{EnrollOutcome, NewNode, NodeRow};
 pub use tenancy::{BindingRow, EdgeRow, OrgRow, ProjectRow, UserRow};
 pub use tokens::{ApiTokenRow, EnrollmentTokenRow};

@@ -87,15 +87,18 @@ pub async fn shared(store: Store) -> Arc<Shared> {
     let pki = Pki::load_or_create(&store, &key, Duration::from_secs(3600))
         .await
         .unwrap();
+    let tasks = TaskTracker::new();
+    let shutdown = CancellationToken::new();
     Arc::new(Shared {
+        cmdexec: postern_bastion::cmdexec::Engine::new(store.clone(), &tasks, shutdown.clone()),
         audit: Audit::new(store.clone()),
         store,
         pki,
         registry: Arc::new(Registry::default()),
         metrics: Arc::new(Metrics::default()),
         settings: Settings::default(),
-        shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
+        shutdown,
+        tasks,
     })
 }
 

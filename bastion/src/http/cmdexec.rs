@@ -1,0 +1,268 @@
+//! The cmdexec REST API: execute, execution status, history. Paths are fixed by
+//! the product and accepted with and without the trailing slash.
+
+use std::collections::HashSet;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use base64::Engine as _;
+use http::StatusCode;
+use postern_api::admin::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PageQuery};
+use postern_api::cmdexec::{
+    self as dto, ContentType, ExecuteRequest, ExecuteResponse, History, MAX_COMMAND_BYTES,
+    MAX_TARGETS, NodeExecStatus, TIMEOUT_DEFAULT_SECS, TIMEOUT_MAX_SECS, TIMEOUT_MIN_SECS,
+    TargetType,
+};
+use postern_api::validate;
+
+use super::admin::{resolve_edge, resolve_project};
+use super::extract::{ApiJson, ApiQuery, Caller};
+use super::{ApiError, AppState};
+use crate::authz::Action;
+use crate::clock::rfc3339;
+use crate::cmdexec::Submission;
+use crate::store::{ExecutionRow, ResultRow};
+
+fn check_command(req: &ExecuteRequest) -> Result<(), ApiError> {
+    if req.command.trim().is_empty() {
+        return Err(ApiError::BadRequest("command is empty".into()));
+    }
+    match req.content_type {
+        ContentType::String => {
+            if req.command.len() > MAX_COMMAND_BYTES {
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "command is larger than {MAX_COMMAND_BYTES} bytes"
+                )));
+            }
+            if req.command.contains('\0') {
+                return Err(ApiError::BadRequest(
+                    "command contains a NUL byte; send binary scripts with content_type base64"
+                        .into(),
+                ));
+            }
+        }
+        ContentType::Base64 => {
+            let script = base64::engine::general_purpose::STANDARD
+                .decode(req.command.trim())
+                .map_err(|e| {
+                    ApiError::BadRequest(format!(
+                        "command is not valid base64 (standard alphabet, padded): {e}"
+                    ))
+                })?;
+            if script.len() > MAX_COMMAND_BYTES {
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "decoded script is {} bytes; at most {MAX_COMMAND_BYTES}",
+                    script.len()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn execute(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, edge)): Path<(String, String)>,
+    ApiJson(req): ApiJson<ExecuteRequest>,
+) -> Result<(StatusCode, Json<ExecuteResponse>), ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::Execute).await?;
+    let e = resolve_edge(&state, &p, &edge).await?;
+    let timeout = validate::range(
+        "timeout",
+        req.timeout.unwrap_or(TIMEOUT_DEFAULT_SECS),
+        TIMEOUT_MIN_SECS,
+        TIMEOUT_MAX_SECS,
+    )?;
+    check_command(&req)?;
+    let all = state.store.list_nodes(&e.id).await?;
+    let nodes = match (req.target_type, &req.target) {
+        (TargetType::Cluster, None) => all,
+        (TargetType::Cluster, Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "target must be absent or null when target_type is cluster (it means every node of the edge)".into(),
+            ));
+        }
+        (TargetType::Node, None) => {
+            return Err(ApiError::BadRequest(
+                "target_type node needs target: an array of hostnames".into(),
+            ));
+        }
+        (TargetType::Node, Some(t)) if t.is_empty() || t.len() > MAX_TARGETS => {
+            return Err(ApiError::BadRequest(format!(
+                "target must list 1 to {MAX_TARGETS} hostnames"
+            )));
+        }
+        (TargetType::Node, Some(t)) => {
+            let mut seen = HashSet::new();
+            let mut unknown = Vec::new();
+            let mut picked = Vec::new();
+            for h in t {
+                validate::hostname(h)?;
+                if !seen.insert(h.as_str()) {
+                    continue;
+                }
+                match all.iter().find(|n| &n.hostname == h) {
+                    Some(n) => picked.push(n.clone()),
+                    None => unknown.push(h.clone()),
+                }
+            }
+            if !unknown.is_empty() {
+                let shown: Vec<_> = unknown.iter().take(10).collect();
+                return Err(ApiError::BadRequest(format!(
+                    "unknown node(s) in edge {:?}: {shown:?}{}; nothing was run",
+                    e.name,
+                    if unknown.len() > 10 { " and more" } else { "" }
+                )));
+            }
+            picked
+        }
+    };
+    if nodes.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "edge {:?} has no nodes; nothing to run",
+            e.name
+        )));
+    }
+    let submission = Submission {
+        org_id: caller.principal.org_id.clone(),
+        project: p,
+        edge: e,
+        username: caller.principal.user_name.clone(),
+        source_ip: caller.source_ip.clone(),
+        command: req.command,
+        content_type: req.content_type,
+        target_type: req.target_type,
+        target: req.target,
+        timeout_secs: timeout,
+        nodes,
+    };
+    let resp = state.cmdexec.submit(&state, submission).await?;
+    caller.audit.with(|a| {
+        a.exec_id = Some(resp.exec_id.clone());
+        a.targets = resp
+            .target_nodes
+            .iter()
+            .chain(&resp.unreachable_nodes)
+            .chain(&resp.unapproved_nodes)
+            .cloned()
+            .collect();
+    });
+    Ok((StatusCode::ACCEPTED, Json(resp)))
+}
+
+fn overall(results: &[ResultRow]) -> &'static str {
+    if results.iter().any(|r| !r.status.is_final()) {
+        if results.iter().all(|r| r.status == NodeExecStatus::Pending) {
+            "pending"
+        } else {
+            "running"
+        }
+    } else if results
+        .iter()
+        .all(|r| r.status == NodeExecStatus::Succeeded)
+    {
+        "succeeded"
+    } else {
+        "failed"
+    }
+}
+
+fn view(e: ExecutionRow, results: Vec<ResultRow>) -> dto::Execution {
+    let status = overall(&results).to_string();
+    dto::Execution {
+        exec_id: e.id,
+        project_id: e.project_name,
+        edge_id: e.edge_name,
+        command: e.command,
+        content_type: if e.content_type == "base64" {
+            ContentType::Base64
+        } else {
+            ContentType::String
+        },
+        target_type: if e.target_type == "cluster" {
+            TargetType::Cluster
+        } else {
+            TargetType::Node
+        },
+        target: e.target,
+        username: e.username,
+        created_at: rfc3339(e.created_at),
+        timeout: e.timeout_secs,
+        status,
+        nodes: results
+            .into_iter()
+            .map(|r| dto::NodeResult {
+                hostname: r.hostname,
+                status: r.status,
+                exit_code: r.exit_code.and_then(|c| i32::try_from(c).ok()),
+                stdout: r.stdout,
+                stderr: r.stderr,
+                stdout_truncated: r.stdout_truncated,
+                stderr_truncated: r.stderr_truncated,
+                stdout_bytes: u64::try_from(r.stdout_bytes).unwrap_or(0),
+                stderr_bytes: u64::try_from(r.stderr_bytes).unwrap_or(0),
+                stdout_sha256: r.stdout_sha256,
+                stderr_sha256: r.stderr_sha256,
+                error: r.error,
+                started_at: r.started_at.map(rfc3339),
+                finished_at: r.finished_at.map(rfc3339),
+            })
+            .collect(),
+    }
+}
+
+pub async fn execution(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, edge, exec_id)): Path<(String, String, String)>,
+) -> Result<Json<dto::Execution>, ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
+    let e = resolve_edge(&state, &p, &edge).await?;
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "execution {exec_id:?} not found in edge {:?}",
+            e.name
+        ))
+    };
+    if exec_id.len() > 64
+        || !exec_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(not_found());
+    }
+    let (exec, results) = state
+        .store
+        .execution(&exec_id)
+        .await?
+        .ok_or_else(not_found)?;
+    if exec.project_id != p.id || exec.edge_id != e.id {
+        return Err(not_found());
+    }
+    caller.audit.with(|a| a.exec_id = Some(exec.id.clone()));
+    Ok(Json(view(exec, results)))
+}
+
+pub async fn history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<History>, ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
+    let limit = validate::range(
+        "limit",
+        q.limit.unwrap_or(PAGE_LIMIT_DEFAULT),
+        1,
+        PAGE_LIMIT_MAX,
+    )?;
+    let offset = validate::range("offset", q.offset.unwrap_or(0), 0, i64::MAX / 2)?;
+    let (total, rows) = state.store.history(&p.id, limit, offset).await?;
+    Ok(Json(History {
+        total,
+        limit,
+        offset,
+        executions: rows.into_iter().map(|(e, r)| view(e, r)).collect(),
+    }))
+}

@@ -1,0 +1,371 @@
+//! cmdexec executions and their per-node results. Results are written in batches
+//! (one transaction per batch) by the engine's writer; a final result never
+//! overwrites another final result, so a result delivered twice is stored once.
+
+use postern_api::cmdexec::NodeExecStatus;
+use sqlx::Row;
+
+use super::{Result, Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionRow {
+    pub id: String,
+    pub org_id: String,
+    pub project_id: String,
+    pub project_name: String,
+    pub edge_id: String,
+    pub edge_name: String,
+    pub username: String,
+    pub source_ip: Option<String>,
+    pub command: String,
+    pub content_type: String,
+    pub target_type: String,
+    pub target: Option<Vec<String>>,
+    pub timeout_secs: i64,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultRow {
+    pub exec_id: String,
+    pub node_id: String,
+    pub hostname: String,
+    pub status: NodeExecStatus,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+    pub stdout: String,
+    pub stdout_truncated: bool,
+    pub stdout_bytes: i64,
+    pub stdout_sha256: Option<String>,
+    pub stderr: String,
+    pub stderr_truncated: bool,
+    pub stderr_bytes: i64,
+    pub stderr_sha256: Option<String>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+impl ResultRow {
+    pub fn new(exec_id: &str, node_id: &str, hostname: &str, status: NodeExecStatus) -> ResultRow {
+        ResultRow {
+            exec_id: exec_id.into(),
+            node_id: node_id.into(),
+            hostname: hostname.into(),
+            status,
+            exit_code: None,
+            error: None,
+            stdout: String::new(),
+            stdout_truncated: false,
+            stdout_bytes: 0,
+            stdout_sha256: None,
+            stderr: String::new(),
+            stderr_truncated: false,
+            stderr_bytes: 0,
+            stderr_sha256: None,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
+/// A change to one result, applied by the batch writer.
+#[derive(Debug, Clone)]
+pub enum ResultUpdate {
+    Started {
+        exec_id: String,
+        node_id: String,
+        at: i64,
+    },
+    Finished(Box<ResultRow>),
+}
+
+// Dynamic SQL here is assembled only from these constants and numbered
+// placeholders, never from input; hence `AssertSqlSafe`.
+const EXEC_COLS: &str = "id, org_id, project_id, project_name, edge_id, edge_name, username, source_ip, command, content_type, target_type, target, timeout_secs, created_at, finished_at";
+const RESULT_COLS: &str = "exec_id, node_id, hostname, status, exit_code, error, stdout, stdout_truncated, stdout_bytes, stdout_sha256, stderr, stderr_truncated, stderr_bytes, stderr_sha256, started_at, finished_at";
+
+fn exec_row(r: sqlx::any::AnyRow) -> Result<ExecutionRow> {
+    let target: Option<String> = r.try_get(11)?;
+    Ok(ExecutionRow {
+        id: r.try_get(0)?,
+        org_id: r.try_get(1)?,
+        project_id: r.try_get(2)?,
+        project_name: r.try_get(3)?,
+        edge_id: r.try_get(4)?,
+        edge_name: r.try_get(5)?,
+        username: r.try_get(6)?,
+        source_ip: r.try_get(7)?,
+        command: r.try_get(8)?,
+        content_type: r.try_get(9)?,
+        target_type: r.try_get(10)?,
+        target: target
+            .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()?,
+        timeout_secs: r.try_get(12)?,
+        created_at: r.try_get(13)?,
+        finished_at: r.try_get(14)?,
+    })
+}
+
+fn result_row(r: sqlx::any::AnyRow) -> Result<ResultRow> {
+    let status: String = r.try_get(3)?;
+    let out_t: i64 = r.try_get(7)?;
+    let err_t: i64 = r.try_get(11)?;
+    Ok(ResultRow {
+        exec_id: r.try_get(0)?,
+        node_id: r.try_get(1)?,
+        hostname: r.try_get(2)?,
+        status: NodeExecStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("exec status {status:?}")))?,
+        exit_code: r.try_get(4)?,
+        error: r.try_get(5)?,
+        stdout: r.try_get(6)?,
+        stdout_truncated: out_t != 0,
+        stdout_bytes: r.try_get(8)?,
+        stdout_sha256: r.try_get(9)?,
+        stderr: r.try_get(10)?,
+        stderr_truncated: err_t != 0,
+        stderr_bytes: r.try_get(12)?,
+        stderr_sha256: r.try_get(13)?,
+        started_at: r.try_get(14)?,
+        finished_at: r.try_get(15)?,
+    })
+}
+
+fn bind_result<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    r: &'q ResultRow,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    q.bind(&r.exec_id)
+        .bind(&r.node_id)
+        .bind(&r.hostname)
+        .bind(r.status.as_str())
+        .bind(r.exit_code)
+        .bind(&r.error)
+        .bind(&r.stdout)
+        .bind(i64::from(r.stdout_truncated))
+        .bind(r.stdout_bytes)
+        .bind(&r.stdout_sha256)
+        .bind(&r.stderr)
+        .bind(i64::from(r.stderr_truncated))
+        .bind(r.stderr_bytes)
+        .bind(&r.stderr_sha256)
+        .bind(r.started_at)
+        .bind(r.finished_at)
+}
+
+impl Store {
+    /// Creates the execution and all its result rows in one transaction.
+    pub async fn insert_execution(&self, e: &ExecutionRow, results: &[ResultRow]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let target = e
+            .target
+            .as_ref()
+            .map(|t| serde_json::to_string(t).unwrap_or_else(|_| "[]".into()));
+        let q = format!(
+            "INSERT INTO executions ({EXEC_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(&e.id)
+            .bind(&e.org_id)
+            .bind(&e.project_id)
+            .bind(&e.project_name)
+            .bind(&e.edge_id)
+            .bind(&e.edge_name)
+            .bind(&e.username)
+            .bind(&e.source_ip)
+            .bind(&e.command)
+            .bind(&e.content_type)
+            .bind(&e.target_type)
+            .bind(&target)
+            .bind(e.timeout_secs)
+            .bind(e.created_at)
+            .bind(e.finished_at)
+            .execute(&mut *tx)
+            .await?;
+        // 16 columns a row; 60 rows keep a statement under SQLite's 999 parameters.
+        for chunk in results.chunks(60) {
+            let mut q = format!("INSERT INTO exec_results ({RESULT_COLS}) VALUES ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    q.push(',');
+                }
+                q.push('(');
+                for c in 0..16 {
+                    if c > 0 {
+                        q.push(',');
+                    }
+                    q.push_str(&format!("${}", i * 16 + c + 1));
+                }
+                q.push(')');
+            }
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str()));
+            for r in chunk {
+                query = bind_result(query, r);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Applies a batch of result changes in one transaction.
+    pub async fn apply_result_updates(&self, updates: &[ResultUpdate]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for u in updates {
+            match u {
+                ResultUpdate::Started {
+                    exec_id,
+                    node_id,
+                    at,
+                } => {
+                    sqlx::query(
+                        "UPDATE exec_results SET status = 'running', started_at = $3
+                         WHERE exec_id = $1 AND node_id = $2 AND status = 'pending'",
+                    )
+                    .bind(exec_id)
+                    .bind(node_id)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                ResultUpdate::Finished(r) => {
+                    sqlx::query(
+                        "UPDATE exec_results SET status = $3, exit_code = $4, error = $5, stdout = $6,
+                           stdout_truncated = $7, stdout_bytes = $8, stdout_sha256 = $9, stderr = $10,
+                           stderr_truncated = $11, stderr_bytes = $12, stderr_sha256 = $13,
+                           started_at = COALESCE(started_at, $14), finished_at = $15
+                         WHERE exec_id = $1 AND node_id = $2 AND status IN ('pending', 'running')",
+                    )
+                    .bind(&r.exec_id)
+                    .bind(&r.node_id)
+                    .bind(r.status.as_str())
+                    .bind(r.exit_code)
+                    .bind(&r.error)
+                    .bind(&r.stdout)
+                    .bind(i64::from(r.stdout_truncated))
+                    .bind(r.stdout_bytes)
+                    .bind(&r.stdout_sha256)
+                    .bind(&r.stderr)
+                    .bind(i64::from(r.stderr_truncated))
+                    .bind(r.stderr_bytes)
+                    .bind(&r.stderr_sha256)
+                    .bind(r.started_at)
+                    .bind(r.finished_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn finish_execution(&self, exec_id: &str, at: i64) -> Result<()> {
+        sqlx::query("UPDATE executions SET finished_at = $2 WHERE id = $1 AND finished_at IS NULL")
+            .bind(exec_id)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn execution(&self, exec_id: &str) -> Result<Option<(ExecutionRow, Vec<ResultRow>)>> {
+        let q = format!("SELECT {EXEC_COLS} FROM executions WHERE id = $1");
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(exec_id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let e = exec_row(row)?;
+        let results = self.results_of(std::slice::from_ref(&e.id)).await?;
+        Ok(Some((e, results)))
+    }
+
+    async fn results_of(&self, exec_ids: &[String]) -> Result<Vec<ResultRow>> {
+        let mut out = Vec::new();
+        for chunk in exec_ids.chunks(100) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let q = format!(
+                "SELECT {RESULT_COLS} FROM exec_results WHERE exec_id IN ({}) ORDER BY hostname",
+                placeholders.join(",")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str()));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for r in query.fetch_all(&self.pool).await? {
+                out.push(result_row(r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Executions of a project, newest first, with their results.
+    pub async fn history(
+        &self,
+        project_id: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(i64, Vec<(ExecutionRow, Vec<ResultRow>)>)> {
+        let total: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM executions WHERE project_id = $1")
+            .bind(project_id)
+            .fetch_one(&self.pool)
+            .await?;
+        let q = format!(
+            "SELECT {EXEC_COLS} FROM executions WHERE project_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3"
+        );
+        let execs = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(project_id)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(exec_row)
+            .collect::<Result<Vec<_>>>()?;
+        let ids: Vec<String> = execs.iter().map(|e| e.id.clone()).collect();
+        let mut results = self.results_of(&ids).await?;
+        let out = execs
+            .into_iter()
+            .map(|e| {
+                let mine: Vec<ResultRow> = results
+                    .iter()
+                    .filter(|r| r.exec_id == e.id)
+                    .cloned()
+                    .collect();
+                (e, mine)
+            })
+            .collect();
+        results.clear();
+        Ok((total.0, out))
+    }
+
+    /// Results not yet final, with their executions: what a restarted bastion resumes.
+    pub async fn unfinished_results(&self) -> Result<Vec<(ExecutionRow, ResultRow)>> {
+        let q = format!(
+            "SELECT {RESULT_COLS} FROM exec_results WHERE status IN ('pending', 'running')"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::new();
+        let mut cache: std::collections::HashMap<String, ExecutionRow> =
+            std::collections::HashMap::new();
+        for r in rows {
+            let r = result_row(r)?;
+            if !cache.contains_key(&r.exec_id)
+                && let Some((e, _)) = self.execution(&r.exec_id).await?
+            {
+                cache.insert(e.id.clone(), e);
+            }
+            if let Some(e) = cache.get(&r.exec_id) {
+                out.push((e.clone(), r));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,231 @@
+//! Remote command execution on the node, at most once per exec ID.
+//!
+//! Before a command starts, its exec ID is recorded as running in the spool (a
+//! directory of JSON files, written atomically); the result replaces it when the
+//! command ends and stays until the bastion confirms it stored it (`forget`). So a
+//! result outlives a dropped channel or a bastion restart, and an exec ID seen once
+//! is never run again, even after the agent restarts.
+
+mod capture;
+mod run;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use postern_api::cmdexec::{AgentExec, AgentExecResult, NodeExecStatus, Output};
+use tokio::sync::watch;
+
+pub use capture::Capture;
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// How many forgotten exec IDs are remembered, to refuse a replay.
+const TOMBSTONES: usize = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("exec ID {0:?} is malformed: use letters, digits and '-', at most 64")]
+    BadId(String),
+    #[error("exec ID {0} was already run and its result delivered; it will not run again")]
+    Forgotten(String),
+    #[error("command is empty")]
+    Empty,
+    #[error("cannot write the spool: {0}")]
+    Spool(std::io::Error),
+}
+
+#[derive(Default)]
+struct State {
+    live: HashMap<String, watch::Receiver<AgentExecResult>>,
+    forgotten: HashSet<String>,
+    forgotten_order: VecDeque<String>,
+}
+
+/// The node's executor, shared by the channel's handlers.
+#[derive(Clone)]
+pub struct Executor {
+    spool: Option<PathBuf>,
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("spool", &self.spool)
+            .finish()
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+impl Executor {
+    /// An executor spooling to `dir` (created 0700); with `None`, results live in
+    /// memory only (the benchmark swarm).
+    pub fn new(dir: Option<PathBuf>) -> Executor {
+        let ex = Executor {
+            spool: dir,
+            state: Arc::new(Mutex::new(State::default())),
+        };
+        ex.recover();
+        ex
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads spooled results. A command still marked running was cut short by an
+    /// agent restart: its outcome is unknown, so it is reported lost, never rerun.
+    fn recover(&self) {
+        let Some(dir) = &self.spool else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let Ok(mut r) = serde_json::from_str::<AgentExecResult>(&text) else {
+                tracing::warn!(path = %path.display(), "unreadable spool entry; leaving it");
+                continue;
+            };
+            if !r.status.is_final() {
+                r.status = NodeExecStatus::Lost;
+                r.error = Some(
+                    "the agent restarted while the command ran; its outcome is unknown".into(),
+                );
+                r.finished_at_ms = Some(now_ms());
+                let _ = self.persist(&r);
+            }
+            let (_tx, rx) = watch::channel(r.clone());
+            self.lock().live.insert(r.exec_id.clone(), rx);
+        }
+    }
+
+    fn persist(&self, r: &AgentExecResult) -> Result<(), ExecError> {
+        let Some(dir) = &self.spool else {
+            return Ok(());
+        };
+        crate::fsutil::private_dir(dir).map_err(ExecError::Spool)?;
+        let data = serde_json::to_vec(r).map_err(|e| ExecError::Spool(std::io::Error::other(e)))?;
+        crate::fsutil::write_private(&dir.join(format!("{}.json", r.exec_id)), &data)
+            .map_err(ExecError::Spool)
+    }
+
+    /// Starts the exec unless this ID was seen; either way returns its progress.
+    pub fn start(&self, req: AgentExec) -> Result<watch::Receiver<AgentExecResult>, ExecError> {
+        if !valid_id(&req.exec_id) {
+            return Err(ExecError::BadId(req.exec_id.chars().take(80).collect()));
+        }
+        if req.command.trim().is_empty() {
+            return Err(ExecError::Empty);
+        }
+        let mut st = self.lock();
+        if let Some(rx) = st.live.get(&req.exec_id) {
+            return Ok(rx.clone());
+        }
+        if st.forgotten.contains(&req.exec_id) {
+            return Err(ExecError::Forgotten(req.exec_id));
+        }
+        let running = AgentExecResult {
+            exec_id: req.exec_id.clone(),
+            status: NodeExecStatus::Running,
+            exit_code: None,
+            stdout: Output::default(),
+            stderr: Output::default(),
+            error: None,
+            started_at_ms: now_ms(),
+            finished_at_ms: None,
+        };
+        // Recorded before the command starts: this is what makes it at most once.
+        self.persist(&running)?;
+        let (tx, rx) = watch::channel(running);
+        st.live.insert(req.exec_id.clone(), rx.clone());
+        drop(st);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let scratch = me
+                .spool
+                .clone()
+                .unwrap_or_else(std::env::temp_dir)
+                .join("scripts");
+            let req2 = req.clone();
+            // A crash of the run itself must still end in a result, never a hang.
+            let result = match tokio::spawn(async move { run::run(&req2, &scratch).await }).await {
+                Ok(r) => r,
+                Err(e) => AgentExecResult {
+                    exec_id: req.exec_id.clone(),
+                    status: NodeExecStatus::Failed,
+                    exit_code: None,
+                    stdout: Output::default(),
+                    stderr: Output::default(),
+                    error: Some(format!("the agent's executor failed: {e}")),
+                    started_at_ms: now_ms(),
+                    finished_at_ms: Some(now_ms()),
+                },
+            };
+            if let Err(e) = me.persist(&result) {
+                tracing::error!(exec_id = %req.exec_id, error = %e, "cannot spool a result; it is held in memory only");
+            }
+            let _ = tx.send(result);
+        });
+        Ok(rx)
+    }
+
+    pub fn get(&self, exec_id: &str) -> Option<watch::Receiver<AgentExecResult>> {
+        self.lock().live.get(exec_id).cloned()
+    }
+
+    pub fn was_forgotten(&self, exec_id: &str) -> bool {
+        self.lock().forgotten.contains(exec_id)
+    }
+
+    /// The bastion stored the result: drop it from the spool, remember the ID.
+    pub fn forget(&self, exec_id: &str) -> bool {
+        if !valid_id(exec_id) {
+            return false;
+        }
+        let mut st = self.lock();
+        let Some(rx) = st.live.get(exec_id) else {
+            return false;
+        };
+        if !rx.borrow().status.is_final() {
+            return false;
+        }
+        st.live.remove(exec_id);
+        if st.forgotten.insert(exec_id.to_string()) {
+            st.forgotten_order.push_back(exec_id.to_string());
+            if st.forgotten_order.len() > TOMBSTONES
+                && let Some(old) = st.forgotten_order.pop_front()
+            {
+                st.forgotten.remove(&old);
+            }
+        }
+        drop(st);
+        if let Some(dir) = &self.spool {
+            let _ = std::fs::remove_file(dir.join(format!("{exec_id}.json")));
+        }
+        true
+    }
+
+    /// Waits until the exec has a final result or `wait` passes; returns what is known.
+    pub async fn wait(
+        mut rx: watch::Receiver<AgentExecResult>,
+        wait: std::time::Duration,
+    ) -> AgentExecResult {
+        let _ = tokio::time::timeout(wait, rx.wait_for(|r| r.status.is_final())).await;
+        rx.borrow().clone()
+    }
+}

@@ -1,0 +1,159 @@
+//! Runs one command: `/bin/sh -c CMD`, or a whole script as `/bin/sh FILE`, in its
+//! own process group so the timeout kills everything it started, with stdin closed
+//! and both output streams captured with bounded memory.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use postern_api::cmdexec::{AgentExec, AgentExecResult, ContentType, NodeExecStatus, Output};
+use tokio::process::Command;
+
+use super::capture::{Capture, read_all};
+use super::now_ms;
+
+/// After the shell exits, how long its leftovers may keep the output pipes open.
+const LINGER: Duration = Duration::from_secs(1);
+
+fn kill_group(pgid: Option<u32>) {
+    if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()) {
+        // ESRCH (nothing left) is the common, fine case.
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+fn failed(req: &AgentExec, started: i64, error: String) -> AgentExecResult {
+    AgentExecResult {
+        exec_id: req.exec_id.clone(),
+        status: NodeExecStatus::Failed,
+        exit_code: None,
+        stdout: Output::default(),
+        stderr: Output::default(),
+        error: Some(error),
+        started_at_ms: started,
+        finished_at_ms: Some(now_ms()),
+    }
+}
+
+/// Runs the command to completion or timeout. `scratch` holds script files.
+pub async fn run(req: &AgentExec, scratch: &Path) -> AgentExecResult {
+    let started = now_ms();
+    let mut cmd = Command::new("/bin/sh");
+    let script_path = scratch.join(format!("{}.sh", req.exec_id));
+    match req.content_type {
+        ContentType::String => {
+            cmd.arg("-c").arg(&req.command);
+        }
+        ContentType::Base64 => {
+            let script = match base64::engine::general_purpose::STANDARD.decode(req.command.trim())
+            {
+                Ok(s) => s,
+                Err(e) => return failed(req, started, format!("script is not valid base64: {e}")),
+            };
+            let write = async {
+                tokio::fs::create_dir_all(scratch).await?;
+                tokio::fs::write(&script_path, &script).await?;
+                tokio::fs::set_permissions(&script_path, std::fs::Permissions::from_mode(0o700))
+                    .await
+            };
+            if let Err(e) = write.await {
+                return failed(
+                    req,
+                    started,
+                    format!("cannot write the script to {}: {e}", script_path.display()),
+                );
+            }
+            cmd.arg(&script_path);
+        }
+    }
+    cmd.current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return failed(req, started, format!("cannot start /bin/sh: {e}")),
+    };
+    let pgid = child.id();
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        kill_group(pgid);
+        return failed(req, started, "no output pipes".into());
+    };
+    let mut out_task = tokio::spawn(read_all(out, Capture::new(req.keep_bytes)));
+    let mut err_task = tokio::spawn(read_all(err, Capture::new(req.keep_bytes)));
+
+    let timeout = Duration::from_secs(req.timeout_secs);
+    let exit = tokio::select! {
+        s = child.wait() => Some(s),
+        _ = tokio::time::sleep(timeout) => None,
+    };
+    let (status, exit_code, error) = match exit {
+        None => {
+            kill_group(pgid);
+            let _ = child.wait().await;
+            (
+                NodeExecStatus::TimedOut,
+                None,
+                Some(format!("killed after the {}s timeout", req.timeout_secs)),
+            )
+        }
+        Some(Err(e)) => {
+            kill_group(pgid);
+            (
+                NodeExecStatus::Failed,
+                None,
+                Some(format!("waiting for the command failed: {e}")),
+            )
+        }
+        Some(Ok(s)) => match s.code() {
+            Some(0) => (NodeExecStatus::Succeeded, Some(0), None),
+            Some(c) => (NodeExecStatus::Failed, Some(c), None),
+            None => (
+                NodeExecStatus::Failed,
+                None,
+                Some(format!("terminated by a signal ({s})")),
+            ),
+        },
+    };
+    // Whatever the shell left behind must not hold the pipes (or the node) forever.
+    let (mut stdout, mut stderr) = (None, None);
+    let drained = tokio::time::timeout(LINGER, async {
+        stdout = Some((&mut out_task).await);
+        stderr = Some((&mut err_task).await);
+    })
+    .await;
+    kill_group(pgid);
+    if drained.is_err() {
+        tracing::info!(exec_id = %req.exec_id, "killed processes the command left running");
+    }
+    // Each handle is awaited at most once: a finished one is never polled again.
+    let stdout = match stdout {
+        Some(r) => r,
+        None => out_task.await,
+    };
+    let stderr = match stderr {
+        Some(r) => r,
+        None => err_task.await,
+    };
+    let stdout = stdout.map(Capture::finish).unwrap_or_default();
+    let stderr = stderr.map(Capture::finish).unwrap_or_default();
+    if req.content_type == ContentType::Base64 {
+        let _ = tokio::fs::remove_file(&script_path).await;
+    }
+    AgentExecResult {
+        exec_id: req.exec_id.clone(),
+        status,
+        exit_code,
+        stdout,
+        stderr,
+        error,
+        started_at_ms: started,
+        finished_at_ms: Some(now_ms()),
+    }
+}

@@ -1,0 +1,520 @@
+//! cmdexec end to end: real bastion, real agents, real `/bin/sh`.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use postern_tests::{Bastion, BastionOpts, eventually};
+use serde_json::{Value, json};
+
+const EXEC: &str = "/cmdexec/v1/projects/web/edges/eu-1/execute/";
+
+async fn execute(b: &Bastion, body: Value) -> Value {
+    let (s, v) = b.post(EXEC, body).await;
+    assert_eq!(s, 202, "{v}");
+    v
+}
+
+/// Polls the execution until no node is pending or running.
+async fn finished(b: &Bastion, exec_id: &str, within: Duration) -> Value {
+    let path = format!("/cmdexec/v1/projects/web/edges/eu-1/execution/{exec_id}/");
+    let until = std::time::Instant::now() + within;
+    loop {
+        let (s, v) = b.get(&path).await;
+        assert_eq!(s, 200, "{v}");
+        if v["status"] != "pending" && v["status"] != "running" {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "execution not finished after {within:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn node<'a>(exec: &'a Value, host: &str) -> &'a Value {
+    exec["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["hostname"] == host)
+        .unwrap()
+}
+
+/// Running or sleeping; a zombie (killed, not yet reaped by its new parent) is not.
+fn pid_alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.chars().next()))
+        .flatten()
+        .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exit_codes_stderr_scripts_and_clusters() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let _a = b.agent("alpha").await;
+    let _c = b.agent("beta").await;
+    b.enroll("gamma").await; // enrolled, approved, never connected
+
+    // Exit codes and stderr, per node.
+    let r = execute(&b, json!({"target": ["alpha", "beta"], "target_type": "node",
+        "command": "echo out-$(cat /proc/sys/kernel/hostname >/dev/null; echo ok); echo err >&2; exit 3"})).await;
+    assert_eq!(r["target_nodes"], json!(["alpha", "beta"]));
+    assert_eq!(r["username"], "admin");
+    assert_eq!(r["timeout"], 60);
+    let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(15)).await;
+    assert_eq!(done["status"], "failed");
+    for h in ["alpha", "beta"] {
+        let n = node(&done, h);
+        assert_eq!(
+            (n["status"].as_str(), n["exit_code"].as_i64()),
+            (Some("failed"), Some(3)),
+            "{n}"
+        );
+        assert_eq!(n["stdout"], "out-ok\n");
+        assert_eq!(n["stderr"], "err\n");
+        assert!(n["started_at"].is_string() && n["finished_at"].is_string());
+    }
+
+    // A whole script, base64, run as one program.
+    let script = "#!/bin/sh\nset -e\nf() { echo \"in function $1\"; }\nf one\nfor i in 1 2 3; do printf %s $i; done\necho\n";
+    let b64 = base64_encode(script.as_bytes());
+    let r = execute(&b, json!({"target": ["alpha"], "target_type": "node", "command": b64, "content_type": "base64"})).await;
+    let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(15)).await;
+    let n = node(&done, "alpha");
+    assert_eq!(
+        (n["status"].as_str(), n["exit_code"].as_i64()),
+        (Some("succeeded"), Some(0))
+    );
+    assert_eq!(n["stdout"], "in function one\n123\n");
+
+    // The whole cluster: connected nodes run, the absent one is settled at once.
+    let r = execute(&b, json!({"target_type": "cluster", "command": "true"})).await;
+    assert_eq!(r["target_nodes"], json!(["alpha", "beta"]));
+    assert_eq!(r["unreachable_nodes"], json!(["gamma"]));
+    let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(15)).await;
+    assert_eq!(node(&done, "gamma")["status"], "unreachable");
+    assert_eq!(node(&done, "alpha")["status"], "succeeded");
+
+    // Audit: the request and the responses.
+    let (_, audit) = b.get("/api/v1/audit?limit=50").await;
+    let entries = audit["entries"].as_array().unwrap();
+    let exec = entries
+        .iter()
+        .find(|e| e["action"] == "cmdexec.execute" && e["exec_id"] == r["exec_id"])
+        .unwrap();
+    assert_eq!(exec["actor"], "admin");
+    assert_eq!(exec["source_ip"], "127.0.0.1");
+    assert_eq!(exec["detail"]["command"], "true");
+    let result = entries
+        .iter()
+        .find(|e| e["action"] == "cmdexec.result" && e["exec_id"] == r["exec_id"])
+        .unwrap();
+    assert_eq!(result["detail"]["responses"].as_array().unwrap().len(), 3);
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timeout_kills_the_whole_process_group() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let _a = b.agent("alpha").await;
+    let pidfile = b.dir.path().join("stubborn.pid");
+    // A child that ignores SIGTERM, in the background, and a shell that waits for it.
+    let cmd = format!(
+        "sh -c 'trap \"\" TERM; exec sleep 300' & echo $! > {}; wait",
+        pidfile.display()
+    );
+    let r = execute(
+        &b,
+        json!({"target": ["alpha"], "target_type": "node", "command": cmd, "timeout": 2}),
+    )
+    .await;
+    let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(20)).await;
+    let n = node(&done, "alpha");
+    assert_eq!(n["status"], "timed_out", "{n}");
+    assert!(n["error"].as_str().unwrap().contains("2s timeout"));
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    // SIGKILL is delivered asynchronously; give the kernel a moment to finish it.
+    eventually(
+        Duration::from_secs(3),
+        "the SIGTERM-ignoring child is gone",
+        || async { !pid_alive(&pid) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_megabytes_of_output_are_trimmed_with_bounded_memory() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let a = b.agent("chatty").await;
+    let r = execute(&b, json!({"target": ["chatty"], "target_type": "node",
+        "command": "echo FIRST-LINE; head -c 50000000 /dev/zero | tr '\\000' x; echo; echo LAST-LINE >&1; echo oops >&2"})).await;
+    let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    let n = node(&done, "chatty");
+    assert_eq!(n["status"], "succeeded", "{n}");
+    assert_eq!(n["stdout_truncated"], true);
+    let total = "FIRST-LINE\n".len() as u64 + 50_000_000 + 1 + "LAST-LINE\n".len() as u64;
+    assert_eq!(n["stdout_bytes"].as_u64(), Some(total));
+    let out = n["stdout"].as_str().unwrap();
+    assert!(out.starts_with("FIRST-LINE\nxxx") && out.ends_with("xxx\nLAST-LINE\n"));
+    assert!(out.len() < 70_000, "kept {} bytes", out.len());
+    assert_eq!(n["stderr"], "oops\n");
+    assert_eq!(n["stdout_sha256"].as_str().unwrap().len(), 64);
+    // Neither side held the output: peak RSS stays far below 50 MB.
+    let hwm = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap()
+    };
+    assert!(hwm(a.pid()) < 40_000, "agent peak RSS {} KiB", hwm(a.pid()));
+    assert!(
+        hwm(b.pid().unwrap()) < 60_000,
+        "bastion peak RSS {} KiB",
+        hwm(b.pid().unwrap())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_are_refused_and_nothing_runs() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let _a = b.agent("alpha").await;
+    let marker = b.dir.path().join("ran");
+    let cmd = format!("touch {}", marker.display());
+    let (s, _) = b
+        .post("/api/v1/projects/web/edges", json!({"name": "us-1"}))
+        .await;
+    assert_eq!(s, 201);
+    let cases = [
+        (
+            json!({"target": ["alpha", "ghost"], "target_type": "node", "command": cmd}),
+            400,
+            "ghost",
+        ),
+        (
+            json!({"target": ["alpha"], "target_type": "cluster", "command": cmd}),
+            400,
+            "absent or null",
+        ),
+        (
+            json!({"target_type": "node", "command": cmd}),
+            400,
+            "needs target",
+        ),
+        (
+            json!({"target": [], "target_type": "node", "command": cmd}),
+            400,
+            "1 to",
+        ),
+        (
+            json!({"target": ["alpha"], "target_type": "node", "command": cmd, "timeout": 0}),
+            400,
+            "timeout must be between 1 and 3600",
+        ),
+        (
+            json!({"target": ["alpha"], "target_type": "node", "command": cmd, "timeout": 3601}),
+            400,
+            "timeout",
+        ),
+        (
+            json!({"target": ["alpha"], "target_type": "node", "command": "%%%", "content_type": "base64"}),
+            400,
+            "not valid base64",
+        ),
+        (
+            json!({"target": ["alpha"], "target_type": "node", "command": cmd, "colour": "red"}),
+            400,
+            "unknown field",
+        ),
+        (
+            json!({"target": ["alpha"], "target_type": "everything", "command": cmd}),
+            400,
+            "unknown variant",
+        ),
+        (
+            json!({"target": ["alpha"], "target_type": "node", "command": "  "}),
+            400,
+            "empty",
+        ),
+    ];
+    for (body, status, needle) in cases {
+        let (s, v) = b.post(EXEC, body.clone()).await;
+        assert_eq!(s, status, "{body}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(needle),
+            "{body}: {v}"
+        );
+    }
+    // A node of another edge is unknown in this one.
+    let (s, v) = b
+        .post(
+            "/cmdexec/v1/projects/web/edges/us-1/execute",
+            json!({"target": ["alpha"], "target_type": "node", "command": cmd}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    // Oversized: more than the body limit.
+    let huge = "x".repeat(1_600_000);
+    let (s, v) = b
+        .post(
+            EXEC,
+            json!({"target": ["alpha"], "target_type": "node", "command": huge}),
+        )
+        .await;
+    assert_eq!(s, 413, "{v}");
+    // Malformed JSON.
+    let (s, _) = postern_tests::http(b.api, "POST", EXEC, Some(&b.token), None)
+        .await
+        .unwrap();
+    assert!(s == 400 || s == 415);
+    // A project of another org, an unknown edge, and an unknown execution.
+    assert_eq!(
+        b.post(
+            "/cmdexec/v1/projects/nope/edges/eu-1/execute/",
+            json!({"target_type": "cluster", "command": "true"})
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        b.post(
+            "/cmdexec/v1/projects/web/edges/nope/execute/",
+            json!({"target_type": "cluster", "command": "true"})
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        b.get(
+            "/cmdexec/v1/projects/web/edges/eu-1/execution/01a00000-0000-7000-8000-000000000000/"
+        )
+        .await
+        .0,
+        404
+    );
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!marker.exists(), "a refused request ran its command");
+    let (_, h) = b.get("/cmdexec/v1/projects/web/history/").await;
+    assert_eq!(h["total"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_pages_newest_first() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let _a = b.agent("alpha").await;
+    let mut ids = vec![];
+    for i in 0..12 {
+        let r = execute(
+            &b,
+            json!({"target": ["alpha"], "target_type": "node", "command": format!("echo {i}")}),
+        )
+        .await;
+        ids.push(r["exec_id"].as_str().unwrap().to_string());
+    }
+    finished(&b, ids.last().unwrap(), Duration::from_secs(15)).await;
+    let (s, h) = b.get("/cmdexec/v1/projects/web/history/").await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (
+            h["total"].as_i64(),
+            h["limit"].as_i64(),
+            h["offset"].as_i64()
+        ),
+        (Some(12), Some(10), Some(0))
+    );
+    let got: Vec<&str> = h["executions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["exec_id"].as_str().unwrap())
+        .collect();
+    let newest: Vec<&str> = ids.iter().rev().take(10).map(String::as_str).collect();
+    assert_eq!(got, newest);
+    let (_, h) = b
+        .get("/cmdexec/v1/projects/web/history?limit=5&offset=10")
+        .await;
+    let got: Vec<&str> = h["executions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["exec_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, vec![ids[1].as_str(), ids[0].as_str()]);
+    assert!(h["executions"][0]["nodes"][0]["stdout"].is_string());
+    for q in ["limit=0", "limit=101", "offset=-1", "limit=x"] {
+        assert_eq!(
+            b.get(&format!("/cmdexec/v1/projects/web/history/?{q}"))
+                .await
+                .0,
+            400,
+            "{q}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_org_admins_execute_and_readers_see_their_projects_only() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let _a = b.agent("alpha").await;
+    let make_user = |name: &'static str, role: Value| {
+        let b = &b;
+        async move {
+            assert_eq!(b.post("/api/v1/users", json!({"name": name})).await.0, 201);
+            let (s, v) = postern_tests::http(
+                b.api,
+                "PUT",
+                &format!("/api/v1/users/{name}/roles"),
+                Some(&b.token),
+                Some(role),
+            )
+            .await
+            .unwrap();
+            assert_eq!(s, 200, "{v}");
+            b.post(&format!("/api/v1/users/{name}/tokens"), json!({}))
+                .await
+                .1["token"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let padmin = make_user("pat", json!({"role": "project_admin", "project": "web"})).await;
+    let body = json!({"target": ["alpha"], "target_type": "node", "command": "true"});
+    let (s, v) = postern_tests::http(b.api, "POST", EXEC, Some(&padmin), Some(body.clone()))
+        .await
+        .unwrap();
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("may not execute")
+    );
+    // Reads follow project roles.
+    assert_eq!(
+        postern_tests::http(
+            b.api,
+            "GET",
+            "/cmdexec/v1/projects/web/history/",
+            Some(&padmin),
+            None
+        )
+        .await
+        .unwrap()
+        .0,
+        200
+    );
+    assert_eq!(
+        b.post("/api/v1/projects", json!({"name": "other"})).await.0,
+        201
+    );
+    assert_eq!(
+        postern_tests::http(
+            b.api,
+            "GET",
+            "/cmdexec/v1/projects/other/history/",
+            Some(&padmin),
+            None
+        )
+        .await
+        .unwrap()
+        .0,
+        404
+    );
+    // The denial is audited.
+    let (_, audit) = b.get("/api/v1/audit?limit=20").await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["actor"] == "pat" && e["outcome"] == "denied")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_produced_while_the_bastion_is_down_arrives_after_restart() {
+    let mut b = Bastion::start(BastionOpts::default()).await;
+    let _a = b.agent("alpha").await;
+    let counter = b.dir.path().join("runs");
+    let cmd = format!("sleep 2; echo run >> {}; echo done", counter.display());
+    let r = execute(
+        &b,
+        json!({"target": ["alpha"], "target_type": "node", "command": cmd, "timeout": 30}),
+    )
+    .await;
+    let exec_id = r["exec_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.stop();
+    // The command finishes while no bastion is there.
+    eventually(Duration::from_secs(10), "command ran", || async {
+        counter.exists()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.restart().await;
+    let done = finished(&b, &exec_id, Duration::from_secs(30)).await;
+    let n = node(&done, "alpha");
+    assert_eq!(
+        (n["status"].as_str(), n["stdout"].as_str()),
+        (Some("succeeded"), Some("done\n")),
+        "{n}"
+    );
+    // And it ran exactly once.
+    assert_eq!(std::fs::read_to_string(&counter).unwrap(), "run\n");
+    // The agent was told to drop its spooled copy.
+    let spool = b.dir.path().join("alpha").join("spool");
+    eventually(Duration::from_secs(5), "spool emptied", || async {
+        std::fs::read_dir(&spool)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+                    == 0
+            })
+            .unwrap_or(true)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_mid_command_ends_as_lost() {
+    let b = Bastion::start(BastionOpts {
+        exec_lost_grace: "2s".into(),
+        ..BastionOpts::default()
+    })
+    .await;
+    let mut a = b.agent("doomed").await;
+    let _other = b.agent("fine").await;
+    let r = execute(&b, json!({"target": ["doomed", "fine"], "target_type": "node", "command": "sleep 4; echo hi", "timeout": 60})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.kill();
+    let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(20)).await;
+    let n = node(&done, "doomed");
+    assert_eq!(n["status"], "lost", "{n}");
+    assert!(n["error"].as_str().unwrap().contains("did not come back"));
+    assert_eq!(node(&done, "fine")["status"], "succeeded");
+}
