@@ -4,6 +4,7 @@
 //! that name the field and the allowed range.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// `timeout` bounds, in seconds, and its default.
 pub const TIMEOUT_MIN_SECS: i64 = 1;
@@ -18,14 +19,14 @@ pub const MAX_TARGETS: usize = 10_000;
 /// Output kept per stream by default (head and tail halves).
 pub const DEFAULT_KEEP_BYTES: usize = 64 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetType {
     Node,
     Cluster,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ContentType {
     #[default]
@@ -42,23 +43,27 @@ impl ContentType {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
     /// Hostnames of the edge's nodes; absent or null for `cluster`.
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 10000)]
     pub target: Option<Vec<String>>,
     pub target_type: TargetType,
+    /// A shell command, or with `content_type: base64` a whole script (up to 1 MiB decoded).
+    #[schema(min_length = 1, pattern = "\\S")]
     pub command: String,
     #[serde(default)]
     pub content_type: ContentType,
     /// Seconds, 1 to 3600; default 60.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::whole_number")]
+    #[schema(minimum = 1, maximum = 3600)]
     pub timeout: Option<i64>,
 }
 
 /// What was decided at submit time.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ExecuteResponse {
     pub exec_id: String,
     pub submitted_at: String,
@@ -73,7 +78,7 @@ pub struct ExecuteResponse {
 }
 
 /// A node's state within an execution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeExecStatus {
     Pending,
@@ -132,7 +137,7 @@ pub struct Output {
     pub sha256: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NodeResult {
     pub hostname: String,
     pub status: NodeExecStatus,
@@ -151,7 +156,7 @@ pub struct NodeResult {
     pub finished_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Execution {
     pub exec_id: String,
     pub project_id: String,
@@ -168,7 +173,7 @@ pub struct Execution {
     pub nodes: Vec<NodeResult>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct History {
     pub total: i64,
     pub limit: i64,

@@ -87,6 +87,25 @@ pub fn range(what: &'static str, value: i64, min: i64, max: i64) -> Result<i64, 
     }
 }
 
+/// Deserializes an optional integer, also from a JSON number with a zero fraction
+/// (`60.0`), which JSON Schema counts as an integer and clients do send.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::Deserialize;
+    use serde::de::Error;
+    let Some(v) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(i) = v.as_i64() {
+        return Ok(Some(i));
+    }
+    match v.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+        _ => Err(D::Error::custom(format!(
+            "expected a whole number of seconds, got {v}"
+        ))),
+    }
+}
+
 /// Echo at most 80 characters of a rejected value back, so an error message cannot
 /// be used to reflect a megabyte of attacker input into logs.
 fn truncate(value: &str) -> String {
@@ -139,6 +158,23 @@ mod tests {
         assert_eq!(range("limit", 10, 1, 100), Ok(10));
         assert!(range("limit", 0, 1, 100).is_err());
         assert!(range("limit", 101, 1, 100).is_err());
+    }
+
+    #[test]
+    fn whole_numbers() {
+        #[derive(serde::Deserialize)]
+        struct T {
+            #[serde(default, deserialize_with = "whole_number")]
+            t: Option<i64>,
+        }
+        let parse = |s: &str| serde_json::from_str::<T>(s).map(|t| t.t);
+        assert_eq!(parse(r#"{"t": 60}"#).unwrap(), Some(60));
+        assert_eq!(parse(r#"{"t": 60.0}"#).unwrap(), Some(60));
+        assert_eq!(parse(r#"{"t": -5.0}"#).unwrap(), Some(-5));
+        assert_eq!(parse(r#"{"t": null}"#).unwrap(), None);
+        assert_eq!(parse(r#"{}"#).unwrap(), None);
+        assert!(parse(r#"{"t": 1.5}"#).is_err());
+        assert!(parse(r#"{"t": "60"}"#).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use postern_api::cmdexec::{
     MAX_TARGETS, NodeExecStatus, TIMEOUT_DEFAULT_SECS, TIMEOUT_MAX_SECS, TIMEOUT_MIN_SECS,
     TargetType,
 };
-use postern_api::validate;
+use postern_api::{ErrorBody, validate};
 
 use super::admin::{resolve_edge, resolve_project};
 use super::extract::{ApiJson, ApiQuery, Caller};
@@ -60,6 +60,27 @@ fn check_command(req: &ExecuteRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Run a command or a whole script on some nodes of an edge, or on all of them.
+#[utoipa::path(
+    post,
+    path = "/cmdexec/v1/projects/{project_id}/edges/{edge_id}/execute/",
+    tag = "cmdexec",
+    params(
+        ("project_id" = String, Path, description = "Project name or id"),
+        ("edge_id" = String, Path, description = "Edge name or id"),
+    ),
+    request_body = ExecuteRequest,
+    responses(
+        (status = 202, description = "Accepted: the exec ID and what was decided at submit", body = ExecuteResponse),
+        (status = 400, description = "Invalid request (unknown node, bad base64, out-of-range timeout, ...)", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API token", body = ErrorBody),
+        (status = 403, description = "Only org admins may execute", body = ErrorBody),
+        (status = 404, description = "Project or edge not found", body = ErrorBody),
+        (status = 413, description = "Command or body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn execute(
     State(state): State<AppState>,
     caller: Caller,
@@ -212,6 +233,23 @@ fn view(e: ExecutionRow, results: Vec<ResultRow>) -> dto::Execution {
     }
 }
 
+/// The execution's overall status and each node's result.
+#[utoipa::path(
+    get,
+    path = "/cmdexec/v1/projects/{project_id}/edges/{edge_id}/execution/{exec_id}/",
+    tag = "cmdexec",
+    params(
+        ("project_id" = String, Path, description = "Project name or id"),
+        ("edge_id" = String, Path, description = "Edge name or id"),
+        ("exec_id" = String, Path, description = "The exec ID returned by execute"),
+    ),
+    responses(
+        (status = 200, description = "The execution", body = dto::Execution),
+        (status = 401, description = "Missing or invalid API token", body = ErrorBody),
+        (status = 404, description = "Project, edge or execution not found", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn execution(
     State(state): State<AppState>,
     caller: Caller,
@@ -244,6 +282,24 @@ pub async fn execution(
     Ok(Json(view(exec, results)))
 }
 
+/// Past executions of a project with their per-node results, newest first.
+#[utoipa::path(
+    get,
+    path = "/cmdexec/v1/projects/{project_id}/history/",
+    tag = "cmdexec",
+    params(
+        ("project_id" = String, Path, description = "Project name or id"),
+        ("limit" = Option<i64>, Query, description = "1 to 100, default 10", minimum = 1, maximum = 100),
+        ("offset" = Option<i64>, Query, description = "Default 0", minimum = 0),
+    ),
+    responses(
+        (status = 200, description = "A page of executions", body = History),
+        (status = 400, description = "Invalid limit or offset", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API token", body = ErrorBody),
+        (status = 404, description = "Project not found", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn history(
     State(state): State<AppState>,
     caller: Caller,
@@ -257,7 +313,7 @@ pub async fn history(
         1,
         PAGE_LIMIT_MAX,
     )?;
-    let offset = validate::range("offset", q.offset.unwrap_or(0), 0, i64::MAX / 2)?;
+    let offset = validate::range("offset", q.offset.unwrap_or(0), 0, i64::MAX)?;
     let (total, rows) = state.store.history(&p.id, limit, offset).await?;
     Ok(Json(History {
         total,

@@ -6,6 +6,7 @@ mod admin;
 mod cmdexec;
 mod error;
 mod extract;
+pub mod openapi;
 mod ops;
 mod users;
 
@@ -118,6 +119,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .merge(openapi::swagger())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(postern_api::admin::MAX_BODY_BYTES))
         .with_state(state)
