@@ -558,3 +558,29 @@ async fn health_ready_and_metrics() {
     assert!(text.contains("postern_agents_connected 0"));
     assert!(text.contains("# TYPE postern_agent_handshakes_total counter"));
 }
+
+#[tokio::test]
+async fn openapi_document_and_swagger_ui_are_served_offline() {
+    let w = world().await;
+    let (s, v) = w.call(Method::GET, "/api-docs/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    for path in [
+        "/cmdexec/v1/projects/{project_id}/edges/{edge_id}/execute/",
+        "/cmdexec/v1/projects/{project_id}/edges/{edge_id}/execution/{exec_id}/",
+        "/cmdexec/v1/projects/{project_id}/history/",
+    ] {
+        assert!(v["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+    }
+    assert_eq!(v["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    let resp = w
+        .app
+        .clone()
+        .oneshot(Request::get("/swagger-ui/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let html = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&html).contains("swagger-ui"));
+    // The assets come from the binary, not a CDN.
+    assert!(!String::from_utf8_lossy(&html).contains("https://"));
+}

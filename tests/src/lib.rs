@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+pub mod ansible;
 pub mod swarm;
 
 /// A binary built from this workspace, next to the test executable's directory.

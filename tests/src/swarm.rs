@@ -19,6 +19,20 @@ pub struct SwarmOpts {
     pub enroll_concurrency: usize,
     pub restart: bool,
     pub backoff_cap: Duration,
+    /// Node counts for the cmdexec fan-out measurement (`hostname` on each).
+    pub fanout: Vec<usize>,
+    pub fanout_runs: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FanoutReport {
+    pub nodes: usize,
+    /// POST to every result stored, per run.
+    pub runs_secs: Vec<f64>,
+    pub median_secs: f64,
+    /// Bastion CPU time (user + system) per run, median.
+    pub bastion_cpu_secs: f64,
+    pub bastion_peak_rss_kib: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -32,6 +46,77 @@ pub struct Report {
     pub restart_reconnect_secs: Option<f64>,
     pub bastion_kib_per_agent_after_restart: Option<f64>,
     pub agents_gave_up: usize,
+    pub fanout: Vec<FanoutReport>,
+}
+
+/// CPU seconds (user + system) the process has used.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of /proc/PID/stat (utime, stime), 0-based 11 and 12 after the name.
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s.get(s.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Runs `hostname` on the first `nodes` swarm nodes, `runs` times; each run is timed
+/// from the POST to the moment no result of it is pending or running in the store.
+async fn fanout(bastion: &Bastion, nodes: usize, total: usize, runs: usize) -> FanoutReport {
+    let pid = bastion.pid().unwrap_or(0);
+    let store = postern_bastion::store::Store::open_sqlite(&bastion.data_dir()).await.unwrap_or_else(|e| panic!("store: {e}"));
+    let body = if nodes >= total {
+        json!({"target_type": "cluster", "command": "hostname"})
+    } else {
+        let target: Vec<String> = (0..nodes).map(|i| format!("swarm-{i:05}")).collect();
+        json!({"target_type": "node", "target": target, "command": "hostname"})
+    };
+    let (mut times, mut cpus, mut peak) = (vec![], vec![], 0);
+    for _ in 0..runs {
+        let cpu0 = cpu_secs(pid);
+        let t = Instant::now();
+        let (s, v) = bastion.post("/cmdexec/v1/projects/web/edges/eu-1/execute/", body.clone()).await;
+        assert_eq!(s, 202, "{v}");
+        let exec_id = v["exec_id"].as_str().unwrap_or_default().to_string();
+        loop {
+            let open: (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM exec_results WHERE exec_id = $1 AND status IN ('pending', 'running')",
+            )
+            .bind(&exec_id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap_or((1,));
+            peak = peak.max(rss_kib(pid));
+            if open.0 == 0 {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(300), "fan-out to {nodes} did not finish");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        times.push(t.elapsed().as_secs_f64());
+        cpus.push(cpu_secs(pid) - cpu0);
+        let failed: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM exec_results WHERE exec_id = $1 AND status <> 'succeeded'")
+            .bind(&exec_id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap_or((0,));
+        assert_eq!(failed.0, 0, "{} of {nodes} nodes did not succeed", failed.0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    store.close().await;
+    FanoutReport {
+        nodes,
+        median_secs: median(&times),
+        runs_secs: times,
+        bastion_cpu_secs: median(&cpus),
+        bastion_peak_rss_kib: peak,
+    }
 }
 
 pub fn rss_kib(pid: u32) -> u64 {
@@ -111,6 +196,13 @@ pub async fn run(opts: &SwarmOpts) -> Report {
     let rss_connected = rss_kib(pid);
     let per_agent = (rss_connected.saturating_sub(rss_before)) as f64 / n as f64;
 
+    let mut fanouts = Vec::new();
+    for &size in &opts.fanout {
+        if size <= n {
+            fanouts.push(fanout(&bastion, size, n, opts.fanout_runs).await);
+        }
+    }
+
     let (mut restart_secs, mut per_agent_after) = (None, None);
     if opts.restart {
         bastion.stop();
@@ -151,5 +243,6 @@ pub async fn run(opts: &SwarmOpts) -> Report {
         restart_reconnect_secs: restart_secs,
         bastion_kib_per_agent_after_restart: per_agent_after,
         agents_gave_up: gave_up,
+        fanout: fanouts,
     }
 }

@@ -1,5 +1,5 @@
 //! A small swarm in CI, so the benchmark's code keeps working: 200 real agents
-//! connect, the bastion restarts, and all come back without giving up.
+//! connect, run `hostname` together, the bastion restarts, and all come back without giving up.
 
 use std::time::Duration;
 
@@ -12,8 +12,11 @@ async fn a_small_swarm_connects_and_survives_a_restart() {
         enroll_concurrency: 16,
         restart: true,
         backoff_cap: Duration::from_secs(3),
+        fanout: vec![200],
+        fanout_runs: 1,
     })
     .await;
     assert_eq!(r.agents_gave_up, 0);
     assert!(r.restart_reconnect_secs.is_some());
+    assert_eq!(r.fanout.len(), 1, "the fan-out ran on all 200 nodes");
 }

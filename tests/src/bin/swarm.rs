@@ -19,6 +19,14 @@ struct Args {
     enroll_concurrency: usize,
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     backoff_cap: Duration,
+    /// Node counts for the cmdexec fan-out (`hostname`), e.g. 1,100,1000,10000.
+    #[arg(long, value_delimiter = ',')]
+    fanout: Vec<usize>,
+    #[arg(long, default_value_t = 5)]
+    fanout_runs: usize,
+    /// Also time `ansible all -m command -a hostname` on this many hosts over real sshd.
+    #[arg(long)]
+    ansible_hosts: Option<usize>,
 }
 
 #[tokio::main]
@@ -31,12 +39,18 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(hosts) = args.ansible_hosts {
+        let r = postern_tests::ansible::baseline(hosts, args.fanout_runs.min(3).max(1));
+        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    }
     for n in args.agents {
         let report = run(&SwarmOpts {
             agents: n,
             enroll_concurrency: args.enroll_concurrency,
             restart: args.restart,
             backoff_cap: args.backoff_cap,
+            fanout: args.fanout.clone(),
+            fanout_runs: args.fanout_runs,
         })
         .await;
         println!("{}", serde_json::to_string(&report).unwrap_or_default());
