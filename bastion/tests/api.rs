@@ -562,16 +562,24 @@ async fn health_ready_and_metrics() {
 #[tokio::test]
 async fn openapi_document_and_swagger_ui_are_served_offline() {
     let w = world().await;
-    let (s, v) = w.call(Method::GET, "/api-docs/openapi.json", None, None).await;
+    let (s, v) = w
+        .call(Method::GET, "/api-docs/openapi.json", None, None)
+        .await;
     assert_eq!(s, StatusCode::OK);
     for path in [
         "/cmdexec/v1/projects/{project_id}/edges/{edge_id}/execute/",
         "/cmdexec/v1/projects/{project_id}/edges/{edge_id}/execution/{exec_id}/",
         "/cmdexec/v1/projects/{project_id}/history/",
     ] {
-        assert!(v["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+        assert!(
+            v["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
     }
-    assert_eq!(v["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert_eq!(
+        v["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
     let resp = w
         .app
         .clone()

@@ -65,6 +65,14 @@ impl Agent {
     /// in memory when the identity has none).
     pub fn new(identity: Arc<Identity>, options: AgentOptions) -> Agent {
         let executor = Executor::new(identity.data_dir().map(|d| d.join("spool")));
+        Agent::with_executor(identity, options, executor)
+    }
+
+    pub fn with_executor(
+        identity: Arc<Identity>,
+        options: AgentOptions,
+        executor: Executor,
+    ) -> Agent {
         Agent {
             identity,
             options,

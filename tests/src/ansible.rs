@@ -81,7 +81,10 @@ pub fn baseline(hosts: usize, runs: usize) -> AnsibleReport {
         assert!(
             out.status.success(),
             "ansible failed: {}",
-            String::from_utf8_lossy(&out.stdout).chars().take(2000).collect::<String>()
+            String::from_utf8_lossy(&out.stdout)
+                .chars()
+                .take(2000)
+                .collect::<String>()
         );
         times.push(secs);
     }

@@ -19,4 +19,9 @@ async fn a_small_swarm_connects_and_survives_a_restart() {
     assert_eq!(r.agents_gave_up, 0);
     assert!(r.restart_reconnect_secs.is_some());
     assert_eq!(r.fanout.len(), 1, "the fan-out ran on all 200 nodes");
+    assert_eq!(
+        r.fanout[0].failed_nodes, 0,
+        "{:?}",
+        r.fanout[0].example_error
+    );
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use postern_api::cmdexec::{AgentExec, AgentExecResult, NodeExecStatus, Output};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 pub use capture::Capture;
 
@@ -24,6 +24,10 @@ pub(crate) fn now_ms() -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// Commands one agent runs at once by default; more wait their turn, so a flood of
+/// requests cannot fork-bomb the node.
+pub const DEFAULT_CONCURRENCY: usize = 64;
 
 /// How many forgotten exec IDs are remembered, to refuse a replay.
 const TOMBSTONES: usize = 100_000;
@@ -52,6 +56,7 @@ struct State {
 pub struct Executor {
     spool: Option<PathBuf>,
     state: Arc<Mutex<State>>,
+    slots: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -70,9 +75,16 @@ impl Executor {
     /// An executor spooling to `dir` (created 0700); with `None`, results live in
     /// memory only (the benchmark swarm).
     pub fn new(dir: Option<PathBuf>) -> Executor {
+        Executor::with_slots(dir, Arc::new(Semaphore::new(DEFAULT_CONCURRENCY)))
+    }
+
+    /// An executor sharing its concurrency limit with others (many agents in one
+    /// process share one set of file descriptors).
+    pub fn with_slots(dir: Option<PathBuf>, slots: Arc<Semaphore>) -> Executor {
         let ex = Executor {
             spool: dir,
             state: Arc::new(Mutex::new(State::default())),
+            slots,
         };
         ex.recover();
         ex
@@ -156,6 +168,8 @@ impl Executor {
         drop(st);
         let me = self.clone();
         tokio::spawn(async move {
+            // Closed only if the executor is gone; then run anyway rather than drop it.
+            let _slot = me.slots.clone().acquire_owned().await.ok();
             let scratch = me
                 .spool
                 .clone()
