@@ -81,8 +81,9 @@ struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:2222")]
     ssh_addr: SocketAddr,
     /// File holding the 32-byte master key (64 hex digits) that seals the CA key.
+    /// Default: DATA_DIR/master.key. Keep it off the database's backups.
     #[arg(long, env = "POSTERN_MASTER_KEY_FILE")]
-    master_key_file: PathBuf,
+    master_key_file: Option<PathBuf>,
     /// The URL agents dial, printed in join commands (default: https://<agent-addr>).
     #[arg(long)]
     agent_public_url: Option<String>,
@@ -177,12 +178,22 @@ async fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Serve(a) => {
             check_ssh_addr(a.ssh_addr)?;
+            let master_key_file = a
+                .master_key_file
+                .unwrap_or_else(|| a.common.data_dir.join("master.key"));
+            anyhow::ensure!(
+                master_key_file.exists(),
+                "master key file {} is missing: create it once with `head -c32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {}` \
+                 (mode 0600), or pass --master-key-file",
+                master_key_file.display(),
+                master_key_file.display()
+            );
             let cfg = Config {
                 data_dir: a.common.data_dir,
                 database_url: a.common.database_url,
                 api_addr: a.api_addr,
                 agent_addr: a.agent_addr,
-                master_key_file: a.master_key_file,
+                master_key_file,
                 create_master_key: false,
                 tls_names: a.tls_names,
                 node_cert_ttl: a.tuning.node_cert_ttl,

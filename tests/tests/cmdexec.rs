@@ -444,6 +444,55 @@ async fn only_org_admins_execute_and_readers_see_their_projects_only() {
         .0,
         404
     );
+    // Another org's admin cannot see this org's project at all, and vice versa.
+    let out = std::process::Command::new(postern_tests::bin("postern-bastion"))
+        .args(["init", "--org", "globex", "--admin", "eve", "--data-dir"])
+        .arg(b.data_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let eve = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let (s, v) = postern_tests::http(b.api, "POST", EXEC, Some(&eve), Some(body.clone()))
+        .await
+        .unwrap();
+    assert_eq!(s, 404, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("project \"web\" not found")
+    );
+    assert_eq!(
+        postern_tests::http(
+            b.api,
+            "GET",
+            "/cmdexec/v1/projects/web/history/",
+            Some(&eve),
+            None
+        )
+        .await
+        .unwrap()
+        .0,
+        404
+    );
+    assert_eq!(
+        postern_tests::http(
+            b.api,
+            "POST",
+            "/api/v1/projects",
+            Some(&eve),
+            Some(json!({"name": "secret"}))
+        )
+        .await
+        .unwrap()
+        .0,
+        201
+    );
+    assert_eq!(b.get("/cmdexec/v1/projects/secret/history/").await.0, 404);
     // The denial is audited.
     let (_, audit) = b.get("/api/v1/audit?limit=20").await;
     assert!(

@@ -40,7 +40,7 @@ async fn main() {
         .init();
     let args = Args::parse();
     if let Some(hosts) = args.ansible_hosts {
-        let r = postern_tests::ansible::baseline(hosts, args.fanout_runs.min(3).max(1));
+        let r = postern_tests::ansible::baseline(hosts, args.fanout_runs.clamp(1, 3));
         println!("{}", serde_json::to_string(&r).unwrap_or_default());
     }
     for n in args.agents {
