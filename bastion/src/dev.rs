@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use postern_agent::{Agent, AgentOptions, Identity, JoinRequest};
-use postern_api::admin::Role;
 use serde_json::json;
 use thiserror::Error;
 
@@ -17,7 +16,7 @@ use crate::clock::now_ms;
 use crate::fsutil::write_private;
 use crate::http::{ApiError, AppState};
 use crate::state::Shared;
-use crate::store::{BindingRow, StoreError};
+use crate::store::StoreError;
 
 #[derive(Debug, Error)]
 pub enum DevError {
@@ -49,11 +48,15 @@ pub async fn bootstrap(shared: &Arc<Shared>, data_dir: &Path) -> Result<DevFiles
     {
         return Ok(files);
     }
+    // The org and its admin, exactly as `postern-bastion init` makes them.
+    let token =
+        crate::tenancy_init::init(&shared.store, "default", "admin", 365 * 24 * 3600).await?;
+    let org = shared
+        .store
+        .org_by_name("default")
+        .await?
+        .ok_or_else(|| StoreError::NotFound("org \"default\"".into()))?;
     let now = now_ms();
-    let org = match shared.store.org_by_name("default").await? {
-        Some(o) => o,
-        None => shared.store.create_org("default", now).await?,
-    };
     let project = match shared.store.project_by_name(&org.id, "demo").await? {
         Some(p) => p,
         None => shared.store.create_project(&org.id, "demo", now).await?,
@@ -62,30 +65,7 @@ pub async fn bootstrap(shared: &Arc<Shared>, data_dir: &Path) -> Result<DevFiles
         Some(e) => e,
         None => shared.store.create_edge(&project.id, "local", now).await?,
     };
-    let admin = match shared.store.user_by_name("admin").await? {
-        Some(u) => u,
-        None => shared.store.create_user(&org.id, "admin", now).await?,
-    };
-    shared
-        .store
-        .set_binding(
-            &admin.id,
-            &BindingRow {
-                project_id: None,
-                role: Role::OrgAdmin,
-                logins: vec![],
-            },
-            now,
-        )
-        .await?;
     let state: AppState = shared.clone();
-    let token = crate::http::issue_api_token(
-        &shared.store,
-        &admin,
-        Some("dev bootstrap".into()),
-        365 * 24 * 3600,
-    )
-    .await?;
     write_private(&files.token_file, format!("{}\n", token.token).as_bytes())
         .map_err(|e| DevError::Write(files.token_file.display().to_string(), e))?;
     let enroll = crate::http::issue_enrollment_token(

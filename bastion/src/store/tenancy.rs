@@ -11,7 +11,7 @@ pub struct OrgRow {
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ProjectRow {
     pub id: String,
     pub org_id: String,
@@ -19,7 +19,7 @@ pub struct ProjectRow {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct EdgeRow {
     pub id: String,
     pub project_id: String,
@@ -27,7 +27,7 @@ pub struct EdgeRow {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct UserRow {
     pub id: String,
     pub org_id: String,
@@ -96,37 +96,24 @@ impl Store {
     }
 
     pub async fn project_by_name(&self, org_id: &str, name: &str) -> Result<Option<ProjectRow>> {
-        let row: Option<(String, String, String, i64)> = sqlx::query_as(
+        let row: Option<ProjectRow> = sqlx::query_as(
             "SELECT id, org_id, name, created_at FROM projects WHERE org_id = $1 AND name = $2",
         )
         .bind(org_id)
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(id, org_id, name, created_at)| ProjectRow {
-            id,
-            org_id,
-            name,
-            created_at,
-        }))
+        Ok(row)
     }
 
     pub async fn list_projects(&self, org_id: &str) -> Result<Vec<ProjectRow>> {
-        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+        let rows: Vec<ProjectRow> = sqlx::query_as(
             "SELECT id, org_id, name, created_at FROM projects WHERE org_id = $1 ORDER BY name",
         )
         .bind(org_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, org_id, name, created_at)| ProjectRow {
-                id,
-                org_id,
-                name,
-                created_at,
-            })
-            .collect())
+        Ok(rows)
     }
 
     pub async fn create_edge(&self, project_id: &str, name: &str, now: i64) -> Result<EdgeRow> {
@@ -148,37 +135,20 @@ impl Store {
     }
 
     pub async fn edge_by_name(&self, project_id: &str, name: &str) -> Result<Option<EdgeRow>> {
-        let row: Option<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT id, project_id, name, created_at FROM edges WHERE project_id = $1 AND name = $2",
-        )
+        let row: Option<EdgeRow> = sqlx::query_as("SELECT id, project_id, name, created_at FROM edges WHERE project_id = $1 AND name = $2")
         .bind(project_id)
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(id, project_id, name, created_at)| EdgeRow {
-            id,
-            project_id,
-            name,
-            created_at,
-        }))
+        Ok(row)
     }
 
     pub async fn list_edges(&self, project_id: &str) -> Result<Vec<EdgeRow>> {
-        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT id, project_id, name, created_at FROM edges WHERE project_id = $1 ORDER BY name",
-        )
+        let rows: Vec<EdgeRow> = sqlx::query_as("SELECT id, project_id, name, created_at FROM edges WHERE project_id = $1 ORDER BY name")
         .bind(project_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, project_id, name, created_at)| EdgeRow {
-                id,
-                project_id,
-                name,
-                created_at,
-            })
-            .collect())
+        Ok(rows)
     }
 
     pub async fn create_user(&self, org_id: &str, name: &str, now: i64) -> Result<UserRow> {
@@ -200,49 +170,31 @@ impl Store {
     }
 
     pub async fn user_by_name(&self, name: &str) -> Result<Option<UserRow>> {
-        let row: Option<(String, String, String, i64)> =
+        let row: Option<UserRow> =
             sqlx::query_as("SELECT id, org_id, name, created_at FROM users WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(row.map(|(id, org_id, name, created_at)| UserRow {
-            id,
-            org_id,
-            name,
-            created_at,
-        }))
+        Ok(row)
     }
 
     pub async fn user_by_id(&self, id: &str) -> Result<Option<UserRow>> {
-        let row: Option<(String, String, String, i64)> =
+        let row: Option<UserRow> =
             sqlx::query_as("SELECT id, org_id, name, created_at FROM users WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(row.map(|(id, org_id, name, created_at)| UserRow {
-            id,
-            org_id,
-            name,
-            created_at,
-        }))
+        Ok(row)
     }
 
     pub async fn list_users(&self, org_id: &str) -> Result<Vec<UserRow>> {
-        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+        let rows: Vec<UserRow> = sqlx::query_as(
             "SELECT id, org_id, name, created_at FROM users WHERE org_id = $1 ORDER BY name",
         )
         .bind(org_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, org_id, name, created_at)| UserRow {
-                id,
-                org_id,
-                name,
-                created_at,
-            })
-            .collect())
+        Ok(rows)
     }
 
     pub async fn delete_user(&self, user_id: &str) -> Result<()> {
@@ -312,32 +264,22 @@ impl Store {
 
     /// Project id to name within an org, for rendering role bindings.
     pub async fn project_by_id(&self, id: &str) -> Result<Option<ProjectRow>> {
-        let row: Option<(String, String, String, i64)> =
+        let row: Option<ProjectRow> =
             sqlx::query_as("SELECT id, org_id, name, created_at FROM projects WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(row.map(|(id, org_id, name, created_at)| ProjectRow {
-            id,
-            org_id,
-            name,
-            created_at,
-        }))
+        Ok(row)
     }
 }
 
 impl Store {
     pub async fn edge_by_id(&self, id: &str) -> Result<Option<EdgeRow>> {
-        let row: Option<(String, String, String, i64)> =
+        let row: Option<EdgeRow> =
             sqlx::query_as("SELECT id, project_id, name, created_at FROM edges WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(row.map(|(id, project_id, name, created_at)| EdgeRow {
-            id,
-            project_id,
-            name,
-            created_at,
-        }))
+        Ok(row)
     }
 }
