@@ -315,3 +315,100 @@ both_backends!(
     audit_chain_detects_edit_and_removal,
     audit_survives_a_second_writer,
 );
+
+mod executions {
+    use postern_api::cmdexec::NodeExecStatus;
+    use postern_bastion::store::{ExecutionRow, ResultRow, ResultUpdate, Store};
+
+    fn exec(id: &str, project: &str, edge: &str, at: i64) -> ExecutionRow {
+        ExecutionRow {
+            id: id.into(),
+            org_id: "o".into(),
+            project_id: project.into(),
+            project_name: "web".into(),
+            edge_id: edge.into(),
+            edge_name: "eu-1".into(),
+            username: "admin".into(),
+            source_ip: Some("127.0.0.1".into()),
+            command: "hostname".into(),
+            content_type: "string".into(),
+            target_type: "node".into(),
+            target: Some(vec!["a".into()]),
+            timeout_secs: 60,
+            created_at: at,
+            finished_at: None,
+        }
+    }
+
+    pub async fn results_are_stored_once_and_paged(s: &Store) {
+        let (_, project, edge) = super::tenancy(s).await;
+        // 150 nodes: more than one multi-row insert chunk.
+        let rows: Vec<ResultRow> = (0..150)
+            .map(|i| {
+                ResultRow::new(
+                    "e1",
+                    &format!("n{i:03}"),
+                    &format!("h{i:03}"),
+                    NodeExecStatus::Pending,
+                )
+            })
+            .collect();
+        s.insert_execution(&exec("e1", &project, &edge, 10), &rows)
+            .await
+            .unwrap();
+        s.insert_execution(&exec("e2", &project, &edge, 20), &[])
+            .await
+            .unwrap();
+        assert_eq!(s.unfinished_results().await.unwrap().len(), 150);
+
+        let mut done = ResultRow::new("e1", "n000", "h000", NodeExecStatus::Failed);
+        done.exit_code = Some(3);
+        done.stdout = "out".into();
+        done.stdout_bytes = 3;
+        done.stdout_sha256 = Some("ab".into());
+        done.stderr_truncated = true;
+        done.finished_at = Some(99);
+        let mut again = done.clone();
+        again.exit_code = Some(0);
+        again.status = NodeExecStatus::Succeeded;
+        s.apply_result_updates(&[
+            ResultUpdate::Started {
+                exec_id: "e1".into(),
+                node_id: "n000".into(),
+                at: 50,
+            },
+            ResultUpdate::Finished(Box::new(done.clone())),
+            // Delivered twice: the first final result stands.
+            ResultUpdate::Finished(Box::new(again)),
+            ResultUpdate::Started {
+                exec_id: "e1".into(),
+                node_id: "n001".into(),
+                at: 60,
+            },
+        ])
+        .await
+        .unwrap();
+        let (e, results) = s.execution("e1").await.unwrap().unwrap();
+        assert_eq!(e.target, Some(vec!["a".to_string()]));
+        let first = &results[0];
+        assert_eq!(
+            (first.status, first.exit_code, first.started_at),
+            (NodeExecStatus::Failed, Some(3), Some(50))
+        );
+        assert!(first.stderr_truncated && !first.stdout_truncated);
+        assert_eq!(results[1].status, NodeExecStatus::Running);
+        assert_eq!(s.unfinished_results().await.unwrap().len(), 149);
+
+        let (total, page) = s.history(&project, 1, 0).await.unwrap();
+        assert_eq!((total, page[0].0.id.as_str()), (2, "e2"), "newest first");
+        let (_, page) = s.history(&project, 5, 1).await.unwrap();
+        assert_eq!((page[0].0.id.as_str(), page[0].1.len()), ("e1", 150));
+        s.finish_execution("e1", 123).await.unwrap();
+        assert_eq!(
+            s.execution("e1").await.unwrap().unwrap().0.finished_at,
+            Some(123)
+        );
+    }
+}
+use executions::results_are_stored_once_and_paged;
+both_backends!(results_are_stored_once_and_paged);

@@ -231,30 +231,15 @@ impl Store {
                     .await?;
                 }
                 ResultUpdate::Finished(r) => {
-                    sqlx::query(
-                        "UPDATE exec_results SET status = $3, exit_code = $4, error = $5, stdout = $6,
-                           stdout_truncated = $7, stdout_bytes = $8, stdout_sha256 = $9, stderr = $10,
-                           stderr_truncated = $11, stderr_bytes = $12, stderr_sha256 = $13,
-                           started_at = COALESCE(started_at, $14), finished_at = $15
+                    // Placeholders follow RESULT_COLS so the row binds like an insert.
+                    let q = sqlx::query(
+                        "UPDATE exec_results SET hostname = $3, status = $4, exit_code = $5, error = $6, stdout = $7,
+                           stdout_truncated = $8, stdout_bytes = $9, stdout_sha256 = $10, stderr = $11,
+                           stderr_truncated = $12, stderr_bytes = $13, stderr_sha256 = $14,
+                           started_at = COALESCE(started_at, $15), finished_at = $16
                          WHERE exec_id = $1 AND node_id = $2 AND status IN ('pending', 'running')",
-                    )
-                    .bind(&r.exec_id)
-                    .bind(&r.node_id)
-                    .bind(r.status.as_str())
-                    .bind(r.exit_code)
-                    .bind(&r.error)
-                    .bind(&r.stdout)
-                    .bind(i64::from(r.stdout_truncated))
-                    .bind(r.stdout_bytes)
-                    .bind(&r.stdout_sha256)
-                    .bind(&r.stderr)
-                    .bind(i64::from(r.stderr_truncated))
-                    .bind(r.stderr_bytes)
-                    .bind(&r.stderr_sha256)
-                    .bind(r.started_at)
-                    .bind(r.finished_at)
-                    .execute(&mut *tx)
-                    .await?;
+                    );
+                    bind_result(q, r).execute(&mut *tx).await?;
                 }
             }
         }
