@@ -256,3 +256,17 @@ pub struct PageQuery {
     pub limit: Option<i64>,
     pub offset: Option<i64>,
 }
+
+impl PageQuery {
+    /// `(limit, offset)` with defaults applied and bounds checked.
+    pub fn bounds(&self) -> Result<(i64, i64), crate::ValidationError> {
+        let limit = crate::validate::range(
+            "limit",
+            self.limit.unwrap_or(PAGE_LIMIT_DEFAULT),
+            1,
+            PAGE_LIMIT_MAX,
+        )?;
+        let offset = crate::validate::range("offset", self.offset.unwrap_or(0), 0, i64::MAX)?;
+        Ok((limit, offset))
+    }
+}

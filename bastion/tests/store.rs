@@ -397,6 +397,14 @@ mod executions {
         );
         assert!(first.stderr_truncated && !first.stdout_truncated);
         assert_eq!(results[1].status, NodeExecStatus::Running);
+        // The summary keeps sizes and hashes but not the output text.
+        let (_, summary) = s.execution_summary("e1").await.unwrap().unwrap();
+        assert_eq!(
+            (summary[0].stdout.as_str(), summary[0].stdout_bytes),
+            ("", 3)
+        );
+        assert_eq!(summary[0].stdout_sha256.as_deref(), Some("ab"));
+        assert_eq!(results[0].stdout, "out");
         assert_eq!(s.unfinished_results().await.unwrap().len(), 149);
 
         let (total, page) = s.history(&project, 1, 0).await.unwrap();

@@ -391,6 +391,18 @@ pub async fn http(
     token: Option<&str>,
     body: Option<Value>,
 ) -> anyhow::Result<(u16, Value)> {
+    let body = body.map(|b| ("application/json", Bytes::from(b.to_string())));
+    http_raw(addr, method, path, token, body).await
+}
+
+/// Like [`http`], with any body and content type (for malformed input).
+pub async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, Bytes)>,
+) -> anyhow::Result<(u16, Value)> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
@@ -402,9 +414,9 @@ pub async fn http(
         req = req.header("authorization", format!("Bearer {t}"));
     }
     let payload = match body {
-        Some(b) => {
-            req = req.header("content-type", "application/json");
-            Bytes::from(b.to_string())
+        Some((content_type, bytes)) => {
+            req = req.header("content-type", content_type);
+            bytes
         }
         None => Bytes::new(),
     };

@@ -282,11 +282,27 @@ async fn bad_requests_are_refused_and_nothing_runs() {
         )
         .await;
     assert_eq!(s, 413, "{v}");
-    // Malformed JSON.
-    let (s, _) = postern_tests::http(b.api, "POST", EXEC, Some(&b.token), None)
+    // Malformed JSON, and a body that is not JSON at all.
+    let malformed = Some((
+        "application/json",
+        bytes::Bytes::from_static(b"{\"target_type\": \"cluster\", \"command\": "),
+    ));
+    let (s, v) = postern_tests::http_raw(b.api, "POST", EXEC, Some(&b.token), malformed)
         .await
         .unwrap();
-    assert!(s == 400 || s == 415);
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("malformed JSON"),
+        "{v}"
+    );
+    let text = Some(("text/plain", bytes::Bytes::from_static(b"touch /tmp/pwned")));
+    let (s, v) = postern_tests::http_raw(b.api, "POST", EXEC, Some(&b.token), text)
+        .await
+        .unwrap();
+    assert_eq!(s, 415, "{v}");
     // A project of another org, an unknown edge, and an unknown execution.
     assert_eq!(
         b.post(

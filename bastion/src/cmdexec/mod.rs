@@ -242,7 +242,7 @@ impl Engine {
 
     /// The audit entry with every node's response (status, exit code, output size and hash).
     async fn audit_results(&self, shared: &Arc<Shared>, exec_id: &str) {
-        let Ok(Some((e, results))) = shared.store.execution(exec_id).await else {
+        let Ok(Some((e, results))) = shared.store.execution_summary(exec_id).await else {
             return;
         };
         let responses: Vec<_> = results

@@ -439,13 +439,7 @@ pub async fn audit_page(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
     require(&caller, Action::ReadAudit)?;
-    let limit = validate::range(
-        "limit",
-        q.limit.unwrap_or(dto::PAGE_LIMIT_DEFAULT),
-        1,
-        dto::PAGE_LIMIT_MAX,
-    )?;
-    let offset = validate::range("offset", q.offset.unwrap_or(0), 0, i64::MAX)?;
+    let (limit, offset) = q.bounds()?;
     let (total, entries) = state
         .audit
         .page(Some(&caller.principal.org_id), limit, offset)

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use base64::Engine as _;
 use http::StatusCode;
-use postern_api::admin::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PageQuery};
+use postern_api::admin::PageQuery;
 use postern_api::cmdexec::{
     self as dto, ContentType, ExecuteRequest, ExecuteResponse, History, MAX_COMMAND_BYTES,
     MAX_TARGETS, NodeExecStatus, TIMEOUT_DEFAULT_SECS, TIMEOUT_MAX_SECS, TIMEOUT_MIN_SECS,
@@ -307,13 +307,7 @@ pub async fn history(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<History>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
-    let limit = validate::range(
-        "limit",
-        q.limit.unwrap_or(PAGE_LIMIT_DEFAULT),
-        1,
-        PAGE_LIMIT_MAX,
-    )?;
-    let offset = validate::range("offset", q.offset.unwrap_or(0), 0, i64::MAX)?;
+    let (limit, offset) = q.bounds()?;
     let (total, rows) = state.store.history(&p.id, limit, offset).await?;
     Ok(Json(History {
         total,

@@ -84,6 +84,8 @@ pub enum ResultUpdate {
 // placeholders, never from input; hence `AssertSqlSafe`.
 const EXEC_COLS: &str = "id, org_id, project_id, project_name, edge_id, edge_name, username, source_ip, command, content_type, target_type, target, timeout_secs, created_at, finished_at";
 const RESULT_COLS: &str = "exec_id, node_id, hostname, status, exit_code, error, stdout, stdout_truncated, stdout_bytes, stdout_sha256, stderr, stderr_truncated, stderr_bytes, stderr_sha256, started_at, finished_at";
+/// The same columns without the output text: for summaries of thousands of nodes.
+const SUMMARY_COLS: &str = "exec_id, node_id, hostname, status, exit_code, error, '' AS stdout, stdout_truncated, stdout_bytes, stdout_sha256, '' AS stderr, stderr_truncated, stderr_bytes, stderr_sha256, started_at, finished_at";
 
 fn exec_row(r: sqlx::any::AnyRow) -> Result<ExecutionRow> {
     let target: Option<String> = r.try_get(11)?;
@@ -257,25 +259,45 @@ impl Store {
     }
 
     pub async fn execution(&self, exec_id: &str) -> Result<Option<(ExecutionRow, Vec<ResultRow>)>> {
-        let q = format!("SELECT {EXEC_COLS} FROM executions WHERE id = $1");
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(exec_id)
-            .fetch_optional(&self.pool)
-            .await?
-        else {
+        let Some(e) = self.execution_row(exec_id).await? else {
             return Ok(None);
         };
-        let e = exec_row(row)?;
-        let results = self.results_of(std::slice::from_ref(&e.id)).await?;
+        let results = self
+            .results_of(std::slice::from_ref(&e.id), RESULT_COLS)
+            .await?;
         Ok(Some((e, results)))
     }
 
-    async fn results_of(&self, exec_ids: &[String]) -> Result<Vec<ResultRow>> {
+    /// The execution and its results without their output text.
+    pub async fn execution_summary(
+        &self,
+        exec_id: &str,
+    ) -> Result<Option<(ExecutionRow, Vec<ResultRow>)>> {
+        let Some(e) = self.execution_row(exec_id).await? else {
+            return Ok(None);
+        };
+        let results = self
+            .results_of(std::slice::from_ref(&e.id), SUMMARY_COLS)
+            .await?;
+        Ok(Some((e, results)))
+    }
+
+    async fn execution_row(&self, exec_id: &str) -> Result<Option<ExecutionRow>> {
+        let q = format!("SELECT {EXEC_COLS} FROM executions WHERE id = $1");
+        sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(exec_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(exec_row)
+            .transpose()
+    }
+
+    async fn results_of(&self, exec_ids: &[String], cols: &str) -> Result<Vec<ResultRow>> {
         let mut out = Vec::new();
         for chunk in exec_ids.chunks(100) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let q = format!(
-                "SELECT {RESULT_COLS} FROM exec_results WHERE exec_id IN ({}) ORDER BY hostname",
+                "SELECT {cols} FROM exec_results WHERE exec_id IN ({}) ORDER BY hostname",
                 placeholders.join(",")
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str()));
@@ -313,7 +335,7 @@ impl Store {
             .map(exec_row)
             .collect::<Result<Vec<_>>>()?;
         let ids: Vec<String> = execs.iter().map(|e| e.id.clone()).collect();
-        let mut results = self.results_of(&ids).await?;
+        let mut results = self.results_of(&ids, RESULT_COLS).await?;
         let out = execs
             .into_iter()
             .map(|e| {
@@ -343,7 +365,7 @@ impl Store {
         for r in rows {
             let r = result_row(r)?;
             if !cache.contains_key(&r.exec_id)
-                && let Some((e, _)) = self.execution(&r.exec_id).await?
+                && let Some(e) = self.execution_row(&r.exec_id).await?
             {
                 cache.insert(e.id.clone(), e);
             }
