@@ -8,6 +8,7 @@ pub mod admin;
 pub mod agent;
 pub mod cmdexec;
 pub mod error;
+pub mod ssh;
 pub mod validate;
 
 pub use error::{ErrorBody, ErrorDetail};

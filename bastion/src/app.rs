@@ -26,6 +26,8 @@ pub struct Config {
     pub database_url: Option<String>,
     pub api_addr: SocketAddr,
     pub agent_addr: SocketAddr,
+    /// The SSH front door; `None` serves no SSH.
+    pub ssh_addr: Option<SocketAddr>,
     /// Master key file sealing the CA key; `dev` makes one in the data directory.
     pub master_key_file: PathBuf,
     pub create_master_key: bool,
@@ -47,6 +49,8 @@ pub enum StartError {
     Secret(#[from] SecretError),
     #[error("PKI: {0}")]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    HostKey(#[from] crate::ssh::HostKeyError),
     #[error("cannot listen on {addr} ({what}): {source} (is another process using the port?)")]
     Bind {
         what: &'static str,
@@ -61,6 +65,7 @@ pub struct Bastion {
     api: TcpListener,
     agent: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    ssh: Option<(TcpListener, Arc<russh::server::Config>)>,
 }
 
 impl std::fmt::Debug for Bastion {
@@ -105,6 +110,24 @@ impl Bastion {
                 addr: cfg.agent_addr,
                 source,
             })?;
+        let ssh = match cfg.ssh_addr {
+            Some(addr) => {
+                let host_key = crate::ssh::load_or_create_host_key(&cfg.data_dir)?;
+                let listener =
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            what: "SSH front door",
+                            addr,
+                            source,
+                        })?;
+                Some((
+                    listener,
+                    Arc::new(crate::ssh::server_config(host_key, &cfg.settings)),
+                ))
+            }
+            None => None,
+        };
         let agent_local = agent.local_addr().map_err(|source| StartError::Bind {
             what: "agent port",
             addr: cfg.agent_addr,
@@ -142,12 +165,14 @@ impl Bastion {
             settings,
             shutdown,
             tasks,
+            grants: crate::ssh::GrantCache::default(),
         });
         Ok(Bastion {
             shared,
             api,
             agent,
             tls,
+            ssh,
         })
     }
 
@@ -163,6 +188,10 @@ impl Bastion {
         self.agent.local_addr().ok()
     }
 
+    pub fn ssh_addr(&self) -> Option<SocketAddr> {
+        self.ssh.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// Serves until the shutdown token is cancelled, then drains.
     pub async fn run(self) -> std::io::Result<()> {
         let Bastion {
@@ -170,7 +199,13 @@ impl Bastion {
             api,
             agent,
             tls,
+            ssh,
         } = self;
+        if let Some((listener, config)) = ssh {
+            shared
+                .tasks
+                .spawn(crate::ssh::serve(listener, config, shared.clone()));
+        }
         shared
             .tasks
             .spawn(agents::serve(agent, tls, shared.clone()));

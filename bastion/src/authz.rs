@@ -113,6 +113,29 @@ pub fn decide(p: &Principal, action: Action, project: Option<&ProjectRow>) -> De
     }
 }
 
+/// Which unix logins `p` may use over SSH on nodes of `project`: `Ok(None)` for any
+/// (org admins), `Ok(Some(list))` for a project role that lists logins. A project
+/// the caller has no role in is `NotVisible`; a role without logins is `Forbidden`.
+pub fn ssh_logins(p: &Principal, project: &ProjectRow) -> Result<Option<Vec<String>>, Decision> {
+    if project.org_id != p.org_id {
+        return Err(Decision::NotVisible);
+    }
+    if p.is_org_admin() {
+        return Ok(None);
+    }
+    let Some(role) = p.project_role(&project.id) else {
+        return Err(Decision::NotVisible);
+    };
+    let logins = p.logins_for(&project.id).unwrap_or_default();
+    if logins.is_empty() {
+        return Err(Decision::Forbidden(format!(
+            "your role {role} in project {} allows no SSH logins; ask an org admin to add logins to it",
+            project.name
+        )));
+    }
+    Ok(Some(logins))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +220,18 @@ mod tests {
             Decision::Forbidden(_)
         ));
         assert_eq!(member.logins_for("p"), Some(vec!["deploy".to_string()]));
+        assert_eq!(
+            ssh_logins(&member, &p),
+            Ok(Some(vec!["deploy".to_string()]))
+        );
+        assert_eq!(ssh_logins(&member, &other), Err(Decision::NotVisible));
+        assert_eq!(
+            ssh_logins(&member, &project("o2", "p")),
+            Err(Decision::NotVisible)
+        );
+        let mut none = principal(vec![(Some("p"), Role::ReadOnly)]);
+        none.bindings[0].logins.clear();
+        assert!(matches!(ssh_logins(&none, &p), Err(Decision::Forbidden(_))));
         assert_eq!(member.logins_for("q"), Some(vec![]));
     }
 }

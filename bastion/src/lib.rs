@@ -13,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod pki;
 pub mod secrets;
+pub mod ssh;
 pub mod state;
 pub mod store;
 pub mod tenancy_init;

@@ -77,7 +77,8 @@ struct ServeArgs {
     api_addr: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:8443")]
     agent_addr: SocketAddr,
-    /// The SSH front door's address (reserved: the SSH front door is not in this build).
+    /// The SSH front door (`ssh -J you@bastion login@node`). Give a public address
+    /// (e.g. 0.0.0.0:2222) for engineers to reach it; SSH brings its own encryption.
     #[arg(long, default_value = "127.0.0.1:2222")]
     ssh_addr: SocketAddr,
     /// File holding the 32-byte master key (64 hex digits) that seals the CA key.
@@ -102,7 +103,7 @@ struct DevArgs {
     api_addr: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:8443")]
     agent_addr: SocketAddr,
-    /// Reserved: the SSH front door is not in this build.
+    /// The SSH front door (`ssh -J you@bastion login@node`).
     #[arg(long, default_value = "127.0.0.1:2222")]
     ssh_addr: SocketAddr,
     #[command(flatten)]
@@ -128,6 +129,15 @@ struct Tuning {
     /// Output kept per stream and node; beyond it, head and tail are kept.
     #[arg(long, default_value_t = postern_api::cmdexec::DEFAULT_KEEP_BYTES)]
     exec_keep_bytes: usize,
+    /// How long a key grant pushed to a node for an SSH jump stays valid there.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    ssh_grant_ttl: Duration,
+    /// SSH clients must authenticate within this.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    ssh_auth_timeout: Duration,
+    /// Most SSH connections still authenticating at once; more are dropped.
+    #[arg(long, default_value_t = 256)]
+    ssh_max_unauthenticated: usize,
 }
 
 #[derive(Subcommand)]
@@ -159,16 +169,13 @@ fn settings(t: &Tuning, public_url: Option<String>) -> Settings {
         handshake_timeout: t.handshake_timeout,
         exec_lost_grace: t.exec_lost_grace,
         exec_keep_bytes: t.exec_keep_bytes.clamp(2, 16 * 1024 * 1024),
+        ssh_grant_ttl: t
+            .ssh_grant_ttl
+            .clamp(Duration::from_secs(10), Duration::from_secs(24 * 3600)),
+        ssh_auth_timeout: t.ssh_auth_timeout.max(Duration::from_secs(1)),
+        ssh_max_unauthenticated: t.ssh_max_unauthenticated.max(1),
         ..Settings::default()
     }
-}
-
-fn check_ssh_addr(addr: SocketAddr) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        addr.ip().is_loopback(),
-        "--ssh-addr {addr} is not loopback; the SSH front door listens on loopback unless configured otherwise"
-    );
-    Ok(())
 }
 
 #[tokio::main]
@@ -177,7 +184,6 @@ async fn main() -> anyhow::Result<()> {
     init_logs(&cli.log_format);
     match cli.cmd {
         Cmd::Serve(a) => {
-            check_ssh_addr(a.ssh_addr)?;
             let master_key_file = a
                 .master_key_file
                 .unwrap_or_else(|| a.common.data_dir.join("master.key"));
@@ -193,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
                 database_url: a.common.database_url,
                 api_addr: a.api_addr,
                 agent_addr: a.agent_addr,
+                ssh_addr: Some(a.ssh_addr),
                 master_key_file,
                 create_master_key: false,
                 tls_names: a.tls_names,
@@ -202,13 +209,13 @@ async fn main() -> anyhow::Result<()> {
             serve(cfg).await
         }
         Cmd::Dev(a) => {
-            check_ssh_addr(a.ssh_addr)?;
             let cfg = Config {
                 master_key_file: a.data_dir.join("master.key"),
                 data_dir: a.data_dir,
                 database_url: None,
                 api_addr: a.api_addr,
                 agent_addr: a.agent_addr,
+                ssh_addr: Some(a.ssh_addr),
                 create_master_key: true,
                 tls_names: vec![],
                 node_cert_ttl: a.tuning.node_cert_ttl,
@@ -292,6 +299,7 @@ fn log_addresses(b: &Bastion) {
     tracing::info!(
         api = ?b.api_addr(),
         agents = ?b.agent_addr(),
+        ssh = ?b.ssh_addr(),
         ca_hash = %b.shared().pki.ca_hash(),
         "bastion listening"
     );

@@ -16,6 +16,10 @@ pub struct Metrics {
     pub rotation_failures: AtomicU64,
     pub api_requests: AtomicU64,
     pub audit_failures: AtomicU64,
+    pub ssh_sessions: AtomicU64,
+    pub ssh_denied: AtomicU64,
+    pub ssh_auth_failures: AtomicU64,
+    pub ssh_rejected_full: AtomicU64,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -37,7 +41,7 @@ impl Metrics {
             agents_connected as u64,
             "gauge",
         );
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 14] = [
             (
                 "postern_agent_handshakes_total",
                 "Agent channels established.",
@@ -87,6 +91,26 @@ impl Metrics {
                 "postern_audit_failures_total",
                 "Audit entries that could not be written.",
                 &self.audit_failures,
+            ),
+            (
+                "postern_ssh_sessions_total",
+                "SSH jump sessions relayed to a node.",
+                &self.ssh_sessions,
+            ),
+            (
+                "postern_ssh_denied_total",
+                "SSH channel or forwarding requests refused.",
+                &self.ssh_denied,
+            ),
+            (
+                "postern_ssh_auth_failures_total",
+                "SSH connections that ended without a proven, registered key.",
+                &self.ssh_auth_failures,
+            ),
+            (
+                "postern_ssh_connections_rejected_total",
+                "SSH connections dropped because too many were still authenticating.",
+                &self.ssh_rejected_full,
             ),
         ];
         for (name, help, c) in counters {

@@ -33,6 +33,16 @@ pub struct Settings {
     pub exec_lost_grace: Duration,
     /// Output kept per stream and node (head and tail halves).
     pub exec_keep_bytes: usize,
+    /// How long a key grant pushed to a node for an SSH jump stays valid.
+    pub ssh_grant_ttl: Duration,
+    /// An SSH client must authenticate within this (like sshd's LoginGraceTime).
+    pub ssh_auth_timeout: Duration,
+    /// SSH connections still authenticating beyond this are dropped at once
+    /// (like sshd's MaxStartups), so stalled clients cannot exhaust the bastion.
+    pub ssh_max_unauthenticated: usize,
+    /// SSH channel window and largest packet (flow control, throughput).
+    pub ssh_window: u32,
+    pub ssh_max_packet: u32,
 }
 
 impl Default for Settings {
@@ -48,6 +58,11 @@ impl Default for Settings {
             agent_call_timeout: Duration::from_secs(10),
             exec_lost_grace: Duration::from_secs(120),
             exec_keep_bytes: postern_api::cmdexec::DEFAULT_KEEP_BYTES,
+            ssh_grant_ttl: Duration::from_secs(300),
+            ssh_auth_timeout: Duration::from_secs(30),
+            ssh_max_unauthenticated: 256,
+            ssh_window: 16 * 1024 * 1024,
+            ssh_max_packet: 64 * 1024 - 1024,
         }
     }
 }
@@ -63,6 +78,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub cmdexec: crate::cmdexec::Engine,
+    /// Which key grants each connected node already holds.
+    pub grants: crate::ssh::GrantCache,
 }
 
 impl Shared {

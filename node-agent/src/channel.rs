@@ -4,7 +4,7 @@
 //! backoff; never give up.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -18,7 +18,15 @@ use crate::enroll::Controller;
 use crate::exec::Executor;
 use crate::identity::Identity;
 use crate::service;
+use crate::ssh::relay::Ports;
+use crate::ssh::{BreakGlass, GrantStore, KeysService};
 use crate::tls::channel_config;
+
+/// HTTP/2 flow-control windows of the channel: large enough that a relayed SSH
+/// stream is not limited by them (they cost nothing while idle).
+pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+pub const MAX_FRAME: u32 = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -29,6 +37,10 @@ pub struct AgentOptions {
     pub keepalive_timeout: Duration,
     /// A connection that lived this long resets the backoff.
     pub stable_after: Duration,
+    /// The local port of the node's sshd, the only port relayed to.
+    pub sshd_port: u16,
+    /// Keys printed for sshd only while the bastion is unreachable beyond a grace.
+    pub break_glass: Option<BreakGlass>,
 }
 
 impl Default for AgentOptions {
@@ -40,6 +52,8 @@ impl Default for AgentOptions {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
             stable_after: Duration::from_secs(10),
+            sshd_port: 22,
+            break_glass: None,
         }
     }
 }
@@ -50,6 +64,15 @@ pub struct AgentStatus {
     pub connected: AtomicBool,
     pub connects: AtomicU64,
     pub failures: AtomicU64,
+    /// Unix ms when the channel last went down (or the agent started).
+    pub down_since_ms: AtomicI64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +81,7 @@ pub struct Agent {
     pub options: AgentOptions,
     pub status: Arc<AgentStatus>,
     pub executor: Executor,
+    pub grants: GrantStore,
 }
 
 impl Agent {
@@ -73,16 +97,44 @@ impl Agent {
         options: AgentOptions,
         executor: Executor,
     ) -> Agent {
+        let status = AgentStatus::default();
+        status.down_since_ms.store(now_ms(), Ordering::Relaxed);
+        let grants = GrantStore::open(identity.data_dir());
         Agent {
             identity,
             options,
-            status: Arc::new(AgentStatus::default()),
+            status: Arc::new(status),
             executor,
+            grants,
         }
     }
 
-    /// Keeps the channel up until `shutdown`.
+    /// Keeps the channel up until `shutdown`, and answers the keys helper on the
+    /// data directory's socket meanwhile (also while the channel is down).
     pub async fn run(&self, shutdown: CancellationToken) {
+        let keys = self.identity.data_dir().map(|dir| KeysService {
+            grants: self.grants.clone(),
+            status: self.status.clone(),
+            break_glass: self.options.break_glass.clone(),
+            data_dir: dir.to_path_buf(),
+        });
+        match keys {
+            Some(keys) => {
+                let channel = self.keep_channel(&shutdown);
+                let helper = async {
+                    if let Err(e) = keys.run(shutdown.clone()).await {
+                        tracing::error!(error = %e, "cannot serve the keys helper socket; sshd logins through Postern will fail");
+                        shutdown.cancelled().await;
+                    }
+                };
+                tokio::join!(channel, helper);
+            }
+            None => self.keep_channel(&shutdown).await,
+        }
+    }
+
+    async fn keep_channel(&self, shutdown: &CancellationToken) {
+        let shutdown = shutdown.clone();
         let controller = match Controller::parse(&self.identity.meta.controller) {
             Ok(c) => c,
             Err(e) => {
@@ -143,9 +195,19 @@ impl Agent {
         self.status.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(controller = %controller.url, "channel to the bastion up");
 
-        let router = service::router(self.identity.clone(), self.executor.clone());
+        let router = service::router(
+            self.identity.clone(),
+            self.executor.clone(),
+            self.grants.clone(),
+            Ports {
+                sshd: opts.sshd_port,
+            },
+        );
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .keep_alive_interval(opts.keepalive_interval)
             .keep_alive_timeout(opts.keepalive_timeout)
             .serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));
@@ -158,6 +220,7 @@ impl Agent {
                 Ok(())
             }
         };
+        self.status.down_since_ms.store(now_ms(), Ordering::Relaxed);
         self.status.connected.store(false, Ordering::Relaxed);
         result
     }

@@ -12,6 +12,7 @@ pub mod exec;
 pub mod fsutil;
 pub mod identity;
 mod service;
+pub mod ssh;
 pub mod tls;
 
 pub use channel::{Agent, AgentOptions, AgentStatus};

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use postern_agent::ssh::BreakGlass;
 use postern_agent::{Agent, AgentOptions, Identity, JoinRequest};
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +50,15 @@ enum Cmd {
         /// Longest wait between reconnect attempts.
         #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
         backoff_cap: Duration,
+        /// The local port of this node's sshd: the only port the bastion may relay to.
+        #[arg(long, default_value_t = 22)]
+        sshd_port: u16,
+        /// Break-glass public keys (authorized_keys lines without options), offered
+        /// to sshd only while the bastion has been unreachable for --break-glass-grace.
+        #[arg(long)]
+        break_glass_keys: Option<PathBuf>,
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        break_glass_grace: Duration,
     },
 }
 
@@ -107,13 +117,24 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Run {
             data_dir,
             backoff_cap,
+            sshd_port,
+            break_glass_keys,
+            break_glass_grace,
         } => {
+            let break_glass = match break_glass_keys {
+                Some(path) => {
+                    Some(BreakGlass::load(&path, break_glass_grace).map_err(anyhow::Error::msg)?)
+                }
+                None => None,
+            };
             let identity = Identity::load(&data_dir)?;
             tracing::info!(node = %identity.meta.node_id, hostname = %identity.meta.hostname, "agent starting");
             let agent = Agent::new(
                 identity,
                 AgentOptions {
                     backoff_cap,
+                    sshd_port,
+                    break_glass,
                     ..AgentOptions::default()
                 },
             );

@@ -3,18 +3,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use postern_api::ErrorBody;
 use postern_api::agent::{CsrResponse, Health, InstallCert, routes};
 use postern_api::cmdexec::{AgentExec, AgentExecResult, MAX_EXECUTE_BODY};
+use postern_api::ssh::{GrantPush, GrantPushed};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::exec::{ExecError, Executor};
 use crate::identity::Identity;
+use crate::ssh::GrantStore;
+use crate::ssh::relay::{self, Ports};
 
 type Reply<T> = Result<Json<T>, (StatusCode, Json<ErrorBody>)>;
 
@@ -22,9 +26,16 @@ type Reply<T> = Result<Json<T>, (StatusCode, Json<ErrorBody>)>;
 struct Ctx {
     identity: Arc<Identity>,
     executor: Executor,
+    grants: GrantStore,
+    ports: Ports,
 }
 
-pub fn router(identity: Arc<Identity>, executor: Executor) -> Router {
+pub fn router(
+    identity: Arc<Identity>,
+    executor: Executor,
+    grants: GrantStore,
+    ports: Ports,
+) -> Router {
     Router::new()
         .route(routes::HEALTH, get(health))
         .route(routes::CSR, post(csr))
@@ -34,8 +45,19 @@ pub fn router(identity: Arc<Identity>, executor: Executor) -> Router {
             post(exec).layer(DefaultBodyLimit::max(MAX_EXECUTE_BODY + 64 * 1024)),
         )
         .route(routes::EXEC_ONE, get(exec_get).delete(exec_forget))
+        .route(
+            postern_api::ssh::GRANTS_ROUTE,
+            put(put_grants).layer(DefaultBodyLimit::max(1024 * 1024)),
+        )
         .layer(DefaultBodyLimit::max(64 * 1024))
-        .with_state(Ctx { identity, executor })
+        // A relayed stream is unbounded by nature; flow control bounds its buffers.
+        .route(postern_api::ssh::CONNECT_ROUTE, post(connect))
+        .with_state(Ctx {
+            identity,
+            executor,
+            grants,
+            ports,
+        })
 }
 
 fn fail(status: StatusCode, e: impl std::fmt::Display) -> (StatusCode, Json<ErrorBody>) {
@@ -115,4 +137,16 @@ async fn exec_forget(State(c): State<Ctx>, Path(id): Path<String>) -> StatusCode
     } else {
         StatusCode::NOT_FOUND
     }
+}
+
+async fn put_grants(State(c): State<Ctx>, Json(push): Json<GrantPush>) -> Reply<GrantPushed> {
+    let held = c.grants.merge(push.grants).await.map_err(|e| match e {
+        crate::ssh::GrantError::Invalid(..) => fail(StatusCode::BAD_REQUEST, e),
+        crate::ssh::GrantError::Write(..) => fail(StatusCode::INTERNAL_SERVER_ERROR, e),
+    })?;
+    Ok(Json(GrantPushed { held }))
+}
+
+async fn connect(State(c): State<Ctx>, Path(port): Path<u16>, req: Request) -> Response {
+    relay::connect(c.ports, port, req).await
 }

@@ -59,6 +59,9 @@ pub(super) async fn run(
         .keep_alive_interval(s.keepalive_interval)
         .keep_alive_timeout(s.keepalive_timeout)
         .keep_alive_while_idle(true)
+        .initial_stream_window_size(postern_agent::channel::STREAM_WINDOW)
+        .initial_connection_window_size(postern_agent::channel::CONNECTION_WINDOW)
+        .max_frame_size(postern_agent::channel::MAX_FRAME)
         .handshake::<_, super::AgentBody>(TokioIo::new(tls));
     let (sender, conn) = match tokio::time::timeout(s.handshake_timeout, handshake).await {
         Ok(Ok(pair)) => pair,

@@ -8,6 +8,7 @@ mod error;
 mod extract;
 pub mod openapi;
 mod ops;
+mod ssh_keys;
 mod users;
 
 use std::sync::Arc;
@@ -81,6 +82,11 @@ pub fn router(state: AppState) -> Router {
             "/users/{user}/tokens",
             get(users::list_tokens).post(users::create_token),
         )
+        .route(
+            "/users/{user}/ssh-keys",
+            get(ssh_keys::list).post(ssh_keys::add),
+        )
+        .route("/users/{user}/ssh-keys/{key_id}", delete(ssh_keys::delete))
         .route("/tokens/{token_id}", delete(users::revoke_token))
         .route("/audit", get(admin::audit_page))
         .route_layer(middleware::from_fn_with_state(

@@ -17,7 +17,11 @@ use crate::clock::{now_ms, rfc3339};
 use crate::secrets::new_token;
 use crate::store::{ApiTokenRow, BindingRow, UserRow};
 
-async fn resolve_user(state: &AppState, caller: &Caller, name: &str) -> Result<UserRow, ApiError> {
+pub(super) async fn resolve_user(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+) -> Result<UserRow, ApiError> {
     let not_found = || ApiError::NotFound(format!("user {name:?} not found"));
     if validate::name("user", name).is_err() {
         return Err(not_found());
@@ -37,7 +41,7 @@ async fn resolve_user(state: &AppState, caller: &Caller, name: &str) -> Result<U
 }
 
 /// Org admins manage everyone; a user may manage their own tokens.
-fn may_manage_tokens_of(caller: &Caller, user: &UserRow) -> Result<(), ApiError> {
+pub(super) fn may_manage_tokens_of(caller: &Caller, user: &UserRow) -> Result<(), ApiError> {
     if caller.principal.user_id == user.id {
         return Ok(());
     }

@@ -6,6 +6,7 @@
 
 mod executions;
 mod nodes;
+mod ssh_keys;
 mod tenancy;
 mod tokens;
 
@@ -18,6 +19,7 @@ use thiserror::Error;
 
 pub use executions::{ExecutionRow, ResultRow, ResultUpdate};
 pub use nodes::{EnrollOutcome, NewNode, NodeRow};
+pub use ssh_keys::{NewSshKey, NodePlace, SshKeyRow};
 pub use tenancy::{BindingRow, EdgeRow, OrgRow, ProjectRow, UserRow};
 pub use tokens::{ApiTokenRow, EnrollmentTokenRow};
 

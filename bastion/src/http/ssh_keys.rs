@@ -1,0 +1,93 @@
+//! Users' SSH public keys: add, list, delete. A user manages their own keys; org
+//! admins manage everyone's in their org.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use http::StatusCode;
+use postern_api::ssh::{AddSshKey, MAX_KEYS_PER_USER, SshKey};
+use serde_json::json;
+
+use super::extract::{ApiJson, Caller};
+use super::users::{may_manage_tokens_of, resolve_user};
+use super::{ApiError, AppState};
+use crate::clock::{now_ms, rfc3339};
+use crate::ssh::keys::parse_user_key;
+use crate::store::{NewSshKey, SshKeyRow, StoreError};
+
+fn view(user: &str, k: &SshKeyRow) -> SshKey {
+    SshKey {
+        id: k.id.clone(),
+        user: user.to_string(),
+        fingerprint: k.fingerprint.clone(),
+        algorithm: k.algorithm.clone(),
+        comment: k.comment.clone(),
+        public_key: k.public_key.clone(),
+        created_at: rfc3339(k.created_at),
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<SshKey>>, ApiError> {
+    let user = resolve_user(&state, &caller, &name).await?;
+    may_manage_tokens_of(&caller, &user)?;
+    let keys = state.store.list_ssh_keys(&user.id).await?;
+    Ok(Json(keys.iter().map(|k| view(&user.name, k)).collect()))
+}
+
+pub async fn add(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<AddSshKey>,
+) -> Result<(StatusCode, Json<SshKey>), ApiError> {
+    let user = resolve_user(&state, &caller, &name).await?;
+    may_manage_tokens_of(&caller, &user)?;
+    let key = parse_user_key(&body.public_key).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let row = state
+        .store
+        .add_ssh_key(
+            &NewSshKey {
+                user_id: &user.id,
+                fingerprint: &key.fingerprint,
+                algorithm: &key.algorithm,
+                public_key: &key.public_key,
+                comment: &key.comment,
+            },
+            MAX_KEYS_PER_USER,
+            now_ms(),
+        )
+        .await
+        .map_err(|e| match e {
+            // Do not reveal whether the key belongs to someone else.
+            StoreError::Conflict(_) => ApiError::Conflict(format!(
+                "key {} is already registered (to this or another user), or the user has {MAX_KEYS_PER_USER} keys",
+                key.fingerprint
+            )),
+            other => other.into(),
+        })?;
+    caller
+        .audit
+        .with(|a| a.detail = Some(json!({ "fingerprint": row.fingerprint, "key_id": row.id })));
+    Ok((StatusCode::CREATED, Json(view(&user.name, &row))))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let user = resolve_user(&state, &caller, &name).await?;
+    may_manage_tokens_of(&caller, &user)?;
+    if !state.store.delete_ssh_key(&user.id, &key_id).await? {
+        return Err(ApiError::NotFound(format!(
+            "user {name:?} has no SSH key {key_id:?}"
+        )));
+    }
+    caller
+        .audit
+        .with(|a| a.detail = Some(json!({ "key_id": key_id })));
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,332 @@
+//! The russh handler of one SSH connection: public-key authentication against
+//! registered keys, direct-tcpip jumps handed to the relay, and a refusal with a
+//! reason (and an audit entry) for every other channel or forwarding request.
+//!
+//! russh calls `auth_publickey` only after it has verified the client's signature;
+//! a key that is merely offered (`auth_publickey_offered`) changes no state here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use russh::keys::PublicKey;
+use russh::server::ChannelOpenHandle;
+use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::keys::{canonical, fingerprint};
+use super::relay::{self, Jump};
+use crate::audit::Event;
+use crate::authz::Principal;
+use crate::metrics::inc;
+use crate::state::Shared;
+
+/// An authenticated SSH user: who, and with which key.
+#[derive(Debug)]
+pub struct SshUser {
+    pub principal: Principal,
+    pub fingerprint: String,
+    /// `<algorithm> <base64>`, the form grants carry.
+    pub public_key: String,
+}
+
+pub struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    authenticated: Arc<Notify>,
+    cancel: CancellationToken,
+    user: Option<Arc<SshUser>>,
+    /// The name a client tried to log in as, for the audit entry of a failed login.
+    tried: Option<(String, Vec<String>)>,
+}
+
+const JUMP_ONLY: &str = "Postern is a jump host: use ssh -J <you>@<bastion> <login>@<node>";
+
+impl Conn {
+    pub fn new(
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        authenticated: Arc<Notify>,
+        cancel: CancellationToken,
+    ) -> Conn {
+        Conn {
+            shared,
+            peer,
+            authenticated,
+            cancel,
+            user: None,
+            tried: None,
+        }
+    }
+
+    fn publickey_only() -> Auth {
+        Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+            partial_success: false,
+        }
+    }
+
+    /// The registered key with this fingerprint, if it belongs to the named user.
+    async fn lookup(
+        &self,
+        user: &str,
+        key: &PublicKey,
+    ) -> Option<(crate::store::SshKeyRow, crate::store::UserRow)> {
+        let fp = fingerprint(key);
+        let row = match self.shared.store.ssh_key_by_fingerprint(&fp).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!(error = %e, "store unavailable during SSH authentication");
+                return None;
+            }
+        };
+        let owner = self.shared.store.user_by_id(&row.user_id).await.ok()??;
+        (owner.name == user).then_some((row, owner))
+    }
+
+    fn note_attempt(&mut self, user: &str, key: &PublicKey) {
+        let fp = fingerprint(key);
+        let entry = self
+            .tried
+            .get_or_insert_with(|| (user.to_string(), Vec::new()));
+        if entry.1.len() < 10 && !entry.1.contains(&fp) {
+            entry.1.push(fp);
+        }
+    }
+
+    /// Refuses a channel or request type the front door does not serve.
+    fn refuse(&self, what: &str, reason: &str) {
+        inc(&self.shared.metrics.ssh_denied);
+        let mut ev = Event::new("ssh.refused", "denied")
+            .source(Some(self.peer.ip().to_string()))
+            .detail(json!({ "request": what, "reason": reason }));
+        if let Some(u) = &self.user {
+            ev = ev.org(&u.principal.org_id).actor(&u.principal.user_name);
+        }
+        let shared = self.shared.clone();
+        shared.tasks.spawn({
+            let shared = shared.clone();
+            async move { shared.audit(ev).await }
+        });
+    }
+
+    async fn reject(&self, reply: ChannelOpenHandle, what: &str, reason: &str) {
+        self.refuse(what, reason);
+        reply
+            .reject(ChannelOpenFailure::Other {
+                code: 1,
+                reason: reason.to_string(),
+            })
+            .await;
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.user.is_some() {
+            return;
+        }
+        let Some((user, keys)) = self.tried.take() else {
+            return;
+        };
+        inc(&self.shared.metrics.ssh_auth_failures);
+        let ev = Event::new("ssh.auth", "denied")
+            .actor(user)
+            .source(Some(self.peer.ip().to_string()))
+            .detail(
+                json!({ "keys_tried": keys, "reason": "no registered key proven for this user" }),
+            );
+        let shared = self.shared.clone();
+        self.shared
+            .tasks
+            .spawn(async move { shared.audit(ev).await });
+    }
+}
+
+impl russh::server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(Self::publickey_only())
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Ownership is not proven yet: answer "go on and sign" or "no", nothing more.
+        if self.lookup(user, offer.public_key).await.is_some() {
+            Ok(Auth::Accept)
+        } else {
+            self.note_attempt(user, offer.public_key);
+            Ok(Self::publickey_only())
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let Some((row, owner)) = self.lookup(user, key.public_key).await else {
+            self.note_attempt(user, key.public_key);
+            return Ok(Self::publickey_only());
+        };
+        let bindings = match self.shared.store.bindings(&owner.id).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "store unavailable during SSH authentication");
+                return Ok(Self::publickey_only());
+            }
+        };
+        let Ok(public_key) = canonical(key.public_key) else {
+            return Ok(Self::publickey_only());
+        };
+        self.user = Some(Arc::new(SshUser {
+            principal: Principal {
+                user_id: owner.id,
+                user_name: owner.name,
+                org_id: owner.org_id,
+                bindings,
+            },
+            fingerprint: row.fingerprint,
+            public_key,
+        }));
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+        self.authenticated.notify_one();
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(user) = self.user.clone() else {
+            self.reject(reply, "direct-tcpip", "not authenticated")
+                .await;
+            return Ok(());
+        };
+        let jump = Jump {
+            user,
+            host: host_to_connect.chars().take(300).collect(),
+            port: port_to_connect,
+            peer: self.peer,
+        };
+        // Authorization, the grant push and the agent call take round trips; the
+        // connection's loop must keep serving other channels meanwhile.
+        let shared = self.shared.clone();
+        let cancel = self.cancel.clone();
+        self.shared
+            .tasks
+            .spawn(relay::run(shared, jump, channel, reply, cancel));
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        _channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.reject(reply, "session", JUMP_ONLY).await;
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.reject(reply, "x11", "X11 forwarding is not offered by Postern")
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_forwarded_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        _host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.reject(
+            reply,
+            "forwarded-tcpip",
+            "forwarded-tcpip channels are not accepted from clients",
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        _socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.reject(
+            reply,
+            "direct-streamlocal",
+            "unix socket forwarding is not offered by Postern; forward through the node's sshd instead",
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse(
+            &format!("tcpip-forward {address}:{port}"),
+            "remote forwarding (-R) on the bastion is not offered; use -R on the node's sshd through the jump",
+        );
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse(
+            &format!("streamlocal-forward {socket_path}"),
+            "remote unix socket forwarding on the bastion is not offered",
+        );
+        Ok(false)
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse(
+            "auth-agent-req",
+            "agent forwarding to the bastion is not offered",
+        );
+        Ok(false)
+    }
+}

@@ -1,0 +1,192 @@
+//! The SSH front door: a russh server that unmodified OpenSSH clients use as a jump
+//! host (`ssh -J alice@bastion root@node`).
+//!
+//! A user proves a registered key; each direct-tcpip channel to `<node>:22` is
+//! authorized for that node's project, a short-lived grant for the key is pushed to
+//! the node, and the bytes are relayed over the node's agent channel to its sshd.
+//! Nothing else is served: sessions, remote forwarding, agent and X11 forwarding
+//! are refused with a reason and audited.
+//!
+//! Unauthenticated connections are bounded in number and in time: a client that
+//! stalls or trickles before authenticating is cut at `ssh_auth_timeout`, and
+//! beyond `ssh_max_unauthenticated` new connections are closed at once.
+
+mod grants;
+mod handler;
+pub mod keys;
+mod killable;
+mod relay;
+mod target;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::{Algorithm, PrivateKey};
+use russh::server::Config;
+use russh::{MethodKind, MethodSet, SshId};
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+pub use grants::GrantCache;
+
+use crate::metrics::inc;
+use crate::state::Shared;
+
+#[derive(Debug, Error)]
+pub enum HostKeyError {
+    #[error("cannot read the SSH host key {path}: {source}")]
+    Read {
+        path: String,
+        source: russh::keys::ssh_key::Error,
+    },
+    #[error("cannot create the SSH host key {path}: {detail}")]
+    Write { path: String, detail: String },
+}
+
+/// Loads the bastion's ed25519 host key from the data directory, creating it on
+/// first start, so clients see the same host key across restarts.
+pub fn load_or_create_host_key(data_dir: &Path) -> Result<PrivateKey, HostKeyError> {
+    let path = data_dir.join("ssh_host_ed25519_key");
+    let shown = path.display().to_string();
+    if path.exists() {
+        return PrivateKey::read_openssh_file(&path).map_err(|source| HostKeyError::Read {
+            path: shown,
+            source,
+        });
+    }
+    let key =
+        PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519).map_err(|e| {
+            HostKeyError::Write {
+                path: shown.clone(),
+                detail: e.to_string(),
+            }
+        })?;
+    let pem = key
+        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .map_err(|e| HostKeyError::Write {
+            path: shown.clone(),
+            detail: e.to_string(),
+        })?;
+    crate::fsutil::write_private(&path, pem.as_bytes()).map_err(|e| HostKeyError::Write {
+        path: shown,
+        detail: e.to_string(),
+    })?;
+    Ok(key)
+}
+
+/// The russh configuration: public keys only, strict key exchange (russh's default
+/// list carries `kex-strict-s-v00@openssh.com`), large windows for throughput.
+pub fn server_config(host_key: PrivateKey, s: &crate::state::Settings) -> Config {
+    let methods = MethodSet::from(&[MethodKind::PublicKey][..]);
+    Config {
+        server_id: SshId::Standard(format!("SSH-2.0-Postern_{}", postern_api::VERSION).into()),
+        methods,
+        auth_rejection_time: Duration::from_millis(300),
+        // OpenSSH probes with "none" first; answering it at once is not a leak.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![host_key],
+        window_size: s.ssh_window,
+        maximum_packet_size: s.ssh_max_packet,
+        // Enough queued messages for a full window, so a busy channel does not
+        // block the connection's loop before the client runs out of window.
+        channel_buffer_size: (s.ssh_window / s.ssh_max_packet.max(1024)) as usize + 16,
+        max_auth_attempts: 6,
+        // Our own deadline covers authentication; idle sessions are kept alive and
+        // dead peers found by keepalives instead of an inactivity cut.
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 3,
+        nodelay: true,
+        ..Config::default()
+    }
+}
+
+/// Accepts SSH connections until shutdown.
+pub async fn serve(listener: TcpListener, config: Arc<Config>, shared: Arc<Shared>) {
+    let unauthenticated = Arc::new(Semaphore::new(shared.settings.ssh_max_unauthenticated));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "SSH accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = unauthenticated.clone().try_acquire_owned() else {
+            inc(&shared.metrics.ssh_rejected_full);
+            tracing::warn!(%peer, "too many unauthenticated SSH connections; dropping");
+            drop(tcp);
+            continue;
+        };
+        shared.tasks.spawn(connection(
+            tcp,
+            peer,
+            config.clone(),
+            shared.clone(),
+            permit,
+        ));
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) {
+    let _ = tcp.set_nodelay(true);
+    let kill = shared.shutdown.child_token();
+    let authenticated = Arc::new(Notify::new());
+    let handler = handler::Conn::new(shared.clone(), peer, authenticated.clone(), kill.clone());
+    let stream = killable::Killable::new(tcp, kill.clone());
+    let deadline = tokio::time::sleep(shared.settings.ssh_auth_timeout);
+    tokio::pin!(deadline);
+
+    let session = tokio::select! {
+        r = russh::server::run_stream(config, stream, handler) => match r {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = ?e, "SSH connection failed before key exchange");
+                return;
+            }
+        },
+        _ = &mut deadline => {
+            kill.cancel();
+            return;
+        }
+    };
+    let handle = session.handle();
+    tokio::pin!(session);
+    tokio::select! {
+        _ = &mut session => return,
+        _ = authenticated.notified() => {}
+        _ = &mut deadline => {
+            tracing::info!(%peer, "SSH client did not authenticate in time; closing");
+            kill.cancel();
+            return;
+        }
+    }
+    drop(permit);
+    tokio::select! {
+        _ = &mut session => {}
+        _ = shared.shutdown.cancelled() => {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                handle.disconnect(russh::Disconnect::ByApplication, "bastion shutting down".into(), String::new()),
+            )
+            .await;
+            kill.cancel();
+        }
+    }
+    // Relays of this connection stop with it.
+    kill.cancel();
+}

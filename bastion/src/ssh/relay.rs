@@ -1,0 +1,245 @@
+//! One jump: authorize the direct-tcpip channel, push the grant, open a byte stream
+//! to the node's sshd over the agent channel (`POST /v1/connect/22`), and only
+//! then accept the channel, so every failure reaches the user as a channel-open
+//! failure with a reason. Bytes are relayed in both directions with bounded
+//! buffers, counted, and the session is audited when it ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use postern_api::admin::NodeState;
+use russh::server::ChannelOpenHandle;
+use russh::server::Msg;
+use russh::{Channel, ChannelOpenFailure};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::grants::GrantFor;
+use super::handler::SshUser;
+use super::target::{self, Refusal, Target};
+use crate::agents::{AgentBody, AgentConn, BoxError};
+use crate::audit::Event;
+use crate::clock::{now_ms, rfc3339};
+use crate::metrics::inc;
+use crate::state::Shared;
+
+/// The only port reachable through the front door: the node's own sshd.
+const SSH_PORT: u32 = 22;
+/// Chunks in flight from the client towards the node, per channel.
+const UPSTREAM_QUEUE: usize = 32;
+const READ_CHUNK: usize = 64 * 1024;
+
+pub struct Jump {
+    pub user: Arc<SshUser>,
+    pub host: String,
+    pub port: u32,
+    pub peer: SocketAddr,
+}
+
+pub async fn run(
+    shared: Arc<Shared>,
+    jump: Jump,
+    channel: Channel<Msg>,
+    reply: ChannelOpenHandle,
+    cancel: CancellationToken,
+) {
+    let started = now_ms();
+    let (target, agent, from_node, to_node) = match open(&shared, &jump).await {
+        Ok(v) => v,
+        Err(r) => {
+            inc(&shared.metrics.ssh_denied);
+            tracing::info!(user = %jump.user.principal.user_name, host = %jump.host, reason = %r.reason, "SSH jump refused");
+            let mut ev = Event::new("ssh.connect", "denied")
+                .org(&jump.user.principal.org_id)
+                .actor(&jump.user.principal.user_name)
+                .source(Some(jump.peer.ip().to_string()))
+                .target(format!("host:{}:{}", jump.host, jump.port))
+                .detail(json!({ "reason": r.reason, "key": jump.user.fingerprint }));
+            if let Some(p) = &r.project {
+                ev = ev.project(p);
+            }
+            if let Some(n) = &r.node {
+                ev = ev.target(format!("node:{n}"));
+            }
+            shared.audit(ev).await;
+            reply
+                .reject(ChannelOpenFailure::Other {
+                    code: 1,
+                    reason: r.reason,
+                })
+                .await;
+            return;
+        }
+    };
+    reply.accept().await;
+    inc(&shared.metrics.ssh_sessions);
+    let logins = target.logins.clone();
+    tracing::info!(user = %jump.user.principal.user_name, node = %target.place.hostname, "SSH jump relayed");
+    let (up, down, how) = pump(channel, from_node, to_node, cancel).await;
+    drop(agent);
+    let ended = now_ms();
+    let ev = Event::new("ssh.session", "ok")
+        .org(&jump.user.principal.org_id)
+        .actor(&jump.user.principal.user_name)
+        .source(Some(jump.peer.ip().to_string()))
+        .project(&target.project.name)
+        .target(format!("node:{}", target.place.node_id))
+        .detail(json!({
+            "hostname": target.place.hostname,
+            "edge": target.place.edge_name,
+            "logins": logins.map_or_else(|| json!("any"), |l| json!(l)),
+            "key": jump.user.fingerprint,
+            "started_at": rfc3339(started),
+            "ended_at": rfc3339(ended),
+            "bytes_to_node": up,
+            "bytes_from_node": down,
+            "end": how,
+        }));
+    shared.audit(ev).await;
+}
+
+type Opened = (Target, Arc<AgentConn>, Incoming, mpsc::Sender<Bytes>);
+
+async fn open(shared: &Shared, jump: &Jump) -> Result<Opened, Refusal> {
+    if jump.port != SSH_PORT {
+        return Err(Refusal::new(format!(
+            "only port 22 (the node's sshd) is reachable through Postern, not {}",
+            jump.port
+        )));
+    }
+    let target = target::resolve(&shared.store, &jump.user.principal, &jump.host).await?;
+    let named = |reason: String| Refusal {
+        reason,
+        project: Some(target.project.name.clone()),
+        node: Some(target.place.node_id.clone()),
+    };
+    let host = &target.place.hostname;
+    if matches!(target.place.state, NodeState::Pending | NodeState::Disabled) {
+        return Err(named(format!(
+            "node {host} is {}; an admin must approve or enable it",
+            target.place.state.as_str()
+        )));
+    }
+    let Some(agent) = shared.registry.get(&target.place.node_id) else {
+        return Err(named(format!(
+            "node {host} is not connected to the bastion (agent down or network cut); try again when it is back"
+        )));
+    };
+    let no_logins = Vec::new();
+    let grant = GrantFor {
+        user: &jump.user.principal.user_name,
+        public_key: &jump.user.public_key,
+        fingerprint: &jump.user.fingerprint,
+        logins: target.logins.as_ref().unwrap_or(&no_logins),
+    };
+    if let Err(e) = shared.grants.ensure(shared, &agent, &grant).await {
+        tracing::warn!(node = %target.place.node_id, error = %e, "grant push failed");
+        return Err(named(format!(
+            "node {host} did not accept the key grant ({e}); try again"
+        )));
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(UPSTREAM_QUEUE);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
+    });
+    let body: AgentBody = BodyExt::boxed(StreamBody::new(stream));
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!(
+            "http://agent{}",
+            postern_api::ssh::CONNECT_ROUTE.replace("{port}", "22")
+        ))
+        .body(body)
+        .map_err(|e| named(format!("internal error: {e}")))?;
+    let timeout = shared.settings.agent_call_timeout;
+    let resp = tokio::time::timeout(timeout, async {
+        let mut sender = agent.sender.clone();
+        sender.ready().await?;
+        sender.send_request(req).await
+    })
+    .await
+    .map_err(|_| named(format!("node {host} did not answer within {timeout:?}")))?
+    .map_err(|e| named(format!("node {host}: channel failed ({e})")))?;
+    if resp.status() != StatusCode::OK {
+        let status = resp.status();
+        let text = match Limited::new(resp.into_body(), 4096).collect().await {
+            Ok(b) => {
+                let bytes = b.to_bytes();
+                serde_json::from_slice::<postern_api::ErrorBody>(&bytes)
+                    .map(|e| e.error.message)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned())
+            }
+            Err(_) => String::new(),
+        };
+        return Err(named(format!(
+            "node {host} could not reach its sshd ({status}): {text}"
+        )));
+    }
+    Ok((target, agent, resp.into_body(), tx))
+}
+
+/// Relays until both directions are done (or the connection is cut); returns bytes
+/// sent to the node, bytes received from it, and how it ended.
+async fn pump(
+    channel: Channel<Msg>,
+    mut from_node: Incoming,
+    to_node: mpsc::Sender<Bytes>,
+    cancel: CancellationToken,
+) -> (u64, u64, &'static str) {
+    let (mut rd, mut wr) = tokio::io::split(channel.into_stream());
+    let mut up_bytes = 0u64;
+    let mut down_bytes = 0u64;
+    let up = async {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            buf.reserve(READ_CHUNK);
+            match rd.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    up_bytes += n as u64;
+                    if to_node.send(buf.split().freeze()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // Dropping the sender ends the request body: the agent half-closes sshd.
+        drop(to_node);
+    };
+    let down = async {
+        while let Some(frame) = from_node.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Ok(data) = frame.into_data() {
+                down_bytes += data.len() as u64;
+                if wr.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = wr.shutdown().await;
+    };
+    let how = tokio::select! {
+        _ = async {
+            tokio::pin!(up);
+            tokio::pin!(down);
+            tokio::select! {
+                _ = &mut down => {
+                    // sshd closed: the client normally closes its side at once.
+                    let _ = tokio::time::timeout(Duration::from_secs(10), &mut up).await;
+                }
+                _ = &mut up => down.await,
+            }
+        } => "closed",
+        _ = cancel.cancelled() => "cut",
+    };
+    (up_bytes, down_bytes, how)
+}

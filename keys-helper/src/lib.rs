@@ -1,0 +1,169 @@
+//! `postern-keys`, sshd's `AuthorizedKeysCommand`: prints one `authorized_keys` line
+//! per live grant for the login sshd asks about.
+//!
+//! It asks the agent's unix socket first, with a short deadline (sshd has no
+//! timeout of its own for the helper), and falls back to the agent's grants file
+//! when the agent does not answer. Every line is built by
+//! `postern_api::ssh::authorized_keys_line`, which never prints an expired grant
+//! and re-checks every field. Output is assembled completely before anything is
+//! printed: sshd discards the output of a helper that fails, and a half-printed
+//! answer must never be taken for a whole one.
+//!
+//! Synchronous on purpose: no runtime to start, so an answer takes about a
+//! millisecond.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use postern_api::ssh::{
+    BreakGlassFile, Grant, GrantsFile, KeysAnswer, KeysQuery, LinkState, authorized_keys_line,
+    break_glass_line, files,
+};
+use thiserror::Error;
+
+/// How long to wait for the agent before reading the file instead.
+pub const AGENT_TIMEOUT: Duration = Duration::from_millis(300);
+const MAX_ANSWER: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Error)]
+pub enum HelperError {
+    #[error("login {0:?} is not a valid unix login")]
+    Login(String),
+    #[error("the agent did not answer: {0}")]
+    Agent(String),
+    #[error("cannot read {0}: {1}")]
+    File(String, String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub data_dir: PathBuf,
+    pub login: String,
+    /// sshd's `%f`, when given: only grants for that key.
+    pub fingerprint: Option<String>,
+    pub now_ms: i64,
+}
+
+/// Where the answer came from, for the log line on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Agent,
+    File,
+}
+
+#[derive(Debug)]
+pub struct Answer {
+    pub lines: Vec<String>,
+    pub source: Source,
+    pub break_glass: usize,
+    /// Why the agent was not used, when it was not.
+    pub agent_error: Option<String>,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn ask_agent(q: &Query, timeout: Duration) -> Result<KeysAnswer, HelperError> {
+    let fail = |e: std::io::Error| HelperError::Agent(e.to_string());
+    let mut s = UnixStream::connect(q.data_dir.join(files::SOCKET)).map_err(fail)?;
+    s.set_read_timeout(Some(timeout)).map_err(fail)?;
+    s.set_write_timeout(Some(timeout)).map_err(fail)?;
+    let mut req = serde_json::to_vec(&KeysQuery {
+        login: q.login.clone(),
+        fingerprint: q.fingerprint.clone(),
+    })
+    .map_err(|e| HelperError::Agent(e.to_string()))?;
+    req.push(b'\n');
+    s.write_all(&req).map_err(fail)?;
+    let mut line = String::new();
+    BufReader::new(std::io::Read::take(s, MAX_ANSWER))
+        .read_line(&mut line)
+        .map_err(fail)?;
+    serde_json::from_str(line.trim()).map_err(|e| HelperError::Agent(format!("bad answer: {e}")))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, HelperError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| HelperError::File(path.display().to_string(), e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(HelperError::File(path.display().to_string(), e.to_string())),
+    }
+}
+
+/// The answer from the files, for when the agent is silent: live grants, and the
+/// break-glass keys once the bastion has been unreachable beyond their grace.
+fn from_files(q: &Query) -> Result<KeysAnswer, HelperError> {
+    let grants: GrantsFile = read_json(&q.data_dir.join(files::GRANTS))?.unwrap_or_default();
+    let grants: Vec<Grant> = grants
+        .grants
+        .into_iter()
+        .filter(|g| q.fingerprint.as_deref().is_none_or(|f| f == g.fingerprint))
+        .collect();
+    let mut break_glass = Vec::new();
+    let bg: Option<BreakGlassFile> = read_json(&q.data_dir.join(files::BREAK_GLASS))?;
+    if let Some(bg) = bg {
+        let link: Option<LinkState> = read_json(&q.data_dir.join(files::LINK))?;
+        // No link record at all: the agent never ran here; count from nothing.
+        if let Some(link) = link {
+            let down_for = q.now_ms - link.unreachable_since_agent_silent();
+            if down_for > (bg.grace_secs as i64).saturating_mul(1000) {
+                break_glass = bg.keys;
+            }
+        }
+    }
+    Ok(KeysAnswer {
+        grants,
+        break_glass,
+    })
+}
+
+/// Answers one sshd query. Errors only when neither the agent nor the files can
+/// be read; the caller then prints nothing (deny).
+pub fn answer(q: &Query, agent_timeout: Duration) -> Result<Answer, HelperError> {
+    postern_api::validate::login(&q.login).map_err(|_| HelperError::Login(q.login.clone()))?;
+    let (raw, source, agent_error) = match ask_agent(q, agent_timeout) {
+        Ok(a) => (a, Source::Agent, None),
+        Err(e) => (from_files(q)?, Source::File, Some(e.to_string())),
+    };
+    let mut lines: Vec<String> = raw
+        .grants
+        .iter()
+        .filter_map(|g| authorized_keys_line(g, &q.login, q.now_ms))
+        .collect();
+    let bg: Vec<String> = raw
+        .break_glass
+        .iter()
+        .filter_map(|k| break_glass_line(k))
+        .collect();
+    let break_glass = bg.len();
+    lines.extend(bg);
+    Ok(Answer {
+        lines,
+        source,
+        break_glass,
+        agent_error,
+    })
+}
+
+/// Appends a line to the data directory's break-glass log: every time those keys
+/// are offered to sshd, there is a local record of when and for which login.
+pub fn log_break_glass(data_dir: &Path, login: &str, count: usize, now_ms: i64) {
+    let path = data_dir.join(files::BREAK_GLASS_LOG);
+    let line = format!("{now_ms} break-glass keys offered to sshd: login={login} keys={count}\n");
+    let r = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = r {
+        eprintln!("postern-keys: cannot append to {}: {e}", path.display());
+    }
+}

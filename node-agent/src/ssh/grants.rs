@@ -1,0 +1,238 @@
+//! The node's key grants: held in memory for the keys helper's queries and written
+//! (atomically, 0600) to `grants.json` in the data directory, so the helper can
+//! still answer from the file while the agent is down. Expired grants are dropped
+//! on every change and by a periodic prune; they are never served.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use postern_api::ssh::{Grant, GrantsFile, MAX_GRANTS_PER_NODE};
+use thiserror::Error;
+
+use crate::fsutil::write_private;
+
+pub use postern_api::ssh::files::GRANTS as GRANTS_FILE;
+
+#[derive(Debug, Error)]
+pub enum GrantError {
+    #[error("grant {0:?} is malformed: {1}")]
+    Invalid(String, &'static str),
+    #[error("cannot write the grants file {0}: {1}")]
+    Write(String, std::io::Error),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GrantStore {
+    inner: Arc<Mutex<Vec<Grant>>>,
+    /// Serializes file writes so an older set never overwrites a newer one.
+    write: Arc<tokio::sync::Mutex<()>>,
+    path: Option<PathBuf>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn check(g: &Grant) -> Result<(), GrantError> {
+    let bad = |why| Err(GrantError::Invalid(g.id.clone(), why));
+    if !postern_api::ssh::check_key_text(&g.public_key) {
+        return bad("public_key is not \"<algorithm> <base64>\"");
+    }
+    if postern_api::validate::name("user", &g.user).is_err() {
+        return bad("user is not a valid name");
+    }
+    if g.logins
+        .iter()
+        .any(|l| postern_api::validate::login(l).is_err())
+    {
+        return bad("a login is not a valid unix login");
+    }
+    if g.id.is_empty()
+        || g.id.len() > 64
+        || !g.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return bad("id must be 1-64 letters, digits or dashes");
+    }
+    Ok(())
+}
+
+impl GrantStore {
+    /// A store backed by `dir/grants.json` (loaded now, keeping only live grants),
+    /// or memory only.
+    pub fn open(dir: Option<&Path>) -> GrantStore {
+        let path = dir.map(|d| d.join(GRANTS_FILE));
+        let now = now_ms();
+        let grants = path
+            .as_deref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<GrantsFile>(&b).ok())
+            .map(|f| {
+                f.grants
+                    .into_iter()
+                    .filter(|g| g.is_live(now) && check(g).is_ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        GrantStore {
+            inner: Arc::new(Mutex::new(grants)),
+            write: Arc::default(),
+            path,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Grant>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Merges grants (a newer grant for the same user and key replaces the older),
+    /// drops expired ones, persists; returns how many live grants are held.
+    pub async fn merge(&self, new: Vec<Grant>) -> Result<usize, GrantError> {
+        for g in &new {
+            check(g)?;
+        }
+        let now = now_ms();
+        let held = {
+            let mut all = self.lock();
+            all.retain(|g| g.is_live(now));
+            for g in new.into_iter().filter(|g| g.is_live(now)) {
+                all.retain(|o| !(o.user == g.user && o.fingerprint == g.fingerprint));
+                all.push(g);
+            }
+            if all.len() > MAX_GRANTS_PER_NODE {
+                all.sort_by_key(|g| g.expires_at_ms);
+                let excess = all.len() - MAX_GRANTS_PER_NODE;
+                all.drain(..excess);
+            }
+            all.len()
+        };
+        self.persist().await?;
+        Ok(held)
+    }
+
+    /// Drops expired grants; persists when something changed.
+    pub async fn prune(&self) -> Result<(), GrantError> {
+        let now = now_ms();
+        let changed = {
+            let mut all = self.lock();
+            let before = all.len();
+            all.retain(|g| g.is_live(now));
+            all.len() != before
+        };
+        if changed {
+            self.persist().await?;
+        }
+        Ok(())
+    }
+
+    /// Live grants that let `login` in, optionally only for one key fingerprint.
+    pub fn for_login(&self, login: &str, fingerprint: Option<&str>) -> Vec<Grant> {
+        let now = now_ms();
+        self.lock()
+            .iter()
+            .filter(|g| g.is_live(now) && g.allows_login(login))
+            .filter(|g| fingerprint.is_none_or(|f| f == g.fingerprint))
+            .cloned()
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    async fn persist(&self) -> Result<(), GrantError> {
+        let Some(path) = self.path.clone() else {
+            return Ok(());
+        };
+        let _one_writer = self.write.lock().await;
+        // Snapshot under the writer lock, so the newest state is what lands last.
+        let snapshot = GrantsFile {
+            grants: self.lock().clone(),
+        };
+        let shown = path.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            let data = serde_json::to_vec(&snapshot).map_err(std::io::Error::other)?;
+            write_private(&path, &data)
+        })
+        .await
+        .map_err(|e| GrantError::Write(shown.clone(), std::io::Error::other(e)))?
+        .map_err(|e| GrantError::Write(shown, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(id: &str, fp: &str, expires_at_ms: i64) -> Grant {
+        Grant {
+            id: id.into(),
+            user: "alice".into(),
+            public_key: "ssh-ed25519 AAAA".into(),
+            fingerprint: fp.into(),
+            logins: vec!["root".into()],
+            expires_at_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn merge_replaces_prunes_and_persists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = GrantStore::open(Some(dir.path()));
+        let later = now_ms() + 60_000;
+        assert_eq!(
+            store
+                .merge(vec![grant("a", "fp1", later)])
+                .await
+                .expect("merge"),
+            1
+        );
+        assert_eq!(
+            store
+                .merge(vec![grant("b", "fp1", later + 1)])
+                .await
+                .expect("merge"),
+            1
+        );
+        assert_eq!(
+            store
+                .merge(vec![grant("c", "fp2", later)])
+                .await
+                .expect("merge"),
+            2
+        );
+        assert_eq!(store.for_login("root", Some("fp1"))[0].id, "b");
+        assert!(store.for_login("postgres", None).is_empty());
+        // An already expired grant is not kept.
+        store
+            .merge(vec![grant("d", "fp3", 1)])
+            .await
+            .expect("merge");
+        assert_eq!(store.len(), 2);
+
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join(GRANTS_FILE))
+                .expect("file")
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        let reopened = GrantStore::open(Some(dir.path()));
+        assert_eq!(reopened.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn malformed_grants_change_nothing() {
+        let store = GrantStore::open(None);
+        let mut bad = grant("x", "fp", now_ms() + 60_000);
+        bad.public_key = "ssh-ed25519 AAAA\nssh-rsa BBBB".into();
+        let ok = grant("y", "fp2", now_ms() + 60_000);
+        assert!(store.merge(vec![ok, bad]).await.is_err());
+        assert!(store.is_empty());
+    }
+}
