@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 pub mod ansible;
+pub mod ssh;
 pub mod swarm;
 
 /// A binary built from this workspace, next to the test executable's directory.
@@ -84,6 +85,8 @@ pub struct BastionOpts {
     pub handshake_timeout: String,
     pub exec_lost_grace: String,
     pub database_url: Option<String>,
+    pub ssh_auth_timeout: String,
+    pub ssh_grant_ttl: String,
 }
 
 impl Default for BastionOpts {
@@ -94,6 +97,8 @@ impl Default for BastionOpts {
             handshake_timeout: "10s".into(),
             exec_lost_grace: "120s".into(),
             database_url: None,
+            ssh_auth_timeout: "30s".into(),
+            ssh_grant_ttl: "5m".into(),
         }
     }
 }
@@ -105,6 +110,8 @@ pub struct Bastion {
     pub dir: tempfile::TempDir,
     pub api: SocketAddr,
     pub agent: SocketAddr,
+    /// The SSH front door.
+    pub ssh: SocketAddr,
     pub token: String,
     pub opts: BastionOpts,
     log: PathBuf,
@@ -132,6 +139,7 @@ impl Bastion {
             child: None,
             api: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
             agent: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            ssh: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
             log: dir.path().join("bastion.log"),
             dir,
             token,
@@ -173,7 +181,11 @@ impl Bastion {
                 &self.api.to_string(),
                 "--agent-addr",
                 &self.agent.to_string(),
+                "--ssh-addr",
+                &self.ssh.to_string(),
             ])
+            .args(["--ssh-auth-timeout", &self.opts.ssh_auth_timeout])
+            .args(["--ssh-grant-ttl", &self.opts.ssh_grant_ttl])
             .args(["--node-cert-ttl", &self.opts.node_cert_ttl])
             .args(["--rotation-check", &self.opts.rotation_check])
             .args(["--handshake-timeout", &self.opts.handshake_timeout])
@@ -233,6 +245,12 @@ impl Bastion {
             .unwrap()
     }
 
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        http(self.api, "PUT", path, Some(&self.token), Some(body))
+            .await
+            .unwrap()
+    }
+
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         http(self.api, "DELETE", path, Some(&self.token), None)
             .await
@@ -284,8 +302,13 @@ impl Bastion {
 
     /// Enrolls `hostname`, runs its agent, and waits until the node is reachable.
     pub async fn agent(&self, hostname: &str) -> AgentProc {
+        self.agent_with(hostname, &[]).await
+    }
+
+    /// Like [`Bastion::agent`], with extra `postern-agent run` arguments.
+    pub async fn agent_with(&self, hostname: &str, extra: &[&str]) -> AgentProc {
         let dir = self.enroll(hostname).await;
-        let agent = AgentProc::run(&dir);
+        let agent = AgentProc::run_with(&dir, extra);
         eventually(
             Duration::from_secs(15),
             &format!("{hostname} reachable"),
@@ -293,6 +316,19 @@ impl Bastion {
         )
         .await;
         agent
+    }
+
+    /// Audit entries with this action, from the newest 100 (in the API's order).
+    pub async fn audit(&self, action: &str) -> Vec<Value> {
+        let (s, v) = self.get("/api/v1/audit?limit=100").await;
+        assert_eq!(s, 200, "{v}");
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == action)
+            .cloned()
+            .collect()
     }
 
     /// A metric's value from `/metrics`.
@@ -331,11 +367,20 @@ pub struct AgentProc {
 
 impl AgentProc {
     pub fn run(data_dir: &Path) -> AgentProc {
-        let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
+        AgentProc::run_with(data_dir, &[])
+    }
+
+    pub fn run_with(data_dir: &Path, extra: &[&str]) -> AgentProc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
         let child = Command::new(bin("postern-agent"))
             .args(["run", "--data-dir"])
             .arg(data_dir)
             .args(["--backoff-cap", "2s"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
