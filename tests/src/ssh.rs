@@ -48,6 +48,11 @@ impl InstalledHelper {
     }
 }
 
+/// The installed helper's path, to run it the way sshd does.
+pub fn helper_binary(h: &InstalledHelper) -> &Path {
+    &h.path
+}
+
 impl Drop for InstalledHelper {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -192,7 +197,10 @@ impl SshUser {
 
     /// A key and config for `name` without touching the bastion.
     pub fn unregistered(b: &Bastion, name: &str) -> SshUser {
-        let dir = b.dir.path().join(format!("user-{name}"));
+        let dir = b
+            .dir
+            .path()
+            .join(format!("user-{name}-{}", rand::random::<u32>()));
         std::fs::create_dir_all(&dir).unwrap();
         let key = dir.join("id_ed25519");
         keygen(&key);
@@ -225,7 +233,7 @@ pub fn write_config(path: &Path, bastion_port: u16, user: &str, key: &Path, know
         "Host bastion\n  HostName 127.0.0.1\n  Port {bastion_port}\n  User {user}\n\n\
          Host *\n  IdentityFile {key}\n  IdentitiesOnly yes\n  BatchMode yes\n\
          StrictHostKeyChecking accept-new\n  UserKnownHostsFile {kh}\n  ConnectTimeout 15\n\
-         LogLevel ERROR\n  ForwardAgent no\n",
+         LogLevel INFO\n  ForwardAgent no\n",
         key = key.display(),
         kh = known_hosts.display(),
     );

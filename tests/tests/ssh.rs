@@ -172,3 +172,215 @@ async fn eventually_sessions(b: &Bastion, n: usize) -> Vec<serde_json::Value> {
     .await;
     b.audit("ssh.session").await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_say_why_and_are_audited() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let helper = InstalledHelper::install();
+    let _a = Node::start(&b, &helper, "node-a").await;
+    let mut gone = Node::start(&b, &helper, "node-gone").await;
+    // Another project the users below have no role in, with a node of its own.
+    let (s, v) = b
+        .post("/api/v1/projects", serde_json::json!({"name": "secret"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let alice = SshUser::create(&b, "alice", Some(("project_member", &["root"]))).await;
+    let carol = SshUser::create(&b, "carol", Some(("project_member", &["daemon"]))).await;
+    let bob = SshUser::create(&b, "bob", None).await;
+    // Someone with a key that is not alice's, trying to be alice.
+    let mallory = SshUser::unregistered(&b, "alice");
+
+    // An unregistered key: the bastion itself says no.
+    let out = mallory.jump("root", "node-a", "true");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("Permission denied (publickey)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A user without a role in the node's project: the node does not exist for them.
+    let out = bob.jump("root", "node-a", "true");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no node \"node-a\" in any project you have a role in"),
+        "{err}"
+    );
+
+    // A login the role does not allow: the node's sshd gets no key for it.
+    let out = carol.jump("root", "node-a", "true");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("Permission denied (publickey)"),
+        "{}",
+        text(&out.stderr)
+    );
+    // ... while the login it does allow gets as far as the account (daemon has no shell).
+    let out = run_with_timeout(
+        Command::new(postern_tests::ssh::helper_binary(&helper))
+            .args(["--data-dir"])
+            .arg(b.dir.path().join("node-a"))
+            .arg("daemon"),
+        Duration::from_secs(5),
+    );
+    assert!(
+        text(&out.stdout).contains("postern:user=carol:"),
+        "carol's grant is for daemon: {}",
+        text(&out.stdout)
+    );
+
+    // A node that is down.
+    gone.agent.stop();
+    eventually(Duration::from_secs(10), "node-gone unreachable", || async {
+        !b.reachable("node-gone").await
+    })
+    .await;
+    let out = alice.jump("root", "node-gone", "true");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("node-gone is not connected to the bastion"),
+        "{err}"
+    );
+
+    // A node that does not exist, and a port other than sshd's.
+    let out = alice.jump("root", "nope", "true");
+    assert!(
+        text(&out.stderr).contains("no node \"nope\""),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = alice.ssh(&["-W", "node-a:80", "bastion"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("only port 22"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Each refusal is audited with the reason the user saw.
+    eventually(Duration::from_secs(10), "denials audited", || async {
+        b.audit("ssh.connect").await.len() >= 4
+    })
+    .await;
+    let denied = b.audit("ssh.connect").await;
+    assert!(denied.iter().all(|e| e["outcome"] == "denied"));
+    assert!(denied.iter().any(
+        |e| e["actor"] == "bob" && e["detail"]["reason"].as_str().unwrap().contains("no node")
+    ));
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["actor"] == "alice" && e["project"] == "web")
+    );
+    eventually(Duration::from_secs(10), "failed login audited", || async {
+        b.audit("ssh.auth")
+            .await
+            .iter()
+            .any(|e| e["actor"] == "alice" && e["outcome"] == "denied")
+    })
+    .await;
+}
+
+fn helper(helper: &InstalledHelper, data_dir: &std::path::Path, args: &[&str]) -> (String, String) {
+    let out = run_with_timeout(
+        Command::new(postern_tests::ssh::helper_binary(helper))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args),
+        Duration::from_secs(5),
+    );
+    assert!(out.status.success(), "the helper always exits 0");
+    (text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn helper_serves_from_cache_offline_and_never_prints_expired_grants() {
+    let mut b = Bastion::start(BastionOpts {
+        ssh_grant_ttl: "10s".into(),
+        ..BastionOpts::default()
+    })
+    .await;
+    let h = InstalledHelper::install();
+    let oncall = b.dir.path().join("oncall");
+    postern_tests::ssh::keygen(&oncall);
+    let keys = b.dir.path().join("break-glass.keys");
+    std::fs::copy(oncall.with_extension("pub"), &keys).unwrap();
+    let keys_arg = keys.to_str().unwrap().to_string();
+    let mut node = Node::start_with(
+        &b,
+        &h,
+        "node-a",
+        &["--break-glass-keys", &keys_arg, "--break-glass-grace", "2s"],
+    )
+    .await;
+    let dir = node.agent.data_dir.clone();
+    let alice = SshUser::create(&b, "alice", Some(("project_member", &["root"]))).await;
+    let out = alice.jump("root", "node-a", "true");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Online: the grant, restricted to the agent's loopback path, and no break-glass.
+    let (lines, err) = helper(&h, &dir, &["root"]);
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+    assert!(lines.contains("from=\"127.0.0.1,::1\""), "{lines}");
+    assert!(lines.contains("expiry-time=\""), "{lines}");
+    assert!(lines.contains("postern:user=alice:grant="), "{lines}");
+    assert!(!err.contains("grants file"), "{err}");
+    assert!(
+        helper(&h, &dir, &["postgres"]).0.is_empty(),
+        "other logins get nothing"
+    );
+    let fp = text(
+        &Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(alice.key.with_extension("pub"))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .split_whitespace()
+    .nth(1)
+    .unwrap()
+    .to_string();
+    assert_eq!(
+        helper(&h, &dir, &["root", &fp]).0,
+        lines,
+        "%f narrows to that key"
+    );
+    assert!(helper(&h, &dir, &["root", "SHA256:other"]).0.is_empty());
+    assert!(
+        helper(&h, &dir, &["root\nx"]).0.is_empty(),
+        "a bad login prints nothing"
+    );
+
+    // The bastion goes away: after the grace, the agent offers the break-glass key.
+    b.stop();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (lines, _) = helper(&h, &dir, &["root"]);
+    assert!(lines.contains("postern:user=alice:"), "{lines}");
+    assert!(lines.contains("postern:break-glass"), "{lines}");
+
+    // The agent goes away too: the helper answers from the files.
+    node.agent.stop();
+    let (lines, err) = helper(&h, &dir, &["root"]);
+    assert!(err.contains("answered from the grants file"), "{err}");
+    assert!(lines.contains("postern:user=alice:"), "{lines}");
+    assert!(lines.contains("postern:break-glass"), "{lines}");
+    let log = std::fs::read_to_string(dir.join("break-glass.log")).unwrap();
+    assert!(log.contains("login=root"), "{log}");
+
+    // Once the grant's expiry passes, it is never printed again, offline or not.
+    eventually(Duration::from_secs(15), "grant expired", || async {
+        !helper(&h, &dir, &["root"])
+            .0
+            .contains("postern:user=alice:")
+    })
+    .await;
+    let (lines, _) = helper(&h, &dir, &["root"]);
+    assert_eq!(
+        lines.lines().count(),
+        1,
+        "only break-glass is left: {lines}"
+    );
+}

@@ -133,16 +133,24 @@ impl Drop for Conn {
             return;
         };
         inc(&self.shared.metrics.ssh_auth_failures);
-        let ev = Event::new("ssh.auth", "denied")
-            .actor(user)
-            .source(Some(self.peer.ip().to_string()))
-            .detail(
-                json!({ "keys_tried": keys, "reason": "no registered key proven for this user" }),
-            );
+        let source = Some(self.peer.ip().to_string());
         let shared = self.shared.clone();
-        self.shared
-            .tasks
-            .spawn(async move { shared.audit(ev).await });
+        // Attribute the attempt to the named user's org when the name exists, so
+        // that org's admins see attacks on their users in their audit log.
+        self.shared.tasks.spawn(async move {
+            let org = match shared.store.user_by_name(&user).await {
+                Ok(Some(u)) => Some(u.org_id),
+                _ => None,
+            };
+            let mut ev = Event::new("ssh.auth", "denied")
+                .actor(user)
+                .source(source)
+                .detail(json!({ "keys_tried": keys, "reason": "no registered key of this user was proven" }));
+            if let Some(org) = org {
+                ev = ev.org(org);
+            }
+            shared.audit(ev).await
+        });
     }
 }
 
