@@ -167,10 +167,11 @@ impl russh::server::Handler for Conn {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         // Ownership is not proven yet: answer "go on and sign" or "no", nothing more.
+        // The attempt is noted either way; it is audited if no key is ever proven.
+        self.note_attempt(user, offer.public_key);
         if self.lookup(user, offer.public_key).await.is_some() {
             Ok(Auth::Accept)
         } else {
-            self.note_attempt(user, offer.public_key);
             Ok(Self::publickey_only())
         }
     }
