@@ -592,3 +592,131 @@ async fn openapi_document_and_swagger_ui_are_served_offline() {
     // The assets come from the binary, not a CDN.
     assert!(!String::from_utf8_lossy(&html).contains("https://"));
 }
+
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGQ2JQ1wJ5z0XQ9Q5a0a4wq4C9n9m6QH2b6YwFQ2pR1L mem@laptop";
+
+#[tokio::test]
+async fn ssh_keys_are_validated_scoped_and_audited() {
+    let w = world().await;
+    // A user adds their own key; it comes back canonical with its fingerprint.
+    let (s, v) = w
+        .post(
+            "/api/v1/users/mem/ssh-keys",
+            &w.member,
+            json!({ "public_key": KEY }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert!(v["fingerprint"].as_str().unwrap().starts_with("SHA256:"));
+    assert_eq!(v["comment"], "mem@laptop");
+    assert_eq!(v["algorithm"], "ssh-ed25519");
+    let key_id = v["id"].as_str().unwrap().to_string();
+
+    // The same key again (for anyone) is a conflict that does not say whose it is.
+    let (s, v) = w
+        .post(
+            "/api/v1/users/admin/ssh-keys",
+            &w.admin,
+            json!({ "public_key": KEY }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_error(&v, "conflict", "already registered");
+
+    // Invalid keys, unknown fields, malformed JSON: 400, nothing stored.
+    for (body, needle) in [
+        (json!({ "public_key": "" }), "empty"),
+        (
+            json!({ "public_key": "ssh-ed25519 notbase64!" }),
+            "not an OpenSSH public key",
+        ),
+        (
+            json!({ "public_key": format!("{KEY}\n{KEY}") }),
+            "single line",
+        ),
+        (
+            json!({ "public_key": "ssh-dss AAAAB3NzaC1kc3MAAACBAP" }),
+            "not an OpenSSH public key",
+        ),
+        (json!({ "public_key": "A".repeat(9000) }), "longer than"),
+    ] {
+        let (s, v) = w.post("/api/v1/users/mem/ssh-keys", &w.member, body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_error(&v, "bad_request", needle);
+    }
+    let (s, v) = w
+        .post(
+            "/api/v1/users/mem/ssh-keys",
+            &w.member,
+            json!({ "public_key": KEY, "options": "command=\"sh\"" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, _) = w
+        .call(
+            Method::POST,
+            "/api/v1/users/mem/ssh-keys",
+            Some(&w.member),
+            Some(Body::from("{\"public_key\": ")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) = w.get("/api/v1/users/mem/ssh-keys", &w.member).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+
+    // Another user may not touch them; another org's admin cannot even see the user.
+    let (s, _) = w.get("/api/v1/users/mem/ssh-keys", &w.padmin).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = w
+        .get("/api/v1/users/mem/ssh-keys", &w.other_org_admin)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = w
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/users/mem/ssh-keys/{key_id}"),
+            Some(&w.other_org_admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // The org admin may list and delete them; a second delete is 404.
+    let (s, _) = w.get("/api/v1/users/mem/ssh-keys", &w.admin).await;
+    assert_eq!(s, StatusCode::OK);
+    let uri = format!("/api/v1/users/mem/ssh-keys/{key_id}");
+    let (s, _) = w.call(Method::DELETE, &uri, Some(&w.admin), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = w.call(Method::DELETE, &uri, Some(&w.admin), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert!(
+        w.shared
+            .store
+            .ssh_key_by_fingerprint("x")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Adding and deleting are audited.
+    let (_, v) = w.get("/api/v1/audit?limit=100", &w.admin).await;
+    let actions: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions
+            .iter()
+            .any(|a| a.contains("POST /api/v1/users/{user}/ssh-keys")),
+        "{actions:?}"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| a.contains("DELETE /api/v1/users/{user}/ssh-keys/{key_id}")),
+        "{actions:?}"
+    );
+}

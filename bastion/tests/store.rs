@@ -6,7 +6,8 @@ mod common;
 use postern_api::admin::{NodeState, Role};
 use postern_bastion::audit::{Audit, ChainBreak, Event};
 use postern_bastion::store::{
-    ApiTokenRow, BindingRow, EnrollOutcome, EnrollmentTokenRow, NewNode, Store, StoreError,
+    ApiTokenRow, BindingRow, EnrollOutcome, EnrollmentTokenRow, NewNode, NewSshKey, Store,
+    StoreError,
 };
 
 async fn tenancy(s: &Store) -> (String, String, String) {
@@ -303,7 +304,76 @@ async fn audit_survives_a_second_writer(s: &Store) {
     assert_eq!(a.verify().await.unwrap(), Ok(6));
 }
 
+async fn ssh_keys_are_unique_bounded_and_found_by_fingerprint(s: &Store) {
+    let (org, _, edge) = tenancy(s).await;
+    let alice = s.create_user(&org, "alice", 1).await.unwrap();
+    let bob = s.create_user(&org, "bob", 1).await.unwrap();
+    let key = |user: &'static str, fp: &'static str| NewSshKey {
+        user_id: if user == "alice" { &alice.id } else { &bob.id },
+        fingerprint: fp,
+        algorithm: "ssh-ed25519",
+        public_key: "ssh-ed25519 AAAA",
+        comment: "c",
+    };
+    let k1 = s
+        .add_ssh_key(&key("alice", "SHA256:a"), 2, 5)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.add_ssh_key(&key("bob", "SHA256:a"), 2, 5).await,
+        Err(StoreError::Conflict(_))
+    ));
+    s.add_ssh_key(&key("alice", "SHA256:b"), 2, 5)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.add_ssh_key(&key("alice", "SHA256:c"), 2, 5).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.list_ssh_keys(&alice.id).await.unwrap().len(), 2);
+    let found = s.ssh_key_by_fingerprint("SHA256:a").await.unwrap().unwrap();
+    assert_eq!(found, k1);
+    assert!(
+        !s.delete_ssh_key(&bob.id, &k1.id).await.unwrap(),
+        "only the owner's key"
+    );
+    assert!(s.delete_ssh_key(&alice.id, &k1.id).await.unwrap());
+    assert!(
+        s.ssh_key_by_fingerprint("SHA256:a")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A deleted user's keys go with them.
+    s.delete_user(&alice.id).await.unwrap();
+    assert!(
+        s.ssh_key_by_fingerprint("SHA256:b")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Nodes by hostname, within the org only.
+    s.insert_enrollment_token(&token_row("tok", &edge, 5, 1_000))
+        .await
+        .unwrap();
+    s.enroll_node(&new_node("n1", "tok", &edge, "db-1"), 10)
+        .await
+        .unwrap();
+    let places = s.nodes_named(&org, "db-1").await.unwrap();
+    assert_eq!(places.len(), 1);
+    assert_eq!(
+        (
+            places[0].edge_name.as_str(),
+            places[0].project_name.as_str()
+        ),
+        ("eu-1", "web")
+    );
+    assert!(s.nodes_named("other-org", "db-1").await.unwrap().is_empty());
+}
+
 both_backends!(
+    ssh_keys_are_unique_bounded_and_found_by_fingerprint,
     names_are_unique_per_scope,
     role_bindings_round_trip,
     api_tokens_revoke,

@@ -99,6 +99,7 @@ pub async fn shared(store: Store) -> Arc<Shared> {
         settings: Settings::default(),
         shutdown,
         tasks,
+        grants: Default::default(),
     })
 }
 
