@@ -167,10 +167,10 @@ async fn jump_runs_commands_copies_files_and_forwards_ports() {
 
 async fn eventually_sessions(b: &Bastion, n: usize) -> Vec<serde_json::Value> {
     eventually(Duration::from_secs(20), "sessions audited", || async {
-        b.audit("ssh.session").await.len() >= n
+        b.audit("ssh.session.end").await.len() >= n
     })
     .await;
-    b.audit("ssh.session").await
+    b.audit("ssh.session.end").await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -81,11 +81,29 @@ pub async fn run(
     reply.accept().await;
     inc(&shared.metrics.ssh_sessions);
     let logins = target.logins.clone();
+    let logins_json = logins.as_ref().map_or_else(|| json!("any"), |l| json!(l));
+    // Recorded at the start too: a session may stay open for days (ControlPersist).
+    shared
+        .audit(
+            Event::new("ssh.session.start", "ok")
+                .org(&jump.user.principal.org_id)
+                .actor(&jump.user.principal.user_name)
+                .source(Some(jump.peer.ip().to_string()))
+                .project(&target.project.name)
+                .target(format!("node:{}", target.place.node_id))
+                .detail(json!({
+                    "hostname": target.place.hostname,
+                    "edge": target.place.edge_name,
+                    "logins": logins_json,
+                    "key": jump.user.fingerprint,
+                })),
+        )
+        .await;
     tracing::info!(user = %jump.user.principal.user_name, node = %target.place.hostname, "SSH jump relayed");
     let (up, down, how) = pump(channel, from_node, to_node, cancel).await;
     drop(agent);
     let ended = now_ms();
-    let ev = Event::new("ssh.session", "ok")
+    let ev = Event::new("ssh.session.end", "ok")
         .org(&jump.user.principal.org_id)
         .actor(&jump.user.principal.user_name)
         .source(Some(jump.peer.ip().to_string()))
@@ -94,7 +112,7 @@ pub async fn run(
         .detail(json!({
             "hostname": target.place.hostname,
             "edge": target.place.edge_name,
-            "logins": logins.map_or_else(|| json!("any"), |l| json!(l)),
+            "logins": logins_json,
             "key": jump.user.fingerprint,
             "started_at": rfc3339(started),
             "ended_at": rfc3339(ended),
