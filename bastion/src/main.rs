@@ -138,6 +138,10 @@ struct Tuning {
     /// Most SSH connections still authenticating at once; more are dropped.
     #[arg(long, default_value_t = 256)]
     ssh_max_unauthenticated: usize,
+    /// Also offer chacha20-poly1305 on the SSH front door, for clients without
+    /// AES-GCM (OpenSSH would then pick it first, at a CPU cost to the bastion).
+    #[arg(long)]
+    ssh_allow_chacha20: bool,
 }
 
 #[derive(Subcommand)]
@@ -174,6 +178,7 @@ fn settings(t: &Tuning, public_url: Option<String>) -> Settings {
             .clamp(Duration::from_secs(10), Duration::from_secs(24 * 3600)),
         ssh_auth_timeout: t.ssh_auth_timeout.max(Duration::from_secs(1)),
         ssh_max_unauthenticated: t.ssh_max_unauthenticated.max(1),
+        ssh_allow_chacha20: t.ssh_allow_chacha20,
         ..Settings::default()
     }
 }

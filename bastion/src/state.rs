@@ -43,6 +43,8 @@ pub struct Settings {
     /// SSH channel window and largest packet (flow control, throughput).
     pub ssh_window: u32,
     pub ssh_max_packet: u32,
+    /// Also offer chacha20-poly1305 (slower here; for clients without AES-GCM).
+    pub ssh_allow_chacha20: bool,
 }
 
 impl Default for Settings {
@@ -63,6 +65,7 @@ impl Default for Settings {
             ssh_max_unauthenticated: 256,
             ssh_window: 16 * 1024 * 1024,
             ssh_max_packet: 64 * 1024 - 1024,
+            ssh_allow_chacha20: false,
         }
     }
 }

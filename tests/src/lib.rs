@@ -15,6 +15,7 @@ use serde_json::Value;
 
 pub mod ansible;
 pub mod ssh;
+pub mod ssh_bench;
 pub mod swarm;
 
 /// A binary built from this workspace, next to the test executable's directory.
