@@ -277,6 +277,10 @@ async fn run_dev(cfg: Config) -> anyhow::Result<()> {
         .api_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    let ssh = bastion
+        .ssh_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let running = tokio::spawn(bastion.run());
     let agent = dev::demo_agent(&data_dir, &files.join_file)
         .await
@@ -286,7 +290,7 @@ async fn run_dev(cfg: Config) -> anyhow::Result<()> {
         async move { agent.run(shutdown).await }
     });
     eprintln!(
-        "\nPostern dev bastion is up.\n  admin API token: {tok}\n  join command:    {join}\n  try: curl -H \"Authorization: Bearer $(cat {tok})\" http://{api}/api/v1/projects/demo/edges/local/nodes\n",
+        "\nPostern dev bastion is up.\n  admin API token: {tok}\n  join command:    {join}\n  try: curl -H \"Authorization: Bearer $(cat {tok})\" http://{api}/api/v1/projects/demo/edges/local/nodes\n  SSH: register a key (README, \"SSH through the bastion\"), then ssh -J admin@{ssh} root@demo-node\n",
         tok = files.token_file.display(),
         join = files.join_file.display(),
     );

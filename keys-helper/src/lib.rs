@@ -167,3 +167,98 @@ pub fn log_break_glass(data_dir: &Path, login: &str, count: usize, now_ms: i64) 
         eprintln!("postern-keys: cannot append to {}: {e}", path.display());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(id: &str, fp: &str, logins: &[&str], expires_at_ms: i64) -> Grant {
+        Grant {
+            id: id.into(),
+            user: "alice".into(),
+            public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBc6".into(),
+            fingerprint: fp.into(),
+            logins: logins.iter().map(|l| l.to_string()).collect(),
+            expires_at_ms,
+        }
+    }
+
+    fn write(dir: &Path, name: &str, v: &impl serde::Serialize) {
+        std::fs::write(dir.join(name), serde_json::to_vec(v).expect("json")).expect("write");
+    }
+
+    fn query(dir: &Path, login: &str, fp: Option<&str>, now_ms: i64) -> Query {
+        Query {
+            data_dir: dir.to_path_buf(),
+            login: login.into(),
+            fingerprint: fp.map(String::from),
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn without_an_agent_the_file_answers_and_expired_grants_are_never_printed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            files::GRANTS,
+            &GrantsFile {
+                grants: vec![
+                    grant("live", "fp1", &["root"], 2_000),
+                    grant("old", "fp2", &["root"], 999),
+                    grant("other", "fp3", &["postgres"], 2_000),
+                ],
+            },
+        );
+        let a = answer(&query(dir.path(), "root", None, 1_000), AGENT_TIMEOUT).expect("answer");
+        assert_eq!(a.source, Source::File);
+        assert!(a.agent_error.is_some());
+        assert_eq!(a.lines.len(), 1, "{:?}", a.lines);
+        assert!(a.lines[0].ends_with("grant=live"));
+        let a = answer(
+            &query(dir.path(), "root", Some("fp2"), 1_000),
+            AGENT_TIMEOUT,
+        )
+        .expect("answer");
+        assert!(a.lines.is_empty(), "expired: {:?}", a.lines);
+        let a = answer(&query(dir.path(), "root", None, 5_000), AGENT_TIMEOUT).expect("answer");
+        assert!(a.lines.is_empty(), "all expired: {:?}", a.lines);
+    }
+
+    #[test]
+    fn no_files_means_no_lines_and_bad_logins_are_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = answer(&query(dir.path(), "root", None, 1), AGENT_TIMEOUT).expect("answer");
+        assert!(a.lines.is_empty());
+        assert!(answer(&query(dir.path(), "ro ot", None, 1), AGENT_TIMEOUT).is_err());
+        std::fs::write(dir.path().join(files::GRANTS), b"{not json").expect("write");
+        assert!(answer(&query(dir.path(), "root", None, 1), AGENT_TIMEOUT).is_err());
+    }
+
+    #[test]
+    fn break_glass_only_after_the_grace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            files::BREAK_GLASS,
+            &BreakGlassFile {
+                keys: vec!["ssh-ed25519 AAAAoncall".into()],
+                grace_secs: 60,
+            },
+        );
+        let link = |up: bool| LinkState {
+            up,
+            down_since_ms: 100_000,
+            written_ms: 100_000,
+        };
+        write(dir.path(), files::LINK, &link(true));
+        let a = answer(&query(dir.path(), "root", None, 130_000), AGENT_TIMEOUT).expect("answer");
+        assert_eq!(a.break_glass, 0, "within the grace");
+        let a = answer(&query(dir.path(), "root", None, 170_000), AGENT_TIMEOUT).expect("answer");
+        assert_eq!(a.break_glass, 1, "agent silent since 100 s, 70 s ago");
+        assert!(a.lines[0].ends_with("postern:break-glass"));
+        write(dir.path(), files::LINK, &link(false));
+        let a = answer(&query(dir.path(), "root", None, 170_000), AGENT_TIMEOUT).expect("answer");
+        assert_eq!(a.break_glass, 1);
+    }
+}

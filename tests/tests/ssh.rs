@@ -384,3 +384,48 @@ async fn helper_serves_from_cache_offline_and_never_prints_expired_grants() {
         "only break-glass is left: {lines}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_sessions_do_not_block_other_sessions_to_the_same_node() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let helper = InstalledHelper::install();
+    let _node = Node::start(&b, &helper, "node-a").await;
+    let alice = SshUser::create(&b, "alice", Some(("project_member", &["root"]))).await;
+    // Sessions whose remote command never reads stdin, while we keep writing: each
+    // fills every buffer on its path (sshd, the agent's relay, its HTTP/2 stream).
+    // OpenSSH's 2 MiB session window bounds what each one holds on the way.
+    let mut stalled = Vec::new();
+    for _ in 0..10 {
+        let mut child = Command::new("ssh")
+            .arg("-F")
+            .arg(&alice.config)
+            .args(["-J", "bastion", "root@node-a", "sleep 120"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            let chunk = vec![0u8; 1 << 20];
+            // Blocks for good once the path is full; ends when the child dies.
+            for _ in 0..256 {
+                if stdin.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        stalled.push(child);
+    }
+    // Give the stalled uploads time to fill their windows.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in 0..3 {
+        let out = alice.jump("root", "node-a", &format!("echo still-{i}"));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), format!("still-{i}"));
+    }
+    for mut c in stalled {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
