@@ -386,11 +386,28 @@ async fn helper_serves_from_cache_offline_and_never_prints_expired_grants() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn stalled_sessions_do_not_block_other_sessions_to_the_same_node() {
+async fn stalled_channels_do_not_block_others_on_the_same_connection_or_node() {
     let b = Bastion::start(BastionOpts::default()).await;
     let helper = InstalledHelper::install();
     let _node = Node::start(&b, &helper, "node-a").await;
     let alice = SshUser::create(&b, "alice", Some(("project_member", &["root"]))).await;
+    // All jumps share one SSH connection to the bastion (ControlMaster), so the
+    // stalled channels and the live ones are multiplexed on it.
+    let shared_cfg = b.dir.path().join("ssh_config_mux");
+    std::fs::write(
+        &shared_cfg,
+        format!(
+            "Host bastion\n  ControlMaster auto\n  ControlPath {}/mux-%C\n  ControlPersist 60\n\n{}",
+            b.dir.path().display(),
+            std::fs::read_to_string(&alice.config).unwrap()
+        ),
+    )
+    .unwrap();
+    let alice = SshUser {
+        name: alice.name.clone(),
+        key: alice.key.clone(),
+        config: shared_cfg,
+    };
     // Sessions whose remote command never reads stdin, while we keep writing: each
     // fills every buffer on its path (sshd, the agent's relay, its HTTP/2 stream).
     // OpenSSH's 2 MiB session window bounds what each one holds on the way.
@@ -424,6 +441,13 @@ async fn stalled_sessions_do_not_block_other_sessions_to_the_same_node() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert_eq!(text(&out.stdout).trim(), format!("still-{i}"));
     }
+    let out = alice.ssh(&["-O", "check", "bastion"]);
+    assert!(
+        out.status.success(),
+        "the jumps shared one connection: {}",
+        text(&out.stderr)
+    );
+    let _ = alice.ssh(&["-O", "exit", "bastion"]);
     for mut c in stalled {
         let _ = c.kill();
         let _ = c.wait();
