@@ -73,11 +73,29 @@ impl Grant {
 }
 
 /// `PUT /v1/grants`: grants to add; a grant for a key the node already holds for
-/// the same user replaces the older one.
+/// the same user replaces the older one. A user's logins on a node follow from
+/// their role in the node's project, not from the key, so a new grant also sets
+/// the logins of every other grant that user holds on the node: a role narrowed
+/// since an older key was granted is never widened by that older grant.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantPush {
     pub grants: Vec<Grant>,
+    /// Fingerprints whose grants the node drops at once: a key was deleted, its
+    /// user removed, or their role changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoke: Vec<String>,
+}
+
+/// Whether `fp` looks like a key fingerprint as Postern writes them
+/// (`SHA256:` and unpadded base64).
+pub fn check_fingerprint(fp: &str) -> bool {
+    fp.strip_prefix("SHA256:").is_some_and(|b64| {
+        (1..=64).contains(&b64.len())
+            && b64
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

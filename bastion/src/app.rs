@@ -166,6 +166,7 @@ impl Bastion {
             shutdown,
             tasks,
             grants: crate::ssh::GrantCache::default(),
+            ssh_live: Arc::default(),
         });
         Ok(Bastion {
             shared,

@@ -83,6 +83,8 @@ pub struct Shared {
     pub cmdexec: crate::cmdexec::Engine,
     /// Which key grants each connected node already holds.
     pub grants: crate::ssh::GrantCache,
+    /// Live SSH connections and relays, cut when access is taken away.
+    pub ssh_live: Arc<crate::ssh::Live>,
 }
 
 impl Shared {

@@ -334,10 +334,13 @@ async fn ssh_keys_are_unique_bounded_and_found_by_fingerprint(s: &Store) {
     let found = s.ssh_key_by_fingerprint("SHA256:a").await.unwrap().unwrap();
     assert_eq!(found, k1);
     assert!(
-        !s.delete_ssh_key(&bob.id, &k1.id).await.unwrap(),
+        s.delete_ssh_key(&bob.id, &k1.id).await.unwrap().is_none(),
         "only the owner's key"
     );
-    assert!(s.delete_ssh_key(&alice.id, &k1.id).await.unwrap());
+    assert_eq!(
+        s.delete_ssh_key(&alice.id, &k1.id).await.unwrap(),
+        Some(k1.fingerprint.clone())
+    );
     assert!(
         s.ssh_key_by_fingerprint("SHA256:a")
             .await

@@ -140,10 +140,14 @@ async fn exec_forget(State(c): State<Ctx>, Path(id): Path<String>) -> StatusCode
 }
 
 async fn put_grants(State(c): State<Ctx>, Json(push): Json<GrantPush>) -> Reply<GrantPushed> {
-    let held = c.grants.merge(push.grants).await.map_err(|e| match e {
-        crate::ssh::GrantError::Invalid(..) => fail(StatusCode::BAD_REQUEST, e),
-        crate::ssh::GrantError::Write(..) => fail(StatusCode::INTERNAL_SERVER_ERROR, e),
-    })?;
+    let held = c
+        .grants
+        .merge(push.grants, &push.revoke)
+        .await
+        .map_err(|e| match e {
+            crate::ssh::GrantError::Invalid(..) => fail(StatusCode::BAD_REQUEST, e),
+            crate::ssh::GrantError::Write(..) => fail(StatusCode::INTERNAL_SERVER_ERROR, e),
+        })?;
     Ok(Json(GrantPushed { held }))
 }
 

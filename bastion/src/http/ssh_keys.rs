@@ -11,6 +11,7 @@ use super::extract::{ApiJson, Caller};
 use super::users::{may_manage_tokens_of, resolve_user};
 use super::{ApiError, AppState};
 use crate::clock::{now_ms, rfc3339};
+use crate::ssh;
 use crate::ssh::keys::parse_user_key;
 use crate::store::{NewSshKey, SshKeyRow, StoreError};
 
@@ -81,13 +82,19 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let user = resolve_user(&state, &caller, &name).await?;
     may_manage_tokens_of(&caller, &user)?;
-    if !state.store.delete_ssh_key(&user.id, &key_id).await? {
+    let Some(fingerprint) = state.store.delete_ssh_key(&user.id, &key_id).await? else {
         return Err(ApiError::NotFound(format!(
             "user {name:?} has no SSH key {key_id:?}"
         )));
-    }
-    caller
-        .audit
-        .with(|a| a.detail = Some(json!({ "key_id": key_id })));
+    };
+    let applied = ssh::apply_access_change(
+        &state,
+        &user.id,
+        ssh::AccessChange::KeyDeleted(&fingerprint),
+    )
+    .await;
+    caller.audit.with(|a| {
+        a.detail = Some(json!({ "key_id": key_id, "fingerprint": fingerprint, "ssh": applied }))
+    });
     Ok(StatusCode::NO_CONTENT)
 }

@@ -15,6 +15,7 @@ use super::{ApiError, AppState};
 use crate::authz::Action;
 use crate::clock::{now_ms, rfc3339};
 use crate::secrets::new_token;
+use crate::ssh;
 use crate::store::{ApiTokenRow, BindingRow, UserRow};
 
 pub(super) async fn resolve_user(
@@ -140,6 +141,10 @@ pub async fn delete_user(
         ));
     }
     state.store.delete_user(&user.id).await?;
+    let applied = ssh::apply_access_change(&state, &user.id, ssh::AccessChange::UserDeleted).await;
+    caller
+        .audit
+        .with(|a| a.detail = Some(json!({ "ssh": applied })));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -187,13 +192,26 @@ pub async fn set_role(
         role: body.role,
         logins: body.logins.clone(),
     };
+    let before = state.store.bindings(&user.id).await?;
+    let replaced = before
+        .iter()
+        .find(|b| b.project_id == binding.project_id)
+        .filter(|b| b.role != binding.role || b.logins != binding.logins)
+        .is_some();
     state
         .store
         .set_binding(&user.id, &binding, now_ms())
         .await?;
-    caller
-        .audit
-        .with(|a| a.detail = Some(json!({ "role": body.role, "logins": body.logins })));
+    // A new role only adds access; a changed one may take some away, at once.
+    let applied = if replaced {
+        let change = ssh::AccessChange::RoleChanged(binding.project_id.as_deref());
+        Some(ssh::apply_access_change(&state, &user.id, change).await)
+    } else {
+        None
+    };
+    caller.audit.with(|a| {
+        a.detail = Some(json!({ "role": body.role, "logins": body.logins, "ssh": applied }))
+    });
     Ok(Json(user_view(&state, &user).await?))
 }
 
@@ -224,6 +242,11 @@ pub async fn remove_role(
             "user {name:?} has no role on {scope:?}"
         )));
     }
+    let change = ssh::AccessChange::RoleChanged(project_id.as_deref());
+    let applied = ssh::apply_access_change(&state, &user.id, change).await;
+    caller
+        .audit
+        .with(|a| a.detail = Some(json!({ "ssh": applied })));
     Ok(StatusCode::NO_CONTENT)
 }
 

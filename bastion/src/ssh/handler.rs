@@ -38,6 +38,8 @@ pub struct Conn {
     authenticated: Arc<Notify>,
     cancel: CancellationToken,
     user: Option<Arc<SshUser>>,
+    /// Keeps this connection in the live registry while it is authenticated.
+    _live: Option<super::live::Registered>,
     /// The name a client tried to log in as, for the audit entry of a failed login.
     tried: Option<(String, Vec<String>)>,
 }
@@ -57,6 +59,7 @@ impl Conn {
             authenticated,
             cancel,
             user: None,
+            _live: None,
             tried: None,
         }
     }
@@ -195,6 +198,11 @@ impl russh::server::Handler for Conn {
         let Ok(public_key) = canonical(key.public_key) else {
             return Ok(Self::publickey_only());
         };
+        self._live = Some(self.shared.ssh_live.connection(
+            &owner.id,
+            &row.fingerprint,
+            self.cancel.clone(),
+        ));
         self.user = Some(Arc::new(SshUser {
             principal: Principal {
                 user_id: owner.id,

@@ -15,6 +15,7 @@ mod grants;
 mod handler;
 pub mod keys;
 mod killable;
+pub mod live;
 mod relay;
 mod target;
 
@@ -31,6 +32,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 pub use grants::GrantCache;
+pub use live::Live;
 
 use crate::metrics::inc;
 use crate::state::Shared;
@@ -122,6 +124,60 @@ pub fn server_config(host_key: PrivateKey, s: &crate::state::Settings) -> Config
         keepalive_max: 3,
         nodelay: true,
         ..Config::default()
+    }
+}
+
+/// An access change that must take effect on live SSH access at once.
+#[derive(Debug, Clone, Copy)]
+pub enum AccessChange<'a> {
+    /// The user is gone: every connection closes, every grant is taken back.
+    UserDeleted,
+    /// One key is gone: connections and relays that use it close.
+    KeyDeleted(&'a str),
+    /// A role on this project (`None`: the org-wide role) was removed or changed:
+    /// the user's relays into it close, and its nodes drop the user's grants. The
+    /// user's next jump is authorized against the new role.
+    RoleChanged(Option<&'a str>),
+}
+
+/// What applying an access change did, for the audit entry of the API call.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct AccessApplied {
+    pub ssh_cut: usize,
+    pub grants_revoked_on_nodes: usize,
+    pub grants_unreachable_nodes: usize,
+}
+
+/// Cuts live SSH access and takes back node grants after `change` to `user_id`
+/// (already committed to the store, so nothing reauthorized from now on sees the
+/// old access).
+pub async fn apply_access_change(
+    shared: &Shared,
+    user_id: &str,
+    change: AccessChange<'_>,
+) -> AccessApplied {
+    use grants::Which;
+    use live::Cut;
+    let (cut, which) = match change {
+        AccessChange::UserDeleted => (Cut::User, Which::All),
+        AccessChange::KeyDeleted(fp) => (Cut::Key(fp), Which::Key(fp)),
+        AccessChange::RoleChanged(project) => (Cut::Relays(project), Which::Project(project)),
+    };
+    let ssh_cut = shared.ssh_live.cut(user_id, cut);
+    let revoked = grants::revoke(shared, user_id, which).await;
+    if ssh_cut > 0 || revoked.nodes + revoked.unreached > 0 {
+        tracing::info!(
+            user_id,
+            ?change,
+            ssh_cut,
+            nodes = revoked.nodes,
+            "SSH access taken back"
+        );
+    }
+    AccessApplied {
+        ssh_cut,
+        grants_revoked_on_nodes: revoked.nodes,
+        grants_unreachable_nodes: revoked.unreached,
     }
 }
 

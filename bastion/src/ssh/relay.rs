@@ -26,6 +26,7 @@ use super::handler::SshUser;
 use super::target::{self, Refusal, Target};
 use crate::agents::{AgentBody, AgentConn, BoxError};
 use crate::audit::Event;
+use crate::authz::Principal;
 use crate::clock::{now_ms, rfc3339};
 use crate::metrics::inc;
 use crate::state::Shared;
@@ -51,7 +52,37 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let started = now_ms();
-    let (target, agent, from_node, to_node) = match open(&shared, &jump).await {
+    // Registered before authorization, so an access change made meanwhile ends it.
+    let kill = cancel.child_token();
+    let live = shared.ssh_live.relay(
+        &jump.user.principal.user_id,
+        &jump.user.fingerprint,
+        kill.clone(),
+    );
+    let opened = match open(&shared, &jump).await {
+        Ok(v) => {
+            live.authorized_for(&v.0.project.id);
+            if kill.is_cancelled() {
+                // The grant may have reached the node after the revocation ran.
+                super::grants::revoke(
+                    &shared,
+                    &jump.user.principal.user_id,
+                    super::grants::Which::Key(&jump.user.fingerprint),
+                )
+                .await;
+                Err(Refusal {
+                    reason: "your access changed while this connection was opening; connect again"
+                        .into(),
+                    project: Some(v.0.project.name.clone()),
+                    node: Some(v.0.place.node_id.clone()),
+                })
+            } else {
+                Ok(v)
+            }
+        }
+        Err(r) => Err(r),
+    };
+    let (target, agent, from_node, to_node) = match opened {
         Ok(v) => v,
         Err(r) => {
             inc(&shared.metrics.ssh_denied);
@@ -100,8 +131,9 @@ pub async fn run(
         )
         .await;
     tracing::info!(user = %jump.user.principal.user_name, node = %target.place.hostname, "SSH jump relayed");
-    let (up, down, how) = pump(channel, from_node, to_node, cancel).await;
+    let (up, down, how) = pump(channel, from_node, to_node, kill).await;
     drop(agent);
+    drop(live);
     let ended = now_ms();
     let ev = Event::new("ssh.session.end", "ok")
         .org(&jump.user.principal.org_id)
@@ -132,7 +164,10 @@ async fn open(shared: &Shared, jump: &Jump) -> Result<Opened, Refusal> {
             jump.port
         )));
     }
-    let target = target::resolve(&shared.store, &jump.user.principal, &jump.host).await?;
+    // Authorized afresh on every channel: a connection may outlive the key it was
+    // opened with, or the role it had then (ControlPersist keeps them for hours).
+    let principal = current_principal(shared, &jump.user).await?;
+    let target = target::resolve(&shared.store, &principal, &jump.host).await?;
     let named = |reason: String| Refusal {
         reason,
         project: Some(target.project.name.clone()),
@@ -152,7 +187,9 @@ async fn open(shared: &Shared, jump: &Jump) -> Result<Opened, Refusal> {
     };
     let no_logins = Vec::new();
     let grant = GrantFor {
-        user: &jump.user.principal.user_name,
+        user_id: &principal.user_id,
+        project_id: &target.project.id,
+        user: &principal.user_name,
         public_key: &jump.user.public_key,
         fingerprint: &jump.user.fingerprint,
         logins: target.logins.as_ref().unwrap_or(&no_logins),
@@ -203,6 +240,27 @@ async fn open(shared: &Shared, jump: &Jump) -> Result<Opened, Refusal> {
         )));
     }
     Ok((target, agent, resp.into_body(), tx))
+}
+
+/// The user as the store has them now: the key must still be registered to them,
+/// and their roles are read anew.
+async fn current_principal(shared: &Shared, user: &SshUser) -> Result<Principal, Refusal> {
+    let p = &user.principal;
+    let key = shared
+        .store
+        .ssh_key_by_fingerprint(&user.fingerprint)
+        .await?;
+    let owner = shared.store.user_by_id(&p.user_id).await?;
+    if owner.is_none() || key.is_none_or(|k| k.user_id != p.user_id) {
+        return Err(Refusal::new(format!(
+            "the key you authenticated with ({}) is no longer registered to {}; register a key and connect again",
+            user.fingerprint, p.user_name
+        )));
+    }
+    Ok(Principal {
+        bindings: shared.store.bindings(&p.user_id).await?,
+        ..p.clone()
+    })
 }
 
 /// Relays until both directions are done (or the connection is cut); returns bytes

@@ -93,13 +93,17 @@ impl Store {
     }
 
     /// Deletes one of the user's keys; `false` when the user has no such key.
-    pub async fn delete_ssh_key(&self, user_id: &str, key_id: &str) -> Result<bool> {
-        let res = sqlx::query("DELETE FROM ssh_keys WHERE user_id = $1 AND id = $2")
-            .bind(user_id)
-            .bind(key_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(res.rows_affected() > 0)
+    /// Deletes one of the user's keys; returns its fingerprint, or `None` when the
+    /// user has no such key.
+    pub async fn delete_ssh_key(&self, user_id: &str, key_id: &str) -> Result<Option<String>> {
+        let fp: Option<(String,)> = sqlx::query_as(
+            "DELETE FROM ssh_keys WHERE user_id = $1 AND id = $2 RETURNING fingerprint",
+        )
+        .bind(user_id)
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(fp.map(|(f,)| f))
     }
 
     pub async fn ssh_key_by_fingerprint(&self, fingerprint: &str) -> Result<Option<SshKeyRow>> {

@@ -100,6 +100,7 @@ pub async fn shared(store: Store) -> Arc<Shared> {
         shutdown,
         tasks,
         grants: Default::default(),
+        ssh_live: Default::default(),
     })
 }
 

@@ -87,18 +87,32 @@ impl GrantStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Merges grants (a newer grant for the same user and key replaces the older),
-    /// drops expired ones, persists; returns how many live grants are held.
-    pub async fn merge(&self, new: Vec<Grant>) -> Result<usize, GrantError> {
+    /// Drops the grants of `revoke`d fingerprints, then merges `new` grants: a newer
+    /// grant for the same user and key replaces the older, and sets the logins of
+    /// that user's other grants (logins follow the user's role, not the key).
+    /// Expired grants go too. Persists; returns how many live grants are held.
+    pub async fn merge(&self, new: Vec<Grant>, revoke: &[String]) -> Result<usize, GrantError> {
         for g in &new {
             check(g)?;
+        }
+        if let Some(bad) = revoke
+            .iter()
+            .find(|f| !postern_api::ssh::check_fingerprint(f))
+        {
+            return Err(GrantError::Invalid(
+                bad.chars().take(80).collect(),
+                "a revoked fingerprint is not SHA256:<base64>",
+            ));
         }
         let now = now_ms();
         let held = {
             let mut all = self.lock();
-            all.retain(|g| g.is_live(now));
+            all.retain(|g| g.is_live(now) && !revoke.contains(&g.fingerprint));
             for g in new.into_iter().filter(|g| g.is_live(now)) {
                 all.retain(|o| !(o.user == g.user && o.fingerprint == g.fingerprint));
+                for o in all.iter_mut().filter(|o| o.user == g.user) {
+                    o.logins.clone_from(&g.logins);
+                }
                 all.push(g);
             }
             if all.len() > MAX_GRANTS_PER_NODE {
@@ -188,21 +202,21 @@ mod tests {
         let later = now_ms() + 60_000;
         assert_eq!(
             store
-                .merge(vec![grant("a", "fp1", later)])
+                .merge(vec![grant("a", "fp1", later)], &[])
                 .await
                 .expect("merge"),
             1
         );
         assert_eq!(
             store
-                .merge(vec![grant("b", "fp1", later + 1)])
+                .merge(vec![grant("b", "fp1", later + 1)], &[])
                 .await
                 .expect("merge"),
             1
         );
         assert_eq!(
             store
-                .merge(vec![grant("c", "fp2", later)])
+                .merge(vec![grant("c", "fp2", later)], &[])
                 .await
                 .expect("merge"),
             2
@@ -211,7 +225,7 @@ mod tests {
         assert!(store.for_login("postgres", None).is_empty());
         // An already expired grant is not kept.
         store
-            .merge(vec![grant("d", "fp3", 1)])
+            .merge(vec![grant("d", "fp3", 1)], &[])
             .await
             .expect("merge");
         assert_eq!(store.len(), 2);
@@ -232,7 +246,49 @@ mod tests {
         let mut bad = grant("x", "fp", now_ms() + 60_000);
         bad.public_key = "ssh-ed25519 AAAA\nssh-rsa BBBB".into();
         let ok = grant("y", "fp2", now_ms() + 60_000);
-        assert!(store.merge(vec![ok, bad]).await.is_err());
+        assert!(store.merge(vec![ok, bad], &[]).await.is_err());
         assert!(store.is_empty());
+        // A revocation that is not a fingerprint is refused whole, too.
+        let ok = grant("y", "SHA256:abc", now_ms() + 60_000);
+        store.merge(vec![ok.clone()], &[]).await.expect("merge");
+        assert!(
+            store
+                .merge(vec![], &["SHA256:abc\nroot".into()])
+                .await
+                .is_err()
+        );
+        assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn revocations_drop_keys_and_new_grants_narrow_older_ones() {
+        let store = GrantStore::open(None);
+        let later = now_ms() + 60_000;
+        let mut k1 = grant("a", "SHA256:k1", later);
+        let mut k2 = grant("b", "SHA256:k2", later);
+        k1.logins = vec!["root".into(), "deploy".into()];
+        k2.logins = k1.logins.clone();
+        let mut bob = grant("c", "SHA256:k3", later);
+        bob.user = "bob".into();
+        store
+            .merge(vec![k1.clone(), k2, bob], &[])
+            .await
+            .expect("merge");
+        // alice's role narrowed to `deploy`: her next grant (key 1) narrows key 2's
+        // grant as well, and leaves bob's alone.
+        k1.id = "a2".into();
+        k1.logins = vec!["deploy".into()];
+        store.merge(vec![k1], &[]).await.expect("merge");
+        assert!(store.for_login("root", Some("SHA256:k2")).is_empty());
+        assert_eq!(store.for_login("deploy", Some("SHA256:k2")).len(), 1);
+        assert_eq!(store.for_login("root", Some("SHA256:k3")).len(), 1);
+        // Key 2 deleted: gone at once, nothing else touched.
+        let held = store
+            .merge(vec![], &["SHA256:k2".into()])
+            .await
+            .expect("revoke");
+        assert_eq!(held, 2);
+        assert!(store.for_login("deploy", Some("SHA256:k2")).is_empty());
+        assert_eq!(store.for_login("deploy", Some("SHA256:k1")).len(), 1);
     }
 }
