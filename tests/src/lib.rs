@@ -285,10 +285,26 @@ impl Bastion {
 
     /// Enrolls `hostname` (auto-approved) through the real join command; returns its data directory.
     pub async fn enroll(&self, hostname: &str) -> PathBuf {
-        let t = self
-            .enrollment(serde_json::json!({"auto_approve": true}))
+        self.enroll_at("web", "eu-1", hostname, hostname).await
+    }
+
+    /// Enrolls `hostname` (auto-approved) into `project`/`edge`, keeping its data in
+    /// `dir_name` under the test directory; returns that directory.
+    pub async fn enroll_at(
+        &self,
+        project: &str,
+        edge: &str,
+        hostname: &str,
+        dir_name: &str,
+    ) -> PathBuf {
+        let (s, t) = self
+            .post(
+                &format!("/api/v1/projects/{project}/edges/{edge}/enrollment-tokens"),
+                serde_json::json!({"auto_approve": true}),
+            )
             .await;
-        let dir = self.dir.path().join(hostname);
+        assert_eq!(s, 201, "{t}");
+        let dir = self.dir.path().join(dir_name);
         let out = run_join(
             t["join_command"].as_str().unwrap(),
             &["--hostname", hostname, "--data-dir", dir.to_str().unwrap()],

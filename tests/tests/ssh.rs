@@ -179,7 +179,7 @@ async fn refusals_say_why_and_are_audited() {
     let helper = InstalledHelper::install();
     let _a = Node::start(&b, &helper, "node-a").await;
     let mut gone = Node::start(&b, &helper, "node-gone").await;
-    // Another project the users below have no role in, with a node of its own.
+    // Another project the users below have no role in (given a node below).
     let (s, v) = b
         .post("/api/v1/projects", serde_json::json!({"name": "secret"}))
         .await;
@@ -259,9 +259,60 @@ async fn refusals_say_why_and_are_audited() {
         text(&out.stderr)
     );
 
+    // A user of another project: dave's role is in `secret`, whose node `vault`
+    // is as invisible to alice as node-a is to dave.
+    let (s, v) = b
+        .post(
+            "/api/v1/projects/secret/edges",
+            serde_json::json!({"name": "dc-1"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    b.enroll_at("secret", "dc-1", "vault", "vault").await;
+    let dave = SshUser::create(&b, "dave", None).await;
+    let (s, v) = b
+        .put(
+            "/api/v1/users/dave/roles",
+            serde_json::json!({"role": "project_admin", "project": "secret", "logins": ["root"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for (who, node) in [
+        (&dave, "node-a"),
+        (&dave, "node-a.eu-1.web"),
+        (&alice, "vault"),
+    ] {
+        let out = who.jump("root", node, "true");
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(err.contains(&format!("no node \"{node}\"")), "{err}");
+    }
+
+    // A hostname in two edges is ambiguous: the refusal lists the qualified names,
+    // and either qualified name works.
+    let (s, v) = b
+        .post(
+            "/api/v1/projects/web/edges",
+            serde_json::json!({"name": "us-1"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    b.enroll_at("web", "us-1", "node-a", "node-a-us").await;
+    let out = alice.jump("root", "node-a", "true");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("names 2 nodes; use one of: node-a.eu-1.web, node-a.us-1.web")
+            || err.contains("names 2 nodes; use one of: node-a.us-1.web, node-a.eu-1.web"),
+        "{err}"
+    );
+    let out = alice.jump("root", "node-a.eu-1.web", "echo qualified");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "qualified");
+
     // Each refusal is audited with the reason the user saw.
     eventually(Duration::from_secs(10), "denials audited", || async {
-        b.audit("ssh.connect").await.len() >= 4
+        b.audit("ssh.connect").await.len() >= 8
     })
     .await;
     let denied = b.audit("ssh.connect").await;
@@ -274,6 +325,20 @@ async fn refusals_say_why_and_are_audited() {
             .iter()
             .any(|e| e["actor"] == "alice" && e["project"] == "web")
     );
+    assert!(denied.iter().any(|e| {
+        e["actor"] == "dave"
+            && e["detail"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no node \"node-a\"")
+    }));
+    assert!(denied.iter().any(|e| {
+        e["actor"] == "alice"
+            && e["detail"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("names 2 nodes")
+    }));
     eventually(Duration::from_secs(10), "failed login audited", || async {
         b.audit("ssh.auth")
             .await
