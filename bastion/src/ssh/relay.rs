@@ -113,45 +113,44 @@ pub async fn run(
     inc(&shared.metrics.ssh_sessions);
     let logins = target.logins.clone();
     let logins_json = logins.as_ref().map_or_else(|| json!("any"), |l| json!(l));
+    // Both ends of a session carry the same who, where and which logins.
+    let session_event = |action: &str, mut detail: serde_json::Value| {
+        let base = json!({
+            "hostname": target.place.hostname,
+            "edge": target.place.edge_name,
+            "logins": logins_json,
+            "key": jump.user.fingerprint,
+        });
+        if let (Some(d), Some(b)) = (detail.as_object_mut(), base.as_object()) {
+            d.extend(b.clone());
+        }
+        Event::new(action, "ok")
+            .org(&jump.user.principal.org_id)
+            .actor(&jump.user.principal.user_name)
+            .source(Some(jump.peer.ip().to_string()))
+            .project(&target.project.name)
+            .target(format!("node:{}", target.place.node_id))
+            .detail(detail)
+    };
     // Recorded at the start too: a session may stay open for days (ControlPersist).
     shared
-        .audit(
-            Event::new("ssh.session.start", "ok")
-                .org(&jump.user.principal.org_id)
-                .actor(&jump.user.principal.user_name)
-                .source(Some(jump.peer.ip().to_string()))
-                .project(&target.project.name)
-                .target(format!("node:{}", target.place.node_id))
-                .detail(json!({
-                    "hostname": target.place.hostname,
-                    "edge": target.place.edge_name,
-                    "logins": logins_json,
-                    "key": jump.user.fingerprint,
-                })),
-        )
+        .audit(session_event("ssh.session.start", json!({})))
         .await;
     tracing::info!(user = %jump.user.principal.user_name, node = %target.place.hostname, "SSH jump relayed");
     let (up, down, how) = pump(channel, from_node, to_node, kill).await;
     drop(agent);
     drop(live);
     let ended = now_ms();
-    let ev = Event::new("ssh.session.end", "ok")
-        .org(&jump.user.principal.org_id)
-        .actor(&jump.user.principal.user_name)
-        .source(Some(jump.peer.ip().to_string()))
-        .project(&target.project.name)
-        .target(format!("node:{}", target.place.node_id))
-        .detail(json!({
-            "hostname": target.place.hostname,
-            "edge": target.place.edge_name,
-            "logins": logins_json,
-            "key": jump.user.fingerprint,
+    let ev = session_event(
+        "ssh.session.end",
+        json!({
             "started_at": rfc3339(started),
             "ended_at": rfc3339(ended),
             "bytes_to_node": up,
             "bytes_from_node": down,
             "end": how,
-        }));
+        }),
+    );
     shared.audit(ev).await;
 }
 
