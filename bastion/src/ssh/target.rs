@@ -86,7 +86,7 @@ pub async fn resolve(store: &Store, p: &Principal, host: &str) -> Result<Target,
         })),
         1 => Ok(visible.remove(0)),
         _ => {
-            let names: Vec<String> = visible
+            let mut names: Vec<String> = visible
                 .iter()
                 .map(|t| {
                     format!(
@@ -95,6 +95,8 @@ pub async fn resolve(store: &Store, p: &Principal, host: &str) -> Result<Target,
                     )
                 })
                 .collect();
+            // Sorted, so the same question always gets the same answer.
+            names.sort();
             Err(Refusal::new(format!(
                 "{host:?} names {} nodes; use one of: {}",
                 names.len(),
