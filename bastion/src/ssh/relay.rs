@@ -8,16 +8,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use postern_api::admin::NodeState;
 use russh::server::ChannelOpenHandle;
 use russh::server::Msg;
-use russh::{Channel, ChannelOpenFailure};
+use russh::{Channel, ChannelMsg, ChannelOpenFailure};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -33,9 +32,9 @@ use crate::state::Shared;
 
 /// The only port reachable through the front door: the node's own sshd.
 const SSH_PORT: u32 = 22;
-/// Chunks in flight from the client towards the node, per channel.
-const UPSTREAM_QUEUE: usize = 32;
-const READ_CHUNK: usize = 64 * 1024;
+/// Client packets in flight towards the node, per channel (OpenSSH sends 32 KiB
+/// packets: 2 MiB).
+const UPSTREAM_QUEUE: usize = 64;
 
 pub struct Jump {
     pub user: Arc<SshUser>,
@@ -264,27 +263,32 @@ async fn current_principal(shared: &Shared, user: &SshUser) -> Result<Principal,
 
 /// Relays until both directions are done (or the connection is cut); returns bytes
 /// sent to the node, bytes received from it, and how it ended.
+///
+/// The channel's halves are used directly rather than as one `AsyncRead +
+/// AsyncWrite`: russh hands over each client packet as `Bytes` and sends `Bytes`
+/// from the node in packet-sized slices, so no byte is copied on the bastion
+/// between the SSH connection and the agent channel, and the two directions
+/// share no lock.
 async fn pump(
     channel: Channel<Msg>,
     mut from_node: Incoming,
     to_node: mpsc::Sender<Bytes>,
     cancel: CancellationToken,
 ) -> (u64, u64, &'static str) {
-    let (mut rd, mut wr) = tokio::io::split(channel.into_stream());
+    let (mut rd, wr) = channel.split();
     let mut up_bytes = 0u64;
     let mut down_bytes = 0u64;
     let up = async {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        loop {
-            buf.reserve(READ_CHUNK);
-            match rd.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    up_bytes += n as u64;
-                    if to_node.send(buf.split().freeze()).await.is_err() {
+        while let Some(msg) = rd.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    up_bytes += data.len() as u64;
+                    if to_node.send(data).await.is_err() {
                         break;
                     }
                 }
+                ChannelMsg::Eof | ChannelMsg::Close => break,
+                _ => {}
             }
         }
         // Dropping the sender ends the request body: the agent half-closes sshd.
@@ -295,12 +299,12 @@ async fn pump(
             let Ok(frame) = frame else { break };
             if let Ok(data) = frame.into_data() {
                 down_bytes += data.len() as u64;
-                if wr.write_all(&data).await.is_err() {
+                if wr.data_bytes(data).await.is_err() {
                     break;
                 }
             }
         }
-        let _ = wr.shutdown().await;
+        let _ = wr.eof().await;
     };
     let how = tokio::select! {
         _ = async {
@@ -316,5 +320,7 @@ async fn pump(
         } => "closed",
         _ = cancel.cancelled() => "cut",
     };
+    // The session loop may already be gone (connection cut); do not wait on it.
+    let _ = tokio::time::timeout(Duration::from_secs(2), wr.close()).await;
     (up_bytes, down_bytes, how)
 }
