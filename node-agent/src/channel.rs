@@ -198,6 +198,8 @@ impl Agent {
         self.status.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(controller = %controller.url, "channel to the bastion up");
 
+        let channel_ended = CancellationToken::new();
+        let _end_relays = channel_ended.clone().drop_guard();
         let router = service::router(
             self.identity.clone(),
             self.executor.clone(),
@@ -205,6 +207,7 @@ impl Agent {
             Ports {
                 sshd: opts.sshd_port,
             },
+            channel_ended,
         );
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

@@ -14,6 +14,7 @@ use postern_api::cmdexec::{AgentExec, AgentExecResult, MAX_EXECUTE_BODY};
 use postern_api::ssh::{GrantPush, GrantPushed};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::exec::{ExecError, Executor};
 use crate::identity::Identity;
@@ -28,13 +29,17 @@ struct Ctx {
     executor: Executor,
     grants: GrantStore,
     ports: Ports,
+    channel_ended: CancellationToken,
 }
 
+/// The agent's API on one channel; `channel_ended` is cancelled when that channel
+/// ends, and stops the SSH relays it carried.
 pub fn router(
     identity: Arc<Identity>,
     executor: Executor,
     grants: GrantStore,
     ports: Ports,
+    channel_ended: CancellationToken,
 ) -> Router {
     Router::new()
         .route(routes::HEALTH, get(health))
@@ -57,6 +62,7 @@ pub fn router(
             executor,
             grants,
             ports,
+            channel_ended,
         })
 }
 
@@ -152,5 +158,5 @@ async fn put_grants(State(c): State<Ctx>, Json(push): Json<GrantPush>) -> Reply<
 }
 
 async fn connect(State(c): State<Ctx>, Path(port): Path<u16>, req: Request) -> Response {
-    relay::connect(c.ports, port, req).await
+    relay::connect(c.ports, c.channel_ended, port, req).await
 }
