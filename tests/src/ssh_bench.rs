@@ -23,6 +23,10 @@ pub struct PathFigures {
     /// Seconds for `ssh … true`, median and 90th percentile.
     pub setup_p50_s: f64,
     pub setup_p90_s: f64,
+    /// `ssh … true` started `parallel` at once, as Ansible's forks do without
+    /// connection sharing: seconds until all were done.
+    pub parallel: usize,
+    pub parallel_wall_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -46,6 +50,8 @@ pub struct BenchOpts {
     pub runs: usize,
     pub setup_runs: usize,
     pub helper_runs: usize,
+    /// Sessions set up at once (0: skip).
+    pub parallel: usize,
     /// Which of direct, openssh-jump, postern to measure.
     pub paths: Vec<String>,
 }
@@ -71,7 +77,7 @@ impl StockJump {
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {auth}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n\
-             LogLevel ERROR\n{extra}",
+             MaxStartups 100:30:200\nLogLevel ERROR\n{extra}",
             d = dir.display(),
             auth = authorized.display()
         );
@@ -155,6 +161,30 @@ fn setup_times(config: &Path, route: &[String], runs: usize) -> Vec<f64> {
         .collect();
     v.sort_by(f64::total_cmp);
     v
+}
+
+/// Starts `k` `ssh … true` at once; returns the seconds until all finished.
+fn parallel_setup(config: &Path, route: &[String], k: usize) -> f64 {
+    let start = Instant::now();
+    let children: Vec<_> = (0..k)
+        .map(|_| {
+            ssh_cmd(config, route, "true")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "parallel ssh true over {route:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    start.elapsed().as_secs_f64()
 }
 
 fn spawn_latencies(cmd: &mut Command, runs: usize) -> Vec<f64> {
@@ -244,12 +274,19 @@ pub async fn run(opts: &BenchOpts) -> SshBenchReport {
             down.push(opts.bytes as f64 / 1e6 / transfer(&config, route, opts.bytes, false));
         }
         let setup = setup_times(&config, route, opts.setup_runs);
+        let parallel_wall_s = if opts.parallel > 0 {
+            parallel_setup(&config, route, opts.parallel)
+        } else {
+            0.0
+        };
         let f = PathFigures {
             path: name.into(),
             upload_mb_s: median(&up),
             download_mb_s: median(&down),
             setup_p50_s: percentile(&setup, 0.5),
             setup_p90_s: percentile(&setup, 0.9),
+            parallel: opts.parallel,
+            parallel_wall_s,
         };
         eprintln!("{f:?}");
         paths.push(f);

@@ -17,6 +17,9 @@ struct Args {
     /// `ssh … true` runs per path.
     #[arg(long, default_value_t = 20)]
     setup_runs: usize,
+    /// `ssh … true` sessions started at once per path (0: skip).
+    #[arg(long, default_value_t = 32)]
+    parallel: usize,
     /// Keys helper (and `cat`) invocations.
     #[arg(long, default_value_t = 1000)]
     helper_runs: usize,
@@ -37,6 +40,7 @@ async fn main() {
         runs: a.runs,
         setup_runs: a.setup_runs,
         helper_runs: a.helper_runs,
+        parallel: a.parallel,
         paths: a.paths,
     })
     .await;
@@ -61,6 +65,15 @@ async fn main() {
                 p.setup_p50_s,
                 p.setup_p50_s / base.setup_p50_s,
             );
+            if p.parallel > 0 {
+                println!(
+                    "{:>13}  {} sessions at once: all done in {:.2} s ({:.2}x)",
+                    "",
+                    p.parallel,
+                    p.parallel_wall_s,
+                    p.parallel_wall_s / base.parallel_wall_s,
+                );
+            }
         }
     }
     let h = &report.helper;
