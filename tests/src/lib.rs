@@ -151,13 +151,7 @@ impl Bastion {
             .post("/api/v1/projects", serde_json::json!({"name": "web"}))
             .await;
         assert_eq!(s, 201, "{v}");
-        let (s, v) = b
-            .post(
-                "/api/v1/projects/web/edges",
-                serde_json::json!({"name": "eu-1"}),
-            )
-            .await;
-        assert_eq!(s, 201, "{v}");
+        b.create_edge("web", "eu-1").await;
         b
     }
 
@@ -258,10 +252,29 @@ impl Bastion {
             .unwrap()
     }
 
+    /// Creates edge `name` in `project`.
+    pub async fn create_edge(&self, project: &str, name: &str) {
+        let (s, v) = self
+            .post(
+                &format!("/api/v1/projects/{project}/edges"),
+                serde_json::json!({ "name": name }),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+
     /// A fresh enrollment token for web/eu-1; returns the API's answer.
     pub async fn enrollment(&self, body: Value) -> Value {
+        self.enrollment_at("web", "eu-1", body).await
+    }
+
+    /// A fresh enrollment token for `project`/`edge`; returns the API's answer.
+    pub async fn enrollment_at(&self, project: &str, edge: &str, body: Value) -> Value {
         let (s, v) = self
-            .post("/api/v1/projects/web/edges/eu-1/enrollment-tokens", body)
+            .post(
+                &format!("/api/v1/projects/{project}/edges/{edge}/enrollment-tokens"),
+                body,
+            )
             .await;
         assert_eq!(s, 201, "{v}");
         v
@@ -297,13 +310,9 @@ impl Bastion {
         hostname: &str,
         dir_name: &str,
     ) -> PathBuf {
-        let (s, t) = self
-            .post(
-                &format!("/api/v1/projects/{project}/edges/{edge}/enrollment-tokens"),
-                serde_json::json!({"auto_approve": true}),
-            )
+        let t = self
+            .enrollment_at(project, edge, serde_json::json!({"auto_approve": true}))
             .await;
-        assert_eq!(s, 201, "{t}");
         let dir = self.dir.path().join(dir_name);
         let out = run_join(
             t["join_command"].as_str().unwrap(),

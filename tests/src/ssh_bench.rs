@@ -23,9 +23,8 @@ pub struct PathFigures {
     /// Seconds for `ssh … true`, median and 90th percentile.
     pub setup_p50_s: f64,
     pub setup_p90_s: f64,
-    /// `ssh … true` started `parallel` at once, as Ansible's forks do without
-    /// connection sharing: seconds until all were done.
-    pub parallel: usize,
+    /// Seconds until `SshBenchReport::parallel` sessions started at once were all
+    /// done (0 when skipped).
     pub parallel_wall_s: f64,
 }
 
@@ -41,6 +40,9 @@ pub struct HelperFigures {
 #[derive(Debug, Clone, Serialize)]
 pub struct SshBenchReport {
     pub bytes: u64,
+    /// `ssh … true` started at once per path, as Ansible's forks do without
+    /// connection sharing (0: skipped).
+    pub parallel: usize,
     pub paths: Vec<PathFigures>,
     pub helper: HelperFigures,
 }
@@ -285,7 +287,6 @@ pub async fn run(opts: &BenchOpts) -> SshBenchReport {
             download_mb_s: median(&down),
             setup_p50_s: percentile(&setup, 0.5),
             setup_p90_s: percentile(&setup, 0.9),
-            parallel: opts.parallel,
             parallel_wall_s,
         };
         eprintln!("{f:?}");
@@ -314,6 +315,7 @@ pub async fn run(opts: &BenchOpts) -> SshBenchReport {
     let cat_ms = spawn_latencies(&mut cat, opts.helper_runs);
     SshBenchReport {
         bytes: opts.bytes,
+        parallel: opts.parallel,
         paths,
         helper: HelperFigures {
             runs: opts.helper_runs,

@@ -201,10 +201,7 @@ async fn bad_requests_are_refused_and_nothing_runs() {
     let _a = b.agent("alpha").await;
     let marker = b.dir.path().join("ran");
     let cmd = format!("touch {}", marker.display());
-    let (s, _) = b
-        .post("/api/v1/projects/web/edges", json!({"name": "us-1"}))
-        .await;
-    assert_eq!(s, 201);
+    b.create_edge("web", "us-1").await;
     let cases = [
         (
             json!({"target": ["alpha", "ghost"], "target_type": "node", "command": cmd}),

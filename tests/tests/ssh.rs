@@ -261,13 +261,7 @@ async fn refusals_say_why_and_are_audited() {
 
     // A user of another project: dave's role is in `secret`, whose node `vault`
     // is as invisible to alice as node-a is to dave.
-    let (s, v) = b
-        .post(
-            "/api/v1/projects/secret/edges",
-            serde_json::json!({"name": "dc-1"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
+    b.create_edge("secret", "dc-1").await;
     b.enroll_at("secret", "dc-1", "vault", "vault").await;
     let dave = SshUser::create(&b, "dave", None).await;
     let (s, v) = b
@@ -290,13 +284,7 @@ async fn refusals_say_why_and_are_audited() {
 
     // A hostname in two edges is ambiguous: the refusal lists the qualified names,
     // and either qualified name works.
-    let (s, v) = b
-        .post(
-            "/api/v1/projects/web/edges",
-            serde_json::json!({"name": "us-1"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
+    b.create_edge("web", "us-1").await;
     b.enroll_at("web", "us-1", "node-a", "node-a-us").await;
     let out = alice.jump("root", "node-a", "true");
     assert!(!out.status.success());

@@ -120,8 +120,8 @@ pub async fn run(
             "logins": logins_json,
             "key": jump.user.fingerprint,
         });
-        if let (Some(d), Some(b)) = (detail.as_object_mut(), base.as_object()) {
-            d.extend(b.clone());
+        if let (Some(d), serde_json::Value::Object(b)) = (detail.as_object_mut(), base) {
+            d.extend(b);
         }
         Event::new(action, "ok")
             .org(&jump.user.principal.org_id)

@@ -65,11 +65,11 @@ async fn main() {
                 p.setup_p50_s,
                 p.setup_p50_s / base.setup_p50_s,
             );
-            if p.parallel > 0 {
+            if report.parallel > 0 {
                 println!(
                     "{:>13}  {} sessions at once: all done in {:.2} s ({:.2}x)",
                     "",
-                    p.parallel,
+                    report.parallel,
                     p.parallel_wall_s,
                     p.parallel_wall_s / base.parallel_wall_s,
                 );
