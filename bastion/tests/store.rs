@@ -375,7 +375,86 @@ async fn ssh_keys_are_unique_bounded_and_found_by_fingerprint(s: &Store) {
     assert!(s.nodes_named("other-org", "db-1").await.unwrap().is_empty());
 }
 
+/// Writers that race (two admins, or the API and the agent channel) each either
+/// succeed or get a clear refusal; none fails because the database was busy, and a
+/// limit checked inside a transaction holds under concurrency.
+async fn racing_writers_wait_their_turn_and_limits_hold(s: &Store) {
+    const USERS: usize = 4;
+    const TRIES: usize = 6;
+    const LIMIT: usize = 3;
+    let (org, project, edge) = tenancy(s).await;
+    let mut users = Vec::new();
+    for u in 0..USERS {
+        users.push(s.create_user(&org, &format!("u{u}"), 1).await.unwrap().id);
+    }
+    let fps: Vec<Vec<String>> = (0..USERS)
+        .map(|u| (0..TRIES).map(|t| format!("SHA256:{u}-{t}")).collect())
+        .collect();
+    let mut adds = Vec::new();
+    for (u, user) in users.iter().enumerate() {
+        for fp in &fps[u] {
+            adds.push(async move {
+                let k = NewSshKey {
+                    user_id: user,
+                    fingerprint: fp,
+                    algorithm: "ssh-ed25519",
+                    public_key: "ssh-ed25519 AAAA",
+                    comment: "c",
+                };
+                s.add_ssh_key(&k, LIMIT, 5).await
+            });
+        }
+    }
+    s.insert_enrollment_token(&token_row("tok", &edge, 5, 1_000))
+        .await
+        .unwrap();
+    let hosts: Vec<(String, String)> = (0..10)
+        .map(|i| (format!("n{i}"), format!("h{i}")))
+        .collect();
+    let enrolls = hosts.iter().map(|(id, host)| {
+        let edge = &edge;
+        async move { s.enroll_node(&new_node(id, "tok", edge, host), 10).await }
+    });
+    let bindings = users.iter().map(|u| {
+        let b = BindingRow {
+            role: Role::ProjectMember,
+            project_id: Some(project.clone()),
+            logins: vec!["root".into()],
+        };
+        async move { s.set_binding(u, &b, 7).await }
+    });
+    let (added, enrolled, bound) = tokio::join!(
+        futures_util::future::join_all(adds),
+        futures_util::future::join_all(enrolls),
+        futures_util::future::join_all(bindings),
+    );
+    for r in &added {
+        assert!(
+            matches!(r, Ok(_) | Err(StoreError::Conflict(_))),
+            "a racing key add failed: {r:?}"
+        );
+    }
+    for u in &users {
+        assert_eq!(
+            s.list_ssh_keys(u).await.unwrap().len(),
+            LIMIT,
+            "the per-user limit"
+        );
+    }
+    let enrolled: Vec<EnrollOutcome> = enrolled.into_iter().map(|r| r.unwrap()).collect();
+    let won = enrolled
+        .iter()
+        .filter(|o| matches!(o, EnrollOutcome::Enrolled(_)))
+        .count();
+    assert_eq!(won, 5, "a five-use token enrolls five of ten racing nodes");
+    assert_eq!(s.enrollment_token("tok").await.unwrap().unwrap().uses, 5);
+    for r in bound {
+        r.unwrap();
+    }
+}
+
 both_backends!(
+    racing_writers_wait_their_turn_and_limits_hold,
     ssh_keys_are_unique_bounded_and_found_by_fingerprint,
     names_are_unique_per_scope,
     role_bindings_round_trip,

@@ -160,7 +160,7 @@ fn bind_result<'q>(
 impl Store {
     /// Creates the execution and all its result rows in one transaction.
     pub async fn insert_execution(&self, e: &ExecutionRow, results: &[ResultRow]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let target = e
             .target
             .as_ref()
@@ -214,7 +214,7 @@ impl Store {
 
     /// Applies a batch of result changes in one transaction.
     pub async fn apply_result_updates(&self, updates: &[ResultUpdate]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for u in updates {
             match u {
                 ResultUpdate::Started {

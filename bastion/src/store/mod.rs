@@ -126,6 +126,17 @@ impl Store {
         &self.pool
     }
 
+    /// Opens a transaction that will write. On SQLite it takes the write lock at
+    /// BEGIN (`BEGIN IMMEDIATE`), so it waits its turn under the busy timeout; a
+    /// deferred transaction that first reads and then writes is refused outright
+    /// with "database is locked" when another writer got there first.
+    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

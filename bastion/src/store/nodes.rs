@@ -66,7 +66,7 @@ impl Store {
     /// Consumes one use of the token and creates the node, atomically: a refusal
     /// (token exhausted, hostname taken) leaves the store exactly as it was.
     pub async fn enroll_node(&self, n: &NewNode<'_>, now: i64) -> Result<EnrollOutcome> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let used = sqlx::query(
             "UPDATE enrollment_tokens SET uses = uses + 1
              WHERE id = $1 AND uses < max_uses AND expires_at > $2 AND revoked_at IS NULL",

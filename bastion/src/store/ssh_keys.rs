@@ -4,7 +4,7 @@
 use postern_api::admin::NodeState;
 use sqlx::Row;
 
-use super::{Result, Store, StoreError, new_id};
+use super::{Backend, Result, Store, StoreError, new_id};
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SshKeyRow {
@@ -45,7 +45,15 @@ impl Store {
     /// Adds a key unless the user already has `max` keys; a fingerprint registered
     /// anywhere (to this user or another) is a conflict.
     pub async fn add_ssh_key(&self, k: &NewSshKey<'_>, max: usize, now: i64) -> Result<SshKeyRow> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
+        if self.backend == Backend::Postgres {
+            // Under READ COMMITTED two adds could both count below the limit; the
+            // user's row lock makes them take turns. (SQLite's IMMEDIATE already does.)
+            sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+                .bind(k.user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         let count: i64 = sqlx::query("SELECT COUNT(*) FROM ssh_keys WHERE user_id = $1")
             .bind(k.user_id)
             .fetch_one(&mut *tx)

@@ -213,7 +213,7 @@ impl Store {
         let scope = binding.project_id.clone().unwrap_or_default();
         let logins = serde_json::to_string(&binding.logins)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM role_bindings WHERE user_id = $1 AND scope = $2")
             .bind(user_id)
             .bind(&scope)
