@@ -560,6 +560,38 @@ async fn health_ready_and_metrics() {
 }
 
 #[tokio::test]
+async fn a_lost_database_is_503_with_a_retry_hint_not_a_500() {
+    let w = world().await;
+    let (s, _) = w.get("/api/v1/projects", &w.admin).await;
+    assert_eq!(s, StatusCode::OK);
+    w.shared.store.close().await;
+    for (method, uri, body) in [
+        (Method::GET, "/api/v1/projects", None),
+        (
+            Method::POST,
+            "/api/v1/projects",
+            Some(json!({"name": "new"})),
+        ),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {}", w.admin))
+            .header("content-type", "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        let resp = w.app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+        assert_eq!(resp.headers()["retry-after"], "2");
+        let v: Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_error(&v, "unavailable", "retry in a few seconds");
+    }
+    let (s, _) = w.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
 async fn openapi_document_and_swagger_ui_are_served_offline() {
     let w = world().await;
     let (s, v) = w

@@ -572,3 +572,45 @@ mod executions {
 }
 use executions::results_are_stored_once_and_paged;
 both_backends!(results_are_stored_once_and_paged);
+
+/// A database that is busy or gone is "retry later" (503), not a bug (500): the
+/// classification is checked on real errors from both drivers.
+#[tokio::test]
+async fn busy_or_unreachable_databases_are_unavailable_not_bugs() {
+    let t = common::sqlite().await;
+    let pool = t.store.pool();
+    let holder = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let mut waiter = pool.acquire().await.unwrap();
+    // No busy wait on this connection, so the lock is refused at once.
+    sqlx::query("PRAGMA busy_timeout = 0")
+        .execute(&mut *waiter)
+        .await
+        .unwrap();
+    let busy = sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ('o', 'o', 1)")
+        .execute(&mut *waiter)
+        .await
+        .unwrap_err();
+    assert!(StoreError::Db(busy).is_unavailable());
+    drop(holder);
+
+    let unique = StoreError::Db(
+        sqlx::query(
+            "INSERT INTO orgs (id, name, created_at) VALUES ('x', 'dup', 1), ('y', 'dup', 1)",
+        )
+        .execute(&mut *waiter)
+        .await
+        .unwrap_err(),
+    );
+    assert!(!unique.is_unavailable(), "{unique}");
+    drop(waiter);
+    t.cleanup().await;
+
+    sqlx::any::install_default_drivers();
+    let refused = StoreError::Db(
+        <sqlx::AnyConnection as sqlx::Connection>::connect("postgres://postgres@127.0.0.1:1/test")
+            .await
+            .unwrap_err(),
+    );
+    assert!(refused.is_unavailable(), "{refused}");
+    assert!(!StoreError::NotFound("user".into()).is_unavailable());
+}

@@ -70,7 +70,15 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        (self.status(), Json(ErrorBody::new(self.code(), message))).into_response()
+        let mut resp = (self.status(), Json(ErrorBody::new(self.code(), message))).into_response();
+        if matches!(self, ApiError::Unavailable(_)) {
+            // Clients and proxies that honour it back off instead of hammering.
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("2"),
+            );
+        }
+        resp
     }
 }
 
@@ -79,6 +87,12 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
             StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            other if other.is_unavailable() => {
+                tracing::warn!(error = %other, "database unavailable");
+                ApiError::Unavailable(
+                    "the bastion's database is busy or unreachable; retry in a few seconds".into(),
+                )
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

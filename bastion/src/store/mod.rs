@@ -55,6 +55,35 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// True when the database is unreachable, shutting down or too busy: the same
+    /// request may well succeed in a moment, so callers answer "retry", not "bug".
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Db(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+            sqlx::Error::Database(db) => {
+                let Some(code) = db.code() else {
+                    return false;
+                };
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    // SQLite's extended codes carry the primary one in the low byte:
+                    // SQLITE_BUSY (5) and SQLITE_LOCKED (6), after the busy timeout.
+                    return code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
+                }
+                // PostgreSQL: connection failures (class 08), too many connections,
+                // shutting down (57P…), serialization failure and deadlock.
+                code.starts_with("08")
+                    || code.starts_with("57P")
+                    || matches!(&*code, "53300" | "40001" | "40P01")
+            }
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
