@@ -591,7 +591,8 @@ async fn busy_or_unreachable_databases_are_unavailable_not_bugs() {
         .await
         .unwrap_err();
     assert!(StoreError::Db(busy).is_unavailable());
-    drop(holder);
+    // Not a drop: sqlx would roll back later, and the lock would still be held below.
+    holder.rollback().await.unwrap();
 
     let unique = StoreError::Db(
         sqlx::query(
