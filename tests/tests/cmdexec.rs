@@ -97,20 +97,25 @@ async fn exit_codes_stderr_scripts_and_clusters() {
     assert_eq!(node(&done, "gamma")["status"], "unreachable");
     assert_eq!(node(&done, "alpha")["status"], "succeeded");
 
-    // Audit: the request and the responses.
-    let (_, audit) = b.get("/api/v1/audit?limit=50").await;
-    let entries = audit["entries"].as_array().unwrap();
-    let exec = entries
-        .iter()
-        .find(|e| e["action"] == "cmdexec.execute" && e["exec_id"] == r["exec_id"])
+    // Audit: the request and the responses. The responses entry is appended just
+    // after the last result is stored, so it may trail the status by a moment.
+    let exec = b
+        .audit("cmdexec.execute")
+        .await
+        .into_iter()
+        .find(|e| e["exec_id"] == r["exec_id"])
         .unwrap();
     assert_eq!(exec["actor"], "admin");
     assert_eq!(exec["source_ip"], "127.0.0.1");
     assert_eq!(exec["detail"]["command"], "true");
-    let result = entries
-        .iter()
-        .find(|e| e["action"] == "cmdexec.result" && e["exec_id"] == r["exec_id"])
-        .unwrap();
+    let of_this = |entries: Vec<Value>| entries.into_iter().find(|e| e["exec_id"] == r["exec_id"]);
+    eventually(
+        Duration::from_secs(5),
+        "the cmdexec.result audit entry",
+        || async { of_this(b.audit("cmdexec.result").await).is_some() },
+    )
+    .await;
+    let result = of_this(b.audit("cmdexec.result").await).unwrap();
     assert_eq!(result["detail"]["responses"].as_array().unwrap().len(), 3);
 }
 
