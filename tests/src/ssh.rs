@@ -225,6 +225,22 @@ impl SshUser {
     pub fn jump(&self, login: &str, node: &str, command: &str) -> Output {
         self.ssh(&["-J", "bastion", &format!("{login}@{node}"), command])
     }
+
+    /// `ssh -F config args…` that must fail; returns ssh's stderr, which carries
+    /// the reason.
+    pub fn refused(&self, args: &[&str]) -> String {
+        let out = self.ssh(args);
+        assert!(
+            !out.status.success(),
+            "ssh {args:?} should have been refused"
+        );
+        text(&out.stderr)
+    }
+
+    /// A jump (`… login@node true`) that must be refused; returns ssh's stderr.
+    pub fn jump_refused(&self, login: &str, node: &str) -> String {
+        self.refused(&["-J", "bastion", &format!("{login}@{node}"), "true"])
+    }
 }
 
 /// The client config: `bastion` is the front door; everything else jumps through it.

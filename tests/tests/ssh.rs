@@ -191,31 +191,19 @@ async fn refusals_say_why_and_are_audited() {
     let mallory = SshUser::unregistered(&b, "alice");
 
     // An unregistered key: the bastion itself says no.
-    let out = mallory.jump("root", "node-a", "true");
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("Permission denied (publickey)"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = mallory.jump_refused("root", "node-a");
+    assert!(err.contains("Permission denied (publickey)"), "{err}");
 
     // A user without a role in the node's project: the node does not exist for them.
-    let out = bob.jump("root", "node-a", "true");
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
+    let err = bob.jump_refused("root", "node-a");
     assert!(
         err.contains("no node \"node-a\" in any project you have a role in"),
         "{err}"
     );
 
     // A login the role does not allow: the node's sshd gets no key for it.
-    let out = carol.jump("root", "node-a", "true");
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("Permission denied (publickey)"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = carol.jump_refused("root", "node-a");
+    assert!(err.contains("Permission denied (publickey)"), "{err}");
     // ... while the login it does allow gets as far as the account (daemon has no shell).
     let out = run_with_timeout(
         Command::new(postern_tests::ssh::helper_binary(&helper))
@@ -236,28 +224,17 @@ async fn refusals_say_why_and_are_audited() {
         !b.reachable("node-gone").await
     })
     .await;
-    let out = alice.jump("root", "node-gone", "true");
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
+    let err = alice.jump_refused("root", "node-gone");
     assert!(
         err.contains("node-gone is not connected to the bastion"),
         "{err}"
     );
 
     // A node that does not exist, and a port other than sshd's.
-    let out = alice.jump("root", "nope", "true");
-    assert!(
-        text(&out.stderr).contains("no node \"nope\""),
-        "{}",
-        text(&out.stderr)
-    );
-    let out = alice.ssh(&["-W", "node-a:80", "bastion"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("only port 22"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = alice.jump_refused("root", "nope");
+    assert!(err.contains("no node \"nope\""), "{err}");
+    let err = alice.refused(&["-W", "node-a:80", "bastion"]);
+    assert!(err.contains("only port 22"), "{err}");
 
     // A user of another project: dave's role is in `secret`, whose node `vault`
     // is as invisible to alice as node-a is to dave.
@@ -276,9 +253,7 @@ async fn refusals_say_why_and_are_audited() {
         (&dave, "node-a.eu-1.web"),
         (&alice, "vault"),
     ] {
-        let out = who.jump("root", node, "true");
-        assert!(!out.status.success());
-        let err = text(&out.stderr);
+        let err = who.jump_refused("root", node);
         assert!(err.contains(&format!("no node \"{node}\"")), "{err}");
     }
 
@@ -286,9 +261,7 @@ async fn refusals_say_why_and_are_audited() {
     // and either qualified name works.
     b.create_edge("web", "us-1").await;
     b.enroll_at("web", "us-1", "node-a", "node-a-us").await;
-    let out = alice.jump("root", "node-a", "true");
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
+    let err = alice.jump_refused("root", "node-a");
     assert!(
         err.contains("\"node-a\" names 2 nodes; use one of: node-a.eu-1.web, node-a.us-1.web"),
         "{err}"
@@ -304,28 +277,19 @@ async fn refusals_say_why_and_are_audited() {
     .await;
     let denied = b.audit("ssh.connect").await;
     assert!(denied.iter().all(|e| e["outcome"] == "denied"));
-    assert!(denied.iter().any(
-        |e| e["actor"] == "bob" && e["detail"]["reason"].as_str().unwrap().contains("no node")
-    ));
+    let denied_for = |actor: &str, reason: &str| {
+        denied.iter().any(|e| {
+            e["actor"] == actor && e["detail"]["reason"].as_str().unwrap().contains(reason)
+        })
+    };
+    assert!(denied_for("bob", "no node"));
     assert!(
         denied
             .iter()
             .any(|e| e["actor"] == "alice" && e["project"] == "web")
     );
-    assert!(denied.iter().any(|e| {
-        e["actor"] == "dave"
-            && e["detail"]["reason"]
-                .as_str()
-                .unwrap()
-                .contains("no node \"node-a\"")
-    }));
-    assert!(denied.iter().any(|e| {
-        e["actor"] == "alice"
-            && e["detail"]["reason"]
-                .as_str()
-                .unwrap()
-                .contains("names 2 nodes")
-    }));
+    assert!(denied_for("dave", "no node \"node-a\""));
+    assert!(denied_for("alice", "names 2 nodes"));
     eventually(Duration::from_secs(10), "failed login audited", || async {
         b.audit("ssh.auth")
             .await
