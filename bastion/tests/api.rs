@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::response::Response;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use postern_api::admin::Role;
@@ -106,13 +107,14 @@ async fn world() -> World {
 }
 
 impl World {
-    async fn call(
+    /// The whole response, for the tests that look at headers.
+    async fn send(
         &self,
         method: Method,
         uri: &str,
         token: Option<&str>,
         body: Option<Body>,
-    ) -> (StatusCode, Value) {
+    ) -> Response {
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
@@ -122,7 +124,17 @@ impl World {
             None => req.body(Body::empty()),
         }
         .unwrap();
-        let resp = self.app.clone().oneshot(req).await.unwrap();
+        self.app.clone().oneshot(req).await.unwrap()
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Body>,
+    ) -> (StatusCode, Value) {
+        let resp = self.send(method, uri, token, body).await;
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         let v = if bytes.is_empty() {
@@ -573,14 +585,8 @@ async fn a_lost_database_is_503_with_a_retry_hint_not_a_500() {
             Some(json!({"name": "new"})),
         ),
     ] {
-        let req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("authorization", format!("Bearer {}", w.admin))
-            .header("content-type", "application/json")
-            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-            .unwrap();
-        let resp = w.app.clone().oneshot(req).await.unwrap();
+        let body = body.map(|b| Body::from(b.to_string()));
+        let resp = w.send(method, uri, Some(&w.admin), body).await;
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{uri}");
         assert_eq!(resp.headers()["retry-after"], "2");
         let v: Value =

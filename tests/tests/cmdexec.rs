@@ -99,16 +99,11 @@ async fn exit_codes_stderr_scripts_and_clusters() {
 
     // Audit: the request and the responses. The responses entry is appended just
     // after the last result is stored, so it may trail the status by a moment.
-    let exec = b
-        .audit("cmdexec.execute")
-        .await
-        .into_iter()
-        .find(|e| e["exec_id"] == r["exec_id"])
-        .unwrap();
+    let of_this = |entries: Vec<Value>| entries.into_iter().find(|e| e["exec_id"] == r["exec_id"]);
+    let exec = of_this(b.audit("cmdexec.execute").await).unwrap();
     assert_eq!(exec["actor"], "admin");
     assert_eq!(exec["source_ip"], "127.0.0.1");
     assert_eq!(exec["detail"]["command"], "true");
-    let of_this = |entries: Vec<Value>| entries.into_iter().find(|e| e["exec_id"] == r["exec_id"]);
     eventually(
         Duration::from_secs(5),
         "the cmdexec.result audit entry",

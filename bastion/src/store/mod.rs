@@ -53,9 +53,7 @@ impl StoreError {
         }
         StoreError::Db(e)
     }
-}
 
-impl StoreError {
     /// True when the database is unreachable, shutting down or too busy: the same
     /// request may well succeed in a moment, so callers answer "retry", not "bug".
     pub fn is_unavailable(&self) -> bool {
