@@ -18,6 +18,25 @@ pub const MAX_EXECUTE_BODY: usize = 1_500_000;
 pub const MAX_TARGETS: usize = 10_000;
 /// Output kept per stream by default (head and tail halves).
 pub const DEFAULT_KEEP_BYTES: usize = 64 * 1024;
+/// Most output kept per stream (`--exec-keep-bytes`): a result must fit the agent's
+/// answer limit, [`max_result_answer`].
+pub const MAX_KEEP_BYTES: usize = 1024 * 1024;
+/// Nodes in one page of an execution, by default and at most.
+pub const NODE_LIMIT_DEFAULT: i64 = 100;
+pub const NODE_LIMIT_MAX: i64 = 1000;
+/// Output (both streams, all nodes) in one page of an execution: a page ends early,
+/// with `next_node_offset`, rather than exceed it. Bounds an answer's memory
+/// whatever the fan-out and `--exec-keep-bytes`.
+pub const PAGE_OUTPUT_BUDGET: usize = 16 * 1024 * 1024;
+/// Longest error text kept from an agent.
+pub const MAX_ERROR_TEXT: usize = 4096;
+
+/// The largest answer the bastion reads for one exec result: both streams'
+/// kept bytes in base64, the truncation markers, and the rest of the JSON.
+pub fn max_result_answer(keep_bytes: usize) -> usize {
+    let stream = keep_bytes.div_ceil(3) * 4 + 512;
+    2 * stream + MAX_ERROR_TEXT * 6 + 64 * 1024
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -128,8 +147,11 @@ impl NodeExecStatus {
 /// One output stream as kept: the head and tail when it was too large.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Output {
-    /// The text (lossy UTF-8). When truncated: head, a marker line, tail.
-    pub data: String,
+    /// The bytes as written (base64 on the channel, so any byte survives). When
+    /// truncated: head, a marker line, tail; cuts fall on UTF-8 character
+    /// boundaries when the output is UTF-8 text.
+    #[serde(rename = "data_b64", with = "crate::b64")]
+    pub data: Vec<u8>,
     pub truncated: bool,
     /// How many bytes the command wrote in all.
     pub total_bytes: u64,
@@ -137,13 +159,49 @@ pub struct Output {
     pub sha256: String,
 }
 
+/// How `stdout`/`stderr` carry the output's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum OutputEncoding {
+    /// The bytes were valid UTF-8 and are the string as is.
+    #[serde(rename = "utf-8")]
+    Utf8,
+    /// The bytes were not UTF-8 (binary output): standard base64, padded.
+    #[serde(rename = "base64")]
+    Base64,
+}
+
+/// Output bytes as an API string: as is when they are UTF-8, else base64. Lossless
+/// either way: decode with the encoding to get the exact bytes back.
+pub fn encode_output(bytes: Vec<u8>) -> (String, OutputEncoding) {
+    use base64::Engine as _;
+    match String::from_utf8(bytes) {
+        Ok(s) => (s, OutputEncoding::Utf8),
+        Err(e) => (
+            base64::engine::general_purpose::STANDARD.encode(e.as_bytes()),
+            OutputEncoding::Base64,
+        ),
+    }
+}
+
+/// The inverse of [`encode_output`].
+pub fn decode_output(text: &str, encoding: OutputEncoding) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    match encoding {
+        OutputEncoding::Utf8 => Some(text.as_bytes().to_vec()),
+        OutputEncoding::Base64 => base64::engine::general_purpose::STANDARD.decode(text).ok(),
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NodeResult {
     pub hostname: String,
     pub status: NodeExecStatus,
     pub exit_code: Option<i32>,
+    /// Standard output as kept; see `stdout_encoding`.
     pub stdout: String,
+    pub stdout_encoding: OutputEncoding,
     pub stderr: String,
+    pub stderr_encoding: OutputEncoding,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
     pub stdout_bytes: u64,
@@ -170,7 +228,120 @@ pub struct Execution {
     pub timeout: i64,
     /// `pending`, `running`, `succeeded` (every node), or `failed` (finished, some did not succeed).
     pub status: String,
+    /// How many of the execution's nodes are in each state (all nodes, not just this page).
+    pub node_counts: NodeCounts,
+    /// All nodes of the execution.
+    pub nodes_total: i64,
+    pub node_offset: i64,
+    pub node_limit: i64,
+    /// Where the next page starts (`?node_offset=`), or null on the last page. A page
+    /// may hold fewer than `node_limit` nodes when their output is large.
+    pub next_node_offset: Option<i64>,
+    /// This page of nodes, by hostname.
     pub nodes: Vec<NodeResult>,
+}
+
+/// Nodes per state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeCounts {
+    pub pending: i64,
+    pub running: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub timed_out: i64,
+    pub unreachable: i64,
+    pub not_approved: i64,
+    pub lost: i64,
+}
+
+impl NodeCounts {
+    pub fn add(&mut self, status: NodeExecStatus, n: i64) {
+        let slot = match status {
+            NodeExecStatus::Pending => &mut self.pending,
+            NodeExecStatus::Running => &mut self.running,
+            NodeExecStatus::Succeeded => &mut self.succeeded,
+            NodeExecStatus::Failed => &mut self.failed,
+            NodeExecStatus::TimedOut => &mut self.timed_out,
+            NodeExecStatus::Unreachable => &mut self.unreachable,
+            NodeExecStatus::NotApproved => &mut self.not_approved,
+            NodeExecStatus::Lost => &mut self.lost,
+        };
+        *slot = slot.saturating_add(n);
+    }
+
+    pub fn total(&self) -> i64 {
+        [
+            self.pending,
+            self.running,
+            self.succeeded,
+            self.failed,
+            self.timed_out,
+            self.unreachable,
+            self.not_approved,
+            self.lost,
+        ]
+        .iter()
+        .fold(0i64, |a, b| a.saturating_add(*b))
+    }
+
+    /// The execution's overall status from its nodes' states.
+    pub fn overall(&self) -> &'static str {
+        let open = self.pending + self.running;
+        if open > 0 {
+            if open == self.pending && self.pending == self.total() {
+                "pending"
+            } else {
+                "running"
+            }
+        } else if self.succeeded == self.total() {
+            "succeeded"
+        } else {
+            "failed"
+        }
+    }
+}
+
+/// Query of `GET …/execution/{id}/`: which page of nodes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodePageQuery {
+    pub node_limit: Option<i64>,
+    pub node_offset: Option<i64>,
+}
+
+impl NodePageQuery {
+    /// `(limit, offset)` with defaults applied and bounds checked.
+    pub fn bounds(&self) -> Result<(i64, i64), crate::ValidationError> {
+        let limit = crate::validate::range(
+            "node_limit",
+            self.node_limit.unwrap_or(NODE_LIMIT_DEFAULT),
+            1,
+            NODE_LIMIT_MAX,
+        )?;
+        let offset =
+            crate::validate::range("node_offset", self.node_offset.unwrap_or(0), 0, i64::MAX)?;
+        Ok((limit, offset))
+    }
+}
+
+/// One execution in the history: what ran, where, by whom, and how each node
+/// ended, counted by state. Each node's output is in the execution itself.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecutionSummary {
+    pub exec_id: String,
+    pub project_id: String,
+    pub edge_id: String,
+    pub command: String,
+    pub content_type: ContentType,
+    pub target_type: TargetType,
+    pub target: Option<Vec<String>>,
+    pub username: String,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub timeout: i64,
+    pub status: String,
+    pub node_counts: NodeCounts,
+    pub nodes_total: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -178,10 +349,76 @@ pub struct History {
     pub total: i64,
     pub limit: i64,
     pub offset: i64,
-    pub executions: Vec<Execution>,
+    pub executions: Vec<ExecutionSummary>,
 }
 
 // --- agent side --------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_output_round_trips_through_the_api_and_the_channel() {
+        let cases: Vec<Vec<u8>> = vec![
+            b"plain text\n".to_vec(),
+            b"nul\0inside".to_vec(),
+            vec![0xff, 0xfe, 0x00, 0x80],
+            "ünïcödé".as_bytes().to_vec(),
+            (0..=255u8).collect(),
+        ];
+        for bytes in cases {
+            let (text, enc) = encode_output(bytes.clone());
+            assert_eq!(decode_output(&text, enc), Some(bytes.clone()));
+            let o = Output {
+                data: bytes.clone(),
+                ..Output::default()
+            };
+            let wire = serde_json::to_string(&o).unwrap();
+            assert_eq!(serde_json::from_str::<Output>(&wire).unwrap().data, bytes);
+        }
+        assert_eq!(encode_output(b"ok".to_vec()).1, OutputEncoding::Utf8);
+        assert_eq!(encode_output(vec![0xff]).1, OutputEncoding::Base64);
+    }
+
+    #[test]
+    fn a_full_result_fits_the_answer_limit() {
+        for keep in [2, 1000, DEFAULT_KEEP_BYTES, MAX_KEEP_BYTES] {
+            let o = Output {
+                data: vec![1u8; keep + 200],
+                truncated: true,
+                total_bytes: u64::MAX,
+                sha256: "f".repeat(64),
+            };
+            let r = AgentExecResult {
+                exec_id: "x".repeat(64),
+                status: NodeExecStatus::Failed,
+                exit_code: Some(i32::MIN),
+                stdout: o.clone(),
+                stderr: o,
+                error: Some("\u{1}".repeat(MAX_ERROR_TEXT)),
+                started_at_ms: i64::MIN,
+                finished_at_ms: Some(i64::MIN),
+            };
+            let n = serde_json::to_vec(&r).unwrap().len();
+            assert!(n <= max_result_answer(keep), "{n} > limit for keep {keep}");
+        }
+    }
+
+    #[test]
+    fn overall_status_from_counts() {
+        let mut c = NodeCounts::default();
+        c.add(NodeExecStatus::Pending, 2);
+        assert_eq!(c.overall(), "pending");
+        c.add(NodeExecStatus::Succeeded, 1);
+        assert_eq!(c.overall(), "running");
+        let mut c = NodeCounts::default();
+        c.add(NodeExecStatus::Succeeded, 3);
+        assert_eq!(c.overall(), "succeeded");
+        c.add(NodeExecStatus::Unreachable, 1);
+        assert_eq!(c.overall(), "failed");
+    }
+}
 
 /// `POST /v1/exec`: run once for this exec ID, then answer with the result.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod agent;
+mod b64;
 pub mod cmdexec;
 pub mod error;
 pub mod ssh;
@@ -16,7 +17,7 @@ pub use validate::ValidationError;
 
 /// The agent/bastion protocol version, sent in every enrollment and checked on
 /// both sides so a mismatch fails with an actionable message instead of garbage.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The version of this build, reported by agents and shown in node listings.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

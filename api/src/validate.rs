@@ -106,6 +106,39 @@ pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64
     }
 }
 
+/// Text a peer sent (an SSH user name, an agent's version or error, a path), made
+/// safe to store, log and format: at most `max_bytes` bytes (cut on a character
+/// boundary, with `…` when cut), control characters (NUL included, which
+/// PostgreSQL refuses in text) replaced by `?`. Never fails, so one bad string
+/// cannot fail the record it belongs to.
+pub fn peer_text(value: &str, max_bytes: usize) -> String {
+    let fits = value.len() <= max_bytes;
+    let budget = if fits {
+        max_bytes
+    } else {
+        max_bytes.saturating_sub('…'.len_utf8())
+    };
+    let mut out = String::with_capacity(value.len().min(max_bytes));
+    for c in value.chars() {
+        let c = if c.is_control() && c != '\n' && c != '\t' {
+            '?'
+        } else {
+            c
+        };
+        if out.len() + c.len_utf8() > budget {
+            out.push('…');
+            return out;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Like [`peer_text`] for one-line values (names, versions): newlines too become `?`.
+pub fn peer_line(value: &str, max_bytes: usize) -> String {
+    peer_text(&value.replace(['\n', '\r', '\t'], "?"), max_bytes)
+}
+
 /// Echo at most 80 characters of a rejected value back, so an error message cannot
 /// be used to reflect a megabyte of attacker input into logs.
 fn truncate(value: &str) -> String {
@@ -175,6 +208,21 @@ mod tests {
         assert_eq!(parse(r#"{}"#).unwrap(), None);
         assert!(parse(r#"{"t": 1.5}"#).is_err());
         assert!(parse(r#"{"t": "60"}"#).is_err());
+    }
+
+    #[test]
+    fn peer_text_is_bounded_and_has_no_control_bytes() {
+        assert_eq!(peer_text("plain", 64), "plain");
+        assert_eq!(peer_text("a\0b\x1bc\nd", 64), "a?b?c\nd");
+        assert_eq!(peer_line("a\nb", 64), "a?b");
+        let long = "é".repeat(100_000);
+        let t = peer_text(&long, 100);
+        assert!(t.len() <= 100 && t.ends_with('…'), "{} bytes", t.len());
+        // A cut never splits a character, whatever the budget.
+        for max in 0..12 {
+            let t = peer_text("ééééé", max);
+            assert!(t.len() <= max.max(3));
+        }
     }
 
     #[test]

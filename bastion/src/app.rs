@@ -10,11 +10,8 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::agents::{self, Registry};
-use crate::audit::Audit;
-use crate::metrics::Metrics;
+use crate::agents;
 use crate::pki::{Pki, PkiError};
 use crate::secrets::{MasterKey, SecretError};
 use crate::state::{Settings, Shared};
@@ -153,21 +150,7 @@ impl Bastion {
         }
         names.dedup();
         let tls = agents::server_config(&pki, &names)?;
-        let tasks = TaskTracker::new();
-        let cmdexec = crate::cmdexec::Engine::new(store.clone(), &tasks, shutdown.clone());
-        let shared = Arc::new(Shared {
-            cmdexec,
-            audit: Audit::new(store.clone()),
-            store,
-            pki,
-            registry: Arc::new(Registry::default()),
-            metrics: Arc::new(Metrics::default()),
-            settings,
-            shutdown,
-            tasks,
-            grants: crate::ssh::GrantCache::default(),
-            ssh_live: Arc::default(),
-        });
+        let shared = Shared::new(store, pki, settings, shutdown);
         Ok(Bastion {
             shared,
             api,

@@ -69,6 +69,50 @@ impl Event {
     }
 }
 
+/// Longest one-line field (actor, source, project, action…) kept in an entry.
+const MAX_FIELD: usize = 256;
+/// Longest string kept anywhere inside an entry's detail.
+const MAX_DETAIL_STRING: usize = 8 * 1024;
+
+impl Event {
+    /// The event with every string bounded and free of control bytes, whatever
+    /// a peer put in it: the one place that keeps an entry's size in check, so no
+    /// caller can forget to (user names, paths, versions, commands, reasons).
+    fn bounded(self) -> Event {
+        use postern_api::validate::{peer_line, peer_text};
+        let line = |s: String| {
+            if s.len() <= MAX_FIELD && !s.chars().any(char::is_control) {
+                s
+            } else {
+                peer_line(&s, MAX_FIELD)
+            }
+        };
+        fn walk(v: &mut Value) {
+            match v {
+                Value::String(s) if s.len() > MAX_DETAIL_STRING => {
+                    *s = peer_text(s, MAX_DETAIL_STRING);
+                }
+                Value::Array(a) => a.iter_mut().for_each(walk),
+                Value::Object(o) => o.values_mut().for_each(walk),
+                _ => {}
+            }
+        }
+        let mut detail = self.detail;
+        walk(&mut detail);
+        Event {
+            action: line(self.action),
+            outcome: line(self.outcome),
+            org_id: self.org_id.map(line),
+            actor: self.actor.map(line),
+            source_ip: self.source_ip.map(line),
+            project: self.project.map(line),
+            targets: self.targets.into_iter().map(line).collect(),
+            exec_id: self.exec_id.map(line),
+            detail,
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum AuditError {
     #[error(transparent)]
@@ -178,6 +222,7 @@ impl Audit {
     /// Appends an event. Audit failures are errors for the caller: an action whose
     /// record cannot be written should not be reported as done.
     pub async fn record(&self, ev: Event) -> Result<i64, AuditError> {
+        let ev = ev.bounded();
         let mut head = self.head.lock().await;
         for _attempt in 0..5 {
             let (prev_seq, prev_hash) = match head.as_ref() {

@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod app;
 pub mod audit;
+pub mod audit_queue;
 pub mod authz;
 pub mod clock;
 pub mod cmdexec;

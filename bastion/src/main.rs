@@ -126,9 +126,10 @@ struct Tuning {
     /// How long a node running a command may stay disconnected before its result is `lost`.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     exec_lost_grace: Duration,
-    /// Output kept per stream and node; beyond it, head and tail are kept.
-    #[arg(long, default_value_t = postern_api::cmdexec::DEFAULT_KEEP_BYTES)]
-    exec_keep_bytes: usize,
+    /// Output kept per stream and node, 2 bytes to 1 MiB; beyond it, head and tail are kept.
+    #[arg(long, default_value_t = postern_api::cmdexec::DEFAULT_KEEP_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(2..=postern_api::cmdexec::MAX_KEEP_BYTES as u64))]
+    exec_keep_bytes: u64,
     /// How long a key grant pushed to a node for an SSH jump stays valid there.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     ssh_grant_ttl: Duration,
@@ -172,7 +173,8 @@ fn settings(t: &Tuning, public_url: Option<String>) -> Settings {
         max_agent_connections: t.max_agent_connections,
         handshake_timeout: t.handshake_timeout,
         exec_lost_grace: t.exec_lost_grace,
-        exec_keep_bytes: t.exec_keep_bytes.clamp(2, 16 * 1024 * 1024),
+        exec_keep_bytes: usize::try_from(t.exec_keep_bytes)
+            .unwrap_or(postern_api::cmdexec::DEFAULT_KEEP_BYTES),
         ssh_grant_ttl: t
             .ssh_grant_ttl
             .clamp(Duration::from_secs(10), Duration::from_secs(24 * 3600)),

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub rotation_failures: AtomicU64,
     pub api_requests: AtomicU64,
     pub audit_failures: AtomicU64,
+    pub audit_dropped: AtomicU64,
     pub ssh_sessions: AtomicU64,
     pub ssh_denied: AtomicU64,
     pub ssh_auth_failures: AtomicU64,
@@ -41,7 +42,12 @@ impl Metrics {
             agents_connected as u64,
             "gauge",
         );
-        let counters: [(&str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
+            (
+                "postern_audit_dropped_total",
+                "Audit events of unauthenticated peers dropped because their queue was full (a flood); the count is audited.",
+                &self.audit_dropped,
+            ),
             (
                 "postern_agent_handshakes_total",
                 "Agent channels established.",

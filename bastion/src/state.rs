@@ -85,9 +85,45 @@ pub struct Shared {
     pub grants: crate::ssh::GrantCache,
     /// Live SSH connections and relays, cut when access is taken away.
     pub ssh_live: Arc<crate::ssh::Live>,
+    /// Audit events unauthenticated peers cause, bounded (see `audit_queue`).
+    pub audit_queue: crate::audit_queue::AuditQueue,
 }
 
 impl Shared {
+    /// The one constructor, for the bastion and for tests: starts the engine's
+    /// result writer and the audit queue on the returned state's task tracker.
+    pub fn new(
+        store: Store,
+        pki: Arc<Pki>,
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> Arc<Shared> {
+        let tasks = TaskTracker::new();
+        let metrics = Arc::new(Metrics::default());
+        let audit = Audit::new(store.clone());
+        let audit_queue = crate::audit_queue::AuditQueue::start(
+            audit.clone(),
+            store.clone(),
+            metrics.clone(),
+            &tasks,
+            shutdown.clone(),
+        );
+        Arc::new(Shared {
+            cmdexec: crate::cmdexec::Engine::new(store.clone(), &tasks, shutdown.clone()),
+            audit,
+            store,
+            pki,
+            registry: Arc::new(Registry::default()),
+            metrics,
+            settings,
+            shutdown,
+            tasks,
+            grants: crate::ssh::GrantCache::default(),
+            ssh_live: Arc::default(),
+            audit_queue,
+        })
+    }
+
     /// Records an audit event; a failure is logged and counted, never silent.
     pub async fn audit(&self, ev: crate::audit::Event) {
         if let Err(e) = self.audit.record(ev).await {

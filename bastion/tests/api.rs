@@ -651,11 +651,22 @@ async fn ssh_keys_are_validated_scoped_and_audited() {
     assert_eq!(v["algorithm"], "ssh-ed25519");
     let key_id = v["id"].as_str().unwrap().to_string();
 
-    // The same key again (for anyone) is a conflict that does not say whose it is.
+    // Registering proves no possession of the key, so another user registering
+    // the same public key must not block anyone: it is theirs too, and it only
+    // ever authenticates each of them as themselves.
     let (s, v) = w
         .post(
             "/api/v1/users/admin/ssh-keys",
             &w.admin,
+            json!({ "public_key": KEY }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // The same key twice for one user is a conflict.
+    let (s, v) = w
+        .post(
+            "/api/v1/users/mem/ssh-keys",
+            &w.member,
             json!({ "public_key": KEY }),
         )
         .await;
@@ -728,14 +739,8 @@ async fn ssh_keys_are_validated_scoped_and_audited() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, v) = w.call(Method::DELETE, &uri, Some(&w.admin), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
-    assert!(
-        w.shared
-            .store
-            .ssh_key_by_fingerprint("x")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    let mem = w.shared.store.user_by_name("mem").await.unwrap().unwrap();
+    assert!(w.shared.store.list_ssh_keys(&mem.id).await.unwrap().is_empty());
 
     // Adding and deleting are audited.
     let (_, v) = w.get("/api/v1/audit?limit=100", &w.admin).await;
@@ -757,4 +762,103 @@ async fn ssh_keys_are_validated_scoped_and_audited() {
             .any(|a| a.contains("DELETE /api/v1/users/{user}/ssh-keys/{key_id}")),
         "{actions:?}"
     );
+}
+
+/// Audit fails closed for what changes things: when the audit log cannot be
+/// written, an admin mutation and an execution are refused with 503 and change
+/// nothing; reads still answer. (The failure is a trigger that refuses every
+/// audit insert, as a full or broken log would.)
+#[tokio::test]
+async fn unauditable_mutations_and_executions_do_not_happen() {
+    use postern_bastion::store::{EnrollmentTokenRow, NewNode};
+    let w = world().await;
+    let s = &w.shared.store;
+    let edge = s
+        .edge_by_name(
+            &s.project_by_name(
+                &s.user_by_name("admin").await.unwrap().unwrap().org_id,
+                "web",
+            )
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+            "eu-1",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    s.insert_enrollment_token(&EnrollmentTokenRow {
+        id: "tok".into(),
+        edge_id: edge.id.clone(),
+        secret_hash: "h".into(),
+        created_by: None,
+        created_at: 0,
+        expires_at: i64::MAX,
+        max_uses: 1,
+        uses: 0,
+        auto_approve: true,
+        revoked_at: None,
+    })
+    .await
+    .unwrap();
+    s.enroll_node(
+        &NewNode {
+            id: "n1",
+            token_id: "tok",
+            edge_id: &edge.id,
+            hostname: "node-1",
+            agent_version: "0.1.0",
+            auto_approve: true,
+            cert_serial: "01",
+            cert_expires_at: i64::MAX,
+        },
+        1,
+    )
+    .await
+    .unwrap();
+
+    sqlx::query(
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'audit log full'); END",
+    )
+    .execute(s.pool())
+    .await
+    .unwrap();
+    let (st, v) = w
+        .post("/api/v1/projects", &w.admin, json!({ "name": "new-one" }))
+        .await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("audit log"), "{v}");
+    let (st, v) = w
+        .post(
+            "/cmdexec/v1/projects/web/edges/eu-1/execute/",
+            &w.admin,
+            json!({ "target_type": "cluster", "command": "true" }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    // Reads go on; nothing was created or run.
+    let (st, v) = w.get("/api/v1/projects", &w.admin).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(!v.to_string().contains("new-one"), "{v}");
+    let (st, v) = w.get("/cmdexec/v1/projects/web/history/", &w.admin).await;
+    assert_eq!((st, v["total"].as_i64()), (StatusCode::OK, Some(0)), "{v}");
+
+    sqlx::query("DROP TRIGGER refuse_audit")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    let (st, v) = w
+        .post("/api/v1/projects", &w.admin, json!({ "name": "new-one" }))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (_, v) = w.get("/api/v1/audit?limit=5", &w.admin).await;
+    let outcomes: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "api POST /api/v1/projects")
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["ok", "requested"], "{v}");
 }

@@ -304,7 +304,32 @@ async fn audit_survives_a_second_writer(s: &Store) {
     assert_eq!(a.verify().await.unwrap(), Ok(6));
 }
 
-async fn ssh_keys_are_unique_bounded_and_found_by_fingerprint(s: &Store) {
+/// Whatever a peer puts in an event (a 256 KiB SSH user name with NUL and escape
+/// bytes, a huge detail string), the entry is written, bounded, and verifies.
+async fn audit_entries_are_bounded_whatever_a_peer_sends(s: &Store) {
+    let a = Audit::new(s.clone());
+    let huge = format!("{}\0\x1b[2J{}", "u".repeat(128 * 1024), "v".repeat(128 * 1024));
+    a.record(
+        Event::new("ssh.auth", "denied")
+            .actor(huge.clone())
+            .source(Some(huge.clone()))
+            .target(huge.clone())
+            .detail(serde_json::json!({ "path": huge, "nested": [{ "x": "y".repeat(100_000) }] })),
+    )
+    .await
+    .unwrap();
+    let (_, entries) = a.page(None, 10, 0).await.unwrap();
+    let e = &entries[0];
+    let actor = e.actor.as_deref().unwrap();
+    assert!(actor.len() <= 256 && !actor.contains('\0') && !actor.contains('\x1b'));
+    assert!(e.source_ip.as_deref().unwrap().len() <= 256);
+    assert!(e.targets[0].len() <= 256);
+    let detail = serde_json::to_string(&e.detail).unwrap();
+    assert!(detail.len() < 20_000, "{} bytes of detail", detail.len());
+    assert_eq!(a.verify().await.unwrap(), Ok(1));
+}
+
+async fn ssh_keys_are_unique_per_user_bounded_and_found_for_their_user(s: &Store) {
     let (org, _, edge) = tenancy(s).await;
     let alice = s.create_user(&org, "alice", 1).await.unwrap();
     let bob = s.create_user(&org, "bob", 1).await.unwrap();
@@ -319,10 +344,18 @@ async fn ssh_keys_are_unique_bounded_and_found_by_fingerprint(s: &Store) {
         .add_ssh_key(&key("alice", "SHA256:a"), 2, 5)
         .await
         .unwrap();
+    // Registering proves no possession: anyone may register any public key, so a
+    // key held by another user must not block this one (it only ever
+    // authenticates each of them as themselves).
+    let bob_a = s.add_ssh_key(&key("bob", "SHA256:a"), 2, 5).await.unwrap();
     assert!(matches!(
-        s.add_ssh_key(&key("bob", "SHA256:a"), 2, 5).await,
+        s.add_ssh_key(&key("alice", "SHA256:a"), 2, 5).await,
         Err(StoreError::Conflict(_))
     ));
+    assert_eq!(
+        s.user_ssh_key(&bob.id, "SHA256:a").await.unwrap(),
+        Some(bob_a)
+    );
     s.add_ssh_key(&key("alice", "SHA256:b"), 2, 5)
         .await
         .unwrap();
@@ -331,7 +364,7 @@ async fn ssh_keys_are_unique_bounded_and_found_by_fingerprint(s: &Store) {
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(s.list_ssh_keys(&alice.id).await.unwrap().len(), 2);
-    let found = s.ssh_key_by_fingerprint("SHA256:a").await.unwrap().unwrap();
+    let found = s.user_ssh_key(&alice.id, "SHA256:a").await.unwrap().unwrap();
     assert_eq!(found, k1);
     assert!(
         s.delete_ssh_key(&bob.id, &k1.id).await.unwrap().is_none(),
@@ -341,20 +374,14 @@ async fn ssh_keys_are_unique_bounded_and_found_by_fingerprint(s: &Store) {
         s.delete_ssh_key(&alice.id, &k1.id).await.unwrap(),
         Some(k1.fingerprint.clone())
     );
+    assert!(s.user_ssh_key(&alice.id, "SHA256:a").await.unwrap().is_none());
     assert!(
-        s.ssh_key_by_fingerprint("SHA256:a")
-            .await
-            .unwrap()
-            .is_none()
+        s.user_ssh_key(&bob.id, "SHA256:a").await.unwrap().is_some(),
+        "bob's copy stays"
     );
     // A deleted user's keys go with them.
     s.delete_user(&alice.id).await.unwrap();
-    assert!(
-        s.ssh_key_by_fingerprint("SHA256:b")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(s.user_ssh_key(&alice.id, "SHA256:b").await.unwrap().is_none());
 
     // Nodes by hostname, within the org only.
     s.insert_enrollment_token(&token_row("tok", &edge, 5, 1_000))
@@ -455,7 +482,7 @@ async fn racing_writers_wait_their_turn_and_limits_hold(s: &Store) {
 
 both_backends!(
     racing_writers_wait_their_turn_and_limits_hold,
-    ssh_keys_are_unique_bounded_and_found_by_fingerprint,
+    ssh_keys_are_unique_per_user_bounded_and_found_for_their_user,
     names_are_unique_per_scope,
     role_bindings_round_trip,
     api_tokens_revoke,
@@ -466,6 +493,7 @@ both_backends!(
     ca_is_stored_once,
     audit_chain_detects_edit_and_removal,
     audit_survives_a_second_writer,
+    audit_entries_are_bounded_whatever_a_peer_sends,
 );
 
 mod executions {
@@ -540,8 +568,11 @@ mod executions {
         ])
         .await
         .unwrap();
-        let (e, results) = s.execution("e1").await.unwrap().unwrap();
+        let page = s.execution_page("e1", 1000, 0, usize::MAX).await.unwrap().unwrap();
+        let (e, results) = (page.execution, page.results);
         assert_eq!(e.target, Some(vec!["a".to_string()]));
+        assert_eq!((page.counts.failed, page.counts.running, page.counts.pending), (1, 1, 148));
+        assert_eq!(page.next_offset, None);
         let first = &results[0];
         assert_eq!(
             (first.status, first.exit_code, first.started_at),
@@ -552,26 +583,101 @@ mod executions {
         // The summary keeps sizes and hashes but not the output text.
         let (_, summary) = s.execution_summary("e1").await.unwrap().unwrap();
         assert_eq!(
-            (summary[0].stdout.as_str(), summary[0].stdout_bytes),
-            ("", 3)
+            (summary[0].stdout.as_slice(), summary[0].stdout_bytes),
+            (&b""[..], 3)
         );
         assert_eq!(summary[0].stdout_sha256.as_deref(), Some("ab"));
-        assert_eq!(results[0].stdout, "out");
+        assert_eq!(results[0].stdout, b"out");
         assert_eq!(s.unfinished_results().await.unwrap().len(), 149);
 
         let (total, page) = s.history(&project, 1, 0).await.unwrap();
         assert_eq!((total, page[0].0.id.as_str()), (2, "e2"), "newest first");
         let (_, page) = s.history(&project, 5, 1).await.unwrap();
-        assert_eq!((page[0].0.id.as_str(), page[0].1.len()), ("e1", 150));
+        assert_eq!((page[0].0.id.as_str(), page[0].1.total()), ("e1", 150));
         s.finish_execution("e1", 123).await.unwrap();
-        assert_eq!(
-            s.execution("e1").await.unwrap().unwrap().0.finished_at,
-            Some(123)
-        );
+        let page = s.execution_page("e1", 10, 0, usize::MAX).await.unwrap().unwrap();
+        assert_eq!(page.execution.finished_at, Some(123));
+
+        // Pages of nodes, by hostname: a limit, an offset, and the next offset.
+        assert_eq!(page.results.len(), 10);
+        assert_eq!(page.next_offset, Some(10));
+        let last = s.execution_page("e1", 100, 100, usize::MAX).await.unwrap().unwrap();
+        assert_eq!(last.results.len(), 50);
+        assert_eq!(last.results[0].hostname, "h100");
+        assert_eq!(last.next_offset, None);
+        assert!(s.execution_page("nope", 10, 0, 1).await.unwrap().is_none());
+    }
+
+    /// Output is bytes. A NUL (which PostgreSQL refuses in text) or any other byte
+    /// round-trips, and one row the database refuses cannot fail the others of its
+    /// batch: the writer isolates it (see the engine's writer), and here each row
+    /// of a batch that holds a NUL is stored whole.
+    pub async fn any_output_bytes_round_trip(s: &Store) {
+        let (_, project, edge) = super::tenancy(s).await;
+        let rows: Vec<ResultRow> = (0..4)
+            .map(|i| ResultRow::new("b1", &format!("n{i}"), &format!("h{i}"), NodeExecStatus::Running))
+            .collect();
+        s.insert_execution(&exec("b1", &project, &edge, 10), &rows)
+            .await
+            .unwrap();
+        let outputs: Vec<Vec<u8>> = vec![
+            b"nul\0inside".to_vec(),
+            (0..=255u8).collect(),
+            vec![0xff, 0xfe, 0xfd],
+            "plain ünïcödé\n".as_bytes().to_vec(),
+        ];
+        let updates: Vec<ResultUpdate> = outputs
+            .iter()
+            .enumerate()
+            .map(|(i, out)| {
+                let mut r = ResultRow::new("b1", &format!("n{i}"), &format!("h{i}"), NodeExecStatus::Succeeded);
+                r.stdout = out.clone();
+                r.stderr = out.iter().rev().copied().collect();
+                r.finished_at = Some(20);
+                ResultUpdate::Finished(Box::new(r))
+            })
+            .collect();
+        s.apply_result_updates(&updates).await.unwrap();
+        let page = s.execution_page("b1", 10, 0, usize::MAX).await.unwrap().unwrap();
+        for (i, r) in page.results.iter().enumerate() {
+            assert_eq!(r.stdout, outputs[i], "node {i}");
+            let rev: Vec<u8> = outputs[i].iter().rev().copied().collect();
+            assert_eq!(r.stderr, rev, "node {i}");
+        }
+        assert_eq!(page.counts.succeeded, 4);
+    }
+
+    /// A page holds at least one node, and no more output than its budget after that.
+    pub async fn pages_stop_at_the_output_budget(s: &Store) {
+        let (_, project, edge) = super::tenancy(s).await;
+        let rows: Vec<ResultRow> = (0..5)
+            .map(|i| {
+                let mut r = ResultRow::new("p1", &format!("n{i}"), &format!("h{i}"), NodeExecStatus::Succeeded);
+                r.stdout = vec![b'x'; 1000];
+                r
+            })
+            .collect();
+        s.insert_execution(&exec("p1", &project, &edge, 10), &rows)
+            .await
+            .unwrap();
+        let page = s.execution_page("p1", 100, 0, 2500).await.unwrap().unwrap();
+        assert_eq!(page.results.len(), 2);
+        assert_eq!(page.next_offset, Some(2));
+        let page = s.execution_page("p1", 100, 4, 10).await.unwrap().unwrap();
+        assert_eq!((page.results.len(), page.next_offset), (1, None));
+        let page = s.execution_page("p1", 100, 0, 10).await.unwrap().unwrap();
+        assert_eq!((page.results.len(), page.next_offset), (1, Some(1)), "one node even over budget");
     }
 }
-use executions::results_are_stored_once_and_paged;
-both_backends!(results_are_stored_once_and_paged);
+use executions::{
+    any_output_bytes_round_trip, pages_stop_at_the_output_budget,
+    results_are_stored_once_and_paged,
+};
+both_backends!(
+    results_are_stored_once_and_paged,
+    any_output_bytes_round_trip,
+    pages_stop_at_the_output_budget
+);
 
 /// A database that is busy or gone is "retry later" (503), not a bug (500): the
 /// classification is checked on real errors from both drivers.

@@ -67,8 +67,26 @@ pub struct AgentStatus {
     pub connected: AtomicBool,
     pub connects: AtomicU64,
     pub failures: AtomicU64,
-    /// Unix ms when the channel last went down (or the agent started).
+    /// Unix ms when the channel last went down (or the agent started). Only
+    /// [`AgentStatus::mark_down`] moves it, and only on a real up-to-down change.
     pub down_since_ms: AtomicI64,
+}
+
+impl AgentStatus {
+    pub fn mark_up(&self) {
+        self.connected.store(true, Ordering::SeqCst);
+        self.connects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The channel is down from now. The time is set before the flag, so whoever
+    /// sees "down" also sees when; if it was already down, the first time stays,
+    /// so the break-glass grace counts from the real loss of the bastion.
+    pub fn mark_down(&self) {
+        if self.connected.load(Ordering::SeqCst) {
+            self.down_since_ms.store(now_ms(), Ordering::SeqCst);
+            self.connected.store(false, Ordering::SeqCst);
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -194,8 +212,7 @@ impl Agent {
                 "the bastion did not agree to the agent protocol (version mismatch?)".into(),
             );
         }
-        self.status.connected.store(true, Ordering::Relaxed);
-        self.status.connects.fetch_add(1, Ordering::Relaxed);
+        self.status.mark_up();
         tracing::info!(controller = %controller.url, "channel to the bastion up");
 
         let channel_ended = CancellationToken::new();
@@ -226,8 +243,7 @@ impl Agent {
                 Ok(())
             }
         };
-        self.status.down_since_ms.store(now_ms(), Ordering::Relaxed);
-        self.status.connected.store(false, Ordering::Relaxed);
+        self.status.mark_down();
         result
     }
 }

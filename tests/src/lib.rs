@@ -35,6 +35,26 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
+/// A fresh, empty schema on the PostgreSQL every test machine and CI has (see
+/// `scripts/test`), as a URL for `--database-url`. Fails, never skips, when
+/// PostgreSQL is missing: CI must run the tests that need it.
+pub fn postgres_url() -> String {
+    let base = std::env::var("POSTERN_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("e2e_{}_{}", std::process::id(), free_port());
+    let out = Command::new("psql")
+        .args([base.as_str(), "-qc", &format!("CREATE SCHEMA {schema}")])
+        .output()
+        .unwrap_or_else(|e| panic!("psql is needed for PostgreSQL tests: {e}"));
+    assert!(
+        out.status.success(),
+        "cannot create a schema at {base}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

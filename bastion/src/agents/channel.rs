@@ -99,13 +99,13 @@ pub(super) async fn run(
             .touch_nodes(std::slice::from_ref(&node_id), now)
             .await;
         match client::health(&agent, s.agent_call_timeout).await {
-            Ok(h) if node.agent_version.as_deref() != Some(h.agent_version.as_str()) => {
-                let _ = shared
-                    .store
-                    .set_agent_version(&node_id, &h.agent_version)
-                    .await;
+            Ok(h) => {
+                // The agent's word: bounded and printable before it is stored.
+                let version = postern_api::validate::peer_line(&h.agent_version, 64);
+                if node.agent_version.as_deref() != Some(version.as_str()) {
+                    let _ = shared.store.set_agent_version(&node_id, &version).await;
+                }
             }
-            Ok(_) => {}
             Err(e) => tracing::debug!(node = %node_id, error = %e, "agent health call failed"),
         }
         std::future::pending::<()>().await;

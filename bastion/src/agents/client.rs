@@ -40,6 +40,19 @@ pub async fn call_json<Req: Serialize, Resp: DeserializeOwned>(
     body: Option<&Req>,
     timeout: Duration,
 ) -> Result<Resp, CallError> {
+    call_json_limited(agent, method, path, body, timeout, MAX_ANSWER).await
+}
+
+/// [`call_json`] for answers that may be larger than the control calls' limit
+/// (exec results, sized by `--exec-keep-bytes`).
+pub async fn call_json_limited<Req: Serialize, Resp: DeserializeOwned>(
+    agent: &AgentConn,
+    method: Method,
+    path: &str,
+    body: Option<&Req>,
+    timeout: Duration,
+    max_answer: usize,
+) -> Result<Resp, CallError> {
     let fut = async {
         let mut sender = agent.sender.clone();
         sender.ready().await?;
@@ -55,7 +68,7 @@ pub async fn call_json<Req: Serialize, Resp: DeserializeOwned>(
             .map_err(|e| CallError::Body(e.to_string()))?;
         let resp = sender.send_request(req).await?;
         let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
+        let bytes = Limited::new(resp.into_body(), max_answer)
             .collect()
             .await
             .map_err(|e| CallError::Body(e.to_string()))?

@@ -223,7 +223,7 @@ pub async fn enroll(
                 token_id: &token.id,
                 edge_id: &edge.id,
                 hostname: &req.hostname,
-                agent_version: &req.agent_version.chars().take(64).collect::<String>(),
+                agent_version: &postern_api::validate::peer_line(&req.agent_version, 64),
                 auto_approve: token.auto_approve,
                 cert_serial: &issued.serial,
                 cert_expires_at: issued.not_after_ms,

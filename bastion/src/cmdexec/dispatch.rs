@@ -5,11 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use postern_api::cmdexec::{AgentExec, AgentExecResult, ContentType, NodeExecStatus};
+use postern_api::cmdexec::{
+    AgentExec, AgentExecResult, ContentType, MAX_ERROR_TEXT, NodeExecStatus, max_result_answer,
+};
+use postern_api::validate;
 
 use super::Engine;
 use crate::agents::AgentConn;
-use crate::agents::client::{CallError, call_json};
+use crate::agents::client::{CallError, call_json, call_json_limited};
 use crate::clock::now_ms;
 use crate::state::Shared;
 use crate::store::{ExecutionRow, ResultRow, ResultUpdate};
@@ -60,26 +63,47 @@ fn settled(
     r
 }
 
+/// A result as the agent reported it, made safe to store: times taken from the
+/// bastion's clock (an agent's clock may be wrong, or the agent hostile), its
+/// error text bounded and free of control bytes.
 fn from_agent(exec: &ExecutionRow, node_id: &str, hostname: &str, a: AgentExecResult) -> ResultRow {
     let len = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let now = now_ms();
+    let started = a.started_at_ms.clamp(exec.created_at, now.max(exec.created_at));
+    let finished = a.finished_at_ms.unwrap_or(now).clamp(started, now.max(started));
+    let sha = |s: String| (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then_some(s);
     ResultRow {
         exec_id: exec.id.clone(),
         node_id: node_id.into(),
         hostname: hostname.into(),
         status: a.status,
         exit_code: a.exit_code.map(i64::from),
-        error: a.error,
+        error: a.error.map(|e| validate::peer_text(&e, MAX_ERROR_TEXT)),
         stdout_truncated: a.stdout.truncated,
         stdout_bytes: len(a.stdout.total_bytes),
-        stdout_sha256: (!a.stdout.sha256.is_empty()).then_some(a.stdout.sha256),
+        stdout_sha256: sha(a.stdout.sha256),
         stdout: a.stdout.data,
         stderr_truncated: a.stderr.truncated,
         stderr_bytes: len(a.stderr.total_bytes),
-        stderr_sha256: (!a.stderr.sha256.is_empty()).then_some(a.stderr.sha256),
+        stderr_sha256: sha(a.stderr.sha256),
         stderr: a.stderr.data,
-        started_at: Some(a.started_at_ms),
-        finished_at: a.finished_at_ms.or(Some(now_ms())),
+        started_at: Some(started),
+        finished_at: Some(finished),
     }
+}
+
+/// How many answers in a row that cannot be used (unreadable, refused with 404
+/// after sending, "still running" at once) before the node's part is settled as
+/// failed instead of asked again.
+const MAX_UNUSABLE_ANSWERS: u32 = 8;
+/// How many failed writes of a result before it is stored without its output.
+const WRITE_TRIES_WITH_OUTPUT: u32 = 5;
+
+/// Exponential backoff with full jitter: 200 ms doubling, at most `cap`.
+fn backoff(attempt: u32, cap: Duration) -> Duration {
+    let exp = Duration::from_millis(200).saturating_mul(1u32 << attempt.min(10));
+    let max = exp.min(cap);
+    max.mul_f64(0.5 + rand::random::<f64>() / 2.0)
 }
 
 async fn run(
@@ -93,6 +117,9 @@ async fn run(
     let grace = shared.settings.exec_lost_grace;
     let timeout = Duration::from_secs(u64::try_from(exec.timeout_secs).unwrap_or(60));
     let deadline_ms = exec.created_at + exec.timeout_secs * 1000;
+    // However the agent and the link behave, this node's part ends by then.
+    let give_up = Instant::now() + timeout + grace + Duration::from_secs(600);
+    let max_answer = max_result_answer(shared.settings.exec_keep_bytes);
     let request = AgentExec {
         exec_id: exec.id.clone(),
         command: exec.command.clone(),
@@ -104,12 +131,18 @@ async fn run(
         timeout_secs: timeout.as_secs(),
         keep_bytes: shared.settings.exec_keep_bytes,
     };
+    let settle = |status, error: String| settled(exec, node_id, hostname, status, error);
+    let mut unusable = 0u32;
+    let mut interrupted = 0u32;
     let result = loop {
+        if Instant::now() >= give_up {
+            break settle(
+                NodeExecStatus::Lost,
+                "the agent did not deliver a result in time (the command's timeout plus the lost grace and 10 minutes)".into(),
+            );
+        }
         let Some(conn) = channel(shared, node_id, grace).await else {
-            break settled(
-                exec,
-                node_id,
-                hostname,
+            break settle(
                 NodeExecStatus::Lost,
                 format!(
                     "the agent disconnected and did not come back within {}s",
@@ -117,29 +150,28 @@ async fn run(
                 ),
             );
         };
+        let asked = Instant::now();
         let call = if sent {
             let wait = timeout.as_secs().clamp(1, 300);
             let path = format!("/v1/exec/{}?wait={wait}", exec.id);
-            call_json::<(), AgentExecResult>(
+            call_json_limited::<(), AgentExecResult>(
                 &conn,
                 Method::GET,
                 &path,
                 None,
                 Duration::from_secs(wait + 15),
+                max_answer,
             )
             .await
         } else {
             if now_ms() > deadline_ms {
                 // Never started, and its time is over: running it now would surprise.
-                break settled(
-                    exec,
-                    node_id,
-                    hostname,
+                break settle(
                     NodeExecStatus::Lost,
                     "the command could not be sent before its timeout passed".into(),
                 );
             }
-            engine
+            let _ = engine
                 .write(
                     ResultUpdate::Started {
                         exec_id: exec.id.clone(),
@@ -152,52 +184,199 @@ async fn run(
             // Counted as sent before the call: it may reach the agent even if the
             // answer does not reach us.
             sent = true;
-            call_json(
+            call_json_limited(
                 &conn,
                 Method::POST,
                 "/v1/exec",
                 Some(&request),
                 timeout + Duration::from_secs(30),
+                max_answer,
             )
             .await
         };
-        match call {
-            Ok(r) if r.status.is_final() => break from_agent(exec, node_id, hostname, r),
-            Ok(_) => continue,
+        let why_unusable = match call {
+            Ok(r) if r.status.is_final() && r.exec_id == exec.id => {
+                break from_agent(exec, node_id, hostname, r);
+            }
+            Ok(r) if r.exec_id != exec.id => "the agent answered for another exec ID".to_string(),
+            // A long poll that ended with the command still running: ask again.
+            Ok(_) if asked.elapsed() >= Duration::from_secs(1) => {
+                unusable = 0;
+                interrupted = 0;
+                continue;
+            }
+            Ok(_) => "the agent said \"still running\" without waiting".to_string(),
             Err(CallError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
-                sent = false
+                // The agent does not know this exec (its spool was lost): send again;
+                // its exec-ID ledger still refuses a second run.
+                sent = false;
+                "the agent does not know this exec ID".to_string()
             }
             Err(CallError::Status { status, body }) => {
-                break settled(
-                    exec,
-                    node_id,
-                    hostname,
+                break settle(
                     NodeExecStatus::Failed,
-                    format!("the agent refused the command ({status}): {body}"),
+                    format!(
+                        "the agent refused the command ({status}): {}",
+                        validate::peer_text(&body, 500)
+                    ),
                 );
             }
+            Err(CallError::Body(e)) => format!("the agent's answer could not be read: {e}"),
             Err(e) => {
+                // The link dropped or the call timed out: wait for the channel again.
                 tracing::debug!(exec_id = %exec.id, node = %hostname, error = %e, "exec call interrupted; will resume");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                interrupted += 1;
+                tokio::time::sleep(backoff(interrupted, Duration::from_secs(10))).await;
+                continue;
+            }
+        };
+        unusable += 1;
+        tracing::warn!(exec_id = %exec.id, node = %hostname, attempt = unusable, reason = %why_unusable, "unusable answer from the agent");
+        if unusable >= MAX_UNUSABLE_ANSWERS {
+            break settle(
+                NodeExecStatus::Failed,
+                format!("gave up after {unusable} unusable answers from the agent; the last: {why_unusable}"),
+            );
+        }
+        tokio::time::sleep(backoff(unusable, Duration::from_secs(30))).await;
+    };
+    store_result(shared, engine, exec, node_id, result).await;
+}
+
+/// Stores the node's final result, then lets the agent drop its spooled copy.
+/// Never drops a result on a write error: it retries with backoff for as long as
+/// the bastion runs (the agent keeps its copy meanwhile, and a restarted bastion
+/// fetches it again from the spool). A result the database refuses for what it
+/// holds (not for being unavailable) is stored without its output after a few
+/// tries, with the reason, so its execution can still finish.
+async fn store_result(
+    shared: &Arc<Shared>,
+    engine: &Engine,
+    exec: &ExecutionRow,
+    node_id: &str,
+    mut result: ResultRow,
+) {
+    let mut refused = 0u32;
+    let mut attempt = 0u32;
+    loop {
+        match engine
+            .write(ResultUpdate::Finished(Box::new(result.clone())), true)
+            .await
+        {
+            Ok(()) => break,
+            Err(f) if f.unavailable => {}
+            Err(f) => {
+                refused += 1;
+                if refused == WRITE_TRIES_WITH_OUTPUT {
+                    result = without_output(result, &f.message);
+                }
             }
         }
-    };
-    if engine
-        .write(ResultUpdate::Finished(Box::new(result)), true)
-        .await
-    {
-        // Stored: the agent may drop its spooled copy now.
-        if let Some(conn) = shared.registry.get(node_id) {
-            let path = format!("/v1/exec/{}", exec.id);
-            let _ = call_json::<(), serde_json::Value>(
-                &conn,
-                Method::DELETE,
-                &path,
-                None,
-                Duration::from_secs(10),
-            )
-            .await;
+        attempt += 1;
+        tokio::time::sleep(backoff(attempt, Duration::from_secs(60))).await;
+    }
+    if let Some(conn) = shared.registry.get(node_id) {
+        let path = format!("/v1/exec/{}", exec.id);
+        let _ = call_json::<(), serde_json::Value>(
+            &conn,
+            Method::DELETE,
+            &path,
+            None,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    engine.node_done(shared, &exec.id).await;
+}
+
+fn without_output(mut r: ResultRow, why: &str) -> ResultRow {
+    r.stdout.clear();
+    r.stderr.clear();
+    r.stdout_truncated = r.stdout_bytes > 0;
+    r.stderr_truncated = r.stderr_bytes > 0;
+    let note = format!(
+        "the output could not be stored ({}); sizes and SHA-256 are kept",
+        validate::peer_text(why, 300)
+    );
+    r.error = Some(match r.error {
+        Some(e) => format!("{e}; {note}"),
+        None => note,
+    });
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use postern_api::cmdexec::Output;
+
+    fn exec(created_at: i64) -> ExecutionRow {
+        ExecutionRow {
+            id: "e".into(),
+            org_id: "o".into(),
+            project_id: "p".into(),
+            project_name: "p".into(),
+            edge_id: "e".into(),
+            edge_name: "e".into(),
+            username: "u".into(),
+            source_ip: None,
+            command: "true".into(),
+            content_type: "string".into(),
+            target_type: "node".into(),
+            target: None,
+            timeout_secs: 60,
+            created_at,
+            finished_at: None,
         }
-        engine.node_done(shared, &exec.id).await;
+    }
+
+    fn answer(started: i64, finished: Option<i64>) -> AgentExecResult {
+        AgentExecResult {
+            exec_id: "e".into(),
+            status: NodeExecStatus::Succeeded,
+            exit_code: Some(0),
+            stdout: Output {
+                sha256: "not hex".into(),
+                ..Output::default()
+            },
+            stderr: Output::default(),
+            error: Some(format!("bad\0{}", "x".repeat(100_000))),
+            started_at_ms: started,
+            finished_at_ms: finished,
+        }
+    }
+
+    /// An agent's times, error text and hashes are peer input: times land in the
+    /// bastion's own window (submit .. now), text is bounded and NUL-free.
+    #[test]
+    fn agent_results_are_clamped_to_the_bastions_clock() {
+        let created = now_ms() - 10_000;
+        for (s, f) in [
+            (i64::MIN, Some(i64::MAX)),
+            (i64::MAX, None),
+            (0, Some(-1)),
+            (created + 1, Some(created + 2)),
+        ] {
+            let r = from_agent(&exec(created), "n", "h", answer(s, f));
+            let (started, finished) = (r.started_at.unwrap(), r.finished_at.unwrap());
+            let now = now_ms();
+            assert!(created <= started && started <= finished && finished <= now, "{s} {f:?}: {started} {finished}");
+            let e = r.error.unwrap();
+            assert!(e.len() <= MAX_ERROR_TEXT && !e.contains('\0'));
+            assert_eq!(r.stdout_sha256, None);
+        }
+        let r = from_agent(&exec(created), "n", "h", answer(created + 1, Some(created + 2)));
+        assert_eq!((r.started_at, r.finished_at), (Some(created + 1), Some(created + 2)));
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_under_its_cap() {
+        let cap = Duration::from_secs(30);
+        for attempt in 0..100 {
+            assert!(backoff(attempt, cap) <= cap);
+        }
+        assert!(backoff(1, cap) < Duration::from_secs(1));
+        assert!(backoff(12, cap) >= Duration::from_secs(15));
     }
 }

@@ -44,6 +44,15 @@ pub struct Submission {
     pub nodes: Vec<NodeRow>,
 }
 
+/// Why an execution was not started; in either case nothing was stored or run.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the audit log cannot be written: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+}
+
 /// The engine's handle: cheap to clone, owned by the bastion's shared state.
 #[derive(Clone)]
 pub struct Engine {
@@ -68,7 +77,12 @@ impl Engine {
         }
     }
 
-    async fn write(&self, update: ResultUpdate, durable: bool) -> bool {
+    /// Queues a change; with `durable`, waits until it is committed (or refused).
+    async fn write(&self, update: ResultUpdate, durable: bool) -> Result<(), writer::WriteFailed> {
+        let stopped = || writer::WriteFailed {
+            unavailable: true,
+            message: "the result writer has stopped".into(),
+        };
         let (ack, rx) = if durable {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
@@ -76,11 +90,11 @@ impl Engine {
             (None, None)
         };
         if self.writer.send(writer::Op { update, ack }).await.is_err() {
-            return false;
+            return Err(stopped());
         }
         match rx {
-            Some(rx) => rx.await.unwrap_or(false),
-            None => true,
+            Some(rx) => rx.await.unwrap_or_else(|_| Err(stopped())),
+            None => Ok(()),
         }
     }
 
@@ -97,7 +111,7 @@ impl Engine {
         &self,
         shared: &Arc<Shared>,
         s: Submission,
-    ) -> Result<ExecuteResponse, StoreError> {
+    ) -> Result<ExecuteResponse, SubmitError> {
         let now = now_ms();
         let exec_id = crate::store::new_id();
         let (mut target_nodes, mut unreachable, mut unapproved) = (vec![], vec![], vec![]);
@@ -147,7 +161,6 @@ impl Engine {
             created_at: now,
             finished_at: runnable.is_empty().then_some(now),
         };
-        shared.store.insert_execution(&exec, &results).await?;
         let command_sha = crate::secrets::sha256_hex(s.command.as_bytes());
         let mut ev = Event::new("cmdexec.execute", "ok")
             .org(&s.org_id)
@@ -167,7 +180,10 @@ impl Engine {
             }));
         ev.targets = s.nodes.iter().map(|n| n.hostname.clone()).collect();
         ev.exec_id = Some(exec_id.clone());
-        shared.audit(ev).await;
+        // Fail closed: a command nobody could later find in the audit log does
+        // not run. Written first, so nothing is stored or sent when it fails.
+        shared.audit.record(ev).await?;
+        shared.store.insert_execution(&exec, &results).await?;
 
         if runnable.is_empty() {
             self.audit_results(shared, &exec_id).await;

@@ -2,20 +2,41 @@
 //! transaction per batch, so 10,000 nodes answering at once cost a few commits,
 //! not 10,000. A caller that needs to know its result is durable (before telling
 //! the agent to drop its spool) waits for the batch's acknowledgement.
-
-use std::time::Duration;
+//!
+//! One bad row must not fail its neighbours: when a batch fails for anything but
+//! an unavailable database, each change is written again on its own, and only the
+//! ones that fail alone are reported failed. The callers retry those.
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{ResultUpdate, Store};
+use crate::store::{ResultUpdate, Store, StoreError};
 
 const MAX_BATCH: usize = 512;
+
+/// Why a change was not written.
+#[derive(Debug, Clone)]
+pub(super) struct WriteFailed {
+    /// The database is unreachable or busy: the same write may succeed later.
+    pub unavailable: bool,
+    pub message: String,
+}
+
+impl From<&StoreError> for WriteFailed {
+    fn from(e: &StoreError) -> Self {
+        WriteFailed {
+            unavailable: e.is_unavailable(),
+            message: e.to_string(),
+        }
+    }
+}
+
+pub(super) type Ack = oneshot::Sender<Result<(), WriteFailed>>;
 
 #[derive(Debug)]
 pub(super) struct Op {
     pub update: ResultUpdate,
-    pub ack: Option<oneshot::Sender<bool>>,
+    pub ack: Option<Ack>,
 }
 
 pub(super) async fn run(store: Store, mut rx: mpsc::Receiver<Op>, shutdown: CancellationToken) {
@@ -37,20 +58,43 @@ pub(super) async fn run(store: Store, mut rx: mpsc::Receiver<Op>, shutdown: Canc
                 Err(_) => break,
             }
         }
-        let updates: Vec<ResultUpdate> = batch.iter().map(|o| o.update.clone()).collect();
-        let mut ok = store.apply_result_updates(&updates).await;
-        if let Err(e) = &ok {
-            tracing::warn!(error = %e, n = updates.len(), "writing results failed; retrying once");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            ok = store.apply_result_updates(&updates).await;
+        write_batch(&store, &mut batch).await;
+    }
+}
+
+async fn write_batch(store: &Store, batch: &mut Vec<Op>) {
+    let updates: Vec<ResultUpdate> = batch.iter().map(|o| o.update.clone()).collect();
+    let err = match store.apply_result_updates(&updates).await {
+        Ok(()) => {
+            for op in batch.drain(..) {
+                if let Some(ack) = op.ack {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            return;
         }
-        if let Err(e) = &ok {
-            tracing::error!(error = %e, n = updates.len(), "cannot write results; agents keep them spooled");
-        }
+        Err(e) => e,
+    };
+    if err.is_unavailable() || batch.len() == 1 {
+        tracing::warn!(error = %err, n = batch.len(), "writing results failed; their nodes will retry");
+        let failed = WriteFailed::from(&err);
         for op in batch.drain(..) {
             if let Some(ack) = op.ack {
-                let _ = ack.send(ok.is_ok());
+                let _ = ack.send(Err(failed.clone()));
             }
+        }
+        return;
+    }
+    tracing::warn!(error = %err, n = batch.len(), "a batch of results failed; writing each alone");
+    for op in batch.drain(..) {
+        let r = store
+            .apply_result_updates(std::slice::from_ref(&op.update))
+            .await;
+        if let Err(e) = &r {
+            tracing::error!(error = %e, update = ?op.update.key(), "a result could not be written");
+        }
+        if let Some(ack) = op.ack {
+            let _ = ack.send(r.as_ref().map(|_| ()).map_err(WriteFailed::from));
         }
     }
 }

@@ -10,7 +10,7 @@ use http::StatusCode;
 use postern_api::admin::PageQuery;
 use postern_api::cmdexec::{
     self as dto, ContentType, ExecuteRequest, ExecuteResponse, History, MAX_COMMAND_BYTES,
-    MAX_TARGETS, NodeExecStatus, TIMEOUT_DEFAULT_SECS, TIMEOUT_MAX_SECS, TIMEOUT_MIN_SECS,
+    MAX_TARGETS, TIMEOUT_DEFAULT_SECS, TIMEOUT_MAX_SECS, TIMEOUT_MIN_SECS,
     TargetType,
 };
 use postern_api::{ErrorBody, validate};
@@ -20,8 +20,8 @@ use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState};
 use crate::authz::Action;
 use crate::clock::rfc3339;
-use crate::cmdexec::Submission;
-use crate::store::{ExecutionRow, ResultRow};
+use crate::cmdexec::{SubmitError, Submission};
+use crate::store::{ExecutionPage, ExecutionRow, ResultRow};
 
 fn check_command(req: &ExecuteRequest) -> Result<(), ApiError> {
     if req.command.trim().is_empty() {
@@ -78,6 +78,7 @@ fn check_command(req: &ExecuteRequest) -> Result<(), ApiError> {
         (status = 404, description = "Project or edge not found", body = ErrorBody),
         (status = 413, description = "Command or body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 503, description = "Database or audit log unavailable: nothing was run; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -158,7 +159,14 @@ pub async fn execute(
         timeout_secs: timeout,
         nodes,
     };
-    let resp = state.cmdexec.submit(&state, submission).await?;
+    let resp = state
+        .cmdexec
+        .submit(&state, submission)
+        .await
+        .map_err(|e| match e {
+            SubmitError::Store(e) => ApiError::from(e),
+            SubmitError::Audit(e) => ApiError::audit_refused(e),
+        })?;
     caller.audit.with(|a| {
         a.exec_id = Some(resp.exec_id.clone());
         a.targets = resp
@@ -172,64 +180,84 @@ pub async fn execute(
     Ok((StatusCode::ACCEPTED, Json(resp)))
 }
 
-fn overall(results: &[ResultRow]) -> &'static str {
-    if results.iter().any(|r| !r.status.is_final()) {
-        if results.iter().all(|r| r.status == NodeExecStatus::Pending) {
-            "pending"
-        } else {
-            "running"
-        }
-    } else if results
-        .iter()
-        .all(|r| r.status == NodeExecStatus::Succeeded)
-    {
-        "succeeded"
+fn content_type(e: &ExecutionRow) -> ContentType {
+    if e.content_type == "base64" {
+        ContentType::Base64
     } else {
-        "failed"
+        ContentType::String
     }
 }
 
-fn view(e: ExecutionRow, results: Vec<ResultRow>) -> dto::Execution {
-    let status = overall(&results).to_string();
+fn target_type(e: &ExecutionRow) -> TargetType {
+    if e.target_type == "cluster" {
+        TargetType::Cluster
+    } else {
+        TargetType::Node
+    }
+}
+
+fn node_view(r: ResultRow) -> dto::NodeResult {
+    let (stdout, stdout_encoding) = dto::encode_output(r.stdout);
+    let (stderr, stderr_encoding) = dto::encode_output(r.stderr);
+    dto::NodeResult {
+        hostname: r.hostname,
+        status: r.status,
+        exit_code: r.exit_code.and_then(|c| i32::try_from(c).ok()),
+        stdout,
+        stdout_encoding,
+        stderr,
+        stderr_encoding,
+        stdout_truncated: r.stdout_truncated,
+        stderr_truncated: r.stderr_truncated,
+        stdout_bytes: u64::try_from(r.stdout_bytes).unwrap_or(0),
+        stderr_bytes: u64::try_from(r.stderr_bytes).unwrap_or(0),
+        stdout_sha256: r.stdout_sha256,
+        stderr_sha256: r.stderr_sha256,
+        error: r.error,
+        started_at: r.started_at.map(rfc3339),
+        finished_at: r.finished_at.map(rfc3339),
+    }
+}
+
+fn view(page: ExecutionPage, limit: i64, offset: i64) -> dto::Execution {
+    let e = page.execution;
     dto::Execution {
+        content_type: content_type(&e),
+        target_type: target_type(&e),
         exec_id: e.id,
         project_id: e.project_name,
         edge_id: e.edge_name,
         command: e.command,
-        content_type: if e.content_type == "base64" {
-            ContentType::Base64
-        } else {
-            ContentType::String
-        },
-        target_type: if e.target_type == "cluster" {
-            TargetType::Cluster
-        } else {
-            TargetType::Node
-        },
         target: e.target,
         username: e.username,
         created_at: rfc3339(e.created_at),
         timeout: e.timeout_secs,
-        status,
-        nodes: results
-            .into_iter()
-            .map(|r| dto::NodeResult {
-                hostname: r.hostname,
-                status: r.status,
-                exit_code: r.exit_code.and_then(|c| i32::try_from(c).ok()),
-                stdout: r.stdout,
-                stderr: r.stderr,
-                stdout_truncated: r.stdout_truncated,
-                stderr_truncated: r.stderr_truncated,
-                stdout_bytes: u64::try_from(r.stdout_bytes).unwrap_or(0),
-                stderr_bytes: u64::try_from(r.stderr_bytes).unwrap_or(0),
-                stdout_sha256: r.stdout_sha256,
-                stderr_sha256: r.stderr_sha256,
-                error: r.error,
-                started_at: r.started_at.map(rfc3339),
-                finished_at: r.finished_at.map(rfc3339),
-            })
-            .collect(),
+        status: page.counts.overall().to_string(),
+        nodes_total: page.counts.total(),
+        node_counts: page.counts,
+        node_offset: offset,
+        node_limit: limit,
+        next_node_offset: page.next_offset,
+        nodes: page.results.into_iter().map(node_view).collect(),
+    }
+}
+
+fn summary(e: ExecutionRow, counts: dto::NodeCounts) -> dto::ExecutionSummary {
+    dto::ExecutionSummary {
+        content_type: content_type(&e),
+        target_type: target_type(&e),
+        exec_id: e.id,
+        project_id: e.project_name,
+        edge_id: e.edge_name,
+        command: e.command,
+        target: e.target,
+        username: e.username,
+        created_at: rfc3339(e.created_at),
+        finished_at: e.finished_at.map(rfc3339),
+        timeout: e.timeout_secs,
+        status: counts.overall().to_string(),
+        nodes_total: counts.total(),
+        node_counts: counts,
     }
 }
 
@@ -242,9 +270,12 @@ fn view(e: ExecutionRow, results: Vec<ResultRow>) -> dto::Execution {
         ("project_id" = String, Path, description = "Project name or id"),
         ("edge_id" = String, Path, description = "Edge name or id"),
         ("exec_id" = String, Path, description = "The exec ID returned by execute"),
+        ("node_limit" = Option<i64>, Query, description = "Nodes in this page, 1 to 1000, default 100 (a page ends earlier when its output passes 16 MiB)", minimum = 1, maximum = 1000),
+        ("node_offset" = Option<i64>, Query, description = "First node of the page, by hostname; default 0", minimum = 0),
     ),
     responses(
-        (status = 200, description = "The execution", body = dto::Execution),
+        (status = 200, description = "The execution: its status, every node counted by state, and one page of nodes with their output", body = dto::Execution),
+        (status = 400, description = "Invalid node_limit or node_offset", body = ErrorBody),
         (status = 401, description = "Missing or invalid API token", body = ErrorBody),
         (status = 404, description = "Project, edge or execution not found", body = ErrorBody),
     ),
@@ -254,7 +285,9 @@ pub async fn execution(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, edge, exec_id)): Path<(String, String, String)>,
+    ApiQuery(q): ApiQuery<dto::NodePageQuery>,
 ) -> Result<Json<dto::Execution>, ApiError> {
+    let (limit, offset) = q.bounds()?;
     let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
     let not_found = || {
@@ -270,19 +303,22 @@ pub async fn execution(
     {
         return Err(not_found());
     }
-    let (exec, results) = state
+    let page = state
         .store
-        .execution(&exec_id)
+        .execution_page(&exec_id, limit, offset, dto::PAGE_OUTPUT_BUDGET)
         .await?
         .ok_or_else(not_found)?;
-    if exec.project_id != p.id || exec.edge_id != e.id {
+    if page.execution.project_id != p.id || page.execution.edge_id != e.id {
         return Err(not_found());
     }
-    caller.audit.with(|a| a.exec_id = Some(exec.id.clone()));
-    Ok(Json(view(exec, results)))
+    caller
+        .audit
+        .with(|a| a.exec_id = Some(page.execution.id.clone()));
+    Ok(Json(view(page, limit, offset)))
 }
 
-/// Past executions of a project with their per-node results, newest first.
+/// Past executions of a project, newest first, each with its nodes counted by
+/// state; each node's output is in the execution.
 #[utoipa::path(
     get,
     path = "/cmdexec/v1/projects/{project_id}/history/",
@@ -313,6 +349,6 @@ pub async fn history(
         total,
         limit,
         offset,
-        executions: rows.into_iter().map(|(e, r)| view(e, r)).collect(),
+        executions: rows.into_iter().map(|(e, c)| summary(e, c)).collect(),
     }))
 }

@@ -115,3 +115,14 @@ impl From<crate::secrets::SecretError> for ApiError {
         ApiError::Internal(e.to_string())
     }
 }
+
+impl ApiError {
+    /// An action that cannot be audited does not happen: the caller is told to
+    /// retry, and nothing was changed or run.
+    pub fn audit_refused(e: AuditError) -> ApiError {
+        tracing::error!(error = %e, "audit log unwritable; refusing the action");
+        ApiError::Unavailable(
+            "the audit log cannot be written right now, so nothing was changed or run; retry in a few seconds".into(),
+        )
+    }
+}

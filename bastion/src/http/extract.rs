@@ -34,6 +34,9 @@ pub struct AuditInfo {
     pub exec_id: Option<String>,
     pub detail: Option<Value>,
     pub error: Option<String>,
+    /// Set for mutations of the admin API: the caller's request is audited as
+    /// soon as they are known, and refused (503) if that entry cannot be written.
+    pub audit_first: bool,
 }
 
 impl AuditCtx {
@@ -108,10 +111,29 @@ impl FromRequestParts<AppState> for Caller {
             .await?
             .ok_or_else(missing)?;
         let bindings = state.store.bindings(&user.id).await?;
-        audit.with(|a| {
+        let audit_first = audit.with(|a| {
             a.actor = Some(user.name.clone());
             a.org_id = Some(user.org_id.clone());
+            a.audit_first
         });
+        if audit_first {
+            // Fail closed: a change nobody could later see in the audit log must
+            // not happen. The outcome is audited again once the request is answered.
+            let route = parts
+                .extensions
+                .get::<axum::extract::MatchedPath>()
+                .map_or_else(|| parts.uri.path().to_string(), |m| m.as_str().to_string());
+            let ev = crate::audit::Event::new(format!("api {} {route}", parts.method), "requested")
+                .org(&user.org_id)
+                .actor(&user.name)
+                .source(source_ip(parts))
+                .detail(serde_json::json!({ "path": parts.uri.path() }));
+            state
+                .audit
+                .record(ev)
+                .await
+                .map_err(ApiError::audit_refused)?;
+        }
         Ok(Caller {
             principal: Principal {
                 user_id: user.id,

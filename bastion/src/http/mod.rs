@@ -91,7 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/audit", get(admin::audit_page))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            audit_requests,
+            audit_admin_requests,
         ))
         .fallback(not_found);
     let exec_body = DefaultBodyLimit::max(postern_api::cmdexec::MAX_EXECUTE_BODY);
@@ -135,10 +135,31 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint; see /api/v1 in the README".into())
 }
 
+/// [`audit_requests`], and for mutations also an entry before they act, which
+/// must be written or the request is refused (see `Caller`). Executions audit
+/// first in the engine instead.
+async fn audit_admin_requests(state: State<AppState>, req: Request, next: Next) -> Response {
+    let mutation = !matches!(
+        *req.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    );
+    audit_requests_with(state, req, next, mutation).await
+}
+
 /// Audits every API request after it is answered: who, from where, what, outcome.
-async fn audit_requests(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+async fn audit_requests(state: State<AppState>, req: Request, next: Next) -> Response {
+    audit_requests_with(state, req, next, false).await
+}
+
+async fn audit_requests_with(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+    audit_first: bool,
+) -> Response {
     inc(&state.metrics.api_requests);
     let ctx = AuditCtx::default();
+    ctx.with(|a| a.audit_first = audit_first);
     req.extensions_mut().insert(ctx.clone());
     let method = req.method().clone();
     let path = req
@@ -167,7 +188,7 @@ async fn audit_requests(State(state): State<AppState>, mut req: Request, next: N
     let info = ctx.with(std::mem::take);
     let mut ev = Event::new(format!("api {method} {matched}"), outcome)
         .source(source)
-        .detail(json!({ "path": path, "status": status.as_u16(), "detail": info.detail }));
+        .detail(json!({ "path": postern_api::validate::peer_line(&path, 1024), "status": status.as_u16(), "detail": info.detail }));
     ev.actor = info.actor;
     ev.org_id = info.org_id;
     ev.project = info.project;

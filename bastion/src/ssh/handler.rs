@@ -71,30 +71,45 @@ impl Conn {
         }
     }
 
-    /// The registered key with this fingerprint, if it belongs to the named user.
+    /// The named user and their registered key with this fingerprint. Keys are
+    /// looked up for the user named at login only: a key two users registered
+    /// authenticates each as themselves, never one as the other.
     async fn lookup(
         &self,
         user: &str,
         key: &PublicKey,
     ) -> Option<(crate::store::SshKeyRow, crate::store::UserRow)> {
+        // A name that cannot be a user costs no database round trip.
+        postern_api::validate::name("user", user).ok()?;
         let fp = fingerprint(key);
-        let row = match self.shared.store.ssh_key_by_fingerprint(&fp).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return None,
+        let found = async {
+            let Some(owner) = self.shared.store.user_by_name(user).await? else {
+                return Ok(None);
+            };
+            Ok::<_, crate::store::StoreError>(
+                self.shared
+                    .store
+                    .user_ssh_key(&owner.id, &fp)
+                    .await?
+                    .map(|row| (row, owner)),
+            )
+        };
+        match found.await {
+            Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "store unavailable during SSH authentication");
-                return None;
+                None
             }
-        };
-        let owner = self.shared.store.user_by_id(&row.user_id).await.ok()??;
-        (owner.name == user).then_some((row, owner))
+        }
     }
 
     fn note_attempt(&mut self, user: &str, key: &PublicKey) {
         let fp = fingerprint(key);
+        // The name is the peer's: bounded and printable before it is kept, since it
+        // ends up in the audit log and the logs (user names are at most 63 bytes).
         let entry = self
             .tried
-            .get_or_insert_with(|| (user.to_string(), Vec::new()));
+            .get_or_insert_with(|| (postern_api::validate::peer_line(user, 80), Vec::new()));
         if entry.1.len() < 10 && !entry.1.contains(&fp) {
             entry.1.push(fp);
         }
@@ -109,11 +124,7 @@ impl Conn {
         if let Some(u) = &self.user {
             ev = ev.org(&u.principal.org_id).actor(&u.principal.user_name);
         }
-        let shared = self.shared.clone();
-        shared.tasks.spawn({
-            let shared = shared.clone();
-            async move { shared.audit(ev).await }
-        });
+        self.shared.audit_queue.push(ev);
     }
 
     async fn reject(&self, reply: ChannelOpenHandle, what: &str, reason: &str) {
@@ -136,24 +147,11 @@ impl Drop for Conn {
             return;
         };
         inc(&self.shared.metrics.ssh_auth_failures);
-        let source = Some(self.peer.ip().to_string());
-        let shared = self.shared.clone();
-        // Attribute the attempt to the named user's org when the name exists, so
-        // that org's admins see attacks on their users in their audit log.
-        self.shared.tasks.spawn(async move {
-            let org = match shared.store.user_by_name(&user).await {
-                Ok(Some(u)) => Some(u.org_id),
-                _ => None,
-            };
-            let mut ev = Event::new("ssh.auth", "denied")
-                .actor(user)
-                .source(source)
-                .detail(json!({ "keys_tried": keys, "reason": "no registered key of this user was proven" }));
-            if let Some(org) = org {
-                ev = ev.org(org);
-            }
-            shared.audit(ev).await
-        });
+        // Through the bounded queue, aggregated per source: a flood of failed
+        // logins costs a few audit entries, not a task and a row each.
+        self.shared
+            .audit_queue
+            .login_failed(self.peer.ip(), &user, keys);
     }
 }
 

@@ -246,10 +246,10 @@ async fn current_principal(shared: &Shared, user: &SshUser) -> Result<Principal,
     let p = &user.principal;
     let key = shared
         .store
-        .ssh_key_by_fingerprint(&user.fingerprint)
+        .user_ssh_key(&p.user_id, &user.fingerprint)
         .await?;
     let owner = shared.store.user_by_id(&p.user_id).await?;
-    if owner.is_none() || key.is_none_or(|k| k.user_id != p.user_id) {
+    if owner.is_none() || key.is_none() {
         return Err(Refusal::new(format!(
             "the key you authenticated with ({}) is no longer registered to {}; register a key and connect again",
             user.fingerprint, p.user_name

@@ -2,7 +2,8 @@
 //! (one transaction per batch) by the engine's writer; a final result never
 //! overwrites another final result, so a result delivered twice is stored once.
 
-use postern_api::cmdexec::NodeExecStatus;
+use futures_util::TryStreamExt;
+use postern_api::cmdexec::{NodeCounts, NodeExecStatus};
 use sqlx::Row;
 
 use super::{Result, Store, StoreError};
@@ -34,11 +35,12 @@ pub struct ResultRow {
     pub status: NodeExecStatus,
     pub exit_code: Option<i64>,
     pub error: Option<String>,
-    pub stdout: String,
+    /// Output bytes as kept (any bytes: stored as BLOB/BYTEA).
+    pub stdout: Vec<u8>,
     pub stdout_truncated: bool,
     pub stdout_bytes: i64,
     pub stdout_sha256: Option<String>,
-    pub stderr: String,
+    pub stderr: Vec<u8>,
     pub stderr_truncated: bool,
     pub stderr_bytes: i64,
     pub stderr_sha256: Option<String>,
@@ -55,11 +57,11 @@ impl ResultRow {
             status,
             exit_code: None,
             error: None,
-            stdout: String::new(),
+            stdout: Vec::new(),
             stdout_truncated: false,
             stdout_bytes: 0,
             stdout_sha256: None,
-            stderr: String::new(),
+            stderr: Vec::new(),
             stderr_truncated: false,
             stderr_bytes: 0,
             stderr_sha256: None,
@@ -80,12 +82,34 @@ pub enum ResultUpdate {
     Finished(Box<ResultRow>),
 }
 
+impl ResultUpdate {
+    /// `(exec_id, node_id)`, for logs.
+    pub fn key(&self) -> (&str, &str) {
+        match self {
+            ResultUpdate::Started {
+                exec_id, node_id, ..
+            } => (exec_id, node_id),
+            ResultUpdate::Finished(r) => (&r.exec_id, &r.node_id),
+        }
+    }
+}
+
+/// One page of an execution's nodes, by hostname, with every node counted.
+#[derive(Debug, Clone)]
+pub struct ExecutionPage {
+    pub execution: ExecutionRow,
+    pub counts: NodeCounts,
+    pub results: Vec<ResultRow>,
+    /// Where the next page starts, when there are nodes after this page.
+    pub next_offset: Option<i64>,
+}
+
 // Dynamic SQL here is assembled only from these constants and numbered
 // placeholders, never from input; hence `AssertSqlSafe`.
 const EXEC_COLS: &str = "id, org_id, project_id, project_name, edge_id, edge_name, username, source_ip, command, content_type, target_type, target, timeout_secs, created_at, finished_at";
 const RESULT_COLS: &str = "exec_id, node_id, hostname, status, exit_code, error, stdout, stdout_truncated, stdout_bytes, stdout_sha256, stderr, stderr_truncated, stderr_bytes, stderr_sha256, started_at, finished_at";
-/// The same columns without the output text: for summaries of thousands of nodes.
-const SUMMARY_COLS: &str = "exec_id, node_id, hostname, status, exit_code, error, '' AS stdout, stdout_truncated, stdout_bytes, stdout_sha256, '' AS stderr, stderr_truncated, stderr_bytes, stderr_sha256, started_at, finished_at";
+/// The same columns without the output: for summaries of thousands of nodes.
+const SUMMARY_COLS: &str = "exec_id, node_id, hostname, status, exit_code, error, NULL AS stdout, stdout_truncated, stdout_bytes, stdout_sha256, NULL AS stderr, stderr_truncated, stderr_bytes, stderr_sha256, started_at, finished_at";
 
 fn exec_row(r: sqlx::any::AnyRow) -> Result<ExecutionRow> {
     let target: Option<String> = r.try_get(11)?;
@@ -122,11 +146,11 @@ fn result_row(r: sqlx::any::AnyRow) -> Result<ResultRow> {
             .ok_or_else(|| StoreError::Corrupt(format!("exec status {status:?}")))?,
         exit_code: r.try_get(4)?,
         error: r.try_get(5)?,
-        stdout: r.try_get(6)?,
+        stdout: r.try_get::<Option<Vec<u8>>, _>(6)?.unwrap_or_default(),
         stdout_truncated: out_t != 0,
         stdout_bytes: r.try_get(8)?,
         stdout_sha256: r.try_get(9)?,
-        stderr: r.try_get(10)?,
+        stderr: r.try_get::<Option<Vec<u8>>, _>(10)?.unwrap_or_default(),
         stderr_truncated: err_t != 0,
         stderr_bytes: r.try_get(12)?,
         stderr_sha256: r.try_get(13)?,
@@ -258,14 +282,86 @@ impl Store {
         Ok(())
     }
 
-    pub async fn execution(&self, exec_id: &str) -> Result<Option<(ExecutionRow, Vec<ResultRow>)>> {
-        let Some(e) = self.execution_row(exec_id).await? else {
+    /// One page of an execution: its nodes from `offset` by hostname, at most
+    /// `limit` of them and, past the first, no more than `output_budget` bytes of
+    /// output in all. Rows are read one at a time, so memory follows the page, not
+    /// the execution, whatever its fan-out.
+    pub async fn execution_page(
+        &self,
+        exec_id: &str,
+        limit: i64,
+        offset: i64,
+        output_budget: usize,
+    ) -> Result<Option<ExecutionPage>> {
+        let Some(execution) = self.execution_row(exec_id).await? else {
             return Ok(None);
         };
-        let results = self
-            .results_of(std::slice::from_ref(&e.id), RESULT_COLS)
-            .await?;
-        Ok(Some((e, results)))
+        let counts = self
+            .node_counts(std::slice::from_ref(&execution.id))
+            .await?
+            .pop()
+            .map(|(_, c)| c)
+            .unwrap_or_default();
+        // One row more than asked tells whether a next page exists.
+        let q = format!(
+            "SELECT {RESULT_COLS} FROM exec_results WHERE exec_id = $1 ORDER BY hostname, node_id LIMIT $2 OFFSET $3"
+        );
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(&execution.id)
+            .bind(limit.saturating_add(1))
+            .bind(offset)
+            .fetch(&self.pool);
+        let mut results = Vec::new();
+        let mut used = 0usize;
+        let mut next_offset = None;
+        while let Some(row) = rows.try_next().await? {
+            let r = result_row(row)?;
+            let size = r.stdout.len() + r.stderr.len();
+            let full = results.len() as i64 >= limit
+                || (!results.is_empty() && used.saturating_add(size) > output_budget);
+            if full {
+                next_offset = Some(offset + results.len() as i64);
+                break;
+            }
+            used += size;
+            results.push(r);
+        }
+        Ok(Some(ExecutionPage {
+            execution,
+            counts,
+            results,
+            next_offset,
+        }))
+    }
+
+    /// Nodes per state for each of these executions.
+    async fn node_counts(&self, exec_ids: &[String]) -> Result<Vec<(String, NodeCounts)>> {
+        let mut out: Vec<(String, NodeCounts)> = exec_ids
+            .iter()
+            .map(|id| (id.clone(), NodeCounts::default()))
+            .collect();
+        for chunk in exec_ids.chunks(100) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let q = format!(
+                "SELECT exec_id, status, COUNT(*) FROM exec_results WHERE exec_id IN ({}) GROUP BY exec_id, status",
+                placeholders.join(",")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str()));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for r in query.fetch_all(&self.pool).await? {
+                let id: String = r.try_get(0)?;
+                let status: String = r.try_get(1)?;
+                let n: i64 = r.try_get(2)?;
+                let status = NodeExecStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("exec status {status:?}")))?;
+                if let Some((_, c)) = out.iter_mut().find(|(e, _)| *e == id) {
+                    c.add(status, n);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The execution and its results without their output text.
@@ -311,13 +407,15 @@ impl Store {
         Ok(out)
     }
 
-    /// Executions of a project, newest first, with their results.
+    /// Executions of a project, newest first, each with its nodes counted by
+    /// state. No node's output is read: a page of history costs the same memory
+    /// whatever the executions' fan-out.
     pub async fn history(
         &self,
         project_id: &str,
         limit: i64,
         offset: i64,
-    ) -> Result<(i64, Vec<(ExecutionRow, Vec<ResultRow>)>)> {
+    ) -> Result<(i64, Vec<(ExecutionRow, NodeCounts)>)> {
         let total: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM executions WHERE project_id = $1")
             .bind(project_id)
             .fetch_one(&self.pool)
@@ -335,26 +433,19 @@ impl Store {
             .map(exec_row)
             .collect::<Result<Vec<_>>>()?;
         let ids: Vec<String> = execs.iter().map(|e| e.id.clone()).collect();
-        let mut results = self.results_of(&ids, RESULT_COLS).await?;
+        let counts = self.node_counts(&ids).await?;
         let out = execs
             .into_iter()
-            .map(|e| {
-                let mine: Vec<ResultRow> = results
-                    .iter()
-                    .filter(|r| r.exec_id == e.id)
-                    .cloned()
-                    .collect();
-                (e, mine)
-            })
+            .zip(counts)
+            .map(|(e, (_, c))| (e, c))
             .collect();
-        results.clear();
         Ok((total.0, out))
     }
 
     /// Results not yet final, with their executions: what a restarted bastion resumes.
     pub async fn unfinished_results(&self) -> Result<Vec<(ExecutionRow, ResultRow)>> {
         let q = format!(
-            "SELECT {RESULT_COLS} FROM exec_results WHERE status IN ('pending', 'running')"
+            "SELECT {SUMMARY_COLS} FROM exec_results WHERE status IN ('pending', 'running')"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
             .fetch_all(&self.pool)

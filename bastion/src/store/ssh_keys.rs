@@ -42,8 +42,9 @@ pub struct NodePlace {
 const KEY_COLS: &str = "id, user_id, fingerprint, algorithm, public_key, comment, created_at";
 
 impl Store {
-    /// Adds a key unless the user already has `max` keys; a fingerprint registered
-    /// anywhere (to this user or another) is a conflict.
+    /// Adds a key unless the user already has `max` keys; the same key twice for
+    /// one user is a conflict. Another user may register the same key: a key is
+    /// only ever looked up for the user named at login ([`Store::user_ssh_key`]).
     pub async fn add_ssh_key(&self, k: &NewSshKey<'_>, max: usize, now: i64) -> Result<SshKeyRow> {
         let mut tx = self.write_tx().await?;
         if self.backend == Backend::Postgres {
@@ -100,7 +101,6 @@ impl Store {
             .await?)
     }
 
-    /// Deletes one of the user's keys; `false` when the user has no such key.
     /// Deletes one of the user's keys; returns its fingerprint, or `None` when the
     /// user has no such key.
     pub async fn delete_ssh_key(&self, user_id: &str, key_id: &str) -> Result<Option<String>> {
@@ -114,9 +114,16 @@ impl Store {
         Ok(fp.map(|(f,)| f))
     }
 
-    pub async fn ssh_key_by_fingerprint(&self, fingerprint: &str) -> Result<Option<SshKeyRow>> {
-        let q = format!("SELECT {KEY_COLS} FROM ssh_keys WHERE fingerprint = $1");
+    /// The user's key with this fingerprint. The only lookup by key there is: a key
+    /// shared by two users authenticates each of them only as themselves.
+    pub async fn user_ssh_key(
+        &self,
+        user_id: &str,
+        fingerprint: &str,
+    ) -> Result<Option<SshKeyRow>> {
+        let q = format!("SELECT {KEY_COLS} FROM ssh_keys WHERE user_id = $1 AND fingerprint = $2");
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(user_id)
             .bind(fingerprint)
             .fetch_optional(&self.pool)
             .await?)

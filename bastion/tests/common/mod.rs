@@ -4,15 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use postern_bastion::agents::Registry;
-use postern_bastion::audit::Audit;
-use postern_bastion::metrics::Metrics;
 use postern_bastion::pki::Pki;
 use postern_bastion::secrets::MasterKey;
 use postern_bastion::state::{Settings, Shared};
 use postern_bastion::store::Store;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// The PostgreSQL server every test machine and CI has (trust auth, database `test`).
 pub fn pg_base_url() -> String {
@@ -87,21 +83,7 @@ pub async fn shared(store: Store) -> Arc<Shared> {
     let pki = Pki::load_or_create(&store, &key, Duration::from_secs(3600))
         .await
         .unwrap();
-    let tasks = TaskTracker::new();
-    let shutdown = CancellationToken::new();
-    Arc::new(Shared {
-        cmdexec: postern_bastion::cmdexec::Engine::new(store.clone(), &tasks, shutdown.clone()),
-        audit: Audit::new(store.clone()),
-        store,
-        pki,
-        registry: Arc::new(Registry::default()),
-        metrics: Arc::new(Metrics::default()),
-        settings: Settings::default(),
-        shutdown,
-        tasks,
-        grants: Default::default(),
-        ssh_live: Default::default(),
-    })
+    Shared::new(store, pki, Settings::default(), CancellationToken::new())
 }
 
 /// Runs a store test on SQLite and on PostgreSQL.

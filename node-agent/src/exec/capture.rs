@@ -57,19 +57,28 @@ impl Capture {
     pub fn finish(self) -> Output {
         let kept = self.head.len() as u64 + self.tail.len() as u64;
         let truncated = self.total > kept;
-        let tail: Vec<u8> = self.tail.into_iter().collect();
+        let mut tail: Vec<u8> = self.tail.into_iter().collect();
         let data = if truncated {
-            format!(
-                "{}\n…[{} bytes omitted; {} in all, sha256 below]…\n{}",
-                String::from_utf8_lossy(&self.head),
-                self.total - kept,
-                self.total,
-                String::from_utf8_lossy(&tail)
-            )
+            // Cut on character boundaries, so UTF-8 output stays UTF-8 (and reads as
+            // text in the API) after the middle is dropped. Binary output is kept as is.
+            let mut head = self.head;
+            head.truncate(utf8_head_end(&head));
+            let tail = tail.split_off(utf8_tail_start(&tail));
+            let omitted = self.total - head.len() as u64 - tail.len() as u64;
+            let mut data = head;
+            data.extend_from_slice(
+                format!(
+                    "\n…[{omitted} bytes omitted; {} in all, sha256 below]…\n",
+                    self.total
+                )
+                .as_bytes(),
+            );
+            data.extend_from_slice(&tail);
+            data
         } else {
             let mut all = self.head;
-            all.extend_from_slice(&tail);
-            String::from_utf8_lossy(&all).into_owned()
+            all.append(&mut tail);
+            all
         };
         Output {
             data,
@@ -77,6 +86,32 @@ impl Capture {
             total_bytes: self.total,
             sha256: hex::encode(self.hash.finish()),
         }
+    }
+}
+
+/// Where a head cut at the end of `b` should fall: before a character split by
+/// the cut. Only for UTF-8 text; anything else is kept whole.
+fn utf8_head_end(b: &[u8]) -> usize {
+    match std::str::from_utf8(b) {
+        Ok(_) => b.len(),
+        // An incomplete sequence at the very end (error_len None) is the cut.
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => b.len(),
+    }
+}
+
+/// Where a tail cut at the start of `b` should fall: after continuation bytes of a
+/// character whose start was dropped, when what follows is UTF-8 text.
+fn utf8_tail_start(b: &[u8]) -> usize {
+    let skip = b
+        .iter()
+        .take(3)
+        .take_while(|&&c| c & 0b1100_0000 == 0b1000_0000)
+        .count();
+    if skip > 0 && std::str::from_utf8(&b[skip..]).is_ok() {
+        skip
+    } else {
+        0
     }
 }
 
@@ -106,8 +141,8 @@ mod tests {
         c.push(b"world");
         let o = c.finish();
         assert_eq!(
-            (o.data.as_str(), o.truncated, o.total_bytes),
-            ("hello world", false, 11)
+            (o.data.as_slice(), o.truncated, o.total_bytes),
+            (&b"hello world"[..], false, 11)
         );
         assert_eq!(o.sha256, sha(b"hello world"));
     }
@@ -120,11 +155,12 @@ mod tests {
             c.push(chunk);
         }
         let o = c.finish();
+        let data = String::from_utf8(o.data.clone()).unwrap();
         assert!(o.truncated);
         assert_eq!(o.total_bytes, 26);
-        assert!(o.data.starts_with("abcd\n"), "{}", o.data);
-        assert!(o.data.ends_with("\nwxyz"), "{}", o.data);
-        assert!(o.data.contains("18 bytes omitted"));
+        assert!(data.starts_with("abcd\n"), "{data}");
+        assert!(data.ends_with("\nwxyz"), "{data}");
+        assert!(data.contains("18 bytes omitted"));
         assert_eq!(o.sha256, sha(&input));
     }
 
@@ -134,7 +170,7 @@ mod tests {
         c.push(b"ab");
         c.push(b"cd");
         let o = c.finish();
-        assert_eq!((o.data.as_str(), o.truncated), ("abcd", false));
+        assert_eq!((o.data.as_slice(), o.truncated), (&b"abcd"[..], false));
     }
 
     #[test]
@@ -142,10 +178,29 @@ mod tests {
         let mut c = Capture::new(4);
         c.push(b"0123456789");
         let o = c.finish();
-        assert!(
-            o.data.starts_with("01\n") && o.data.ends_with("\n89"),
-            "{}",
-            o.data
-        );
+        let data = String::from_utf8(o.data).unwrap();
+        assert!(data.starts_with("01\n") && data.ends_with("\n89"), "{data}");
+    }
+
+    #[test]
+    fn binary_output_is_kept_byte_for_byte() {
+        let input: Vec<u8> = (0..=255u8).chain([0, 0, 0xff]).collect();
+        let mut c = Capture::new(1024);
+        c.push(&input);
+        let o = c.finish();
+        assert_eq!(o.data, input);
+        assert_eq!(o.sha256, sha(&input));
+    }
+
+    #[test]
+    fn cuts_keep_utf8_text_utf8() {
+        // 'é' is two bytes: a budget of 5 per half cuts inside characters.
+        let input = "é".repeat(20);
+        let mut c = Capture::new(10);
+        c.push(input.as_bytes());
+        let o = c.finish();
+        let data = String::from_utf8(o.data).expect("still UTF-8 after the cuts");
+        assert!(data.starts_with("éé\n") && data.ends_with("\néé"), "{data}");
+        assert!(data.contains(&format!("{} in all", input.len())));
     }
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use base64::Engine;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use postern_api::cmdexec::{AgentExec, AgentExecResult, ContentType, NodeExecStatus, Output};
+use postern_api::cmdexec::{
+    AgentExec, AgentExecResult, ContentType, MAX_KEEP_BYTES, NodeExecStatus, Output,
+};
 use tokio::process::Command;
 
 use super::capture::{Capture, read_all};
@@ -39,10 +41,20 @@ fn failed(req: &AgentExec, started: i64, error: String) -> AgentExecResult {
     }
 }
 
+/// The shell that starts every command: it gives up the agent's protection from
+/// the OOM killer (the unit sets `OOMScoreAdjust=-900` so the agent survives
+/// memory pressure; a runaway command must not inherit that and make the kernel
+/// kill other workloads first), then becomes the command's own shell. Raising
+/// one's own score needs no privilege; where /proc is read-only it is skipped.
+/// Done in a shell rather than in `pre_exec`, which would need `unsafe`.
+const RESET_OOM: &str = "echo 0 > /proc/self/oom_score_adj 2>/dev/null; exec /bin/sh \"$@\"";
+
 /// Runs the command to completion or timeout. `scratch` holds script files.
 pub async fn run(req: &AgentExec, scratch: &Path) -> AgentExecResult {
     let started = now_ms();
     let mut cmd = Command::new("/bin/sh");
+    // `$0` of the wrapper, then the arguments of the command's shell.
+    cmd.arg("-c").arg(RESET_OOM).arg("/bin/sh");
     let script_path = scratch.join(format!("{}.sh", req.exec_id));
     match req.content_type {
         ContentType::String => {
@@ -85,8 +97,9 @@ pub async fn run(req: &AgentExec, scratch: &Path) -> AgentExecResult {
         kill_group(pgid);
         return failed(req, started, "no output pipes".into());
     };
-    let mut out_task = tokio::spawn(read_all(out, Capture::new(req.keep_bytes)));
-    let mut err_task = tokio::spawn(read_all(err, Capture::new(req.keep_bytes)));
+    let keep = req.keep_bytes.min(MAX_KEEP_BYTES);
+    let mut out_task = tokio::spawn(read_all(out, Capture::new(keep)));
+    let mut err_task = tokio::spawn(read_all(err, Capture::new(keep)));
 
     let timeout = Duration::from_secs(req.timeout_secs);
     let exit = tokio::select! {
@@ -155,5 +168,52 @@ pub async fn run(req: &AgentExec, scratch: &Path) -> AgentExecResult {
         error,
         started_at_ms: started,
         finished_at_ms: Some(now_ms()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn req(command: &str) -> AgentExec {
+        AgentExec {
+            exec_id: "t1".into(),
+            command: command.into(),
+            content_type: ContentType::String,
+            timeout_secs: 10,
+            keep_bytes: 4096,
+        }
+    }
+
+    /// The agent runs with `OOMScoreAdjust=-900`; its commands must not inherit
+    /// that, whatever the agent's own score: they start at 0.
+    #[tokio::test]
+    async fn commands_do_not_inherit_the_agents_oom_score() {
+        // The test process takes a score other than 0 for its commands to inherit.
+        // Systemd lowers the agent's to -900 with privilege; this sandbox lacks
+        // CAP_SYS_RESOURCE, so the test raises it instead (allowed to anyone):
+        // inheritance, and the reset, are the same either way.
+        std::fs::write("/proc/self/oom_score_adj", "500").unwrap();
+        assert_eq!(std::fs::read_to_string("/proc/self/oom_score_adj").unwrap(), "500\n");
+        let dir = tempfile::tempdir().unwrap();
+        let r = run(&req("cat /proc/self/oom_score_adj"), dir.path()).await;
+        assert_eq!(r.status, NodeExecStatus::Succeeded, "{r:?}");
+        assert_eq!(String::from_utf8_lossy(&r.stdout.data), "0\n");
+        // Scripts too, and the command's own arguments are untouched.
+        let script = base64::engine::general_purpose::STANDARD
+            .encode("printf '%s|' \"$0\" \"$#\"; cat /proc/self/oom_score_adj");
+        let mut q = req(&script);
+        q.content_type = ContentType::Base64;
+        let r = run(&q, dir.path()).await;
+        let out = String::from_utf8_lossy(&r.stdout.data).into_owned();
+        assert!(out.ends_with("|0|0\n"), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn nul_and_binary_output_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = run(&req("printf 'a\\000b\\377'"), dir.path()).await;
+        assert_eq!(r.stdout.data, b"a\0b\xff");
     }
 }

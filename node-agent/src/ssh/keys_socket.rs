@@ -82,9 +82,9 @@ impl KeysService {
         let grants = self.grants.for_login(&q.login, q.fingerprint.as_deref());
         let mut break_glass = Vec::new();
         if let Some(bg) = &self.break_glass
-            && !self.status.connected.load(Ordering::Relaxed)
+            && !self.status.connected.load(Ordering::SeqCst)
         {
-            let down_for = now_ms() - self.status.down_since_ms.load(Ordering::Relaxed);
+            let down_for = now_ms() - self.status.down_since_ms.load(Ordering::SeqCst);
             if down_for > bg.grace.as_millis() as i64 {
                 tracing::warn!(
                     login = %q.login,
@@ -138,8 +138,10 @@ impl KeysService {
         }
         tasks.close();
         let _ = tokio::time::timeout(QUERY_TIMEOUT, tasks.wait()).await;
-        // Leave a final "down" record: the path to the bastion goes with us.
-        self.status.connected.store(false, Ordering::Relaxed);
+        // Leave a final "down" record: the path to the bastion goes with us, from
+        // now. A stop is not an outage: if the channel was up until this moment,
+        // the helper's break-glass grace starts now, not when it last went down.
+        self.status.mark_down();
         self.write_link().await;
         let _ = std::fs::remove_file(&sock);
         Ok(())
@@ -165,9 +167,10 @@ impl KeysService {
     }
 
     async fn write_link(&self) {
+        let up = self.status.connected.load(Ordering::SeqCst);
         let state = LinkState {
-            up: self.status.connected.load(Ordering::Relaxed),
-            down_since_ms: self.status.down_since_ms.load(Ordering::Relaxed),
+            up,
+            down_since_ms: self.status.down_since_ms.load(Ordering::SeqCst),
             written_ms: now_ms(),
         };
         let path = self.data_dir.join(files::LINK);
@@ -199,5 +202,78 @@ impl KeysService {
         if !matches!(r, Ok(Ok(()))) {
             tracing::warn!("could not write break-glass.json for the keys helper");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn service(dir: &Path, status: Arc<AgentStatus>) -> KeysService {
+        KeysService {
+            grants: GrantStore::open(Some(dir)),
+            status,
+            break_glass: Some(BreakGlass {
+                keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBreakGlassKeyBreakGlassKeyBreakGl".into()],
+                grace: Duration::from_secs(60),
+            }),
+            data_dir: dir.to_path_buf(),
+        }
+    }
+
+    fn link(dir: &Path) -> LinkState {
+        serde_json::from_slice(&std::fs::read(dir.join(files::LINK)).unwrap()).unwrap()
+    }
+
+    /// A stop is not an outage. An agent that ran (and was connected) far longer
+    /// than the break-glass grace, then is stopped by `systemctl stop`, must leave
+    /// a record from which the helper counts the bastion lost from the stop, not
+    /// from when the agent started or the channel last dropped.
+    #[tokio::test]
+    async fn a_clean_stop_does_not_open_break_glass() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Arc::new(AgentStatus::default());
+        let hour_ago = now_ms() - 3_600_000;
+        status.down_since_ms.store(hour_ago, Ordering::SeqCst);
+        status.mark_up();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(service(dir.path(), status.clone()).run(stop.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        let l = link(dir.path());
+        assert!(!l.up, "the agent is gone, and the path to the bastion with it");
+        let lost_for = now_ms() - l.unreachable_since_agent_silent();
+        assert!(
+            (0..5_000).contains(&lost_for),
+            "the helper would count the bastion lost for {lost_for} ms after a clean stop"
+        );
+    }
+
+    /// A real outage keeps its start: a channel down for an hour, then a stop,
+    /// still counts from the loss.
+    #[tokio::test]
+    async fn a_stop_during_an_outage_keeps_the_outage_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Arc::new(AgentStatus::default());
+        status.mark_up();
+        status.mark_down();
+        let lost_at = now_ms() - 3_600_000;
+        status.down_since_ms.store(lost_at, Ordering::SeqCst);
+        status.mark_down();
+        assert_eq!(status.down_since_ms.load(Ordering::SeqCst), lost_at);
+        let stop = CancellationToken::new();
+        let svc = service(dir.path(), status.clone());
+        let q = KeysQuery {
+            login: "root".into(),
+            fingerprint: None,
+        };
+        assert_eq!(svc.answer(&q).break_glass.len(), 1, "down an hour, grace 60 s");
+        let task = tokio::spawn(svc.run(stop.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        assert_eq!(link(dir.path()).unreachable_since_agent_silent(), lost_at);
     }
 }
