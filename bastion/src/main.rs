@@ -136,9 +136,20 @@ struct Tuning {
     /// SSH clients must authenticate within this.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     ssh_auth_timeout: Duration,
-    /// Most SSH connections still authenticating at once; more are dropped.
-    #[arg(long, default_value_t = 256)]
-    ssh_max_unauthenticated: usize,
+    /// Unauthenticated SSH connections, as sshd's MaxStartups: START:RATE:FULL drops
+    /// new ones at random from START (RATE %, rising to 100 % at FULL), or FULL alone.
+    #[arg(long, default_value_t = postern_bastion::ssh::MaxStartups::DEFAULT)]
+    ssh_max_startups: postern_bastion::ssh::MaxStartups,
+    /// Unauthenticated SSH connections from one source address at most, as sshd's
+    /// PerSourceMaxStartups, so one client cannot lock out the rest.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    ssh_per_source_max_startups: u64,
+    /// An SSH client must send its identification line within this.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    ssh_banner_timeout: Duration,
+    /// Enrollments served at once, in their own pool apart from agent channels.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_enrollments: u64,
     /// Also offer chacha20-poly1305 on the SSH front door, for clients without
     /// AES-GCM (OpenSSH would then pick it first, at a CPU cost to the bastion).
     #[arg(long)]
@@ -179,7 +190,11 @@ fn settings(t: &Tuning, public_url: Option<String>) -> Settings {
             .ssh_grant_ttl
             .clamp(Duration::from_secs(10), Duration::from_secs(24 * 3600)),
         ssh_auth_timeout: t.ssh_auth_timeout.max(Duration::from_secs(1)),
-        ssh_max_unauthenticated: t.ssh_max_unauthenticated.max(1),
+        ssh_max_startups: t.ssh_max_startups,
+        ssh_per_source_max_startups: usize::try_from(t.ssh_per_source_max_startups)
+            .unwrap_or(usize::MAX),
+        ssh_banner_timeout: t.ssh_banner_timeout.max(Duration::from_secs(1)),
+        max_enrollments: usize::try_from(t.max_enrollments).unwrap_or(usize::MAX),
         ssh_allow_chacha20: t.ssh_allow_chacha20,
         ..Settings::default()
     }

@@ -12,6 +12,8 @@ pub struct Metrics {
     pub connections_rejected_full: AtomicU64,
     pub enrollments: AtomicU64,
     pub enrollment_failures: AtomicU64,
+    pub enrollments_rejected_full: AtomicU64,
+    pub ssh_dropped_per_source: AtomicU64,
     pub rotations: AtomicU64,
     pub rotation_failures: AtomicU64,
     pub api_requests: AtomicU64,
@@ -42,7 +44,17 @@ impl Metrics {
             agents_connected as u64,
             "gauge",
         );
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 17] = [
+            (
+                "postern_enrollments_rejected_total",
+                "Enrollments refused (503) because the enrollment pool was full.",
+                &self.enrollments_rejected_full,
+            ),
+            (
+                "postern_ssh_dropped_per_source_total",
+                "SSH connections dropped because their source had too many unauthenticated ones.",
+                &self.ssh_dropped_per_source,
+            ),
             (
                 "postern_audit_dropped_total",
                 "Audit events of unauthenticated peers dropped because their queue was full (a flood); the count is audited.",

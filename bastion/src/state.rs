@@ -21,6 +21,8 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// Connections beyond this on the agent port are dropped at once.
     pub max_agent_connections: usize,
+    /// Enrollments served at once (their own pool, apart from agent channels).
+    pub max_enrollments: usize,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     /// How often to look for certificates due for rotation.
@@ -37,9 +39,14 @@ pub struct Settings {
     pub ssh_grant_ttl: Duration,
     /// An SSH client must authenticate within this (like sshd's LoginGraceTime).
     pub ssh_auth_timeout: Duration,
-    /// SSH connections still authenticating beyond this are dropped at once
-    /// (like sshd's MaxStartups), so stalled clients cannot exhaust the bastion.
-    pub ssh_max_unauthenticated: usize,
+    /// Unauthenticated SSH connections: random early drop from `start`, with
+    /// probability `rate`% rising to 100% at `full` (sshd's MaxStartups).
+    pub ssh_max_startups: crate::ssh::MaxStartups,
+    /// Unauthenticated SSH connections from one source address at most
+    /// (sshd's PerSourceMaxStartups), so one client cannot lock out the rest.
+    pub ssh_per_source_max_startups: usize,
+    /// A client must send its SSH identification line within this.
+    pub ssh_banner_timeout: Duration,
     /// SSH channel window and largest packet (flow control, throughput).
     pub ssh_window: u32,
     pub ssh_max_packet: u32,
@@ -53,6 +60,7 @@ impl Default for Settings {
             agent_public_url: "https://127.0.0.1:8443".into(),
             handshake_timeout: Duration::from_secs(10),
             max_agent_connections: 16_000,
+            max_enrollments: 64,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
             rotation_check: Duration::from_secs(30),
@@ -62,7 +70,9 @@ impl Default for Settings {
             exec_keep_bytes: postern_api::cmdexec::DEFAULT_KEEP_BYTES,
             ssh_grant_ttl: Duration::from_secs(300),
             ssh_auth_timeout: Duration::from_secs(30),
-            ssh_max_unauthenticated: 256,
+            ssh_max_startups: crate::ssh::MaxStartups::DEFAULT,
+            ssh_per_source_max_startups: 32,
+            ssh_banner_timeout: Duration::from_secs(10),
             ssh_window: 16 * 1024 * 1024,
             ssh_max_packet: 64 * 1024 - 1024,
             ssh_allow_chacha20: false,

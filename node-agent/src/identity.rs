@@ -10,7 +10,21 @@ use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::fsutil::{private_dir, write_private};
+use crate::fsutil::{private_dir, sync_dir, write_private};
+
+/// The key and certificate being installed, both in one file: written (atomically)
+/// before `node.key` and `node.crt` are replaced one after the other, removed
+/// after. A crash between the two replacements leaves it behind, and `load`
+/// finishes the swap from it, so the agent never comes back with a key and a
+/// certificate that do not belong together.
+const SWAP_FILE: &str = "node.swap.json";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Swap {
+    key_pem: String,
+    cert_pem: String,
+}
 
 #[derive(Debug, Error)]
 pub enum IdentityError {
@@ -112,16 +126,31 @@ impl Identity {
                 path: meta_path.display().to_string(),
                 detail: e.to_string(),
             })?;
-        let creds = Credentials {
-            key_pem: read("node.key")?,
-            cert_pem: read("node.crt")?,
+        let ca_pem = read("ca.crt")?;
+        let swap_path = dir.join(SWAP_FILE);
+        let creds = match std::fs::read(&swap_path) {
+            Ok(bytes) => {
+                // A rotation was cut short: finish it.
+                let swap: Swap =
+                    serde_json::from_slice(&bytes).map_err(|e| IdentityError::Corrupt {
+                        path: swap_path.display().to_string(),
+                        detail: e.to_string(),
+                    })?;
+                let creds = Credentials {
+                    key_pem: swap.key_pem,
+                    cert_pem: swap.cert_pem,
+                };
+                crate::tls::check_cert_matches(&creds.cert_pem, &creds.key_pem, &ca_pem)?;
+                write_pair(dir, &creds)?;
+                creds
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Credentials {
+                key_pem: read("node.key")?,
+                cert_pem: read("node.crt")?,
+            },
+            Err(e) => return Err(io_err(&swap_path)(e)),
         };
-        Ok(Identity::new(
-            meta,
-            read("ca.crt")?,
-            creds,
-            Some(dir.to_path_buf()),
-        ))
+        Ok(Identity::new(meta, ca_pem, creds, Some(dir.to_path_buf())))
     }
 
     /// Writes everything to `dir` (0700), each file 0600 and replaced atomically.
@@ -131,9 +160,8 @@ impl Identity {
         let creds = self.credentials();
         let meta = serde_json::to_vec_pretty(&self.meta)
             .map_err(|e| IdentityError::Crypto(e.to_string()))?;
+        write_pair(dir, &creds)?;
         for (name, data) in [
-            ("node.key", creds.key_pem.as_bytes()),
-            ("node.crt", creds.cert_pem.as_bytes()),
             ("ca.crt", self.ca_pem.as_bytes()),
             // Written last: its presence marks a complete enrollment.
             ("agent.json", meta.as_slice()),
@@ -183,6 +211,23 @@ impl Identity {
     }
 }
 
+/// Replaces `node.key` and `node.crt` as one step: see [`SWAP_FILE`].
+fn write_pair(dir: &Path, creds: &Credentials) -> Result<(), IdentityError> {
+    let swap_path = dir.join(SWAP_FILE);
+    let swap = serde_json::to_vec(&Swap {
+        key_pem: creds.key_pem.clone(),
+        cert_pem: creds.cert_pem.clone(),
+    })
+    .map_err(|e| IdentityError::Crypto(e.to_string()))?;
+    write_private(&swap_path, &swap).map_err(io_err(&swap_path))?;
+    for (name, data) in [("node.key", &creds.key_pem), ("node.crt", &creds.cert_pem)] {
+        let p = dir.join(name);
+        write_private(&p, data.as_bytes()).map_err(io_err(&p))?;
+    }
+    std::fs::remove_file(&swap_path).map_err(io_err(&swap_path))?;
+    sync_dir(dir).map_err(io_err(dir))
+}
+
 /// Makes a P-256 key and a CSR for it; returns (key PEM, CSR PEM).
 pub fn make_csr(hostname: &str) -> Result<(String, String), IdentityError> {
     let key = KeyPair::generate().map_err(|e| IdentityError::Crypto(e.to_string()))?;
@@ -195,4 +240,87 @@ pub fn make_csr(hostname: &str) -> Result<(String, String), IdentityError> {
         .and_then(|c| c.pem())
         .map_err(|e| IdentityError::Crypto(e.to_string()))?;
     Ok((key.serialize_pem(), csr))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rcgen::{BasicConstraints, ExtendedKeyUsagePurpose, IsCa, Issuer};
+
+    struct Ca {
+        pem: String,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    fn ca() -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let pem = p.self_signed(&key).unwrap().pem();
+        Ca {
+            pem,
+            issuer: Issuer::new(p, key),
+        }
+    }
+
+    fn creds(ca: &Ca) -> Credentials {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        Credentials {
+            cert_pem: p.signed_by(&key, &ca.issuer).unwrap().pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    fn identity(dir: &Path, ca: &Ca, c: Credentials) -> Arc<Identity> {
+        let meta = Meta {
+            node_id: "n".into(),
+            hostname: "h".into(),
+            controller: "https://127.0.0.1:1".into(),
+            ca_hash: "sha256:x".into(),
+        };
+        Identity::new(meta, ca.pem.clone(), c, Some(dir.to_path_buf()))
+    }
+
+    /// A crash between replacing the key and replacing the certificate (a
+    /// rotation cut short by kill -9 or a power loss) must not leave an agent
+    /// whose key and certificate disagree: the next start finishes the swap.
+    #[test]
+    fn a_rotation_cut_short_is_finished_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca();
+        let (old, new) = (creds(&ca), creds(&ca));
+        identity(dir.path(), &ca, old.clone()).save().unwrap();
+        // The state a crash after the swap file and the key, before the cert, leaves.
+        let swap = serde_json::to_vec(&Swap {
+            key_pem: new.key_pem.clone(),
+            cert_pem: new.cert_pem.clone(),
+        })
+        .unwrap();
+        write_private(&dir.path().join(SWAP_FILE), &swap).unwrap();
+        write_private(&dir.path().join("node.key"), new.key_pem.as_bytes()).unwrap();
+
+        let loaded = Identity::load(dir.path()).unwrap().credentials();
+        assert_eq!(loaded.key_pem, new.key_pem);
+        assert_eq!(loaded.cert_pem, new.cert_pem);
+        crate::tls::check_cert_matches(&loaded.cert_pem, &loaded.key_pem, &ca.pem).unwrap();
+        assert!(!dir.path().join(SWAP_FILE).exists());
+        let on_disk = Identity::load(dir.path()).unwrap().credentials();
+        assert_eq!(on_disk.cert_pem, new.cert_pem, "the swap was written through");
+    }
+
+    /// A crash while the swap file itself was being written leaves only its
+    /// temporary file: the old pair stands.
+    #[test]
+    fn a_half_written_swap_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca();
+        let old = creds(&ca);
+        identity(dir.path(), &ca, old.clone()).save().unwrap();
+        std::fs::write(dir.path().join(format!("{SWAP_FILE}.tmp")), b"{\"key_pem\": \"-----BEG").unwrap();
+        let loaded = Identity::load(dir.path()).unwrap().credentials();
+        assert_eq!(loaded.cert_pem, old.cert_pem);
+    }
 }

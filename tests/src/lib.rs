@@ -55,6 +55,14 @@ pub fn postgres_url() -> String {
     format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }
 
+/// A TCP connection to `to` from the loopback address `from` (e.g. 127.0.0.9):
+/// another client, as far as the bastion's per-source limits can tell.
+pub async fn connect_from(from: &str, to: SocketAddr) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    s.connect(to).await.unwrap()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -108,6 +116,8 @@ pub struct BastionOpts {
     pub database_url: Option<String>,
     pub ssh_auth_timeout: String,
     pub ssh_grant_ttl: String,
+    /// More flags for `serve`.
+    pub extra_args: Vec<String>,
 }
 
 impl Default for BastionOpts {
@@ -120,6 +130,7 @@ impl Default for BastionOpts {
             database_url: None,
             ssh_auth_timeout: "30s".into(),
             ssh_grant_ttl: "5m".into(),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -205,6 +216,7 @@ impl Bastion {
             .args(["--rotation-check", &self.opts.rotation_check])
             .args(["--handshake-timeout", &self.opts.handshake_timeout])
             .args(["--exec-lost-grace", &self.opts.exec_lost_grace])
+            .args(&self.opts.extra_args)
             .env("POSTERN_LOG", "info,postern_bastion=debug")
             .stdout(Stdio::null())
             .stderr(log);

@@ -371,3 +371,80 @@ async fn audit_verify_detects_an_edited_or_removed_entry() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("missing"));
     store.close().await;
 }
+
+/// Server-authenticated TLS with the enrollment protocol, then nothing: an
+/// enrollment that stalls after its handshake.
+async fn stalled_enrollment(
+    b: &Bastion,
+    ca_pem: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(postern_agent::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![postern_api::agent::ALPN_ENROLL.to_vec()];
+    let tcp = TcpStream::connect(b.agent).await?;
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+}
+
+/// Enrollment has its own small pool: a flood of enrollments that stall holds
+/// that pool and no more, the ones beyond it are told 503 at once, and a node
+/// reconnecting meanwhile gets its channel. On the code as it landed, the
+/// stalled enrollments held the agent port's permits and shut the node out.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_enrollment_flood_does_not_shut_out_reconnecting_agents() {
+    let b = Bastion::start(BastionOpts {
+        extra_args: ["--max-agent-connections", "20", "--max-enrollments", "4"]
+            .map(String::from)
+            .to_vec(),
+        ..BastionOpts::default()
+    })
+    .await;
+    let dir = b.enroll("returning").await;
+    let ca_pem = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
+
+    // 30 enrollments that stall after their handshake (some may find the port
+    // full while the others are being answered: that is the port's own limit).
+    let mut flood = Vec::new();
+    for _ in 0..30 {
+        if let Ok(tls) = stalled_enrollment(&b, &ca_pem).await {
+            flood.push(tls);
+        }
+    }
+    assert!(flood.len() >= 20, "only {} handshakes completed", flood.len());
+    // Each sends half a request; those beyond the pool hear why, and are closed.
+    for tls in flood.iter_mut() {
+        let _ = tls
+            .write_all(b"POST /agent/v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
+            .await;
+    }
+    let mut busy = 0;
+    for tls in flood.iter_mut() {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_millis(500), tls.read_to_end(&mut out)).await;
+        if String::from_utf8_lossy(&out).starts_with("HTTP/1.1 503") {
+            busy += 1;
+        }
+    }
+    assert_eq!(busy, flood.len() - 4, "all but the pool's 4 are told 503");
+    assert_eq!(
+        b.metric("postern_enrollments_rejected_total").await,
+        busy as u64
+    );
+
+    // A node coming back meanwhile gets its channel.
+    let _agent = AgentProc::run(&dir);
+    eventually(Duration::from_secs(15), "the returning node is reachable", || async {
+        b.reachable("returning").await
+    })
+    .await;
+    drop(flood);
+}

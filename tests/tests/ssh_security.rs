@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use postern_tests::ssh::{InstalledHelper, Node, SshUser, run_with_timeout, text, write_config};
 use postern_tests::swarm::rss_kib;
-use postern_tests::{Bastion, BastionOpts, eventually};
+use postern_tests::{Bastion, BastionOpts, connect_from, eventually};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_jumps_are_served_everything_else_is_refused_and_audited() {
@@ -188,8 +188,11 @@ fn assert_closed(s: &mut TcpStream) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_trickling_and_garbage_clients_are_bounded() {
+    // No early drop: this test is about deadlines and memory, and a user's
+    // chance under random early drop is another's.
     let b = Bastion::start(BastionOpts {
         ssh_auth_timeout: "3s".into(),
+        extra_args: vec!["--ssh-max-startups".into(), "256".into()],
         ..BastionOpts::default()
     })
     .await;
@@ -199,10 +202,13 @@ async fn stalled_trickling_and_garbage_clients_are_bounded() {
     let pid = b.pid().unwrap();
     let before = rss_kib(pid);
 
-    // 200 clients that connect and then send nothing or a trickle.
+    // 200 clients that connect and then send nothing or a trickle, from
+    // several sources (per-source limits are another test's subject).
     let mut stalled = Vec::new();
     for i in 0..200 {
-        let mut s = TcpStream::connect(b.ssh).unwrap();
+        let from = format!("127.0.1.{}", i % 10 + 1);
+        let mut s = connect_from(&from, b.ssh).await.into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
         if i % 2 == 0 {
             s.write_all(b"SSH-2.0-trick").unwrap();
         }
@@ -232,4 +238,45 @@ async fn stalled_trickling_and_garbage_clients_are_bounded() {
     // And the front door still works.
     let out = alice.jump("root", "node-a", "true");
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// Sockets that connect and say nothing, all from one source: they take that
+/// source's places (sshd's PerSourceMaxStartups) and no more, so a user from
+/// anywhere else gets in at once; each is closed when the identification
+/// deadline passes, long before the authentication timeout. On the code as it
+/// landed, 256 such sockets locked everyone out for 30 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_sockets_from_one_source_lock_nobody_out() {
+    let b = Bastion::start(BastionOpts {
+        ssh_auth_timeout: "60s".into(),
+        extra_args: vec!["--ssh-banner-timeout".into(), "2s".into()],
+        ..BastionOpts::default()
+    })
+    .await;
+    let helper = InstalledHelper::install();
+    let _node = Node::start(&b, &helper, "node-a").await;
+    let alice = SshUser::create(&b, "alice", Some(("org_admin", &[]))).await;
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        let s = connect_from("127.0.0.9", b.ssh).await.into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        idle.push(s);
+    }
+    let started = std::time::Instant::now();
+    let out = alice.jump("root", "node-a", "echo through");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "through");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the jump waited {:?}",
+        started.elapsed()
+    );
+    assert!(b.metric("postern_ssh_dropped_per_source_total").await >= 300 - 32);
+    // All of them closed by the 2 s identification deadline (the read timeout
+    // in assert_closed is 15 s; the authentication timeout is 60 s).
+    let t = std::time::Instant::now();
+    for s in &mut idle {
+        assert_closed(s);
+    }
+    assert!(t.elapsed() < Duration::from_secs(10), "closed after {:?}", t.elapsed());
 }

@@ -83,6 +83,33 @@ pub(super) async fn serve(tls: TlsStream<TcpStream>, peer: SocketAddr, shared: A
     let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
 }
 
+/// Answers 503 to an enrollment that found the enrollment pool full, so the
+/// joining agent says why and retries instead of seeing a dropped connection.
+pub(super) async fn serve_busy(tls: TlsStream<TcpStream>) {
+    let svc = hyper::service::service_fn(|_req| async {
+        let body = ErrorBody::new(
+            "unavailable",
+            "too many enrollments at once on this bastion; retry in a few seconds",
+        );
+        let mut r = reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::to_vec(&body).unwrap_or_default(),
+        );
+        r.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("5"),
+        );
+        Ok::<_, Infallible>(r)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(5))
+        .keep_alive(false)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(tls), svc);
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+}
+
 fn reply(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;

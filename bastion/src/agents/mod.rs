@@ -3,6 +3,10 @@
 //!
 //! The accept loop only accepts: every handshake runs in its own task under a
 //! deadline, so a peer that stalls mid-handshake delays nobody else.
+//!
+//! Enrollment has its own small pool of connections (`max_enrollments`): once a
+//! handshake says "enrollment", the connection leaves the agents' pool for that
+//! one, so a flood of enrollments cannot shut out a fleet reconnecting.
 
 mod channel;
 pub mod client;
@@ -32,6 +36,7 @@ use crate::state::Shared;
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared: Arc<Shared>) {
     let acceptor = TlsAcceptor::from(tls);
     let limit = Arc::new(Semaphore::new(shared.settings.max_agent_connections));
+    let enrollments = Arc::new(Semaphore::new(shared.settings.max_enrollments));
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
@@ -44,9 +49,14 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                shared
-                    .tasks
-                    .spawn(handle(tcp, peer, acceptor.clone(), shared.clone(), permit));
+                shared.tasks.spawn(handle(
+                    tcp,
+                    peer,
+                    acceptor.clone(),
+                    shared.clone(),
+                    permit,
+                    enrollments.clone(),
+                ));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -62,7 +72,8 @@ async fn handle(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+    enrollments: Arc<Semaphore>,
 ) {
     let handshake = tokio::time::timeout(shared.settings.handshake_timeout, acceptor.accept(tcp));
     let tls = tokio::select! {
@@ -89,7 +100,18 @@ async fn handle(
         .map(|c| c.clone().into_owned());
     match (alpn.as_deref(), client_cert) {
         (Some(ALPN_CHANNEL), Some(cert)) => channel::run(tls, peer, cert, shared).await,
-        (Some(ALPN_ENROLL), None) => enroll::serve(tls, peer, shared).await,
+        (Some(ALPN_ENROLL), None) => {
+            let Ok(enroll_permit) = enrollments.try_acquire_owned() else {
+                inc(&shared.metrics.enrollments_rejected_full);
+                tracing::warn!(%peer, "too many enrollments at once; refusing this one");
+                enroll::serve_busy(tls).await;
+                return;
+            };
+            // From here the connection counts against enrollment's pool only.
+            drop(permit);
+            enroll::serve(tls, peer, shared).await;
+            drop(enroll_permit);
+        }
         _ => {
             inc(&shared.metrics.agents_refused);
             tracing::debug!(%peer, "agent port: wrong protocol for the credentials presented; closing");

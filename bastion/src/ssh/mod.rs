@@ -7,9 +7,10 @@
 //! Nothing else is served: sessions, remote forwarding, agent and X11 forwarding
 //! are refused with a reason and audited.
 //!
-//! Unauthenticated connections are bounded in number and in time: a client that
-//! stalls or trickles before authenticating is cut at `ssh_auth_timeout`, and
-//! beyond `ssh_max_unauthenticated` new connections are closed at once.
+//! Unauthenticated connections are bounded in number and in time: a client must
+//! send its identification line within `ssh_banner_timeout` and authenticate
+//! within `ssh_auth_timeout`; admission follows sshd's `MaxStartups` (random
+//! early drop) and `PerSourceMaxStartups` (see `startups`).
 
 mod grants;
 mod handler;
@@ -17,6 +18,7 @@ pub mod keys;
 mod killable;
 pub mod live;
 mod relay;
+mod startups;
 mod target;
 
 use std::net::SocketAddr;
@@ -29,10 +31,11 @@ use russh::server::Config;
 use russh::{MethodKind, MethodSet, SshId};
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 pub use grants::GrantCache;
 pub use live::Live;
+pub use startups::{MaxStartups, Refused, Startups};
 
 use crate::metrics::inc;
 use crate::state::Shared;
@@ -183,7 +186,10 @@ pub async fn apply_access_change(
 
 /// Accepts SSH connections until shutdown.
 pub async fn serve(listener: TcpListener, config: Arc<Config>, shared: Arc<Shared>) {
-    let unauthenticated = Arc::new(Semaphore::new(shared.settings.ssh_max_unauthenticated));
+    let startups = Startups::new(
+        shared.settings.ssh_max_startups,
+        shared.settings.ssh_per_source_max_startups,
+    );
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -197,11 +203,18 @@ pub async fn serve(listener: TcpListener, config: Arc<Config>, shared: Arc<Share
                 }
             },
         };
-        let Ok(permit) = unauthenticated.clone().try_acquire_owned() else {
-            inc(&shared.metrics.ssh_rejected_full);
-            tracing::warn!(%peer, "too many unauthenticated SSH connections; dropping");
-            drop(tcp);
-            continue;
+        let permit = match startups.admit(peer.ip(), rand::random_range(0..100)) {
+            Ok(p) => p,
+            Err(why) => {
+                let metric = match why {
+                    Refused::PerSource => &shared.metrics.ssh_dropped_per_source,
+                    Refused::Full => &shared.metrics.ssh_rejected_full,
+                };
+                inc(metric);
+                tracing::debug!(%peer, ?why, "too many unauthenticated SSH connections; dropping");
+                drop(tcp);
+                continue;
+            }
         };
         shared.tasks.spawn(connection(
             tcp,
@@ -213,14 +226,39 @@ pub async fn serve(listener: TcpListener, config: Arc<Config>, shared: Arc<Share
     }
 }
 
+/// Waits until the client has sent a whole line (its `SSH-2.0-…` identification,
+/// which OpenSSH sends at once), without consuming it. Silent or trickling
+/// sockets are closed at the deadline instead of holding a place for the whole
+/// authentication timeout.
+async fn identification_arrives(tcp: &TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let wait = async {
+        loop {
+            match tcp.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                // A full buffer without a newline: lines before the identification
+                // are allowed (RFC 4253 §4.2); russh judges them from here.
+                Ok(n) if n == buf.len() || buf[..n].contains(&b'\n') => return true,
+                // Part of a line: peek returns at once while data waits, so pause.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    };
+    tokio::time::timeout(within, wait).await.unwrap_or(false)
+}
+
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     config: Arc<Config>,
     shared: Arc<Shared>,
-    permit: OwnedSemaphorePermit,
+    permit: startups::Admitted,
 ) {
     let _ = tcp.set_nodelay(true);
+    if !identification_arrives(&tcp, shared.settings.ssh_banner_timeout).await {
+        tracing::debug!(%peer, "no SSH identification in time; closing");
+        return;
+    }
     let kill = shared.shutdown.child_token();
     let authenticated = Arc::new(Notify::new());
     let handler = handler::Conn::new(shared.clone(), peer, authenticated.clone(), kill.clone());

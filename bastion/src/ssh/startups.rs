@@ -1,0 +1,216 @@
+//! Admission of unauthenticated SSH connections, as sshd's `MaxStartups` and
+//! `PerSourceMaxStartups` do: past `start` connections still authenticating, new
+//! ones are dropped at random with a probability rising from `rate`% to 100% at
+//! `full`, and no source address may hold more than its own cap. Idle sockets
+//! from one client then cannot lock everyone else out, and a flood from many
+//! still leaves a legitimate client a fair chance.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+/// `start:rate:full`, as in sshd_config(5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxStartups {
+    pub start: usize,
+    pub rate: u8,
+    pub full: usize,
+}
+
+impl MaxStartups {
+    /// Larger than sshd's 10:30:100: a bastion is many people's way in, and the
+    /// per-source cap does the work of keeping one client from filling it.
+    pub const DEFAULT: MaxStartups = MaxStartups {
+        start: 64,
+        rate: 30,
+        full: 256,
+    };
+
+    /// The chance, in percent, that a new connection is dropped when `n` are
+    /// already authenticating.
+    pub fn drop_percent(&self, n: usize) -> u32 {
+        if n < self.start {
+            0
+        } else if n >= self.full {
+            100
+        } else {
+            let span = (self.full - self.start) as u64;
+            let over = (n - self.start) as u64;
+            let rate = u64::from(self.rate);
+            (rate + (100 - rate) * over / span) as u32
+        }
+    }
+}
+
+impl fmt::Display for MaxStartups {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.start, self.rate, self.full)
+    }
+}
+
+impl FromStr for MaxStartups {
+    type Err = String;
+
+    /// `full` alone (no early drop), or `start:rate:full` with start ≤ full,
+    /// rate 1 to 100, full ≥ 1.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("invalid max startups {s:?}: use FULL or START:RATE:FULL (e.g. 64:30:256), with 1 ≤ START ≤ FULL and RATE 1 to 100")
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        let num = |p: &str| p.trim().parse::<usize>().map_err(|_| bad());
+        let m = match parts.as_slice() {
+            [full] => {
+                let full = num(full)?;
+                MaxStartups {
+                    start: full,
+                    rate: 100,
+                    full,
+                }
+            }
+            [start, rate, full] => MaxStartups {
+                start: num(start)?,
+                rate: u8::try_from(num(rate)?).map_err(|_| bad())?,
+                full: num(full)?,
+            },
+            _ => return Err(bad()),
+        };
+        if m.full == 0 || m.start == 0 || m.start > m.full || m.rate == 0 || m.rate > 100 {
+            return Err(bad());
+        }
+        Ok(m)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Its source already has its cap of unauthenticated connections.
+    PerSource,
+    /// Dropped early (at random) or at `full`.
+    Full,
+}
+
+/// The live counts; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Startups {
+    limits: MaxStartups,
+    per_source: usize,
+    counts: Arc<Mutex<Counts>>,
+}
+
+/// Held while a connection is unauthenticated; dropping it frees its place.
+#[derive(Debug)]
+pub struct Admitted {
+    source: IpAddr,
+    counts: Arc<Mutex<Counts>>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl Startups {
+    pub fn new(limits: MaxStartups, per_source: usize) -> Startups {
+        Startups {
+            limits,
+            per_source: per_source.max(1),
+            counts: Arc::default(),
+        }
+    }
+
+    /// Admits a new connection from `source`, or says why not. `roll` is a
+    /// number in 0..100 (random in production) against the early-drop chance.
+    pub fn admit(&self, source: IpAddr, roll: u32) -> Result<Admitted, Refused> {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if c.per_source.get(&source).copied().unwrap_or(0) >= self.per_source {
+            return Err(Refused::PerSource);
+        }
+        if roll < self.limits.drop_percent(c.total) {
+            return Err(Refused::Full);
+        }
+        c.total += 1;
+        *c.per_source.entry(source).or_insert(0) += 1;
+        Ok(Admitted {
+            source,
+            counts: self.counts.clone(),
+        })
+    }
+
+    /// Connections still authenticating.
+    pub fn unauthenticated(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    #[test]
+    fn parses_like_sshd() {
+        assert_eq!("10:30:100".parse(), Ok(MaxStartups { start: 10, rate: 30, full: 100 }));
+        assert_eq!("50".parse(), Ok(MaxStartups { start: 50, rate: 100, full: 50 }));
+        for bad in ["", "0", "10:0:100", "10:101:100", "100:30:10", "a:b:c", "1:2", "1:2:3:4", "-1"] {
+            assert!(bad.parse::<MaxStartups>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn drop_chance_rises_linearly_from_start_to_full() {
+        let m = MaxStartups { start: 10, rate: 30, full: 20 };
+        assert_eq!(m.drop_percent(9), 0);
+        assert_eq!(m.drop_percent(10), 30);
+        assert_eq!(m.drop_percent(15), 65);
+        assert_eq!(m.drop_percent(19), 93);
+        assert_eq!(m.drop_percent(20), 100);
+        assert_eq!(m.drop_percent(usize::MAX), 100);
+    }
+
+    /// One source filling its cap leaves the others their places.
+    #[test]
+    fn one_source_cannot_lock_out_the_rest() {
+        let s = Startups::new(MaxStartups { start: 8, rate: 100, full: 8 }, 3);
+        let mut held: Vec<_> = (0..3).map(|_| s.admit(ip(1), 0).unwrap()).collect();
+        assert_eq!(s.admit(ip(1), 99).unwrap_err(), Refused::PerSource);
+        for last in 2..7 {
+            held.push(s.admit(ip(last), 0).unwrap());
+        }
+        assert_eq!(s.unauthenticated(), 8);
+        assert_eq!(s.admit(ip(9), 99).unwrap_err(), Refused::Full);
+        held.truncate(2);
+        assert_eq!(s.unauthenticated(), 2);
+        assert!(s.admit(ip(1), 99).is_ok(), "a freed place is reused");
+    }
+
+    #[test]
+    fn early_drop_follows_the_roll() {
+        let s = Startups::new(MaxStartups { start: 1, rate: 50, full: 3 }, 10);
+        let _a = s.admit(ip(1), 0).unwrap();
+        // 1 authenticating: 50% chance to drop.
+        assert_eq!(s.admit(ip(2), 49).unwrap_err(), Refused::Full);
+        let _b = s.admit(ip(2), 50).unwrap();
+    }
+}
