@@ -26,7 +26,15 @@ mod tests {
 
     #[test]
     fn any_time_formats_without_panicking() {
-        for ms in [i64::MIN, -1, 0, 1, MAX_RFC3339_MS, MAX_RFC3339_MS + 1, i64::MAX] {
+        for ms in [
+            i64::MIN,
+            -1,
+            0,
+            1,
+            MAX_RFC3339_MS,
+            MAX_RFC3339_MS + 1,
+            i64::MAX,
+        ] {
             let s = rfc3339(ms);
             assert!(s.ends_with('Z'), "{s}");
         }

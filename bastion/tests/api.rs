@@ -740,7 +740,14 @@ async fn ssh_keys_are_validated_scoped_and_audited() {
     let (s, v) = w.call(Method::DELETE, &uri, Some(&w.admin), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
     let mem = w.shared.store.user_by_name("mem").await.unwrap().unwrap();
-    assert!(w.shared.store.list_ssh_keys(&mem.id).await.unwrap().is_empty());
+    assert!(
+        w.shared
+            .store
+            .list_ssh_keys(&mem.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Adding and deleting are audited.
     let (_, v) = w.get("/api/v1/audit?limit=100", &w.admin).await;
@@ -828,7 +835,13 @@ async fn unauditable_mutations_and_executions_do_not_happen() {
         .post("/api/v1/projects", &w.admin, json!({ "name": "new-one" }))
         .await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("audit log"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("audit log"),
+        "{v}"
+    );
     let (st, v) = w
         .post(
             "/cmdexec/v1/projects/web/edges/eu-1/execute/",

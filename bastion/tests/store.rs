@@ -308,7 +308,11 @@ async fn audit_survives_a_second_writer(s: &Store) {
 /// bytes, a huge detail string), the entry is written, bounded, and verifies.
 async fn audit_entries_are_bounded_whatever_a_peer_sends(s: &Store) {
     let a = Audit::new(s.clone());
-    let huge = format!("{}\0\x1b[2J{}", "u".repeat(128 * 1024), "v".repeat(128 * 1024));
+    let huge = format!(
+        "{}\0\x1b[2J{}",
+        "u".repeat(128 * 1024),
+        "v".repeat(128 * 1024)
+    );
     a.record(
         Event::new("ssh.auth", "denied")
             .actor(huge.clone())
@@ -364,7 +368,11 @@ async fn ssh_keys_are_unique_per_user_bounded_and_found_for_their_user(s: &Store
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(s.list_ssh_keys(&alice.id).await.unwrap().len(), 2);
-    let found = s.user_ssh_key(&alice.id, "SHA256:a").await.unwrap().unwrap();
+    let found = s
+        .user_ssh_key(&alice.id, "SHA256:a")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found, k1);
     assert!(
         s.delete_ssh_key(&bob.id, &k1.id).await.unwrap().is_none(),
@@ -374,14 +382,24 @@ async fn ssh_keys_are_unique_per_user_bounded_and_found_for_their_user(s: &Store
         s.delete_ssh_key(&alice.id, &k1.id).await.unwrap(),
         Some(k1.fingerprint.clone())
     );
-    assert!(s.user_ssh_key(&alice.id, "SHA256:a").await.unwrap().is_none());
+    assert!(
+        s.user_ssh_key(&alice.id, "SHA256:a")
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(
         s.user_ssh_key(&bob.id, "SHA256:a").await.unwrap().is_some(),
         "bob's copy stays"
     );
     // A deleted user's keys go with them.
     s.delete_user(&alice.id).await.unwrap();
-    assert!(s.user_ssh_key(&alice.id, "SHA256:b").await.unwrap().is_none());
+    assert!(
+        s.user_ssh_key(&alice.id, "SHA256:b")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Nodes by hostname, within the org only.
     s.insert_enrollment_token(&token_row("tok", &edge, 5, 1_000))
@@ -568,10 +586,17 @@ mod executions {
         ])
         .await
         .unwrap();
-        let page = s.execution_page("e1", 1000, 0, usize::MAX).await.unwrap().unwrap();
+        let page = s
+            .execution_page("e1", 1000, 0, usize::MAX)
+            .await
+            .unwrap()
+            .unwrap();
         let (e, results) = (page.execution, page.results);
         assert_eq!(e.target, Some(vec!["a".to_string()]));
-        assert_eq!((page.counts.failed, page.counts.running, page.counts.pending), (1, 1, 148));
+        assert_eq!(
+            (page.counts.failed, page.counts.running, page.counts.pending),
+            (1, 1, 148)
+        );
         assert_eq!(page.next_offset, None);
         let first = &results[0];
         assert_eq!(
@@ -595,13 +620,21 @@ mod executions {
         let (_, page) = s.history(&project, 5, 1).await.unwrap();
         assert_eq!((page[0].0.id.as_str(), page[0].1.total()), ("e1", 150));
         s.finish_execution("e1", 123).await.unwrap();
-        let page = s.execution_page("e1", 10, 0, usize::MAX).await.unwrap().unwrap();
+        let page = s
+            .execution_page("e1", 10, 0, usize::MAX)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(page.execution.finished_at, Some(123));
 
         // Pages of nodes, by hostname: a limit, an offset, and the next offset.
         assert_eq!(page.results.len(), 10);
         assert_eq!(page.next_offset, Some(10));
-        let last = s.execution_page("e1", 100, 100, usize::MAX).await.unwrap().unwrap();
+        let last = s
+            .execution_page("e1", 100, 100, usize::MAX)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(last.results.len(), 50);
         assert_eq!(last.results[0].hostname, "h100");
         assert_eq!(last.next_offset, None);
@@ -615,7 +648,14 @@ mod executions {
     pub async fn any_output_bytes_round_trip(s: &Store) {
         let (_, project, edge) = super::tenancy(s).await;
         let rows: Vec<ResultRow> = (0..4)
-            .map(|i| ResultRow::new("b1", &format!("n{i}"), &format!("h{i}"), NodeExecStatus::Running))
+            .map(|i| {
+                ResultRow::new(
+                    "b1",
+                    &format!("n{i}"),
+                    &format!("h{i}"),
+                    NodeExecStatus::Running,
+                )
+            })
             .collect();
         s.insert_execution(&exec("b1", &project, &edge, 10), &rows)
             .await
@@ -630,7 +670,12 @@ mod executions {
             .iter()
             .enumerate()
             .map(|(i, out)| {
-                let mut r = ResultRow::new("b1", &format!("n{i}"), &format!("h{i}"), NodeExecStatus::Succeeded);
+                let mut r = ResultRow::new(
+                    "b1",
+                    &format!("n{i}"),
+                    &format!("h{i}"),
+                    NodeExecStatus::Succeeded,
+                );
                 r.stdout = out.clone();
                 r.stderr = out.iter().rev().copied().collect();
                 r.finished_at = Some(20);
@@ -638,7 +683,11 @@ mod executions {
             })
             .collect();
         s.apply_result_updates(&updates).await.unwrap();
-        let page = s.execution_page("b1", 10, 0, usize::MAX).await.unwrap().unwrap();
+        let page = s
+            .execution_page("b1", 10, 0, usize::MAX)
+            .await
+            .unwrap()
+            .unwrap();
         for (i, r) in page.results.iter().enumerate() {
             assert_eq!(r.stdout, outputs[i], "node {i}");
             let rev: Vec<u8> = outputs[i].iter().rev().copied().collect();
@@ -652,7 +701,12 @@ mod executions {
         let (_, project, edge) = super::tenancy(s).await;
         let rows: Vec<ResultRow> = (0..5)
             .map(|i| {
-                let mut r = ResultRow::new("p1", &format!("n{i}"), &format!("h{i}"), NodeExecStatus::Succeeded);
+                let mut r = ResultRow::new(
+                    "p1",
+                    &format!("n{i}"),
+                    &format!("h{i}"),
+                    NodeExecStatus::Succeeded,
+                );
                 r.stdout = vec![b'x'; 1000];
                 r
             })
@@ -666,12 +720,15 @@ mod executions {
         let page = s.execution_page("p1", 100, 4, 10).await.unwrap().unwrap();
         assert_eq!((page.results.len(), page.next_offset), (1, None));
         let page = s.execution_page("p1", 100, 0, 10).await.unwrap().unwrap();
-        assert_eq!((page.results.len(), page.next_offset), (1, Some(1)), "one node even over budget");
+        assert_eq!(
+            (page.results.len(), page.next_offset),
+            (1, Some(1)),
+            "one node even over budget"
+        );
     }
 }
 use executions::{
-    any_output_bytes_round_trip, pages_stop_at_the_output_budget,
-    results_are_stored_once_and_paged,
+    any_output_bytes_round_trip, pages_stop_at_the_output_budget, results_are_stored_once_and_paged,
 };
 both_backends!(
     results_are_stored_once_and_paged,

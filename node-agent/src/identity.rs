@@ -308,7 +308,10 @@ mod tests {
         crate::tls::check_cert_matches(&loaded.cert_pem, &loaded.key_pem, &ca.pem).unwrap();
         assert!(!dir.path().join(SWAP_FILE).exists());
         let on_disk = Identity::load(dir.path()).unwrap().credentials();
-        assert_eq!(on_disk.cert_pem, new.cert_pem, "the swap was written through");
+        assert_eq!(
+            on_disk.cert_pem, new.cert_pem,
+            "the swap was written through"
+        );
     }
 
     /// A crash while the swap file itself was being written leaves only its
@@ -319,7 +322,11 @@ mod tests {
         let ca = ca();
         let old = creds(&ca);
         identity(dir.path(), &ca, old.clone()).save().unwrap();
-        std::fs::write(dir.path().join(format!("{SWAP_FILE}.tmp")), b"{\"key_pem\": \"-----BEG").unwrap();
+        std::fs::write(
+            dir.path().join(format!("{SWAP_FILE}.tmp")),
+            b"{\"key_pem\": \"-----BEG",
+        )
+        .unwrap();
         let loaded = Identity::load(dir.path()).unwrap().credentials();
         assert_eq!(loaded.cert_pem, old.cert_pem);
     }

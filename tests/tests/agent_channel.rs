@@ -419,7 +419,11 @@ async fn an_enrollment_flood_does_not_shut_out_reconnecting_agents() {
             flood.push(tls);
         }
     }
-    assert!(flood.len() >= 20, "only {} handshakes completed", flood.len());
+    assert!(
+        flood.len() >= 20,
+        "only {} handshakes completed",
+        flood.len()
+    );
     // Each sends half a request; those beyond the pool hear why, and are closed.
     for tls in flood.iter_mut() {
         let _ = tls
@@ -442,9 +446,56 @@ async fn an_enrollment_flood_does_not_shut_out_reconnecting_agents() {
 
     // A node coming back meanwhile gets its channel.
     let _agent = AgentProc::run(&dir);
-    eventually(Duration::from_secs(15), "the returning node is reachable", || async {
-        b.reachable("returning").await
-    })
+    eventually(
+        Duration::from_secs(15),
+        "the returning node is reachable",
+        || async { b.reachable("returning").await },
+    )
     .await;
     drop(flood);
+}
+
+/// A node disabled while its channel is coming up (after the bastion checked its
+/// state, before it registered the channel) must not stay connected. An agent
+/// that holds back its HTTP/2 preface makes the window as wide as a test needs:
+/// the node is disabled inside it, then the channel completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_disabled_while_its_channel_comes_up_is_not_left_connected() {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let b = Bastion::start(BastionOpts::default()).await;
+    let dir = b.enroll("racer").await;
+    let ca_pem = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
+    let creds = Credentials {
+        key_pem: std::fs::read_to_string(dir.join("node.key")).unwrap(),
+        cert_pem: std::fs::read_to_string(dir.join("node.crt")).unwrap(),
+    };
+    let cfg = postern_agent::tls::channel_config(&ca_pem, &creds).unwrap();
+    let tcp = TcpStream::connect(b.agent).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    // The bastion has checked the node's state and waits for our preface.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s, v) = b
+        .post(
+            "/api/v1/projects/web/edges/eu-1/nodes/racer/disable",
+            json!({}),
+        )
+        .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("disabled")), "{v}");
+    let svc = hyper::service::service_fn(|_req| async {
+        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(bytes::Bytes::new())))
+    });
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), svc);
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(
+        ended.is_ok(),
+        "the bastion kept the disabled node's channel open"
+    );
+    assert!(!b.reachable("racer").await);
+    assert_eq!(b.metric("postern_agents_connected").await, 0);
 }

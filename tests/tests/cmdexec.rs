@@ -126,9 +126,17 @@ async fn binary_output_round_trips_and_fails_no_neighbour_on_postgres() {
         ..BastionOpts::default()
     })
     .await;
-    let agents = [b.agent("alpha").await, b.agent("beta").await, b.agent("gamma").await];
-    let r = execute(&b, json!({"target_type": "cluster",
-        "command": "printf 'a\\000b\\377\\376'; printf 'err\\000' >&2"})).await;
+    let agents = [
+        b.agent("alpha").await,
+        b.agent("beta").await,
+        b.agent("gamma").await,
+    ];
+    let r = execute(
+        &b,
+        json!({"target_type": "cluster",
+        "command": "printf 'a\\000b\\377\\376'; printf 'err\\000' >&2"}),
+    )
+    .await;
     let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(20)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     for h in ["alpha", "beta", "gamma"] {
@@ -143,7 +151,10 @@ async fn binary_output_round_trips_and_fails_no_neighbour_on_postgres() {
         let spool = a.data_dir.join("spool");
         eventually(Duration::from_secs(5), "spools emptied", || async {
             std::fs::read_dir(&spool)
-                .map(|d| d.filter_map(Result::ok).all(|e| !e.file_name().to_string_lossy().ends_with(".json")))
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .all(|e| !e.file_name().to_string_lossy().ends_with(".json"))
+                })
                 .unwrap_or(true)
         })
         .await;
@@ -153,12 +164,52 @@ async fn binary_output_round_trips_and_fails_no_neighbour_on_postgres() {
     assert_eq!(h["executions"][0]["node_counts"]["succeeded"], 3, "{h}");
 }
 
+/// The largest output the bastion may keep (1 MiB per stream), all control
+/// bytes, still fits the channel's answer: escaped as JSON text it was six times
+/// larger, so above ~87 KiB kept the result was refused and fetched again forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_largest_kept_output_of_control_bytes_is_delivered() {
+    let b = Bastion::start(BastionOpts {
+        extra_args: vec!["--exec-keep-bytes".into(), "1048576".into()],
+        ..BastionOpts::default()
+    })
+    .await;
+    let _a = b.agent("alpha").await;
+    let r = execute(&b, json!({"target": ["alpha"], "target_type": "node",
+        "command": "head -c 3000000 /dev/zero | tr '\\000' '\\001'; head -c 3000000 /dev/zero | tr '\\000' '\\002' >&2"})).await;
+    let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    let n = node(&done, "alpha");
+    assert_eq!(n["status"], "succeeded", "{}", n["error"]);
+    assert_eq!(
+        (n["stdout_bytes"].as_u64(), n["stderr_bytes"].as_u64()),
+        (Some(3_000_000), Some(3_000_000))
+    );
+    assert_eq!(n["stdout_truncated"], true);
+    let kept = n["stdout"].as_str().unwrap();
+    assert!(
+        kept.len() > 1_000_000 && kept.starts_with('\u{1}'),
+        "{} bytes kept",
+        kept.len()
+    );
+    // An out-of-range setting is refused at start, not clamped silently.
+    let out = std::process::Command::new(postern_tests::bin("postern-bastion"))
+        .args(["serve", "--exec-keep-bytes", "2000000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exec-keep-bytes"));
+}
+
 /// An execution's nodes come in pages, so one answer's memory is bounded
 /// whatever the fan-out; every node is counted on every page.
 #[tokio::test(flavor = "multi_thread")]
 async fn execution_nodes_are_paged() {
     let b = Bastion::start(BastionOpts::default()).await;
-    let _agents = [b.agent("n1").await, b.agent("n2").await, b.agent("n3").await];
+    let _agents = [
+        b.agent("n1").await,
+        b.agent("n2").await,
+        b.agent("n3").await,
+    ];
     let r = execute(&b, json!({"target_type": "cluster", "command": "echo hi"})).await;
     let id = r["exec_id"].as_str().unwrap();
     finished(&b, id, Duration::from_secs(15)).await;
@@ -166,16 +217,30 @@ async fn execution_nodes_are_paged() {
     let (s, p1) = b.get(&format!("{path}?node_limit=2")).await;
     assert_eq!(s, 200, "{p1}");
     let hosts = |v: &Value| -> Vec<String> {
-        v["nodes"].as_array().unwrap().iter().map(|n| n["hostname"].as_str().unwrap().to_string()).collect()
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["hostname"].as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(hosts(&p1), ["n1", "n2"]);
-    assert_eq!((p1["nodes_total"].as_i64(), p1["next_node_offset"].as_i64()), (Some(3), Some(2)));
+    assert_eq!(
+        (p1["nodes_total"].as_i64(), p1["next_node_offset"].as_i64()),
+        (Some(3), Some(2))
+    );
     assert_eq!(p1["node_counts"]["succeeded"], 3);
     let (_, p2) = b.get(&format!("{path}?node_limit=2&node_offset=2")).await;
     assert_eq!(hosts(&p2), ["n3"]);
     assert!(p2["next_node_offset"].is_null());
     assert_eq!(p2["status"], "succeeded");
-    for q in ["node_limit=0", "node_limit=1001", "node_offset=-1", "node_limit=x", "limit=5"] {
+    for q in [
+        "node_limit=0",
+        "node_limit=1001",
+        "node_offset=-1",
+        "node_limit=x",
+        "limit=5",
+    ] {
         let (s, v) = b.get(&format!("{path}?{q}")).await;
         assert_eq!(s, 400, "{q}: {v}");
     }

@@ -278,5 +278,9 @@ async fn idle_sockets_from_one_source_lock_nobody_out() {
     for s in &mut idle {
         assert_closed(s);
     }
-    assert!(t.elapsed() < Duration::from_secs(10), "closed after {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "closed after {:?}",
+        t.elapsed()
+    );
 }

@@ -84,6 +84,23 @@ pub(super) async fn run(
     let conn_id = agent.conn_id;
     let node_id = node.id.clone();
     shared.registry.insert(agent.clone());
+    // The node may have been disabled or deleted since the check above (the h2
+    // handshake took a round trip). Disabling writes the store, then cuts what
+    // the registry holds; registering, then reading the store again, means one
+    // of the two always sees the other, so no channel of a disabled node stays.
+    match shared.store.node(&node_id).await {
+        Ok(Some(n)) if n.state != NodeState::Disabled => {}
+        other => {
+            shared.registry.remove(&node_id, conn_id);
+            inc(&shared.metrics.agents_refused);
+            if let Err(e) = other {
+                tracing::error!(error = %e, "store unavailable; closing agent channel");
+            } else {
+                tracing::info!(%peer, node = %node_id, "node disabled or deleted while its channel came up; closing");
+            }
+            return;
+        }
+    }
     inc(&shared.metrics.handshakes);
     tracing::debug!(%peer, node = %node_id, hostname = %node.hostname, "agent channel up");
 

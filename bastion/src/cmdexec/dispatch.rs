@@ -69,8 +69,13 @@ fn settled(
 fn from_agent(exec: &ExecutionRow, node_id: &str, hostname: &str, a: AgentExecResult) -> ResultRow {
     let len = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let now = now_ms();
-    let started = a.started_at_ms.clamp(exec.created_at, now.max(exec.created_at));
-    let finished = a.finished_at_ms.unwrap_or(now).clamp(started, now.max(started));
+    let started = a
+        .started_at_ms
+        .clamp(exec.created_at, now.max(exec.created_at));
+    let finished = a
+        .finished_at_ms
+        .unwrap_or(now)
+        .clamp(started, now.max(started));
     let sha = |s: String| (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then_some(s);
     ResultRow {
         exec_id: exec.id.clone(),
@@ -235,7 +240,9 @@ async fn run(
         if unusable >= MAX_UNUSABLE_ANSWERS {
             break settle(
                 NodeExecStatus::Failed,
-                format!("gave up after {unusable} unusable answers from the agent; the last: {why_unusable}"),
+                format!(
+                    "gave up after {unusable} unusable answers from the agent; the last: {why_unusable}"
+                ),
             );
         }
         tokio::time::sleep(backoff(unusable, Duration::from_secs(30))).await;
@@ -361,13 +368,24 @@ mod tests {
             let r = from_agent(&exec(created), "n", "h", answer(s, f));
             let (started, finished) = (r.started_at.unwrap(), r.finished_at.unwrap());
             let now = now_ms();
-            assert!(created <= started && started <= finished && finished <= now, "{s} {f:?}: {started} {finished}");
+            assert!(
+                created <= started && started <= finished && finished <= now,
+                "{s} {f:?}: {started} {finished}"
+            );
             let e = r.error.unwrap();
             assert!(e.len() <= MAX_ERROR_TEXT && !e.contains('\0'));
             assert_eq!(r.stdout_sha256, None);
         }
-        let r = from_agent(&exec(created), "n", "h", answer(created + 1, Some(created + 2)));
-        assert_eq!((r.started_at, r.finished_at), (Some(created + 1), Some(created + 2)));
+        let r = from_agent(
+            &exec(created),
+            "n",
+            "h",
+            answer(created + 1, Some(created + 2)),
+        );
+        assert_eq!(
+            (r.started_at, r.finished_at),
+            (Some(created + 1), Some(created + 2))
+        );
     }
 
     #[test]

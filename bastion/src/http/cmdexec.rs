@@ -10,8 +10,7 @@ use http::StatusCode;
 use postern_api::admin::PageQuery;
 use postern_api::cmdexec::{
     self as dto, ContentType, ExecuteRequest, ExecuteResponse, History, MAX_COMMAND_BYTES,
-    MAX_TARGETS, TIMEOUT_DEFAULT_SECS, TIMEOUT_MAX_SECS, TIMEOUT_MIN_SECS,
-    TargetType,
+    MAX_TARGETS, TIMEOUT_DEFAULT_SECS, TIMEOUT_MAX_SECS, TIMEOUT_MIN_SECS, TargetType,
 };
 use postern_api::{ErrorBody, validate};
 
@@ -20,7 +19,7 @@ use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{ApiError, AppState};
 use crate::authz::Action;
 use crate::clock::rfc3339;
-use crate::cmdexec::{SubmitError, Submission};
+use crate::cmdexec::{Submission, SubmitError};
 use crate::store::{ExecutionPage, ExecutionRow, ResultRow};
 
 fn check_command(req: &ExecuteRequest) -> Result<(), ApiError> {

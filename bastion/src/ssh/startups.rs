@@ -57,7 +57,9 @@ impl FromStr for MaxStartups {
     /// rate 1 to 100, full ≥ 1.
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
-            format!("invalid max startups {s:?}: use FULL or START:RATE:FULL (e.g. 64:30:256), with 1 ≤ START ≤ FULL and RATE 1 to 100")
+            format!(
+                "invalid max startups {s:?}: use FULL or START:RATE:FULL (e.g. 64:30:256), with 1 ≤ START ≤ FULL and RATE 1 to 100"
+            )
         };
         let parts: Vec<&str> = s.split(':').collect();
         let num = |p: &str| p.trim().parse::<usize>().map_err(|_| bad());
@@ -171,16 +173,44 @@ mod tests {
 
     #[test]
     fn parses_like_sshd() {
-        assert_eq!("10:30:100".parse(), Ok(MaxStartups { start: 10, rate: 30, full: 100 }));
-        assert_eq!("50".parse(), Ok(MaxStartups { start: 50, rate: 100, full: 50 }));
-        for bad in ["", "0", "10:0:100", "10:101:100", "100:30:10", "a:b:c", "1:2", "1:2:3:4", "-1"] {
+        assert_eq!(
+            "10:30:100".parse(),
+            Ok(MaxStartups {
+                start: 10,
+                rate: 30,
+                full: 100
+            })
+        );
+        assert_eq!(
+            "50".parse(),
+            Ok(MaxStartups {
+                start: 50,
+                rate: 100,
+                full: 50
+            })
+        );
+        for bad in [
+            "",
+            "0",
+            "10:0:100",
+            "10:101:100",
+            "100:30:10",
+            "a:b:c",
+            "1:2",
+            "1:2:3:4",
+            "-1",
+        ] {
             assert!(bad.parse::<MaxStartups>().is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn drop_chance_rises_linearly_from_start_to_full() {
-        let m = MaxStartups { start: 10, rate: 30, full: 20 };
+        let m = MaxStartups {
+            start: 10,
+            rate: 30,
+            full: 20,
+        };
         assert_eq!(m.drop_percent(9), 0);
         assert_eq!(m.drop_percent(10), 30);
         assert_eq!(m.drop_percent(15), 65);
@@ -192,7 +222,14 @@ mod tests {
     /// One source filling its cap leaves the others their places.
     #[test]
     fn one_source_cannot_lock_out_the_rest() {
-        let s = Startups::new(MaxStartups { start: 8, rate: 100, full: 8 }, 3);
+        let s = Startups::new(
+            MaxStartups {
+                start: 8,
+                rate: 100,
+                full: 8,
+            },
+            3,
+        );
         let mut held: Vec<_> = (0..3).map(|_| s.admit(ip(1), 0).unwrap()).collect();
         assert_eq!(s.admit(ip(1), 99).unwrap_err(), Refused::PerSource);
         for last in 2..7 {
@@ -207,7 +244,14 @@ mod tests {
 
     #[test]
     fn early_drop_follows_the_roll() {
-        let s = Startups::new(MaxStartups { start: 1, rate: 50, full: 3 }, 10);
+        let s = Startups::new(
+            MaxStartups {
+                start: 1,
+                rate: 50,
+                full: 3,
+            },
+            10,
+        );
         let _a = s.admit(ip(1), 0).unwrap();
         // 1 authenticating: 50% chance to drop.
         assert_eq!(s.admit(ip(2), 49).unwrap_err(), Refused::Full);

@@ -195,7 +195,10 @@ mod tests {
         // CAP_SYS_RESOURCE, so the test raises it instead (allowed to anyone):
         // inheritance, and the reset, are the same either way.
         std::fs::write("/proc/self/oom_score_adj", "500").unwrap();
-        assert_eq!(std::fs::read_to_string("/proc/self/oom_score_adj").unwrap(), "500\n");
+        assert_eq!(
+            std::fs::read_to_string("/proc/self/oom_score_adj").unwrap(),
+            "500\n"
+        );
         let dir = tempfile::tempdir().unwrap();
         let r = run(&req("cat /proc/self/oom_score_adj"), dir.path()).await;
         assert_eq!(r.status, NodeExecStatus::Succeeded, "{r:?}");

@@ -215,7 +215,9 @@ mod tests {
             grants: GrantStore::open(Some(dir)),
             status,
             break_glass: Some(BreakGlass {
-                keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBreakGlassKeyBreakGlassKeyBreakGl".into()],
+                keys: vec![
+                    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBreakGlassKeyBreakGlassKeyBreakGl".into(),
+                ],
                 grace: Duration::from_secs(60),
             }),
             data_dir: dir.to_path_buf(),
@@ -243,7 +245,10 @@ mod tests {
         stop.cancel();
         task.await.unwrap().unwrap();
         let l = link(dir.path());
-        assert!(!l.up, "the agent is gone, and the path to the bastion with it");
+        assert!(
+            !l.up,
+            "the agent is gone, and the path to the bastion with it"
+        );
         let lost_for = now_ms() - l.unreachable_since_agent_silent();
         assert!(
             (0..5_000).contains(&lost_for),
@@ -269,7 +274,11 @@ mod tests {
             login: "root".into(),
             fingerprint: None,
         };
-        assert_eq!(svc.answer(&q).break_glass.len(), 1, "down an hour, grace 60 s");
+        assert_eq!(
+            svc.answer(&q).break_glass.len(),
+            1,
+            "down an hour, grace 60 s"
+        );
         let task = tokio::spawn(svc.run(stop.clone()));
         tokio::time::sleep(Duration::from_millis(200)).await;
         stop.cancel();
