@@ -123,6 +123,13 @@ struct Tuning {
     max_agent_connections: usize,
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     handshake_timeout: Duration,
+    /// How often to PING an idle agent channel; a dead link (no FIN, no RST) is
+    /// found within this plus --keepalive-timeout, and the node marked unreachable.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the channel is dropped.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    keepalive_timeout: Duration,
     /// How long a node running a command may stay disconnected before its result is `lost`.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     exec_lost_grace: Duration,
@@ -183,6 +190,8 @@ fn settings(t: &Tuning, public_url: Option<String>) -> Settings {
         rotation_check: t.rotation_check,
         max_agent_connections: t.max_agent_connections,
         handshake_timeout: t.handshake_timeout,
+        keepalive_interval: t.keepalive_interval.max(Duration::from_secs(1)),
+        keepalive_timeout: t.keepalive_timeout.max(Duration::from_secs(1)),
         exec_lost_grace: t.exec_lost_grace,
         exec_keep_bytes: usize::try_from(t.exec_keep_bytes)
             .unwrap_or(postern_api::cmdexec::DEFAULT_KEEP_BYTES),

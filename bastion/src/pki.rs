@@ -97,7 +97,21 @@ impl Pki {
         };
         let key_pem =
             String::from_utf8(master.open(&sealed)?).map_err(|_| SecretError::Malformed)?;
-        let key = KeyPair::from_pem(&key_pem)?;
+        Pki::from_pem(cert_pem, &key_pem, node_cert_ttl)
+    }
+
+    /// A new CA that lives only in memory, never stored: for tests and fuzzing.
+    pub fn in_memory(node_cert_ttl: Duration) -> Result<Arc<Pki>, PkiError> {
+        let (cert_pem, key_pem) = new_ca()?;
+        Pki::from_pem(cert_pem, &key_pem, node_cert_ttl)
+    }
+
+    fn from_pem(
+        cert_pem: String,
+        key_pem: &str,
+        node_cert_ttl: Duration,
+    ) -> Result<Arc<Pki>, PkiError> {
+        let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
         let ca_der = pem_to_der(&cert_pem)?;
         let ca_hash = postern_api::agent::format_ca_hash(

@@ -59,6 +59,13 @@ enum Cmd {
         break_glass_keys: Option<PathBuf>,
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         break_glass_grace: Duration,
+        /// How often to PING the bastion on an idle channel; a dead link (no FIN,
+        /// no RST) is found within this plus --keepalive-timeout.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        keepalive_interval: Duration,
+        /// How long a PING may go unanswered before the channel is dropped.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        keepalive_timeout: Duration,
     },
 }
 
@@ -120,6 +127,8 @@ async fn main() -> anyhow::Result<()> {
             sshd_port,
             break_glass_keys,
             break_glass_grace,
+            keepalive_interval,
+            keepalive_timeout,
         } => {
             let break_glass = match break_glass_keys {
                 Some(path) => {
@@ -135,6 +144,8 @@ async fn main() -> anyhow::Result<()> {
                     backoff_cap,
                     sshd_port,
                     break_glass,
+                    keepalive_interval: keepalive_interval.max(Duration::from_secs(1)),
+                    keepalive_timeout: keepalive_timeout.max(Duration::from_secs(1)),
                     ..AgentOptions::default()
                 },
             );

@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 pub mod ansible;
+pub mod netns;
 pub mod ssh;
 pub mod ssh_bench;
 pub mod swarm;
@@ -118,6 +119,9 @@ pub struct BastionOpts {
     pub ssh_grant_ttl: String,
     /// More flags for `serve`.
     pub extra_args: Vec<String>,
+    /// The address the agent port listens on (default 127.0.0.1), e.g. the host
+    /// end of a test network namespace's veth.
+    pub agent_ip: Option<String>,
 }
 
 impl Default for BastionOpts {
@@ -131,6 +135,7 @@ impl Default for BastionOpts {
             ssh_auth_timeout: "30s".into(),
             ssh_grant_ttl: "5m".into(),
             extra_args: Vec::new(),
+            agent_ip: None,
         }
     }
 }
@@ -170,7 +175,13 @@ impl Bastion {
         let mut b = Bastion {
             child: None,
             api: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            agent: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            agent: format!(
+                "{}:{}",
+                opts.agent_ip.as_deref().unwrap_or("127.0.0.1"),
+                free_port()
+            )
+            .parse()
+            .unwrap(),
             ssh: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
             log: dir.path().join("bastion.log"),
             dir,
@@ -429,12 +440,21 @@ impl AgentProc {
     }
 
     pub fn run_with(data_dir: &Path, extra: &[&str]) -> AgentProc {
+        AgentProc::spawn(Command::new(bin("postern-agent")), data_dir, extra)
+    }
+
+    /// An agent on another host: inside the network namespace `ns`.
+    pub fn run_in(ns: &netns::Netns, data_dir: &Path, extra: &[&str]) -> AgentProc {
+        AgentProc::spawn(ns.command(&bin("postern-agent")), data_dir, extra)
+    }
+
+    fn spawn(mut cmd: Command, data_dir: &Path, extra: &[&str]) -> AgentProc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(data_dir.with_extension("log"))
             .unwrap();
-        let child = Command::new(bin("postern-agent"))
+        let child = cmd
             .args(["run", "--data-dir"])
             .arg(data_dir)
             .args(["--backoff-cap", "2s"])

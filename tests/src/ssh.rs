@@ -68,6 +68,16 @@ pub struct Sshd {
 
 impl Sshd {
     pub fn start(dir: &Path, helper: &Path, agent_data_dir: &Path) -> Sshd {
+        Sshd::start_in(None, dir, helper, agent_data_dir)
+    }
+
+    /// An sshd on 127.0.0.1 of the network namespace `ns` (or of this host).
+    pub fn start_in(
+        ns: Option<&crate::netns::Netns>,
+        dir: &Path,
+        helper: &Path,
+        agent_data_dir: &Path,
+    ) -> Sshd {
         std::fs::create_dir_all(dir).unwrap();
         keygen(&dir.join("host_key"));
         let port = free_port();
@@ -97,7 +107,12 @@ impl Sshd {
             "sshd -t: {}",
             String::from_utf8_lossy(&check.stderr)
         );
-        let child = Command::new("/usr/sbin/sshd")
+        let sshd = Path::new("/usr/sbin/sshd");
+        let mut cmd = match ns {
+            Some(ns) => ns.command(sshd),
+            None => Command::new(sshd),
+        };
+        let child = cmd
             .args(["-D", "-f"])
             .arg(dir.join("sshd_config"))
             .arg("-E")
@@ -105,8 +120,13 @@ impl Sshd {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // Its log says when it listens (a connect from here would not reach
+        // another namespace's loopback).
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Server listening on 127.0.0.1")
+        {
             assert!(Instant::now() < deadline, "sshd did not start");
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -6,7 +6,7 @@
 //! result outlives a dropped channel or a bastion restart, and an exec ID seen once
 //! is never run again, even after the agent restarts.
 
-mod capture;
+pub mod capture;
 mod run;
 
 use std::collections::{HashMap, HashSet, VecDeque};
