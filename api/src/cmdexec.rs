@@ -286,13 +286,10 @@ impl NodeCounts {
 
     /// The execution's overall status from its nodes' states.
     pub fn overall(&self) -> &'static str {
-        let open = self.pending + self.running;
-        if open > 0 {
-            if open == self.pending && self.pending == self.total() {
-                "pending"
-            } else {
-                "running"
-            }
+        if self.pending == self.total() {
+            "pending"
+        } else if self.pending + self.running > 0 {
+            "running"
         } else if self.succeeded == self.total() {
             "succeeded"
         } else {

@@ -30,7 +30,9 @@ pub fn inc(c: &AtomicU64) {
 }
 
 impl Metrics {
-    pub fn render(&self, agents_connected: usize) -> String {
+    /// `tasks`: the bastion's live tasks (connections, relays, dispatches…), so a
+    /// leak shows as a count that only grows.
+    pub fn render(&self, agents_connected: usize, tasks: usize) -> String {
         let mut out = String::new();
         let mut gauge = |name: &str, help: &str, v: u64, kind: &str| {
             let _ = writeln!(
@@ -42,6 +44,12 @@ impl Metrics {
             "postern_agents_connected",
             "Agents with a live channel.",
             agents_connected as u64,
+            "gauge",
+        );
+        gauge(
+            "postern_tasks",
+            "Tasks the bastion is running (connections, relays, dispatches, writers).",
+            tasks as u64,
             "gauge",
         );
         let counters: [(&str, &str, &AtomicU64); 17] = [

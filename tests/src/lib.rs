@@ -15,6 +15,7 @@ use serde_json::Value;
 
 pub mod ansible;
 pub mod netns;
+pub mod soak;
 pub mod ssh;
 pub mod ssh_bench;
 pub mod swarm;

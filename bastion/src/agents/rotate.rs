@@ -63,6 +63,8 @@ pub enum RotateError {
     Pki(#[from] crate::pki::PkiError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("node {0} is disabled or deleted; no certificate is issued to it")]
+    NotLive(String),
 }
 
 /// Rotates one node's certificate now.
@@ -70,6 +72,12 @@ pub async fn rotate_node(shared: &Shared, agent: &AgentConn) -> Result<(), Rotat
     let timeout = shared.settings.agent_call_timeout;
     let csr: CsrResponse =
         call_json::<(), _>(agent, Method::POST, routes::CSR, None, timeout).await?;
+    // The node's state now, not when its channel came up: a node disabled or
+    // deleted since gets no new certificate (and its channel is being cut).
+    match shared.store.node(&agent.node_id).await? {
+        Some(n) if n.state != postern_api::admin::NodeState::Disabled => {}
+        _ => return Err(RotateError::NotLive(agent.node_id.clone())),
+    }
     let issued = shared.pki.sign_node_csr(&csr.csr_pem, &agent.node_id)?;
     let _: serde_json::Value = call_json(
         agent,

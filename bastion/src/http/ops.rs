@@ -29,6 +29,8 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(state.registry.len()),
+        state
+            .metrics
+            .render(state.registry.len(), state.tasks.len()),
     )
 }

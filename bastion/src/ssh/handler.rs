@@ -236,7 +236,9 @@ impl russh::server::Handler for Conn {
         };
         let jump = Jump {
             user,
-            host: host_to_connect.chars().take(300).collect(),
+            // The client's text: bounded and printable before it is logged,
+            // audited or echoed back in a refusal.
+            host: postern_api::validate::peer_line(host_to_connect, 256),
             port: port_to_connect,
             peer: self.peer,
         };
