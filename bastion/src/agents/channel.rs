@@ -21,6 +21,27 @@ use crate::metrics::inc;
 use crate::pki::node_cert_info;
 use crate::state::Shared;
 
+/// Registers the channel, then reads the node's state again; unregisters it and
+/// answers `false` when the node is disabled, deleted or unreadable by then.
+///
+/// The node may have been disabled or deleted since the caller checked it.
+/// Disabling writes the store, then cuts what the registry holds; registering,
+/// then reading the store, means one of the two always sees the other, so no
+/// channel of a disabled node stays.
+pub(super) async fn register_live(shared: &Shared, agent: &Arc<AgentConn>) -> bool {
+    shared.registry.insert(agent.clone());
+    match shared.store.node(&agent.node_id).await {
+        Ok(Some(n)) if n.state != NodeState::Disabled => true,
+        other => {
+            shared.registry.remove(&agent.node_id, agent.conn_id);
+            if let Err(e) = other {
+                tracing::error!(error = %e, "store unavailable; closing agent channel");
+            }
+            false
+        }
+    }
+}
+
 pub(super) async fn run(
     tls: TlsStream<TcpStream>,
     peer: SocketAddr,
@@ -83,23 +104,10 @@ pub(super) async fn run(
     });
     let conn_id = agent.conn_id;
     let node_id = node.id.clone();
-    shared.registry.insert(agent.clone());
-    // The node may have been disabled or deleted since the check above (the h2
-    // handshake took a round trip). Disabling writes the store, then cuts what
-    // the registry holds; registering, then reading the store again, means one
-    // of the two always sees the other, so no channel of a disabled node stays.
-    match shared.store.node(&node_id).await {
-        Ok(Some(n)) if n.state != NodeState::Disabled => {}
-        other => {
-            shared.registry.remove(&node_id, conn_id);
-            inc(&shared.metrics.agents_refused);
-            if let Err(e) = other {
-                tracing::error!(error = %e, "store unavailable; closing agent channel");
-            } else {
-                tracing::info!(%peer, node = %node_id, "node disabled or deleted while its channel came up; closing");
-            }
-            return;
-        }
+    if !register_live(&shared, &agent).await {
+        inc(&shared.metrics.agents_refused);
+        tracing::info!(%peer, node = %node_id, "node disabled, deleted or unreadable as its channel came up; closing");
+        return;
     }
     inc(&shared.metrics.handshakes);
     tracing::debug!(%peer, node = %node_id, hostname = %node.hostname, "agent channel up");
@@ -149,4 +157,121 @@ pub(super) async fn run(
         .touch_nodes(std::slice::from_ref(&node_id), now_ms())
         .await;
     tracing::debug!(node = %node_id, "agent channel down");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::{EnrollmentTokenRow, NewNode, Store};
+
+    /// A real h2 client handle over an in-memory pipe to a server that answers 200.
+    async fn sender() -> hyper::client::conn::http2::SendRequest<super::super::AgentBody> {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::new(),
+                )))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(server), svc)
+                .await;
+        });
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+
+    /// The interleaving the review suspected: the node passes the state check,
+    /// is disabled before its channel is registered, then the channel registers.
+    /// On the code as it landed the channel stayed, reachable; now it is refused.
+    #[tokio::test]
+    async fn a_node_disabled_between_its_check_and_its_registration_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        let pki = crate::pki::Pki::in_memory(Duration::from_secs(3600)).unwrap();
+        let shared = Shared::new(
+            store.clone(),
+            pki,
+            crate::state::Settings::default(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let org = store.create_org("o", 1).await.unwrap();
+        let p = store.create_project(&org.id, "p", 1).await.unwrap();
+        let e = store.create_edge(&p.id, "e", 1).await.unwrap();
+        store
+            .insert_enrollment_token(&EnrollmentTokenRow {
+                id: "t".into(),
+                edge_id: e.id.clone(),
+                secret_hash: "h".into(),
+                created_by: None,
+                created_at: 0,
+                expires_at: i64::MAX,
+                max_uses: 1,
+                uses: 0,
+                auto_approve: true,
+                revoked_at: None,
+            })
+            .await
+            .unwrap();
+        let new = NewNode {
+            id: "n1",
+            token_id: "t",
+            edge_id: &e.id,
+            hostname: "n1",
+            agent_version: "0",
+            auto_approve: true,
+            cert_serial: "01",
+            cert_expires_at: i64::MAX,
+        };
+        store.enroll_node(&new, 1).await.unwrap();
+        let conn = |id: u64| async move {
+            Arc::new(AgentConn {
+                node_id: "n1".into(),
+                conn_id: id,
+                peer: "127.0.0.1:1".parse().unwrap(),
+                connected_at_ms: 0,
+                sender: sender().await,
+                cancel: tokio_util::sync::CancellationToken::new(),
+                cert: std::sync::Mutex::new(crate::pki::NodeCertInfo {
+                    node_id: "n1".into(),
+                    serial: "01".into(),
+                    not_before_ms: 0,
+                    not_after_ms: i64::MAX,
+                }),
+                rotating: AtomicBool::new(false),
+            })
+        };
+        // A live node registers.
+        assert!(register_live(&shared, &conn(1).await).await);
+        assert!(shared.registry.is_reachable("n1"));
+        shared.registry.remove("n1", 1);
+
+        // Checked while approved (the caller's check), then disabled, as the
+        // REST call does it: the store first, then the registry cut (which finds
+        // nothing yet), then the channel registers.
+        store
+            .set_node_state("n1", NodeState::Disabled, 2)
+            .await
+            .unwrap();
+        assert!(!shared.registry.disconnect("n1"));
+        assert!(!register_live(&shared, &conn(2).await).await);
+        assert!(
+            !shared.registry.is_reachable("n1"),
+            "a disabled node stayed connected"
+        );
+
+        // Deleted in the window: the same.
+        store
+            .set_node_state("n1", NodeState::Approved, 3)
+            .await
+            .unwrap();
+        store.delete_node("n1").await.unwrap();
+        assert!(!register_live(&shared, &conn(3).await).await);
+        assert!(!shared.registry.is_reachable("n1"));
+    }
 }
