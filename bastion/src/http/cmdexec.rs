@@ -77,7 +77,7 @@ fn check_command(req: &ExecuteRequest) -> Result<(), ApiError> {
         (status = 404, description = "Project or edge not found", body = ErrorBody),
         (status = 413, description = "Command or body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 503, description = "Database or audit log unavailable: nothing was run; retry", body = ErrorBody),
+        (status = 503, description = "Database or audit log unavailable: nothing was run; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
     ),
     security(("bearer" = []))
 )]
@@ -277,6 +277,7 @@ fn summary(e: ExecutionRow, counts: dto::NodeCounts) -> dto::ExecutionSummary {
         (status = 400, description = "Invalid node_limit or node_offset", body = ErrorBody),
         (status = 401, description = "Missing or invalid API token", body = ErrorBody),
         (status = 404, description = "Project, edge or execution not found", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
     ),
     security(("bearer" = []))
 )]
@@ -332,6 +333,7 @@ pub async fn execution(
         (status = 400, description = "Invalid limit or offset", body = ErrorBody),
         (status = 401, description = "Missing or invalid API token", body = ErrorBody),
         (status = 404, description = "Project not found", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
     ),
     security(("bearer" = []))
 )]

@@ -6,7 +6,7 @@ use http::StatusCode;
 use postern_api::admin::{
     self as dto, CreateToken, CreateUser, Role, RoleBinding, TokenCreated, TokenInfo,
 };
-use postern_api::validate;
+use postern_api::{ErrorBody, validate};
 use serde_json::json;
 
 use super::admin::require;
@@ -77,6 +77,18 @@ pub(super) async fn user_view(state: &AppState, user: &UserRow) -> Result<dto::U
     })
 }
 
+/// The caller: their user, org and roles.
+#[utoipa::path(
+    get,
+    path = "/api/v1/whoami",
+    tag = "users",
+    responses(
+        (status = 200, description = "The caller", body = dto::User),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn whoami(
     State(state): State<AppState>,
     caller: Caller,
@@ -89,6 +101,19 @@ pub async fn whoami(
     Ok(Json(user_view(&state, &user).await?))
 }
 
+/// The users of the caller's org with their roles (org admins only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    tag = "users",
+    responses(
+        (status = 200, description = "Users, by name", body = Vec<dto::User>),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only an org_admin may manage users and roles", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_users(
     State(state): State<AppState>,
     caller: Caller,
@@ -101,6 +126,24 @@ pub async fn list_users(
     Ok(Json(out))
 }
 
+/// Creates a user, with no role yet (org admins only).
+#[utoipa::path(
+    post,
+    path = "/api/v1/users",
+    tag = "users",
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "Created", body = dto::User),
+        (status = 400, description = "Malformed JSON, an unknown field, or an invalid value", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only an org_admin may manage users and roles", body = ErrorBody),
+        (status = 409, description = "A user of that name already exists", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body not sent with `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -118,6 +161,23 @@ pub async fn create_user(
     Ok((StatusCode::CREATED, Json(user_view(&state, &user).await?)))
 }
 
+/// One user with their roles (themself, or anyone for org admins).
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{user}",
+    tag = "users",
+    params(
+        ("user" = String, Path, description = "User name"),
+    ),
+    responses(
+        (status = 200, description = "The user with their roles", body = dto::User),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only the user themself or an org_admin may do this", body = ErrorBody),
+        (status = 404, description = "No such user in the caller's org", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -128,6 +188,24 @@ pub async fn get_user(
     Ok(Json(user_view(&state, &user).await?))
 }
 
+/// Deletes a user with their tokens and keys; their SSH access ends at once (org admins only).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{user}",
+    tag = "users",
+    params(
+        ("user" = String, Path, description = "User name"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only an org_admin may manage users and roles", body = ErrorBody),
+        (status = 404, description = "No such user in the caller's org", body = ErrorBody),
+        (status = 409, description = "Callers cannot delete themselves", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn delete_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -149,6 +227,26 @@ pub async fn delete_user(
 }
 
 /// Sets the user's role on the org (no `project`) or on one project.
+#[utoipa::path(
+    put,
+    path = "/api/v1/users/{user}/roles",
+    tag = "users",
+    params(
+        ("user" = String, Path, description = "User name"),
+    ),
+    request_body = RoleBinding,
+    responses(
+        (status = 200, description = "The user with their roles", body = dto::User),
+        (status = 400, description = "Malformed JSON, an unknown field, an invalid login, org_admin with a project, or another role without one", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only an org_admin may manage users and roles", body = ErrorBody),
+        (status = 404, description = "No such user in the caller's org, or no such project", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body not sent with `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn set_role(
     State(state): State<AppState>,
     caller: Caller,
@@ -216,6 +314,23 @@ pub async fn set_role(
 }
 
 /// Removes the user's role on a project, or on the org when `scope` is `org`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{user}/roles/{scope}",
+    tag = "users",
+    params(
+        ("user" = String, Path, description = "User name"),
+        ("scope" = String, Path, description = "A project name, or `org` for the org-wide role"),
+    ),
+    responses(
+        (status = 204, description = "Removed; SSH access that depended on it ends at once"),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only an org_admin may manage users and roles", body = ErrorBody),
+        (status = 404, description = "No such user in the caller's org, no such project, or no role there", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn remove_role(
     State(state): State<AppState>,
     caller: Caller,
@@ -261,6 +376,23 @@ fn token_view(user: &UserRow, t: &ApiTokenRow) -> TokenInfo {
     }
 }
 
+/// The user's API tokens, without their secrets (themself, or anyone for org admins).
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{user}/tokens",
+    tag = "users",
+    params(
+        ("user" = String, Path, description = "User name"),
+    ),
+    responses(
+        (status = 200, description = "Tokens, oldest first", body = Vec<TokenInfo>),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only the user themself or an org_admin may do this", body = ErrorBody),
+        (status = 404, description = "No such user in the caller's org", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_tokens(
     State(state): State<AppState>,
     caller: Caller,
@@ -272,6 +404,27 @@ pub async fn list_tokens(
     Ok(Json(tokens.iter().map(|t| token_view(&user, t)).collect()))
 }
 
+/// Makes an API token for the user (themself, or anyone for org admins).
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{user}/tokens",
+    tag = "users",
+    params(
+        ("user" = String, Path, description = "User name"),
+    ),
+    request_body = CreateToken,
+    responses(
+        (status = 201, description = "Created; the secret is shown only now", body = TokenCreated),
+        (status = 400, description = "Malformed JSON, an unknown field, or an invalid value", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only the user themself or an org_admin may do this", body = ErrorBody),
+        (status = 404, description = "No such user in the caller's org", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body not sent with `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
@@ -326,6 +479,23 @@ pub async fn issue_api_token(
     })
 }
 
+/// Revokes an API token by its id (its owner, or an org admin of the owner's org).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{token_id}",
+    tag = "users",
+    params(
+        ("token_id" = String, Path, description = "The API token's id (the part after `pst_`, before the secret)"),
+    ),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only the user themself or an org_admin may do this", body = ErrorBody),
+        (status = 404, description = "No such token in the caller's org", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn revoke_token(
     State(state): State<AppState>,
     caller: Caller,
