@@ -2,13 +2,17 @@
 //! the bearer token (`Caller`), JSON bodies (`ApiJson`) and query strings
 //! (`ApiQuery`). Each also fills in the request's audit context.
 
+use std::fmt;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use http::request::Parts;
-use serde::de::DeserializeOwned;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use super::AppState;
@@ -148,7 +152,7 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// A JSON body; malformed JSON, unknown fields, a wrong content type and an
-/// oversized body each get their own clear error.
+/// oversized body each get their own clear error. The body must be a JSON object.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
@@ -156,10 +160,31 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+        match axum::Json::<ObjectOnly<T>>::from_request(req, state).await {
+            Ok(axum::Json(ObjectOnly(v))) => Ok(ApiJson(v)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
+    }
+}
+
+/// `T` read from a JSON object only. Serde also reads a struct from an array of
+/// its fields in order, so without this `[null, null]` would be taken as a
+/// request with every field left out, a body the API's schema does not allow.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Object<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Object(PhantomData)).map(ObjectOnly)
     }
 }
 
