@@ -488,6 +488,38 @@ async fn roles_and_users_validate_logins_and_scopes() {
         )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    // A project name is checked like every name, before any lookup.
+    let (s, v) = put(json!({"role": "read_only", "project": "Web\0"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "bad_request", "invalid project");
+    // Scopes and ids that no row can have are not found, without a lookup (a NUL
+    // would be an error from PostgreSQL, not an answer).
+    for uri in [
+        "/api/v1/users/carol/roles/a%00b",
+        "/api/v1/users/carol/ssh-keys/a%00b",
+        "/api/v1/tokens/a%00b",
+        "/api/v1/projects/web/edges/eu-1/enrollment-tokens/a%00b",
+    ] {
+        let (s, v) = w.call(Method::DELETE, uri, Some(&w.admin), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{uri}: {v}");
+    }
+    // Token names: at most 100 characters, however many bytes they take.
+    let (s, v) = w
+        .post(
+            "/api/v1/users/carol/tokens",
+            &w.admin,
+            json!({"name": "é".repeat(100)}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, _) = w
+        .post(
+            "/api/v1/users/carol/tokens",
+            &w.admin,
+            json!({"name": "é".repeat(101)}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]

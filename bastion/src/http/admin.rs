@@ -59,6 +59,13 @@ pub(super) async fn resolve_project(
     }
 }
 
+/// Whether `id` has the shape of the ids the bastion makes (hex, UUIDs, ULIDs):
+/// anything else cannot name a row, and is not sent to the database (PostgreSQL
+/// refuses a NUL in text with an error, which would be a 500).
+pub(super) fn plain_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 pub(super) fn require(caller: &Caller, action: Action) -> Result<(), ApiError> {
     match decide(&caller.principal, action, None) {
         Decision::Allow => Ok(()),
@@ -655,6 +662,9 @@ pub async fn revoke_enrollment_token(
     let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
     let not_found = || ApiError::NotFound(format!("enrollment token {token_id:?} not found"));
+    if !plain_id(&token_id) {
+        return Err(not_found());
+    }
     let t = state
         .store
         .enrollment_token(&token_id)

@@ -8,6 +8,7 @@ use postern_api::ErrorBody;
 use postern_api::ssh::{AddSshKey, MAX_KEYS_PER_USER, SshKey};
 use serde_json::json;
 
+use super::admin::plain_id;
 use super::extract::{ApiJson, Caller};
 use super::users::{may_manage_tokens_of, resolve_user};
 use super::{ApiError, AppState};
@@ -140,10 +141,12 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let user = resolve_user(&state, &caller, &name).await?;
     may_manage_tokens_of(&caller, &user)?;
+    let not_found = || ApiError::NotFound(format!("user {name:?} has no SSH key {key_id:?}"));
+    if !plain_id(&key_id) {
+        return Err(not_found());
+    }
     let Some(fingerprint) = state.store.delete_ssh_key(&user.id, &key_id).await? else {
-        return Err(ApiError::NotFound(format!(
-            "user {name:?} has no SSH key {key_id:?}"
-        )));
+        return Err(not_found());
     };
     let applied = ssh::apply_access_change(
         &state,

@@ -9,7 +9,7 @@ use postern_api::admin::{
 use postern_api::{ErrorBody, validate};
 use serde_json::json;
 
-use super::admin::require;
+use super::admin::{plain_id, require};
 use super::extract::{ApiJson, Caller, TOKEN_PREFIX};
 use super::{ApiError, AppState};
 use crate::authz::Action;
@@ -261,6 +261,9 @@ pub async fn set_role(
     if body.logins.len() > 64 {
         return Err(ApiError::BadRequest("at most 64 logins per role".into()));
     }
+    if let Some(p) = &body.project {
+        validate::name("project", p)?;
+    }
     let project_id = match (&body.project, body.role) {
         (None, Role::OrgAdmin) => None,
         (None, r) => {
@@ -340,6 +343,8 @@ pub async fn remove_role(
     let user = resolve_user(&state, &caller, &name).await?;
     let project_id = if scope == "org" {
         None
+    } else if validate::name("project", &scope).is_err() {
+        return Err(ApiError::NotFound(format!("project {scope:?} not found")));
     } else {
         let p = state
             .store
@@ -440,7 +445,7 @@ pub async fn create_token(
         dto::TOKEN_TTL_MAX_SECS,
     )?;
     if let Some(n) = &body.name
-        && (n.len() > 100 || n.chars().any(char::is_control))
+        && (n.chars().count() > 100 || n.chars().any(char::is_control))
     {
         return Err(ApiError::BadRequest(
             "token name: at most 100 printable characters".into(),
@@ -502,6 +507,9 @@ pub async fn revoke_token(
     Path(token_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let not_found = || ApiError::NotFound(format!("token {token_id:?} not found"));
+    if !plain_id(&token_id) {
+        return Err(not_found());
+    }
     let t = state
         .store
         .api_token(&token_id)
