@@ -440,6 +440,17 @@ async fn unknown_nodes_edges_and_routes_are_404() {
     let (s, v) = w.get("/api/v1/nonsense", &w.admin).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(v["error"]["code"], "not_found");
+    // A path parameter that is not UTF-8 once decoded names nothing: a JSON 404
+    // like any unknown name, not axum's plain-text 400.
+    for uri in [
+        "/api/v1/projects/%FF",
+        "/api/v1/users/a%FFb/tokens",
+        "/cmdexec/v1/projects/web/edges/%C3/execution/x/",
+    ] {
+        let (s, v) = w.get(uri, &w.admin).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{uri}: {v}");
+        assert_eq!(v["error"]["code"], "not_found", "{uri}: {v}");
+    }
 }
 
 #[tokio::test]

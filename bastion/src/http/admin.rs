@@ -1,7 +1,7 @@
 //! Admin endpoints for projects, edges, nodes, enrollment tokens and the audit log.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use http::StatusCode;
 use postern_api::admin::{
     self as dto, AuditPage, CreateEdge, CreateEnrollmentToken, CreateProject,
@@ -10,7 +10,7 @@ use postern_api::admin::{
 use postern_api::{ErrorBody, validate};
 use serde_json::json;
 
-use super::extract::{ApiJson, ApiQuery, Caller};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::{ApiError, AppState};
 use crate::authz::{Action, Decision, decide};
 use crate::clock::{now_ms, rfc3339};
@@ -234,7 +234,7 @@ pub async fn create_project(
 pub async fn get_project(
     State(state): State<AppState>,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
 ) -> Result<Json<dto::Project>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
     Ok(Json(project_view(&p)))
@@ -259,7 +259,7 @@ pub async fn get_project(
 pub async fn list_edges(
     State(state): State<AppState>,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
 ) -> Result<Json<Vec<dto::Edge>>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
     let edges = state.store.list_edges(&p.id).await?;
@@ -291,7 +291,7 @@ pub async fn list_edges(
 pub async fn create_edge(
     State(state): State<AppState>,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
     ApiJson(body): ApiJson<CreateEdge>,
 ) -> Result<(StatusCode, Json<dto::Edge>), ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
@@ -321,7 +321,7 @@ pub async fn create_edge(
 pub async fn list_nodes(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge)): Path<(String, String)>,
+    ApiPath((project, edge)): ApiPath<(String, String)>,
 ) -> Result<Json<Vec<dto::Node>>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
@@ -352,7 +352,7 @@ pub async fn list_nodes(
 pub async fn get_node(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge, node)): Path<(String, String, String)>,
+    ApiPath((project, edge, node)): ApiPath<(String, String, String)>,
 ) -> Result<Json<dto::Node>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
@@ -383,7 +383,7 @@ pub async fn get_node(
 pub async fn approve_node(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge, node)): Path<(String, String, String)>,
+    ApiPath((project, edge, node)): ApiPath<(String, String, String)>,
 ) -> Result<Json<dto::Node>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
@@ -435,7 +435,7 @@ pub async fn approve_node(
 pub async fn disable_node(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge, node)): Path<(String, String, String)>,
+    ApiPath((project, edge, node)): ApiPath<(String, String, String)>,
 ) -> Result<Json<dto::Node>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
@@ -478,7 +478,7 @@ pub async fn disable_node(
 pub async fn enable_node(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge, node)): Path<(String, String, String)>,
+    ApiPath((project, edge, node)): ApiPath<(String, String, String)>,
 ) -> Result<Json<dto::Node>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
@@ -519,7 +519,7 @@ pub async fn enable_node(
 pub async fn delete_node(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge, node)): Path<(String, String, String)>,
+    ApiPath((project, edge, node)): ApiPath<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
@@ -558,7 +558,7 @@ pub async fn delete_node(
 pub async fn create_enrollment_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge)): Path<(String, String)>,
+    ApiPath((project, edge)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<CreateEnrollmentToken>,
 ) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
@@ -657,7 +657,7 @@ pub async fn issue_enrollment_token(
 pub async fn revoke_enrollment_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge, token_id)): Path<(String, String, String)>,
+    ApiPath((project, edge, token_id)): ApiPath<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;

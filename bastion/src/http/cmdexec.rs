@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use base64::Engine as _;
 use http::StatusCode;
 use postern_api::admin::PageQuery;
@@ -15,7 +15,7 @@ use postern_api::cmdexec::{
 use postern_api::{ErrorBody, validate};
 
 use super::admin::{resolve_edge, resolve_project};
-use super::extract::{ApiJson, ApiQuery, Caller};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::{ApiError, AppState};
 use crate::authz::Action;
 use crate::clock::rfc3339;
@@ -84,7 +84,7 @@ fn check_command(req: &ExecuteRequest) -> Result<(), ApiError> {
 pub async fn execute(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge)): Path<(String, String)>,
+    ApiPath((project, edge)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<ExecuteRequest>,
 ) -> Result<(StatusCode, Json<ExecuteResponse>), ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::Execute).await?;
@@ -284,7 +284,7 @@ fn summary(e: ExecutionRow, counts: dto::NodeCounts) -> dto::ExecutionSummary {
 pub async fn execution(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge, exec_id)): Path<(String, String, String)>,
+    ApiPath((project, edge, exec_id)): ApiPath<(String, String, String)>,
     ApiQuery(q): ApiQuery<dto::NodePageQuery>,
 ) -> Result<Json<dto::Execution>, ApiError> {
     let (limit, offset) = q.bounds()?;
@@ -340,7 +340,7 @@ pub async fn execution(
 pub async fn history(
     State(state): State<AppState>,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<History>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;

@@ -1,13 +1,15 @@
 //! Request extractors that turn every kind of bad input into a clear `ApiError`:
-//! the bearer token (`Caller`), JSON bodies (`ApiJson`) and query strings
-//! (`ApiQuery`). Each also fills in the request's audit context.
+//! the bearer token (`Caller`), JSON bodies (`ApiJson`), path parameters
+//! (`ApiPath`) and query strings (`ApiQuery`). Each also fills in the request's
+//! audit context.
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use http::request::Parts;
 use serde::de::value::MapAccessDeserializer;
@@ -203,6 +205,29 @@ fn json_rejection(r: JsonRejection) -> ApiError {
             ApiError::PayloadTooLarge("request body too large".into())
         }
         other => ApiError::BadRequest(other.body_text()),
+    }
+}
+
+/// Path parameters. One that is not UTF-8 once percent-decoded names nothing
+/// that can exist, so it is a JSON 404 like any unknown name (axum would answer
+/// a plain-text 400).
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(PathRejection::FailedToDeserializePathParams(e))
+                if matches!(e.kind(), ErrorKind::InvalidUtf8InPathParam { .. }) =>
+            {
+                Err(ApiError::NotFound(format!("not found: {}", e.body_text())))
+            }
+            // The route and the handler's parameters disagree: a bug, not bad input.
+            Err(other) => Err(ApiError::Internal(other.body_text())),
+        }
     }
 }
 

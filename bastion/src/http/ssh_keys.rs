@@ -2,14 +2,14 @@
 //! admins manage everyone's in their org.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use http::StatusCode;
 use postern_api::ErrorBody;
 use postern_api::ssh::{AddSshKey, MAX_KEYS_PER_USER, SshKey};
 use serde_json::json;
 
 use super::admin::plain_id;
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, ApiPath, Caller};
 use super::users::{may_manage_tokens_of, resolve_user};
 use super::{ApiError, AppState};
 use crate::clock::{now_ms, rfc3339};
@@ -49,7 +49,7 @@ fn view(user: &str, k: &SshKeyRow) -> SshKey {
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Vec<SshKey>>, ApiError> {
     let user = resolve_user(&state, &caller, &name).await?;
     may_manage_tokens_of(&caller, &user)?;
@@ -82,7 +82,7 @@ pub async fn list(
 pub async fn add(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<AddSshKey>,
 ) -> Result<(StatusCode, Json<SshKey>), ApiError> {
     let user = resolve_user(&state, &caller, &name).await?;
@@ -137,7 +137,7 @@ pub async fn add(
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
-    Path((name, key_id)): Path<(String, String)>,
+    ApiPath((name, key_id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let user = resolve_user(&state, &caller, &name).await?;
     may_manage_tokens_of(&caller, &user)?;

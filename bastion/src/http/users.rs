@@ -1,7 +1,7 @@
 //! Users, their roles, and API tokens.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use http::StatusCode;
 use postern_api::admin::{
     self as dto, CreateToken, CreateUser, Role, RoleBinding, TokenCreated, TokenInfo,
@@ -10,7 +10,7 @@ use postern_api::{ErrorBody, validate};
 use serde_json::json;
 
 use super::admin::{plain_id, require};
-use super::extract::{ApiJson, Caller, TOKEN_PREFIX};
+use super::extract::{ApiJson, ApiPath, Caller, TOKEN_PREFIX};
 use super::{ApiError, AppState};
 use crate::authz::Action;
 use crate::clock::{now_ms, rfc3339};
@@ -181,7 +181,7 @@ pub async fn create_user(
 pub async fn get_user(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<dto::User>, ApiError> {
     let user = resolve_user(&state, &caller, &name).await?;
     may_manage_tokens_of(&caller, &user)?;
@@ -209,7 +209,7 @@ pub async fn get_user(
 pub async fn delete_user(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     require(&caller, Action::ManageOrg)?;
     let user = resolve_user(&state, &caller, &name).await?;
@@ -250,7 +250,7 @@ pub async fn delete_user(
 pub async fn set_role(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<RoleBinding>,
 ) -> Result<Json<dto::User>, ApiError> {
     require(&caller, Action::ManageOrg)?;
@@ -337,7 +337,7 @@ pub async fn set_role(
 pub async fn remove_role(
     State(state): State<AppState>,
     caller: Caller,
-    Path((name, scope)): Path<(String, String)>,
+    ApiPath((name, scope)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     require(&caller, Action::ManageOrg)?;
     let user = resolve_user(&state, &caller, &name).await?;
@@ -401,7 +401,7 @@ fn token_view(user: &UserRow, t: &ApiTokenRow) -> TokenInfo {
 pub async fn list_tokens(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     let user = resolve_user(&state, &caller, &name).await?;
     may_manage_tokens_of(&caller, &user)?;
@@ -433,7 +433,7 @@ pub async fn list_tokens(
 pub async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<CreateToken>,
 ) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
     let user = resolve_user(&state, &caller, &name).await?;
@@ -504,7 +504,7 @@ pub async fn issue_api_token(
 pub async fn revoke_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path(token_id): Path<String>,
+    ApiPath(token_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let not_found = || ApiError::NotFound(format!("token {token_id:?} not found"));
     if !plain_id(&token_id) {
