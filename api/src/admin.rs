@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Largest request body the admin API accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -19,7 +20,7 @@ pub const ENROLL_USES_MAX: i64 = 100_000;
 pub const PAGE_LIMIT_DEFAULT: i64 = 10;
 pub const PAGE_LIMIT_MAX: i64 = 100;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     OrgAdmin,
@@ -67,7 +68,7 @@ impl FromStr for Role {
 }
 
 /// A node's lifecycle. `Disabled` refuses its certificate until re-enabled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
     Pending,
@@ -100,26 +101,30 @@ impl FromStr for NodeState {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
+    /// Lowercase letters, digits and `-`, 1 to 63, not starting with `-`; unique in the org.
+    #[schema(min_length = 1, max_length = 63, pattern = "^[a-z0-9][a-z0-9-]*$")]
     pub name: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Project {
     pub id: String,
     pub name: String,
     pub created_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEdge {
+    /// Lowercase letters, digits and `-`, 1 to 63, not starting with `-`; unique in the project.
+    #[schema(min_length = 1, max_length = 63, pattern = "^[a-z0-9][a-z0-9-]*$")]
     pub name: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Edge {
     pub id: String,
     pub name: String,
@@ -127,7 +132,7 @@ pub struct Edge {
     pub created_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Node {
     pub id: String,
     pub hostname: String,
@@ -142,13 +147,15 @@ pub struct Node {
     pub created_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    /// Lowercase letters, digits and `-`, 1 to 63, not starting with `-`; unique on the bastion.
+    #[schema(min_length = 1, max_length = 63, pattern = "^[a-z0-9][a-z0-9-]*$")]
     pub name: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct User {
     pub id: String,
     pub name: String,
@@ -158,38 +165,68 @@ pub struct User {
 }
 
 /// A role on the whole org (`project` absent, only for `org_admin`) or on one project.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleBinding {
     pub role: Role,
+    /// The project's name; absent (or null) for `org_admin`, required for the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 63, pattern = "^[a-z0-9][a-z0-9-]*$")]
     pub project: Option<String>,
     /// Unix logins this role may use over SSH. `org_admin` may use any.
     #[serde(default)]
+    #[schema(schema_with = logins_schema)]
     pub logins: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// At most 64 unix logins, each as `useradd` accepts it by default (see
+/// [`crate::validate::login`]).
+fn logins_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .description(Some(
+            "Unix logins this role may use over SSH, at most 64: each 1 to 32 of `a-z`, `0-9`, \
+             `_` and `-`, starting with a letter or `_`. `org_admin` may use any.",
+        ))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(32))
+                .pattern(Some("^[a-z_][a-z0-9_-]*$")),
+        )
+        .max_items(Some(64))
+        .build()
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
+    /// A label for people: at most 100 characters, none of them control characters.
     #[serde(default)]
+    #[schema(max_length = 100, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub name: Option<String>,
-    /// Lifetime in seconds; default 30 days, at most 365 days.
-    #[serde(default)]
+    /// Lifetime in seconds, 60 to 365 days; default 30 days.
+    #[serde(default, deserialize_with = "crate::validate::whole_number")]
+    #[schema(minimum = 60, maximum = 31_536_000)]
     pub ttl_seconds: Option<i64>,
 }
 
 /// Returned once, when the token is made: the secret is never shown again.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenCreated {
+    /// The token's id, for listing and revoking it.
     pub id: String,
+    /// The secret to send as `Authorization: Bearer …`.
     pub token: String,
+    /// RFC 3339.
     pub expires_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct TokenInfo {
     pub id: String,
+    /// The user the token belongs to.
     pub user: String,
     pub name: Option<String>,
     pub created_at: String,
@@ -197,35 +234,42 @@ pub struct TokenInfo {
     pub revoked: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEnrollmentToken {
-    /// Lifetime in seconds; default 24 hours, at most 30 days.
-    #[serde(default)]
+    /// Lifetime in seconds, 1 to 30 days; default 24 hours.
+    #[serde(default, deserialize_with = "crate::validate::whole_number")]
+    #[schema(minimum = 1, maximum = 2_592_000)]
     pub ttl_seconds: Option<i64>,
-    /// How many nodes may join with it; default 1.
-    #[serde(default)]
+    /// How many nodes may join with it, 1 to 100000; default 1.
+    #[serde(default, deserialize_with = "crate::validate::whole_number")]
+    #[schema(minimum = 1, maximum = 100_000)]
     pub max_uses: Option<i64>,
     /// Nodes that join with it are approved at once; default false.
     #[serde(default)]
     pub auto_approve: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnrollmentTokenCreated {
+    /// The token's id, for revoking it.
     pub id: String,
+    /// The secret the node presents when it joins.
     pub token: String,
     pub expires_at: String,
     pub max_uses: i64,
     pub auto_approve: bool,
+    /// `sha256:…` of the bastion's CA, which the node pins when it joins.
     pub ca_hash: String,
     /// Ready to run on the node; append `--hostname H --data-dir D` if the defaults
     /// (the machine's hostname, `/var/lib/postern-agent`) do not fit.
     pub join_command: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// One entry of the tamper-evident audit log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct AuditEntry {
+    /// Position in the log (the chain's order).
     pub seq: i64,
     pub id: String,
     pub at: String,
@@ -236,12 +280,16 @@ pub struct AuditEntry {
     pub project: Option<String>,
     pub targets: Vec<String>,
     pub exec_id: Option<String>,
+    /// Whatever the action recorded (any JSON value, often an object or null).
     pub detail: serde_json::Value,
+    /// This entry's link in the hash chain.
     pub hash: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A page of the audit log, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditPage {
+    /// Entries in the whole log of the caller's org.
     pub total: i64,
     pub limit: i64,
     pub offset: i64,

@@ -31,7 +31,9 @@ pub const GRANT_FROM: &str = "127.0.0.1,::1";
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddSshKey {
-    /// One OpenSSH public key line: `ssh-ed25519 AAAA… comment`.
+    /// One OpenSSH public key line: `ssh-ed25519 AAAA… comment`. Ed25519, ECDSA, or
+    /// RSA of at least 2048 bits; at most 8 KiB once surrounding whitespace is trimmed.
+    #[schema(min_length = 1, max_length = 8192)]
     pub public_key: String,
 }
 

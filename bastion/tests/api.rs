@@ -319,6 +319,14 @@ async fn malformed_unknown_oversized_and_untyped_bodies_change_nothing() {
             "invalid request body",
         ),
         (
+            // Serde reads a struct from an array of its fields too; the API does not.
+            Body::from("[\"x\"]"),
+            Some("application/json"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expected a JSON object",
+        ),
+        (
             Body::from("{\"name\":\"x\"}"),
             None,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -432,6 +440,17 @@ async fn unknown_nodes_edges_and_routes_are_404() {
     let (s, v) = w.get("/api/v1/nonsense", &w.admin).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(v["error"]["code"], "not_found");
+    // A path parameter that is not UTF-8 once decoded names nothing: a JSON 404
+    // like any unknown name, not axum's plain-text 400.
+    for uri in [
+        "/api/v1/projects/%FF",
+        "/api/v1/users/a%FFb/tokens",
+        "/cmdexec/v1/projects/web/edges/%C3/execution/x/",
+    ] {
+        let (s, v) = w.get(uri, &w.admin).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{uri}: {v}");
+        assert_eq!(v["error"]["code"], "not_found", "{uri}: {v}");
+    }
 }
 
 #[tokio::test]
@@ -480,6 +499,38 @@ async fn roles_and_users_validate_logins_and_scopes() {
         )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    // A project name is checked like every name, before any lookup.
+    let (s, v) = put(json!({"role": "read_only", "project": "Web\0"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "bad_request", "invalid project");
+    // Scopes and ids that no row can have are not found, without a lookup (a NUL
+    // would be an error from PostgreSQL, not an answer).
+    for uri in [
+        "/api/v1/users/carol/roles/a%00b",
+        "/api/v1/users/carol/ssh-keys/a%00b",
+        "/api/v1/tokens/a%00b",
+        "/api/v1/projects/web/edges/eu-1/enrollment-tokens/a%00b",
+    ] {
+        let (s, v) = w.call(Method::DELETE, uri, Some(&w.admin), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{uri}: {v}");
+    }
+    // Token names: at most 100 characters, however many bytes they take.
+    let (s, v) = w
+        .post(
+            "/api/v1/users/carol/tokens",
+            &w.admin,
+            json!({"name": "é".repeat(100)}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, _) = w
+        .post(
+            "/api/v1/users/carol/tokens",
+            &w.admin,
+            json!({"name": "é".repeat(101)}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
@@ -597,27 +648,237 @@ async fn a_lost_database_is_503_with_a_retry_hint_not_a_500() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// Every route of `http::router`, as the OpenAPI document names it. A route added
+/// to the router must be added here (the test reads the router's source to check)
+/// and described in the document.
+const DOCUMENTED_ROUTES: &[&str] = &[
+    "GET /api/v1/whoami",
+    "GET /api/v1/projects",
+    "POST /api/v1/projects",
+    "GET /api/v1/projects/{project}",
+    "GET /api/v1/projects/{project}/edges",
+    "POST /api/v1/projects/{project}/edges",
+    "GET /api/v1/projects/{project}/edges/{edge}/nodes",
+    "GET /api/v1/projects/{project}/edges/{edge}/nodes/{node}",
+    "DELETE /api/v1/projects/{project}/edges/{edge}/nodes/{node}",
+    "POST /api/v1/projects/{project}/edges/{edge}/nodes/{node}/approve",
+    "POST /api/v1/projects/{project}/edges/{edge}/nodes/{node}/disable",
+    "POST /api/v1/projects/{project}/edges/{edge}/nodes/{node}/enable",
+    "POST /api/v1/projects/{project}/edges/{edge}/enrollment-tokens",
+    "DELETE /api/v1/projects/{project}/edges/{edge}/enrollment-tokens/{token_id}",
+    "GET /api/v1/users",
+    "POST /api/v1/users",
+    "GET /api/v1/users/{user}",
+    "DELETE /api/v1/users/{user}",
+    "PUT /api/v1/users/{user}/roles",
+    "DELETE /api/v1/users/{user}/roles/{scope}",
+    "GET /api/v1/users/{user}/tokens",
+    "POST /api/v1/users/{user}/tokens",
+    "GET /api/v1/users/{user}/ssh-keys",
+    "POST /api/v1/users/{user}/ssh-keys",
+    "DELETE /api/v1/users/{user}/ssh-keys/{key_id}",
+    "DELETE /api/v1/tokens/{token_id}",
+    "GET /api/v1/audit",
+    "POST /cmdexec/v1/projects/{project_id}/edges/{edge_id}/execute/",
+    "GET /cmdexec/v1/projects/{project_id}/edges/{edge_id}/execution/{exec_id}/",
+    "GET /cmdexec/v1/projects/{project_id}/history/",
+    "GET /healthz",
+    "GET /readyz",
+    "GET /metrics",
+];
+
+/// Routes the document leaves out on purpose: the cmdexec paths without their
+/// trailing slash, the same handlers as the documented ones.
+const UNDOCUMENTED_ALIASES: &[&str] = &[
+    "POST /cmdexec/v1/projects/{project}/edges/{edge}/execute",
+    "GET /cmdexec/v1/projects/{project}/edges/{edge}/execution/{exec_id}",
+    "GET /cmdexec/v1/projects/{project}/history",
+];
+
+/// `GET /a/{x}/b` → `GET /a/{}/b`: the document and the router may name parameters
+/// differently.
+fn unnamed_params(route: &str) -> String {
+    let mut out = String::new();
+    let mut in_param = false;
+    for c in route.chars() {
+        match c {
+            '{' => {
+                in_param = true;
+                out.push_str("{}");
+            }
+            '}' => in_param = false,
+            c if !in_param => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The routes `http::router` declares, read from its source: each `.route("path",
+/// get(…).post(…))`, under the prefix its sub-router is nested at.
+fn routes_in_router_source() -> std::collections::BTreeSet<String> {
+    let src = include_str!("../src/http/mod.rs");
+    let body = &src[src.find("pub fn router(").unwrap()..];
+    let body = &body[body.find('{').unwrap() + 1..body.find("\n}\n").unwrap()];
+    let string_at = |s: &str| -> String {
+        let s = &s[s.find('"').unwrap() + 1..];
+        s[..s.find('"').unwrap()].to_string()
+    };
+    // `.nest("/api/v1", api)`: the prefix of each sub-router, by variable.
+    let mut prefixes = std::collections::HashMap::new();
+    for part in body.split(".nest(").skip(1) {
+        let prefix = string_at(part);
+        let after = &part[part.find(',').unwrap() + 1..];
+        let var = after[..after.find(')').unwrap()].trim().to_string();
+        prefixes.insert(var, prefix);
+    }
+    let mut routes = std::collections::BTreeSet::new();
+    // Each `let x = Router::new()…;` is a sub-router; the final expression is the
+    // top-level router, with no prefix.
+    for stmt in body.split(';') {
+        let var = match stmt.trim_start().strip_prefix("let ") {
+            Some(rest) => rest.split([' ', '=']).next().unwrap().to_string(),
+            None => String::new(),
+        };
+        let prefix = prefixes.get(&var).cloned().unwrap_or_default();
+        for part in stmt.split(".route(").skip(1) {
+            let path = string_at(part);
+            // The route's arguments: up to the parenthesis that closes `.route(`.
+            let mut depth = 1;
+            let mut end = part.len();
+            for (i, c) in part.char_indices() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = i;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let args = &part[..end];
+            for method in ["get", "post", "put", "delete", "patch", "head", "options"] {
+                let called = args.match_indices(&format!("{method}(")).any(|(i, _)| {
+                    i == 0
+                        || !args[..i]
+                            .ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                });
+                if called {
+                    routes.insert(format!("{} {prefix}{path}", method.to_uppercase()));
+                }
+            }
+        }
+    }
+    routes
+}
+
 #[tokio::test]
 async fn openapi_document_and_swagger_ui_are_served_offline() {
+    use std::collections::BTreeSet;
     let w = world().await;
     let (s, v) = w
         .call(Method::GET, "/api-docs/openapi.json", None, None)
         .await;
     assert_eq!(s, StatusCode::OK);
-    for path in [
-        "/cmdexec/v1/projects/{project_id}/edges/{edge_id}/execute/",
-        "/cmdexec/v1/projects/{project_id}/edges/{edge_id}/execution/{exec_id}/",
-        "/cmdexec/v1/projects/{project_id}/history/",
-    ] {
+
+    // The list above is the router's: nothing missing, nothing extra.
+    let in_router = routes_in_router_source();
+    let listed: BTreeSet<String> = DOCUMENTED_ROUTES
+        .iter()
+        .chain(UNDOCUMENTED_ALIASES)
+        .map(|r| unnamed_params(r))
+        .collect();
+    let in_router_unnamed: BTreeSet<String> = in_router.iter().map(|r| unnamed_params(r)).collect();
+    assert!(
+        in_router.len() > 30,
+        "router source not understood: {in_router:?}"
+    );
+    let unlisted: Vec<_> = in_router_unnamed.difference(&listed).collect();
+    let not_routed: Vec<_> = listed.difference(&in_router_unnamed).collect();
+    assert!(
+        unlisted.is_empty() && not_routed.is_empty(),
+        "in http::router but not in DOCUMENTED_ROUTES (list it and describe it with \
+         #[utoipa::path]): {unlisted:?}; listed but not in the router: {not_routed:?}"
+    );
+    // Each route is really served: no token gets 401 (or the ops answer), never
+    // the 404 of an unknown endpoint or a 405.
+    for route in DOCUMENTED_ROUTES.iter().chain(UNDOCUMENTED_ALIASES) {
+        let (method, path) = route.split_once(' ').unwrap();
+        let uri = unnamed_params(path).replace("{}", "x");
+        let (st, body) = w
+            .call(
+                Method::from_bytes(method.as_bytes()).unwrap(),
+                &uri,
+                None,
+                None,
+            )
+            .await;
         assert!(
-            v["paths"][path].is_object(),
-            "{path} missing from the OpenAPI document"
+            st != StatusCode::NOT_FOUND && st != StatusCode::METHOD_NOT_ALLOWED,
+            "{route}: {st} {body}"
         );
     }
+
+    // The document describes exactly the documented routes, each fully.
+    let mut documented = BTreeSet::new();
+    for (path, item) in v["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let route = format!("{} {path}", method.to_uppercase());
+            let responses = op["responses"].as_object().unwrap();
+            assert!(op["tags"][0].is_string(), "{route} has no tag");
+            assert!(op["summary"].is_string(), "{route} has no summary");
+            if op["security"].is_array() {
+                for status in ["401", "503"] {
+                    assert!(
+                        responses.contains_key(status),
+                        "{route} does not document {status}"
+                    );
+                }
+            }
+            if op["requestBody"].is_object() {
+                for status in ["400", "413", "415"] {
+                    assert!(
+                        responses.contains_key(status),
+                        "{route} takes a body but does not document {status}"
+                    );
+                }
+            }
+            for param in op["parameters"].as_array().into_iter().flatten() {
+                assert!(
+                    param["description"].is_string(),
+                    "{route}: parameter {} has no description",
+                    param["name"]
+                );
+            }
+            documented.insert(route);
+        }
+    }
+    let expected: BTreeSet<String> = DOCUMENTED_ROUTES.iter().map(|r| r.to_string()).collect();
+    for route in &expected {
+        assert!(
+            documented.contains(route),
+            "{route} missing from the OpenAPI document"
+        );
+    }
+    let extra: Vec<_> = documented.difference(&expected).collect();
+    assert!(
+        extra.is_empty(),
+        "the document describes routes the router does not have: {extra:?}"
+    );
     assert_eq!(
         v["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+    // Request bodies refuse unknown fields, as the handlers do.
+    for schema in ["CreateProject", "RoleBinding", "CreateToken", "AddSshKey"] {
+        assert_eq!(
+            v["components"]["schemas"][schema]["additionalProperties"], false,
+            "{schema}"
+        );
+    }
     let resp = w
         .app
         .clone()

@@ -1,16 +1,16 @@
 //! Admin endpoints for projects, edges, nodes, enrollment tokens and the audit log.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use http::StatusCode;
 use postern_api::admin::{
     self as dto, AuditPage, CreateEdge, CreateEnrollmentToken, CreateProject,
     EnrollmentTokenCreated, NodeState, PageQuery,
 };
-use postern_api::validate;
+use postern_api::{ErrorBody, validate};
 use serde_json::json;
 
-use super::extract::{ApiJson, ApiQuery, Caller};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::{ApiError, AppState};
 use crate::authz::{Action, Decision, decide};
 use crate::clock::{now_ms, rfc3339};
@@ -57,6 +57,13 @@ pub(super) async fn resolve_project(
             Err(ApiError::Forbidden(why))
         }
     }
+}
+
+/// Whether `id` has the shape of the ids the bastion makes (hex, UUIDs, ULIDs):
+/// anything else cannot name a row, and is not sent to the database (PostgreSQL
+/// refuses a NUL in text with an error, which would be a 500).
+pub(super) fn plain_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 pub(super) fn require(caller: &Caller, action: Action) -> Result<(), ApiError> {
@@ -150,6 +157,18 @@ fn node_view(state: &AppState, project: &ProjectRow, edge: &EdgeRow, n: &NodeRow
     }
 }
 
+/// The projects of the caller's org that the caller may read.
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects",
+    tag = "admin",
+    responses(
+        (status = 200, description = "Projects, by name", body = Vec<dto::Project>),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_projects(
     State(state): State<AppState>,
     caller: Caller,
@@ -163,6 +182,24 @@ pub async fn list_projects(
     Ok(Json(visible))
 }
 
+/// Creates a project in the caller's org (org admins only).
+#[utoipa::path(
+    post,
+    path = "/api/v1/projects",
+    tag = "admin",
+    request_body = CreateProject,
+    responses(
+        (status = 201, description = "Created", body = dto::Project),
+        (status = 400, description = "Malformed JSON, an unknown field, or an invalid value", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only an org_admin may create projects", body = ErrorBody),
+        (status = 409, description = "A project of that name already exists in the org", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body not sent with `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create_project(
     State(state): State<AppState>,
     caller: Caller,
@@ -178,29 +215,83 @@ pub async fn create_project(
     Ok((StatusCode::CREATED, Json(project_view(&p))))
 }
 
+/// One project, by name or id.
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects/{project}",
+    tag = "admin",
+    params(
+        ("project" = String, Path, description = "Project name or id"),
+    ),
+    responses(
+        (status = 200, description = "The project", body = dto::Project),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 404, description = "No such project visible to the caller", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_project(
     State(state): State<AppState>,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
 ) -> Result<Json<dto::Project>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
     Ok(Json(project_view(&p)))
 }
 
+/// The edges of a project.
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects/{project}/edges",
+    tag = "admin",
+    params(
+        ("project" = String, Path, description = "Project name or id"),
+    ),
+    responses(
+        (status = 200, description = "Edges, by name", body = Vec<dto::Edge>),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 404, description = "No such project visible to the caller", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_edges(
     State(state): State<AppState>,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
 ) -> Result<Json<Vec<dto::Edge>>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
     let edges = state.store.list_edges(&p.id).await?;
     Ok(Json(edges.iter().map(|e| edge_view(&p, e)).collect()))
 }
 
+/// Creates an edge (a group of nodes, such as a site or a cluster) in a project.
+#[utoipa::path(
+    post,
+    path = "/api/v1/projects/{project}/edges",
+    tag = "admin",
+    params(
+        ("project" = String, Path, description = "Project name or id"),
+    ),
+    request_body = CreateEdge,
+    responses(
+        (status = 201, description = "Created", body = dto::Edge),
+        (status = 400, description = "Malformed JSON, an unknown field, or an invalid value", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "The caller's role on the project may not manage it (needs project_admin or org_admin)", body = ErrorBody),
+        (status = 404, description = "No such project visible to the caller", body = ErrorBody),
+        (status = 409, description = "An edge of that name already exists in the project", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body not sent with `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create_edge(
     State(state): State<AppState>,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
     ApiJson(body): ApiJson<CreateEdge>,
 ) -> Result<(StatusCode, Json<dto::Edge>), ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
@@ -210,10 +301,27 @@ pub async fn create_edge(
     Ok((StatusCode::CREATED, Json(edge_view(&p, &e))))
 }
 
+/// The nodes of an edge, with their state and whether their agent is connected.
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects/{project}/edges/{edge}/nodes",
+    tag = "admin",
+    params(
+        ("project" = String, Path, description = "Project name or id"),
+        ("edge" = String, Path, description = "Edge name"),
+    ),
+    responses(
+        (status = 200, description = "Nodes, by hostname", body = Vec<dto::Node>),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 404, description = "No such project visible to the caller, or no such edge in it", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_nodes(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge)): Path<(String, String)>,
+    ApiPath((project, edge)): ApiPath<(String, String)>,
 ) -> Result<Json<Vec<dto::Node>>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
@@ -223,10 +331,28 @@ pub async fn list_nodes(
     ))
 }
 
+/// One node of an edge.
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects/{project}/edges/{edge}/nodes/{node}",
+    tag = "admin",
+    params(
+        ("project" = String, Path, description = "Project name or id"),
+        ("edge" = String, Path, description = "Edge name"),
+        ("node" = String, Path, description = "The node's hostname"),
+    ),
+    responses(
+        (status = 200, description = "The node", body = dto::Node),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 404, description = "No such project visible to the caller, edge, or node", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_node(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge, node)): Path<(String, String, String)>,
+    ApiPath((project, edge, node)): ApiPath<(String, String, String)>,
 ) -> Result<Json<dto::Node>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
@@ -234,10 +360,30 @@ pub async fn get_node(
     Ok(Json(node_view(&state, &p, &e, &n)))
 }
 
+/// Approves a pending node so it may be used; approving an approved node changes nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/projects/{project}/edges/{edge}/nodes/{node}/approve",
+    tag = "admin",
+    params(
+        ("project" = String, Path, description = "Project name or id"),
+        ("edge" = String, Path, description = "Edge name"),
+        ("node" = String, Path, description = "The node's hostname"),
+    ),
+    responses(
+        (status = 200, description = "The node as it is now", body = dto::Node),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "The caller's role on the project may not manage it (needs project_admin or org_admin)", body = ErrorBody),
+        (status = 404, description = "No such project visible to the caller, edge, or node", body = ErrorBody),
+        (status = 409, description = "The node is disabled: enable it instead", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn approve_node(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge, node)): Path<(String, String, String)>,
+    ApiPath((project, edge, node)): ApiPath<(String, String, String)>,
 ) -> Result<Json<dto::Node>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
@@ -267,10 +413,29 @@ pub async fn approve_node(
     Ok(Json(node_view(&state, &p, &e, &n)))
 }
 
+/// Disables a node: its certificate is refused and its channel is cut until it is enabled.
+#[utoipa::path(
+    post,
+    path = "/api/v1/projects/{project}/edges/{edge}/nodes/{node}/disable",
+    tag = "admin",
+    params(
+        ("project" = String, Path, description = "Project name or id"),
+        ("edge" = String, Path, description = "Edge name"),
+        ("node" = String, Path, description = "The node's hostname"),
+    ),
+    responses(
+        (status = 200, description = "The node as it is now", body = dto::Node),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "The caller's role on the project may not manage it (needs project_admin or org_admin)", body = ErrorBody),
+        (status = 404, description = "No such project visible to the caller, edge, or node", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn disable_node(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge, node)): Path<(String, String, String)>,
+    ApiPath((project, edge, node)): ApiPath<(String, String, String)>,
 ) -> Result<Json<dto::Node>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
@@ -291,10 +456,29 @@ pub async fn disable_node(
     Ok(Json(node_view(&state, &p, &e, &n)))
 }
 
+/// Enables a disabled node again (as approved); any other node is left as it is.
+#[utoipa::path(
+    post,
+    path = "/api/v1/projects/{project}/edges/{edge}/nodes/{node}/enable",
+    tag = "admin",
+    params(
+        ("project" = String, Path, description = "Project name or id"),
+        ("edge" = String, Path, description = "Edge name"),
+        ("node" = String, Path, description = "The node's hostname"),
+    ),
+    responses(
+        (status = 200, description = "The node as it is now", body = dto::Node),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "The caller's role on the project may not manage it (needs project_admin or org_admin)", body = ErrorBody),
+        (status = 404, description = "No such project visible to the caller, edge, or node", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn enable_node(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge, node)): Path<(String, String, String)>,
+    ApiPath((project, edge, node)): ApiPath<(String, String, String)>,
 ) -> Result<Json<dto::Node>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
@@ -313,10 +497,29 @@ pub async fn enable_node(
     Ok(Json(node_view(&state, &p, &e, &n)))
 }
 
+/// Deletes a node and cuts its channel; it must enroll again to come back.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/projects/{project}/edges/{edge}/nodes/{node}",
+    tag = "admin",
+    params(
+        ("project" = String, Path, description = "Project name or id"),
+        ("edge" = String, Path, description = "Edge name"),
+        ("node" = String, Path, description = "The node's hostname"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "The caller's role on the project may not manage it (needs project_admin or org_admin)", body = ErrorBody),
+        (status = 404, description = "No such project visible to the caller, edge, or node", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn delete_node(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge, node)): Path<(String, String, String)>,
+    ApiPath((project, edge, node)): ApiPath<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
@@ -330,10 +533,32 @@ pub async fn delete_node(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Makes an enrollment token for an edge and the `postern-agent join` command that carries it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/projects/{project}/edges/{edge}/enrollment-tokens",
+    tag = "admin",
+    params(
+        ("project" = String, Path, description = "Project name or id"),
+        ("edge" = String, Path, description = "Edge name"),
+    ),
+    request_body = CreateEnrollmentToken,
+    responses(
+        (status = 201, description = "Created; the token is shown only now", body = EnrollmentTokenCreated),
+        (status = 400, description = "Malformed JSON, an unknown field, or an invalid value", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "The caller's role on the project may not manage it (needs project_admin or org_admin)", body = ErrorBody),
+        (status = 404, description = "No such project visible to the caller, or no such edge in it", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body not sent with `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create_enrollment_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge)): Path<(String, String)>,
+    ApiPath((project, edge)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<CreateEnrollmentToken>,
 ) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
@@ -410,14 +635,36 @@ pub async fn issue_enrollment_token(
     })
 }
 
+/// Revokes an enrollment token, so no more nodes can join with it.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/projects/{project}/edges/{edge}/enrollment-tokens/{token_id}",
+    tag = "admin",
+    params(
+        ("project" = String, Path, description = "Project name or id"),
+        ("edge" = String, Path, description = "Edge name"),
+        ("token_id" = String, Path, description = "The enrollment token's id"),
+    ),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "The caller's role on the project may not manage it (needs project_admin or org_admin)", body = ErrorBody),
+        (status = 404, description = "No such project visible to the caller, edge, or enrollment token of that edge", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn revoke_enrollment_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge, token_id)): Path<(String, String, String)>,
+    ApiPath((project, edge, token_id)): ApiPath<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
     let not_found = || ApiError::NotFound(format!("enrollment token {token_id:?} not found"));
+    if !plain_id(&token_id) {
+        return Err(not_found());
+    }
     let t = state
         .store
         .enrollment_token(&token_id)
@@ -433,6 +680,24 @@ pub async fn revoke_enrollment_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The audit log of the caller's org, newest first (org admins only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "audit",
+    params(
+        ("limit" = Option<i64>, Query, description = "Entries in the page, 1 to 100; default 10", minimum = 1, maximum = 100),
+        ("offset" = Option<i64>, Query, description = "Entries to skip; default 0", minimum = 0),
+    ),
+    responses(
+        (status = 200, description = "A page of entries", body = AuditPage),
+        (status = 400, description = "limit or offset out of range, not a number, or an unknown query parameter", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only an org_admin may read the audit log", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn audit_page(
     State(state): State<AppState>,
     caller: Caller,

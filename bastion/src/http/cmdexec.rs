@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use base64::Engine as _;
 use http::StatusCode;
 use postern_api::admin::PageQuery;
@@ -15,7 +15,7 @@ use postern_api::cmdexec::{
 use postern_api::{ErrorBody, validate};
 
 use super::admin::{resolve_edge, resolve_project};
-use super::extract::{ApiJson, ApiQuery, Caller};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::{ApiError, AppState};
 use crate::authz::Action;
 use crate::clock::rfc3339;
@@ -77,14 +77,14 @@ fn check_command(req: &ExecuteRequest) -> Result<(), ApiError> {
         (status = 404, description = "Project or edge not found", body = ErrorBody),
         (status = 413, description = "Command or body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 503, description = "Database or audit log unavailable: nothing was run; retry", body = ErrorBody),
+        (status = 503, description = "Database or audit log unavailable: nothing was run; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
     ),
     security(("bearer" = []))
 )]
 pub async fn execute(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge)): Path<(String, String)>,
+    ApiPath((project, edge)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<ExecuteRequest>,
 ) -> Result<(StatusCode, Json<ExecuteResponse>), ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::Execute).await?;
@@ -277,13 +277,14 @@ fn summary(e: ExecutionRow, counts: dto::NodeCounts) -> dto::ExecutionSummary {
         (status = 400, description = "Invalid node_limit or node_offset", body = ErrorBody),
         (status = 401, description = "Missing or invalid API token", body = ErrorBody),
         (status = 404, description = "Project, edge or execution not found", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
     ),
     security(("bearer" = []))
 )]
 pub async fn execution(
     State(state): State<AppState>,
     caller: Caller,
-    Path((project, edge, exec_id)): Path<(String, String, String)>,
+    ApiPath((project, edge, exec_id)): ApiPath<(String, String, String)>,
     ApiQuery(q): ApiQuery<dto::NodePageQuery>,
 ) -> Result<Json<dto::Execution>, ApiError> {
     let (limit, offset) = q.bounds()?;
@@ -332,13 +333,14 @@ pub async fn execution(
         (status = 400, description = "Invalid limit or offset", body = ErrorBody),
         (status = 401, description = "Missing or invalid API token", body = ErrorBody),
         (status = 404, description = "Project not found", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
     ),
     security(("bearer" = []))
 )]
 pub async fn history(
     State(state): State<AppState>,
     caller: Caller,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<History>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;

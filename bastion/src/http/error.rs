@@ -100,7 +100,10 @@ impl From<StoreError> for ApiError {
 
 impl From<AuditError> for ApiError {
     fn from(e: AuditError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            AuditError::Store(e) => e.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }
 

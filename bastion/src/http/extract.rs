@@ -1,14 +1,20 @@
 //! Request extractors that turn every kind of bad input into a clear `ApiError`:
-//! the bearer token (`Caller`), JSON bodies (`ApiJson`) and query strings
-//! (`ApiQuery`). Each also fills in the request's audit context.
+//! the bearer token (`Caller`), JSON bodies (`ApiJson`), path parameters
+//! (`ApiPath`) and query strings (`ApiQuery`). Each also fills in the request's
+//! audit context.
 
+use std::fmt;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use http::request::Parts;
-use serde::de::DeserializeOwned;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use super::AppState;
@@ -148,7 +154,7 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// A JSON body; malformed JSON, unknown fields, a wrong content type and an
-/// oversized body each get their own clear error.
+/// oversized body each get their own clear error. The body must be a JSON object.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
@@ -156,10 +162,31 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+        match axum::Json::<ObjectOnly<T>>::from_request(req, state).await {
+            Ok(axum::Json(ObjectOnly(v))) => Ok(ApiJson(v)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
+    }
+}
+
+/// `T` read from a JSON object only. Serde also reads a struct from an array of
+/// its fields in order, so without this `[null, null]` would be taken as a
+/// request with every field left out, a body the API's schema does not allow.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Object<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Object(PhantomData)).map(ObjectOnly)
     }
 }
 
@@ -178,6 +205,29 @@ fn json_rejection(r: JsonRejection) -> ApiError {
             ApiError::PayloadTooLarge("request body too large".into())
         }
         other => ApiError::BadRequest(other.body_text()),
+    }
+}
+
+/// Path parameters. One that is not UTF-8 once percent-decoded names nothing
+/// that can exist, so it is a JSON 404 like any unknown name (axum would answer
+/// a plain-text 400).
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(PathRejection::FailedToDeserializePathParams(e))
+                if matches!(e.kind(), ErrorKind::InvalidUtf8InPathParam { .. }) =>
+            {
+                Err(ApiError::NotFound(format!("not found: {}", e.body_text())))
+            }
+            // The route and the handler's parameters disagree: a bug, not bad input.
+            Err(other) => Err(ApiError::Internal(other.body_text())),
+        }
     }
 }
 

@@ -1,22 +1,97 @@
-//! The OpenAPI document of the cmdexec API, and Swagger UI (vendored assets, so it
+//! The OpenAPI document of the whole REST API (admin, users, SSH keys, audit,
+//! cmdexec, and the operational endpoints), and Swagger UI (vendored assets, so it
 //! works on a bastion without internet access).
 
+use postern_api::ErrorBody;
+use postern_api::admin::{
+    AuditEntry, AuditPage, CreateEdge, CreateEnrollmentToken, CreateProject, CreateToken,
+    CreateUser, Edge, EnrollmentTokenCreated, Node, NodeState, Project, Role, RoleBinding,
+    TokenCreated, TokenInfo, User,
+};
+use postern_api::ssh::{AddSshKey, SshKey};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::cmdexec;
+use super::{admin, cmdexec, ops, ssh_keys, users};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
-        title = "Postern cmdexec API",
-        description = "Send commands or whole scripts to nodes or clusters, poll their results, list history. \
-                       Authenticate with `Authorization: Bearer pst_…`.",
+        title = "Postern API",
+        description = "The bastion's REST API. `/api/v1`: projects, edges and nodes (approve, disable, \
+                       enable, delete), enrollment tokens, users and their roles, API tokens and SSH keys, \
+                       and the audit log. `/cmdexec/v1`: send commands or whole scripts to nodes or \
+                       clusters, poll their results, list history. Authenticate with \
+                       `Authorization: Bearer pst_…`. Errors are JSON: `{\"error\": {\"code\", \"message\"}}`. \
+                       Every call is audited; a change the audit log cannot record is refused with 503.",
     ),
-    paths(cmdexec::execute, cmdexec::execution, cmdexec::history),
+    paths(
+        users::whoami,
+        admin::list_projects,
+        admin::create_project,
+        admin::get_project,
+        admin::list_edges,
+        admin::create_edge,
+        admin::list_nodes,
+        admin::get_node,
+        admin::delete_node,
+        admin::approve_node,
+        admin::disable_node,
+        admin::enable_node,
+        admin::create_enrollment_token,
+        admin::revoke_enrollment_token,
+        users::list_users,
+        users::create_user,
+        users::get_user,
+        users::delete_user,
+        users::set_role,
+        users::remove_role,
+        users::list_tokens,
+        users::create_token,
+        users::revoke_token,
+        ssh_keys::list,
+        ssh_keys::add,
+        ssh_keys::delete,
+        admin::audit_page,
+        cmdexec::execute,
+        cmdexec::execution,
+        cmdexec::history,
+        ops::healthz,
+        ops::readyz,
+        ops::metrics,
+    ),
+    components(schemas(
+        ErrorBody,
+        Project,
+        CreateProject,
+        Edge,
+        CreateEdge,
+        Node,
+        NodeState,
+        CreateEnrollmentToken,
+        EnrollmentTokenCreated,
+        User,
+        CreateUser,
+        Role,
+        RoleBinding,
+        CreateToken,
+        TokenCreated,
+        TokenInfo,
+        AddSshKey,
+        SshKey,
+        AuditEntry,
+        AuditPage,
+    )),
     modifiers(&Bearer),
-    tags((name = "cmdexec", description = "Remote commands on nodes and clusters"))
+    tags(
+        (name = "admin", description = "Projects, edges, nodes and enrollment tokens"),
+        (name = "users", description = "Users, their roles, and API tokens"),
+        (name = "ssh-keys", description = "Users' SSH public keys"),
+        (name = "audit", description = "The tamper-evident audit log"),
+        (name = "cmdexec", description = "Remote commands on nodes and clusters"),
+        (name = "ops", description = "Liveness, readiness and metrics; no token needed"),
+    )
 )]
 pub struct ApiDoc;
 

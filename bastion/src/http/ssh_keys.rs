@@ -2,12 +2,14 @@
 //! admins manage everyone's in their org.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use http::StatusCode;
+use postern_api::ErrorBody;
 use postern_api::ssh::{AddSshKey, MAX_KEYS_PER_USER, SshKey};
 use serde_json::json;
 
-use super::extract::{ApiJson, Caller};
+use super::admin::plain_id;
+use super::extract::{ApiJson, ApiPath, Caller};
 use super::users::{may_manage_tokens_of, resolve_user};
 use super::{ApiError, AppState};
 use crate::clock::{now_ms, rfc3339};
@@ -27,10 +29,27 @@ fn view(user: &str, k: &SshKeyRow) -> SshKey {
     }
 }
 
+/// The user's SSH public keys (themself, or anyone for org admins).
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{user}/ssh-keys",
+    tag = "ssh-keys",
+    params(
+        ("user" = String, Path, description = "User name"),
+    ),
+    responses(
+        (status = 200, description = "Keys, oldest first", body = Vec<SshKey>),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only the user themself or an org_admin may do this", body = ErrorBody),
+        (status = 404, description = "No such user in the caller's org", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Vec<SshKey>>, ApiError> {
     let user = resolve_user(&state, &caller, &name).await?;
     may_manage_tokens_of(&caller, &user)?;
@@ -38,10 +57,32 @@ pub async fn list(
     Ok(Json(keys.iter().map(|k| view(&user.name, k)).collect()))
 }
 
+/// Registers an SSH public key for the user (themself, or anyone for org admins).
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{user}/ssh-keys",
+    tag = "ssh-keys",
+    params(
+        ("user" = String, Path, description = "User name"),
+    ),
+    request_body = AddSshKey,
+    responses(
+        (status = 201, description = "Registered, in canonical form with its fingerprint", body = SshKey),
+        (status = 400, description = "Malformed JSON, an unknown field, or not a usable public key (unparsable, several lines, weak RSA, unsupported algorithm)", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only the user themself or an org_admin may do this", body = ErrorBody),
+        (status = 404, description = "No such user in the caller's org", body = ErrorBody),
+        (status = 409, description = "The key is already registered (to this or another user), or the user has 100 keys", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body not sent with `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn add(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<AddSshKey>,
 ) -> Result<(StatusCode, Json<SshKey>), ApiError> {
     let user = resolve_user(&state, &caller, &name).await?;
@@ -75,17 +116,37 @@ pub async fn add(
     Ok((StatusCode::CREATED, Json(view(&user.name, &row))))
 }
 
+/// Deletes one of the user's SSH keys; grants of it on nodes are revoked at once.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{user}/ssh-keys/{key_id}",
+    tag = "ssh-keys",
+    params(
+        ("user" = String, Path, description = "User name"),
+        ("key_id" = String, Path, description = "The key's id"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only the user themself or an org_admin may do this", body = ErrorBody),
+        (status = 404, description = "No such user in the caller's org, or no such key of theirs", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
-    Path((name, key_id)): Path<(String, String)>,
+    ApiPath((name, key_id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let user = resolve_user(&state, &caller, &name).await?;
     may_manage_tokens_of(&caller, &user)?;
+    let not_found = || ApiError::NotFound(format!("user {name:?} has no SSH key {key_id:?}"));
+    if !plain_id(&key_id) {
+        return Err(not_found());
+    }
     let Some(fingerprint) = state.store.delete_ssh_key(&user.id, &key_id).await? else {
-        return Err(ApiError::NotFound(format!(
-            "user {name:?} has no SSH key {key_id:?}"
-        )));
+        return Err(not_found());
     };
     let applied = ssh::apply_access_change(
         &state,

@@ -1,16 +1,16 @@
 //! Users, their roles, and API tokens.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use http::StatusCode;
 use postern_api::admin::{
     self as dto, CreateToken, CreateUser, Role, RoleBinding, TokenCreated, TokenInfo,
 };
-use postern_api::validate;
+use postern_api::{ErrorBody, validate};
 use serde_json::json;
 
-use super::admin::require;
-use super::extract::{ApiJson, Caller, TOKEN_PREFIX};
+use super::admin::{plain_id, require};
+use super::extract::{ApiJson, ApiPath, Caller, TOKEN_PREFIX};
 use super::{ApiError, AppState};
 use crate::authz::Action;
 use crate::clock::{now_ms, rfc3339};
@@ -77,6 +77,18 @@ pub(super) async fn user_view(state: &AppState, user: &UserRow) -> Result<dto::U
     })
 }
 
+/// The caller: their user, org and roles.
+#[utoipa::path(
+    get,
+    path = "/api/v1/whoami",
+    tag = "users",
+    responses(
+        (status = 200, description = "The caller", body = dto::User),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn whoami(
     State(state): State<AppState>,
     caller: Caller,
@@ -89,6 +101,19 @@ pub async fn whoami(
     Ok(Json(user_view(&state, &user).await?))
 }
 
+/// The users of the caller's org with their roles (org admins only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    tag = "users",
+    responses(
+        (status = 200, description = "Users, by name", body = Vec<dto::User>),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only an org_admin may manage users and roles", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_users(
     State(state): State<AppState>,
     caller: Caller,
@@ -101,6 +126,24 @@ pub async fn list_users(
     Ok(Json(out))
 }
 
+/// Creates a user, with no role yet (org admins only).
+#[utoipa::path(
+    post,
+    path = "/api/v1/users",
+    tag = "users",
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "Created", body = dto::User),
+        (status = 400, description = "Malformed JSON, an unknown field, or an invalid value", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only an org_admin may manage users and roles", body = ErrorBody),
+        (status = 409, description = "A user of that name already exists", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body not sent with `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -118,20 +161,55 @@ pub async fn create_user(
     Ok((StatusCode::CREATED, Json(user_view(&state, &user).await?)))
 }
 
+/// One user with their roles (themself, or anyone for org admins).
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{user}",
+    tag = "users",
+    params(
+        ("user" = String, Path, description = "User name"),
+    ),
+    responses(
+        (status = 200, description = "The user with their roles", body = dto::User),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only the user themself or an org_admin may do this", body = ErrorBody),
+        (status = 404, description = "No such user in the caller's org", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_user(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<dto::User>, ApiError> {
     let user = resolve_user(&state, &caller, &name).await?;
     may_manage_tokens_of(&caller, &user)?;
     Ok(Json(user_view(&state, &user).await?))
 }
 
+/// Deletes a user with their tokens and keys; their SSH access ends at once (org admins only).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{user}",
+    tag = "users",
+    params(
+        ("user" = String, Path, description = "User name"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only an org_admin may manage users and roles", body = ErrorBody),
+        (status = 404, description = "No such user in the caller's org", body = ErrorBody),
+        (status = 409, description = "Callers cannot delete themselves", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn delete_user(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     require(&caller, Action::ManageOrg)?;
     let user = resolve_user(&state, &caller, &name).await?;
@@ -149,10 +227,30 @@ pub async fn delete_user(
 }
 
 /// Sets the user's role on the org (no `project`) or on one project.
+#[utoipa::path(
+    put,
+    path = "/api/v1/users/{user}/roles",
+    tag = "users",
+    params(
+        ("user" = String, Path, description = "User name"),
+    ),
+    request_body = RoleBinding,
+    responses(
+        (status = 200, description = "The user with their roles", body = dto::User),
+        (status = 400, description = "Malformed JSON, an unknown field, an invalid login, org_admin with a project, or another role without one", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only an org_admin may manage users and roles", body = ErrorBody),
+        (status = 404, description = "No such user in the caller's org, or no such project", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body not sent with `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn set_role(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<RoleBinding>,
 ) -> Result<Json<dto::User>, ApiError> {
     require(&caller, Action::ManageOrg)?;
@@ -162,6 +260,9 @@ pub async fn set_role(
     }
     if body.logins.len() > 64 {
         return Err(ApiError::BadRequest("at most 64 logins per role".into()));
+    }
+    if let Some(p) = &body.project {
+        validate::name("project", p)?;
     }
     let project_id = match (&body.project, body.role) {
         (None, Role::OrgAdmin) => None,
@@ -216,15 +317,34 @@ pub async fn set_role(
 }
 
 /// Removes the user's role on a project, or on the org when `scope` is `org`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{user}/roles/{scope}",
+    tag = "users",
+    params(
+        ("user" = String, Path, description = "User name"),
+        ("scope" = String, Path, description = "A project name, or `org` for the org-wide role"),
+    ),
+    responses(
+        (status = 204, description = "Removed; SSH access that depended on it ends at once"),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only an org_admin may manage users and roles", body = ErrorBody),
+        (status = 404, description = "No such user in the caller's org, no such project, or no role there", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn remove_role(
     State(state): State<AppState>,
     caller: Caller,
-    Path((name, scope)): Path<(String, String)>,
+    ApiPath((name, scope)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     require(&caller, Action::ManageOrg)?;
     let user = resolve_user(&state, &caller, &name).await?;
     let project_id = if scope == "org" {
         None
+    } else if validate::name("project", &scope).is_err() {
+        return Err(ApiError::NotFound(format!("project {scope:?} not found")));
     } else {
         let p = state
             .store
@@ -261,10 +381,27 @@ fn token_view(user: &UserRow, t: &ApiTokenRow) -> TokenInfo {
     }
 }
 
+/// The user's API tokens, without their secrets (themself, or anyone for org admins).
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{user}/tokens",
+    tag = "users",
+    params(
+        ("user" = String, Path, description = "User name"),
+    ),
+    responses(
+        (status = 200, description = "Tokens, oldest first", body = Vec<TokenInfo>),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only the user themself or an org_admin may do this", body = ErrorBody),
+        (status = 404, description = "No such user in the caller's org", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_tokens(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     let user = resolve_user(&state, &caller, &name).await?;
     may_manage_tokens_of(&caller, &user)?;
@@ -272,10 +409,31 @@ pub async fn list_tokens(
     Ok(Json(tokens.iter().map(|t| token_view(&user, t)).collect()))
 }
 
+/// Makes an API token for the user (themself, or anyone for org admins).
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{user}/tokens",
+    tag = "users",
+    params(
+        ("user" = String, Path, description = "User name"),
+    ),
+    request_body = CreateToken,
+    responses(
+        (status = 201, description = "Created; the secret is shown only now", body = TokenCreated),
+        (status = 400, description = "Malformed JSON, an unknown field, or an invalid value", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only the user themself or an org_admin may do this", body = ErrorBody),
+        (status = 404, description = "No such user in the caller's org", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body not sent with `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<CreateToken>,
 ) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
     let user = resolve_user(&state, &caller, &name).await?;
@@ -287,7 +445,7 @@ pub async fn create_token(
         dto::TOKEN_TTL_MAX_SECS,
     )?;
     if let Some(n) = &body.name
-        && (n.len() > 100 || n.chars().any(char::is_control))
+        && (n.chars().count() > 100 || n.chars().any(char::is_control))
     {
         return Err(ApiError::BadRequest(
             "token name: at most 100 printable characters".into(),
@@ -326,12 +484,32 @@ pub async fn issue_api_token(
     })
 }
 
+/// Revokes an API token by its id (its owner, or an org admin of the owner's org).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{token_id}",
+    tag = "users",
+    params(
+        ("token_id" = String, Path, description = "The API token's id (the part after `pst_`, before the secret)"),
+    ),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "Only the user themself or an org_admin may do this", body = ErrorBody),
+        (status = 404, description = "No such token in the caller's org", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn revoke_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path(token_id): Path<String>,
+    ApiPath(token_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let not_found = || ApiError::NotFound(format!("token {token_id:?} not found"));
+    if !plain_id(&token_id) {
+        return Err(not_found());
+    }
     let t = state
         .store
         .api_token(&token_id)
