@@ -177,6 +177,33 @@ pub struct RoleBinding {
     #[serde(default)]
     #[schema(schema_with = logins_schema)]
     pub logins: Vec<String>,
+    /// Where SSH sessions of this role may forward ports with `ssh -L`, as
+    /// `host:port` seen from the node (e.g. `127.0.0.1:5432`). Empty, the default,
+    /// allows no forwarding at all. Remote forwarding (`ssh -R`) is never allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(schema_with = forward_to_schema)]
+    pub forward_to: Vec<String>,
+}
+
+/// Most `forward_to` destinations in one role.
+pub const MAX_FORWARD_TO: usize = 32;
+
+fn forward_to_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .description(Some(
+            "`host:port` destinations (from the node) this role may forward to with ssh -L, at \
+             most 32; the host a hostname or IPv4 address, the port 1 to 65535. Empty: none.",
+        ))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(3))
+                .max_length(Some(259))
+                .pattern(Some("^[A-Za-z0-9.-]+:[0-9]{1,5}$")),
+        )
+        .max_items(Some(MAX_FORWARD_TO))
+        .build()
 }
 
 /// At most 64 unix logins, each as `useradd` accepts it by default (see

@@ -62,6 +62,10 @@ pub struct Grant {
     /// Unix logins the key may use; empty means any login (org admins).
     pub logins: Vec<String>,
     pub expires_at_ms: i64,
+    /// `host:port` destinations the key may forward to with `ssh -L` (the role's
+    /// `forward_to`); empty: no forwarding.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward_to: Vec<String>,
 }
 
 impl Grant {
@@ -216,8 +220,10 @@ pub fn expiry_time(ms: i64) -> Option<String> {
 /// The `authorized_keys` line for a live grant and login, or `None` when the grant
 /// has expired, does not cover the login, or any field is malformed.
 ///
-/// `restrict` turns off everything; a shell needs a pty and `ssh -L` needs port
-/// forwarding, so those two are given back. Agent and X11 forwarding stay off.
+/// `restrict` turns off everything; a shell needs a pty, so that is given back.
+/// Port forwarding is given back only when the role names destinations, and then
+/// only to them (`permitopen`); remote forwarding stays off, since `permitlisten`
+/// names only [`NO_LISTEN`]. Agent and X11 forwarding stay off.
 pub fn authorized_keys_line(g: &Grant, login: &str, now_ms: i64) -> Option<String> {
     if !g.is_live(now_ms) || !g.allows_login(login) {
         return None;
@@ -230,12 +236,33 @@ pub fn authorized_keys_line(g: &Grant, login: &str, now_ms: i64) -> Option<Strin
     {
         return None;
     }
+    if g.forward_to.len() > crate::admin::MAX_FORWARD_TO
+        || g.forward_to
+            .iter()
+            .any(|t| validate::forward_target(t).is_err())
+    {
+        return None;
+    }
     let expiry = expiry_time(g.expires_at_ms)?;
+    let mut forwarding = String::new();
+    if !g.forward_to.is_empty() {
+        forwarding.push_str("port-forwarding,");
+        for t in &g.forward_to {
+            forwarding.push_str(&format!("permitopen=\"{t}\","));
+        }
+        forwarding.push_str(&format!("permitlisten=\"{NO_LISTEN}\","));
+    }
     Some(format!(
-        "restrict,pty,port-forwarding,expiry-time=\"{expiry}\",from=\"{GRANT_FROM}\" {} postern:user={}:grant={}",
+        "restrict,pty,{forwarding}expiry-time=\"{expiry}\",from=\"{GRANT_FROM}\" {} postern:user={}:grant={}",
         g.public_key, g.user, g.id
     ))
 }
+
+/// The only listen address a grant permits for `ssh -R`: sshd has no
+/// `permitlisten="none"` (it refuses the whole key line), so the grant names an
+/// address from TEST-NET-1 (RFC 5737, documentation only), port 1, which nothing
+/// routes to: remote forwarding is refused for every address anyone could reach.
+pub const NO_LISTEN: &str = "192.0.2.1:1";
 
 /// The line printed for a break-glass key from the agent's configuration (already
 /// checked when loaded): no `from=`, since it exists for when the bastion path is
@@ -261,6 +288,7 @@ mod tests {
             logins: vec!["root".into()],
             // 2030-01-02T03:04:05Z
             expires_at_ms: 1_893_553_445_000,
+            forward_to: vec![],
         }
     }
 
@@ -269,9 +297,26 @@ mod tests {
         let line = authorized_keys_line(&grant(), "root", 0).expect("line");
         assert_eq!(
             line,
-            "restrict,pty,port-forwarding,expiry-time=\"20300102030405Z\",from=\"127.0.0.1,::1\" \
+            "restrict,pty,expiry-time=\"20300102030405Z\",from=\"127.0.0.1,::1\" \
              ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBc6 postern:user=alice:grant=g-1"
         );
+    }
+
+    /// Forwarding only where the role says, and never remote forwarding.
+    #[test]
+    fn forwarding_is_the_roles_and_local_only() {
+        let mut g = grant();
+        g.forward_to = vec!["127.0.0.1:5432".into(), "db.internal:6379".into()];
+        let line = authorized_keys_line(&g, "root", 0).expect("line");
+        assert_eq!(
+            line,
+            "restrict,pty,port-forwarding,permitopen=\"127.0.0.1:5432\",permitopen=\"db.internal:6379\",\
+             permitlisten=\"192.0.2.1:1\",expiry-time=\"20300102030405Z\",from=\"127.0.0.1,::1\" \
+             ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBc6 postern:user=alice:grant=g-1"
+        );
+        // A destination that could break out of its quotes spoils the whole grant.
+        g.forward_to = vec!["h:1\",command=\"sh".into()];
+        assert_eq!(authorized_keys_line(&g, "root", 0), None);
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub enum ValidationError {
         "invalid unix login {0:?}: use 1 to 32 characters from a-z, 0-9, '_' and '-', starting with a letter or '_'"
     )]
     Login(String),
+    #[error(
+        "invalid forwarding destination {0:?}: use host:port as seen from the node (a hostname or IPv4 address, a port 1 to 65535), e.g. 127.0.0.1:5432"
+    )]
+    ForwardTarget(String),
     #[error("{what} must be between {min} and {max}, got {value}")]
     OutOfRange {
         what: &'static str,
@@ -71,6 +75,24 @@ pub fn login(value: &str) -> Result<(), ValidationError> {
         Ok(())
     } else {
         Err(ValidationError::Login(truncate(value)))
+    }
+}
+
+/// A port-forwarding destination, `host:port` as seen from the node: what a role
+/// lists in `forward_to` and a grant line carries in `permitopen="…"`, so it may
+/// hold nothing that could end the quoted option.
+pub fn forward_target(value: &str) -> Result<(), ValidationError> {
+    let ok = value.rsplit_once(':').is_some_and(|(host, port)| {
+        hostname(host).is_ok()
+            && !port.is_empty()
+            && port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::ForwardTarget(truncate(value)))
     }
 }
 
@@ -183,6 +205,29 @@ mod tests {
         }
         for bad in ["", "1abc", "Root", "a b", "a:b", "a\n", &"a".repeat(33)] {
             assert!(login(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn forward_targets() {
+        for good in ["127.0.0.1:5432", "db.internal:1", "localhost:65535"] {
+            assert!(forward_target(good).is_ok(), "{good:?} refused");
+        }
+        for bad in [
+            "",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "h:65536",
+            "h:",
+            ":22",
+            "h:22\"",
+            "h:2 2",
+            "[::1]:22",
+            "h:-1",
+            "a\"b:22",
+            "h:22,permitopen=\"x:1\"",
+        ] {
+            assert!(forward_target(bad).is_err(), "{bad:?} accepted");
         }
     }
 

@@ -64,6 +64,20 @@ impl Principal {
             .map(|b| b.role)
     }
 
+    /// Where this principal may forward ports (`ssh -L`) from nodes of the project:
+    /// what its org-wide role and its role in the project list, together.
+    pub fn forward_to_for(&self, project_id: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .bindings
+            .iter()
+            .filter(|b| b.project_id.is_none() || b.project_id.as_deref() == Some(project_id))
+            .flat_map(|b| b.forward_to.iter().cloned())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Unix logins this principal may use on nodes of the project; `None` means any.
     pub fn logins_for(&self, project_id: &str) -> Option<Vec<String>> {
         if self.is_org_admin() {
@@ -160,6 +174,7 @@ mod tests {
                     project_id: p.map(String::from),
                     role,
                     logins: vec!["deploy".into()],
+                    forward_to: vec![],
                 })
                 .collect(),
         }

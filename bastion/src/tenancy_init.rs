@@ -37,6 +37,7 @@ pub async fn init(
                 project_id: None,
                 role: Role::OrgAdmin,
                 logins: vec![],
+                forward_to: vec![],
             },
             now,
         )

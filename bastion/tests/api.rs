@@ -58,6 +58,7 @@ async fn token_for(
                     project_id,
                     role,
                     logins: vec!["deploy".into()],
+                    forward_to: vec![],
                 },
                 1,
             )

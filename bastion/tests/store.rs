@@ -70,6 +70,7 @@ async fn role_bindings_round_trip(s: &Store) {
             project_id: Some(project.clone()),
             role: Role::ProjectMember,
             logins: vec!["deploy".into(), "www".into()],
+            forward_to: vec![],
         },
         2,
     )
@@ -82,6 +83,7 @@ async fn role_bindings_round_trip(s: &Store) {
             project_id: Some(project.clone()),
             role: Role::ReadOnly,
             logins: vec![],
+            forward_to: vec![],
         },
         3,
     )
@@ -93,6 +95,7 @@ async fn role_bindings_round_trip(s: &Store) {
             project_id: None,
             role: Role::OrgAdmin,
             logins: vec![],
+            forward_to: vec![],
         },
         3,
     )
@@ -465,6 +468,7 @@ async fn racing_writers_wait_their_turn_and_limits_hold(s: &Store) {
             role: Role::ProjectMember,
             project_id: Some(project.clone()),
             logins: vec!["root".into()],
+            forward_to: vec![],
         };
         async move { s.set_binding(u, &b, 7).await }
     });

@@ -180,6 +180,7 @@ mod tests {
             fingerprint: fp.into(),
             logins: logins.iter().map(|l| l.to_string()).collect(),
             expires_at_ms,
+            forward_to: vec![],
         }
     }
 

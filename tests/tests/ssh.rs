@@ -105,9 +105,18 @@ async fn jump_runs_commands_copies_files_and_forwards_ports() {
         std::fs::read(&batch).unwrap()
     );
 
-    // ssh -L: a local port forwarded by the node's sshd to a service on the node.
+    // ssh -L: a local port forwarded by the node's sshd to a service on the node,
+    // once alice's role names it (forwarding is off by default).
     let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let echo_port = echo.local_addr().unwrap().port();
+    let (st, v) = b
+        .put(
+            "/api/v1/users/alice/roles",
+            serde_json::json!({"role": "project_member", "project": "web", "logins": ["root"],
+                "forward_to": [format!("127.0.0.1:{echo_port}")]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
     std::thread::spawn(move || {
         if let Ok((mut s, _)) = echo.accept() {
             let mut buf = [0u8; 5];

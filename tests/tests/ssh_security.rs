@@ -12,6 +12,7 @@ use std::time::Duration;
 use postern_tests::ssh::{InstalledHelper, Node, SshUser, run_with_timeout, text, write_config};
 use postern_tests::swarm::rss_kib;
 use postern_tests::{Bastion, BastionOpts, connect_from, eventually};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_jumps_are_served_everything_else_is_refused_and_audited() {
@@ -283,4 +284,104 @@ async fn idle_sockets_from_one_source_lock_nobody_out() {
         "closed after {:?}",
         t.elapsed()
     );
+}
+
+/// An echo service on the node's loopback: answers one 5-byte message.
+fn echo_service() -> u16 {
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in echo.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 5];
+            if s.read_exact(&mut buf).is_ok() {
+                let _ = s.write_all(&buf);
+            }
+        }
+    });
+    port
+}
+
+/// `ssh -W host:port` to the node's sshd (a direct-tcpip channel, as `-L` opens):
+/// whether the node forwards to that destination.
+fn forwards_to(user: &SshUser, port: u16) -> bool {
+    let out = run_with_timeout(
+        Command::new("bash").arg("-c").arg(format!(
+            "printf hello | ssh -F {} -J bastion -W 127.0.0.1:{port} root@node-a",
+            user.config.display()
+        )),
+        Duration::from_secs(30),
+    );
+    out.status.success() && text(&out.stdout) == "hello"
+}
+
+/// Port forwarding is the role's choice. By default a grant allows none (the
+/// review found every grant carried `port-forwarding`, so anyone with a login
+/// could reach any service on the node, cloud metadata included, and listen with
+/// `-R`); a role's `forward_to` allows `-L` to exactly those destinations, and
+/// remote forwarding stays refused either way.
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarding_is_the_roles_choice_and_never_remote() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let helper = InstalledHelper::install();
+    let _node = Node::start(&b, &helper, "node-a").await;
+    let alice = SshUser::create(&b, "alice", Some(("project_member", &["root"]))).await;
+    let (allowed, other) = (echo_service(), echo_service());
+
+    let out = alice.jump("root", "node-a", "true");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !forwards_to(&alice, allowed),
+        "forwarding without a role that allows it"
+    );
+    let remote = |user: &SshUser| {
+        let listen = postern_tests::free_port();
+        alice_remote(user, listen)
+    };
+    assert!(!remote(&alice), "remote forwarding allowed by default");
+
+    let (st, v) = b
+        .put(
+            "/api/v1/users/alice/roles",
+            json!({"role": "project_member", "project": "web", "logins": ["root"],
+                   "forward_to": [format!("127.0.0.1:{allowed}")]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["roles"][0]["forward_to"][0],
+        format!("127.0.0.1:{allowed}")
+    );
+    assert!(forwards_to(&alice, allowed), "the role's destination");
+    assert!(
+        !forwards_to(&alice, other),
+        "a destination the role does not name"
+    );
+    assert!(!remote(&alice), "remote forwarding with a forwarding role");
+
+    // A destination that is not host:port is refused, and changes nothing.
+    for bad in ["127.0.0.1", "127.0.0.1:0", "h:1\",command=\"sh", "[::1]:22"] {
+        let (st, v) = b
+            .put(
+                "/api/v1/users/alice/roles",
+                json!({"role": "project_member", "project": "web", "logins": ["root"], "forward_to": [bad]}),
+            )
+            .await;
+        assert_eq!(st, 400, "{bad}: {v}");
+    }
+    assert!(forwards_to(&alice, allowed));
+}
+
+/// `ssh -R` through the bastion: whether the node's sshd lets the user listen.
+fn alice_remote(user: &SshUser, listen: u16) -> bool {
+    let out = run_with_timeout(
+        Command::new("ssh")
+            .arg("-F")
+            .arg(&user.config)
+            .args(["-o", "ExitOnForwardFailure=yes", "-J", "bastion", "-R"])
+            .arg(format!("127.0.0.1:{listen}:127.0.0.1:22"))
+            .args(["root@node-a", "true"]),
+        Duration::from_secs(30),
+    );
+    out.status.success()
 }

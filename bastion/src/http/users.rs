@@ -66,6 +66,7 @@ pub(super) async fn user_view(state: &AppState, user: &UserRow) -> Result<dto::U
             role: b.role,
             project,
             logins: b.logins,
+            forward_to: b.forward_to,
         });
     }
     Ok(dto::User {
@@ -261,6 +262,15 @@ pub async fn set_role(
     if body.logins.len() > 64 {
         return Err(ApiError::BadRequest("at most 64 logins per role".into()));
     }
+    for t in &body.forward_to {
+        validate::forward_target(t)?;
+    }
+    if body.forward_to.len() > postern_api::admin::MAX_FORWARD_TO {
+        return Err(ApiError::BadRequest(format!(
+            "at most {} forward_to destinations per role",
+            postern_api::admin::MAX_FORWARD_TO
+        )));
+    }
     if let Some(p) = &body.project {
         validate::name("project", p)?;
     }
@@ -292,12 +302,17 @@ pub async fn set_role(
         project_id,
         role: body.role,
         logins: body.logins.clone(),
+        forward_to: body.forward_to.clone(),
     };
     let before = state.store.bindings(&user.id).await?;
     let replaced = before
         .iter()
         .find(|b| b.project_id == binding.project_id)
-        .filter(|b| b.role != binding.role || b.logins != binding.logins)
+        .filter(|b| {
+            b.role != binding.role
+                || b.logins != binding.logins
+                || b.forward_to != binding.forward_to
+        })
         .is_some();
     state
         .store
@@ -311,7 +326,7 @@ pub async fn set_role(
         None
     };
     caller.audit.with(|a| {
-        a.detail = Some(json!({ "role": body.role, "logins": body.logins, "ssh": applied }))
+        a.detail = Some(json!({ "role": body.role, "logins": body.logins, "forward_to": body.forward_to, "ssh": applied }))
     });
     Ok(Json(user_view(&state, &user).await?))
 }

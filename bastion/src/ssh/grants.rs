@@ -33,6 +33,7 @@ struct Held {
     user_id: String,
     project_id: String,
     logins: Vec<String>,
+    forward_to: Vec<String>,
     expires_at_ms: i64,
 }
 
@@ -51,6 +52,8 @@ pub struct GrantFor<'a> {
     pub fingerprint: &'a str,
     /// Empty: any login.
     pub logins: &'a [String],
+    /// Destinations for `ssh -L`; empty: no forwarding.
+    pub forward_to: &'a [String],
 }
 
 /// Which of a user's grants to take back.
@@ -86,6 +89,7 @@ impl GrantCache {
             held.retain(|_, h| h.expires_at_ms > now);
             if let Some(h) = held.get(&key)
                 && h.logins == g.logins
+                && h.forward_to == g.forward_to
                 && h.expires_at_ms - now > ttl_ms / 2
             {
                 return Ok(h.expires_at_ms);
@@ -98,6 +102,7 @@ impl GrantCache {
             fingerprint: g.fingerprint.to_string(),
             logins: g.logins.to_vec(),
             expires_at_ms: now + ttl_ms,
+            forward_to: g.forward_to.to_vec(),
         };
         let expires = grant.expires_at_ms;
         let push = GrantPush {
@@ -113,10 +118,12 @@ impl GrantCache {
         )
         .await?;
         let mut held = self.lock();
-        // The node applies a grant's logins to all of the user's grants there.
+        // The node applies a grant's logins and forwarding to all of the user's
+        // grants there.
         for (k, h) in held.iter_mut() {
             if k.node_id == key.node_id && h.user_id == g.user_id {
                 h.logins = g.logins.to_vec();
+                h.forward_to = g.forward_to.to_vec();
             }
         }
         held.insert(
@@ -125,6 +132,7 @@ impl GrantCache {
                 user_id: g.user_id.to_string(),
                 project_id: g.project_id.to_string(),
                 logins: g.logins.to_vec(),
+                forward_to: g.forward_to.to_vec(),
                 expires_at_ms: expires,
             },
         );

@@ -191,6 +191,7 @@ async fn open(shared: &Shared, jump: &Jump) -> Result<Opened, Refusal> {
         public_key: &jump.user.public_key,
         fingerprint: &jump.user.fingerprint,
         logins: target.logins.as_ref().unwrap_or(&no_logins),
+        forward_to: &target.forward_to,
     };
     if let Err(e) = shared.grants.ensure(shared, &agent, &grant).await {
         tracing::warn!(node = %target.place.node_id, error = %e, "grant push failed");

@@ -12,6 +12,8 @@ pub struct Target {
     pub project: ProjectRow,
     /// `None`: any login (org admins).
     pub logins: Option<Vec<String>>,
+    /// Destinations for `ssh -L` (the roles' `forward_to`); empty: none.
+    pub forward_to: Vec<String>,
 }
 
 /// Why a jump is refused; the text goes to the user as the channel-open failure.
@@ -64,6 +66,7 @@ pub async fn resolve(store: &Store, p: &Principal, host: &str) -> Result<Target,
         };
         match authz::ssh_logins(p, &project) {
             Ok(logins) => visible.push(Target {
+                forward_to: p.forward_to_for(&project.id),
                 place,
                 project,
                 logins,

@@ -41,6 +41,8 @@ pub struct BindingRow {
     pub project_id: Option<String>,
     pub role: Role,
     pub logins: Vec<String>,
+    /// `host:port` destinations for `ssh -L`; empty: no forwarding.
+    pub forward_to: Vec<String>,
 }
 
 impl Store {
@@ -213,18 +215,21 @@ impl Store {
         let scope = binding.project_id.clone().unwrap_or_default();
         let logins = serde_json::to_string(&binding.logins)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let forward_to = serde_json::to_string(&binding.forward_to)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM role_bindings WHERE user_id = $1 AND scope = $2")
             .bind(user_id)
             .bind(&scope)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO role_bindings (user_id, scope, role, logins, created_at) VALUES ($1, $2, $3, $4, $5)")
+        sqlx::query("INSERT INTO role_bindings (user_id, scope, role, logins, created_at, forward_to) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(user_id)
             .bind(&scope)
             .bind(binding.role.as_str())
             .bind(&logins)
             .bind(now)
+            .bind(&forward_to)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -242,7 +247,7 @@ impl Store {
 
     pub async fn bindings(&self, user_id: &str) -> Result<Vec<BindingRow>> {
         let rows = sqlx::query(
-            "SELECT scope, role, logins FROM role_bindings WHERE user_id = $1 ORDER BY scope",
+            "SELECT scope, role, logins, forward_to FROM role_bindings WHERE user_id = $1 ORDER BY scope",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
@@ -252,10 +257,13 @@ impl Store {
                 let scope: String = r.try_get(0)?;
                 let role: String = r.try_get(1)?;
                 let logins: String = r.try_get(2)?;
+                let forward_to: String = r.try_get(3)?;
                 Ok(BindingRow {
                     project_id: (!scope.is_empty()).then_some(scope),
                     role: role.parse().map_err(StoreError::Corrupt)?,
                     logins: serde_json::from_str(&logins)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    forward_to: serde_json::from_str(&forward_to)
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 })
             })

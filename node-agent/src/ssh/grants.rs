@@ -50,6 +50,13 @@ fn check(g: &Grant) -> Result<(), GrantError> {
     {
         return bad("a login is not a valid unix login");
     }
+    if g.forward_to.len() > postern_api::admin::MAX_FORWARD_TO
+        || g.forward_to
+            .iter()
+            .any(|t| postern_api::validate::forward_target(t).is_err())
+    {
+        return bad("a forward_to destination is not host:port");
+    }
     if g.id.is_empty()
         || g.id.len() > 64
         || !g.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -112,6 +119,7 @@ impl GrantStore {
                 all.retain(|o| !(o.user == g.user && o.fingerprint == g.fingerprint));
                 for o in all.iter_mut().filter(|o| o.user == g.user) {
                     o.logins.clone_from(&g.logins);
+                    o.forward_to.clone_from(&g.forward_to);
                 }
                 all.push(g);
             }
@@ -192,6 +200,7 @@ mod tests {
             fingerprint: fp.into(),
             logins: vec!["root".into()],
             expires_at_ms,
+            forward_to: vec![],
         }
     }
 
