@@ -65,6 +65,19 @@ pub async fn connect_from(from: &str, to: SocketAddr) -> tokio::net::TcpStream {
     s.connect(to).await.unwrap()
 }
 
+/// Runs SQL with `psql` against a database URL (such as [`postgres_url`]'s).
+pub fn psql(url: &str, sql: &str) {
+    let out = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output()
+        .unwrap_or_else(|e| panic!("psql is needed for PostgreSQL tests: {e}"));
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

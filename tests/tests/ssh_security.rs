@@ -385,3 +385,36 @@ fn alice_remote(user: &SshUser, listen: u16) -> bool {
     );
     out.status.success()
 }
+
+/// Audit fails closed for access: while the audit log cannot be written (here a
+/// trigger refuses every insert, as a full or broken log would), no SSH session
+/// is opened and no admin change is made; both work again once it can.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_session_or_change_without_an_audit_record() {
+    let url = postern_tests::postgres_url();
+    let b = Bastion::start(BastionOpts {
+        database_url: Some(url.clone()),
+        ..BastionOpts::default()
+    })
+    .await;
+    let helper = InstalledHelper::install();
+    let _node = Node::start(&b, &helper, "node-a").await;
+    let alice = SshUser::create(&b, "alice", Some(("org_admin", &[]))).await;
+    assert!(alice.jump("root", "node-a", "true").status.success());
+
+    postern_tests::psql(
+        &url,
+        "CREATE FUNCTION refuse_audit() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit log full'; END $$ LANGUAGE plpgsql; \
+         CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION refuse_audit();",
+    );
+    let refused = alice.jump_refused("root", "node-a");
+    assert!(refused.contains("audit log"), "{refused}");
+    let (st, v) = b.post("/api/v1/projects", json!({"name": "blocked"})).await;
+    assert_eq!(st, 503, "{v}");
+
+    postern_tests::psql(&url, "DROP TRIGGER refuse_audit ON audit_log;");
+    let out = alice.jump("root", "node-a", "echo back");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (_, v) = b.get("/api/v1/projects").await;
+    assert!(!v.to_string().contains("blocked"), "{v}");
+}

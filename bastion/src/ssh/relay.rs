@@ -108,8 +108,6 @@ pub async fn run(
             return;
         }
     };
-    reply.accept().await;
-    inc(&shared.metrics.ssh_sessions);
     let logins = target.logins.clone();
     let logins_json = logins.as_ref().map_or_else(|| json!("any"), |l| json!(l));
     // Both ends of a session carry the same who, where and which logins.
@@ -132,9 +130,24 @@ pub async fn run(
             .detail(detail)
     };
     // Recorded at the start too: a session may stay open for days (ControlPersist).
-    shared
-        .audit(session_event("ssh.session.start", json!({})))
-        .await;
+    // Fail closed: a session nobody could find in the audit log is not opened.
+    if let Err(e) = shared
+        .audit
+        .record(session_event("ssh.session.start", json!({})))
+        .await
+    {
+        crate::metrics::inc(&shared.metrics.audit_failures);
+        tracing::error!(error = %e, "audit log unwritable; refusing the SSH jump");
+        reply
+            .reject(ChannelOpenFailure::Other {
+                code: 1,
+                reason: "the bastion cannot write its audit log, so no session is opened; try again shortly".into(),
+            })
+            .await;
+        return;
+    }
+    reply.accept().await;
+    inc(&shared.metrics.ssh_sessions);
     tracing::info!(user = %jump.user.principal.user_name, node = %target.place.hostname, "SSH jump relayed");
     let (up, down, how) = pump(channel, from_node, to_node, kill).await;
     drop(agent);
