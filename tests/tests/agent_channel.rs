@@ -454,3 +454,62 @@ async fn an_enrollment_flood_does_not_shut_out_reconnecting_agents() {
     .await;
     drop(flood);
 }
+
+/// The agent comes back from kill -9 at any moment of a rotation: certificates
+/// rotate every few seconds while the agent is killed again and again at random
+/// points, and each time it starts with a key and certificate that belong
+/// together (the swap file finishes a cut-short rotation), reconnects, and a
+/// command sent meanwhile runs once.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_in_a_loop_during_rotation_leaves_a_working_identity() {
+    let b = Bastion::start(BastionOpts {
+        node_cert_ttl: "3s".into(),
+        rotation_check: "200ms".into(),
+        ..BastionOpts::default()
+    })
+    .await;
+    let dir = b.enroll("phoenix").await;
+    let rotations_before = b.metric("postern_cert_rotations_total").await;
+    for round in 0..12u64 {
+        let mut agent = AgentProc::run(&dir);
+        eventually(Duration::from_secs(20), "phoenix reachable", || {
+            b.reachable("phoenix")
+        })
+        .await;
+        // Somewhere in the next rotation (due every 2 s), or between two.
+        let pause = 300 + (round * 997) % 2000;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        agent.kill();
+        assert!(
+            postern_agent::identity::Identity::load(&dir).is_ok(),
+            "round {round}: the identity does not load after kill -9"
+        );
+    }
+    assert!(
+        b.metric("postern_cert_rotations_total").await > rotations_before + 3,
+        "the loop did not cross rotations"
+    );
+    let _agent = AgentProc::run(&dir);
+    eventually(Duration::from_secs(20), "phoenix back", || {
+        b.reachable("phoenix")
+    })
+    .await;
+    let marker = b.dir.path().join("phoenix-ran");
+    let (s, r) = b
+        .post(
+            "/cmdexec/v1/projects/web/edges/eu-1/execute/",
+            json!({"target": ["phoenix"], "target_type": "node",
+                   "command": format!("echo ran >> {}", marker.display())}),
+        )
+        .await;
+    assert_eq!(s, 202, "{r}");
+    let path = format!(
+        "/cmdexec/v1/projects/web/edges/eu-1/execution/{}/",
+        r["exec_id"].as_str().unwrap()
+    );
+    eventually(Duration::from_secs(15), "the command's result", || async {
+        b.get(&path).await.1["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n");
+}
