@@ -24,10 +24,35 @@ pub const MAX_KEEP_BYTES: usize = 1024 * 1024;
 /// Nodes in one page of an execution, by default and at most.
 pub const NODE_LIMIT_DEFAULT: i64 = 100;
 pub const NODE_LIMIT_MAX: i64 = 1000;
-/// Output (both streams, all nodes) in one page of an execution: a page ends early,
-/// with `next_node_offset`, rather than exceed it. Bounds an answer's memory
-/// whatever the fan-out and `--exec-keep-bytes`.
-pub const PAGE_OUTPUT_BUDGET: usize = 16 * 1024 * 1024;
+/// Output (both streams and errors, all nodes, as encoded in the answer) in one
+/// page of an execution: a page ends early, with `next_node_offset`, rather than
+/// exceed it. Bounds an answer's memory whatever the fan-out, the output's bytes
+/// and `--exec-keep-bytes`.
+pub const PAGE_OUTPUT_BUDGET: usize = 8 * 1024 * 1024;
+/// Longest command shown in a history summary (the execution has all of it).
+pub const HISTORY_COMMAND_CHARS: usize = 4096;
+
+/// How many bytes `bytes` take in a JSON answer once encoded as the API sends
+/// them ([`encode_output`], then JSON string escaping): up to six per byte for
+/// control characters, 4/3 for base64. What the page budget counts.
+pub fn encoded_len(bytes: &[u8]) -> usize {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => json_string_len(s),
+        Err(_) => bytes.len().div_ceil(3) * 4 + 2,
+    }
+}
+
+/// The length of `s` as a JSON string, quotes included.
+pub fn json_string_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
 /// Longest error text kept from an agent.
 pub const MAX_ERROR_TEXT: usize = 4096;
 
@@ -339,6 +364,9 @@ pub struct ExecutionSummary {
     pub status: String,
     pub node_counts: NodeCounts,
     pub nodes_total: i64,
+    /// True when `command` shows only its first 4096 characters (scripts can be
+    /// a megabyte); the execution has all of it.
+    pub command_truncated: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -399,6 +427,25 @@ mod tests {
             };
             let n = serde_json::to_vec(&r).unwrap().len();
             assert!(n <= max_result_answer(keep), "{n} > limit for keep {keep}");
+        }
+    }
+
+    /// The page budget counts what is sent, not the raw bytes: NUL output is
+    /// UTF-8 and goes out as `\u0000`, six bytes each.
+    #[test]
+    fn encoded_len_is_the_json_answers_length() {
+        let cases: Vec<Vec<u8>> = vec![
+            vec![0u8; 1000],
+            b"plain \"quoted\" back\\slash\n\ttab\r".to_vec(),
+            (0..=255u8).collect(),
+            "ünïcödé €".as_bytes().to_vec(),
+            vec![0xff; 10],
+            vec![],
+        ];
+        for bytes in cases {
+            let (text, _) = encode_output(bytes.clone());
+            let sent = serde_json::to_string(&text).unwrap().len();
+            assert_eq!(encoded_len(&bytes), sent, "{bytes:?}");
         }
     }
 

@@ -97,6 +97,8 @@ pub struct Shared {
     pub ssh_live: Arc<crate::ssh::Live>,
     /// Audit events unauthenticated peers cause, bounded (see `audit_queue`).
     pub audit_queue: crate::audit_queue::AuditQueue,
+    /// Permits for REST answers that may be megabytes.
+    pub big_answers: crate::http::big_answers::BigAnswers,
 }
 
 impl Shared {
@@ -131,6 +133,7 @@ impl Shared {
             grants: crate::ssh::GrantCache::default(),
             ssh_live: Arc::default(),
             audit_queue,
+            big_answers: Default::default(),
         })
     }
 

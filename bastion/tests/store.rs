@@ -729,6 +729,30 @@ mod executions {
             (1, Some(1)),
             "one node even over budget"
         );
+
+        // The budget counts what the answer carries: NUL is UTF-8 and goes out
+        // as \u0000, six bytes a byte (the review's 100 MB answer from 16 MiB).
+        let rows: Vec<ResultRow> = (0..3)
+            .map(|i| {
+                let mut r = ResultRow::new(
+                    "p2",
+                    &format!("n{i}"),
+                    &format!("h{i}"),
+                    NodeExecStatus::Succeeded,
+                );
+                r.stdout = vec![0u8; 1000];
+                r
+            })
+            .collect();
+        s.insert_execution(&exec("p2", &project, &edge, 10), &rows)
+            .await
+            .unwrap();
+        let page = s
+            .execution_page("p2", 100, 0, 10_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.results.len(), 1, "1000 NULs are 6002 bytes of JSON");
     }
 }
 use executions::{

@@ -101,6 +101,8 @@ pub struct JoinRequest {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(20);
+/// Retries of an enrollment the bastion answered 503 (busy): about two minutes.
+const BUSY_RETRIES: u32 = 10;
 
 /// Enrolls and returns the new identity (saved to `data_dir` when given).
 pub async fn join(req: &JoinRequest) -> Result<Arc<Identity>, EnrollError> {
@@ -128,12 +130,31 @@ pub async fn join(req: &JoinRequest) -> Result<Arc<Identity>, EnrollError> {
     })
     .map_err(|e| EnrollError::Protocol(e.to_string()))?;
 
-    let (status, answer) = tokio::time::timeout(TIMEOUT, post(&controller, pin, body))
-        .await
-        .map_err(|_| EnrollError::Unreachable {
-            url: controller.url.clone(),
-            detail: format!("no answer within {TIMEOUT:?}"),
-        })??;
+    // A bastion whose enrollment pool is full (or whose database is busy) says
+    // 503: nothing was used up, so the same request is sent again, with backoff
+    // and jitter, for up to about two minutes.
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
+    let mut attempt = 0u32;
+    let (status, answer) = loop {
+        let (status, answer) = tokio::time::timeout(TIMEOUT, post(&controller, pin, body.clone()))
+            .await
+            .map_err(|_| EnrollError::Unreachable {
+                url: controller.url.clone(),
+                detail: format!("no answer within {TIMEOUT:?}"),
+            })??;
+        if status != StatusCode::SERVICE_UNAVAILABLE || attempt >= BUSY_RETRIES {
+            break (status, answer);
+        }
+        attempt += 1;
+        // At least a second: the pool frees as others finish, not at once.
+        let wait = backoff.next_delay().max(Duration::from_secs(1));
+        tracing::info!(
+            attempt,
+            ?wait,
+            "the bastion is busy enrolling others; retrying"
+        );
+        tokio::time::sleep(wait).await;
+    };
     if !status.is_success() {
         let message = serde_json::from_slice::<ErrorBody>(&answer)
             .map(|e| e.error.message)

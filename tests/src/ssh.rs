@@ -88,7 +88,7 @@ impl Sshd {
              AuthorizedKeysCommand {helper} --data-dir {agent} %u %f\n\
              AuthorizedKeysCommandUser root\n\
              UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nAllowAgentForwarding no\n\
+             PermitRootLogin prohibit-password\nAllowTcpForwarding local\nAllowStreamLocalForwarding no\nAllowAgentForwarding no\n\
              X11Forwarding no\nSubsystem sftp internal-sftp\nMaxStartups 100:30:200\nMaxSessions 50\n\
              LogLevel VERBOSE\n",
             d = dir.display(),

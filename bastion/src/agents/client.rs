@@ -24,6 +24,13 @@ pub enum CallError {
     Body(String),
 }
 
+/// An agent's answer read as an error: bounded and free of control bytes, since
+/// parse errors quote what the agent sent (serde's "unknown variant …") and the
+/// text ends up in logs and in a node's stored `error`.
+fn unreadable(e: impl std::fmt::Display) -> CallError {
+    CallError::Body(postern_api::validate::peer_text(&e.to_string(), 512))
+}
+
 /// Largest JSON answer read from an agent on these control calls.
 const MAX_ANSWER: usize = 1024 * 1024;
 
@@ -71,15 +78,15 @@ pub async fn call_json_limited<Req: Serialize, Resp: DeserializeOwned>(
         let bytes = Limited::new(resp.into_body(), max_answer)
             .collect()
             .await
-            .map_err(|e| CallError::Body(e.to_string()))?
+            .map_err(unreadable)?
             .to_bytes();
         if !status.is_success() {
             return Err(CallError::Status {
                 status,
-                body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+                body: postern_api::validate::peer_text(&String::from_utf8_lossy(&bytes), 500),
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| CallError::Body(e.to_string()))
+        serde_json::from_slice(&bytes).map_err(unreadable)
     };
     tokio::time::timeout(timeout, fut)
         .await

@@ -80,7 +80,9 @@ pub(super) async fn serve(tls: TlsStream<TcpStream>, peer: SocketAddr, shared: A
         .keep_alive(false)
         .max_buf_size(64 * 1024)
         .serve_connection(TokioIo::new(tls), svc);
-    let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+    // A real enrollment is a few KiB sent at once; a trickle holds a place in
+    // the enrollment pool for at most this long.
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
 }
 
 /// Answers 503 to an enrollment that found the enrollment pool full, so the

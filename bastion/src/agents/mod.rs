@@ -32,11 +32,62 @@ pub use tls::server_config;
 use crate::metrics::inc;
 use crate::state::Shared;
 
+/// Enrollments at once from one source address, so one client (even without a
+/// token) cannot hold the whole enrollment pool.
+const ENROLLMENTS_PER_SOURCE: usize = 8;
+
+/// Counts per source address, with a guard that gives the place back.
+#[derive(Debug, Clone)]
+struct PerSource {
+    max: usize,
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+struct SourceGuard {
+    ip: std::net::IpAddr,
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl PerSource {
+    fn new(max: usize) -> PerSource {
+        PerSource {
+            max,
+            counts: Arc::default(),
+        }
+    }
+
+    fn admit(&self, ip: std::net::IpAddr) -> Option<SourceGuard> {
+        let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceGuard {
+            ip,
+            counts: self.counts.clone(),
+        })
+    }
+}
+
 /// Accepts on the agent port until shutdown.
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared: Arc<Shared>) {
     let acceptor = TlsAcceptor::from(tls);
     let limit = Arc::new(Semaphore::new(shared.settings.max_agent_connections));
     let enrollments = Arc::new(Semaphore::new(shared.settings.max_enrollments));
+    let enroll_sources = PerSource::new(ENROLLMENTS_PER_SOURCE);
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
@@ -56,6 +107,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared
                     shared.clone(),
                     permit,
                     enrollments.clone(),
+                    enroll_sources.clone(),
                 ));
             }
             Err(e) => {
@@ -74,6 +126,7 @@ async fn handle(
     shared: Arc<Shared>,
     permit: OwnedSemaphorePermit,
     enrollments: Arc<Semaphore>,
+    enroll_sources: PerSource,
 ) {
     let handshake = tokio::time::timeout(shared.settings.handshake_timeout, acceptor.accept(tcp));
     let tls = tokio::select! {
@@ -101,6 +154,12 @@ async fn handle(
     match (alpn.as_deref(), client_cert) {
         (Some(ALPN_CHANNEL), Some(cert)) => channel::run(tls, peer, cert, shared).await,
         (Some(ALPN_ENROLL), None) => {
+            let Some(_source) = enroll_sources.admit(peer.ip()) else {
+                inc(&shared.metrics.enrollments_rejected_full);
+                tracing::warn!(%peer, "too many enrollments at once from one address; refusing this one");
+                enroll::serve_busy(tls).await;
+                return;
+            };
             let Ok(enroll_permit) = enrollments.try_acquire_owned() else {
                 inc(&shared.metrics.enrollments_rejected_full);
                 tracing::warn!(%peer, "too many enrollments at once; refusing this one");

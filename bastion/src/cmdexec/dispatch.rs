@@ -58,7 +58,8 @@ fn settled(
     error: String,
 ) -> ResultRow {
     let mut r = ResultRow::new(&exec.id, node_id, hostname, status);
-    r.error = Some(error);
+    // Reasons may quote what an agent sent: bounded and printable, like any peer text.
+    r.error = Some(validate::peer_text(&error, MAX_ERROR_TEXT));
     r.finished_at = Some(now_ms());
     r
 }
@@ -305,10 +306,11 @@ fn without_output(mut r: ResultRow, why: &str) -> ResultRow {
         "the output could not be stored ({}); sizes and SHA-256 are kept",
         validate::peer_text(why, 300)
     );
-    r.error = Some(match r.error {
+    let error = match r.error {
         Some(e) => format!("{e}; {note}"),
         None => note,
-    });
+    };
+    r.error = Some(validate::peer_text(&error, MAX_ERROR_TEXT));
     r
 }
 
@@ -386,6 +388,25 @@ mod tests {
             (r.started_at, r.finished_at),
             (Some(created + 1), Some(created + 2))
         );
+    }
+
+    /// A refusal's text may quote the agent (serde's "unknown variant …" holds
+    /// what it sent): it is bounded and NUL-free like any peer text, or one
+    /// agent's answer could fail its row on PostgreSQL for ever (the review's F3).
+    #[test]
+    fn settled_errors_are_bounded_and_printable() {
+        let nasty = format!("unknown variant `bad\0\x1b[2J{}`", "x".repeat(100_000));
+        let r = settled(&exec(0), "n", "h", NodeExecStatus::Failed, nasty.clone());
+        let e = r.error.unwrap();
+        assert!(
+            e.len() <= MAX_ERROR_TEXT && !e.contains(['\0', '\x1b']),
+            "{}",
+            e.len()
+        );
+        let mut big = ResultRow::new("e", "n", "h", NodeExecStatus::Failed);
+        big.error = Some(nasty);
+        let e = without_output(big, "refused").error.unwrap();
+        assert!(e.len() <= MAX_ERROR_TEXT && !e.contains('\0'));
     }
 
     #[test]

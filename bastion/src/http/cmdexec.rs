@@ -14,7 +14,10 @@ use postern_api::cmdexec::{
 };
 use postern_api::{ErrorBody, validate};
 
+use axum::response::Response;
+
 use super::admin::{resolve_edge, resolve_project};
+use super::big_answers::json_with_permit;
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::{ApiError, AppState};
 use crate::authz::Action;
@@ -242,13 +245,20 @@ fn view(page: ExecutionPage, limit: i64, offset: i64) -> dto::Execution {
 }
 
 fn summary(e: ExecutionRow, counts: dto::NodeCounts) -> dto::ExecutionSummary {
+    let command_truncated = e.command.chars().nth(dto::HISTORY_COMMAND_CHARS).is_some();
+    let command = if command_truncated {
+        e.command.chars().take(dto::HISTORY_COMMAND_CHARS).collect()
+    } else {
+        e.command.clone()
+    };
     dto::ExecutionSummary {
+        command_truncated,
+        command,
         content_type: content_type(&e),
         target_type: target_type(&e),
         exec_id: e.id,
         project_id: e.project_name,
         edge_id: e.edge_name,
-        command: e.command,
         target: e.target,
         username: e.username,
         created_at: rfc3339(e.created_at),
@@ -269,7 +279,7 @@ fn summary(e: ExecutionRow, counts: dto::NodeCounts) -> dto::ExecutionSummary {
         ("project_id" = String, Path, description = "Project name or id"),
         ("edge_id" = String, Path, description = "Edge name or id"),
         ("exec_id" = String, Path, description = "The exec ID returned by execute"),
-        ("node_limit" = Option<i64>, Query, description = "Nodes in this page, 1 to 1000, default 100 (a page ends earlier when its output passes 16 MiB)", minimum = 1, maximum = 1000),
+        ("node_limit" = Option<i64>, Query, description = "Nodes in this page, 1 to 1000, default 100 (a page ends earlier when its output, as sent, passes 8 MiB)", minimum = 1, maximum = 1000),
         ("node_offset" = Option<i64>, Query, description = "First node of the page, by hostname; default 0", minimum = 0),
     ),
     responses(
@@ -286,7 +296,7 @@ pub async fn execution(
     caller: Caller,
     ApiPath((project, edge, exec_id)): ApiPath<(String, String, String)>,
     ApiQuery(q): ApiQuery<dto::NodePageQuery>,
-) -> Result<Json<dto::Execution>, ApiError> {
+) -> Result<Response, ApiError> {
     let (limit, offset) = q.bounds()?;
     let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
@@ -303,6 +313,10 @@ pub async fn execution(
     {
         return Err(not_found());
     }
+    // Held from the read until the answer has been sent.
+    let permit = state
+        .big_answers
+        .acquire(caller.source_ip.as_deref().and_then(|s| s.parse().ok()))?;
     let page = state
         .store
         .execution_page(&exec_id, limit, offset, dto::PAGE_OUTPUT_BUDGET)
@@ -314,7 +328,7 @@ pub async fn execution(
     caller
         .audit
         .with(|a| a.exec_id = Some(page.execution.id.clone()));
-    Ok(Json(view(page, limit, offset)))
+    Ok(json_with_permit(&view(page, limit, offset), permit))
 }
 
 /// Past executions of a project, newest first, each with its nodes counted by

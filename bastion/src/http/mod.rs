@@ -3,6 +3,7 @@
 //! IP by one middleware, so no handler can forget to.
 
 mod admin;
+pub mod big_answers;
 mod cmdexec;
 mod error;
 mod extract;

@@ -247,6 +247,8 @@ async fn open(shared: &Shared, jump: &Jump) -> Result<Opened, Refusal> {
             }
             Err(_) => String::new(),
         };
+        // The agent's words reach the user's terminal and the audit log.
+        let text = postern_api::validate::peer_line(&text, 300);
         return Err(named(format!(
             "node {host} could not reach its sshd ({status}): {text}"
         )));

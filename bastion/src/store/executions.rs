@@ -284,7 +284,7 @@ impl Store {
 
     /// One page of an execution: its nodes from `offset` by hostname, at most
     /// `limit` of them and, past the first, no more than `output_budget` bytes of
-    /// output in all. Rows are read one at a time, so memory follows the page, not
+    /// output and errors in all, counted as the API encodes them. Rows are read one at a time, so memory follows the page, not
     /// the execution, whatever its fan-out.
     pub async fn execution_page(
         &self,
@@ -316,7 +316,12 @@ impl Store {
         let mut next_offset = None;
         while let Some(row) = rows.try_next().await? {
             let r = result_row(row)?;
-            let size = r.stdout.len() + r.stderr.len();
+            // What the answer will carry, escaped: up to six bytes a byte.
+            let size = postern_api::cmdexec::encoded_len(&r.stdout)
+                + postern_api::cmdexec::encoded_len(&r.stderr)
+                + r.error
+                    .as_deref()
+                    .map_or(0, postern_api::cmdexec::json_string_len);
             let full = results.len() as i64 >= limit
                 || (!results.is_empty() && used.saturating_add(size) > output_budget);
             if full {

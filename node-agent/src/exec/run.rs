@@ -55,6 +55,8 @@ pub async fn run(req: &AgentExec, scratch: &Path) -> AgentExecResult {
     let mut cmd = Command::new("/bin/sh");
     // `$0` of the wrapper, then the arguments of the command's shell.
     cmd.arg("-c").arg(RESET_OOM).arg("/bin/sh");
+    // Absolute: the command runs in `/`, and `--data-dir` may have been relative.
+    let scratch = std::path::absolute(scratch).unwrap_or_else(|_| scratch.to_path_buf());
     let script_path = scratch.join(format!("{}.sh", req.exec_id));
     match req.content_type {
         ContentType::String => {
@@ -67,7 +69,7 @@ pub async fn run(req: &AgentExec, scratch: &Path) -> AgentExecResult {
                 Err(e) => return failed(req, started, format!("script is not valid base64: {e}")),
             };
             let write = async {
-                tokio::fs::create_dir_all(scratch).await?;
+                tokio::fs::create_dir_all(&scratch).await?;
                 tokio::fs::write(&script_path, &script).await?;
                 tokio::fs::set_permissions(&script_path, std::fs::Permissions::from_mode(0o700))
                     .await
