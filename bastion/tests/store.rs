@@ -806,3 +806,48 @@ async fn busy_or_unreachable_databases_are_unavailable_not_bugs() {
     assert!(refused.is_unavailable(), "{refused}");
     assert!(!StoreError::NotFound("user".into()).is_unavailable());
 }
+
+/// Failed SSH logins reach the audit log aggregated per source: the first from a
+/// source at once, the rest of its window as one entry with their count, and the
+/// queue stays bounded however many arrive (the review's 120 KB row per attempt,
+/// by a task per connection, is gone).
+#[tokio::test]
+async fn failed_logins_are_aggregated_per_source_through_a_bounded_queue() {
+    use postern_bastion::audit_queue::{AuditQueue, CAPACITY};
+    use std::sync::Arc;
+    let t = common::sqlite().await;
+    let audit = Audit::new(t.store.clone());
+    let tasks = tokio_util::task::TaskTracker::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let metrics = Arc::new(postern_bastion::metrics::Metrics::default());
+    let q = AuditQueue::start(
+        audit.clone(),
+        t.store.clone(),
+        metrics,
+        &tasks,
+        stop.clone(),
+    );
+    let flood: std::net::IpAddr = "10.1.1.1".parse().unwrap();
+    let other: std::net::IpAddr = "10.2.2.2".parse().unwrap();
+    for i in 0..5_000 {
+        q.login_failed(flood, &format!("user{}", i % 20), vec![]);
+        assert!(q.pending() <= CAPACITY);
+    }
+    q.login_failed(other, "bob", vec!["SHA256:x".into()]);
+    stop.cancel();
+    tasks.close();
+    tokio::time::timeout(std::time::Duration::from_secs(10), tasks.wait())
+        .await
+        .unwrap();
+    let (total, entries) = audit.page(None, 100, 0).await.unwrap();
+    assert_eq!(total, 3, "{entries:#?}");
+    let summary = entries
+        .iter()
+        .find(|e| e.detail["more_attempts"].is_number())
+        .unwrap();
+    assert_eq!(summary.detail["more_attempts"], 4_999);
+    assert_eq!(summary.source_ip.as_deref(), Some("10.1.1.1"));
+    assert!(summary.detail["names_tried"].as_array().unwrap().len() <= 8);
+    assert!(entries.iter().any(|e| e.actor.as_deref() == Some("bob")));
+    t.cleanup().await;
+}
