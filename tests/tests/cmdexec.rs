@@ -718,3 +718,44 @@ async fn an_agent_killed_mid_command_ends_as_lost() {
     assert!(n["error"].as_str().unwrap().contains("did not come back"));
     assert_eq!(node(&done, "fine")["status"], "succeeded");
 }
+
+/// A command outlives an agent killed with -9: nobody is left to enforce its
+/// timeout. At its next start the agent ends what is left of it (the process
+/// group it noted, if its leader is still that process) and reports it lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_left_by_a_killed_agent_is_ended_at_its_next_start() {
+    let b = Bastion::start(BastionOpts {
+        exec_lost_grace: "60s".into(),
+        ..BastionOpts::default()
+    })
+    .await;
+    let mut a = b.agent("alpha").await;
+    let pidfile = b.dir.path().join("orphan.pid");
+    let r = execute(
+        &b,
+        json!({"target": ["alpha"], "target_type": "node", "timeout": 600,
+        "command": format!("echo $$ > {}; exec sleep 300", pidfile.display())}),
+    )
+    .await;
+    eventually(Duration::from_secs(10), "the command started", || async {
+        std::fs::read_to_string(&pidfile).is_ok_and(|p| !p.trim().is_empty())
+    })
+    .await;
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    a.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        pid_alive(&pid),
+        "the command outlived the agent, as commands do"
+    );
+
+    let _back = postern_tests::AgentProc::run(&a.data_dir);
+    eventually(Duration::from_secs(10), "the orphan ended", || async {
+        !pid_alive(&pid)
+    })
+    .await;
+    let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    let n = node(&done, "alpha");
+    assert_eq!(n["status"], "lost", "{n}");
+    assert!(n["error"].as_str().unwrap().contains("killed"), "{n}");
+}

@@ -114,10 +114,23 @@ impl Executor {
                 continue;
             };
             if !r.status.is_final() {
+                // The command may have outlived the agent (kill -9, OOM): end it,
+                // since nobody is left to enforce its timeout or collect it.
+                let group_file = dir.join(format!("{}.pgid", r.exec_id));
+                let killed = std::fs::read_to_string(&group_file)
+                    .ok()
+                    .and_then(|t| {
+                        let (g, s) = t.trim().split_once(' ')?;
+                        Some((g.parse().ok()?, s.parse().ok()?))
+                    })
+                    .is_some_and(|(g, s)| run::kill_orphan_group(g, s));
+                let _ = std::fs::remove_file(&group_file);
                 r.status = NodeExecStatus::Lost;
-                r.error = Some(
-                    "the agent restarted while the command ran; its outcome is unknown".into(),
-                );
+                r.error = Some(if killed {
+                    "the agent restarted while the command ran; what was left of it was killed, and its outcome is unknown".into()
+                } else {
+                    "the agent restarted while the command ran; its outcome is unknown".into()
+                });
                 r.finished_at_ms = Some(now_ms());
                 let _ = self.persist(&r);
             }
@@ -176,22 +189,38 @@ impl Executor {
                 .unwrap_or_else(std::env::temp_dir)
                 .join("scripts");
             let req2 = req.clone();
-            // A crash of the run itself must still end in a result, never a hang.
-            let result = match tokio::spawn(async move { run::run(&req2, &scratch).await }).await {
-                Ok(r) => r,
-                Err(e) => AgentExecResult {
-                    exec_id: req.exec_id.clone(),
-                    status: NodeExecStatus::Failed,
-                    exit_code: None,
-                    stdout: Output::default(),
-                    stderr: Output::default(),
-                    error: Some(format!("the agent's executor failed: {e}")),
-                    started_at_ms: now_ms(),
-                    finished_at_ms: Some(now_ms()),
-                },
+            // Where the command's process group is noted while it runs, so an
+            // agent killed meanwhile can end it at its next start (see recover).
+            let group_file = me
+                .spool
+                .as_ref()
+                .map(|d| d.join(format!("{}.pgid", req.exec_id)));
+            let note = group_file.clone();
+            let noted = move |pgid: u32| {
+                if let (Some(path), Some(t)) = (note, run::start_time(pgid)) {
+                    let _ = crate::fsutil::write_private(&path, format!("{pgid} {t}").as_bytes());
+                }
             };
+            // A crash of the run itself must still end in a result, never a hang.
+            let result =
+                match tokio::spawn(async move { run::run(&req2, &scratch, noted).await }).await {
+                    Ok(r) => r,
+                    Err(e) => AgentExecResult {
+                        exec_id: req.exec_id.clone(),
+                        status: NodeExecStatus::Failed,
+                        exit_code: None,
+                        stdout: Output::default(),
+                        stderr: Output::default(),
+                        error: Some(format!("the agent's executor failed: {e}")),
+                        started_at_ms: now_ms(),
+                        finished_at_ms: Some(now_ms()),
+                    },
+                };
             if let Err(e) = me.persist(&result) {
                 tracing::error!(exec_id = %req.exec_id, error = %e, "cannot spool a result; it is held in memory only");
+            }
+            if let Some(path) = group_file {
+                let _ = std::fs::remove_file(path);
             }
             let _ = tx.send(result);
         });

@@ -49,8 +49,31 @@ fn failed(req: &AgentExec, started: i64, error: String) -> AgentExecResult {
 /// Done in a shell rather than in `pre_exec`, which would need `unsafe`.
 const RESET_OOM: &str = "echo 0 > /proc/self/oom_score_adj 2>/dev/null; exec /bin/sh \"$@\"";
 
+/// The start time of process `pid` (field 22 of /proc/PID/stat, clock ticks
+/// since boot): with the pid, it names one process, not whichever reused its pid.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Kills process group `pgid` if its leader is still the process that started
+/// at `started` (after an agent crash, the group of a command that outlived it).
+pub fn kill_orphan_group(pgid: u32, started: u64) -> bool {
+    if start_time(pgid) != Some(started) {
+        return false;
+    }
+    kill_group(Some(pgid));
+    true
+}
+
 /// Runs the command to completion or timeout. `scratch` holds script files.
-pub async fn run(req: &AgentExec, scratch: &Path) -> AgentExecResult {
+/// `started` learns the command's process group as soon as it exists.
+pub async fn run(
+    req: &AgentExec,
+    scratch: &Path,
+    started_group: impl FnOnce(u32),
+) -> AgentExecResult {
     let started = now_ms();
     let mut cmd = Command::new("/bin/sh");
     // `$0` of the wrapper, then the arguments of the command's shell.
@@ -95,6 +118,9 @@ pub async fn run(req: &AgentExec, scratch: &Path) -> AgentExecResult {
         Err(e) => return failed(req, started, format!("cannot start /bin/sh: {e}")),
     };
     let pgid = child.id();
+    if let Some(p) = pgid {
+        started_group(p);
+    }
     let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
         kill_group(pgid);
         return failed(req, started, "no output pipes".into());
@@ -202,7 +228,7 @@ mod tests {
             "500\n"
         );
         let dir = tempfile::tempdir().unwrap();
-        let r = run(&req("cat /proc/self/oom_score_adj"), dir.path()).await;
+        let r = run(&req("cat /proc/self/oom_score_adj"), dir.path(), |_| {}).await;
         assert_eq!(r.status, NodeExecStatus::Succeeded, "{r:?}");
         assert_eq!(String::from_utf8_lossy(&r.stdout.data), "0\n");
         // Scripts too, and the command's own arguments are untouched.
@@ -210,7 +236,7 @@ mod tests {
             .encode("printf '%s|' \"$0\" \"$#\"; cat /proc/self/oom_score_adj");
         let mut q = req(&script);
         q.content_type = ContentType::Base64;
-        let r = run(&q, dir.path()).await;
+        let r = run(&q, dir.path(), |_| {}).await;
         let out = String::from_utf8_lossy(&r.stdout.data).into_owned();
         assert!(out.ends_with("|0|0\n"), "{out:?}");
     }
@@ -218,7 +244,7 @@ mod tests {
     #[tokio::test]
     async fn nul_and_binary_output_survive() {
         let dir = tempfile::tempdir().unwrap();
-        let r = run(&req("printf 'a\\000b\\377'"), dir.path()).await;
+        let r = run(&req("printf 'a\\000b\\377'"), dir.path(), |_| {}).await;
         assert_eq!(r.stdout.data, b"a\0b\xff");
     }
 }
