@@ -17,6 +17,7 @@ pub mod routes {
     pub const HEALTH: &str = "/v1/health";
     pub const CSR: &str = "/v1/csr";
     pub const CERT: &str = "/v1/cert";
+    /// POST: run a command; GET: the exec IDs whose results are spooled, final.
     pub const EXEC: &str = "/v1/exec";
     pub const EXEC_ONE: &str = "/v1/exec/{exec_id}";
 }
@@ -105,3 +106,14 @@ mod tests {
         assert!(parse_ca_hash(&format!("sha256:{}", "g".repeat(64))).is_err());
     }
 }
+
+/// `GET /v1/exec`: finished results the agent still holds, so a bastion can drop
+/// those it has stored (a `DELETE` lost to a restart or a cut link).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpooledExecs {
+    pub finished: Vec<String>,
+}
+
+/// Most exec IDs in one [`SpooledExecs`].
+pub const MAX_SPOOLED_LISTED: usize = 10_000;

@@ -47,7 +47,9 @@ pub fn router(
         .route(routes::CERT, put(cert))
         .route(
             routes::EXEC,
-            post(exec).layer(DefaultBodyLimit::max(MAX_EXECUTE_BODY + 64 * 1024)),
+            get(exec_list)
+                .post(exec)
+                .layer(DefaultBodyLimit::max(MAX_EXECUTE_BODY + 64 * 1024)),
         )
         .route(routes::EXEC_ONE, get(exec_get).delete(exec_forget))
         .route(
@@ -108,6 +110,15 @@ async fn exec(State(c): State<Ctx>, Json(req): Json<AgentExec>) -> Reply<AgentEx
         _ => fail(StatusCode::BAD_REQUEST, e),
     })?;
     Ok(Json(Executor::wait(rx, wait).await))
+}
+
+/// Finished results still spooled, for the bastion to drop those it stored.
+async fn exec_list(State(c): State<Ctx>) -> Json<postern_api::agent::SpooledExecs> {
+    Json(postern_api::agent::SpooledExecs {
+        finished: c
+            .executor
+            .finished_ids(postern_api::agent::MAX_SPOOLED_LISTED),
+    })
 }
 
 #[derive(Deserialize)]

@@ -759,3 +759,50 @@ async fn a_command_left_by_a_killed_agent_is_ended_at_its_next_start() {
     assert_eq!(n["status"], "lost", "{n}");
     assert!(n["error"].as_str().unwrap().contains("killed"), "{n}");
 }
+
+/// A stored result the agent still holds (its DELETE was lost to a restart or a
+/// cut link) is released when the channel next comes up; a result the bastion
+/// has not stored stays with the agent.
+#[tokio::test(flavor = "multi_thread")]
+async fn results_left_in_an_agents_spool_are_released_on_reconnect() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let mut a = b.agent("alpha").await;
+    let r = execute(
+        &b,
+        json!({"target": ["alpha"], "target_type": "node", "command": "echo hi"}),
+    )
+    .await;
+    let id = r["exec_id"].as_str().unwrap().to_string();
+    finished(&b, &id, Duration::from_secs(15)).await;
+    let spool = a.data_dir.join("spool");
+    let file = spool.join(format!("{id}.json"));
+    eventually(Duration::from_secs(5), "the spool released", || async {
+        !file.exists()
+    })
+    .await;
+    a.stop();
+
+    // The state a DELETE lost in flight leaves: the stored result still spooled.
+    let held = |exec_id: &str| {
+        json!({"exec_id": exec_id, "status": "succeeded", "exit_code": 0,
+            "stdout": {"data_b64": "aGkK", "truncated": false, "total_bytes": 3, "sha256": ""},
+            "stderr": {"data_b64": "", "truncated": false, "total_bytes": 0, "sha256": ""},
+            "error": null, "started_at_ms": 1, "finished_at_ms": 2})
+        .to_string()
+    };
+    std::fs::write(&file, held(&id)).unwrap();
+    let unknown = spool.join("0000-not-stored.json");
+    std::fs::write(&unknown, held("0000-not-stored")).unwrap();
+
+    let _back = postern_tests::AgentProc::run(&a.data_dir);
+    eventually(
+        Duration::from_secs(15),
+        "the stored result released",
+        || async { !file.exists() },
+    )
+    .await;
+    assert!(
+        unknown.exists(),
+        "a result the bastion never stored was dropped"
+    );
+}

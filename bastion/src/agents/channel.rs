@@ -42,6 +42,40 @@ pub(super) async fn register_live(shared: &Shared, agent: &Arc<AgentConn>) -> bo
     }
 }
 
+/// Tells the agent to drop spooled results the store already holds: the DELETE
+/// after storing is lost when the channel or the bastion goes at that moment,
+/// and the agent would otherwise keep (and reload at every start) those results.
+async fn release_stored_results(shared: &Shared, agent: &AgentConn) {
+    let timeout = shared.settings.agent_call_timeout;
+    let Ok(spooled) = client::call_json::<(), postern_api::agent::SpooledExecs>(
+        agent,
+        http::Method::GET,
+        postern_api::agent::routes::EXEC,
+        None,
+        timeout,
+    )
+    .await
+    else {
+        return;
+    };
+    let mut ids = spooled.finished;
+    ids.truncate(postern_api::agent::MAX_SPOOLED_LISTED);
+    let Ok(stored) = shared.store.stored_final(&agent.node_id, &ids).await else {
+        return;
+    };
+    for id in stored {
+        let path = format!("/v1/exec/{id}");
+        let _ = client::call_json::<(), serde_json::Value>(
+            agent,
+            http::Method::DELETE,
+            &path,
+            None,
+            timeout,
+        )
+        .await;
+    }
+}
+
 pub(super) async fn run(
     tls: TlsStream<TcpStream>,
     peer: SocketAddr,
@@ -133,6 +167,7 @@ pub(super) async fn run(
             }
             Err(e) => tracing::debug!(node = %node_id, error = %e, "agent health call failed"),
         }
+        release_stored_results(&shared, &agent).await;
         std::future::pending::<()>().await;
     };
     let ended_by_peer = tokio::select! {

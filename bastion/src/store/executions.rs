@@ -447,6 +447,27 @@ impl Store {
         Ok((total.0, out))
     }
 
+    /// Of these exec IDs, those whose result for `node_id` is stored and final.
+    pub async fn stored_final(&self, node_id: &str, exec_ids: &[String]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for chunk in exec_ids.chunks(100) {
+            let placeholders: Vec<String> =
+                (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
+            let q = format!(
+                "SELECT exec_id FROM exec_results WHERE node_id = $1 AND exec_id IN ({}) AND status NOT IN ('pending', 'running')",
+                placeholders.join(",")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str())).bind(node_id);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for r in query.fetch_all(&self.pool).await? {
+                out.push(r.try_get(0)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Results not yet final, with their executions: what a restarted bastion resumes.
     pub async fn unfinished_results(&self) -> Result<Vec<(ExecutionRow, ResultRow)>> {
         let q = format!(

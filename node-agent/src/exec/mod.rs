@@ -231,6 +231,17 @@ impl Executor {
         self.lock().live.get(exec_id).cloned()
     }
 
+    /// Exec IDs whose final results are held, at most `limit`.
+    pub fn finished_ids(&self, limit: usize) -> Vec<String> {
+        self.lock()
+            .live
+            .iter()
+            .filter(|(_, rx)| rx.borrow().status.is_final())
+            .map(|(id, _)| id.clone())
+            .take(limit)
+            .collect()
+    }
+
     pub fn was_forgotten(&self, exec_id: &str) -> bool {
         self.lock().forgotten.contains(exec_id)
     }
