@@ -11,6 +11,7 @@ pub mod clock;
 pub mod cmdexec;
 pub mod dev;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod pki;
 pub mod secrets;

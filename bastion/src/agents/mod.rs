@@ -36,58 +36,12 @@ use crate::state::Shared;
 /// token) cannot hold the whole enrollment pool.
 const ENROLLMENTS_PER_SOURCE: usize = 8;
 
-/// Counts per source address, with a guard that gives the place back.
-#[derive(Debug, Clone)]
-struct PerSource {
-    max: usize,
-    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-}
-
-struct SourceGuard {
-    ip: std::net::IpAddr,
-    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-}
-
-impl Drop for SourceGuard {
-    fn drop(&mut self) {
-        let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
-    }
-}
-
-impl PerSource {
-    fn new(max: usize) -> PerSource {
-        PerSource {
-            max,
-            counts: Arc::default(),
-        }
-    }
-
-    fn admit(&self, ip: std::net::IpAddr) -> Option<SourceGuard> {
-        let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(ip).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(SourceGuard {
-            ip,
-            counts: self.counts.clone(),
-        })
-    }
-}
-
 /// Accepts on the agent port until shutdown.
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared: Arc<Shared>) {
     let acceptor = TlsAcceptor::from(tls);
     let limit = Arc::new(Semaphore::new(shared.settings.max_agent_connections));
     let enrollments = Arc::new(Semaphore::new(shared.settings.max_enrollments));
-    let enroll_sources = PerSource::new(ENROLLMENTS_PER_SOURCE);
+    let enroll_sources = crate::limits::PerSource::new(ENROLLMENTS_PER_SOURCE);
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
@@ -126,7 +80,7 @@ async fn handle(
     shared: Arc<Shared>,
     permit: OwnedSemaphorePermit,
     enrollments: Arc<Semaphore>,
-    enroll_sources: PerSource,
+    enroll_sources: crate::limits::PerSource,
 ) {
     let handshake = tokio::time::timeout(shared.settings.handshake_timeout, acceptor.accept(tcp));
     let tls = tokio::select! {

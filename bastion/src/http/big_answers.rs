@@ -4,10 +4,9 @@
 //! address, so neither many readers nor one slow client can hold unbounded
 //! memory, and one client cannot take every permit from the rest.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -16,6 +15,7 @@ use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ApiError;
+use crate::limits::{PerSource, SourceGuard};
 
 /// Large answers in flight at once, for the bastion and for one source address.
 pub const GLOBAL: usize = 8;
@@ -26,14 +26,14 @@ const CHUNK: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct BigAnswers {
     global: Arc<Semaphore>,
-    per_source: Arc<Mutex<HashMap<Option<IpAddr>, usize>>>,
+    per_source: PerSource,
 }
 
 impl Default for BigAnswers {
     fn default() -> Self {
         BigAnswers {
             global: Arc::new(Semaphore::new(GLOBAL)),
-            per_source: Arc::default(),
+            per_source: PerSource::new(PER_SOURCE),
         }
     }
 }
@@ -42,47 +42,35 @@ impl Default for BigAnswers {
 #[derive(Debug)]
 pub struct Permit {
     _global: OwnedSemaphorePermit,
-    source: Option<IpAddr>,
-    per_source: Arc<Mutex<HashMap<Option<IpAddr>, usize>>>,
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        let mut m = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.source);
-            }
-        }
-    }
+    _source: Option<SourceGuard>,
 }
 
 impl BigAnswers {
     /// A permit, or 503 with the reason when the bastion or this source has
-    /// as many large answers in flight as allowed.
+    /// as many large answers in flight as allowed. A caller whose address is
+    /// unknown (not over TCP) counts only against the bastion's limit.
     pub fn acquire(&self, source: Option<IpAddr>) -> Result<Permit, ApiError> {
         let busy = |who: &str| {
             ApiError::Unavailable(format!(
                 "{who} too many large answers (executions with their output) in flight; retry in a few seconds"
             ))
         };
-        let mut m = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(source).or_insert(0);
-        if *n >= PER_SOURCE {
-            return Err(busy("your address has"));
-        }
-        let Ok(global) = self.global.clone().try_acquire_owned() else {
-            if *n == 0 {
-                m.remove(&source);
-            }
-            return Err(busy("the bastion is sending"));
+        let guard = match source {
+            Some(ip) => Some(
+                self.per_source
+                    .admit(ip)
+                    .ok_or_else(|| busy("your address has"))?,
+            ),
+            None => None,
         };
-        *n += 1;
+        let global = self
+            .global
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy("the bastion is sending"))?;
         Ok(Permit {
             _global: global,
-            source,
-            per_source: self.per_source.clone(),
+            _source: guard,
         })
     }
 }
@@ -133,6 +121,5 @@ mod tests {
         drop(p1);
         assert!(b.acquire(Some(IpAddr::from([10, 0, 0, 99]))).is_ok());
         others.clear();
-        assert!(b.per_source.lock().unwrap().len() <= 2);
     }
 }
