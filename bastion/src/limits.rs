@@ -6,7 +6,24 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-/// Counts per source address, with a guard that gives the place back.
+/// The address a per-source limit counts: IPv4 as is (an IPv4-mapped IPv6
+/// address as its IPv4), IPv6 by its /64, since one client commonly holds a
+/// whole /64 and could otherwise take a place per address.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut s = v6.segments();
+                s[4..].fill(0);
+                IpAddr::V6(s.into())
+            }
+        },
+    }
+}
+
+/// Counts per source (see [`source_key`]), with a guard that gives the place back.
 #[derive(Debug, Clone)]
 pub struct PerSource {
     max: usize,
@@ -41,6 +58,7 @@ impl PerSource {
 
     /// A place for `ip`, or `None` when it holds its maximum already.
     pub fn admit(&self, ip: IpAddr) -> Option<SourceGuard> {
+        let ip = source_key(ip);
         let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(ip).or_insert(0);
         if *n >= self.max {
@@ -58,6 +76,20 @@ impl PerSource {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn ipv6_counts_by_its_64_and_mapped_ipv4_as_ipv4() {
+        let k = |s: &str| source_key(s.parse().unwrap());
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), k("2001:db8:1:2:ffff::9"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("::ffff:10.0.0.1"), k("10.0.0.1"));
+        let p = PerSource::new(1);
+        let _g = p.admit("2001:db8::1".parse().unwrap()).unwrap();
+        assert!(
+            p.admit("2001:db8::2".parse().unwrap()).is_none(),
+            "same /64"
+        );
+    }
 
     #[test]
     fn a_source_holds_at_most_its_places_and_gets_them_back() {

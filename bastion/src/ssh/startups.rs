@@ -141,6 +141,8 @@ impl Startups {
     /// Admits a new connection from `source`, or says why not. `roll` is a
     /// number in 0..100 (random in production) against the early-drop chance.
     pub fn admit(&self, source: IpAddr, roll: u32) -> Result<Admitted, Refused> {
+        // An IPv6 client counts by its /64, as it may hold all of it.
+        let source = crate::limits::source_key(source);
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         if c.per_source.get(&source).copied().unwrap_or(0) >= self.per_source {
             return Err(Refused::PerSource);
