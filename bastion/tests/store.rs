@@ -620,9 +620,30 @@ mod executions {
         assert_eq!(s.unfinished_results().await.unwrap().len(), 149);
 
         let (total, page) = s.history(&project, 1, 0).await.unwrap();
-        assert_eq!((total, page[0].0.id.as_str()), (2, "e2"), "newest first");
+        assert_eq!(
+            (total, page[0].execution.id.as_str()),
+            (2, "e2"),
+            "newest first"
+        );
         let (_, page) = s.history(&project, 5, 1).await.unwrap();
-        assert_eq!((page[0].0.id.as_str(), page[0].1.total()), ("e1", 150));
+        assert_eq!(
+            (page[0].execution.id.as_str(), page[0].counts.total()),
+            ("e1", 150)
+        );
+        assert_eq!(
+            (
+                page[0].execution.command.as_str(),
+                page[0].command_truncated
+            ),
+            ("hostname", false)
+        );
+        // History reads a long command cut short, by characters, in the database.
+        let mut long = exec("e3", &project, &edge, 30);
+        long.command = "é".repeat(5000);
+        s.insert_execution(&long, &[]).await.unwrap();
+        let (_, page) = s.history(&project, 1, 0).await.unwrap();
+        assert_eq!(page[0].execution.command, "é".repeat(4096));
+        assert!(page[0].command_truncated);
         s.finish_execution("e1", 123).await.unwrap();
         let page = s
             .execution_page("e1", 10, 0, usize::MAX)

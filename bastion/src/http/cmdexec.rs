@@ -23,7 +23,7 @@ use super::{ApiError, AppState};
 use crate::authz::Action;
 use crate::clock::rfc3339;
 use crate::cmdexec::{Submission, SubmitError};
-use crate::store::{ExecutionPage, ExecutionRow, ResultRow};
+use crate::store::{ExecutionPage, ExecutionRow, HistoryRow, ResultRow};
 
 fn check_command(req: &ExecuteRequest) -> Result<(), ApiError> {
     if req.command.trim().is_empty() {
@@ -244,21 +244,16 @@ fn view(page: ExecutionPage, limit: i64, offset: i64) -> dto::Execution {
     }
 }
 
-fn summary(e: ExecutionRow, counts: dto::NodeCounts) -> dto::ExecutionSummary {
-    let command_truncated = e.command.chars().nth(dto::HISTORY_COMMAND_CHARS).is_some();
-    let command = if command_truncated {
-        e.command.chars().take(dto::HISTORY_COMMAND_CHARS).collect()
-    } else {
-        e.command.clone()
-    };
+fn summary(h: HistoryRow) -> dto::ExecutionSummary {
+    let (e, counts) = (h.execution, h.counts);
     dto::ExecutionSummary {
-        command_truncated,
-        command,
+        command_truncated: h.command_truncated,
         content_type: content_type(&e),
         target_type: target_type(&e),
         exec_id: e.id,
         project_id: e.project_name,
         edge_id: e.edge_name,
+        command: e.command,
         target: e.target,
         username: e.username,
         created_at: rfc3339(e.created_at),
@@ -364,6 +359,6 @@ pub async fn history(
         total,
         limit,
         offset,
-        executions: rows.into_iter().map(|(e, c)| summary(e, c)).collect(),
+        executions: rows.into_iter().map(summary).collect(),
     }))
 }

@@ -94,6 +94,17 @@ impl ResultUpdate {
     }
 }
 
+/// An execution as history lists it: its command cut to
+/// [`postern_api::cmdexec::HISTORY_COMMAND_CHARS`] characters by the database (a
+/// page of 100 one-megabyte scripts is never read whole), and its nodes counted.
+#[derive(Debug, Clone)]
+pub struct HistoryRow {
+    pub execution: ExecutionRow,
+    /// The command was longer than what `execution.command` holds.
+    pub command_truncated: bool,
+    pub counts: NodeCounts,
+}
+
 /// One page of an execution's nodes, by hostname, with every node counted.
 #[derive(Debug, Clone)]
 pub struct ExecutionPage {
@@ -420,29 +431,40 @@ impl Store {
         project_id: &str,
         limit: i64,
         offset: i64,
-    ) -> Result<(i64, Vec<(ExecutionRow, NodeCounts)>)> {
+    ) -> Result<(i64, Vec<HistoryRow>)> {
         let total: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM executions WHERE project_id = $1")
             .bind(project_id)
             .fetch_one(&self.pool)
             .await?;
+        // The columns of EXEC_COLS, the command cut short in the database, and
+        // whether it was (substr and length count characters on both backends).
+        let n = postern_api::cmdexec::HISTORY_COMMAND_CHARS;
+        let cols = EXEC_COLS.replace("command,", &format!("substr(command, 1, {n}) AS command,"));
         let q = format!(
-            "SELECT {EXEC_COLS} FROM executions WHERE project_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3"
+            "SELECT {cols}, CAST(CASE WHEN length(command) > {n} THEN 1 ELSE 0 END AS BIGINT) \
+             FROM executions WHERE project_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3"
         );
-        let execs = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
             .bind(project_id)
             .bind(limit)
             .bind(offset)
             .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(exec_row)
-            .collect::<Result<Vec<_>>>()?;
-        let ids: Vec<String> = execs.iter().map(|e| e.id.clone()).collect();
+            .await?;
+        let mut execs = Vec::with_capacity(rows.len());
+        for r in rows {
+            let truncated: i64 = r.try_get(15)?;
+            execs.push((exec_row(r)?, truncated != 0));
+        }
+        let ids: Vec<String> = execs.iter().map(|(e, _)| e.id.clone()).collect();
         let counts = self.node_counts(&ids).await?;
         let out = execs
             .into_iter()
             .zip(counts)
-            .map(|(e, (_, c))| (e, c))
+            .map(|((execution, command_truncated), (_, counts))| HistoryRow {
+                execution,
+                command_truncated,
+                counts,
+            })
             .collect();
         Ok((total.0, out))
     }

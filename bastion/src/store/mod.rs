@@ -17,7 +17,7 @@ use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use thiserror::Error;
 
-pub use executions::{ExecutionPage, ExecutionRow, ResultRow, ResultUpdate};
+pub use executions::{ExecutionPage, ExecutionRow, HistoryRow, ResultRow, ResultUpdate};
 pub use nodes::{EnrollOutcome, NewNode, NodeRow};
 pub use ssh_keys::{NewSshKey, NodePlace, SshKeyRow};
 pub use tenancy::{BindingRow, EdgeRow, OrgRow, ProjectRow, UserRow};
