@@ -1039,7 +1039,6 @@ async fn ssh_keys_are_validated_scoped_and_audited() {
 /// audit insert, as a full or broken log would.)
 #[tokio::test]
 async fn unauditable_mutations_and_executions_do_not_happen() {
-    use postern_bastion::store::{EnrollmentTokenRow, NewNode};
     let w = world().await;
     let s = &w.shared.store;
     let edge = s
@@ -1057,35 +1056,12 @@ async fn unauditable_mutations_and_executions_do_not_happen() {
         .await
         .unwrap()
         .unwrap();
-    s.insert_enrollment_token(&EnrollmentTokenRow {
-        id: "tok".into(),
-        edge_id: edge.id.clone(),
-        secret_hash: "h".into(),
-        created_by: None,
-        created_at: 0,
-        expires_at: i64::MAX,
-        max_uses: 1,
-        uses: 0,
-        auto_approve: true,
-        revoked_at: None,
-    })
-    .await
-    .unwrap();
-    s.enroll_node(
-        &NewNode {
-            id: "n1",
-            token_id: "tok",
-            edge_id: &edge.id,
-            hostname: "node-1",
-            agent_version: "0.1.0",
-            auto_approve: true,
-            cert_serial: "01",
-            cert_expires_at: i64::MAX,
-        },
-        1,
-    )
-    .await
-    .unwrap();
+    s.insert_enrollment_token(&common::token_row("tok", &edge.id, 1, i64::MAX))
+        .await
+        .unwrap();
+    s.enroll_node(&common::new_node("n1", "tok", &edge.id, "node-1"), 1)
+        .await
+        .unwrap();
 
     sqlx::query(
         "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'audit log full'); END",

@@ -6,8 +6,7 @@ mod common;
 use postern_api::admin::{NodeState, Role};
 use postern_bastion::audit::{Audit, ChainBreak, Event};
 use postern_bastion::store::{
-    ApiTokenRow, BindingRow, EnrollOutcome, EnrollmentTokenRow, NewNode, NewSshKey, Store,
-    StoreError,
+    ApiTokenRow, BindingRow, EnrollOutcome, NewSshKey, Store, StoreError,
 };
 
 async fn tenancy(s: &Store) -> (String, String, String) {
@@ -15,34 +14,6 @@ async fn tenancy(s: &Store) -> (String, String, String) {
     let p = s.create_project(&org.id, "web", 2).await.unwrap();
     let e = s.create_edge(&p.id, "eu-1", 3).await.unwrap();
     (org.id, p.id, e.id)
-}
-
-fn token_row(id: &str, edge: &str, max_uses: i64, expires_at: i64) -> EnrollmentTokenRow {
-    EnrollmentTokenRow {
-        id: id.into(),
-        edge_id: edge.into(),
-        secret_hash: "h".into(),
-        created_by: None,
-        created_at: 0,
-        expires_at,
-        max_uses,
-        uses: 0,
-        auto_approve: false,
-        revoked_at: None,
-    }
-}
-
-fn new_node<'a>(id: &'a str, token: &'a str, edge: &'a str, host: &'a str) -> NewNode<'a> {
-    NewNode {
-        id,
-        token_id: token,
-        edge_id: edge,
-        hostname: host,
-        agent_version: "0.1.0",
-        auto_approve: false,
-        cert_serial: "01",
-        cert_expires_at: 99,
-    }
 }
 
 async fn names_are_unique_per_scope(s: &Store) {
@@ -139,26 +110,26 @@ async fn api_tokens_revoke(s: &Store) {
 
 async fn enrollment_consumes_uses_atomically(s: &Store) {
     let (_, _, edge) = tenancy(s).await;
-    s.insert_enrollment_token(&token_row("tok", &edge, 2, 1_000))
+    s.insert_enrollment_token(&common::token_row("tok", &edge, 2, 1_000))
         .await
         .unwrap();
     let first = s
-        .enroll_node(&new_node("n1", "tok", &edge, "a"), 10)
+        .enroll_node(&common::new_node("n1", "tok", &edge, "a"), 10)
         .await
         .unwrap();
     assert!(matches!(first, EnrollOutcome::Enrolled(ref n) if n.state == NodeState::Pending));
     // A taken hostname is refused and does not use up the token.
     let dup = s
-        .enroll_node(&new_node("n2", "tok", &edge, "a"), 10)
+        .enroll_node(&common::new_node("n2", "tok", &edge, "a"), 10)
         .await
         .unwrap();
     assert_eq!(dup, EnrollOutcome::HostnameTaken);
     assert_eq!(s.enrollment_token("tok").await.unwrap().unwrap().uses, 1);
-    s.enroll_node(&new_node("n3", "tok", &edge, "b"), 10)
+    s.enroll_node(&common::new_node("n3", "tok", &edge, "b"), 10)
         .await
         .unwrap();
     let used_up = s
-        .enroll_node(&new_node("n4", "tok", &edge, "c"), 10)
+        .enroll_node(&common::new_node("n4", "tok", &edge, "c"), 10)
         .await
         .unwrap();
     assert_eq!(used_up, EnrollOutcome::TokenExhausted);
@@ -168,20 +139,20 @@ async fn enrollment_consumes_uses_atomically(s: &Store) {
 
 async fn expired_and_revoked_tokens_enroll_nothing(s: &Store) {
     let (_, _, edge) = tenancy(s).await;
-    s.insert_enrollment_token(&token_row("old", &edge, 5, 100))
+    s.insert_enrollment_token(&common::token_row("old", &edge, 5, 100))
         .await
         .unwrap();
     let r = s
-        .enroll_node(&new_node("n1", "old", &edge, "a"), 100)
+        .enroll_node(&common::new_node("n1", "old", &edge, "a"), 100)
         .await
         .unwrap();
     assert_eq!(r, EnrollOutcome::TokenExhausted);
-    s.insert_enrollment_token(&token_row("rev", &edge, 5, 1_000))
+    s.insert_enrollment_token(&common::token_row("rev", &edge, 5, 1_000))
         .await
         .unwrap();
     s.revoke_enrollment_token("rev", 1).await.unwrap();
     let r = s
-        .enroll_node(&new_node("n2", "rev", &edge, "b"), 10)
+        .enroll_node(&common::new_node("n2", "rev", &edge, "b"), 10)
         .await
         .unwrap();
     assert_eq!(r, EnrollOutcome::TokenExhausted);
@@ -190,10 +161,10 @@ async fn expired_and_revoked_tokens_enroll_nothing(s: &Store) {
 
 async fn node_lifecycle(s: &Store) {
     let (_, _, edge) = tenancy(s).await;
-    s.insert_enrollment_token(&token_row("tok", &edge, 5, 1_000))
+    s.insert_enrollment_token(&common::token_row("tok", &edge, 5, 1_000))
         .await
         .unwrap();
-    s.enroll_node(&new_node("n1", "tok", &edge, "a"), 10)
+    s.enroll_node(&common::new_node("n1", "tok", &edge, "a"), 10)
         .await
         .unwrap();
     assert!(
@@ -224,13 +195,13 @@ async fn node_lifecycle(s: &Store) {
 
 async fn touch_many_nodes_in_batches(s: &Store) {
     let (_, _, edge) = tenancy(s).await;
-    s.insert_enrollment_token(&token_row("tok", &edge, 2_000, 1_000))
+    s.insert_enrollment_token(&common::token_row("tok", &edge, 2_000, 1_000))
         .await
         .unwrap();
     let ids: Vec<String> = (0..1_200).map(|i| format!("n{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
         let host = format!("h{i}");
-        s.enroll_node(&new_node(id, "tok", &edge, &host), 10)
+        s.enroll_node(&common::new_node(id, "tok", &edge, &host), 10)
             .await
             .unwrap();
     }
@@ -405,10 +376,10 @@ async fn ssh_keys_are_unique_per_user_bounded_and_found_for_their_user(s: &Store
     );
 
     // Nodes by hostname, within the org only.
-    s.insert_enrollment_token(&token_row("tok", &edge, 5, 1_000))
+    s.insert_enrollment_token(&common::token_row("tok", &edge, 5, 1_000))
         .await
         .unwrap();
-    s.enroll_node(&new_node("n1", "tok", &edge, "db-1"), 10)
+    s.enroll_node(&common::new_node("n1", "tok", &edge, "db-1"), 10)
         .await
         .unwrap();
     let places = s.nodes_named(&org, "db-1").await.unwrap();
@@ -453,7 +424,7 @@ async fn racing_writers_wait_their_turn_and_limits_hold(s: &Store) {
             });
         }
     }
-    s.insert_enrollment_token(&token_row("tok", &edge, 5, 1_000))
+    s.insert_enrollment_token(&common::token_row("tok", &edge, 5, 1_000))
         .await
         .unwrap();
     let hosts: Vec<(String, String)> = (0..10)
@@ -461,7 +432,10 @@ async fn racing_writers_wait_their_turn_and_limits_hold(s: &Store) {
         .collect();
     let enrolls = hosts.iter().map(|(id, host)| {
         let edge = &edge;
-        async move { s.enroll_node(&new_node(id, "tok", edge, host), 10).await }
+        async move {
+            s.enroll_node(&common::new_node(id, "tok", edge, host), 10)
+                .await
+        }
     });
     let bindings = users.iter().map(|u| {
         let b = BindingRow {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use postern_bastion::pki::Pki;
 use postern_bastion::secrets::MasterKey;
 use postern_bastion::state::{Settings, Shared};
-use postern_bastion::store::Store;
+use postern_bastion::store::{EnrollmentTokenRow, NewNode, Store};
 use tokio_util::sync::CancellationToken;
 
 /// The PostgreSQL server every test machine and CI has (trust auth, database `test`).
@@ -84,6 +84,36 @@ pub async fn shared(store: Store) -> Arc<Shared> {
         .await
         .unwrap();
     Shared::new(store, pki, Settings::default(), CancellationToken::new())
+}
+
+/// An enrollment token row for `edge`, not auto-approving.
+pub fn token_row(id: &str, edge: &str, max_uses: i64, expires_at: i64) -> EnrollmentTokenRow {
+    EnrollmentTokenRow {
+        id: id.into(),
+        edge_id: edge.into(),
+        secret_hash: "h".into(),
+        created_by: None,
+        created_at: 0,
+        expires_at,
+        max_uses,
+        uses: 0,
+        auto_approve: false,
+        revoked_at: None,
+    }
+}
+
+/// A node enrolled with `token` into `edge`, not auto-approved.
+pub fn new_node<'a>(id: &'a str, token: &'a str, edge: &'a str, host: &'a str) -> NewNode<'a> {
+    NewNode {
+        id,
+        token_id: token,
+        edge_id: edge,
+        hostname: host,
+        agent_version: "0.1.0",
+        auto_approve: false,
+        cert_serial: "01",
+        cert_expires_at: 99,
+    }
 }
 
 /// Runs a store test on SQLite and on PostgreSQL.
