@@ -78,6 +78,18 @@ pub fn psql(url: &str, sql: &str) {
     );
 }
 
+/// Logs for the benchmark binaries: errors only, on stderr (stdout carries their
+/// JSON reports), unless `POSTERN_LOG` says otherwise.
+pub fn init_bench_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

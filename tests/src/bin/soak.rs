@@ -24,13 +24,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    postern_tests::init_bench_logs();
     let a = Args::parse();
     let report = run(&SoakOpts {
         duration: Duration::from_secs(a.minutes * 60),

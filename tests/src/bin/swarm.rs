@@ -31,13 +31,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    postern_tests::init_bench_logs();
     let args = Args::parse();
     if let Some(hosts) = args.ansible_hosts {
         let r = postern_tests::ansible::baseline(hosts, args.fanout_runs.clamp(1, 3));
