@@ -75,6 +75,44 @@ mod tests {
     }
 
     #[test]
+    fn every_delay_stays_within_its_ceiling() {
+        let mut b = Backoff::new(Duration::from_millis(50), Duration::from_millis(800));
+        let mut below_half = 0;
+        for _ in 0..400 {
+            let ceiling = b.ceiling();
+            let d = b.next_delay();
+            assert!(d <= ceiling, "{d:?} is above the ceiling {ceiling:?}");
+            if d < ceiling / 2 {
+                below_half += 1;
+            }
+        }
+        // Full jitter: about half of the delays fall in the lower half. A delay
+        // pinned to the ceiling (no jitter) would give none.
+        assert!(
+            below_half > 100,
+            "only {below_half} of 400 delays in the lower half"
+        );
+    }
+
+    /// After a long-lived channel drops, the first retry is quick (at most the
+    /// base) yet spread, so the agents of a dead replica do not return together.
+    #[test]
+    fn the_first_retry_after_a_reset_is_short_and_spread() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..100 {
+            let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+            for _ in 0..5 {
+                b.next_delay();
+            }
+            b.reset();
+            let d = b.next_delay();
+            assert!(d <= Duration::from_millis(500), "{d:?}");
+            seen.insert(d.as_millis());
+        }
+        assert!(seen.len() > 20, "only {} distinct first delays", seen.len());
+    }
+
+    #[test]
     fn huge_attempt_counts_do_not_overflow() {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         for _ in 0..100 {

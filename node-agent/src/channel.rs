@@ -1,7 +1,8 @@
 //! The agent's side of the channel: dial out, TLS 1.3 with our certificate, then
 //! *serve* HTTP/2 on the connection we opened so the bastion can call us. When the
 //! connection ends for any reason, come back by ourselves after a fully jittered
-//! backoff; never give up.
+//! backoff; never give up. With several bastion replicas, each new attempt goes
+//! to the next one in turn, so a dead replica costs one backoff, not an outage.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -96,6 +97,41 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The bastion replicas an agent dials, and which one is next. After every
+/// session, however it ended, the agent moves on in round robin: a replica
+/// that closed the channel is likely going away, and the others are as good.
+#[derive(Debug, Clone)]
+pub struct Controllers {
+    list: Vec<Controller>,
+    next: usize,
+}
+
+impl Controllers {
+    /// `None` for an empty list: there would be nothing to dial.
+    pub fn new(list: Vec<Controller>) -> Option<Controllers> {
+        (!list.is_empty()).then_some(Controllers { list, next: 0 })
+    }
+
+    pub fn current(&self) -> &Controller {
+        // `next` is always < len, which `new` makes non-zero.
+        &self.list[self.next]
+    }
+
+    /// Moves to the next replica (wrapping) and returns it.
+    pub fn advance(&mut self) -> &Controller {
+        self.next = (self.next + 1) % self.list.len();
+        self.current()
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Agent {
     pub identity: Arc<Identity>,
@@ -156,18 +192,25 @@ impl Agent {
 
     async fn keep_channel(&self, shutdown: &CancellationToken) {
         let shutdown = shutdown.clone();
-        let controller = match Controller::parse(&self.identity.meta.controller) {
-            Ok(c) => c,
+        let list = match self.identity.meta.controllers() {
+            Ok(list) => list,
             Err(e) => {
                 tracing::error!(error = %e, "stored controller URL is invalid; re-enroll this node");
                 return;
             }
         };
+        let Some(mut controllers) = Controllers::new(list) else {
+            tracing::error!("no controller URL is stored; re-enroll this node");
+            return;
+        };
         let mut backoff = Backoff::new(self.options.backoff_base, self.options.backoff_cap);
         loop {
+            let controller = controllers.current().clone();
             let started = Instant::now();
             match self.session(&controller, &shutdown).await {
-                Ok(()) => tracing::info!("channel to the bastion closed"),
+                Ok(()) => {
+                    tracing::info!(controller = %controller.url, "channel to the bastion closed")
+                }
                 Err(e) => {
                     self.status.failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(controller = %controller.url, error = %e, "channel to the bastion failed");
@@ -176,11 +219,19 @@ impl Agent {
             if shutdown.is_cancelled() {
                 return;
             }
+            // After a long-lived session the first retry is quick, but still
+            // uniform in [0, base]: every agent of a replica that just died
+            // lands here at the same instant.
             if started.elapsed() >= self.options.stable_after {
                 backoff.reset();
             }
             let delay = backoff.next_delay();
-            tracing::debug!(?delay, "reconnecting after backoff");
+            if controllers.len() > 1 {
+                let next = controllers.advance();
+                tracing::info!(from = %controller.url, to = %next.url, ?delay, "moving to the next bastion replica");
+            } else {
+                tracing::debug!(?delay, "reconnecting after backoff");
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
@@ -245,5 +296,40 @@ impl Agent {
         };
         self.status.mark_down();
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn controllers(urls: &str) -> Controllers {
+        Controllers::new(Controller::parse_list(urls).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn replicas_are_tried_in_round_robin_from_the_first() {
+        let mut c = controllers("https://a:1,https://b:2,https://c:3");
+        let mut order = vec![c.current().host.clone()];
+        for _ in 0..6 {
+            order.push(c.advance().host.clone());
+        }
+        assert_eq!(order, ["a", "b", "c", "a", "b", "c", "a"]);
+        assert_eq!(c.current().host, "a", "advance returns the new current");
+    }
+
+    #[test]
+    fn one_replica_is_always_the_current_one() {
+        let mut c = controllers("https://only:8443");
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.advance().host, "only");
+        assert_eq!(c.advance().host, "only");
+        assert_eq!(c.current().port, 8443);
+    }
+
+    #[test]
+    fn an_empty_list_has_nothing_to_dial() {
+        assert!(Controllers::new(Vec::new()).is_none());
     }
 }

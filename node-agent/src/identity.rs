@@ -1,4 +1,4 @@
-//! The agent's identity: node id, hostname, the bastion's URL and CA, and the key
+//! The agent's identity: node id, hostname, the bastion's URLs and CA, and the key
 //! and certificate it presents. Kept in the data directory (0700, files 0600) so a
 //! restarted agent reconnects without enrolling again; swapped in place when the
 //! bastion rotates the certificate.
@@ -10,6 +10,7 @@ use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::enroll::Controller;
 use crate::fsutil::{private_dir, sync_dir, write_private};
 
 /// The key and certificate being installed, both in one file: written (atomically)
@@ -51,8 +52,17 @@ pub enum IdentityError {
 pub struct Meta {
     pub node_id: String,
     pub hostname: String,
+    /// The bastion replicas, comma-separated: one string rather than a list so
+    /// files written before failover existed (a single URL) still load.
     pub controller: String,
     pub ca_hash: String,
+}
+
+impl Meta {
+    /// The bastion replicas to dial, in order.
+    pub fn controllers(&self) -> Result<Vec<Controller>, String> {
+        Controller::parse_list(&self.controller)
+    }
 }
 
 #[derive(Clone)]
@@ -275,13 +285,69 @@ mod tests {
     }
 
     fn identity(dir: &Path, ca: &Ca, c: Credentials) -> Arc<Identity> {
+        identity_with(dir, ca, c, "https://127.0.0.1:1")
+    }
+
+    fn identity_with(dir: &Path, ca: &Ca, c: Credentials, controller: &str) -> Arc<Identity> {
         let meta = Meta {
             node_id: "n".into(),
             hostname: "h".into(),
-            controller: "https://127.0.0.1:1".into(),
+            controller: controller.into(),
             ca_hash: "sha256:x".into(),
         };
         Identity::new(meta, ca.pem.clone(), c, Some(dir.to_path_buf()))
+    }
+
+    fn urls(meta: &Meta) -> Vec<String> {
+        meta.controllers()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.url)
+            .collect()
+    }
+
+    #[test]
+    fn several_controllers_survive_a_save_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca();
+        let list =
+            Controller::parse_list("https://a.example:8443, https://b.example:8443/").unwrap();
+        identity_with(dir.path(), &ca, creds(&ca), &Controller::format_list(&list))
+            .save()
+            .unwrap();
+        let loaded = Identity::load(dir.path()).unwrap();
+        assert_eq!(
+            loaded.meta.controller,
+            "https://a.example:8443,https://b.example:8443"
+        );
+        assert_eq!(
+            urls(&loaded.meta),
+            ["https://a.example:8443", "https://b.example:8443"]
+        );
+    }
+
+    /// An `agent.json` written before failover existed, byte for byte in its
+    /// old shape, loads as a list of one.
+    #[test]
+    fn an_old_single_url_identity_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca();
+        identity(dir.path(), &ca, creds(&ca)).save().unwrap();
+        let old = r#"{
+  "node_id": "n-old",
+  "hostname": "h",
+  "controller": "https://bastion.example.com:8443",
+  "ca_hash": "sha256:x"
+}"#;
+        std::fs::write(dir.path().join("agent.json"), old).unwrap();
+        let loaded = Identity::load(dir.path()).unwrap();
+        assert_eq!(loaded.meta.node_id, "n-old");
+        assert_eq!(urls(&loaded.meta), ["https://bastion.example.com:8443"]);
+        let only = &loaded.meta.controllers().unwrap()[0];
+        assert_eq!(
+            (only.host.as_str(), only.port),
+            ("bastion.example.com", 8443)
+        );
     }
 
     /// A crash between replacing the key and replacing the certificate (a

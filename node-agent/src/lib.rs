@@ -1,6 +1,7 @@
 //! The Postern node agent as a library: enroll with a bastion, keep the outbound
-//! mTLS channel (reconnecting with capped, fully jittered backoff), and serve the
-//! bastion's calls over the reversed HTTP/2 connection.
+//! mTLS channel (reconnecting with capped, fully jittered backoff, in turn to each
+//! bastion replica it was given), and serve the bastion's calls over the reversed
+//! HTTP/2 connection.
 //!
 //! Many agents can run in one process (the benchmark swarm does), so nothing here
 //! is global: each agent is an [`Identity`] plus a [`channel::Agent`].

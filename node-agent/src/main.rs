@@ -28,7 +28,10 @@ struct Cli {
 enum Cmd {
     /// Enroll this node with a bastion and exit.
     Join {
-        /// The bastion's agent URL, e.g. https://bastion.example.com:8443
+        /// The bastion's agent URL, e.g. https://bastion.example.com:8443. Several
+        /// replicas may be given comma-separated (https://a:8443,https://b:8443, at
+        /// most 16): joining tries them in order, and the channel fails over between
+        /// them in turn.
         #[arg(long)]
         controller: String,
         /// The enrollment token (pet_…).
