@@ -12,6 +12,16 @@ pub const ENROLL_PATH: &str = "/agent/v1/enroll";
 /// Largest enrollment request (a CSR and a few fields).
 pub const ENROLL_MAX_BODY: usize = 16 * 1024;
 
+/// HTTP/2 flow-control windows of the agent channel (and of replica peering,
+/// which carries the same streams). A stream's window is enough for a
+/// relayed SSH stream at full speed; the connection's is many times larger, so a
+/// few stalled streams (an SSH client that stops reading) cannot use up the whole
+/// channel and block cmdexec or other sessions to the node. Credit costs nothing
+/// until data is actually in flight.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+pub const MAX_FRAME: u32 = 256 * 1024;
+
 /// Agent routes, served by the agent and called by the bastion.
 pub mod routes {
     pub const HEALTH: &str = "/v1/health";

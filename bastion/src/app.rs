@@ -32,6 +32,8 @@ pub struct Config {
     pub tls_names: Vec<String>,
     pub node_cert_ttl: Duration,
     pub settings: Settings,
+    /// One replica of several on PostgreSQL (`--replica-name`, `--peer-addr`).
+    pub replica: Option<crate::replicas::ReplicaConfig>,
 }
 
 #[derive(Debug, Error)]
@@ -48,6 +50,13 @@ pub enum StartError {
     Pki(#[from] PkiError),
     #[error(transparent)]
     HostKey(#[from] crate::ssh::HostKeyError),
+    #[error(transparent)]
+    Replica(#[from] crate::replicas::ReplicaError),
+    #[error(
+        "another bastion is running on the data directory {0}: SQLite belongs to one process; \
+         for several replicas use PostgreSQL (--database-url postgres://… with --replica-name and --peer-addr)"
+    )]
+    DataDirInUse(String),
     #[error("cannot listen on {addr} ({what}): {source} (is another process using the port?)")]
     Bind {
         what: &'static str,
@@ -63,6 +72,9 @@ pub struct Bastion {
     agent: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     ssh: Option<(TcpListener, Arc<russh::server::Config>)>,
+    peer: Option<TcpListener>,
+    /// Held while running on SQLite: one process per data directory.
+    _lock: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for Bastion {
@@ -87,9 +99,21 @@ impl Bastion {
         } else {
             MasterKey::load(&cfg.master_key_file)?
         };
-        let store = match &cfg.database_url {
-            Some(url) => Store::open(url).await?,
-            None => Store::open_sqlite(&cfg.data_dir).await?,
+        let (store, lock) = match &cfg.database_url {
+            Some(url) if url.starts_with("sqlite:") => {
+                if cfg.replica.is_some() {
+                    return Err(crate::replicas::ReplicaError::NeedsPostgres.into());
+                }
+                (Store::open(url).await?, None)
+            }
+            Some(url) => (Store::open(url).await?, None),
+            None => {
+                if cfg.replica.is_some() {
+                    return Err(crate::replicas::ReplicaError::NeedsPostgres.into());
+                }
+                let lock = lock_data_dir(&cfg.data_dir)?;
+                (Store::open_sqlite(&cfg.data_dir).await?, Some(lock))
+            }
         };
         let pki = Pki::load_or_create(&store, &master, cfg.node_cert_ttl).await?;
 
@@ -109,7 +133,8 @@ impl Bastion {
             })?;
         let ssh = match cfg.ssh_addr {
             Some(addr) => {
-                let host_key = crate::ssh::load_or_create_host_key(&cfg.data_dir)?;
+                let host_key =
+                    crate::ssh::load_or_create_host_key(&store, &master, &cfg.data_dir).await?;
                 let listener =
                     TcpListener::bind(addr)
                         .await
@@ -150,13 +175,31 @@ impl Bastion {
         }
         names.dedup();
         let tls = agents::server_config(&pki, &names)?;
-        let shared = Shared::new(store, pki, settings, shutdown);
+        let (replicas, peer) = match &cfg.replica {
+            Some(rc) => {
+                let peer =
+                    TcpListener::bind(rc.peer_addr)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            what: "peer port",
+                            addr: rc.peer_addr,
+                            source,
+                        })?;
+                let queue = settings.max_agent_connections.saturating_mul(2);
+                let r = crate::replicas::Replicas::join(&store, &pki, rc, queue).await?;
+                (Some(r), Some(peer))
+            }
+            None => (None, None),
+        };
+        let shared = Shared::with_replicas(store, pki, settings, shutdown, replicas);
         Ok(Bastion {
             shared,
             api,
             agent,
             tls,
             ssh,
+            peer,
+            _lock: lock,
         })
     }
 
@@ -172,6 +215,10 @@ impl Bastion {
         self.agent.local_addr().ok()
     }
 
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     pub fn ssh_addr(&self) -> Option<SocketAddr> {
         self.ssh.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
@@ -184,7 +231,18 @@ impl Bastion {
             agent,
             tls,
             ssh,
+            peer,
+            _lock,
         } = self;
+        if let Some(peer) = peer {
+            shared
+                .tasks
+                .spawn(crate::replicas::peers::serve(peer, shared.clone()));
+        }
+        crate::replicas::Replicas::start(&shared);
+        shared
+            .tasks
+            .spawn(shared.cmdexec.clone().run_leases(shared.clone()));
         if let Some((listener, config)) = ssh {
             shared
                 .tasks
@@ -213,15 +271,20 @@ impl Bastion {
             } => Ok(()),
         };
         shared.shutdown.cancel();
-        let drained = shared.registry.drain();
-        tracing::info!(agents = drained.len(), "draining agent channels");
-        drop(drained);
+        let drained = shared.fleet.drain();
+        tracing::info!(agents = drained, "draining agent channels");
         shared.tasks.close();
         if tokio::time::timeout(Duration::from_secs(10), shared.tasks.wait())
             .await
             .is_err()
         {
             tracing::warn!("some tasks did not stop within 10s");
+        }
+        if let Some(r) = shared.fleet.replicas() {
+            // After the tasks: nothing of ours runs any more when the others
+            // take our executions.
+            r.peers.close();
+            r.leave().await;
         }
         shared.store.close().await;
         result
@@ -237,9 +300,30 @@ async fn flush_last_seen(shared: Arc<Shared>) {
             _ = shared.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let ids = shared.registry.node_ids();
+        let ids = shared.fleet.local_node_ids();
         if let Err(e) = shared.store.touch_nodes(&ids, crate::clock::now_ms()).await {
             tracing::warn!(error = %e, "could not record last-seen times");
+        }
+    }
+}
+
+/// Takes the data directory's lock file: two bastions on one SQLite file would
+/// each believe they hold every channel and lease.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    let path = dir.join("bastion.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StartError::DataDir(path.display().to_string(), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(StartError::DataDirInUse(dir.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StartError::DataDir(path.display().to_string(), e))
         }
     }
 }

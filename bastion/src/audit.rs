@@ -211,6 +211,54 @@ fn read_row(r: sqlx::any::AnyRow) -> Result<Row_, sqlx::Error> {
     })
 }
 
+/// The advisory lock that orders audit writers on PostgreSQL ("postern audit").
+const AUDIT_LOCK_KEY: i64 = 0x706f_7374_6175_6474;
+
+fn new_row(ev: &Event, prev_seq: i64, prev_hash: String) -> Row_ {
+    let mut row = Row_ {
+        seq: prev_seq + 1,
+        id: crate::store::new_id(),
+        at: now_ms(),
+        org_id: ev.org_id.clone(),
+        action: ev.action.clone(),
+        outcome: ev.outcome.clone(),
+        actor: ev.actor.clone(),
+        source_ip: ev.source_ip.clone(),
+        project: ev.project.clone(),
+        targets: serde_json::to_string(&ev.targets).unwrap_or_else(|_| "[]".into()),
+        exec_id: ev.exec_id.clone(),
+        detail: ev.detail.to_string(),
+        prev_hash,
+        hash: String::new(),
+    };
+    row.hash = digest(&row);
+    row
+}
+
+fn insert(row: &Row_) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
+    static Q: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let q = Q.get_or_init(|| {
+        format!(
+            "INSERT INTO audit_log ({COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
+        )
+    });
+    sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+        .bind(row.seq)
+        .bind(&row.id)
+        .bind(row.at)
+        .bind(&row.org_id)
+        .bind(&row.action)
+        .bind(&row.outcome)
+        .bind(&row.actor)
+        .bind(&row.source_ip)
+        .bind(&row.project)
+        .bind(&row.targets)
+        .bind(&row.exec_id)
+        .bind(&row.detail)
+        .bind(&row.prev_hash)
+        .bind(&row.hash)
+}
+
 impl Audit {
     pub fn new(store: Store) -> Audit {
         Audit {
@@ -224,55 +272,26 @@ impl Audit {
     pub async fn record(&self, ev: Event) -> Result<i64, AuditError> {
         let ev = ev.bounded();
         let mut head = self.head.lock().await;
+        if self.store.backend() == crate::store::Backend::Postgres {
+            // Replicas append to one chain: a transaction-scoped advisory lock
+            // orders writers across processes, and the head is read under it.
+            *head = None;
+            return self.record_locked(&ev).await;
+        }
         for _attempt in 0..5 {
             let (prev_seq, prev_hash) = match head.as_ref() {
                 Some(h) => h.clone(),
                 None => self.load_head().await?,
             };
-            let mut row = Row_ {
-                seq: prev_seq + 1,
-                id: crate::store::new_id(),
-                at: now_ms(),
-                org_id: ev.org_id.clone(),
-                action: ev.action.clone(),
-                outcome: ev.outcome.clone(),
-                actor: ev.actor.clone(),
-                source_ip: ev.source_ip.clone(),
-                project: ev.project.clone(),
-                targets: serde_json::to_string(&ev.targets).unwrap_or_else(|_| "[]".into()),
-                exec_id: ev.exec_id.clone(),
-                detail: ev.detail.to_string(),
-                prev_hash,
-                hash: String::new(),
-            };
-            row.hash = digest(&row);
-            let q = format!(
-                "INSERT INTO audit_log ({COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
-            );
-            let res = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
-                .bind(row.seq)
-                .bind(&row.id)
-                .bind(row.at)
-                .bind(&row.org_id)
-                .bind(&row.action)
-                .bind(&row.outcome)
-                .bind(&row.actor)
-                .bind(&row.source_ip)
-                .bind(&row.project)
-                .bind(&row.targets)
-                .bind(&row.exec_id)
-                .bind(&row.detail)
-                .bind(&row.prev_hash)
-                .bind(&row.hash)
-                .execute(self.store.pool())
-                .await;
+            let row = new_row(&ev, prev_seq, prev_hash);
+            let res = insert(&row).execute(self.store.pool()).await;
             match res {
                 Ok(_) => {
                     *head = Some((row.seq, row.hash));
                     return Ok(row.seq);
                 }
                 Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                    // Another replica appended first: reload the head and retry.
+                    // Another writer on the file appended first: reload the head.
                     *head = None;
                 }
                 Err(e) => {
@@ -282,6 +301,23 @@ impl Audit {
             }
         }
         Err(AuditError::Contended(5))
+    }
+
+    async fn record_locked(&self, ev: &Event) -> Result<i64, AuditError> {
+        let mut tx = self.store.pool().begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(AUDIT_LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
+        let prev: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (prev_seq, prev_hash) = prev.unwrap_or((0, GENESIS.to_string()));
+        let row = new_row(ev, prev_seq, prev_hash);
+        insert(&row).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(row.seq)
     }
 
     async fn load_head(&self) -> Result<(i64, String), AuditError> {

@@ -2,6 +2,7 @@
 //! agent port and the REST API, composed by [`app::Bastion`]. `main.rs` only parses
 //! flags, so tests drive all of this in process.
 
+pub mod access;
 pub mod agents;
 pub mod app;
 pub mod audit;
@@ -14,6 +15,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod pki;
+pub mod replicas;
 pub mod secrets;
 pub mod ssh;
 pub mod state;

@@ -91,6 +91,19 @@ struct ServeArgs {
     /// Extra DNS names or IPs for the agent port's certificate (repeatable).
     #[arg(long = "tls-name")]
     tls_names: Vec<String>,
+    /// Run as one replica of several sharing the PostgreSQL of --database-url:
+    /// this replica's name, unique in the deployment (e.g. its host name).
+    /// Replicas share the master key file; none is special.
+    #[arg(long, requires = "peer_addr", env = "POSTERN_REPLICA_NAME")]
+    replica_name: Option<String>,
+    /// Where this replica listens for the other replicas (mutual TLS with
+    /// certificates from the deployment's CA). Keep it on a private network.
+    #[arg(long, requires = "replica_name")]
+    peer_addr: Option<SocketAddr>,
+    /// The address the other replicas dial to reach this one, when it is not
+    /// --peer-addr (e.g. 0.0.0.0:8444 behind NAT): host:port.
+    #[arg(long, requires = "peer_addr")]
+    peer_advertise: Option<String>,
     #[command(flatten)]
     tuning: Tuning,
 }
@@ -236,6 +249,14 @@ async fn main() -> anyhow::Result<()> {
                 tls_names: a.tls_names,
                 node_cert_ttl: a.tuning.node_cert_ttl,
                 settings: settings(&a.tuning, a.agent_public_url),
+                replica: match (a.replica_name, a.peer_addr) {
+                    (Some(name), Some(peer_addr)) => Some(postern_bastion::replicas::ReplicaConfig {
+                        name,
+                        peer_addr,
+                        peer_advertise: a.peer_advertise,
+                    }),
+                    _ => None,
+                },
             };
             serve(cfg).await
         }
@@ -251,6 +272,7 @@ async fn main() -> anyhow::Result<()> {
                 tls_names: vec![],
                 node_cert_ttl: a.tuning.node_cert_ttl,
                 settings: settings(&a.tuning, None),
+                replica: None,
             };
             run_dev(cfg).await
         }
@@ -335,6 +357,7 @@ fn log_addresses(b: &Bastion) {
         api = ?b.api_addr(),
         agents = ?b.agent_addr(),
         ssh = ?b.ssh_addr(),
+        peers = ?b.peer_addr(),
         ca_hash = %b.shared().pki.ca_hash(),
         "bastion listening"
     );

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub ssh_denied: AtomicU64,
     pub ssh_auth_failures: AtomicU64,
     pub ssh_rejected_full: AtomicU64,
+    pub peer_refused: AtomicU64,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -32,7 +33,8 @@ pub fn inc(c: &AtomicU64) {
 impl Metrics {
     /// `tasks`: the bastion's live tasks (connections, relays, dispatches…), so a
     /// leak shows as a count that only grows.
-    pub fn render(&self, agents_connected: usize, tasks: usize) -> String {
+    pub fn render(&self, fleet: &crate::agents::Fleet, tasks: usize) -> String {
+        let agents_connected = fleet.local_count();
         let mut out = String::new();
         let mut gauge = |name: &str, help: &str, v: u64, kind: &str| {
             let _ = writeln!(
@@ -52,7 +54,50 @@ impl Metrics {
             tasks as u64,
             "gauge",
         );
-        let counters: [(&str, &str, &AtomicU64); 17] = [
+        if let Some(r) = fleet.replicas() {
+            gauge(
+                "postern_replica_peers_live",
+                "Other replicas whose heartbeat is within the lease.",
+                r.live_peers().len() as u64,
+                "gauge",
+            );
+            gauge(
+                "postern_replica_remote_agents",
+                "Agents held by other replicas, as this replica sees them.",
+                r.remote_count() as u64,
+                "gauge",
+            );
+            gauge(
+                "postern_peer_connections_out",
+                "Peer connections this replica dialled that are up.",
+                r.peers.connections_out.load(Ordering::Relaxed),
+                "gauge",
+            );
+            gauge(
+                "postern_peer_connections_in",
+                "Peer connections other replicas dialled to this one that are up.",
+                r.peers.connections_in.load(Ordering::Relaxed),
+                "gauge",
+            );
+            gauge(
+                "postern_routed_calls_out_total",
+                "Agent calls this replica sent through a peer.",
+                r.routed_out.load(Ordering::Relaxed),
+                "counter",
+            );
+            gauge(
+                "postern_routed_calls_in_total",
+                "Agent calls peers sent through this replica to its agents.",
+                r.routed_in.load(Ordering::Relaxed),
+                "counter",
+            );
+        }
+        let counters: [(&str, &str, &AtomicU64); 18] = [
+            (
+                "postern_peer_refused_total",
+                "Connections on the peer port refused (handshake failed, not a replica's certificate, wrong protocol).",
+                &self.peer_refused,
+            ),
             (
                 "postern_enrollments_rejected_total",
                 "Enrollments refused (503) because the enrollment pool was full.",

@@ -151,7 +151,7 @@ impl Pki {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, node_id);
-        dn.push(DnType::OrganizationName, "postern node");
+        dn.push(DnType::OrganizationName, NODE_ORG);
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -172,6 +172,36 @@ impl Pki {
             not_after_ms: i64::try_from(not_after.unix_timestamp_nanos() / 1_000_000)
                 .unwrap_or(i64::MAX),
         })
+    }
+
+    /// A certificate naming replica `name`, for both ends of peering (server and
+    /// client). Made at every start, so it is never older than the process.
+    pub fn replica_cert(
+        &self,
+        name: &str,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationName, REPLICA_ORG);
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::DnsName(replica_dns_name(name).try_into()?)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.serial_number = Some(new_serial()?.0);
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + time::Duration::days(365);
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let chain = vec![cert.der().clone(), self.ca_der.clone()];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((chain, key))
     }
 
     /// A fresh server certificate for the agent port, for the given DNS names and IPs.
@@ -242,18 +272,49 @@ pub fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
         .map_err(|e| PkiError::BadCert(e.to_string()))
 }
 
+/// The organization of node certificates; a certificate without it is never a node's.
+pub const NODE_ORG: &str = "postern node";
+/// The organization of replica certificates; a certificate without it is never a peer's.
+pub const REPLICA_ORG: &str = "postern replica";
+
+/// The CN of a certificate of our CA whose organization is `org` exactly.
+fn subject_of(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    org: &str,
+) -> Result<String, PkiError> {
+    let orgs: Vec<_> = cert.subject().iter_organization().collect();
+    if orgs.len() != 1 || orgs[0].as_str().ok() != Some(org) {
+        return Err(PkiError::BadCert(format!("not a {org} certificate")));
+    }
+    let cns: Vec<_> = cert.subject().iter_common_name().collect();
+    match cns.as_slice() {
+        [cn] => cn
+            .as_str()
+            .map(str::to_string)
+            .map_err(|_| PkiError::BadCert("unreadable common name".into())),
+        _ => Err(PkiError::BadCert("not exactly one common name".into())),
+    }
+}
+
+/// The replica a peer certificate (already verified against the CA by rustls)
+/// names; a node certificate is refused.
+pub fn replica_name_of(der: &[u8]) -> Result<String, PkiError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::BadCert(e.to_string()))?;
+    subject_of(&cert, REPLICA_ORG)
+}
+
+/// The DNS name a replica's certificate carries, which its peers dial it by.
+pub fn replica_dns_name(name: &str) -> String {
+    format!("{name}.replica.postern.internal")
+}
+
 /// Reads the node id, serial and validity from a node certificate (already
-/// verified against the CA by rustls).
+/// verified against the CA by rustls); a replica's certificate is refused.
 pub fn node_cert_info(der: &[u8]) -> Result<NodeCertInfo, PkiError> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::BadCert(e.to_string()))?;
-    let node_id = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .ok_or_else(|| PkiError::BadCert("no common name".into()))?
-        .to_string();
+    let node_id = subject_of(&cert, NODE_ORG)?;
     Ok(NodeCertInfo {
         node_id,
         serial: hex::encode(cert.raw_serial()),
@@ -277,5 +338,30 @@ mod tests {
         };
         assert!(!c.rotation_due(issued + 5_999));
         assert!(c.rotation_due(issued + 6_000));
+    }
+
+    /// A node certificate never passes as a peer's, nor a replica's as a node's:
+    /// both come from the one CA, so the organization alone tells them apart.
+    #[test]
+    fn node_and_replica_certificates_are_not_interchangeable() {
+        #![allow(clippy::unwrap_used)]
+        let pki = Pki::in_memory(Duration::from_secs(3600)).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let csr = CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let node = pem_to_der(&pki.sign_node_csr(&csr, "node-1").unwrap().cert_pem).unwrap();
+        let (replica, _) = pki.replica_cert("r1").unwrap();
+        let (server, _) = pki.server_cert(&["localhost".into()]).unwrap();
+
+        assert_eq!(node_cert_info(&node).unwrap().node_id, "node-1");
+        assert_eq!(replica_name_of(&replica[0]).unwrap(), "r1");
+        assert!(node_cert_info(&replica[0]).is_err());
+        assert!(replica_name_of(&node).is_err());
+        assert!(replica_name_of(&server[0]).is_err());
+        assert!(node_cert_info(&server[0]).is_err());
     }
 }

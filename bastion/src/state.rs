@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::agents::Registry;
+use crate::agents::Fleet;
 use crate::audit::Audit;
 use crate::metrics::Metrics;
 use crate::pki::Pki;
@@ -85,7 +85,10 @@ pub struct Shared {
     pub store: Store,
     pub audit: Audit,
     pub pki: Arc<Pki>,
-    pub registry: Arc<Registry>,
+    /// Every node's channel: here, or on a peer replica.
+    pub fleet: Arc<Fleet>,
+    /// Doors that cut live access when access is taken away.
+    pub access: crate::access::AccessBus,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     pub shutdown: CancellationToken,
@@ -110,6 +113,17 @@ impl Shared {
         settings: Settings,
         shutdown: CancellationToken,
     ) -> Arc<Shared> {
+        Shared::with_replicas(store, pki, settings, shutdown, None)
+    }
+
+    /// [`Shared::new`] for one replica of several (see `crate::replicas`).
+    pub fn with_replicas(
+        store: Store,
+        pki: Arc<Pki>,
+        settings: Settings,
+        shutdown: CancellationToken,
+        replicas: Option<Arc<crate::replicas::Replicas>>,
+    ) -> Arc<Shared> {
         let tasks = TaskTracker::new();
         let metrics = Arc::new(Metrics::default());
         let audit = Audit::new(store.clone());
@@ -120,12 +134,16 @@ impl Shared {
             &tasks,
             shutdown.clone(),
         );
+        let owner = replicas.as_ref().map(|r| r.name.clone());
+        let access = crate::access::AccessBus::default();
+        access.subscribe(Arc::new(crate::ssh::SshDoor));
         Arc::new(Shared {
-            cmdexec: crate::cmdexec::Engine::new(store.clone(), &tasks, shutdown.clone()),
+            cmdexec: crate::cmdexec::Engine::new(store.clone(), &tasks, shutdown.clone(), owner),
             audit,
             store,
             pki,
-            registry: Arc::new(Registry::default()),
+            fleet: Arc::new(Fleet::new(replicas)),
+            access,
             metrics,
             settings,
             shutdown,

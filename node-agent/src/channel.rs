@@ -23,14 +23,7 @@ use crate::ssh::relay::Ports;
 use crate::ssh::{BreakGlass, GrantStore, KeysService};
 use crate::tls::channel_config;
 
-/// HTTP/2 flow-control windows of the channel. A stream's window is enough for a
-/// relayed SSH stream at full speed; the connection's is many times larger, so a
-/// few stalled streams (an SSH client that stops reading) cannot use up the whole
-/// channel and block cmdexec or other sessions to the node. Credit costs nothing
-/// until data is actually in flight.
-pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
-pub const MAX_FRAME: u32 = 256 * 1024;
+pub use postern_api::agent::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {

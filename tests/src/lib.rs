@@ -15,6 +15,7 @@ use serde_json::Value;
 
 pub mod ansible;
 pub mod netns;
+pub mod proxy;
 pub mod soak;
 pub mod ssh;
 pub mod ssh_bench;
@@ -148,6 +149,8 @@ pub struct BastionOpts {
     /// The address the agent port listens on (default 127.0.0.1), e.g. the host
     /// end of a test network namespace's veth.
     pub agent_ip: Option<String>,
+    /// Run as replica NAME of a deployment on `database_url` (PostgreSQL).
+    pub replica_name: Option<String>,
 }
 
 impl Default for BastionOpts {
@@ -162,6 +165,7 @@ impl Default for BastionOpts {
             ssh_grant_ttl: "5m".into(),
             extra_args: Vec::new(),
             agent_ip: None,
+            replica_name: None,
         }
     }
 }
@@ -175,6 +179,8 @@ pub struct Bastion {
     pub agent: SocketAddr,
     /// The SSH front door.
     pub ssh: SocketAddr,
+    /// The peer port (replicas only).
+    pub peer: SocketAddr,
     pub token: String,
     pub opts: BastionOpts,
     log: PathBuf,
@@ -209,6 +215,7 @@ impl Bastion {
             .parse()
             .unwrap(),
             ssh: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            peer: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
             log: dir.path().join("bastion.log"),
             dir,
             token,
@@ -225,6 +232,50 @@ impl Bastion {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// Options for replica `name` of a new deployment on a fresh PostgreSQL schema.
+    pub fn replica_opts(name: &str) -> BastionOpts {
+        BastionOpts {
+            database_url: Some(postgres_url()),
+            replica_name: Some(name.into()),
+            ..BastionOpts::default()
+        }
+    }
+
+    /// Replica `name` of `first`'s deployment: the same database, master key and
+    /// admin token, its own ports and data directory.
+    pub async fn replica_of(first: &Bastion, name: &str) -> Bastion {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            first.dir.path().join("master.key"),
+            dir.path().join("master.key"),
+        )
+        .unwrap();
+        let mut opts = first.opts.clone();
+        opts.replica_name = Some(name.into());
+        let ip = opts.agent_ip.as_deref().unwrap_or("127.0.0.1").to_string();
+        let mut b = Bastion {
+            child: None,
+            api: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            agent: format!("{ip}:{}", free_port()).parse().unwrap(),
+            ssh: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            peer: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            log: dir.path().join("bastion.log"),
+            dir,
+            token: first.token.clone(),
+            opts,
+        };
+        b.spawn().await;
+        b
+    }
+
+    /// SIGKILL: the replica dies without a word to anyone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     async fn spawn(&mut self) {
@@ -259,6 +310,9 @@ impl Bastion {
             .stderr(log);
         if let Some(u) = &self.opts.database_url {
             cmd.args(["--database-url", u]);
+        }
+        if let Some(name) = &self.opts.replica_name {
+            cmd.args(["--replica-name", name, "--peer-addr", &self.peer.to_string()]);
         }
         self.child = Some(cmd.spawn().unwrap());
         let api = self.api;
@@ -474,7 +528,8 @@ impl AgentProc {
         AgentProc::spawn(ns.command(&bin("postern-agent")), data_dir, extra)
     }
 
-    fn spawn(mut cmd: Command, data_dir: &Path, extra: &[&str]) -> AgentProc {
+    /// Runs the agent from `cmd` (a `postern-agent` command, with its environment).
+    pub fn spawn(mut cmd: Command, data_dir: &Path, extra: &[&str]) -> AgentProc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::client;
+use super::fleet::NodeLink;
 use super::registry::AgentConn;
 use crate::clock::now_ms;
 use crate::metrics::inc;
@@ -29,11 +30,11 @@ use crate::state::Shared;
 /// then reading the store, means one of the two always sees the other, so no
 /// channel of a disabled node stays.
 pub(super) async fn register_live(shared: &Shared, agent: &Arc<AgentConn>) -> bool {
-    shared.registry.insert(agent.clone());
+    shared.fleet.register(agent.clone()).await;
     match shared.store.node(&agent.node_id).await {
         Ok(Some(n)) if n.state != NodeState::Disabled => true,
         other => {
-            shared.registry.remove(&agent.node_id, agent.conn_id);
+            shared.fleet.unregister(&agent.node_id, agent.conn_id).await;
             if let Err(e) = other {
                 tracing::error!(error = %e, "store unavailable; closing agent channel");
             }
@@ -45,7 +46,7 @@ pub(super) async fn register_live(shared: &Shared, agent: &Arc<AgentConn>) -> bo
 /// Tells the agent to drop spooled results the store already holds: the DELETE
 /// after storing is lost when the channel or the bastion goes at that moment,
 /// and the agent would otherwise keep (and reload at every start) those results.
-async fn release_stored_results(shared: &Shared, agent: &AgentConn) {
+async fn release_stored_results(shared: &Shared, agent: &NodeLink) {
     let timeout = shared.settings.agent_call_timeout;
     let Ok(spooled) = client::call_json::<(), postern_api::agent::SpooledExecs>(
         agent,
@@ -60,7 +61,7 @@ async fn release_stored_results(shared: &Shared, agent: &AgentConn) {
     };
     let mut ids = spooled.finished;
     ids.truncate(postern_api::agent::MAX_SPOOLED_LISTED);
-    let Ok(stored) = shared.store.stored_final(&agent.node_id, &ids).await else {
+    let Ok(stored) = shared.store.stored_final(agent.node_id(), &ids).await else {
         return;
     };
     for id in stored {
@@ -114,9 +115,9 @@ pub(super) async fn run(
         .keep_alive_interval(s.keepalive_interval)
         .keep_alive_timeout(s.keepalive_timeout)
         .keep_alive_while_idle(true)
-        .initial_stream_window_size(postern_agent::channel::STREAM_WINDOW)
-        .initial_connection_window_size(postern_agent::channel::CONNECTION_WINDOW)
-        .max_frame_size(postern_agent::channel::MAX_FRAME)
+        .initial_stream_window_size(postern_api::agent::STREAM_WINDOW)
+        .initial_connection_window_size(postern_api::agent::CONNECTION_WINDOW)
+        .max_frame_size(postern_api::agent::MAX_FRAME)
         .handshake::<_, super::AgentBody>(TokioIo::new(tls));
     let (sender, conn) = match tokio::time::timeout(s.handshake_timeout, handshake).await {
         Ok(Ok(pair)) => pair,
@@ -128,7 +129,7 @@ pub(super) async fn run(
     let cancel = shared.shutdown.child_token();
     let agent = Arc::new(AgentConn {
         node_id: node.id.clone(),
-        conn_id: shared.registry.next_conn_id(),
+        conn_id: shared.fleet.next_conn_id(),
         peer,
         connected_at_ms: now_ms(),
         sender,
@@ -146,6 +147,7 @@ pub(super) async fn run(
     inc(&shared.metrics.handshakes);
     tracing::debug!(%peer, node = %node_id, hostname = %node.hostname, "agent channel up");
 
+    let link = NodeLink::local(agent.clone());
     let mut conn = std::pin::pin!(conn);
     // Bookkeeping runs beside the connection so the channel is served meanwhile.
     let bookkeeping = async {
@@ -157,7 +159,7 @@ pub(super) async fn run(
             .store
             .touch_nodes(std::slice::from_ref(&node_id), now)
             .await;
-        match client::health(&agent, s.agent_call_timeout).await {
+        match client::health(&link, s.agent_call_timeout).await {
             Ok(h) => {
                 // The agent's word: bounded and printable before it is stored.
                 let version = postern_api::validate::peer_line(&h.agent_version, 64);
@@ -167,7 +169,7 @@ pub(super) async fn run(
             }
             Err(e) => tracing::debug!(node = %node_id, error = %e, "agent health call failed"),
         }
-        release_stored_results(&shared, &agent).await;
+        release_stored_results(&shared, &link).await;
         std::future::pending::<()>().await;
     };
     let ended_by_peer = tokio::select! {
@@ -180,7 +182,8 @@ pub(super) async fn run(
         _ = cancel.cancelled() => false,
         _ = bookkeeping => false,
     };
-    shared.registry.remove(&node_id, conn_id);
+    shared.fleet.unregister(&node_id, conn_id).await;
+    drop(link);
     drop(agent);
     if !ended_by_peer && shared.shutdown.is_cancelled() {
         // Graceful: the last sender is gone, so h2 sends GOAWAY; give it a moment
@@ -283,8 +286,8 @@ mod tests {
         };
         // A live node registers.
         assert!(register_live(&shared, &conn(1).await).await);
-        assert!(shared.registry.is_reachable("n1"));
-        shared.registry.remove("n1", 1);
+        assert!(shared.fleet.is_reachable("n1"));
+        shared.fleet.unregister("n1", 1).await;
 
         // Checked while approved (the caller's check), then disabled, as the
         // REST call does it: the store first, then the registry cut (which finds
@@ -293,10 +296,10 @@ mod tests {
             .set_node_state("n1", NodeState::Disabled, 2)
             .await
             .unwrap();
-        assert!(!shared.registry.disconnect("n1"));
+        assert!(!shared.fleet.disconnect("n1").await);
         assert!(!register_live(&shared, &conn(2).await).await);
         assert!(
-            !shared.registry.is_reachable("n1"),
+            !shared.fleet.is_reachable("n1"),
             "a disabled node stayed connected"
         );
 
@@ -307,6 +310,6 @@ mod tests {
             .unwrap();
         store.delete_node("n1").await.unwrap();
         assert!(!register_live(&shared, &conn(3).await).await);
-        assert!(!shared.registry.is_reachable("n1"));
+        assert!(!shared.fleet.is_reachable("n1"));
     }
 }

@@ -10,7 +10,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
-use super::registry::{AgentBody, AgentConn};
+use super::fleet::NodeLink;
+use super::registry::AgentBody;
 
 #[derive(Debug, Error)]
 pub enum CallError {
@@ -22,6 +23,10 @@ pub enum CallError {
     Status { status: StatusCode, body: String },
     #[error("agent answer unreadable: {0}")]
     Body(String),
+    #[error("the node's channel moved to another replica")]
+    Moved,
+    #[error("peer replica: {0}")]
+    Peer(String),
 }
 
 /// An agent's answer read as an error: bounded and free of control bytes, since
@@ -41,7 +46,7 @@ pub fn full(data: impl Into<Bytes>) -> AgentBody {
 }
 
 pub async fn call_json<Req: Serialize, Resp: DeserializeOwned>(
-    agent: &AgentConn,
+    agent: &NodeLink,
     method: Method,
     path: &str,
     body: Option<&Req>,
@@ -53,7 +58,7 @@ pub async fn call_json<Req: Serialize, Resp: DeserializeOwned>(
 /// [`call_json`] for answers that may be larger than the control calls' limit
 /// (exec results, sized by `--exec-keep-bytes`).
 pub async fn call_json_limited<Req: Serialize, Resp: DeserializeOwned>(
-    agent: &AgentConn,
+    agent: &NodeLink,
     method: Method,
     path: &str,
     body: Option<&Req>,
@@ -61,8 +66,6 @@ pub async fn call_json_limited<Req: Serialize, Resp: DeserializeOwned>(
     max_answer: usize,
 ) -> Result<Resp, CallError> {
     let fut = async {
-        let mut sender = agent.sender.clone();
-        sender.ready().await?;
         let payload = match body {
             Some(b) => serde_json::to_vec(b).map_err(|e| CallError::Body(e.to_string()))?,
             None => Vec::new(),
@@ -73,7 +76,7 @@ pub async fn call_json_limited<Req: Serialize, Resp: DeserializeOwned>(
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(full(payload))
             .map_err(|e| CallError::Body(e.to_string()))?;
-        let resp = sender.send_request(req).await?;
+        let resp = agent.send(req).await?;
         let status = resp.status();
         let bytes = Limited::new(resp.into_body(), max_answer)
             .collect()
@@ -93,6 +96,6 @@ pub async fn call_json_limited<Req: Serialize, Resp: DeserializeOwned>(
         .map_err(|_| CallError::Timeout(timeout))?
 }
 
-pub async fn health(agent: &AgentConn, timeout: Duration) -> Result<Health, CallError> {
+pub async fn health(agent: &NodeLink, timeout: Duration) -> Result<Health, CallError> {
     call_json::<(), Health>(agent, Method::GET, routes::HEALTH, None, timeout).await
 }

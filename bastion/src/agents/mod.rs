@@ -11,6 +11,7 @@
 mod channel;
 pub mod client;
 mod enroll;
+pub mod fleet;
 mod registry;
 mod rotate;
 mod tls;
@@ -25,7 +26,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 pub use enroll::{EnrollError, TOKEN_PREFIX as ENROLL_TOKEN_PREFIX, enroll};
-pub use registry::{AgentBody, AgentConn, BoxError, Registry};
+pub use fleet::{Fleet, NodeLink};
+pub use registry::{AgentBody, AgentConn, BoxError};
 pub use rotate::{rotate_node, run_rotation};
 pub use tls::server_config;
 

@@ -104,10 +104,6 @@ impl Registry {
         self.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     pub fn snapshot(&self) -> Vec<Arc<AgentConn>> {
         self.lock().values().cloned().collect()
     }

@@ -30,7 +30,7 @@ pub async fn run_rotation(shared: Arc<Shared>) {
             _ = tick.tick() => {}
         }
         let now = now_ms();
-        for agent in shared.registry.snapshot() {
+        for agent in shared.fleet.local_snapshot() {
             let due = agent
                 .cert
                 .lock()
@@ -68,10 +68,13 @@ pub enum RotateError {
 }
 
 /// Rotates one node's certificate now.
-pub async fn rotate_node(shared: &Shared, agent: &AgentConn) -> Result<(), RotateError> {
+pub async fn rotate_node(shared: &Shared, agent: &Arc<AgentConn>) -> Result<(), RotateError> {
     let timeout = shared.settings.agent_call_timeout;
+    // Rotation runs on the replica holding the channel: the certificate it
+    // tracks belongs to that channel.
+    let link = super::fleet::NodeLink::local(agent.clone());
     let csr: CsrResponse =
-        call_json::<(), _>(agent, Method::POST, routes::CSR, None, timeout).await?;
+        call_json::<(), _>(&link, Method::POST, routes::CSR, None, timeout).await?;
     // The node's state now, not when its channel came up: a node disabled or
     // deleted since gets no new certificate (and its channel is being cut).
     match shared.store.node(&agent.node_id).await? {
@@ -80,7 +83,7 @@ pub async fn rotate_node(shared: &Shared, agent: &AgentConn) -> Result<(), Rotat
     }
     let issued = shared.pki.sign_node_csr(&csr.csr_pem, &agent.node_id)?;
     let _: serde_json::Value = call_json(
-        agent,
+        &link,
         Method::PUT,
         routes::CERT,
         Some(&InstallCert {

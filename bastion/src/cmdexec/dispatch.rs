@@ -9,9 +9,9 @@ use postern_api::cmdexec::{
     AgentExec, AgentExecResult, ContentType, MAX_ERROR_TEXT, NodeExecStatus, max_result_answer,
 };
 use postern_api::validate;
+use tokio_util::sync::CancellationToken;
 
 use super::Engine;
-use crate::agents::AgentConn;
 use crate::agents::client::{CallError, call_json, call_json_limited};
 use crate::clock::now_ms;
 use crate::state::Shared;
@@ -24,30 +24,20 @@ pub(super) fn spawn(
     node_id: String,
     hostname: String,
     sent: bool,
+    taken_over: CancellationToken,
 ) {
     let shared2 = shared.clone();
     let engine = engine.clone();
     shared.tasks.spawn(async move {
         tokio::select! {
-            // On shutdown the row stays pending/running; the next start resumes it.
+            // On shutdown the row stays pending/running; the next start (or
+            // another replica, once the lease runs out) resumes it.
             _ = shared2.shutdown.cancelled() => {}
+            // Another replica runs it now.
+            _ = taken_over.cancelled() => {}
             _ = run(&shared2, &engine, &exec, &node_id, &hostname, sent) => {}
         }
     });
-}
-
-/// Waits for the node's channel, up to `grace`.
-async fn channel(shared: &Shared, node_id: &str, grace: Duration) -> Option<Arc<AgentConn>> {
-    let until = Instant::now() + grace;
-    loop {
-        if let Some(c) = shared.registry.get(node_id) {
-            return Some(c);
-        }
-        if Instant::now() >= until {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn settled(
@@ -147,7 +137,7 @@ async fn run(
                 "the agent did not deliver a result in time (the command's timeout plus the lost grace and 10 minutes)".into(),
             );
         }
-        let Some(conn) = channel(shared, node_id, grace).await else {
+        let Some(conn) = shared.fleet.wait_link(node_id, grace).await else {
             break settle(
                 NodeExecStatus::Lost,
                 format!(
@@ -283,7 +273,7 @@ async fn store_result(
         attempt += 1;
         tokio::time::sleep(backoff(attempt, Duration::from_secs(60))).await;
     }
-    if let Some(conn) = shared.registry.get(node_id) {
+    if let Some(conn) = shared.fleet.link(node_id) {
         let path = format!("/v1/exec/{}", exec.id);
         let _ = call_json::<(), serde_json::Value>(
             &conn,

@@ -6,6 +6,12 @@
 //! Execution is at most once per (exec ID, node): the agent refuses to run an ID
 //! twice. Delivery is at least once: the agent spools the result until the bastion
 //! has stored it and says so (`DELETE /v1/exec/{id}`); storing is idempotent.
+//!
+//! With replicas, the replica an execution was posted to runs it under a lease in
+//! the store, renewed every few seconds; when a replica dies, another takes its
+//! unfinished executions once their leases run out and follows each node's part
+//! from where the store says it was. The agent's exec-ID ledger makes a second
+//! dispatch harmless: it answers with the run it already has.
 
 mod dispatch;
 mod writer;
@@ -13,11 +19,12 @@ mod writer;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use postern_api::admin::NodeState;
 use postern_api::cmdexec::{ContentType, ExecuteResponse, NodeExecStatus, TargetType};
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -53,11 +60,28 @@ pub enum SubmitError {
     Audit(#[from] crate::audit::AuditError),
 }
 
+/// How long an execution's lease lasts without renewal: a dead replica's
+/// executions are taken over after this.
+pub const EXEC_LEASE: Duration = Duration::from_secs(15);
+/// How often leases are renewed and expired ones looked for.
+const LEASE_TICK: Duration = Duration::from_secs(3);
+
+/// An execution this replica runs: its nodes not yet settled, and a token that
+/// stops its dispatches when another replica has taken it over.
+#[derive(Debug)]
+struct Running {
+    remaining: AtomicUsize,
+    cancel: CancellationToken,
+}
+
 /// The engine's handle: cheap to clone, owned by the bastion's shared state.
 #[derive(Clone)]
 pub struct Engine {
     writer: mpsc::Sender<writer::Op>,
-    remaining: Arc<Mutex<HashMap<String, Arc<AtomicUsize>>>>,
+    running: Arc<Mutex<HashMap<String, Arc<Running>>>>,
+    /// This replica's name when executions are leased (replicas on PostgreSQL).
+    owner: Option<String>,
+    takeover: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -68,13 +92,29 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// Starts the batch writer on `tasks`; it drains and stops on `shutdown`.
-    pub fn new(store: Store, tasks: &TaskTracker, shutdown: CancellationToken) -> Engine {
+    pub fn new(
+        store: Store,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+        owner: Option<String>,
+    ) -> Engine {
         let (tx, rx) = mpsc::channel(16_384);
         tasks.spawn(writer::run(store, rx, shutdown));
         Engine {
             writer: tx,
-            remaining: Arc::new(Mutex::new(HashMap::new())),
+            running: Arc::new(Mutex::new(HashMap::new())),
+            owner,
+            takeover: Arc::new(Notify::new()),
         }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Running>>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Looks for executions to take over now (a replica let its own go).
+    pub fn wake_takeover(&self) {
+        self.takeover.notify_one();
     }
 
     /// Queues a change; with `durable`, waits until it is committed (or refused).
@@ -98,12 +138,25 @@ impl Engine {
         }
     }
 
-    fn counter(&self, exec_id: &str) -> Option<Arc<AtomicUsize>> {
-        self.remaining
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(exec_id)
-            .cloned()
+    fn counter(&self, exec_id: &str) -> Option<Arc<Running>> {
+        self.running().get(exec_id).cloned()
+    }
+
+    /// Registers an execution as running here; `None` if it already is.
+    fn start_running(&self, exec_id: &str, nodes: usize) -> Option<CancellationToken> {
+        let mut running = self.running();
+        if running.contains_key(exec_id) {
+            return None;
+        }
+        let cancel = CancellationToken::new();
+        running.insert(
+            exec_id.to_string(),
+            Arc::new(Running {
+                remaining: AtomicUsize::new(nodes),
+                cancel: cancel.clone(),
+            }),
+        );
+        Some(cancel)
     }
 
     /// Creates the execution, audits it, and starts the fan-out. Returns at once.
@@ -127,7 +180,7 @@ impl Engine {
                     unapproved.push(n.hostname.clone());
                 }
                 NodeState::Approved | NodeState::Provisioned
-                    if shared.registry.is_reachable(&n.id) =>
+                    if shared.fleet.is_reachable(&n.id) =>
                 {
                     target_nodes.push(n.hostname.clone());
                     runnable.push((n.id.clone(), n.hostname.clone()));
@@ -183,19 +236,19 @@ impl Engine {
         // Fail closed: a command nobody could later find in the audit log does
         // not run. Written first, so nothing is stored or sent when it fails.
         shared.audit.record(ev).await?;
-        shared.store.insert_execution(&exec, &results).await?;
+        let lease = EXEC_LEASE.as_millis() as i64;
+        let owner = self.owner.as_deref().map(|o| (o, lease));
+        shared
+            .store
+            .insert_execution_owned(&exec, &results, owner)
+            .await?;
 
         if runnable.is_empty() {
             self.audit_results(shared, &exec_id).await;
-        } else {
-            let counter = Arc::new(AtomicUsize::new(runnable.len()));
-            self.remaining
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(exec_id.clone(), counter);
+        } else if let Some(cancel) = self.start_running(&exec_id, runnable.len()) {
             let exec = Arc::new(exec);
             for (node_id, hostname) in runnable {
-                dispatch::spawn(shared, self, exec.clone(), node_id, hostname, false);
+                dispatch::spawn(shared, self, exec.clone(), node_id, hostname, false, cancel.clone());
             }
         }
         Ok(ExecuteResponse {
@@ -211,9 +264,59 @@ impl Engine {
         })
     }
 
-    /// Resumes every unfinished (execution, node) after a restart.
+    /// Resumes unfinished executions at start: all of them for a single
+    /// bastion; for a replica, those whose lease ran out and its own from before
+    /// a restart (a live replica's are left to it).
     pub async fn recover(&self, shared: &Arc<Shared>) -> Result<usize, StoreError> {
-        let open = shared.store.unfinished_results().await?;
+        let Some(owner) = self.owner.clone() else {
+            let open = shared.store.unfinished_results().await?;
+            return Ok(self.resume(shared, open));
+        };
+        let mut n = 0;
+        loop {
+            let taken = self.take_expired(shared, &owner, true).await?;
+            if taken == 0 {
+                return Ok(n);
+            }
+            n += taken;
+        }
+    }
+
+    /// Takes a batch of unfinished executions whose lease ran out and runs them
+    /// here; answers how many executions were taken.
+    async fn take_expired(
+        &self,
+        shared: &Arc<Shared>,
+        owner: &str,
+        own: bool,
+    ) -> Result<usize, StoreError> {
+        let lease = EXEC_LEASE.as_millis() as i64;
+        let ids = shared
+            .store
+            .take_expired_executions(owner, lease, own, 100)
+            .await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        tracing::info!(executions = ids.len(), "taking over executions whose lease ran out");
+        let open = shared.store.unfinished_results_of(&ids).await?;
+        let with_nodes: std::collections::HashSet<String> =
+            open.iter().map(|(e, _)| e.id.clone()).collect();
+        self.resume(shared, open);
+        // Every node settled but the execution not marked finished (its replica
+        // died in between): finish it here.
+        for id in ids.iter().filter(|id| !with_nodes.contains(*id)) {
+            if let Err(e) = shared.store.finish_execution(id, now_ms()).await {
+                tracing::warn!(exec_id = %id, error = %e, "cannot mark execution finished");
+            } else {
+                self.audit_results(shared, id).await;
+            }
+        }
+        Ok(ids.len())
+    }
+
+    /// Follows each given unfinished (execution, node) from where the store has it.
+    fn resume(&self, shared: &Arc<Shared>, open: Vec<(ExecutionRow, ResultRow)>) -> usize {
         let n = open.len();
         let mut per_exec: HashMap<String, (Arc<ExecutionRow>, Vec<ResultRow>)> = HashMap::new();
         for (e, r) in open {
@@ -224,19 +327,60 @@ impl Engine {
                 .push(r);
         }
         for (exec_id, (exec, rows)) in per_exec {
-            self.remaining
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(exec_id, Arc::new(AtomicUsize::new(rows.len())));
+            let Some(cancel) = self.start_running(&exec_id, rows.len()) else {
+                continue;
+            };
             for r in rows {
                 let sent = r.status == NodeExecStatus::Running;
-                dispatch::spawn(shared, self, exec.clone(), r.node_id, r.hostname, sent);
+                dispatch::spawn(shared, self, exec.clone(), r.node_id, r.hostname, sent, cancel.clone());
             }
         }
         if n > 0 {
             tracing::info!(results = n, "resuming unfinished executions");
         }
-        Ok(n)
+        n
+    }
+
+    /// For a replica: renews the leases of the executions running here, stops
+    /// the ones another replica took, and takes over expired ones. Runs until
+    /// shutdown.
+    pub async fn run_leases(self, shared: Arc<Shared>) {
+        let Some(owner) = self.owner.clone() else {
+            return;
+        };
+        let lease = EXEC_LEASE.as_millis() as i64;
+        loop {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(LEASE_TICK) => {}
+                _ = self.takeover.notified() => {}
+            }
+            let ids: Vec<String> = self.running().keys().cloned().collect();
+            if !ids.is_empty() {
+                match shared.store.renew_leases(&owner, &ids, lease).await {
+                    Ok(held) => {
+                        let held: std::collections::HashSet<String> = held.into_iter().collect();
+                        for id in ids.iter().filter(|id| !held.contains(*id)) {
+                            if let Some(r) = self.running().remove(id) {
+                                tracing::warn!(exec_id = %id, "another replica took this execution over (our lease ran out); stopping here");
+                                r.cancel.cancel();
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot renew execution leases"),
+                }
+            }
+            loop {
+                match self.take_expired(&shared, &owner, false).await {
+                    Ok(100..) => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot look for executions to take over");
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     /// Called once a node's final result is durable.
@@ -244,11 +388,8 @@ impl Engine {
         let Some(counter) = self.counter(exec_id) else {
             return;
         };
-        if counter.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.remaining
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(exec_id);
+        if counter.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.running().remove(exec_id);
             if let Err(e) = shared.store.finish_execution(exec_id, now_ms()).await {
                 tracing::warn!(exec_id, error = %e, "cannot mark execution finished");
             }

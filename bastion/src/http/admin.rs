@@ -137,7 +137,7 @@ fn edge_view(project: &ProjectRow, e: &EdgeRow) -> dto::Edge {
 }
 
 fn node_view(state: &AppState, project: &ProjectRow, edge: &EdgeRow, n: &NodeRow) -> dto::Node {
-    let reachable = state.registry.is_reachable(&n.id);
+    let reachable = state.fleet.is_reachable(&n.id);
     dto::Node {
         id: n.id.clone(),
         hostname: n.hostname.clone(),
@@ -390,7 +390,7 @@ pub async fn approve_node(
     let n = resolve_node(&state, &caller, &e, &node).await?;
     match n.state {
         NodeState::Pending => {
-            let to = if state.registry.is_reachable(&n.id) {
+            let to = if state.fleet.is_reachable(&n.id) {
                 NodeState::Provisioned
             } else {
                 NodeState::Approved
@@ -444,7 +444,7 @@ pub async fn disable_node(
         .store
         .set_node_state(&n.id, NodeState::Disabled, now_ms())
         .await?;
-    let cut = state.registry.disconnect(&n.id);
+    let cut = state.fleet.disconnect(&n.id).await;
     caller
         .audit
         .with(|a| a.detail = Some(json!({ "channel_closed": cut })));
@@ -526,7 +526,7 @@ pub async fn delete_node(
     let n = resolve_node(&state, &caller, &e, &node).await?;
     // Delete first so a reconnect racing with us is refused at its handshake.
     state.store.delete_node(&n.id).await?;
-    let cut = state.registry.disconnect(&n.id);
+    let cut = state.fleet.disconnect(&n.id).await;
     caller
         .audit
         .with(|a| a.detail = Some(json!({ "node_id": n.id, "channel_closed": cut })));

@@ -13,7 +13,7 @@ use super::extract::{ApiJson, ApiPath, Caller};
 use super::users::{may_manage_tokens_of, resolve_user};
 use super::{ApiError, AppState};
 use crate::clock::{now_ms, rfc3339};
-use crate::ssh;
+use crate::access::{self, AccessChange, Change};
 use crate::ssh::keys::parse_user_key;
 use crate::store::{NewSshKey, SshKeyRow, StoreError};
 
@@ -148,14 +148,18 @@ pub async fn delete(
     let Some(fingerprint) = state.store.delete_ssh_key(&user.id, &key_id).await? else {
         return Err(not_found());
     };
-    let applied = ssh::apply_access_change(
-        &state,
-        &user.id,
-        ssh::AccessChange::KeyDeleted(&fingerprint),
-    )
-    .await;
-    caller.audit.with(|a| {
-        a.detail = Some(json!({ "key_id": key_id, "fingerprint": fingerprint, "ssh": applied }))
-    });
+    let change = AccessChange {
+        user_id: user.id.clone(),
+        what: Change::KeyDeleted {
+            fingerprint: fingerprint.clone(),
+        },
+    };
+    let mut detail = serde_json::Map::new();
+    detail.insert("key_id".into(), json!(key_id));
+    detail.insert("fingerprint".into(), json!(fingerprint));
+    detail.extend(access::publish(&state, change).await);
+    caller
+        .audit
+        .with(|a| a.detail = Some(serde_json::Value::Object(detail)));
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,7 +7,7 @@ use postern_api::admin::{
     self as dto, CreateToken, CreateUser, Role, RoleBinding, TokenCreated, TokenInfo,
 };
 use postern_api::{ErrorBody, validate};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::admin::{plain_id, require};
 use super::extract::{ApiJson, ApiPath, Caller, TOKEN_PREFIX};
@@ -15,7 +15,7 @@ use super::{ApiError, AppState};
 use crate::authz::Action;
 use crate::clock::{now_ms, rfc3339};
 use crate::secrets::new_token;
-use crate::ssh;
+use crate::access::{self, AccessChange, Change};
 use crate::store::{ApiTokenRow, BindingRow, UserRow};
 
 pub(super) async fn resolve_user(
@@ -220,10 +220,17 @@ pub async fn delete_user(
         ));
     }
     state.store.delete_user(&user.id).await?;
-    let applied = ssh::apply_access_change(&state, &user.id, ssh::AccessChange::UserDeleted).await;
+    let applied = access::publish(
+        &state,
+        AccessChange {
+            user_id: user.id.clone(),
+            what: Change::UserDeleted,
+        },
+    )
+    .await;
     caller
         .audit
-        .with(|a| a.detail = Some(json!({ "ssh": applied })));
+        .with(|a| a.detail = Some(Value::Object(applied)));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -319,15 +326,19 @@ pub async fn set_role(
         .set_binding(&user.id, &binding, now_ms())
         .await?;
     // A new role only adds access; a changed one may take some away, at once.
-    let applied = if replaced {
-        let change = ssh::AccessChange::RoleChanged(binding.project_id.as_deref());
-        Some(ssh::apply_access_change(&state, &user.id, change).await)
-    } else {
-        None
-    };
-    caller.audit.with(|a| {
-        a.detail = Some(json!({ "role": body.role, "logins": body.logins, "forward_to": body.forward_to, "ssh": applied }))
-    });
+    let mut detail = json!({ "role": body.role, "logins": body.logins, "forward_to": body.forward_to });
+    if replaced {
+        let change = AccessChange {
+            user_id: user.id.clone(),
+            what: Change::RoleChanged {
+                project_id: binding.project_id.clone(),
+            },
+        };
+        if let Value::Object(d) = &mut detail {
+            d.extend(access::publish(&state, change).await);
+        }
+    }
+    caller.audit.with(|a| a.detail = Some(detail));
     Ok(Json(user_view(&state, &user).await?))
 }
 
@@ -377,11 +388,14 @@ pub async fn remove_role(
             "user {name:?} has no role on {scope:?}"
         )));
     }
-    let change = ssh::AccessChange::RoleChanged(project_id.as_deref());
-    let applied = ssh::apply_access_change(&state, &user.id, change).await;
+    let change = AccessChange {
+        user_id: user.id.clone(),
+        what: Change::RoleChanged { project_id },
+    };
+    let applied = access::publish(&state, change).await;
     caller
         .audit
-        .with(|a| a.detail = Some(json!({ "ssh": applied })));
+        .with(|a| a.detail = Some(Value::Object(applied)));
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use http::Method;
 use postern_api::ssh::{GRANTS_ROUTE, Grant, GrantPush, GrantPushed};
 
-use crate::agents::AgentConn;
+use crate::agents::NodeLink;
 use crate::agents::client::{CallError, call_json};
 use crate::clock::now_ms;
 use crate::state::Shared;
@@ -24,7 +24,9 @@ const REVOKE_CONCURRENCY: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     node_id: String,
-    conn_id: u64,
+    /// The channel the grant went over (replica, connection): after the agent
+    /// reconnects, anywhere, the grant is pushed again.
+    channel: (String, u64),
     fingerprint: String,
 }
 
@@ -74,14 +76,15 @@ impl GrantCache {
     pub async fn ensure(
         &self,
         shared: &Shared,
-        agent: &AgentConn,
+        agent: &NodeLink,
         g: &GrantFor<'_>,
     ) -> Result<i64, CallError> {
         let ttl_ms = shared.settings.ssh_grant_ttl.as_millis() as i64;
         let now = now_ms();
+        let (replica, conn) = agent.channel_key();
         let key = Key {
-            node_id: agent.node_id.clone(),
-            conn_id: agent.conn_id,
+            node_id: agent.node_id().to_string(),
+            channel: (replica.to_string(), conn),
             fingerprint: g.fingerprint.to_string(),
         };
         {
@@ -185,7 +188,7 @@ pub async fn revoke(shared: &Shared, user_id: &str, which: Which<'_>) -> Revoked
     let timeout = shared.settings.agent_call_timeout;
     let results: Vec<bool> = futures_util::stream::iter(held)
         .map(|(node_id, fps)| async move {
-            let Some(agent) = shared.registry.get(&node_id) else {
+            let Some(agent) = shared.fleet.link(&node_id) else {
                 return false;
             };
             let push = GrantPush {

@@ -47,39 +47,57 @@ pub enum HostKeyError {
         path: String,
         source: russh::keys::ssh_key::Error,
     },
-    #[error("cannot create the SSH host key {path}: {detail}")]
-    Write { path: String, detail: String },
+    #[error("cannot create the SSH host key: {0}")]
+    Create(String),
+    #[error("the stored SSH host key cannot be opened: {0} (is this the deployment's master key?)")]
+    Sealed(String),
+    #[error("cannot load or store the SSH host key: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
-/// Loads the bastion's ed25519 host key from the data directory, creating it on
-/// first start, so clients see the same host key across restarts.
-pub fn load_or_create_host_key(data_dir: &Path) -> Result<PrivateKey, HostKeyError> {
-    let path = data_dir.join("ssh_host_ed25519_key");
-    let shown = path.display().to_string();
-    if path.exists() {
-        return PrivateKey::read_openssh_file(&path).map_err(|source| HostKeyError::Read {
-            path: shown,
-            source,
-        });
-    }
-    let key =
-        PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519).map_err(|e| {
-            HostKeyError::Write {
-                path: shown.clone(),
-                detail: e.to_string(),
-            }
-        })?;
-    let pem = key
-        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
-        .map_err(|e| HostKeyError::Write {
-            path: shown.clone(),
-            detail: e.to_string(),
-        })?;
-    crate::fsutil::write_private(&path, pem.as_bytes()).map_err(|e| HostKeyError::Write {
-        path: shown,
-        detail: e.to_string(),
-    })?;
-    Ok(key)
+/// The store's id of the SSH host key.
+const HOST_KEY_ID: &str = "ssh_host_ed25519";
+
+/// Loads the bastion's ed25519 host key from the store (sealed with the master
+/// key, as the CA is), creating it on first start. Every replica of a deployment
+/// thus presents the same host key, so a client behind a load balancer never
+/// sees it change. A key file left in the data directory by an earlier version
+/// is taken into the store, so existing clients' known_hosts stay valid.
+pub async fn load_or_create_host_key(
+    store: &crate::store::Store,
+    master: &crate::secrets::MasterKey,
+    data_dir: &Path,
+) -> Result<PrivateKey, HostKeyError> {
+    let sealed = match store.sealed_key(HOST_KEY_ID).await? {
+        Some(s) => s,
+        None => {
+            let path = data_dir.join("ssh_host_ed25519_key");
+            let key = if path.exists() {
+                PrivateKey::read_openssh_file(&path).map_err(|source| HostKeyError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?
+            } else {
+                PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
+                    .map_err(|e| HostKeyError::Create(e.to_string()))?
+            };
+            let pem = key
+                .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+                .map_err(|e| HostKeyError::Create(e.to_string()))?;
+            let sealed = master
+                .seal(pem.as_bytes())
+                .map_err(|e| HostKeyError::Create(e.to_string()))?;
+            // Two replicas starting at once: the first key stored wins for both.
+            store
+                .insert_sealed_key(HOST_KEY_ID, &sealed, crate::clock::now_ms())
+                .await?
+        }
+    };
+    let pem = master
+        .open(&sealed)
+        .map_err(|e| HostKeyError::Sealed(e.to_string()))?;
+    let pem = String::from_utf8(pem).map_err(|e| HostKeyError::Sealed(e.to_string()))?;
+    PrivateKey::from_openssh(&pem).map_err(|e| HostKeyError::Sealed(e.to_string()))
 }
 
 /// Ciphers offered by default: AES-GCM only. OpenSSH clients list
@@ -151,10 +169,37 @@ pub struct AccessApplied {
     pub grants_unreachable_nodes: usize,
 }
 
+/// The SSH front door as a subscriber of access changes (see `crate::access`).
+#[derive(Debug)]
+pub struct SshDoor;
+
+impl crate::access::Door for SshDoor {
+    fn name(&self) -> &'static str {
+        "ssh"
+    }
+
+    fn apply<'a>(
+        &'a self,
+        shared: &'a Shared,
+        change: &'a crate::access::AccessChange,
+    ) -> crate::access::DoorFuture<'a> {
+        use crate::access::Change;
+        Box::pin(async move {
+            let c = match &change.what {
+                Change::UserDeleted => AccessChange::UserDeleted,
+                Change::KeyDeleted { fingerprint } => AccessChange::KeyDeleted(fingerprint),
+                Change::RoleChanged { project_id } => AccessChange::RoleChanged(project_id.as_deref()),
+            };
+            let applied = apply_access_change(shared, &change.user_id, c).await;
+            serde_json::to_value(applied).unwrap_or_default()
+        })
+    }
+}
+
 /// Cuts live SSH access and takes back node grants after `change` to `user_id`
 /// (already committed to the store, so nothing reauthorized from now on sees the
 /// old access).
-pub async fn apply_access_change(
+async fn apply_access_change(
     shared: &Shared,
     user_id: &str,
     change: AccessChange<'_>,

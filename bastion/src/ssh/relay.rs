@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::grants::GrantFor;
 use super::handler::SshUser;
 use super::target::{self, Refusal, Target};
-use crate::agents::{AgentBody, AgentConn, BoxError};
+use crate::agents::{AgentBody, BoxError, NodeLink};
 use crate::audit::Event;
 use crate::authz::Principal;
 use crate::clock::{now_ms, rfc3339};
@@ -166,7 +166,7 @@ pub async fn run(
     shared.audit(ev).await;
 }
 
-type Opened = (Target, Arc<AgentConn>, Incoming, mpsc::Sender<Bytes>);
+type Opened = (Target, NodeLink, Incoming, mpsc::Sender<Bytes>);
 
 async fn open(shared: &Shared, jump: &Jump) -> Result<Opened, Refusal> {
     if jump.port != SSH_PORT {
@@ -191,7 +191,7 @@ async fn open(shared: &Shared, jump: &Jump) -> Result<Opened, Refusal> {
             target.place.state.as_str()
         )));
     }
-    let Some(agent) = shared.registry.get(&target.place.node_id) else {
+    let Some(agent) = shared.fleet.link(&target.place.node_id) else {
         return Err(named(format!(
             "node {host} is not connected to the bastion (agent down or network cut); try again when it is back"
         )));
@@ -228,11 +228,7 @@ async fn open(shared: &Shared, jump: &Jump) -> Result<Opened, Refusal> {
         .body(body)
         .map_err(|e| named(format!("internal error: {e}")))?;
     let timeout = shared.settings.agent_call_timeout;
-    let resp = tokio::time::timeout(timeout, async {
-        let mut sender = agent.sender.clone();
-        sender.ready().await?;
-        sender.send_request(req).await
-    })
+    let resp = tokio::time::timeout(timeout, agent.send(req))
     .await
     .map_err(|_| named(format!("node {host} did not answer within {timeout:?}")))?
     .map_err(|e| named(format!("node {host}: channel failed ({e})")))?;

@@ -195,6 +195,17 @@ fn bind_result<'q>(
 impl Store {
     /// Creates the execution and all its result rows in one transaction.
     pub async fn insert_execution(&self, e: &ExecutionRow, results: &[ResultRow]) -> Result<()> {
+        self.insert_execution_owned(e, results, None).await
+    }
+
+    /// [`Store::insert_execution`], held by `owner` under a lease of `lease_ms`
+    /// (on the database's clock) when several replicas share the store.
+    pub async fn insert_execution_owned(
+        &self,
+        e: &ExecutionRow,
+        results: &[ResultRow],
+        owner: Option<(&str, i64)>,
+    ) -> Result<()> {
         let mut tx = self.write_tx().await?;
         let target = e
             .target
@@ -242,6 +253,18 @@ impl Store {
                 query = bind_result(query, r);
             }
             query.execute(&mut *tx).await?;
+        }
+        if let Some((owner, lease_ms)) = owner {
+            let q = format!(
+                "UPDATE executions SET owner = $2, lease_until = {} + $3 WHERE id = $1",
+                super::replicas::db_now(self.backend)
+            );
+            sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+                .bind(&e.id)
+                .bind(owner)
+                .bind(lease_ms)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -498,6 +521,36 @@ impl Store {
         let rows = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
             .fetch_all(&self.pool)
             .await?;
+        self.with_executions(rows).await
+    }
+
+    /// The unfinished results of these executions (a replica taking them over).
+    pub async fn unfinished_results_of(
+        &self,
+        exec_ids: &[String],
+    ) -> Result<Vec<(ExecutionRow, ResultRow)>> {
+        let mut rows = Vec::new();
+        for chunk in exec_ids.chunks(500) {
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 1))
+                .collect::<Vec<_>>()
+                .join(",");
+            let q = format!(
+                "SELECT {SUMMARY_COLS} FROM exec_results WHERE status IN ('pending', 'running') AND exec_id IN ({list})"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str()));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            rows.extend(query.fetch_all(&self.pool).await?);
+        }
+        self.with_executions(rows).await
+    }
+
+    async fn with_executions(
+        &self,
+        rows: Vec<sqlx::any::AnyRow>,
+    ) -> Result<Vec<(ExecutionRow, ResultRow)>> {
         let mut out = Vec::new();
         let mut cache: std::collections::HashMap<String, ExecutionRow> =
             std::collections::HashMap::new();

@@ -6,6 +6,7 @@
 
 mod executions;
 mod nodes;
+mod replicas;
 mod ssh_keys;
 mod tenancy;
 mod tokens;
@@ -19,6 +20,7 @@ use thiserror::Error;
 
 pub use executions::{ExecutionPage, ExecutionRow, HistoryRow, ResultRow, ResultUpdate};
 pub use nodes::{EnrollOutcome, NewNode, NodeRow};
+pub use replicas::{PresenceRow, ReplicaRow};
 pub use ssh_keys::{NewSshKey, NodePlace, SshKeyRow};
 pub use tenancy::{BindingRow, EdgeRow, OrgRow, ProjectRow, UserRow};
 pub use tokens::{ApiTokenRow, EnrollmentTokenRow};
@@ -40,6 +42,8 @@ pub enum StoreError {
     BadUrl(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("cannot reach the database at {url}: {detail} (is it running, and is --database-url right?)")]
+    Unreachable { url: String, detail: String },
 }
 
 impl StoreError {
@@ -94,6 +98,8 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Kept for connections outside the pool (LISTEN needs its own session).
+    url: std::sync::Arc<str>,
 }
 
 impl std::fmt::Debug for Store {
@@ -131,7 +137,16 @@ impl Store {
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
-            .await?;
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => {
+                    StoreError::Unreachable {
+                        url: redact(url),
+                        detail: e.to_string(),
+                    }
+                }
+                e => StoreError::Db(e),
+            })?;
         if backend == Backend::Sqlite {
             // WAL lets readers proceed during writes; the setting persists in the file.
             sqlx::query("PRAGMA journal_mode=WAL")
@@ -142,11 +157,20 @@ impl Store {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            url: url.into(),
+        })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The URL the store was opened with (it may hold a password: never log it).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -210,6 +234,25 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::Corrupt("CA row vanished after insert".into()))
     }
+}
+
+/// A database URL fit for messages: any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.split_once('@') {
+        Some(pair) => pair,
+        None => return url.to_string(),
+    };
+    let user = auth.split_once(':').map_or(auth, |(u, _)| u);
+    let shown = if auth.contains(':') {
+        format!("{user}:***")
+    } else {
+        user.to_string()
+    };
+    let host = host.split_once('?').map_or(host, |(h, _)| h);
+    format!("{scheme}://{shown}@{host}")
 }
 
 pub(crate) fn new_id() -> String {

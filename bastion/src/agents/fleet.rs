@@ -1,0 +1,284 @@
+//! One way to reach a node: [`Fleet::link`] answers a [`NodeLink`] whether the
+//! node's channel is on this replica or on a peer, and every caller (cmdexec, the
+//! SSH relay, grant pushes and revocations) sends through it. Nothing outside
+//! `agents/` sees the registry of local channels.
+//!
+//! With replicas, a node held by a peer is reached by an HTTP/2 request to that
+//! peer naming the node; the peer forwards it onto the node's channel
+//! ([`Fleet::forward_local`]), bodies streamed both ways under h2 flow control.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::watch;
+
+use super::client::CallError;
+use super::registry::{AgentBody, AgentConn, BoxError, Registry};
+use crate::replicas::Replicas;
+
+/// The header naming the node a peer request is for.
+pub const NODE_HEADER: &str = "postern-node";
+/// Marks an answer written by the peer itself (the node moved, its channel
+/// failed), never by the agent: the caller retries instead of taking it as the
+/// agent's refusal.
+pub const PEER_ERROR_HEADER: &str = "postern-peer-error";
+
+/// A route to one node's agent, good for one or many calls.
+#[derive(Clone, Debug)]
+pub struct NodeLink {
+    node_id: String,
+    route: Route,
+}
+
+#[derive(Clone, Debug)]
+enum Route {
+    Local(Arc<AgentConn>),
+    Peer {
+        replicas: Arc<Replicas>,
+        replica: String,
+        conn_id: u64,
+    },
+}
+
+impl NodeLink {
+    /// A link over a channel this replica holds.
+    pub(super) fn local(agent: Arc<AgentConn>) -> NodeLink {
+        NodeLink {
+            node_id: agent.node_id.clone(),
+            route: Route::Local(agent),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Names the channel behind this link, across replicas: a grant pushed over
+    /// one channel is not assumed held after the agent reconnects.
+    pub fn channel_key(&self) -> (&str, u64) {
+        match &self.route {
+            Route::Local(c) => ("", c.conn_id),
+            Route::Peer {
+                replica, conn_id, ..
+            } => (replica.as_str(), *conn_id),
+        }
+    }
+
+    /// Whether a peer carries this link (for metrics and logs).
+    pub fn is_routed(&self) -> bool {
+        matches!(self.route, Route::Peer { .. })
+    }
+
+    /// Sends one request to the node's agent (the URI's path and query are used)
+    /// and answers its response head; the body streams as it is read.
+    pub async fn send(&self, req: Request<AgentBody>) -> Result<Response<Incoming>, CallError> {
+        match &self.route {
+            Route::Local(agent) => {
+                let mut sender = agent.sender.clone();
+                sender.ready().await?;
+                Ok(sender.send_request(req).await?)
+            }
+            Route::Peer {
+                replicas, replica, ..
+            } => {
+                let addr = replicas
+                    .peer_addr(replica)
+                    .ok_or_else(|| CallError::Peer(format!("replica {replica} is not on record")))?;
+                replicas.routed_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let resp = replicas.peers.send(replica, &addr, &self.node_id, req).await?;
+                if resp.headers().contains_key(PEER_ERROR_HEADER) {
+                    if resp.status() == StatusCode::MISDIRECTED_REQUEST {
+                        // The peer no longer holds the node: it moved or went down.
+                        return Err(CallError::Moved);
+                    }
+                    return Err(CallError::Peer(format!(
+                        "replica {replica} could not reach the node ({})",
+                        resp.status()
+                    )));
+                }
+                Ok(resp)
+            }
+        }
+    }
+}
+
+/// Local channels plus, with replicas, where every other node's channel is.
+#[derive(Debug)]
+pub struct Fleet {
+    registry: Registry,
+    replicas: Option<Arc<Replicas>>,
+    /// Bumped whenever a node may have become reachable, for [`Fleet::wait_link`].
+    changed: watch::Sender<u64>,
+}
+
+impl Fleet {
+    pub fn new(replicas: Option<Arc<Replicas>>) -> Fleet {
+        Fleet {
+            registry: Registry::default(),
+            replicas,
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    pub fn replicas(&self) -> Option<&Arc<Replicas>> {
+        self.replicas.as_ref()
+    }
+
+    /// Wakes waiters of [`Fleet::wait_link`] (a channel came up here or elsewhere).
+    pub(crate) fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// How to reach `node_id` now, if it is reachable at all.
+    pub fn link(&self, node_id: &str) -> Option<NodeLink> {
+        if let Some(c) = self.registry.get(node_id) {
+            return Some(NodeLink {
+                node_id: node_id.to_string(),
+                route: Route::Local(c),
+            });
+        }
+        let replicas = self.replicas.as_ref()?;
+        let (replica, conn_id) = replicas.holder(node_id)?;
+        Some(NodeLink {
+            node_id: node_id.to_string(),
+            route: Route::Peer {
+                replicas: replicas.clone(),
+                replica,
+                conn_id,
+            },
+        })
+    }
+
+    pub fn is_reachable(&self, node_id: &str) -> bool {
+        self.registry.is_reachable(node_id)
+            || self
+                .replicas
+                .as_ref()
+                .is_some_and(|r| r.holder(node_id).is_some())
+    }
+
+    /// Waits until `node_id` is reachable, up to `timeout`: woken when a channel
+    /// comes up (here or on a peer), and every second, since a peer's death is
+    /// noticed by the passing of time.
+    pub async fn wait_link(&self, node_id: &str, timeout: Duration) -> Option<NodeLink> {
+        let until = tokio::time::Instant::now() + timeout;
+        let mut rx = self.changed.subscribe();
+        loop {
+            rx.mark_unchanged();
+            if let Some(l) = self.link(node_id) {
+                return Some(l);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                return None;
+            }
+            let step = (until - now).min(Duration::from_secs(1));
+            let _ = tokio::time::timeout(step, rx.changed()).await;
+        }
+    }
+
+    /// Registers a channel that came up here (see `channel::register_live`).
+    pub(super) async fn register(&self, agent: Arc<AgentConn>) {
+        let (node, conn) = (agent.node_id.clone(), agent.conn_id);
+        self.registry.insert(agent);
+        if let Some(r) = &self.replicas {
+            r.local_up(node, conn).await;
+        }
+        self.bump();
+    }
+
+    /// Unregisters a channel if it is still the node's; records it gone.
+    pub(super) async fn unregister(&self, node_id: &str, conn_id: u64) -> bool {
+        let removed = self.registry.remove(node_id, conn_id);
+        if removed && let Some(r) = &self.replicas {
+            r.local_down(node_id.to_string(), conn_id).await;
+        }
+        removed
+    }
+
+    pub(super) fn next_conn_id(&self) -> u64 {
+        self.registry.next_conn_id()
+    }
+
+    /// Cuts the node's channel wherever it is (the node was disabled or deleted).
+    /// Answers whether it had one; the replica holding it is told to cut it.
+    pub async fn disconnect(&self, node_id: &str) -> bool {
+        let elsewhere = self
+            .replicas
+            .as_ref()
+            .is_some_and(|r| r.holder(node_id).is_some());
+        let here = self.cut_local(node_id);
+        if let Some(r) = &self.replicas {
+            r.publish_cut(node_id).await;
+        }
+        here || elsewhere
+    }
+
+    /// Cuts the channel this replica holds for `node_id`, if any.
+    pub fn cut_local(&self, node_id: &str) -> bool {
+        self.registry.disconnect(node_id)
+    }
+
+    /// The node's channel here, if this replica holds it.
+    pub(crate) fn local(&self, node_id: &str) -> Option<Arc<AgentConn>> {
+        self.registry.get(node_id)
+    }
+
+    pub fn local_count(&self) -> usize {
+        self.registry.len()
+    }
+
+    pub fn local_node_ids(&self) -> Vec<String> {
+        self.registry.node_ids()
+    }
+
+    pub(super) fn local_snapshot(&self) -> Vec<Arc<AgentConn>> {
+        self.registry.snapshot()
+    }
+
+    /// Cuts every local channel (shutdown).
+    pub fn drain(&self) -> usize {
+        self.registry.drain().len()
+    }
+
+    /// Serves a peer's request for a node held here: forwards it onto the node's
+    /// channel and answers the agent's response as it streams. 421 when the node
+    /// is not held here (it moved): the caller looks it up again.
+    pub async fn forward_local(
+        &self,
+        node_id: &str,
+        req: Request<Incoming>,
+    ) -> Response<AgentBody> {
+        let Some(agent) = self.registry.get(node_id) else {
+            return plain(
+                StatusCode::MISDIRECTED_REQUEST,
+                "the node's channel is not on this replica",
+            );
+        };
+        let req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
+        let mut sender = agent.sender.clone();
+        let sent = async {
+            sender.ready().await?;
+            sender.send_request(req).await
+        };
+        match sent.await {
+            Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
+            Err(e) => plain(
+                StatusCode::BAD_GATEWAY,
+                &format!("the node's channel failed: {e}"),
+            ),
+        }
+    }
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<AgentBody> {
+    let mut resp = Response::new(super::client::full(Bytes::from(text.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(PEER_ERROR_HEADER, http::HeaderValue::from_static("1"));
+    resp
+}

@@ -1,0 +1,484 @@
+//! Several bastion replicas on one PostgreSQL database, none special.
+//!
+//! - **Heartbeat**: each replica beats its row in `replicas` every second, on the
+//!   database's clock; one silent for [`REPLICA_LEASE`] is dead, and the nodes it
+//!   held stop counting as reachable.
+//! - **Presence**: which replica holds each node's channel (`node_presence`),
+//!   written in batches as channels come and go, and mirrored in memory on every
+//!   replica from LISTEN/NOTIFY (re-read whole after the listener reconnects,
+//!   since what was sent meanwhile is lost). The newest channel's row wins; a
+//!   replica that sees its node taken by another cuts its own, older channel.
+//! - **Notifications** carry keys, never data: a node to cut, an access change,
+//!   "executions were let go". The tables stay the truth.
+//! - **Peering** ([`peers`]): a replica reaches a node held elsewhere through the
+//!   peer that holds it, over mutually authenticated HTTP/2.
+
+pub mod peers;
+mod listen;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use crate::pki::Pki;
+use crate::state::Shared;
+use crate::store::{ReplicaRow, Store, StoreError};
+
+/// A replica silent for this long is dead.
+pub const REPLICA_LEASE: Duration = Duration::from_secs(5);
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Presence changes are written together when they arrive within this.
+const PRESENCE_BATCH: Duration = Duration::from_millis(20);
+/// A NOTIFY payload must stay under 8000 bytes.
+const MAX_PAYLOAD: usize = 7000;
+
+/// How this process takes part, from `serve --replica-name … --peer-addr …`.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub name: String,
+    pub peer_addr: SocketAddr,
+    /// The address peers dial (default: `peer_addr`).
+    pub peer_advertise: Option<String>,
+}
+
+#[derive(Debug, Error)]
+pub enum ReplicaError {
+    #[error(
+        "replica name {0:?} is not valid: use 1 to 63 lowercase letters, digits and '-', starting with a letter or digit"
+    )]
+    BadName(String),
+    #[error(
+        "replicas need PostgreSQL (--database-url postgres://…): SQLite belongs to one process"
+    )]
+    NeedsPostgres,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("peering: {0}")]
+    Pki(#[from] crate::pki::PkiError),
+}
+
+pub fn valid_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+}
+
+/// The LISTEN/NOTIFY channels of one deployment. Named after its CA, since
+/// channels are per database while deployments may share one in several schemas.
+#[derive(Debug, Clone)]
+pub(crate) struct Channels {
+    pub presence: String,
+    pub cut: String,
+    pub access: String,
+    pub exec: String,
+}
+
+impl Channels {
+    fn new(ca_hash: &str) -> Channels {
+        let id: String = ca_hash
+            .trim_start_matches("sha256:")
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(16)
+            .collect();
+        Channels {
+            presence: format!("postern_{id}_presence"),
+            cut: format!("postern_{id}_cut"),
+            access: format!("postern_{id}_access"),
+            exec: format!("postern_{id}_exec"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct View {
+    read_at: Instant,
+    db_now: i64,
+    replicas: HashMap<String, ReplicaRow>,
+}
+
+#[derive(Debug)]
+enum PresenceOp {
+    Up(String, u64),
+    Down(String, u64),
+}
+
+/// This replica's view of the others, and its part in presence.
+#[derive(Debug)]
+pub struct Replicas {
+    pub name: String,
+    store: Store,
+    advertise: String,
+    started_at: AtomicI64,
+    pub(crate) channels: Channels,
+    view: Mutex<View>,
+    /// Nodes held by other replicas: node → (replica, connection).
+    remote: Mutex<HashMap<String, (String, u64)>>,
+    ops: mpsc::Sender<PresenceOp>,
+    ops_rx: Mutex<Option<mpsc::Receiver<PresenceOp>>>,
+    pub peers: peers::PeerPool,
+    db_ok: AtomicBool,
+    pub routed_out: AtomicU64,
+    pub routed_in: AtomicU64,
+}
+
+impl Replicas {
+    /// Joins the table of replicas under `cfg.name` (refused while a live replica
+    /// holds the name) and prepares peering.
+    pub async fn join(
+        store: &Store,
+        pki: &Pki,
+        cfg: &ReplicaConfig,
+        queue: usize,
+    ) -> Result<Arc<Replicas>, ReplicaError> {
+        if !valid_name(&cfg.name) {
+            return Err(ReplicaError::BadName(cfg.name.clone()));
+        }
+        if store.backend() != crate::store::Backend::Postgres {
+            return Err(ReplicaError::NeedsPostgres);
+        }
+        let advertise = cfg
+            .peer_advertise
+            .clone()
+            .unwrap_or_else(|| cfg.peer_addr.to_string());
+        let lease = REPLICA_LEASE.as_millis() as i64;
+        let started_at = store.join_replicas(&cfg.name, &advertise, lease).await?;
+        let (ops, rx) = mpsc::channel(queue.max(1024));
+        Ok(Arc::new(Replicas {
+            name: cfg.name.clone(),
+            store: store.clone(),
+            advertise,
+            started_at: AtomicI64::new(started_at),
+            channels: Channels::new(pki.ca_hash()),
+            view: Mutex::new(View {
+                read_at: Instant::now(),
+                db_now: 0,
+                replicas: HashMap::new(),
+            }),
+            remote: Mutex::new(HashMap::new()),
+            ops,
+            ops_rx: Mutex::new(Some(rx)),
+            peers: peers::PeerPool::new(pki, &cfg.name)?,
+            db_ok: AtomicBool::new(true),
+            routed_out: AtomicU64::new(0),
+            routed_in: AtomicU64::new(0),
+        }))
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remote(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, u64)>> {
+        self.remote.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether replica `name` beat its heartbeat within the lease (as of the last
+    /// reading, aged by the time since).
+    pub fn alive(&self, name: &str) -> bool {
+        let v = self.view();
+        let Some(r) = v.replicas.get(name) else {
+            return false;
+        };
+        let age = v.db_now - r.heartbeat_at + v.read_at.elapsed().as_millis() as i64;
+        age < REPLICA_LEASE.as_millis() as i64
+    }
+
+    /// The live peer replicas with their addresses.
+    pub fn live_peers(&self) -> Vec<(String, String)> {
+        let names: Vec<(String, String)> = self
+            .view()
+            .replicas
+            .values()
+            .filter(|r| r.name != self.name)
+            .map(|r| (r.name.clone(), r.peer_addr.clone()))
+            .collect();
+        names.into_iter().filter(|(n, _)| self.alive(n)).collect()
+    }
+
+    pub(crate) fn peer_addr(&self, name: &str) -> Option<String> {
+        self.view().replicas.get(name).map(|r| r.peer_addr.clone())
+    }
+
+    /// The live replica holding `node_id`'s channel, other than this one.
+    pub fn holder(&self, node_id: &str) -> Option<(String, u64)> {
+        let held = self.remote().get(node_id).cloned()?;
+        self.alive(&held.0).then_some(held)
+    }
+
+    /// Whether the database answered the last heartbeat.
+    pub fn database_ok(&self) -> bool {
+        self.db_ok.load(Ordering::Relaxed)
+    }
+
+    pub(crate) async fn local_up(&self, node: String, conn: u64) {
+        self.remote().remove(&node);
+        let _ = self.ops.send(PresenceOp::Up(node, conn)).await;
+    }
+
+    pub(crate) async fn local_down(&self, node: String, conn: u64) {
+        let _ = self.ops.send(PresenceOp::Down(node, conn)).await;
+    }
+
+    pub(crate) async fn publish_cut(&self, node_id: &str) {
+        notify(&self.store, &self.channels.cut, node_id).await;
+    }
+
+    /// Starts heartbeat, presence writer and listener on the bastion's tasks.
+    pub fn start(shared: &Arc<Shared>) {
+        let Some(r) = shared.fleet.replicas().cloned() else {
+            return;
+        };
+        let rx = r.ops_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(rx) = rx {
+            shared.tasks.spawn(write_presence(shared.clone(), r.clone(), rx));
+        }
+        shared.tasks.spawn(heartbeat(shared.clone(), r.clone()));
+        shared.tasks.spawn(listen::run(shared.clone(), r));
+    }
+
+    /// A clean stop: this replica's rows go, and its executions are let go to
+    /// the others at once (they need not wait for the lease to run out).
+    pub async fn leave(&self) {
+        let store = &self.store;
+        match store.leave_replicas(&self.name).await {
+            Ok(()) => {
+                notify(store, &self.channels.presence, &format!("{}|reset", self.name)).await;
+                notify(store, &self.channels.exec, &self.name).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not leave the table of replicas; the others notice within the lease"),
+        }
+    }
+
+    /// Replaces the mirror of other replicas' nodes (after a listener reconnect).
+    pub(crate) fn reload(&self, rows: Vec<crate::store::PresenceRow>) {
+        let mut remote = self.remote();
+        remote.clear();
+        for r in rows {
+            if r.replica != self.name {
+                remote.insert(r.node_id, (r.replica, u64::try_from(r.conn_id).unwrap_or(0)));
+            }
+        }
+    }
+
+    /// Applies a presence notification from `replica`; answers the nodes it took
+    /// that this replica also holds (the caller checks which channel is newest).
+    pub(crate) fn apply_presence(&self, payload: &str) -> Vec<String> {
+        let Some((replica, changes)) = payload.split_once('|') else {
+            return Vec::new();
+        };
+        if replica == self.name {
+            return Vec::new();
+        }
+        let mut remote = self.remote();
+        if changes == "reset" {
+            remote.retain(|_, (r, _)| r != replica);
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        for c in changes.split(',') {
+            let (up, rest) = match c.split_at_checked(1) {
+                Some(("+", rest)) => (true, rest),
+                Some(("-", rest)) => (false, rest),
+                _ => continue,
+            };
+            let Some((node, conn)) = rest.rsplit_once(':') else {
+                continue;
+            };
+            let Ok(conn) = conn.parse::<u64>() else {
+                continue;
+            };
+            if up {
+                remote.insert(node.to_string(), (replica.to_string(), conn));
+                taken.push(node.to_string());
+            } else if remote
+                .get(node)
+                .is_some_and(|(r, c)| r == replica && *c == conn)
+            {
+                remote.remove(node);
+            }
+        }
+        taken
+    }
+
+    pub fn remote_count(&self) -> usize {
+        self.remote().len()
+    }
+}
+
+/// `SELECT pg_notify(…)`; a lost notification costs latency only (tables are
+/// re-read), so a failure is logged, not returned.
+pub(crate) async fn notify(store: &Store, channel: &str, payload: &str) {
+    if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(payload)
+        .execute(store.pool())
+        .await
+    {
+        tracing::warn!(channel, error = %e, "could not notify the other replicas");
+    }
+}
+
+async fn heartbeat(shared: Arc<Shared>, r: Arc<Replicas>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let started = r.started_at.load(Ordering::Relaxed);
+        let beat = tokio::time::timeout(HEARTBEAT * 2, async {
+            if !shared.store.heartbeat(&r.name, started).await? {
+                // Our row was removed (an operator, or a namesake took it): join
+                // again; the channels we hold are re-announced below.
+                tracing::warn!(replica = %r.name, "this replica's row was gone; joining again");
+                let lease = REPLICA_LEASE.as_millis() as i64;
+                let at = shared
+                    .store
+                    .join_replicas(&r.name, &r.advertise, lease)
+                    .await?;
+                r.started_at.store(at, Ordering::Relaxed);
+                let held: Vec<(String, u64)> = shared
+                    .fleet
+                    .local_node_ids()
+                    .into_iter()
+                    .filter_map(|n| shared.fleet.local(&n).map(|c| (n, c.conn_id)))
+                    .collect();
+                shared.store.presence_up(&r.name, &held).await?;
+            }
+            shared.store.replicas().await
+        })
+        .await;
+        match beat {
+            Ok(Ok((db_now, rows))) => {
+                let mut v = r.view();
+                v.read_at = Instant::now();
+                v.db_now = db_now;
+                v.replicas = rows.into_iter().map(|row| (row.name.clone(), row)).collect();
+                drop(v);
+                if !r.db_ok.swap(true, Ordering::Relaxed) {
+                    tracing::info!("database reachable again");
+                }
+                // A peer's death makes its nodes unreachable with time alone;
+                // waiters re-check on their own every second.
+            }
+            Ok(Err(e)) => {
+                if r.db_ok.swap(false, Ordering::Relaxed) {
+                    tracing::error!(error = %e, "cannot beat the replica heartbeat: database unavailable");
+                }
+            }
+            Err(_) => {
+                if r.db_ok.swap(false, Ordering::Relaxed) {
+                    tracing::error!("the replica heartbeat timed out: database unavailable");
+                }
+            }
+        }
+    }
+}
+
+/// Writes presence changes in batches and tells the others. A batch that fails
+/// is retried, since a node's channel here that is not on record is invisible
+/// to the other replicas.
+async fn write_presence(shared: Arc<Shared>, r: Arc<Replicas>, mut rx: mpsc::Receiver<PresenceOp>) {
+    let mut ops = Vec::new();
+    loop {
+        let first = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            op = rx.recv() => match op { Some(op) => op, None => return },
+        };
+        ops.push(first);
+        tokio::time::sleep(PRESENCE_BATCH).await;
+        while let Ok(op) = rx.try_recv() {
+            ops.push(op);
+            if ops.len() >= 4096 {
+                break;
+            }
+        }
+        // Up then down of one connection within a batch cancel out.
+        let mut up: Vec<(String, u64)> = Vec::new();
+        let mut down: Vec<(String, u64)> = Vec::new();
+        for op in ops.drain(..) {
+            match op {
+                PresenceOp::Up(n, c) => up.push((n, c)),
+                PresenceOp::Down(n, c) => {
+                    if let Some(i) = up.iter().position(|(un, uc)| *un == n && *uc == c) {
+                        up.swap_remove(i);
+                    } else {
+                        down.push((n, c));
+                    }
+                }
+            }
+        }
+        // A channel that is gone by now is not announced up.
+        up.retain(|(n, c)| shared.fleet.local(n).is_some_and(|a| a.conn_id == *c));
+        let mut attempt = 0u32;
+        loop {
+            let written = async {
+                shared.store.presence_up(&r.name, &up).await?;
+                shared.store.presence_down(&r.name, &down).await
+            };
+            match written.await {
+                Ok(()) => break,
+                Err(e) => {
+                    attempt += 1;
+                    if attempt == 1 {
+                        tracing::warn!(error = %e, "cannot record which nodes this replica holds; retrying");
+                    }
+                    tokio::select! {
+                        _ = shared.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25)))) => {}
+                    }
+                }
+            }
+        }
+        let changes = up
+            .iter()
+            .map(|(n, c)| format!("+{n}:{c}"))
+            .chain(down.iter().map(|(n, c)| format!("-{n}:{c}")));
+        let mut payload = String::new();
+        for c in changes {
+            if payload.len() + c.len() + 1 > MAX_PAYLOAD {
+                notify(&shared.store, &r.channels.presence, &format!("{}|{payload}", r.name)).await;
+                payload.clear();
+            }
+            if !payload.is_empty() {
+                payload.push(',');
+            }
+            payload.push_str(&c);
+        }
+        if !payload.is_empty() {
+            notify(&shared.store, &r.channels.presence, &format!("{}|{payload}", r.name)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_names_are_dns_labels() {
+        for ok in ["r1", "bastion-a", "0"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "A", "r_1", "r.1", &"x".repeat(64), "r 1", "r|1"] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn notification_channels_are_per_deployment_and_safe() {
+        let c = Channels::new("sha256:0123456789abcdef0123");
+        assert_eq!(c.presence, "postern_0123456789abcdef_presence");
+        let other = Channels::new("sha256:ffff");
+        assert_ne!(c.access, other.access);
+    }
+}

@@ -1,0 +1,493 @@
+//! Several bastion replicas on one PostgreSQL: every replica reaches every node,
+//! a killed replica loses nothing, access changes cut sessions on every replica,
+//! and the peer port admits replicas only. Real processes on loopback ports.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use postern_tests::ssh::{InstalledHelper, Node, SshUser, run_with_timeout, text, write_config};
+use postern_tests::{AgentProc, Bastion, BastionOpts, bin, eventually, free_port, run_join};
+use serde_json::{Value, json};
+
+const EXEC: &str = "/cmdexec/v1/projects/web/edges/eu-1/execute/";
+
+async fn execute(b: &Bastion, body: Value) -> Value {
+    let (s, v) = b.post(EXEC, body).await;
+    assert_eq!(s, 202, "{v}");
+    v
+}
+
+async fn finished(b: &Bastion, exec_id: &str, within: Duration) -> Value {
+    let path =
+        format!("/cmdexec/v1/projects/web/edges/eu-1/execution/{exec_id}/?node_limit=1000");
+    let until = Instant::now() + within;
+    loop {
+        let (s, v) = b.get(&path).await;
+        if s == 200 && v["status"] != "pending" && v["status"] != "running" {
+            return v;
+        }
+        assert!(
+            Instant::now() < until,
+            "execution not finished after {within:?}: {s} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Hostname → reachable, as one replica lists them.
+async fn reachable_set(b: &Bastion) -> Vec<(String, bool)> {
+    let (s, v) = b
+        .get("/api/v1/projects/web/edges/eu-1/nodes?limit=1000")
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut out: Vec<(String, bool)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["hostname"].as_str().unwrap().to_string(),
+                n["reachable"] == true,
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn all_reachable(bs: &[&Bastion], hosts: usize, within: Duration) {
+    eventually(within, "every replica sees every node reachable", || async {
+        for b in bs {
+            let set = reachable_set(b).await;
+            if set.len() != hosts || !set.iter().all(|(_, r)| *r) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+/// Enrolls `host` through `via`'s API (so its join command names `via`'s agent
+/// port first) with every replica's agent port as a controller.
+fn join(via: &Bastion, token: &Value, host: &str, controllers: &str, dir: &Path) {
+    let cmd = token["join_command"].as_str().unwrap();
+    let own = format!("https://{}", via.agent);
+    let cmd = cmd.replace(&own, controllers);
+    let out = run_join(
+        &cmd,
+        &["--hostname", host, "--data-dir", dir.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// A node whose commands may leave marks in `mark_dir` (`$MARK`).
+fn agent_marked(dir: &Path, mark_dir: &Path) -> AgentProc {
+    let mut cmd = Command::new(bin("postern-agent"));
+    cmd.env("MARK", mark_dir);
+    AgentProc::spawn(cmd, dir, &["--backoff-cap", "2s"])
+}
+
+fn controllers(bs: &[&Bastion], first: usize) -> String {
+    (0..bs.len())
+        .map(|i| format!("https://{}", bs[(first + i) % bs.len()].agent))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn host_key(b: &Bastion) -> String {
+    let out = Command::new("ssh-keyscan")
+        .args(["-t", "ed25519", "-p", &b.ssh.port().to_string(), "127.0.0.1"])
+        .output()
+        .unwrap();
+    let t = text(&out.stdout);
+    t.split_whitespace().last().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_replicas_serve_one_fleet() {
+    let r1 = Bastion::start(Bastion::replica_opts("r1")).await;
+    let r2 = Bastion::replica_of(&r1, "r2").await;
+    let r3 = Bastion::replica_of(&r1, "r3").await;
+    let rs = [&r1, &r2, &r3];
+
+    // One SSH host key for the deployment, whichever replica answers.
+    let k1 = host_key(&r1);
+    assert!(!k1.is_empty());
+    assert_eq!(k1, host_key(&r2));
+    assert_eq!(k1, host_key(&r3));
+
+    // 30 agents, 10 on each replica.
+    let mut agents = Vec::new();
+    for i in 0..30 {
+        let via = rs[i % 3];
+        let host = format!("n{i:02}");
+        let dir = via.dir.path().join(&host);
+        let t = via.enrollment(json!({"auto_approve": true})).await;
+        join(via, &t, &host, &controllers(&rs, i % 3), &dir);
+        agents.push(AgentProc::run_with(&dir, &[]));
+    }
+    all_reachable(&rs, 30, Duration::from_secs(30)).await;
+    let lists: Vec<_> = futures_util::future::join_all(rs.iter().map(|b| reachable_set(b))).await;
+    assert!(lists.windows(2).all(|w| w[0] == w[1]), "{lists:?}");
+
+    // A cluster fan-out posted to r1 reaches all 30, two thirds through peers.
+    let r = execute(
+        &r1,
+        json!({"target_type": "cluster", "command": "echo ok"}),
+    )
+    .await;
+    assert_eq!(r["target_nodes"].as_array().unwrap().len(), 30, "{r}");
+    let done = finished(&r1, r["exec_id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["node_counts"]["succeeded"], 30, "{done}");
+    assert!(r1.metric("postern_routed_calls_out_total").await >= 20);
+    assert!(r2.metric("postern_routed_calls_in_total").await >= 10);
+
+    // ssh -J through r2 to a node held by r3, with its own sshd and postern-keys.
+    let h = InstalledHelper::install();
+    let node = Node::start(&r3, &h, "sshnode").await;
+    all_reachable(&rs, 31, Duration::from_secs(15)).await;
+    let u = SshUser::create(&r1, "alice", Some(("project_admin", &["root"]))).await;
+    let via_r2 = u.config.with_file_name("via_r2");
+    write_config(
+        &via_r2,
+        r2.ssh.port(),
+        "alice",
+        &u.key,
+        &u.config.with_file_name("known_hosts"),
+    );
+    let ssh = |args: &[&str]| {
+        run_with_timeout(
+            Command::new("ssh").arg("-F").arg(&via_r2).args(args),
+            Duration::from_secs(60),
+        )
+    };
+    let out = ssh(&["-J", "bastion", "root@sshnode", "echo hello-from-$(whoami)"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "hello-from-root");
+
+    // 50 MB through the peer hop, intact.
+    let src = r2.dir.path().join("big.bin");
+    let data: Vec<u8> = (0..50 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    let dest = node.agent.data_dir.with_extension("copy");
+    let out = run_with_timeout(
+        Command::new("scp")
+            .arg("-F")
+            .arg(&via_r2)
+            .args(["-q", "-J", "bastion"])
+            .arg(&src)
+            .arg(format!("root@sshnode:{}", dest.display())),
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(std::fs::read(&dest).unwrap() == data, "the copy differs");
+    drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_replica_loses_nothing_and_runs_nothing_twice() {
+    let r1 = Bastion::start(Bastion::replica_opts("r1")).await;
+    let r2 = Bastion::replica_of(&r1, "r2").await;
+    let mut r3 = Bastion::replica_of(&r1, "r3").await;
+    let rs = [&r1, &r2, &r3];
+    let marks = tempfile::tempdir().unwrap();
+    let mut agents = Vec::new();
+    for i in 0..9 {
+        let via = rs[i % 3];
+        let host = format!("k{i}");
+        let dir = via.dir.path().join(&host);
+        let t = via.enrollment(json!({"auto_approve": true})).await;
+        join(via, &t, &host, &controllers(&rs, i % 3), &dir);
+        let mark = marks.path().join(&host);
+        std::fs::create_dir_all(&mark).unwrap();
+        agents.push(agent_marked(&dir, &mark));
+    }
+    all_reachable(&rs, 9, Duration::from_secs(30)).await;
+    assert_eq!(r3.metric("postern_agents_connected").await, 3);
+
+    // One fan-out posted to r1 (routed through r3 for a third of the nodes), one
+    // posted to r3 itself (to be taken over); each leaves one line per run.
+    let cmd = |tag: &str| json!({"target_type": "cluster", "timeout": 60,
+        "command": format!("echo run >> \"$MARK/{tag}\"; sleep 5; echo done-{tag}")});
+    let a = execute(&r1, cmd("a")).await;
+    let b = execute(&r3, cmd("b")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed = Instant::now();
+    r3.kill();
+
+    // Every agent of r3 is back through the others.
+    let rest = [&r1, &r2];
+    all_reachable(&rest, 9, Duration::from_secs(30)).await;
+    let back = killed.elapsed();
+    eprintln!("r3's agents reachable again {back:?} after the kill");
+
+    for (posted, id) in [("r1", &a), ("r3", &b)] {
+        let done = finished(&r1, id["exec_id"].as_str().unwrap(), Duration::from_secs(90)).await;
+        assert_eq!(done["node_counts"]["succeeded"], 9, "posted to {posted}: {done}");
+        for n in done["nodes"].as_array().unwrap() {
+            assert_eq!(n["exit_code"], 0, "{n}");
+        }
+    }
+    for i in 0..9 {
+        for tag in ["a", "b"] {
+            let runs = std::fs::read_to_string(marks.path().join(format!("k{i}/{tag}"))).unwrap();
+            assert_eq!(runs.lines().count(), 1, "k{i} ran {tag} {} times", runs.lines().count());
+        }
+    }
+    let (s, v) = r2.get("/api/v1/audit?limit=1").await;
+    assert_eq!(s, 200, "{v}");
+    drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_deleted_on_one_replica_cuts_the_session_on_another() {
+    let r1 = Bastion::start(Bastion::replica_opts("r1")).await;
+    let r2 = Bastion::replica_of(&r1, "r2").await;
+    let h = InstalledHelper::install();
+    let _node = Node::start(&r2, &h, "node-a").await;
+    let u = SshUser::create(&r1, "bob", Some(("project_admin", &["root"]))).await;
+    let via_r2 = u.config.with_file_name("via_r2");
+    write_config(
+        &via_r2,
+        r2.ssh.port(),
+        "bob",
+        &u.key,
+        &u.config.with_file_name("known_hosts"),
+    );
+    let mut session = Command::new("ssh")
+        .arg("-F")
+        .arg(&via_r2)
+        .args(["-J", "bastion", "root@node-a", "echo up; sleep 120"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(20), "session through r2 up", || async {
+        r2.metric("postern_ssh_sessions_total").await >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (s, keys) = r1.get("/api/v1/users/bob/ssh-keys").await;
+    assert_eq!(s, 200, "{keys}");
+    let id = keys[0]["id"].as_str().unwrap().to_string();
+    let deleted = Instant::now();
+    let (s, v) = r1.delete(&format!("/api/v1/users/bob/ssh-keys/{id}")).await;
+    assert_eq!(s, 204, "{v}");
+    loop {
+        if session.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            deleted.elapsed() < Duration::from_secs(3),
+            "the session through r2 outlived the key deleted on r1"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("session cut {:?} after the key was deleted on another replica", deleted.elapsed());
+    // r2 recorded what it cut, for the change r1 published.
+    let applied = r1.audit("access.applied").await;
+    assert!(
+        applied
+            .iter()
+            .any(|e| e["actor"] == "replica:r2" && e["detail"]["doors"]["ssh"]["ssh_cut"].as_u64() >= Some(1)),
+        "{applied:?}"
+    );
+}
+
+/// A TLS client with the given identity to the peer port; answers whether an
+/// HTTP/2 request got any answer.
+async fn peer_answers(
+    peer: std::net::SocketAddr,
+    roots_pem: &str,
+    identity: Option<(&str, &str)>,
+    alpn: &[u8],
+) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(roots_pem.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut cfg = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(peer).await.unwrap();
+    // The peer's name is the replica's; any name passes here since only the
+    // client side is under test: accept r1's.
+    let name = ServerName::try_from("r1.replica.postern.internal").unwrap();
+    let Ok(tls) = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+    else {
+        return false;
+    };
+    let Ok((mut sender, conn)) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    else {
+        return false;
+    };
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("http://peer/v1/health")
+        .header("postern-node", "nope")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), sender.send_request(req)).await,
+        Ok(Ok(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_peer_port_admits_replicas_only() {
+    let r1 = Bastion::start(Bastion::replica_opts("r1")).await;
+    let r2 = Bastion::replica_of(&r1, "r2").await;
+    let a = r2.agent("held-by-r2").await;
+    let ca = std::fs::read_to_string(a.data_dir.join("ca.crt")).unwrap();
+    let cert = std::fs::read_to_string(a.data_dir.join("node.crt")).unwrap();
+    let key = std::fs::read_to_string(a.data_dir.join("node.key")).unwrap();
+
+    // Stall handshakes and send junk while the real traffic must go on.
+    let mut stalled = Vec::new();
+    for _ in 0..50 {
+        stalled.push(tokio::net::TcpStream::connect(r1.peer).await.unwrap());
+    }
+    for junk in [
+        &b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        &[0x16, 0x03, 0x01, 0xff, 0xff, 0, 0, 0],
+        &[0u8; 4096],
+    ] {
+        let mut s = tokio::net::TcpStream::connect(r1.peer).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = s.write_all(junk).await;
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        // Either closed or a TLS alert; never an HTTP answer.
+        if let Ok(Ok(n)) = n {
+            assert!(!text(&buf[..n]).contains("HTTP"), "{:?}", &buf[..n]);
+        }
+    }
+    // A node's certificate from the same CA is not a replica's.
+    assert!(!peer_answers(r1.peer, &ca, Some((&cert, &key)), b"postern-peer/1").await);
+    // No certificate at all.
+    assert!(!peer_answers(r1.peer, &ca, None, b"postern-peer/1").await);
+    // A certificate from another CA.
+    let other = Bastion::start(BastionOpts::default()).await;
+    let o = other.agent("stranger").await;
+    let ocert = std::fs::read_to_string(o.data_dir.join("node.crt")).unwrap();
+    let okey = std::fs::read_to_string(o.data_dir.join("node.key")).unwrap();
+    assert!(!peer_answers(r1.peer, &ca, Some((&ocert, &okey)), b"postern-peer/1").await);
+    assert!(r1.metric("postern_peer_refused_total").await >= 3);
+
+    // Meanwhile (50 stalled handshakes still open), r1 reaches r2's node at once.
+    let started = Instant::now();
+    let r = execute(
+        &r1,
+        json!({"target_type": "node", "target": ["held-by-r2"], "command": "echo routed"}),
+    )
+    .await;
+    let done = finished(&r1, r["exec_id"].as_str().unwrap(), Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_need_postgres_and_say_when_the_database_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("master.key"), "ab".repeat(32)).unwrap();
+    let serve = |extra: &[&str]| {
+        let mut c = Command::new(bin("postern-bastion"));
+        c.arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--api-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--agent-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--ssh-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(extra);
+        c
+    };
+    // A replica on SQLite.
+    let peer = format!("127.0.0.1:{}", free_port());
+    let out = run_with_timeout(
+        &mut serve(&["--replica-name", "r1", "--peer-addr", &peer]),
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("replicas need PostgreSQL"), "{}", text(&out.stderr));
+
+    // A second bastion on a SQLite data directory in use.
+    let mut first = serve(&[])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = run_with_timeout(&mut serve(&[]), Duration::from_secs(20));
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("another bastion is running on the data directory"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A database that does not answer.
+    let url = format!("postgres://postgres@127.0.0.1:{}/test", free_port());
+    let out = run_with_timeout(
+        &mut serve(&["--database-url", &url, "--replica-name", "r1", "--peer-addr", &peer]),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot reach the database"), "{err}");
+
+    // A replica that loses its database answers 503, then recovers.
+    let url = postern_tests::postgres_url();
+    let pg: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let proxy = postern_tests::proxy::TcpProxy::start(pg).await;
+    let via_proxy = url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    let mut opts = Bastion::replica_opts("r1");
+    opts.database_url = Some(via_proxy);
+    let b = Bastion::start(opts).await;
+    proxy.cut();
+    eventually(Duration::from_secs(10), "readyz 503", || async {
+        matches!(postern_tests::http(b.api, "GET", "/readyz", None, None).await, Ok((503, _)))
+    })
+    .await;
+    let (s, v) = b.get("/api/v1/projects").await;
+    assert_eq!(s, 503, "{v}");
+    proxy.restore();
+    eventually(Duration::from_secs(30), "readyz 200 again", || async {
+        matches!(postern_tests::http(b.api, "GET", "/readyz", None, None).await, Ok((200, _)))
+    })
+    .await;
+    let (s, v) = b.get("/api/v1/projects").await;
+    assert_eq!(s, 200, "{v}");
+}
