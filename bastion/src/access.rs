@@ -21,6 +21,8 @@ use crate::state::Shared;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessChange {
+    /// The org of the user, under which the other replicas record what they cut.
+    pub org_id: String,
     pub user_id: String,
     pub what: Change,
 }
@@ -71,10 +73,7 @@ impl AccessBus {
     }
 
     fn doors(&self) -> Vec<Arc<dyn Door>> {
-        self.doors
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.doors.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     async fn apply_here(&self, shared: &Shared, change: &AccessChange) -> Map<String, Value> {
@@ -97,8 +96,12 @@ pub async fn publish(shared: &Shared, change: AccessChange) -> Map<String, Value
             change,
         };
         match serde_json::to_string(&notice) {
-            Ok(payload) => crate::replicas::notify(&shared.store, &r.channels.access, &payload).await,
-            Err(e) => tracing::error!(error = %e, "cannot encode an access change for the other replicas"),
+            Ok(payload) => {
+                crate::replicas::notify(&shared.store, &r.channels.access, &payload).await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode an access change for the other replicas")
+            }
         }
     }
     reports
@@ -122,8 +125,13 @@ pub(crate) async fn on_notification(shared: &Shared, payload: &str) {
         return;
     }
     let reports = shared.access.apply_here(shared, &notice.change).await;
-    let me = shared.fleet.replicas().map(|r| r.name.clone()).unwrap_or_default();
+    let me = shared
+        .fleet
+        .replicas()
+        .map(|r| r.name.clone())
+        .unwrap_or_default();
     let ev = Event::new("access.applied", "ok")
+        .org(&notice.change.org_id)
         .actor(format!("replica:{me}"))
         .detail(json!({
             "published_by": notice.origin,
@@ -141,6 +149,7 @@ mod tests {
     #[test]
     fn changes_travel_as_small_json_and_refuse_unknown_fields() {
         let c = AccessChange {
+            org_id: "o1".into(),
             user_id: "u1".into(),
             what: Change::KeyDeleted {
                 fingerprint: "SHA256:abc".into(),
@@ -154,7 +163,12 @@ mod tests {
         assert!(s.len() < 8000);
         let back: Notice = serde_json::from_str(&s).unwrap();
         assert_eq!(back.change, c);
-        assert!(serde_json::from_str::<Notice>(r#"{"origin":"r","change":{"user_id":"u","what":{"kind":"user_deleted"}},"x":1}"#).is_err());
-        assert!(serde_json::from_str::<Notice>(r#"{"origin":"r","change":{"user_id":"u","what":{"kind":"nope"}}}"#).is_err());
+        assert!(serde_json::from_str::<Notice>(r#"{"origin":"r","change":{"org_id":"o","user_id":"u","what":{"kind":"user_deleted"}},"x":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<Notice>(
+                r#"{"origin":"r","change":{"org_id":"o","user_id":"u","what":{"kind":"nope"}}}"#
+            )
+            .is_err()
+        );
     }
 }

@@ -250,11 +250,13 @@ async fn main() -> anyhow::Result<()> {
                 node_cert_ttl: a.tuning.node_cert_ttl,
                 settings: settings(&a.tuning, a.agent_public_url),
                 replica: match (a.replica_name, a.peer_addr) {
-                    (Some(name), Some(peer_addr)) => Some(postern_bastion::replicas::ReplicaConfig {
-                        name,
-                        peer_addr,
-                        peer_advertise: a.peer_advertise,
-                    }),
+                    (Some(name), Some(peer_addr)) => {
+                        Some(postern_bastion::replicas::ReplicaConfig {
+                            name,
+                            peer_addr,
+                            peer_advertise: a.peer_advertise,
+                        })
+                    }
                     _ => None,
                 },
             };

@@ -312,7 +312,12 @@ impl Bastion {
             cmd.args(["--database-url", u]);
         }
         if let Some(name) = &self.opts.replica_name {
-            cmd.args(["--replica-name", name, "--peer-addr", &self.peer.to_string()]);
+            cmd.args([
+                "--replica-name",
+                name,
+                "--peer-addr",
+                &self.peer.to_string(),
+            ]);
         }
         self.child = Some(cmd.spawn().unwrap());
         let api = self.api;

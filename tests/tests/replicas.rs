@@ -20,8 +20,7 @@ async fn execute(b: &Bastion, body: Value) -> Value {
 }
 
 async fn finished(b: &Bastion, exec_id: &str, within: Duration) -> Value {
-    let path =
-        format!("/cmdexec/v1/projects/web/edges/eu-1/execution/{exec_id}/?node_limit=1000");
+    let path = format!("/cmdexec/v1/projects/web/edges/eu-1/execution/{exec_id}/?node_limit=1000");
     let until = Instant::now() + within;
     loop {
         let (s, v) = b.get(&path).await;
@@ -58,15 +57,19 @@ async fn reachable_set(b: &Bastion) -> Vec<(String, bool)> {
 }
 
 async fn all_reachable(bs: &[&Bastion], hosts: usize, within: Duration) {
-    eventually(within, "every replica sees every node reachable", || async {
-        for b in bs {
-            let set = reachable_set(b).await;
-            if set.len() != hosts || !set.iter().all(|(_, r)| *r) {
-                return false;
+    eventually(
+        within,
+        "every replica sees every node reachable",
+        || async {
+            for b in bs {
+                let set = reachable_set(b).await;
+                if set.len() != hosts || !set.iter().all(|(_, r)| *r) {
+                    return false;
+                }
             }
-        }
-        true
-    })
+            true
+        },
+    )
     .await;
 }
 
@@ -87,7 +90,7 @@ fn join(via: &Bastion, token: &Value, host: &str, controllers: &str, dir: &Path)
 fn agent_marked(dir: &Path, mark_dir: &Path) -> AgentProc {
     let mut cmd = Command::new(bin("postern-agent"));
     cmd.env("MARK", mark_dir);
-    AgentProc::spawn(cmd, dir, &["--backoff-cap", "2s"])
+    AgentProc::spawn(cmd, dir, &[])
 }
 
 fn controllers(bs: &[&Bastion], first: usize) -> String {
@@ -99,7 +102,13 @@ fn controllers(bs: &[&Bastion], first: usize) -> String {
 
 fn host_key(b: &Bastion) -> String {
     let out = Command::new("ssh-keyscan")
-        .args(["-t", "ed25519", "-p", &b.ssh.port().to_string(), "127.0.0.1"])
+        .args([
+            "-t",
+            "ed25519",
+            "-p",
+            &b.ssh.port().to_string(),
+            "127.0.0.1",
+        ])
         .output()
         .unwrap();
     let t = text(&out.stdout);
@@ -134,11 +143,7 @@ async fn three_replicas_serve_one_fleet() {
     assert!(lists.windows(2).all(|w| w[0] == w[1]), "{lists:?}");
 
     // A cluster fan-out posted to r1 reaches all 30, two thirds through peers.
-    let r = execute(
-        &r1,
-        json!({"target_type": "cluster", "command": "echo ok"}),
-    )
-    .await;
+    let r = execute(&r1, json!({"target_type": "cluster", "command": "echo ok"})).await;
     assert_eq!(r["target_nodes"].as_array().unwrap().len(), 30, "{r}");
     let done = finished(&r1, r["exec_id"].as_str().unwrap(), Duration::from_secs(60)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
@@ -213,23 +218,43 @@ async fn a_killed_replica_loses_nothing_and_runs_nothing_twice() {
 
     // One fan-out posted to r1 (routed through r3 for a third of the nodes), one
     // posted to r3 itself (to be taken over); each leaves one line per run.
-    let cmd = |tag: &str| json!({"target_type": "cluster", "timeout": 60,
-        "command": format!("echo run >> \"$MARK/{tag}\"; sleep 5; echo done-{tag}")});
+    let cmd = |tag: &str| {
+        json!({"target_type": "cluster", "timeout": 60,
+        "command": format!("echo run >> \"$MARK/{tag}\"; sleep 5; echo done-{tag}")})
+    };
     let a = execute(&r1, cmd("a")).await;
     let b = execute(&r3, cmd("b")).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let killed = Instant::now();
     r3.kill();
 
-    // Every agent of r3 is back through the others.
-    let rest = [&r1, &r2];
-    all_reachable(&rest, 9, Duration::from_secs(30)).await;
+    // Every agent of r3 is back, on the others.
+    eventually(
+        Duration::from_secs(30),
+        "r3's agents on r1 and r2",
+        || async {
+            r1.metric("postern_agents_connected").await
+                + r2.metric("postern_agents_connected").await
+                == 9
+        },
+    )
+    .await;
     let back = killed.elapsed();
-    eprintln!("r3's agents reachable again {back:?} after the kill");
+    eprintln!("r3's agents connected to the others {back:?} after the kill");
+    let rest = [&r1, &r2];
+    all_reachable(&rest, 9, Duration::from_secs(10)).await;
 
     for (posted, id) in [("r1", &a), ("r3", &b)] {
-        let done = finished(&r1, id["exec_id"].as_str().unwrap(), Duration::from_secs(90)).await;
-        assert_eq!(done["node_counts"]["succeeded"], 9, "posted to {posted}: {done}");
+        let done = finished(
+            &r1,
+            id["exec_id"].as_str().unwrap(),
+            Duration::from_secs(90),
+        )
+        .await;
+        assert_eq!(
+            done["node_counts"]["succeeded"], 9,
+            "posted to {posted}: {done}"
+        );
         for n in done["nodes"].as_array().unwrap() {
             assert_eq!(n["exit_code"], 0, "{n}");
         }
@@ -237,7 +262,12 @@ async fn a_killed_replica_loses_nothing_and_runs_nothing_twice() {
     for i in 0..9 {
         for tag in ["a", "b"] {
             let runs = std::fs::read_to_string(marks.path().join(format!("k{i}/{tag}"))).unwrap();
-            assert_eq!(runs.lines().count(), 1, "k{i} ran {tag} {} times", runs.lines().count());
+            assert_eq!(
+                runs.lines().count(),
+                1,
+                "k{i} ran {tag} {} times",
+                runs.lines().count()
+            );
         }
     }
     let (s, v) = r2.get("/api/v1/audit?limit=1").await;
@@ -291,13 +321,15 @@ async fn a_key_deleted_on_one_replica_cuts_the_session_on_another() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("session cut {:?} after the key was deleted on another replica", deleted.elapsed());
+    eprintln!(
+        "session cut {:?} after the key was deleted on another replica",
+        deleted.elapsed()
+    );
     // r2 recorded what it cut, for the change r1 published.
     let applied = r1.audit("access.applied").await;
     assert!(
-        applied
-            .iter()
-            .any(|e| e["actor"] == "replica:r2" && e["detail"]["doors"]["ssh"]["ssh_cut"].as_u64() >= Some(1)),
+        applied.iter().any(|e| e["actor"] == "replica:r2"
+            && e["detail"]["doors"]["ssh"]["ssh_cut"].as_u64() >= Some(1)),
         "{applied:?}"
     );
 }
@@ -368,6 +400,10 @@ async fn the_peer_port_admits_replicas_only() {
     let r1 = Bastion::start(Bastion::replica_opts("r1")).await;
     let r2 = Bastion::replica_of(&r1, "r2").await;
     let a = r2.agent("held-by-r2").await;
+    eventually(Duration::from_secs(10), "r1 sees r2's node", || {
+        r1.reachable("held-by-r2")
+    })
+    .await;
     let ca = std::fs::read_to_string(a.data_dir.join("ca.crt")).unwrap();
     let cert = std::fs::read_to_string(a.data_dir.join("node.crt")).unwrap();
     let key = std::fs::read_to_string(a.data_dir.join("node.key")).unwrap();
@@ -414,7 +450,11 @@ async fn the_peer_port_admits_replicas_only() {
     .await;
     let done = finished(&r1, r["exec_id"].as_str().unwrap(), Duration::from_secs(20)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     drop(stalled);
 }
 
@@ -440,7 +480,11 @@ async fn replicas_need_postgres_and_say_when_the_database_is_gone() {
         Duration::from_secs(20),
     );
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("replicas need PostgreSQL"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("replicas need PostgreSQL"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // A second bastion on a SQLite data directory in use.
     let mut first = serve(&[])
@@ -461,7 +505,14 @@ async fn replicas_need_postgres_and_say_when_the_database_is_gone() {
     // A database that does not answer.
     let url = format!("postgres://postgres@127.0.0.1:{}/test", free_port());
     let out = run_with_timeout(
-        &mut serve(&["--database-url", &url, "--replica-name", "r1", "--peer-addr", &peer]),
+        &mut serve(&[
+            "--database-url",
+            &url,
+            "--replica-name",
+            "r1",
+            "--peer-addr",
+            &peer,
+        ]),
         Duration::from_secs(60),
     );
     assert!(!out.status.success());
@@ -478,14 +529,20 @@ async fn replicas_need_postgres_and_say_when_the_database_is_gone() {
     let b = Bastion::start(opts).await;
     proxy.cut();
     eventually(Duration::from_secs(10), "readyz 503", || async {
-        matches!(postern_tests::http(b.api, "GET", "/readyz", None, None).await, Ok((503, _)))
+        matches!(
+            postern_tests::http(b.api, "GET", "/readyz", None, None).await,
+            Ok((503, _))
+        )
     })
     .await;
     let (s, v) = b.get("/api/v1/projects").await;
     assert_eq!(s, 503, "{v}");
     proxy.restore();
     eventually(Duration::from_secs(30), "readyz 200 again", || async {
-        matches!(postern_tests::http(b.api, "GET", "/readyz", None, None).await, Ok((200, _)))
+        matches!(
+            postern_tests::http(b.api, "GET", "/readyz", None, None).await,
+            Ok((200, _))
+        )
     })
     .await;
     let (s, v) = b.get("/api/v1/projects").await;

@@ -85,11 +85,16 @@ impl NodeLink {
             Route::Peer {
                 replicas, replica, ..
             } => {
-                let addr = replicas
-                    .peer_addr(replica)
-                    .ok_or_else(|| CallError::Peer(format!("replica {replica} is not on record")))?;
-                replicas.routed_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let resp = replicas.peers.send(replica, &addr, &self.node_id, req).await?;
+                let addr = replicas.peer_addr(replica).ok_or_else(|| {
+                    CallError::Peer(format!("replica {replica} is not on record"))
+                })?;
+                replicas
+                    .routed_out
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let resp = replicas
+                    .peers
+                    .send(replica, &addr, &self.node_id, req)
+                    .await?;
                 if resp.headers().contains_key(PEER_ERROR_HEADER) {
                     if resp.status() == StatusCode::MISDIRECTED_REQUEST {
                         // The peer no longer holds the node: it moved or went down.

@@ -248,7 +248,15 @@ impl Engine {
         } else if let Some(cancel) = self.start_running(&exec_id, runnable.len()) {
             let exec = Arc::new(exec);
             for (node_id, hostname) in runnable {
-                dispatch::spawn(shared, self, exec.clone(), node_id, hostname, false, cancel.clone());
+                dispatch::spawn(
+                    shared,
+                    self,
+                    exec.clone(),
+                    node_id,
+                    hostname,
+                    false,
+                    cancel.clone(),
+                );
             }
         }
         Ok(ExecuteResponse {
@@ -298,7 +306,10 @@ impl Engine {
         if ids.is_empty() {
             return Ok(0);
         }
-        tracing::info!(executions = ids.len(), "taking over executions whose lease ran out");
+        tracing::info!(
+            executions = ids.len(),
+            "taking over executions whose lease ran out"
+        );
         let open = shared.store.unfinished_results_of(&ids).await?;
         let with_nodes: std::collections::HashSet<String> =
             open.iter().map(|(e, _)| e.id.clone()).collect();
@@ -332,7 +343,15 @@ impl Engine {
             };
             for r in rows {
                 let sent = r.status == NodeExecStatus::Running;
-                dispatch::spawn(shared, self, exec.clone(), r.node_id, r.hostname, sent, cancel.clone());
+                dispatch::spawn(
+                    shared,
+                    self,
+                    exec.clone(),
+                    r.node_id,
+                    r.hostname,
+                    sent,
+                    cancel.clone(),
+                );
             }
         }
         if n > 0 {

@@ -62,8 +62,6 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state
-            .metrics
-            .render(&state.fleet, state.tasks.len()),
+        state.metrics.render(&state.fleet, state.tasks.len()),
     )
 }

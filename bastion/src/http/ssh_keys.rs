@@ -12,8 +12,8 @@ use super::admin::plain_id;
 use super::extract::{ApiJson, ApiPath, Caller};
 use super::users::{may_manage_tokens_of, resolve_user};
 use super::{ApiError, AppState};
-use crate::clock::{now_ms, rfc3339};
 use crate::access::{self, AccessChange, Change};
+use crate::clock::{now_ms, rfc3339};
 use crate::ssh::keys::parse_user_key;
 use crate::store::{NewSshKey, SshKeyRow, StoreError};
 
@@ -149,6 +149,7 @@ pub async fn delete(
         return Err(not_found());
     };
     let change = AccessChange {
+        org_id: caller.principal.org_id.clone(),
         user_id: user.id.clone(),
         what: Change::KeyDeleted {
             fingerprint: fingerprint.clone(),

@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 use super::admin::{plain_id, require};
 use super::extract::{ApiJson, ApiPath, Caller, TOKEN_PREFIX};
 use super::{ApiError, AppState};
+use crate::access::{self, AccessChange, Change};
 use crate::authz::Action;
 use crate::clock::{now_ms, rfc3339};
 use crate::secrets::new_token;
-use crate::access::{self, AccessChange, Change};
 use crate::store::{ApiTokenRow, BindingRow, UserRow};
 
 pub(super) async fn resolve_user(
@@ -223,6 +223,7 @@ pub async fn delete_user(
     let applied = access::publish(
         &state,
         AccessChange {
+            org_id: caller.principal.org_id.clone(),
             user_id: user.id.clone(),
             what: Change::UserDeleted,
         },
@@ -326,9 +327,11 @@ pub async fn set_role(
         .set_binding(&user.id, &binding, now_ms())
         .await?;
     // A new role only adds access; a changed one may take some away, at once.
-    let mut detail = json!({ "role": body.role, "logins": body.logins, "forward_to": body.forward_to });
+    let mut detail =
+        json!({ "role": body.role, "logins": body.logins, "forward_to": body.forward_to });
     if replaced {
         let change = AccessChange {
+            org_id: caller.principal.org_id.clone(),
             user_id: user.id.clone(),
             what: Change::RoleChanged {
                 project_id: binding.project_id.clone(),
@@ -389,6 +392,7 @@ pub async fn remove_role(
         )));
     }
     let change = AccessChange {
+        org_id: caller.principal.org_id.clone(),
         user_id: user.id.clone(),
         what: Change::RoleChanged { project_id },
     };

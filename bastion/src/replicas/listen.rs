@@ -101,6 +101,14 @@ async fn reload(shared: &Arc<Shared>, r: &Replicas) {
 async fn handle(shared: &Arc<Shared>, r: &Replicas, channel: &str, payload: &str) {
     let c = &r.channels;
     if channel == c.presence {
+        // A replica that joined since our last heartbeat: learn of it now, or
+        // its nodes would count as unreachable until the next one.
+        if let Some((from, _)) = payload.split_once('|')
+            && !r.knows(from)
+            && let Err(e) = r.refresh().await
+        {
+            tracing::warn!(error = %e, "cannot read the table of replicas");
+        }
         let taken = r.apply_presence(payload);
         shared.fleet.bump();
         for node in taken {

@@ -13,8 +13,8 @@
 //! - **Peering** ([`peers`]): a replica reaches a node held elsewhere through the
 //!   peer that holds it, over mutually authenticated HTTP/2.
 
-pub mod peers;
 mod listen;
+pub mod peers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -238,7 +238,9 @@ impl Replicas {
         };
         let rx = r.ops_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(rx) = rx {
-            shared.tasks.spawn(write_presence(shared.clone(), r.clone(), rx));
+            shared
+                .tasks
+                .spawn(write_presence(shared.clone(), r.clone(), rx));
         }
         shared.tasks.spawn(heartbeat(shared.clone(), r.clone()));
         shared.tasks.spawn(listen::run(shared.clone(), r));
@@ -250,10 +252,17 @@ impl Replicas {
         let store = &self.store;
         match store.leave_replicas(&self.name).await {
             Ok(()) => {
-                notify(store, &self.channels.presence, &format!("{}|reset", self.name)).await;
+                notify(
+                    store,
+                    &self.channels.presence,
+                    &format!("{}|reset", self.name),
+                )
+                .await;
                 notify(store, &self.channels.exec, &self.name).await;
             }
-            Err(e) => tracing::warn!(error = %e, "could not leave the table of replicas; the others notice within the lease"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not leave the table of replicas; the others notice within the lease")
+            }
         }
     }
 
@@ -263,7 +272,10 @@ impl Replicas {
         remote.clear();
         for r in rows {
             if r.replica != self.name {
-                remote.insert(r.node_id, (r.replica, u64::try_from(r.conn_id).unwrap_or(0)));
+                remote.insert(
+                    r.node_id,
+                    (r.replica, u64::try_from(r.conn_id).unwrap_or(0)),
+                );
             }
         }
     }
@@ -306,6 +318,25 @@ impl Replicas {
             }
         }
         taken
+    }
+
+    /// Whether `name` is in this replica's view (a replica that joined since the
+    /// last heartbeat is not yet).
+    pub(crate) fn knows(&self, name: &str) -> bool {
+        self.view().replicas.contains_key(name)
+    }
+
+    /// Reads the table of replicas now.
+    pub(crate) async fn refresh(&self) -> Result<(), StoreError> {
+        let (db_now, rows) = self.store.replicas().await?;
+        let mut v = self.view();
+        v.read_at = Instant::now();
+        v.db_now = db_now;
+        v.replicas = rows
+            .into_iter()
+            .map(|row| (row.name.clone(), row))
+            .collect();
+        Ok(())
     }
 
     pub fn remote_count(&self) -> usize {
@@ -362,8 +393,12 @@ async fn heartbeat(shared: Arc<Shared>, r: Arc<Replicas>) {
                 let mut v = r.view();
                 v.read_at = Instant::now();
                 v.db_now = db_now;
-                v.replicas = rows.into_iter().map(|row| (row.name.clone(), row)).collect();
+                v.replicas = rows
+                    .into_iter()
+                    .map(|row| (row.name.clone(), row))
+                    .collect();
                 drop(v);
+                shared.fleet.bump();
                 if !r.db_ok.swap(true, Ordering::Relaxed) {
                     tracing::info!("database reachable again");
                 }
@@ -446,7 +481,12 @@ async fn write_presence(shared: Arc<Shared>, r: Arc<Replicas>, mut rx: mpsc::Rec
         let mut payload = String::new();
         for c in changes {
             if payload.len() + c.len() + 1 > MAX_PAYLOAD {
-                notify(&shared.store, &r.channels.presence, &format!("{}|{payload}", r.name)).await;
+                notify(
+                    &shared.store,
+                    &r.channels.presence,
+                    &format!("{}|{payload}", r.name),
+                )
+                .await;
                 payload.clear();
             }
             if !payload.is_empty() {
@@ -455,7 +495,12 @@ async fn write_presence(shared: Arc<Shared>, r: Arc<Replicas>, mut rx: mpsc::Rec
             payload.push_str(&c);
         }
         if !payload.is_empty() {
-            notify(&shared.store, &r.channels.presence, &format!("{}|{payload}", r.name)).await;
+            notify(
+                &shared.store,
+                &r.channels.presence,
+                &format!("{}|{payload}", r.name),
+            )
+            .await;
         }
     }
 }

@@ -26,9 +26,9 @@ use tokio::sync::Semaphore;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
+use crate::agents::AgentBody;
 use crate::agents::client::CallError;
 use crate::agents::fleet::NODE_HEADER;
-use crate::agents::AgentBody;
 use crate::metrics::inc;
 use crate::pki::{Pki, PkiError, replica_dns_name, replica_name_of};
 use crate::state::Shared;
@@ -156,7 +156,9 @@ impl PeerPool {
                 slot.failures += 1;
                 slot.failing_since.get_or_insert_with(Instant::now);
                 let exp = Duration::from_millis(100).saturating_mul(1 << slot.failures.min(8));
-                let delay = exp.min(REDIAL_CAP).mul_f64(0.5 + rand::random::<f64>() / 2.0);
+                let delay = exp
+                    .min(REDIAL_CAP)
+                    .mul_f64(0.5 + rand::random::<f64>() / 2.0);
                 slot.retry_at = Some(Instant::now() + delay);
                 let why = match failed {
                     Ok(Err(e)) => e,

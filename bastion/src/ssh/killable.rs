@@ -2,9 +2,14 @@
 //! and owns the socket; dropping our handle does not end it. Wrapping the socket
 //! lets the auth deadline and shutdown close a connection whose peer stalls, so it
 //! holds no memory or descriptor beyond the deadline.
+//!
+//! It also notes when the first line has arrived from the client (its SSH
+//! identification), for the banner deadline.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -14,6 +19,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 pub struct Killable {
     inner: TcpStream,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
+    line_heard: Arc<AtomicBool>,
 }
 
 impl Killable {
@@ -21,7 +27,13 @@ impl Killable {
         Killable {
             inner,
             killed: Box::pin(token.cancelled_owned()),
+            line_heard: Arc::default(),
         }
+    }
+
+    /// Set once a newline has been read from the client.
+    pub fn line_heard(&self) -> Arc<AtomicBool> {
+        self.line_heard.clone()
     }
 
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
@@ -42,7 +54,12 @@ impl AsyncRead for Killable {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         self.check(cx)?;
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if !self.line_heard.load(Ordering::Relaxed) && buf.filled()[before..].contains(&b'\n') {
+            self.line_heard.store(true, Ordering::Relaxed);
+        }
+        res
     }
 }
 

@@ -188,7 +188,9 @@ impl crate::access::Door for SshDoor {
             let c = match &change.what {
                 Change::UserDeleted => AccessChange::UserDeleted,
                 Change::KeyDeleted { fingerprint } => AccessChange::KeyDeleted(fingerprint),
-                Change::RoleChanged { project_id } => AccessChange::RoleChanged(project_id.as_deref()),
+                Change::RoleChanged { project_id } => {
+                    AccessChange::RoleChanged(project_id.as_deref())
+                }
             };
             let applied = apply_access_change(shared, &change.user_id, c).await;
             serde_json::to_value(applied).unwrap_or_default()
@@ -271,25 +273,16 @@ pub async fn serve(listener: TcpListener, config: Arc<Config>, shared: Arc<Share
     }
 }
 
-/// Waits until the client has sent a whole line (its `SSH-2.0-…` identification,
-/// which OpenSSH sends at once), without consuming it. Silent or trickling
-/// sockets are closed at the deadline instead of holding a place for the whole
-/// authentication timeout.
-async fn identification_arrives(tcp: &TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 256];
-    let wait = async {
-        loop {
-            match tcp.peek(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                // A full buffer without a newline: lines before the identification
-                // are allowed (RFC 4253 §4.2); russh judges them from here.
-                Ok(n) if n == buf.len() || buf[..n].contains(&b'\n') => return true,
-                // Part of a line: peek returns at once while data waits, so pause.
-                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-    };
-    tokio::time::timeout(within, wait).await.unwrap_or(false)
+/// Resolves when `within` has passed without a whole line from the client (its
+/// `SSH-2.0-…` identification, which OpenSSH sends at once): silent or trickling
+/// sockets are closed then instead of holding a place for the whole
+/// authentication timeout. Our own identification goes out at once, so clients
+/// that wait for it first (ssh-keyscan, load balancer checks) are served.
+async fn no_identification(heard: Arc<std::sync::atomic::AtomicBool>, within: Duration) {
+    tokio::time::sleep(within).await;
+    if heard.load(std::sync::atomic::Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn connection(
@@ -300,14 +293,12 @@ async fn connection(
     permit: startups::Admitted,
 ) {
     let _ = tcp.set_nodelay(true);
-    if !identification_arrives(&tcp, shared.settings.ssh_banner_timeout).await {
-        tracing::debug!(%peer, "no SSH identification in time; closing");
-        return;
-    }
     let kill = shared.shutdown.child_token();
     let authenticated = Arc::new(Notify::new());
     let handler = handler::Conn::new(shared.clone(), peer, authenticated.clone(), kill.clone());
     let stream = killable::Killable::new(tcp, kill.clone());
+    let banner = no_identification(stream.line_heard(), shared.settings.ssh_banner_timeout);
+    tokio::pin!(banner);
     let deadline = tokio::time::sleep(shared.settings.ssh_auth_timeout);
     tokio::pin!(deadline);
 
@@ -319,6 +310,11 @@ async fn connection(
                 return;
             }
         },
+        _ = &mut banner => {
+            tracing::debug!(%peer, "no SSH identification in time; closing");
+            kill.cancel();
+            return;
+        }
         _ = &mut deadline => {
             kill.cancel();
             return;
@@ -328,6 +324,11 @@ async fn connection(
     tokio::pin!(session);
     tokio::select! {
         _ = &mut session => return,
+        _ = &mut banner => {
+            tracing::debug!(%peer, "no SSH identification in time; closing");
+            kill.cancel();
+            return;
+        }
         _ = authenticated.notified() => {}
         _ = &mut deadline => {
             tracing::info!(%peer, "SSH client did not authenticate in time; closing");

@@ -229,9 +229,9 @@ async fn open(shared: &Shared, jump: &Jump) -> Result<Opened, Refusal> {
         .map_err(|e| named(format!("internal error: {e}")))?;
     let timeout = shared.settings.agent_call_timeout;
     let resp = tokio::time::timeout(timeout, agent.send(req))
-    .await
-    .map_err(|_| named(format!("node {host} did not answer within {timeout:?}")))?
-    .map_err(|e| named(format!("node {host}: channel failed ({e})")))?;
+        .await
+        .map_err(|_| named(format!("node {host} did not answer within {timeout:?}")))?
+        .map_err(|e| named(format!("node {host}: channel failed ({e})")))?;
     if resp.status() != StatusCode::OK {
         let status = resp.status();
         let text = match Limited::new(resp.into_body(), 4096).collect().await {

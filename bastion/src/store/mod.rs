@@ -42,7 +42,9 @@ pub enum StoreError {
     BadUrl(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    #[error("cannot reach the database at {url}: {detail} (is it running, and is --database-url right?)")]
+    #[error(
+        "cannot reach the database at {url}: {detail} (is it running, and is --database-url right?)"
+    )]
     Unreachable { url: String, detail: String },
 }
 
