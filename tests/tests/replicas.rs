@@ -548,3 +548,188 @@ async fn replicas_need_postgres_and_say_when_the_database_is_gone() {
     let (s, v) = b.get("/api/v1/projects").await;
     assert_eq!(s, 200, "{v}");
 }
+
+/// A clean stop is not an outage: the stopping replica lets its executions go
+/// at once (another finishes them without waiting for the lease), says it holds
+/// no node any more, and claims no result it did not store.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_stops_cleanly_hands_over_at_once() {
+    let r1 = Bastion::start(Bastion::replica_opts("r1")).await;
+    let mut r2 = Bastion::replica_of(&r1, "r2").await;
+    let rs = [&r1, &r2];
+    let marks = tempfile::tempdir().unwrap();
+    let mut agents = Vec::new();
+    for i in 0..4 {
+        let via = rs[i % 2];
+        let host = format!("s{i}");
+        let dir = via.dir.path().join(&host);
+        let t = via.enrollment(json!({"auto_approve": true})).await;
+        join(via, &t, &host, &controllers(&rs, i % 2), &dir);
+        let mark = marks.path().join(&host);
+        std::fs::create_dir_all(&mark).unwrap();
+        agents.push(agent_marked(&dir, &mark));
+    }
+    all_reachable(&rs, 4, Duration::from_secs(30)).await;
+    let e = execute(
+        &r2,
+        json!({"target_type": "cluster", "command": "echo run >> \"$MARK/c\"; sleep 3"}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped = Instant::now();
+    r2.stop();
+    // Right after the stop, r1 does not count r2's nodes as reachable through it.
+    let (s, v) = r1.get("/api/v1/projects/web/edges/eu-1/nodes").await;
+    assert_eq!(s, 200, "{v}");
+    let held_by_r1 = r1.metric("postern_agents_connected").await;
+    let reachable = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["reachable"] == true)
+        .count() as u64;
+    assert_eq!(reachable, held_by_r1, "{v}");
+
+    let done = finished(&r1, e["exec_id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    let took = stopped.elapsed();
+    assert_eq!(done["node_counts"]["succeeded"], 4, "{done}");
+    // Taken over without waiting for the 15 s lease to run out.
+    assert!(
+        took < Duration::from_secs(14),
+        "finished {took:?} after the stop"
+    );
+    for i in 0..4 {
+        let runs = std::fs::read_to_string(marks.path().join(format!("s{i}/c"))).unwrap();
+        assert_eq!(runs.lines().count(), 1, "s{i}");
+    }
+    let (s, v) = r1.get("/api/v1/audit?limit=100").await;
+    assert_eq!(s, 200, "{v}");
+    drop(agents);
+}
+
+/// HAProxy from Debian, TCP mode, in front of two replicas with the documented
+/// configuration (deploy/haproxy/postern.cfg): agents join and connect through
+/// it, SSH goes through it with one host key, and when a replica dies its agents
+/// come back through the balancer to the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn through_haproxy() {
+    let r1 = Bastion::start(Bastion::replica_opts("r1")).await;
+    let mut r2 = Bastion::replica_of(&r1, "r2").await;
+    let rs = [&r1, &r2];
+    let (lb_agent, lb_ssh) = (free_port(), free_port());
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/haproxy/postern.cfg"
+    ))
+    .unwrap();
+    let mut cfg = String::new();
+    for line in template.lines() {
+        let t = line.trim_start();
+        if t.starts_with("server bastion-a") {
+            let ssh = t.ends_with("2222 check");
+            for (i, b) in rs.iter().enumerate() {
+                let addr = if ssh { b.ssh } else { b.agent };
+                cfg.push_str(&format!("    server r{} {addr} check\n", i + 1));
+            }
+        } else if t.starts_with("server bastion-") {
+        } else if t.starts_with("maxconn") {
+            // The test machine's descriptor limit, not a fleet's.
+            cfg.push_str("    maxconn 2000\n");
+        } else if t == "bind :8443" {
+            cfg.push_str(&format!("    bind 127.0.0.1:{lb_agent}\n"));
+        } else if t == "bind :2222" {
+            cfg.push_str(&format!("    bind 127.0.0.1:{lb_ssh}\n"));
+        } else {
+            cfg.push_str(line);
+            cfg.push('\n');
+        }
+    }
+    let cfg_path = r1.dir.path().join("haproxy.cfg");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let haproxy = if Path::new("/usr/sbin/haproxy").exists() {
+        "/usr/sbin/haproxy"
+    } else {
+        "haproxy"
+    };
+    let mut lb = Command::new(haproxy)
+        .arg("-db")
+        .arg("-f")
+        .arg(&cfg_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("haproxy is needed (scripts/test installs it)");
+    eventually(Duration::from_secs(10), "haproxy listening", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", lb_agent))
+            .await
+            .is_ok()
+    })
+    .await;
+    // Let the balancer's first checks pass.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let lb_url = format!("https://127.0.0.1:{lb_agent}");
+    let mut agents = Vec::new();
+    for i in 0..6 {
+        let host = format!("lb{i}");
+        let dir = r1.dir.path().join(&host);
+        let t = r1.enrollment(json!({"auto_approve": true})).await;
+        join(&r1, &t, &host, &lb_url, &dir);
+        agents.push(AgentProc::run_with(&dir, &[]));
+    }
+    all_reachable(&rs, 6, Duration::from_secs(30)).await;
+    let (n1, n2) = (
+        r1.metric("postern_agents_connected").await,
+        r2.metric("postern_agents_connected").await,
+    );
+    assert_eq!(n1 + n2, 6);
+    assert!(
+        n1 >= 1 && n2 >= 1,
+        "the balancer sent every agent to one replica: {n1} {n2}"
+    );
+
+    let r = execute(&r2, json!({"target_type": "cluster", "command": "echo ok"})).await;
+    let done = finished(&r2, r["exec_id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    assert_eq!(done["node_counts"]["succeeded"], 6, "{done}");
+
+    // SSH through the balancer, whichever replica answers: one host key.
+    let h = InstalledHelper::install();
+    let _node = Node::start(&r1, &h, "lbnode").await;
+    let u = SshUser::create(&r1, "carol", Some(("project_admin", &["root"]))).await;
+    let via_lb = u.config.with_file_name("via_lb");
+    write_config(
+        &via_lb,
+        lb_ssh,
+        "carol",
+        &u.key,
+        &u.config.with_file_name("kh_lb"),
+    );
+    for _ in 0..4 {
+        let out = run_with_timeout(
+            Command::new("ssh").arg("-F").arg(&via_lb).args([
+                "-J",
+                "bastion",
+                "root@lbnode",
+                "true",
+            ]),
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    assert!(
+        r1.metric("postern_ssh_sessions_total").await
+            + r2.metric("postern_ssh_sessions_total").await
+            >= 4
+    );
+
+    // r2 dies: its agents come back through the balancer, to r1.
+    r2.kill();
+    eventually(Duration::from_secs(40), "every agent on r1", || async {
+        r1.metric("postern_agents_connected").await == 7
+    })
+    .await;
+    all_reachable(&[&r1], 7, Duration::from_secs(10)).await;
+    let _ = lb.kill();
+    let _ = lb.wait();
+    drop(agents);
+}
