@@ -16,6 +16,7 @@ use serde_json::Value;
 pub mod ansible;
 pub mod netns;
 pub mod proxy;
+pub mod replicas_bench;
 pub mod soak;
 pub mod ssh;
 pub mod ssh_bench;

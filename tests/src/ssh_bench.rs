@@ -47,6 +47,7 @@ pub struct SshBenchReport {
     pub helper: HelperFigures,
 }
 
+#[derive(Debug, Clone)]
 pub struct BenchOpts {
     pub bytes: u64,
     pub runs: usize,
@@ -210,6 +211,32 @@ fn spawn_latencies(cmd: &mut Command, runs: usize) -> Vec<f64> {
     v
 }
 
+/// Throughput each way, set-up times and (optionally) parallel set-up over one
+/// route (`ssh -F config ROUTE… host`).
+pub fn measure_path(name: &str, config: &Path, route: &[String], opts: &BenchOpts) -> PathFigures {
+    setup_times(config, route, 1);
+    let mut up = Vec::new();
+    let mut down = Vec::new();
+    for _ in 0..opts.runs {
+        up.push(opts.bytes as f64 / 1e6 / transfer(config, route, opts.bytes, true));
+        down.push(opts.bytes as f64 / 1e6 / transfer(config, route, opts.bytes, false));
+    }
+    let setup = setup_times(config, route, opts.setup_runs);
+    let parallel_wall_s = if opts.parallel > 0 {
+        parallel_setup(config, route, opts.parallel)
+    } else {
+        0.0
+    };
+    PathFigures {
+        path: name.into(),
+        upload_mb_s: median(&up),
+        download_mb_s: median(&down),
+        setup_p50_s: percentile(&setup, 0.5),
+        setup_p90_s: percentile(&setup, 0.9),
+        parallel_wall_s,
+    }
+}
+
 pub async fn run(opts: &BenchOpts) -> SshBenchReport {
     let b = Bastion::start(BastionOpts {
         ssh_grant_ttl: "1h".into(),
@@ -268,27 +295,7 @@ pub async fn run(opts: &BenchOpts) -> SshBenchReport {
         if !opts.paths.iter().any(|p| p == name) {
             continue;
         }
-        setup_times(&config, route, 1);
-        let mut up = Vec::new();
-        let mut down = Vec::new();
-        for _ in 0..opts.runs {
-            up.push(opts.bytes as f64 / 1e6 / transfer(&config, route, opts.bytes, true));
-            down.push(opts.bytes as f64 / 1e6 / transfer(&config, route, opts.bytes, false));
-        }
-        let setup = setup_times(&config, route, opts.setup_runs);
-        let parallel_wall_s = if opts.parallel > 0 {
-            parallel_setup(&config, route, opts.parallel)
-        } else {
-            0.0
-        };
-        let f = PathFigures {
-            path: name.into(),
-            upload_mb_s: median(&up),
-            download_mb_s: median(&down),
-            setup_p50_s: percentile(&setup, 0.5),
-            setup_p90_s: percentile(&setup, 0.9),
-            parallel_wall_s,
-        };
+        let f = measure_path(name, &config, route, opts);
         eprintln!("{f:?}");
         paths.push(f);
     }

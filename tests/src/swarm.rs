@@ -79,6 +79,22 @@ async fn fanout(bastion: &Bastion, nodes: usize, total: usize, runs: usize) -> F
     let store = postern_bastion::store::Store::open_sqlite(&bastion.data_dir())
         .await
         .unwrap_or_else(|e| panic!("store: {e}"));
+    let r = fanout_on(bastion, &store, &[pid], nodes, total, runs).await;
+    store.close().await;
+    r
+}
+
+/// [`fanout`] posted to `bastion`, watched in `store`; CPU is summed over
+/// `pids` (every replica taking part) and peak memory is the largest of them.
+pub async fn fanout_on(
+    bastion: &Bastion,
+    store: &postern_bastion::store::Store,
+    pids: &[u32],
+    nodes: usize,
+    total: usize,
+    runs: usize,
+) -> FanoutReport {
+    let cpu = || pids.iter().map(|p| cpu_secs(*p)).sum::<f64>();
     let body = if nodes >= total {
         json!({"target_type": "cluster", "command": "hostname"})
     } else {
@@ -88,7 +104,7 @@ async fn fanout(bastion: &Bastion, nodes: usize, total: usize, runs: usize) -> F
     let (mut times, mut cpus, mut peak, mut failed_nodes, mut example_error) =
         (vec![], vec![], 0, 0, None);
     for _ in 0..runs {
-        let cpu0 = cpu_secs(pid);
+        let cpu0 = cpu();
         let t = Instant::now();
         let (s, v) = bastion
             .post("/cmdexec/v1/projects/web/edges/eu-1/execute/", body.clone())
@@ -103,7 +119,7 @@ async fn fanout(bastion: &Bastion, nodes: usize, total: usize, runs: usize) -> F
             .fetch_one(store.pool())
             .await
             .unwrap_or((1,));
-            peak = peak.max(rss_kib(pid));
+            peak = pids.iter().map(|p| rss_kib(*p)).fold(peak, u64::max);
             if open.0 == 0 {
                 break;
             }
@@ -114,7 +130,7 @@ async fn fanout(bastion: &Bastion, nodes: usize, total: usize, runs: usize) -> F
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         times.push(t.elapsed().as_secs_f64());
-        cpus.push(cpu_secs(pid) - cpu0);
+        cpus.push(cpu() - cpu0);
         let failed: (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM exec_results WHERE exec_id = $1 AND status <> 'succeeded'",
         )
@@ -134,7 +150,6 @@ async fn fanout(bastion: &Bastion, nodes: usize, total: usize, runs: usize) -> F
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    store.close().await;
     FanoutReport {
         nodes,
         median_secs: median(&times),
