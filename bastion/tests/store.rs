@@ -6,7 +6,7 @@ mod common;
 use postern_api::admin::{NodeState, Role};
 use postern_bastion::audit::{Audit, ChainBreak, Event};
 use postern_bastion::store::{
-    ApiTokenRow, BindingRow, EnrollOutcome, NewSshKey, Store, StoreError,
+    ApiTokenRow, BindingRow, EnrollOutcome, ExecutionRow, NewSshKey, Store, StoreError,
 };
 
 async fn tenancy(s: &Store) -> (String, String, String) {
@@ -844,5 +844,123 @@ async fn failed_logins_are_aggregated_per_source_through_a_bounded_queue() {
     assert_eq!(summary.source_ip.as_deref(), Some("10.1.1.1"));
     assert!(summary.detail["names_tried"].as_array().unwrap().len() <= 8);
     assert!(entries.iter().any(|e| e.actor.as_deref() == Some("bob")));
+    t.cleanup().await;
+}
+
+/// Replicas write the one audit chain at once, each through its own pool (its
+/// own process in production): no entry is lost, none is refused, the chain holds.
+#[tokio::test]
+async fn audit_chain_holds_with_concurrent_writers_on_separate_pools() {
+    let t = common::postgres().await;
+    let mut writers = Vec::new();
+    for _ in 0..3 {
+        writers.push(Audit::new(Store::open(t.store.url()).await.unwrap()));
+    }
+    let runs = writers.iter().enumerate().map(|(w, a)| async move {
+        for i in 0..40 {
+            a.record(Event::new(format!("w{w}.{i}"), "ok"))
+                .await
+                .unwrap();
+        }
+    });
+    futures_util::future::join_all(runs).await;
+    assert_eq!(writers[0].verify().await.unwrap(), Ok(120));
+    for w in writers {
+        w.verify().await.unwrap().unwrap();
+    }
+    t.cleanup().await;
+}
+
+/// The replica table, presence and leases, on the database's clock.
+#[tokio::test]
+async fn replicas_presence_and_leases() {
+    let t = common::postgres().await;
+    let s = &t.store;
+    let lease = 5_000;
+    let r1 = s.join_replicas("r1", "127.0.0.1:1", lease).await.unwrap();
+    // A live replica's name is not taken twice.
+    assert!(matches!(
+        s.join_replicas("r1", "127.0.0.1:2", lease).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.heartbeat("r1", r1).await.unwrap());
+    // A heartbeat of an older life of the name does not count.
+    assert!(!s.heartbeat("r1", r1 - 1).await.unwrap());
+    s.join_replicas("r2", "127.0.0.1:3", lease).await.unwrap();
+    let (now, rows) = s.replicas().await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| now - r.heartbeat_at < lease));
+
+    // The newest channel of a node wins; the older one's end does not erase it.
+    s.presence_up("r1", &[("n1".into(), 7), ("n2".into(), 8)])
+        .await
+        .unwrap();
+    s.presence_up("r2", &[("n1".into(), 1)]).await.unwrap();
+    s.presence_down("r1", &[("n1".into(), 7)]).await.unwrap();
+    let mut p = s.presence_all().await.unwrap();
+    p.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    assert_eq!(
+        p.iter()
+            .map(|r| (r.node_id.as_str(), r.replica.as_str(), r.conn_id))
+            .collect::<Vec<_>>(),
+        vec![("n1", "r2", 1), ("n2", "r1", 8)]
+    );
+    // A replica that starts again holds nothing yet.
+    s.leave_replicas("r1").await.unwrap();
+    let r1 = s.join_replicas("r1", "127.0.0.1:1", lease).await.unwrap();
+    assert_eq!(s.presence_of(&["n2".into()]).await.unwrap(), vec![]);
+    assert!(s.heartbeat("r1", r1).await.unwrap());
+
+    // Leases: a live one is not taken; an expired one is, by one replica only.
+    let (_, project, edge) = tenancy(s).await;
+    let e = |id: &str| ExecutionRow {
+        id: id.into(),
+        org_id: "o".into(),
+        project_id: project.clone(),
+        project_name: "web".into(),
+        edge_id: edge.clone(),
+        edge_name: "eu-1".into(),
+        username: "admin".into(),
+        source_ip: None,
+        command: "true".into(),
+        content_type: "string".into(),
+        target_type: "node".into(),
+        target: None,
+        timeout_secs: 60,
+        created_at: 1,
+        finished_at: None,
+    };
+    s.insert_execution_owned(&e("live"), &[], Some(("r1", 60_000)))
+        .await
+        .unwrap();
+    s.insert_execution_owned(&e("gone"), &[], Some(("r1", -1)))
+        .await
+        .unwrap();
+    s.insert_execution(&e("old"), &[]).await.unwrap();
+    let mut taken = s
+        .take_expired_executions("r2", 60_000, false, 100)
+        .await
+        .unwrap();
+    taken.sort();
+    assert_eq!(taken, vec!["gone".to_string(), "old".to_string()]);
+    assert!(
+        s.take_expired_executions("r3", 60_000, false, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // r1 lost "gone": renewing tells it so; "live" is still its own.
+    let held = s
+        .renew_leases("r1", &["live".into(), "gone".into()], 60_000)
+        .await
+        .unwrap();
+    assert_eq!(held, vec!["live".to_string()]);
+    // r1 restarting takes back its own live lease.
+    assert_eq!(
+        s.take_expired_executions("r1", 60_000, true, 100)
+            .await
+            .unwrap(),
+        vec!["live".to_string()]
+    );
     t.cleanup().await;
 }
