@@ -12,6 +12,39 @@ pub const ENROLL_PATH: &str = "/agent/v1/enroll";
 /// Largest enrollment request (a CSR and a few fields).
 pub const ENROLL_MAX_BODY: usize = 16 * 1024;
 
+/// Where a bastion's agent port is, from `https://host[:port]`: what the agent
+/// dials and the bastion names in its certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerUrl {
+    /// The URL as given, without a trailing slash.
+    pub url: String,
+    /// The host, without IPv6 brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl ControllerUrl {
+    pub fn parse(url: &str) -> Result<ControllerUrl, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("controller URL {url:?} is not a URL: {e}"))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(format!("controller URL {url:?} must start with https://"));
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("controller URL {url:?} has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        Ok(ControllerUrl {
+            url: url.trim_end_matches('/').to_string(),
+            host,
+            port: uri.port_u16().unwrap_or(443),
+        })
+    }
+}
+
 /// HTTP/2 flow-control windows of the agent channel (and of replica peering,
 /// which carries the same streams). A stream's window is enough for a
 /// relayed SSH stream at full speed; the connection's is many times larger, so a

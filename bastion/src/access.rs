@@ -2,8 +2,9 @@
 //! or a role deleted or narrowed) publishes the change after its transaction has
 //! committed; every door that holds live access (the SSH front door today; the
 //! Kubernetes door and others as they come) subscribes and cuts what the change
-//! no longer allows. With replicas, the change is also sent to every other
-//! replica (NOTIFY, after commit), whose doors cut their own sessions in turn.
+//! no longer allows. With replicas, the change is also recorded for every other
+//! replica (`replicas::events`: a row they read and apply, even after an
+//! outage), whose doors cut their own sessions in turn.
 //!
 //! A handler never calls a door: it publishes, and doors register themselves.
 
@@ -17,9 +18,10 @@ use serde_json::{Map, Value, json};
 use crate::audit::Event;
 use crate::state::Shared;
 
-/// What was taken away from `user_id`.
+/// What was taken away from `user_id`. Read tolerantly (unknown fields are
+/// ignored): a replica of an older version must still apply what a newer one
+/// publishes during a rolling upgrade.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AccessChange {
     /// The org of the user, under which the other replicas record what they cut.
     pub org_id: String,
@@ -28,7 +30,7 @@ pub struct AccessChange {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
     /// The user is gone: everything they hold ends.
     UserDeleted,
@@ -38,6 +40,11 @@ pub enum Change {
     /// changed: what the user holds into that project ends, and is authorized
     /// afresh against the new role on the next attempt.
     RoleChanged { project_id: Option<String> },
+    /// A kind this version does not know (published by a newer replica): read
+    /// as the widest cut, everything the user holds, since access was taken
+    /// away and not knowing how much must not keep any of it.
+    #[serde(other)]
+    Unknown,
 }
 
 pub type DoorFuture<'a> = Pin<Box<dyn Future<Output = Value> + Send + 'a>>;
@@ -55,13 +62,6 @@ pub trait Door: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Default)]
 pub struct AccessBus {
     doors: RwLock<Vec<Arc<dyn Door>>>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Notice {
-    origin: String,
-    change: AccessChange,
 }
 
 impl AccessBus {
@@ -86,18 +86,20 @@ impl AccessBus {
 }
 
 /// Publishes a committed access change: applies it on this replica's doors now
-/// and sends it to the other replicas. Answers this replica's door reports,
+/// and records it for the other replicas. Answers this replica's door reports,
 /// by door name, for the audit entry of the call that made the change.
 pub async fn publish(shared: &Shared, change: AccessChange) -> Map<String, Value> {
     let reports = shared.access.apply_here(shared, &change).await;
     if let Some(r) = shared.fleet.replicas() {
-        let notice = Notice {
-            origin: r.name.clone(),
-            change,
-        };
-        match serde_json::to_string(&notice) {
+        match serde_json::to_string(&change) {
             Ok(payload) => {
-                crate::replicas::notify(&shared.store, &r.channels.access, &payload).await
+                if let Err(e) = r
+                    .publish(crate::replicas::events::KIND_ACCESS, &payload)
+                    .await
+                {
+                    crate::metrics::inc(&shared.metrics.access_publish_failures);
+                    tracing::error!(error = %e, user_id = %change.user_id, "cannot record an access change for the other replicas: their sessions of this user stay until they next authorize");
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode an access change for the other replicas")
@@ -107,35 +109,41 @@ pub async fn publish(shared: &Shared, change: AccessChange) -> Map<String, Value
     reports
 }
 
+/// Whether a door's report counts anything cut or revoked.
+fn cut_anything(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.as_u64().is_some_and(|n| n > 0),
+        Value::Object(m) => m.values().any(cut_anything),
+        Value::Array(a) => a.iter().any(cut_anything),
+        _ => false,
+    }
+}
+
 /// A change another replica published: applied to this replica's doors, and
-/// recorded when it cut anything here.
-pub(crate) async fn on_notification(shared: &Shared, payload: &str) {
-    let notice: Notice = match serde_json::from_str(payload) {
-        Ok(n) => n,
+/// recorded in the audit log when it cut anything here.
+pub(crate) async fn apply_published(shared: &Shared, origin: &str, payload: &str) {
+    let change: AccessChange = match serde_json::from_str(payload) {
+        Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "unreadable access change from another replica; ignored");
             return;
         }
     };
-    if shared
-        .fleet
-        .replicas()
-        .is_some_and(|r| r.name == notice.origin)
-    {
+    let reports = shared.access.apply_here(shared, &change).await;
+    if !reports.values().any(cut_anything) {
         return;
     }
-    let reports = shared.access.apply_here(shared, &notice.change).await;
     let me = shared
         .fleet
         .replicas()
         .map(|r| r.name.clone())
         .unwrap_or_default();
     let ev = Event::new("access.applied", "ok")
-        .org(&notice.change.org_id)
+        .org(&change.org_id)
         .actor(format!("replica:{me}"))
         .detail(json!({
-            "published_by": notice.origin,
-            "change": notice.change,
+            "published_by": origin,
+            "change": change,
             "doors": reports,
         }));
     shared.audit(ev).await;
@@ -147,7 +155,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn changes_travel_as_small_json_and_refuse_unknown_fields() {
+    fn changes_travel_as_small_json_and_newer_ones_are_read_as_the_widest_cut() {
         let c = AccessChange {
             org_id: "o1".into(),
             user_id: "u1".into(),
@@ -155,20 +163,28 @@ mod tests {
                 fingerprint: "SHA256:abc".into(),
             },
         };
-        let n = Notice {
-            origin: "r1".into(),
-            change: c.clone(),
-        };
-        let s = serde_json::to_string(&n).unwrap();
+        let s = serde_json::to_string(&c).unwrap();
         assert!(s.len() < 8000);
-        let back: Notice = serde_json::from_str(&s).unwrap();
-        assert_eq!(back.change, c);
-        assert!(serde_json::from_str::<Notice>(r#"{"origin":"r","change":{"org_id":"o","user_id":"u","what":{"kind":"user_deleted"}},"x":1}"#).is_err());
-        assert!(
-            serde_json::from_str::<Notice>(
-                r#"{"origin":"r","change":{"org_id":"o","user_id":"u","what":{"kind":"nope"}}}"#
-            )
-            .is_err()
-        );
+        assert_eq!(serde_json::from_str::<AccessChange>(&s).unwrap(), c);
+        // A field or a kind from a newer replica.
+        let newer: AccessChange = serde_json::from_str(
+            r#"{"org_id":"o","user_id":"u","what":{"kind":"user_deleted","why":"x"},"extra":1}"#,
+        )
+        .unwrap();
+        assert_eq!(newer.what, Change::UserDeleted);
+        let unknown: AccessChange = serde_json::from_str(
+            r#"{"org_id":"o","user_id":"u","what":{"kind":"group_removed","group":"g"}}"#,
+        )
+        .unwrap();
+        assert_eq!(unknown.what, Change::Unknown);
+        assert!(serde_json::from_str::<AccessChange>(r#"{"user_id":"u"}"#).is_err());
+    }
+
+    #[test]
+    fn only_reports_that_cut_something_are_recorded() {
+        assert!(!cut_anything(
+            &json!({"ssh": {"ssh_cut": 0, "grants_revoked_on_nodes": 0}})
+        ));
+        assert!(cut_anything(&json!({"ssh": {"ssh_cut": 1}})));
     }
 }

@@ -104,7 +104,11 @@ impl Bastion {
                 if cfg.replica.is_some() {
                     return Err(crate::replicas::ReplicaError::NeedsPostgres.into());
                 }
-                (Store::open(url).await?, None)
+                let lock = match sqlite_file(url) {
+                    Some(file) => Some(lock_beside(&file)?),
+                    None => None,
+                };
+                (Store::open(url).await?, lock)
             }
             Some(url) => (Store::open(url).await?, None),
             None => {
@@ -168,7 +172,7 @@ impl Bastion {
         if settings.agent_public_url.is_empty() {
             settings.agent_public_url = format!("https://{agent_local}");
         }
-        if let Ok(c) = postern_agent::enroll::Controller::parse(&settings.agent_public_url)
+        if let Ok(c) = postern_api::agent::ControllerUrl::parse(&settings.agent_public_url)
             && !names.contains(&c.host)
         {
             names.push(c.host);
@@ -186,7 +190,8 @@ impl Bastion {
                             source,
                         })?;
                 let queue = settings.max_agent_connections.saturating_mul(2);
-                let r = crate::replicas::Replicas::join(&store, &pki, rc, queue).await?;
+                let secret = master.derive("postern replica notification channels");
+                let r = crate::replicas::Replicas::join(&store, &pki, rc, queue, &secret).await?;
                 (Some(r), Some(peer))
             }
             None => (None, None),
@@ -307,10 +312,33 @@ async fn flush_last_seen(shared: Arc<Shared>) {
     }
 }
 
+/// The file a `sqlite:` URL names (`None` for an in-memory database).
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let path = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
+
+/// Takes the lock file beside a SQLite database file.
+fn lock_beside(file: &std::path::Path) -> Result<std::fs::File, StartError> {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    let dir = file.parent().unwrap_or(std::path::Path::new("."));
+    lock_file(&dir.join(name), dir)
+}
+
 /// Takes the data directory's lock file: two bastions on one SQLite file would
 /// each believe they hold every channel and lease.
 fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
-    let path = dir.join("bastion.lock");
+    lock_file(&dir.join("postern.db.lock"), dir)
+}
+
+fn lock_file(path: &std::path::Path, dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    let path = path.to_path_buf();
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -211,9 +211,6 @@ fn read_row(r: sqlx::any::AnyRow) -> Result<Row_, sqlx::Error> {
     })
 }
 
-/// The advisory lock that orders audit writers on PostgreSQL ("postern audit").
-const AUDIT_LOCK_KEY: i64 = 0x706f_7374_6175_6474;
-
 fn new_row(ev: &Event, prev_seq: i64, prev_hash: String) -> Row_ {
     let mut row = Row_ {
         seq: prev_seq + 1,
@@ -305,8 +302,18 @@ impl Audit {
 
     async fn record_locked(&self, ev: &Event) -> Result<i64, AuditError> {
         let mut tx = self.store.pool().begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(AUDIT_LOCK_KEY)
+        // Bounded waits: a writer stalled while holding the lock (a partition)
+        // must not hold every replica's audit, and so every change, for as long
+        // as the server takes to notice the dead client.
+        sqlx::query(
+            "SELECT set_config('lock_timeout', '10s', true), \
+             set_config('idle_in_transaction_session_timeout', '10s', true)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        // One lock per deployment (its schema), not one for every deployment
+        // sharing the database.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.postern_audit'))")
             .execute(&mut *tx)
             .await?;
         let prev: Option<(i64, String)> =

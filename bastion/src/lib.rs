@@ -23,4 +23,4 @@ pub mod store;
 pub mod tenancy_init;
 
 pub use app::{Bastion, Config, StartError};
-pub use postern_agent::fsutil;
+pub use postern_secret_files as fsutil;

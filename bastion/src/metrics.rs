@@ -24,6 +24,7 @@ pub struct Metrics {
     pub ssh_auth_failures: AtomicU64,
     pub ssh_rejected_full: AtomicU64,
     pub peer_refused: AtomicU64,
+    pub access_publish_failures: AtomicU64,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -92,7 +93,12 @@ impl Metrics {
                 "counter",
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 18] = [
+        let counters: [(&str, &str, &AtomicU64); 19] = [
+            (
+                "postern_access_publish_failures_total",
+                "Access changes that could not be recorded for the other replicas (their sessions stay until next authorized).",
+                &self.access_publish_failures,
+            ),
             (
                 "postern_peer_refused_total",
                 "Connections on the peer port refused (handshake failed, not a replica's certificate, wrong protocol).",

@@ -150,6 +150,16 @@ impl MasterKey {
         Ok(MasterKey(key))
     }
 
+    /// A secret derived from the master key for `label` (HMAC-SHA256), for
+    /// names every replica must agree on and outsiders must not guess.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
+        let tag = ring::hmac::sign(&key, label.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
     fn key(&self) -> LessSafeKey {
         // CHACHA20_POLY1305 takes any 32-byte key, so this cannot fail.
         #[allow(clippy::expect_used)]

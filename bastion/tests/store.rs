@@ -964,3 +964,25 @@ async fn replicas_presence_and_leases() {
     );
     t.cleanup().await;
 }
+
+/// Two processes starting under one name at once: one of them is refused,
+/// whatever the interleaving (the name may be new, or freed by a clean stop).
+#[tokio::test]
+async fn one_of_two_replicas_starting_under_one_name_is_refused() {
+    let t = common::postgres().await;
+    let other = Store::open(t.store.url()).await.unwrap();
+    for round in 0..10 {
+        let name = format!("dup{round}");
+        let (a, b) = tokio::join!(
+            t.store.join_replicas(&name, "127.0.0.1:1", 5_000),
+            other.join_replicas(&name, "127.0.0.1:2", 5_000)
+        );
+        assert!(
+            a.is_ok() != b.is_ok(),
+            "round {round}: both or neither joined: {a:?} {b:?}"
+        );
+        let lost = if a.is_ok() { b } else { a };
+        assert!(matches!(lost, Err(StoreError::Conflict(_))), "{lost:?}");
+    }
+    t.cleanup().await;
+}

@@ -66,22 +66,11 @@ pub struct Controller {
 
 impl Controller {
     pub fn parse(url: &str) -> Result<Controller, String> {
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| format!("controller URL {url:?} is not a URL: {e}"))?;
-        if uri.scheme_str() != Some("https") {
-            return Err(format!("controller URL {url:?} must start with https://"));
-        }
-        let host = uri
-            .host()
-            .ok_or_else(|| format!("controller URL {url:?} has no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
+        let c = postern_api::agent::ControllerUrl::parse(url)?;
         Ok(Controller {
-            url: url.trim_end_matches('/').to_string(),
-            host,
-            port: uri.port_u16().unwrap_or(443),
+            url: c.url,
+            host: c.host,
+            port: c.port,
         })
     }
 

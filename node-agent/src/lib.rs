@@ -10,7 +10,8 @@ pub mod backoff;
 pub mod channel;
 pub mod enroll;
 pub mod exec;
-pub mod fsutil;
+/// Files that hold secrets (shared with the bastion).
+pub use postern_secret_files as fsutil;
 pub mod identity;
 mod service;
 pub mod ssh;

@@ -247,6 +247,16 @@ impl Bastion {
     /// Replica `name` of `first`'s deployment: the same database, master key and
     /// admin token, its own ports and data directory.
     pub async fn replica_of(first: &Bastion, name: &str) -> Bastion {
+        Bastion::replica_with(first, name, None).await
+    }
+
+    /// [`Bastion::replica_of`] reaching the database at `database_url` (the same
+    /// database, e.g. through a proxy the test can cut).
+    pub async fn replica_with(
+        first: &Bastion,
+        name: &str,
+        database_url: Option<String>,
+    ) -> Bastion {
         let dir = tempfile::tempdir().unwrap();
         std::fs::copy(
             first.dir.path().join("master.key"),
@@ -255,6 +265,9 @@ impl Bastion {
         .unwrap();
         let mut opts = first.opts.clone();
         opts.replica_name = Some(name.into());
+        if database_url.is_some() {
+            opts.database_url = database_url;
+        }
         let ip = opts.agent_ip.as_deref().unwrap_or("127.0.0.1").to_string();
         let mut b = Bastion {
             child: None,

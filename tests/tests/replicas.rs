@@ -424,10 +424,11 @@ async fn the_peer_port_admits_replicas_only() {
     let cert = std::fs::read_to_string(a.data_dir.join("node.crt")).unwrap();
     let key = std::fs::read_to_string(a.data_dir.join("node.key")).unwrap();
 
-    // Stall handshakes and send junk while the real traffic must go on.
+    // One source holds 300 idle connections (stalled handshakes) and sends junk,
+    // while the real peer traffic must go on.
     let mut stalled = Vec::new();
-    for _ in 0..50 {
-        stalled.push(tokio::net::TcpStream::connect(r1.peer).await.unwrap());
+    for _ in 0..300 {
+        stalled.push(postern_tests::connect_from("127.0.0.9", r1.peer).await);
     }
     for junk in [
         &b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"[..],
@@ -457,7 +458,8 @@ async fn the_peer_port_admits_replicas_only() {
     assert!(!peer_answers(r1.peer, &ca, Some((&ocert, &okey)), b"postern-peer/1").await);
     assert!(r1.metric("postern_peer_refused_total").await >= 3);
 
-    // Meanwhile (50 stalled handshakes still open), r1 reaches r2's node at once.
+    // Meanwhile (the stalled handshakes still open), r1 reaches r2's node at
+    // once, and r2 reaches r1: a flood from one source takes no peer's place.
     let started = Instant::now();
     let r = execute(
         &r1,
@@ -534,6 +536,27 @@ async fn replicas_need_postgres_and_say_when_the_database_is_gone() {
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("another bastion is running on the data directory"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Two bastions on one SQLite file named by URL.
+    let db = dir.path().join("named.db");
+    let sqlite_url = format!("sqlite://{}?mode=rwc", db.display());
+    let mut first = serve(&["--database-url", &sqlite_url])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = run_with_timeout(
+        &mut serve(&["--database-url", &sqlite_url]),
+        Duration::from_secs(20),
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("another bastion is running"),
         "{}",
         text(&out.stderr)
     );
@@ -768,4 +791,75 @@ async fn through_haproxy() {
     let _ = lb.kill();
     let _ = lb.wait();
     drop(agents);
+}
+
+/// An access change made while a replica's database (and so its listener) was
+/// away is applied there once it is back: the change is a stored event, not
+/// only a notification that was lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_access_change_missed_during_an_outage_is_applied_after_it() {
+    let r1 = Bastion::start(Bastion::replica_opts("r1")).await;
+    let url = r1.opts.database_url.clone().unwrap();
+    let pg: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let proxy = postern_tests::proxy::TcpProxy::start(pg).await;
+    let via_proxy = url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    let r2 = Bastion::replica_with(&r1, "r2", Some(via_proxy)).await;
+    let h = InstalledHelper::install();
+    let _node = Node::start(&r2, &h, "node-o").await;
+    let u = SshUser::create(&r1, "dave", Some(("project_admin", &["root"]))).await;
+    let via_r2 = u.config.with_file_name("via_r2");
+    write_config(
+        &via_r2,
+        r2.ssh.port(),
+        "dave",
+        &u.key,
+        &u.config.with_file_name("kh"),
+    );
+    let mut session = Command::new("ssh")
+        .arg("-F")
+        .arg(&via_r2)
+        .args(["-J", "bastion", "root@node-o", "sleep 120"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(20), "session through r2 up", || async {
+        r2.metric("postern_ssh_sessions_total").await >= 1
+    })
+    .await;
+
+    // r2 loses its database; meanwhile the key is deleted on r1.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (s, keys) = r1.get("/api/v1/users/dave/ssh-keys").await;
+    assert_eq!(s, 200, "{keys}");
+    let id = keys[0]["id"].as_str().unwrap().to_string();
+    let (s, v) = r1
+        .delete(&format!("/api/v1/users/dave/ssh-keys/{id}"))
+        .await;
+    assert_eq!(s, 204, "{v}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        session.try_wait().unwrap().is_none(),
+        "cut before r2 could know"
+    );
+
+    // Back: r2 replays what it missed and cuts the session.
+    proxy.restore();
+    let back = Instant::now();
+    loop {
+        if session.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "the session through r2 outlived a key deleted while r2 was away"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "session cut {:?} after r2's database came back",
+        back.elapsed()
+    );
 }

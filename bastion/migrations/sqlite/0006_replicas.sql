@@ -26,3 +26,14 @@ CREATE TABLE sealed_keys (
     key_sealed TEXT NOT NULL,
     created_at BIGINT NOT NULL
 );
+-- What every replica must apply, in order: access changes to cut and nodes to
+-- cut off. Kept a while so that a replica whose listener was away replays
+-- what it missed; NOTIFY only wakes the others.
+CREATE TABLE replica_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    origin TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX replica_events_at ON replica_events (created_at);

@@ -65,6 +65,8 @@ pub enum SubmitError {
 pub const EXEC_LEASE: Duration = Duration::from_secs(15);
 /// How often leases are renewed and expired ones looked for.
 const LEASE_TICK: Duration = Duration::from_secs(3);
+/// Executions taken over per statement.
+const TAKE_BATCH: i64 = 100;
 
 /// An execution this replica runs: its nodes not yet settled, and a token that
 /// stops its dispatches when another replica has taken it over.
@@ -280,13 +282,17 @@ impl Engine {
             let open = shared.store.unfinished_results().await?;
             return Ok(self.resume(shared, open));
         };
+        // This replica's own leases from before a restart count only on the first
+        // pass: once taken, they are live and its own again.
         let mut n = 0;
+        let mut own = true;
         loop {
-            let taken = self.take_expired(shared, &owner, true).await?;
-            if taken == 0 {
+            let taken = self.take_expired(shared, &owner, own).await?;
+            n += taken;
+            if taken < TAKE_BATCH as usize {
                 return Ok(n);
             }
-            n += taken;
+            own = false;
         }
     }
 
@@ -301,7 +307,7 @@ impl Engine {
         let lease = EXEC_LEASE.as_millis() as i64;
         let ids = shared
             .store
-            .take_expired_executions(owner, lease, own, 100)
+            .take_expired_executions(owner, lease, own, TAKE_BATCH)
             .await?;
         if ids.is_empty() {
             return Ok(0);
@@ -391,7 +397,7 @@ impl Engine {
             }
             loop {
                 match self.take_expired(&shared, &owner, false).await {
-                    Ok(100..) => continue,
+                    Ok(n) if n >= TAKE_BATCH as usize => continue,
                     Ok(_) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot look for executions to take over");

@@ -17,26 +17,32 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when the store answers and, for a replica, when every live peer it has
-/// needed is reachable; a bastion that cannot reach its database should be taken
-/// out of a load balancer.
+/// Ready when the store answers: a bastion that cannot reach its database should
+/// be taken out of a load balancer. A replica also says which live peers it
+/// cannot reach.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "ops",
     responses(
         (status = 200, description = "`ready`", body = String, content_type = "text/plain"),
-        (status = 503, description = "The database does not answer, or a live peer replica cannot be reached", body = String, content_type = "text/plain"),
+        (status = 503, description = "The database does not answer", body = String, content_type = "text/plain"),
     ),
 )]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => match state.fleet.replicas() {
+            // A peer this replica cannot reach is said, not made a reason to be
+            // taken out: the replica still serves its own nodes, and the peer at
+            // fault may be the other one (which would then take both out).
             Some(r) => match r.peers.unreachable(&r.live_peers()).await {
                 unreachable if unreachable.is_empty() => (StatusCode::OK, "ready\n".to_string()),
                 unreachable => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("peer replicas unreachable: {}\n", unreachable.join(", ")),
+                    StatusCode::OK,
+                    format!(
+                        "ready, but these live peer replicas cannot be reached (their nodes are unreachable from here): {}\n",
+                        unreachable.join(", ")
+                    ),
                 ),
             },
             None => (StatusCode::OK, "ready\n".to_string()),

@@ -69,13 +69,8 @@ pub(super) async fn run(shared: Arc<Shared>, r: Arc<Replicas>) {
 async fn connect(shared: &Shared, r: &Replicas) -> Result<PgListener, sqlx::Error> {
     let mut l = PgListener::connect(shared.store.url()).await?;
     let c = &r.channels;
-    l.listen_all([
-        c.presence.as_str(),
-        c.cut.as_str(),
-        c.access.as_str(),
-        c.exec.as_str(),
-    ])
-    .await?;
+    l.listen_all([c.presence.as_str(), c.events.as_str(), c.exec.as_str()])
+        .await?;
     Ok(l)
 }
 
@@ -95,6 +90,7 @@ async fn reload(shared: &Arc<Shared>, r: &Replicas) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot read which replica holds which node"),
     }
+    r.events.wake.notify_one();
     shared.cmdexec.wake_takeover();
 }
 
@@ -102,12 +98,18 @@ async fn handle(shared: &Arc<Shared>, r: &Replicas, channel: &str, payload: &str
     let c = &r.channels;
     if channel == c.presence {
         // A replica that joined since our last heartbeat: learn of it now, or
-        // its nodes would count as unreachable until the next one.
-        if let Some((from, _)) = payload.split_once('|')
-            && !r.knows(from)
-            && let Err(e) = r.refresh().await
-        {
-            tracing::warn!(error = %e, "cannot read the table of replicas");
+        // its nodes would count as unreachable until the next one. A name that
+        // is not in the table is not a replica's: ignored.
+        let Some((from, _)) = payload.split_once('|') else {
+            return;
+        };
+        if !r.knows(from) {
+            if let Err(e) = r.refresh_limited().await {
+                tracing::warn!(error = %e, "cannot read the table of replicas");
+            }
+            if !r.knows(from) {
+                return;
+            }
         }
         let taken = r.apply_presence(payload);
         shared.fleet.bump();
@@ -126,12 +128,8 @@ async fn handle(shared: &Arc<Shared>, r: &Replicas, channel: &str, payload: &str
                 });
             }
         }
-    } else if channel == c.cut {
-        if shared.fleet.cut_local(payload) {
-            tracing::info!(node = %payload, "node cut off by another replica (disabled or deleted)");
-        }
-    } else if channel == c.access {
-        crate::access::on_notification(shared, payload).await;
+    } else if channel == c.events {
+        r.events.wake.notify_one();
     } else if channel == c.exec {
         shared.cmdexec.wake_takeover();
     }

@@ -8,11 +8,13 @@
 //!   replica from LISTEN/NOTIFY (re-read whole after the listener reconnects,
 //!   since what was sent meanwhile is lost). The newest channel's row wins; a
 //!   replica that sees its node taken by another cuts its own, older channel.
-//! - **Notifications** carry keys, never data: a node to cut, an access change,
-//!   "executions were let go". The tables stay the truth.
+//! - **Events** ([`events`]): access changes and nodes to cut are rows every
+//!   replica reads and applies, replayed after an outage; NOTIFY only wakes.
+//!   Presence notifications carry keys only; the tables stay the truth.
 //! - **Peering** ([`peers`]): a replica reaches a node held elsewhere through the
 //!   peer that holds it, over mutually authenticated HTTP/2.
 
+pub mod events;
 mod listen;
 pub mod peers;
 
@@ -49,7 +51,7 @@ pub struct ReplicaConfig {
 #[derive(Debug, Error)]
 pub enum ReplicaError {
     #[error(
-        "replica name {0:?} is not valid: use 1 to 63 lowercase letters, digits and '-', starting with a letter or digit"
+        "replica name {0:?} is not valid: use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
     )]
     BadName(String),
     #[error(
@@ -68,30 +70,26 @@ pub fn valid_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
-/// The LISTEN/NOTIFY channels of one deployment. Named after its CA, since
-/// channels are per database while deployments may share one in several schemas.
+/// The LISTEN/NOTIFY channels of one deployment. Channels are per database,
+/// while deployments may share one in several schemas; and anyone who may
+/// connect to the database may NOTIFY. So the names come from a secret every
+/// replica derives from the master key: unique per deployment, not guessable.
 #[derive(Debug, Clone)]
 pub(crate) struct Channels {
     pub presence: String,
-    pub cut: String,
-    pub access: String,
+    pub events: String,
     pub exec: String,
 }
 
 impl Channels {
-    fn new(ca_hash: &str) -> Channels {
-        let id: String = ca_hash
-            .trim_start_matches("sha256:")
-            .chars()
-            .filter(char::is_ascii_hexdigit)
-            .take(16)
-            .collect();
+    fn new(secret: &[u8; 32]) -> Channels {
+        let id = hex::encode(&secret[..8]);
         Channels {
             presence: format!("postern_{id}_presence"),
-            cut: format!("postern_{id}_cut"),
-            access: format!("postern_{id}_access"),
+            events: format!("postern_{id}_events"),
             exec: format!("postern_{id}_exec"),
         }
     }
@@ -127,16 +125,21 @@ pub struct Replicas {
     db_ok: AtomicBool,
     pub routed_out: AtomicU64,
     pub routed_in: AtomicU64,
+    pub(crate) events: events::EventLog,
+    /// When the table of replicas was last read on demand (rate limit).
+    refreshed: Mutex<Option<Instant>>,
 }
 
 impl Replicas {
     /// Joins the table of replicas under `cfg.name` (refused while a live replica
     /// holds the name) and prepares peering.
+    /// `channel_secret`: derived from the master key (see [`Channels`]).
     pub async fn join(
         store: &Store,
         pki: &Pki,
         cfg: &ReplicaConfig,
         queue: usize,
+        channel_secret: &[u8; 32],
     ) -> Result<Arc<Replicas>, ReplicaError> {
         if !valid_name(&cfg.name) {
             return Err(ReplicaError::BadName(cfg.name.clone()));
@@ -156,7 +159,7 @@ impl Replicas {
             store: store.clone(),
             advertise,
             started_at: AtomicI64::new(started_at),
-            channels: Channels::new(pki.ca_hash()),
+            channels: Channels::new(channel_secret),
             view: Mutex::new(View {
                 read_at: Instant::now(),
                 db_now: 0,
@@ -169,6 +172,8 @@ impl Replicas {
             db_ok: AtomicBool::new(true),
             routed_out: AtomicU64::new(0),
             routed_in: AtomicU64::new(0),
+            events: events::EventLog::starting_at(started_at),
+            refreshed: Mutex::new(None),
         }))
     }
 
@@ -228,7 +233,9 @@ impl Replicas {
     }
 
     pub(crate) async fn publish_cut(&self, node_id: &str) {
-        notify(&self.store, &self.channels.cut, node_id).await;
+        if let Err(e) = self.publish(events::KIND_CUT, node_id).await {
+            tracing::error!(node = %node_id, error = %e, "cannot tell the other replicas to cut the node off; a channel there ends at its next certificate check");
+        }
     }
 
     /// Starts heartbeat, presence writer and listener on the bastion's tasks.
@@ -243,6 +250,7 @@ impl Replicas {
                 .spawn(write_presence(shared.clone(), r.clone(), rx));
         }
         shared.tasks.spawn(heartbeat(shared.clone(), r.clone()));
+        shared.tasks.spawn(events::run(shared.clone(), r.clone()));
         shared.tasks.spawn(listen::run(shared.clone(), r));
     }
 
@@ -326,6 +334,19 @@ impl Replicas {
         self.view().replicas.contains_key(name)
     }
 
+    /// Reads the table of replicas now, at most once a second (a flood of
+    /// notifications naming unknown replicas costs one read a second).
+    pub(crate) async fn refresh_limited(&self) -> Result<(), StoreError> {
+        {
+            let mut last = self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
+        self.refresh().await
+    }
+
     /// Reads the table of replicas now.
     pub(crate) async fn refresh(&self) -> Result<(), StoreError> {
         let (db_now, rows) = self.store.replicas().await?;
@@ -372,10 +393,16 @@ async fn heartbeat(shared: Arc<Shared>, r: Arc<Replicas>) {
                 // again; the channels we hold are re-announced below.
                 tracing::warn!(replica = %r.name, "this replica's row was gone; joining again");
                 let lease = REPLICA_LEASE.as_millis() as i64;
-                let at = shared
-                    .store
-                    .join_replicas(&r.name, &r.advertise, lease)
-                    .await?;
+                let at = match shared.store.join_replicas(&r.name, &r.advertise, lease).await {
+                    Err(StoreError::Conflict(what)) => {
+                        // Another process runs under our name: two of us would
+                        // take each other's nodes and leases. Stop this one.
+                        tracing::error!(replica = %r.name, "another live replica holds {what}; stopping this one");
+                        shared.shutdown.cancel();
+                        return Err(StoreError::Conflict(what));
+                    }
+                    other => other?,
+                };
                 r.started_at.store(at, Ordering::Relaxed);
                 let held: Vec<(String, u64)> = shared
                     .fleet
@@ -454,13 +481,32 @@ async fn write_presence(shared: Arc<Shared>, r: Arc<Replicas>, mut rx: mpsc::Rec
         }
         // A channel that is gone by now is not announced up.
         up.retain(|(n, c)| shared.fleet.local(n).is_some_and(|a| a.conn_id == *c));
+        let changes = up
+            .iter()
+            .map(|(n, c)| format!("+{n}:{c}"))
+            .chain(down.iter().map(|(n, c)| format!("-{n}:{c}")));
+        let mut payloads = Vec::new();
+        let mut payload = String::new();
+        for c in changes {
+            if payload.len() + c.len() + 1 > MAX_PAYLOAD {
+                payloads.push(format!("{}|{payload}", r.name));
+                payload.clear();
+            }
+            if !payload.is_empty() {
+                payload.push(',');
+            }
+            payload.push_str(&c);
+        }
+        if !payload.is_empty() {
+            payloads.push(format!("{}|{payload}", r.name));
+        }
         let mut attempt = 0u32;
         loop {
-            let written = async {
-                shared.store.presence_up(&r.name, &up).await?;
-                shared.store.presence_down(&r.name, &down).await
-            };
-            match written.await {
+            let written = shared
+                .store
+                .presence_apply(&r.name, &up, &down, Some((&r.channels.presence, &payloads)))
+                .await;
+            match written {
                 Ok(()) => break,
                 Err(e) => {
                     attempt += 1;
@@ -474,34 +520,6 @@ async fn write_presence(shared: Arc<Shared>, r: Arc<Replicas>, mut rx: mpsc::Rec
                 }
             }
         }
-        let changes = up
-            .iter()
-            .map(|(n, c)| format!("+{n}:{c}"))
-            .chain(down.iter().map(|(n, c)| format!("-{n}:{c}")));
-        let mut payload = String::new();
-        for c in changes {
-            if payload.len() + c.len() + 1 > MAX_PAYLOAD {
-                notify(
-                    &shared.store,
-                    &r.channels.presence,
-                    &format!("{}|{payload}", r.name),
-                )
-                .await;
-                payload.clear();
-            }
-            if !payload.is_empty() {
-                payload.push(',');
-            }
-            payload.push_str(&c);
-        }
-        if !payload.is_empty() {
-            notify(
-                &shared.store,
-                &r.channels.presence,
-                &format!("{}|{payload}", r.name),
-            )
-            .await;
-        }
     }
 }
 
@@ -514,16 +532,28 @@ mod tests {
         for ok in ["r1", "bastion-a", "0"] {
             assert!(valid_name(ok), "{ok}");
         }
-        for bad in ["", "-a", "A", "r_1", "r.1", &"x".repeat(64), "r 1", "r|1"] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "r_1",
+            "r.1",
+            &"x".repeat(64),
+            "r 1",
+            "r|1",
+        ] {
             assert!(!valid_name(bad), "{bad}");
         }
     }
 
     #[test]
     fn notification_channels_are_per_deployment_and_safe() {
-        let c = Channels::new("sha256:0123456789abcdef0123");
-        assert_eq!(c.presence, "postern_0123456789abcdef_presence");
-        let other = Channels::new("sha256:ffff");
-        assert_ne!(c.access, other.access);
+        let c = Channels::new(&[0xab; 32]);
+        assert_eq!(c.presence, "postern_abababababababab_presence");
+        let other = Channels::new(&[0xcd; 32]);
+        assert_ne!(c.events, other.events);
+        // Channel names are identifiers: under 63 bytes, lowercase, no quoting.
+        assert!(c.presence.len() < 63 && c.events.len() < 63 && c.exec.len() < 63);
     }
 }

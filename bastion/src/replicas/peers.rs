@@ -36,6 +36,11 @@ use crate::state::Shared;
 pub const ALPN_PEER: &[u8] = b"postern-peer/1";
 /// Peer connections served at once; replicas are few, so this only bounds junk.
 const MAX_PEER_CONNECTIONS: usize = 256;
+/// Peer connections from one address at once: a replica needs one, so a flood
+/// from one source cannot take the places of the real peers.
+const PEER_CONNECTIONS_PER_SOURCE: usize = 8;
+/// A peer's TLS handshake must be done within this (replicas sit close by).
+const PEER_HANDSHAKE: Duration = Duration::from_secs(3);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait before dialling a failed peer again.
 const REDIAL_CAP: Duration = Duration::from_secs(5);
@@ -271,6 +276,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     };
     let acceptor = TlsAcceptor::from(r.peers.server_config());
     let limit = Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
+    let sources = crate::limits::PerSource::new(PEER_CONNECTIONS_PER_SOURCE);
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -283,7 +289,14 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 }
             },
         };
+        let Some(source) = sources.admit(peer.ip()) else {
+            inc(&shared.metrics.peer_refused);
+            tracing::debug!(%peer, "too many peer connections from one address; dropping");
+            continue;
+        };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
+            inc(&shared.metrics.peer_refused);
+            tracing::warn!(%peer, "peer port full; dropping a connection");
             continue;
         };
         let _ = tcp.set_nodelay(true);
@@ -291,6 +304,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let acceptor = acceptor.clone();
         shared.tasks.spawn(async move {
             let _permit = permit;
+            let _source = source;
             handle(tcp, peer, acceptor, shared2).await;
         });
     }
@@ -300,7 +314,8 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, shared:
     let Some(r) = shared.fleet.replicas().cloned() else {
         return;
     };
-    let handshake = tokio::time::timeout(shared.settings.handshake_timeout, acceptor.accept(tcp));
+    let within = shared.settings.handshake_timeout.min(PEER_HANDSHAKE);
+    let handshake = tokio::time::timeout(within, acceptor.accept(tcp));
     let tls = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
         h = handshake => match h {

@@ -186,7 +186,7 @@ impl crate::access::Door for SshDoor {
         use crate::access::Change;
         Box::pin(async move {
             let c = match &change.what {
-                Change::UserDeleted => AccessChange::UserDeleted,
+                Change::UserDeleted | Change::Unknown => AccessChange::UserDeleted,
                 Change::KeyDeleted { fingerprint } => AccessChange::KeyDeleted(fingerprint),
                 Change::RoleChanged { project_id } => {
                     AccessChange::RoleChanged(project_id.as_deref())

@@ -20,7 +20,7 @@ use thiserror::Error;
 
 pub use executions::{ExecutionPage, ExecutionRow, HistoryRow, ResultRow, ResultUpdate};
 pub use nodes::{EnrollOutcome, NewNode, NodeRow};
-pub use replicas::{PresenceRow, ReplicaRow};
+pub use replicas::{PresenceRow, ReplicaEvent, ReplicaRow};
 pub use ssh_keys::{NewSshKey, NodePlace, SshKeyRow};
 pub use tenancy::{BindingRow, EdgeRow, OrgRow, ProjectRow, UserRow};
 pub use tokens::{ApiTokenRow, EnrollmentTokenRow};

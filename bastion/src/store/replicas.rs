@@ -53,41 +53,31 @@ impl Store {
 
     /// Enters `name` in the table of replicas. Refused with `Conflict` while a live
     /// replica (heartbeat within `lease_ms`) holds the name: two processes under
-    /// one name would take each other's nodes and leases. Presence rows left by a
-    /// previous life of this replica are dropped: it holds no channel yet.
-    /// Answers this life's start time, which its heartbeats name.
+    /// one name would take each other's nodes and leases. One statement decides,
+    /// so of two processes starting under one name at once, one is refused.
+    /// Presence rows left by a previous life of this replica are dropped: it
+    /// holds no channel yet. Answers this life's start time, which its
+    /// heartbeats name.
     pub async fn join_replicas(&self, name: &str, peer_addr: &str, lease_ms: i64) -> Result<i64> {
         let now = db_now(self.backend);
         let mut tx = self.write_tx().await?;
         let q = format!(
-            "SELECT heartbeat_at > {now} - $2 FROM replicas WHERE name = $1{}",
-            if self.backend == Backend::Postgres {
-                " FOR UPDATE"
-            } else {
-                ""
-            }
+            "INSERT INTO replicas (name, peer_addr, started_at, heartbeat_at) VALUES ($1, $2, {now}, {now}) \
+             ON CONFLICT (name) DO UPDATE SET peer_addr = excluded.peer_addr, started_at = excluded.started_at, \
+             heartbeat_at = excluded.heartbeat_at WHERE replicas.heartbeat_at < {now} - $3 RETURNING started_at"
         );
-        let live: Option<(bool,)> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+        let joined: Option<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
             .bind(name)
+            .bind(peer_addr)
             .bind(lease_ms)
             .fetch_optional(&mut *tx)
             .await?;
-        if let Some((true,)) = live {
+        let Some((started_at,)) = joined else {
             return Err(StoreError::Conflict(format!(
                 "replica name {name:?} (a live replica beats its heartbeat under it; give each replica its own --replica-name, \
                  or wait a few seconds after stopping the old one)"
             )));
-        }
-        let q = format!(
-            "INSERT INTO replicas (name, peer_addr, started_at, heartbeat_at) VALUES ($1, $2, {now}, {now}) \
-             ON CONFLICT (name) DO UPDATE SET peer_addr = excluded.peer_addr, started_at = excluded.started_at, \
-             heartbeat_at = excluded.heartbeat_at RETURNING started_at"
-        );
-        let (started_at,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(name)
-            .bind(peer_addr)
-            .fetch_one(&mut *tx)
-            .await?;
+        };
         sqlx::query("DELETE FROM node_presence WHERE replica = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -158,13 +148,34 @@ impl Store {
         Ok(())
     }
 
-    /// Records channels that came up here, in one transaction. The row is
-    /// overwritten: the newest channel of a node wins.
+    /// Records channels that came up here. The row is overwritten: the newest
+    /// channel of a node wins.
     pub async fn presence_up(&self, replica: &str, up: &[(String, u64)]) -> Result<()> {
-        if up.is_empty() {
+        self.presence_apply(replica, up, &[], None).await
+    }
+
+    /// Forgets channels that went down here, unless a newer channel (here or on
+    /// another replica) already took the node's row.
+    pub async fn presence_down(&self, replica: &str, down: &[(String, u64)]) -> Result<()> {
+        self.presence_apply(replica, &[], down, None).await
+    }
+
+    /// Both at once, in one transaction, with the notifications that announce
+    /// them (`channel`, `payloads`) sent by the same transaction: they are then
+    /// delivered in commit order, so every replica sees two replicas' claims on
+    /// one node in the order the rows were written.
+    pub async fn presence_apply(
+        &self,
+        replica: &str,
+        up: &[(String, u64)],
+        down: &[(String, u64)],
+        notify: Option<(&str, &[String])>,
+    ) -> Result<()> {
+        if up.is_empty() && down.is_empty() {
             return Ok(());
         }
         let now = db_now(self.backend);
+        let conn = |c: &u64| i64::try_from(*c).unwrap_or(i64::MAX);
         let mut tx = self.write_tx().await?;
         for chunk in up.chunks(200) {
             let mut q = String::from(
@@ -181,24 +192,11 @@ impl Store {
                  conn_id = excluded.conn_id, since = excluded.since",
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str())).bind(replica);
-            for (node, conn) in chunk {
-                query = query
-                    .bind(node)
-                    .bind(i64::try_from(*conn).unwrap_or(i64::MAX));
+            for (node, c) in chunk {
+                query = query.bind(node).bind(conn(c));
             }
             query.execute(&mut *tx).await?;
         }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Forgets channels that went down here, unless a newer channel (here or on
-    /// another replica) already took the node's row.
-    pub async fn presence_down(&self, replica: &str, down: &[(String, u64)]) -> Result<()> {
-        if down.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.write_tx().await?;
         for chunk in down.chunks(200) {
             let mut q = String::from("DELETE FROM node_presence WHERE replica = $1 AND (");
             for i in 0..chunk.len() {
@@ -213,12 +211,19 @@ impl Store {
             }
             q.push(')');
             let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str())).bind(replica);
-            for (node, conn) in chunk {
-                query = query
-                    .bind(node)
-                    .bind(i64::try_from(*conn).unwrap_or(i64::MAX));
+            for (node, c) in chunk {
+                query = query.bind(node).bind(conn(c));
             }
             query.execute(&mut *tx).await?;
+        }
+        if let Some((channel, payloads)) = notify {
+            for p in payloads {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(channel)
+                    .bind(p)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -334,6 +339,89 @@ impl Store {
         self.sealed_key(id)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("sealed key {id} vanished after insert")))
+    }
+}
+
+/// An event every replica applies (see `replicas::events`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaEvent {
+    pub seq: i64,
+    pub origin: String,
+    pub kind: String,
+    pub payload: String,
+    pub created_at: i64,
+}
+
+impl Store {
+    /// Records an event for every replica and wakes them (`channel`), in one
+    /// transaction: the wake-up is sent only once the event is there to read.
+    pub async fn insert_event(
+        &self,
+        origin: &str,
+        kind: &str,
+        payload: &str,
+        channel: Option<&str>,
+    ) -> Result<i64> {
+        let mut tx = self.write_tx().await?;
+        let q = format!(
+            "INSERT INTO replica_events (origin, kind, payload, created_at) VALUES ($1, $2, $3, {}) RETURNING seq",
+            db_now(self.backend)
+        );
+        let (seq,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(origin)
+            .bind(kind)
+            .bind(payload)
+            .fetch_one(&mut *tx)
+            .await?;
+        if let Some(channel) = channel {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind(seq.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    /// Events recorded after `after_ms` (database clock), oldest first, at most
+    /// `limit`; with the database's clock now.
+    pub async fn events_since(
+        &self,
+        after_ms: i64,
+        limit: i64,
+    ) -> Result<(i64, Vec<ReplicaEvent>)> {
+        let now = self.db_now_ms().await?;
+        let rows = sqlx::query(
+            "SELECT seq, origin, kind, payload, created_at FROM replica_events \
+             WHERE created_at > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let events = rows
+            .into_iter()
+            .map(|r| {
+                Ok(ReplicaEvent {
+                    seq: r.try_get(0)?,
+                    origin: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    payload: r.try_get(3)?,
+                    created_at: r.try_get(4)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((now, events))
+    }
+
+    /// Forgets events older than `before_ms` (database clock).
+    pub async fn prune_events(&self, before_ms: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM replica_events WHERE created_at < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 }
 
