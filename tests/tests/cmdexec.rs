@@ -742,6 +742,19 @@ async fn a_command_left_by_a_killed_agent_is_ended_at_its_next_start() {
     })
     .await;
     let pid = std::fs::read_to_string(&pidfile).unwrap();
+    // The agent notes the command's process group just after it starts; under
+    // load the command can write its pid first. A kill -9 before the note
+    // leaves the command running (reported lost): wait for the note.
+    let note = a
+        .data_dir
+        .join("spool")
+        .join(format!("{}.pgid", r["exec_id"].as_str().unwrap()));
+    eventually(
+        Duration::from_secs(10),
+        "the process group noted",
+        || async { note.exists() },
+    )
+    .await;
     a.kill();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
