@@ -190,8 +190,11 @@ impl Bastion {
                             source,
                         })?;
                 let queue = settings.max_agent_connections.saturating_mul(2);
-                let secret = master.derive("postern replica notification channels");
-                let r = crate::replicas::Replicas::join(&store, &pki, rc, queue, &secret).await?;
+                let channels = master.derive("postern replica notification channels");
+                let notices = master.derive("postern replica presence notices");
+                let r =
+                    crate::replicas::Replicas::join(&store, &pki, rc, queue, &channels, &notices)
+                        .await?;
                 (Some(r), Some(peer))
             }
             None => (None, None),

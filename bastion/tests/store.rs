@@ -906,7 +906,10 @@ async fn replicas_presence_and_leases() {
         vec![("n1", "r2", 1), ("n2", "r1", 8)]
     );
     // A replica that starts again holds nothing yet.
-    s.leave_replicas("r1").await.unwrap();
+    // A leave by an older life of the name erases nothing.
+    s.leave_replicas("r1", r1 - 1).await.unwrap();
+    assert_eq!(s.presence_of(&["n2".into()]).await.unwrap().len(), 1);
+    s.leave_replicas("r1", r1).await.unwrap();
     let r1 = s.join_replicas("r1", "127.0.0.1:1", lease).await.unwrap();
     assert_eq!(s.presence_of(&["n2".into()]).await.unwrap(), vec![]);
     assert!(s.heartbeat("r1", r1).await.unwrap());

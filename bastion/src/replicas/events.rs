@@ -25,11 +25,14 @@ pub const KIND_CUT: &str = "cut";
 
 /// How often a replica reads new events without being woken.
 const POLL: Duration = Duration::from_secs(2);
-/// How far back (ms) each read looks again, for events that committed late.
-const REREAD: i64 = 10_000;
-/// How long events are kept (ms): a replica away longer holds no session that
-/// predates its return anyway, since its listener and store were gone.
-const KEEP: i64 = 3_600_000;
+/// How far back (ms) each read looks again, for events that committed late: a
+/// writer's transaction is ended by the server after 10 s idle
+/// (`store::TX_BOUND`), so none commits later than this after its insert.
+const REREAD: i64 = 30_000;
+/// How long events are kept (ms). A replica whose database was away longer
+/// misses what was pruned meanwhile; a day covers any outage an operator lets
+/// run with the replica still serving.
+const KEEP: i64 = 24 * 3_600_000;
 /// Events read at once.
 const BATCH: i64 = 5_000;
 

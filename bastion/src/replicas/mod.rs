@@ -128,18 +128,27 @@ pub struct Replicas {
     pub(crate) events: events::EventLog,
     /// When the table of replicas was last read on demand (rate limit).
     refreshed: Mutex<Option<Instant>>,
+    /// Signs presence notices: a login that can see the channel's name (a
+    /// monitoring role reads LISTEN statements in pg_stat_activity) must not be
+    /// able to make nodes look moved or gone.
+    notice_key: ring::hmac::Key,
+    /// Set when another process took this replica's name: on the way out it
+    /// must not erase what now belongs to that process.
+    superseded: AtomicBool,
 }
 
 impl Replicas {
     /// Joins the table of replicas under `cfg.name` (refused while a live replica
     /// holds the name) and prepares peering.
-    /// `channel_secret`: derived from the master key (see [`Channels`]).
+    /// `channel_secret` and `notice_secret`: derived from the master key (see
+    /// [`Channels`] and [`Replicas::sign`]).
     pub async fn join(
         store: &Store,
         pki: &Pki,
         cfg: &ReplicaConfig,
         queue: usize,
         channel_secret: &[u8; 32],
+        notice_secret: &[u8; 32],
     ) -> Result<Arc<Replicas>, ReplicaError> {
         if !valid_name(&cfg.name) {
             return Err(ReplicaError::BadName(cfg.name.clone()));
@@ -174,6 +183,8 @@ impl Replicas {
             routed_in: AtomicU64::new(0),
             events: events::EventLog::starting_at(started_at),
             refreshed: Mutex::new(None),
+            notice_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, notice_secret),
+            superseded: AtomicBool::new(false),
         }))
     }
 
@@ -254,18 +265,28 @@ impl Replicas {
         shared.tasks.spawn(listen::run(shared.clone(), r));
     }
 
+    /// A presence notice: `replica|changes|mac`.
+    pub(crate) fn sign(&self, body: &str) -> String {
+        sign(&self.notice_key, body)
+    }
+
+    fn verified<'a>(&self, notice: &'a str) -> Option<&'a str> {
+        verified(&self.notice_key, notice)
+    }
+
     /// A clean stop: this replica's rows go, and its executions are let go to
-    /// the others at once (they need not wait for the lease to run out).
+    /// the others at once (they need not wait for the lease to run out). Not
+    /// after another process took the name: its rows are not ours to erase.
     pub async fn leave(&self) {
+        if self.superseded.load(Ordering::Relaxed) {
+            return;
+        }
         let store = &self.store;
-        match store.leave_replicas(&self.name).await {
+        let started_at = self.started_at.load(Ordering::Relaxed);
+        match store.leave_replicas(&self.name, started_at).await {
             Ok(()) => {
-                notify(
-                    store,
-                    &self.channels.presence,
-                    &format!("{}|reset", self.name),
-                )
-                .await;
+                let reset = self.sign(&format!("{}|reset", self.name));
+                notify(store, &self.channels.presence, &reset).await;
                 notify(store, &self.channels.exec, &self.name).await;
             }
             Err(e) => {
@@ -291,7 +312,11 @@ impl Replicas {
     /// Applies a presence notification from `replica`; answers the nodes it took
     /// that this replica also holds (the caller checks which channel is newest).
     pub(crate) fn apply_presence(&self, payload: &str) -> Vec<String> {
-        let Some((replica, changes)) = payload.split_once('|') else {
+        let Some(body) = self.verified(payload) else {
+            tracing::debug!("presence notice without a valid signature; ignored");
+            return Vec::new();
+        };
+        let Some((replica, changes)) = body.split_once('|') else {
             return Vec::new();
         };
         if replica == self.name {
@@ -365,6 +390,23 @@ impl Replicas {
     }
 }
 
+/// `body|mac`: 128 bits of HMAC-SHA256 under the deployment's notice key.
+fn sign(key: &ring::hmac::Key, body: &str) -> String {
+    let tag = ring::hmac::sign(key, body.as_bytes());
+    format!("{body}|{}", hex::encode(&tag.as_ref()[..16]))
+}
+
+/// The body of a notice signed under `key`, or `None`.
+fn verified<'a>(key: &ring::hmac::Key, notice: &'a str) -> Option<&'a str> {
+    let (body, mac) = notice.rsplit_once('|')?;
+    let mac = hex::decode(mac).ok()?;
+    let tag = ring::hmac::sign(key, body.as_bytes());
+    // Constant time, as any comparison against a secret-derived value.
+    let ok =
+        mac.len() == 16 && bool::from(subtle::ConstantTimeEq::ct_eq(&tag.as_ref()[..16], &mac[..]));
+    ok.then_some(body)
+}
+
 /// `SELECT pg_notify(…)`; a lost notification costs latency only (tables are
 /// re-read), so a failure is logged, not returned.
 pub(crate) async fn notify(store: &Store, channel: &str, payload: &str) {
@@ -396,8 +438,10 @@ async fn heartbeat(shared: Arc<Shared>, r: Arc<Replicas>) {
                 let at = match shared.store.join_replicas(&r.name, &r.advertise, lease).await {
                     Err(StoreError::Conflict(what)) => {
                         // Another process runs under our name: two of us would
-                        // take each other's nodes and leases. Stop this one.
+                        // take each other's nodes and leases. Stop this one,
+                        // leaving the name's rows to the other.
                         tracing::error!(replica = %r.name, "another live replica holds {what}; stopping this one");
+                        r.superseded.store(true, Ordering::Relaxed);
                         shared.shutdown.cancel();
                         return Err(StoreError::Conflict(what));
                     }
@@ -500,6 +544,7 @@ async fn write_presence(shared: Arc<Shared>, r: Arc<Replicas>, mut rx: mpsc::Rec
         if !payload.is_empty() {
             payloads.push(format!("{}|{payload}", r.name));
         }
+        let payloads: Vec<String> = payloads.iter().map(|p| r.sign(p)).collect();
         let mut attempt = 0u32;
         loop {
             let written = shared
@@ -544,6 +589,26 @@ mod tests {
             "r|1",
         ] {
             assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn presence_notices_are_signed_and_checked() {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7; 32]);
+        let other = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[8; 32]);
+        let n = sign(&key, "r1|+n1:3");
+        assert_eq!(verified(&key, &n), Some("r1|+n1:3"));
+        assert_eq!(verified(&other, &n), None);
+        for forged in [
+            "r1|reset",
+            "r1|reset|00",
+            "r1|reset|zz",
+            "",
+            "|",
+            &n.replace("+n1", "+n2"),
+            &format!("{n}|"),
+        ] {
+            assert_eq!(verified(&key, forged), None, "{forged}");
         }
     }
 

@@ -128,8 +128,18 @@ impl Store {
 
     /// A clean stop: this replica holds no channel and no longer beats. Its
     /// executions' leases are let go, so another replica takes them at once.
-    pub async fn leave_replicas(&self, name: &str) -> Result<()> {
+    /// Only this life's (`started_at`): a namesake that took the name since
+    /// keeps its rows.
+    pub async fn leave_replicas(&self, name: &str, started_at: i64) -> Result<()> {
         let mut tx = self.write_tx().await?;
+        let gone = sqlx::query("DELETE FROM replicas WHERE name = $1 AND started_at = $2")
+            .bind(name)
+            .bind(started_at)
+            .execute(&mut *tx)
+            .await?;
+        if gone.rows_affected() == 0 {
+            return Ok(());
+        }
         sqlx::query("DELETE FROM node_presence WHERE replica = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -140,10 +150,6 @@ impl Store {
         .bind(name)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM replicas WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -177,6 +183,7 @@ impl Store {
         let now = db_now(self.backend);
         let conn = |c: &u64| i64::try_from(*c).unwrap_or(i64::MAX);
         let mut tx = self.write_tx().await?;
+        self.bound_tx(&mut tx).await?;
         for chunk in up.chunks(200) {
             let mut q = String::from(
                 "INSERT INTO node_presence (node_id, replica, conn_id, since) VALUES ",
@@ -342,6 +349,25 @@ impl Store {
     }
 }
 
+/// How long a replica transaction may idle or wait on a lock before the server
+/// ends it (PostgreSQL).
+pub const TX_BOUND: &str = "10s";
+
+impl Store {
+    async fn bound_tx(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query(
+                "SELECT set_config('idle_in_transaction_session_timeout', $1, true), \
+                 set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true)",
+            )
+            .bind(TX_BOUND)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
 /// An event every replica applies (see `replicas::events`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaEvent {
@@ -363,6 +389,10 @@ impl Store {
         channel: Option<&str>,
     ) -> Result<i64> {
         let mut tx = self.write_tx().await?;
+        // Readers look back a fixed window for late commits; a transaction
+        // stalled between its insert and its commit (a partition) is ended by
+        // the server within this, so it can never commit later than the window.
+        self.bound_tx(&mut tx).await?;
         let q = format!(
             "INSERT INTO replica_events (origin, kind, payload, created_at) VALUES ($1, $2, $3, {}) RETURNING seq",
             db_now(self.backend)
