@@ -279,8 +279,9 @@ impl Bastion {
             } => Ok(()),
         };
         shared.shutdown.cancel();
-        let drained = shared.fleet.drain();
-        tracing::info!(agents = drained, "draining agent channels");
+        // Channels end on the shutdown token themselves; this cuts any that
+        // registered in between.
+        shared.fleet.drain();
         shared.tasks.close();
         if tokio::time::timeout(Duration::from_secs(10), shared.tasks.wait())
             .await
@@ -288,6 +289,12 @@ impl Bastion {
         {
             tracing::warn!("some tasks did not stop within 10s");
         }
+        // Counted by the channels as they closed: a count taken after the
+        // token was cancelled would find them already gone (it said 0).
+        tracing::info!(
+            agents = shared.fleet.drained(),
+            "agent channels drained (GOAWAY sent)"
+        );
         if let Some(r) = shared.fleet.replicas() {
             // After the tasks: nothing of ours runs any more when the others
             // take our executions.

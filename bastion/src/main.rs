@@ -233,8 +233,8 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| a.common.data_dir.join("master.key"));
             anyhow::ensure!(
                 master_key_file.exists(),
-                "master key file {} is missing: create it once with `head -c32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {}` \
-                 (mode 0600), or pass --master-key-file",
+                "master key file {} is missing: create it once with `(umask 077; head -c32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {})`, \
+                 or pass --master-key-file",
                 master_key_file.display(),
                 master_key_file.display()
             );

@@ -55,6 +55,10 @@ pub enum SecretError {
     Unseal,
     #[error("sealed data is malformed")]
     Malformed,
+    #[error(
+        "master key file {path} can be read by others (mode {mode:04o}): it unseals the CA key; run `chmod 600 {path}` (and keep it owned by the bastion's user)"
+    )]
+    KeyTooOpen { path: String, mode: u32 },
 }
 
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], SecretError> {
@@ -127,7 +131,20 @@ impl MasterKey {
         Ok(MasterKey(arr))
     }
 
+    /// Loads the key file; refused when group or others may read or write it.
     pub fn load(path: &Path) -> Result<MasterKey, SecretError> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|source| SecretError::ReadKey {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(SecretError::KeyTooOpen {
+                path: path.display().to_string(),
+                mode,
+            });
+        }
         let s = std::fs::read_to_string(path).map_err(|source| SecretError::ReadKey {
             path: path.display().to_string(),
             source,
@@ -229,5 +246,26 @@ mod tests {
         let other = MasterKey(random_bytes().unwrap());
         assert!(matches!(other.open(&sealed), Err(SecretError::Unseal)));
         assert!(matches!(k.open("AAAA"), Err(SecretError::Malformed)));
+    }
+
+    #[test]
+    fn a_master_key_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        std::fs::write(&path, "ab".repeat(32)).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = MasterKey::load(&path).unwrap_err().to_string();
+            assert!(e.contains("chmod 600"), "{mode:o}: {e}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        MasterKey::load(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        MasterKey::load(&path).unwrap();
+        // The key dev makes is private from the start.
+        let made = dir.path().join("dev.key");
+        MasterKey::load_or_create(&made).unwrap();
+        MasterKey::load(&made).unwrap();
     }
 }

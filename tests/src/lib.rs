@@ -192,6 +192,8 @@ impl Bastion {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("master.key");
         std::fs::write(&key, hex_key()).unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let mut init = Command::new(bin("postern-bastion"));
         init.args(["init", "--data-dir"])
             .arg(dir.path().join("data"));

@@ -63,8 +63,33 @@ async fn deleted_and_disabled_nodes_are_cut_off_within_a_second() {
 async fn agents_come_back_after_the_bastion_restarts() {
     let mut b = Bastion::start(BastionOpts::default()).await;
     let agent = b.agent("phoenix").await;
+    let _other = b.agent("witness").await;
     let before = b.node("phoenix").await.unwrap();
     b.restart().await;
+    // The stop says how many channels it closed (it said 0 while two were up).
+    let log: String = {
+        // Drop ANSI colour codes: `agents\x1b[0m\x1b[2m=\x1b[0m2`.
+        let raw = b.log();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    let drained = log
+        .lines()
+        .find(|l| l.contains("agent channels drained"))
+        .unwrap_or_else(|| panic!("no drain line in {log}"));
+    assert!(drained.contains("agents=2"), "{drained}");
     eventually(
         Duration::from_secs(20),
         "phoenix back after restart",

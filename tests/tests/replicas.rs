@@ -479,7 +479,9 @@ async fn the_peer_port_admits_replicas_only() {
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_need_postgres_and_say_when_the_database_is_gone() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("master.key"), "ab".repeat(32)).unwrap();
+    let key = dir.path().join("master.key");
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let serve = |extra: &[&str]| {
         let mut c = Command::new(bin("postern-bastion"));
         c.arg("serve")

@@ -186,6 +186,7 @@ pub(super) async fn run(
     drop(link);
     drop(agent);
     if !ended_by_peer && shared.shutdown.is_cancelled() {
+        shared.fleet.drained_one();
         // Graceful: the last sender is gone, so h2 sends GOAWAY; give it a moment
         // to flush before the socket closes.
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut conn).await;

@@ -118,6 +118,8 @@ pub struct Fleet {
     replicas: Option<Arc<Replicas>>,
     /// Bumped whenever a node may have become reachable, for [`Fleet::wait_link`].
     changed: watch::Sender<u64>,
+    /// Channels closed by this bastion's shutdown (sent GOAWAY).
+    drained: std::sync::atomic::AtomicUsize,
 }
 
 impl Fleet {
@@ -126,6 +128,7 @@ impl Fleet {
             registry: Registry::default(),
             replicas,
             changed: watch::Sender::new(0),
+            drained: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -245,9 +248,20 @@ impl Fleet {
         self.registry.snapshot()
     }
 
-    /// Cuts every local channel (shutdown).
+    /// Cuts every local channel still registered (shutdown).
     pub fn drain(&self) -> usize {
         self.registry.drain().len()
+    }
+
+    /// Counts a channel closed because the bastion is shutting down.
+    pub(super) fn drained_one(&self) {
+        self.drained
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many channels the shutdown closed.
+    pub fn drained(&self) -> usize {
+        self.drained.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Serves a peer's request for a node held here: forwards it onto the node's
