@@ -374,6 +374,16 @@ async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
     let audit = Audit::new(store);
     if verify {
         match audit.verify().await? {
+            // A bastion's log is never empty (init records the first admin):
+            // an empty one is the wrong store, and must not pass as intact.
+            Ok(0) => {
+                eprintln!(
+                    "AUDIT LOG EMPTY: no entry in {}; is this the bastion's store? Pass the --database-url \
+                     (or POSTERN_DATABASE_URL) and --data-dir that `serve` uses",
+                    describe_store(&common)
+                );
+                std::process::exit(2);
+            }
             Ok(n) => {
                 println!("audit log intact: {n} entries verified");
                 Ok(())
@@ -391,7 +401,25 @@ async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
     }
 }
 
+/// Which store a subcommand uses, for messages (no password).
+fn describe_store(common: &Common) -> String {
+    match &common.database_url {
+        Some(url) => postern_bastion::store::redact(url),
+        None => common.data_dir.join("postern.db").display().to_string(),
+    }
+}
+
 async fn open_store(common: &Common, create: bool) -> anyhow::Result<Store> {
+    let stray = common.data_dir.join("postern.db");
+    if common.database_url.is_some() && stray.exists() {
+        // Earlier runs without --database-url made it: whatever they wrote (a
+        // token from `init`, say) is not in the store used now.
+        tracing::warn!(
+            file = %stray.display(),
+            "an unused SQLite store sits in the data directory while this command uses --database-url; \
+             a token or log in it is not in the store used now"
+        );
+    }
     Ok(match &common.database_url {
         Some(url) => Store::open(url).await?,
         None => {

@@ -42,5 +42,19 @@ pub async fn init(
             now,
         )
         .await?;
-    crate::http::issue_api_token(store, &user, Some("init".into()), ttl_seconds).await
+    let token =
+        crate::http::issue_api_token(store, &user, Some("init".into()), ttl_seconds).await?;
+    // The log's first entry: who was made admin, and when. It also means a
+    // bastion's audit log is never empty, so `audit verify` on an empty store
+    // knows it was pointed at the wrong one.
+    let ev = crate::audit::Event::new("org.init", "ok")
+        .org(&org_row.id)
+        .actor("operator (postern-bastion init)")
+        .target(admin)
+        .detail(serde_json::json!({ "org": org, "admin": admin, "token_id": token.id }));
+    crate::audit::Audit::new(store.clone())
+        .record(ev)
+        .await
+        .map_err(ApiError::audit_refused)?;
+    Ok(token)
 }

@@ -343,6 +343,25 @@ async fn audit_verify_detects_an_edited_or_removed_entry() {
     );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("intact"));
 
+    // The wrong store (an empty PostgreSQL schema, as when --database-url is
+    // forgotten on one side) never passes as intact.
+    let empty = postern_tests::postgres_url();
+    let wrong = std::process::Command::new(postern_tests::bin("postern-bastion"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(b.data_dir())
+        .args(["--database-url", &empty])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("AUDIT LOG EMPTY")
+            && !String::from_utf8_lossy(&wrong.stdout).contains("intact"),
+        "{err}"
+    );
+    // And the SQLite store left beside it is pointed out.
+    assert!(err.contains("unused SQLite store"), "{err}");
+
     let export = std::process::Command::new(postern_tests::bin("postern-bastion"))
         .args(["audit", "export", "--data-dir"])
         .arg(b.data_dir())
