@@ -341,13 +341,18 @@ async fn a_key_deleted_on_one_replica_cuts_the_session_on_another() {
         "session cut {:?} after the key was deleted on another replica",
         deleted.elapsed()
     );
-    // r2 recorded what it cut, for the change r1 published.
-    let applied = r1.audit("access.applied").await;
-    assert!(
-        applied.iter().any(|e| e["actor"] == "replica:r2"
-            && e["detail"]["doors"]["ssh"]["ssh_cut"].as_u64() >= Some(1)),
-        "{applied:?}"
-    );
+    // r2 records what it cut, for the change r1 published (once it has cut).
+    eventually(
+        Duration::from_secs(10),
+        "r2's access.applied entry",
+        || async {
+            r1.audit("access.applied").await.iter().any(|e| {
+                e["actor"] == "replica:r2"
+                    && e["detail"]["doors"]["ssh"]["ssh_cut"].as_u64() >= Some(1)
+            })
+        },
+    )
+    .await;
 }
 
 /// A TLS client with the given identity to the peer port; answers whether an
@@ -639,17 +644,22 @@ async fn a_replica_that_stops_cleanly_hands_over_at_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stopped = Instant::now();
     r2.stop();
-    // Right after the stop, r1 does not count r2's nodes as reachable through it.
+    // Right after the stop, r1 does not count r2's nodes as reachable through
+    // it: only those connected to r1 (agents of r2 may be arriving meanwhile).
+    let held_before = r1.metric("postern_agents_connected").await;
     let (s, v) = r1.get("/api/v1/projects/web/edges/eu-1/nodes").await;
     assert_eq!(s, 200, "{v}");
-    let held_by_r1 = r1.metric("postern_agents_connected").await;
+    let held_after = r1.metric("postern_agents_connected").await;
     let reachable = v
         .as_array()
         .unwrap()
         .iter()
         .filter(|n| n["reachable"] == true)
         .count() as u64;
-    assert_eq!(reachable, held_by_r1, "{v}");
+    assert!(
+        (held_before..=held_after).contains(&reachable),
+        "{reachable} reachable, {held_before}..{held_after} held by r1: {v}"
+    );
 
     let done = finished(&r1, e["exec_id"].as_str().unwrap(), Duration::from_secs(60)).await;
     let took = stopped.elapsed();
