@@ -6,7 +6,7 @@ mod common;
 use postern_api::admin::{NodeState, Role};
 use postern_bastion::audit::{Audit, ChainBreak, Event};
 use postern_bastion::store::{
-    ApiTokenRow, BindingRow, EnrollOutcome, ExecutionRow, NewSshKey, Store, StoreError,
+    ApiTokenRow, BindingRow, EnrollOutcome, NewSshKey, Store, StoreError,
 };
 
 async fn tenancy(s: &Store) -> (String, String, String) {
@@ -496,7 +496,7 @@ mod executions {
     use postern_api::cmdexec::NodeExecStatus;
     use postern_bastion::store::{ExecutionRow, ResultRow, ResultUpdate, Store};
 
-    fn exec(id: &str, project: &str, edge: &str, at: i64) -> ExecutionRow {
+    pub(super) fn exec(id: &str, project: &str, edge: &str, at: i64) -> ExecutionRow {
         ExecutionRow {
             id: id.into(),
             org_id: "o".into(),
@@ -916,23 +916,7 @@ async fn replicas_presence_and_leases() {
 
     // Leases: a live one is not taken; an expired one is, by one replica only.
     let (_, project, edge) = tenancy(s).await;
-    let e = |id: &str| ExecutionRow {
-        id: id.into(),
-        org_id: "o".into(),
-        project_id: project.clone(),
-        project_name: "web".into(),
-        edge_id: edge.clone(),
-        edge_name: "eu-1".into(),
-        username: "admin".into(),
-        source_ip: None,
-        command: "true".into(),
-        content_type: "string".into(),
-        target_type: "node".into(),
-        target: None,
-        timeout_secs: 60,
-        created_at: 1,
-        finished_at: None,
-    };
+    let e = |id: &str| executions::exec(id, &project, &edge, 1);
     s.insert_execution_owned(&e("live"), &[], Some(("r1", 60_000)))
         .await
         .unwrap();

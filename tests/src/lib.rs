@@ -22,6 +22,9 @@ pub mod ssh;
 pub mod ssh_bench;
 pub mod swarm;
 
+/// The cmdexec execute route of project `web`, edge `eu-1` (every test bastion's).
+pub const EXECUTE: &str = "/cmdexec/v1/projects/web/edges/eu-1/execute/";
+
 /// A binary built from this workspace, next to the test executable's directory.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -499,6 +502,33 @@ impl Bastion {
             .filter(|e| e["action"] == action)
             .cloned()
             .collect()
+    }
+
+    /// Posts a cmdexec execution to project `web`, edge `eu-1`; answers the 202's body.
+    pub async fn execute(&self, body: Value) -> Value {
+        let (s, v) = self.post(EXECUTE, body).await;
+        assert_eq!(s, 202, "{v}");
+        v
+    }
+
+    /// Polls the execution until no node is pending or running; answers it with
+    /// up to 1000 of its nodes.
+    pub async fn finished(&self, exec_id: &str, within: Duration) -> Value {
+        let path =
+            format!("/cmdexec/v1/projects/web/edges/eu-1/execution/{exec_id}/?node_limit=1000");
+        let until = Instant::now() + within;
+        loop {
+            let (s, v) = self.get(&path).await;
+            assert_eq!(s, 200, "{v}");
+            if v["status"] != "pending" && v["status"] != "running" {
+                return v;
+            }
+            assert!(
+                Instant::now() < until,
+                "execution not finished after {within:?}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// A metric's value from `/metrics`.

@@ -11,20 +11,15 @@
 //! 4. Replica 2 stopped cleanly, so the whole swarm is on replica 1: the same
 //!    fan-out again, the single-replica baseline.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{self, StreamExt};
-use postern_agent::exec::Executor;
-use postern_agent::{Agent, AgentOptions, JoinRequest};
+use postern_agent::JoinRequest;
 use serde::Serialize;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
-use crate::ssh::{InstalledHelper, Node, SshUser, write_config};
+use crate::ssh::{InstalledHelper, Node, SshUser};
 use crate::ssh_bench::{BenchOpts, PathFigures, measure_path};
-use crate::swarm::{FanoutReport, fanout_on};
+use crate::swarm::{FanoutReport, Running, enroll_all, fanout_on};
 use crate::{Bastion, eventually};
 
 #[derive(Debug, Clone)]
@@ -112,43 +107,9 @@ pub async fn run(opts: &ReplicasBenchOpts) -> ReplicasReport {
         hostname: format!("swarm-{i:05}"),
         data_dir: None,
     };
-    let identities: Vec<_> = stream::iter(0..n)
-        .map(|i| {
-            let req = join(i);
-            async move {
-                postern_agent::join(&req)
-                    .await
-                    .unwrap_or_else(|e| panic!("enroll {i}: {e}"))
-            }
-        })
-        .buffer_unordered(opts.enroll_concurrency)
-        .collect()
-        .await;
-    let shutdown = CancellationToken::new();
-    let options = AgentOptions {
-        backoff_cap: opts.backoff_cap,
-        ..AgentOptions::default()
-    };
-    let slots = Arc::new(tokio::sync::Semaphore::new(1_500));
-    let agents: Vec<Agent> = identities
-        .into_iter()
-        .map(|id| {
-            Agent::with_executor(
-                id,
-                options.clone(),
-                Executor::with_slots(None, slots.clone()),
-            )
-        })
-        .collect();
+    let identities = enroll_all(n, opts.enroll_concurrency, join).await;
     let t = Instant::now();
-    let tasks: Vec<_> = agents
-        .iter()
-        .map(|a| {
-            let a = a.clone();
-            let s = shutdown.clone();
-            tokio::spawn(async move { a.run(s).await })
-        })
-        .collect();
+    let swarm = Running::start(identities, opts.backoff_cap);
     let all = [&r1, &r2, &r3];
     eventually(Duration::from_secs(600), "all agents connected", || async {
         connected(&all).await == n as u64
@@ -165,14 +126,7 @@ pub async fn run(opts: &ReplicasBenchOpts) -> ReplicasReport {
     })
     .await;
     let u = SshUser::create(&r1, "bench", Some(("project_admin", &["root"]))).await;
-    let via_r2 = u.config.with_file_name("via_r2");
-    write_config(
-        &via_r2,
-        r2.ssh.port(),
-        "bench",
-        &u.key,
-        &u.config.with_file_name("kh2"),
-    );
+    let via_r2 = u.config_through(r2.ssh.port());
     let route: Vec<String> = vec!["-J".into(), "bastion".into(), "root@sshnode".into()];
     let ssh_direct = measure_path("one replica", &u.config, &route, &opts.ssh);
     eprintln!("{ssh_direct:?}");
@@ -204,7 +158,7 @@ pub async fn run(opts: &ReplicasBenchOpts) -> ReplicasReport {
         agents_moved: moved,
         back_secs,
         handshakes_per_sec: hs as f64 / back_secs.max(1e-3),
-        agents_gave_up: tasks.iter().filter(|t| t.is_finished()).count(),
+        agents_gave_up: swarm.gave_up(),
     };
     eprintln!("{kill:?}");
 
@@ -220,15 +174,8 @@ pub async fn run(opts: &ReplicasBenchOpts) -> ReplicasReport {
     let single_fanout = fanout_on(&r1, &store, &pids[..1], nodes, nodes, opts.fanout_runs).await;
     eprintln!("{single_fanout:?}");
 
-    let connected_agents = agents
-        .iter()
-        .filter(|a| a.status.connected.load(Ordering::Relaxed))
-        .count();
-    tracing::info!(connected_agents, "replicas bench done");
-    shutdown.cancel();
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-    }
+    tracing::info!(connected_agents = swarm.connected(), "replicas bench done");
+    swarm.stop().await;
     store.close().await;
     drop(node);
     let per_node = |f: &FanoutReport| f.bastion_cpu_secs * 1000.0 / nodes as f64;

@@ -233,6 +233,21 @@ impl SshUser {
         }
     }
 
+    /// An ssh_config like [`SshUser::config`] whose `bastion` is the SSH front
+    /// door at `port` on 127.0.0.1 (another replica, a load balancer); same key
+    /// and known_hosts. Answers its path.
+    pub fn config_through(&self, port: u16) -> PathBuf {
+        let path = self.config.with_file_name(format!("ssh_config_{port}"));
+        write_config(
+            &path,
+            port,
+            &self.name,
+            &self.key,
+            &self.config.with_file_name("known_hosts"),
+        );
+        path
+    }
+
     /// `ssh -F config args…`, with a deadline.
     pub fn ssh(&self, args: &[&str]) -> Output {
         run_with_timeout(

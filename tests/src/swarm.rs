@@ -173,6 +173,90 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Enrolls `n` swarm nodes through the real join, `concurrency` at once;
+/// `join(i)` says how node `i` joins.
+pub async fn enroll_all(
+    n: usize,
+    concurrency: usize,
+    join: impl Fn(usize) -> JoinRequest,
+) -> Vec<Arc<postern_agent::Identity>> {
+    stream::iter(0..n)
+        .map(|i| {
+            let req = join(i);
+            async move {
+                postern_agent::join(&req)
+                    .await
+                    .unwrap_or_else(|e| panic!("enroll {i}: {e}"))
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+/// A swarm's agents, each running its channel in its own task.
+pub struct Running {
+    pub agents: Vec<Agent>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    shutdown: CancellationToken,
+}
+
+impl Running {
+    pub fn start(identities: Vec<Arc<postern_agent::Identity>>, backoff_cap: Duration) -> Running {
+        let shutdown = CancellationToken::new();
+        let options = AgentOptions {
+            backoff_cap,
+            ..AgentOptions::default()
+        };
+        // The swarm's "nodes" share one process and its 20,000 file descriptors:
+        // one shared limit on running commands stands in for each node's own.
+        let slots = Arc::new(tokio::sync::Semaphore::new(1_500));
+        let agents: Vec<Agent> = identities
+            .into_iter()
+            .map(|id| {
+                Agent::with_executor(
+                    id,
+                    options.clone(),
+                    Executor::with_slots(None, slots.clone()),
+                )
+            })
+            .collect();
+        let tasks = agents
+            .iter()
+            .map(|a| {
+                let a = a.clone();
+                let s = shutdown.clone();
+                tokio::spawn(async move { a.run(s).await })
+            })
+            .collect();
+        Running {
+            agents,
+            tasks,
+            shutdown,
+        }
+    }
+
+    /// Agents whose channel loop ended on its own (gave up).
+    pub fn gave_up(&self) -> usize {
+        self.tasks.iter().filter(|t| t.is_finished()).count()
+    }
+
+    pub fn connected(&self) -> usize {
+        self.agents
+            .iter()
+            .filter(|a| a.status.connected.load(Ordering::Relaxed))
+            .count()
+    }
+
+    /// Stops every agent, waiting up to 10 s for each.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
 /// Runs the swarm and returns what was measured.
 pub async fn run(opts: &SwarmOpts) -> Report {
     let mut bastion = Bastion::start(BastionOpts::default()).await;
@@ -189,18 +273,7 @@ pub async fn run(opts: &SwarmOpts) -> Report {
     };
 
     let t0 = Instant::now();
-    let identities: Vec<_> = stream::iter(0..n)
-        .map(|i| {
-            let req = join(i);
-            async move {
-                postern_agent::join(&req)
-                    .await
-                    .unwrap_or_else(|e| panic!("enroll {i}: {e}"))
-            }
-        })
-        .buffer_unordered(opts.enroll_concurrency)
-        .collect()
-        .await;
+    let identities = enroll_all(n, opts.enroll_concurrency, join).await;
     let enroll_secs = t0.elapsed().as_secs_f64();
 
     let pid = bastion.pid().unwrap_or(0);
@@ -208,33 +281,8 @@ pub async fn run(opts: &SwarmOpts) -> Report {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_before = rss_kib(pid);
 
-    let shutdown = CancellationToken::new();
-    let options = AgentOptions {
-        backoff_cap: opts.backoff_cap,
-        ..AgentOptions::default()
-    };
-    // The swarm's "nodes" share one process and its 20,000 file descriptors: one
-    // shared limit on running commands stands in for each node's own.
-    let slots = Arc::new(tokio::sync::Semaphore::new(1_500));
-    let agents: Vec<Agent> = identities
-        .into_iter()
-        .map(|id| {
-            Agent::with_executor(
-                id,
-                options.clone(),
-                Executor::with_slots(None, slots.clone()),
-            )
-        })
-        .collect();
     let t1 = Instant::now();
-    let tasks: Vec<_> = agents
-        .iter()
-        .map(|a| {
-            let a = a.clone();
-            let s = shutdown.clone();
-            tokio::spawn(async move { a.run(s).await })
-        })
-        .collect();
+    let swarm = Running::start(identities, opts.backoff_cap);
     let all_connected = || async { bastion.metric("postern_agents_connected").await == n as u64 };
     eventually(
         Duration::from_secs(600),
@@ -274,16 +322,9 @@ pub async fn run(opts: &SwarmOpts) -> Report {
         let rss = rss_kib(bastion.pid().unwrap_or(0));
         per_agent_after = Some(rss.saturating_sub(rss_fresh) as f64 / n as f64);
     }
-    let gave_up = tasks.iter().filter(|t| t.is_finished()).count();
-    let connected_agents = agents
-        .iter()
-        .filter(|a| a.status.connected.load(Ordering::Relaxed))
-        .count();
-    tracing::info!(connected_agents, "swarm done");
-    shutdown.cancel();
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-    }
+    let gave_up = swarm.gave_up();
+    tracing::info!(connected_agents = swarm.connected(), "swarm done");
+    swarm.stop().await;
     Report {
         agents: n,
         enroll_secs,

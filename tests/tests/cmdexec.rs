@@ -3,34 +3,8 @@
 
 use std::time::Duration;
 
-use postern_tests::{Bastion, BastionOpts, eventually, postgres_url};
+use postern_tests::{Bastion, BastionOpts, EXECUTE as EXEC, eventually, postgres_url};
 use serde_json::{Value, json};
-
-const EXEC: &str = "/cmdexec/v1/projects/web/edges/eu-1/execute/";
-
-async fn execute(b: &Bastion, body: Value) -> Value {
-    let (s, v) = b.post(EXEC, body).await;
-    assert_eq!(s, 202, "{v}");
-    v
-}
-
-/// Polls the execution until no node is pending or running.
-async fn finished(b: &Bastion, exec_id: &str, within: Duration) -> Value {
-    let path = format!("/cmdexec/v1/projects/web/edges/eu-1/execution/{exec_id}/");
-    let until = std::time::Instant::now() + within;
-    loop {
-        let (s, v) = b.get(&path).await;
-        assert_eq!(s, 200, "{v}");
-        if v["status"] != "pending" && v["status"] != "running" {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "execution not finished after {within:?}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn node<'a>(exec: &'a Value, host: &str) -> &'a Value {
     exec["nodes"]
@@ -58,12 +32,14 @@ async fn exit_codes_stderr_scripts_and_clusters() {
     b.enroll("gamma").await; // enrolled, approved, never connected
 
     // Exit codes and stderr, per node.
-    let r = execute(&b, json!({"target": ["alpha", "beta"], "target_type": "node",
+    let r = b.execute(json!({"target": ["alpha", "beta"], "target_type": "node",
         "command": "echo out-$(cat /proc/sys/kernel/hostname >/dev/null; echo ok); echo err >&2; exit 3"})).await;
     assert_eq!(r["target_nodes"], json!(["alpha", "beta"]));
     assert_eq!(r["username"], "admin");
     assert_eq!(r["timeout"], 60);
-    let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(15)).await;
+    let done = b
+        .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(15))
+        .await;
     assert_eq!(done["status"], "failed");
     for h in ["alpha", "beta"] {
         let n = node(&done, h);
@@ -80,8 +56,10 @@ async fn exit_codes_stderr_scripts_and_clusters() {
     // A whole script, base64, run as one program.
     let script = "#!/bin/sh\nset -e\nf() { echo \"in function $1\"; }\nf one\nfor i in 1 2 3; do printf %s $i; done\necho\n";
     let b64 = base64_encode(script.as_bytes());
-    let r = execute(&b, json!({"target": ["alpha"], "target_type": "node", "command": b64, "content_type": "base64"})).await;
-    let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(15)).await;
+    let r = b.execute(json!({"target": ["alpha"], "target_type": "node", "command": b64, "content_type": "base64"})).await;
+    let done = b
+        .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(15))
+        .await;
     let n = node(&done, "alpha");
     assert_eq!(
         (n["status"].as_str(), n["exit_code"].as_i64()),
@@ -90,10 +68,14 @@ async fn exit_codes_stderr_scripts_and_clusters() {
     assert_eq!(n["stdout"], "in function one\n123\n");
 
     // The whole cluster: connected nodes run, the absent one is settled at once.
-    let r = execute(&b, json!({"target_type": "cluster", "command": "true"})).await;
+    let r = b
+        .execute(json!({"target_type": "cluster", "command": "true"}))
+        .await;
     assert_eq!(r["target_nodes"], json!(["alpha", "beta"]));
     assert_eq!(r["unreachable_nodes"], json!(["gamma"]));
-    let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(15)).await;
+    let done = b
+        .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(15))
+        .await;
     assert_eq!(node(&done, "gamma")["status"], "unreachable");
     assert_eq!(node(&done, "alpha")["status"], "succeeded");
 
@@ -131,13 +113,13 @@ async fn binary_output_round_trips_and_fails_no_neighbour_on_postgres() {
         b.agent("beta").await,
         b.agent("gamma").await,
     ];
-    let r = execute(
-        &b,
-        json!({"target_type": "cluster",
-        "command": "printf 'a\\000b\\377\\376'; printf 'err\\000' >&2"}),
-    )
-    .await;
-    let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(20)).await;
+    let r = b
+        .execute(json!({"target_type": "cluster",
+        "command": "printf 'a\\000b\\377\\376'; printf 'err\\000' >&2"}))
+        .await;
+    let done = b
+        .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(20))
+        .await;
     assert_eq!(done["status"], "succeeded", "{done}");
     for h in ["alpha", "beta", "gamma"] {
         let n = node(&done, h);
@@ -175,9 +157,11 @@ async fn the_largest_kept_output_of_control_bytes_is_delivered() {
     })
     .await;
     let _a = b.agent("alpha").await;
-    let r = execute(&b, json!({"target": ["alpha"], "target_type": "node",
+    let r = b.execute(json!({"target": ["alpha"], "target_type": "node",
         "command": "head -c 3000000 /dev/zero | tr '\\000' '\\001'; head -c 3000000 /dev/zero | tr '\\000' '\\002' >&2"})).await;
-    let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    let done = b
+        .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
     let n = node(&done, "alpha");
     assert_eq!(n["status"], "succeeded", "{}", n["error"]);
     assert_eq!(
@@ -210,9 +194,11 @@ async fn execution_nodes_are_paged() {
         b.agent("n2").await,
         b.agent("n3").await,
     ];
-    let r = execute(&b, json!({"target_type": "cluster", "command": "echo hi"})).await;
+    let r = b
+        .execute(json!({"target_type": "cluster", "command": "echo hi"}))
+        .await;
     let id = r["exec_id"].as_str().unwrap();
-    finished(&b, id, Duration::from_secs(15)).await;
+    b.finished(id, Duration::from_secs(15)).await;
     let path = format!("/cmdexec/v1/projects/web/edges/eu-1/execution/{id}/");
     let (s, p1) = b.get(&format!("{path}?node_limit=2")).await;
     assert_eq!(s, 200, "{p1}");
@@ -274,12 +260,12 @@ async fn a_timeout_kills_the_whole_process_group() {
         "sh -c 'trap \"\" TERM; exec sleep 300' & echo $! > {}; wait",
         pidfile.display()
     );
-    let r = execute(
-        &b,
-        json!({"target": ["alpha"], "target_type": "node", "command": cmd, "timeout": 2}),
-    )
-    .await;
-    let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(20)).await;
+    let r = b
+        .execute(json!({"target": ["alpha"], "target_type": "node", "command": cmd, "timeout": 2}))
+        .await;
+    let done = b
+        .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(20))
+        .await;
     let n = node(&done, "alpha");
     assert_eq!(n["status"], "timed_out", "{n}");
     assert!(n["error"].as_str().unwrap().contains("2s timeout"));
@@ -297,9 +283,11 @@ async fn a_timeout_kills_the_whole_process_group() {
 async fn fifty_megabytes_of_output_are_trimmed_with_bounded_memory() {
     let b = Bastion::start(BastionOpts::default()).await;
     let a = b.agent("chatty").await;
-    let r = execute(&b, json!({"target": ["chatty"], "target_type": "node",
+    let r = b.execute(json!({"target": ["chatty"], "target_type": "node",
         "command": "echo FIRST-LINE; head -c 50000000 /dev/zero | tr '\\000' x; echo; echo LAST-LINE >&1; echo oops >&2"})).await;
-    let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    let done = b
+        .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
     let n = node(&done, "chatty");
     assert_eq!(n["status"], "succeeded", "{n}");
     assert_eq!(n["stdout_truncated"], true);
@@ -472,14 +460,15 @@ async fn history_pages_newest_first() {
     let _a = b.agent("alpha").await;
     let mut ids = vec![];
     for i in 0..12 {
-        let r = execute(
-            &b,
-            json!({"target": ["alpha"], "target_type": "node", "command": format!("echo {i}")}),
-        )
-        .await;
+        let r = b
+            .execute(
+                json!({"target": ["alpha"], "target_type": "node", "command": format!("echo {i}")}),
+            )
+            .await;
         ids.push(r["exec_id"].as_str().unwrap().to_string());
     }
-    finished(&b, ids.last().unwrap(), Duration::from_secs(15)).await;
+    b.finished(ids.last().unwrap(), Duration::from_secs(15))
+        .await;
     let (s, h) = b.get("/cmdexec/v1/projects/web/history/").await;
     assert_eq!(s, 200);
     assert_eq!(
@@ -661,11 +650,9 @@ async fn a_result_produced_while_the_bastion_is_down_arrives_after_restart() {
     let _a = b.agent("alpha").await;
     let counter = b.dir.path().join("runs");
     let cmd = format!("sleep 2; echo run >> {}; echo done", counter.display());
-    let r = execute(
-        &b,
-        json!({"target": ["alpha"], "target_type": "node", "command": cmd, "timeout": 30}),
-    )
-    .await;
+    let r = b
+        .execute(json!({"target": ["alpha"], "target_type": "node", "command": cmd, "timeout": 30}))
+        .await;
     let exec_id = r["exec_id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(300)).await;
     b.stop();
@@ -676,7 +663,7 @@ async fn a_result_produced_while_the_bastion_is_down_arrives_after_restart() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     b.restart().await;
-    let done = finished(&b, &exec_id, Duration::from_secs(30)).await;
+    let done = b.finished(&exec_id, Duration::from_secs(30)).await;
     let n = node(&done, "alpha");
     assert_eq!(
         (n["status"].as_str(), n["stdout"].as_str()),
@@ -709,10 +696,12 @@ async fn an_agent_killed_mid_command_ends_as_lost() {
     .await;
     let mut a = b.agent("doomed").await;
     let _other = b.agent("fine").await;
-    let r = execute(&b, json!({"target": ["doomed", "fine"], "target_type": "node", "command": "sleep 4; echo hi", "timeout": 60})).await;
+    let r = b.execute(json!({"target": ["doomed", "fine"], "target_type": "node", "command": "sleep 4; echo hi", "timeout": 60})).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     a.kill();
-    let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(20)).await;
+    let done = b
+        .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(20))
+        .await;
     let n = node(&done, "doomed");
     assert_eq!(n["status"], "lost", "{n}");
     assert!(n["error"].as_str().unwrap().contains("did not come back"));
@@ -731,12 +720,12 @@ async fn a_command_left_by_a_killed_agent_is_ended_at_its_next_start() {
     .await;
     let mut a = b.agent("alpha").await;
     let pidfile = b.dir.path().join("orphan.pid");
-    let r = execute(
-        &b,
-        json!({"target": ["alpha"], "target_type": "node", "timeout": 600,
+    let r = b
+        .execute(
+            json!({"target": ["alpha"], "target_type": "node", "timeout": 600,
         "command": format!("echo $$ > {}; exec sleep 300", pidfile.display())}),
-    )
-    .await;
+        )
+        .await;
     eventually(Duration::from_secs(10), "the command started", || async {
         std::fs::read_to_string(&pidfile).is_ok_and(|p| !p.trim().is_empty())
     })
@@ -767,7 +756,9 @@ async fn a_command_left_by_a_killed_agent_is_ended_at_its_next_start() {
         !pid_alive(&pid)
     })
     .await;
-    let done = finished(&b, r["exec_id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    let done = b
+        .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
     let n = node(&done, "alpha");
     assert_eq!(n["status"], "lost", "{n}");
     assert!(n["error"].as_str().unwrap().contains("killed"), "{n}");
@@ -780,13 +771,11 @@ async fn a_command_left_by_a_killed_agent_is_ended_at_its_next_start() {
 async fn results_left_in_an_agents_spool_are_released_on_reconnect() {
     let b = Bastion::start(BastionOpts::default()).await;
     let mut a = b.agent("alpha").await;
-    let r = execute(
-        &b,
-        json!({"target": ["alpha"], "target_type": "node", "command": "echo hi"}),
-    )
-    .await;
+    let r = b
+        .execute(json!({"target": ["alpha"], "target_type": "node", "command": "echo hi"}))
+        .await;
     let id = r["exec_id"].as_str().unwrap().to_string();
-    finished(&b, &id, Duration::from_secs(15)).await;
+    b.finished(&id, Duration::from_secs(15)).await;
     let spool = a.data_dir.join("spool");
     let file = spool.join(format!("{id}.json"));
     eventually(Duration::from_secs(5), "the spool released", || async {

@@ -7,33 +7,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use postern_tests::ssh::{InstalledHelper, Node, SshUser, run_with_timeout, text, write_config};
+use postern_tests::ssh::{InstalledHelper, Node, SshUser, run_with_timeout, text};
 use postern_tests::{AgentProc, Bastion, BastionOpts, bin, eventually, free_port, run_join};
 use serde_json::{Value, json};
-
-const EXEC: &str = "/cmdexec/v1/projects/web/edges/eu-1/execute/";
-
-async fn execute(b: &Bastion, body: Value) -> Value {
-    let (s, v) = b.post(EXEC, body).await;
-    assert_eq!(s, 202, "{v}");
-    v
-}
-
-async fn finished(b: &Bastion, exec_id: &str, within: Duration) -> Value {
-    let path = format!("/cmdexec/v1/projects/web/edges/eu-1/execution/{exec_id}/?node_limit=1000");
-    let until = Instant::now() + within;
-    loop {
-        let (s, v) = b.get(&path).await;
-        if s == 200 && v["status"] != "pending" && v["status"] != "running" {
-            return v;
-        }
-        assert!(
-            Instant::now() < until,
-            "execution not finished after {within:?}: {s} {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Hostname → reachable, as one replica lists them.
 async fn reachable_set(b: &Bastion) -> Vec<(String, bool)> {
@@ -143,9 +119,13 @@ async fn three_replicas_serve_one_fleet() {
     assert!(lists.windows(2).all(|w| w[0] == w[1]), "{lists:?}");
 
     // A cluster fan-out posted to r1 reaches all 30, two thirds through peers.
-    let r = execute(&r1, json!({"target_type": "cluster", "command": "echo ok"})).await;
+    let r = r1
+        .execute(json!({"target_type": "cluster", "command": "echo ok"}))
+        .await;
     assert_eq!(r["target_nodes"].as_array().unwrap().len(), 30, "{r}");
-    let done = finished(&r1, r["exec_id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    let done = r1
+        .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["node_counts"]["succeeded"], 30, "{done}");
     assert!(r1.metric("postern_routed_calls_out_total").await >= 20);
@@ -156,14 +136,7 @@ async fn three_replicas_serve_one_fleet() {
     let node = Node::start(&r3, &h, "sshnode").await;
     all_reachable(&rs, 31, Duration::from_secs(15)).await;
     let u = SshUser::create(&r1, "alice", Some(("project_admin", &["root"]))).await;
-    let via_r2 = u.config.with_file_name("via_r2");
-    write_config(
-        &via_r2,
-        r2.ssh.port(),
-        "alice",
-        &u.key,
-        &u.config.with_file_name("known_hosts"),
-    );
+    let via_r2 = u.config_through(r2.ssh.port());
     let ssh = |args: &[&str]| {
         run_with_timeout(
             Command::new("ssh").arg("-F").arg(&via_r2).args(args),
@@ -222,8 +195,8 @@ async fn a_killed_replica_loses_nothing_and_runs_nothing_twice() {
         json!({"target_type": "cluster", "timeout": 60,
         "command": format!("echo run >> \"$MARK/{tag}\"; sleep 5; echo done-{tag}")})
     };
-    let a = execute(&r1, cmd("a")).await;
-    let b = execute(&r3, cmd("b")).await;
+    let a = r1.execute(cmd("a")).await;
+    let b = r3.execute(cmd("b")).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let killed = Instant::now();
     r3.kill();
@@ -245,12 +218,9 @@ async fn a_killed_replica_loses_nothing_and_runs_nothing_twice() {
     all_reachable(&rest, 9, Duration::from_secs(10)).await;
 
     for (posted, id) in [("r1", &a), ("r3", &b)] {
-        let done = finished(
-            &r1,
-            id["exec_id"].as_str().unwrap(),
-            Duration::from_secs(90),
-        )
-        .await;
+        let done = r1
+            .finished(id["exec_id"].as_str().unwrap(), Duration::from_secs(90))
+            .await;
         assert_eq!(
             done["node_counts"]["succeeded"], 9,
             "posted to {posted}: {done}"
@@ -298,14 +268,7 @@ async fn a_key_deleted_on_one_replica_cuts_the_session_on_another() {
     let h = InstalledHelper::install();
     let _node = Node::start(&r2, &h, "node-a").await;
     let u = SshUser::create(&r1, "bob", Some(("project_admin", &["root"]))).await;
-    let via_r2 = u.config.with_file_name("via_r2");
-    write_config(
-        &via_r2,
-        r2.ssh.port(),
-        "bob",
-        &u.key,
-        &u.config.with_file_name("known_hosts"),
-    );
+    let via_r2 = u.config_through(r2.ssh.port());
     let mut session = Command::new("ssh")
         .arg("-F")
         .arg(&via_r2)
@@ -466,12 +429,12 @@ async fn the_peer_port_admits_replicas_only() {
     // Meanwhile (the stalled handshakes still open), r1 reaches r2's node at
     // once, and r2 reaches r1: a flood from one source takes no peer's place.
     let started = Instant::now();
-    let r = execute(
-        &r1,
-        json!({"target_type": "node", "target": ["held-by-r2"], "command": "echo routed"}),
-    )
-    .await;
-    let done = finished(&r1, r["exec_id"].as_str().unwrap(), Duration::from_secs(20)).await;
+    let r = r1
+        .execute(json!({"target_type": "node", "target": ["held-by-r2"], "command": "echo routed"}))
+        .await;
+    let done = r1
+        .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(20))
+        .await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -636,11 +599,9 @@ async fn a_replica_that_stops_cleanly_hands_over_at_once() {
         agents.push(agent_marked(&dir, &mark));
     }
     all_reachable(&rs, 4, Duration::from_secs(30)).await;
-    let e = execute(
-        &r2,
-        json!({"target_type": "cluster", "command": "echo run >> \"$MARK/c\"; sleep 3"}),
-    )
-    .await;
+    let e = r2
+        .execute(json!({"target_type": "cluster", "command": "echo run >> \"$MARK/c\"; sleep 3"}))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stopped = Instant::now();
     r2.stop();
@@ -661,7 +622,9 @@ async fn a_replica_that_stops_cleanly_hands_over_at_once() {
         "{reachable} reachable, {held_before}..{held_after} held by r1: {v}"
     );
 
-    let done = finished(&r1, e["exec_id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    let done = r1
+        .finished(e["exec_id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
     let took = stopped.elapsed();
     assert_eq!(done["node_counts"]["succeeded"], 4, "{done}");
     // Taken over without waiting for the 15 s lease to run out.
@@ -759,22 +722,19 @@ async fn through_haproxy() {
         "the balancer sent every agent to one replica: {n1} {n2}"
     );
 
-    let r = execute(&r2, json!({"target_type": "cluster", "command": "echo ok"})).await;
-    let done = finished(&r2, r["exec_id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    let r = r2
+        .execute(json!({"target_type": "cluster", "command": "echo ok"}))
+        .await;
+    let done = r2
+        .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
     assert_eq!(done["node_counts"]["succeeded"], 6, "{done}");
 
     // SSH through the balancer, whichever replica answers: one host key.
     let h = InstalledHelper::install();
     let _node = Node::start(&r1, &h, "lbnode").await;
     let u = SshUser::create(&r1, "carol", Some(("project_admin", &["root"]))).await;
-    let via_lb = u.config.with_file_name("via_lb");
-    write_config(
-        &via_lb,
-        lb_ssh,
-        "carol",
-        &u.key,
-        &u.config.with_file_name("kh_lb"),
-    );
+    let via_lb = u.config_through(lb_ssh);
     for _ in 0..4 {
         let out = run_with_timeout(
             Command::new("ssh").arg("-F").arg(&via_lb).args([
@@ -819,14 +779,7 @@ async fn an_access_change_missed_during_an_outage_is_applied_after_it() {
     let h = InstalledHelper::install();
     let _node = Node::start(&r2, &h, "node-o").await;
     let u = SshUser::create(&r1, "dave", Some(("project_admin", &["root"]))).await;
-    let via_r2 = u.config.with_file_name("via_r2");
-    write_config(
-        &via_r2,
-        r2.ssh.port(),
-        "dave",
-        &u.key,
-        &u.config.with_file_name("kh"),
-    );
+    let via_r2 = u.config_through(r2.ssh.port());
     let mut session = Command::new("ssh")
         .arg("-F")
         .arg(&via_r2)

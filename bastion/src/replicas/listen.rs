@@ -100,7 +100,12 @@ async fn handle(shared: &Arc<Shared>, r: &Replicas, channel: &str, payload: &str
         // A replica that joined since our last heartbeat: learn of it now, or
         // its nodes would count as unreachable until the next one. A name that
         // is not in the table is not a replica's: ignored.
-        let Some((from, _)) = payload.split_once('|') else {
+        // Unsigned notices are dropped before they cost anything (a table read).
+        let Some(body) = r.verified(payload) else {
+            tracing::debug!("presence notice without a valid signature; ignored");
+            return;
+        };
+        let Some((from, _)) = body.split_once('|') else {
             return;
         };
         if !r.knows(from) {
@@ -111,7 +116,7 @@ async fn handle(shared: &Arc<Shared>, r: &Replicas, channel: &str, payload: &str
                 return;
             }
         }
-        let taken = r.apply_presence(payload);
+        let taken = r.apply_presence(body);
         shared.fleet.bump();
         for node in taken {
             if shared.fleet.local(&node).is_some() {

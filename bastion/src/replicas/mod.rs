@@ -270,7 +270,8 @@ impl Replicas {
         sign(&self.notice_key, body)
     }
 
-    fn verified<'a>(&self, notice: &'a str) -> Option<&'a str> {
+    /// The body of a presence notice signed by a replica of this deployment.
+    pub(crate) fn verified<'a>(&self, notice: &'a str) -> Option<&'a str> {
         verified(&self.notice_key, notice)
     }
 
@@ -309,13 +310,10 @@ impl Replicas {
         }
     }
 
-    /// Applies a presence notification from `replica`; answers the nodes it took
-    /// that this replica also holds (the caller checks which channel is newest).
-    pub(crate) fn apply_presence(&self, payload: &str) -> Vec<String> {
-        let Some(body) = self.verified(payload) else {
-            tracing::debug!("presence notice without a valid signature; ignored");
-            return Vec::new();
-        };
+    /// Applies a verified presence notice (see [`Replicas::verified`]); answers
+    /// the nodes it took that this replica also holds (the caller checks which
+    /// channel is newest).
+    pub(crate) fn apply_presence(&self, body: &str) -> Vec<String> {
         let Some((replica, changes)) = body.split_once('|') else {
             return Vec::new();
         };
@@ -375,6 +373,12 @@ impl Replicas {
     /// Reads the table of replicas now.
     pub(crate) async fn refresh(&self) -> Result<(), StoreError> {
         let (db_now, rows) = self.store.replicas().await?;
+        self.set_view(db_now, rows);
+        Ok(())
+    }
+
+    /// Takes a reading of the table of replicas, made at `db_now`.
+    fn set_view(&self, db_now: i64, rows: Vec<ReplicaRow>) {
         let mut v = self.view();
         v.read_at = Instant::now();
         v.db_now = db_now;
@@ -382,7 +386,6 @@ impl Replicas {
             .into_iter()
             .map(|row| (row.name.clone(), row))
             .collect();
-        Ok(())
     }
 
     pub fn remote_count(&self) -> usize {
@@ -461,14 +464,7 @@ async fn heartbeat(shared: Arc<Shared>, r: Arc<Replicas>) {
         .await;
         match beat {
             Ok(Ok((db_now, rows))) => {
-                let mut v = r.view();
-                v.read_at = Instant::now();
-                v.db_now = db_now;
-                v.replicas = rows
-                    .into_iter()
-                    .map(|row| (row.name.clone(), row))
-                    .collect();
-                drop(v);
+                r.set_view(db_now, rows);
                 shared.fleet.bump();
                 if !r.db_ok.swap(true, Ordering::Relaxed) {
                     tracing::info!("database reachable again");
