@@ -183,6 +183,31 @@ pub struct RoleBinding {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(schema_with = forward_to_schema)]
     pub forward_to: Vec<String>,
+    /// The Kubernetes groups this role's users are impersonated with on the
+    /// clusters of the project (kubectl through the bastion). Absent: the
+    /// role's default, `postern:<role>`; an empty list: none, so the cluster's
+    /// RBAC sees only the user's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = kube_groups_schema)]
+    pub kube_groups: Option<Vec<String>>,
+}
+
+fn kube_groups_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .description(Some(
+            "Kubernetes groups granted on the project's clusters, at most 16, each 1 to 128 of \
+             letters, digits and `:._-@/`, never starting with `system:`. Absent: `postern:<role>`.",
+        ))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(crate::kube::MAX_GROUP_LEN))
+                .pattern(Some("^[A-Za-z0-9:._@/-]+$")),
+        )
+        .max_items(Some(crate::kube::MAX_GROUPS))
+        .build()
 }
 
 /// Most `forward_to` destinations in one role.

@@ -103,6 +103,10 @@ pub struct Health {
     pub node_id: String,
     pub hostname: String,
     pub agent_version: String,
+    /// The agent forwards Kubernetes API requests to its cluster's API server
+    /// (`--kube-apiserver`): it is one of its edge's kube gateways.
+    #[serde(default)]
+    pub kube_gateway: bool,
 }
 
 /// `sha256:<hex>` of the CA certificate's DER, the pin carried by the join command.

@@ -34,6 +34,20 @@ pub struct Config {
     pub settings: Settings,
     /// One replica of several on PostgreSQL (`--replica-name`, `--peer-addr`).
     pub replica: Option<crate::replicas::ReplicaConfig>,
+    /// The Kubernetes listener (`--kube-addr`), when kubectl should reach edges.
+    pub kube: Option<KubeConfig>,
+}
+
+/// Where the Kubernetes door listens and with which certificate.
+#[derive(Debug, Clone)]
+pub struct KubeConfig {
+    pub addr: SocketAddr,
+    /// The operator's certificate chain and key (PEM files); `None`: a
+    /// certificate from the bastion's CA for the bastion's TLS names.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The URL downloaded kubeconfigs name as their server (without the
+    /// `/k8s/…` path); default `https://<kube-addr>`.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -52,6 +66,8 @@ pub enum StartError {
     HostKey(#[from] crate::ssh::HostKeyError),
     #[error(transparent)]
     Replica(#[from] crate::replicas::ReplicaError),
+    #[error(transparent)]
+    KubeTls(#[from] crate::kube::KubeTlsError),
     #[error(
         "another bastion is running on the data directory {0}: SQLite belongs to one process; \
          for several replicas use PostgreSQL (--database-url postgres://… with --replica-name and --peer-addr)"
@@ -73,6 +89,7 @@ pub struct Bastion {
     tls: Arc<rustls::ServerConfig>,
     ssh: Option<(TcpListener, Arc<russh::server::Config>)>,
     peer: Option<TcpListener>,
+    kube: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
     /// Held while running on SQLite: one process per data directory.
     _lock: Option<std::fs::File>,
 }
@@ -199,6 +216,50 @@ impl Bastion {
             }
             None => (None, None),
         };
+        let kube = match &cfg.kube {
+            Some(k) => {
+                let listener =
+                    TcpListener::bind(k.addr)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            what: "Kubernetes listener",
+                            addr: k.addr,
+                            source,
+                        })?;
+                let local = listener.local_addr().map_err(|source| StartError::Bind {
+                    what: "Kubernetes listener",
+                    addr: k.addr,
+                    source,
+                })?;
+                let mut kube_names = names.clone();
+                if !local.ip().is_unspecified() {
+                    kube_names.push(local.ip().to_string());
+                }
+                let public = match &k.public_url {
+                    Some(u) => u.trim_end_matches('/').to_string(),
+                    None if local.ip().is_unspecified() => {
+                        let host =
+                            postern_api::agent::ControllerUrl::parse(&settings.agent_public_url)
+                                .map(|c| c.host)
+                                .unwrap_or_else(|_| "localhost".into());
+                        format!("https://{host}:{}", local.port())
+                    }
+                    None => format!("https://{local}"),
+                };
+                if let Ok(c) = postern_api::agent::ControllerUrl::parse(&public) {
+                    kube_names.push(c.host);
+                }
+                kube_names.dedup();
+                settings.kube_public_url = Some(public);
+                let tls = crate::kube::server_config(
+                    &pki,
+                    &kube_names,
+                    k.tls.as_ref().map(|(c, key)| (c.as_path(), key.as_path())),
+                )?;
+                Some((listener, tls))
+            }
+            None => None,
+        };
         let shared = Shared::with_replicas(store, pki, settings, shutdown, replicas);
         Ok(Bastion {
             shared,
@@ -207,6 +268,7 @@ impl Bastion {
             tls,
             ssh,
             peer,
+            kube,
             _lock: lock,
         })
     }
@@ -227,6 +289,10 @@ impl Bastion {
         self.peer.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    pub fn kube_addr(&self) -> Option<SocketAddr> {
+        self.kube.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     pub fn ssh_addr(&self) -> Option<SocketAddr> {
         self.ssh.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
@@ -240,8 +306,14 @@ impl Bastion {
             tls,
             ssh,
             peer,
+            kube,
             _lock,
         } = self;
+        if let Some((listener, tls)) = kube {
+            shared
+                .tasks
+                .spawn(crate::kube::serve(listener, tls, shared.clone()));
+        }
         if let Some(peer) = peer {
             shared
                 .tasks

@@ -127,6 +127,33 @@ pub fn decide(p: &Principal, action: Action, project: Option<&ProjectRow>) -> De
     }
 }
 
+/// Whether `p` may reach the Kubernetes clusters (edges) of `project` through the
+/// bastion, and with which Kubernetes groups it is impersonated there: those of
+/// its org-wide role and of its role in the project, each binding's listed groups
+/// or, when it lists none, `postern:<role>`. Any role in the project may reach
+/// the clusters: what it may do there is the cluster's RBAC's to decide, on
+/// these groups.
+pub fn kube_groups(p: &Principal, project: &ProjectRow) -> Result<Vec<String>, Decision> {
+    if project.org_id != p.org_id {
+        return Err(Decision::NotVisible);
+    }
+    if !p.is_org_admin() && p.project_role(&project.id).is_none() {
+        return Err(Decision::NotVisible);
+    }
+    let mut groups: Vec<String> = p
+        .bindings
+        .iter()
+        .filter(|b| b.project_id.is_none() || b.project_id.as_deref() == Some(&project.id))
+        .flat_map(|b| match &b.kube_groups {
+            Some(g) => g.clone(),
+            None => vec![postern_api::kube::default_group(b.role)],
+        })
+        .collect();
+    groups.sort();
+    groups.dedup();
+    Ok(groups)
+}
+
 /// Which unix logins `p` may use over SSH on nodes of `project`: `Ok(None)` for any
 /// (org admins), `Ok(Some(list))` for a project role that lists logins. A project
 /// the caller has no role in is `NotVisible`; a role without logins is `Forbidden`.
@@ -175,6 +202,7 @@ mod tests {
                     role,
                     logins: vec!["deploy".into()],
                     forward_to: vec![],
+                    kube_groups: None,
                 })
                 .collect(),
         }
@@ -200,6 +228,37 @@ mod tests {
             );
         }
         assert_eq!(admin.logins_for("p"), None);
+    }
+
+    #[test]
+    fn kube_groups_come_from_the_roles_that_reach_the_project() {
+        let p1 = project("o1", "p1");
+        let member = principal(vec![(Some("p1"), Role::ProjectMember)]);
+        assert_eq!(
+            kube_groups(&member, &p1).unwrap(),
+            vec!["postern:project_member".to_string()]
+        );
+        assert_eq!(
+            kube_groups(&member, &project("o1", "p2")),
+            Err(Decision::NotVisible)
+        );
+        assert_eq!(
+            kube_groups(&member, &project("o2", "p1")),
+            Err(Decision::NotVisible)
+        );
+        let mut listed = principal(vec![(Some("p1"), Role::ReadOnly)]);
+        listed.bindings[0].kube_groups = Some(vec!["viewers".into(), "sre".into()]);
+        assert_eq!(
+            kube_groups(&listed, &p1).unwrap(),
+            vec!["sre".to_string(), "viewers".to_string()]
+        );
+        listed.bindings[0].kube_groups = Some(vec![]);
+        assert!(kube_groups(&listed, &p1).unwrap().is_empty());
+        let admin = principal(vec![(None, Role::OrgAdmin)]);
+        assert_eq!(
+            kube_groups(&admin, &project("o1", "any")).unwrap(),
+            vec!["postern:org_admin".to_string()]
+        );
     }
 
     #[test]

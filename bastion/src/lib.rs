@@ -12,6 +12,7 @@ pub mod clock;
 pub mod cmdexec;
 pub mod dev;
 pub mod http;
+pub mod kube;
 pub mod limits;
 pub mod metrics;
 pub mod pki;

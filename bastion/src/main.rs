@@ -105,7 +105,39 @@ struct ServeArgs {
     #[arg(long, requires = "peer_addr")]
     peer_advertise: Option<String>,
     #[command(flatten)]
+    kube: KubeArgs,
+    #[command(flatten)]
     tuning: Tuning,
+}
+
+#[derive(Args)]
+struct KubeArgs {
+    /// Serve the Kubernetes API of every edge here (kubectl and helm through the
+    /// bastion, e.g. 0.0.0.0:6443), with TLS. Off when not given.
+    #[arg(long, env = "POSTERN_KUBE_ADDR")]
+    kube_addr: Option<SocketAddr>,
+    /// The Kubernetes listener's certificate chain (PEM), instead of one from
+    /// the bastion's CA. Needs --kube-tls-key.
+    #[arg(long, requires_all = ["kube_tls_key", "kube_addr"])]
+    kube_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --kube-tls-cert.
+    #[arg(long, requires = "kube_tls_cert")]
+    kube_tls_key: Option<PathBuf>,
+    /// The URL kubeconfigs name as their server, when clients reach the
+    /// listener under another name (e.g. https://bastion.example.com:6443).
+    #[arg(long, requires = "kube_addr")]
+    kube_public_url: Option<String>,
+}
+
+impl KubeArgs {
+    fn config(self) -> Option<postern_bastion::app::KubeConfig> {
+        let addr = self.kube_addr?;
+        Some(postern_bastion::app::KubeConfig {
+            addr,
+            tls: self.kube_tls_cert.zip(self.kube_tls_key),
+            public_url: self.kube_public_url,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -119,6 +151,9 @@ struct DevArgs {
     /// The SSH front door (`ssh -J you@bastion login@node`).
     #[arg(long, default_value = "127.0.0.1:2222")]
     ssh_addr: SocketAddr,
+    /// The Kubernetes listener (kubectl through the bastion).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    kube_addr: SocketAddr,
     #[command(flatten)]
     tuning: Tuning,
 }
@@ -218,6 +253,7 @@ fn settings(t: &Tuning, public_url: Option<String>) -> Settings {
         ssh_banner_timeout: t.ssh_banner_timeout.max(Duration::from_secs(1)),
         max_enrollments: usize::try_from(t.max_enrollments).unwrap_or(usize::MAX),
         ssh_allow_chacha20: t.ssh_allow_chacha20,
+        kube_public_url: None,
         ..Settings::default()
     }
 }
@@ -259,6 +295,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                     _ => None,
                 },
+                kube: a.kube.config(),
             };
             serve(cfg).await
         }
@@ -275,6 +312,11 @@ async fn main() -> anyhow::Result<()> {
                 node_cert_ttl: a.tuning.node_cert_ttl,
                 settings: settings(&a.tuning, None),
                 replica: None,
+                kube: Some(postern_bastion::app::KubeConfig {
+                    addr: a.kube_addr,
+                    tls: None,
+                    public_url: None,
+                }),
             };
             run_dev(cfg).await
         }

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub ssh_rejected_full: AtomicU64,
     pub peer_refused: AtomicU64,
     pub access_publish_failures: AtomicU64,
+    pub kube_requests: AtomicU64,
+    pub kube_denied: AtomicU64,
+    pub kube_rejected_full: AtomicU64,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -93,7 +96,7 @@ impl Metrics {
                 "counter",
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 19] = [
+        let counters: [(&str, &str, &AtomicU64); 22] = [
             (
                 "postern_access_publish_failures_total",
                 "Access changes that could not be recorded for the other replicas (their sessions stay until next authorized).",
@@ -188,6 +191,21 @@ impl Metrics {
                 "postern_ssh_connections_rejected_total",
                 "SSH connections dropped because too many were still authenticating.",
                 &self.ssh_rejected_full,
+            ),
+            (
+                "postern_kube_requests_total",
+                "Kubernetes API requests forwarded to a gateway agent.",
+                &self.kube_requests,
+            ),
+            (
+                "postern_kube_denied_total",
+                "Kubernetes API requests refused at the bastion (credential, role, no gateway).",
+                &self.kube_denied,
+            ),
+            (
+                "postern_kube_connections_rejected_total",
+                "Connections to the Kubernetes listener dropped because it, or the source, was full.",
+                &self.kube_rejected_full,
             ),
         ];
         for (name, help, c) in counters {

@@ -52,6 +52,9 @@ pub struct Settings {
     pub ssh_max_packet: u32,
     /// Also offer chacha20-poly1305 (slower here; for clients without AES-GCM).
     pub ssh_allow_chacha20: bool,
+    /// Where kubectl reaches the Kubernetes door (`https://host:port`), named in
+    /// downloaded kubeconfigs; `None` when the door is off.
+    pub kube_public_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -76,6 +79,7 @@ impl Default for Settings {
             ssh_window: 16 * 1024 * 1024,
             ssh_max_packet: 64 * 1024 - 1024,
             ssh_allow_chacha20: false,
+            kube_public_url: None,
         }
     }
 }
@@ -98,6 +102,8 @@ pub struct Shared {
     pub grants: crate::ssh::GrantCache,
     /// Live SSH connections and relays, cut when access is taken away.
     pub ssh_live: Arc<crate::ssh::Live>,
+    /// Open Kubernetes requests, ended when access is taken away.
+    pub kube_live: Arc<crate::kube::Live>,
     /// Audit events unauthenticated peers cause, bounded (see `audit_queue`).
     pub audit_queue: crate::audit_queue::AuditQueue,
     /// Permits for REST answers that may be megabytes.
@@ -137,6 +143,7 @@ impl Shared {
         let owner = replicas.as_ref().map(|r| r.name.clone());
         let access = crate::access::AccessBus::default();
         access.subscribe(Arc::new(crate::ssh::SshDoor));
+        access.subscribe(Arc::new(crate::kube::KubeDoor));
         Arc::new(Shared {
             cmdexec: crate::cmdexec::Engine::new(store.clone(), &tasks, shutdown.clone(), owner),
             audit,
@@ -150,6 +157,7 @@ impl Shared {
             tasks,
             grants: crate::ssh::GrantCache::default(),
             ssh_live: Arc::default(),
+            kube_live: Arc::default(),
             audit_queue,
             big_answers: Default::default(),
         })

@@ -38,6 +38,7 @@ pub async fn init(
                 role: Role::OrgAdmin,
                 logins: vec![],
                 forward_to: vec![],
+                kube_groups: None,
             },
             now,
         )

@@ -59,6 +59,7 @@ async fn token_for(
                     role,
                     logins: vec!["deploy".into()],
                     forward_to: vec![],
+                    kube_groups: None,
                 },
                 1,
             )

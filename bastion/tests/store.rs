@@ -42,6 +42,7 @@ async fn role_bindings_round_trip(s: &Store) {
             role: Role::ProjectMember,
             logins: vec!["deploy".into(), "www".into()],
             forward_to: vec![],
+            kube_groups: None,
         },
         2,
     )
@@ -55,6 +56,7 @@ async fn role_bindings_round_trip(s: &Store) {
             role: Role::ReadOnly,
             logins: vec![],
             forward_to: vec![],
+            kube_groups: None,
         },
         3,
     )
@@ -67,6 +69,7 @@ async fn role_bindings_round_trip(s: &Store) {
             role: Role::OrgAdmin,
             logins: vec![],
             forward_to: vec![],
+            kube_groups: None,
         },
         3,
     )
@@ -443,6 +446,7 @@ async fn racing_writers_wait_their_turn_and_limits_hold(s: &Store) {
             project_id: Some(project.clone()),
             logins: vec!["root".into()],
             forward_to: vec![],
+            kube_groups: None,
         };
         async move { s.set_binding(u, &b, 7).await }
     });

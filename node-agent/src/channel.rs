@@ -132,6 +132,8 @@ pub struct Agent {
     pub status: Arc<AgentStatus>,
     pub executor: Executor,
     pub grants: GrantStore,
+    /// The cluster's API server, when this agent is a Kubernetes gateway.
+    pub kube: Option<Arc<crate::kube::Gateway>>,
 }
 
 impl Agent {
@@ -156,7 +158,14 @@ impl Agent {
             status: Arc::new(status),
             executor,
             grants,
+            kube: None,
         }
+    }
+
+    /// Makes this agent a Kubernetes gateway for its edge.
+    pub fn with_kube_gateway(mut self, gateway: crate::kube::Gateway) -> Agent {
+        self.kube = Some(Arc::new(gateway));
+        self
     }
 
     /// Keeps the channel up until `shutdown`, and answers the keys helper on the
@@ -268,6 +277,7 @@ impl Agent {
             Ports {
                 sshd: opts.sshd_port,
             },
+            self.kube.clone(),
             channel_ended,
         );
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())

@@ -69,6 +69,14 @@ enum Cmd {
         /// How long a PING may go unanswered before the channel is dropped.
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         keepalive_timeout: Duration,
+        /// Make this agent a Kubernetes gateway for its edge: the URL of the
+        /// cluster's API server (kubectl through the bastion reaches it here).
+        #[arg(long, requires = "kube_credentials", env = "POSTERN_KUBE_APISERVER")]
+        kube_apiserver: Option<String>,
+        /// A kubeconfig whose current user may impersonate users and groups on
+        /// the cluster (token, token file or client certificate; the cluster's CA).
+        #[arg(long, requires = "kube_apiserver", env = "POSTERN_KUBE_CREDENTIALS")]
+        kube_credentials: Option<PathBuf>,
     },
 }
 
@@ -132,7 +140,18 @@ async fn main() -> anyhow::Result<()> {
             break_glass_grace,
             keepalive_interval,
             keepalive_timeout,
+            kube_apiserver,
+            kube_credentials,
         } => {
+            let gateway = match (&kube_apiserver, &kube_credentials) {
+                (Some(url), Some(file)) => {
+                    let creds = postern_agent::kube::Credentials::load(file, Some(url))
+                        .context("--kube-credentials")?;
+                    tracing::info!(apiserver = %url, "Kubernetes gateway for this edge");
+                    Some(postern_agent::kube::Gateway::new(creds))
+                }
+                _ => None,
+            };
             let break_glass = match break_glass_keys {
                 Some(path) => {
                     Some(BreakGlass::load(&path, break_glass_grace).map_err(anyhow::Error::msg)?)
@@ -152,6 +171,10 @@ async fn main() -> anyhow::Result<()> {
                     ..AgentOptions::default()
                 },
             );
+            let agent = match gateway {
+                Some(g) => agent.with_kube_gateway(g),
+                None => agent,
+            };
             let shutdown = CancellationToken::new();
             let runner = tokio::spawn({
                 let agent = agent.clone();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
 use postern_api::ErrorBody;
 use postern_api::agent::{CsrResponse, Health, InstallCert, routes};
@@ -29,6 +29,7 @@ struct Ctx {
     executor: Executor,
     grants: GrantStore,
     ports: Ports,
+    kube: Option<Arc<crate::kube::Gateway>>,
     channel_ended: CancellationToken,
 }
 
@@ -39,6 +40,7 @@ pub fn router(
     executor: Executor,
     grants: GrantStore,
     ports: Ports,
+    kube: Option<Arc<crate::kube::Gateway>>,
     channel_ended: CancellationToken,
 ) -> Router {
     Router::new()
@@ -59,11 +61,14 @@ pub fn router(
         .layer(DefaultBodyLimit::max(64 * 1024))
         // A relayed stream is unbounded by nature; flow control bounds its buffers.
         .route(postern_api::ssh::CONNECT_ROUTE, post(connect))
+        // Kubernetes bodies stream both ways (watches, exec): flow control bounds them.
+        .route("/v1/kube/{*rest}", any(kube_request))
         .with_state(Ctx {
             identity,
             executor,
             grants,
             ports,
+            kube,
             channel_ended,
         })
 }
@@ -77,6 +82,7 @@ async fn health(State(c): State<Ctx>) -> Json<Health> {
         node_id: c.identity.meta.node_id.clone(),
         hostname: c.identity.meta.hostname.clone(),
         agent_version: postern_api::VERSION.to_string(),
+        kube_gateway: c.kube.is_some(),
     })
 }
 
@@ -170,4 +176,8 @@ async fn put_grants(State(c): State<Ctx>, Json(push): Json<GrantPush>) -> Reply<
 
 async fn connect(State(c): State<Ctx>, Path(port): Path<u16>, req: Request) -> Response {
     relay::connect(c.ports, c.channel_ended, port, req).await
+}
+
+async fn kube_request(State(c): State<Ctx>, req: Request) -> Response {
+    crate::kube::handle(c.kube.clone(), c.channel_ended.clone(), req).await
 }

@@ -166,6 +166,13 @@ pub(super) async fn run(
                 if node.agent_version.as_deref() != Some(version.as_str()) {
                     let _ = shared.store.set_agent_version(&node_id, &version).await;
                 }
+                if let Err(e) = shared
+                    .store
+                    .set_kube_gateway(&node_id, h.kube_gateway)
+                    .await
+                {
+                    tracing::warn!(node = %node_id, error = %e, "cannot record whether the agent is a Kubernetes gateway");
+                }
             }
             Err(e) => tracing::debug!(node = %node_id, error = %e, "agent health call failed"),
         }

@@ -24,37 +24,21 @@ pub(super) async fn resolve_project(
     name: &str,
     action: Action,
 ) -> Result<ProjectRow, ApiError> {
-    let not_found = || ApiError::NotFound(format!("project {name:?} not found"));
-    if name.len() > 63 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return Err(not_found());
-    }
-    // By name, or by id (the form cmdexec clients often hold).
-    let project = match state
-        .store
-        .project_by_name(&caller.principal.org_id, name)
-        .await?
-    {
-        Some(p) => p,
-        None => state
-            .store
-            .project_by_id(name)
-            .await?
-            .filter(|p| p.org_id == caller.principal.org_id)
-            .ok_or_else(not_found)?,
-    };
-    match decide(&caller.principal, action, Some(&project)) {
-        Decision::Allow => {
+    match crate::access::resolve::project(&state.store, &caller.principal, name, action).await {
+        Ok(project) => {
             caller
                 .audit
                 .with(|a| a.project = Some(project.name.clone()));
             Ok(project)
         }
-        Decision::NotVisible => Err(not_found()),
-        Decision::Forbidden(why) => {
-            caller
-                .audit
-                .with(|a| a.project = Some(project.name.clone()));
-            Err(ApiError::Forbidden(why))
+        Err(denied) => {
+            if let crate::access::Denied::Forbidden {
+                project: Some(p), ..
+            } = &denied
+            {
+                caller.audit.with(|a| a.project = Some(p.clone()));
+            }
+            Err(denied.into())
         }
     }
 }
@@ -79,20 +63,7 @@ pub(super) async fn resolve_edge(
     project: &ProjectRow,
     name: &str,
 ) -> Result<EdgeRow, ApiError> {
-    let not_found = || {
-        ApiError::NotFound(format!(
-            "edge {name:?} not found in project {:?}",
-            project.name
-        ))
-    };
-    if validate::name("edge", name).is_err() {
-        return Err(not_found());
-    }
-    state
-        .store
-        .edge_by_name(&project.id, name)
-        .await?
-        .ok_or_else(not_found)
+    Ok(crate::access::resolve::edge(&state.store, project, name).await?)
 }
 
 async fn resolve_node(

@@ -82,6 +82,19 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::access::Denied> for ApiError {
+    fn from(d: crate::access::Denied) -> Self {
+        use crate::access::Denied;
+        match d {
+            Denied::Unauthenticated(m) => ApiError::Unauthorized(m),
+            Denied::NotFound(m) => ApiError::NotFound(m),
+            Denied::Forbidden { reason, .. } => ApiError::Forbidden(reason),
+            Denied::Unavailable(m) => ApiError::Unavailable(m),
+            Denied::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

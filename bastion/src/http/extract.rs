@@ -20,11 +20,8 @@ use serde_json::Value;
 use super::AppState;
 use super::error::ApiError;
 use crate::authz::Principal;
-use crate::clock::{now_ms, rfc3339};
-use crate::secrets::{parse_token, secret_matches};
 
-/// API tokens look like `pst_<id>_<secret>`.
-pub const TOKEN_PREFIX: &str = "pst";
+pub use crate::access::authn::TOKEN_PREFIX;
 
 /// What the audit middleware records about a request, filled in by extractors and
 /// handlers as they learn who asked and what it touched.
@@ -83,43 +80,14 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let audit = audit_ctx(parts);
-        let missing = || {
-            ApiError::Unauthorized(
-                "missing or invalid API token: send `Authorization: Bearer pst_…` with a token from `POST /api/v1/users/{user}/tokens`"
-                    .into(),
-            )
-        };
         let header = parts
             .headers
             .get(http::header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .ok_or_else(missing)?;
-        let token = header.strip_prefix("Bearer ").ok_or_else(missing)?.trim();
-        let (id, secret) = parse_token(TOKEN_PREFIX, token).ok_or_else(missing)?;
-        let row = state.store.api_token(id).await?.ok_or_else(missing)?;
-        if !secret_matches(secret, &row.secret_hash) {
-            return Err(missing());
-        }
-        if row.revoked_at.is_some() {
-            return Err(ApiError::Unauthorized(
-                "this API token was revoked; create a new one".into(),
-            ));
-        }
-        if row.expires_at <= now_ms() {
-            return Err(ApiError::Unauthorized(format!(
-                "this API token expired at {}; create a new one",
-                rfc3339(row.expires_at)
-            )));
-        }
-        let user = state
-            .store
-            .user_by_id(&row.user_id)
-            .await?
-            .ok_or_else(missing)?;
-        let bindings = state.store.bindings(&user.id).await?;
+            .and_then(|h| h.to_str().ok());
+        let principal = crate::access::authn::bearer(&state.store, header).await?;
         let audit_first = audit.with(|a| {
-            a.actor = Some(user.name.clone());
-            a.org_id = Some(user.org_id.clone());
+            a.actor = Some(principal.user_name.clone());
+            a.org_id = Some(principal.org_id.clone());
             a.audit_first
         });
         if audit_first {
@@ -130,8 +98,8 @@ impl FromRequestParts<AppState> for Caller {
                 .get::<axum::extract::MatchedPath>()
                 .map_or_else(|| parts.uri.path().to_string(), |m| m.as_str().to_string());
             let ev = crate::audit::Event::new(format!("api {} {route}", parts.method), "requested")
-                .org(&user.org_id)
-                .actor(&user.name)
+                .org(&principal.org_id)
+                .actor(&principal.user_name)
                 .source(source_ip(parts))
                 .detail(serde_json::json!({ "path": parts.uri.path() }));
             state
@@ -141,12 +109,7 @@ impl FromRequestParts<AppState> for Caller {
                 .map_err(ApiError::audit_refused)?;
         }
         Ok(Caller {
-            principal: Principal {
-                user_id: user.id,
-                user_name: user.name,
-                org_id: user.org_id,
-                bindings,
-            },
+            principal,
             source_ip: source_ip(parts),
             audit,
         })

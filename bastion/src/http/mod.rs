@@ -7,6 +7,7 @@ pub mod big_answers;
 mod cmdexec;
 mod error;
 mod extract;
+mod kubeconfig;
 pub mod openapi;
 mod ops;
 mod ssh_keys;
@@ -90,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/users/{user}/ssh-keys/{key_id}", delete(ssh_keys::delete))
         .route("/tokens/{token_id}", delete(users::revoke_token))
         .route("/audit", get(admin::audit_page))
+        .route("/kubeconfig", get(kubeconfig::kubeconfig))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             audit_admin_requests,

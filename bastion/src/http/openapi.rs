@@ -13,7 +13,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, cmdexec, ops, ssh_keys, users};
+use super::{admin, cmdexec, kubeconfig, ops, ssh_keys, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -54,6 +54,7 @@ use super::{admin, cmdexec, ops, ssh_keys, users};
         ssh_keys::add,
         ssh_keys::delete,
         admin::audit_page,
+        kubeconfig::kubeconfig,
         cmdexec::execute,
         cmdexec::execution,
         cmdexec::history,
@@ -90,6 +91,7 @@ use super::{admin, cmdexec, ops, ssh_keys, users};
         (name = "ssh-keys", description = "Users' SSH public keys"),
         (name = "audit", description = "The tamper-evident audit log"),
         (name = "cmdexec", description = "Remote commands on nodes and clusters"),
+        (name = "kubernetes", description = "kubectl and helm through the bastion"),
         (name = "ops", description = "Liveness, readiness and metrics; no token needed"),
     )
 )]

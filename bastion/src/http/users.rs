@@ -67,6 +67,7 @@ pub(super) async fn user_view(state: &AppState, user: &UserRow) -> Result<dto::U
             project,
             logins: b.logins,
             forward_to: b.forward_to,
+            kube_groups: b.kube_groups,
         });
     }
     Ok(dto::User {
@@ -279,6 +280,17 @@ pub async fn set_role(
             postern_api::admin::MAX_FORWARD_TO
         )));
     }
+    if let Some(groups) = &body.kube_groups {
+        if groups.len() > postern_api::kube::MAX_GROUPS {
+            return Err(ApiError::BadRequest(format!(
+                "at most {} kube_groups per role",
+                postern_api::kube::MAX_GROUPS
+            )));
+        }
+        for g in groups {
+            postern_api::kube::check_group(g).map_err(ApiError::BadRequest)?;
+        }
+    }
     if let Some(p) = &body.project {
         validate::name("project", p)?;
     }
@@ -311,6 +323,7 @@ pub async fn set_role(
         role: body.role,
         logins: body.logins.clone(),
         forward_to: body.forward_to.clone(),
+        kube_groups: body.kube_groups.clone(),
     };
     let before = state.store.bindings(&user.id).await?;
     let replaced = before
@@ -320,6 +333,7 @@ pub async fn set_role(
             b.role != binding.role
                 || b.logins != binding.logins
                 || b.forward_to != binding.forward_to
+                || b.kube_groups != binding.kube_groups
         })
         .is_some();
     state
@@ -327,8 +341,7 @@ pub async fn set_role(
         .set_binding(&user.id, &binding, now_ms())
         .await?;
     // A new role only adds access; a changed one may take some away, at once.
-    let mut detail =
-        json!({ "role": body.role, "logins": body.logins, "forward_to": body.forward_to });
+    let mut detail = json!({ "role": body.role, "logins": body.logins, "forward_to": body.forward_to, "kube_groups": body.kube_groups });
     if replaced {
         let change = AccessChange {
             org_id: caller.principal.org_id.clone(),
@@ -558,9 +571,21 @@ pub async fn revoke_token(
     }
     may_manage_tokens_of(&caller, &owner)?;
     state.store.revoke_api_token(&t.id, now_ms()).await?;
+    // What the token holds open (kubectl watches, exec streams) ends now.
+    let mut detail = json!({ "token_id": t.id });
+    let change = AccessChange {
+        org_id: owner.org_id.clone(),
+        user_id: owner.id.clone(),
+        what: Change::TokenRevoked {
+            token_id: t.id.clone(),
+        },
+    };
+    if let Value::Object(d) = &mut detail {
+        d.extend(access::publish(&state, change).await);
+    }
     caller.audit.with(|a| {
         a.targets.push(format!("user:{}", owner.name));
-        a.detail = Some(json!({ "token_id": t.id }));
+        a.detail = Some(detail);
     });
     Ok(StatusCode::NO_CONTENT)
 }

@@ -186,10 +186,11 @@ impl russh::server::Handler for Conn {
             self.note_attempt(user, key.public_key);
             return Ok(Self::publickey_only());
         };
-        let bindings = match self.shared.store.bindings(&owner.id).await {
-            Ok(b) => b,
+        let owner_id = owner.id.clone();
+        let principal = match crate::access::authn::principal(&self.shared.store, owner).await {
+            Ok(p) => p,
             Err(e) => {
-                tracing::error!(error = %e, "store unavailable during SSH authentication");
+                tracing::error!(error = %e, "cannot read the key owner's roles during SSH authentication");
                 return Ok(Self::publickey_only());
             }
         };
@@ -197,17 +198,12 @@ impl russh::server::Handler for Conn {
             return Ok(Self::publickey_only());
         };
         self._live = Some(self.shared.ssh_live.connection(
-            &owner.id,
+            &owner_id,
             &row.fingerprint,
             self.cancel.clone(),
         ));
         self.user = Some(Arc::new(SshUser {
-            principal: Principal {
-                user_id: owner.id,
-                user_name: owner.name,
-                org_id: owner.org_id,
-                bindings,
-            },
+            principal,
             fingerprint: row.fingerprint,
             public_key,
         }));

@@ -186,6 +186,8 @@ impl crate::access::Door for SshDoor {
         use crate::access::Change;
         Box::pin(async move {
             let c = match &change.what {
+                // Tokens open no SSH session.
+                Change::TokenRevoked { .. } => return serde_json::json!({ "ssh_cut": 0 }),
                 Change::UserDeleted | Change::Unknown => AccessChange::UserDeleted,
                 Change::KeyDeleted { fingerprint } => AccessChange::KeyDeleted(fingerprint),
                 Change::RoleChanged { project_id } => {

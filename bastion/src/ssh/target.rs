@@ -36,8 +36,26 @@ impl Refusal {
 
 impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Refusal {
-        tracing::error!(error = %e, "store unavailable during SSH authorization");
-        Refusal::new("the bastion cannot reach its database; try again shortly")
+        crate::access::Denied::from(e).into()
+    }
+}
+
+/// The SSH door's reading of the shared outcome: the reason goes to the user as
+/// the channel-open failure.
+impl From<crate::access::Denied> for Refusal {
+    fn from(d: crate::access::Denied) -> Refusal {
+        use crate::access::Denied;
+        match d {
+            Denied::Forbidden { reason, project } => Refusal {
+                reason,
+                project,
+                node: None,
+            },
+            Denied::Unavailable(_) | Denied::Internal(_) => {
+                Refusal::new("the bastion cannot reach its database; try again shortly")
+            }
+            Denied::Unauthenticated(m) | Denied::NotFound(m) => Refusal::new(m),
+        }
     }
 }
 

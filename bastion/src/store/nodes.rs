@@ -236,6 +236,29 @@ impl Store {
         Ok(())
     }
 
+    /// Records whether the node's agent is a Kubernetes gateway for its edge.
+    pub async fn set_kube_gateway(&self, id: &str, gateway: bool) -> Result<()> {
+        sqlx::query("UPDATE nodes SET kube_gateway = $2 WHERE id = $1 AND kube_gateway <> $2")
+            .bind(id)
+            .bind(i64::from(gateway))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The approved nodes of an edge whose agents said they are Kubernetes
+    /// gateways, most recently seen first.
+    pub async fn kube_gateways(&self, edge_id: &str) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM nodes WHERE edge_id = $1 AND kube_gateway = 1 AND state IN ('approved', 'provisioned') \
+             ORDER BY last_seen_at DESC, id LIMIT 64",
+        )
+        .bind(edge_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
     pub async fn count_nodes(&self) -> Result<i64> {
         let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM nodes")
             .fetch_one(&self.pool)

@@ -43,6 +43,9 @@ pub struct BindingRow {
     pub logins: Vec<String>,
     /// `host:port` destinations for `ssh -L`; empty: no forwarding.
     pub forward_to: Vec<String>,
+    /// Kubernetes groups granted on the project's clusters; `None`: the role's
+    /// default (`postern:<role>`).
+    pub kube_groups: Option<Vec<String>>,
 }
 
 impl Store {
@@ -217,19 +220,26 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let forward_to = serde_json::to_string(&binding.forward_to)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let kube_groups = match &binding.kube_groups {
+            Some(g) => {
+                Some(serde_json::to_string(g).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+            }
+            None => None,
+        };
         let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM role_bindings WHERE user_id = $1 AND scope = $2")
             .bind(user_id)
             .bind(&scope)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO role_bindings (user_id, scope, role, logins, created_at, forward_to) VALUES ($1, $2, $3, $4, $5, $6)")
+        sqlx::query("INSERT INTO role_bindings (user_id, scope, role, logins, created_at, forward_to, kube_groups) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(user_id)
             .bind(&scope)
             .bind(binding.role.as_str())
             .bind(&logins)
             .bind(now)
             .bind(&forward_to)
+            .bind(kube_groups)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -247,7 +257,7 @@ impl Store {
 
     pub async fn bindings(&self, user_id: &str) -> Result<Vec<BindingRow>> {
         let rows = sqlx::query(
-            "SELECT scope, role, logins, forward_to FROM role_bindings WHERE user_id = $1 ORDER BY scope",
+            "SELECT scope, role, logins, forward_to, kube_groups FROM role_bindings WHERE user_id = $1 ORDER BY scope",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
@@ -258,6 +268,7 @@ impl Store {
                 let role: String = r.try_get(1)?;
                 let logins: String = r.try_get(2)?;
                 let forward_to: String = r.try_get(3)?;
+                let kube_groups: Option<String> = r.try_get(4)?;
                 Ok(BindingRow {
                     project_id: (!scope.is_empty()).then_some(scope),
                     role: role.parse().map_err(StoreError::Corrupt)?,
@@ -265,6 +276,13 @@ impl Store {
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                     forward_to: serde_json::from_str(&forward_to)
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    kube_groups: match kube_groups {
+                        Some(g) => Some(
+                            serde_json::from_str(&g)
+                                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        ),
+                        None => None,
+                    },
                 })
             })
             .collect()

@@ -40,6 +40,9 @@ pub enum Change {
     /// changed: what the user holds into that project ends, and is authorized
     /// afresh against the new role on the next attempt.
     RoleChanged { project_id: Option<String> },
+    /// One API token was revoked: what was opened with it (kubectl watches and
+    /// streams) ends. SSH sessions are opened with keys, not tokens.
+    TokenRevoked { token_id: String },
     /// A kind this version does not know (published by a newer replica): read
     /// as the widest cut, everything the user holds, since access was taken
     /// away and not knowing how much must not keep any of it.

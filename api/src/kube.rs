@@ -1,0 +1,297 @@
+//! The Kubernetes door's contract: where kubectl reaches an edge on the bastion, the
+//! headers the bastion and a gateway agent exchange over the channel, the default
+//! Kubernetes groups of each role, and the reading of a Kubernetes API path into
+//! what the audit log records (verb, API group, resource, namespace, name).
+//!
+//! The path reader is the Kubernetes apiserver's own `RequestInfo` rules, kept to
+//! what an audit entry needs; it sees every path a client sends, so it never
+//! panics and bounds what it returns.
+
+use crate::admin::Role;
+
+/// `https://bastion:KUBE_PORT/k8s/{project}/{edge}`: the server of one context of a
+/// downloaded kubeconfig. The rest of the path is the Kubernetes API path.
+pub const PATH_PREFIX: &str = "/k8s/";
+
+/// The agent route a gateway serves: the Kubernetes API path follows it.
+pub const AGENT_ROUTE_PREFIX: &str = "/v1/kube";
+
+/// Headers the bastion sets on a request it forwards to a gateway agent, after
+/// removing any the client sent. The agent turns them into `Impersonate-User`
+/// and `Impersonate-Group` (one per group) towards the API server.
+pub const HDR_USER: &str = "postern-kube-user";
+pub const HDR_GROUP: &str = "postern-kube-group";
+/// The client asked for a protocol upgrade (`exec`, `attach`, `port-forward`):
+/// the value is the client's `Upgrade` header. HTTP/2 has no upgrades, so the
+/// bytes after the switch travel as the request and response bodies of the stream.
+pub const HDR_UPGRADE: &str = "postern-kube-upgrade";
+/// Set by the agent on its answer when the API server switched protocols (101);
+/// the response body then carries the server's bytes.
+pub const HDR_SWITCHED: &str = "postern-kube-switched";
+/// Set by the agent on an answer it made itself (no gateway configured, the API
+/// server unreachable), so the bastion can tell it from the API server's own.
+pub const HDR_AGENT_ERROR: &str = "postern-kube-agent-error";
+
+/// Whether a request header may cross a Kubernetes hop (client → bastion →
+/// gateway → API server): never hop-by-hop headers (HTTP/2 refuses them), nor
+/// any credential or identity the client claims (`Authorization`,
+/// `Impersonate-*`, the front-proxy `X-Remote-*`), nor Postern's own, which only
+/// the bastion sets. `connection_named`: the headers the `Connection` header names.
+pub fn forwardable(name: &str, connection_named: &[String]) -> bool {
+    !(matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "authorization"
+    ) || name.starts_with("impersonate-")
+        || name.starts_with("postern-")
+        || name.starts_with("x-remote-")
+        || connection_named.iter().any(|c| c == name))
+}
+
+/// The header names a `Connection` header's values list, lower-case, bounded.
+pub fn connection_named<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
+    values
+        .flat_map(|s| s.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .take(16)
+        .collect()
+}
+
+/// Most Kubernetes groups one role binding lists.
+pub const MAX_GROUPS: usize = 16;
+/// Longest Kubernetes group name Postern sends.
+pub const MAX_GROUP_LEN: usize = 128;
+
+/// The groups a role grants when its binding lists none: `postern:<role>`.
+pub fn default_group(role: Role) -> String {
+    format!("postern:{role}")
+}
+
+/// A Kubernetes group a role binding may grant: 1 to 128 of letters, digits and
+/// `: . _ - @ /`. Header-safe, and never a `system:` group, which Kubernetes
+/// reserves for its own identities (`system:masters` would be cluster-admin).
+pub fn check_group(g: &str) -> Result<(), String> {
+    if g.is_empty() || g.len() > MAX_GROUP_LEN {
+        return Err(format!(
+            "Kubernetes group must be 1 to {MAX_GROUP_LEN} characters"
+        ));
+    }
+    if !g
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b":._-@/".contains(&b))
+    {
+        return Err(format!(
+            "Kubernetes group {:?} may hold only letters, digits and ':._-@/'",
+            g.chars().take(80).collect::<String>()
+        ));
+    }
+    if g.starts_with("system:") {
+        return Err(format!(
+            "Kubernetes group {g:?} is reserved: groups starting with 'system:' are Kubernetes' own"
+        ));
+    }
+    Ok(())
+}
+
+/// What one Kubernetes API request is about, for the audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestInfo {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
+    /// `deletecollection`, or the lower-case HTTP method for a non-resource path.
+    pub verb: String,
+    /// `true` for `/api/...` and `/apis/...` resource paths.
+    pub is_resource: bool,
+    pub api_group: String,
+    pub api_version: String,
+    pub resource: String,
+    pub subresource: String,
+    pub namespace: String,
+    pub name: String,
+    /// The path as asked (bounded), for non-resource requests (`/version`, `/healthz`).
+    pub path: String,
+}
+
+/// Longest part of a path kept in a `RequestInfo`.
+const MAX_PART: usize = 253;
+
+fn part(s: &str) -> String {
+    let mut out: String = s.chars().take(MAX_PART).collect();
+    out.retain(|c| !c.is_control());
+    out
+}
+
+/// Reads a Kubernetes API path and query (`watch=true` makes a list a watch) the
+/// way the apiserver's `RequestInfoFactory` does.
+pub fn request_info(method: &str, path: &str, query: Option<&str>) -> RequestInfo {
+    let method = method.to_ascii_lowercase();
+    let mut info = RequestInfo {
+        verb: part(&method),
+        path: part(path),
+        ..RequestInfo::default()
+    };
+    let segs: Vec<&str> = path.trim_matches('/').split('/').take(16).collect();
+    let rest: &[&str] = match segs.as_slice() {
+        ["api", version, rest @ ..] => {
+            info.api_version = part(version);
+            rest
+        }
+        ["apis", group, version, rest @ ..] => {
+            info.api_group = part(group);
+            info.api_version = part(version);
+            rest
+        }
+        _ => return info,
+    };
+    if rest.is_empty() {
+        // Discovery (`/api/v1`, `/apis/apps/v1`): not a resource request.
+        return info;
+    }
+    info.is_resource = true;
+    let mut rest = rest;
+    let mut watch_path = false;
+    if rest.first() == Some(&"watch") {
+        watch_path = true;
+        rest = &rest[1..];
+    }
+    // `namespaces/{ns}/{resource}…`, but `namespaces/{ns}` alone is the namespace.
+    if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
+        info.namespace = part(rest[1]);
+        rest = &rest[2..];
+    }
+    match rest {
+        [] => {}
+        [resource] => info.resource = part(resource),
+        [resource, name] => {
+            info.resource = part(resource);
+            info.name = part(name);
+        }
+        [resource, name, sub, ..] => {
+            info.resource = part(resource);
+            info.name = part(name);
+            info.subresource = part(sub);
+        }
+    }
+    if info.resource == "namespaces" && !info.name.is_empty() && info.namespace.is_empty() {
+        info.namespace = info.name.clone();
+    }
+    let watch_query = query.is_some_and(|q| {
+        q.split('&')
+            .any(|kv| matches!(kv, "watch=true" | "watch=1" | "watch=True"))
+    });
+    info.verb = match method.as_str() {
+        "get" | "head" if watch_path || watch_query => "watch",
+        "get" | "head" if info.name.is_empty() => "list",
+        "get" | "head" => "get",
+        "post" => "create",
+        "put" => "update",
+        "patch" => "patch",
+        "delete" if info.name.is_empty() => "deletecollection",
+        "delete" => "delete",
+        other => other,
+    }
+    .chars()
+    .take(32)
+    .collect();
+    info
+}
+
+/// Whether a request's verb changes cluster state (audited before it is sent).
+pub fn is_mutation(verb: &str) -> bool {
+    matches!(
+        verb,
+        "create" | "update" | "patch" | "delete" | "deletecollection"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_paths_read_as_the_apiserver_reads_them() {
+        let i = request_info("GET", "/api/v1/namespaces/prod/pods/web-1", None);
+        assert_eq!(
+            (i.verb.as_str(), i.api_group.as_str(), i.resource.as_str()),
+            ("get", "", "pods")
+        );
+        assert_eq!((i.namespace.as_str(), i.name.as_str()), ("prod", "web-1"));
+        let i = request_info("GET", "/apis/apps/v1/namespaces/prod/deployments", None);
+        assert_eq!(
+            (i.verb.as_str(), i.api_group.as_str(), i.resource.as_str()),
+            ("list", "apps", "deployments")
+        );
+        let i = request_info("GET", "/api/v1/pods", Some("watch=true&limit=5"));
+        assert_eq!(i.verb, "watch");
+        let i = request_info("GET", "/api/v1/watch/namespaces/a/configmaps", None);
+        assert_eq!((i.verb.as_str(), i.namespace.as_str()), ("watch", "a"));
+        let i = request_info(
+            "POST",
+            "/api/v1/namespaces/a/pods/p/exec",
+            Some("command=sh"),
+        );
+        assert_eq!(
+            (i.verb.as_str(), i.subresource.as_str(), i.name.as_str()),
+            ("create", "exec", "p")
+        );
+        let i = request_info("DELETE", "/api/v1/namespaces/a/configmaps", None);
+        assert_eq!(i.verb, "deletecollection");
+        let i = request_info("GET", "/api/v1/namespaces/kube-system", None);
+        assert_eq!(
+            (i.resource.as_str(), i.namespace.as_str(), i.name.as_str()),
+            ("namespaces", "kube-system", "kube-system")
+        );
+        let i = request_info("GET", "/version", None);
+        assert!(!i.is_resource);
+        assert_eq!((i.verb.as_str(), i.path.as_str()), ("get", "/version"));
+        let i = request_info("GET", "/apis/apps/v1", None);
+        assert!(!i.is_resource);
+    }
+
+    #[test]
+    fn hostile_paths_are_bounded_and_never_panic() {
+        let long = "x".repeat(100_000);
+        let i = request_info(
+            "GET",
+            &format!("/api/v1/namespaces/{long}/pods/{long}"),
+            None,
+        );
+        assert!(i.namespace.len() <= MAX_PART && i.name.len() <= MAX_PART);
+        assert!(i.path.len() <= MAX_PART);
+        for p in [
+            "",
+            "/",
+            "//",
+            "/api",
+            "/apis/",
+            "/api//",
+            "/apis/g//x/\u{0}/\n",
+        ] {
+            let i = request_info("GET", p, Some("watch"));
+            assert!(!i.name.contains('\n') && !i.name.contains('\u{0}'));
+        }
+        let i = request_info(&"M".repeat(500), "/api/v1/pods", None);
+        assert!(i.verb.len() <= 32);
+    }
+
+    #[test]
+    fn groups_are_checked_and_defaults_name_the_role() {
+        assert_eq!(default_group(Role::ReadOnly), "postern:read_only");
+        assert!(check_group("postern:read_only").is_ok());
+        assert!(check_group("team-a@corp/dev").is_ok());
+        assert!(check_group("").is_err());
+        assert!(check_group("system:masters").is_err());
+        assert!(check_group("a b").is_err());
+        assert!(check_group("a\r\nImpersonate-User: x").is_err());
+        assert!(check_group(&"g".repeat(129)).is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! Open Kubernetes requests (watches, long lists, exec and port-forward streams),
+//! each with the user, the API token and the project it was authorized for, so
+//! an access change ends exactly what it no longer allows: a deleted user or a
+//! changed role everything of theirs (in that project), a revoked token what was
+//! opened with it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::access::{AccessChange, Change, Door, DoorFuture};
+use crate::state::Shared;
+
+#[derive(Debug)]
+struct Open {
+    user_id: String,
+    token_id: String,
+    project_id: String,
+    cancel: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+pub struct Live {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Open>>,
+}
+
+/// An owned registration, for a response body that outlives its handler.
+#[derive(Debug)]
+pub struct OwnedRegistration {
+    live: std::sync::Arc<Live>,
+    id: u64,
+}
+
+impl Drop for OwnedRegistration {
+    fn drop(&mut self) {
+        self.live.lock().remove(&self.id);
+    }
+}
+
+impl Live {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Open>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a request; `cancel` fires when access to it is taken away.
+    pub fn register(
+        self: &std::sync::Arc<Self>,
+        user_id: &str,
+        token_id: &str,
+        project_id: &str,
+    ) -> (OwnedRegistration, CancellationToken) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let cancel = CancellationToken::new();
+        self.lock().insert(
+            id,
+            Open {
+                user_id: user_id.to_string(),
+                token_id: token_id.to_string(),
+                project_id: project_id.to_string(),
+                cancel: cancel.clone(),
+            },
+        );
+        (
+            OwnedRegistration {
+                live: self.clone(),
+                id,
+            },
+            cancel,
+        )
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Ends what `change` no longer allows; answers how many requests it ended.
+    pub fn cut(&self, change: &AccessChange) -> usize {
+        let open = self.lock();
+        let mut n = 0;
+        for o in open.values().filter(|o| o.user_id == change.user_id) {
+            let hit = match &change.what {
+                Change::UserDeleted | Change::Unknown => true,
+                Change::TokenRevoked { token_id } => &o.token_id == token_id,
+                Change::RoleChanged { project_id: None } => true,
+                Change::RoleChanged {
+                    project_id: Some(p),
+                } => &o.project_id == p,
+                Change::KeyDeleted { .. } => false,
+            };
+            if hit && !o.cancel.is_cancelled() {
+                o.cancel.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// The Kubernetes door on the access bus.
+#[derive(Debug)]
+pub struct KubeDoor;
+
+impl Door for KubeDoor {
+    fn name(&self) -> &'static str {
+        "kube"
+    }
+
+    fn apply<'a>(&'a self, shared: &'a Shared, change: &'a AccessChange) -> DoorFuture<'a> {
+        Box::pin(async move {
+            let cut = shared.kube_live.cut(change);
+            if cut > 0 {
+                tracing::info!(user_id = %change.user_id, cut, "ended Kubernetes requests after an access change");
+            }
+            serde_json::json!({ "kube_requests_cut": cut })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn change(user: &str, what: Change) -> AccessChange {
+        AccessChange {
+            org_id: "o".into(),
+            user_id: user.into(),
+            what,
+        }
+    }
+
+    #[test]
+    fn a_change_ends_exactly_what_it_no_longer_allows() {
+        let live = Arc::new(Live::default());
+        let (_a, ca) = live.register("u1", "t1", "p1");
+        let (_b, cb) = live.register("u1", "t2", "p2");
+        let (_c, cc) = live.register("u2", "t3", "p1");
+        let key = Change::KeyDeleted {
+            fingerprint: "f".into(),
+        };
+        assert_eq!(live.cut(&change("u1", key)), 0);
+        let token = Change::TokenRevoked {
+            token_id: "t2".into(),
+        };
+        assert_eq!(live.cut(&change("u1", token)), 1);
+        assert!(cb.is_cancelled() && !ca.is_cancelled());
+        let role = Change::RoleChanged {
+            project_id: Some("p1".into()),
+        };
+        assert_eq!(live.cut(&change("u1", role)), 1);
+        assert!(ca.is_cancelled() && !cc.is_cancelled());
+        assert_eq!(live.cut(&change("u2", Change::Unknown)), 1);
+        assert!(cc.is_cancelled());
+        drop((_a, _b, _c));
+        assert_eq!(live.count(), 0);
+    }
+}

@@ -1,0 +1,445 @@
+//! One Kubernetes API request: authenticated with the caller's API token,
+//! authorized against their role in the edge's project, sent over the channel of
+//! one of the edge's gateway agents with the Kubernetes identity the role grants
+//! (and nothing the client claimed), streamed back, and audited with what it
+//! touched, its status, its bytes and its duration.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use postern_api::kube::{self as contract, RequestInfo};
+use serde_json::{Value, json};
+
+use super::{KubeBody, status};
+use crate::access::{self, Denied};
+use crate::agents::{AgentBody, BoxError, NodeLink};
+use crate::audit::Event;
+use crate::authz::{self, Decision, Principal};
+use crate::metrics::inc;
+use crate::state::Shared;
+use crate::store::{EdgeRow, ProjectRow};
+
+/// How long a gateway may take to answer with headers. Watches and exec streams
+/// answer at once and then stream; a list that needs longer is refused with 504.
+const HEADERS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a request was authorized as, carried to its audit entry.
+#[derive(Debug, Clone)]
+pub(super) struct Authorized {
+    pub principal: Principal,
+    pub token_id: String,
+    pub project: ProjectRow,
+    pub edge: EdgeRow,
+    pub groups: Vec<String>,
+    pub info: RequestInfo,
+    pub peer: SocketAddr,
+    pub started: Instant,
+}
+
+impl Authorized {
+    pub(super) fn event(&self, action: &str, outcome: &str, mut detail: Value) -> Event {
+        let i = &self.info;
+        let base = json!({
+            "edge": self.edge.name,
+            "verb": i.verb,
+            "api_group": i.api_group,
+            "resource": i.resource,
+            "subresource": i.subresource,
+            "namespace": i.namespace,
+            "name": i.name,
+            "path": if i.is_resource { Value::Null } else { json!(i.path) },
+            "kube_groups": self.groups,
+        });
+        if let (Some(d), Value::Object(b)) = (detail.as_object_mut(), base) {
+            d.extend(b);
+        }
+        Event::new(action, outcome)
+            .org(&self.principal.org_id)
+            .actor(&self.principal.user_name)
+            .source(Some(self.peer.ip().to_string()))
+            .project(&self.project.name)
+            .target(format!("edge:{}", self.edge.name))
+            .detail(detail)
+    }
+}
+
+/// `/k8s/{project}/{edge}{rest}` → (project, edge, rest), rest starting with `/`.
+pub(super) fn split_path(path: &str) -> Option<(&str, &str, &str)> {
+    let tail = path.strip_prefix(contract::PATH_PREFIX)?;
+    let (project, tail) = tail.split_once('/').unwrap_or((tail, ""));
+    let (edge, _) = tail.split_once('/').unwrap_or((tail, ""));
+    if project.is_empty() || edge.is_empty() {
+        return None;
+    }
+    let rest = &tail[edge.len()..];
+    Some((project, edge, if rest.is_empty() { "/" } else { rest }))
+}
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<KubeBody> {
+    let started = Instant::now();
+    let path = req.uri().path().to_string();
+    let Some((project, edge, rest)) = split_path(&path) else {
+        inc(&shared.metrics.kube_denied);
+        return status::response(
+            StatusCode::NOT_FOUND,
+            "the bastion serves Kubernetes at /k8s/{project}/{edge}/…: use a kubeconfig from GET /api/v1/kubeconfig",
+        );
+    };
+    let auth = match authorize(&shared, peer, &req, project, edge, rest, started).await {
+        Ok(a) => a,
+        Err(d) => {
+            inc(&shared.metrics.kube_denied);
+            return status::denied(&d);
+        }
+    };
+    let upgrade = is_upgrade(req.headers());
+    if upgrade || contract::is_mutation(&auth.info.verb) {
+        // Fail closed: a change, or a shell, nobody could find in the audit log
+        // does not happen.
+        if let Err(e) = shared
+            .audit
+            .record(auth.event("kube.request", "requested", json!({})))
+            .await
+        {
+            inc(&shared.metrics.audit_failures);
+            tracing::error!(error = %e, "audit log unwritable; refusing a Kubernetes request");
+            return status::response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the bastion cannot write its audit log, so the request was not sent; retry shortly",
+            );
+        }
+    }
+    let link = match gateway(&shared, &auth.edge).await {
+        Ok(l) => l,
+        Err((code, msg)) => {
+            inc(&shared.metrics.kube_denied);
+            let ev = auth.event(
+                "kube.request",
+                "error",
+                json!({ "status": code.as_u16(), "reason": msg }),
+            );
+            shared.audit(ev).await;
+            return status::response(code, &msg);
+        }
+    };
+    inc(&shared.metrics.kube_requests);
+    if upgrade {
+        return super::upgrade::relay(shared, auth, link, req).await;
+    }
+    forward(shared, auth, link, req, rest.to_string()).await
+}
+
+async fn authorize(
+    shared: &Shared,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+    project: &str,
+    edge: &str,
+    rest: &str,
+    started: Instant,
+) -> Result<Authorized, Denied> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    let token_id = header
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .and_then(|t| crate::secrets::parse_token(access::authn::TOKEN_PREFIX, t.trim()))
+        .map(|(id, _)| id.to_string())
+        .unwrap_or_default();
+    let principal = match access::authn::bearer(&shared.store, header).await {
+        Ok(p) => p,
+        Err(d) => {
+            if matches!(d, Denied::Unauthenticated(_)) {
+                shared.audit_queue.push(
+                    Event::new("kube.auth", "denied")
+                        .source(Some(peer.ip().to_string()))
+                        .detail(json!({ "reason": d.to_string(), "path": postern_api::validate::peer_line(req.uri().path(), 200) })),
+                );
+            }
+            return Err(d);
+        }
+    };
+    let info = contract::request_info(req.method().as_str(), rest, req.uri().query());
+    let refuse = |d: Denied, project: Option<&ProjectRow>| {
+        let mut ev = Event::new("kube.request", "denied")
+            .org(&principal.org_id)
+            .actor(&principal.user_name)
+            .source(Some(peer.ip().to_string()))
+            .target(format!("edge:{}", postern_api::validate::peer_line(edge, 64)))
+            .detail(json!({ "reason": d.to_string(), "verb": info.verb, "resource": info.resource, "namespace": info.namespace, "name": info.name }));
+        if let Some(p) = project {
+            ev = ev.project(&p.name);
+        }
+        shared.audit_queue.push(ev);
+        d
+    };
+    let project = match access::resolve::visible_project(&shared.store, &principal, project).await {
+        Ok(p) => p,
+        Err(d) => return Err(refuse(d, None)),
+    };
+    let groups = match authz::kube_groups(&principal, &project) {
+        Ok(g) => g,
+        Err(Decision::Forbidden(why)) => {
+            return Err(refuse(
+                Denied::forbidden(why, Some(&project.name)),
+                Some(&project),
+            ));
+        }
+        Err(_) => {
+            return Err(refuse(
+                access::resolve::project_not_found(&project.name),
+                None,
+            ));
+        }
+    };
+    let edge = match access::resolve::edge(&shared.store, &project, edge).await {
+        Ok(e) => e,
+        Err(d) => return Err(refuse(d, Some(&project))),
+    };
+    Ok(Authorized {
+        principal,
+        token_id,
+        project,
+        edge,
+        groups,
+        info,
+        peer,
+        started,
+    })
+}
+
+/// A connected gateway agent of the edge, here or on a peer replica.
+async fn gateway(shared: &Shared, edge: &EdgeRow) -> Result<NodeLink, (StatusCode, String)> {
+    let gateways = shared.store.kube_gateways(&edge.id).await.map_err(|e| {
+        tracing::warn!(error = %e, "cannot read the edge's Kubernetes gateways");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the bastion's database is busy or unreachable; retry in a few seconds".to_string(),
+        )
+    })?;
+    if gateways.is_empty() {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "edge {:?} has no Kubernetes gateway: run one of its agents with --kube-apiserver URL --kube-credentials FILE",
+                edge.name
+            ),
+        ));
+    }
+    gateways
+        .iter()
+        .find_map(|node| shared.fleet.link(node))
+        .ok_or_else(|| {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "none of the {} Kubernetes gateway agents of edge {:?} is connected to the bastion; try again when one is back",
+                    gateways.len(),
+                    edge.name
+                ),
+            )
+        })
+}
+
+pub(super) fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+pub(super) fn forwardable(name: &HeaderName, connection_named: &[String]) -> bool {
+    contract::forwardable(name.as_str(), connection_named)
+}
+
+fn connection_named(h: &HeaderMap) -> Vec<String> {
+    contract::connection_named(
+        h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+}
+
+/// The request to the gateway agent: the client's method, path and forwardable
+/// headers, and who the bastion says the caller is.
+pub(super) fn agent_request(
+    auth: &Authorized,
+    method: &Method,
+    rest: &str,
+    query: Option<&str>,
+    client: &HeaderMap,
+    body: AgentBody,
+) -> Result<Request<AgentBody>, http::Error> {
+    let uri = match query {
+        Some(q) => format!("http://agent{}{rest}?{q}", contract::AGENT_ROUTE_PREFIX),
+        None => format!("http://agent{}{rest}", contract::AGENT_ROUTE_PREFIX),
+    };
+    let mut req = Request::builder()
+        .method(method.clone())
+        .uri(uri)
+        .body(body)?;
+    let named = connection_named(client);
+    let h = req.headers_mut();
+    for (name, value) in client {
+        if forwardable(name, &named) {
+            h.append(name.clone(), value.clone());
+        }
+    }
+    h.insert(
+        HeaderName::from_static(contract::HDR_USER),
+        HeaderValue::from_str(&auth.principal.user_name)?,
+    );
+    for g in &auth.groups {
+        h.append(
+            HeaderName::from_static(contract::HDR_GROUP),
+            HeaderValue::from_str(g)?,
+        );
+    }
+    Ok(req)
+}
+
+async fn forward(
+    shared: Arc<Shared>,
+    auth: Authorized,
+    link: NodeLink,
+    req: Request<Incoming>,
+    rest: String,
+) -> Response<KubeBody> {
+    let (parts, body) = req.into_parts();
+    let bytes_in = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let body: AgentBody = body.map_err(|e| Box::new(e) as BoxError).boxed();
+    let areq = match agent_request(
+        &auth,
+        &parts.method,
+        &rest,
+        parts.uri.query(),
+        &parts.headers,
+        body,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build a Kubernetes request for the gateway");
+            return status::response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error; the bastion's log has the details",
+            );
+        }
+    };
+    let resp = match tokio::time::timeout(HEADERS_TIMEOUT, link.send(areq)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let msg =
+                format!("the edge's Kubernetes gateway agent could not be reached: {e}; retry");
+            let ev = auth.event(
+                "kube.request",
+                "error",
+                json!({ "status": 503, "reason": msg }),
+            );
+            shared.audit(ev).await;
+            return status::response(StatusCode::SERVICE_UNAVAILABLE, &msg);
+        }
+        Err(_) => {
+            let msg = format!(
+                "the edge's Kubernetes API server did not answer within {HEADERS_TIMEOUT:?}"
+            );
+            let ev = auth.event(
+                "kube.request",
+                "error",
+                json!({ "status": 504, "reason": msg }),
+            );
+            shared.audit(ev).await;
+            return status::response(StatusCode::GATEWAY_TIMEOUT, &msg);
+        }
+    };
+    let (mut parts, body) = resp.into_parts();
+    let agent_error = parts.headers.remove(contract::HDR_AGENT_ERROR).is_some();
+    parts.headers.retain_forwardable();
+    let code = parts.status;
+    let (reg, cancel) =
+        shared
+            .kube_live
+            .register(&auth.principal.user_id, &auth.token_id, &auth.project.id);
+    let mut finish = super::stream::Finish::new(shared.clone(), auth, code, agent_error);
+    finish.bytes_in = bytes_in;
+    let body = super::stream::Counted::new(body, cancel, finish, reg);
+    Response::from_parts(parts, body.boxed())
+}
+
+/// Keeps only what may go back to the client of the Kubernetes listener.
+trait RetainForwardable {
+    fn retain_forwardable(&mut self);
+}
+
+impl RetainForwardable for HeaderMap {
+    fn retain_forwardable(&mut self) {
+        let named = connection_named(self);
+        let drop: Vec<HeaderName> = self
+            .keys()
+            .filter(|k| !forwardable(k, &named))
+            .cloned()
+            .collect();
+        for k in drop {
+            self.remove(&k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn paths_name_project_edge_and_the_api_path() {
+        assert_eq!(
+            split_path("/k8s/prod/eu-1/api/v1/pods"),
+            Some(("prod", "eu-1", "/api/v1/pods"))
+        );
+        assert_eq!(split_path("/k8s/prod/eu-1"), Some(("prod", "eu-1", "/")));
+        assert_eq!(split_path("/k8s/prod/eu-1/"), Some(("prod", "eu-1", "/")));
+        assert_eq!(split_path("/k8s/prod"), None);
+        assert_eq!(split_path("/k8s//x/api"), None);
+        assert_eq!(split_path("/api/v1/pods"), None);
+    }
+
+    #[test]
+    fn no_credential_or_identity_of_the_client_crosses() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer x"));
+        h.insert("impersonate-user", HeaderValue::from_static("system:admin"));
+        h.append(
+            "impersonate-group",
+            HeaderValue::from_static("system:masters"),
+        );
+        h.insert("impersonate-extra-scopes", HeaderValue::from_static("x"));
+        h.insert("postern-kube-user", HeaderValue::from_static("root"));
+        h.insert("x-remote-user", HeaderValue::from_static("admin"));
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("accept", HeaderValue::from_static("application/json"));
+        let named = connection_named(&h);
+        let kept: Vec<&str> = h
+            .keys()
+            .filter(|k| forwardable(k, &named))
+            .map(HeaderName::as_str)
+            .collect();
+        assert_eq!(kept, vec!["accept"]);
+    }
+}

@@ -1,0 +1,205 @@
+//! `kubectl exec`, `attach` and `port-forward`: the client asks to switch
+//! protocols (SPDY/3.1 or WebSocket) over HTTP/1.1. HTTP/2 has no upgrades, so the
+//! gateway agent makes the upgrade towards the API server itself and the bytes
+//! after the switch travel over the agent channel as one stream's request and
+//! response bodies, as SSH bytes do. The bastion answers the client's upgrade
+//! only once the API server has agreed to it, and relays with bounded buffers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use postern_api::kube as contract;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::proxy::{Authorized, agent_request};
+use super::stream::Finish;
+use super::{KubeBody, status};
+use crate::agents::{AgentBody, BoxError, NodeLink};
+use crate::state::Shared;
+
+/// Chunks from the client in flight towards the gateway.
+const UPSTREAM_QUEUE: usize = 64;
+const READ_CHUNK: usize = 32 * 1024;
+/// How long the API server may take to agree to the upgrade.
+const SWITCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(super) async fn relay(
+    shared: Arc<Shared>,
+    auth: Authorized,
+    link: NodeLink,
+    mut req: Request<Incoming>,
+) -> Response<KubeBody> {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (tx, rx) = mpsc::channel::<Bytes>(UPSTREAM_QUEUE);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
+    });
+    let body: AgentBody = BodyExt::boxed(StreamBody::new(stream));
+    let path = req.uri().path().to_string();
+    let rest = super::proxy::split_path(&path).map_or("/", |(_, _, r)| r);
+    let upgrade_to = req
+        .headers()
+        .get(header::UPGRADE)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("SPDY/3.1"));
+    let mut areq = match agent_request(
+        &auth,
+        req.method(),
+        rest,
+        req.uri().query(),
+        req.headers(),
+        body,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build a Kubernetes upgrade for the gateway");
+            return status::response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error; the bastion's log has the details",
+            );
+        }
+    };
+    areq.headers_mut().insert(contract::HDR_UPGRADE, upgrade_to);
+    let resp = match tokio::time::timeout(SWITCH_TIMEOUT, link.send(areq)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let msg =
+                format!("the edge's Kubernetes gateway agent could not be reached: {e}; retry");
+            shared
+                .audit(auth.event(
+                    "kube.request",
+                    "error",
+                    serde_json::json!({ "status": 503, "reason": msg }),
+                ))
+                .await;
+            return status::response(StatusCode::SERVICE_UNAVAILABLE, &msg);
+        }
+        Err(_) => {
+            let msg = format!(
+                "the edge's Kubernetes API server did not switch protocols within {SWITCH_TIMEOUT:?}"
+            );
+            shared
+                .audit(auth.event(
+                    "kube.request",
+                    "error",
+                    serde_json::json!({ "status": 504, "reason": msg }),
+                ))
+                .await;
+            return status::response(StatusCode::GATEWAY_TIMEOUT, &msg);
+        }
+    };
+    let Some(switched) = resp.headers().get(contract::HDR_SWITCHED).cloned() else {
+        // The API server refused the upgrade (no such pod, RBAC, …): its answer
+        // goes back as it is, counted and audited like any other.
+        let (mut parts, body) = resp.into_parts();
+        let agent_error = parts.headers.remove(contract::HDR_AGENT_ERROR).is_some();
+        parts.headers.remove(contract::HDR_SWITCHED);
+        let code = parts.status;
+        let (reg, cancel) =
+            shared
+                .kube_live
+                .register(&auth.principal.user_id, &auth.token_id, &auth.project.id);
+        let finish = Finish::new(shared.clone(), auth, code, agent_error);
+        let body = super::stream::Counted::new(body, cancel, finish, reg);
+        let mut out = Response::from_parts(parts, body.boxed());
+        out.headers_mut().remove(header::CONNECTION);
+        return out;
+    };
+    let (parts, from_gateway) = resp.into_parts();
+    let mut out = Response::new(
+        Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    for (name, value) in &parts.headers {
+        let n = name.as_str();
+        if n.starts_with("postern-") || n == "content-length" || n == "content-type" {
+            continue;
+        }
+        out.headers_mut().append(name.clone(), value.clone());
+    }
+    out.headers_mut().insert(header::UPGRADE, switched);
+    out.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    let (reg, cancel) =
+        shared
+            .kube_live
+            .register(&auth.principal.user_id, &auth.token_id, &auth.project.id);
+    let mut finish = Finish::new(shared.clone(), auth, StatusCode::SWITCHING_PROTOCOLS, false);
+    let stop = shared.shutdown.clone();
+    shared.tasks.spawn(async move {
+        let _reg = reg;
+        let upgraded = match tokio::time::timeout(Duration::from_secs(10), on_upgrade).await {
+            Ok(Ok(u)) => u,
+            _ => {
+                finish.done("client_gone");
+                return;
+            }
+        };
+        let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+        let mut from_gateway = from_gateway;
+        let up = async {
+            let mut n = 0u64;
+            let mut buf = vec![0u8; READ_CHUNK];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => {
+                        n += k as u64;
+                        if tx.send(Bytes::copy_from_slice(&buf[..k])).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            drop(tx);
+            n
+        };
+        let down = async {
+            let mut n = 0u64;
+            while let Some(frame) = from_gateway.frame().await {
+                let Ok(frame) = frame else { break };
+                if let Ok(data) = frame.into_data() {
+                    n += data.len() as u64;
+                    if wr.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            let _ = wr.shutdown().await;
+            n
+        };
+        let mut up = std::pin::pin!(up);
+        let mut down = std::pin::pin!(down);
+        let end = tokio::select! {
+            n = &mut down => {
+                finish.bytes_out = n;
+                // The server ended: give the client's last bytes a moment, then stop.
+                if let Ok(n) = tokio::time::timeout(Duration::from_secs(1), &mut up).await {
+                    finish.bytes_in = n;
+                }
+                "complete"
+            }
+            n = &mut up => {
+                finish.bytes_in = n;
+                if let Ok(n) = tokio::time::timeout(Duration::from_secs(5), &mut down).await {
+                    finish.bytes_out = n;
+                }
+                "complete"
+            }
+            _ = cancel.cancelled() => "access_revoked",
+            _ = stop.cancelled() => "bastion_stopping",
+        };
+        finish.done(end);
+    });
+    out
+}
