@@ -251,6 +251,7 @@ impl Bastion {
                 }
                 kube_names.dedup();
                 settings.kube_public_url = Some(public);
+                settings.kube_by_server_name = k.tls.is_none();
                 let tls = crate::kube::server_config(
                     &pki,
                     &kube_names,

@@ -254,6 +254,7 @@ fn settings(t: &Tuning, public_url: Option<String>) -> Settings {
         max_enrollments: usize::try_from(t.max_enrollments).unwrap_or(usize::MAX),
         ssh_allow_chacha20: t.ssh_allow_chacha20,
         kube_public_url: None,
+        kube_by_server_name: false,
         ..Settings::default()
     }
 }

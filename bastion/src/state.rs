@@ -55,6 +55,9 @@ pub struct Settings {
     /// Where kubectl reaches the Kubernetes door (`https://host:port`), named in
     /// downloaded kubeconfigs; `None` when the door is off.
     pub kube_public_url: Option<String>,
+    /// Kubeconfigs name the edge in the TLS server name (the bastion issues the
+    /// certificates); `false` with an operator's certificate: in the path.
+    pub kube_by_server_name: bool,
 }
 
 impl Default for Settings {
@@ -80,6 +83,7 @@ impl Default for Settings {
             ssh_max_packet: 64 * 1024 - 1024,
             ssh_allow_chacha20: false,
             kube_public_url: None,
+            kube_by_server_name: false,
         }
     }
 }

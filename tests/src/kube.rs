@@ -182,6 +182,11 @@ impl KubeCluster {
         self.user(identity).token.clone()
     }
 
+    /// The bearer token of an identity already in the token file.
+    pub fn token_of(&self, identity: &str) -> String {
+        self.user(identity).token.clone()
+    }
+
     /// A kubeconfig file for `identity`, inside the cluster's directory.
     pub async fn kubeconfig_for(&mut self, identity: &str) -> PathBuf {
         self.ensure(identity).await;

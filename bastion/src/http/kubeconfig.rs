@@ -84,13 +84,21 @@ pub async fn kubeconfig(
                 )));
             }
             let name = format!("{}-{}", project.name, edge.name);
-            clusters.push(json!({
-                "name": name,
-                "cluster": {
+            let cluster = if state.settings.kube_by_server_name {
+                json!({
+                    "server": server,
+                    "tls-server-name": crate::kube::server_name_of(&project.name, &edge.name),
+                    "certificate-authority-data": ca,
+                })
+            } else {
+                // An operator's certificate covers no per-edge name: the edge
+                // goes in the path (`kubectl get --raw` cannot reach it then).
+                json!({
                     "server": format!("{server}/k8s/{}/{}", project.name, edge.name),
                     "certificate-authority-data": ca,
-                },
-            }));
+                })
+            };
+            clusters.push(json!({ "name": name, "cluster": cluster }));
             contexts.push(json!({
                 "name": name,
                 "context": { "cluster": name, "user": user },

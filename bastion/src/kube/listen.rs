@@ -1,18 +1,27 @@
 //! The Kubernetes listener: TLS with a certificate from the bastion's CA (or one
 //! the operator gives), HTTP/2 for ordinary requests and HTTP/1.1 for the
-//! upgrades of `exec`, `attach` and `port-forward`. Handshakes run in each
+//! upgrades of `exec`, `attach` and `port-forward`.
+//!
+//! Which edge a request is for travels in the TLS server name
+//! (`<edge>.<project>.kube.postern`, the kubeconfig's `tls-server-name`), for
+//! which the bastion issues a certificate from its CA on the first handshake,
+//! because kubectl drops a server URL's path on `get --raw`. With an operator's
+//! certificate, the kubeconfig names the edge in the path (`/k8s/<project>/<edge>`). Handshakes run in each
 //! connection's own task with a deadline; connections are capped in all and
 //! per source address, so one client cannot fill the listener.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
@@ -44,10 +53,123 @@ pub enum KubeTlsError {
 /// The listener's TLS: the operator's certificate and key when given, else one
 /// from the bastion's CA for `names` (the CA every downloaded kubeconfig carries).
 pub fn server_config(
-    pki: &Pki,
+    pki: &Arc<Pki>,
     names: &[String],
     given: Option<(&Path, &Path)>,
 ) -> Result<Arc<ServerConfig>, KubeTlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| KubeTlsError::Tls(e.to_string()))?
+        .with_no_client_auth();
+    let mut cfg = match given {
+        Some(_) => {
+            let (chain, key) = given_cert(given)?;
+            builder
+                .with_single_cert(chain, key)
+                .map_err(|e| KubeTlsError::Tls(e.to_string()))?
+        }
+        None => {
+            let (chain, key) = pki
+                .server_cert(names)
+                .map_err(|e| KubeTlsError::Tls(e.to_string()))?;
+            let default = certified(&provider, chain, key)?;
+            builder.with_cert_resolver(Arc::new(EdgeCerts {
+                pki: pki.clone(),
+                provider,
+                default,
+                issued: Mutex::new(HashMap::new()),
+            }))
+        }
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The suffix of the TLS server names that name an edge.
+pub const SNI_SUFFIX: &str = ".kube.postern";
+/// Edge certificates kept at once; beyond, the oldest is issued again when asked.
+const MAX_ISSUED: usize = 4096;
+/// An issued certificate is replaced after this long (it is valid for 90 days).
+const REISSUE_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `<edge>.<project>.kube.postern` → (project, edge), when both are valid names.
+pub fn edge_of_server_name(name: &str) -> Option<(String, String)> {
+    let head = name.strip_suffix(SNI_SUFFIX)?;
+    let (edge, project) = head.split_once('.')?;
+    let ok = |s: &str| postern_api::validate::name("name", s).is_ok();
+    (ok(edge) && ok(project)).then(|| (project.to_string(), edge.to_string()))
+}
+
+/// The TLS server name of an edge.
+pub fn server_name_of(project: &str, edge: &str) -> String {
+    format!("{edge}.{project}{SNI_SUFFIX}")
+}
+
+fn certified(
+    provider: &rustls::crypto::CryptoProvider,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>, KubeTlsError> {
+    let key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| KubeTlsError::Tls(e.to_string()))?;
+    Ok(Arc::new(CertifiedKey::new(chain, key)))
+}
+
+/// Certificates for edge server names, issued from the bastion's CA on demand.
+struct EdgeCerts {
+    pki: Arc<Pki>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    default: Arc<CertifiedKey>,
+    issued: Mutex<HashMap<String, (Instant, Arc<CertifiedKey>)>>,
+}
+
+impl std::fmt::Debug for EdgeCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeCerts").finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for EdgeCerts {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name() else {
+            return Some(self.default.clone());
+        };
+        if edge_of_server_name(name).is_none() {
+            return Some(self.default.clone());
+        }
+        let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, c)) = issued.get(name)
+            && at.elapsed() < REISSUE_AFTER
+        {
+            return Some(c.clone());
+        }
+        let made = self
+            .pki
+            .server_cert(&[name.to_string()])
+            .map_err(|e| KubeTlsError::Tls(e.to_string()))
+            .and_then(|(chain, key)| certified(&self.provider, chain, key));
+        match made {
+            Ok(c) => {
+                if issued.len() >= MAX_ISSUED {
+                    issued.clear();
+                }
+                issued.insert(name.to_string(), (Instant::now(), c.clone()));
+                Some(c)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot issue a certificate for an edge's server name");
+                Some(self.default.clone())
+            }
+        }
+    }
+}
+
+fn given_cert(
+    given: Option<(&Path, &Path)>,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), KubeTlsError> {
     let (chain, key) = match given {
         Some((cert, key)) => {
             let read = |p: &Path| {
@@ -63,19 +185,9 @@ pub fn server_config(
                 .map_err(|e| KubeTlsError::NoKey(key.display().to_string(), e.to_string()))?;
             (chain, key)
         }
-        None => pki
-            .server_cert(names)
-            .map_err(|e| KubeTlsError::Tls(e.to_string()))?,
+        None => return Err(KubeTlsError::Tls("no certificate given".into())),
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| KubeTlsError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| KubeTlsError::Tls(e.to_string()))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    Ok((chain, key))
 }
 
 pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, shared: Arc<Shared>) {
@@ -132,10 +244,19 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, sha
         },
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let edge: Option<Arc<(String, String)>> = tls
+        .get_ref()
+        .1
+        .server_name()
+        .and_then(edge_of_server_name)
+        .map(Arc::new);
     let shared2 = shared.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let shared = shared2.clone();
-        async move { Ok::<_, std::convert::Infallible>(super::proxy::handle(shared, peer, req).await) }
+        let edge = edge.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(super::proxy::handle(shared, peer, edge, req).await)
+        }
     });
     let io = TokioIo::new(tls);
     if h2 {

@@ -16,7 +16,10 @@ mod upgrade;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 
-pub use listen::{KubeTlsError, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SOURCE, serve, server_config};
+pub use listen::{
+    KubeTlsError, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SOURCE, edge_of_server_name, serve,
+    server_config, server_name_of,
+};
 pub use live::{KubeDoor, Live};
 
 /// What the Kubernetes listener answers with.

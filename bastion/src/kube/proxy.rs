@@ -79,14 +79,26 @@ pub(super) fn split_path(path: &str) -> Option<(&str, &str, &str)> {
     Some((project, edge, if rest.is_empty() { "/" } else { rest }))
 }
 
+/// Which edge a request is for: the connection's TLS server name, or the path.
+pub(super) fn route<'a>(
+    sni: Option<&'a (String, String)>,
+    path: &'a str,
+) -> Option<(&'a str, &'a str, &'a str)> {
+    match sni {
+        Some((project, edge)) => Some((project, edge, path)),
+        None => split_path(path),
+    }
+}
+
 pub async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
+    sni: Option<Arc<(String, String)>>,
     req: Request<Incoming>,
 ) -> Response<KubeBody> {
     let started = Instant::now();
     let path = req.uri().path().to_string();
-    let Some((project, edge, rest)) = split_path(&path) else {
+    let Some((project, edge, rest)) = route(sni.as_deref(), &path) else {
         inc(&shared.metrics.kube_denied);
         return status::response(
             StatusCode::NOT_FOUND,
@@ -130,11 +142,24 @@ pub async fn handle(
             return status::response(code, &msg);
         }
     };
+    // Registered before it is sent, so an access change from now on ends it.
+    let live = shared
+        .kube_live
+        .register(&auth.principal.user_id, &auth.token_id, &auth.project.id);
+    if upgrade || auth.info.verb == "watch" {
+        // A change committed between the authorization above and the
+        // registration cut nothing here: for what may stay open for hours,
+        // authorize again now that any later change will reach it.
+        if let Err(d) = reauthorize(&shared, &auth, &req).await {
+            inc(&shared.metrics.kube_denied);
+            return status::denied(&d);
+        }
+    }
     inc(&shared.metrics.kube_requests);
     if upgrade {
-        return super::upgrade::relay(shared, auth, link, req).await;
+        return super::upgrade::relay(shared, auth, live, link, req, rest.to_string()).await;
     }
-    forward(shared, auth, link, req, rest.to_string()).await
+    forward(shared, auth, live, link, req, rest.to_string()).await
 }
 
 async fn authorize(
@@ -215,6 +240,32 @@ async fn authorize(
         peer,
         started,
     })
+}
+
+/// A request's registration among the open ones, and what ends it.
+pub(super) type Registration = (
+    super::live::OwnedRegistration,
+    tokio_util::sync::CancellationToken,
+);
+
+/// The same caller, token and Kubernetes groups as when `auth` was made.
+async fn reauthorize(
+    shared: &Shared,
+    auth: &Authorized,
+    req: &Request<Incoming>,
+) -> Result<(), Denied> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    let now = access::authn::bearer(&shared.store, header).await?;
+    match authz::kube_groups(&now, &auth.project) {
+        Ok(groups) if groups == auth.groups && now.user_id == auth.principal.user_id => Ok(()),
+        _ => Err(Denied::forbidden(
+            "your access to this cluster changed while the request was opening; send it again",
+            Some(&auth.project.name),
+        )),
+    }
 }
 
 /// A connected gateway agent of the edge, here or on a peer replica.
@@ -313,6 +364,7 @@ pub(super) fn agent_request(
 async fn forward(
     shared: Arc<Shared>,
     auth: Authorized,
+    live: Registration,
     link: NodeLink,
     req: Request<Incoming>,
     rest: String,
@@ -372,10 +424,7 @@ async fn forward(
     let agent_error = parts.headers.remove(contract::HDR_AGENT_ERROR).is_some();
     parts.headers.retain_forwardable();
     let code = parts.status;
-    let (reg, cancel) =
-        shared
-            .kube_live
-            .register(&auth.principal.user_id, &auth.token_id, &auth.project.id);
+    let (reg, cancel) = live;
     let mut finish = super::stream::Finish::new(shared.clone(), auth, code, agent_error);
     finish.bytes_in = bytes_in;
     let body = super::stream::Counted::new(body, cancel, finish, reg);

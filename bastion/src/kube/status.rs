@@ -39,13 +39,6 @@ pub fn response(code: StatusCode, message: &str) -> Response<KubeBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if matches!(
-        code,
-        StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY
-    ) {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-    }
     resp
 }
 

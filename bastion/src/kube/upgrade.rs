@@ -17,7 +17,7 @@ use postern_api::kube as contract;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::proxy::{Authorized, agent_request};
+use super::proxy::{Authorized, Registration, agent_request};
 use super::stream::Finish;
 use super::{KubeBody, status};
 use crate::agents::{AgentBody, BoxError, NodeLink};
@@ -32,8 +32,10 @@ const SWITCH_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) async fn relay(
     shared: Arc<Shared>,
     auth: Authorized,
+    live: Registration,
     link: NodeLink,
     mut req: Request<Incoming>,
+    rest: String,
 ) -> Response<KubeBody> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (tx, rx) = mpsc::channel::<Bytes>(UPSTREAM_QUEUE);
@@ -43,8 +45,7 @@ pub(super) async fn relay(
             .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
     });
     let body: AgentBody = BodyExt::boxed(StreamBody::new(stream));
-    let path = req.uri().path().to_string();
-    let rest = super::proxy::split_path(&path).map_or("/", |(_, _, r)| r);
+    let rest = rest.as_str();
     let upgrade_to = req
         .headers()
         .get(header::UPGRADE)
@@ -103,10 +104,7 @@ pub(super) async fn relay(
         let agent_error = parts.headers.remove(contract::HDR_AGENT_ERROR).is_some();
         parts.headers.remove(contract::HDR_SWITCHED);
         let code = parts.status;
-        let (reg, cancel) =
-            shared
-                .kube_live
-                .register(&auth.principal.user_id, &auth.token_id, &auth.project.id);
+        let (reg, cancel) = live;
         let finish = Finish::new(shared.clone(), auth, code, agent_error);
         let body = super::stream::Counted::new(body, cancel, finish, reg);
         let mut out = Response::from_parts(parts, body.boxed());
@@ -130,10 +128,7 @@ pub(super) async fn relay(
     out.headers_mut().insert(header::UPGRADE, switched);
     out.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    let (reg, cancel) =
-        shared
-            .kube_live
-            .register(&auth.principal.user_id, &auth.token_id, &auth.project.id);
+    let (reg, cancel) = live;
     let mut finish = Finish::new(shared.clone(), auth, StatusCode::SWITCHING_PROTOCOLS, false);
     let stop = shared.shutdown.clone();
     shared.tasks.spawn(async move {

@@ -1,0 +1,510 @@
+//! kubectl through the bastion, end to end, against a REAL kube-apiserver: the
+//! kubeconfig from `GET /api/v1/kubeconfig`, the bastion's Kubernetes listener, a
+//! gateway agent that impersonates, and the cluster's own RBAC as the final word.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use postern_tests::kube::{KubeCluster, kubectl_bin};
+use postern_tests::{AgentProc, Bastion, BastionOpts, eventually, free_port, http};
+use serde_json::{Value, json};
+
+/// The cluster-side RBAC a cluster admin applies once (the README shows it):
+/// org admins are cluster admins, read_only users may read everything.
+const POSTERN_RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: postern-org-admins
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "postern:org_admin"}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: postern-read-only
+rules:
+- apiGroups: ["*"]
+  resources: ["*"]
+  verbs: ["get", "list", "watch"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: postern-read-only
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: postern-read-only}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "postern:read_only"}
+"#;
+
+struct Setup {
+    k: KubeCluster,
+    b: Bastion,
+    kube_addr: String,
+    gateway: Option<AgentProc>,
+    dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let mut k = KubeCluster::start_new().await;
+    let out = k.apply("admin", POSTERN_RBAC);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kube_addr = format!("127.0.0.1:{}", free_port());
+    let b = Bastion::start(BastionOpts {
+        extra_args: vec!["--kube-addr".into(), kube_addr.clone()],
+        ..BastionOpts::default()
+    })
+    .await;
+    let creds = k.kubeconfig_for("gateway").await;
+    let url = k.url();
+    let gateway = b
+        .agent_with(
+            "gw-1",
+            &[
+                "--kube-apiserver",
+                &url,
+                "--kube-credentials",
+                creds.to_str().unwrap(),
+            ],
+        )
+        .await;
+    Setup {
+        k,
+        b,
+        kube_addr,
+        gateway: Some(gateway),
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// A user with `role` in project `project`; answers (token, token id).
+async fn user(b: &Bastion, name: &str, role: &str, project: &str) -> (String, String) {
+    let (s, v) = b.post("/api/v1/users", json!({ "name": name })).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = b
+        .put(
+            &format!("/api/v1/users/{name}/roles"),
+            json!({ "role": role, "project": project }),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = b
+        .post(&format!("/api/v1/users/{name}/tokens"), json!({}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    (
+        v["token"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The kubeconfig the bastion gives the holder of `token`, saved to a file.
+async fn kubeconfig(s: &Setup, token: &str, name: &str) -> PathBuf {
+    let (code, v) = http(s.b.api, "GET", "/api/v1/kubeconfig", Some(token), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{v}");
+    let path = s.dir.path().join(name);
+    std::fs::write(&path, v.as_str().expect("YAML text")).unwrap();
+    path
+}
+
+fn kubectl(cfg: &Path, args: &[&str]) -> Output {
+    Command::new(kubectl_bin())
+        .arg("--kubeconfig")
+        .arg(cfg)
+        .arg("--request-timeout=20s")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kubectl")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "kubectl failed: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "kubectl should have failed: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `kubectl get configmaps -w`, its output lines readable as they come.
+fn watch(cfg: &Path) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(kubectl_bin())
+        .arg("--kubeconfig")
+        .arg(cfg)
+        .args(["get", "configmaps", "-w", "-o", "name"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, want: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(want) => return,
+            Ok(_) => {}
+            Err(e) => panic!("no watch line with {want:?} within {within:?}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_works_unchanged_through_the_bastion() {
+    let s = setup().await;
+    let admin = kubeconfig(&s, &s.b.token, "admin.kubeconfig").await;
+    let text = std::fs::read_to_string(&admin).unwrap();
+    assert!(text.contains(&format!("https://{}", s.kube_addr)), "{text}");
+    assert!(
+        text.contains("tls-server-name: eu-1.web.kube.postern"),
+        "{text}"
+    );
+    assert!(text.contains("certificate-authority-data"), "{text}");
+    assert!(
+        !text.contains(&s.k.token_of("gateway")),
+        "no cluster credential reaches a user"
+    );
+    // The gateway's capability arrives with its channel.
+    eventually(
+        Duration::from_secs(15),
+        "kubectl get namespaces",
+        || async {
+            kubectl(&admin, &["get", "namespaces", "-o", "name"])
+                .status
+                .success()
+        },
+    )
+    .await;
+    assert!(
+        ok(&kubectl(&admin, &["get", "namespaces", "-o", "name"])).contains("namespace/default")
+    );
+    ok(&kubectl(
+        &admin,
+        &["create", "configmap", "c1", "--from-literal=a=b"],
+    ));
+    let got: Value = serde_json::from_str(&ok(&kubectl(
+        &admin,
+        &["get", "configmap", "c1", "-o", "json"],
+    )))
+    .unwrap();
+    assert_eq!(got["data"]["a"], "b");
+    let yaml = s.dir.path().join("c2.yaml");
+    std::fs::write(
+        &yaml,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c2\ndata:\n  k: v\n",
+    )
+    .unwrap();
+    ok(&kubectl(&admin, &["apply", "-f", yaml.to_str().unwrap()]));
+    ok(&kubectl(&admin, &["delete", "configmap", "c1"]));
+    assert_eq!(
+        ok(&kubectl(&admin, &["auth", "can-i", "create", "pods"])).trim(),
+        "yes"
+    );
+    let version: Value =
+        serde_json::from_str(&ok(&kubectl(&admin, &["get", "--raw", "/version"]))).unwrap();
+    assert_eq!(version["gitVersion"], "v1.20.2");
+    let raw: Value = serde_json::from_str(&ok(&kubectl(
+        &admin,
+        &["get", "--raw", "/api/v1/namespaces/default/configmaps"],
+    )))
+    .unwrap();
+    assert!(
+        raw["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["metadata"]["name"] == "c2")
+    );
+
+    // A watch receives the event of a change made elsewhere.
+    let (mut w, lines) = watch(&admin);
+    wait_line(&lines, "configmap/c2", Duration::from_secs(15));
+    let out = s.k.kubectl("admin", &["create", "configmap", "w1"]);
+    assert!(out.status.success());
+    wait_line(&lines, "configmap/w1", Duration::from_secs(15));
+    let _ = w.kill();
+    let _ = w.wait();
+
+    // Impersonated as the Postern user, with the role's group.
+    let seen = s.k.audit_find(|e| {
+        e["user"]["username"] == "gateway"
+            && e["impersonatedUser"]["username"] == "admin"
+            && e["impersonatedUser"]["groups"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|g| g == "postern:org_admin"))
+    });
+    assert!(!seen.is_empty(), "the API server saw the impersonated user");
+    // Audited at the bastion with what was touched.
+    eventually(Duration::from_secs(10), "kube.request audited", || async {
+        s.b.audit("kube.request").await.iter().any(|e| {
+            e["detail"]["verb"] == "create"
+                && e["detail"]["resource"] == "configmaps"
+                && e["detail"]["namespace"] == "default"
+                && e["detail"]["status"] == 201
+                && e["detail"]["bytes_out"].as_u64().unwrap_or(0) > 0
+                && e["detail"]["duration_ms"].is_u64()
+                && e["source_ip"] == "127.0.0.1"
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_decide_who_reaches_a_cluster_and_rbac_what_they_do_there() {
+    let s = setup().await;
+    let (reader_token, reader_token_id) = user(&s.b, "reader", "read_only", "web").await;
+    let reader = kubeconfig(&s, &reader_token, "reader.kubeconfig").await;
+    eventually(
+        Duration::from_secs(15),
+        "reader lists configmaps",
+        || async { kubectl(&reader, &["get", "configmaps"]).status.success() },
+    )
+    .await;
+    // The cluster's RBAC refuses a read_only user a change.
+    let e = err(&kubectl(&reader, &["create", "configmap", "nope"]));
+    assert!(e.contains("forbidden") && e.contains("reader"), "{e}");
+
+    // Whatever identity the client claims does not get through.
+    let e = kubectl(
+        &reader,
+        &[
+            "--as",
+            "system:admin",
+            "--as-group",
+            "system:masters",
+            "create",
+            "configmap",
+            "x",
+        ],
+    );
+    let e = err(&e);
+    assert!(e.contains("forbidden"), "{e}");
+    let ca = s.dir.path().join("bastion-ca.pem");
+    let (_, v) = s.b.get("/api/v1/whoami").await;
+    assert_eq!(v["name"], "admin");
+    let ca_pem = std::fs::read_to_string(&reader).unwrap();
+    let ca_b64 = ca_pem
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    use base64::Engine;
+    std::fs::write(
+        &ca,
+        base64::engine::general_purpose::STANDARD
+            .decode(ca_b64)
+            .unwrap(),
+    )
+    .unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(&ca)
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {reader_token}"),
+            "-H",
+            "Impersonate-User: system:admin",
+            "-H",
+            "Impersonate-Group: system:masters",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"sneaky"}}"#,
+            &format!(
+                "https://{}/k8s/web/eu-1/api/v1/namespaces/default/configmaps",
+                s.kube_addr
+            ),
+        ])
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("\"code\": 403") || body.contains("\"code\":403"),
+        "{body}"
+    );
+    assert!(
+        s.k.audit_find(|e| e["impersonatedUser"]["username"] == "system:admin"
+            || e["user"]["username"] == "system:admin")
+            .is_empty(),
+        "a client's Impersonate-User reached the API server"
+    );
+    assert!(
+        !s.k.audit_find(|e| e["impersonatedUser"]["username"] == "reader")
+            .is_empty()
+    );
+
+    // A user of another project cannot reach the edge at all: refused at the bastion.
+    let (s2, v) =
+        s.b.post("/api/v1/projects", json!({ "name": "other" }))
+            .await;
+    assert_eq!(s2, 201, "{v}");
+    let (outsider_token, _) = user(&s.b, "outsider", "project_admin", "other").await;
+    let outsider = kubeconfig(&s, &outsider_token, "outsider.kubeconfig").await;
+    assert!(
+        !std::fs::read_to_string(&outsider)
+            .unwrap()
+            .contains("web-eu-1")
+    );
+    let forced = s.dir.path().join("forced.kubeconfig");
+    std::fs::write(
+        &forced,
+        std::fs::read_to_string(&reader)
+            .unwrap()
+            .replace(&reader_token, &outsider_token),
+    )
+    .unwrap();
+    let e = err(&kubectl(&forced, &["get", "configmaps"]));
+    assert!(e.contains("not found") || e.contains("NotFound"), "{e}");
+    eventually(
+        Duration::from_secs(10),
+        "the refusal is audited",
+        || async {
+            s.b.audit("kube.request")
+                .await
+                .iter()
+                .any(|e| e["actor"] == "outsider" && e["outcome"] == "denied")
+        },
+    )
+    .await;
+    // No token, a bad token: 401.
+    let bad = s.dir.path().join("bad.kubeconfig");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&reader)
+            .unwrap()
+            .replace(&reader_token, "pst_nope_nope"),
+    )
+    .unwrap();
+    let e = err(&kubectl(&bad, &["get", "configmaps"]));
+    assert!(e.contains("Unauthorized") || e.contains("logged in"), "{e}");
+
+    // Revoking the token ends the user's running watch.
+    let (mut w, lines) = watch(&reader);
+    let out =
+        s.k.kubectl("admin", &["create", "configmap", "before-revoke"]);
+    assert!(out.status.success());
+    wait_line(&lines, "configmap/before-revoke", Duration::from_secs(15));
+    let (code, v) =
+        s.b.delete(&format!("/api/v1/tokens/{reader_token_id}"))
+            .await;
+    assert_eq!(code, 204, "{v}");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(st) = w.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the watch outlived the revoked token"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success() || started.elapsed() < Duration::from_secs(15));
+    let e = err(&kubectl(&reader, &["get", "configmaps"]));
+    assert!(e.contains("Unauthorized") || e.contains("logged in"), "{e}");
+    let (_, revoked) = s.b.get("/api/v1/audit?limit=100").await;
+    assert!(
+        revoked["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["detail"]["detail"]["kube"]["kube_requests_cut"] == 1),
+        "the revocation's audit entry says what it cut"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_gateway_or_api_server_is_a_clear_error_never_a_hang() {
+    let mut s = setup().await;
+    let admin = kubeconfig(&s, &s.b.token, "admin.kubeconfig").await;
+    eventually(
+        Duration::from_secs(15),
+        "kubectl get namespaces",
+        || async { kubectl(&admin, &["get", "namespaces"]).status.success() },
+    )
+    .await;
+    // An edge with no gateway.
+    s.b.create_edge("web", "eu-2").await;
+    let admin = kubeconfig(&s, &s.b.token, "admin2.kubeconfig").await;
+    let t = Instant::now();
+    let e = err(&kubectl(
+        &admin,
+        &["--context", "web-eu-2", "get", "configmaps"],
+    ));
+    assert!(e.contains("no Kubernetes gateway"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+
+    // The API server down.
+    s.k.stop();
+    let t = Instant::now();
+    let e = err(&kubectl(
+        &admin,
+        &["--context", "web-eu-1", "get", "configmaps"],
+    ));
+    assert!(
+        e.contains("unreachable") || e.contains("failed the request"),
+        "{e}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    s.k.start().await;
+    eventually(
+        Duration::from_secs(20),
+        "back after the API server",
+        || async {
+            kubectl(&admin, &["--context", "web-eu-1", "get", "configmaps"])
+                .status
+                .success()
+        },
+    )
+    .await;
+
+    // The gateway agent down.
+    s.gateway.take().unwrap().stop();
+    eventually(Duration::from_secs(15), "gw-1 unreachable", || async {
+        !s.b.reachable("gw-1").await
+    })
+    .await;
+    let t = Instant::now();
+    let e = err(&kubectl(
+        &admin,
+        &["--context", "web-eu-1", "get", "configmaps"],
+    ));
+    assert!(e.contains("is connected to the bastion"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
