@@ -37,9 +37,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the bastion.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a bastion with a demo org, project, edge, admin token and one demo agent.
-    Dev(DevArgs),
+    Dev(Box<DevArgs>),
     /// Create an org and its first org admin (if missing) and print a new API token for that admin.
     Init {
         #[command(flatten)]

@@ -508,3 +508,178 @@ async fn a_missing_gateway_or_api_server_is_a_clear_error_never_a_hang() {
     assert!(e.contains("is connected to the bastion"), "{e}");
     assert!(t.elapsed() < Duration::from_secs(10));
 }
+
+/// A stand-in for the one part that cannot run here, a kubelet: TLS on loopback
+/// (the API server does not verify a kubelet without --kubelet-certificate-authority),
+/// answering an `exec` upgrade with 101 and then echoing every byte.
+async fn echo_kubelet() -> (u16, tokio::task::JoinHandle<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let cert = rustls_pki_types::CertificateDer::from(key.cert.der().to_vec());
+    let pk = rustls_pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into());
+    let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], pk)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tls.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        tls.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tls.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        head
+    });
+    (port, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_upgrades_are_relayed_as_byte_streams_through_the_api_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup().await;
+    let (kubelet_port, kubelet) = echo_kubelet().await;
+    // A node whose kubelet is the stand-in, and a pod bound to it (no scheduler
+    // runs here, and no controller makes service-account tokens).
+    let out = s.k.apply(
+        "admin",
+        &format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: kubelet-1\nstatus:\n  addresses:\n  - {{type: InternalIP, address: 127.0.0.1}}\n  daemonEndpoints:\n    kubeletEndpoint: {{Port: {kubelet_port}}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: default\n  namespace: default\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p1\n  namespace: default\nspec:\n  nodeName: kubelet-1\n  automountServiceAccountToken: false\n  containers:\n  - {{name: c, image: busybox}}\n"
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let admin = kubeconfig(&s, &s.b.token, "admin.kubeconfig").await;
+    eventually(Duration::from_secs(15), "kubectl get pods", || async {
+        kubectl(&admin, &["get", "pods"]).status.success()
+    })
+    .await;
+    // The bastion's CA, from the kubeconfig, and a raw HTTP/1.1 upgrade as
+    // kubectl's SPDY executor sends it.
+    let text = std::fs::read_to_string(&admin).unwrap();
+    let ca_b64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    use base64::Engine;
+    let ca_pem = base64::engine::general_purpose::STANDARD
+        .decode(ca_b64)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::pem::PemObject::pem_slice_iter(&ca_pem) {
+        let c: rustls_pki_types::CertificateDer<'static> = c.unwrap();
+        roots.add(c).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&s.kube_addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("eu-1.web.kube.postern").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let req = format!(
+        "POST /api/v1/namespaces/default/pods/p1/exec?command=sh&container=c&stdin=true&stdout=true HTTP/1.1\r\n\
+         Host: eu-1.web.kube.postern\r\nAuthorization: Bearer {}\r\n\
+         Impersonate-User: system:admin\r\n\
+         Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n",
+        s.b.token
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(Duration::from_secs(20), tls.read_exact(&mut byte))
+            .await
+            .expect("an answer to the upgrade")
+            .unwrap_or_else(|e| panic!("{e}: {}\n{}", String::from_utf8_lossy(&head), s.b.log()));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: spdy/3.1"), "{head}");
+    // Bytes both ways, through bastion, agent channel, gateway and API server.
+    for msg in [&b"hello through every hop\n"[..], &vec![7u8; 200_000][..]] {
+        tls.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(20), tls.read_exact(&mut back))
+            .await
+            .expect("the echo")
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{e}\n--- bastion ---\n{}\n--- gateway ---\n{}",
+                    s.b.log(),
+                    s.gateway.as_ref().map(|g| g.log()).unwrap_or_default()
+                )
+            });
+        assert_eq!(back, msg);
+    }
+    drop(tls);
+    let kubelet_saw = tokio::time::timeout(Duration::from_secs(20), kubelet)
+        .await
+        .expect("the stand-in kubelet ends with the stream")
+        .unwrap();
+    assert!(
+        kubelet_saw.starts_with("POST /exec/default/p1/c?"),
+        "{kubelet_saw}"
+    );
+    // The exec was audited before it was sent, and its end with its bytes.
+    eventually(
+        Duration::from_secs(10),
+        "the exec's audit entries",
+        || async {
+            let entries = s.b.audit("kube.request").await;
+            let requested = entries
+                .iter()
+                .any(|e| e["outcome"] == "requested" && e["detail"]["subresource"] == "exec");
+            let ended = entries.iter().any(|e| {
+                e["detail"]["subresource"] == "exec"
+                    && e["detail"]["status"] == 101
+                    && e["detail"]["bytes_in"].as_u64().unwrap_or(0) >= 200_000
+                    && e["detail"]["bytes_out"].as_u64().unwrap_or(0) >= 200_000
+            });
+            requested && ended
+        },
+    )
+    .await;
+    assert!(
+        s.k.audit_find(|e| e["impersonatedUser"]["username"] == "system:admin")
+            .is_empty()
+    );
+}

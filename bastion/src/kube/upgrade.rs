@@ -69,6 +69,9 @@ pub(super) async fn relay(
         }
     };
     areq.headers_mut().insert(contract::HDR_UPGRADE, upgrade_to);
+    // The client's (zero) length was for its upgrade request; over the channel
+    // the body is the byte stream after the switch, of no known length.
+    areq.headers_mut().remove(header::CONTENT_LENGTH);
     let resp = match tokio::time::timeout(SWITCH_TIMEOUT, link.send(areq)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
@@ -157,6 +160,7 @@ pub(super) async fn relay(
                 }
             }
             drop(tx);
+            tracing::debug!(bytes = n, "Kubernetes upgrade: client to gateway ended");
             n
         };
         let down = async {
@@ -170,6 +174,7 @@ pub(super) async fn relay(
                     }
                 }
             }
+            tracing::debug!(bytes = n, "Kubernetes upgrade: gateway to client ended");
             let _ = wr.shutdown().await;
             n
         };

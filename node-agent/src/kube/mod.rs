@@ -403,13 +403,22 @@ async fn upgrade_request(
     tokio::spawn(async move {
         let mut body = from_bastion;
         let pump = async {
-            while let Some(Ok(frame)) = body.frame().await {
-                if let Ok(data) = frame.into_data()
-                    && wr.write_all(&data).await.is_err()
-                {
-                    break;
+            let mut n = 0u64;
+            let end = loop {
+                match body.frame().await {
+                    None => break "the bastion ended the stream".to_string(),
+                    Some(Err(e)) => break format!("the bastion's side failed: {e}"),
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            n += data.len() as u64;
+                            if let Err(e) = wr.write_all(&data).await {
+                                break format!("the API server stopped reading: {e}");
+                            }
+                        }
+                    }
                 }
-            }
+            };
+            tracing::debug!(bytes = n, %end, "Kubernetes upgrade: bastion to API server ended");
             let _ = wr.shutdown().await;
         };
         tokio::select! {
