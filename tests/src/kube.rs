@@ -490,3 +490,73 @@ fn write_private(path: &Path, text: &str) {
         .unwrap();
     f.write_all(text.as_bytes()).unwrap();
 }
+
+/// The cluster-side RBAC a cluster admin applies once (the README shows it):
+/// org admins are cluster admins, read_only users may read everything.
+pub const POSTERN_RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: postern-org-admins
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "postern:org_admin"}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: postern-read-only
+rules:
+- apiGroups: ["*"]
+  resources: ["*"]
+  verbs: ["get", "list", "watch"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: postern-read-only
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: postern-read-only}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "postern:read_only"}
+"#;
+
+/// A real API server with [`POSTERN_RBAC`] applied, a bastion with its Kubernetes
+/// listener, and a gateway agent `gw-1` for project `web`, edge `eu-1`; answers
+/// them and the listener's address.
+pub async fn door() -> (KubeCluster, crate::Bastion, String, crate::AgentProc) {
+    let mut k = KubeCluster::start_new().await;
+    let out = k.apply("admin", POSTERN_RBAC);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let kube_addr = format!("127.0.0.1:{}", free_port());
+    let b = crate::Bastion::start(crate::BastionOpts {
+        extra_args: vec!["--kube-addr".into(), kube_addr.clone()],
+        ..crate::BastionOpts::default()
+    })
+    .await;
+    let creds = k.kubeconfig_for("gateway").await;
+    let url = k.url();
+    let gateway = b
+        .agent_with(
+            "gw-1",
+            &[
+                "--kube-apiserver",
+                &url,
+                "--kube-credentials",
+                creds.to_str().unwrap(),
+            ],
+        )
+        .await;
+    (k, b, kube_addr, gateway)
+}
+
+/// The CA PEM of a kubeconfig the bastion gave (its `certificate-authority-data`).
+pub fn kubeconfig_ca(yaml: &str) -> Vec<u8> {
+    let b64 = yaml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+        .expect("certificate-authority-data")
+        .trim();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+}

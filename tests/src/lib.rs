@@ -15,6 +15,7 @@ use serde_json::Value;
 
 pub mod ansible;
 pub mod kube;
+pub mod kube_bench;
 pub mod netns;
 pub mod proxy;
 pub mod replicas_bench;

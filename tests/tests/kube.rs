@@ -8,38 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use postern_tests::kube::{KubeCluster, kubectl_bin};
-use postern_tests::{AgentProc, Bastion, BastionOpts, eventually, free_port, http};
+use postern_tests::kube::{KubeCluster, kubeconfig_ca, kubectl_bin};
+use postern_tests::{AgentProc, Bastion, eventually, http};
 use serde_json::{Value, json};
-
-/// The cluster-side RBAC a cluster admin applies once (the README shows it):
-/// org admins are cluster admins, read_only users may read everything.
-const POSTERN_RBAC: &str = r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: postern-org-admins
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}
-subjects:
-- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "postern:org_admin"}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata:
-  name: postern-read-only
-rules:
-- apiGroups: ["*"]
-  resources: ["*"]
-  verbs: ["get", "list", "watch"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: postern-read-only
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: postern-read-only}
-subjects:
-- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "postern:read_only"}
-"#;
 
 struct Setup {
     k: KubeCluster,
@@ -50,32 +21,7 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let mut k = KubeCluster::start_new().await;
-    let out = k.apply("admin", POSTERN_RBAC);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kube_addr = format!("127.0.0.1:{}", free_port());
-    let b = Bastion::start(BastionOpts {
-        extra_args: vec!["--kube-addr".into(), kube_addr.clone()],
-        ..BastionOpts::default()
-    })
-    .await;
-    let creds = k.kubeconfig_for("gateway").await;
-    let url = k.url();
-    let gateway = b
-        .agent_with(
-            "gw-1",
-            &[
-                "--kube-apiserver",
-                &url,
-                "--kube-credentials",
-                creds.to_str().unwrap(),
-            ],
-        )
-        .await;
+    let (k, b, kube_addr, gateway) = postern_tests::kube::door().await;
     Setup {
         k,
         b,
@@ -315,19 +261,9 @@ async fn roles_decide_who_reaches_a_cluster_and_rbac_what_they_do_there() {
     let ca = s.dir.path().join("bastion-ca.pem");
     let (_, v) = s.b.get("/api/v1/whoami").await;
     assert_eq!(v["name"], "admin");
-    let ca_pem = std::fs::read_to_string(&reader).unwrap();
-    let ca_b64 = ca_pem
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
-        .unwrap()
-        .trim()
-        .to_string();
-    use base64::Engine;
     std::fs::write(
         &ca,
-        base64::engine::general_purpose::STANDARD
-            .decode(ca_b64)
-            .unwrap(),
+        kubeconfig_ca(&std::fs::read_to_string(&reader).unwrap()),
     )
     .unwrap();
     let out = Command::new("curl")
@@ -584,17 +520,7 @@ async fn exec_upgrades_are_relayed_as_byte_streams_through_the_api_server() {
     .await;
     // The bastion's CA, from the kubeconfig, and a raw HTTP/1.1 upgrade as
     // kubectl's SPDY executor sends it.
-    let text = std::fs::read_to_string(&admin).unwrap();
-    let ca_b64 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
-        .unwrap()
-        .trim()
-        .to_string();
-    use base64::Engine;
-    let ca_pem = base64::engine::general_purpose::STANDARD
-        .decode(ca_b64)
-        .unwrap();
+    let ca_pem = kubeconfig_ca(&std::fs::read_to_string(&admin).unwrap());
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::pem::PemObject::pem_slice_iter(&ca_pem) {
         let c: rustls_pki_types::CertificateDer<'static> = c.unwrap();

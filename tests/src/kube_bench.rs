@@ -1,0 +1,254 @@
+//! The Kubernetes door measured against the same API server reached directly,
+//! with the same client, in one run: latency of a small GET (p50, p99), requests
+//! per second at 16 concurrent HTTP/2 connections, how long a change takes to
+//! reach a watch, and the CPU the bastion and the gateway agent spend per 1,000
+//! requests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::ServerName;
+use rustls_pki_types::pem::PemObject;
+use serde_json::{Value, json};
+
+use crate::kube::{door, kubeconfig_ca};
+use crate::swarm::cpu_secs;
+
+#[derive(Debug, Clone)]
+pub struct KubeBenchOpts {
+    /// Sequential requests for the latency figures.
+    pub latency_requests: usize,
+    pub connections: usize,
+    /// How long each requests-per-second run lasts.
+    pub rate_for: Duration,
+    /// Changes timed to their watch events.
+    pub watch_events: usize,
+}
+
+/// Where a client sends its requests: the API server itself, or the door.
+#[derive(Clone)]
+struct Target {
+    addr: String,
+    server_name: ServerName<'static>,
+    tls: Arc<rustls::ClientConfig>,
+    token: String,
+}
+
+fn tls(ca_pem: &[u8]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(cfg)
+}
+
+impl Target {
+    async fn connect(&self) -> SendRequest<Full<Bytes>> {
+        let tcp = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+
+    fn get(&self, path: &str) -> http::Request<Full<Bytes>> {
+        http::Request::get(format!("https://{}{path}", self.addr))
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("accept", "application/json")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    }
+}
+
+async fn small_get(s: &mut SendRequest<Full<Bytes>>, t: &Target) {
+    let resp = s
+        .send_request(t.get("/api/v1/namespaces/default"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+async fn latency(t: &Target, n: usize) -> (f64, f64) {
+    let mut s = t.connect().await;
+    for _ in 0..50 {
+        small_get(&mut s, t).await;
+    }
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        small_get(&mut s, t).await;
+        took.push(start.elapsed());
+    }
+    took.sort();
+    (percentile(&took, 0.5), percentile(&took, 0.99))
+}
+
+async fn rate(t: &Target, connections: usize, run_for: Duration) -> (f64, u64) {
+    let mut tasks = Vec::new();
+    let until = Instant::now() + run_for;
+    for _ in 0..connections {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = t.connect().await;
+            let mut n = 0u64;
+            while Instant::now() < until {
+                small_get(&mut s, &t).await;
+                n += 1;
+            }
+            n
+        }));
+    }
+    let start = Instant::now();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    (total as f64 / start.elapsed().as_secs_f64(), total)
+}
+
+/// Milliseconds from a change's answer to its event on a watch through `t`.
+async fn watch_delays(t: &Target, direct: &Target, events: usize) -> Vec<f64> {
+    let mut w = t.connect().await;
+    let req = http::Request::get(format!(
+        "https://{}/api/v1/namespaces/default/configmaps?watch=true",
+        t.addr
+    ))
+    .header("authorization", format!("Bearer {}", t.token))
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    let resp = w.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut writer = direct.connect().await;
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    let tag = rand::random::<u32>();
+    for i in 0..events {
+        let name = format!("bench-{tag}-{i}");
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}});
+        let req = http::Request::post(format!(
+            "https://{}/api/v1/namespaces/default/configmaps",
+            direct.addr
+        ))
+        .header("authorization", format!("Bearer {}", direct.token))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(obj.to_string())))
+        .unwrap();
+        let resp = writer.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 201);
+        resp.into_body().collect().await.unwrap();
+        let created = Instant::now();
+        loop {
+            if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let ev: Value = serde_json::from_slice(&line).unwrap_or_default();
+                if ev["object"]["metadata"]["name"] == name.as_str() {
+                    out.push(created.elapsed().as_secs_f64() * 1000.0);
+                    break;
+                }
+                continue;
+            }
+            let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+                .await
+                .expect("a watch event within 10 s")
+                .unwrap()
+                .unwrap();
+            if let Ok(d) = frame.into_data() {
+                buf.extend_from_slice(&d);
+            }
+        }
+    }
+    out
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub async fn run(o: &KubeBenchOpts) -> Value {
+    let (mut k, b, kube_addr, gateway) = door().await;
+    let (code, cfg) = crate::http(b.api, "GET", "/api/v1/kubeconfig", Some(&b.token), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let door = Target {
+        addr: kube_addr,
+        server_name: ServerName::try_from("eu-1.web.kube.postern").unwrap(),
+        tls: tls(&kubeconfig_ca(cfg.as_str().unwrap())),
+        token: b.token.clone(),
+    };
+    let direct = Target {
+        addr: k.url().trim_start_matches("https://").to_string(),
+        server_name: ServerName::try_from("127.0.0.1").unwrap(),
+        tls: tls(k.ca_pem().as_bytes()),
+        token: k.token("admin").await,
+    };
+    // The gateway's capability arrives with its channel.
+    crate::eventually(Duration::from_secs(15), "the door answers", || async {
+        let mut s = door.connect().await;
+        let resp = s.send_request(door.get("/api/v1/namespaces/default")).await;
+        resp.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+
+    let (direct_p50, direct_p99) = latency(&direct, o.latency_requests).await;
+    let (door_p50, door_p99) = latency(&door, o.latency_requests).await;
+
+    let (direct_rps, _) = rate(&direct, o.connections, o.rate_for).await;
+    let bastion_pid = b.pid().unwrap();
+    let (cpu_b, cpu_g) = (cpu_secs(bastion_pid), cpu_secs(gateway.pid()));
+    let (door_rps, door_n) = rate(&door, o.connections, o.rate_for).await;
+    let bastion_cpu = (cpu_secs(bastion_pid) - cpu_b) / door_n as f64 * 1000.0;
+    let gateway_cpu = (cpu_secs(gateway.pid()) - cpu_g) / door_n as f64 * 1000.0;
+
+    let mut direct_watch = watch_delays(&direct, &direct, o.watch_events).await;
+    let mut door_watch = watch_delays(&door, &direct, o.watch_events).await;
+    let (dw, bw) = (median(&mut direct_watch), median(&mut door_watch));
+    let report = json!({
+        "small_get_ms": {
+            "direct": {"p50": direct_p50, "p99": direct_p99},
+            "bastion": {"p50": door_p50, "p99": door_p99},
+            "added_p50": door_p50 - direct_p50,
+            "added_p99": door_p99 - direct_p99,
+        },
+        "requests_per_second": {
+            "connections": o.connections,
+            "direct": direct_rps,
+            "bastion": door_rps,
+            "ratio": door_rps / direct_rps,
+        },
+        "watch_event_ms_median": { "direct": dw, "bastion": bw, "added": bw - dw },
+        "cpu_seconds_per_1000_requests": { "bastion": bastion_cpu, "gateway": gateway_cpu },
+    });
+    k.stop();
+    drop(gateway);
+    drop(b);
+    report
+}
