@@ -49,10 +49,16 @@ impl ControllerUrl {
 /// which carries the same streams). A stream's window is enough for a
 /// relayed SSH stream at full speed; the connection's is many times larger, so a
 /// few stalled streams (an SSH client that stops reading) cannot use up the whole
-/// channel and block cmdexec or other sessions to the node. Credit costs nothing
-/// until data is actually in flight.
+/// channel and block cmdexec or other sessions to the node: 64 streams must stall
+/// at once (a Kubernetes user may hold 32 watches, an SSH user a few sessions)
+/// before the channel does. Credit costs nothing until data is actually in
+/// flight, and what may be buffered stays bounded by the streams' own windows.
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 256 * 1024 * 1024;
+/// Streams the agent serves at once on its channel (SSH sessions, Kubernetes
+/// requests and watches, commands): hyper's default of 200 let one user's
+/// watches take every stream of a node.
+pub const MAX_CHANNEL_STREAMS: u32 = 8192;
 pub const MAX_FRAME: u32 = 256 * 1024;
 
 /// Agent routes, served by the agent and called by the bastion.

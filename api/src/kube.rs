@@ -133,6 +133,10 @@ fn part(s: &str) -> String {
 /// Reads a Kubernetes API path and query (`watch=true` makes a list a watch) the
 /// way the apiserver's `RequestInfoFactory` does.
 pub fn request_info(method: &str, path: &str, query: Option<&str>) -> RequestInfo {
+    // The API server decodes the path before it routes it (`/%61pi/v1/…` is
+    // `/api/v1/…`): read what it will act on, not what was sent.
+    let decoded = percent_decode(path);
+    let path = decoded.as_str();
     let method = method.to_ascii_lowercase();
     let mut info = RequestInfo {
         verb: part(&method),
@@ -205,12 +209,35 @@ pub fn request_info(method: &str, path: &str, query: Option<&str>) -> RequestInf
     info
 }
 
-/// Whether a request's verb changes cluster state (audited before it is sent).
+/// Whether a request may change cluster state, and so is audited before it is
+/// sent: everything but a read. An unknown verb counts as a change.
 pub fn is_mutation(verb: &str) -> bool {
-    matches!(
-        verb,
-        "create" | "update" | "patch" | "delete" | "deletecollection"
-    )
+    !matches!(verb, "get" | "list" | "watch" | "head" | "options")
+}
+
+/// `%XX` decoded, as the API server reads a path; invalid escapes stay as they
+/// are, and bytes that are not UTF-8 become U+FFFD.
+fn percent_decode(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_string();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -255,6 +282,21 @@ mod tests {
         assert_eq!((i.verb.as_str(), i.path.as_str()), ("get", "/version"));
         let i = request_info("GET", "/apis/apps/v1", None);
         assert!(!i.is_resource);
+    }
+
+    #[test]
+    fn encoded_paths_read_as_the_api_server_decodes_them() {
+        let i = request_info("POST", "/%61pi/v1/namespaces/default/config%6daps", None);
+        assert_eq!(
+            (i.verb.as_str(), i.resource.as_str(), i.namespace.as_str()),
+            ("create", "configmaps", "default")
+        );
+        assert!(is_mutation(&i.verb));
+        let i = request_info("GET", "/api/v1/%77atch/namespaces/a/pods", None);
+        assert_eq!(i.verb, "watch");
+        // Unknown methods and broken escapes are changes, never reads.
+        assert!(is_mutation(&request_info("PROPFIND", "/x%zz%", None).verb));
+        assert!(!is_mutation("list"));
     }
 
     #[test]

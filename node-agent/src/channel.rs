@@ -285,6 +285,7 @@ impl Agent {
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
+            .max_concurrent_streams(postern_api::agent::MAX_CHANNEL_STREAMS)
             .keep_alive_interval(opts.keepalive_interval)
             .keep_alive_timeout(opts.keepalive_timeout)
             .serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));

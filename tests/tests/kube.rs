@@ -304,6 +304,48 @@ async fn roles_decide_who_reaches_a_cluster_and_rbac_what_they_do_there() {
         !s.k.audit_find(|e| e["impersonatedUser"]["username"] == "reader")
             .is_empty()
     );
+    // A path the API server decodes is audited as what it does, before it does it.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(&ca)
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {}", s.b.token),
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"encoded"}}"#,
+            &format!(
+                "https://{}/k8s/web/eu-1/%61pi/v1/namespaces/default/config%6daps",
+                s.kube_addr
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"encoded\""));
+    eventually(
+        Duration::from_secs(10),
+        "the encoded create audited as a create",
+        || async {
+            let entries = s.b.audit("kube.request").await;
+            let is_it = |e: &&Value| {
+                e["detail"]["verb"] == "create"
+                    && e["detail"]["resource"] == "configmaps"
+                    && e["actor"] == "admin"
+            };
+            entries
+                .iter()
+                .filter(is_it)
+                .any(|e| e["outcome"] == "requested")
+                && entries
+                    .iter()
+                    .filter(is_it)
+                    .any(|e| e["detail"]["status"] == 201)
+        },
+    )
+    .await;
 
     // A user of another project cannot reach the edge at all: refused at the bastion.
     let (s2, v) =

@@ -20,13 +20,22 @@ fn missing() -> Denied {
 
 /// The principal of an `Authorization` header's value (`Bearer pst_…`), if any.
 pub async fn bearer(store: &Store, header: Option<&str>) -> Result<Principal, Denied> {
+    bearer_expiring(store, header).await.map(|(p, _)| p)
+}
+
+/// [`bearer`], with when the token expires (ms since the epoch), for what a
+/// door holds open on it.
+pub async fn bearer_expiring(
+    store: &Store,
+    header: Option<&str>,
+) -> Result<(Principal, i64), Denied> {
     let header = header.ok_or_else(missing)?;
     let token = header.strip_prefix("Bearer ").ok_or_else(missing)?.trim();
     token_principal(store, token).await
 }
 
-/// The principal of an API token.
-pub async fn token_principal(store: &Store, token: &str) -> Result<Principal, Denied> {
+/// The principal of an API token, and when the token expires.
+pub async fn token_principal(store: &Store, token: &str) -> Result<(Principal, i64), Denied> {
     let (id, secret) = parse_token(TOKEN_PREFIX, token).ok_or_else(missing)?;
     let row = store.api_token(id).await?.ok_or_else(missing)?;
     if !secret_matches(secret, &row.secret_hash) {
@@ -44,7 +53,7 @@ pub async fn token_principal(store: &Store, token: &str) -> Result<Principal, De
         )));
     }
     let user = store.user_by_id(&row.user_id).await?.ok_or_else(missing)?;
-    principal(store, user).await
+    Ok((principal(store, user).await?, row.expires_at))
 }
 
 /// The principal of a user, with its role bindings as they are now.

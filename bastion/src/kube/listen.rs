@@ -24,6 +24,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -34,7 +35,7 @@ use crate::state::Shared;
 
 /// Connections open at once on the listener, and from one source address.
 pub const MAX_CONNECTIONS: usize = 4096;
-pub const MAX_CONNECTIONS_PER_SOURCE: usize = 256;
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
 /// A client has this long to send a request's headers on HTTP/1.1.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -258,8 +259,28 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, sha
             Ok::<_, std::convert::Infallible>(super::proxy::handle(shared, peer, edge, req).await)
         }
     });
-    let io = TokioIo::new(tls);
     if h2 {
+        // hyper waits for the HTTP/2 preface without a deadline: read it here,
+        // within the handshake's bound, so a connection that sends nothing
+        // after TLS does not hold a slot for ever.
+        let mut tls = tls;
+        let mut preface = [0u8; PREFACE.len()];
+        match tokio::time::timeout(
+            shared.settings.handshake_timeout,
+            tls.read_exact(&mut preface),
+        )
+        .await
+        {
+            Ok(Ok(_)) if &preface[..] == PREFACE => {}
+            _ => {
+                tracing::debug!(%peer, "Kubernetes listener: no HTTP/2 preface in time; closing");
+                return;
+            }
+        }
+        let io = TokioIo::new(Replay {
+            head: Some(bytes::Bytes::from_static(PREFACE)),
+            io: tls,
+        });
         let served = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_concurrent_streams(1000)
@@ -277,6 +298,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, sha
             }
         }
     } else {
+        let io = TokioIo::new(tls);
         let served = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -292,5 +314,63 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, sha
                 let _ = tokio::time::timeout(Duration::from_secs(2), served).await;
             }
         }
+    }
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A stream whose first bytes, already read, are given again before the rest.
+struct Replay<T> {
+    head: Option<bytes::Bytes>,
+    io: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Replay<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(head) = self.head.as_mut() {
+            let n = head.len().min(buf.remaining());
+            buf.put_slice(&head.split_to(n));
+            if head.is_empty() {
+                self.head = None;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Replay<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }

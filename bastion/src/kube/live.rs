@@ -18,8 +18,16 @@ struct Open {
     user_id: String,
     token_id: String,
     project_id: String,
+    /// A watch or an upgraded stream, which may stay open for hours.
+    long: bool,
     cancel: CancellationToken,
 }
+
+/// Requests one user may hold open at once, and of those, watches and streams:
+/// past them the door answers 429, so one user cannot take every stream of a
+/// gateway's channel.
+pub const MAX_OPEN_PER_USER: usize = 256;
+pub const MAX_LONG_PER_USER: usize = 32;
 
 #[derive(Debug, Default)]
 pub struct Live {
@@ -51,25 +59,44 @@ impl Live {
         user_id: &str,
         token_id: &str,
         project_id: &str,
-    ) -> (OwnedRegistration, CancellationToken) {
+        long: bool,
+    ) -> Result<(OwnedRegistration, CancellationToken), String> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let cancel = CancellationToken::new();
-        self.lock().insert(
+        let mut open = self.lock();
+        let (mut all, mut longs) = (0, 0);
+        for o in open.values().filter(|o| o.user_id == user_id) {
+            all += 1;
+            longs += usize::from(o.long);
+        }
+        if all >= MAX_OPEN_PER_USER {
+            return Err(format!(
+                "you have {all} Kubernetes requests open; wait for some to finish"
+            ));
+        }
+        if long && longs >= MAX_LONG_PER_USER {
+            return Err(format!(
+                "you have {longs} watches and streams open, the most one user may hold; close some"
+            ));
+        }
+        open.insert(
             id,
             Open {
                 user_id: user_id.to_string(),
                 token_id: token_id.to_string(),
                 project_id: project_id.to_string(),
+                long,
                 cancel: cancel.clone(),
             },
         );
-        (
+        drop(open);
+        Ok((
             OwnedRegistration {
                 live: self.clone(),
                 id,
             },
             cancel,
-        )
+        ))
     }
 
     pub fn count(&self) -> usize {
@@ -137,9 +164,9 @@ mod tests {
     #[test]
     fn a_change_ends_exactly_what_it_no_longer_allows() {
         let live = Arc::new(Live::default());
-        let (_a, ca) = live.register("u1", "t1", "p1");
-        let (_b, cb) = live.register("u1", "t2", "p2");
-        let (_c, cc) = live.register("u2", "t3", "p1");
+        let (_a, ca) = live.register("u1", "t1", "p1", false).unwrap();
+        let (_b, cb) = live.register("u1", "t2", "p2", true).unwrap();
+        let (_c, cc) = live.register("u2", "t3", "p1", false).unwrap();
         let key = Change::KeyDeleted {
             fingerprint: "f".into(),
         };
@@ -158,5 +185,19 @@ mod tests {
         assert!(cc.is_cancelled());
         drop((_a, _b, _c));
         assert_eq!(live.count(), 0);
+    }
+
+    #[test]
+    fn one_user_cannot_hold_every_stream() {
+        let live = Arc::new(Live::default());
+        let held: Vec<_> = (0..MAX_LONG_PER_USER)
+            .map(|_| live.register("u1", "t", "p", true).unwrap())
+            .collect();
+        assert!(live.register("u1", "t", "p", true).is_err());
+        // Short requests and other users still pass.
+        assert!(live.register("u1", "t", "p", false).is_ok());
+        assert!(live.register("u2", "t", "p", true).is_ok());
+        drop(held);
+        assert!(live.register("u1", "t", "p", true).is_ok());
     }
 }

@@ -35,6 +35,9 @@ pub(super) struct Authorized {
     pub project: ProjectRow,
     pub edge: EdgeRow,
     pub groups: Vec<String>,
+    /// When the caller's API token expires (ms since the epoch): what it holds
+    /// open ends then.
+    pub expires_at_ms: i64,
     pub info: RequestInfo,
     pub peer: SocketAddr,
     pub started: Instant,
@@ -143,10 +146,27 @@ pub async fn handle(
         }
     };
     // Registered before it is sent, so an access change from now on ends it.
-    let live = shared
-        .kube_live
-        .register(&auth.principal.user_id, &auth.token_id, &auth.project.id);
-    if upgrade || auth.info.verb == "watch" {
+    let long = upgrade || auth.info.verb == "watch";
+    let live = match shared.kube_live.register(
+        &auth.principal.user_id,
+        &auth.token_id,
+        &auth.project.id,
+        long,
+    ) {
+        Ok(l) => l,
+        Err(why) => {
+            inc(&shared.metrics.kube_denied);
+            shared
+                .audit(auth.event(
+                    "kube.request",
+                    "denied",
+                    json!({ "status": 429, "reason": why }),
+                ))
+                .await;
+            return status::response(StatusCode::TOO_MANY_REQUESTS, &why);
+        }
+    };
+    if long {
         // A change committed between the authorization above and the
         // registration cut nothing here: for what may stay open for hours,
         // authorize again now that any later change will reach it.
@@ -180,7 +200,9 @@ async fn authorize(
         .and_then(|t| crate::secrets::parse_token(access::authn::TOKEN_PREFIX, t.trim()))
         .map(|(id, _)| id.to_string())
         .unwrap_or_default();
-    let principal = match access::authn::bearer(&shared.store, header).await {
+    let (principal, expires_at_ms) = match access::authn::bearer_expiring(&shared.store, header)
+        .await
+    {
         Ok(p) => p,
         Err(d) => {
             if matches!(d, Denied::Unauthenticated(_)) {
@@ -204,31 +226,38 @@ async fn authorize(
         if let Some(p) = project {
             ev = ev.project(&p.name);
         }
-        shared.audit_queue.push(ev);
+        (d, ev)
+    };
+    // An authenticated caller's refusals are written before the answer, never
+    // dropped from a full queue: the caller waits for its own audit entries.
+    let audited = |(d, ev): (Denied, Event)| async move {
+        shared.audit(ev).await;
         d
     };
     let project = match access::resolve::visible_project(&shared.store, &principal, project).await {
         Ok(p) => p,
-        Err(d) => return Err(refuse(d, None)),
+        Err(d) => return Err(audited(refuse(d, None)).await),
     };
     let groups = match authz::kube_groups(&principal, &project) {
         Ok(g) => g,
         Err(Decision::Forbidden(why)) => {
-            return Err(refuse(
+            return Err(audited(refuse(
                 Denied::forbidden(why, Some(&project.name)),
                 Some(&project),
-            ));
+            ))
+            .await);
         }
         Err(_) => {
-            return Err(refuse(
+            return Err(audited(refuse(
                 access::resolve::project_not_found(&project.name),
                 None,
-            ));
+            ))
+            .await);
         }
     };
     let edge = match access::resolve::edge(&shared.store, &project, edge).await {
         Ok(e) => e,
-        Err(d) => return Err(refuse(d, Some(&project))),
+        Err(d) => return Err(audited(refuse(d, Some(&project))).await),
     };
     Ok(Authorized {
         principal,
@@ -236,10 +265,31 @@ async fn authorize(
         project,
         edge,
         groups,
+        expires_at_ms,
         info,
         peer,
         started,
     })
+}
+
+/// What ends a request before it is done: an access change, the expiry of the
+/// caller's token, the bastion's stop.
+pub(super) fn ends(
+    shared: &Shared,
+    auth: &Authorized,
+    cut: tokio_util::sync::CancellationToken,
+) -> super::stream::Ends {
+    let left = auth
+        .expires_at_ms
+        .saturating_sub(crate::clock::now_ms())
+        .max(0);
+    super::stream::Ends {
+        cut,
+        expires: Some(
+            tokio::time::Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0)),
+        ),
+        shutdown: shared.shutdown.clone(),
+    }
 }
 
 /// A request's registration among the open ones, and what ends it.
@@ -425,10 +475,11 @@ async fn forward(
     parts.headers.retain_forwardable();
     let code = parts.status;
     let (reg, cancel) = live;
+    let ends = ends(&shared, &auth, cancel);
     let mut finish = super::stream::Finish::new(shared.clone(), auth, code, agent_error);
     finish.bytes_in = bytes_in;
-    let body = super::stream::Counted::new(body, cancel, finish, reg);
-    Response::from_parts(parts, body.boxed())
+    let body = super::stream::relay(&shared, body, ends, finish, reg);
+    Response::from_parts(parts, body)
 }
 
 /// Keeps only what may go back to the client of the Kubernetes listener.

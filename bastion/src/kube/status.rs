@@ -16,6 +16,7 @@ pub fn response(code: StatusCode, message: &str) -> Response<KubeBody> {
         StatusCode::FORBIDDEN => "Forbidden",
         StatusCode::NOT_FOUND => "NotFound",
         StatusCode::BAD_REQUEST => "BadRequest",
+        StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
         StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => "ServiceUnavailable",
         StatusCode::GATEWAY_TIMEOUT => "Timeout",
         _ => "InternalError",

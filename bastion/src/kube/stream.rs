@@ -1,18 +1,20 @@
 //! A Kubernetes answer on its way back to the client: streamed frame by frame
 //! (a watch or a long list is never held whole), counted, ended at once when the
-//! caller's access is taken away, and audited exactly once when it ends, however
-//! it ends (done, cut, the client gone, the gateway gone).
+//! caller's access is taken away or their token expires, and audited exactly
+//! once when it ends, however it ends (done, cut, the client gone, the gateway
+//! gone).
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::StatusCode;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
 use serde_json::json;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use super::KubeBody;
 use super::live::OwnedRegistration;
 use super::proxy::Authorized;
 use crate::agents::BoxError;
@@ -83,77 +85,106 @@ impl Drop for Finish {
     }
 }
 
-/// The gateway's answer body, relayed.
-pub struct Counted {
-    inner: Incoming,
-    cut: Pin<Box<WaitForCancellationFutureOwned>>,
-    finish: Finish,
-    _registration: OwnedRegistration,
-    ended: bool,
+/// Frames of an answer in flight to a client at most: a client that stops
+/// reading holds this much here, and its upstream stream stops beside it.
+const RELAY_FRAMES: usize = 8;
+
+/// How a relayed answer may be ended before it is done.
+pub struct Ends {
+    pub cut: CancellationToken,
+    /// When the caller's API token expires.
+    pub expires: Option<tokio::time::Instant>,
+    pub shutdown: CancellationToken,
 }
 
-impl Counted {
-    pub(super) fn new(
-        inner: Incoming,
-        cancel: CancellationToken,
-        finish: Finish,
-        registration: OwnedRegistration,
-    ) -> Counted {
-        Counted {
-            inner,
-            cut: Box::pin(cancel.cancelled_owned()),
-            finish,
-            _registration: registration,
-            ended: false,
+impl Ends {
+    pub async fn reached(&self) -> &'static str {
+        let expiry = async {
+            match self.expires {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.cut.cancelled() => "access_revoked",
+            _ = expiry => "token_expired",
+            _ = self.shutdown.cancelled() => "bastion_stopping",
         }
     }
 }
 
-impl Body for Counted {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        if this.cut.as_mut().poll(cx).is_ready() {
-            this.ended = true;
-            this.finish.done("access_revoked");
-            return Poll::Ready(Some(Err(
-                "access to this cluster was taken away (user, token or role removed)".into(),
-            )));
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    this.finish.bytes_out += d.len() as u64;
+/// Relays the gateway's answer to the client through a bounded queue, from a
+/// task of its own: an access change, the token's expiry or the bastion's stop
+/// ends it at once, whether or not the client is reading, and its upstream
+/// stream (and the gateway's connection to the API server) is let go with it.
+pub fn relay(
+    shared: &Shared,
+    mut upstream: Incoming,
+    ends: Ends,
+    mut finish: Finish,
+    registration: OwnedRegistration,
+) -> KubeBody {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(RELAY_FRAMES);
+    shared.tasks.spawn(async move {
+        let _registration = registration;
+        let end = loop {
+            let frame = tokio::select! {
+                biased;
+                why = ends.reached() => break why,
+                _ = tx.closed() => break "client_gone",
+                f = upstream.frame() => f,
+            };
+            match frame {
+                None => break "complete",
+                Some(Err(e)) => {
+                    let _ = tx.try_send(Err(Box::new(e)));
+                    break "gateway_error";
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Some(Ok(frame)) => {
+                    let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    tokio::select! {
+                        biased;
+                        why = ends.reached() => break why,
+                        sent = tx.send(Ok(frame)) => {
+                            if sent.is_err() {
+                                break "client_gone";
+                            }
+                            finish.bytes_out += n;
+                        }
+                    }
+                }
             }
-            Poll::Ready(Some(Err(e))) => {
-                this.ended = true;
-                this.finish.done("gateway_error");
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
-            Poll::Ready(None) => {
-                this.ended = true;
-                this.finish.done("complete");
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
+        };
+        if matches!(end, "access_revoked" | "token_expired" | "bastion_stopping") {
+            // The client is told the stream failed (if it still reads).
+            let _ = tx.try_send(Err(format!("stream ended: {end}").into()));
         }
-    }
+        finish.done(end);
+    });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    BodyExt::boxed(StreamBody::new(stream))
+}
 
-    fn is_end_stream(&self) -> bool {
-        self.ended
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    #[tokio::test]
+    async fn what_a_token_holds_open_ends_when_it_expires() {
+        let ends = Ends {
+            cut: CancellationToken::new(),
+            expires: Some(tokio::time::Instant::now() + std::time::Duration::from_millis(50)),
+            shutdown: CancellationToken::new(),
+        };
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(ends.reached().await, "token_expired");
+        assert!(t0.elapsed() >= std::time::Duration::from_millis(50));
+        let cut = Ends {
+            expires: None,
+            ..ends
+        };
+        cut.cut.cancel();
+        assert_eq!(cut.reached().await, "access_revoked");
     }
 }

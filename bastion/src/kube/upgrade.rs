@@ -6,6 +6,7 @@
 //! only once the API server has agreed to it, and relays with bounded buffers.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -108,9 +109,10 @@ pub(super) async fn relay(
         parts.headers.remove(contract::HDR_SWITCHED);
         let code = parts.status;
         let (reg, cancel) = live;
+        let ends = super::proxy::ends(&shared, &auth, cancel);
         let finish = Finish::new(shared.clone(), auth, code, agent_error);
-        let body = super::stream::Counted::new(body, cancel, finish, reg);
-        let mut out = Response::from_parts(parts, body.boxed());
+        let body = super::stream::relay(&shared, body, ends, finish, reg);
+        let mut out = Response::from_parts(parts, body);
         out.headers_mut().remove(header::CONNECTION);
         return out;
     };
@@ -132,8 +134,10 @@ pub(super) async fn relay(
     out.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     let (reg, cancel) = live;
+    let ends = super::proxy::ends(&shared, &auth, cancel);
     let mut finish = Finish::new(shared.clone(), auth, StatusCode::SWITCHING_PROTOCOLS, false);
-    let stop = shared.shutdown.clone();
+    // Counted as they pass, so an end from outside still records them.
+    let (sent_up, sent_down) = (AtomicU64::new(0), AtomicU64::new(0));
     shared.tasks.spawn(async move {
         let _reg = reg;
         let upgraded = match tokio::time::timeout(Duration::from_secs(10), on_upgrade).await {
@@ -146,13 +150,12 @@ pub(super) async fn relay(
         let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
         let mut from_gateway = from_gateway;
         let up = async {
-            let mut n = 0u64;
             let mut buf = vec![0u8; READ_CHUNK];
             loop {
                 match rd.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(k) => {
-                        n += k as u64;
+                        sent_up.fetch_add(k as u64, Ordering::Relaxed);
                         if tx.send(Bytes::copy_from_slice(&buf[..k])).await.is_err() {
                             break;
                         }
@@ -160,45 +163,35 @@ pub(super) async fn relay(
                 }
             }
             drop(tx);
-            tracing::debug!(bytes = n, "Kubernetes upgrade: client to gateway ended");
-            n
         };
         let down = async {
-            let mut n = 0u64;
             while let Some(frame) = from_gateway.frame().await {
                 let Ok(frame) = frame else { break };
                 if let Ok(data) = frame.into_data() {
-                    n += data.len() as u64;
+                    sent_down.fetch_add(data.len() as u64, Ordering::Relaxed);
                     if wr.write_all(&data).await.is_err() {
                         break;
                     }
                 }
             }
-            tracing::debug!(bytes = n, "Kubernetes upgrade: gateway to client ended");
             let _ = wr.shutdown().await;
-            n
         };
         let mut up = std::pin::pin!(up);
         let mut down = std::pin::pin!(down);
         let end = tokio::select! {
-            n = &mut down => {
-                finish.bytes_out = n;
+            _ = &mut down => {
                 // The server ended: give the client's last bytes a moment, then stop.
-                if let Ok(n) = tokio::time::timeout(Duration::from_secs(1), &mut up).await {
-                    finish.bytes_in = n;
-                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), &mut up).await;
                 "complete"
             }
-            n = &mut up => {
-                finish.bytes_in = n;
-                if let Ok(n) = tokio::time::timeout(Duration::from_secs(5), &mut down).await {
-                    finish.bytes_out = n;
-                }
+            _ = &mut up => {
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut down).await;
                 "complete"
             }
-            _ = cancel.cancelled() => "access_revoked",
-            _ = stop.cancelled() => "bastion_stopping",
+            why = ends.reached() => why,
         };
+        finish.bytes_in = sent_up.load(Ordering::Relaxed);
+        finish.bytes_out = sent_down.load(Ordering::Relaxed);
         finish.done(end);
     });
     out

@@ -128,6 +128,17 @@ impl Gateway {
         {
             return Ok(s.clone());
         }
+        let sender = self.connect_h2().await?;
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// A new HTTP/2 connection to the API server. Flow control is per stream
+    /// and per connection: a watch whose client stops reading fills its
+    /// stream's window, and enough of them would stop the whole connection, so
+    /// watches each take a connection of their own and the shared one keeps a
+    /// connection window many stream windows wide.
+    async fn connect_h2(&self) -> Result<http2::SendRequest<UpBody>, String> {
         let io = self.dial(true).await?;
         if io.inner().get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err("the API server does not speak HTTP/2".into());
@@ -136,6 +147,8 @@ impl Gateway {
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
+            .initial_stream_window_size(1024 * 1024)
+            .initial_connection_window_size(256 * 1024 * 1024)
             .handshake(io)
             .await
             .map_err(|e| e.to_string())?;
@@ -148,7 +161,6 @@ impl Gateway {
                 _ = stop.cancelled() => {}
             }
         });
-        *slot = Some(sender.clone());
         Ok(sender)
     }
 
@@ -217,6 +229,8 @@ pub async fn handle(
     } else {
         format!("/{rest}")
     };
+    let watch =
+        contract::request_info(req.method().as_str(), &rest, req.uri().query()).verb == "watch";
     let uri = match gw.uri(&rest, req.uri().query()) {
         Ok(u) => u,
         Err(e) => return agent_error(StatusCode::BAD_REQUEST, format!("bad path: {e}")),
@@ -240,7 +254,12 @@ pub async fn handle(
         Err(e) => return agent_error(StatusCode::BAD_REQUEST, format!("bad request: {e}")),
     };
     *up.headers_mut() = headers;
-    let mut sender = match gw.sender().await {
+    let sender = if watch {
+        gw.connect_h2().await
+    } else {
+        gw.sender().await
+    };
+    let mut sender = match sender {
         Ok(s) => s,
         Err(e) => {
             return agent_error(
