@@ -300,6 +300,72 @@ impl Audit {
         Err(AuditError::Contended(5))
     }
 
+        /// Appends several events in one transaction, in order: one commit (and one
+    /// sync to disk) for the lot, for doors that record an entry per request.
+    /// All or none are written; the caller retries them one by one on failure,
+    /// so one bad entry never loses its neighbours.
+    pub async fn record_many(&self, evs: Vec<Event>) -> Result<i64, AuditError> {
+        let evs: Vec<Event> = evs.into_iter().map(Event::bounded).collect();
+        if evs.is_empty() {
+            return Ok(0);
+        }
+        let pg = self.store.backend() == crate::store::Backend::Postgres;
+        let mut head = self.head.lock().await;
+        for _attempt in 0..5 {
+            let mut tx = self.store.pool().begin().await?;
+            let (mut seq, mut hash) = if pg {
+                *head = None;
+                sqlx::query(
+                    "SELECT set_config('lock_timeout', '10s', true), \
+                     set_config('idle_in_transaction_session_timeout', '10s', true)",
+                )
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.postern_audit'))",
+                )
+                .execute(&mut *tx)
+                .await?;
+                let prev: Option<(i64, String)> =
+                    sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                prev.unwrap_or((0, GENESIS.to_string()))
+            } else {
+                match head.as_ref() {
+                    Some(h) => h.clone(),
+                    None => self.load_head().await?,
+                }
+            };
+            let mut clash = false;
+            for ev in &evs {
+                                let row = new_row(ev, seq, std::mem::take(&mut hash));
+                match insert(&row).execute(&mut *tx).await {
+                    Ok(_) => (seq, hash) = (row.seq, row.hash),
+                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                        clash = true;
+                        break;
+                    }
+                    Err(e) => {
+                        *head = None;
+                        return Err(e.into());
+                    }
+                }
+            }
+            if clash {
+                // Another writer on the file appended first: reload the head.
+                *head = None;
+                continue;
+            }
+            tx.commit().await?;
+            if !pg {
+                *head = Some((seq, hash));
+            }
+            return Ok(seq);
+        }
+        Err(AuditError::Contended(5))
+    }
+
     async fn record_locked(&self, ev: &Event) -> Result<i64, AuditError> {
         let mut tx = self.store.pool().begin().await?;
         // Bounded waits: a writer stalled while holding the lock (a partition)

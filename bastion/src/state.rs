@@ -109,7 +109,9 @@ pub struct Shared {
     /// Open Kubernetes requests, ended when access is taken away.
     pub kube_live: Arc<crate::kube::Live>,
     /// Audit events unauthenticated peers cause, bounded (see `audit_queue`).
-    pub audit_queue: crate::audit_queue::AuditQueue,
+        pub audit_queue: crate::audit_queue::AuditQueue,
+    /// Audit entries written once per request, appended in batches.
+    pub audit_batch: crate::audit_batch::AuditBatch,
     /// Permits for REST answers that may be megabytes.
     pub big_answers: crate::http::big_answers::BigAnswers,
 }
@@ -144,6 +146,12 @@ impl Shared {
             &tasks,
             shutdown.clone(),
         );
+                let audit_batch = crate::audit_batch::AuditBatch::start(
+            audit.clone(),
+            metrics.clone(),
+            &tasks,
+            shutdown.clone(),
+        );
         let owner = replicas.as_ref().map(|r| r.name.clone());
         let access = crate::access::AccessBus::default();
         access.subscribe(Arc::new(crate::ssh::SshDoor));
@@ -162,7 +170,8 @@ impl Shared {
             grants: crate::ssh::GrantCache::default(),
             ssh_live: Arc::default(),
             kube_live: Arc::default(),
-            audit_queue,
+                        audit_queue,
+            audit_batch,
             big_answers: Default::default(),
         })
     }

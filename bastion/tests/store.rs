@@ -221,6 +221,18 @@ async fn ca_is_stored_once(s: &Store) {
     assert_eq!(second, first, "a second CA must never replace the first");
 }
 
+async fn audit_batches_extend_one_chain(s: &Store) {
+    let audit = Audit::new(s.clone());
+    audit.record(Event::new("one", "ok")).await.unwrap();
+    let batch: Vec<Event> = (0..300)
+        .map(|i| Event::new("kube.request", "ok").actor(format!("u{i}")))
+        .collect();
+    assert_eq!(audit.record_many(batch).await.unwrap(), 301);
+    audit.record(Event::new("after", "ok")).await.unwrap();
+    assert_eq!(audit.record_many(Vec::new()).await.unwrap(), 0);
+    assert_eq!(audit.verify().await.unwrap(), Ok(302));
+}
+
 async fn audit_chain_detects_edit_and_removal(s: &Store) {
     let audit = Audit::new(s.clone());
     for i in 0..5 {
@@ -491,7 +503,8 @@ both_backends!(
     node_lifecycle,
     touch_many_nodes_in_batches,
     ca_is_stored_once,
-    audit_chain_detects_edit_and_removal,
+        audit_chain_detects_edit_and_removal,
+    audit_batches_extend_one_chain,
     audit_survives_a_second_writer,
     audit_entries_are_bounded_whatever_a_peer_sends,
 );

@@ -132,7 +132,7 @@ async fn rate(t: &Target, connections: usize, run_for: Duration) -> (f64, u64) {
     (total as f64 / start.elapsed().as_secs_f64(), total)
 }
 
-/// Milliseconds from a change's answer to its event on a watch through `t`.
+/// Milliseconds from a change's request to its event on a watch through `t`.
 async fn watch_delays(t: &Target, direct: &Target, events: usize) -> Vec<f64> {
     let mut w = t.connect().await;
     let req = http::Request::get(format!(
@@ -160,10 +160,11 @@ async fn watch_delays(t: &Target, direct: &Target, events: usize) -> Vec<f64> {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(obj.to_string())))
         .unwrap();
+                // Timed from the change's request: the event may arrive before its answer.
+        let created = Instant::now();
         let resp = writer.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 201);
         resp.into_body().collect().await.unwrap();
-        let created = Instant::now();
         loop {
             if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=pos).collect();

@@ -71,10 +71,7 @@ impl Finish {
                 "from_gateway": !self.agent_error,
             }),
         );
-        let shared = self.shared.clone();
-        self.shared
-            .tasks
-            .spawn(async move { shared.audit(ev).await });
+        self.shared.audit_batch.record_soon(ev, &self.shared.tasks);
     }
 }
 

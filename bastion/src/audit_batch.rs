@@ -1,0 +1,116 @@
+//! Audit entries that doors write once per request (the Kubernetes door: one
+//! per API call, thousands a second), appended in batches: one owned writer
+//! takes whatever has queued and appends it in one transaction, so a burst
+//! costs one commit, not one per request. Nothing is dropped: the queue is
+//! bounded and a full queue makes the request that ends wait. A batch that
+//! fails is written again entry by entry, so one bad entry never loses the
+//! others; what still fails is logged and counted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::audit::{Audit, Event};
+use crate::metrics::{Metrics, inc};
+
+/// Entries waiting at most.
+pub const CAPACITY: usize = 4096;
+/// Entries in one transaction at most.
+const BATCH: usize = 512;
+/// How long the writer keeps draining at shutdown.
+const DRAIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct AuditBatch {
+    tx: mpsc::Sender<Event>,
+}
+
+impl AuditBatch {
+    pub fn start(
+        audit: Audit,
+        metrics: Arc<Metrics>,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> AuditBatch {
+        let (tx, rx) = mpsc::channel(CAPACITY);
+        tasks.spawn(write(audit, metrics, rx, shutdown));
+        AuditBatch { tx }
+    }
+
+    /// Queues an entry; waits while the queue is full.
+    pub async fn record(&self, ev: Event) {
+        if let Err(e) = self.tx.send(ev).await {
+            tracing::error!(action = %e.0.action, "audit writer gone; entry not written");
+        }
+    }
+
+    /// Queues an entry from code that cannot wait (a drop): at once when there
+    /// is room, else from a task of its own.
+    pub fn record_soon(&self, ev: Event, tasks: &TaskTracker) {
+        match self.tx.try_send(ev) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(ev)) => {
+                let me = self.clone();
+                tasks.spawn(async move { me.record(ev).await });
+            }
+            Err(mpsc::error::TrySendError::Closed(ev)) => {
+                tracing::error!(action = %ev.action, "audit writer gone; entry not written");
+            }
+        }
+    }
+}
+
+async fn write(
+    audit: Audit,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::Receiver<Event>,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let first = tokio::select! {
+            ev = rx.recv() => ev,
+            _ = shutdown.cancelled() => break,
+        };
+        let Some(first) = first else { return };
+        batch.push(first);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(ev) => batch.push(ev),
+                Err(_) => break,
+            }
+        }
+        flush(&audit, &metrics, &mut batch).await;
+    }
+    // Stopping: what was queued is still written, within a bound.
+    let _ = tokio::time::timeout(DRAIN, async {
+        rx.close();
+        while let Some(ev) = rx.recv().await {
+            batch.push(ev);
+            if batch.len() >= BATCH {
+                flush(&audit, &metrics, &mut batch).await;
+            }
+        }
+        flush(&audit, &metrics, &mut batch).await;
+    })
+    .await;
+}
+
+async fn flush(audit: &Audit, metrics: &Metrics, batch: &mut Vec<Event>) {
+    if batch.is_empty() {
+        return;
+    }
+    let evs = std::mem::take(batch);
+    if let Err(e) = audit.record_many(evs.clone()).await {
+        tracing::warn!(error = %e, entries = evs.len(), "audit batch failed; writing its entries one by one");
+        for ev in evs {
+            if let Err(e) = audit.record(ev).await {
+                inc(&metrics.audit_failures);
+                tracing::error!(error = %e, "could not write audit entry");
+            }
+        }
+    }
+}
