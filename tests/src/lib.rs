@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 pub mod ansible;
+pub mod kube;
 pub mod netns;
 pub mod proxy;
 pub mod replicas_bench;
