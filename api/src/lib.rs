@@ -9,6 +9,8 @@ pub mod agent;
 mod b64;
 pub mod cmdexec;
 pub mod error;
+pub mod kube_keys;
+pub mod pubkey;
 pub mod ssh;
 pub mod validate;
 
