@@ -103,6 +103,10 @@ pub struct Health {
     pub node_id: String,
     pub hostname: String,
     pub agent_version: String,
+    /// The agent reads keys from its Kubernetes Node object (`--kube-node-keys`),
+    /// served at `GET /v1/kube-keys`. Absent from older agents.
+    #[serde(default)]
+    pub kube_node_keys: bool,
 }
 
 /// `sha256:<hex>` of the CA certificate's DER, the pin carried by the join command.

@@ -17,6 +17,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use postern_api::kube_keys::KubeKeysFile;
 use postern_api::ssh::{
     BreakGlassFile, Grant, GrantsFile, KeysAnswer, KeysQuery, LinkState, authorized_keys_line,
     break_glass_line, files,
@@ -119,9 +120,18 @@ fn from_files(q: &Query) -> Result<KeysAnswer, HelperError> {
             }
         }
     }
+    // The agent's cache of keys from its Kubernetes Node object: kept exactly for
+    // when the agent (or the API server) is down.
+    let kube: KubeKeysFile = read_json(&q.data_dir.join(files::KUBE_KEYS))?.unwrap_or_default();
+    let kube_keys = kube
+        .keys
+        .into_iter()
+        .filter(|k| q.fingerprint.as_deref().is_none_or(|f| f == k.fingerprint))
+        .collect();
     Ok(KeysAnswer {
         grants,
         break_glass,
+        kube_keys,
     })
 }
 
@@ -145,6 +155,12 @@ pub fn answer(q: &Query, agent_timeout: Duration) -> Result<Answer, HelperError>
         .collect();
     let break_glass = bg.len();
     lines.extend(bg);
+    lines.extend(
+        raw.kube_keys
+            .iter()
+            .filter(|k| q.fingerprint.as_deref().is_none_or(|f| f == k.fingerprint))
+            .filter_map(|k| postern_api::kube_keys::authorized_keys_line(k, &q.login, q.now_ms)),
+    );
     Ok(Answer {
         lines,
         source,

@@ -13,6 +13,7 @@ pub mod exec;
 /// Files that hold secrets (shared with the bastion).
 pub use postern_secret_files as fsutil;
 pub mod identity;
+pub mod kube_keys;
 mod service;
 pub mod ssh;
 pub mod tls;

@@ -69,6 +69,18 @@ enum Cmd {
         /// How long a PING may go unanswered before the channel is dropped.
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         keepalive_timeout: Duration,
+        /// Also let in the keys listed in this node's Kubernetes Node object
+        /// (annotation `postern.dev/authorized-keys`), read with the kubelet's
+        /// credentials and cached for when the API server is down.
+        #[arg(long, requires_all = ["kubelet_kubeconfig", "node_name"])]
+        kube_node_keys: bool,
+        /// The kubelet's kubeconfig (its API server, CA and credentials).
+        #[arg(long, requires = "kube_node_keys")]
+        kubelet_kubeconfig: Option<PathBuf>,
+        /// This node's name in Kubernetes (the kubelet's `--hostname-override`, or
+        /// its hostname).
+        #[arg(long, requires = "kube_node_keys")]
+        node_name: Option<String>,
     },
 }
 
@@ -132,7 +144,21 @@ async fn main() -> anyhow::Result<()> {
             break_glass_grace,
             keepalive_interval,
             keepalive_timeout,
+            kube_node_keys,
+            kubelet_kubeconfig,
+            node_name,
         } => {
+            let kube_node_keys = match (kube_node_keys, kubelet_kubeconfig, node_name) {
+                (true, Some(path), Some(name)) => {
+                    postern_api::validate::hostname(&name)
+                        .map_err(|e| anyhow::anyhow!("--node-name: {e}"))?;
+                    Some(
+                        postern_agent::kube_keys::KubeNodeKeysConfig::from_kubeconfig(&path, &name)
+                            .await?,
+                    )
+                }
+                _ => None,
+            };
             let break_glass = match break_glass_keys {
                 Some(path) => {
                     Some(BreakGlass::load(&path, break_glass_grace).map_err(anyhow::Error::msg)?)
@@ -149,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
                     break_glass,
                     keepalive_interval: keepalive_interval.max(Duration::from_secs(1)),
                     keepalive_timeout: keepalive_timeout.max(Duration::from_secs(1)),
+                    kube_node_keys,
                     ..AgentOptions::default()
                 },
             );
