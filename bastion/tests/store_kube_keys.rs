@@ -21,12 +21,12 @@ async fn kube_keys_change_only_when_different(s: &Store) {
 
     let first = r#"{"keys":[],"rejected":[]}"#;
     assert_eq!(
-        s.set_node_kube_keys("n1", first, 20).await.unwrap(),
+        s.set_node_kube_keys("n1", Some(first), 20).await.unwrap(),
         KubeKeysChange::Changed { previous: None }
     );
     // The same set again (a restart, another replica): nothing written.
     assert_eq!(
-        s.set_node_kube_keys("n1", first, 30).await.unwrap(),
+        s.set_node_kube_keys("n1", Some(first), 30).await.unwrap(),
         KubeKeysChange::Unchanged
     );
     let n = s.node("n1").await.unwrap().unwrap();
@@ -37,7 +37,7 @@ async fn kube_keys_change_only_when_different(s: &Store) {
 
     let second = r#"{"keys":[],"rejected":[{"line":1,"reason":"x"}]}"#;
     assert_eq!(
-        s.set_node_kube_keys("n1", second, 40).await.unwrap(),
+        s.set_node_kube_keys("n1", Some(second), 40).await.unwrap(),
         KubeKeysChange::Changed {
             previous: Some(first.to_string())
         }
@@ -45,8 +45,20 @@ async fn kube_keys_change_only_when_different(s: &Store) {
     let listed = s.list_nodes(&e.id).await.unwrap();
     assert_eq!(listed[0].kube_keys.as_deref(), Some(second));
     assert_eq!(listed[0].kube_keys_at, Some(40));
+    // The agent stopped reading Kubernetes: cleared, once.
+    assert_eq!(
+        s.set_node_kube_keys("n1", None, 45).await.unwrap(),
+        KubeKeysChange::Changed {
+            previous: Some(second.to_string())
+        }
+    );
+    assert_eq!(
+        s.set_node_kube_keys("n1", None, 46).await.unwrap(),
+        KubeKeysChange::Unchanged
+    );
+    assert_eq!(s.node("n1").await.unwrap().unwrap().kube_keys, None);
     assert!(matches!(
-        s.set_node_kube_keys("missing", first, 50).await,
+        s.set_node_kube_keys("missing", Some(first), 50).await,
         Err(StoreError::NotFound(_))
     ));
 }

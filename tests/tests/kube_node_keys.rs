@@ -263,6 +263,28 @@ async fn keys_in_the_node_object_let_in_at_the_nodes_sshd_and_the_bastion_shows_
         audits[0]["detail"]["removed"],
         serde_json::json!([oncall_fp])
     );
+
+    // Added again, then the agent runs without --kube-node-keys: the keys go from
+    // the helper, its cache and the bastion's view, and the removal is audited.
+    annotate(&k, Some(&public_key(&oncall.key)));
+    eventually(Duration::from_secs(20), "shown again", || async {
+        node_view(&b).await["kube_keys"]["keys"][0]["fingerprint"] == oncall_fp.as_str()
+    })
+    .await;
+    node.agent.stop();
+    node.agent = AgentProc::run_with(&dir, &["--sshd-port", port_arg.as_str()]);
+    eventually(Duration::from_secs(20), "the view forgets them", || async {
+        node_view(&b).await["kube_keys"].is_null()
+    })
+    .await;
+    assert!(helper(&h, &dir, "root").is_empty());
+    assert!(!dir.join("kube-keys.json").exists());
+    let audits = b.audit("node.kube_keys").await;
+    assert_eq!(audits.len(), 4, "{audits:?}");
+    assert_eq!(
+        audits[0]["detail"]["removed"],
+        serde_json::json!([oncall_fp])
+    );
     drop(node);
     drop(k);
 }

@@ -175,6 +175,8 @@ pub(super) async fn run(
         if kube_node_keys {
             // Until the channel ends: the select below drops this future with it.
             super::kube_keys::follow(&shared, &link, &node_id).await;
+        } else if node.kube_keys.is_some() {
+            super::kube_keys::forget(&shared, &node_id).await;
         }
         std::future::pending::<()>().await;
     };

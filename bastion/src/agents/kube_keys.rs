@@ -36,7 +36,13 @@ pub(super) async fn follow(shared: &Shared, link: &NodeLink, node_id: &str) {
         match client::call_json::<(), KubeKeysReport>(link, Method::GET, &path, None, timeout).await
         {
             Ok(report) if report.version == after => {}
-            Ok(report) => match record(shared, node_id, report.keys, report.rejected).await {
+            Ok(report) => match record(
+                shared,
+                node_id,
+                Some(sanitize(report.keys, report.rejected)),
+            )
+            .await
+            {
                 Ok(()) => after = report.version,
                 Err(e) => {
                     tracing::warn!(node = %node_id, error = %e, "cannot store the node's keys from Kubernetes; retrying");
@@ -91,19 +97,30 @@ pub fn sanitize(keys: Vec<KubeNodeKey>, rejected: Vec<RejectedLine>) -> NodeKube
     }
 }
 
-/// Stores the set; audits the change with the fingerprints added and removed.
+/// An agent that connects without `--kube-node-keys` (any more): the keys it once
+/// reported no longer let anyone in (it deleted its cache), so the node shows none.
+pub(super) async fn forget(shared: &Shared, node_id: &str) {
+    if let Err(e) = record(shared, node_id, None).await {
+        tracing::warn!(node = %node_id, error = %e, "cannot clear the node's keys from Kubernetes");
+    }
+}
+
+/// Stores the set (`None`: no longer read) and audits the change with the
+/// fingerprints added, removed and changed.
 async fn record(
     shared: &Shared,
     node_id: &str,
-    keys: Vec<KubeNodeKey>,
-    rejected: Vec<RejectedLine>,
+    set: Option<NodeKubeKeys>,
 ) -> Result<(), crate::store::StoreError> {
-    let set = sanitize(keys, rejected);
-    let text = serde_json::to_string(&set)
+    let text = set
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
         .map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
+    let set = set.unwrap_or_default();
     let previous = match shared
         .store
-        .set_node_kube_keys(node_id, &text, now_ms())
+        .set_node_kube_keys(node_id, text.as_deref(), now_ms())
         .await?
     {
         KubeKeysChange::Unchanged => return Ok(()),

@@ -17,13 +17,14 @@ pub enum KubeKeysChange {
 }
 
 impl Store {
-    /// Stores `json` as the node's keys from Kubernetes unless it is what is stored.
+    /// Stores `json` as the node's keys from Kubernetes unless it is what is stored
+    /// (`None`: the agent no longer reads Kubernetes; the column is cleared).
     /// Read and write are one transaction (the node's row locked on PostgreSQL), so
     /// two replicas reporting at once cannot both see the old set and audit twice.
     pub async fn set_node_kube_keys(
         &self,
         node_id: &str,
-        json: &str,
+        json: Option<&str>,
         now: i64,
     ) -> Result<KubeKeysChange> {
         let mut tx = self.write_tx().await?;
@@ -37,7 +38,7 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("node {node_id:?}")))?;
         let previous: Option<String> = row.try_get(0)?;
-        if previous.as_deref() == Some(json) {
+        if previous.as_deref() == json {
             tx.rollback().await?;
             return Ok(KubeKeysChange::Unchanged);
         }

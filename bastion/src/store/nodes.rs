@@ -38,6 +38,8 @@ pub struct NewNode<'a> {
 
 /// Why an enrollment was refused by the store. Every variant leaves no node record
 /// and does not consume a token use.
+// One per enrollment, never stored or queued: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnrollOutcome {
     Enrolled(NodeRow),
