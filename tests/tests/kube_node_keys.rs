@@ -317,3 +317,53 @@ async fn a_bad_kubelet_kubeconfig_or_missing_flags_fail_at_start() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// Bastion replicas share PostgreSQL: the replica holding the node's channel polls
+/// the agent, and any replica shows the keys and the audit entry.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_replica_shows_the_keys_of_a_node_whose_channel_it_does_not_hold() {
+    let mut k = KubeCluster::start_with_nodes(&[NODE]).await;
+    let out = k.apply(
+        "admin",
+        &format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {NODE}\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let kubelet = k.kubeconfig_for(&format!("node:{NODE}")).await;
+    let r1 = Bastion::start(Bastion::replica_opts("r1")).await;
+    let r2 = Bastion::replica_of(&r1, "r2").await;
+    // Enrolled through r2, the agent knows only r2.
+    let _agent = r2
+        .agent_with(
+            NODE,
+            &[
+                "--kube-node-keys",
+                "--kubelet-kubeconfig",
+                kubelet.to_str().unwrap(),
+                "--node-name",
+                NODE,
+            ],
+        )
+        .await;
+    let u = SshUser::unregistered(&r1, "oncall");
+    let fp = fingerprint(&u.key);
+    annotate(&k, Some(&format!("logins=root {}", public_key(&u.key))));
+    eventually(Duration::from_secs(20), "r1 shows the key", || async {
+        node_view(&r1).await["kube_keys"]["keys"][0]["fingerprint"] == fp.as_str()
+    })
+    .await;
+    let audits = r1.audit("node.kube_keys").await;
+    assert_eq!(audits.len(), 1, "{audits:?}");
+    assert_eq!(audits[0]["detail"]["added"], serde_json::json!([fp]));
+    // The node view's `kube_keys` is in the OpenAPI document.
+    let (s, doc) = postern_tests::http(r1.api, "GET", "/api-docs/openapi.json", None, None)
+        .await
+        .unwrap();
+    assert_eq!(s, 200);
+    let schemas = &doc["components"]["schemas"];
+    assert!(
+        schemas["Node"]["properties"]["kube_keys"].is_object(),
+        "{}",
+        schemas["Node"]
+    );
+    assert!(schemas["NodeKubeKeys"]["properties"]["rejected"].is_object());
+}
