@@ -212,7 +212,12 @@ fn parse_logins(value: &str) -> Result<Vec<String>, String> {
 /// `YYYY-MM-DDTHH:MM:SSZ` exactly (UTC), as unix ms. Nothing looser: an expiry
 /// read differently by the writer and the agent would be a key that lives longer.
 pub fn parse_utc(value: &str) -> Result<i64, String> {
-    let bad = || format!("expires={value:?} is not a UTC time written YYYY-MM-DDTHH:MM:SSZ");
+    // At most 40 characters of the value are echoed: the reason reaches logs and
+    // the bastion, and a line may be 8 KiB.
+    let bad = || {
+        let shown: String = value.chars().take(40).collect();
+        format!("expires={shown:?} is not a UTC time written YYYY-MM-DDTHH:MM:SSZ")
+    };
     let b = value.as_bytes();
     if b.len() != 20
         || b[4] != b'-'

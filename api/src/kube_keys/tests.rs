@@ -129,4 +129,6 @@ fn utc_times_round_trip() {
     assert!(parse_utc("2026-02-30T00:00:00Z").is_err());
     assert!(parse_utc("+026-12-01T00:00:00Z").is_err());
     assert!(parse_utc("2026-12-01T24:00:00Z").is_err());
+    let long = parse_utc(&"9".repeat(5000)).unwrap_err();
+    assert!(long.len() < 120, "{long}");
 }
