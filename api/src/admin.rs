@@ -145,6 +145,11 @@ pub struct Node {
     pub cert_serial: Option<String>,
     pub cert_expires_at: Option<String>,
     pub created_at: String,
+    /// Keys the node's agent read from its Kubernetes Node object
+    /// (`--kube-node-keys`): they let in at the node's own sshd without the
+    /// bastion. Absent when the agent never reported any.
+    #[serde(default)]
+    pub kube_keys: Option<crate::kube_keys::NodeKubeKeys>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

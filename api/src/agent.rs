@@ -113,6 +113,10 @@ pub struct Health {
     /// (`--kube-apiserver`): it is one of its edge's kube gateways.
     #[serde(default)]
     pub kube_gateway: bool,
+    /// The agent reads keys from its Kubernetes Node object (`--kube-node-keys`),
+    /// served at `GET /v1/kube-keys`. Absent from older agents.
+    #[serde(default)]
+    pub kube_node_keys: bool,
 }
 
 /// `sha256:<hex>` of the CA certificate's DER, the pin carried by the join command.

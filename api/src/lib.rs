@@ -10,6 +10,8 @@ mod b64;
 pub mod cmdexec;
 pub mod error;
 pub mod kube;
+pub mod kube_keys;
+pub mod pubkey;
 pub mod ssh;
 pub mod validate;
 

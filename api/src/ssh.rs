@@ -136,6 +136,10 @@ pub struct KeysAnswer {
     pub grants: Vec<Grant>,
     #[serde(default)]
     pub break_glass: Vec<String>,
+    /// Keys from the node's Kubernetes Node object (`--kube-node-keys`), live and
+    /// for that login.
+    #[serde(default)]
+    pub kube_keys: Vec<crate::kube_keys::KubeKey>,
 }
 
 /// Files and socket in the agent's data directory that the keys helper reads.
@@ -145,6 +149,8 @@ pub mod files {
     pub const LINK: &str = "link.json";
     pub const BREAK_GLASS: &str = "break-glass.json";
     pub const BREAK_GLASS_LOG: &str = "break-glass.log";
+    /// The keys learned from the Kubernetes Node object, cached.
+    pub const KUBE_KEYS: &str = "kube-keys.json";
 }
 
 /// The agent's view of its channel, refreshed every few seconds in `link.json`, so

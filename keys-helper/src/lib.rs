@@ -9,6 +9,11 @@
 //! printed: sshd discards the output of a helper that fails, and a half-printed
 //! answer must never be taken for a whole one.
 //!
+//! With `--kube-node-keys`, the agent also serves the keys listed in the node's
+//! Kubernetes Node object, and caches them in `kube-keys.json` for this fallback;
+//! they are printed by `postern_api::kube_keys::authorized_keys_line`, with the
+//! same checks and never once expired.
+//!
 //! Synchronous on purpose: no runtime to start, so an answer takes about a
 //! millisecond.
 
@@ -17,6 +22,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use postern_api::kube_keys::KubeKeysFile;
 use postern_api::ssh::{
     BreakGlassFile, Grant, GrantsFile, KeysAnswer, KeysQuery, LinkState, authorized_keys_line,
     break_glass_line, files,
@@ -119,9 +125,18 @@ fn from_files(q: &Query) -> Result<KeysAnswer, HelperError> {
             }
         }
     }
+    // The agent's cache of keys from its Kubernetes Node object: kept exactly for
+    // when the agent (or the API server) is down.
+    let kube: KubeKeysFile = read_json(&q.data_dir.join(files::KUBE_KEYS))?.unwrap_or_default();
+    let kube_keys = kube
+        .keys
+        .into_iter()
+        .filter(|k| q.fingerprint.as_deref().is_none_or(|f| f == k.fingerprint))
+        .collect();
     Ok(KeysAnswer {
         grants,
         break_glass,
+        kube_keys,
     })
 }
 
@@ -145,6 +160,12 @@ pub fn answer(q: &Query, agent_timeout: Duration) -> Result<Answer, HelperError>
         .collect();
     let break_glass = bg.len();
     lines.extend(bg);
+    lines.extend(
+        raw.kube_keys
+            .iter()
+            .filter(|k| q.fingerprint.as_deref().is_none_or(|f| f == k.fingerprint))
+            .filter_map(|k| postern_api::kube_keys::authorized_keys_line(k, &q.login, q.now_ms)),
+    );
     Ok(Answer {
         lines,
         source,
@@ -234,6 +255,47 @@ mod tests {
         assert!(answer(&query(dir.path(), "ro ot", None, 1), AGENT_TIMEOUT).is_err());
         std::fs::write(dir.path().join(files::GRANTS), b"{not json").expect("write");
         assert!(answer(&query(dir.path(), "root", None, 1), AGENT_TIMEOUT).is_err());
+    }
+
+    #[test]
+    fn kube_keys_are_read_from_their_cache_for_their_logins_until_they_expire() {
+        use postern_api::kube_keys::{KubeKeysFile, parse_annotation};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let parsed = parse_annotation(
+            "expires=2030-01-02T03:04:05Z logins=root ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL5yExNkeBgng/ew1JNV271qp65gWPUWVhuhe0Qf6L0t a\n\
+             ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDxFQIxdYoqipACxlRQNotxR29dE4Ktqc45c9Vthw5ue b",
+        );
+        assert_eq!(parsed.keys.len(), 2);
+        let fp = parsed.keys[0].fingerprint.clone();
+        let mut file = KubeKeysFile {
+            node_name: "n".into(),
+            keys: parsed.keys,
+            ..KubeKeysFile::default()
+        };
+        // A tampered entry in the cache is never printed.
+        let mut bad = file.keys[1].clone();
+        bad.public_key = "ssh-ed25519 AAAA\ncommand=\"sh\" ssh-ed25519 AAAA".into();
+        file.keys.push(bad);
+        write(dir.path(), files::KUBE_KEYS, &file);
+        let a = answer(&query(dir.path(), "root", None, 1_000), AGENT_TIMEOUT).expect("answer");
+        assert_eq!(a.source, Source::File);
+        assert_eq!(a.lines.len(), 2, "{:?}", a.lines);
+        assert!(
+            a.lines
+                .iter()
+                .all(|l| l.contains("postern:kube-node-annotation"))
+        );
+        let a = answer(&query(dir.path(), "deploy", None, 1_000), AGENT_TIMEOUT).expect("answer");
+        assert_eq!(a.lines.len(), 1, "the second key allows any login");
+        let a =
+            answer(&query(dir.path(), "root", Some(&fp), 1_000), AGENT_TIMEOUT).expect("answer");
+        assert_eq!(a.lines.len(), 1, "%f narrows to that key");
+        let a = answer(
+            &query(dir.path(), "root", Some(&fp), 1_893_553_445_000),
+            AGENT_TIMEOUT,
+        )
+        .expect("answer");
+        assert!(a.lines.is_empty(), "expired: {:?}", a.lines);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::backoff::Backoff;
 use crate::enroll::Controller;
 use crate::exec::Executor;
 use crate::identity::Identity;
+use crate::kube_keys::{KubeKeys, KubeNodeKeysConfig};
 use crate::service;
 use crate::ssh::relay::Ports;
 use crate::ssh::{BreakGlass, GrantStore, KeysService};
@@ -38,6 +39,8 @@ pub struct AgentOptions {
     pub sshd_port: u16,
     /// Keys printed for sshd only while the bastion is unreachable beyond a grace.
     pub break_glass: Option<BreakGlass>,
+    /// `--kube-node-keys`: keys from this node's Kubernetes Node object.
+    pub kube_node_keys: Option<KubeNodeKeysConfig>,
 }
 
 impl Default for AgentOptions {
@@ -51,6 +54,7 @@ impl Default for AgentOptions {
             stable_after: Duration::from_secs(10),
             sshd_port: 22,
             break_glass: None,
+            kube_node_keys: None,
         }
     }
 }
@@ -134,6 +138,7 @@ pub struct Agent {
     pub grants: GrantStore,
     /// The cluster's API server, when this agent is a Kubernetes gateway.
     pub kube: Option<Arc<crate::kube::Gateway>>,
+    pub kube_keys: KubeKeys,
 }
 
 impl Agent {
@@ -152,6 +157,10 @@ impl Agent {
         let status = AgentStatus::default();
         status.down_since_ms.store(now_ms(), Ordering::Relaxed);
         let grants = GrantStore::open(identity.data_dir());
+        let kube_keys = match &options.kube_node_keys {
+            Some(k) => KubeKeys::open(identity.data_dir(), &k.node_name),
+            None => KubeKeys::disabled(identity.data_dir()),
+        };
         Agent {
             identity,
             options,
@@ -159,6 +168,7 @@ impl Agent {
             executor,
             grants,
             kube: None,
+            kube_keys,
         }
     }
 
@@ -175,21 +185,31 @@ impl Agent {
             grants: self.grants.clone(),
             status: self.status.clone(),
             break_glass: self.options.break_glass.clone(),
+            kube_keys: self.kube_keys.clone(),
             data_dir: dir.to_path_buf(),
         });
-        match keys {
-            Some(keys) => {
-                let channel = self.keep_channel(&shutdown);
-                let helper = async {
-                    if let Err(e) = keys.run(shutdown.clone()).await {
-                        tracing::error!(error = %e, "cannot serve the keys helper socket; sshd logins through Postern will fail");
-                        shutdown.cancelled().await;
-                    }
-                };
-                tokio::join!(channel, helper);
+        // The Node watch runs beside the channel, whether or not the bastion is there.
+        let kube_watch = async {
+            if let Some(cfg) = self.options.kube_node_keys.clone() {
+                crate::kube_keys::watch(cfg, self.kube_keys.clone(), shutdown.clone()).await;
             }
-            None => self.keep_channel(&shutdown).await,
-        }
+        };
+        let main = async {
+            match keys {
+                Some(keys) => {
+                    let channel = self.keep_channel(&shutdown);
+                    let helper = async {
+                        if let Err(e) = keys.run(shutdown.clone()).await {
+                            tracing::error!(error = %e, "cannot serve the keys helper socket; sshd logins through Postern will fail");
+                            shutdown.cancelled().await;
+                        }
+                    };
+                    tokio::join!(channel, helper);
+                }
+                None => self.keep_channel(&shutdown).await,
+            }
+        };
+        tokio::join!(main, kube_watch);
     }
 
     async fn keep_channel(&self, shutdown: &CancellationToken) {
@@ -274,6 +294,7 @@ impl Agent {
             self.identity.clone(),
             self.executor.clone(),
             self.grants.clone(),
+            self.kube_keys.clone(),
             Ports {
                 sshd: opts.sshd_port,
             },

@@ -14,6 +14,7 @@ pub mod exec;
 pub use postern_secret_files as fsutil;
 pub mod identity;
 pub mod kube;
+pub mod kube_keys;
 mod service;
 pub mod ssh;
 pub mod tls;

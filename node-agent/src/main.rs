@@ -77,6 +77,18 @@ enum Cmd {
         /// the cluster (token, token file or client certificate; the cluster's CA).
         #[arg(long, requires = "kube_apiserver", env = "POSTERN_KUBE_CREDENTIALS")]
         kube_credentials: Option<PathBuf>,
+        /// Also let in the keys listed in this node's Kubernetes Node object
+        /// (annotation `postern.dev/authorized-keys`), read with the kubelet's
+        /// credentials and cached for when the API server is down.
+        #[arg(long, requires_all = ["kubelet_kubeconfig", "node_name"])]
+        kube_node_keys: bool,
+        /// The kubelet's kubeconfig (its API server, CA and credentials).
+        #[arg(long, requires = "kube_node_keys")]
+        kubelet_kubeconfig: Option<PathBuf>,
+        /// This node's name in Kubernetes (the kubelet's `--hostname-override`, or
+        /// its hostname).
+        #[arg(long, requires = "kube_node_keys")]
+        node_name: Option<String>,
     },
 }
 
@@ -142,6 +154,9 @@ async fn main() -> anyhow::Result<()> {
             keepalive_timeout,
             kube_apiserver,
             kube_credentials,
+            kube_node_keys,
+            kubelet_kubeconfig,
+            node_name,
         } => {
             let gateway = match (&kube_apiserver, &kube_credentials) {
                 (Some(url), Some(file)) => {
@@ -149,6 +164,17 @@ async fn main() -> anyhow::Result<()> {
                         .context("--kube-credentials")?;
                     tracing::info!(apiserver = %url, "Kubernetes gateway for this edge");
                     Some(postern_agent::kube::Gateway::new(creds))
+                }
+                _ => None,
+            };
+            let kube_node_keys = match (kube_node_keys, kubelet_kubeconfig, node_name) {
+                (true, Some(path), Some(name)) => {
+                    postern_api::validate::hostname(&name)
+                        .map_err(|e| anyhow::anyhow!("--node-name: {e}"))?;
+                    Some(
+                        postern_agent::kube_keys::KubeNodeKeysConfig::from_kubeconfig(&path, &name)
+                            .await?,
+                    )
                 }
                 _ => None,
             };
@@ -168,6 +194,7 @@ async fn main() -> anyhow::Result<()> {
                     break_glass,
                     keepalive_interval: keepalive_interval.max(Duration::from_secs(1)),
                     keepalive_timeout: keepalive_timeout.max(Duration::from_secs(1)),
+                    kube_node_keys,
                     ..AgentOptions::default()
                 },
             );

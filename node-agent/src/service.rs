@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::exec::{ExecError, Executor};
 use crate::identity::Identity;
+use crate::kube_keys::KubeKeys;
 use crate::ssh::GrantStore;
 use crate::ssh::relay::{self, Ports};
 
@@ -28,6 +29,7 @@ struct Ctx {
     identity: Arc<Identity>,
     executor: Executor,
     grants: GrantStore,
+    kube_keys: KubeKeys,
     ports: Ports,
     kube: Option<Arc<crate::kube::Gateway>>,
     channel_ended: CancellationToken,
@@ -39,6 +41,7 @@ pub fn router(
     identity: Arc<Identity>,
     executor: Executor,
     grants: GrantStore,
+    kube_keys: KubeKeys,
     ports: Ports,
     kube: Option<Arc<crate::kube::Gateway>>,
     channel_ended: CancellationToken,
@@ -58,6 +61,7 @@ pub fn router(
             postern_api::ssh::GRANTS_ROUTE,
             put(put_grants).layer(DefaultBodyLimit::max(1024 * 1024)),
         )
+        .route(postern_api::kube_keys::ROUTE, get(kube_keys_poll))
         .layer(DefaultBodyLimit::max(64 * 1024))
         // A relayed stream is unbounded by nature; flow control bounds its buffers.
         .route(postern_api::ssh::CONNECT_ROUTE, post(connect))
@@ -67,6 +71,7 @@ pub fn router(
             identity,
             executor,
             grants,
+            kube_keys,
             ports,
             kube,
             channel_ended,
@@ -83,6 +88,7 @@ async fn health(State(c): State<Ctx>) -> Json<Health> {
         hostname: c.identity.meta.hostname.clone(),
         agent_version: postern_api::VERSION.to_string(),
         kube_gateway: c.kube.is_some(),
+        kube_node_keys: c.kube_keys.enabled(),
     })
 }
 
@@ -172,6 +178,38 @@ async fn put_grants(State(c): State<Ctx>, Json(push): Json<GrantPush>) -> Reply<
             crate::ssh::GrantError::Write(..) => fail(StatusCode::INTERNAL_SERVER_ERROR, e),
         })?;
     Ok(Json(GrantPushed { held }))
+}
+
+#[derive(Deserialize)]
+struct KubeKeysQuery {
+    /// The version the bastion holds; 0 at first.
+    after: Option<u64>,
+    /// Seconds to wait for another version (at most `MAX_WAIT_SECS`).
+    wait: Option<u64>,
+}
+
+/// The keys learned from Kubernetes, long-polled by the bastion; the wait ends
+/// with the channel.
+async fn kube_keys_poll(
+    State(c): State<Ctx>,
+    Query(q): Query<KubeKeysQuery>,
+) -> Reply<postern_api::kube_keys::KubeKeysReport> {
+    if !c.kube_keys.enabled() {
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            "this agent does not read keys from Kubernetes (--kube-node-keys)",
+        ));
+    }
+    let wait = Duration::from_secs(
+        q.wait
+            .unwrap_or(0)
+            .min(postern_api::kube_keys::MAX_WAIT_SECS),
+    );
+    Ok(Json(
+        c.kube_keys
+            .wait_changed(q.after.unwrap_or(0), wait, &c.channel_ended)
+            .await,
+    ))
 }
 
 async fn connect(State(c): State<Ctx>, Path(port): Path<u16>, req: Request) -> Response {

@@ -159,8 +159,10 @@ pub(super) async fn run(
             .store
             .touch_nodes(std::slice::from_ref(&node_id), now)
             .await;
+        let mut kube_node_keys = false;
         match client::health(&link, s.agent_call_timeout).await {
             Ok(h) => {
+                kube_node_keys = h.kube_node_keys;
                 // The agent's word: bounded and printable before it is stored.
                 let version = postern_api::validate::peer_line(&h.agent_version, 64);
                 if node.agent_version.as_deref() != Some(version.as_str()) {
@@ -177,6 +179,12 @@ pub(super) async fn run(
             Err(e) => tracing::debug!(node = %node_id, error = %e, "agent health call failed"),
         }
         release_stored_results(&shared, &link).await;
+        if kube_node_keys {
+            // Until the channel ends: the select below drops this future with it.
+            super::kube_keys::follow(&shared, &link, &node_id).await;
+        } else if node.kube_keys.is_some() {
+            super::kube_keys::forget(&shared, &node_id).await;
+        }
         std::future::pending::<()>().await;
     };
     let ended_by_peer = tokio::select! {

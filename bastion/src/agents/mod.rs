@@ -12,6 +12,7 @@ mod channel;
 pub mod client;
 mod enroll;
 pub mod fleet;
+pub mod kube_keys;
 mod registry;
 mod rotate;
 mod tls;

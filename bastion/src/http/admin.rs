@@ -125,6 +125,7 @@ fn node_view(state: &AppState, project: &ProjectRow, edge: &EdgeRow, n: &NodeRow
         cert_serial: n.cert_serial.clone(),
         cert_expires_at: n.cert_expires_at.map(rfc3339),
         created_at: rfc3339(n.created_at),
+        kube_keys: crate::agents::kube_keys::view(n.kube_keys.as_deref(), n.kube_keys_at),
     }
 }
 

@@ -83,6 +83,9 @@ use super::{admin, cmdexec, kubeconfig, ops, ssh_keys, users};
         SshKey,
         AuditEntry,
         AuditPage,
+        postern_api::kube_keys::NodeKubeKeys,
+        postern_api::kube_keys::KubeNodeKey,
+        postern_api::kube_keys::RejectedLine,
     )),
     modifiers(&Bearer),
     tags(

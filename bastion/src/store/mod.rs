@@ -5,6 +5,7 @@
 //! `Any` driver; the same tests run against both. Timestamps are unix milliseconds.
 
 mod executions;
+mod kube_keys;
 mod nodes;
 mod replicas;
 mod ssh_keys;
@@ -19,6 +20,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use thiserror::Error;
 
 pub use executions::{ExecutionPage, ExecutionRow, HistoryRow, ResultRow, ResultUpdate};
+pub use kube_keys::KubeKeysChange;
 pub use nodes::{EnrollOutcome, NewNode, NodeRow};
 pub use replicas::{PresenceRow, ReplicaEvent, ReplicaRow};
 pub use ssh_keys::{NewSshKey, NodePlace, SshKeyRow};

@@ -18,6 +18,10 @@ pub struct NodeRow {
     pub agent_version: Option<String>,
     pub cert_serial: Option<String>,
     pub cert_expires_at: Option<i64>,
+    /// The keys its agent learned from Kubernetes: `NodeKubeKeys` JSON, and when it
+    /// last changed (see `store/kube_keys.rs`).
+    pub kube_keys: Option<String>,
+    pub kube_keys_at: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -34,6 +38,8 @@ pub struct NewNode<'a> {
 
 /// Why an enrollment was refused by the store. Every variant leaves no node record
 /// and does not consume a token use.
+// One per enrollment, never stored or queued: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnrollOutcome {
     Enrolled(NodeRow),
@@ -44,7 +50,7 @@ pub enum EnrollOutcome {
 
 // Dynamic SQL in this module is assembled only from these constants and
 // numbered placeholders, never from input; hence `AssertSqlSafe`.
-const NODE_COLS: &str = "id, edge_id, hostname, state, created_at, approved_at, last_seen_at, agent_version, cert_serial, cert_expires_at";
+const NODE_COLS: &str = "id, edge_id, hostname, state, created_at, approved_at, last_seen_at, agent_version, cert_serial, cert_expires_at, kube_keys, kube_keys_at";
 
 fn node(r: sqlx::any::AnyRow) -> Result<NodeRow> {
     let state: String = r.try_get(3)?;
@@ -59,6 +65,8 @@ fn node(r: sqlx::any::AnyRow) -> Result<NodeRow> {
         agent_version: r.try_get(7)?,
         cert_serial: r.try_get(8)?,
         cert_expires_at: r.try_get(9)?,
+        kube_keys: r.try_get(10)?,
+        kube_keys_at: r.try_get(11)?,
     })
 }
 
@@ -122,6 +130,8 @@ impl Store {
             agent_version: Some(n.agent_version.to_string()),
             cert_serial: Some(n.cert_serial.to_string()),
             cert_expires_at: Some(n.cert_expires_at),
+            kube_keys: None,
+            kube_keys_at: None,
         }))
     }
 

@@ -64,6 +64,7 @@ pub struct KeysService {
     pub grants: GrantStore,
     pub status: Arc<AgentStatus>,
     pub break_glass: Option<BreakGlass>,
+    pub kube_keys: crate::kube_keys::KubeKeys,
     pub data_dir: PathBuf,
 }
 
@@ -97,6 +98,7 @@ impl KeysService {
         KeysAnswer {
             grants,
             break_glass,
+            kube_keys: self.kube_keys.for_login(&q.login, q.fingerprint.as_deref()),
         }
     }
 
@@ -220,6 +222,7 @@ mod tests {
                 ],
                 grace: Duration::from_secs(60),
             }),
+            kube_keys: crate::kube_keys::KubeKeys::disabled(None),
             data_dir: dir.to_path_buf(),
         }
     }
