@@ -300,7 +300,7 @@ impl Audit {
         Err(AuditError::Contended(5))
     }
 
-        /// Appends several events in one transaction, in order: one commit (and one
+    /// Appends several events in one transaction, in order: one commit (and one
     /// sync to disk) for the lot, for doors that record an entry per request.
     /// All or none are written; the caller retries them one by one on failure,
     /// so one bad entry never loses its neighbours.
@@ -339,7 +339,7 @@ impl Audit {
             };
             let mut clash = false;
             for ev in &evs {
-                                let row = new_row(ev, seq, std::mem::take(&mut hash));
+                let row = new_row(ev, seq, std::mem::take(&mut hash));
                 match insert(&row).execute(&mut *tx).await {
                     Ok(_) => (seq, hash) = (row.seq, row.hash),
                     Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {

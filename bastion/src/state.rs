@@ -109,7 +109,7 @@ pub struct Shared {
     /// Open Kubernetes requests, ended when access is taken away.
     pub kube_live: Arc<crate::kube::Live>,
     /// Audit events unauthenticated peers cause, bounded (see `audit_queue`).
-        pub audit_queue: crate::audit_queue::AuditQueue,
+    pub audit_queue: crate::audit_queue::AuditQueue,
     /// Audit entries written once per request, appended in batches.
     pub audit_batch: crate::audit_batch::AuditBatch,
     /// Permits for REST answers that may be megabytes.
@@ -146,7 +146,7 @@ impl Shared {
             &tasks,
             shutdown.clone(),
         );
-                let audit_batch = crate::audit_batch::AuditBatch::start(
+        let audit_batch = crate::audit_batch::AuditBatch::start(
             audit.clone(),
             metrics.clone(),
             &tasks,
@@ -170,7 +170,7 @@ impl Shared {
             grants: crate::ssh::GrantCache::default(),
             ssh_live: Arc::default(),
             kube_live: Arc::default(),
-                        audit_queue,
+            audit_queue,
             audit_batch,
             big_answers: Default::default(),
         })

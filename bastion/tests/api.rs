@@ -492,6 +492,25 @@ async fn roles_and_users_validate_logins_and_scopes() {
         put(json!({"role": "project_member", "project": "web", "logins": ["deploy"]})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["roles"][0]["logins"][0], "deploy");
+    // Kubernetes groups: never a system: group, header-safe, at most 16; nothing
+    // changes on a refusal.
+    for groups in [
+        json!(["system:masters"]),
+        json!(["a b"]),
+        json!(["x\r\nImpersonate-User: admin"]),
+        json!(["g".repeat(129)]),
+        json!((0..17).map(|i| format!("g{i}")).collect::<Vec<_>>()),
+        json!([""]),
+    ] {
+        let (s, v) =
+            put(json!({"role": "project_member", "project": "web", "kube_groups": groups})).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{groups}: {v}");
+    }
+    let (_, v) = w.get("/api/v1/users/carol", &w.admin).await;
+    assert!(v["roles"][0].get("kube_groups").is_none(), "{v}");
+    let (s, v) = put(json!({"role": "project_member", "project": "web", "logins": ["deploy"], "kube_groups": ["sre", "team-a@corp"]})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["roles"][0]["kube_groups"], json!(["sre", "team-a@corp"]));
     let (s, _) = w
         .call(
             Method::DELETE,
@@ -655,6 +674,7 @@ async fn a_lost_database_is_503_with_a_retry_hint_not_a_500() {
 /// and described in the document.
 const DOCUMENTED_ROUTES: &[&str] = &[
     "GET /api/v1/whoami",
+    "GET /api/v1/kubeconfig",
     "GET /api/v1/projects",
     "POST /api/v1/projects",
     "GET /api/v1/projects/{project}",

@@ -503,7 +503,7 @@ both_backends!(
     node_lifecycle,
     touch_many_nodes_in_batches,
     ca_is_stored_once,
-        audit_chain_detects_edit_and_removal,
+    audit_chain_detects_edit_and_removal,
     audit_batches_extend_one_chain,
     audit_survives_a_second_writer,
     audit_entries_are_bounded_whatever_a_peer_sends,
