@@ -33,6 +33,51 @@ pub const MAX_LONG_PER_USER: usize = 32;
 pub struct Live {
     next: AtomicU64,
     open: Mutex<HashMap<u64, Open>>,
+    /// Who a token is and what it may reach, for a moment: kubectl sends
+    /// bursts of requests (discovery alone is dozens), and reading the token,
+    /// the user, the roles, the project and the edge for each cost more than
+    /// the request. An access change drops the user's entries at once; other
+    /// changes (a new role, an edge removed) apply within `CACHE_FOR`.
+    cache: Mutex<HashMap<CacheKey, (std::time::Instant, Cached)>>,
+    /// The gateway nodes of an edge, as the store listed them a moment ago.
+    gateways: Mutex<HashMap<String, (std::time::Instant, Vec<String>)>>,
+}
+
+/// How long an authorization is reused.
+pub const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+/// Authorizations remembered at most.
+const CACHE_MAX: usize = 10_000;
+
+/// A token (by its digest, never the secret itself) asking for one edge.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    token: [u8; 32],
+    project: String,
+    edge: String,
+}
+
+impl CacheKey {
+    pub fn new(authorization: &str, project: &str, edge: &str) -> CacheKey {
+        let d = ring::digest::digest(&ring::digest::SHA256, authorization.as_bytes());
+        let mut token = [0u8; 32];
+        token.copy_from_slice(d.as_ref());
+        CacheKey {
+            token,
+            project: project.to_string(),
+            edge: edge.to_string(),
+        }
+    }
+}
+
+/// An authorization as the door made it.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    pub principal: crate::authz::Principal,
+    pub token_id: String,
+    pub project: crate::store::ProjectRow,
+    pub edge: crate::store::EdgeRow,
+    pub groups: Vec<String>,
+    pub expires_at_ms: i64,
 }
 
 /// An owned registration, for a response body that outlives its handler.
@@ -99,12 +144,51 @@ impl Live {
         ))
     }
 
+    /// A recent authorization of this token for this edge, if the token has
+    /// not expired since.
+    pub fn cached(&self, key: &CacheKey) -> Option<Cached> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, c) = cache.get(key)?;
+        (at.elapsed() < CACHE_FOR && c.expires_at_ms > crate::clock::now_ms()).then(|| c.clone())
+    }
+
+    pub fn remember(&self, key: CacheKey, c: Cached) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (std::time::Instant::now(), c));
+    }
+
+    pub fn gateways_of(&self, edge_id: &str) -> Option<Vec<String>> {
+        let g = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, nodes) = g.get(edge_id)?;
+        (at.elapsed() < CACHE_FOR).then(|| nodes.clone())
+    }
+
+    pub fn remember_gateways(&self, edge_id: &str, nodes: Vec<String>) {
+        let mut g = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() >= CACHE_MAX {
+            g.clear();
+        }
+        g.insert(edge_id.to_string(), (std::time::Instant::now(), nodes));
+    }
+
     pub fn count(&self) -> usize {
         self.lock().len()
     }
 
     /// Ends what `change` no longer allows; answers how many requests it ended.
     pub fn cut(&self, change: &AccessChange) -> usize {
+        if !matches!(change.what, Change::KeyDeleted { .. }) {
+            self.cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|_, (_, c)| c.principal.user_id != change.user_id);
+        }
         let open = self.lock();
         let mut n = 0;
         for o in open.values().filter(|o| o.user_id == change.user_id) {
@@ -185,6 +269,60 @@ mod tests {
         assert!(cc.is_cancelled());
         drop((_a, _b, _c));
         assert_eq!(live.count(), 0);
+    }
+
+    #[test]
+    fn an_access_change_forgets_the_users_authorizations_at_once() {
+        let live = Live::default();
+        let cached = |user: &str| Cached {
+            principal: crate::authz::Principal {
+                user_id: user.into(),
+                user_name: user.into(),
+                org_id: "o".into(),
+                bindings: vec![],
+            },
+            token_id: "t".into(),
+            project: crate::store::ProjectRow {
+                id: "p".into(),
+                org_id: "o".into(),
+                name: "web".into(),
+                created_at: 0,
+            },
+            edge: crate::store::EdgeRow {
+                id: "e".into(),
+                project_id: "p".into(),
+                name: "eu-1".into(),
+                created_at: 0,
+            },
+            groups: vec![],
+            expires_at_ms: i64::MAX,
+        };
+        let (k1, k2) = (
+            CacheKey::new("Bearer a", "web", "eu-1"),
+            CacheKey::new("Bearer b", "web", "eu-1"),
+        );
+        live.remember(k1.clone(), cached("u1"));
+        live.remember(k2.clone(), cached("u2"));
+        assert!(live.cached(&k1).is_some());
+        assert!(
+            live.cached(&CacheKey::new("Bearer a", "web", "eu-2"))
+                .is_none()
+        );
+        live.cut(&change(
+            "u1",
+            Change::TokenRevoked {
+                token_id: "t".into(),
+            },
+        ));
+        assert!(live.cached(&k1).is_none());
+        assert!(live.cached(&k2).is_some());
+        let mut expired = cached("u3");
+        expired.expires_at_ms = 0;
+        live.remember(k1.clone(), expired);
+        assert!(
+            live.cached(&k1).is_none(),
+            "an expired token is never reused"
+        );
     }
 
     #[test]

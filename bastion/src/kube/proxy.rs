@@ -200,6 +200,21 @@ async fn authorize(
         .and_then(|t| crate::secrets::parse_token(access::authn::TOKEN_PREFIX, t.trim()))
         .map(|(id, _)| id.to_string())
         .unwrap_or_default();
+    let info = contract::request_info(req.method().as_str(), rest, req.uri().query());
+    let key = super::live::CacheKey::new(header.unwrap_or_default(), project, edge);
+    if let Some(hit) = shared.kube_live.cached(&key) {
+        return Ok(Authorized {
+            principal: hit.principal,
+            token_id: hit.token_id,
+            project: hit.project,
+            edge: hit.edge,
+            groups: hit.groups,
+            expires_at_ms: hit.expires_at_ms,
+            info,
+            peer,
+            started,
+        });
+    }
     let (principal, expires_at_ms) = match access::authn::bearer_expiring(&shared.store, header)
         .await
     {
@@ -215,7 +230,6 @@ async fn authorize(
             return Err(d);
         }
     };
-    let info = contract::request_info(req.method().as_str(), rest, req.uri().query());
     let refuse = |d: Denied, project: Option<&ProjectRow>| {
         let mut ev = Event::new("kube.request", "denied")
             .org(&principal.org_id)
@@ -259,6 +273,17 @@ async fn authorize(
         Ok(e) => e,
         Err(d) => return Err(audited(refuse(d, Some(&project))).await),
     };
+    shared.kube_live.remember(
+        key,
+        super::live::Cached {
+            principal: principal.clone(),
+            token_id: token_id.clone(),
+            project: project.clone(),
+            edge: edge.clone(),
+            groups: groups.clone(),
+            expires_at_ms,
+        },
+    );
     Ok(Authorized {
         principal,
         token_id,
@@ -320,13 +345,21 @@ async fn reauthorize(
 
 /// A connected gateway agent of the edge, here or on a peer replica.
 async fn gateway(shared: &Shared, edge: &EdgeRow) -> Result<NodeLink, (StatusCode, String)> {
-    let gateways = shared.store.kube_gateways(&edge.id).await.map_err(|e| {
-        tracing::warn!(error = %e, "cannot read the edge's Kubernetes gateways");
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the bastion's database is busy or unreachable; retry in a few seconds".to_string(),
-        )
-    })?;
+    let gateways = match shared.kube_live.gateways_of(&edge.id) {
+        Some(g) => g,
+        None => {
+            let g = shared.store.kube_gateways(&edge.id).await.map_err(|e| {
+                tracing::warn!(error = %e, "cannot read the edge's Kubernetes gateways");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the bastion's database is busy or unreachable; retry in a few seconds"
+                        .to_string(),
+                )
+            })?;
+            shared.kube_live.remember_gateways(&edge.id, g.clone());
+            g
+        }
+    };
     if gateways.is_empty() {
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,
