@@ -160,7 +160,7 @@ async fn watch_delays(t: &Target, direct: &Target, events: usize) -> Vec<f64> {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(obj.to_string())))
         .unwrap();
-                // Timed from the change's request: the event may arrive before its answer.
+        // Timed from the change's request: the event may arrive before its answer.
         let created = Instant::now();
         let resp = writer.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 201);
