@@ -43,7 +43,6 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
 /// A fresh, empty schema on the PostgreSQL every test machine and CI has (see
 /// `scripts/test`), as a URL for `--database-url`. Fails, never skips, when
 /// PostgreSQL is missing: CI must run the tests that need it.
@@ -97,7 +96,25 @@ pub fn init_bench_logs() {
         .init();
 }
 
+/// A port that was free a moment ago on 127.0.0.1.
+///
+/// Chosen below the kernel's ephemeral range (32768 and up on Linux), from which
+/// every outgoing connection takes its local port: a bastion that a test stops
+/// and starts again on the same ports would otherwise find one taken by some
+/// other test's client in between.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Spread the processes of one run (nextest runs each test in its own).
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let span = 32_000 - 10_000;
+    let seed = (std::process::id() as u16).wrapping_mul(7919);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 10_000 + (seed.wrapping_add(n.wrapping_mul(101))) % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
