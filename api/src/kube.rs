@@ -139,7 +139,7 @@ pub fn request_info(method: &str, path: &str, query: Option<&str>) -> RequestInf
     let path = decoded.as_str();
     let method = method.to_ascii_lowercase();
     let mut info = RequestInfo {
-        verb: part(&method),
+        verb: part(&method).chars().take(32).collect(),
         path: part(path),
         ..RequestInfo::default()
     };
@@ -323,6 +323,9 @@ mod tests {
         }
         let i = request_info(&"M".repeat(500), "/api/v1/pods", None);
         assert!(i.verb.len() <= 32);
+        // Found by the fuzzer: a long method on a path that is not a resource.
+        let i = request_info(&"m".repeat(40), "/api/vo", None);
+        assert!(i.verb.chars().count() <= 32);
     }
 
     #[test]
