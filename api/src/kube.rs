@@ -188,9 +188,18 @@ pub fn request_info(method: &str, path: &str, query: Option<&str>) -> RequestInf
     if info.resource == "namespaces" && !info.name.is_empty() && info.namespace.is_empty() {
         info.namespace = info.name.clone();
     }
+    // As the API server reads it: names and values decoded (`+` is a space), the
+    // value as Go's `strconv.ParseBool` takes it (`t`, `TRUE`, `1`, …).
     let watch_query = query.is_some_and(|q| {
-        q.split('&')
-            .any(|kv| matches!(kv, "watch=true" | "watch=1" | "watch=True"))
+        q.split('&').take(256).any(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let decode = |s: &str| percent_decode(&s.replace('+', " "));
+            decode(k) == "watch"
+                && matches!(
+                    decode(v).as_str(),
+                    "1" | "t" | "T" | "true" | "TRUE" | "True"
+                )
+        })
     });
     info.verb = match method.as_str() {
         "get" | "head" if watch_path || watch_query => "watch",
@@ -294,6 +303,28 @@ mod tests {
         assert!(is_mutation(&i.verb));
         let i = request_info("GET", "/api/v1/%77atch/namespaces/a/pods", None);
         assert_eq!(i.verb, "watch");
+        // Every spelling of true the API server takes is a watch.
+        for q in [
+            "watch=t",
+            "watch=T",
+            "watch=TRUE",
+            "watch=%74rue",
+            "%77atch=1",
+            "a=b&watch=True",
+        ] {
+            assert_eq!(
+                request_info("GET", "/api/v1/pods", Some(q)).verb,
+                "watch",
+                "{q}"
+            );
+        }
+        for q in ["watch=false", "watch=0", "watch=", "watchx=true", "watch"] {
+            assert_eq!(
+                request_info("GET", "/api/v1/pods", Some(q)).verb,
+                "list",
+                "{q}"
+            );
+        }
         // Unknown methods and broken escapes are changes, never reads.
         assert!(is_mutation(&request_info("PROPFIND", "/x%zz%", None).verb));
         assert!(!is_mutation("list"));

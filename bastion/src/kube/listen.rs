@@ -252,11 +252,20 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, sha
         .and_then(edge_of_server_name)
         .map(Arc::new);
     let shared2 = shared.clone();
+    let activity = Arc::new(Activity::default());
+    let seen = activity.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let shared = shared2.clone();
         let edge = edge.clone();
+        let busy = seen.start();
         async move {
-            Ok::<_, std::convert::Infallible>(super::proxy::handle(shared, peer, edge, req).await)
+            let resp = super::proxy::handle(shared, peer, edge, req).await;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| {
+                http_body_util::BodyExt::boxed(Busy {
+                    inner: b,
+                    _busy: busy,
+                })
+            }))
         }
     });
     if h2 {
@@ -292,6 +301,11 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, sha
             r = &mut served => if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "Kubernetes connection ended");
             },
+            _ = activity.idle() => {
+                tracing::debug!(%peer, "Kubernetes connection idle; closing");
+                served.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(2), served).await;
+            }
             _ = shared.shutdown.cancelled() => {
                 served.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(Duration::from_secs(2), served).await;
@@ -372,5 +386,81 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Replay<T> {
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+/// A connection with nothing in flight for this long is closed (GOAWAY):
+/// clients open a new one when they need it, and a client that only answers
+/// pings does not hold a slot for ever.
+const IDLE: Duration = Duration::from_secs(120);
+
+/// Requests in flight on one connection, and when the last one started.
+#[derive(Debug, Default)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last: Mutex<Option<Instant>>,
+}
+
+/// One request in flight: it ends when its answer's body is dropped.
+struct BusyGuard(Arc<Activity>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+}
+
+impl Activity {
+    fn start(self: &Arc<Self>) -> BusyGuard {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        BusyGuard(self.clone())
+    }
+
+    /// Resolves once nothing has been in flight for [`IDLE`].
+    async fn idle(&self) {
+        let since_start = Instant::now();
+        loop {
+            tokio::time::sleep(IDLE / 4).await;
+            let last = self
+                .last
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or(since_start);
+            if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0
+                && last.elapsed() >= IDLE
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// An answer's body that keeps its request counted as in flight.
+struct Busy {
+    inner: super::KubeBody,
+    _busy: BusyGuard,
+}
+
+impl hyper::body::Body for Busy {
+    type Data = bytes::Bytes;
+    type Error = crate::agents::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -39,6 +39,9 @@ pub struct Live {
     /// the request. An access change drops the user's entries at once; other
     /// changes (a new role, an edge removed) apply within `CACHE_FOR`.
     cache: Mutex<HashMap<CacheKey, (std::time::Instant, Cached)>>,
+    /// Bumped by every access change, so an authorization read from the store
+    /// before a change is not remembered after the change cleared the cache.
+    epoch: AtomicU64,
     /// The gateway nodes of an edge, as the store listed them a moment ago.
     gateways: Mutex<HashMap<String, (std::time::Instant, Vec<String>)>>,
 }
@@ -152,8 +155,19 @@ impl Live {
         (at.elapsed() < CACHE_FOR && c.expires_at_ms > crate::clock::now_ms()).then(|| c.clone())
     }
 
-    pub fn remember(&self, key: CacheKey, c: Cached) {
+    /// Where access changes stand: read before an authorization is read from
+    /// the store, handed to [`Live::remember`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Remembers an authorization read at `epoch`, unless an access change came
+    /// since (it may have been read before that change was committed).
+    pub fn remember(&self, key: CacheKey, c: Cached, epoch: u64) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if self.epoch() != epoch {
+            return;
+        }
         if cache.len() >= CACHE_MAX {
             cache.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
             if cache.len() >= CACHE_MAX {
@@ -184,10 +198,9 @@ impl Live {
     /// Ends what `change` no longer allows; answers how many requests it ended.
     pub fn cut(&self, change: &AccessChange) -> usize {
         if !matches!(change.what, Change::KeyDeleted { .. }) {
-            self.cache
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|_, (_, c)| c.principal.user_id != change.user_id);
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+            cache.retain(|_, (_, c)| c.principal.user_id != change.user_id);
         }
         let open = self.lock();
         let mut n = 0;
@@ -301,8 +314,8 @@ mod tests {
             CacheKey::new("Bearer a", "web", "eu-1"),
             CacheKey::new("Bearer b", "web", "eu-1"),
         );
-        live.remember(k1.clone(), cached("u1"));
-        live.remember(k2.clone(), cached("u2"));
+        live.remember(k1.clone(), cached("u1"), live.epoch());
+        live.remember(k2.clone(), cached("u2"), live.epoch());
         assert!(live.cached(&k1).is_some());
         assert!(
             live.cached(&CacheKey::new("Bearer a", "web", "eu-2"))
@@ -316,9 +329,13 @@ mod tests {
         ));
         assert!(live.cached(&k1).is_none());
         assert!(live.cached(&k2).is_some());
+        // Read before the change, remembered after it: not kept.
+        let before = live.epoch() - 1;
+        live.remember(k1.clone(), cached("u1"), before);
+        assert!(live.cached(&k1).is_none());
         let mut expired = cached("u3");
         expired.expires_at_ms = 0;
-        live.remember(k1.clone(), expired);
+        live.remember(k1.clone(), expired, live.epoch());
         assert!(
             live.cached(&k1).is_none(),
             "an expired token is never reused"

@@ -202,6 +202,7 @@ async fn authorize(
         .unwrap_or_default();
     let info = contract::request_info(req.method().as_str(), rest, req.uri().query());
     let key = super::live::CacheKey::new(header.unwrap_or_default(), project, edge);
+    let epoch = shared.kube_live.epoch();
     if let Some(hit) = shared.kube_live.cached(&key) {
         return Ok(Authorized {
             principal: hit.principal,
@@ -283,6 +284,7 @@ async fn authorize(
             groups: groups.clone(),
             expires_at_ms,
         },
+        epoch,
     );
     Ok(Authorized {
         principal,

@@ -85,6 +85,8 @@ impl Drop for Finish {
 /// Frames of an answer in flight to a client at most: a client that stops
 /// reading holds this much here, and its upstream stream stops beside it.
 const RELAY_FRAMES: usize = 8;
+/// A client that takes no frame for this long loses its stream.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// How a relayed answer may be ended before it is done.
 pub struct Ends {
@@ -142,12 +144,15 @@ pub fn relay(
                     tokio::select! {
                         biased;
                         why = ends.reached() => break why,
-                        sent = tx.send(Ok(frame)) => {
-                            if sent.is_err() {
-                                break "client_gone";
-                            }
-                            finish.bytes_out += n;
-                        }
+                                                sent = tokio::time::timeout(STALL, tx.send(Ok(frame))) => match sent {
+                            Ok(Ok(())) => finish.bytes_out += n,
+                            Ok(Err(_)) => break "client_gone",
+                            // Every stalled stream pins its window on the agent
+                            // channel, and enough of them stop the node's other
+                            // streams: a client that reads nothing for this long
+                            // loses the stream, not the node.
+                            Err(_) => break "client_stalled",
+                        },
                     }
                 }
             }

@@ -169,8 +169,10 @@ pub(super) async fn relay(
                 let Ok(frame) = frame else { break };
                 if let Ok(data) = frame.into_data() {
                     sent_down.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if wr.write_all(&data).await.is_err() {
-                        break;
+                    // A client that reads nothing for this long loses the stream.
+                    match tokio::time::timeout(super::stream::STALL, wr.write_all(&data)).await {
+                        Ok(Ok(())) => {}
+                        _ => break,
                     }
                 }
             }
