@@ -211,6 +211,32 @@ fn read_row(r: sqlx::any::AnyRow) -> Result<Row_, sqlx::Error> {
     })
 }
 
+/// PostgreSQL: takes the chain's lock for this transaction and answers the
+/// head under it. Replicas append to one chain: the transaction-scoped advisory
+/// lock orders writers across processes. Waits are bounded, so a writer stalled
+/// while holding the lock (a partition) cannot hold every replica's audit, and
+/// so every change, for as long as the server takes to notice the dead client.
+async fn lock_chain(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+) -> Result<(i64, String), AuditError> {
+    sqlx::query(
+        "SELECT set_config('lock_timeout', '10s', true), \
+         set_config('idle_in_transaction_session_timeout', '10s', true)",
+    )
+    .execute(&mut **tx)
+    .await?;
+    // One lock per deployment (its schema), not one for every deployment
+    // sharing the database.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.postern_audit'))")
+        .execute(&mut **tx)
+        .await?;
+    let prev: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(prev.unwrap_or((0, GENESIS.to_string())))
+}
+
 fn new_row(ev: &Event, prev_seq: i64, prev_hash: String) -> Row_ {
     let mut row = Row_ {
         seq: prev_seq + 1,
@@ -315,22 +341,7 @@ impl Audit {
             let mut tx = self.store.pool().begin().await?;
             let (mut seq, mut hash) = if pg {
                 *head = None;
-                sqlx::query(
-                    "SELECT set_config('lock_timeout', '10s', true), \
-                     set_config('idle_in_transaction_session_timeout', '10s', true)",
-                )
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.postern_audit'))",
-                )
-                .execute(&mut *tx)
-                .await?;
-                let prev: Option<(i64, String)> =
-                    sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                prev.unwrap_or((0, GENESIS.to_string()))
+                lock_chain(&mut tx).await?
             } else {
                 match head.as_ref() {
                     Some(h) => h.clone(),
@@ -368,25 +379,7 @@ impl Audit {
 
     async fn record_locked(&self, ev: &Event) -> Result<i64, AuditError> {
         let mut tx = self.store.pool().begin().await?;
-        // Bounded waits: a writer stalled while holding the lock (a partition)
-        // must not hold every replica's audit, and so every change, for as long
-        // as the server takes to notice the dead client.
-        sqlx::query(
-            "SELECT set_config('lock_timeout', '10s', true), \
-             set_config('idle_in_transaction_session_timeout', '10s', true)",
-        )
-        .execute(&mut *tx)
-        .await?;
-        // One lock per deployment (its schema), not one for every deployment
-        // sharing the database.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.postern_audit'))")
-            .execute(&mut *tx)
-            .await?;
-        let prev: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
-        let (prev_seq, prev_hash) = prev.unwrap_or((0, GENESIS.to_string()));
+        let (prev_seq, prev_hash) = lock_chain(&mut tx).await?;
         let row = new_row(ev, prev_seq, prev_hash);
         insert(&row).execute(&mut *tx).await?;
         tx.commit().await?;
