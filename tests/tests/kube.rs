@@ -651,3 +651,92 @@ async fn exec_upgrades_are_relayed_as_byte_streams_through_the_api_server() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_its_stream_not_the_node() {
+    let s = setup().await;
+    let admin = kubeconfig(&s, &s.b.token, "admin.kubeconfig").await;
+    eventually(
+        Duration::from_secs(15),
+        "kubectl get namespaces",
+        || async { kubectl(&admin, &["get", "namespaces"]).status.success() },
+    )
+    .await;
+    // A watch over HTTP/2 whose client never reads: its window is small, so a
+    // few changes fill it, then the bastion's queue, then the gateway's stream.
+    let ca = kubeconfig_ca(&std::fs::read_to_string(&admin).unwrap());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::pem::PemObject::pem_slice_iter(&ca) {
+        let c: rustls_pki_types::CertificateDer<'static> = c.unwrap();
+        roots.add(c).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&s.kube_addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("eu-1.web.kube.postern").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(65_535)
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/api/v1/namespaces/default/configmaps?watch=true")
+        .header("authorization", format!("Bearer {}", s.b.token))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let stalled = resp.into_body();
+    // One argument may hold at most 128 KiB.
+    let big = "x".repeat(100_000);
+    for i in 0..40 {
+        let out = s.k.kubectl(
+            "admin",
+            &[
+                "create",
+                "configmap",
+                &format!("big-{i}"),
+                &format!("--from-literal=d={big}"),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The node stays usable meanwhile, and the stalled stream is ended.
+    assert!(
+        kubectl(&admin, &["get", "--raw", "/version"])
+            .status
+            .success()
+    );
+    eventually(
+        Duration::from_secs(40),
+        "the stalled watch ended and audited",
+        || async {
+            s.b.audit("kube.request")
+                .await
+                .iter()
+                .any(|e| e["detail"]["verb"] == "watch" && e["detail"]["end"] == "client_stalled")
+        },
+    )
+    .await;
+    assert!(
+        kubectl(&admin, &["get", "--raw", "/version"])
+            .status
+            .success()
+    );
+    drop(stalled);
+}
