@@ -67,6 +67,40 @@ pub fn connection_named<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String
         .collect()
 }
 
+/// What `h`'s `Connection` headers name.
+fn named_in(h: &http::HeaderMap) -> Vec<String> {
+    connection_named(
+        h.get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+}
+
+/// The headers of `from` that may cross a hop ([`forwardable`]).
+pub fn forwardable_headers(from: &http::HeaderMap) -> http::HeaderMap {
+    let named = named_in(from);
+    let mut h = http::HeaderMap::new();
+    for (name, value) in from {
+        if forwardable(name.as_str(), &named) {
+            h.append(name.clone(), value.clone());
+        }
+    }
+    h
+}
+
+/// Removes from `h` every header that may not cross a hop ([`forwardable`]).
+pub fn retain_forwardable(h: &mut http::HeaderMap) {
+    let named = named_in(h);
+    let drop: Vec<http::HeaderName> = h
+        .keys()
+        .filter(|k| !forwardable(k.as_str(), &named))
+        .cloned()
+        .collect();
+    for k in drop {
+        h.remove(&k);
+    }
+}
+
 /// Most Kubernetes groups one role binding lists.
 pub const MAX_GROUPS: usize = 16;
 /// Longest Kubernetes group name Postern sends.
@@ -357,6 +391,31 @@ mod tests {
         // Found by the fuzzer: a long method on a path that is not a resource.
         let i = request_info(&"m".repeat(40), "/api/vo", None);
         assert!(i.verb.chars().count() <= 32);
+    }
+
+    #[test]
+    fn no_credential_or_identity_of_the_client_crosses() {
+        use http::HeaderValue;
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer x"));
+        h.insert("impersonate-user", HeaderValue::from_static("system:admin"));
+        h.append(
+            "impersonate-group",
+            HeaderValue::from_static("system:masters"),
+        );
+        h.insert("impersonate-extra-scopes", HeaderValue::from_static("x"));
+        h.insert("postern-kube-user", HeaderValue::from_static("root"));
+        h.insert("x-remote-user", HeaderValue::from_static("admin"));
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("accept", HeaderValue::from_static("application/json"));
+        let kept = forwardable_headers(&h);
+        assert_eq!(
+            kept.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["accept"]
+        );
+        retain_forwardable(&mut h);
+        assert_eq!(h, kept);
     }
 
     #[test]

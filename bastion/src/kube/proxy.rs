@@ -396,18 +396,6 @@ pub(super) fn is_upgrade(h: &HeaderMap) -> bool {
         })
 }
 
-pub(super) fn forwardable(name: &HeaderName, connection_named: &[String]) -> bool {
-    contract::forwardable(name.as_str(), connection_named)
-}
-
-fn connection_named(h: &HeaderMap) -> Vec<String> {
-    contract::connection_named(
-        h.get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-    )
-}
-
 /// The request to the gateway agent: the client's method, path and forwardable
 /// headers, and who the bastion says the caller is.
 pub(super) fn agent_request(
@@ -426,13 +414,8 @@ pub(super) fn agent_request(
         .method(method.clone())
         .uri(uri)
         .body(body)?;
-    let named = connection_named(client);
+    *req.headers_mut() = contract::forwardable_headers(client);
     let h = req.headers_mut();
-    for (name, value) in client {
-        if forwardable(name, &named) {
-            h.append(name.clone(), value.clone());
-        }
-    }
     h.insert(
         HeaderName::from_static(contract::HDR_USER),
         HeaderValue::from_str(&auth.principal.user_name)?,
@@ -507,7 +490,7 @@ async fn forward(
     };
     let (mut parts, body) = resp.into_parts();
     let agent_error = parts.headers.remove(contract::HDR_AGENT_ERROR).is_some();
-    parts.headers.retain_forwardable();
+    contract::retain_forwardable(&mut parts.headers);
     let code = parts.status;
     let (reg, cancel) = live;
     let ends = ends(&shared, &auth, cancel);
@@ -515,25 +498,6 @@ async fn forward(
     finish.bytes_in = bytes_in;
     let body = super::stream::relay(&shared, body, ends, finish, reg);
     Response::from_parts(parts, body)
-}
-
-/// Keeps only what may go back to the client of the Kubernetes listener.
-trait RetainForwardable {
-    fn retain_forwardable(&mut self);
-}
-
-impl RetainForwardable for HeaderMap {
-    fn retain_forwardable(&mut self) {
-        let named = connection_named(self);
-        let drop: Vec<HeaderName> = self
-            .keys()
-            .filter(|k| !forwardable(k, &named))
-            .cloned()
-            .collect();
-        for k in drop {
-            self.remove(&k);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -552,29 +516,5 @@ mod tests {
         assert_eq!(split_path("/k8s/prod"), None);
         assert_eq!(split_path("/k8s//x/api"), None);
         assert_eq!(split_path("/api/v1/pods"), None);
-    }
-
-    #[test]
-    fn no_credential_or_identity_of_the_client_crosses() {
-        let mut h = HeaderMap::new();
-        h.insert("authorization", HeaderValue::from_static("Bearer x"));
-        h.insert("impersonate-user", HeaderValue::from_static("system:admin"));
-        h.append(
-            "impersonate-group",
-            HeaderValue::from_static("system:masters"),
-        );
-        h.insert("impersonate-extra-scopes", HeaderValue::from_static("x"));
-        h.insert("postern-kube-user", HeaderValue::from_static("root"));
-        h.insert("x-remote-user", HeaderValue::from_static("admin"));
-        h.insert("connection", HeaderValue::from_static("close, x-secret"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("accept", HeaderValue::from_static("application/json"));
-        let named = connection_named(&h);
-        let kept: Vec<&str> = h
-            .keys()
-            .filter(|k| forwardable(k, &named))
-            .map(HeaderName::as_str)
-            .collect();
-        assert_eq!(kept, vec!["accept"]);
     }
 }

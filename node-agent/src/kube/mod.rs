@@ -173,17 +173,7 @@ impl Gateway {
             .filter(|u| !u.is_empty() && u.len() <= 253)
             .ok_or("the bastion named no user to impersonate")?
             .to_string();
-        let named = contract::connection_named(
-            from.get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-        );
-        let mut h = HeaderMap::new();
-        for (name, value) in from {
-            if contract::forwardable(name.as_str(), &named) {
-                h.append(name.clone(), value.clone());
-            }
-        }
+        let mut h = contract::forwardable_headers(from);
         if let Some(a) = &self.creds.authorization {
             h.insert(header::AUTHORIZATION, a.clone());
         }
@@ -300,24 +290,8 @@ pub async fn handle(
         }
     };
     let (mut parts, body) = resp.into_parts();
-    retain_forwardable(&mut parts.headers);
+    contract::retain_forwardable(&mut parts.headers);
     Response::from_parts(parts, Body::new(body))
-}
-
-fn retain_forwardable(h: &mut HeaderMap) {
-    let named = contract::connection_named(
-        h.get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-    );
-    let drop: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| !contract::forwardable(k.as_str(), &named))
-        .cloned()
-        .collect();
-    for k in drop {
-        h.remove(&k);
-    }
 }
 
 /// An upgrade, made towards the API server on its own HTTP/1.1 connection.
@@ -398,7 +372,7 @@ async fn upgrade_request(
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
-        retain_forwardable(&mut parts.headers);
+        contract::retain_forwardable(&mut parts.headers);
         return Response::from_parts(parts, Body::new(body));
     }
     let switched = resp
@@ -407,7 +381,7 @@ async fn upgrade_request(
         .cloned()
         .unwrap_or(upgrade);
     let mut head = resp.headers().clone();
-    retain_forwardable(&mut head);
+    contract::retain_forwardable(&mut head);
     let upgraded = match tokio::time::timeout(CONNECT_TIMEOUT, hyper::upgrade::on(resp)).await {
         Ok(Ok(u)) => u,
         _ => {
