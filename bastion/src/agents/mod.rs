@@ -28,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub use enroll::{EnrollError, TOKEN_PREFIX as ENROLL_TOKEN_PREFIX, enroll};
 pub use fleet::{Fleet, NodeLink};
-pub use registry::{AgentBody, AgentConn, BoxError};
+pub use registry::{AgentBody, AgentConn, BoxError, stream_body};
 pub use rotate::{rotate_node, run_rotation};
 pub use tls::server_config;
 

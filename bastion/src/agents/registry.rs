@@ -19,6 +19,22 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request bodies the bastion sends to agents.
 pub type AgentBody = BoxBody<Bytes, BoxError>;
 
+/// A request body that carries a byte stream to the node (an SSH session, a
+/// Kubernetes upgrade), fed through a queue of `queue` chunks at most; the
+/// stream ends when the sender is dropped.
+pub fn stream_body(queue: usize) -> (tokio::sync::mpsc::Sender<Bytes>, AgentBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(queue);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, BoxError>(hyper::body::Frame::data(b)), rx))
+    });
+    (
+        tx,
+        http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(stream)),
+    )
+}
+
 /// One live channel.
 pub struct AgentConn {
     pub node_id: String,

@@ -11,17 +11,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Empty, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use postern_api::kube as contract;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 use super::proxy::{Authorized, Registration, agent_request};
 use super::stream::Finish;
 use super::{KubeBody, status};
-use crate::agents::{AgentBody, BoxError, NodeLink};
+use crate::agents::NodeLink;
 use crate::state::Shared;
 
 /// Chunks from the client in flight towards the gateway.
@@ -39,13 +38,7 @@ pub(super) async fn relay(
     rest: String,
 ) -> Response<KubeBody> {
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let (tx, rx) = mpsc::channel::<Bytes>(UPSTREAM_QUEUE);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
-    });
-    let body: AgentBody = BodyExt::boxed(StreamBody::new(stream));
+    let (tx, body) = crate::agents::stream_body(UPSTREAM_QUEUE);
     let rest = rest.as_str();
     let upgrade_to = req
         .headers()

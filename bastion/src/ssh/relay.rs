@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 use postern_api::admin::NodeState;
 use russh::server::ChannelOpenHandle;
 use russh::server::Msg;
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::grants::GrantFor;
 use super::handler::SshUser;
 use super::target::{self, Refusal, Target};
-use crate::agents::{AgentBody, BoxError, NodeLink};
+use crate::agents::NodeLink;
 use crate::audit::Event;
 use crate::authz::Principal;
 use crate::clock::{now_ms, rfc3339};
@@ -212,13 +212,7 @@ async fn open(shared: &Shared, jump: &Jump) -> Result<Opened, Refusal> {
             "node {host} did not accept the key grant ({e}); try again"
         )));
     }
-    let (tx, rx) = mpsc::channel::<Bytes>(UPSTREAM_QUEUE);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
-    });
-    let body: AgentBody = BodyExt::boxed(StreamBody::new(stream));
+    let (tx, body) = crate::agents::stream_body(UPSTREAM_QUEUE);
     let req = Request::builder()
         .method(Method::POST)
         .uri(format!(
