@@ -1,6 +1,7 @@
 //! Limits per source address, for every door that must not let one client take
-//! all of a shared pool (enrollments, large REST answers): a count per address
-//! and a guard that gives the place back when dropped.
+//! all of a shared pool (enrollments, large REST answers, the connections of a
+//! listener): a count per address and a guard that gives the place back when
+//! dropped.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -69,6 +70,79 @@ impl PerSource {
             ip,
             counts: self.counts.clone(),
         })
+    }
+}
+
+/// The connections a TLS listener holds: at most `max` in all and
+/// `per_source` from one source (see [`source_key`]), so one client cannot
+/// fill it. A connection counts until its [`Admitted`] is dropped.
+#[derive(Debug)]
+pub struct Gate {
+    what: &'static str,
+    all: Arc<tokio::sync::Semaphore>,
+    sources: PerSource,
+}
+
+/// A connection's place at a [`Gate`].
+#[derive(Debug)]
+pub struct Admitted {
+    _all: tokio::sync::OwnedSemaphorePermit,
+    _source: SourceGuard,
+}
+
+impl Gate {
+    /// `what` names the listener in logs ("peer port").
+    pub fn new(what: &'static str, max: usize, per_source: usize) -> Gate {
+        Gate {
+            what,
+            all: Arc::new(tokio::sync::Semaphore::new(max)),
+            sources: PerSource::new(per_source),
+        }
+    }
+
+    /// The next connection the gate admits, with no delay on the socket;
+    /// `None` once `shutdown` fires. Connections refused (from a source, or
+    /// the listener, that is full) are dropped and counted in `refused`;
+    /// failures to accept (EMFILE and friends) back off briefly instead of
+    /// spinning.
+    pub async fn accept(
+        &self,
+        listener: &tokio::net::TcpListener,
+        shutdown: &tokio_util::sync::CancellationToken,
+        refused: &std::sync::atomic::AtomicU64,
+    ) -> Option<(tokio::net::TcpStream, std::net::SocketAddr, Admitted)> {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                a = listener.accept() => match a {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(error = %e, listener = self.what, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Some(source) = self.sources.admit(peer.ip()) else {
+                crate::metrics::inc(refused);
+                tracing::debug!(%peer, listener = self.what, "too many connections from one address; dropping");
+                continue;
+            };
+            let Ok(all) = self.all.clone().try_acquire_owned() else {
+                crate::metrics::inc(refused);
+                tracing::warn!(%peer, listener = self.what, "listener full; dropping a connection");
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            return Some((
+                tcp,
+                peer,
+                Admitted {
+                    _all: all,
+                    _source: source,
+                },
+            ));
+        }
     }
 }
 

@@ -26,10 +26,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::metrics::inc;
 use crate::pki::Pki;
 use crate::state::Shared;
 
@@ -193,36 +191,23 @@ fn given_cert(
 
 pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, shared: Arc<Shared>) {
     let acceptor = TlsAcceptor::from(tls);
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let sources = crate::limits::PerSource::new(MAX_CONNECTIONS_PER_SOURCE);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Kubernetes listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Some(source) = sources.admit(peer.ip()) else {
-            inc(&shared.metrics.kube_rejected_full);
-            tracing::debug!(%peer, "too many Kubernetes connections from one address; dropping");
-            continue;
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            inc(&shared.metrics.kube_rejected_full);
-            tracing::warn!(%peer, "Kubernetes listener full; dropping a connection");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
+    let gate = crate::limits::Gate::new(
+        "Kubernetes listener",
+        MAX_CONNECTIONS,
+        MAX_CONNECTIONS_PER_SOURCE,
+    );
+    while let Some((tcp, peer, admitted)) = gate
+        .accept(
+            &listener,
+            &shared.shutdown,
+            &shared.metrics.kube_rejected_full,
+        )
+        .await
+    {
         let shared2 = shared.clone();
         let acceptor = acceptor.clone();
         shared.tasks.spawn(async move {
-            let _permit = permit;
-            let _source = source;
+            let _admitted = admitted;
             connection(tcp, peer, acceptor, shared2).await;
         });
     }

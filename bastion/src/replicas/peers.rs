@@ -22,7 +22,6 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
@@ -275,36 +274,19 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         return;
     };
     let acceptor = TlsAcceptor::from(r.peers.server_config());
-    let limit = Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
-    let sources = crate::limits::PerSource::new(PEER_CONNECTIONS_PER_SOURCE);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "peer port accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Some(source) = sources.admit(peer.ip()) else {
-            inc(&shared.metrics.peer_refused);
-            tracing::debug!(%peer, "too many peer connections from one address; dropping");
-            continue;
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            inc(&shared.metrics.peer_refused);
-            tracing::warn!(%peer, "peer port full; dropping a connection");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
+    let gate = crate::limits::Gate::new(
+        "peer port",
+        MAX_PEER_CONNECTIONS,
+        PEER_CONNECTIONS_PER_SOURCE,
+    );
+    while let Some((tcp, peer, admitted)) = gate
+        .accept(&listener, &shared.shutdown, &shared.metrics.peer_refused)
+        .await
+    {
         let shared2 = shared.clone();
         let acceptor = acceptor.clone();
         shared.tasks.spawn(async move {
-            let _permit = permit;
-            let _source = source;
+            let _admitted = admitted;
             handle(tcp, peer, acceptor, shared2).await;
         });
     }
