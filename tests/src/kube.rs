@@ -560,3 +560,38 @@ pub fn kubeconfig_ca(yaml: &str) -> Vec<u8> {
         .decode(b64)
         .unwrap()
 }
+
+/// A TLS client that trusts only `ca_pem` (a kubeconfig's CA) and offers `alpn`.
+pub fn client_tls(ca_pem: &[u8], alpn: &[u8]) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    std::sync::Arc::new(cfg)
+}
+
+/// A TLS connection to the bastion's Kubernetes listener at `addr` for edge
+/// `eu-1` of project `web` (its server name), trusting the CA of the kubeconfig
+/// `kubeconfig` and offering `alpn`.
+pub async fn door_tls(
+    addr: &str,
+    kubeconfig: &Path,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let ca = kubeconfig_ca(&std::fs::read_to_string(kubeconfig).unwrap());
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("eu-1.web.kube.postern").unwrap();
+    tokio_rustls::TlsConnector::from(client_tls(&ca, alpn))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}

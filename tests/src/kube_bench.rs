@@ -13,10 +13,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
-use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
-use crate::kube::{door, kubeconfig_ca};
+use crate::kube::{client_tls, door, kubeconfig_ca};
 use crate::swarm::cpu_secs;
 
 #[derive(Debug, Clone)]
@@ -37,22 +36,6 @@ struct Target {
     server_name: ServerName<'static>,
     tls: Arc<rustls::ClientConfig>,
     token: String,
-}
-
-fn tls(ca_pem: &[u8]) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Arc::new(cfg)
 }
 
 impl Target {
@@ -202,13 +185,13 @@ pub async fn run(o: &KubeBenchOpts) -> Value {
     let door = Target {
         addr: kube_addr,
         server_name: ServerName::try_from("eu-1.web.kube.postern").unwrap(),
-        tls: tls(&kubeconfig_ca(cfg.as_str().unwrap())),
+        tls: client_tls(&kubeconfig_ca(cfg.as_str().unwrap()), b"h2"),
         token: b.token.clone(),
     };
     let direct = Target {
         addr: k.url().trim_start_matches("https://").to_string(),
         server_name: ServerName::try_from("127.0.0.1").unwrap(),
-        tls: tls(k.ca_pem().as_bytes()),
+        tls: client_tls(k.ca_pem().as_bytes(), b"h2"),
         token: k.token("admin").await,
     };
     // The gateway's capability arrives with its channel.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use postern_tests::kube::{KubeCluster, kubeconfig_ca, kubectl_bin};
+use postern_tests::kube::{KubeCluster, door_tls, kubeconfig_ca, kubectl_bin};
 use postern_tests::{AgentProc, Bastion, eventually, http};
 use serde_json::{Value, json};
 
@@ -562,26 +562,7 @@ async fn exec_upgrades_are_relayed_as_byte_streams_through_the_api_server() {
     .await;
     // The bastion's CA, from the kubeconfig, and a raw HTTP/1.1 upgrade as
     // kubectl's SPDY executor sends it.
-    let ca_pem = kubeconfig_ca(&std::fs::read_to_string(&admin).unwrap());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::pem::PemObject::pem_slice_iter(&ca_pem) {
-        let c: rustls_pki_types::CertificateDer<'static> = c.unwrap();
-        roots.add(c).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(&s.kube_addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("eu-1.web.kube.postern").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut tls = door_tls(&s.kube_addr, &admin, b"http/1.1").await;
     let req = format!(
         "POST /api/v1/namespaces/default/pods/p1/exec?command=sh&container=c&stdin=true&stdout=true HTTP/1.1\r\n\
          Host: eu-1.web.kube.postern\r\nAuthorization: Bearer {}\r\n\
@@ -664,26 +645,7 @@ async fn a_client_that_stops_reading_loses_its_stream_not_the_node() {
     .await;
     // A watch over HTTP/2 whose client never reads: its window is small, so a
     // few changes fill it, then the bastion's queue, then the gateway's stream.
-    let ca = kubeconfig_ca(&std::fs::read_to_string(&admin).unwrap());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::pem::PemObject::pem_slice_iter(&ca) {
-        let c: rustls_pki_types::CertificateDer<'static> = c.unwrap();
-        roots.add(c).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(&s.kube_addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("eu-1.web.kube.postern").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = door_tls(&s.kube_addr, &admin, b"h2").await;
     let (mut sender, conn) =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .initial_stream_window_size(65_535)
