@@ -11,6 +11,7 @@ pub mod cmdexec;
 pub mod error;
 pub mod kube;
 pub mod kube_keys;
+pub mod labels;
 pub mod pubkey;
 pub mod ssh;
 pub mod validate;
