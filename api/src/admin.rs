@@ -150,6 +150,26 @@ pub struct Node {
     /// bastion. Absent when the agent never reported any.
     #[serde(default)]
     pub kube_keys: Option<crate::kube_keys::NodeKubeKeys>,
+    /// The labels `target_type: selector` matches: the agent's, with a project
+    /// admin's winning on the same key.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Labels the node's agent reports (`postern-agent run --label k=v`).
+    #[serde(default)]
+    pub agent_labels: std::collections::BTreeMap<String, String>,
+    /// Labels a project admin set (`PUT …/nodes/{node}/labels`).
+    #[serde(default)]
+    pub admin_labels: std::collections::BTreeMap<String, String>,
+}
+
+/// `PUT …/nodes/{node}/labels`: the labels a project admin sets on a node,
+/// replacing those set before (the agent's own are kept; these win on a key).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetNodeLabels {
+    /// At most 64; keys and values in Kubernetes label syntax (`role`,
+    /// `example.com/zone`; values up to 63 characters of letters, digits, `-_.`).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

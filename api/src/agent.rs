@@ -69,6 +69,8 @@ pub mod routes {
     /// POST: run a command; GET: the exec IDs whose results are spooled, final.
     pub const EXEC: &str = "/v1/exec";
     pub const EXEC_ONE: &str = "/v1/exec/{exec_id}";
+    pub const EXEC_STREAM: &str = "/v1/exec/{exec_id}/stream";
+    pub const EXEC_CANCEL: &str = "/v1/exec/{exec_id}/cancel";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,6 +119,14 @@ pub struct Health {
     /// served at `GET /v1/kube-keys`. Absent from older agents.
     #[serde(default)]
     pub kube_node_keys: bool,
+    /// The agent streams output while a command runs and can cancel it
+    /// (`?stream=1`, `/v1/exec/{id}/stream`, `/v1/exec/{id}/cancel`). Absent
+    /// from older agents, which are sent commands the old way.
+    #[serde(default)]
+    pub exec_stream: bool,
+    /// Labels from `--label k=v`, validated by the agent; the bastion checks them again.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// `sha256:<hex>` of the CA certificate's DER, the pin carried by the join command.

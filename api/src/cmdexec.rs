@@ -68,6 +68,8 @@ pub fn max_result_answer(keep_bytes: usize) -> usize {
 pub enum TargetType {
     Node,
     Cluster,
+    /// The edge's nodes whose labels match `selector`, resolved at submit.
+    Selector,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -104,6 +106,113 @@ pub struct ExecuteRequest {
     #[serde(default, deserialize_with = "crate::validate::whole_number")]
     #[schema(minimum = 1, maximum = 3600)]
     pub timeout: Option<i64>,
+    /// For `target_type: selector`: a Kubernetes label selector over the nodes'
+    /// labels, such as `role=db,zone in (a,b),!canary`.
+    #[serde(default)]
+    #[schema(max_length = 4096)]
+    pub selector: Option<String>,
+    /// Nodes running the command at once: a count (`"10"`) or a percentage of
+    /// the targets (`"25%"`, at least one node). Default: all at once.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, pattern = "^[0-9]{1,9}%?$", example = "25%")]
+    pub max_concurrency: Option<RateValue>,
+    /// Failed nodes (failed, timed out, lost) tolerated before the nodes not yet
+    /// started are skipped: a count (`"0"` stops at the first failure) or a
+    /// percentage of the targets. Default: no limit.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, pattern = "^[0-9]{1,9}%?$", example = "0")]
+    pub max_errors: Option<RateValue>,
+}
+
+/// A rate as sent: a JSON string or a whole number, parsed by [`Rate::parse`]
+/// so that a bad one is refused with a message that names its field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct RateValue(pub String);
+
+impl<'de> Deserialize<'de> for RateValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(RateValue(s)),
+            serde_json::Value::Number(n) => Ok(RateValue(n.to_string())),
+            other => Err(D::Error::custom(format!(
+                "expected a count or a percentage such as \"10\" or \"25%\", got {other}"
+            ))),
+        }
+    }
+}
+
+/// `max_concurrency` or `max_errors`: a count of nodes or a percentage of the
+/// execution's targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    Count(u64),
+    Percent(u8),
+}
+
+impl Rate {
+    /// Parses `field`'s value; `min_count` is the least count allowed (1 for
+    /// concurrency, 0 for errors). Percentages run from `min_count` to 100.
+    pub fn parse(field: &'static str, v: &RateValue, min_count: u64) -> Result<Rate, RateError> {
+        let s = v.0.trim();
+        let bad = |why: &str| RateError {
+            field,
+            message: format!(
+                "{why}; use a count such as \"10\" or a percentage of the targets such as \"25%\""
+            ),
+        };
+        let (digits, percent) = match s.strip_suffix('%') {
+            Some(d) => (d, true),
+            None => (s, false),
+        };
+        if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad(&format!(
+                "{:?} is not a whole number",
+                crate::validate::peer_text(&v.0, 40)
+            )));
+        }
+        let n: u64 = digits.parse().map_err(|_| bad("not a number"))?;
+        if n < min_count {
+            return Err(bad(&format!("must be at least {min_count}, got {n}")));
+        }
+        if percent {
+            if n > 100 {
+                return Err(bad(&format!("a percentage is at most 100%, got {n}%")));
+            }
+            return Ok(Rate::Percent(n as u8));
+        }
+        Ok(Rate::Count(n))
+    }
+
+    /// The count for `targets` nodes. Percentages of concurrency round up (10%
+    /// of 5 nodes runs one at a time, not none); of errors, down (10% of 5
+    /// nodes tolerates none).
+    pub fn of(self, targets: u64, round_up: bool) -> u64 {
+        match self {
+            Rate::Count(n) => n,
+            Rate::Percent(p) => {
+                let x = targets.saturating_mul(u64::from(p));
+                if round_up { x.div_ceil(100) } else { x / 100 }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rate::Count(n) => write!(f, "{n}"),
+            Rate::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {message}")]
+pub struct RateError {
+    pub field: &'static str,
+    pub message: String,
 }
 
 /// What was decided at submit time.
@@ -119,6 +228,15 @@ pub struct ExecuteResponse {
     pub target_nodes: Vec<String>,
     pub unreachable_nodes: Vec<String>,
     pub unapproved_nodes: Vec<String>,
+    /// The selector as understood (canonical form), for `target_type: selector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Nodes at once, as resolved against the targets; absent means all at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<i64>,
+    /// Failures tolerated, as resolved; absent means no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_errors: Option<i64>,
 }
 
 /// A node's state within an execution.
@@ -133,6 +251,10 @@ pub enum NodeExecStatus {
     Unreachable,
     NotApproved,
     Lost,
+    /// Stopped by a cancel: never started, or its process group was killed.
+    Cancelled,
+    /// Not started because `max_errors` was exceeded.
+    Skipped,
 }
 
 impl NodeExecStatus {
@@ -146,6 +268,8 @@ impl NodeExecStatus {
             NodeExecStatus::Unreachable => "unreachable",
             NodeExecStatus::NotApproved => "not_approved",
             NodeExecStatus::Lost => "lost",
+            NodeExecStatus::Cancelled => "cancelled",
+            NodeExecStatus::Skipped => "skipped",
         }
     }
 
@@ -159,6 +283,8 @@ impl NodeExecStatus {
             NodeExecStatus::Unreachable,
             NodeExecStatus::NotApproved,
             NodeExecStatus::Lost,
+            NodeExecStatus::Cancelled,
+            NodeExecStatus::Skipped,
         ]
         .into_iter()
         .find(|v| v.as_str() == s)
@@ -166,6 +292,15 @@ impl NodeExecStatus {
 
     pub fn is_final(self) -> bool {
         !matches!(self, NodeExecStatus::Pending | NodeExecStatus::Running)
+    }
+
+    /// A run that went wrong, as `max_errors` counts it. Nodes never tried
+    /// (unreachable, not approved, cancelled, skipped) do not count.
+    pub fn is_error(self) -> bool {
+        matches!(
+            self,
+            NodeExecStatus::Failed | NodeExecStatus::TimedOut | NodeExecStatus::Lost
+        )
     }
 }
 
@@ -251,7 +386,8 @@ pub struct Execution {
     pub username: String,
     pub created_at: String,
     pub timeout: i64,
-    /// `pending`, `running`, `succeeded` (every node), or `failed` (finished, some did not succeed).
+    /// `pending`, `running`, `succeeded` (every node), `cancelled` (finished after
+    /// a cancel), or `failed` (finished, some did not succeed).
     pub status: String,
     /// How many of the execution's nodes are in each state (all nodes, not just this page).
     pub node_counts: NodeCounts,
@@ -277,6 +413,10 @@ pub struct NodeCounts {
     pub unreachable: i64,
     pub not_approved: i64,
     pub lost: i64,
+    #[serde(default)]
+    pub cancelled: i64,
+    #[serde(default)]
+    pub skipped: i64,
 }
 
 impl NodeCounts {
@@ -290,6 +430,8 @@ impl NodeCounts {
             NodeExecStatus::Unreachable => &mut self.unreachable,
             NodeExecStatus::NotApproved => &mut self.not_approved,
             NodeExecStatus::Lost => &mut self.lost,
+            NodeExecStatus::Cancelled => &mut self.cancelled,
+            NodeExecStatus::Skipped => &mut self.skipped,
         };
         *slot = slot.saturating_add(n);
     }
@@ -304,6 +446,8 @@ impl NodeCounts {
             self.unreachable,
             self.not_approved,
             self.lost,
+            self.cancelled,
+            self.skipped,
         ]
         .iter()
         .fold(0i64, |a, b| a.saturating_add(*b))
@@ -317,6 +461,8 @@ impl NodeCounts {
             "running"
         } else if self.succeeded == self.total() {
             "succeeded"
+        } else if self.cancelled > 0 {
+            "cancelled"
         } else {
             "failed"
         }
@@ -377,7 +523,119 @@ pub struct History {
     pub executions: Vec<ExecutionSummary>,
 }
 
+/// Which output stream a chunk belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// Largest chunk of output in one event (and one line of the agent's stream).
+pub const STREAM_CHUNK: usize = 16 * 1024;
+/// Most output streamed live per node and stream: past it the stream says
+/// `output_truncated` and the result keeps the head and the tail as always.
+pub const LIVE_BYTES_MAX: usize = 256 * 1024;
+
+/// One event of an execution's live stream (`GET …/execution/{id}/events`): the
+/// `data` of a server-sent event whose `event:` is the same name as `event` here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ExecEvent {
+    /// The command was sent to the node.
+    NodeStarted { hostname: String, at: String },
+    /// A chunk of output, in order; `offset` counts the stream's bytes before it.
+    Output {
+        hostname: String,
+        stream: OutputStream,
+        offset: u64,
+        /// The chunk's bytes; see `encoding`.
+        data: String,
+        encoding: OutputEncoding,
+    },
+    /// Live output of this stream stops here (see [`LIVE_BYTES_MAX`]); the node's
+    /// result keeps the head and the tail.
+    OutputTruncated {
+        hostname: String,
+        stream: OutputStream,
+        offset: u64,
+    },
+    /// The node's final state, as the execution shows it.
+    NodeFinished {
+        hostname: String,
+        status: NodeExecStatus,
+        exit_code: Option<i32>,
+        error: Option<String>,
+        at: String,
+    },
+    /// Every node is settled; the stream ends after this event.
+    ExecutionFinished {
+        status: String,
+        node_counts: NodeCounts,
+        at: String,
+    },
+    /// Not stored: this reader fell more than a page behind the newest events and
+    /// is catching up from the store. Nothing was lost.
+    Lagged { message: String },
+}
+
+impl ExecEvent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ExecEvent::NodeStarted { .. } => "node_started",
+            ExecEvent::Output { .. } => "output",
+            ExecEvent::OutputTruncated { .. } => "output_truncated",
+            ExecEvent::NodeFinished { .. } => "node_finished",
+            ExecEvent::ExecutionFinished { .. } => "execution_finished",
+            ExecEvent::Lagged { .. } => "lagged",
+        }
+    }
+}
+
+/// What `POST …/execution/{id}/cancel` did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CancelResponse {
+    pub exec_id: String,
+    /// `cancelling` when it was still running (nodes not started never start,
+    /// running ones are stopped), `finished` when it had already ended (nothing
+    /// changed).
+    pub state: String,
+}
+
 // --- agent side --------------------------------------------------------------
+
+/// One line of the agent's exec stream (`POST /v1/exec?stream=1`, `GET
+/// /v1/exec/{id}/stream`), newline-delimited JSON: output as the command writes
+/// it, then the result, which ends the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum AgentStreamLine {
+    Out {
+        stream: OutputStream,
+        offset: u64,
+        #[serde(with = "crate::b64")]
+        data: Vec<u8>,
+    },
+    /// Live output of `stream` stops at `offset`.
+    Cut {
+        stream: OutputStream,
+        offset: u64,
+    },
+    Result(AgentExecResult),
+}
+
+/// Query of the agent's exec stream: where each stream's live output resumes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamFrom {
+    #[serde(default)]
+    pub stdout: u64,
+    #[serde(default)]
+    pub stderr: u64,
+}
+
+/// How long a cancelled command has between SIGTERM and SIGKILL.
+pub const CANCEL_GRACE_SECS: u64 = 5;
 
 #[cfg(test)]
 mod tests {

@@ -114,6 +114,11 @@ pub struct Shared {
     pub audit_batch: crate::audit_batch::AuditBatch,
     /// Permits for REST answers that may be megabytes.
     pub big_answers: crate::http::big_answers::BigAnswers,
+    /// Bumped whenever execution events were committed here: live streams
+    /// wake and read the store (another replica's are found by polling).
+    pub exec_events: tokio::sync::watch::Sender<u64>,
+    /// Live execution streams open, per user and in all.
+    pub exec_streams: crate::http::exec_events::StreamPermits,
 }
 
 impl Shared {
@@ -156,8 +161,17 @@ impl Shared {
         let access = crate::access::AccessBus::default();
         access.subscribe(Arc::new(crate::ssh::SshDoor));
         access.subscribe(Arc::new(crate::kube::KubeDoor));
+        let exec_events = tokio::sync::watch::channel(0u64).0;
         Arc::new(Shared {
-            cmdexec: crate::cmdexec::Engine::new(store.clone(), &tasks, shutdown.clone(), owner),
+            cmdexec: crate::cmdexec::Engine::new(
+                store.clone(),
+                &tasks,
+                shutdown.clone(),
+                owner,
+                exec_events.clone(),
+            ),
+            exec_events,
+            exec_streams: Default::default(),
             audit,
             store,
             pki,

@@ -530,6 +530,10 @@ mod executions {
             timeout_secs: 60,
             created_at: at,
             finished_at: None,
+            max_concurrency: None,
+            max_errors: None,
+            selector: None,
+            cancel_requested_at: None,
         }
     }
 
@@ -568,6 +572,7 @@ mod executions {
             ResultUpdate::Started {
                 exec_id: "e1".into(),
                 node_id: "n000".into(),
+                hostname: "h000".into(),
                 at: 50,
             },
             ResultUpdate::Finished(Box::new(done.clone())),
@@ -576,6 +581,7 @@ mod executions {
             ResultUpdate::Started {
                 exec_id: "e1".into(),
                 node_id: "n001".into(),
+                hostname: "h001".into(),
                 at: 60,
             },
         ])
@@ -655,6 +661,94 @@ mod executions {
         assert_eq!(last.results[0].hostname, "h100");
         assert_eq!(last.next_offset, None);
         assert!(s.execution_page("nope", 10, 0, 1).await.unwrap().is_none());
+
+        // Each change of state is one event, in order; the result delivered
+        // twice has one. Finishing the execution ends its stream, once.
+        let kinds = |evs: Vec<postern_bastion::store::StoredEvent>| {
+            evs.into_iter().map(|e| e.kind).collect::<Vec<_>>()
+        };
+        let evs = s.events_after("e1", 0, 100).await.unwrap();
+        let ids: Vec<i64> = evs.iter().map(|e| e.id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert!(evs[1].body.contains("\"exit_code\":3"), "{}", evs[1].body);
+        assert_eq!(
+            kinds(evs),
+            [
+                "node_started",
+                "node_finished",
+                "node_started",
+                "execution_finished"
+            ]
+        );
+        assert!(!s.finish_execution("e1", 124).await.unwrap());
+        let after_first = ids[0];
+        assert_eq!(
+            kinds(s.events_after("e1", after_first, 2).await.unwrap()),
+            ["node_finished", "node_started"],
+            "resumes after an id, a page at a time"
+        );
+        // Nothing has happened to an execution not yet run: no events.
+        assert_eq!(
+            kinds(s.events_after("e2", 0, 10).await.unwrap()),
+            Vec::<String>::new()
+        );
+    }
+
+    /// A cancel is recorded once on an unfinished execution, changes nothing on
+    /// a finished one, and is found by the replica that runs it.
+    pub async fn cancels_are_recorded_for_the_running_replica(s: &Store) {
+        let (_, project, edge) = super::tenancy(s).await;
+        let rows = [ResultRow::new("c1", "n1", "h1", NodeExecStatus::Pending)];
+        s.insert_execution(&exec("c1", &project, &edge, 10), &rows)
+            .await
+            .unwrap();
+        s.insert_execution(&exec("c2", &project, &edge, 10), &[])
+            .await
+            .unwrap();
+        s.finish_execution("c2", 11).await.unwrap();
+        assert_eq!(s.request_cancel("c1", 20).await.unwrap(), Some(true));
+        assert_eq!(s.request_cancel("c1", 30).await.unwrap(), Some(true));
+        assert_eq!(s.request_cancel("c2", 20).await.unwrap(), Some(false));
+        assert_eq!(s.request_cancel("nope", 20).await.unwrap(), None);
+        let e = s.execution("c1").await.unwrap().unwrap();
+        assert_eq!(
+            e.cancel_requested_at,
+            Some(20),
+            "the first request's time stays"
+        );
+        let ids = ["c1".to_string(), "c2".to_string(), "nope".to_string()];
+        assert_eq!(s.cancel_requested(&ids).await.unwrap(), ["c1"]);
+    }
+
+    /// An Idempotency-Key is claimed once per user: a second claim finds the
+    /// first request's hash and execution; another user, or a claim older than
+    /// the time to live, starts afresh; a released claim is free again.
+    pub async fn idempotency_keys_are_claimed_once_per_user(s: &Store) {
+        use postern_bastion::store::IdempotencyClaim::{Claimed, Held};
+        let day = 24 * 3600 * 1000;
+        let claim = |user: &'static str, sha: &'static str, exec: &'static str, now: i64| {
+            s.claim_idempotency_key("o", user, "k1", sha, exec, now, day)
+        };
+        assert_eq!(claim("alice", "h1", "x1", 1000).await.unwrap(), Claimed);
+        assert_eq!(
+            claim("alice", "h2", "x2", 2000).await.unwrap(),
+            Held {
+                request_sha256: "h1".into(),
+                exec_id: "x1".into()
+            }
+        );
+        assert_eq!(claim("bob", "h1", "x3", 2000).await.unwrap(), Claimed);
+        assert_eq!(
+            claim("alice", "h4", "x4", 1000 + day + 1).await.unwrap(),
+            Claimed
+        );
+        s.release_idempotency_key("o", "alice", "k1", "x4")
+            .await
+            .unwrap();
+        assert_eq!(
+            claim("alice", "h5", "x5", 1000 + day + 2).await.unwrap(),
+            Claimed
+        );
     }
 
     /// Output is bytes. A NUL (which PostgreSQL refuses in text) or any other byte
@@ -768,9 +862,13 @@ mod executions {
     }
 }
 use executions::{
-    any_output_bytes_round_trip, pages_stop_at_the_output_budget, results_are_stored_once_and_paged,
+    any_output_bytes_round_trip, cancels_are_recorded_for_the_running_replica,
+    idempotency_keys_are_claimed_once_per_user, pages_stop_at_the_output_budget,
+    results_are_stored_once_and_paged,
 };
 both_backends!(
+    cancels_are_recorded_for_the_running_replica,
+    idempotency_keys_are_claimed_once_per_user,
     results_are_stored_once_and_paged,
     any_output_bytes_round_trip,
     pages_stop_at_the_output_budget

@@ -41,6 +41,8 @@ pub struct AgentOptions {
     pub break_glass: Option<BreakGlass>,
     /// `--kube-node-keys`: keys from this node's Kubernetes Node object.
     pub kube_node_keys: Option<KubeNodeKeysConfig>,
+    /// `--label k=v`: reported to the bastion each time the channel comes up.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for AgentOptions {
@@ -55,6 +57,7 @@ impl Default for AgentOptions {
             sshd_port: 22,
             break_glass: None,
             kube_node_keys: None,
+            labels: Default::default(),
         }
     }
 }
@@ -299,6 +302,7 @@ impl Agent {
                 sshd: opts.sshd_port,
             },
             self.kube.clone(),
+            Arc::new(opts.labels.clone()),
             channel_ended,
         );
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())

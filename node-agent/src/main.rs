@@ -89,7 +89,16 @@ enum Cmd {
         /// its hostname).
         #[arg(long, requires = "kube_node_keys")]
         node_name: Option<String>,
+        /// A label for this node, `key=value` (Kubernetes label syntax; repeat
+        /// for more): reported to the bastion, where executions select nodes by
+        /// label (`target_type: selector`).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
     },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    postern_api::labels::parse_label_arg(s).map_err(|e| e.to_string())
 }
 
 fn system_hostname() -> anyhow::Result<String> {
@@ -157,7 +166,10 @@ async fn main() -> anyhow::Result<()> {
             kube_node_keys,
             kubelet_kubeconfig,
             node_name,
+            labels,
         } => {
+            let labels: std::collections::BTreeMap<String, String> = labels.into_iter().collect();
+            postern_api::labels::validate_labels(&labels).context("--label")?;
             let gateway = match (&kube_apiserver, &kube_credentials) {
                 (Some(url), Some(file)) => {
                     let creds = postern_agent::kube::Credentials::load(file, Some(url))
@@ -195,6 +207,7 @@ async fn main() -> anyhow::Result<()> {
                     keepalive_interval: keepalive_interval.max(Duration::from_secs(1)),
                     keepalive_timeout: keepalive_timeout.max(Duration::from_secs(1)),
                     kube_node_keys,
+                    labels,
                     ..AgentOptions::default()
                 },
             );

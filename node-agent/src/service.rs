@@ -10,7 +10,7 @@ use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
 use postern_api::ErrorBody;
 use postern_api::agent::{CsrResponse, Health, InstallCert, routes};
-use postern_api::cmdexec::{AgentExec, AgentExecResult, MAX_EXECUTE_BODY};
+use postern_api::cmdexec::{AgentExec, AgentExecResult, MAX_EXECUTE_BODY, StreamFrom};
 use postern_api::ssh::{GrantPush, GrantPushed};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -32,6 +32,7 @@ struct Ctx {
     kube_keys: KubeKeys,
     ports: Ports,
     kube: Option<Arc<crate::kube::Gateway>>,
+    labels: Arc<std::collections::BTreeMap<String, String>>,
     channel_ended: CancellationToken,
 }
 
@@ -44,6 +45,7 @@ pub fn router(
     kube_keys: KubeKeys,
     ports: Ports,
     kube: Option<Arc<crate::kube::Gateway>>,
+    labels: Arc<std::collections::BTreeMap<String, String>>,
     channel_ended: CancellationToken,
 ) -> Router {
     Router::new()
@@ -57,6 +59,8 @@ pub fn router(
                 .layer(DefaultBodyLimit::max(MAX_EXECUTE_BODY + 64 * 1024)),
         )
         .route(routes::EXEC_ONE, get(exec_get).delete(exec_forget))
+        .route(routes::EXEC_STREAM, get(exec_stream))
+        .route(routes::EXEC_CANCEL, post(exec_cancel))
         .route(
             postern_api::ssh::GRANTS_ROUTE,
             put(put_grants).layer(DefaultBodyLimit::max(1024 * 1024)),
@@ -74,6 +78,7 @@ pub fn router(
             kube_keys,
             ports,
             kube,
+            labels,
             channel_ended,
         })
 }
@@ -89,6 +94,8 @@ async fn health(State(c): State<Ctx>) -> Json<Health> {
         agent_version: postern_api::VERSION.to_string(),
         kube_gateway: c.kube.is_some(),
         kube_node_keys: c.kube_keys.enabled(),
+        exec_stream: true,
+        labels: (*c.labels).clone(),
     })
 }
 
@@ -112,16 +119,82 @@ async fn cert(State(c): State<Ctx>, Json(body): Json<InstallCert>) -> Reply<Valu
     Ok(Json(json!({ "installed": true })))
 }
 
-/// Starts the exec (once per ID) and answers with its result when it finishes,
-/// or with its current state if the wait runs out first.
-async fn exec(State(c): State<Ctx>, Json(req): Json<AgentExec>) -> Reply<AgentExecResult> {
-    let wait = Duration::from_secs(req.timeout_secs.saturating_add(15));
-    let rx = c.executor.start(req).map_err(|e| match e {
+fn exec_error(e: ExecError) -> (StatusCode, Json<ErrorBody>) {
+    match e {
         ExecError::Forgotten(_) => fail(StatusCode::GONE, e),
         ExecError::Spool(_) => fail(StatusCode::INTERNAL_SERVER_ERROR, e),
         _ => fail(StatusCode::BAD_REQUEST, e),
-    })?;
-    Ok(Json(Executor::wait(rx, wait).await))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecQuery {
+    /// Answer with the exec's stream (output as it comes, then the result)
+    /// instead of the result alone.
+    #[serde(default)]
+    stream: Option<u8>,
+}
+
+/// Starts the exec (once per ID) and answers with its result when it finishes,
+/// or with its current state if the wait runs out first; with `?stream=1`, with
+/// its stream from the start.
+async fn exec(
+    State(c): State<Ctx>,
+    Query(q): Query<ExecQuery>,
+    Json(req): Json<AgentExec>,
+) -> Result<Response, (StatusCode, Json<ErrorBody>)> {
+    use axum::response::IntoResponse;
+    let wait = Duration::from_secs(req.timeout_secs.saturating_add(15));
+    let id = req.exec_id.clone();
+    let rx = c.executor.start(req).map_err(exec_error)?;
+    if q.stream.unwrap_or(0) != 0 {
+        return exec_stream_of(&c, &id, StreamFrom::default());
+    }
+    Ok(Json(Executor::wait(rx, wait).await).into_response())
+}
+
+fn exec_stream_of(
+    c: &Ctx,
+    id: &str,
+    from: StreamFrom,
+) -> Result<Response, (StatusCode, Json<ErrorBody>)> {
+    let Some((output, result)) = c.executor.stream_source(id) else {
+        return Err(unknown_exec(c, id));
+    };
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(axum::body::Body::from_stream(crate::exec::live::stream(
+            output, result, from,
+        )))
+        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+fn unknown_exec(c: &Ctx, id: &str) -> (StatusCode, Json<ErrorBody>) {
+    if c.executor.was_forgotten(id) {
+        return fail(
+            StatusCode::GONE,
+            format!("exec {id} was delivered and forgotten"),
+        );
+    }
+    fail(
+        StatusCode::NOT_FOUND,
+        format!("exec {id} was never started here"),
+    )
+}
+
+/// The exec's stream from the given offsets: the bastion resuming after a drop.
+async fn exec_stream(
+    State(c): State<Ctx>,
+    Path(id): Path<String>,
+    Query(from): Query<StreamFrom>,
+) -> Result<Response, (StatusCode, Json<ErrorBody>)> {
+    exec_stream_of(&c, &id, from)
+}
+
+/// Cancels the exec (see [`Executor::cancel`]) and answers its state.
+async fn exec_cancel(State(c): State<Ctx>, Path(id): Path<String>) -> Reply<AgentExecResult> {
+    Ok(Json(c.executor.cancel(&id).map_err(exec_error)?))
 }
 
 /// Finished results still spooled, for the bastion to drop those it stored.
@@ -145,16 +218,7 @@ async fn exec_get(
     Query(q): Query<WaitQuery>,
 ) -> Reply<AgentExecResult> {
     let Some(rx) = c.executor.get(&id) else {
-        if c.executor.was_forgotten(&id) {
-            return Err(fail(
-                StatusCode::GONE,
-                format!("exec {id} was delivered and forgotten"),
-            ));
-        }
-        return Err(fail(
-            StatusCode::NOT_FOUND,
-            format!("exec {id} was never started here"),
-        ));
+        return Err(unknown_exec(&c, &id));
     };
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(3_700));
     Ok(Json(Executor::wait(rx, wait).await))

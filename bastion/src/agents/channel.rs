@@ -175,6 +175,29 @@ pub(super) async fn run(
                 {
                     tracing::warn!(node = %node_id, error = %e, "cannot record whether the agent is a Kubernetes gateway");
                 }
+                // The agent's labels, checked again here: a bad one is dropped
+                // (and said so), never stored or matched.
+                let mut labels = h.labels;
+                labels.retain(|k, v| {
+                    let ok = postern_api::labels::validate_key(k).is_ok()
+                        && postern_api::labels::validate_value(v).is_ok();
+                    if !ok {
+                        tracing::warn!(node = %node_id, label = %postern_api::validate::peer_text(k, 80), "the agent reported a label that is not valid; ignoring it");
+                    }
+                    ok
+                });
+                if labels.len() > postern_api::labels::MAX_LABELS {
+                    tracing::warn!(node = %node_id, n = labels.len(), "the agent reported too many labels; keeping the first {}", postern_api::labels::MAX_LABELS);
+                    labels = labels
+                        .into_iter()
+                        .take(postern_api::labels::MAX_LABELS)
+                        .collect();
+                }
+                if labels != node.agent_labels
+                    && let Err(e) = shared.store.set_agent_labels(&node_id, &labels).await
+                {
+                    tracing::warn!(node = %node_id, error = %e, "cannot record the agent's labels");
+                }
             }
             Err(e) => tracing::debug!(node = %node_id, error = %e, "agent health call failed"),
         }

@@ -96,6 +96,127 @@ pub async fn call_json_limited<Req: Serialize, Resp: DeserializeOwned>(
         .map_err(|_| CallError::Timeout(timeout))?
 }
 
+/// An answer of newline-delimited JSON, read one line at a time as it comes:
+/// each line at most `max_line` bytes, the whole by `deadline`.
+pub struct LineStream {
+    body: hyper::body::Incoming,
+    buf: bytes::BytesMut,
+    max_line: usize,
+    deadline: tokio::time::Instant,
+}
+
+impl std::fmt::Debug for LineStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LineStream")
+    }
+}
+
+impl LineStream {
+    /// The next line, parsed; `None` at the end of the answer.
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CallError> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line = self.buf.split_to(pos + 1);
+                return serde_json::from_slice(&line[..pos])
+                    .map(Some)
+                    .map_err(unreadable);
+            }
+            if self.buf.len() > self.max_line {
+                return Err(CallError::Body(format!(
+                    "a line of the agent's stream is longer than {} bytes",
+                    self.max_line
+                )));
+            }
+            let left = self
+                .deadline
+                .saturating_duration_since(tokio::time::Instant::now());
+            let frame = tokio::time::timeout_at(self.deadline, self.body.frame())
+                .await
+                .map_err(|_| CallError::Timeout(left))?;
+            match frame {
+                None if self.buf.is_empty() => return Ok(None),
+                None => {
+                    return Err(CallError::Body(
+                        "the agent's stream ended inside a line".into(),
+                    ));
+                }
+                Some(Err(e)) => return Err(CallError::Channel(e)),
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a streaming call answered: lines, or (an agent that predates streams
+/// and ignored the query) one JSON document.
+#[derive(Debug)]
+pub enum StreamAnswer {
+    Lines(LineStream),
+    Whole(Bytes),
+}
+
+/// A call whose answer is read as a stream of lines when the agent sends
+/// `application/x-ndjson`. Headers must come within `timeout`; the lines by
+/// `deadline`.
+pub async fn call_lines<Req: Serialize>(
+    agent: &NodeLink,
+    method: Method,
+    path: &str,
+    body: Option<&Req>,
+    timeout: Duration,
+    deadline: Duration,
+    max_line: usize,
+) -> Result<StreamAnswer, CallError> {
+    let started = tokio::time::Instant::now();
+    let fut = async {
+        let payload = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| CallError::Body(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://agent{path}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(full(payload))
+            .map_err(|e| CallError::Body(e.to_string()))?;
+        agent.send(req).await
+    };
+    let resp = tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| CallError::Timeout(timeout))??;
+    let status = resp.status();
+    let lines = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/x-ndjson"));
+    let deadline = started + deadline;
+    if status.is_success() && lines {
+        return Ok(StreamAnswer::Lines(LineStream {
+            body: resp.into_body(),
+            buf: bytes::BytesMut::new(),
+            max_line,
+            deadline,
+        }));
+    }
+    let bytes =
+        tokio::time::timeout_at(deadline, Limited::new(resp.into_body(), max_line).collect())
+            .await
+            .map_err(|_| CallError::Timeout(deadline - started))?
+            .map_err(unreadable)?
+            .to_bytes();
+    if !status.is_success() {
+        return Err(CallError::Status {
+            status,
+            body: postern_api::validate::peer_text(&String::from_utf8_lossy(&bytes), 500),
+        });
+    }
+    Ok(StreamAnswer::Whole(bytes))
+}
+
 pub async fn health(agent: &NodeLink, timeout: Duration) -> Result<Health, CallError> {
     call_json::<(), Health>(agent, Method::GET, routes::HEALTH, None, timeout).await
 }

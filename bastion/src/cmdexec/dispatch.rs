@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use postern_api::cmdexec::{
-    AgentExec, AgentExecResult, ContentType, MAX_ERROR_TEXT, NodeExecStatus, max_result_answer,
+    AgentExec, AgentExecResult, AgentStreamLine, ContentType, ExecEvent, LIVE_BYTES_MAX,
+    MAX_ERROR_TEXT, NodeExecStatus, OutputStream, encode_output, max_result_answer,
 };
 use postern_api::validate;
-use tokio_util::sync::CancellationToken;
 
-use super::Engine;
-use crate::agents::client::{CallError, call_json, call_json_limited};
+use super::{Engine, Running};
+use crate::agents::client::{CallError, StreamAnswer, call_json, call_lines};
 use crate::clock::now_ms;
 use crate::state::Shared;
 use crate::store::{ExecutionRow, ResultRow, ResultUpdate};
@@ -21,23 +21,76 @@ pub(super) fn spawn(
     shared: &Arc<Shared>,
     engine: &Engine,
     exec: Arc<ExecutionRow>,
+    running: Arc<Running>,
     node_id: String,
     hostname: String,
     sent: bool,
-    taken_over: CancellationToken,
 ) {
     let shared2 = shared.clone();
     let engine = engine.clone();
     shared.tasks.spawn(async move {
+        let taken_over = running.taken_over.clone();
         tokio::select! {
             // On shutdown the row stays pending/running; the next start (or
             // another replica, once the lease runs out) resumes it.
             _ = shared2.shutdown.cancelled() => {}
             // Another replica runs it now.
             _ = taken_over.cancelled() => {}
-            _ = run(&shared2, &engine, &exec, &node_id, &hostname, sent) => {}
+            _ = node_part(&shared2, &engine, &exec, &running, &node_id, &hostname, sent) => {}
         }
     });
+}
+
+/// One node's part, in its turn: waits for a slot under `max_concurrency`, is
+/// skipped or cancelled if the rollout stopped meanwhile, else runs and counts
+/// towards `max_errors` before it gives its slot back.
+async fn node_part(
+    shared: &Arc<Shared>,
+    engine: &Engine,
+    exec: &ExecutionRow,
+    running: &Running,
+    node_id: &str,
+    hostname: &str,
+    sent: bool,
+) {
+    let permit = match &running.slots {
+        Some(slots) => tokio::select! {
+            p = slots.clone().acquire_owned() => p.ok(),
+            _ = running.cancelled.cancelled() => None,
+            _ = running.stop.cancelled() => None,
+        },
+        None => None,
+    };
+    let result = if !sent && running.cancelled.is_cancelled() {
+        settled(
+            exec,
+            node_id,
+            hostname,
+            NodeExecStatus::Cancelled,
+            "cancelled before it started".into(),
+        )
+    } else if !sent && running.stop.is_cancelled() {
+        settled(
+            exec,
+            node_id,
+            hostname,
+            NodeExecStatus::Skipped,
+            format!(
+                "not started: more nodes failed than max_errors ({}) allows",
+                running.max_errors.unwrap_or(0)
+            ),
+        )
+    } else {
+        let r = run(shared, engine, exec, running, node_id, hostname, sent).await;
+        if r.status.is_error() {
+            running.count_error();
+        }
+        r
+    };
+    // The slot is free only once the node's command ended and its failure, if
+    // any, was counted: the next node never starts past a stop.
+    drop(permit);
+    store_result(shared, engine, exec, node_id, result).await;
 }
 
 fn settled(
@@ -102,14 +155,22 @@ fn backoff(attempt: u32, cap: Duration) -> Duration {
     max.mul_f64(0.5 + rand::random::<f64>() / 2.0)
 }
 
+/// Where this node's live output has got to, per stream.
+#[derive(Debug, Default)]
+struct LiveOffsets {
+    stdout: u64,
+    stderr: u64,
+}
+
 async fn run(
     shared: &Arc<Shared>,
     engine: &Engine,
     exec: &ExecutionRow,
+    running: &Running,
     node_id: &str,
     hostname: &str,
     mut sent: bool,
-) {
+) -> ResultRow {
     let grace = shared.settings.exec_lost_grace;
     let timeout = Duration::from_secs(u64::try_from(exec.timeout_secs).unwrap_or(60));
     let deadline_ms = exec.created_at + exec.timeout_secs * 1000;
@@ -130,15 +191,26 @@ async fn run(
     let settle = |status, error: String| settled(exec, node_id, hostname, status, error);
     let mut unusable = 0u32;
     let mut interrupted = 0u32;
-    let result = loop {
+    // A node resumed after a restart or a takeover streams no more live output:
+    // what it printed meanwhile is in its result.
+    let mut offsets = if sent {
+        LiveOffsets {
+            stdout: u64::MAX,
+            stderr: u64::MAX,
+        }
+    } else {
+        LiveOffsets::default()
+    };
+    let mut cancel_sent = false;
+    loop {
         if Instant::now() >= give_up {
-            break settle(
+            return settle(
                 NodeExecStatus::Lost,
                 "the agent did not deliver a result in time (the command's timeout plus the lost grace and 10 minutes)".into(),
             );
         }
         let Some(conn) = shared.fleet.wait_link(node_id, grace).await else {
-            break settle(
+            return settle(
                 NodeExecStatus::Lost,
                 format!(
                     "the agent disconnected and did not come back within {}s",
@@ -147,24 +219,24 @@ async fn run(
             );
         };
         let asked = Instant::now();
-        let call = if sent {
-            let wait = timeout.as_secs().clamp(1, 300);
-            let path = format!("/v1/exec/{}?wait={wait}", exec.id);
-            call_json_limited::<(), AgentExecResult>(
-                &conn,
-                Method::GET,
-                &path,
-                None,
-                Duration::from_secs(wait + 15),
-                max_answer,
-            )
-            .await
+        let (method, path, body) = if sent {
+            let path = format!(
+                "/v1/exec/{}/stream?stdout={}&stderr={}",
+                exec.id, offsets.stdout, offsets.stderr
+            );
+            (Method::GET, path, None)
         } else {
             if now_ms() > deadline_ms {
                 // Never started, and its time is over: running it now would surprise.
-                break settle(
+                return settle(
                     NodeExecStatus::Lost,
                     "the command could not be sent before its timeout passed".into(),
+                );
+            }
+            if running.cancelled.is_cancelled() {
+                return settle(
+                    NodeExecStatus::Cancelled,
+                    "cancelled before it started".into(),
                 );
             }
             let _ = engine
@@ -172,6 +244,7 @@ async fn run(
                     ResultUpdate::Started {
                         exec_id: exec.id.clone(),
                         node_id: node_id.into(),
+                        hostname: hostname.into(),
                         at: now_ms(),
                     },
                     false,
@@ -180,22 +253,39 @@ async fn run(
             // Counted as sent before the call: it may reach the agent even if the
             // answer does not reach us.
             sent = true;
-            call_json_limited(
-                &conn,
+            (
                 Method::POST,
-                "/v1/exec",
+                "/v1/exec?stream=1".to_string(),
                 Some(&request),
-                timeout + Duration::from_secs(30),
-                max_answer,
             )
-            .await
         };
-        let why_unusable = match call {
+        let call = call_lines(
+            &conn,
+            method,
+            &path,
+            body,
+            // An older agent sends its headers only with the result.
+            timeout + Duration::from_secs(30),
+            timeout + Duration::from_secs(30),
+            max_answer,
+        );
+        let follow = follow(engine, exec, node_id, hostname, call, &mut offsets);
+        let mut follow = std::pin::pin!(follow);
+        let answer = loop {
+            tokio::select! {
+                a = &mut follow => break a,
+                _ = running.cancelled.cancelled(), if !cancel_sent => {
+                    cancel_sent = true;
+                    send_cancel(shared, &exec.id, node_id, hostname);
+                }
+            }
+        };
+        let why_unusable = match answer {
             Ok(r) if r.status.is_final() && r.exec_id == exec.id => {
-                break from_agent(exec, node_id, hostname, r);
+                return from_agent(exec, node_id, hostname, r);
             }
             Ok(r) if r.exec_id != exec.id => "the agent answered for another exec ID".to_string(),
-            // A long poll that ended with the command still running: ask again.
+            // A wait that ended with the command still running: ask again.
             Ok(_) if asked.elapsed() >= Duration::from_secs(1) => {
                 unusable = 0;
                 interrupted = 0;
@@ -209,7 +299,7 @@ async fn run(
                 "the agent does not know this exec ID".to_string()
             }
             Err(CallError::Status { status, body }) => {
-                break settle(
+                return settle(
                     NodeExecStatus::Failed,
                     format!(
                         "the agent refused the command ({status}): {}",
@@ -229,7 +319,7 @@ async fn run(
         unusable += 1;
         tracing::warn!(exec_id = %exec.id, node = %hostname, attempt = unusable, reason = %why_unusable, "unusable answer from the agent");
         if unusable >= MAX_UNUSABLE_ANSWERS {
-            break settle(
+            return settle(
                 NodeExecStatus::Failed,
                 format!(
                     "gave up after {unusable} unusable answers from the agent; the last: {why_unusable}"
@@ -237,8 +327,117 @@ async fn run(
             );
         }
         tokio::time::sleep(backoff(unusable, Duration::from_secs(30))).await;
+    }
+}
+
+/// Reads one call's answer: the live output into the store as events (in
+/// order, through the writer; offsets advance only past what was queued), then
+/// the result. An older agent answers with the result alone.
+async fn follow(
+    engine: &Engine,
+    exec: &ExecutionRow,
+    node_id: &str,
+    hostname: &str,
+    call: impl std::future::Future<Output = Result<StreamAnswer, CallError>>,
+    offsets: &mut LiveOffsets,
+) -> Result<AgentExecResult, CallError> {
+    let mut lines = match call.await? {
+        StreamAnswer::Whole(bytes) => {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| CallError::Body(validate::peer_text(&e.to_string(), 512)));
+        }
+        StreamAnswer::Lines(l) => l,
     };
-    store_result(shared, engine, exec, node_id, result).await;
+    loop {
+        let Some(line) = lines.next::<AgentStreamLine>().await? else {
+            return Err(CallError::Body(
+                "the agent's stream ended without a result".into(),
+            ));
+        };
+        let event = match line {
+            AgentStreamLine::Result(r) => return Ok(r),
+            AgentStreamLine::Out {
+                stream,
+                offset,
+                data,
+            } => {
+                let at = match stream {
+                    OutputStream::Stdout => &mut offsets.stdout,
+                    OutputStream::Stderr => &mut offsets.stderr,
+                };
+                // Only what follows what was already stored: a resumed stream
+                // may repeat, and an agent must not grow the store past its cap.
+                let end = offset.saturating_add(data.len() as u64);
+                if offset != *at || data.is_empty() || end > LIVE_BYTES_MAX as u64 {
+                    continue;
+                }
+                *at = end;
+                let (data, encoding) = encode_output(data);
+                ExecEvent::Output {
+                    hostname: hostname.into(),
+                    stream,
+                    offset,
+                    data,
+                    encoding,
+                }
+            }
+            AgentStreamLine::Cut { stream, offset } => {
+                let at = match stream {
+                    OutputStream::Stdout => &mut offsets.stdout,
+                    OutputStream::Stderr => &mut offsets.stderr,
+                };
+                if offset != *at {
+                    continue;
+                }
+                // Nothing more of this stream will be stored.
+                *at = u64::MAX;
+                ExecEvent::OutputTruncated {
+                    hostname: hostname.into(),
+                    stream,
+                    offset,
+                }
+            }
+        };
+        let _ = engine
+            .write(
+                ResultUpdate::Event {
+                    exec_id: exec.id.clone(),
+                    node_id: node_id.into(),
+                    event: Box::new(event),
+                },
+                false,
+            )
+            .await;
+    }
+}
+
+/// Asks the node to stop its command, beside the call that follows it (which
+/// then ends with the cancelled result). An agent too old to cancel lets the
+/// command run to its end.
+fn send_cancel(shared: &Arc<Shared>, exec_id: &str, node_id: &str, hostname: &str) {
+    let (shared2, exec_id, node_id, hostname) = (
+        shared.clone(),
+        exec_id.to_string(),
+        node_id.to_string(),
+        hostname.to_string(),
+    );
+    shared.tasks.spawn(async move {
+        let Some(conn) = shared2.fleet.link(&node_id) else {
+            return;
+        };
+        let path = format!("/v1/exec/{exec_id}/cancel");
+        if let Err(e) = call_json::<(), AgentExecResult>(
+            &conn,
+            Method::POST,
+            &path,
+            None,
+            Duration::from_secs(10),
+        )
+        .await
+        {
+            tracing::warn!(%exec_id, node = %hostname, error = %e, "the node did not take the cancel; its command runs to its end");
+        }
+    });
 }
 
 /// Stores the node's final result, then lets the agent drop its spooled copy.
@@ -327,6 +526,10 @@ mod tests {
             timeout_secs: 60,
             created_at,
             finished_at: None,
+            max_concurrency: None,
+            max_errors: None,
+            selector: None,
+            cancel_requested_at: None,
         }
     }
 

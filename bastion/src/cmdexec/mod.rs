@@ -17,7 +17,7 @@ mod dispatch;
 mod writer;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +49,12 @@ pub struct Submission {
     pub target: Option<Vec<String>>,
     pub timeout_secs: i64,
     pub nodes: Vec<NodeRow>,
+    /// The selector as understood, for `target_type: selector`.
+    pub selector: Option<String>,
+    pub max_concurrency: Option<postern_api::cmdexec::Rate>,
+    pub max_errors: Option<postern_api::cmdexec::Rate>,
+    /// The exec ID to use (claimed with an Idempotency-Key), or a new one.
+    pub exec_id: Option<String>,
 }
 
 /// Why an execution was not started; in either case nothing was stored or run.
@@ -68,12 +74,54 @@ const LEASE_TICK: Duration = Duration::from_secs(3);
 /// Executions taken over per statement.
 const TAKE_BATCH: i64 = 100;
 
-/// An execution this replica runs: its nodes not yet settled, and a token that
-/// stops its dispatches when another replica has taken it over.
+/// An execution this replica runs: its nodes not yet settled, what stops its
+/// dispatches (another replica took it over; a user cancelled it; too many
+/// nodes failed), and its rate control.
 #[derive(Debug)]
-struct Running {
+pub(crate) struct Running {
     remaining: AtomicUsize,
-    cancel: CancellationToken,
+    taken_over: CancellationToken,
+    cancelled: CancellationToken,
+    /// `max_errors` was exceeded: nodes not yet started are skipped.
+    stop: CancellationToken,
+    /// `max_concurrency`, when it is less than the nodes to run.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
+    errors: AtomicU64,
+    max_errors: Option<u64>,
+}
+
+impl Running {
+    fn new(exec: &ExecutionRow, nodes: usize, errors_so_far: u64) -> Running {
+        let slots = exec
+            .max_concurrency
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n < nodes)
+            .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
+        let r = Running {
+            remaining: AtomicUsize::new(nodes),
+            taken_over: CancellationToken::new(),
+            cancelled: CancellationToken::new(),
+            stop: CancellationToken::new(),
+            slots,
+            errors: AtomicU64::new(errors_so_far),
+            max_errors: exec.max_errors.and_then(|n| u64::try_from(n).ok()),
+        };
+        if exec.cancel_requested_at.is_some() {
+            r.cancelled.cancel();
+        }
+        if r.max_errors.is_some_and(|m| errors_so_far > m) {
+            r.stop.cancel();
+        }
+        r
+    }
+
+    /// Counts a failed node; past `max_errors`, stops the rollout.
+    fn count_error(&self) {
+        let n = self.errors.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.max_errors.is_some_and(|m| n > m) {
+            self.stop.cancel();
+        }
+    }
 }
 
 /// The engine's handle: cheap to clone, owned by the bastion's shared state.
@@ -99,9 +147,10 @@ impl Engine {
         tasks: &TaskTracker,
         shutdown: CancellationToken,
         owner: Option<String>,
+        events: tokio::sync::watch::Sender<u64>,
     ) -> Engine {
         let (tx, rx) = mpsc::channel(16_384);
-        tasks.spawn(writer::run(store, rx, shutdown));
+        tasks.spawn(writer::run(store, rx, shutdown, events));
         Engine {
             writer: tx,
             running: Arc::new(Mutex::new(HashMap::new())),
@@ -145,20 +194,32 @@ impl Engine {
     }
 
     /// Registers an execution as running here; `None` if it already is.
-    fn start_running(&self, exec_id: &str, nodes: usize) -> Option<CancellationToken> {
+    fn start_running(
+        &self,
+        exec: &ExecutionRow,
+        nodes: usize,
+        errors_so_far: u64,
+    ) -> Option<Arc<Running>> {
         let mut running = self.running();
-        if running.contains_key(exec_id) {
+        if running.contains_key(&exec.id) {
             return None;
         }
-        let cancel = CancellationToken::new();
-        running.insert(
-            exec_id.to_string(),
-            Arc::new(Running {
-                remaining: AtomicUsize::new(nodes),
-                cancel: cancel.clone(),
-            }),
-        );
-        Some(cancel)
+        let r = Arc::new(Running::new(exec, nodes, errors_so_far));
+        running.insert(exec.id.clone(), r.clone());
+        Some(r)
+    }
+
+    /// Acts on a cancel recorded in the store, if the execution runs here:
+    /// nodes not started never start, running ones are told to stop. Answers
+    /// whether it ran here.
+    pub fn cancel_local(&self, exec_id: &str) -> bool {
+        match self.counter(exec_id) {
+            Some(r) => {
+                r.cancelled.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Creates the execution, audits it, and starts the fan-out. Returns at once.
@@ -168,7 +229,7 @@ impl Engine {
         s: Submission,
     ) -> Result<ExecuteResponse, SubmitError> {
         let now = now_ms();
-        let exec_id = crate::store::new_id();
+        let exec_id = s.exec_id.clone().unwrap_or_else(crate::store::new_id);
         let (mut target_nodes, mut unreachable, mut unapproved) = (vec![], vec![], vec![]);
         let mut results = Vec::with_capacity(s.nodes.len());
         let mut runnable = Vec::new();
@@ -210,11 +271,21 @@ impl Engine {
             target_type: match s.target_type {
                 TargetType::Node => "node".into(),
                 TargetType::Cluster => "cluster".into(),
+                TargetType::Selector => "selector".into(),
             },
             target: s.target.clone(),
             timeout_secs: s.timeout_secs,
             created_at: now,
             finished_at: runnable.is_empty().then_some(now),
+            // Percentages are of the nodes that will run; counts as given.
+            max_concurrency: s.max_concurrency.map(|r| {
+                i64::try_from(r.of(runnable.len() as u64, true).max(1)).unwrap_or(i64::MAX)
+            }),
+            max_errors: s
+                .max_errors
+                .map(|r| i64::try_from(r.of(runnable.len() as u64, false)).unwrap_or(i64::MAX)),
+            selector: s.selector.clone(),
+            cancel_requested_at: None,
         };
         let command_sha = crate::secrets::sha256_hex(s.command.as_bytes());
         let mut ev = Event::new("cmdexec.execute", "ok")
@@ -232,6 +303,9 @@ impl Engine {
                 "timeout": s.timeout_secs,
                 "unreachable_nodes": unreachable,
                 "unapproved_nodes": unapproved,
+                "selector": s.selector,
+                "max_concurrency": exec.max_concurrency,
+                "max_errors": exec.max_errors,
             }));
         ev.targets = s.nodes.iter().map(|n| n.hostname.clone()).collect();
         ev.exec_id = Some(exec_id.clone());
@@ -245,19 +319,21 @@ impl Engine {
             .insert_execution_owned(&exec, &results, owner)
             .await?;
 
+        shared.exec_events.send_modify(|g| *g = g.wrapping_add(1));
+        let (max_concurrency, max_errors) = (exec.max_concurrency, exec.max_errors);
         if runnable.is_empty() {
             self.audit_results(shared, &exec_id).await;
-        } else if let Some(cancel) = self.start_running(&exec_id, runnable.len()) {
+        } else if let Some(running) = self.start_running(&exec, runnable.len(), 0) {
             let exec = Arc::new(exec);
             for (node_id, hostname) in runnable {
                 dispatch::spawn(
                     shared,
                     self,
                     exec.clone(),
+                    running.clone(),
                     node_id,
                     hostname,
                     false,
-                    cancel.clone(),
                 );
             }
         }
@@ -271,6 +347,9 @@ impl Engine {
             target_nodes,
             unreachable_nodes: unreachable,
             unapproved_nodes: unapproved,
+            selector: s.selector,
+            max_concurrency,
+            max_errors,
         })
     }
 
@@ -280,7 +359,7 @@ impl Engine {
     pub async fn recover(&self, shared: &Arc<Shared>) -> Result<usize, StoreError> {
         let Some(owner) = self.owner.clone() else {
             let open = shared.store.unfinished_results().await?;
-            return Ok(self.resume(shared, open));
+            return Ok(self.resume(shared, open).await);
         };
         // This replica's own leases from before a restart count only on the first
         // pass: once taken, they are live and its own again.
@@ -319,21 +398,24 @@ impl Engine {
         let open = shared.store.unfinished_results_of(&ids).await?;
         let with_nodes: std::collections::HashSet<String> =
             open.iter().map(|(e, _)| e.id.clone()).collect();
-        self.resume(shared, open);
+        self.resume(shared, open).await;
         // Every node settled but the execution not marked finished (its replica
         // died in between): finish it here.
         for id in ids.iter().filter(|id| !with_nodes.contains(*id)) {
             if let Err(e) = shared.store.finish_execution(id, now_ms()).await {
                 tracing::warn!(exec_id = %id, error = %e, "cannot mark execution finished");
             } else {
+                shared.exec_events.send_modify(|g| *g = g.wrapping_add(1));
                 self.audit_results(shared, id).await;
             }
         }
         Ok(ids.len())
     }
 
-    /// Follows each given unfinished (execution, node) from where the store has it.
-    fn resume(&self, shared: &Arc<Shared>, open: Vec<(ExecutionRow, ResultRow)>) -> usize {
+    /// Follows each given unfinished (execution, node) from where the store has
+    /// it, with its rate control: nodes already running hold their slots, and
+    /// failures already stored count against `max_errors`.
+    async fn resume(&self, shared: &Arc<Shared>, open: Vec<(ExecutionRow, ResultRow)>) -> usize {
         let n = open.len();
         let mut per_exec: HashMap<String, (Arc<ExecutionRow>, Vec<ResultRow>)> = HashMap::new();
         for (e, r) in open {
@@ -343,20 +425,27 @@ impl Engine {
                 .1
                 .push(r);
         }
-        for (exec_id, (exec, rows)) in per_exec {
-            let Some(cancel) = self.start_running(&exec_id, rows.len()) else {
+        for (exec_id, (exec, mut rows)) in per_exec {
+            let errors = match exec.max_errors {
+                Some(_) => shared.store.error_count(&exec_id).await.unwrap_or(0),
+                None => 0,
+            };
+            let errors = u64::try_from(errors).unwrap_or(0);
+            let Some(running) = self.start_running(&exec, rows.len(), errors) else {
                 continue;
             };
+            // Running nodes first, so they take the slots they already held.
+            rows.sort_by_key(|r| r.status != NodeExecStatus::Running);
             for r in rows {
                 let sent = r.status == NodeExecStatus::Running;
                 dispatch::spawn(
                     shared,
                     self,
                     exec.clone(),
+                    running.clone(),
                     r.node_id,
                     r.hostname,
                     sent,
-                    cancel.clone(),
                 );
             }
         }
@@ -388,11 +477,20 @@ impl Engine {
                         for id in ids.iter().filter(|id| !held.contains(*id)) {
                             if let Some(r) = self.running().remove(id) {
                                 tracing::warn!(exec_id = %id, "another replica took this execution over (our lease ran out); stopping here");
-                                r.cancel.cancel();
+                                r.taken_over.cancel();
                             }
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot renew execution leases"),
+                }
+                // A cancel another replica took: act on it here, where they run.
+                match shared.store.cancel_requested(&ids).await {
+                    Ok(cancelled) => {
+                        for id in cancelled {
+                            self.cancel_local(&id);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot look for cancelled executions"),
                 }
             }
             loop {
@@ -418,6 +516,7 @@ impl Engine {
             if let Err(e) = shared.store.finish_execution(exec_id, now_ms()).await {
                 tracing::warn!(exec_id, error = %e, "cannot mark execution finished");
             }
+            shared.exec_events.send_modify(|g| *g = g.wrapping_add(1));
             self.audit_results(shared, exec_id).await;
         }
     }

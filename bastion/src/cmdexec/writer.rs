@@ -39,7 +39,12 @@ pub(super) struct Op {
     pub ack: Option<Ack>,
 }
 
-pub(super) async fn run(store: Store, mut rx: mpsc::Receiver<Op>, shutdown: CancellationToken) {
+pub(super) async fn run(
+    store: Store,
+    mut rx: mpsc::Receiver<Op>,
+    shutdown: CancellationToken,
+    events: tokio::sync::watch::Sender<u64>,
+) {
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
     loop {
         let first = tokio::select! {
@@ -58,20 +63,24 @@ pub(super) async fn run(store: Store, mut rx: mpsc::Receiver<Op>, shutdown: Canc
                 Err(_) => break,
             }
         }
-        write_batch(&store, &mut batch).await;
+        if write_batch(&store, &mut batch).await {
+            // Readers of live streams look for what was just committed.
+            events.send_modify(|g| *g = g.wrapping_add(1));
+        }
     }
 }
 
-async fn write_batch(store: &Store, batch: &mut Vec<Op>) {
+/// Writes the batch; answers whether any event was written.
+async fn write_batch(store: &Store, batch: &mut Vec<Op>) -> bool {
     let updates: Vec<ResultUpdate> = batch.iter().map(|o| o.update.clone()).collect();
     let err = match store.apply_result_updates(&updates).await {
-        Ok(()) => {
+        Ok(events) => {
             for op in batch.drain(..) {
                 if let Some(ack) = op.ack {
                     let _ = ack.send(Ok(()));
                 }
             }
-            return;
+            return events;
         }
         Err(e) => e,
     };
@@ -83,9 +92,10 @@ async fn write_batch(store: &Store, batch: &mut Vec<Op>) {
                 let _ = ack.send(Err(failed.clone()));
             }
         }
-        return;
+        return false;
     }
     tracing::warn!(error = %err, n = batch.len(), "a batch of results failed; writing each alone");
+    let mut events = false;
     for op in batch.drain(..) {
         let r = store
             .apply_result_updates(std::slice::from_ref(&op.update))
@@ -93,8 +103,10 @@ async fn write_batch(store: &Store, batch: &mut Vec<Op>) {
         if let Err(e) = &r {
             tracing::error!(error = %e, update = ?op.update.key(), "a result could not be written");
         }
+        events |= matches!(r, Ok(true));
         if let Some(ack) = op.ack {
             let _ = ack.send(r.as_ref().map(|_| ()).map_err(WriteFailed::from));
         }
     }
+    events
 }

@@ -126,6 +126,9 @@ fn node_view(state: &AppState, project: &ProjectRow, edge: &EdgeRow, n: &NodeRow
         cert_expires_at: n.cert_expires_at.map(rfc3339),
         created_at: rfc3339(n.created_at),
         kube_keys: crate::agents::kube_keys::view(n.kube_keys.as_deref(), n.kube_keys_at),
+        labels: n.effective_labels(),
+        agent_labels: n.agent_labels.clone(),
+        admin_labels: n.labels.clone(),
     }
 }
 
@@ -328,6 +331,48 @@ pub async fn get_node(
 ) -> Result<Json<dto::Node>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
+    let n = resolve_node(&state, &caller, &e, &node).await?;
+    Ok(Json(node_view(&state, &p, &e, &n)))
+}
+
+/// Sets a node's labels (replacing those a project admin set before; the
+/// agent's own stay, and these win on the same key). Executions select nodes by
+/// label with `target_type: selector`.
+#[utoipa::path(
+    put,
+    path = "/api/v1/projects/{project}/edges/{edge}/nodes/{node}/labels",
+    tag = "admin",
+    params(
+        ("project" = String, Path, description = "Project name or id"),
+        ("edge" = String, Path, description = "Edge name"),
+        ("node" = String, Path, description = "The node's hostname"),
+    ),
+    request_body = dto::SetNodeLabels,
+    responses(
+        (status = 200, description = "The node as it is now", body = dto::Node),
+        (status = 400, description = "A key or value that is not a label, or more than 64 labels", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "The caller's role on the project may not manage it (needs project_admin or org_admin)", body = ErrorBody),
+        (status = 404, description = "No such project visible to the caller, edge, or node", body = ErrorBody),
+        (status = 503, description = "The database is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn set_node_labels(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((project, edge, node)): ApiPath<(String, String, String)>,
+    ApiJson(body): ApiJson<dto::SetNodeLabels>,
+) -> Result<Json<dto::Node>, ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
+    let e = resolve_edge(&state, &p, &edge).await?;
+    let n = resolve_node(&state, &caller, &e, &node).await?;
+    postern_api::labels::validate_labels(&body.labels)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    caller.audit.with(|a| {
+        a.detail = Some(serde_json::json!({ "node": n.hostname, "labels": body.labels }))
+    });
+    state.store.set_node_labels(&n.id, &body.labels).await?;
     let n = resolve_node(&state, &caller, &e, &node).await?;
     Ok(Json(node_view(&state, &p, &e, &n)))
 }

@@ -5,13 +5,17 @@ use std::collections::HashSet;
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::IntoResponse;
 use base64::Engine as _;
+use http::HeaderMap;
 use http::StatusCode;
 use postern_api::admin::PageQuery;
 use postern_api::cmdexec::{
     self as dto, ContentType, ExecuteRequest, ExecuteResponse, History, MAX_COMMAND_BYTES,
-    MAX_TARGETS, TIMEOUT_DEFAULT_SECS, TIMEOUT_MAX_SECS, TIMEOUT_MIN_SECS, TargetType,
+    MAX_TARGETS, Rate, RateValue, TIMEOUT_DEFAULT_SECS, TIMEOUT_MAX_SECS, TIMEOUT_MIN_SECS,
+    TargetType,
 };
+use postern_api::labels::Selector;
 use postern_api::{ErrorBody, validate};
 
 use axum::response::Response;
@@ -23,7 +27,7 @@ use super::{ApiError, AppState};
 use crate::authz::Action;
 use crate::clock::rfc3339;
 use crate::cmdexec::{Submission, SubmitError};
-use crate::store::{ExecutionPage, ExecutionRow, HistoryRow, ResultRow};
+use crate::store::{ExecutionPage, ExecutionRow, HistoryRow, IdempotencyClaim, ResultRow};
 
 fn check_command(req: &ExecuteRequest) -> Result<(), ApiError> {
     if req.command.trim().is_empty() {
@@ -70,11 +74,14 @@ fn check_command(req: &ExecuteRequest) -> Result<(), ApiError> {
     params(
         ("project_id" = String, Path, description = "Project name or id"),
         ("edge_id" = String, Path, description = "Edge name or id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A key of your choosing (a UUID): the same request with the same key within 24 hours returns the first execution (header Idempotent-Replayed: true) instead of running again", pattern = "^[!-~]{1,255}$"),
     ),
     request_body = ExecuteRequest,
     responses(
         (status = 202, description = "Accepted: the exec ID and what was decided at submit", body = ExecuteResponse),
-        (status = 400, description = "Invalid request (unknown node, bad base64, out-of-range timeout, ...)", body = ErrorBody),
+        (status = 409, description = "The first request with this Idempotency-Key is still being submitted; retry", body = ErrorBody),
+        (status = 422, description = "This Idempotency-Key was used for a different request", body = ErrorBody),
+        (status = 400, description = "Invalid request (unknown node, bad base64, out-of-range timeout or rate, a selector that does not parse or matches no node, a bad Idempotency-Key, ...)", body = ErrorBody),
         (status = 401, description = "Missing or invalid API token", body = ErrorBody),
         (status = 403, description = "Only org admins may execute", body = ErrorBody),
         (status = 404, description = "Project or edge not found", body = ErrorBody),
@@ -88,8 +95,10 @@ pub async fn execute(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath((project, edge)): ApiPath<(String, String)>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<ExecuteRequest>,
-) -> Result<(StatusCode, Json<ExecuteResponse>), ApiError> {
+) -> Result<Response, ApiError> {
+    let idempotency_key = idempotency_key(&headers)?;
     let p = resolve_project(&state, &caller, &project, Action::Execute).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
     let timeout = validate::range(
@@ -99,8 +108,55 @@ pub async fn execute(
         TIMEOUT_MAX_SECS,
     )?;
     check_command(&req)?;
+    let rate = |field, v: &Option<RateValue>, min| {
+        v.as_ref()
+            .map(|v| Rate::parse(field, v, min))
+            .transpose()
+            .map_err(|e| ApiError::BadRequest(e.to_string()))
+    };
+    let max_concurrency = rate("max_concurrency", &req.max_concurrency, 1)?;
+    let max_errors = rate("max_errors", &req.max_errors, 0)?;
+    let selector = match (req.target_type, &req.selector) {
+        (TargetType::Selector, Some(text)) => {
+            Some(Selector::parse(text).map_err(|e| ApiError::BadRequest(e.to_string()))?)
+        }
+        (TargetType::Selector, None) => {
+            return Err(ApiError::BadRequest(
+                "target_type selector needs selector: a label selector such as role=db,zone in (a,b),!canary".into(),
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "selector is only for target_type selector; leave it out for node and cluster"
+                    .into(),
+            ));
+        }
+        (_, None) => None,
+    };
     let all = state.store.list_nodes(&e.id).await?;
     let nodes = match (req.target_type, &req.target) {
+        (TargetType::Selector, Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "target must be absent or null when target_type is selector (the selector picks the nodes)".into(),
+            ));
+        }
+        (TargetType::Selector, None) => {
+            let sel = selector
+                .as_ref()
+                .ok_or_else(|| ApiError::Internal("selector missing after validation".into()))?;
+            let picked: Vec<_> = all
+                .into_iter()
+                .filter(|n| sel.matches(&n.effective_labels()))
+                .collect();
+            if picked.is_empty() {
+                return Err(ApiError::BadRequest(format!(
+                    "selector {:?} matches no node of edge {:?}; nothing was run (see each node's labels in the node list)",
+                    sel.to_string(),
+                    e.name
+                )));
+            }
+            picked
+        }
         (TargetType::Cluster, None) => all,
         (TargetType::Cluster, Some(_)) => {
             return Err(ApiError::BadRequest(
@@ -148,6 +204,38 @@ pub async fn execute(
             e.name
         )));
     }
+    // A repeated key returns the first execution instead of running again.
+    let mut claimed = None;
+    if let Some(key) = &idempotency_key {
+        let sha = request_hash(&p.id, &e.id, &req);
+        let exec_id = crate::store::new_id();
+        let claim = state
+            .store
+            .claim_idempotency_key(
+                &caller.principal.org_id,
+                &caller.principal.user_name,
+                key,
+                &sha,
+                &exec_id,
+                crate::clock::now_ms(),
+                IDEMPOTENCY_TTL_MS,
+            )
+            .await?;
+        match claim {
+            IdempotencyClaim::Claimed => claimed = Some((key.clone(), exec_id)),
+            IdempotencyClaim::Held {
+                request_sha256,
+                exec_id,
+            } => {
+                if request_sha256 != sha {
+                    return Err(ApiError::Unprocessable(
+                        "this Idempotency-Key was used for a different request in the last 24 hours; use a new key for a new request".into(),
+                    ));
+                }
+                return replay(&state, &caller, &exec_id).await;
+            }
+        }
+    }
     let submission = Submission {
         org_id: caller.principal.org_id.clone(),
         project: p,
@@ -160,15 +248,33 @@ pub async fn execute(
         target: req.target,
         timeout_secs: timeout,
         nodes,
+        selector: selector.map(|s| s.to_string()),
+        max_concurrency,
+        max_errors,
+        exec_id: claimed.as_ref().map(|(_, id)| id.clone()),
     };
-    let resp = state
-        .cmdexec
-        .submit(&state, submission)
-        .await
-        .map_err(|e| match e {
-            SubmitError::Store(e) => ApiError::from(e),
-            SubmitError::Audit(e) => ApiError::audit_refused(e),
-        })?;
+    let submitted = state.cmdexec.submit(&state, submission).await;
+    let resp = match submitted {
+        Ok(r) => r,
+        Err(err) => {
+            if let Some((key, exec_id)) = &claimed {
+                // Nothing was stored or run: the key is free for the retry.
+                let _ = state
+                    .store
+                    .release_idempotency_key(
+                        &caller.principal.org_id,
+                        &caller.principal.user_name,
+                        key,
+                        exec_id,
+                    )
+                    .await;
+            }
+            return Err(match err {
+                SubmitError::Store(e) => ApiError::from(e),
+                SubmitError::Audit(e) => ApiError::audit_refused(e),
+            });
+        }
+    };
     caller.audit.with(|a| {
         a.exec_id = Some(resp.exec_id.clone());
         a.targets = resp
@@ -179,7 +285,79 @@ pub async fn execute(
             .cloned()
             .collect();
     });
-    Ok((StatusCode::ACCEPTED, Json(resp)))
+    Ok((StatusCode::ACCEPTED, Json(resp)).into_response())
+}
+
+/// How long an Idempotency-Key holds.
+const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let ok =
+        |s: &str| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    match v.to_str() {
+        Ok(s) if ok(s) => Ok(Some(s.to_string())),
+        _ => Err(ApiError::BadRequest(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters without spaces (a UUID is a good key)".into(),
+        )),
+    }
+}
+
+/// What makes two requests the same request: where, and the body as parsed.
+fn request_hash(project_id: &str, edge_id: &str, req: &ExecuteRequest) -> String {
+    let body = serde_json::to_string(req).unwrap_or_default();
+    crate::secrets::sha256_hex(format!("{project_id}\n{edge_id}\n{body}").as_bytes())
+}
+
+/// The answer of the first request with this Idempotency-Key, rebuilt from the
+/// store. A first request still being submitted is waited for, briefly.
+async fn replay(state: &AppState, caller: &Caller, exec_id: &str) -> Result<Response, ApiError> {
+    let mut found = None;
+    for _ in 0..50 {
+        if let Some(x) = state.store.execution_summary(exec_id).await? {
+            found = Some(x);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let Some((x, results)) = found else {
+        return Err(ApiError::Conflict(
+            "a request with this Idempotency-Key is still being submitted; retry in a few seconds"
+                .into(),
+        ));
+    };
+    let (mut target_nodes, mut unreachable, mut unapproved) = (vec![], vec![], vec![]);
+    for r in results {
+        match r.status {
+            dto::NodeExecStatus::Unreachable => unreachable.push(r.hostname),
+            dto::NodeExecStatus::NotApproved => unapproved.push(r.hostname),
+            _ => target_nodes.push(r.hostname),
+        }
+    }
+    caller.audit.with(|a| a.exec_id = Some(x.id.clone()));
+    let resp = ExecuteResponse {
+        exec_id: x.id,
+        submitted_at: rfc3339(x.created_at),
+        username: x.username,
+        project_id: x.project_name,
+        edge_id: x.edge_name,
+        timeout: x.timeout_secs,
+        target_nodes,
+        unreachable_nodes: unreachable,
+        unapproved_nodes: unapproved,
+        selector: x.selector,
+        max_concurrency: x.max_concurrency,
+        max_errors: x.max_errors,
+    };
+    let mut out = (StatusCode::ACCEPTED, Json(resp)).into_response();
+    out.headers_mut().insert(
+        "idempotent-replayed",
+        http::HeaderValue::from_static("true"),
+    );
+    Ok(out)
 }
 
 fn content_type(e: &ExecutionRow) -> ContentType {
@@ -191,10 +369,10 @@ fn content_type(e: &ExecutionRow) -> ContentType {
 }
 
 fn target_type(e: &ExecutionRow) -> TargetType {
-    if e.target_type == "cluster" {
-        TargetType::Cluster
-    } else {
-        TargetType::Node
+    match e.target_type.as_str() {
+        "cluster" => TargetType::Cluster,
+        "selector" => TargetType::Selector,
+        _ => TargetType::Node,
     }
 }
 

@@ -27,6 +27,13 @@ pub enum ApiError {
     Unsupported(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A limit on what one client (or everyone) may hold open was reached.
+    #[error("{0}")]
+    TooManyRequests(String),
+    /// Well-formed but cannot be done as asked (an Idempotency-Key reused for
+    /// another request).
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -42,6 +49,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -56,6 +65,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Unsupported(_) => "unsupported_media_type",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::TooManyRequests(_) => "too_many_requests",
+            ApiError::Unprocessable(_) => "unprocessable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -71,7 +82,10 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let mut resp = (self.status(), Json(ErrorBody::new(self.code(), message))).into_response();
-        if matches!(self, ApiError::Unavailable(_)) {
+        if matches!(
+            self,
+            ApiError::Unavailable(_) | ApiError::TooManyRequests(_)
+        ) {
             // Clients and proxies that honour it back off instead of hammering.
             resp.headers_mut().insert(
                 http::header::RETRY_AFTER,

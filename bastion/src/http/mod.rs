@@ -6,6 +6,7 @@ mod admin;
 pub mod big_answers;
 mod cmdexec;
 mod error;
+pub mod exec_events;
 mod extract;
 mod kubeconfig;
 pub mod openapi;
@@ -52,6 +53,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/projects/{project}/edges/{edge}/nodes/{node}",
             get(admin::get_node).delete(admin::delete_node),
+        )
+        .route(
+            "/projects/{project}/edges/{edge}/nodes/{node}/labels",
+            put(admin::set_node_labels),
         )
         .route(
             "/projects/{project}/edges/{edge}/nodes/{node}/approve",
@@ -114,6 +119,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/projects/{project}/edges/{edge}/execution/{exec_id}",
             get(cmdexec::execution),
+        )
+        .route(
+            "/projects/{project}/edges/{edge}/execution/{exec_id}/events",
+            get(exec_events::events),
+        )
+        .route(
+            "/projects/{project}/edges/{edge}/execution/{exec_id}/cancel",
+            post(exec_events::cancel),
         )
         .route("/projects/{project}/history/", get(cmdexec::history))
         .route("/projects/{project}/history", get(cmdexec::history))

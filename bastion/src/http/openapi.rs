@@ -13,7 +13,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, cmdexec, kubeconfig, ops, ssh_keys, users};
+use super::{admin, cmdexec, exec_events, kubeconfig, ops, ssh_keys, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,7 +22,9 @@ use super::{admin, cmdexec, kubeconfig, ops, ssh_keys, users};
         description = "The bastion's REST API. `/api/v1`: projects, edges and nodes (approve, disable, \
                        enable, delete), enrollment tokens, users and their roles, API tokens and SSH keys, \
                        and the audit log. `/cmdexec/v1`: send commands or whole scripts to nodes or \
-                       clusters, poll their results, list history. Authenticate with \
+                       clusters (by name, or by label selector), with rate control (max_concurrency, max_errors) and \
+                       Idempotency-Key; poll their results, follow their live output as server-sent events, \
+                       cancel them, list history. Authenticate with \
                        `Authorization: Bearer pst_…`. Errors are JSON: `{\"error\": {\"code\", \"message\"}}`. \
                        Every call is audited; a change the audit log cannot record is refused with 503.",
     ),
@@ -37,6 +39,7 @@ use super::{admin, cmdexec, kubeconfig, ops, ssh_keys, users};
         admin::get_node,
         admin::delete_node,
         admin::approve_node,
+        admin::set_node_labels,
         admin::disable_node,
         admin::enable_node,
         admin::create_enrollment_token,
@@ -58,6 +61,8 @@ use super::{admin, cmdexec, kubeconfig, ops, ssh_keys, users};
         cmdexec::execute,
         cmdexec::execution,
         cmdexec::history,
+        exec_events::events,
+        exec_events::cancel,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -86,6 +91,10 @@ use super::{admin, cmdexec, kubeconfig, ops, ssh_keys, users};
         postern_api::kube_keys::NodeKubeKeys,
         postern_api::kube_keys::KubeNodeKey,
         postern_api::kube_keys::RejectedLine,
+        postern_api::admin::SetNodeLabels,
+        postern_api::cmdexec::ExecEvent,
+        postern_api::cmdexec::OutputStream,
+        postern_api::cmdexec::CancelResponse,
     )),
     modifiers(&Bearer),
     tags(

@@ -3,7 +3,7 @@
 //! overwrites another final result, so a result delivered twice is stored once.
 
 use futures_util::TryStreamExt;
-use postern_api::cmdexec::{NodeCounts, NodeExecStatus};
+use postern_api::cmdexec::{ExecEvent, NodeCounts, NodeExecStatus};
 use sqlx::Row;
 
 use super::{Result, Store, StoreError};
@@ -25,6 +25,12 @@ pub struct ExecutionRow {
     pub timeout_secs: i64,
     pub created_at: i64,
     pub finished_at: Option<i64>,
+    /// Nodes at once (None: all); failures tolerated (None: no limit).
+    pub max_concurrency: Option<i64>,
+    pub max_errors: Option<i64>,
+    /// The selector as understood, for `target_type: selector`.
+    pub selector: Option<String>,
+    pub cancel_requested_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,9 +83,16 @@ pub enum ResultUpdate {
     Started {
         exec_id: String,
         node_id: String,
+        hostname: String,
         at: i64,
     },
     Finished(Box<ResultRow>),
+    /// An event of the live stream that is not a change of state (output).
+    Event {
+        exec_id: String,
+        node_id: String,
+        event: Box<ExecEvent>,
+    },
 }
 
 impl ResultUpdate {
@@ -90,6 +103,9 @@ impl ResultUpdate {
                 exec_id, node_id, ..
             } => (exec_id, node_id),
             ResultUpdate::Finished(r) => (&r.exec_id, &r.node_id),
+            ResultUpdate::Event {
+                exec_id, node_id, ..
+            } => (exec_id, node_id),
         }
     }
 }
@@ -117,7 +133,9 @@ pub struct ExecutionPage {
 
 // Dynamic SQL here is assembled only from these constants and numbered
 // placeholders, never from input; hence `AssertSqlSafe`.
-const EXEC_COLS: &str = "id, org_id, project_id, project_name, edge_id, edge_name, username, source_ip, command, content_type, target_type, target, timeout_secs, created_at, finished_at";
+const EXEC_COLS: &str = "id, org_id, project_id, project_name, edge_id, edge_name, username, source_ip, command, content_type, target_type, target, timeout_secs, created_at, finished_at, max_concurrency, max_errors, selector, cancel_requested_at";
+/// How many columns EXEC_COLS has.
+const EXEC_NCOLS: usize = 19;
 const RESULT_COLS: &str = "exec_id, node_id, hostname, status, exit_code, error, stdout, stdout_truncated, stdout_bytes, stdout_sha256, stderr, stderr_truncated, stderr_bytes, stderr_sha256, started_at, finished_at";
 /// The same columns without the output: for summaries of thousands of nodes.
 const SUMMARY_COLS: &str = "exec_id, node_id, hostname, status, exit_code, error, NULL AS stdout, stdout_truncated, stdout_bytes, stdout_sha256, NULL AS stderr, stderr_truncated, stderr_bytes, stderr_sha256, started_at, finished_at";
@@ -142,7 +160,65 @@ fn exec_row(r: sqlx::any::AnyRow) -> Result<ExecutionRow> {
         timeout_secs: r.try_get(12)?,
         created_at: r.try_get(13)?,
         finished_at: r.try_get(14)?,
+        max_concurrency: r.try_get(15)?,
+        max_errors: r.try_get(16)?,
+        selector: r.try_get(17)?,
+        cancel_requested_at: r.try_get(18)?,
     })
+}
+
+/// A stored event's body: the event as the API sends it.
+fn event_body(e: &ExecEvent) -> String {
+    serde_json::to_string(e).unwrap_or_else(|_| "{}".into())
+}
+
+/// The event that says a node's part ended, from its final row.
+pub fn node_finished_event(r: &ResultRow) -> ExecEvent {
+    ExecEvent::NodeFinished {
+        hostname: r.hostname.clone(),
+        status: r.status,
+        exit_code: r.exit_code.and_then(|c| i32::try_from(c).ok()),
+        error: r.error.clone(),
+        at: crate::clock::rfc3339(r.finished_at.unwrap_or_else(crate::clock::now_ms)),
+    }
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    exec_id: &str,
+    e: &ExecEvent,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO exec_events (exec_id, kind, body, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(exec_id)
+    .bind(e.name())
+    .bind(event_body(e))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// One stored event of an execution's stream.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub kind: String,
+    pub body: String,
+}
+
+/// What claiming an Idempotency-Key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key is this request's now.
+    Claimed,
+    /// An earlier request holds it: its hash and its execution.
+    Held {
+        request_sha256: String,
+        exec_id: String,
+    },
 }
 
 fn result_row(r: sqlx::any::AnyRow) -> Result<ResultRow> {
@@ -211,8 +287,10 @@ impl Store {
             .target
             .as_ref()
             .map(|t| serde_json::to_string(t).unwrap_or_else(|_| "[]".into()));
+        let placeholders: Vec<String> = (1..=EXEC_NCOLS).map(|i| format!("${i}")).collect();
         let q = format!(
-            "INSERT INTO executions ({EXEC_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)"
+            "INSERT INTO executions ({EXEC_COLS}) VALUES ({})",
+            placeholders.join(",")
         );
         sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
             .bind(&e.id)
@@ -230,6 +308,10 @@ impl Store {
             .bind(e.timeout_secs)
             .bind(e.created_at)
             .bind(e.finished_at)
+            .bind(e.max_concurrency)
+            .bind(e.max_errors)
+            .bind(&e.selector)
+            .bind(e.cancel_requested_at)
             .execute(&mut *tx)
             .await?;
         // 16 columns a row; 60 rows keep a statement under SQLite's 999 parameters.
@@ -254,6 +336,23 @@ impl Store {
             }
             query.execute(&mut *tx).await?;
         }
+        // Nodes settled at submit (unreachable, not approved) are in the stream
+        // from the start, as is the end of an execution with nothing to run.
+        for r in results.iter().filter(|r| r.status.is_final()) {
+            insert_event(&mut tx, &e.id, &node_finished_event(r), e.created_at).await?;
+        }
+        if let Some(at) = e.finished_at {
+            let mut counts = NodeCounts::default();
+            for r in results {
+                counts.add(r.status, 1);
+            }
+            let ev = ExecEvent::ExecutionFinished {
+                status: counts.overall().to_string(),
+                node_counts: counts,
+                at: crate::clock::rfc3339(at),
+            };
+            insert_event(&mut tx, &e.id, &ev, at).await?;
+        }
         if let Some((owner, lease_ms)) = owner {
             let q = format!(
                 "UPDATE executions SET owner = $2, lease_until = {} + $3 WHERE id = $1",
@@ -270,17 +369,21 @@ impl Store {
         Ok(())
     }
 
-    /// Applies a batch of result changes in one transaction.
-    pub async fn apply_result_updates(&self, updates: &[ResultUpdate]) -> Result<()> {
+    /// Applies a batch of result changes in one transaction, each change of
+    /// state with its event. Answers whether any event was written.
+    pub async fn apply_result_updates(&self, updates: &[ResultUpdate]) -> Result<bool> {
         let mut tx = self.write_tx().await?;
+        let now = crate::clock::now_ms();
+        let mut events = false;
         for u in updates {
             match u {
                 ResultUpdate::Started {
                     exec_id,
                     node_id,
+                    hostname,
                     at,
                 } => {
-                    sqlx::query(
+                    let r = sqlx::query(
                         "UPDATE exec_results SET status = 'running', started_at = $3
                          WHERE exec_id = $1 AND node_id = $2 AND status = 'pending'",
                     )
@@ -289,6 +392,18 @@ impl Store {
                     .bind(at)
                     .execute(&mut *tx)
                     .await?;
+                    if r.rows_affected() > 0 {
+                        let ev = ExecEvent::NodeStarted {
+                            hostname: hostname.clone(),
+                            at: crate::clock::rfc3339(*at),
+                        };
+                        insert_event(&mut tx, exec_id, &ev, now).await?;
+                        events = true;
+                    }
+                }
+                ResultUpdate::Event { exec_id, event, .. } => {
+                    insert_event(&mut tx, exec_id, event, now).await?;
+                    events = true;
                 }
                 ResultUpdate::Finished(r) => {
                     // Placeholders follow RESULT_COLS so the row binds like an insert.
@@ -299,20 +414,197 @@ impl Store {
                            started_at = COALESCE(started_at, $15), finished_at = $16
                          WHERE exec_id = $1 AND node_id = $2 AND status IN ('pending', 'running')",
                     );
-                    bind_result(q, r).execute(&mut *tx).await?;
+                    // A result delivered twice changes nothing the second time,
+                    // and has no second event.
+                    if bind_result(q, r).execute(&mut *tx).await?.rows_affected() > 0 {
+                        insert_event(&mut tx, &r.exec_id, &node_finished_event(r), now).await?;
+                        events = true;
+                    }
                 }
             }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(events)
     }
 
-    pub async fn finish_execution(&self, exec_id: &str, at: i64) -> Result<()> {
-        sqlx::query("UPDATE executions SET finished_at = $2 WHERE id = $1 AND finished_at IS NULL")
-            .bind(exec_id)
-            .bind(at)
-            .execute(&self.pool)
+    /// Marks the execution finished, with the event that ends its stream. Answers
+    /// whether this call finished it.
+    pub async fn finish_execution(&self, exec_id: &str, at: i64) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let r = sqlx::query(
+            "UPDATE executions SET finished_at = $2 WHERE id = $1 AND finished_at IS NULL",
+        )
+        .bind(exec_id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let mut counts = NodeCounts::default();
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) FROM exec_results WHERE exec_id = $1 GROUP BY status",
+        )
+        .bind(exec_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in rows {
+            let status: String = row.try_get(0)?;
+            let n: i64 = row.try_get(1)?;
+            if let Some(st) = NodeExecStatus::parse(&status) {
+                counts.add(st, n);
+            }
+        }
+        let ev = ExecEvent::ExecutionFinished {
+            status: counts.overall().to_string(),
+            node_counts: counts,
+            at: crate::clock::rfc3339(at),
+        };
+        insert_event(&mut tx, exec_id, &ev, at).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Events of an execution after `after`, in order, at most `limit`.
+    pub async fn events_after(
+        &self,
+        exec_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, kind, body FROM exec_events WHERE exec_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(exec_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(StoredEvent {
+                    id: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    body: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records a cancel. `None`: no such execution; `Some(false)`: it had
+    /// already finished, and nothing changed.
+    pub async fn request_cancel(&self, exec_id: &str, at: i64) -> Result<Option<bool>> {
+        let r = sqlx::query(
+            "UPDATE executions SET cancel_requested_at = COALESCE(cancel_requested_at, $2)
+             WHERE id = $1 AND finished_at IS NULL",
+        )
+        .bind(exec_id)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() > 0 {
+            return Ok(Some(true));
+        }
+        Ok(self.execution_row(exec_id).await?.map(|_| false))
+    }
+
+    /// Of these executions, those with a cancel requested.
+    pub async fn cancel_requested(&self, exec_ids: &[String]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for chunk in exec_ids.chunks(100) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let q = format!(
+                "SELECT id FROM executions WHERE cancel_requested_at IS NOT NULL AND id IN ({})",
+                placeholders.join(",")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str()));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for r in query.fetch_all(&self.pool).await? {
+                out.push(r.try_get(0)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Nodes of the execution whose run went wrong, as `max_errors` counts them.
+    pub async fn error_count(&self, exec_id: &str) -> Result<i64> {
+        let n: (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM exec_results WHERE exec_id = $1 AND status IN ('failed', 'timed_out', 'lost')",
+        )
+        .bind(exec_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.0)
+    }
+
+    /// Claims `key` for this user's request (hash `sha`) and execution, unless a
+    /// claim younger than `ttl_ms` holds it; older claims are dropped.
+    pub async fn claim_idempotency_key(
+        &self,
+        org_id: &str,
+        username: &str,
+        key: &str,
+        sha: &str,
+        exec_id: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<IdempotencyClaim> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(now - ttl_ms)
+            .execute(&mut *tx)
             .await?;
+        let r = sqlx::query(
+            "INSERT INTO idempotency_keys (org_id, username, idem_key, request_sha256, exec_id, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(org_id)
+        .bind(username)
+        .bind(key)
+        .bind(sha)
+        .bind(exec_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let claim = if r.rows_affected() > 0 {
+            IdempotencyClaim::Claimed
+        } else {
+            let row = sqlx::query(
+                "SELECT request_sha256, exec_id FROM idempotency_keys WHERE org_id = $1 AND username = $2 AND idem_key = $3",
+            )
+            .bind(org_id)
+            .bind(username)
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+            IdempotencyClaim::Held {
+                request_sha256: row.try_get(0)?,
+                exec_id: row.try_get(1)?,
+            }
+        };
+        tx.commit().await?;
+        Ok(claim)
+    }
+
+    /// Gives up a claim whose execution was never created (the submit failed).
+    pub async fn release_idempotency_key(
+        &self,
+        org_id: &str,
+        username: &str,
+        key: &str,
+        exec_id: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE org_id = $1 AND username = $2 AND idem_key = $3 AND exec_id = $4",
+        )
+        .bind(org_id)
+        .bind(username)
+        .bind(key)
+        .bind(exec_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -417,6 +709,11 @@ impl Store {
         Ok(Some((e, results)))
     }
 
+    /// The execution without its results.
+    pub async fn execution(&self, exec_id: &str) -> Result<Option<ExecutionRow>> {
+        self.execution_row(exec_id).await
+    }
+
     async fn execution_row(&self, exec_id: &str) -> Result<Option<ExecutionRow>> {
         let q = format!("SELECT {EXEC_COLS} FROM executions WHERE id = $1");
         sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
@@ -475,7 +772,7 @@ impl Store {
             .await?;
         let mut execs = Vec::with_capacity(rows.len());
         for r in rows {
-            let truncated: i64 = r.try_get(15)?;
+            let truncated: i64 = r.try_get(EXEC_NCOLS)?;
             execs.push((exec_row(r)?, truncated != 0));
         }
         let ids: Vec<String> = execs.iter().map(|(e, _)| e.id.clone()).collect();

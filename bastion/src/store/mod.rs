@@ -19,7 +19,9 @@ use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use thiserror::Error;
 
-pub use executions::{ExecutionPage, ExecutionRow, HistoryRow, ResultRow, ResultUpdate};
+pub use executions::{
+    ExecutionPage, ExecutionRow, HistoryRow, IdempotencyClaim, ResultRow, ResultUpdate, StoredEvent,
+};
 pub use kube_keys::KubeKeysChange;
 pub use nodes::{EnrollOutcome, NewNode, NodeRow};
 pub use replicas::{PresenceRow, ReplicaEvent, ReplicaRow};

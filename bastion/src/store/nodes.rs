@@ -4,6 +4,8 @@
 use postern_api::admin::NodeState;
 use sqlx::Row;
 
+use postern_api::labels::Labels;
+
 use super::{Result, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +24,31 @@ pub struct NodeRow {
     /// last changed (see `store/kube_keys.rs`).
     pub kube_keys: Option<String>,
     pub kube_keys_at: Option<i64>,
+    /// Labels its agent reports (`--label`), and those a project admin set.
+    pub agent_labels: Labels,
+    pub labels: Labels,
+}
+
+impl NodeRow {
+    /// The labels selectors match: the agent's, with the admin's winning on a key.
+    pub fn effective_labels(&self) -> Labels {
+        let mut all = self.agent_labels.clone();
+        all.extend(self.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        all
+    }
+}
+
+/// A stored label set; one that cannot be read counts as none (with a warning)
+/// rather than failing every listing of its edge.
+fn labels_column(node_id: &str, text: &str) -> Labels {
+    serde_json::from_str(text).unwrap_or_else(|e| {
+        tracing::warn!(node = node_id, error = %e, "unreadable labels in the store; ignoring them");
+        Labels::new()
+    })
+}
+
+fn labels_json(l: &Labels) -> String {
+    serde_json::to_string(l).unwrap_or_else(|_| "{}".into())
 }
 
 #[derive(Debug, Clone)]
@@ -50,12 +77,17 @@ pub enum EnrollOutcome {
 
 // Dynamic SQL in this module is assembled only from these constants and
 // numbered placeholders, never from input; hence `AssertSqlSafe`.
-const NODE_COLS: &str = "id, edge_id, hostname, state, created_at, approved_at, last_seen_at, agent_version, cert_serial, cert_expires_at, kube_keys, kube_keys_at";
+const NODE_COLS: &str = "id, edge_id, hostname, state, created_at, approved_at, last_seen_at, agent_version, cert_serial, cert_expires_at, kube_keys, kube_keys_at, agent_labels, labels";
 
 fn node(r: sqlx::any::AnyRow) -> Result<NodeRow> {
     let state: String = r.try_get(3)?;
+    let id: String = r.try_get(0)?;
+    let agent_labels: String = r.try_get(12)?;
+    let labels: String = r.try_get(13)?;
     Ok(NodeRow {
-        id: r.try_get(0)?,
+        agent_labels: labels_column(&id, &agent_labels),
+        labels: labels_column(&id, &labels),
+        id,
         edge_id: r.try_get(1)?,
         hostname: r.try_get(2)?,
         state: state.parse().map_err(StoreError::Corrupt)?,
@@ -120,6 +152,8 @@ impl Store {
         }
         tx.commit().await?;
         Ok(EnrollOutcome::Enrolled(NodeRow {
+            agent_labels: Labels::new(),
+            labels: Labels::new(),
             id: n.id.to_string(),
             edge_id: n.edge_id.to_string(),
             hostname: n.hostname.to_string(),
@@ -247,6 +281,27 @@ impl Store {
     }
 
     /// Records whether the node's agent is a Kubernetes gateway for its edge.
+    /// Records the labels the node's agent reported, when they changed.
+    pub async fn set_agent_labels(&self, id: &str, labels: &Labels) -> Result<bool> {
+        let r =
+            sqlx::query("UPDATE nodes SET agent_labels = $2 WHERE id = $1 AND agent_labels <> $2")
+                .bind(id)
+                .bind(labels_json(labels))
+                .execute(&self.pool)
+                .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Replaces the labels a project admin set on the node.
+    pub async fn set_node_labels(&self, id: &str, labels: &Labels) -> Result<bool> {
+        let r = sqlx::query("UPDATE nodes SET labels = $2 WHERE id = $1")
+            .bind(id)
+            .bind(labels_json(labels))
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     pub async fn set_kube_gateway(&self, id: &str, gateway: bool) -> Result<()> {
         sqlx::query("UPDATE nodes SET kube_gateway = $2 WHERE id = $1 AND kube_gateway <> $2")
             .bind(id)

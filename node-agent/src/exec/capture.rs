@@ -115,13 +115,21 @@ fn utf8_tail_start(b: &[u8]) -> usize {
     }
 }
 
-/// Reads a stream to its end into a capture, 64 KiB at a time.
-pub async fn read_all(mut r: impl AsyncRead + Unpin, mut cap: Capture) -> Capture {
+/// Reads a stream to its end into a capture, 64 KiB at a time, showing each
+/// read to `seen` as it comes (the live output).
+pub async fn read_all(
+    mut r: impl AsyncRead + Unpin,
+    mut cap: Capture,
+    mut seen: impl FnMut(&[u8]),
+) -> Capture {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => return cap,
-            Ok(n) => cap.push(&buf[..n]),
+            Ok(n) => {
+                seen(&buf[..n]);
+                cap.push(&buf[..n]);
+            }
         }
     }
 }

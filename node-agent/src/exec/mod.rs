@@ -7,16 +7,19 @@
 //! is never run again, even after the agent restarts.
 
 pub mod capture;
+pub mod live;
 mod run;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use postern_api::cmdexec::{AgentExec, AgentExecResult, NodeExecStatus, Output};
+use postern_api::cmdexec::{AgentExec, AgentExecResult, LIVE_BYTES_MAX, NodeExecStatus, Output};
 use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
 
 pub use capture::Capture;
+pub use live::LiveOutput;
 
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -44,9 +47,28 @@ pub enum ExecError {
     Spool(std::io::Error),
 }
 
+/// One exec the agent holds: its progress, its live output while it has one,
+/// and what stops it.
+#[derive(Clone)]
+struct Entry {
+    result: watch::Receiver<AgentExecResult>,
+    output: Option<Arc<LiveOutput>>,
+    cancel: CancellationToken,
+}
+
+impl Entry {
+    fn settled(r: AgentExecResult) -> Entry {
+        Entry {
+            result: watch::channel(r).1,
+            output: None,
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
-    live: HashMap<String, watch::Receiver<AgentExecResult>>,
+    live: HashMap<String, Entry>,
     forgotten: HashSet<String>,
     forgotten_order: VecDeque<String>,
 }
@@ -64,6 +86,19 @@ impl std::fmt::Debug for Executor {
         f.debug_struct("Executor")
             .field("spool", &self.spool)
             .finish()
+    }
+}
+
+fn cancelled_before_start(exec_id: &str) -> AgentExecResult {
+    AgentExecResult {
+        exec_id: exec_id.to_string(),
+        status: NodeExecStatus::Cancelled,
+        exit_code: None,
+        stdout: Output::default(),
+        stderr: Output::default(),
+        error: Some("cancelled before it started".into()),
+        started_at_ms: now_ms(),
+        finished_at_ms: Some(now_ms()),
     }
 }
 
@@ -134,8 +169,9 @@ impl Executor {
                 r.finished_at_ms = Some(now_ms());
                 let _ = self.persist(&r);
             }
-            let (_tx, rx) = watch::channel(r.clone());
-            self.lock().live.insert(r.exec_id.clone(), rx);
+            self.lock()
+                .live
+                .insert(r.exec_id.clone(), Entry::settled(r));
         }
     }
 
@@ -158,8 +194,8 @@ impl Executor {
             return Err(ExecError::Empty);
         }
         let mut st = self.lock();
-        if let Some(rx) = st.live.get(&req.exec_id) {
-            return Ok(rx.clone());
+        if let Some(e) = st.live.get(&req.exec_id) {
+            return Ok(e.result.clone());
         }
         if st.forgotten.contains(&req.exec_id) {
             return Err(ExecError::Forgotten(req.exec_id));
@@ -177,12 +213,35 @@ impl Executor {
         // Recorded before the command starts: this is what makes it at most once.
         self.persist(&running)?;
         let (tx, rx) = watch::channel(running);
-        st.live.insert(req.exec_id.clone(), rx.clone());
+        let output = LiveOutput::new(req.keep_bytes.clamp(2, LIVE_BYTES_MAX));
+        let cancel = CancellationToken::new();
+        st.live.insert(
+            req.exec_id.clone(),
+            Entry {
+                result: rx.clone(),
+                output: Some(output.clone()),
+                cancel: cancel.clone(),
+            },
+        );
         drop(st);
         let me = self.clone();
         tokio::spawn(async move {
             // Closed only if the executor is gone; then run anyway rather than drop it.
-            let _slot = me.slots.clone().acquire_owned().await.ok();
+            let slot = tokio::select! {
+                s = me.slots.clone().acquire_owned() => s.ok(),
+                _ = cancel.cancelled() => None,
+            };
+            if cancel.is_cancelled() {
+                // Cancelled while it waited for a slot: it never starts.
+                drop(slot);
+                let r = cancelled_before_start(&req.exec_id);
+                if let Err(e) = me.persist(&r) {
+                    tracing::error!(exec_id = %req.exec_id, error = %e, "cannot spool a result; it is held in memory only");
+                }
+                let _ = tx.send(r);
+                return;
+            }
+            let _slot = slot;
             let scratch = me
                 .spool
                 .clone()
@@ -202,8 +261,13 @@ impl Executor {
                 }
             };
             // A crash of the run itself must still end in a result, never a hang.
+            let stop = cancel.clone();
             let result =
-                match tokio::spawn(async move { run::run(&req2, &scratch, noted).await }).await {
+                match tokio::spawn(
+                    async move { run::run(&req2, &scratch, noted, output, stop).await },
+                )
+                .await
+                {
                     Ok(r) => r,
                     Err(e) => AgentExecResult {
                         exec_id: req.exec_id.clone(),
@@ -228,7 +292,46 @@ impl Executor {
     }
 
     pub fn get(&self, exec_id: &str) -> Option<watch::Receiver<AgentExecResult>> {
-        self.lock().live.get(exec_id).cloned()
+        self.lock().live.get(exec_id).map(|e| e.result.clone())
+    }
+
+    /// What a stream of this exec reads: its live output (none for a result
+    /// recovered from the spool) and its progress.
+    pub fn stream_source(
+        &self,
+        exec_id: &str,
+    ) -> Option<(Option<Arc<LiveOutput>>, watch::Receiver<AgentExecResult>)> {
+        self.lock()
+            .live
+            .get(exec_id)
+            .map(|e| (e.output.clone(), e.result.clone()))
+    }
+
+    /// Stops an exec: one waiting for a slot never starts, a running one's process
+    /// group gets SIGTERM, then SIGKILL after the grace; a finished one is left as
+    /// it is. An exec ID not seen yet (the cancel overtook the command on the
+    /// channel) is recorded as cancelled, so the command never runs when it comes.
+    /// Answers the exec's state.
+    pub fn cancel(&self, exec_id: &str) -> Result<AgentExecResult, ExecError> {
+        if !valid_id(exec_id) {
+            return Err(ExecError::BadId(exec_id.chars().take(80).collect()));
+        }
+        let mut st = self.lock();
+        if let Some(e) = st.live.get(exec_id) {
+            let current = e.result.borrow().clone();
+            if !current.status.is_final() {
+                e.cancel.cancel();
+            }
+            return Ok(current);
+        }
+        if st.forgotten.contains(exec_id) {
+            return Err(ExecError::Forgotten(exec_id.to_string()));
+        }
+        let r = cancelled_before_start(exec_id);
+        self.persist(&r)?;
+        st.live
+            .insert(exec_id.to_string(), Entry::settled(r.clone()));
+        Ok(r)
     }
 
     /// Exec IDs whose final results are held, at most `limit`.
@@ -236,7 +339,7 @@ impl Executor {
         self.lock()
             .live
             .iter()
-            .filter(|(_, rx)| rx.borrow().status.is_final())
+            .filter(|(_, e)| e.result.borrow().status.is_final())
             .map(|(id, _)| id.clone())
             .take(limit)
             .collect()
@@ -252,10 +355,10 @@ impl Executor {
             return false;
         }
         let mut st = self.lock();
-        let Some(rx) = st.live.get(exec_id) else {
+        let Some(e) = st.live.get(exec_id) else {
             return false;
         };
-        if !rx.borrow().status.is_final() {
+        if !e.result.borrow().status.is_final() {
             return false;
         }
         st.live.remove(exec_id);

@@ -11,20 +11,27 @@ use base64::Engine;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use postern_api::cmdexec::{
-    AgentExec, AgentExecResult, ContentType, MAX_KEEP_BYTES, NodeExecStatus, Output,
+    AgentExec, AgentExecResult, CANCEL_GRACE_SECS, ContentType, MAX_KEEP_BYTES, NodeExecStatus,
+    Output, OutputStream,
 };
 use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
 
 use super::capture::{Capture, read_all};
+use super::live::LiveOutput;
 use super::now_ms;
 
 /// After the shell exits, how long its leftovers may keep the output pipes open.
 const LINGER: Duration = Duration::from_secs(1);
 
 fn kill_group(pgid: Option<u32>) {
+    signal_group(pgid, Signal::SIGKILL);
+}
+
+fn signal_group(pgid: Option<u32>, signal: Signal) {
     if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()) {
         // ESRCH (nothing left) is the common, fine case.
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = killpg(Pid::from_raw(pid), signal);
     }
 }
 
@@ -67,12 +74,16 @@ pub fn kill_orphan_group(pgid: u32, started: u64) -> bool {
     true
 }
 
-/// Runs the command to completion or timeout. `scratch` holds script files.
-/// `started` learns the command's process group as soon as it exists.
+/// Runs the command to completion, timeout or cancel. `scratch` holds script
+/// files. `started` learns the command's process group as soon as it exists;
+/// `live` sees the output as it is written; `stop` cancels it (SIGTERM to its
+/// group, SIGKILL after [`CANCEL_GRACE_SECS`]).
 pub async fn run(
     req: &AgentExec,
     scratch: &Path,
     started_group: impl FnOnce(u32),
+    live: std::sync::Arc<LiveOutput>,
+    stop: CancellationToken,
 ) -> AgentExecResult {
     let started = now_ms();
     let mut cmd = Command::new("/bin/sh");
@@ -126,16 +137,37 @@ pub async fn run(
         return failed(req, started, "no output pipes".into());
     };
     let keep = req.keep_bytes.min(MAX_KEEP_BYTES);
-    let mut out_task = tokio::spawn(read_all(out, Capture::new(keep)));
-    let mut err_task = tokio::spawn(read_all(err, Capture::new(keep)));
+    let live_err = live.clone();
+    let mut out_task = tokio::spawn(read_all(out, Capture::new(keep), move |b| {
+        live.push(OutputStream::Stdout, b)
+    }));
+    let mut err_task = tokio::spawn(read_all(err, Capture::new(keep), move |b| {
+        live_err.push(OutputStream::Stderr, b)
+    }));
 
     let timeout = Duration::from_secs(req.timeout_secs);
     let exit = tokio::select! {
-        s = child.wait() => Some(s),
-        _ = tokio::time::sleep(timeout) => None,
+        s = child.wait() => Exit::Done(s),
+        _ = tokio::time::sleep(timeout) => Exit::TimedOut,
+        _ = stop.cancelled() => Exit::Cancelled,
     };
     let (status, exit_code, error) = match exit {
-        None => {
+        Exit::Cancelled => {
+            signal_group(pgid, Signal::SIGTERM);
+            let grace = Duration::from_secs(CANCEL_GRACE_SECS);
+            let how = match tokio::time::timeout(grace, child.wait()).await {
+                Ok(Ok(s)) => format!("cancelled: stopped by SIGTERM ({s})"),
+                _ => {
+                    kill_group(pgid);
+                    let _ = child.wait().await;
+                    format!(
+                        "cancelled: still running {CANCEL_GRACE_SECS}s after SIGTERM, killed with SIGKILL"
+                    )
+                }
+            };
+            (NodeExecStatus::Cancelled, None, Some(how))
+        }
+        Exit::TimedOut => {
             kill_group(pgid);
             let _ = child.wait().await;
             (
@@ -144,7 +176,7 @@ pub async fn run(
                 Some(format!("killed after the {}s timeout", req.timeout_secs)),
             )
         }
-        Some(Err(e)) => {
+        Exit::Done(Err(e)) => {
             kill_group(pgid);
             (
                 NodeExecStatus::Failed,
@@ -152,7 +184,7 @@ pub async fn run(
                 Some(format!("waiting for the command failed: {e}")),
             )
         }
-        Some(Ok(s)) => match s.code() {
+        Exit::Done(Ok(s)) => match s.code() {
             Some(0) => (NodeExecStatus::Succeeded, Some(0), None),
             Some(c) => (NodeExecStatus::Failed, Some(c), None),
             None => (
@@ -199,6 +231,12 @@ pub async fn run(
     }
 }
 
+enum Exit {
+    Done(std::io::Result<std::process::ExitStatus>),
+    TimedOut,
+    Cancelled,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -228,7 +266,14 @@ mod tests {
             "500\n"
         );
         let dir = tempfile::tempdir().unwrap();
-        let r = run(&req("cat /proc/self/oom_score_adj"), dir.path(), |_| {}).await;
+        let r = run(
+            &req("cat /proc/self/oom_score_adj"),
+            dir.path(),
+            |_| {},
+            LiveOutput::new(4096),
+            CancellationToken::new(),
+        )
+        .await;
         assert_eq!(r.status, NodeExecStatus::Succeeded, "{r:?}");
         assert_eq!(String::from_utf8_lossy(&r.stdout.data), "0\n");
         // Scripts too, and the command's own arguments are untouched.
@@ -236,15 +281,91 @@ mod tests {
             .encode("printf '%s|' \"$0\" \"$#\"; cat /proc/self/oom_score_adj");
         let mut q = req(&script);
         q.content_type = ContentType::Base64;
-        let r = run(&q, dir.path(), |_| {}).await;
+        let r = run(
+            &q,
+            dir.path(),
+            |_| {},
+            LiveOutput::new(4096),
+            CancellationToken::new(),
+        )
+        .await;
         let out = String::from_utf8_lossy(&r.stdout.data).into_owned();
         assert!(out.ends_with("|0|0\n"), "{out:?}");
+    }
+
+    /// A cancel stops the whole group, even a command that ignores SIGTERM and a
+    /// child it left in the background: nothing is left running.
+    #[tokio::test]
+    async fn cancel_kills_a_group_that_ignores_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("child.pid");
+        let cmd = format!(
+            "trap '' TERM; echo started; sleep 300 & echo $! > {}; wait",
+            pid_file.display()
+        );
+        let stop = CancellationToken::new();
+        let live = LiveOutput::new(4096);
+        let (s2, l2) = (stop.clone(), live.clone());
+        tokio::spawn(async move {
+            // Cancel once the command has printed, so it is really running.
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let (tx, rx) = tokio::sync::watch::channel(AgentExecResult {
+                    exec_id: "t1".into(),
+                    status: NodeExecStatus::Running,
+                    exit_code: None,
+                    stdout: Output::default(),
+                    stderr: Output::default(),
+                    error: None,
+                    started_at_ms: 0,
+                    finished_at_ms: None,
+                });
+                use futures_util::StreamExt;
+                let mut s = Box::pin(super::super::live::stream(
+                    Some(l2.clone()),
+                    rx,
+                    Default::default(),
+                ));
+                let first = tokio::time::timeout(Duration::from_millis(10), s.next()).await;
+                drop(tx);
+                if first.is_ok() {
+                    break;
+                }
+            }
+            s2.cancel();
+        });
+        let started = std::time::Instant::now();
+        let r = run(&req(&cmd), dir.path(), |_| {}, live, stop).await;
+        assert_eq!(r.status, NodeExecStatus::Cancelled, "{r:?}");
+        assert!(r.error.as_deref().unwrap().contains("SIGKILL"), "{r:?}");
+        assert!(started.elapsed() >= Duration::from_secs(CANCEL_GRACE_SECS));
+        assert_eq!(String::from_utf8_lossy(&r.stdout.data), "started\n");
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        // Gone, or a zombie waiting for init to reap it: not running either way.
+        // A process SIGKILL reached shows as running while it exits; give it a moment.
+        let mut last = String::new();
+        for _ in 0..40 {
+            match std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) {
+                Err(_) => return,
+                Ok(stat) if stat.rsplit_once(") ").unwrap().1.starts_with('Z') => return,
+                Ok(stat) => last = stat,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the background child is still alive: {last}");
     }
 
     #[tokio::test]
     async fn nul_and_binary_output_survive() {
         let dir = tempfile::tempdir().unwrap();
-        let r = run(&req("printf 'a\\000b\\377'"), dir.path(), |_| {}).await;
+        let r = run(
+            &req("printf 'a\\000b\\377'"),
+            dir.path(),
+            |_| {},
+            LiveOutput::new(4096),
+            CancellationToken::new(),
+        )
+        .await;
         assert_eq!(r.stdout.data, b"a\0b\xff");
     }
 }

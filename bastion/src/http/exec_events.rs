@@ -1,0 +1,366 @@
+//! Live executions: the server-sent event stream of an execution (replayed
+//! from the store, then followed as the store grows) and its cancel.
+//!
+//! A stream reads the store a page at a time and only when its client has
+//! taken the previous events, so a slow or paused reader costs the bastion one
+//! page of memory and never holds up the nodes, the writer or other readers. A
+//! reader more than a page behind is told it `lagged` and catches up from the
+//! store; nothing is dropped. The store is the one source for every replica:
+//! this replica's commits wake its readers at once, another's are found within
+//! a second.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use http::HeaderMap;
+use postern_api::ErrorBody;
+use postern_api::cmdexec::{CancelResponse, ExecEvent};
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::admin::{resolve_edge, resolve_project};
+use super::extract::{ApiPath, Caller};
+use super::{ApiError, AppState};
+use crate::audit::Event;
+use crate::authz::Action;
+use crate::clock::now_ms;
+use crate::store::{ExecutionRow, StoredEvent};
+
+/// Live streams open at once, for the bastion and for one user.
+pub const STREAMS_GLOBAL: usize = 128;
+pub const STREAMS_PER_USER: usize = 8;
+/// Events read from the store at a time: a reader holds at most this many.
+const PAGE: i64 = 32;
+/// How often a stream looks for events another replica committed.
+const POLL: Duration = Duration::from_secs(1);
+/// How often an idle stream checks that its execution still exists.
+const EXISTS_EVERY: u32 = 30;
+
+/// Permits for live streams: a global limit and one per user, so one user
+/// cannot take every stream from the rest.
+#[derive(Debug)]
+pub struct StreamPermits {
+    global: Arc<Semaphore>,
+    per_user: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Default for StreamPermits {
+    fn default() -> Self {
+        StreamPermits {
+            global: Arc::new(Semaphore::new(STREAMS_GLOBAL)),
+            per_user: Arc::default(),
+        }
+    }
+}
+
+/// Held for as long as one stream is open.
+#[derive(Debug)]
+pub struct StreamPermit {
+    _global: OwnedSemaphorePermit,
+    user: String,
+    per_user: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut m = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl StreamPermits {
+    pub fn acquire(&self, user: &str) -> Result<StreamPermit, ApiError> {
+        let mut m = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.get(user).copied().unwrap_or(0);
+        if n >= STREAMS_PER_USER {
+            return Err(ApiError::TooManyRequests(format!(
+                "you have {STREAMS_PER_USER} live execution streams open already; close one first"
+            )));
+        }
+        let global = self.global.clone().try_acquire_owned().map_err(|_| {
+            ApiError::TooManyRequests(format!(
+                "the bastion has {STREAMS_GLOBAL} live execution streams open; retry in a few seconds"
+            ))
+        })?;
+        m.insert(user.to_string(), n + 1);
+        Ok(StreamPermit {
+            _global: global,
+            user: user.to_string(),
+            per_user: self.per_user.clone(),
+        })
+    }
+}
+
+/// The execution named in the path, if it is in this project and edge.
+async fn execution_in(
+    state: &AppState,
+    caller: &Caller,
+    project: &str,
+    edge: &str,
+    exec_id: &str,
+    action: Action,
+) -> Result<ExecutionRow, ApiError> {
+    let p = resolve_project(state, caller, project, action).await?;
+    let e = resolve_edge(state, &p, edge).await?;
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "execution {:?} not found in edge {:?}",
+            postern_api::validate::peer_text(exec_id, 80),
+            e.name
+        ))
+    };
+    if exec_id.is_empty()
+        || exec_id.len() > 64
+        || !exec_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(not_found());
+    }
+    let x = state
+        .store
+        .execution(exec_id)
+        .await?
+        .ok_or_else(not_found)?;
+    if x.project_id != p.id || x.edge_id != e.id {
+        return Err(not_found());
+    }
+    Ok(x)
+}
+
+/// `Last-Event-ID`: the id of the last event the client has.
+fn last_event_id(headers: &HeaderMap) -> Result<i64, ApiError> {
+    let Some(v) = headers.get("last-event-id") else {
+        return Ok(0);
+    };
+    let bad = || {
+        ApiError::BadRequest(
+            "Last-Event-ID must be the id of an event of this stream (a whole number); leave it out to start from the beginning".into(),
+        )
+    };
+    let s = v.to_str().map_err(|_| bad())?.trim();
+    if s.is_empty() {
+        return Ok(0);
+    }
+    if s.len() > 18 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    s.parse().map_err(|_| bad())
+}
+
+/// The execution's events as server-sent events: each node's start, its output
+/// as it comes, its end, and the execution's end, which closes the stream.
+#[utoipa::path(
+    get,
+    path = "/cmdexec/v1/projects/{project_id}/edges/{edge_id}/execution/{exec_id}/events",
+    tag = "cmdexec",
+    params(
+        ("project_id" = String, Path, description = "Project name or id"),
+        ("edge_id" = String, Path, description = "Edge name or id"),
+        ("exec_id" = String, Path, description = "The exec ID returned by execute"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event (its `id:`); absent: from the first event", pattern = "^[0-9]{0,18}$"),
+    ),
+    responses(
+        (status = 200, description = "A text/event-stream: `event:` is the event's name, `data:` the event as JSON (see ExecEvent), `id:` what to send as Last-Event-ID to resume. Events so far are replayed, then new ones follow; the stream ends after `execution_finished`. A `lagged` event (no id) says the reader is more than a page behind and catching up; nothing is lost.", body = ExecEvent, content_type = "text/event-stream"),
+        (status = 400, description = "Last-Event-ID is not an event id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API token", body = ErrorBody),
+        (status = 404, description = "Project, edge or execution not found", body = ErrorBody),
+        (status = 429, description = "Too many live streams open, by you or on the bastion", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((project, edge, exec_id)): ApiPath<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let after = last_event_id(&headers)?;
+    let x = execution_in(
+        &state,
+        &caller,
+        &project,
+        &edge,
+        &exec_id,
+        Action::ReadProject,
+    )
+    .await?;
+    let permit = state.exec_streams.acquire(&caller.principal.user_name)?;
+    caller.audit.with(|a| a.exec_id = Some(x.id.clone()));
+    let reader = Reader {
+        state: state.clone(),
+        exec_id: x.id,
+        after,
+        buf: VecDeque::new(),
+        wake: state.exec_events.subscribe(),
+        done: false,
+        lagging: false,
+        idle_polls: 0,
+        _permit: permit,
+    };
+    let stream = futures_util::stream::unfold(reader, |mut r| async move {
+        let ev = r.next().await?;
+        Some((Ok::<_, Infallible>(ev), r))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+struct Reader {
+    state: AppState,
+    exec_id: String,
+    after: i64,
+    buf: VecDeque<StoredEvent>,
+    wake: tokio::sync::watch::Receiver<u64>,
+    done: bool,
+    lagging: bool,
+    idle_polls: u32,
+    _permit: StreamPermit,
+}
+
+impl Reader {
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(e) = self.buf.pop_front() {
+                if e.kind == "execution_finished" {
+                    self.done = true;
+                }
+                return Some(
+                    SseEvent::default()
+                        .id(e.id.to_string())
+                        .event(e.kind)
+                        .data(e.body),
+                );
+            }
+            if self.done || self.state.shutdown.is_cancelled() {
+                return None;
+            }
+            // Marked seen before the read: a commit during it wakes the next wait.
+            self.wake.borrow_and_update();
+            let rows = match self
+                .state
+                .store
+                .events_after(&self.exec_id, self.after, PAGE)
+                .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    // The client resumes with Last-Event-ID once the store is back.
+                    tracing::warn!(exec_id = %self.exec_id, error = %e, "cannot read execution events; ending the stream");
+                    return None;
+                }
+            };
+            if let Some(last) = rows.last() {
+                self.after = last.id;
+                self.idle_polls = 0;
+                let full = rows.len() as i64 == PAGE;
+                self.buf.extend(rows);
+                if full && !self.lagging {
+                    self.lagging = true;
+                    let lagged = ExecEvent::Lagged {
+                        message: "this reader is more than a page of events behind; catching up from the store, nothing is lost".into(),
+                    };
+                    return Some(
+                        SseEvent::default()
+                            .event(lagged.name())
+                            .data(serde_json::to_string(&lagged).unwrap_or_default()),
+                    );
+                }
+                if !full {
+                    self.lagging = false;
+                }
+                continue;
+            }
+            self.idle_polls += 1;
+            if self.idle_polls % EXISTS_EVERY == 0 {
+                // A project deleted meanwhile takes its executions with it.
+                match self.state.store.execution(&self.exec_id).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return None,
+                    Err(_) => {}
+                }
+            }
+            tokio::select! {
+                _ = self.wake.changed() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = self.state.shutdown.cancelled() => return None,
+            }
+        }
+    }
+}
+
+/// Stops an execution: nodes not yet started never start (`cancelled`), running
+/// ones have their command's process group stopped (SIGTERM, then SIGKILL after
+/// 5 s; `cancelled`). A node that finished first keeps its result.
+#[utoipa::path(
+    post,
+    path = "/cmdexec/v1/projects/{project_id}/edges/{edge_id}/execution/{exec_id}/cancel",
+    tag = "cmdexec",
+    params(
+        ("project_id" = String, Path, description = "Project name or id"),
+        ("edge_id" = String, Path, description = "Edge name or id"),
+        ("exec_id" = String, Path, description = "The exec ID returned by execute"),
+    ),
+    responses(
+        (status = 200, description = "`cancelling`: the execution is being stopped (follow it with the execution or its events); `finished`: it had already ended and nothing changed", body = CancelResponse),
+        (status = 401, description = "Missing or invalid API token", body = ErrorBody),
+        (status = 403, description = "Only those who may execute may cancel", body = ErrorBody),
+        (status = 404, description = "Project, edge or execution not found", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable; nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((project, edge, exec_id)): ApiPath<(String, String, String)>,
+) -> Result<Json<CancelResponse>, ApiError> {
+    let x = execution_in(&state, &caller, &project, &edge, &exec_id, Action::Execute).await?;
+    caller.audit.with(|a| a.exec_id = Some(x.id.clone()));
+    if x.finished_at.is_some() {
+        return Ok(Json(CancelResponse {
+            exec_id: x.id,
+            state: "finished".into(),
+        }));
+    }
+    // Audited before it acts, like execute: a cancel nobody can find later does
+    // not happen.
+    let mut ev = Event::new("cmdexec.cancel", "ok")
+        .org(&caller.principal.org_id)
+        .actor(&caller.principal.user_name)
+        .source(caller.source_ip.clone())
+        .project(&x.project_name)
+        .detail(json!({ "edge": x.edge_name }));
+    ev.exec_id = Some(x.id.clone());
+    state
+        .audit
+        .record(ev)
+        .await
+        .map_err(ApiError::audit_refused)?;
+    let st = match state.store.request_cancel(&x.id, now_ms()).await? {
+        Some(true) => {
+            // Here if it runs here; else its replica finds the request within
+            // a lease tick.
+            state.cmdexec.cancel_local(&x.id);
+            "cancelling"
+        }
+        _ => "finished",
+    };
+    Ok(Json(CancelResponse {
+        exec_id: x.id,
+        state: st.into(),
+    }))
+}
