@@ -20,6 +20,7 @@ pub mod netns;
 pub mod proxy;
 pub mod replicas_bench;
 pub mod soak;
+pub mod sse;
 pub mod ssh;
 pub mod ssh_bench;
 pub mod swarm;
@@ -677,6 +678,20 @@ pub async fn http_raw(
     token: Option<&str>,
     body: Option<(&str, Bytes)>,
 ) -> anyhow::Result<(u16, Value)> {
+    let (status, _, v) = http_with(addr, method, path, token, &[], body).await?;
+    Ok((status, v))
+}
+
+/// Like [`http_raw`], with extra request headers; answers the response's
+/// headers too.
+pub async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<(&str, Bytes)>,
+) -> anyhow::Result<(u16, http::HeaderMap, Value)> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
@@ -686,6 +701,9 @@ pub async fn http_raw(
         .header("host", addr.to_string());
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     let payload = match body {
         Some((content_type, bytes)) => {
@@ -700,8 +718,9 @@ pub async fn http_raw(
     )
     .await??;
     let status = resp.status().as_u16();
+    let resp_headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await?.to_bytes();
     let v = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    Ok((status, v))
+    Ok((status, resp_headers, v))
 }
