@@ -828,3 +828,52 @@ async fn an_access_change_missed_during_an_outage_is_applied_after_it() {
         back.elapsed()
     );
 }
+
+/// An execution runs on the replica it was posted to, whichever replica holds
+/// its nodes' channels; its live events can be read on any replica, and a
+/// cancel posted to another replica stops it (the running replica finds the
+/// request within a lease tick).
+#[tokio::test(flavor = "multi_thread")]
+async fn live_events_and_cancel_through_any_replica() {
+    use postern_tests::sse;
+    let r1 = Bastion::start(Bastion::replica_opts("r1")).await;
+    let r2 = Bastion::replica_of(&r1, "r2").await;
+    let rs = [&r1, &r2];
+    let mut agents = Vec::new();
+    for host in ["on-r2-a", "on-r2-b"] {
+        let dir = r2.dir.path().join(host);
+        let t = r2.enrollment(json!({"auto_approve": true})).await;
+        join(&r2, &t, host, &controllers(&rs, 1), &dir);
+        agents.push(AgentProc::run_with(&dir, &[]));
+    }
+    all_reachable(&rs, 2, Duration::from_secs(30)).await;
+    let r = r1
+        .execute(json!({"target_type": "cluster", "command": "echo started; sleep 300"}))
+        .await;
+    let exec_id = r["exec_id"].as_str().unwrap().to_string();
+    let path = format!("/cmdexec/v1/projects/web/edges/eu-1/execution/{exec_id}/events");
+    let mut on_r2 = sse::open(r2.api, &path, &r2.token, None).await.unwrap();
+    // Both nodes' first output, read on the replica that does not run it.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let e = on_r2.next(Duration::from_secs(20)).await.unwrap();
+        if e.event == "output" {
+            assert_eq!(e.data["data"], "started\n");
+            seen.push(e.data["hostname"].as_str().unwrap().to_string());
+        }
+    }
+    let (s, v) = r2
+        .post(
+            &format!("/cmdexec/v1/projects/web/edges/eu-1/execution/{exec_id}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("cancelling")), "{v}");
+    let rest = on_r2.all(Duration::from_secs(30)).await;
+    let end = rest.last().unwrap();
+    assert_eq!(end.event, "execution_finished");
+    assert_eq!(end.data["node_counts"]["cancelled"], 2, "{:?}", end.data);
+    let done = r1.finished(&exec_id, Duration::from_secs(5)).await;
+    assert_eq!(done["status"], "cancelled");
+    drop(agents);
+}
