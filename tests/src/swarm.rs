@@ -25,6 +25,8 @@ pub struct SwarmOpts {
     /// Node counts for the cmdexec fan-out measurement (`hostname` on each).
     pub fanout: Vec<usize>,
     pub fanout_runs: usize,
+    /// Also run one fan-out to every node with a paused live reader.
+    pub live: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -35,6 +37,11 @@ pub struct FanoutReport {
     pub median_secs: f64,
     /// Bastion CPU time (user + system) per run, median.
     pub bastion_cpu_secs: f64,
+    /// Bastion CPU per node, µs (median run).
+    pub bastion_cpu_us_per_node: f64,
+    /// POST to the last node's command started (the agents' own start times),
+    /// per run, median.
+    pub dispatch_secs: f64,
     pub bastion_peak_rss_kib: u64,
     /// Node results other than `succeeded`, over all runs (with one example error).
     pub failed_nodes: i64,
@@ -53,6 +60,26 @@ pub struct Report {
     pub bastion_kib_per_agent_after_restart: Option<f64>,
     pub agents_gave_up: usize,
     pub fanout: Vec<FanoutReport>,
+    pub live: Option<LiveReport>,
+}
+
+/// A fan-out to every node with one live reader that reads the first event,
+/// pauses until the execution has finished, then reads everything.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveReport {
+    pub nodes: usize,
+    /// Events the reader received, and how many a complete stream has
+    /// (each node's start, output and end, and the execution's end).
+    pub events: usize,
+    pub events_expected: usize,
+    pub lagged_events: usize,
+    /// Bastion memory before the run, and its peak while the reader was paused.
+    pub bastion_rss_before_kib: u64,
+    pub bastion_peak_rss_paused_kib: u64,
+    /// The same fan-out's peak without a reader (the last plain run), to compare.
+    pub bastion_peak_rss_without_reader_kib: Option<u64>,
+    /// Time to read the whole stream once the reader resumed.
+    pub read_secs: f64,
 }
 
 /// CPU seconds (user + system) the process has used.
@@ -103,17 +130,24 @@ pub async fn fanout_on(
     };
     let (mut times, mut cpus, mut peak, mut failed_nodes, mut example_error) =
         (vec![], vec![], 0, 0, None);
+    let mut dispatches = vec![];
     for _ in 0..runs {
         let cpu0 = cpu();
         let t = Instant::now();
+        let posted_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
         let (s, v) = bastion
             .post("/cmdexec/v1/projects/web/edges/eu-1/execute/", body.clone())
             .await;
         assert_eq!(s, 202, "{v}");
         let exec_id = v["exec_id"].as_str().unwrap_or_default().to_string();
+        // Until the execution is finished: every result stored and every
+        // agent told to release its spooled copy.
         loop {
             let open: (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM exec_results WHERE exec_id = $1 AND status IN ('pending', 'running')",
+                "SELECT COUNT(*) FROM executions WHERE id = $1 AND finished_at IS NULL",
             )
             .bind(&exec_id)
             .fetch_one(store.pool())
@@ -131,6 +165,17 @@ pub async fn fanout_on(
         }
         times.push(t.elapsed().as_secs_f64());
         cpus.push(cpu() - cpu0);
+        let last_start: (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(started_at) FROM exec_results WHERE exec_id = $1")
+                .bind(&exec_id)
+                .fetch_one(store.pool())
+                .await
+                .unwrap_or((None,));
+        dispatches.push(
+            last_start
+                .0
+                .map_or(f64::NAN, |s| (s - posted_ms) as f64 / 1000.0),
+        );
         let failed: (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM exec_results WHERE exec_id = $1 AND status <> 'succeeded'",
         )
@@ -155,6 +200,8 @@ pub async fn fanout_on(
         median_secs: median(&times),
         runs_secs: times,
         bastion_cpu_secs: median(&cpus),
+        bastion_cpu_us_per_node: median(&cpus) * 1e6 / nodes.max(1) as f64,
+        dispatch_secs: median(&dispatches),
         bastion_peak_rss_kib: peak,
         failed_nodes,
         example_error,
@@ -302,6 +349,16 @@ pub async fn run(opts: &SwarmOpts) -> Report {
         }
     }
 
+    let live = if opts.live {
+        let without = fanouts
+            .iter()
+            .find(|f| f.nodes >= n)
+            .map(|f| f.bastion_peak_rss_kib);
+        Some(live_fanout(&bastion, n, without).await)
+    } else {
+        None
+    };
+
     let (mut restart_secs, mut per_agent_after) = (None, None);
     if opts.restart {
         bastion.stop();
@@ -336,5 +393,58 @@ pub async fn run(opts: &SwarmOpts) -> Report {
         bastion_kib_per_agent_after_restart: per_agent_after,
         agents_gave_up: gave_up,
         fanout: fanouts,
+        live,
+    }
+}
+
+async fn live_fanout(bastion: &Bastion, n: usize, without: Option<u64>) -> LiveReport {
+    let pid = bastion.pid().unwrap_or(0);
+    let store = postern_bastion::store::Store::open_sqlite(&bastion.data_dir())
+        .await
+        .unwrap_or_else(|e| panic!("store: {e}"));
+    let rss_before = rss_kib(pid);
+    let (s, v) = bastion
+        .post(
+            "/cmdexec/v1/projects/web/edges/eu-1/execute/",
+            json!({"target_type": "cluster", "command": "hostname"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let exec_id = v["exec_id"].as_str().unwrap_or_default().to_string();
+    let path = format!("/cmdexec/v1/projects/web/edges/eu-1/execution/{exec_id}/events");
+    let mut reader =
+        crate::sse::open_with(bastion.api, &path, &bastion.token, None, Some(16 * 1024))
+            .await
+            .unwrap_or_else(|e| panic!("events: {e:?}"));
+    let first = reader.next(Duration::from_secs(60)).await;
+    let mut peak = rss_kib(pid);
+    loop {
+        let open: (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM executions WHERE id = $1 AND finished_at IS NULL")
+                .bind(&exec_id)
+                .fetch_one(store.pool())
+                .await
+                .unwrap_or((1,));
+        peak = peak.max(rss_kib(pid));
+        if open.0 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = Instant::now();
+    let mut events: Vec<crate::sse::Sse> = first.into_iter().collect();
+    events.extend(reader.all(Duration::from_secs(600)).await);
+    let read_secs = t.elapsed().as_secs_f64();
+    store.close().await;
+    let lagged = events.iter().filter(|e| e.event == "lagged").count();
+    LiveReport {
+        nodes: n,
+        events: events.len() - lagged,
+        events_expected: 3 * n + 1,
+        lagged_events: lagged,
+        bastion_rss_before_kib: rss_before,
+        bastion_peak_rss_paused_kib: peak,
+        bastion_peak_rss_without_reader_kib: without,
+        read_secs,
     }
 }

@@ -1,5 +1,6 @@
 //! A small swarm in CI, so the benchmark's code keeps working: 200 real agents
-//! connect, run `hostname` together, the bastion restarts, and all come back without giving up.
+//! connect, run `hostname` together (once with a paused live reader), the
+//! bastion restarts, and all come back without giving up.
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ async fn a_small_swarm_connects_and_survives_a_restart() {
         backoff_cap: Duration::from_secs(3),
         fanout: vec![200],
         fanout_runs: 1,
+        live: true,
     })
     .await;
     assert_eq!(r.agents_gave_up, 0);
@@ -24,4 +26,7 @@ async fn a_small_swarm_connects_and_survives_a_restart() {
         "{:?}",
         r.fanout[0].example_error
     );
+    // A paused live reader of the whole fan-out gets every event in the end.
+    let live = r.live.unwrap();
+    assert_eq!(live.events, live.events_expected, "{live:?}");
 }

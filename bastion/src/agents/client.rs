@@ -162,21 +162,20 @@ pub enum StreamAnswer {
 /// A call whose answer is read as a stream of lines when the agent sends
 /// `application/x-ndjson`. Headers must come within `timeout`; the lines by
 /// `deadline`.
-pub async fn call_lines<Req: Serialize>(
+/// `body` is JSON already serialized: one execution's request is the same for
+/// all its nodes, and is serialized once.
+pub async fn call_lines(
     agent: &NodeLink,
     method: Method,
     path: &str,
-    body: Option<&Req>,
+    body: Bytes,
     timeout: Duration,
     deadline: Duration,
     max_line: usize,
 ) -> Result<StreamAnswer, CallError> {
     let started = tokio::time::Instant::now();
     let fut = async {
-        let payload = match body {
-            Some(b) => serde_json::to_vec(b).map_err(|e| CallError::Body(e.to_string()))?,
-            None => Vec::new(),
-        };
+        let payload = body;
         let req = Request::builder()
             .method(method)
             .uri(format!("http://agent{path}"))

@@ -177,17 +177,25 @@ async fn run(
     // However the agent and the link behave, this node's part ends by then.
     let give_up = Instant::now() + timeout + grace + Duration::from_secs(600);
     let max_answer = max_result_answer(shared.settings.exec_keep_bytes);
-    let request = AgentExec {
-        exec_id: exec.id.clone(),
-        command: exec.command.clone(),
-        content_type: if exec.content_type == "base64" {
-            ContentType::Base64
-        } else {
-            ContentType::String
-        },
-        timeout_secs: timeout.as_secs(),
-        keep_bytes: shared.settings.exec_keep_bytes,
-    };
+    // The same for every node: serialized once per execution, shared (a
+    // megabyte script to 10,000 nodes is one megabyte, not ten gigabytes).
+    let request = running
+        .request
+        .get_or_init(|| {
+            let r = AgentExec {
+                exec_id: exec.id.clone(),
+                command: exec.command.clone(),
+                content_type: if exec.content_type == "base64" {
+                    ContentType::Base64
+                } else {
+                    ContentType::String
+                },
+                timeout_secs: timeout.as_secs(),
+                keep_bytes: shared.settings.exec_keep_bytes,
+            };
+            bytes::Bytes::from(serde_json::to_vec(&r).unwrap_or_default())
+        })
+        .clone();
     let settle = |status, error: String| settled(exec, node_id, hostname, status, error);
     let mut unusable = 0u32;
     let mut interrupted = 0u32;
@@ -224,7 +232,7 @@ async fn run(
                 "/v1/exec/{}/stream?stdout={}&stderr={}",
                 exec.id, offsets.stdout, offsets.stderr
             );
-            (Method::GET, path, None)
+            (Method::GET, path, bytes::Bytes::new())
         } else {
             if now_ms() > deadline_ms {
                 // Never started, and its time is over: running it now would surprise.
@@ -256,7 +264,7 @@ async fn run(
             (
                 Method::POST,
                 "/v1/exec?stream=1".to_string(),
-                Some(&request),
+                request.clone(),
             )
         };
         let call = call_lines(

@@ -88,6 +88,8 @@ pub(crate) struct Running {
     slots: Option<Arc<tokio::sync::Semaphore>>,
     errors: AtomicU64,
     max_errors: Option<u64>,
+    /// The agent's request, serialized once for all nodes.
+    request: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl Running {
@@ -105,6 +107,7 @@ impl Running {
             slots,
             errors: AtomicU64::new(errors_so_far),
             max_errors: exec.max_errors.and_then(|n| u64::try_from(n).ok()),
+            request: std::sync::OnceLock::new(),
         };
         if exec.cancel_requested_at.is_some() {
             r.cancelled.cancel();

@@ -24,6 +24,9 @@ struct Args {
     fanout: Vec<usize>,
     #[arg(long, default_value_t = 5)]
     fanout_runs: usize,
+    /// Also run one fan-out to every node with a paused live reader (events).
+    #[arg(long)]
+    live: bool,
     /// Also time `ansible all -m command -a hostname` on this many hosts over real sshd.
     #[arg(long)]
     ansible_hosts: Option<usize>,
@@ -45,6 +48,7 @@ async fn main() {
             backoff_cap: args.backoff_cap,
             fanout: args.fanout.clone(),
             fanout_runs: args.fanout_runs,
+            live: args.live,
         })
         .await;
         println!("{}", serde_json::to_string(&report).unwrap_or_default());
