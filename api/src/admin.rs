@@ -160,6 +160,10 @@ pub struct Node {
     /// Labels a project admin set (`PUT …/nodes/{node}/labels`).
     #[serde(default)]
     pub admin_labels: std::collections::BTreeMap<String, String>,
+    /// Labels the agent reported after the node was approved: not used until a
+    /// project admin approves the node again.
+    #[serde(default)]
+    pub agent_labels_pending: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `PUT …/nodes/{node}/labels`: the labels a project admin sets on a node,

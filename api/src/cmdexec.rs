@@ -166,11 +166,14 @@ impl Rate {
             Some(d) => (d, true),
             None => (s, false),
         };
-        if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad(&format!(
                 "{:?} is not a whole number",
                 crate::validate::peer_text(&v.0, 40)
             )));
+        }
+        if digits.len() > 9 {
+            return Err(bad("a count is at most 999999999"));
         }
         let n: u64 = digits.parse().map_err(|_| bad("not a number"))?;
         if n < min_count {
@@ -400,6 +403,16 @@ pub struct Execution {
     pub next_node_offset: Option<i64>,
     /// This page of nodes, by hostname.
     pub nodes: Vec<NodeResult>,
+    /// The selector, for `target_type: selector`; rate control as resolved; when
+    /// a cancel was asked for. Absent when not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_errors: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_requested_at: Option<String>,
 }
 
 /// Nodes per state.
@@ -513,6 +526,16 @@ pub struct ExecutionSummary {
     /// True when `command` shows only its first 4096 characters (scripts can be
     /// a megabyte); the execution has all of it.
     pub command_truncated: bool,
+    /// The selector, for `target_type: selector`; rate control as resolved; when
+    /// a cancel was asked for. Absent when not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_errors: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_requested_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

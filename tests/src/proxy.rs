@@ -13,6 +13,8 @@ pub struct TcpProxy {
     open: Arc<AtomicBool>,
     /// Cancelled to drop every forwarded connection at once.
     live: Arc<std::sync::Mutex<CancellationToken>>,
+    /// Cancelled to freeze every forwarded connection at once.
+    frozen: Arc<std::sync::Mutex<CancellationToken>>,
     stop: CancellationToken,
 }
 
@@ -22,8 +24,10 @@ impl TcpProxy {
         let addr = listener.local_addr().unwrap();
         let open = Arc::new(AtomicBool::new(true));
         let live = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let frozen = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
         let stop = CancellationToken::new();
         let (open2, live2, stop2) = (open.clone(), live.clone(), stop.clone());
+        let frozen2 = frozen.clone();
         tokio::spawn(async move {
             loop {
                 let (client, _) = tokio::select! {
@@ -35,14 +39,21 @@ impl TcpProxy {
                     continue;
                 }
                 let cut = live2.lock().unwrap().clone();
+                let freeze = frozen2.lock().unwrap().clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(target).await else {
                         return;
                     };
                     let mut client = client;
-                    tokio::select! {
-                        _ = cut.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    let frozen = tokio::select! {
+                        _ = cut.cancelled() => false,
+                        _ = freeze.cancelled() => true,
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                    };
+                    if frozen {
+                        // A black hole: both sockets stay open, nothing passes.
+                        cut.cancelled().await;
+                        drop((client, server));
                     }
                 });
             }
@@ -51,8 +62,18 @@ impl TcpProxy {
             addr,
             open,
             live,
+            frozen,
             stop,
         }
+    }
+
+    /// Freezes every connection open now: nothing more passes either way and
+    /// neither end is told (a link that died without a FIN or RST). New
+    /// connections pass as before.
+    pub fn freeze(&self) {
+        let mut f = self.frozen.lock().unwrap();
+        f.cancel();
+        *f = CancellationToken::new();
     }
 
     /// Drops every forwarded connection and refuses new ones.

@@ -142,6 +142,18 @@ async fn live_output_in_order_late_readers_and_resume() {
         .all(Duration::from_secs(10))
         .await;
     assert_eq!(key(&rest), key(&all[3..]));
+    // Resuming after the last event of a finished execution (what EventSource
+    // does once the stream ends) is told there is no more: 204, not a hang.
+    let last = ids.last().unwrap().to_string();
+    let e = sse::open(
+        b.api,
+        &format!("{EXECUTION}/{exec_id}/events"),
+        &b.token,
+        Some(&last),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.0, 204);
     // The execution's own view agrees, and the seed's paths are unchanged.
     let done = b.finished(&exec_id, Duration::from_secs(5)).await;
     assert_eq!(node(&done, "alpha")["exit_code"], 4);
@@ -256,16 +268,19 @@ async fn a_paused_reader_lags_loses_nothing_and_streams_are_bounded_per_user() {
     .unwrap_err();
     assert_eq!(e.0, 429, "{e:?}");
     let other = user(&b, "oscar", json!({"role": "read_only", "project": "web"})).await;
-    assert!(
-        sse::open(
-            b.api,
-            &format!("{EXECUTION}/{long_id}/events"),
-            &other,
-            None
-        )
-        .await
-        .is_ok()
-    );
+    let mut theirs = sse::open(
+        b.api,
+        &format!("{EXECUTION}/{long_id}/events"),
+        &other,
+        None,
+    )
+    .await
+    .unwrap();
+    // Access taken away ends what is open, not only what comes next.
+    assert_eq!(b.delete("/api/v1/users/oscar").await.0, 204);
+    let t = Instant::now();
+    while theirs.next(Duration::from_secs(15)).await.is_some() {}
+    assert!(t.elapsed() < Duration::from_secs(15), "the stream ended");
     drop(open);
     eventually(
         Duration::from_secs(5),
@@ -645,6 +660,38 @@ async fn selectors_pick_nodes_by_label() {
     assert_eq!(s, 403);
     let (_, n) = b.get(&format!("{nodes}/db-a")).await;
     assert_eq!(n["labels"], json!({"role": "db", "zone": "a"}), "unchanged");
+
+    // A node that reports other labels once approved does not move itself into
+    // a selector's targets: the change waits for a project admin's approval.
+    let mut a = _a;
+    a.kill();
+    let _a2 = postern_tests::AgentProc::run_with(&a.data_dir, &["--label", "team=blue"]);
+    eventually(Duration::from_secs(15), "the change held", || async {
+        let (_, n) = b.get(&format!("{nodes}/db-a")).await;
+        n["agent_labels_pending"] == json!({"team": "blue"})
+    })
+    .await;
+    let (_, n) = b.get(&format!("{nodes}/db-a")).await;
+    assert_eq!(n["labels"], json!({"role": "db", "zone": "a"}), "{n}");
+    let mut held = false;
+    for offset in (0..1000).step_by(100) {
+        let (_, page) = b
+            .get(&format!("/api/v1/audit?limit=100&offset={offset}"))
+            .await;
+        held |= page["entries"].as_array().unwrap().iter().any(|e| {
+            e["action"] == "node.labels_held" && e["detail"]["reported"] == json!({"team": "blue"})
+        });
+    }
+    assert!(held, "the held change is audited");
+    let blue = json!({"target_type": "selector", "selector": "team=blue", "command": "true"});
+    let (s, v) = b.post(EXECUTE, blue.clone()).await;
+    assert_eq!(s, 400, "db-a's own claim is not used yet: {v}");
+    let (s, n) = b.post(&format!("{nodes}/db-a/approve"), json!({})).await;
+    assert_eq!(s, 200, "{n}");
+    assert_eq!(n["labels"], json!({"team": "blue"}));
+    assert!(n["agent_labels_pending"].is_null(), "{n}");
+    let r = b.execute(blue).await;
+    assert_eq!(r["target_nodes"], json!(["db-a"]), "approved");
 }
 
 /// The same request with the same Idempotency-Key runs once and answers the
@@ -761,5 +808,87 @@ async fn bad_rates_are_refused_and_nothing_runs() {
             .filter(|e| e["outcome"] == "rejected")
             .count(),
         15
+    );
+}
+
+/// A cancel that could not reach the node (its link died without a word) is
+/// sent again once the agent is back, and the command is stopped; it is not
+/// left to run to its end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_lost_on_a_dead_link_is_sent_again_after_the_reconnect() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let dir = b.enroll("far").await;
+    let proxy = postern_tests::proxy::TcpProxy::start(b.agent).await;
+    let meta = dir.join("agent.json");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    let text = text.replace(
+        &format!("https://{}", b.agent),
+        &format!("https://{}", proxy.addr),
+    );
+    std::fs::write(&meta, text).unwrap();
+    let _a = postern_tests::AgentProc::run_with(
+        &dir,
+        &["--keepalive-interval", "1s", "--keepalive-timeout", "2s"],
+    );
+    eventually(Duration::from_secs(15), "far reachable", || {
+        b.reachable("far")
+    })
+    .await;
+    let r = b
+        .execute(
+            json!({"target": ["far"], "target_type": "node", "command": "echo started; sleep 60"}),
+        )
+        .await;
+    let exec_id = r["exec_id"].as_str().unwrap().to_string();
+    let mut live = events(&b, &exec_id, None).await;
+    while live.next(Duration::from_secs(10)).await.unwrap().event != "output" {}
+    // The link goes silent; the cancel's first attempt cannot arrive.
+    proxy.freeze();
+    let (s, v) = b
+        .post(&format!("{EXECUTION}/{exec_id}/cancel"), json!({}))
+        .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("cancelling")), "{v}");
+
+    let done = b.finished(&exec_id, Duration::from_secs(45)).await;
+    let n = node(&done, "far");
+    assert_eq!(n["status"], "cancelled", "{n}");
+}
+
+/// A bastion killed while a rollout waits for slots resumes it within the same
+/// `max_concurrency`, checked on the nodes, and runs nothing twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_concurrency_holds_across_a_bastion_crash() {
+    let mut b = Bastion::start(BastionOpts::default()).await;
+    let mut agents = Vec::new();
+    for h in ["n1", "n2", "n3", "n4", "n5"] {
+        agents.push(b.agent(h).await);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let cmd = format!(
+        "flock {d}/lock sh -c 'n=$(cat {d}/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > {d}/n; echo $n >> {d}/peaks'; \
+         sleep 3; flock {d}/lock sh -c 'n=$(cat {d}/n); echo $((n-1)) > {d}/n'"
+    );
+    let r = b
+        .execute(json!({"target_type": "cluster", "max_concurrency": "2", "command": cmd}))
+        .await;
+    let exec_id = r["exec_id"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(10), "two nodes running", || async {
+        lines_in(dir.path(), "peaks").len() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.kill();
+    b.restart().await;
+    let done = b.finished(&exec_id, Duration::from_secs(60)).await;
+    assert_eq!(done["node_counts"]["succeeded"], 5, "{done}");
+    let peaks: Vec<u32> = lines_in(dir.path(), "peaks")
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(peaks.len(), 5, "each node ran once: {peaks:?}");
+    assert!(
+        peaks.iter().all(|&p| p <= 2),
+        "never more than two at once: {peaks:?}"
     );
 }

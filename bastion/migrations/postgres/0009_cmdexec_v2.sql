@@ -10,9 +10,12 @@ ALTER TABLE executions ADD COLUMN selector TEXT;
 ALTER TABLE executions ADD COLUMN cancel_requested_at BIGINT;
 
 -- Node labels as JSON objects: those its agent reports (--label) and those a
--- project admin set through the API, which win on the same key.
+-- project admin set through the API, which win on the same key. A change an
+-- approved node's agent reports waits in agent_labels_pending until a project
+-- admin approves it: a node must not move itself into a selector's targets.
 ALTER TABLE nodes ADD COLUMN agent_labels TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE nodes ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE nodes ADD COLUMN agent_labels_pending TEXT;
 
 -- An execution's events, in the order its replica wrote them: what the live
 -- stream replays (`id` is the SSE event ID a reader resumes from). `body` is

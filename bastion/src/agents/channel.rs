@@ -5,6 +5,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use postern_api::labels::Labels;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -193,11 +195,7 @@ pub(super) async fn run(
                         .take(postern_api::labels::MAX_LABELS)
                         .collect();
                 }
-                if labels != node.agent_labels
-                    && let Err(e) = shared.store.set_agent_labels(&node_id, &labels).await
-                {
-                    tracing::warn!(node = %node_id, error = %e, "cannot record the agent's labels");
-                }
+                record_labels(&shared, &node, labels).await;
             }
             Err(e) => tracing::debug!(node = %node_id, error = %e, "agent health call failed"),
         }
@@ -234,6 +232,44 @@ pub(super) async fn run(
         .touch_nodes(std::slice::from_ref(&node_id), now_ms())
         .await;
     tracing::debug!(node = %node_id, "agent channel down");
+}
+
+/// Labels an agent reports are taken as they are until the node is first
+/// connected after its approval (what the approver saw, or what an
+/// auto-approving token allowed). After that a change waits for a project
+/// admin's approval: a node, compromised or misconfigured, must not move
+/// itself into the targets of a selector (and receive their commands).
+async fn record_labels(shared: &Arc<Shared>, node: &crate::store::NodeRow, labels: Labels) {
+    let store = &shared.store;
+    let r = if labels == node.agent_labels {
+        match node.agent_labels_pending {
+            Some(_) => store.hold_agent_labels(&node.id, None).await,
+            None => Ok(()),
+        }
+    } else if matches!(node.state, NodeState::Pending | NodeState::Approved) {
+        store.set_agent_labels(&node.id, &labels).await
+    } else if node.agent_labels_pending.as_ref() != Some(&labels) {
+        tracing::warn!(node = %node.id, hostname = %node.hostname, "the agent reports other labels than it had; they wait for a project admin's approval (approve the node)");
+        let mut ev =
+            crate::audit::Event::new("node.labels_held", "held").detail(serde_json::json!({
+                "hostname": node.hostname,
+                "labels": node.agent_labels,
+                "reported": labels,
+            }));
+        ev.targets = vec![node.hostname.clone()];
+        if let Ok(Some(edge)) = store.edge_by_id(&node.edge_id).await
+            && let Ok(Some(project)) = store.project_by_id(&edge.project_id).await
+        {
+            ev = ev.org(&project.org_id).project(&project.name);
+        }
+        shared.audit(ev).await;
+        store.hold_agent_labels(&node.id, Some(&labels)).await
+    } else {
+        Ok(())
+    };
+    if let Err(e) = r {
+        tracing::warn!(node = %node.id, error = %e, "cannot record the agent's labels");
+    }
 }
 
 #[cfg(test)]

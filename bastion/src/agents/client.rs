@@ -101,6 +101,8 @@ pub async fn call_json_limited<Req: Serialize, Resp: DeserializeOwned>(
 pub struct LineStream {
     body: hyper::body::Incoming,
     buf: bytes::BytesMut,
+    /// How much of `buf` is known to hold no newline.
+    scanned: usize,
     max_line: usize,
     deadline: tokio::time::Instant,
 }
@@ -115,12 +117,15 @@ impl LineStream {
     /// The next line, parsed; `None` at the end of the answer.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CallError> {
         loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+            if let Some(at) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+                let pos = self.scanned + at;
+                self.scanned = 0;
                 let line = self.buf.split_to(pos + 1);
                 return serde_json::from_slice(&line[..pos])
                     .map(Some)
                     .map_err(unreadable);
             }
+            self.scanned = self.buf.len();
             if self.buf.len() > self.max_line {
                 return Err(CallError::Body(format!(
                     "a line of the agent's stream is longer than {} bytes",
@@ -197,6 +202,7 @@ pub async fn call_lines(
         return Ok(StreamAnswer::Lines(LineStream {
             body: resp.into_body(),
             buf: bytes::BytesMut::new(),
+            scanned: 0,
             max_line,
             deadline,
         }));

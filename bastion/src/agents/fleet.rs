@@ -68,6 +68,17 @@ impl NodeLink {
         }
     }
 
+    /// Resolves once this link is known to be gone: a local channel that ended
+    /// or was replaced by the agent's newer one (calls on a link that died
+    /// without a word would otherwise wait for their own deadlines). A peer's
+    /// link ends with the calls the peer relays.
+    pub async fn closed(&self) {
+        match &self.route {
+            Route::Local(agent) => agent.cancel.cancelled().await,
+            Route::Peer { .. } => std::future::pending().await,
+        }
+    }
+
     /// Whether a peer carries this link (for metrics and logs).
     pub fn is_routed(&self) -> bool {
         matches!(self.route, Route::Peer { .. })

@@ -24,7 +24,7 @@ pub(super) fn spawn(
     running: Arc<Running>,
     node_id: String,
     hostname: String,
-    sent: bool,
+    start: Start,
 ) {
     let shared2 = shared.clone();
     let engine = engine.clone();
@@ -36,9 +36,22 @@ pub(super) fn spawn(
             _ = shared2.shutdown.cancelled() => {}
             // Another replica runs it now.
             _ = taken_over.cancelled() => {}
-            _ = node_part(&shared2, &engine, &exec, &running, &node_id, &hostname, sent) => {}
+            _ = node_part(&shared2, &engine, &exec, &running, &node_id, &hostname, start) => {}
         }
     });
+}
+
+/// Where a node's part starts.
+#[derive(Debug)]
+pub(super) enum Start {
+    /// A new execution: nothing was sent.
+    New,
+    /// Resumed from the store, pending: it may have been sent just before a
+    /// crash (the "started" write is not waited for).
+    ResumedPending,
+    /// Resumed from the store, running on its node: it holds a slot of its
+    /// execution, taken before any pending node could take it.
+    ResumedRunning(Option<tokio::sync::OwnedSemaphorePermit>),
 }
 
 /// One node's part, in its turn: waits for a slot under `max_concurrency`, is
@@ -51,17 +64,29 @@ async fn node_part(
     running: &Running,
     node_id: &str,
     hostname: &str,
-    sent: bool,
+    start: Start,
 ) {
-    let permit = match &running.slots {
-        Some(slots) => tokio::select! {
+    let (sent, resumed) = match &start {
+        Start::New => (false, false),
+        Start::ResumedPending => (false, true),
+        Start::ResumedRunning(_) => (true, true),
+    };
+    let permit = match (start, &running.slots) {
+        // Running on its node whatever happens here: it never waits.
+        (Start::ResumedRunning(held), _) => held,
+        (_, Some(slots)) => tokio::select! {
             p = slots.clone().acquire_owned() => p.ok(),
             _ = running.cancelled.cancelled() => None,
             _ = running.stop.cancelled() => None,
         },
-        None => None,
+        (_, None) => None,
     };
     let result = if !sent && running.cancelled.is_cancelled() {
+        if resumed {
+            // It may have reached the node before a crash: the agent keeps a
+            // cancel for an exec it has not seen, so it never starts there.
+            send_cancel(shared, &exec.id, node_id, hostname, None);
+        }
         settled(
             exec,
             node_id,
@@ -145,6 +170,8 @@ fn from_agent(exec: &ExecutionRow, node_id: &str, hostname: &str, a: AgentExecRe
 /// after sending, "still running" at once) before the node's part is settled as
 /// failed instead of asked again.
 const MAX_UNUSABLE_ANSWERS: u32 = 8;
+/// How often a cancel the node has not taken is sent again.
+const CANCEL_RESEND: Duration = Duration::from_secs(10);
 /// How many failed writes of a result before it is stored without its output.
 const WRITE_TRIES_WITH_OUTPUT: u32 = 5;
 
@@ -209,7 +236,9 @@ async fn run(
     } else {
         LiveOffsets::default()
     };
-    let mut cancel_sent = false;
+    // A cancel is a state, not a message: sent again on every call to the
+    // node until the agent has taken it.
+    let cancel_taken = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         if Instant::now() >= give_up {
             return settle(
@@ -279,12 +308,21 @@ async fn run(
         );
         let follow = follow(engine, exec, node_id, hostname, call, &mut offsets);
         let mut follow = std::pin::pin!(follow);
+        let mut cancel_sent = cancel_taken.load(std::sync::atomic::Ordering::Acquire);
+        let mut resend = tokio::time::interval(CANCEL_RESEND);
+        resend.tick().await;
         let answer = loop {
+            let taken = cancel_taken.load(std::sync::atomic::Ordering::Acquire);
             tokio::select! {
                 a = &mut follow => break a,
+                // The channel was replaced or ended: follow the node on its new one.
+                _ = conn.closed() => break Err(CallError::Moved),
                 _ = running.cancelled.cancelled(), if !cancel_sent => {
                     cancel_sent = true;
-                    send_cancel(shared, &exec.id, node_id, hostname);
+                    send_cancel(shared, &exec.id, node_id, hostname, Some(cancel_taken.clone()));
+                }
+                _ = resend.tick(), if cancel_sent && !taken => {
+                    send_cancel(shared, &exec.id, node_id, hostname, Some(cancel_taken.clone()));
                 }
             }
         };
@@ -420,9 +458,15 @@ async fn follow(
 }
 
 /// Asks the node to stop its command, beside the call that follows it (which
-/// then ends with the cancelled result). An agent too old to cancel lets the
-/// command run to its end.
-fn send_cancel(shared: &Arc<Shared>, exec_id: &str, node_id: &str, hostname: &str) {
+/// then ends with the cancelled result); `taken` learns that the agent took
+/// it. An agent too old to cancel lets the command run to its end.
+fn send_cancel(
+    shared: &Arc<Shared>,
+    exec_id: &str,
+    node_id: &str,
+    hostname: &str,
+    taken: Option<Arc<std::sync::atomic::AtomicBool>>,
+) {
     let (shared2, exec_id, node_id, hostname) = (
         shared.clone(),
         exec_id.to_string(),
@@ -434,7 +478,7 @@ fn send_cancel(shared: &Arc<Shared>, exec_id: &str, node_id: &str, hostname: &st
             return;
         };
         let path = format!("/v1/exec/{exec_id}/cancel");
-        if let Err(e) = call_json::<(), AgentExecResult>(
+        match call_json::<(), AgentExecResult>(
             &conn,
             Method::POST,
             &path,
@@ -443,7 +487,22 @@ fn send_cancel(shared: &Arc<Shared>, exec_id: &str, node_id: &str, hostname: &st
         )
         .await
         {
-            tracing::warn!(%exec_id, node = %hostname, error = %e, "the node did not take the cancel; its command runs to its end");
+            Ok(_) => {
+                if let Some(t) = taken {
+                    t.store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+            Err(CallError::Status { status, .. })
+                if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED =>
+            {
+                tracing::warn!(%exec_id, node = %hostname, "the node's agent is too old to cancel; its command runs to its end");
+                if let Some(t) = taken {
+                    t.store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+            Err(e) => {
+                tracing::info!(%exec_id, node = %hostname, error = %e, "the cancel did not reach the node; it is sent again with the next call to it");
+            }
         }
     });
 }

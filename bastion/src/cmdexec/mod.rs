@@ -336,7 +336,7 @@ impl Engine {
                     running.clone(),
                     node_id,
                     hostname,
-                    false,
+                    dispatch::Start::New,
                 );
             }
         }
@@ -437,10 +437,21 @@ impl Engine {
             let Some(running) = self.start_running(&exec, rows.len(), errors) else {
                 continue;
             };
-            // Running nodes first, so they take the slots they already held.
+            // Running nodes take back the slots they held before any pending
+            // node is spawned: which task first reaches a semaphore is not
+            // the order they were spawned in.
             rows.sort_by_key(|r| r.status != NodeExecStatus::Running);
             for r in rows {
-                let sent = r.status == NodeExecStatus::Running;
+                let start = if r.status == NodeExecStatus::Running {
+                    dispatch::Start::ResumedRunning(
+                        running
+                            .slots
+                            .as_ref()
+                            .and_then(|s| s.clone().try_acquire_owned().ok()),
+                    )
+                } else {
+                    dispatch::Start::ResumedPending
+                };
                 dispatch::spawn(
                     shared,
                     self,
@@ -448,7 +459,7 @@ impl Engine {
                     running.clone(),
                     r.node_id,
                     r.hostname,
-                    sent,
+                    start,
                 );
             }
         }

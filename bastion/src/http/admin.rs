@@ -129,6 +129,7 @@ fn node_view(state: &AppState, project: &ProjectRow, edge: &EdgeRow, n: &NodeRow
         labels: n.effective_labels(),
         agent_labels: n.agent_labels.clone(),
         admin_labels: n.labels.clone(),
+        agent_labels_pending: n.agent_labels_pending.clone(),
     }
 }
 
@@ -377,7 +378,9 @@ pub async fn set_node_labels(
     Ok(Json(node_view(&state, &p, &e, &n)))
 }
 
-/// Approves a pending node so it may be used; approving an approved node changes nothing.
+/// Approves a pending node so it may be used. Approving an approved node
+/// accepts the labels its agent reported since its approval (they wait until
+/// then), and otherwise changes nothing.
 #[utoipa::path(
     post,
     path = "/api/v1/projects/{project}/edges/{edge}/nodes/{node}/approve",
@@ -420,7 +423,16 @@ pub async fn approve_node(
                 n.hostname
             )));
         }
-        NodeState::Approved | NodeState::Provisioned => {}
+        NodeState::Approved | NodeState::Provisioned => {
+            // Approving an approved node accepts the labels its agent reported
+            // since (they wait until then).
+            if let Some(pending) = &n.agent_labels_pending {
+                caller.audit.with(|a| {
+                    a.detail = Some(json!({ "node": n.hostname, "agent_labels": pending }))
+                });
+                state.store.approve_agent_labels(&n.id).await?;
+            }
+        }
     }
     let n = state
         .store

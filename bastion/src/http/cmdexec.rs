@@ -419,6 +419,10 @@ fn view(page: ExecutionPage, limit: i64, offset: i64) -> dto::Execution {
         node_limit: limit,
         next_node_offset: page.next_offset,
         nodes: page.results.into_iter().map(node_view).collect(),
+        selector: e.selector,
+        max_concurrency: e.max_concurrency,
+        max_errors: e.max_errors,
+        cancel_requested_at: e.cancel_requested_at.map(rfc3339),
     }
 }
 
@@ -440,6 +444,10 @@ fn summary(h: HistoryRow) -> dto::ExecutionSummary {
         status: counts.overall().to_string(),
         nodes_total: counts.total(),
         node_counts: counts,
+        selector: e.selector,
+        max_concurrency: e.max_concurrency,
+        max_errors: e.max_errors,
+        cancel_requested_at: e.cancel_requested_at.map(rfc3339),
     }
 }
 

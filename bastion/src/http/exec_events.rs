@@ -39,8 +39,6 @@ pub const STREAMS_PER_USER: usize = 8;
 const PAGE: i64 = 32;
 /// How often a stream looks for events another replica committed.
 const POLL: Duration = Duration::from_secs(1);
-/// How often an idle stream checks that its execution still exists.
-const EXISTS_EVERY: u32 = 30;
 
 /// Permits for live streams: a global limit and one per user, so one user
 /// cannot take every stream from the rest.
@@ -173,6 +171,7 @@ fn last_event_id(headers: &HeaderMap) -> Result<i64, ApiError> {
     ),
     responses(
         (status = 200, description = "A text/event-stream: `event:` is the event's name, `data:` the event as JSON (see ExecEvent), `id:` what to send as Last-Event-ID to resume. Events so far are replayed, then new ones follow; the stream ends after `execution_finished`. A `lagged` event (no id) says the reader is more than a page behind and catching up; nothing is lost.", body = ExecEvent, content_type = "text/event-stream"),
+        (status = 204, description = "The execution has finished and the reader has every event (Last-Event-ID is its last): nothing more will come"),
         (status = 400, description = "Last-Event-ID is not an event id", body = ErrorBody),
         (status = 401, description = "Missing or invalid API token", body = ErrorBody),
         (status = 404, description = "Project, edge or execution not found", body = ErrorBody),
@@ -197,8 +196,17 @@ pub async fn events(
         Action::ReadProject,
     )
     .await?;
-    let permit = state.exec_streams.acquire(&caller.principal.user_name)?;
     caller.audit.with(|a| a.exec_id = Some(x.id.clone()));
+    // A reader that has everything of a finished execution (EventSource
+    // reconnects after the stream ends) is told there is no more: 204 stops it.
+    if x.finished_at.is_some() && state.store.events_after(&x.id, after, 1).await?.is_empty() {
+        return Ok(http::StatusCode::NO_CONTENT.into_response());
+    }
+    let permit = state.exec_streams.acquire(&caller.principal.user_name)?;
+    let authorization = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let reader = Reader {
         state: state.clone(),
         exec_id: x.id,
@@ -207,7 +215,9 @@ pub async fn events(
         wake: state.exec_events.subscribe(),
         done: false,
         lagging: false,
-        idle_polls: 0,
+        authorization,
+        project_id: x.project_id,
+        checked: std::time::Instant::now(),
         _permit: permit,
     };
     let stream = futures_util::stream::unfold(reader, |mut r| async move {
@@ -227,8 +237,27 @@ struct Reader {
     wake: tokio::sync::watch::Receiver<u64>,
     done: bool,
     lagging: bool,
-    idle_polls: u32,
+    /// The reader's credential and project, checked again every [`RECHECK`]:
+    /// a revoked token, a deleted user or a removed role ends the stream.
+    authorization: Option<String>,
+    project_id: String,
+    checked: std::time::Instant,
     _permit: StreamPermit,
+}
+
+/// How often an open stream checks that its reader may still read it.
+const RECHECK: Duration = Duration::from_secs(5);
+
+impl Reader {
+    async fn still_allowed(&self) -> bool {
+        let store = &self.state.store;
+        let Ok(p) = crate::access::authn::bearer(store, self.authorization.as_deref()).await else {
+            return false;
+        };
+        crate::access::resolve::project(store, &p, &self.project_id, Action::ReadProject)
+            .await
+            .is_ok()
+    }
 }
 
 impl Reader {
@@ -248,6 +277,13 @@ impl Reader {
             if self.done || self.state.shutdown.is_cancelled() {
                 return None;
             }
+            if self.checked.elapsed() >= RECHECK {
+                if !self.still_allowed().await {
+                    tracing::info!(exec_id = %self.exec_id, "ending a live stream whose reader may no longer read it");
+                    return None;
+                }
+                self.checked = std::time::Instant::now();
+            }
             // Marked seen before the read: a commit during it wakes the next wait.
             self.wake.borrow_and_update();
             let rows = match self
@@ -265,7 +301,6 @@ impl Reader {
             };
             if let Some(last) = rows.last() {
                 self.after = last.id;
-                self.idle_polls = 0;
                 let full = rows.len() as i64 == PAGE;
                 self.buf.extend(rows);
                 if full && !self.lagging {
@@ -284,14 +319,12 @@ impl Reader {
                 }
                 continue;
             }
-            self.idle_polls += 1;
-            if self.idle_polls % EXISTS_EVERY == 0 {
-                // A project deleted meanwhile takes its executions with it.
-                match self.state.store.execution(&self.exec_id).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => return None,
-                    Err(_) => {}
-                }
+            // Nothing new: the end if the execution is finished (a reader that
+            // resumed after its last event) or gone (its project was deleted).
+            match self.state.store.execution(&self.exec_id).await {
+                Ok(Some(x)) if x.finished_at.is_none() => {}
+                Ok(_) => return None,
+                Err(_) => {}
             }
             tokio::select! {
                 _ = self.wake.changed() => {}

@@ -209,6 +209,9 @@ pub struct StoredEvent {
     pub body: String,
 }
 
+/// How old a claim without its execution must be to count as abandoned.
+pub const ABANDONED_CLAIM_MS: i64 = 30_000;
+
 /// What claiming an Idempotency-Key found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotencyClaim {
@@ -556,6 +559,20 @@ impl Store {
             .bind(now - ttl_ms)
             .execute(&mut *tx)
             .await?;
+        // A claim whose execution never appeared (the submit failed and could
+        // not give the key back, or the bastion died in between) is abandoned
+        // after a while: the retry takes it over.
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE org_id = $1 AND username = $2 AND idem_key = $3
+               AND created_at < $4
+               AND NOT EXISTS (SELECT 1 FROM executions WHERE executions.id = idempotency_keys.exec_id)",
+        )
+        .bind(org_id)
+        .bind(username)
+        .bind(key)
+        .bind(now - ABANDONED_CLAIM_MS)
+        .execute(&mut *tx)
+        .await?;
         let r = sqlx::query(
             "INSERT INTO idempotency_keys (org_id, username, idem_key, request_sha256, exec_id, created_at)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",

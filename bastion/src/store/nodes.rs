@@ -27,6 +27,9 @@ pub struct NodeRow {
     /// Labels its agent reports (`--label`), and those a project admin set.
     pub agent_labels: Labels,
     pub labels: Labels,
+    /// Labels the agent reported after the node was approved, waiting for a
+    /// project admin's approval.
+    pub agent_labels_pending: Option<Labels>,
 }
 
 impl NodeRow {
@@ -77,14 +80,16 @@ pub enum EnrollOutcome {
 
 // Dynamic SQL in this module is assembled only from these constants and
 // numbered placeholders, never from input; hence `AssertSqlSafe`.
-const NODE_COLS: &str = "id, edge_id, hostname, state, created_at, approved_at, last_seen_at, agent_version, cert_serial, cert_expires_at, kube_keys, kube_keys_at, agent_labels, labels";
+const NODE_COLS: &str = "id, edge_id, hostname, state, created_at, approved_at, last_seen_at, agent_version, cert_serial, cert_expires_at,kube_keys, kube_keys_at, agent_labels, labels, agent_labels_pending";
 
 fn node(r: sqlx::any::AnyRow) -> Result<NodeRow> {
     let state: String = r.try_get(3)?;
     let id: String = r.try_get(0)?;
     let agent_labels: String = r.try_get(12)?;
     let labels: String = r.try_get(13)?;
+    let pending: Option<String> = r.try_get(14)?;
     Ok(NodeRow {
+        agent_labels_pending: pending.map(|p| labels_column(&id, &p)),
         agent_labels: labels_column(&id, &agent_labels),
         labels: labels_column(&id, &labels),
         id,
@@ -154,6 +159,7 @@ impl Store {
         Ok(EnrollOutcome::Enrolled(NodeRow {
             agent_labels: Labels::new(),
             labels: Labels::new(),
+            agent_labels_pending: None,
             id: n.id.to_string(),
             edge_id: n.edge_id.to_string(),
             hostname: n.hostname.to_string(),
@@ -280,15 +286,39 @@ impl Store {
         Ok(())
     }
 
-    /// Records whether the node's agent is a Kubernetes gateway for its edge.
-    /// Records the labels the node's agent reported, when they changed.
-    pub async fn set_agent_labels(&self, id: &str, labels: &Labels) -> Result<bool> {
-        let r =
-            sqlx::query("UPDATE nodes SET agent_labels = $2 WHERE id = $1 AND agent_labels <> $2")
-                .bind(id)
-                .bind(labels_json(labels))
-                .execute(&self.pool)
-                .await?;
+    /// Records the labels the node's agent reported (and drops any change that
+    /// waited for approval).
+    pub async fn set_agent_labels(&self, id: &str, labels: &Labels) -> Result<()> {
+        sqlx::query(
+            "UPDATE nodes SET agent_labels = $2, agent_labels_pending = NULL WHERE id = $1",
+        )
+        .bind(id)
+        .bind(labels_json(labels))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Holds a change of the agent's labels until a project admin approves it
+    /// (`None`: nothing waits any more).
+    pub async fn hold_agent_labels(&self, id: &str, labels: Option<&Labels>) -> Result<()> {
+        sqlx::query("UPDATE nodes SET agent_labels_pending = $2 WHERE id = $1")
+            .bind(id)
+            .bind(labels.map(labels_json))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Applies the agent's labels that waited for approval; answers whether any did.
+    pub async fn approve_agent_labels(&self, id: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE nodes SET agent_labels = agent_labels_pending, agent_labels_pending = NULL
+             WHERE id = $1 AND agent_labels_pending IS NOT NULL",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -302,6 +332,7 @@ impl Store {
         Ok(r.rows_affected() > 0)
     }
 
+    /// Records whether the node's agent is a Kubernetes gateway for its edge.
     pub async fn set_kube_gateway(&self, id: &str, gateway: bool) -> Result<()> {
         sqlx::query("UPDATE nodes SET kube_gateway = $2 WHERE id = $1 AND kube_gateway <> $2")
             .bind(id)

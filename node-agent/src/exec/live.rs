@@ -114,6 +114,8 @@ struct Position {
 /// How long a stream waits for output before it looks again (so every wait
 /// has an end, even if a notification were lost).
 const POLL: Duration = Duration::from_secs(30);
+/// How long new output is gathered before it is sent.
+const COALESCE: Duration = Duration::from_millis(50);
 
 /// The lines of one exec from the given offsets: output as it comes, then the
 /// result, which ends the stream. Without live output (a result recovered from
@@ -158,13 +160,18 @@ pub fn stream(
                         None => std::future::pending::<()>().await,
                     }
                 };
-                let _ = tokio::time::timeout(POLL, async {
+                let woke = tokio::time::timeout(POLL, async {
                     tokio::select! {
-                        _ = more_output => {}
-                        _ = result.changed() => {}
+                        _ = more_output => true,
+                        _ = result.changed() => false,
                     }
                 })
                 .await;
+                if woke == Ok(true) {
+                    // Gather what follows for a moment: a command that writes a
+                    // byte at a time is sent (and stored) in chunks, not bytes.
+                    tokio::time::sleep(COALESCE).await;
+                }
             }
         }
     })

@@ -160,8 +160,17 @@ impl Executor {
                     })
                     .is_some_and(|(g, s)| run::kill_orphan_group(g, s));
                 let _ = std::fs::remove_file(&group_file);
-                r.status = NodeExecStatus::Lost;
-                r.error = Some(if killed {
+                let cancel_file = dir.join(format!("{}.cancel", r.exec_id));
+                let cancelled = cancel_file.exists();
+                let _ = std::fs::remove_file(&cancel_file);
+                r.status = if cancelled {
+                    NodeExecStatus::Cancelled
+                } else {
+                    NodeExecStatus::Lost
+                };
+                r.error = Some(if cancelled {
+                    "cancelled; the agent restarted while the command was being stopped, and what was left of it was killed".into()
+                } else if killed {
                     "the agent restarted while the command ran; what was left of it was killed, and its outcome is unknown".into()
                 } else {
                     "the agent restarted while the command ran; its outcome is unknown".into()
@@ -286,6 +295,9 @@ impl Executor {
             if let Some(path) = group_file {
                 let _ = std::fs::remove_file(path);
             }
+            if let Some(dir) = &me.spool {
+                let _ = std::fs::remove_file(dir.join(format!("{}.cancel", req.exec_id)));
+            }
             let _ = tx.send(result);
         });
         Ok(rx)
@@ -320,6 +332,12 @@ impl Executor {
         if let Some(e) = st.live.get(exec_id) {
             let current = e.result.borrow().clone();
             if !current.status.is_final() {
+                // Noted on disk: an agent restarted during the grace reports
+                // the command cancelled, not lost.
+                if let Some(dir) = &self.spool {
+                    let _ =
+                        crate::fsutil::write_private(&dir.join(format!("{exec_id}.cancel")), b"");
+                }
                 e.cancel.cancel();
             }
             return Ok(current);
