@@ -726,8 +726,14 @@ mod executions {
     pub async fn idempotency_keys_are_claimed_once_per_user(s: &Store) {
         use postern_bastion::store::IdempotencyClaim::{Claimed, Held};
         let day = 24 * 3600 * 1000;
-        let claim = |user: &'static str, sha: &'static str, exec: &'static str, now: i64| {
-            s.claim_idempotency_key("o", user, "k1", sha, exec, now, day)
+        let key = |user: &'static str| postern_bastion::store::IdempotencyKey {
+            org_id: "o",
+            username: user,
+            key: "k1",
+        };
+        let claim = |user: &'static str, sha: &'static str, exec: &'static str, now: i64| async move {
+            s.claim_idempotency_key(&key(user), sha, exec, now, day)
+                .await
         };
         assert_eq!(claim("alice", "h1", "x1", 1000).await.unwrap(), Claimed);
         assert_eq!(
@@ -742,7 +748,7 @@ mod executions {
             claim("alice", "h4", "x4", 1000 + day + 1).await.unwrap(),
             Claimed
         );
-        s.release_idempotency_key("o", "alice", "k1", "x4")
+        s.release_idempotency_key(&key("alice"), "x4")
             .await
             .unwrap();
         assert_eq!(

@@ -293,18 +293,18 @@ impl Agent {
 
         let channel_ended = CancellationToken::new();
         let _end_relays = channel_ended.clone().drop_guard();
-        let router = service::router(
-            self.identity.clone(),
-            self.executor.clone(),
-            self.grants.clone(),
-            self.kube_keys.clone(),
-            Ports {
+        let router = service::router(service::Ctx {
+            identity: self.identity.clone(),
+            executor: self.executor.clone(),
+            grants: self.grants.clone(),
+            kube_keys: self.kube_keys.clone(),
+            ports: Ports {
                 sshd: opts.sshd_port,
             },
-            self.kube.clone(),
-            Arc::new(opts.labels.clone()),
+            kube: self.kube.clone(),
+            labels: Arc::new(opts.labels.clone()),
             channel_ended,
-        );
+        });
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)

@@ -24,30 +24,22 @@ use crate::ssh::relay::{self, Ports};
 
 type Reply<T> = Result<Json<T>, (StatusCode, Json<ErrorBody>)>;
 
+/// What the agent's routes on one channel serve from.
 #[derive(Clone)]
-struct Ctx {
-    identity: Arc<Identity>,
-    executor: Executor,
-    grants: GrantStore,
-    kube_keys: KubeKeys,
-    ports: Ports,
-    kube: Option<Arc<crate::kube::Gateway>>,
-    labels: Arc<std::collections::BTreeMap<String, String>>,
-    channel_ended: CancellationToken,
+pub struct Ctx {
+    pub identity: Arc<Identity>,
+    pub executor: Executor,
+    pub grants: GrantStore,
+    pub kube_keys: KubeKeys,
+    pub ports: Ports,
+    pub kube: Option<Arc<crate::kube::Gateway>>,
+    pub labels: Arc<std::collections::BTreeMap<String, String>>,
+    /// Cancelled when the channel ends; stops the SSH relays it carried.
+    pub channel_ended: CancellationToken,
 }
 
-/// The agent's API on one channel; `channel_ended` is cancelled when that channel
-/// ends, and stops the SSH relays it carried.
-pub fn router(
-    identity: Arc<Identity>,
-    executor: Executor,
-    grants: GrantStore,
-    kube_keys: KubeKeys,
-    ports: Ports,
-    kube: Option<Arc<crate::kube::Gateway>>,
-    labels: Arc<std::collections::BTreeMap<String, String>>,
-    channel_ended: CancellationToken,
-) -> Router {
+/// The agent's API on one channel.
+pub fn router(ctx: Ctx) -> Router {
     Router::new()
         .route(routes::HEALTH, get(health))
         .route(routes::CSR, post(csr))
@@ -71,16 +63,7 @@ pub fn router(
         .route(postern_api::ssh::CONNECT_ROUTE, post(connect))
         // Kubernetes bodies stream both ways (watches, exec): flow control bounds them.
         .route("/v1/kube/{*rest}", any(kube_request))
-        .with_state(Ctx {
-            identity,
-            executor,
-            grants,
-            kube_keys,
-            ports,
-            kube,
-            labels,
-            channel_ended,
-        })
+        .with_state(ctx)
 }
 
 fn fail(status: StatusCode, e: impl std::fmt::Display) -> (StatusCode, Json<ErrorBody>) {

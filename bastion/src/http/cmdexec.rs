@@ -27,7 +27,9 @@ use super::{ApiError, AppState};
 use crate::authz::Action;
 use crate::clock::rfc3339;
 use crate::cmdexec::{Submission, SubmitError};
-use crate::store::{ExecutionPage, ExecutionRow, HistoryRow, IdempotencyClaim, ResultRow};
+use crate::store::{
+    ExecutionPage, ExecutionRow, HistoryRow, IdempotencyClaim, IdempotencyKey, ResultRow,
+};
 
 fn check_command(req: &ExecuteRequest) -> Result<(), ApiError> {
     if req.command.trim().is_empty() {
@@ -212,9 +214,11 @@ pub async fn execute(
         let claim = state
             .store
             .claim_idempotency_key(
-                &caller.principal.org_id,
-                &caller.principal.user_name,
-                key,
+                &IdempotencyKey {
+                    org_id: &caller.principal.org_id,
+                    username: &caller.principal.user_name,
+                    key,
+                },
                 &sha,
                 &exec_id,
                 crate::clock::now_ms(),
@@ -262,9 +266,11 @@ pub async fn execute(
                 let _ = state
                     .store
                     .release_idempotency_key(
-                        &caller.principal.org_id,
-                        &caller.principal.user_name,
-                        key,
+                        &IdempotencyKey {
+                            org_id: &caller.principal.org_id,
+                            username: &caller.principal.user_name,
+                            key,
+                        },
                         exec_id,
                     )
                     .await;

@@ -212,6 +212,14 @@ pub struct StoredEvent {
 /// How old a claim without its execution must be to count as abandoned.
 pub const ABANDONED_CLAIM_MS: i64 = 30_000;
 
+/// An Idempotency-Key as it is held: per user of an org.
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyKey<'a> {
+    pub org_id: &'a str,
+    pub username: &'a str,
+    pub key: &'a str,
+}
+
 /// What claiming an Idempotency-Key found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotencyClaim {
@@ -546,14 +554,13 @@ impl Store {
     /// claim younger than `ttl_ms` holds it; older claims are dropped.
     pub async fn claim_idempotency_key(
         &self,
-        org_id: &str,
-        username: &str,
-        key: &str,
+        k: &IdempotencyKey<'_>,
         sha: &str,
         exec_id: &str,
         now: i64,
         ttl_ms: i64,
     ) -> Result<IdempotencyClaim> {
+        let (org_id, username, key) = (k.org_id, k.username, k.key);
         let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
             .bind(now - ttl_ms)
@@ -608,11 +615,10 @@ impl Store {
     /// Gives up a claim whose execution was never created (the submit failed).
     pub async fn release_idempotency_key(
         &self,
-        org_id: &str,
-        username: &str,
-        key: &str,
+        k: &IdempotencyKey<'_>,
         exec_id: &str,
     ) -> Result<()> {
+        let (org_id, username, key) = (k.org_id, k.username, k.key);
         sqlx::query(
             "DELETE FROM idempotency_keys WHERE org_id = $1 AND username = $2 AND idem_key = $3 AND exec_id = $4",
         )

@@ -20,7 +20,8 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use thiserror::Error;
 
 pub use executions::{
-    ExecutionPage, ExecutionRow, HistoryRow, IdempotencyClaim, ResultRow, ResultUpdate, StoredEvent,
+    ExecutionPage, ExecutionRow, HistoryRow, IdempotencyClaim, IdempotencyKey, ResultRow,
+    ResultUpdate, StoredEvent,
 };
 pub use kube_keys::KubeKeysChange;
 pub use nodes::{EnrollOutcome, NewNode, NodeRow};
