@@ -662,21 +662,24 @@ mod executions {
         assert_eq!(last.next_offset, None);
         assert!(s.execution_page("nope", 10, 0, 1).await.unwrap().is_none());
 
-        // Each change of state is one event, in order; the result delivered
-        // twice has one. Finishing the execution ends its stream, once.
+        // Each change of state is one event, each node's in order (the batch
+        // writes starts, output, then ends); the result delivered twice has
+        // one. Finishing the execution ends its stream, once.
         let kinds = |evs: Vec<postern_bastion::store::StoredEvent>| {
             evs.into_iter().map(|e| e.kind).collect::<Vec<_>>()
         };
         let evs = s.events_after("e1", 0, 100).await.unwrap();
         let ids: Vec<i64> = evs.iter().map(|e| e.id).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
-        assert!(evs[1].body.contains("\"exit_code\":3"), "{}", evs[1].body);
+        assert!(evs[0].body.contains("\"h000\""), "{}", evs[0].body);
+        assert!(evs[2].body.contains("\"exit_code\":3"), "{}", evs[2].body);
+        assert!(evs[2].body.contains("\"h000\""), "{}", evs[2].body);
         assert_eq!(
             kinds(evs),
             [
                 "node_started",
-                "node_finished",
                 "node_started",
+                "node_finished",
                 "execution_finished"
             ]
         );
@@ -684,7 +687,7 @@ mod executions {
         let after_first = ids[0];
         assert_eq!(
             kinds(s.events_after("e1", after_first, 2).await.unwrap()),
-            ["node_finished", "node_started"],
+            ["node_started", "node_finished"],
             "resumes after an id, a page at a time"
         );
         // Nothing has happened to an execution not yet run: no events.

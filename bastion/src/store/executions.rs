@@ -183,6 +183,49 @@ pub fn node_finished_event(r: &ResultRow) -> ExecEvent {
     }
 }
 
+/// `($1,$2,…),(…)…`: `rows` rows of `cols` placeholders.
+fn values_list(rows: usize, cols: usize) -> String {
+    let mut q = String::with_capacity(rows * cols * 5);
+    for i in 0..rows {
+        if i > 0 {
+            q.push(',');
+        }
+        q.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                q.push(',');
+            }
+            q.push_str(&format!("${}", i * cols + c + 1));
+        }
+        q.push(')');
+    }
+    q
+}
+
+/// Appends events in their order, many to a statement.
+async fn insert_events(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    events: &[(String, ExecEvent)],
+    now: i64,
+) -> Result<()> {
+    for chunk in events.chunks(200) {
+        let q = format!(
+            "INSERT INTO exec_events (exec_id, kind, body, created_at) VALUES {}",
+            values_list(chunk.len(), 4)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str()));
+        for (exec_id, e) in chunk {
+            query = query
+                .bind(exec_id.as_str())
+                .bind(e.name())
+                .bind(event_body(e))
+                .bind(now);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 async fn insert_event(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     exec_id: &str,
@@ -381,11 +424,18 @@ impl Store {
     }
 
     /// Applies a batch of result changes in one transaction, each change of
-    /// state with its event. Answers whether any event was written.
+    /// state with its event, in a few statements whatever the batch's size
+    /// (one statement per change cost the bastion most of its CPU in a
+    /// fan-out). A node's changes keep their order: its start, then its output,
+    /// then its end. A change that no longer applies (a result delivered twice,
+    /// a start after the end) changes nothing and has no event. Answers whether
+    /// any event was written.
     pub async fn apply_result_updates(&self, updates: &[ResultUpdate]) -> Result<bool> {
-        let mut tx = self.write_tx().await?;
-        let now = crate::clock::now_ms();
-        let mut events = false;
+        let mut started: Vec<(&str, &str, &str, i64)> = Vec::new();
+        let mut finished: Vec<&ResultRow> = Vec::new();
+        let mut outputs: Vec<(&str, &ExecEvent)> = Vec::new();
+        let mut seen_start = std::collections::HashSet::new();
+        let mut seen_end = std::collections::HashSet::new();
         for u in updates {
             match u {
                 ResultUpdate::Started {
@@ -394,48 +444,87 @@ impl Store {
                     hostname,
                     at,
                 } => {
-                    let r = sqlx::query(
-                        "UPDATE exec_results SET status = 'running', started_at = $3
-                         WHERE exec_id = $1 AND node_id = $2 AND status = 'pending'",
-                    )
-                    .bind(exec_id)
-                    .bind(node_id)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
-                    if r.rows_affected() > 0 {
-                        let ev = ExecEvent::NodeStarted {
-                            hostname: hostname.clone(),
-                            at: crate::clock::rfc3339(*at),
-                        };
-                        insert_event(&mut tx, exec_id, &ev, now).await?;
-                        events = true;
+                    if seen_start.insert((exec_id.as_str(), node_id.as_str())) {
+                        started.push((exec_id, node_id, hostname, *at));
                     }
                 }
-                ResultUpdate::Event { exec_id, event, .. } => {
-                    insert_event(&mut tx, exec_id, event, now).await?;
-                    events = true;
-                }
+                ResultUpdate::Event { exec_id, event, .. } => outputs.push((exec_id, event)),
+                // The first final result stands, as it would one at a time.
                 ResultUpdate::Finished(r) => {
-                    // Placeholders follow RESULT_COLS so the row binds like an insert.
-                    let q = sqlx::query(
-                        "UPDATE exec_results SET hostname = $3, status = $4, exit_code = $5, error = $6, stdout = $7,
-                           stdout_truncated = $8, stdout_bytes = $9, stdout_sha256 = $10, stderr = $11,
-                           stderr_truncated = $12, stderr_bytes = $13, stderr_sha256 = $14,
-                           started_at = COALESCE(started_at, $15), finished_at = $16
-                         WHERE exec_id = $1 AND node_id = $2 AND status IN ('pending', 'running')",
-                    );
-                    // A result delivered twice changes nothing the second time,
-                    // and has no second event.
-                    if bind_result(q, r).execute(&mut *tx).await?.rows_affected() > 0 {
-                        insert_event(&mut tx, &r.exec_id, &node_finished_event(r), now).await?;
-                        events = true;
+                    if seen_end.insert((r.exec_id.as_str(), r.node_id.as_str())) {
+                        finished.push(r);
                     }
                 }
             }
         }
+        let now = crate::clock::now_ms();
+        let mut tx = self.write_tx().await?;
+        let mut events: Vec<(String, ExecEvent)> = Vec::new();
+        // 4 values a row: 200 rows keep a statement under SQLite's 999 parameters.
+        for chunk in started.chunks(200) {
+            let q = format!(
+                "UPDATE exec_results SET status = 'running', started_at = v.column3 FROM (VALUES {}) AS v
+                 WHERE exec_results.exec_id = v.column1 AND exec_results.node_id = v.column2
+                   AND exec_results.status = 'pending'
+                 RETURNING exec_results.exec_id, exec_results.node_id",
+                values_list(chunk.len(), 3)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str()));
+            for (exec_id, node_id, _, at) in chunk {
+                query = query.bind(*exec_id).bind(*node_id).bind(*at);
+            }
+            let changed = query.fetch_all(&mut *tx).await?;
+            let changed: std::collections::HashSet<(String, String)> = changed
+                .into_iter()
+                .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)))
+                .collect();
+            for (exec_id, node_id, hostname, at) in chunk {
+                if changed.contains(&(exec_id.to_string(), node_id.to_string())) {
+                    let ev = ExecEvent::NodeStarted {
+                        hostname: hostname.to_string(),
+                        at: crate::clock::rfc3339(*at),
+                    };
+                    events.push((exec_id.to_string(), ev));
+                }
+            }
+        }
+        events.extend(
+            outputs
+                .into_iter()
+                .map(|(e, ev)| (e.to_string(), ev.clone())),
+        );
+        // 16 values a row, as RESULT_COLS: 60 rows a statement.
+        for chunk in finished.chunks(60) {
+            let q = format!(
+                "UPDATE exec_results SET hostname = v.column3, status = v.column4, exit_code = v.column5,
+                   error = v.column6, stdout = v.column7, stdout_truncated = v.column8,
+                   stdout_bytes = v.column9, stdout_sha256 = v.column10, stderr = v.column11,
+                   stderr_truncated = v.column12, stderr_bytes = v.column13, stderr_sha256 = v.column14,
+                   started_at = COALESCE(exec_results.started_at, v.column15), finished_at = v.column16
+                 FROM (VALUES {}) AS v
+                 WHERE exec_results.exec_id = v.column1 AND exec_results.node_id = v.column2
+                   AND exec_results.status IN ('pending', 'running')
+                 RETURNING exec_results.exec_id, exec_results.node_id",
+                values_list(chunk.len(), 16)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str()));
+            for r in chunk {
+                query = bind_result(query, r);
+            }
+            let changed = query.fetch_all(&mut *tx).await?;
+            let changed: std::collections::HashSet<(String, String)> = changed
+                .into_iter()
+                .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)))
+                .collect();
+            for r in chunk {
+                if changed.contains(&(r.exec_id.clone(), r.node_id.clone())) {
+                    events.push((r.exec_id.clone(), node_finished_event(r)));
+                }
+            }
+        }
+        insert_events(&mut tx, &events, now).await?;
         tx.commit().await?;
-        Ok(events)
+        Ok(!events.is_empty())
     }
 
     /// Marks the execution finished, with the event that ends its stream. Answers
