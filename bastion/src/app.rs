@@ -278,6 +278,13 @@ impl Bastion {
         self.shared.clone()
     }
 
+    /// The SSH front door's host key in OpenSSH's one-line form (for a
+    /// known_hosts file), when it listens.
+    pub fn ssh_host_key(&self) -> Option<String> {
+        let (_, cfg) = self.ssh.as_ref()?;
+        cfg.keys.first()?.public_key().to_openssh().ok()
+    }
+
     pub fn api_addr(&self) -> Option<SocketAddr> {
         self.api.local_addr().ok()
     }

@@ -57,6 +57,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// sshd's AuthorizedKeysCommand for `dev`'s demo node: what `postern-keys`
+    /// does, from this binary, so that `dev` needs nothing else built.
+    #[command(hide = true)]
+    KeysHelper {
+        #[arg(long)]
+        data_dir: PathBuf,
+        login: String,
+        fingerprint: Option<String>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -322,6 +331,14 @@ async fn main() -> anyhow::Result<()> {
             run_dev(cfg).await
         }
         Cmd::Audit { cmd } => audit(cmd).await,
+        Cmd::KeysHelper {
+            data_dir,
+            login,
+            fingerprint,
+        } => {
+            postern_keys::run(data_dir, login, fingerprint.filter(|f| !f.is_empty()));
+            Ok(())
+        }
         Cmd::Init {
             common,
             org,
@@ -374,16 +391,46 @@ async fn run_dev(cfg: Config) -> anyhow::Result<()> {
         .ssh_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    let shared = bastion.shared();
+    let ssh_host_key = bastion.ssh_host_key();
+    let ssh_addr = bastion.ssh_addr();
     let running = tokio::spawn(bastion.run());
-    let agent = dev::demo_agent(&data_dir, &files.join_file)
-        .await
-        .context("demo agent")?;
+    // SSH to the demo node when this machine can: its own sshd, and the
+    // user's key for admin.
+    let (demo_sshd, ssh_note) =
+        match dev::sshd::start(&data_dir, &data_dir.join("demo-agent")).await {
+            Ok(s) => {
+                let (note, identity) = dev::register_users_key(&shared).await;
+                let client = match (ssh_addr, &ssh_host_key) {
+                    (Some(addr), Some(key)) => {
+                        dev::sshd::write_client_files(&data_dir, addr, key, identity.as_deref())
+                    }
+                    _ => Err("the SSH front door is off".to_string()),
+                };
+                let how = match client {
+                    Ok(cfg) => format!(
+                        "ssh -F {} demo-node uptime, or ssh -J admin@{ssh} root@demo-node uptime",
+                        cfg.display()
+                    ),
+                    Err(e) => format!("ssh -J admin@{ssh} root@demo-node uptime ({e})"),
+                };
+                (Some(s), format!("{note}; then: {how}"))
+            }
+            Err(why) => (None, format!("no SSH to the demo node: {why}")),
+        };
+    let agent = dev::demo_agent(
+        &data_dir,
+        &files.join_file,
+        demo_sshd.as_ref().map(|s| s.port),
+    )
+    .await
+    .context("demo agent")?;
     let agent_task = tokio::spawn({
         let shutdown = shutdown.clone();
         async move { agent.run(shutdown).await }
     });
     eprintln!(
-        "\nPostern dev bastion is up.\n  admin API token: {tok}\n  join command:    {join}\n  try: curl -H \"Authorization: Bearer $(cat {tok})\" http://{api}/api/v1/projects/demo/edges/local/nodes\n  SSH: register a key (README, \"SSH through the bastion\"), then ssh -J admin@{ssh} root@demo-node\n",
+        "\nPostern dev bastion is up.\n  admin API token: {tok}\n  join command:    {join}\n  try: curl -H \"Authorization: Bearer $(cat {tok})\" http://{api}/api/v1/projects/demo/edges/local/nodes\n  SSH: {ssh_note}\n",
         tok = files.token_file.display(),
         join = files.join_file.display(),
     );
@@ -391,6 +438,7 @@ async fn run_dev(cfg: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), agent_task).await;
+    drop(demo_sshd);
     match tokio::time::timeout(Duration::from_secs(20), running).await {
         Ok(Ok(r)) => r.context("the REST API server failed"),
         _ => Ok(()),

@@ -8,11 +8,9 @@
 //! Always exits 0 with the lines it could build (none means deny); errors go to
 //! stderr, which sshd logs.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Parser;
-use postern_keys::{AGENT_TIMEOUT, Query, answer, log_break_glass, now_ms};
 
 #[derive(Parser)]
 #[command(
@@ -32,31 +30,9 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    let q = Query {
-        data_dir: cli.data_dir,
-        login: cli.login,
-        fingerprint: cli.fingerprint.filter(|f| !f.is_empty()),
-        now_ms: now_ms(),
-    };
-    match answer(&q, AGENT_TIMEOUT) {
-        Ok(a) => {
-            if let Some(e) = &a.agent_error {
-                eprintln!("postern-keys: {e}; answered from the grants file");
-            }
-            if a.break_glass > 0 {
-                log_break_glass(&q.data_dir, &q.login, a.break_glass, q.now_ms);
-                eprintln!(
-                    "postern-keys: bastion unreachable beyond the grace; offering {} break-glass key(s) for {}",
-                    a.break_glass, q.login
-                );
-            }
-            let mut out = String::new();
-            for l in &a.lines {
-                out.push_str(l);
-                out.push('\n');
-            }
-            let _ = std::io::stdout().lock().write_all(out.as_bytes());
-        }
-        Err(e) => eprintln!("postern-keys: {e}; denying"),
-    }
+    postern_keys::run(
+        cli.data_dir,
+        cli.login,
+        cli.fingerprint.filter(|f| !f.is_empty()),
+    );
 }

@@ -1,5 +1,6 @@
 //! `postern-bastion dev`, the README's first command: a demo node that becomes
-//! reachable with the token it writes, and a restart that keeps everything.
+//! reachable with the token it writes, a restart that keeps everything, and the
+//! README's tour run as written against a fresh `dev`.
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Command, Stdio};
@@ -20,10 +21,14 @@ impl Drop for Dev {
 }
 
 fn start(dir: &std::path::Path, api: &str, agent: &str) -> Dev {
+    // Off the default ports, which the README tour's test uses.
+    let ssh = format!("127.0.0.1:{}", free_port());
+    let kube = format!("127.0.0.1:{}", free_port());
     Dev(Command::new(bin("postern-bastion"))
         .args(["dev", "--data-dir"])
         .arg(dir)
         .args(["--api-addr", api, "--agent-addr", agent])
+        .args(["--ssh-addr", &ssh, "--kube-addr", &kube])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -72,4 +77,88 @@ async fn dev_mode_runs_a_demo_node_and_keeps_everything_across_restarts() {
             assert_eq!(id, first_id, "the restart kept the node");
         }
     }
+}
+
+/// The README's tour, as written: the block after its `<!-- tour: … -->` marker
+/// runs in bash (`-euo pipefail`) against a fresh `dev` on its default ports,
+/// from the directory that holds `postern-dev`. Only `cargo run … -p
+/// postern-bastion --` is mapped, to the binary this suite built. HOME is a fresh
+/// one with its own key, which `dev` registers for admin; the SSH line must
+/// reach the demo node's own sshd through the bastion.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_tour_runs_as_written() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let at = readme
+        .find("<!-- tour:")
+        .expect("the README marks its tour");
+    let rest = &readme[at..];
+    let start = rest.find("```sh\n").unwrap() + "```sh\n".len();
+    let end = start + rest[start..].find("```").unwrap();
+    let bastion = bin("postern-bastion").display().to_string();
+    let script = rest[start..end]
+        .replace("cargo run --release -p postern-bastion --", &bastion)
+        .replace("cargo run -p postern-bastion --", &bastion);
+    assert!(
+        !script.contains("cargo "),
+        "an unmapped cargo command: {script}"
+    );
+    assert!(script.contains("ssh "), "the tour includes SSH");
+
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    postern_tests::ssh::keygen(&home.join(".ssh/id_ed25519"));
+    let dev = Dev(Command::new(bin("postern-bastion"))
+        .args(["dev", "--data-dir", "./postern-dev"])
+        .current_dir(dir.path())
+        .env("HOME", &home)
+        .env_remove("SUDO_USER")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    let token_file = dir.path().join("postern-dev/admin.token");
+    eventually(Duration::from_secs(30), "dev up with its demo node", || async {
+        let Ok(token) = std::fs::read_to_string(&token_file) else {
+            return false;
+        };
+        let nodes = "/api/v1/projects/demo/edges/local/nodes";
+        dir.path().join("postern-dev/ssh_config").exists()
+            && matches!(
+                http("127.0.0.1:8080".parse().unwrap(), "GET", nodes, Some(token.trim()), None).await,
+                Ok((200, v)) if v[0]["reachable"] == true
+            )
+    })
+    .await;
+    let out = tokio::task::spawn_blocking({
+        let (cwd, home) = (dir.path().to_path_buf(), home.clone());
+        move || {
+            Command::new("bash")
+                .args(["-euo", "pipefail", "-c", &script])
+                .current_dir(cwd)
+                .env("HOME", home)
+                .env_remove("SUDO_USER")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the tour failed:\n{stdout}\n{stderr}");
+    for expected in [
+        "\"hostname\":\"demo-node\"",
+        "load average",
+        "event: execution_finished",
+        "done",
+        "audit log intact",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} not in the tour's output:\n{stdout}\n{stderr}"
+        );
+    }
+    drop(dev);
 }

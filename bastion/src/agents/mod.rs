@@ -57,7 +57,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                shared.tasks.spawn(handle(
+                let task = handle(
                     tcp,
                     peer,
                     acceptor.clone(),
@@ -65,7 +65,16 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared
                     permit,
                     enrollments.clone(),
                     enroll_sources.clone(),
-                ));
+                );
+                // Every idle agent holds one of these: its size is memory per node.
+                static SIZE: std::sync::Once = std::sync::Once::new();
+                SIZE.call_once(|| {
+                    tracing::debug!(
+                        bytes = std::mem::size_of_val(&task),
+                        "size of an agent connection's task"
+                    )
+                });
+                shared.tasks.spawn(task);
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.

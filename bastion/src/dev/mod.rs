@@ -2,7 +2,10 @@
 //! `default`, project `demo`, edge `local` and the org admin `admin`, writes the
 //! admin's API token and a ready join command into the data directory, and enrolls
 //! one demo agent (`demo-node`) through the real agent port. Later starts reuse
-//! everything.
+//! everything. When the machine has sshd, the demo node gets its own (see
+//! `sshd`), and the user's public key is registered for `admin`.
+
+pub mod sshd;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -96,7 +99,11 @@ pub async fn bootstrap(shared: &Arc<Shared>, data_dir: &Path) -> Result<DevFiles
 
 /// Enrolls the demo agent on first start (through the real agent port), then
 /// returns it ready to run.
-pub async fn demo_agent(data_dir: &Path, join_file: &Path) -> Result<Agent, DevError> {
+pub async fn demo_agent(
+    data_dir: &Path,
+    join_file: &Path,
+    sshd_port: Option<u16>,
+) -> Result<Agent, DevError> {
     let dir = data_dir.join("demo-agent");
     let identity = if Identity::is_enrolled(&dir) {
         Identity::load(&dir).map_err(|e| DevError::Agent(e.to_string()))?
@@ -115,7 +122,74 @@ pub async fn demo_agent(data_dir: &Path, join_file: &Path) -> Result<Agent, DevE
         .await
         .map_err(|e| DevError::Agent(e.to_string()))?
     };
-    Ok(Agent::new(identity, AgentOptions::default()))
+    let mut options = AgentOptions::default();
+    if let Some(port) = sshd_port {
+        options.sshd_port = port;
+    }
+    Ok(Agent::new(identity, options))
+}
+
+/// Registers the public key of whoever runs `dev` for `admin`, so that their
+/// plain `ssh -J` works; answers what to tell them, and the private key's path
+/// when there is one beside it.
+pub async fn register_users_key(shared: &Arc<Shared>) -> (String, Option<PathBuf>) {
+    let (note, public) = register_key(shared).await;
+    let private = public
+        .and_then(|p| {
+            p.to_str()
+                .and_then(|s| s.strip_suffix(".pub"))
+                .map(PathBuf::from)
+        })
+        .filter(|p| p.exists());
+    (note, private)
+}
+
+async fn register_key(shared: &Arc<Shared>) -> (String, Option<PathBuf>) {
+    let how = "add one with: curl -XPOST -H \"Authorization: Bearer $(cat postern-dev/admin.token)\" -H 'content-type: application/json' http://127.0.0.1:8080/api/v1/users/admin/ssh-keys -d \"{\\\"public_key\\\": \\\"$(cat ~/.ssh/id_ed25519.pub)\\\"}\"";
+    let Some((path, line)) = sshd::users_public_key() else {
+        return (
+            format!("no public key in ~/.ssh (make one with ssh-keygen -t ed25519), then {how}"),
+            None,
+        );
+    };
+    let key = match crate::ssh::keys::parse_user_key(&line) {
+        Ok(k) => k,
+        Err(e) => {
+            return (
+                format!("{} is not a key Postern takes ({e}); {how}", path.display()),
+                None,
+            );
+        }
+    };
+    let user = match shared.store.user_by_name("admin").await {
+        Ok(Some(u)) => u,
+        _ => return (format!("user admin not found; {how}"), None),
+    };
+    let added = shared
+        .store
+        .add_ssh_key(
+            &crate::store::NewSshKey {
+                user_id: &user.id,
+                fingerprint: &key.fingerprint,
+                algorithm: &key.algorithm,
+                public_key: &key.public_key,
+                comment: &key.comment,
+            },
+            postern_api::ssh::MAX_KEYS_PER_USER,
+            now_ms(),
+        )
+        .await;
+    let note = match added {
+        Ok(_) => format!("registered your key {} for admin", path.display()),
+        Err(StoreError::Conflict(_)) => format!("your key {} is registered", path.display()),
+        Err(e) => {
+            return (
+                format!("cannot register {} ({e}); {how}", path.display()),
+                None,
+            );
+        }
+    };
+    (note, Some(path))
 }
 
 /// Reads `--controller`, `--token` and `--ca-hash` out of a join command line.
