@@ -189,6 +189,41 @@ pub fn log_break_glass(data_dir: &Path, login: &str, count: usize, now_ms: i64) 
     }
 }
 
+/// What the `postern-keys` command does for sshd: prints the lines it could
+/// build for `login` (none means deny), errors to stderr, which sshd logs.
+/// Shared with `postern-bastion dev`'s demo node, whose sshd runs it from the
+/// bastion's binary.
+pub fn run(data_dir: std::path::PathBuf, login: String, fingerprint: Option<String>) {
+    use std::io::Write;
+    let q = Query {
+        data_dir,
+        login,
+        fingerprint,
+        now_ms: now_ms(),
+    };
+    match answer(&q, AGENT_TIMEOUT) {
+        Ok(a) => {
+            if let Some(e) = &a.agent_error {
+                eprintln!("postern-keys: {e}; answered from the grants file");
+            }
+            if a.break_glass > 0 {
+                log_break_glass(&q.data_dir, &q.login, a.break_glass, q.now_ms);
+                eprintln!(
+                    "postern-keys: bastion unreachable beyond the grace; offering {} break-glass key(s) for {}",
+                    a.break_glass, q.login
+                );
+            }
+            let mut out = String::new();
+            for l in &a.lines {
+                out.push_str(l);
+                out.push('\n');
+            }
+            let _ = std::io::stdout().lock().write_all(out.as_bytes());
+        }
+        Err(e) => eprintln!("postern-keys: {e}; denying"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,40 +358,5 @@ mod tests {
         write(dir.path(), files::LINK, &link(false));
         let a = answer(&query(dir.path(), "root", None, 170_000), AGENT_TIMEOUT).expect("answer");
         assert_eq!(a.break_glass, 1);
-    }
-}
-
-/// What the `postern-keys` command does for sshd: prints the lines it could
-/// build for `login` (none means deny), errors to stderr, which sshd logs.
-/// Shared with `postern-bastion dev`'s demo node, whose sshd runs it from the
-/// bastion's binary.
-pub fn run(data_dir: std::path::PathBuf, login: String, fingerprint: Option<String>) {
-    use std::io::Write;
-    let q = Query {
-        data_dir,
-        login,
-        fingerprint,
-        now_ms: now_ms(),
-    };
-    match answer(&q, AGENT_TIMEOUT) {
-        Ok(a) => {
-            if let Some(e) = &a.agent_error {
-                eprintln!("postern-keys: {e}; answered from the grants file");
-            }
-            if a.break_glass > 0 {
-                log_break_glass(&q.data_dir, &q.login, a.break_glass, q.now_ms);
-                eprintln!(
-                    "postern-keys: bastion unreachable beyond the grace; offering {} break-glass key(s) for {}",
-                    a.break_glass, q.login
-                );
-            }
-            let mut out = String::new();
-            for l in &a.lines {
-                out.push_str(l);
-                out.push('\n');
-            }
-            let _ = std::io::stdout().lock().write_all(out.as_bytes());
-        }
-        Err(e) => eprintln!("postern-keys: {e}; denying"),
     }
 }
