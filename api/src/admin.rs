@@ -386,6 +386,107 @@ pub struct PageQuery {
     pub offset: Option<i64>,
 }
 
+/// Query of `GET /api/v1/audit`: a page, and what to keep. Every filter is
+/// optional; together they all must hold.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+    /// An action (`cmdexec.execute`), or a prefix ending in `*` (`cmdexec.*`).
+    pub action: Option<String>,
+    /// The user who did it.
+    pub actor: Option<String>,
+    /// `ok`, `denied`, `failed`, `rejected`, `not_found`, `error`, …
+    pub outcome: Option<String>,
+    /// Entries at or after this time (RFC 3339, e.g. `2026-11-30T12:00:00Z`).
+    pub since: Option<String>,
+    /// Entries before this time (RFC 3339).
+    pub until: Option<String>,
+}
+
+/// The audit filters, checked: what the store matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub action: Option<String>,
+    /// The action is a prefix (the query's trailing `*` removed).
+    pub action_prefix: bool,
+    pub actor: Option<String>,
+    pub outcome: Option<String>,
+    /// Unix milliseconds.
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+}
+
+/// Longest filter value accepted.
+pub const AUDIT_FILTER_MAX: usize = 200;
+
+impl AuditQuery {
+    pub fn bounds(&self) -> Result<(i64, i64), crate::ValidationError> {
+        PageQuery {
+            limit: self.limit,
+            offset: self.offset,
+        }
+        .bounds()
+    }
+
+    /// The filters, or what is wrong with one of them (the message names it).
+    pub fn filter(&self) -> Result<AuditFilter, String> {
+        let text = |field: &str, v: &Option<String>| -> Result<Option<String>, String> {
+            match v {
+                None => Ok(None),
+                Some(s)
+                    if s.is_empty()
+                        || s.len() > AUDIT_FILTER_MAX
+                        || s.chars().any(char::is_control) =>
+                {
+                    Err(format!(
+                        "{field} must be 1 to {AUDIT_FILTER_MAX} printable characters"
+                    ))
+                }
+                Some(s) => Ok(Some(s.clone())),
+            }
+        };
+        let time = |field: &str, v: &Option<String>| -> Result<Option<i64>, String> {
+            let Some(s) = v else { return Ok(None) };
+            let t = humantime::parse_rfc3339_weak(s)
+                .map_err(|e| format!("{field} must be a time such as 2026-11-30T12:00:00Z: {e}"))?;
+            let ms = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|_| format!("{field} is before 1970"))?
+                .as_millis();
+            Ok(Some(
+                i64::try_from(ms).map_err(|_| format!("{field} is too far ahead"))?,
+            ))
+        };
+        let mut action = text("action", &self.action)?;
+        let mut action_prefix = false;
+        if let Some(a) = &mut action
+            && let Some(p) = a.strip_suffix('*')
+        {
+            if p.contains('*') {
+                return Err("action may end in one * (a prefix), and hold no other".into());
+            }
+            *a = p.to_string();
+            action_prefix = true;
+        }
+        let f = AuditFilter {
+            action,
+            action_prefix,
+            actor: text("actor", &self.actor)?,
+            outcome: text("outcome", &self.outcome)?,
+            since_ms: time("since", &self.since)?,
+            until_ms: time("until", &self.until)?,
+        };
+        if let (Some(a), Some(b)) = (f.since_ms, f.until_ms)
+            && a >= b
+        {
+            return Err("since must be before until".into());
+        }
+        Ok(f)
+    }
+}
+
 impl PageQuery {
     /// `(limit, offset)` with defaults applied and bounds checked.
     pub fn bounds(&self) -> Result<(i64, i64), crate::ValidationError> {

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use postern_api::admin::AuditEntry;
+use postern_api::admin::{AuditEntry, AuditFilter};
 use serde_json::{Value, json};
 use sqlx::Row;
 use thiserror::Error;
@@ -401,39 +401,89 @@ impl Audit {
         limit: i64,
         offset: i64,
     ) -> Result<(i64, Vec<AuditEntry>), AuditError> {
-        let pool = self.store.pool();
-        let (total, rows) = match org_id {
-            Some(org) => {
-                let total: (i64,) =
-                    sqlx::query_as("SELECT COUNT(*) FROM audit_log WHERE org_id = $1")
-                        .bind(org)
-                        .fetch_one(pool)
-                        .await?;
-                let q = format!(
-                    "SELECT {COLS} FROM audit_log WHERE org_id = $1 ORDER BY seq DESC LIMIT $2 OFFSET $3"
-                );
-                let rows = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
-                    .bind(org)
-                    .bind(limit)
-                    .bind(offset)
-                    .fetch_all(pool)
-                    .await?;
-                (total.0, rows)
+        self.page_filtered(org_id, &AuditFilter::default(), limit, offset)
+            .await
+    }
+
+    /// A page of the entries that pass `f`, newest first, with how many pass.
+    pub async fn page_filtered(
+        &self,
+        org_id: Option<&str>,
+        f: &AuditFilter,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(i64, Vec<AuditEntry>), AuditError> {
+        enum Bind<'a> {
+            Text(&'a str),
+            Int(i64),
+        }
+        // Conditions are fixed fragments with numbered placeholders; every
+        // value is bound.
+        let mut conds: Vec<String> = Vec::new();
+        let mut binds: Vec<Bind<'_>> = Vec::new();
+        if let Some(org) = org_id {
+            binds.push(Bind::Text(org));
+            conds.push(format!("org_id = ${}", binds.len()));
+        }
+        if let Some(a) = &f.action {
+            if f.action_prefix {
+                binds.push(Bind::Int(a.chars().count() as i64));
+                let len = binds.len();
+                binds.push(Bind::Text(a));
+                conds.push(format!(
+                    "substr(action, 1, CAST(${len} AS INTEGER)) = ${}",
+                    binds.len()
+                ));
+            } else {
+                binds.push(Bind::Text(a));
+                conds.push(format!("action = ${}", binds.len()));
             }
-            None => {
-                let total: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_log")
-                    .fetch_one(pool)
-                    .await?;
-                let q =
-                    format!("SELECT {COLS} FROM audit_log ORDER BY seq DESC LIMIT $1 OFFSET $2");
-                let rows = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
-                    .bind(limit)
-                    .bind(offset)
-                    .fetch_all(pool)
-                    .await?;
-                (total.0, rows)
+        }
+        for (col, v) in [("actor", &f.actor), ("outcome", &f.outcome)] {
+            if let Some(v) = v {
+                binds.push(Bind::Text(v));
+                conds.push(format!("{col} = ${}", binds.len()));
             }
+        }
+        for (op, v) in [(">=", f.since_ms), ("<", f.until_ms)] {
+            if let Some(t) = v {
+                binds.push(Bind::Int(t));
+                conds.push(format!("at {op} ${}", binds.len()));
+            }
+        }
+        let filter = if conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
         };
+        let bind_all = |q: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>,
+                        binds: &[Bind<'_>]| {
+            let mut q = q;
+            for b in binds {
+                q = match b {
+                    Bind::Text(t) => q.bind(t.to_string()),
+                    Bind::Int(i) => q.bind(*i),
+                };
+            }
+            q
+        };
+        let pool = self.store.pool();
+        let count = format!("SELECT COUNT(*) FROM audit_log {filter}");
+        let total: i64 = bind_all(sqlx::query(sqlx::AssertSqlSafe(count)), &binds)
+            .fetch_one(pool)
+            .await?
+            .try_get(0)?;
+        let n = binds.len();
+        let q = format!(
+            "SELECT {COLS} FROM audit_log {filter} ORDER BY seq DESC LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        );
+        let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(q)), &binds)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(pool)
+            .await?;
         let entries = rows
             .into_iter()
             .map(|r| {

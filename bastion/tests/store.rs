@@ -233,6 +233,98 @@ async fn audit_batches_extend_one_chain(s: &Store) {
     assert_eq!(audit.verify().await.unwrap(), Ok(302));
 }
 
+/// The audit filters, on both backends: an action or a prefix of one, an
+/// actor, an outcome and a time window, all together, counted in `total`.
+async fn audit_filters_select_and_count(s: &Store) {
+    use postern_api::admin::AuditQuery;
+    let audit = Audit::new(s.clone());
+    for (action, actor, outcome) in [
+        ("cmdexec.execute", "ann", "ok"),
+        ("cmdexec.cancel", "ann", "ok"),
+        ("cmdexec_other", "ann", "ok"),
+        ("cmdexec.execute", "bob", "denied"),
+        ("api GET /api/v1/audit", "ann", "ok"),
+    ] {
+        audit
+            .record(Event::new(action, outcome).org("o1").actor(actor))
+            .await
+            .unwrap();
+    }
+    audit
+        .record(Event::new("cmdexec.execute", "ok").org("o2").actor("ann"))
+        .await
+        .unwrap();
+    let q = |action: Option<&str>, actor: Option<&str>, outcome: Option<&str>| AuditQuery {
+        action: action.map(str::to_string),
+        actor: actor.map(str::to_string),
+        outcome: outcome.map(str::to_string),
+        ..AuditQuery::default()
+    };
+    let page = |q: AuditQuery| {
+        let audit = audit.clone();
+        async move {
+            let f = q.filter().unwrap();
+            let (total, entries) = audit.page_filtered(Some("o1"), &f, 100, 0).await.unwrap();
+            assert_eq!(total as usize, entries.len());
+            entries.into_iter().map(|e| e.action).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        page(q(Some("cmdexec.*"), None, None)).await,
+        ["cmdexec.execute", "cmdexec.cancel", "cmdexec.execute"],
+        "a prefix is a prefix (cmdexec_other is not under cmdexec.), newest first, one org"
+    );
+    assert_eq!(
+        page(q(Some("cmdexec.execute"), Some("bob"), None)).await,
+        ["cmdexec.execute"]
+    );
+    assert_eq!(
+        page(q(None, Some("ann"), Some("denied"))).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        page(q(Some("%"), None, None)).await,
+        Vec::<String>::new(),
+        "no wildcards but *"
+    );
+    let future = AuditQuery {
+        since: Some("2999-01-01T00:00:00Z".into()),
+        ..AuditQuery::default()
+    };
+    assert!(page(future).await.is_empty());
+    let past = AuditQuery {
+        until: Some("2999-01-01T00:00:00Z".into()),
+        since: Some("2000-01-01T00:00:00Z".into()),
+        ..AuditQuery::default()
+    };
+    assert_eq!(page(past).await.len(), 5);
+    for bad in [
+        AuditQuery {
+            since: Some("yesterday".into()),
+            ..AuditQuery::default()
+        },
+        AuditQuery {
+            action: Some("a*b*".into()),
+            ..AuditQuery::default()
+        },
+        AuditQuery {
+            actor: Some(String::new()),
+            ..AuditQuery::default()
+        },
+        AuditQuery {
+            outcome: Some("x".repeat(201)),
+            ..AuditQuery::default()
+        },
+        AuditQuery {
+            since: Some("2026-01-02T00:00:00Z".into()),
+            until: Some("2026-01-01T00:00:00Z".into()),
+            ..AuditQuery::default()
+        },
+    ] {
+        assert!(bad.filter().is_err(), "{bad:?}");
+    }
+}
+
 async fn audit_chain_detects_edit_and_removal(s: &Store) {
     let audit = Audit::new(s.clone());
     for i in 0..5 {
@@ -504,6 +596,7 @@ both_backends!(
     touch_many_nodes_in_batches,
     ca_is_stored_once,
     audit_chain_detects_edit_and_removal,
+    audit_filters_select_and_count,
     audit_batches_extend_one_chain,
     audit_survives_a_second_writer,
     audit_entries_are_bounded_whatever_a_peer_sends,

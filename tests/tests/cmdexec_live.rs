@@ -799,16 +799,22 @@ async fn bad_rates_are_refused_and_nothing_runs() {
     assert!(lines_in(dir.path(), "ran").is_empty(), "nothing ran");
     let (_, h) = b.get("/cmdexec/v1/projects/web/history/").await;
     assert_eq!(h["total"], 0);
-    let rejected = b
-        .audit("api POST /cmdexec/v1/projects/{project}/edges/{edge}/execute/")
+    // Audited, and found with the audit's filters.
+    let (s, page) = b
+        .get("/api/v1/audit?action=api%20POST%20/cmdexec/*&outcome=rejected&actor=admin&since=2020-01-01T00:00:00Z")
         .await;
-    assert_eq!(
-        rejected
-            .iter()
-            .filter(|e| e["outcome"] == "rejected")
-            .count(),
-        15
-    );
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["total"], 15, "{page}");
+    for bad in [
+        "since=yesterday",
+        "action=a*b*",
+        "outcome=",
+        "since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z",
+        "colour=red",
+    ] {
+        let (s, v) = b.get(&format!("/api/v1/audit?{bad}")).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
 }
 
 /// A cancel that could not reach the node (its link died without a word) is

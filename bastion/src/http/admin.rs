@@ -5,7 +5,7 @@ use axum::extract::State;
 use http::StatusCode;
 use postern_api::admin::{
     self as dto, AuditPage, CreateEdge, CreateEnrollmentToken, CreateProject,
-    EnrollmentTokenCreated, NodeState, PageQuery,
+    EnrollmentTokenCreated, NodeState,
 };
 use postern_api::{ErrorBody, validate};
 use serde_json::json;
@@ -717,10 +717,15 @@ pub async fn revoke_enrollment_token(
     params(
         ("limit" = Option<i64>, Query, description = "Entries in the page, 1 to 100; default 10", minimum = 1, maximum = 100),
         ("offset" = Option<i64>, Query, description = "Entries to skip; default 0", minimum = 0),
+        ("action" = Option<String>, Query, description = "Only this action (`cmdexec.execute`), or actions starting with a prefix ending in `*` (`cmdexec.*`)", max_length = 200),
+        ("actor" = Option<String>, Query, description = "Only what this user did", max_length = 200),
+        ("outcome" = Option<String>, Query, description = "Only this outcome (`ok`, `denied`, `failed`, `rejected`, `not_found`, `error`, …)", max_length = 200),
+        ("since" = Option<String>, Query, description = "Only entries at or after this time (RFC 3339, e.g. 2026-11-30T12:00:00Z)"),
+        ("until" = Option<String>, Query, description = "Only entries before this time (RFC 3339)"),
     ),
     responses(
-        (status = 200, description = "A page of entries", body = AuditPage),
-        (status = 400, description = "limit or offset out of range, not a number, or an unknown query parameter", body = ErrorBody),
+        (status = 200, description = "A page of the entries that pass every filter given; `total` counts them all", body = AuditPage),
+        (status = 400, description = "limit or offset out of range, a filter that is empty, too long or not a time, since not before until, or an unknown query parameter", body = ErrorBody),
         (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
         (status = 403, description = "Only an org_admin may read the audit log", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
@@ -730,13 +735,14 @@ pub async fn revoke_enrollment_token(
 pub async fn audit_page(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(q): ApiQuery<PageQuery>,
+    ApiQuery(q): ApiQuery<dto::AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
     require(&caller, Action::ReadAudit)?;
     let (limit, offset) = q.bounds()?;
+    let filter = q.filter().map_err(ApiError::BadRequest)?;
     let (total, entries) = state
         .audit
-        .page(Some(&caller.principal.org_id), limit, offset)
+        .page_filtered(Some(&caller.principal.org_id), &filter, limit, offset)
         .await?;
     Ok(Json(AuditPage {
         total,
