@@ -351,10 +351,12 @@ pub async fn get_node(
     request_body = dto::SetNodeLabels,
     responses(
         (status = 200, description = "The node as it is now", body = dto::Node),
-        (status = 400, description = "A key or value that is not a label, or more than 64 labels", body = ErrorBody),
+        (status = 400, description = "A key or value that is not a label, more than 64 labels, malformed JSON or an unknown field", body = ErrorBody),
         (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
         (status = 403, description = "The caller's role on the project may not manage it (needs project_admin or org_admin)", body = ErrorBody),
         (status = 404, description = "No such project visible to the caller, edge, or node", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 503, description = "The database is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
     ),
     security(("bearer" = []))
