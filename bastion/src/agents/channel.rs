@@ -121,7 +121,8 @@ pub(super) async fn run(
         .initial_connection_window_size(postern_api::agent::CONNECTION_WINDOW)
         .max_frame_size(postern_api::agent::MAX_FRAME)
         .handshake::<_, super::AgentBody>(TokioIo::new(tls));
-    let (sender, conn) = match tokio::time::timeout(s.handshake_timeout, handshake).await {
+    let (sender, conn) = match Box::pin(tokio::time::timeout(s.handshake_timeout, handshake)).await
+    {
         Ok(Ok(pair)) => pair,
         _ => {
             inc(&shared.metrics.handshake_failures);
@@ -141,7 +142,7 @@ pub(super) async fn run(
     });
     let conn_id = agent.conn_id;
     let node_id = node.id.clone();
-    if !register_live(&shared, &agent).await {
+    if !Box::pin(register_live(&shared, &agent)).await {
         inc(&shared.metrics.agents_refused);
         tracing::info!(%peer, node = %node_id, "node disabled, deleted or unreadable as its channel came up; closing");
         return;
@@ -152,59 +153,16 @@ pub(super) async fn run(
     let link = NodeLink::local(agent.clone());
     let mut conn = std::pin::pin!(conn);
     // Bookkeeping runs beside the connection so the channel is served meanwhile.
+    // Its steps are boxed: this task lives as long as the channel, once per
+    // node, and its size is the largest of what it awaits; boxed, what runs
+    // once takes memory only while it runs.
     let bookkeeping = async {
-        let now = now_ms();
-        if node.state == NodeState::Approved {
-            let _ = shared.store.mark_provisioned(&node_id).await;
-        }
-        let _ = shared
-            .store
-            .touch_nodes(std::slice::from_ref(&node_id), now)
-            .await;
-        let mut kube_node_keys = false;
-        match client::health(&link, s.agent_call_timeout).await {
-            Ok(h) => {
-                kube_node_keys = h.kube_node_keys;
-                // The agent's word: bounded and printable before it is stored.
-                let version = postern_api::validate::peer_line(&h.agent_version, 64);
-                if node.agent_version.as_deref() != Some(version.as_str()) {
-                    let _ = shared.store.set_agent_version(&node_id, &version).await;
-                }
-                if let Err(e) = shared
-                    .store
-                    .set_kube_gateway(&node_id, h.kube_gateway)
-                    .await
-                {
-                    tracing::warn!(node = %node_id, error = %e, "cannot record whether the agent is a Kubernetes gateway");
-                }
-                // The agent's labels, checked again here: a bad one is dropped
-                // (and said so), never stored or matched.
-                let mut labels = h.labels;
-                labels.retain(|k, v| {
-                    let ok = postern_api::labels::validate_key(k).is_ok()
-                        && postern_api::labels::validate_value(v).is_ok();
-                    if !ok {
-                        tracing::warn!(node = %node_id, label = %postern_api::validate::peer_text(k, 80), "the agent reported a label that is not valid; ignoring it");
-                    }
-                    ok
-                });
-                if labels.len() > postern_api::labels::MAX_LABELS {
-                    tracing::warn!(node = %node_id, n = labels.len(), "the agent reported too many labels; keeping the first {}", postern_api::labels::MAX_LABELS);
-                    labels = labels
-                        .into_iter()
-                        .take(postern_api::labels::MAX_LABELS)
-                        .collect();
-                }
-                record_labels(&shared, &node, labels).await;
-            }
-            Err(e) => tracing::debug!(node = %node_id, error = %e, "agent health call failed"),
-        }
-        release_stored_results(&shared, &link).await;
+        let kube_node_keys = Box::pin(first_contact(&shared, &link, &node)).await;
         if kube_node_keys {
             // Until the channel ends: the select below drops this future with it.
-            super::kube_keys::follow(&shared, &link, &node_id).await;
+            Box::pin(super::kube_keys::follow(&shared, &link, &node_id)).await;
         } else if node.kube_keys.is_some() {
-            super::kube_keys::forget(&shared, &node_id).await;
+            Box::pin(super::kube_keys::forget(&shared, &node_id)).await;
         }
         std::future::pending::<()>().await;
     };
@@ -218,7 +176,7 @@ pub(super) async fn run(
         _ = cancel.cancelled() => false,
         _ = bookkeeping => false,
     };
-    shared.fleet.unregister(&node_id, conn_id).await;
+    Box::pin(shared.fleet.unregister(&node_id, conn_id)).await;
     drop(link);
     drop(agent);
     if !ended_by_peer && shared.shutdown.is_cancelled() {
@@ -227,11 +185,69 @@ pub(super) async fn run(
         // to flush before the socket closes.
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut conn).await;
     }
+    let _ = Box::pin(
+        shared
+            .store
+            .touch_nodes(std::slice::from_ref(&node_id), now_ms()),
+    )
+    .await;
+    tracing::debug!(node = %node_id, "agent channel down");
+}
+
+/// What the bastion does once when a channel comes up: the node is marked
+/// provisioned and seen, its agent's health read (version, capabilities,
+/// labels), and results it still spools but the store holds released.
+/// Answers whether the agent reads keys from Kubernetes.
+async fn first_contact(
+    shared: &Arc<Shared>,
+    link: &NodeLink,
+    node: &crate::store::NodeRow,
+) -> bool {
+    let node_id = &node.id;
+    let now = now_ms();
+    if node.state == NodeState::Approved {
+        let _ = shared.store.mark_provisioned(node_id).await;
+    }
     let _ = shared
         .store
-        .touch_nodes(std::slice::from_ref(&node_id), now_ms())
+        .touch_nodes(std::slice::from_ref(node_id), now)
         .await;
-    tracing::debug!(node = %node_id, "agent channel down");
+    let mut kube_node_keys = false;
+    match client::health(link, shared.settings.agent_call_timeout).await {
+        Ok(h) => {
+            kube_node_keys = h.kube_node_keys;
+            // The agent's word: bounded and printable before it is stored.
+            let version = postern_api::validate::peer_line(&h.agent_version, 64);
+            if node.agent_version.as_deref() != Some(version.as_str()) {
+                let _ = shared.store.set_agent_version(node_id, &version).await;
+            }
+            if let Err(e) = shared.store.set_kube_gateway(node_id, h.kube_gateway).await {
+                tracing::warn!(node = %node_id, error = %e, "cannot record whether the agent is a Kubernetes gateway");
+            }
+            // The agent's labels, checked again here: a bad one is dropped
+            // (and said so), never stored or matched.
+            let mut labels = h.labels;
+            labels.retain(|k, v| {
+                let ok = postern_api::labels::validate_key(k).is_ok()
+                    && postern_api::labels::validate_value(v).is_ok();
+                if !ok {
+                    tracing::warn!(node = %node_id, label = %postern_api::validate::peer_text(k, 80), "the agent reported a label that is not valid; ignoring it");
+                }
+                ok
+            });
+            if labels.len() > postern_api::labels::MAX_LABELS {
+                tracing::warn!(node = %node_id, n = labels.len(), "the agent reported too many labels; keeping the first {}", postern_api::labels::MAX_LABELS);
+                labels = labels
+                    .into_iter()
+                    .take(postern_api::labels::MAX_LABELS)
+                    .collect();
+            }
+            record_labels(shared, node, labels).await;
+        }
+        Err(e) => tracing::debug!(node = %node_id, error = %e, "agent health call failed"),
+    }
+    release_stored_results(shared, link).await;
+    kube_node_keys
 }
 
 /// Labels an agent reports are taken as they are until the node is first

@@ -94,7 +94,12 @@ async fn handle(
     enrollments: Arc<Semaphore>,
     enroll_sources: crate::limits::PerSource,
 ) {
-    let handshake = tokio::time::timeout(shared.settings.handshake_timeout, acceptor.accept(tcp));
+    // Boxed, as every step that runs once: this task lives as long as the
+    // channel, and its size is the largest of what it awaits.
+    let handshake = Box::pin(tokio::time::timeout(
+        shared.settings.handshake_timeout,
+        acceptor.accept(tcp),
+    ));
     let tls = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
         r = handshake => match r {
@@ -123,18 +128,18 @@ async fn handle(
             let Some(_source) = enroll_sources.admit(peer.ip()) else {
                 inc(&shared.metrics.enrollments_rejected_full);
                 tracing::warn!(%peer, "too many enrollments at once from one address; refusing this one");
-                enroll::serve_busy(tls).await;
+                Box::pin(enroll::serve_busy(tls)).await;
                 return;
             };
             let Ok(enroll_permit) = enrollments.try_acquire_owned() else {
                 inc(&shared.metrics.enrollments_rejected_full);
                 tracing::warn!(%peer, "too many enrollments at once; refusing this one");
-                enroll::serve_busy(tls).await;
+                Box::pin(enroll::serve_busy(tls)).await;
                 return;
             };
             // From here the connection counts against enrollment's pool only.
             drop(permit);
-            enroll::serve(tls, peer, shared).await;
+            Box::pin(enroll::serve(tls, peer, shared)).await;
             drop(enroll_permit);
         }
         _ => {

@@ -208,7 +208,9 @@ async fn insert_events(
     events: &[(String, ExecEvent)],
     now: i64,
 ) -> Result<()> {
-    for chunk in events.chunks(200) {
+    // 4 values a row: 48 rows a statement (binding costs the square of the
+    // parameters on SQLite).
+    for chunk in events.chunks(48) {
         let q = format!(
             "INSERT INTO exec_events (exec_id, kind, body, created_at) VALUES {}",
             values_list(chunk.len(), 4)
@@ -368,8 +370,11 @@ impl Store {
             .bind(e.cancel_requested_at)
             .execute(&mut *tx)
             .await?;
-        // 16 columns a row; 60 rows keep a statement under SQLite's 999 parameters.
-        for chunk in results.chunks(60) {
+        // 16 columns a row. SQLite finds each of a statement's parameters by
+        // a linear search of its names (sqlite3_bind_parameter_name), so a
+        // statement's binding costs the square of its parameters: 12 rows
+        // (192 parameters) a statement, not the 999 SQLite would allow.
+        for chunk in results.chunks(12) {
             let mut q = format!("INSERT INTO exec_results ({RESULT_COLS}) VALUES ");
             for i in 0..chunk.len() {
                 if i > 0 {
@@ -460,8 +465,9 @@ impl Store {
         let now = crate::clock::now_ms();
         let mut tx = self.write_tx().await?;
         let mut events: Vec<(String, ExecEvent)> = Vec::new();
-        // 4 values a row: 200 rows keep a statement under SQLite's 999 parameters.
-        for chunk in started.chunks(200) {
+        // Statements of about 200 parameters: binding one costs the square of
+        // its parameters on SQLite (see insert_execution_owned).
+        for chunk in started.chunks(64) {
             let q = format!(
                 "UPDATE exec_results SET status = 'running', started_at = v.column3 FROM (VALUES {}) AS v
                  WHERE exec_results.exec_id = v.column1 AND exec_results.node_id = v.column2
@@ -493,8 +499,8 @@ impl Store {
                 .into_iter()
                 .map(|(e, ev)| (e.to_string(), ev.clone())),
         );
-        // 16 values a row, as RESULT_COLS: 60 rows a statement.
-        for chunk in finished.chunks(60) {
+        // 16 values a row, as RESULT_COLS: 12 rows a statement.
+        for chunk in finished.chunks(12) {
             let q = format!(
                 "UPDATE exec_results SET hostname = v.column3, status = v.column4, exit_code = v.column5,
                    error = v.column6, stdout = v.column7, stdout_truncated = v.column8,
