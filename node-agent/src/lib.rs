@@ -8,6 +8,7 @@
 
 pub mod backoff;
 pub mod channel;
+pub mod doctor;
 pub mod enroll;
 pub mod exec;
 /// Files that hold secrets (shared with the bastion).

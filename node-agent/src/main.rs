@@ -46,6 +46,19 @@ enum Cmd {
         #[arg(long, default_value = "/var/lib/postern-agent")]
         data_dir: PathBuf,
     },
+    /// Check this node as sshd and the bastion will (its identity, the bastion,
+    /// sshd's AuthorizedKeysCommand and the helper's path, the keys socket), and
+    /// say what to fix. Exits 1 if a check fails. Run it as root.
+    Doctor {
+        #[arg(long, default_value = "/var/lib/postern-agent")]
+        data_dir: PathBuf,
+        /// The sshd to ask (`sshd -T`).
+        #[arg(long, default_value = "/usr/sbin/sshd")]
+        sshd: PathBuf,
+        /// The sshd configuration file to check (sshd's own default otherwise).
+        #[arg(long)]
+        sshd_config: Option<PathBuf>,
+    },
     /// Keep the channel to the bastion up (the systemd service runs this).
     Run {
         #[arg(long, default_value = "/var/lib/postern-agent")]
@@ -125,6 +138,31 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logs(&cli.log_format);
     match cli.cmd {
+        Cmd::Doctor {
+            data_dir,
+            sshd,
+            sshd_config,
+        } => {
+            let checks = postern_agent::doctor::run(&postern_agent::doctor::DoctorOptions {
+                data_dir,
+                sshd,
+                sshd_config,
+                timeout: Duration::from_secs(5),
+            })
+            .await;
+            for c in &checks {
+                let mark = if c.ok { "ok  " } else { "FAIL" };
+                let mut lines = c.detail.lines();
+                println!("{mark} {:<12} {}", c.name, lines.next().unwrap_or_default());
+                for l in lines {
+                    println!("{:17} {l}", "");
+                }
+            }
+            if checks.iter().any(|c| !c.ok) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Join {
             controller,
             token,

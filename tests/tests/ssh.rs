@@ -478,3 +478,83 @@ async fn stalled_channels_do_not_block_others_on_the_same_connection_or_node() {
         let _ = c.wait();
     }
 }
+
+/// `postern-agent doctor` on a real node: all checks pass against its real
+/// sshd; a keys helper in a group-writable directory (which sshd would refuse,
+/// leaving users with "Permission denied") and a stopped agent are each found
+/// and explained, and the exit status says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_finds_what_sshd_would_refuse() {
+    use std::os::unix::fs::PermissionsExt;
+    let b = Bastion::start(BastionOpts::default()).await;
+    let h = InstalledHelper::install();
+    let mut node = Node::start(&b, &h, "doc").await;
+    let sshd_dir = b.dir.path().join("doc-sshd");
+    let agent_dir = node.agent.data_dir.clone();
+    let doctor = |config: &std::path::Path| {
+        let out = Command::new(postern_tests::bin("postern-agent"))
+            .arg("doctor")
+            .arg("--data-dir")
+            .arg(&agent_dir)
+            .arg("--sshd-config")
+            .arg(config)
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stdout))
+    };
+    let (code, report) = doctor(&sshd_dir.join("sshd_config"));
+    assert_eq!(code, Some(0), "{report}");
+    for check in ["identity", "bastion", "sshd", "keys helper", "keys socket"] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with("ok") && l.contains(check)),
+            "{check}: {report}"
+        );
+    }
+
+    // The same helper, from a directory anyone may write: sshd would not run it.
+    let bad_dir =
+        std::path::PathBuf::from(format!("/run/postern-tests/doctor-{}", std::process::id()));
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    std::fs::set_permissions(&bad_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let bad_helper = bad_dir.join("postern-keys");
+    std::fs::copy(&h.path, &bad_helper).unwrap();
+    let config = std::fs::read_to_string(sshd_dir.join("sshd_config"))
+        .unwrap()
+        .replace(
+            &h.path.display().to_string(),
+            &bad_helper.display().to_string(),
+        );
+    let bad_config = sshd_dir.join("sshd_config.bad");
+    std::fs::write(&bad_config, config).unwrap();
+    let (code, report) = doctor(&bad_config);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report.contains("FAIL keys helper") && report.contains("writable by group or others"),
+        "{report}"
+    );
+
+    // sshd not asking postern-keys at all: the fix is printed.
+    let none = sshd_dir.join("sshd_config.none");
+    let config = std::fs::read_to_string(sshd_dir.join("sshd_config")).unwrap();
+    let config: String = config
+        .lines()
+        .filter(|l| !l.starts_with("AuthorizedKeysCommand"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&none, config).unwrap();
+    let (code, report) = doctor(&none);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report.contains("AuthorizedKeysCommand /usr/local/bin/postern-keys --data-dir"),
+        "{report}"
+    );
+
+    // The agent stopped: sshd's helper would get only the grants on file.
+    node.agent.stop();
+    let (code, report) = doctor(&sshd_dir.join("sshd_config"));
+    assert_eq!(code, Some(1), "{report}");
+    assert!(report.contains("FAIL keys socket"), "{report}");
+    let _ = std::fs::remove_dir_all(&bad_dir);
+}
