@@ -615,6 +615,22 @@ impl ExecEvent {
     }
 }
 
+/// One server-sent event of an execution's stream, as its fields arrive on the
+/// wire (`id:`, `event:`, `data:` lines): `data` is an [`ExecEvent`] as JSON,
+/// whose `event` is the same as this `event`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecEventFrame {
+    /// What to send as Last-Event-ID to resume after this event; absent on
+    /// `lagged`, which is not stored.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `node_started`, `output`, `output_truncated`, `node_finished`,
+    /// `execution_finished` or `lagged`.
+    pub event: String,
+    /// The event as JSON (see ExecEvent).
+    pub data: String,
+}
+
 /// What `POST …/execution/{id}/cancel` did.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CancelResponse {

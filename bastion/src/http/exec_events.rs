@@ -20,7 +20,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use http::HeaderMap;
 use postern_api::ErrorBody;
-use postern_api::cmdexec::{CancelResponse, ExecEvent};
+use postern_api::cmdexec::{CancelResponse, ExecEvent, ExecEventFrame};
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -170,7 +170,7 @@ fn last_event_id(headers: &HeaderMap) -> Result<i64, ApiError> {
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event (its `id:`); absent: from the first event", pattern = "^[0-9]{0,18}$"),
     ),
     responses(
-        (status = 200, description = "A text/event-stream: `event:` is the event's name, `data:` the event as JSON (see ExecEvent), `id:` what to send as Last-Event-ID to resume. Events so far are replayed, then new ones follow; the stream ends after `execution_finished`. A `lagged` event (no id) says the reader is more than a page behind and catching up; nothing is lost.", body = ExecEvent, content_type = "text/event-stream"),
+        (status = 200, description = "A text/event-stream: `event:` is the event's name, `data:` the event as JSON (see ExecEvent),`id:` what to send as Last-Event-ID to resume. Events so far are replayed, then new ones follow; the stream ends after `execution_finished`. A `lagged` event (no id) says the reader is more than a page behind and catching up; nothing is lost.", body = ExecEventFrame, content_type = "text/event-stream"),
         (status = 204, description = "The execution has finished and the reader has every event (Last-Event-ID is its last): nothing more will come"),
         (status = 400, description = "Last-Event-ID is not an event id", body = ErrorBody),
         (status = 401, description = "Missing or invalid API token", body = ErrorBody),
