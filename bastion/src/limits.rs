@@ -4,6 +4,7 @@
 //! dropped.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -24,52 +25,70 @@ pub fn source_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Counts per source (see [`source_key`]), with a guard that gives the place back.
+/// Counts per key (a source address, a user), with a guard that gives the
+/// place back when dropped.
 #[derive(Debug, Clone)]
-pub struct PerSource {
+pub struct PerKey<K> {
     max: usize,
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    counts: Arc<Mutex<HashMap<K, usize>>>,
 }
 
+/// A place held at a [`PerKey`].
 #[derive(Debug)]
-pub struct SourceGuard {
-    ip: IpAddr,
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+pub struct KeyGuard<K: Eq + Hash> {
+    key: K,
+    counts: Arc<Mutex<HashMap<K, usize>>>,
 }
 
-impl Drop for SourceGuard {
+impl<K: Eq + Hash> Drop for KeyGuard<K> {
     fn drop(&mut self) {
         let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
+        if let Some(n) = m.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                m.remove(&self.ip);
+                m.remove(&self.key);
             }
         }
     }
 }
 
-impl PerSource {
-    pub fn new(max: usize) -> PerSource {
-        PerSource {
+impl<K: Eq + Hash + Clone> PerKey<K> {
+    pub fn new(max: usize) -> PerKey<K> {
+        PerKey {
             max,
             counts: Arc::default(),
         }
     }
 
-    /// A place for `ip`, or `None` when it holds its maximum already.
-    pub fn admit(&self, ip: IpAddr) -> Option<SourceGuard> {
-        let ip = source_key(ip);
+    /// A place for `key`, or `None` when it holds its maximum already.
+    pub fn admit(&self, key: K) -> Option<KeyGuard<K>> {
         let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(ip).or_insert(0);
+        let n = m.entry(key.clone()).or_insert(0);
         if *n >= self.max {
             return None;
         }
         *n += 1;
-        Some(SourceGuard {
-            ip,
+        Some(KeyGuard {
+            key,
             counts: self.counts.clone(),
         })
+    }
+}
+
+/// Counts per source address (see [`source_key`]).
+#[derive(Debug, Clone)]
+pub struct PerSource(PerKey<IpAddr>);
+
+pub type SourceGuard = KeyGuard<IpAddr>;
+
+impl PerSource {
+    pub fn new(max: usize) -> PerSource {
+        PerSource(PerKey::new(max))
+    }
+
+    /// A place for `ip`, or `None` when its source holds its maximum already.
+    pub fn admit(&self, ip: IpAddr) -> Option<SourceGuard> {
+        self.0.admit(source_key(ip))
     }
 }
 

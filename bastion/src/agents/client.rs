@@ -45,6 +45,16 @@ pub fn full(data: impl Into<Bytes>) -> AgentBody {
         .boxed()
 }
 
+/// A request to the agent: `path` (with its query) and a JSON body.
+fn request(method: Method, path: &str, body: Bytes) -> Result<Request<AgentBody>, CallError> {
+    Request::builder()
+        .method(method)
+        .uri(format!("http://agent{path}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(full(body))
+        .map_err(|e| CallError::Body(e.to_string()))
+}
+
 pub async fn call_json<Req: Serialize, Resp: DeserializeOwned>(
     agent: &NodeLink,
     method: Method,
@@ -70,13 +80,7 @@ pub async fn call_json_limited<Req: Serialize, Resp: DeserializeOwned>(
             Some(b) => serde_json::to_vec(b).map_err(|e| CallError::Body(e.to_string()))?,
             None => Vec::new(),
         };
-        let req = Request::builder()
-            .method(method)
-            .uri(format!("http://agent{path}"))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(full(payload))
-            .map_err(|e| CallError::Body(e.to_string()))?;
-        let resp = agent.send(req).await?;
+        let resp = agent.send(request(method, path, payload.into())?).await?;
         let status = resp.status();
         let bytes = Limited::new(resp.into_body(), max_answer)
             .collect()
@@ -179,16 +183,7 @@ pub async fn call_lines(
     max_line: usize,
 ) -> Result<StreamAnswer, CallError> {
     let started = tokio::time::Instant::now();
-    let fut = async {
-        let payload = body;
-        let req = Request::builder()
-            .method(method)
-            .uri(format!("http://agent{path}"))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(full(payload))
-            .map_err(|e| CallError::Body(e.to_string()))?;
-        agent.send(req).await
-    };
+    let fut = async { agent.send(request(method, path, body)?).await };
     let resp = tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| CallError::Timeout(timeout))??;

@@ -189,6 +189,15 @@ struct LiveOffsets {
     stderr: u64,
 }
 
+impl LiveOffsets {
+    fn of(&mut self, stream: OutputStream) -> &mut u64 {
+        match stream {
+            OutputStream::Stdout => &mut self.stdout,
+            OutputStream::Stderr => &mut self.stderr,
+        }
+    }
+}
+
 async fn run(
     shared: &Arc<Shared>,
     engine: &Engine,
@@ -407,10 +416,7 @@ async fn follow(
                 offset,
                 data,
             } => {
-                let at = match stream {
-                    OutputStream::Stdout => &mut offsets.stdout,
-                    OutputStream::Stderr => &mut offsets.stderr,
-                };
+                let at = offsets.of(stream);
                 // Only what follows what was already stored: a resumed stream
                 // may repeat, and an agent must not grow the store past its cap.
                 let end = offset.saturating_add(data.len() as u64);
@@ -428,10 +434,7 @@ async fn follow(
                 }
             }
             AgentStreamLine::Cut { stream, offset } => {
-                let at = match stream {
-                    OutputStream::Stdout => &mut offsets.stdout,
-                    OutputStream::Stderr => &mut offsets.stderr,
-                };
+                let at = offsets.of(stream);
                 if offset != *at {
                     continue;
                 }

@@ -66,6 +66,11 @@ pub enum SubmitError {
     Audit(#[from] crate::audit::AuditError),
 }
 
+/// Wakes this replica's live streams: events were committed.
+pub(crate) fn events_committed(events: &tokio::sync::watch::Sender<u64>) {
+    events.send_modify(|g| *g = g.wrapping_add(1));
+}
+
 /// How long an execution's lease lasts without renewal: a dead replica's
 /// executions are taken over after this.
 pub const EXEC_LEASE: Duration = Duration::from_secs(15);
@@ -322,7 +327,7 @@ impl Engine {
             .insert_execution_owned(&exec, &results, owner)
             .await?;
 
-        shared.exec_events.send_modify(|g| *g = g.wrapping_add(1));
+        events_committed(&shared.exec_events);
         let (max_concurrency, max_errors) = (exec.max_concurrency, exec.max_errors);
         if runnable.is_empty() {
             self.audit_results(shared, &exec_id).await;
@@ -408,7 +413,7 @@ impl Engine {
             if let Err(e) = shared.store.finish_execution(id, now_ms()).await {
                 tracing::warn!(exec_id = %id, error = %e, "cannot mark execution finished");
             } else {
-                shared.exec_events.send_modify(|g| *g = g.wrapping_add(1));
+                events_committed(&shared.exec_events);
                 self.audit_results(shared, id).await;
             }
         }
@@ -530,7 +535,7 @@ impl Engine {
             if let Err(e) = shared.store.finish_execution(exec_id, now_ms()).await {
                 tracing::warn!(exec_id, error = %e, "cannot mark execution finished");
             }
-            shared.exec_events.send_modify(|g| *g = g.wrapping_add(1));
+            events_committed(&shared.exec_events);
             self.audit_results(shared, exec_id).await;
         }
     }

@@ -65,7 +65,7 @@ pub(super) async fn run(
         }
         if write_batch(&store, &mut batch).await {
             // Readers of live streams look for what was just committed.
-            events.send_modify(|g| *g = g.wrapping_add(1));
+            super::events_committed(&events);
         }
     }
 }

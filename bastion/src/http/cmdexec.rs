@@ -207,18 +207,19 @@ pub async fn execute(
         )));
     }
     // A repeated key returns the first execution instead of running again.
+    let idem = idempotency_key.as_deref().map(|key| IdempotencyKey {
+        org_id: &caller.principal.org_id,
+        username: &caller.principal.user_name,
+        key,
+    });
     let mut claimed = None;
-    if let Some(key) = &idempotency_key {
+    if let Some(idem) = &idem {
         let sha = request_hash(&p.id, &e.id, &req);
         let exec_id = crate::store::new_id();
         let claim = state
             .store
             .claim_idempotency_key(
-                &IdempotencyKey {
-                    org_id: &caller.principal.org_id,
-                    username: &caller.principal.user_name,
-                    key,
-                },
+                idem,
                 &sha,
                 &exec_id,
                 crate::clock::now_ms(),
@@ -226,7 +227,7 @@ pub async fn execute(
             )
             .await?;
         match claim {
-            IdempotencyClaim::Claimed => claimed = Some((key.clone(), exec_id)),
+            IdempotencyClaim::Claimed => claimed = Some(exec_id),
             IdempotencyClaim::Held {
                 request_sha256,
                 exec_id,
@@ -255,25 +256,15 @@ pub async fn execute(
         selector: selector.map(|s| s.to_string()),
         max_concurrency,
         max_errors,
-        exec_id: claimed.as_ref().map(|(_, id)| id.clone()),
+        exec_id: claimed.clone(),
     };
     let submitted = state.cmdexec.submit(&state, submission).await;
     let resp = match submitted {
         Ok(r) => r,
         Err(err) => {
-            if let Some((key, exec_id)) = &claimed {
+            if let (Some(idem), Some(exec_id)) = (&idem, &claimed) {
                 // Nothing was stored or run: the key is free for the retry.
-                let _ = state
-                    .store
-                    .release_idempotency_key(
-                        &IdempotencyKey {
-                            org_id: &caller.principal.org_id,
-                            username: &caller.principal.user_name,
-                            key,
-                        },
-                        exec_id,
-                    )
-                    .await;
+                let _ = state.store.release_idempotency_key(idem, exec_id).await;
             }
             return Err(match err {
                 SubmitError::Store(e) => ApiError::from(e),
@@ -292,6 +283,19 @@ pub async fn execute(
             .collect();
     });
     Ok((StatusCode::ACCEPTED, Json(resp)).into_response())
+}
+
+/// Whether `id` could be an exec ID at all: anything else is not looked up.
+pub(super) fn plausible_exec_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// The 404 of an execution not in this edge (the ID it names, bounded).
+pub(super) fn execution_not_found(exec_id: &str, edge: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "execution {:?} not found in edge {edge:?}",
+        validate::peer_text(exec_id, 80)
+    ))
 }
 
 /// How long an Idempotency-Key holds.
@@ -487,17 +491,8 @@ pub async fn execution(
     let (limit, offset) = q.bounds()?;
     let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
-    let not_found = || {
-        ApiError::NotFound(format!(
-            "execution {exec_id:?} not found in edge {:?}",
-            e.name
-        ))
-    };
-    if exec_id.len() > 64
-        || !exec_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
+    let not_found = || execution_not_found(&exec_id, &e.name);
+    if !plausible_exec_id(&exec_id) {
         return Err(not_found());
     }
     // Held from the read until the answer has been sent.

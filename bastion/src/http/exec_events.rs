@@ -9,9 +9,9 @@
 //! this replica's commits wake its readers at once, another's are found within
 //! a second.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -30,6 +30,7 @@ use super::{ApiError, AppState};
 use crate::audit::Event;
 use crate::authz::Action;
 use crate::clock::now_ms;
+use crate::limits::{KeyGuard, PerKey};
 use crate::store::{ExecutionRow, StoredEvent};
 
 /// Live streams open at once, for the bastion and for one user.
@@ -45,14 +46,14 @@ const POLL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct StreamPermits {
     global: Arc<Semaphore>,
-    per_user: Arc<Mutex<HashMap<String, usize>>>,
+    per_user: PerKey<String>,
 }
 
 impl Default for StreamPermits {
     fn default() -> Self {
         StreamPermits {
             global: Arc::new(Semaphore::new(STREAMS_GLOBAL)),
-            per_user: Arc::default(),
+            per_user: PerKey::new(STREAMS_PER_USER),
         }
     }
 }
@@ -60,42 +61,25 @@ impl Default for StreamPermits {
 /// Held for as long as one stream is open.
 #[derive(Debug)]
 pub struct StreamPermit {
+    _user: KeyGuard<String>,
     _global: OwnedSemaphorePermit,
-    user: String,
-    per_user: Arc<Mutex<HashMap<String, usize>>>,
-}
-
-impl Drop for StreamPermit {
-    fn drop(&mut self) {
-        let mut m = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.user);
-            }
-        }
-    }
 }
 
 impl StreamPermits {
     pub fn acquire(&self, user: &str) -> Result<StreamPermit, ApiError> {
-        let mut m = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.get(user).copied().unwrap_or(0);
-        if n >= STREAMS_PER_USER {
-            return Err(ApiError::TooManyRequests(format!(
+        let user = self.per_user.admit(user.to_string()).ok_or_else(|| {
+            ApiError::TooManyRequests(format!(
                 "you have {STREAMS_PER_USER} live execution streams open already; close one first"
-            )));
-        }
+            ))
+        })?;
         let global = self.global.clone().try_acquire_owned().map_err(|_| {
             ApiError::TooManyRequests(format!(
                 "the bastion has {STREAMS_GLOBAL} live execution streams open; retry in a few seconds"
             ))
         })?;
-        m.insert(user.to_string(), n + 1);
         Ok(StreamPermit {
+            _user: user,
             _global: global,
-            user: user.to_string(),
-            per_user: self.per_user.clone(),
         })
     }
 }
@@ -111,19 +95,8 @@ async fn execution_in(
 ) -> Result<ExecutionRow, ApiError> {
     let p = resolve_project(state, caller, project, action).await?;
     let e = resolve_edge(state, &p, edge).await?;
-    let not_found = || {
-        ApiError::NotFound(format!(
-            "execution {:?} not found in edge {:?}",
-            postern_api::validate::peer_text(exec_id, 80),
-            e.name
-        ))
-    };
-    if exec_id.is_empty()
-        || exec_id.len() > 64
-        || !exec_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
+    let not_found = || super::cmdexec::execution_not_found(exec_id, &e.name);
+    if !super::cmdexec::plausible_exec_id(exec_id) {
         return Err(not_found());
     }
     let x = state

@@ -183,6 +183,13 @@ pub fn node_finished_event(r: &ResultRow) -> ExecEvent {
     }
 }
 
+/// The (exec ID, node ID) pairs an `UPDATE … RETURNING exec_id, node_id` changed.
+fn changed_rows(rows: Vec<sqlx::any::AnyRow>) -> std::collections::HashSet<(String, String)> {
+    rows.into_iter()
+        .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)))
+        .collect()
+}
+
 /// `($1,$2,…),(…)…`: `rows` rows of `cols` placeholders.
 fn values_list(rows: usize, cols: usize) -> String {
     let mut q = String::with_capacity(rows * cols * 5);
@@ -479,11 +486,7 @@ impl Store {
             for (exec_id, node_id, _, at) in chunk {
                 query = query.bind(*exec_id).bind(*node_id).bind(*at);
             }
-            let changed = query.fetch_all(&mut *tx).await?;
-            let changed: std::collections::HashSet<(String, String)> = changed
-                .into_iter()
-                .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)))
-                .collect();
+            let changed = changed_rows(query.fetch_all(&mut *tx).await?);
             for (exec_id, node_id, hostname, at) in chunk {
                 if changed.contains(&(exec_id.to_string(), node_id.to_string())) {
                     let ev = ExecEvent::NodeStarted {
@@ -517,11 +520,7 @@ impl Store {
             for r in chunk {
                 query = bind_result(query, r);
             }
-            let changed = query.fetch_all(&mut *tx).await?;
-            let changed: std::collections::HashSet<(String, String)> = changed
-                .into_iter()
-                .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)))
-                .collect();
+            let changed = changed_rows(query.fetch_all(&mut *tx).await?);
             for r in chunk {
                 if changed.contains(&(r.exec_id.clone(), r.node_id.clone())) {
                     events.push((r.exec_id.clone(), node_finished_event(r)));
