@@ -25,6 +25,25 @@ pub mod ssh;
 pub mod ssh_bench;
 pub mod swarm;
 
+/// One node's entry in an execution's answer, by hostname.
+pub fn exec_node<'a>(exec: &'a Value, host: &str) -> &'a Value {
+    exec["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["hostname"] == host)
+        .unwrap()
+}
+
+/// Running or sleeping; a zombie (killed, not yet reaped by its new parent) is not.
+pub fn pid_alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.chars().next()))
+        .flatten()
+        .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+}
+
 /// The cmdexec execute route of project `web`, edge `eu-1` (every test bastion's).
 pub const EXECUTE: &str = "/cmdexec/v1/projects/web/edges/eu-1/execute/";
 

@@ -3,26 +3,10 @@
 
 use std::time::Duration;
 
-use postern_tests::{Bastion, BastionOpts, EXECUTE as EXEC, eventually, postgres_url};
+use postern_tests::{
+    Bastion, BastionOpts, EXECUTE as EXEC, eventually, exec_node, pid_alive, postgres_url,
+};
 use serde_json::{Value, json};
-
-fn node<'a>(exec: &'a Value, host: &str) -> &'a Value {
-    exec["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["hostname"] == host)
-        .unwrap()
-}
-
-/// Running or sleeping; a zombie (killed, not yet reaped by its new parent) is not.
-fn pid_alive(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.chars().next()))
-        .flatten()
-        .is_some_and(|state| !matches!(state, 'Z' | 'X'))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exit_codes_stderr_scripts_and_clusters() {
@@ -42,7 +26,7 @@ async fn exit_codes_stderr_scripts_and_clusters() {
         .await;
     assert_eq!(done["status"], "failed");
     for h in ["alpha", "beta"] {
-        let n = node(&done, h);
+        let n = exec_node(&done, h);
         assert_eq!(
             (n["status"].as_str(), n["exit_code"].as_i64()),
             (Some("failed"), Some(3)),
@@ -60,7 +44,7 @@ async fn exit_codes_stderr_scripts_and_clusters() {
     let done = b
         .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(15))
         .await;
-    let n = node(&done, "alpha");
+    let n = exec_node(&done, "alpha");
     assert_eq!(
         (n["status"].as_str(), n["exit_code"].as_i64()),
         (Some("succeeded"), Some(0))
@@ -76,8 +60,8 @@ async fn exit_codes_stderr_scripts_and_clusters() {
     let done = b
         .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(15))
         .await;
-    assert_eq!(node(&done, "gamma")["status"], "unreachable");
-    assert_eq!(node(&done, "alpha")["status"], "succeeded");
+    assert_eq!(exec_node(&done, "gamma")["status"], "unreachable");
+    assert_eq!(exec_node(&done, "alpha")["status"], "succeeded");
 
     // Audit: the request and the responses. The responses entry is appended just
     // after the last result is stored, so it may trail the status by a moment.
@@ -122,7 +106,7 @@ async fn binary_output_round_trips_and_fails_no_neighbour_on_postgres() {
         .await;
     assert_eq!(done["status"], "succeeded", "{done}");
     for h in ["alpha", "beta", "gamma"] {
-        let n = node(&done, h);
+        let n = exec_node(&done, h);
         assert_eq!(n["stdout_encoding"], "base64", "{n}");
         assert_eq!(n["stdout"], base64_encode(b"a\0b\xff\xfe"), "{n}");
         assert_eq!(n["stderr_encoding"], "utf-8", "NUL is valid UTF-8: {n}");
@@ -162,7 +146,7 @@ async fn the_largest_kept_output_of_control_bytes_is_delivered() {
     let done = b
         .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(30))
         .await;
-    let n = node(&done, "alpha");
+    let n = exec_node(&done, "alpha");
     assert_eq!(n["status"], "succeeded", "{}", n["error"]);
     assert_eq!(
         (n["stdout_bytes"].as_u64(), n["stderr_bytes"].as_u64()),
@@ -266,7 +250,7 @@ async fn a_timeout_kills_the_whole_process_group() {
     let done = b
         .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(20))
         .await;
-    let n = node(&done, "alpha");
+    let n = exec_node(&done, "alpha");
     assert_eq!(n["status"], "timed_out", "{n}");
     assert!(n["error"].as_str().unwrap().contains("2s timeout"));
     let pid = std::fs::read_to_string(&pidfile).unwrap();
@@ -288,7 +272,7 @@ async fn fifty_megabytes_of_output_are_trimmed_with_bounded_memory() {
     let done = b
         .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(60))
         .await;
-    let n = node(&done, "chatty");
+    let n = exec_node(&done, "chatty");
     assert_eq!(n["status"], "succeeded", "{n}");
     assert_eq!(n["stdout_truncated"], true);
     let total = "FIRST-LINE\n".len() as u64 + 50_000_000 + 1 + "LAST-LINE\n".len() as u64;
@@ -664,7 +648,7 @@ async fn a_result_produced_while_the_bastion_is_down_arrives_after_restart() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     b.restart().await;
     let done = b.finished(&exec_id, Duration::from_secs(30)).await;
-    let n = node(&done, "alpha");
+    let n = exec_node(&done, "alpha");
     assert_eq!(
         (n["status"].as_str(), n["stdout"].as_str()),
         (Some("succeeded"), Some("done\n")),
@@ -702,10 +686,10 @@ async fn an_agent_killed_mid_command_ends_as_lost() {
     let done = b
         .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(20))
         .await;
-    let n = node(&done, "doomed");
+    let n = exec_node(&done, "doomed");
     assert_eq!(n["status"], "lost", "{n}");
     assert!(n["error"].as_str().unwrap().contains("did not come back"));
-    assert_eq!(node(&done, "fine")["status"], "succeeded");
+    assert_eq!(exec_node(&done, "fine")["status"], "succeeded");
 }
 
 /// A command outlives an agent killed with -9: nobody is left to enforce its
@@ -759,7 +743,7 @@ async fn a_command_left_by_a_killed_agent_is_ended_at_its_next_start() {
     let done = b
         .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(30))
         .await;
-    let n = node(&done, "alpha");
+    let n = exec_node(&done, "alpha");
     assert_eq!(n["status"], "lost", "{n}");
     assert!(n["error"].as_str().unwrap().contains("killed"), "{n}");
 }

@@ -7,19 +7,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use postern_tests::sse::{self, Sse, output_of};
-use postern_tests::{Bastion, BastionOpts, EXECUTE, eventually, http, http_with};
+use postern_tests::{
+    Bastion, BastionOpts, EXECUTE, eventually, exec_node, http, http_with, pid_alive,
+};
 use serde_json::{Value, json};
 
 const EXECUTION: &str = "/cmdexec/v1/projects/web/edges/eu-1/execution";
-
-fn node<'a>(exec: &'a Value, host: &str) -> &'a Value {
-    exec["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["hostname"] == host)
-        .unwrap()
-}
 
 fn kinds_of<'a>(events: &'a [Sse], host: &str) -> Vec<&'a str> {
     events
@@ -40,13 +33,23 @@ async fn events(b: &Bastion, exec_id: &str, last: Option<&str>) -> sse::SseReade
     .unwrap()
 }
 
-/// Running or sleeping; a zombie (killed, not yet reaped by its new parent) is not.
-fn pid_alive(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.chars().next()))
-        .flatten()
-        .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+/// A command that records, on the node, how many commands of the probe in
+/// `dir` run at once (a counter under `flock`, one line in `dir/peaks` per
+/// start), holding for `hold`.
+fn concurrency_probe(dir: &Path, hold: &str) -> String {
+    let d = dir.display();
+    format!(
+        "flock {d}/lock sh -c 'n=$(cat {d}/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > {d}/n; echo $n >> {d}/peaks'; \
+         sleep {hold}; flock {d}/lock sh -c 'n=$(cat {d}/n); echo $((n-1)) > {d}/n'"
+    )
+}
+
+/// What the probe recorded: the count of commands running at each start.
+fn peaks(dir: &Path) -> Vec<u32> {
+    lines_in(dir, "peaks")
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect()
 }
 
 fn lines_in(dir: &Path, file: &str) -> Vec<String> {
@@ -156,7 +159,7 @@ async fn live_output_in_order_late_readers_and_resume() {
     assert_eq!(e.0, 204);
     // The execution's own view agrees, and the seed's paths are unchanged.
     let done = b.finished(&exec_id, Duration::from_secs(5)).await;
-    assert_eq!(node(&done, "alpha")["exit_code"], 4);
+    assert_eq!(exec_node(&done, "alpha")["exit_code"], 4);
 
     // Bad Last-Event-ID, unknown execution, another project's reader.
     for bad in ["x", "-1", "1.5", "99999999999999999999"] {
@@ -331,7 +334,7 @@ async fn cancel_before_start_mid_run_and_after_finish() {
     let done = b.finished(&exec_id, Duration::from_secs(20)).await;
     assert_eq!(done["status"], "cancelled");
     for h in ["alpha", "beta"] {
-        let n = node(&done, h);
+        let n = exec_node(&done, h);
         assert_eq!(n["status"], "cancelled", "{n}");
         assert!(n["error"].as_str().unwrap().contains("SIGKILL"), "{n}");
         assert_eq!(n["stdout"], "running\n");
@@ -451,11 +454,7 @@ async fn max_concurrency_is_honoured_on_the_nodes_and_max_errors_stops_the_rollo
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
-    // Under a lock: count up, note the count, hold a while, count down.
-    let cmd = format!(
-        "flock {d}/lock sh -c 'n=$(cat {d}/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > {d}/n; echo $n >> {d}/peaks'; \
-         sleep 0.7; flock {d}/lock sh -c 'n=$(cat {d}/n); echo $((n-1)) > {d}/n'"
-    );
+    let cmd = concurrency_probe(dir.path(), "0.7");
     let r = b
         .execute(json!({"target_type": "cluster", "max_concurrency": "40%", "command": cmd}))
         .await;
@@ -464,10 +463,7 @@ async fn max_concurrency_is_honoured_on_the_nodes_and_max_errors_stops_the_rollo
         .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(30))
         .await;
     assert_eq!(done["status"], "succeeded");
-    let peaks: Vec<u32> = lines_in(dir.path(), "peaks")
-        .iter()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let peaks = peaks(dir.path());
     assert_eq!(peaks.len(), 5);
     assert_eq!(
         peaks.iter().max(),
@@ -856,7 +852,7 @@ async fn a_cancel_lost_on_a_dead_link_is_sent_again_after_the_reconnect() {
     assert_eq!((s, v["state"].as_str()), (200, Some("cancelling")), "{v}");
 
     let done = b.finished(&exec_id, Duration::from_secs(45)).await;
-    let n = node(&done, "far");
+    let n = exec_node(&done, "far");
     assert_eq!(n["status"], "cancelled", "{n}");
 }
 
@@ -870,11 +866,7 @@ async fn max_concurrency_holds_across_a_bastion_crash() {
         agents.push(b.agent(h).await);
     }
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    let cmd = format!(
-        "flock {d}/lock sh -c 'n=$(cat {d}/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > {d}/n; echo $n >> {d}/peaks'; \
-         sleep 3; flock {d}/lock sh -c 'n=$(cat {d}/n); echo $((n-1)) > {d}/n'"
-    );
+    let cmd = concurrency_probe(dir.path(), "3");
     let r = b
         .execute(json!({"target_type": "cluster", "max_concurrency": "2", "command": cmd}))
         .await;
@@ -888,10 +880,7 @@ async fn max_concurrency_holds_across_a_bastion_crash() {
     b.restart().await;
     let done = b.finished(&exec_id, Duration::from_secs(60)).await;
     assert_eq!(done["node_counts"]["succeeded"], 5, "{done}");
-    let peaks: Vec<u32> = lines_in(dir.path(), "peaks")
-        .iter()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let peaks = peaks(dir.path());
     assert_eq!(peaks.len(), 5, "each node ran once: {peaks:?}");
     assert!(
         peaks.iter().all(|&p| p <= 2),
