@@ -13,6 +13,7 @@ pub mod kube;
 pub mod kube_keys;
 pub mod labels;
 pub mod pubkey;
+pub mod routes;
 pub mod ssh;
 pub mod validate;
 

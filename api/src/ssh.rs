@@ -37,6 +37,35 @@ pub struct AddSshKey {
     pub public_key: String,
 }
 
+/// `GET /api/v1/ssh`: how to reach the SSH front door with its host key
+/// known in advance, so nobody trusts it on first use.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct SshEndpoint {
+    /// `host:port` users dial (`ssh -J USER@HOST:PORT …`).
+    pub address: String,
+    /// The front door's host key (`ssh-ed25519 AAAA…`), the same on every replica.
+    pub host_key: String,
+    /// A `known_hosts` line: the address as OpenSSH writes it, then the key.
+    pub known_hosts: String,
+    /// The caller's user name: the login at the bastion.
+    pub user: String,
+}
+
+/// `host:port` as OpenSSH names it in `known_hosts`: the bare host for port
+/// 22, `[host]:port` otherwise.
+pub fn known_hosts_name(address: &str) -> String {
+    let (host, port) = match address.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() && (!h.contains(':') || h.starts_with('[')) => {
+            (h.trim_start_matches('[').trim_end_matches(']'), p)
+        }
+        _ => (address.trim_start_matches('[').trim_end_matches(']'), "22"),
+    };
+    match port {
+        "22" => host.to_string(),
+        p => format!("[{host}]:{p}"),
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SshKey {
     pub id: String,
@@ -284,6 +313,21 @@ pub fn break_glass_line(key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_hosts_names_follow_openssh() {
+        assert_eq!(known_hosts_name("127.0.0.1:2222"), "[127.0.0.1]:2222");
+        assert_eq!(
+            known_hosts_name("bastion.example.com:22"),
+            "bastion.example.com"
+        );
+        assert_eq!(
+            known_hosts_name("bastion.example.com"),
+            "bastion.example.com"
+        );
+        assert_eq!(known_hosts_name("[::1]:2222"), "[::1]:2222");
+        assert_eq!(known_hosts_name("[::1]:22"), "::1");
+    }
 
     fn grant() -> Grant {
         Grant {

@@ -261,6 +261,31 @@ impl Bastion {
             }
             None => None,
         };
+        if let (Some((listener, server)), Some(addr)) = (&ssh, cfg.ssh_addr) {
+            let local = listener.local_addr().map_err(|source| StartError::Bind {
+                what: "SSH front door",
+                addr,
+                source,
+            })?;
+            let address = match &settings.ssh_public_addr {
+                Some(a) => a.clone(),
+                None if local.ip().is_unspecified() => {
+                    let host = postern_api::agent::ControllerUrl::parse(&settings.agent_public_url)
+                        .map(|c| c.host)
+                        .unwrap_or_else(|_| "localhost".into());
+                    match host.contains(':') {
+                        true => format!("[{host}]:{}", local.port()),
+                        false => format!("{host}:{}", local.port()),
+                    }
+                }
+                None => local.to_string(),
+            };
+            let key = server
+                .keys
+                .first()
+                .and_then(|k| k.public_key().to_openssh().ok());
+            settings.ssh_endpoint = key.map(|k| (address, k));
+        }
         let shared = Shared::with_replicas(store, pki, settings, shutdown, replicas);
         Ok(Bastion {
             shared,

@@ -90,6 +90,12 @@ struct ServeArgs {
     /// (e.g. 0.0.0.0:2222) for engineers to reach it; SSH brings its own encryption.
     #[arg(long, default_value = "127.0.0.1:2222")]
     ssh_addr: SocketAddr,
+    /// Where users dial the SSH front door (host:port), when not --ssh-addr
+    /// (e.g. a load balancer's name); `postern ssh-config` writes it. Default:
+    /// --ssh-addr, or the host of --agent-public-url when it listens on all
+    /// addresses.
+    #[arg(long)]
+    ssh_public_addr: Option<String>,
     /// File holding the 32-byte master key (64 hex digits) that seals the CA key.
     /// Default: DATA_DIR/master.key. Keep it off the database's backups.
     #[arg(long, env = "POSTERN_MASTER_KEY_FILE")]
@@ -294,7 +300,10 @@ async fn main() -> anyhow::Result<()> {
                 create_master_key: false,
                 tls_names: a.tls_names,
                 node_cert_ttl: a.tuning.node_cert_ttl,
-                settings: settings(&a.tuning, a.agent_public_url),
+                settings: Settings {
+                    ssh_public_addr: a.ssh_public_addr,
+                    ..settings(&a.tuning, a.agent_public_url)
+                },
                 replica: match (a.replica_name, a.peer_addr) {
                     (Some(name), Some(peer_addr)) => {
                         Some(postern_bastion::replicas::ReplicaConfig {

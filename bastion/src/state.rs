@@ -58,6 +58,12 @@ pub struct Settings {
     /// Kubeconfigs name the edge in the TLS server name (the bastion issues the
     /// certificates); `false` with an operator's certificate: in the path.
     pub kube_by_server_name: bool,
+    /// `--ssh-public-addr`: where users dial the SSH front door (`host:port`),
+    /// when that is not its listen address.
+    pub ssh_public_addr: Option<String>,
+    /// The SSH front door as users reach it (`host:port`) and its host key in
+    /// OpenSSH's one-line form, for `GET /api/v1/ssh`; `None` when SSH is off.
+    pub ssh_endpoint: Option<(String, String)>,
 }
 
 impl Default for Settings {
@@ -84,6 +90,8 @@ impl Default for Settings {
             ssh_allow_chacha20: false,
             kube_public_url: None,
             kube_by_server_name: false,
+            ssh_public_addr: None,
+            ssh_endpoint: None,
         }
     }
 }

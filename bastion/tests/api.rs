@@ -702,6 +702,7 @@ const DOCUMENTED_ROUTES: &[&str] = &[
     "DELETE /api/v1/users/{user}/ssh-keys/{key_id}",
     "DELETE /api/v1/tokens/{token_id}",
     "GET /api/v1/audit",
+    "GET /api/v1/ssh",
     "POST /cmdexec/v1/projects/{project_id}/edges/{edge_id}/execute/",
     "GET /cmdexec/v1/projects/{project_id}/edges/{edge_id}/execution/{exec_id}/",
     "GET /cmdexec/v1/projects/{project_id}/history/",
@@ -749,10 +750,37 @@ fn routes_in_router_source() -> std::collections::BTreeSet<String> {
         let s = &s[s.find('"').unwrap() + 1..];
         s[..s.find('"').unwrap()].to_string()
     };
+    // The router names most paths by their constant in `postern_api::routes`.
+    let constants: std::collections::HashMap<String, String> =
+        include_str!("../../api/src/routes.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| {
+                let (name, rest) = l.split_once(": &str = ")?;
+                Some((name.to_string(), string_at(rest)))
+            })
+            .collect();
+    let path_at = |s: &str| -> String {
+        let s = s.trim_start();
+        let constant = |s: &str| -> String {
+            let name = s.trim_start().strip_prefix("routes::").unwrap();
+            let end = name
+                .find(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+                .unwrap_or(name.len());
+            constants[&name[..end]].clone()
+        };
+        if s.starts_with('"') {
+            string_at(s)
+        } else if let Some(rest) = s.strip_prefix("&format!(\"{}/\",") {
+            format!("{}/", constant(rest))
+        } else {
+            constant(s)
+        }
+    };
     // `.nest("/api/v1", api)`: the prefix of each sub-router, by variable.
     let mut prefixes = std::collections::HashMap::new();
     for part in body.split(".nest(").skip(1) {
-        let prefix = string_at(part);
+        let prefix = path_at(part);
         let after = &part[part.find(',').unwrap() + 1..];
         let var = after[..after.find(')').unwrap()].trim().to_string();
         prefixes.insert(var, prefix);
@@ -767,7 +795,7 @@ fn routes_in_router_source() -> std::collections::BTreeSet<String> {
         };
         let prefix = prefixes.get(&var).cloned().unwrap_or_default();
         for part in stmt.split(".route(").skip(1) {
-            let path = string_at(part);
+            let path = path_at(part);
             // The route's arguments: up to the parenthesis that closes `.route(`.
             let mut depth = 1;
             let mut end = part.len();

@@ -43,6 +43,9 @@ pub struct AgentOptions {
     pub kube_node_keys: Option<KubeNodeKeysConfig>,
     /// `--label k=v`: reported to the bastion each time the channel comes up.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// How to ask sshd about the keys helper before relaying a session
+    /// (`None`: relay without asking).
+    pub sshd_check: Option<crate::doctor::DoctorOptions>,
 }
 
 impl Default for AgentOptions {
@@ -58,6 +61,7 @@ impl Default for AgentOptions {
             break_glass: None,
             kube_node_keys: None,
             labels: Default::default(),
+            sshd_check: None,
         }
     }
 }
@@ -142,6 +146,8 @@ pub struct Agent {
     /// The cluster's API server, when this agent is a Kubernetes gateway.
     pub kube: Option<Arc<crate::kube::Gateway>>,
     pub kube_keys: KubeKeys,
+    /// Shared by every channel, so its cached finding is too.
+    sshd_check: Option<Arc<crate::ssh::relay::SshdCheck>>,
 }
 
 impl Agent {
@@ -164,6 +170,10 @@ impl Agent {
             Some(k) => KubeKeys::open(identity.data_dir(), &k.node_name),
             None => KubeKeys::disabled(identity.data_dir()),
         };
+        let sshd_check = options
+            .sshd_check
+            .clone()
+            .map(|o| Arc::new(crate::ssh::relay::SshdCheck::new(o)));
         Agent {
             identity,
             options,
@@ -172,6 +182,7 @@ impl Agent {
             grants,
             kube: None,
             kube_keys,
+            sshd_check,
         }
     }
 
@@ -300,6 +311,7 @@ impl Agent {
             kube_keys: self.kube_keys.clone(),
             ports: Ports {
                 sshd: opts.sshd_port,
+                sshd_check: self.sshd_check.clone(),
             },
             kube: self.kube.clone(),
             labels: Arc::new(opts.labels.clone()),

@@ -227,6 +227,33 @@ fn keys_command(command: &str, user: Option<&str>, data_dir: &Path) -> Vec<Check
     out
 }
 
+/// What sshd will certainly refuse about this node's keys helper, for the SSH
+/// relay to tell the user instead of a bare "Permission denied (publickey)":
+/// only when sshd's effective AuthorizedKeysCommand is this agent's own
+/// helper and sshd would not run it. Anything less certain (no `sshd -T`,
+/// another command) says nothing, so a node is never refused on a guess.
+pub async fn keys_helper_problem(o: &DoctorOptions) -> Option<String> {
+    let (command, _) = sshd_keys_command(o).await.ok()?;
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let helper = *words.first()?;
+    if !helper.ends_with("/postern-keys") {
+        return None;
+    }
+    let dir_arg = words
+        .iter()
+        .position(|w| *w == "--data-dir")
+        .and_then(|i| words.get(i + 1));
+    let ours = std::path::absolute(&o.data_dir).unwrap_or_else(|_| o.data_dir.clone());
+    if dir_arg.is_some_and(|d| Path::new(d) != ours && Path::new(d) != o.data_dir) {
+        return None;
+    }
+    safe_path(Path::new(helper)).err().map(|e| {
+        format!(
+            "this node's sshd will not run its keys helper ({e}), so no key can log in; an admin runs postern-agent doctor on the node"
+        )
+    })
+}
+
 /// sshd's rule for an AuthorizedKeysCommand (its `safe_path`): an absolute
 /// path to a regular file, which and whose every parent directory are owned by
 /// root and not writable by group or others.

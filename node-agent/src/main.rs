@@ -69,6 +69,12 @@ enum Cmd {
         /// The local port of this node's sshd: the only port the bastion may relay to.
         #[arg(long, default_value_t = 22)]
         sshd_port: u16,
+        /// The sshd configuration whose AuthorizedKeysCommand is checked before
+        /// each session is relayed (sshd's own default otherwise): a keys helper
+        /// sshd would refuse is reported to the user instead of a bare
+        /// "Permission denied".
+        #[arg(long)]
+        sshd_config: Option<PathBuf>,
         /// Break-glass public keys (authorized_keys lines without options), offered
         /// to sshd only while the bastion has been unreachable for --break-glass-grace.
         #[arg(long)]
@@ -195,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             backoff_cap,
             sshd_port,
+            sshd_config,
             break_glass_keys,
             break_glass_grace,
             keepalive_interval,
@@ -246,6 +253,12 @@ async fn main() -> anyhow::Result<()> {
                     keepalive_timeout: keepalive_timeout.max(Duration::from_secs(1)),
                     kube_node_keys,
                     labels,
+                    sshd_check: Some(postern_agent::doctor::DoctorOptions {
+                        data_dir: data_dir.clone(),
+                        sshd: PathBuf::from("/usr/sbin/sshd"),
+                        sshd_config,
+                        timeout: Duration::from_secs(5),
+                    }),
                     ..AgentOptions::default()
                 },
             );

@@ -70,6 +70,15 @@ async fn the_ansible_examples_run_green_through_the_bastion() {
         dir.join("known_hosts").display()
     );
     std::fs::write(dir.join("ssh_config"), cfg).unwrap();
+    // The example checks the bastion's host key strictly: known from the API
+    // beforehand, as the README says.
+    let (s, v) = b.get("/api/v1/ssh").await;
+    assert_eq!(s, 200, "{v}");
+    std::fs::write(
+        dir.join("known_hosts"),
+        format!("{}\n", v["known_hosts"].as_str().unwrap()),
+    )
+    .unwrap();
 
     let out = playbook(&dir, &["facts.yml"]);
     for n in ["node-a", "node-b", "node-c"] {

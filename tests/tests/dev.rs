@@ -82,7 +82,8 @@ async fn dev_mode_runs_a_demo_node_and_keeps_everything_across_restarts() {
 /// The README's tour, as written: the block after its `<!-- tour: … -->` marker
 /// runs in bash (`-euo pipefail`) against a fresh `dev` on its default ports,
 /// from the directory that holds `postern-dev`. Only `cargo run … -p
-/// postern-bastion --` is mapped, to the binary this suite built. HOME is a fresh
+/// postern-bastion --` and the CLI's build are mapped, to the binaries this
+/// suite built. HOME is a fresh
 /// one with its own key, which `dev` registers for admin; the SSH line must
 /// reach the demo node's own sshd through the bastion.
 #[tokio::test(flavor = "multi_thread")]
@@ -96,7 +97,12 @@ async fn the_readme_tour_runs_as_written() {
     let start = rest.find("```sh\n").unwrap() + "```sh\n".len();
     let end = start + rest[start..].find("```").unwrap();
     let bastion = bin("postern-bastion").display().to_string();
+    let cli_dir = bin("postern").parent().unwrap().display().to_string();
     let script = rest[start..end]
+        .replace(
+            "cargo build --release -p postern-cli && PATH=$PWD/target/release:$PATH",
+            &format!("PATH={cli_dir}:$PATH"),
+        )
         .replace("cargo run --release -p postern-bastion --", &bastion)
         .replace("cargo run -p postern-bastion --", &bastion);
     assert!(
@@ -148,12 +154,18 @@ async fn the_readme_tour_runs_as_written() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the tour failed:\n{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("1 node: 1 succeeded"),
+        "the exec summary:\n{stderr}"
+    );
     for expected in [
-        "\"hostname\":\"demo-node\"",
+        "logged in to http://127.0.0.1:8080 as admin",
+        "demo-node  provisioned  yes",
         "load average",
-        "event: execution_finished",
-        "done",
+        "demo-node: done",
+        "cmdexec.execute",
         "audit log intact",
+        "\"hostname\":\"demo-node\"",
     ] {
         assert!(
             stdout.contains(expected),

@@ -558,3 +558,70 @@ async fn doctor_finds_what_sshd_would_refuse() {
     assert!(report.contains("FAIL keys socket"), "{report}");
     let _ = std::fs::remove_dir_all(&bad_dir);
 }
+
+/// A node whose sshd would refuse its keys helper (here: in a directory anyone
+/// may write) is refused at the jump with the reason, which the user's ssh
+/// prints and the audit keeps, instead of a bare "Permission denied
+/// (publickey)" after a session start. Once the helper is fixed, sessions work
+/// again without restarting anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keys_helper_sshd_would_refuse_is_named_in_the_refusal_and_the_audit() {
+    use std::os::unix::fs::PermissionsExt;
+    let b = Bastion::start(BastionOpts::default()).await;
+    let h = InstalledHelper::install();
+    let bad_dir =
+        std::path::PathBuf::from(format!("/run/postern-tests/unsafe-{}", std::process::id()));
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    std::fs::set_permissions(&bad_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let helper = bad_dir.join("postern-keys");
+    std::fs::copy(&h.path, &helper).unwrap();
+    let agent_dir = b.dir.path().join("unsafe");
+    let sshd_dir = b.dir.path().join("unsafe-sshd");
+    let sshd = postern_tests::ssh::Sshd::start(&sshd_dir, &helper, &agent_dir);
+    let port = sshd.port.to_string();
+    let config = sshd_dir.join("sshd_config");
+    let _agent = b
+        .agent_with(
+            "unsafe",
+            &[
+                "--sshd-port",
+                &port,
+                "--sshd-config",
+                config.to_str().unwrap(),
+            ],
+        )
+        .await;
+    let alice = SshUser::create(&b, "alice", Some(("org_admin", &["root"]))).await;
+
+    let refused = alice.jump_refused("root", "unsafe");
+    assert!(
+        refused.contains("will not run its keys helper")
+            && refused.contains("writable by group or others")
+            && refused.contains("postern-agent doctor"),
+        "{refused}"
+    );
+    let denied = b.audit("ssh.connect").await;
+    assert!(
+        denied.iter().any(|e| e["outcome"] == "denied"
+            && e["detail"]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("writable by group or others")),
+        "{denied:?}"
+    );
+    assert!(
+        b.audit("ssh.session.start").await.is_empty(),
+        "no session was started"
+    );
+
+    // Fixed on the node: the next sessions go through.
+    std::fs::set_permissions(&bad_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "a session once the helper is safe",
+        || async { alice.jump("root", "unsafe", "true").status.success() },
+    )
+    .await;
+    drop(sshd);
+    let _ = std::fs::remove_dir_all(&bad_dir);
+}

@@ -21,6 +21,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post, put};
+use postern_api::routes;
 use serde_json::json;
 
 pub use admin::issue_enrollment_token;
@@ -36,67 +37,53 @@ pub type AppState = Arc<Shared>;
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/whoami", get(users::whoami))
+        .route(routes::WHOAMI, get(users::whoami))
         .route(
-            "/projects",
+            routes::PROJECTS,
             get(admin::list_projects).post(admin::create_project),
         )
-        .route("/projects/{project}", get(admin::get_project))
+        .route(routes::PROJECT, get(admin::get_project))
         .route(
-            "/projects/{project}/edges",
+            routes::EDGES,
             get(admin::list_edges).post(admin::create_edge),
         )
+        .route(routes::NODES, get(admin::list_nodes))
         .route(
-            "/projects/{project}/edges/{edge}/nodes",
-            get(admin::list_nodes),
-        )
-        .route(
-            "/projects/{project}/edges/{edge}/nodes/{node}",
+            routes::NODE,
             get(admin::get_node).delete(admin::delete_node),
         )
+        .route(routes::NODE_LABELS, put(admin::set_node_labels))
+        .route(routes::NODE_APPROVE, post(admin::approve_node))
+        .route(routes::NODE_DISABLE, post(admin::disable_node))
+        .route(routes::NODE_ENABLE, post(admin::enable_node))
         .route(
-            "/projects/{project}/edges/{edge}/nodes/{node}/labels",
-            put(admin::set_node_labels),
-        )
-        .route(
-            "/projects/{project}/edges/{edge}/nodes/{node}/approve",
-            post(admin::approve_node),
-        )
-        .route(
-            "/projects/{project}/edges/{edge}/nodes/{node}/disable",
-            post(admin::disable_node),
-        )
-        .route(
-            "/projects/{project}/edges/{edge}/nodes/{node}/enable",
-            post(admin::enable_node),
-        )
-        .route(
-            "/projects/{project}/edges/{edge}/enrollment-tokens",
+            routes::ENROLLMENT_TOKENS,
             post(admin::create_enrollment_token),
         )
         .route(
-            "/projects/{project}/edges/{edge}/enrollment-tokens/{token_id}",
+            routes::ENROLLMENT_TOKEN,
             delete(admin::revoke_enrollment_token),
         )
-        .route("/users", get(users::list_users).post(users::create_user))
         .route(
-            "/users/{user}",
+            routes::USERS,
+            get(users::list_users).post(users::create_user),
+        )
+        .route(
+            routes::USER,
             get(users::get_user).delete(users::delete_user),
         )
-        .route("/users/{user}/roles", put(users::set_role))
-        .route("/users/{user}/roles/{scope}", delete(users::remove_role))
+        .route(routes::USER_ROLES, put(users::set_role))
+        .route(routes::USER_ROLE, delete(users::remove_role))
         .route(
-            "/users/{user}/tokens",
+            routes::USER_TOKENS,
             get(users::list_tokens).post(users::create_token),
         )
-        .route(
-            "/users/{user}/ssh-keys",
-            get(ssh_keys::list).post(ssh_keys::add),
-        )
-        .route("/users/{user}/ssh-keys/{key_id}", delete(ssh_keys::delete))
-        .route("/tokens/{token_id}", delete(users::revoke_token))
-        .route("/audit", get(admin::audit_page))
-        .route("/kubeconfig", get(kubeconfig::kubeconfig))
+        .route(routes::SSH_KEYS, get(ssh_keys::list).post(ssh_keys::add))
+        .route(routes::SSH_KEY, delete(ssh_keys::delete))
+        .route(routes::TOKEN, delete(users::revoke_token))
+        .route(routes::AUDIT, get(admin::audit_page))
+        .route(routes::KUBECONFIG, get(kubeconfig::kubeconfig))
+        .route(routes::SSH_ENDPOINT, get(ssh_keys::endpoint))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             audit_admin_requests,
@@ -105,39 +92,24 @@ pub fn router(state: AppState) -> Router {
     let exec_body = DefaultBodyLimit::max(postern_api::cmdexec::MAX_EXECUTE_BODY);
     let cmdexec = Router::new()
         .route(
-            "/projects/{project}/edges/{edge}/execute/",
+            &format!("{}/", routes::EXECUTE),
             post(cmdexec::execute).layer(exec_body),
         )
-        .route(
-            "/projects/{project}/edges/{edge}/execute",
-            post(cmdexec::execute).layer(exec_body),
-        )
-        .route(
-            "/projects/{project}/edges/{edge}/execution/{exec_id}/",
-            get(cmdexec::execution),
-        )
-        .route(
-            "/projects/{project}/edges/{edge}/execution/{exec_id}",
-            get(cmdexec::execution),
-        )
-        .route(
-            "/projects/{project}/edges/{edge}/execution/{exec_id}/events",
-            get(exec_events::events),
-        )
-        .route(
-            "/projects/{project}/edges/{edge}/execution/{exec_id}/cancel",
-            post(exec_events::cancel),
-        )
-        .route("/projects/{project}/history/", get(cmdexec::history))
-        .route("/projects/{project}/history", get(cmdexec::history))
+        .route(routes::EXECUTE, post(cmdexec::execute).layer(exec_body))
+        .route(&format!("{}/", routes::EXECUTION), get(cmdexec::execution))
+        .route(routes::EXECUTION, get(cmdexec::execution))
+        .route(routes::EXECUTION_EVENTS, get(exec_events::events))
+        .route(routes::EXECUTION_CANCEL, post(exec_events::cancel))
+        .route(&format!("{}/", routes::HISTORY), get(cmdexec::history))
+        .route(routes::HISTORY, get(cmdexec::history))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             audit_requests,
         ))
         .fallback(not_found);
     Router::new()
-        .nest("/api/v1", api)
-        .nest("/cmdexec/v1", cmdexec)
+        .nest(routes::API, api)
+        .nest(routes::CMDEXEC, cmdexec)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -8,7 +8,7 @@ use postern_api::admin::{
     CreateUser, Edge, EnrollmentTokenCreated, Node, NodeState, Project, Role, RoleBinding,
     TokenCreated, TokenInfo, User,
 };
-use postern_api::ssh::{AddSshKey, SshKey};
+use postern_api::ssh::{AddSshKey, SshEndpoint, SshKey};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
@@ -58,6 +58,7 @@ use super::{admin, cmdexec, exec_events, kubeconfig, ops, ssh_keys, users};
         ssh_keys::delete,
         admin::audit_page,
         kubeconfig::kubeconfig,
+        ssh_keys::endpoint,
         cmdexec::execute,
         cmdexec::execution,
         cmdexec::history,
@@ -86,6 +87,7 @@ use super::{admin, cmdexec, exec_events, kubeconfig, ops, ssh_keys, users};
         TokenInfo,
         AddSshKey,
         SshKey,
+        SshEndpoint,
         AuditEntry,
         AuditPage,
         postern_api::kube_keys::NodeKubeKeys,

@@ -1,11 +1,12 @@
 //! Users' SSH public keys: add, list, delete. A user manages their own keys; org
-//! admins manage everyone's in their org.
+//! admins manage everyone's in their org. And where the SSH front door is, with
+//! its host key, so clients need not trust it on first use.
 
 use axum::Json;
 use axum::extract::State;
 use http::StatusCode;
 use postern_api::ErrorBody;
-use postern_api::ssh::{AddSshKey, MAX_KEYS_PER_USER, SshKey};
+use postern_api::ssh::{AddSshKey, MAX_KEYS_PER_USER, SshEndpoint, SshKey, known_hosts_name};
 use serde_json::json;
 
 use super::admin::plain_id;
@@ -27,6 +28,37 @@ fn view(user: &str, k: &SshKeyRow) -> SshKey {
         public_key: k.public_key.clone(),
         created_at: rfc3339(k.created_at),
     }
+}
+
+/// Where the SSH front door is and its host key, for `ssh -J` and a
+/// `known_hosts` written before the first connection.
+#[utoipa::path(
+    get,
+    path = "/api/v1/ssh",
+    tag = "ssh-keys",
+    responses(
+        (status = 200, description = "The front door's address, host key and a known_hosts line", body = SshEndpoint),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 404, description = "This bastion serves no SSH", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn endpoint(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<SshEndpoint>, ApiError> {
+    let Some((address, host_key)) = state.settings.ssh_endpoint.clone() else {
+        return Err(ApiError::NotFound(
+            "this bastion serves no SSH: start it with --ssh-addr".into(),
+        ));
+    };
+    Ok(Json(SshEndpoint {
+        known_hosts: format!("{} {host_key}", known_hosts_name(&address)),
+        address,
+        host_key,
+        user: caller.principal.user_name.clone(),
+    }))
 }
 
 /// The user's SSH public keys (themself, or anyone for org admins).

@@ -6,7 +6,8 @@
 //! Every relay belongs to the channel it arrived on: when that channel ends, the
 //! relays it carried stop with it.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Body;
@@ -20,13 +21,53 @@ use tokio::net::TcpStream;
 use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::doctor::DoctorOptions;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Which local port a requested port maps to.
-#[derive(Debug, Clone, Copy)]
+/// Which local port a requested port maps to, and what is known to stop
+/// sshd from letting anyone in.
+#[derive(Debug, Clone)]
 pub struct Ports {
     pub sshd: u16,
+    pub sshd_check: Option<Arc<SshdCheck>>,
+}
+
+/// How long a finding about sshd's keys helper is reused: a fixed helper is
+/// noticed within this.
+const CHECK_FRESH: Duration = Duration::from_secs(5);
+
+/// `doctor::keys_helper_problem`, asked at most every few seconds however
+/// many sessions open.
+#[derive(Debug)]
+pub struct SshdCheck {
+    opts: DoctorOptions,
+    last: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
+}
+
+impl SshdCheck {
+    pub fn new(opts: DoctorOptions) -> SshdCheck {
+        SshdCheck {
+            opts,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub async fn problem(&self) -> Option<String> {
+        let mut last = self.last.lock().await;
+        if let Some((at, found)) = &*last
+            && at.elapsed() < CHECK_FRESH
+        {
+            return found.clone();
+        }
+        let found = crate::doctor::keys_helper_problem(&self.opts).await;
+        if let Some(p) = &found {
+            tracing::warn!(problem = %p, "SSH sessions to this node will fail");
+        }
+        *last = Some((Instant::now(), found.clone()));
+        found
+    }
 }
 
 impl Ports {
@@ -54,6 +95,12 @@ pub async fn connect(
             ),
         );
     };
+    if let Some(problem) = match &ports.sshd_check {
+        Some(c) => c.problem().await,
+        None => None,
+    } {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, problem);
+    }
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(("127.0.0.1", local)))
         .await
     {
@@ -139,6 +186,7 @@ mod tests {
         let sshd = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ports = Ports {
             sshd: sshd.local_addr().unwrap().port(),
+            sshd_check: None,
         };
         let (mut client, req) = open_request();
         let ended = CancellationToken::new();
@@ -172,9 +220,12 @@ mod tests {
     async fn only_sshd_is_reachable_and_a_dead_sshd_is_named() {
         let sshd = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = sshd.local_addr().unwrap().port();
-        let ports = Ports { sshd: port };
+        let ports = Ports {
+            sshd: port,
+            sshd_check: None,
+        };
         let (_client, req) = open_request();
-        let resp = connect(ports, CancellationToken::new(), 80, req).await;
+        let resp = connect(ports.clone(), CancellationToken::new(), 80, req).await;
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert!(error_text(resp).await.contains("port 80 is not open"));
         // Nothing was dialled for the refused port.

@@ -1,0 +1,354 @@
+//! The operator's steps: projects, edges, nodes (and approving them), join
+//! tokens, users and their roles.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use postern_api::admin::{CreateEnrollmentToken, CreateToken, Role, RoleBinding};
+
+use crate::output::{ago, json, safe, table};
+use crate::{CliError, Ctx, ProjectOnly, Scope};
+
+#[derive(Debug, Args)]
+pub struct ProjectsArgs {
+    #[command(subcommand)]
+    action: Option<ProjectsCmd>,
+    /// JSON, as the API answers it
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectsCmd {
+    /// Make a project (org admins)
+    Create { name: String },
+}
+
+pub async fn projects(ctx: &Ctx, a: ProjectsArgs) -> Result<(), CliError> {
+    if let Some(ProjectsCmd::Create { name }) = a.action {
+        let p = ctx.client.create_project(&name).await?;
+        return if a.json {
+            json(&p)
+        } else {
+            println!("project {} created", safe(&p.name));
+            Ok(())
+        };
+    }
+    let projects = ctx.client.projects().await?;
+    if a.json {
+        return json(&projects);
+    }
+    let rows: Vec<Vec<String>> = projects
+        .iter()
+        .map(|p| vec![p.name.clone(), p.created_at.clone()])
+        .collect();
+    table(&["PROJECT", "CREATED"], &rows);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct EdgesArgs {
+    #[command(subcommand)]
+    action: Option<EdgesCmd>,
+    #[command(flatten)]
+    project: ProjectOnly,
+    /// JSON, as the API answers it
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum EdgesCmd {
+    /// Make an edge: a cluster or site whose nodes join together (project admins)
+    Create { name: String },
+}
+
+pub async fn edges(ctx: &Ctx, a: EdgesArgs) -> Result<(), CliError> {
+    let project = ctx.project_of(&a.project).await?;
+    if let Some(EdgesCmd::Create { name }) = a.action {
+        let e = ctx.client.create_edge(&project, &name).await?;
+        return if a.json {
+            json(&e)
+        } else {
+            println!(
+                "edge {} created in {}; nodes join it with a token from: postern join-token -p {} -e {}",
+                safe(&e.name),
+                safe(&project),
+                safe(&project),
+                safe(&e.name)
+            );
+            Ok(())
+        };
+    }
+    let edges = ctx.client.edges(&project).await?;
+    if a.json {
+        return json(&edges);
+    }
+    let rows: Vec<Vec<String>> = edges
+        .iter()
+        .map(|e| vec![e.name.clone(), e.created_at.clone()])
+        .collect();
+    table(&["EDGE", "CREATED"], &rows);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    #[command(subcommand)]
+    action: Option<NodesCmd>,
+    #[command(flatten)]
+    scope: Scope,
+    /// JSON, as the API answers it
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodesCmd {
+    /// Let a node that joined with a token (without auto-approve) in (project admins)
+    Approve { node: String },
+}
+
+pub async fn nodes(ctx: &Ctx, a: NodesArgs) -> Result<(), CliError> {
+    let (project, edge) = ctx.scope(&a.scope).await?;
+    if let Some(NodesCmd::Approve { node }) = a.action {
+        let n = ctx.client.approve_node(&project, &edge, &node).await?;
+        return if a.json {
+            json(&n)
+        } else {
+            println!("node {} approved ({})", safe(&n.hostname), n.state.as_str());
+            Ok(())
+        };
+    }
+    let nodes = ctx.client.nodes(&project, &edge).await?;
+    if a.json {
+        return json(&nodes);
+    }
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.hostname.clone(),
+                n.state.as_str().to_string(),
+                if n.reachable { "yes" } else { "no" }.to_string(),
+                n.last_seen_at
+                    .as_deref()
+                    .map(ago)
+                    .unwrap_or_else(|| "never".into()),
+                n.agent_version.clone().unwrap_or_else(|| "-".into()),
+                n.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "HOSTNAME",
+            "STATE",
+            "REACHABLE",
+            "LAST SEEN",
+            "AGENT",
+            "LABELS",
+        ],
+        &rows,
+    );
+    let pending = nodes
+        .iter()
+        .filter(|n| n.state.as_str() == "pending")
+        .count();
+    if pending > 0 {
+        eprintln!(
+            "{pending} node(s) wait for approval: postern nodes approve NODE -p {project} -e {edge}"
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct JoinTokenArgs {
+    #[command(flatten)]
+    scope: Scope,
+    /// How many nodes may join with it
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..=postern_api::admin::ENROLL_USES_MAX))]
+    uses: i64,
+    /// How long it is valid, e.g. 1h or 7d (at most 30d)
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Nodes that join with it are approved at once (otherwise: postern nodes approve)
+    #[arg(long)]
+    auto_approve: bool,
+    /// JSON, as the API answers it (with the token)
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn join_token(ctx: &Ctx, a: JoinTokenArgs) -> Result<(), CliError> {
+    let (project, edge) = ctx.scope(&a.scope).await?;
+    let ttl = i64::try_from(a.ttl.as_secs()).unwrap_or(i64::MAX);
+    let t = ctx
+        .client
+        .create_enrollment_token(
+            &project,
+            &edge,
+            &CreateEnrollmentToken {
+                ttl_seconds: Some(ttl),
+                max_uses: Some(a.uses),
+                auto_approve: a.auto_approve,
+            },
+        )
+        .await?;
+    if a.json {
+        return json(&t);
+    }
+    println!(
+        "A token for {} node(s) of {project}/{edge}, valid until {}{}. On each node, as root:\n",
+        t.max_uses,
+        safe(&t.expires_at),
+        if t.auto_approve {
+            ", approved at once"
+        } else {
+            "; approve each with postern nodes approve NODE"
+        }
+    );
+    println!("  {}", safe(&t.join_command));
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct UsersArgs {
+    #[command(subcommand)]
+    action: Option<UsersCmd>,
+    /// JSON, as the API answers it
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCmd {
+    /// Make a user (org admins); give them a role, then a token
+    Create { name: String },
+    /// Give a user a role on a project (or org_admin on the org); replaces their role there
+    Role {
+        user: String,
+        /// org_admin, project_admin, project_member or read_only
+        role: Role,
+        /// The project (every role but org_admin)
+        #[arg(short, long)]
+        project: Option<String>,
+        /// A Unix login the role may use over SSH (repeatable)
+        #[arg(long = "login", value_name = "LOGIN")]
+        logins: Vec<String>,
+    },
+    /// Make an API token for a user and print it (once)
+    Token {
+        user: String,
+        /// How long it is valid, e.g. 8h or 30d
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// A name to recognize it by
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+pub async fn users(ctx: &Ctx, a: UsersArgs) -> Result<(), CliError> {
+    match a.action {
+        None => {
+            let users = ctx.client.users().await?;
+            if a.json {
+                return json(&users);
+            }
+            let rows: Vec<Vec<String>> = users
+                .iter()
+                .map(|u| {
+                    let roles = u
+                        .roles
+                        .iter()
+                        .map(|r| match &r.project {
+                            Some(p) => format!("{}@{p}", r.role),
+                            None => r.role.to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    vec![u.name.clone(), roles, u.created_at.clone()]
+                })
+                .collect();
+            table(&["USER", "ROLES", "CREATED"], &rows);
+            Ok(())
+        }
+        Some(UsersCmd::Create { name }) => {
+            let u = ctx.client.create_user(&name).await?;
+            if a.json {
+                return json(&u);
+            }
+            println!(
+                "user {} created; next: postern users role {} project_member -p PROJECT --login root, then postern users token {}",
+                safe(&u.name),
+                safe(&u.name),
+                safe(&u.name)
+            );
+            Ok(())
+        }
+        Some(UsersCmd::Role {
+            user,
+            role,
+            project,
+            logins,
+        }) => {
+            let u = ctx
+                .client
+                .set_role(
+                    &user,
+                    &RoleBinding {
+                        role,
+                        project,
+                        logins,
+                        forward_to: Vec::new(),
+                        kube_groups: None,
+                    },
+                )
+                .await?;
+            if a.json {
+                return json(&u);
+            }
+            println!("{} now has:", safe(&u.name));
+            for r in &u.roles {
+                println!(
+                    "  {} on {}",
+                    r.role,
+                    r.project
+                        .as_deref()
+                        .map(safe)
+                        .unwrap_or_else(|| "the whole org".into())
+                );
+            }
+            Ok(())
+        }
+        Some(UsersCmd::Token { user, ttl, name }) => {
+            let t = ctx
+                .client
+                .create_token(
+                    &user,
+                    &CreateToken {
+                        name,
+                        ttl_seconds: Some(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
+                    },
+                )
+                .await?;
+            if a.json {
+                return json(&t);
+            }
+            eprintln!(
+                "a token for {} until {} (shown once; they log in with postern login {}):",
+                safe(&user),
+                safe(&t.expires_at),
+                ctx.client.endpoint().url
+            );
+            println!("{}", safe(&t.token));
+            Ok(())
+        }
+    }
+}

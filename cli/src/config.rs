@@ -1,0 +1,109 @@
+//! The stored login: which bastion and which token, in the user's config
+//! directory, readable by the user only (the token is a bearer secret).
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::CliError;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub url: String,
+    pub token: String,
+    /// A private CA for an `https://` bastion (a path, as given at login).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `$POSTERN_CONFIG_DIR`, else `$XDG_CONFIG_HOME/postern`, else
+/// `~/.config/postern`.
+pub fn dir() -> Result<PathBuf, CliError> {
+    if let Some(d) = std::env::var_os("POSTERN_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("postern"));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".config").join("postern")),
+        None => Err(CliError::Usage(
+            "cannot find your config directory: set HOME or POSTERN_CONFIG_DIR".into(),
+        )),
+    }
+}
+
+pub fn profile_path() -> Result<PathBuf, CliError> {
+    Ok(dir()?.join("login.json"))
+}
+
+/// The stored login, when there is one.
+pub fn load() -> Result<Option<Profile>, CliError> {
+    let path = profile_path()?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(CliError::Usage(format!(
+                "cannot read your login {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    if let Ok(meta) = std::fs::metadata(&path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        eprintln!(
+            "warning: {} is readable by others and holds your token: chmod 600 it, or log in again",
+            path.display()
+        );
+    }
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        CliError::Usage(format!(
+            "your login {} is damaged ({e}): log in again with postern login URL",
+            path.display()
+        ))
+    })
+}
+
+/// Writes the login atomically, 0600 in a 0700 directory.
+pub fn save(p: &Profile) -> Result<PathBuf, CliError> {
+    let path = profile_path()?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let fail = |what: &str, e: std::io::Error| {
+        CliError::Usage(format!("cannot {what} {}: {e}", dir.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail("create", e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| fail("restrict", e))?;
+    let tmp = dir.join(".login.json.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| fail("write in", e))?;
+    let text = serde_json::to_string_pretty(p).unwrap_or_default();
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| fail("write in", e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| fail("write in", e))?;
+    Ok(path)
+}
+
+/// Forgets the login; `false` when there was none.
+pub fn remove() -> Result<bool, CliError> {
+    let path = profile_path()?;
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(CliError::Usage(format!(
+            "cannot remove {}: {e}",
+            path.display()
+        ))),
+    }
+}

@@ -1,0 +1,281 @@
+//! `postern keys` (your SSH public keys at the bastion) and `postern
+//! ssh-config` (an ssh_config block with the bastion's host key known in
+//! advance, so that plain `ssh NODE` and Ansible go through the bastion).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+
+use crate::output::{json, safe, table};
+use crate::{CliError, Ctx, config};
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    action: Option<KeysCmd>,
+    /// Whose keys (org admins may manage anyone's; default: yours)
+    #[arg(long, global = true)]
+    user: Option<String>,
+    /// JSON, as the API answers it
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCmd {
+    /// Register a public key (default: ~/.ssh/id_ed25519.pub, id_ecdsa.pub or id_rsa.pub)
+    Add { file: Option<PathBuf> },
+    /// The registered keys (the default)
+    List,
+    /// Remove a key, by its id or its SHA256 fingerprint
+    Rm { key: String },
+}
+
+async fn user(ctx: &Ctx, given: &Option<String>) -> Result<String, CliError> {
+    match given {
+        Some(u) => Ok(u.clone()),
+        None => Ok(ctx.client.whoami().await?.name),
+    }
+}
+
+pub async fn keys(ctx: &Ctx, a: KeysArgs) -> Result<(), CliError> {
+    let user = user(ctx, &a.user).await?;
+    match a.action.unwrap_or(KeysCmd::List) {
+        KeysCmd::List => {
+            let keys = ctx.client.ssh_keys(&user).await?;
+            if a.json {
+                return json(&keys);
+            }
+            let rows: Vec<Vec<String>> = keys
+                .iter()
+                .map(|k| {
+                    vec![
+                        k.id.clone(),
+                        k.fingerprint.clone(),
+                        k.algorithm.clone(),
+                        k.comment.clone(),
+                        k.created_at.clone(),
+                    ]
+                })
+                .collect();
+            table(&["ID", "FINGERPRINT", "TYPE", "COMMENT", "ADDED"], &rows);
+            Ok(())
+        }
+        KeysCmd::Add { file } => {
+            let path = match file {
+                Some(f) => f,
+                None => default_public_key().ok_or_else(|| {
+                    CliError::Usage(
+                        "no ~/.ssh/id_ed25519.pub (nor ecdsa, nor rsa): make one with ssh-keygen -t ed25519, or give the file".into(),
+                    )
+                })?,
+            };
+            let text = read_small(&path, 16 * 1024)?;
+            let k = ctx.client.add_ssh_key(&user, text.trim()).await?;
+            if a.json {
+                return json(&k);
+            }
+            println!(
+                "added {} {} for {}",
+                safe(&k.algorithm),
+                safe(&k.fingerprint),
+                safe(&k.user)
+            );
+            Ok(())
+        }
+        KeysCmd::Rm { key } => {
+            let keys = ctx.client.ssh_keys(&user).await?;
+            let found = keys
+                .iter()
+                .find(|k| k.id == key || k.fingerprint == key)
+                .ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "{user} has no key {}: postern keys list shows their ids and fingerprints",
+                        safe(&key)
+                    ))
+                })?;
+            ctx.client.delete_ssh_key(&user, &found.id).await?;
+            println!(
+                "removed {}; sessions that used it are closed",
+                safe(&found.fingerprint)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn default_public_key() -> Option<PathBuf> {
+    let home = PathBuf::from(std::env::var_os("HOME")?);
+    ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"]
+        .iter()
+        .map(|f| home.join(".ssh").join(f))
+        .find(|p| p.is_file())
+}
+
+fn read_small(path: &Path, max: u64) -> Result<String, CliError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
+    if meta.len() > max {
+        return Err(CliError::Usage(format!(
+            "{} is {} bytes: not a public key",
+            path.display(),
+            meta.len()
+        )));
+    }
+    std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))
+}
+
+#[derive(Debug, Args)]
+pub struct SshConfigArgs {
+    /// The login on the nodes
+    #[arg(long, default_value = "root")]
+    login: String,
+    /// The private key ssh should offer (default: ssh's own choice)
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
+    /// Write it to the config directory and Include it from ~/.ssh/config,
+    /// instead of printing it
+    #[arg(long)]
+    install: bool,
+}
+
+/// Most node names written as plain `Host` names; beyond, `NODE.EDGE.PROJECT`.
+const MAX_PLAIN_NAMES: usize = 10_000;
+const MAX_EDGES: usize = 500;
+
+pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
+    postern_api::validate::login(&a.login).map_err(|e| CliError::Usage(e.to_string()))?;
+    let ep = ctx.client.ssh_endpoint().await?;
+    let (host, port) = split_address(&ep.address)?;
+    let dir = config::dir()?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
+    let known = dir.join("known_hosts");
+    write_private(&known, &format!("{}\n", ep.known_hosts))?;
+
+    // Every node the user can see, by plain name when that is unique, and
+    // every edge by the NODE.EDGE.PROJECT pattern the bastion also accepts.
+    let mut patterns = Vec::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    'all: for p in ctx.client.projects().await? {
+        for e in ctx.client.edges(&p.name).await? {
+            if patterns.len() >= MAX_EDGES {
+                break 'all;
+            }
+            patterns.push(format!("*.{}.{}", e.name, p.name));
+            for n in ctx.client.nodes(&p.name, &e.name).await? {
+                *seen.entry(n.hostname).or_default() += 1;
+            }
+        }
+    }
+    let plain: BTreeSet<&str> = seen
+        .iter()
+        .filter(|(_, n)| **n == 1)
+        .map(|(h, _)| h.as_str())
+        .take(MAX_PLAIN_NAMES)
+        .collect();
+    let identity = a
+        .identity
+        .as_ref()
+        .map(|p| {
+            let p = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+            format!("  IdentityFile {}\n  IdentitiesOnly yes\n", p.display())
+        })
+        .unwrap_or_default();
+    let alias = "postern-bastion";
+    let mut text = format!(
+        "# Postern: SSH through the bastion at {url} (written by postern ssh-config).\n\
+         # The bastion's host key is in {known}; each node's own host key is\n\
+         # accepted on first use and pinned in {nodes_known}.\n\
+         Host {alias}\n  HostName {host}\n  Port {port}\n  User {user}\n  \
+         UserKnownHostsFile {known}\n  StrictHostKeyChecking yes\n{identity}",
+        url = ctx.client.endpoint().url,
+        known = known.display(),
+        nodes_known = dir.join("known_hosts_nodes").display(),
+        user = ep.user,
+    );
+    let mut hosts: Vec<String> = plain.iter().map(|h| h.to_string()).collect();
+    hosts.extend(patterns);
+    if hosts.is_empty() {
+        text.push_str("# (no nodes visible yet: run this again once nodes have joined)\n");
+    } else {
+        // OpenSSH reads long Host lines fine; keep them readable anyway.
+        for chunk in hosts.chunks(20) {
+            text.push_str(&format!(
+                "Host {}\n  User {}\n  ProxyJump {alias}\n  UserKnownHostsFile {}\n  StrictHostKeyChecking accept-new\n{identity}",
+                chunk.join(" "),
+                a.login,
+                dir.join("known_hosts_nodes").display()
+            ));
+        }
+    }
+    if !a.install {
+        print!("{text}");
+        return Ok(());
+    }
+    let file = dir.join("ssh_config");
+    write_private(&file, &text)?;
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .ok_or_else(|| CliError::Usage("HOME is not set: cannot find ~/.ssh/config".into()))?;
+    let ssh_dir = home.join(".ssh");
+    let user_config = ssh_dir.join("config");
+    let include = format!("Include {}", file.display());
+    let current = match std::fs::read_to_string(&user_config) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(CliError::Usage(format!(
+                "cannot read {}: {e}",
+                user_config.display()
+            )));
+        }
+    };
+    if !current.lines().any(|l| l.trim() == include) {
+        std::fs::create_dir_all(&ssh_dir)
+            .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", ssh_dir.display())))?;
+        // Include must come before any Host block to apply everywhere.
+        write_private(&user_config, &format!("{include}\n\n{current}"))?;
+    }
+    println!(
+        "wrote {} and included it from {}; now: ssh {}@NODE",
+        file.display(),
+        user_config.display(),
+        a.login
+    );
+    Ok(())
+}
+
+fn split_address(address: &str) -> Result<(String, u16), CliError> {
+    let bad = || {
+        CliError::Usage(format!(
+            "the bastion gave an unusable SSH address {}",
+            safe(address)
+        ))
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| CliError::Usage(format!("cannot write {}: {e}", path.display()));
+    let tmp = path.with_extension("postern-tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    f.write_all(text.as_bytes()).map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
+}

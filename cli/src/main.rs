@@ -1,0 +1,5 @@
+//! `postern`: see the library for everything it does.
+
+fn main() -> std::process::ExitCode {
+    postern_cli::main()
+}

@@ -1,0 +1,162 @@
+//! How results are shown: aligned tables for people, JSON for scripts, colour
+//! only on a terminal (and never with NO_COLOR), and every string that came
+//! from a node or the bastion stripped of control characters before it
+//! reaches the terminal.
+
+use std::io::IsTerminal;
+
+use anstyle::{AnsiColor, Style};
+use serde::Serialize;
+
+use crate::CliError;
+
+pub fn color_on(stream_is_terminal: bool) -> bool {
+    stream_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+pub fn stdout_color() -> bool {
+    color_on(std::io::stdout().is_terminal())
+}
+
+pub fn stderr_color() -> bool {
+    color_on(std::io::stderr().is_terminal())
+}
+
+pub fn paint(on: bool, style: Style, text: &str) -> String {
+    if on {
+        format!("{}{text}{}", style.render(), style.render_reset())
+    } else {
+        text.to_string()
+    }
+}
+
+pub fn green() -> Style {
+    Style::new().fg_color(Some(AnsiColor::Green.into()))
+}
+pub fn red() -> Style {
+    Style::new().fg_color(Some(AnsiColor::Red.into()))
+}
+pub fn yellow() -> Style {
+    Style::new().fg_color(Some(AnsiColor::Yellow.into()))
+}
+pub fn bold() -> Style {
+    Style::new().bold()
+}
+pub fn dim() -> Style {
+    Style::new().dimmed()
+}
+
+pub fn error_line(message: &str) -> String {
+    format!(
+        "{} {}",
+        paint(stderr_color(), red().bold(), "error:"),
+        message
+    )
+}
+
+/// A server's or node's text made safe for a terminal: control characters
+/// (escape sequences above all) become `?`; tabs stay.
+pub fn safe(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+        .collect()
+}
+
+/// Prints `value` as pretty JSON.
+pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::Usage(format!("cannot print JSON: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Left-aligned columns, two spaces apart; the header in bold on a terminal.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let color = stdout_color();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| -> String {
+        let n = cells.len();
+        cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i + 1 == n {
+                    c
+                } else {
+                    let pad = widths[i].saturating_sub(c.chars().count());
+                    format!("{c}{}", " ".repeat(pad))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    let head = line(header.iter().map(|h| h.to_string()).collect());
+    println!("{}", paint(color, bold(), head.trim_end()));
+    for row in rows {
+        println!("{}", line(row.iter().map(|c| safe(c)).collect()).trim_end());
+    }
+}
+
+/// "12 s ago", "3 min ago", … from an RFC 3339 time; the time itself when it
+/// cannot be read.
+pub fn ago(rfc3339: &str) -> String {
+    let Ok(t) =
+        time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+    else {
+        return safe(rfc3339);
+    };
+    let secs = (time::OffsetDateTime::now_utc() - t).whole_seconds();
+    match secs {
+        s if s < 0 => "just now".into(),
+        s if s < 120 => format!("{s} s ago"),
+        s if s < 7200 => format!("{} min ago", s / 60),
+        s if s < 172_800 => format!("{} h ago", s / 3600),
+        s => format!("{} days ago", s / 86_400),
+    }
+}
+
+/// A duration between two RFC 3339 times, e.g. "2.1 s".
+pub fn took(from: Option<&str>, to: Option<&str>) -> Option<String> {
+    let parse = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+    };
+    let d = parse(to?)? - parse(from?)?;
+    Some(seconds(d.as_seconds_f64()))
+}
+
+pub fn seconds(s: f64) -> String {
+    if s < 60.0 {
+        format!("{s:.1} s")
+    } else {
+        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_from_peers_never_reach_the_terminal() {
+        assert_eq!(safe("ok\x1b[2J\x07\tend\r"), "ok?[2J?\tend?");
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(seconds(2.14), "2.1 s");
+        assert_eq!(seconds(125.0), "2m05s");
+        assert_eq!(
+            took(Some("2026-11-30T10:00:00Z"), Some("2026-11-30T10:00:01.5Z")).as_deref(),
+            Some("1.5 s")
+        );
+        assert_eq!(took(None, Some("2026-11-30T10:00:00Z")), None);
+        assert_eq!(ago("garbage\x1b"), "garbage?");
+    }
+}

@@ -1,0 +1,569 @@
+//! The `postern` CLI, the real binary against a real bastion and real agents:
+//! login, listings, exec on a cluster with a failing node (output, summary,
+//! exit status), scripts, grouping, history and show, keys, audit, the
+//! errors people meet (bad URL, bad token, a project without a role), the
+//! progress bar and Ctrl-C in a real terminal (tmux), and `ssh-config` used
+//! by real `ssh` and `ansible`.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use postern_tests::ssh::{InstalledHelper, Node, keygen, run_with_timeout, text};
+use postern_tests::{AgentProc, Bastion, BastionOpts, bin, eventually};
+use serde_json::Value;
+
+/// A user's `postern`: its own config directory, nothing from the test's
+/// environment.
+struct Cli {
+    config: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        Cli {
+            config: tempfile::tempdir().unwrap(),
+            env: Vec::new(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("postern"));
+        c.args(args)
+            .env_remove("POSTERN_URL")
+            .env_remove("POSTERN_TOKEN")
+            .env_remove("POSTERN_PROJECT")
+            .env_remove("POSTERN_EDGE")
+            .env_remove("POSTERN_CA_FILE")
+            .env_remove("POSTERN_TOKEN_FILE")
+            .env("POSTERN_CONFIG_DIR", self.config.path())
+            .env("HOME", self.config.path())
+            .env_remove("NO_COLOR");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Runs to the end, reading its output as it comes (a completion script
+    /// is larger than a pipe's buffer), for at most a minute.
+    fn run(&self, args: &[&str]) -> Output {
+        let child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(out) => out.unwrap(),
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                panic!("postern {args:?} did not finish within 60 s");
+            }
+        }
+    }
+
+    fn run_with_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs and expects exit status `code`; answers stdout and stderr.
+    fn expect(&self, args: &[&str], code: i32) -> (String, String) {
+        let out = self.run(args);
+        let (o, e) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "postern {args:?}\nstdout:\n{o}\nstderr:\n{e}"
+        );
+        // Piped: never a colour or a progress bar.
+        assert!(
+            !o.contains('\x1b') && !e.contains('\x1b'),
+            "escapes when piped: {o}{e}"
+        );
+        (o, e)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        self.expect(args, 0).0
+    }
+}
+
+/// An agent whose commands see POSTERN_TEST_FAIL, to fail on one node only.
+async fn failing_agent(b: &Bastion, hostname: &str) -> AgentProc {
+    let dir = b.enroll(hostname).await;
+    let mut cmd = Command::new(bin("postern-agent"));
+    cmd.env("POSTERN_TEST_FAIL", "1");
+    let agent = AgentProc::spawn(cmd, &dir, &[]);
+    eventually(Duration::from_secs(15), "failing agent reachable", || {
+        b.reachable(hostname)
+    })
+    .await;
+    agent
+}
+
+const FAIL_ON_ONE: &str =
+    "echo hello; test -z \"$POSTERN_TEST_FAIL\" || { echo boom >&2; exit 3; }";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_logs_in_lists_runs_and_reads_back() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let _a1 = b.agent("web-1").await;
+    let _a2 = b.agent("web-2").await;
+    let _a3 = failing_agent(&b, "web-3").await;
+    let url = format!("http://{}", b.api);
+    let cli = Cli::new();
+
+    // Not logged in yet: says how.
+    let (_, e) = cli.expect(&["nodes"], 2);
+    assert!(e.contains("postern login"), "{e}");
+
+    // Log in with the token on stdin; it is stored for the user only.
+    let out = cli.run_with_stdin(&["login", &url], &format!("{}\n", b.token));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("as admin"),
+        "{}",
+        text(&out.stdout)
+    );
+    let stored = cli.config.path().join("login.json");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&stored).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "login file mode {mode:o}");
+
+    let who = cli.ok(&["whoami"]);
+    assert!(who.contains("admin") && who.contains("org_admin"), "{who}");
+
+    // One project, one edge: no -p/-e needed. A table for people, JSON for scripts.
+    let nodes = cli.ok(&["nodes"]);
+    let header = nodes.lines().next().unwrap();
+    assert!(
+        header.starts_with("HOSTNAME") && header.contains("REACHABLE"),
+        "{nodes}"
+    );
+    for h in ["web-1", "web-2", "web-3"] {
+        let line = nodes.lines().find(|l| l.starts_with(h)).unwrap();
+        assert!(
+            line.contains("provisioned") && line.contains("yes"),
+            "{line}"
+        );
+    }
+    let v: Value =
+        serde_json::from_str(&cli.ok(&["nodes", "-p", "web", "-e", "eu-1", "--json"])).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 3);
+
+    // A cluster with one failing node: every line prefixed by its node, the
+    // failure and a summary on stderr, exit status 1.
+    let (o, e) = cli.expect(&["exec", "--cluster", "--", FAIL_ON_ONE], 1);
+    for h in ["web-1", "web-2", "web-3"] {
+        assert!(o.lines().any(|l| l == format!("{h}: hello")), "{o}");
+    }
+    assert!(e.lines().any(|l| l == "web-3: boom"), "{e}");
+    assert!(e.contains("web-3: failed (exit 3)"), "{e}");
+    let summary = e.lines().last().unwrap();
+    assert!(
+        summary.starts_with("3 nodes: 2 succeeded, 1 failed (not succeeded: web-3)"),
+        "{summary}"
+    );
+    let exec_id = summary.rsplit("exec ").next().unwrap().trim().to_string();
+
+    // The nodes that succeed: exit 0.
+    let (o, e) = cli.expect(&["exec", "-n", "web-1,web-2", "--", "echo", "ok"], 0);
+    assert_eq!(o.lines().filter(|l| l.ends_with(": ok")).count(), 2, "{o}");
+    assert!(e.contains("2 nodes: 2 succeeded"), "{e}");
+
+    // Grouped as clush -b: identical output once, with its nodes.
+    let (o, _) = cli.expect(
+        &["exec", "--cluster", "-b", "--", "echo same; echo twice"],
+        0,
+    );
+    assert!(o.contains("web-1,web-2,web-3 (3)\n"), "{o}");
+    assert_eq!(o.matches("same\ntwice\n").count(), 1, "{o}");
+
+    // A script, sent whole, run as one program with its own interpreter.
+    let script = cli.config.path().join("check.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nset -e\nx=$((20 + 22))\necho \"answer $x\"\n",
+    )
+    .unwrap();
+    let (o, _) = cli.expect(
+        &["exec", "-n", "web-2", "--script", script.to_str().unwrap()],
+        0,
+    );
+    assert_eq!(o.trim(), "web-2: answer 42");
+
+    // JSON lines of the events, for scripts.
+    let (o, _) = cli.expect(&["exec", "-n", "web-1", "--json", "--", "echo j"], 0);
+    let events: Vec<Value> = o
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.last().unwrap()["event"], "execution_finished", "{o}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "output" && e["data"] == "j\n"),
+        "{o}"
+    );
+
+    // History and one execution in full.
+    let h = cli.ok(&["history"]);
+    assert!(h.lines().next().unwrap().starts_with("EXEC ID"), "{h}");
+    assert!(h.contains(&exec_id), "{h}");
+    let show = cli.ok(&["show", &exec_id]);
+    assert!(
+        show.contains("failed (exit 3)") && show.contains("boom"),
+        "{show}"
+    );
+    assert!(show.contains("2 succeeded, 1 failed"), "{show}");
+    let v: Value = serde_json::from_str(&cli.ok(&["show", &exec_id, "--json"])).unwrap();
+    assert_eq!(v["node_counts"]["failed"], 1);
+
+    // Bad input: said clearly, exit 2, nothing run.
+    let before = b.audit("cmdexec.execute").await.len();
+    let (_, e) = cli.expect(&["exec", "--", "true"], 2);
+    assert!(e.contains("on which nodes?"), "{e}");
+    let (_, e) = cli.expect(&["exec", "--cluster"], 2);
+    assert!(e.contains("what should run?"), "{e}");
+    let (_, e) = cli.expect(&["exec", "-n", "no-such-node", "--", "true"], 2);
+    assert!(e.contains("no-such-node"), "{e}");
+    let (_, e) = cli.expect(
+        &[
+            "exec",
+            "--cluster",
+            "--max-concurrency",
+            "lots",
+            "--",
+            "true",
+        ],
+        2,
+    );
+    assert!(e.contains("max_concurrency"), "{e}");
+    let (_, e) = cli.expect(&["show", "0192f7a0-0000-7000-8000-000000000000"], 2);
+    assert!(e.contains("not found") || e.contains("exec"), "{e}");
+    let (_, e) = cli.expect(&["history", "--limit", "0"], 2);
+    assert!(e.contains("--limit"), "{e}");
+    let (_, e) = cli.expect(&["nodes", "-p", "nope"], 2);
+    assert!(e.contains("not found"), "{e}");
+    assert_eq!(
+        b.audit("cmdexec.execute").await.len(),
+        before,
+        "nothing ran"
+    );
+
+    // Keys: add, list, remove.
+    let key = cli.config.path().join("id_ed25519");
+    keygen(&key);
+    let added = cli.ok(&["keys", "add", key.with_extension("pub").to_str().unwrap()]);
+    let fp = added
+        .split_whitespace()
+        .find(|w| w.starts_with("SHA256:"))
+        .unwrap()
+        .to_string();
+    assert!(cli.ok(&["keys", "list"]).contains(&fp));
+    let (_, e) = cli.expect(&["keys", "add", "/etc/hostname"], 2);
+    assert!(e.contains("key"), "{e}");
+    cli.ok(&["keys", "rm", &fp]);
+    assert!(!cli.ok(&["keys"]).contains(&fp));
+
+    // The audit log, filtered.
+    let a = cli.ok(&["audit", "--action", "cmdexec.*", "--limit", "100"]);
+    assert!(a.contains("cmdexec.execute"), "{a}");
+    assert!(!a.contains("api GET"), "{a}");
+    let (_, e) = cli.expect(&["audit", "--since", "yesterday"], 2);
+    assert!(e.contains("since"), "{e}");
+
+    // Scripts without a login: POSTERN_URL and POSTERN_TOKEN.
+    let script_user = Cli {
+        config: tempfile::tempdir().unwrap(),
+        env: vec![
+            ("POSTERN_URL".into(), url.clone()),
+            ("POSTERN_TOKEN".into(), b.token.clone()),
+        ],
+    };
+    assert!(script_user.ok(&["nodes", "--json"]).contains("web-1"));
+
+    // A bastion that is not there, a bad URL, a bad token.
+    let (_, e) = cli.expect(&["--url", "http://127.0.0.1:1", "whoami"], 2);
+    assert!(
+        e.contains("no token for") || e.contains("cannot reach"),
+        "{e}"
+    );
+    let (_, e) = script_user.expect(&["--url", "http://127.0.0.1:1", "whoami"], 2);
+    assert!(
+        e.contains("cannot reach the bastion at http://127.0.0.1:1"),
+        "{e}"
+    );
+    let (_, e) = script_user.expect(&["--url", "127.0.0.1:8080", "whoami"], 2);
+    assert!(e.contains("http://"), "{e}");
+    let bad = Cli {
+        config: tempfile::tempdir().unwrap(),
+        env: vec![
+            ("POSTERN_URL".into(), url.clone()),
+            ("POSTERN_TOKEN".into(), "pat_not-a-real-token".into()),
+        ],
+    };
+    let (_, e) = bad.expect(&["nodes"], 2);
+    assert!(e.contains("postern login"), "{e}");
+    let out = Cli::new().run_with_stdin(&["login", &url], "pat_wrong\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("not logged in or the token"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A user with no role on the project sees nothing of it and runs nothing.
+    cli.ok(&["users", "create", "bob"]);
+    let bob_token = cli
+        .ok(&["users", "token", "bob", "--ttl", "1h"])
+        .trim()
+        .to_string();
+    let bob = Cli {
+        config: tempfile::tempdir().unwrap(),
+        env: vec![
+            ("POSTERN_URL".into(), url.clone()),
+            ("POSTERN_TOKEN".into(), bob_token.clone()),
+        ],
+    };
+    let (_, e) = bob.expect(&["nodes"], 2);
+    assert!(e.contains("you can see no project"), "{e}");
+    let (_, e) = bob.expect(
+        &["exec", "-p", "web", "-e", "eu-1", "--cluster", "--", "true"],
+        2,
+    );
+    assert!(e.contains("not found"), "{e}");
+    // Given a read-only role, bob may look but not run.
+    cli.ok(&["users", "role", "bob", "read_only", "-p", "web"]);
+    assert!(bob.ok(&["nodes"]).contains("web-1"));
+    let (_, e) = bob.expect(&["exec", "--cluster", "--", "true"], 2);
+    assert!(e.contains("permission denied"), "{e}");
+    assert_eq!(
+        b.audit("cmdexec.execute").await.len(),
+        before,
+        "nothing ran"
+    );
+
+    // Completions and the man page come from the same definitions.
+    assert!(cli.ok(&["completions", "bash"]).contains("_postern"));
+    let man = cli.ok(&["man"]);
+    assert!(
+        man.contains(".TH postern") && man.contains("Exit status"),
+        "{man}"
+    );
+
+    cli.ok(&["logout"]);
+    assert!(!stored.exists());
+    let (_, e) = cli.expect(&["whoami"], 2);
+    assert!(e.contains("not logged in"), "{e}");
+}
+
+fn tmux(socket: &Path, args: &[&str]) -> Output {
+    Command::new("tmux")
+        .arg("-S")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn pane(socket: &Path) -> String {
+    text(&tmux(socket, &["capture-pane", "-p", "-e", "-t", "cli"]).stdout)
+}
+
+/// The progress bar and Ctrl-C, in a real terminal: tmux gives `postern` a
+/// pty, `send-keys C-c` is a real SIGINT from the terminal.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_a_terminal_exec_shows_progress_and_ctrl_c_cancels_on_the_nodes() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        panic!("tmux is missing: scripts/test installs it");
+    }
+    let b = Bastion::start(BastionOpts::default()).await;
+    let _a1 = b.agent("web-1").await;
+    // web-2's commands see POSTERN_TEST_FAIL: there, the command sleeps until cancelled.
+    let _a2 = failing_agent(&b, "web-2").await;
+    let cli = Cli::new();
+    let url = format!("http://{}", b.api);
+    let socket = cli.config.path().join("tmux.sock");
+    let script = cli.config.path().join("run.sh");
+    // The shell traps SIGINT (so it lives on to print the exit status); its
+    // child gets the default disposition back, as with any handled signal.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ntrap 'true' INT\nexport POSTERN_CONFIG_DIR={cfg} POSTERN_URL={url} POSTERN_TOKEN={token}\n\
+             {postern} exec --cluster -- 'echo started; [ -n \"$POSTERN_TEST_FAIL\" ] && sleep 600; echo quick'\n\
+             echo EXIT=$?\nsleep 600\n",
+            cfg = cli.config.path().display(),
+            token = b.token,
+            postern = bin("postern").display(),
+        ),
+    )
+    .unwrap();
+    let out = tmux(
+        &socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "cli",
+            "-x",
+            "120",
+            "-y",
+            "30",
+            &format!("sh {}", script.display()),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    struct Kill(PathBuf);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = tmux(&self.0, &["kill-server"]);
+        }
+    }
+    let _kill = Kill(socket.clone());
+
+    // The bar: elapsed time, done/total, the failure count later.
+    eventually(
+        Duration::from_secs(20),
+        "a progress bar with 1/2 nodes",
+        || async {
+            let p = pane(&socket);
+            p.contains("1/2 nodes") && p.contains("quick")
+        },
+    )
+    .await;
+    let p = pane(&socket);
+    assert!(p.contains("\x1b["), "colour on a terminal: {p}");
+    assert!(p.contains("00:00:0"), "elapsed time: {p}");
+
+    tmux(&socket, &["send-keys", "-t", "cli", "C-c"]);
+    eventually(Duration::from_secs(30), "cancelled, exit 130", || async {
+        pane(&socket).contains("EXIT=130")
+    })
+    .await;
+    let p = pane(&socket);
+    assert!(p.contains("cancelling"), "{p}");
+    assert!(
+        p.contains("1 succeeded") && p.contains("1 cancelled"),
+        "{p}"
+    );
+    // On the nodes: the sleeping command was stopped, as the API records.
+    let exec = b.audit("cmdexec.cancel").await;
+    assert_eq!(exec.len(), 1, "one cancel: {exec:?}");
+}
+
+/// `postern ssh-config` gives plain `ssh NODE` and Ansible a way through the
+/// bastion, with the bastion's host key known before the first connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_config_serves_real_ssh_and_ansible() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let helper = InstalledHelper::install();
+    let _n1 = Node::start(&b, &helper, "web-1").await;
+    let _n2 = Node::start(&b, &helper, "web-2").await;
+    let cli = Cli {
+        config: tempfile::tempdir().unwrap(),
+        env: vec![
+            ("POSTERN_URL".into(), format!("http://{}", b.api)),
+            ("POSTERN_TOKEN".into(), b.token.clone()),
+        ],
+    };
+    let key = cli.config.path().join("id_ed25519");
+    keygen(&key);
+    // `keys add` with no file takes ~/.ssh/id_ed25519.pub.
+    let ssh_dir = cli.config.path().join(".ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    std::fs::copy(key.with_extension("pub"), ssh_dir.join("id_ed25519.pub")).unwrap();
+    cli.ok(&["keys", "add"]);
+
+    let config = cli.ok(&["ssh-config", "--identity", key.to_str().unwrap()]);
+    assert!(config.contains("ProxyJump postern-bastion"), "{config}");
+    assert!(config.contains("Host web-1 web-2 *.eu-1.web"), "{config}");
+    let known = std::fs::read_to_string(cli.config.path().join("known_hosts")).unwrap();
+    assert!(
+        known.starts_with(&format!("[127.0.0.1]:{} ssh-ed25519 ", b.ssh.port())),
+        "{known}"
+    );
+    let file = cli.config.path().join("ssh_config");
+    std::fs::write(&file, &config).unwrap();
+
+    // Plain ssh, by plain name and by NODE.EDGE.PROJECT; the bastion's key is
+    // checked strictly (never asked about).
+    for host in ["web-1", "web-2.eu-1.web"] {
+        let out = run_with_timeout(
+            Command::new("ssh").arg("-F").arg(&file).args([
+                "-o",
+                "BatchMode=yes",
+                host,
+                "echo via-$((1+1))",
+            ]),
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "ssh {host}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "via-2");
+    }
+
+    // Ansible, with the same file.
+    let inv = cli.config.path().join("inventory.ini");
+    std::fs::write(
+        &inv,
+        format!(
+            "[web]\nweb-1\nweb-2\n[web:vars]\nansible_ssh_common_args=-F {}\nansible_python_interpreter=/usr/bin/python3\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    let out = run_with_timeout(
+        Command::new("ansible")
+            .args(["web", "-i"])
+            .arg(&inv)
+            .args(["-m", "command", "-a", "echo from-ansible"])
+            .env("ANSIBLE_HOST_KEY_CHECKING", "True")
+            .env("ANSIBLE_LOCAL_TEMP", cli.config.path().join("ansible-tmp")),
+        Duration::from_secs(120),
+    );
+    let o = text(&out.stdout);
+    assert!(out.status.success(), "ansible: {o}\n{}", text(&out.stderr));
+    assert_eq!(o.matches("from-ansible").count(), 2, "{o}");
+
+    // --install: written to the config directory and Included from ~/.ssh/config,
+    // before anything already there, once.
+    std::fs::write(ssh_dir.join("config"), "Host old\n  User x\n").unwrap();
+    cli.ok(&["ssh-config", "--install"]);
+    cli.ok(&["ssh-config", "--install"]);
+    let user_config = std::fs::read_to_string(ssh_dir.join("config")).unwrap();
+    let include = format!("Include {}", cli.config.path().join("ssh_config").display());
+    assert!(user_config.starts_with(&include), "{user_config}");
+    assert_eq!(user_config.matches("Include").count(), 1, "{user_config}");
+    assert!(
+        user_config.ends_with("Host old\n  User x\n"),
+        "{user_config}"
+    );
+    let (_, e) = cli.expect(&["ssh-config", "--login", "bad login"], 2);
+    assert!(e.contains("login"), "{e}");
+}
