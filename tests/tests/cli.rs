@@ -567,3 +567,74 @@ async fn ssh_config_serves_real_ssh_and_ansible() {
     let (_, e) = cli.expect(&["ssh-config", "--login", "bad login"], 2);
     assert!(e.contains("login"), "{e}");
 }
+
+/// `postern audit --follow` prints entries as they are written, oldest first,
+/// and not its own polling (which is audited too).
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_follow_prints_new_entries_as_they_are_written() {
+    use std::io::BufRead;
+    let b = Bastion::start(BastionOpts::default()).await;
+    let _a = b.agent("web-1").await;
+    let cli = Cli {
+        config: tempfile::tempdir().unwrap(),
+        env: vec![
+            ("POSTERN_URL".into(), format!("http://{}", b.api)),
+            ("POSTERN_TOKEN".into(), b.token.clone()),
+        ],
+    };
+    let mut follow = cli
+        .command(&["audit", "--follow", "--limit", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Let it print the newest entry and poll a few times.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    cli.ok(&["exec", "-n", "web-1", "--", "true"]);
+    cli.ok(&["projects", "create", "later"]);
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            lines.push(l);
+        }
+        if lines
+            .iter()
+            .any(|l| l.contains("api POST /api/v1/projects"))
+        {
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let at = |what: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("{what} not followed: {lines:#?}"))
+    };
+    assert!(
+        at("cmdexec.execute") < at("api POST /api/v1/projects"),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("api GET /api/v1/audit")),
+        "its own polls: {lines:#?}"
+    );
+    let executes = lines
+        .iter()
+        .filter(|l| l.contains("cmdexec.execute"))
+        .count();
+    assert_eq!(executes, 1, "each entry once: {lines:#?}");
+}
