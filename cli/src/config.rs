@@ -79,20 +79,27 @@ pub fn save(p: &Profile) -> Result<PathBuf, CliError> {
     std::fs::create_dir_all(dir).map_err(|e| fail("create", e))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| fail("restrict", e))?;
-    let tmp = dir.join(".login.json.tmp");
+    write_private(&path, &serde_json::to_string_pretty(p).unwrap_or_default())?;
+    Ok(path)
+}
+
+/// Replaces `path` atomically with `text`, readable by the user only: a
+/// temporary file beside it, synced, then renamed over it.
+pub fn write_private(path: &Path, text: &str) -> Result<(), CliError> {
+    let fail = |e: std::io::Error| CliError::Usage(format!("cannot write {}: {e}", path.display()));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.postern-tmp"));
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(|e| fail("write in", e))?;
-    let text = serde_json::to_string_pretty(p).unwrap_or_default();
+        .map_err(fail)?;
     f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())
-        .map_err(|e| fail("write in", e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| fail("write in", e))?;
-    Ok(path)
+        .map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
 }
 
 /// Forgets the login; `false` when there was none.

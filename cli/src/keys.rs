@@ -149,24 +149,62 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
     postern_api::validate::login(&a.login).map_err(|e| CliError::Usage(e.to_string()))?;
     let ep = ctx.client.ssh_endpoint().await?;
     let (host, port) = split_address(&ep.address)?;
+    // What the bastion sends goes into the user's ssh configuration: every
+    // part is checked as the bastion checks it, so no answer can add an ssh
+    // option (a ProxyCommand, say) to it.
+    let untrusted = |what: &str| {
+        CliError::Usage(format!(
+            "the bastion sent an unusable {what}; not writing an ssh configuration from it"
+        ))
+    };
+    postern_api::validate::name("user", &ep.user).map_err(|_| untrusted("user name"))?;
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
+    {
+        return Err(untrusted("SSH address"));
+    }
+    let key_ok = ep.host_key.split(' ').count() == 2
+        && ep.host_key.starts_with("ssh-")
+        && ep
+            .host_key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=-@. ".contains(&b));
+    if !key_ok {
+        return Err(untrusted("host key"));
+    }
+    let known_line = format!(
+        "{} {}",
+        postern_api::ssh::known_hosts_name(&ep.address),
+        ep.host_key
+    );
     let dir = config::dir()?;
     std::fs::create_dir_all(&dir)
         .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
     let known = dir.join("known_hosts");
-    write_private(&known, &format!("{}\n", ep.known_hosts))?;
+    config::write_private(&known, &format!("{known_line}\n"))?;
 
     // Every node the user can see, by plain name when that is unique, and
     // every edge by the NODE.EDGE.PROJECT pattern the bastion also accepts.
     let mut patterns = Vec::new();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let named = |what, v: &str| postern_api::validate::name(what, v).is_ok();
     'all: for p in ctx.client.projects().await? {
+        if !named("project", &p.name) {
+            continue;
+        }
         for e in ctx.client.edges(&p.name).await? {
             if patterns.len() >= MAX_EDGES {
                 break 'all;
             }
+            if !named("edge", &e.name) {
+                continue;
+            }
             patterns.push(format!("*.{}.{}", e.name, p.name));
             for n in ctx.client.nodes(&p.name, &e.name).await? {
-                *seen.entry(n.hostname).or_default() += 1;
+                if postern_api::validate::hostname(&n.hostname).is_ok() {
+                    *seen.entry(n.hostname).or_default() += 1;
+                }
             }
         }
     }
@@ -181,8 +219,12 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
         .as_ref()
         .map(|p| {
             let p = std::path::absolute(p).unwrap_or_else(|_| p.clone());
-            format!("  IdentityFile {}\n  IdentitiesOnly yes\n", p.display())
+            Ok::<_, CliError>(format!(
+                "  IdentityFile {}\n  IdentitiesOnly yes\n",
+                quoted(&p)?
+            ))
         })
+        .transpose()?
         .unwrap_or_default();
     let alias = "postern-bastion";
     let mut text = format!(
@@ -192,8 +234,8 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
          Host {alias}\n  HostName {host}\n  Port {port}\n  User {user}\n  \
          UserKnownHostsFile {known}\n  StrictHostKeyChecking yes\n{identity}",
         url = ctx.client.endpoint().url,
-        known = known.display(),
-        nodes_known = dir.join("known_hosts_nodes").display(),
+        known = quoted(&known)?,
+        nodes_known = quoted(&dir.join("known_hosts_nodes"))?,
         user = ep.user,
     );
     let mut hosts: Vec<String> = plain.iter().map(|h| h.to_string()).collect();
@@ -207,7 +249,7 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
                 "Host {}\n  User {}\n  ProxyJump {alias}\n  UserKnownHostsFile {}\n  StrictHostKeyChecking accept-new\n{identity}",
                 chunk.join(" "),
                 a.login,
-                dir.join("known_hosts_nodes").display()
+                quoted(&dir.join("known_hosts_nodes"))?
             ));
         }
     }
@@ -216,13 +258,13 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
         return Ok(());
     }
     let file = dir.join("ssh_config");
-    write_private(&file, &text)?;
+    config::write_private(&file, &text)?;
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .ok_or_else(|| CliError::Usage("HOME is not set: cannot find ~/.ssh/config".into()))?;
     let ssh_dir = home.join(".ssh");
     let user_config = ssh_dir.join("config");
-    let include = format!("Include {}", file.display());
+    let include = format!("Include {}", quoted(&file)?);
     let current = match std::fs::read_to_string(&user_config) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -237,7 +279,7 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
         std::fs::create_dir_all(&ssh_dir)
             .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", ssh_dir.display())))?;
         // Include must come before any Host block to apply everywhere.
-        write_private(&user_config, &format!("{include}\n\n{current}"))?;
+        config::write_private(&user_config, &format!("{include}\n\n{current}"))?;
     }
     println!(
         "wrote {} and included it from {}; now: ssh {}@NODE",
@@ -264,18 +306,46 @@ fn split_address(address: &str) -> Result<(String, u16), CliError> {
     Ok((host.to_string(), port))
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), CliError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |e: std::io::Error| CliError::Usage(format!("cannot write {}: {e}", path.display()));
-    let tmp = path.with_extension("postern-tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(fail)?;
-    f.write_all(text.as_bytes()).map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)
+/// A path as ssh_config reads it: in double quotes, so spaces stay inside it;
+/// a path ssh_config cannot hold (a quote or a line break) is refused.
+fn quoted(path: &Path) -> Result<String, CliError> {
+    let s = path.to_str().ok_or_else(|| {
+        CliError::Usage(format!(
+            "{} is not UTF-8: ssh_config cannot name it",
+            path.display()
+        ))
+    })?;
+    if s.contains(['"', '\n', '\r']) {
+        return Err(CliError::Usage(format!(
+            "{s:?} holds a quote or a line break: ssh_config cannot name it"
+        )));
+    }
+    Ok(format!("\"{s}\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_quoted_for_ssh_config_or_refused() {
+        assert_eq!(
+            quoted(Path::new("/home/a b/.config")).unwrap(),
+            "\"/home/a b/.config\""
+        );
+        assert!(quoted(Path::new("/x\nProxyCommand evil")).is_err());
+        assert!(quoted(Path::new("/x\"y")).is_err());
+    }
+
+    #[test]
+    fn ssh_addresses_split_or_are_refused() {
+        assert_eq!(
+            split_address("127.0.0.1:2222").unwrap(),
+            ("127.0.0.1".into(), 2222)
+        );
+        assert_eq!(split_address("[::1]:22").unwrap(), ("::1".into(), 22));
+        for bad in ["host", "host:x", ":22", "a b:22", "h\n:22"] {
+            assert!(split_address(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -557,7 +557,10 @@ async fn ssh_config_serves_real_ssh_and_ansible() {
     cli.ok(&["ssh-config", "--install"]);
     cli.ok(&["ssh-config", "--install"]);
     let user_config = std::fs::read_to_string(ssh_dir.join("config")).unwrap();
-    let include = format!("Include {}", cli.config.path().join("ssh_config").display());
+    let include = format!(
+        "Include \"{}\"",
+        cli.config.path().join("ssh_config").display()
+    );
     assert!(user_config.starts_with(&include), "{user_config}");
     assert_eq!(user_config.matches("Include").count(), 1, "{user_config}");
     assert!(
