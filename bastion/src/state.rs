@@ -58,6 +58,9 @@ pub struct Settings {
     /// Kubeconfigs name the edge in the TLS server name (the bastion issues the
     /// certificates); `false` with an operator's certificate: in the path.
     pub kube_by_server_name: bool,
+    /// The agent packages and install script served on the agent port (read
+    /// once at start, see `agents::packages`); `None`: none served.
+    pub agent_packages: Option<Arc<crate::agents::packages::AgentPackages>>,
 }
 
 impl Default for Settings {
@@ -84,6 +87,7 @@ impl Default for Settings {
             ssh_allow_chacha20: false,
             kube_public_url: None,
             kube_by_server_name: false,
+            agent_packages: None,
         }
     }
 }
