@@ -137,9 +137,10 @@ impl PackageArgs {
         use postern_bastion::agents::packages::{PACKAGED_BINARY, SHIPPED_DIR};
         // Only the packaged binary: a build elsewhere (tests, a checkout) on a
         // machine that has the package must not serve it unasked.
-        let packaged = std::env::current_exe()
-            .is_ok_and(|exe| exe == std::path::Path::new(PACKAGED_BINARY));
-        if self.agent_packages.is_empty() && packaged && std::path::Path::new(SHIPPED_DIR).is_dir() {
+        let packaged =
+            std::env::current_exe().is_ok_and(|exe| exe == std::path::Path::new(PACKAGED_BINARY));
+        if self.agent_packages.is_empty() && packaged && std::path::Path::new(SHIPPED_DIR).is_dir()
+        {
             vec![PathBuf::from(SHIPPED_DIR)]
         } else {
             self.agent_packages
@@ -464,7 +465,12 @@ async fn run_dev(cfg: Config) -> anyhow::Result<()> {
     let install = files
         .install_file
         .as_ref()
-        .map(|f| format!("  install command: {} (one line, as root on a Debian node)\n", f.display()))
+        .map(|f| {
+            format!(
+                "  install command: {} (one line, as root on a Debian node)\n",
+                f.display()
+            )
+        })
         .unwrap_or_default();
     eprintln!(
         "\nPostern dev bastion is up.\n  admin API token: {tok}\n  join command:    {join}\n{install}  try: curl -H \"Authorization: Bearer $(cat {tok})\" http://{api}/api/v1/projects/demo/edges/local/nodes\n  SSH: {ssh_note}\n",

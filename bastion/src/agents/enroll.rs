@@ -95,9 +95,7 @@ pub(super) async fn serve(
             let shared = shared.clone();
             let downloads = downloads.clone();
             let conn_state = conn_state.clone();
-            async move {
-                Ok::<_, Infallible>(handle(req, peer, &shared, &downloads, &conn_state).await)
-            }
+            async move { Ok::<_, Infallible>(handle(req, peer, &shared, &downloads, &conn_state).await) }
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -171,7 +169,14 @@ async fn handle(
     conn: &downloads::Conn,
 ) -> Response<Full<Bytes>> {
     if downloads::is_download(req.uri().path()) {
-        return downloads::respond(req.method(), req.uri().path(), peer, shared, downloads, conn);
+        return downloads::respond(
+            req.method(),
+            req.uri().path(),
+            peer,
+            shared,
+            downloads,
+            conn,
+        );
     }
     if req.method() != Method::POST || req.uri().path() != ENROLL_PATH {
         let body = ErrorBody::new(

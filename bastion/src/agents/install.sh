@@ -67,7 +67,7 @@ main() {
     actual=$(sha256sum "$tmp/$file" | cut -d' ' -f1)
     [ "$actual" = "$sum" ] || die "$file has sha256 $actual, but the bastion said $sum: not installing it"
     say "installing $file (sha256 $sum)"
-    dpkg -i "$tmp/$file" </dev/null
+    POSTERN_INSTALL_SCRIPT=1 dpkg -i "$tmp/$file" </dev/null
 
     if [ -e "$data_dir/agent.json" ]; then
         say "$data_dir already holds an enrollment: not joining again (purge postern-agent, or delete $data_dir, to join anew)"

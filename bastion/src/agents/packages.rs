@@ -42,7 +42,7 @@ pub enum PackageError {
         source: std::io::Error,
     },
     #[error(
-        "agent package {path} is {size} bytes, more than the {MAX_PACKAGE_BYTES} a bastion serves"
+        "agent package {path} is {size} bytes, more than the {MAX_PACKAGE_BYTES} bytes (200 MiB) a bastion serves"
     )]
     TooLarge { path: String, size: u64 },
     #[error("agent package {0} is not named postern-agent_<version>_<arch>.deb")]
@@ -366,7 +366,12 @@ mod tests {
         )));
         assert!(script.contains("CONTROLLERS='https://b.example:8443'"));
         assert!(script.contains("CA_PEM='-----BEGIN CERTIFICATE-----\nAAAA\n-----END"));
-        assert!(!script.contains('@'), "a placeholder is left:\n{script}");
+        for placeholder in ["@CONTROLLERS@", "@CA_PEM@", "@PACKAGES", "@ARCHES@"] {
+            assert!(
+                !script.contains(placeholder),
+                "{placeholder} left:\n{script}"
+            );
+        }
 
         // A second one for the same architecture is ambiguous.
         std::fs::write(dir.path().join("postern-agent_0.2.0_amd64.deb"), b"x").unwrap();
@@ -376,7 +381,11 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let e = AgentPackages::load(&[empty.path().to_path_buf()], "https://b:1", "").unwrap_err();
         assert!(matches!(e, PackageError::EmptyDir(_)), "{e}");
-        assert!(AgentPackages::load(&[], "https://b:1", "").unwrap().is_none());
+        assert!(
+            AgentPackages::load(&[], "https://b:1", "")
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
