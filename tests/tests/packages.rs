@@ -85,10 +85,15 @@ fn installed(pkg: &str) -> bool {
 /// Holds the machine's packages for one test: the lock that serializes the
 /// tests installing them, and a purge of both on every exit, panics included.
 /// Processes the test started from the installed binaries are killed first.
+/// A Postern package this suite did not install (no marker) is never touched:
+/// the test fails and says so instead of purging someone's node identity.
 struct Machine {
     started: Vec<Child>,
     _lock: std::fs::File,
 }
+
+/// Present while this suite may have Postern packages installed.
+const MARKER: &str = "/var/tmp/postern-tests-dpkg-installed";
 
 impl Machine {
     async fn take() -> Machine {
@@ -104,6 +109,14 @@ impl Machine {
         })
         .await
         .unwrap();
+        for pkg in PACKAGES {
+            assert!(
+                !present(pkg) || Path::new(MARKER).exists(),
+                "{pkg} is installed on this machine, and not by this suite: not touching it \
+                 (purge it to run the package tests here)"
+            );
+        }
+        std::fs::write(MARKER, b"").unwrap();
         let m = Machine {
             started: Vec::new(),
             _lock: lock,
@@ -133,8 +146,22 @@ impl Machine {
 impl Drop for Machine {
     fn drop(&mut self) {
         self.stop_started();
-        let _ = Command::new("dpkg").arg("--purge").args(PACKAGES).output();
+        let purged = Command::new("dpkg")
+            .arg("--purge")
+            .args(PACKAGES)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if purged {
+            let _ = std::fs::remove_file(MARKER);
+        }
     }
+}
+
+/// Installed, or removed with its configuration left: anything but purged.
+fn present(pkg: &str) -> bool {
+    let out = run(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]));
+    let status = String::from_utf8_lossy(&out.stdout);
+    out.status.success() && !status.is_empty() && !status.ends_with("not-installed")
 }
 
 /// Both packages, built by `scripts/package` from this suite's binaries.
@@ -282,7 +309,11 @@ fn get(path: &str) -> Vec<u8> {
 
 /// A file named as an agent package for this machine, of `len` random bytes.
 fn fake_package(dir: &Path, len: usize) -> PathBuf {
-    let path = dir.join(format!("postern-agent_{}_{}.deb", version(), arch_or_amd64()));
+    let path = dir.join(format!(
+        "postern-agent_{}_{}.deb",
+        version(),
+        arch_or_amd64()
+    ));
     let bytes: Vec<u8> = (0..len).map(|_| rand::random::<u8>()).collect();
     std::fs::write(&path, bytes).unwrap();
     path
@@ -356,7 +387,10 @@ async fn both_packages_install_as_sshd_wants_run_reinstall_and_purge_to_nothing(
 
         // The state directories, made by the maintainer scripts.
         let postern = uid_of("postern").expect("the postern system user");
-        assert!(postern < 1000, "postern is not a system user: uid {postern}");
+        assert!(
+            postern < 1000,
+            "postern is not a system user: uid {postern}"
+        );
         assert_eq!(mode_of("/var/lib/postern-agent"), (0o700, 0, 0));
         assert_eq!(mode_of("/var/lib/postern").0, 0o700);
         assert_eq!(mode_of("/var/lib/postern").1, postern);
@@ -365,9 +399,10 @@ async fn both_packages_install_as_sshd_wants_run_reinstall_and_purge_to_nothing(
 
         // The units run the installed binaries.
         let unit = std::fs::read_to_string("/lib/systemd/system/postern-agent.service").unwrap();
-        assert!(unit.contains("ExecStart=/usr/bin/postern-agent run --data-dir /var/lib/postern-agent"));
-        let unit =
-            std::fs::read_to_string("/lib/systemd/system/postern-bastion.service").unwrap();
+        assert!(
+            unit.contains("ExecStart=/usr/bin/postern-agent run --data-dir /var/lib/postern-agent")
+        );
+        let unit = std::fs::read_to_string("/lib/systemd/system/postern-bastion.service").unwrap();
         assert!(unit.contains("ExecStart=/usr/bin/postern-bastion serve"));
         assert!(unit.contains("User=postern"));
         for u in ["postern-agent", "postern-bastion"] {
@@ -377,8 +412,10 @@ async fn both_packages_install_as_sshd_wants_run_reinstall_and_purge_to_nothing(
         if Path::new("/usr/bin/deb-systemd-helper").exists() {
             for u in ["postern-agent", "postern-bastion"] {
                 assert!(
-                    Path::new(&format!("/etc/systemd/system/multi-user.target.wants/{u}.service"))
-                        .exists(),
+                    Path::new(&format!(
+                        "/etc/systemd/system/multi-user.target.wants/{u}.service"
+                    ))
+                    .exists(),
                     "{u} not enabled"
                 );
             }
@@ -421,8 +458,8 @@ async fn both_packages_install_as_sshd_wants_run_reinstall_and_purge_to_nothing(
 
     // The opt-in sshd settings, as sshd reads them, and as the installed
     // doctor checks them (the helper's path as sshd will).
-    let conf = std::fs::read_to_string("/usr/share/postern-agent/sshd_config.d/postern.conf")
-        .unwrap();
+    let conf =
+        std::fs::read_to_string("/usr/share/postern-agent/sshd_config.d/postern.conf").unwrap();
     assert!(conf.contains(
         "AuthorizedKeysCommand /usr/bin/postern-keys --data-dir /var/lib/postern-agent %u %f\nAuthorizedKeysCommandUser root\n"
     ));
@@ -484,15 +521,19 @@ async fn both_packages_install_as_sshd_wants_run_reinstall_and_purge_to_nothing(
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    eventually(Duration::from_secs(20), "packaged bastion ready", || async {
-        matches!(http(api, "GET", "/readyz", None, None).await, Ok((200, _)))
-    })
+    eventually(
+        Duration::from_secs(20),
+        "packaged bastion ready",
+        || async { matches!(http(api, "GET", "/readyz", None, None).await, Ok((200, _))) },
+    )
     .await;
     for (path, body) in [
         ("/api/v1/projects", json!({"name": "web"})),
         ("/api/v1/projects/web/edges", json!({"name": "eu-1"})),
     ] {
-        let (s, v) = http(api, "POST", path, Some(&token), Some(body)).await.unwrap();
+        let (s, v) = http(api, "POST", path, Some(&token), Some(body))
+            .await
+            .unwrap();
         assert_eq!(s, 201, "{v}");
     }
     let (s, v) = http(
@@ -582,6 +623,48 @@ async fn the_install_command_installs_joins_and_brings_the_node_up_with_the_ca_p
     assert!(!Path::new("/usr/bin/postern-agent").exists());
     assert_eq!(b.metric("postern_agent_downloads_total").await, 0);
 
+    // A package that is not the one the script names (here: the script's hash
+    // altered) is downloaded, checked, and not installed.
+    let fetch = cmd.split(" && sh -c ").next().unwrap();
+    let o = run(Command::new("sh").args(["-c", &format!("{fetch} && printf '%s' \"$s\"")]));
+    assert!(o.status.success(), "{}", text(&o));
+    let script = String::from_utf8(o.stdout).unwrap();
+    let sum = sha256_hex(&agent_deb);
+    assert!(script.contains(&sum));
+    let forged = script.replace(&sum, &"0".repeat(64));
+    let join_args: Vec<&str> = t["join_command"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .skip(2)
+        .collect();
+    let o = run(Command::new("sh")
+        .args(["-c", &forged, "postern-install"])
+        .args(&join_args));
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!(
+            "has sha256 {sum}, but the bastion said {}: not installing it",
+            "0".repeat(64)
+        )),
+        "{}",
+        text(&o)
+    );
+    assert!(!installed("postern-agent"));
+    assert_eq!(b.metric("postern_agent_downloads_total").await, 2);
+    // Not root: refused before anything is fetched.
+    let o = run(Command::new("runuser")
+        .args(["-u", "nobody", "--", "sh", "-c", &script, "postern-install"])
+        .args(&join_args));
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("run this as root"),
+        "{}",
+        text(&o)
+    );
+    let downloads_before = b.metric("postern_agent_downloads_total").await;
+    assert_eq!(downloads_before, 2);
+
     // The line as printed, in sh (dash on Debian).
     let hostname = String::from_utf8(run(&mut Command::new("hostname")).stdout)
         .unwrap()
@@ -610,8 +693,11 @@ async fn the_install_command_installs_joins_and_brings_the_node_up_with_the_ca_p
     assert!(installed("postern-agent"));
     assert!(Path::new("/var/lib/postern-agent/agent.json").exists());
     let node = b.node(&hostname).await.expect("the node joined");
-    assert_eq!(node["state"], "provisioned", "{node}");
-    assert_eq!(b.metric("postern_agent_downloads_total").await, 2);
+    assert_eq!(node["state"], "approved", "{node}");
+    assert_eq!(
+        b.metric("postern_agent_downloads_total").await,
+        downloads_before + 2
+    );
 
     // Started by hand with the installed binary (no systemd here), the node
     // comes up, and the installed doctor finds it joined and connected.
@@ -640,7 +726,8 @@ async fn the_install_command_installs_joins_and_brings_the_node_up_with_the_ca_p
     let o = run(Command::new("sh").args(["-c", &cmd]));
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("already holds an enrollment: not joining again"),
+        String::from_utf8_lossy(&o.stderr)
+            .contains("already holds an enrollment: not joining again"),
         "{}",
         text(&o)
     );
@@ -660,7 +747,7 @@ async fn the_install_command_installs_joins_and_brings_the_node_up_with_the_ca_p
         .iter()
         .filter(|e| e["targets"][0] == deb_name)
         .collect();
-    assert_eq!(of_package.len(), 2, "{downloads:?}");
+    assert_eq!(of_package.len(), 3, "{downloads:?}");
     assert_eq!(of_package[0]["detail"]["sha256"], sha256_hex(&agent_deb));
     assert_eq!(of_package[0]["source_ip"], "127.0.0.1");
 
@@ -697,7 +784,10 @@ async fn download_routes_refuse_bad_requests_and_the_bastion_keeps_serving() {
     assert_eq!(s, 200, "{head}");
     let script = String::from_utf8(body).unwrap();
     assert!(script.starts_with("#!/bin/sh\n"));
-    assert!(script.contains(&format!("{name} {}", sha256_hex(&pkg))), "{script}");
+    assert!(
+        script.contains(&format!("{name} {}", sha256_hex(&pkg))),
+        "{script}"
+    );
     assert!(script.contains(&format!("CA_PEM='{}'", ca.trim_end())));
     assert!(script.contains(&format!("CONTROLLERS='https://{}'", b.agent)));
     // POSIX sh can parse it.
@@ -711,7 +801,14 @@ async fn download_routes_refuse_bad_requests_and_the_bastion_keeps_serving() {
     std::fs::write(&ca_file, &ca).unwrap();
     let got = dir.path().join("got.deb");
     let o = run(Command::new("curl")
-        .args(["-fsS", "--proto", "=https", "--tlsv1.3", "--http1.1", "--cacert"])
+        .args([
+            "-fsS",
+            "--proto",
+            "=https",
+            "--tlsv1.3",
+            "--http1.1",
+            "--cacert",
+        ])
         .arg(&ca_file)
         .arg("-o")
         .arg(&got)
@@ -723,7 +820,10 @@ async fn download_routes_refuse_bad_requests_and_the_bastion_keeps_serving() {
     let head_req = format!("HEAD /agent/v1/packages/{name} HTTP/1.1\r\nHost: x\r\n\r\n");
     let (s, head, body) = agent_port(&b, &ca, head_req.as_bytes()).await;
     assert_eq!(s, 200, "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-length: 262144"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 262144"),
+        "{head}"
+    );
     assert!(body.is_empty());
 
     let refused_before = b.metric("postern_agent_downloads_refused_total").await;
@@ -748,7 +848,10 @@ async fn download_routes_refuse_bad_requests_and_the_bastion_keeps_serving() {
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert!(v["error"]["message"].is_string(), "{v}");
         if want == 405 {
-            assert!(head.to_ascii_lowercase().contains("allow: get, head"), "{head}");
+            assert!(
+                head.to_ascii_lowercase().contains("allow: get, head"),
+                "{head}"
+            );
         }
     }
     assert_eq!(
@@ -776,7 +879,12 @@ async fn download_routes_refuse_bad_requests_and_the_bastion_keeps_serving() {
     let plain = Bastion::start(BastionOpts::default()).await;
     let t = plain.enrollment(json!({})).await;
     assert!(t["install_command"].is_null(), "{t}");
-    let (s, head, _) = agent_port(&plain, &ca_pem_of_bastion(&plain).await, &get("/agent/v1/install.sh")).await;
+    let (s, head, _) = agent_port(
+        &plain,
+        &ca_pem_of_bastion(&plain).await,
+        &get("/agent/v1/install.sh"),
+    )
+    .await;
     assert_eq!(s, 404, "{head}");
 }
 
@@ -813,7 +921,10 @@ async fn slow_downloads_cannot_starve_enrollments() {
 
     let (s, head, _) = agent_port(&b, &ca, &get(&format!("/agent/v1/packages/{name}"))).await;
     assert_eq!(s, 503, "{head}");
-    assert!(head.to_ascii_lowercase().contains("retry-after: 5"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 5"),
+        "{head}"
+    );
     // The small script is not a package download: it is still served.
     let (s, _, _) = agent_port(&b, &ca, &get("/agent/v1/install.sh")).await;
     assert_eq!(s, 200);
@@ -845,7 +956,9 @@ async fn an_oversized_or_misnamed_package_stops_the_bastion_at_start() {
     let key = dir.path().join("master.key");
     std::fs::write(&key, "22".repeat(32)).unwrap();
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let big = dir.path().join(format!("postern-agent_{}_amd64.deb", version()));
+    let big = dir
+        .path()
+        .join(format!("postern-agent_{}_amd64.deb", version()));
     std::fs::File::create(&big)
         .unwrap()
         .set_len(200 * 1024 * 1024 + 1)
@@ -853,7 +966,10 @@ async fn an_oversized_or_misnamed_package_stops_the_bastion_at_start() {
     let odd = dir.path().join("agent.deb");
     std::fs::write(&odd, b"x").unwrap();
     for (file, says) in [
-        (&big, "more than the 209715200 bytes a bastion serves"),
+        (
+            &big,
+            "more than the 209715200 bytes (200 MiB) a bastion serves",
+        ),
         (&odd, "is not named postern-agent_<version>_<arch>.deb"),
     ] {
         let o = run(Command::new(bin("postern-bastion"))
@@ -867,7 +983,11 @@ async fn an_oversized_or_misnamed_package_stops_the_bastion_at_start() {
             .arg("--agent-package")
             .arg(file));
         assert!(!o.status.success(), "{}", text(&o));
-        assert!(String::from_utf8_lossy(&o.stderr).contains(says), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(says),
+            "{}",
+            text(&o)
+        );
     }
 }
 
@@ -896,20 +1016,31 @@ async fn dev_writes_the_install_command_only_when_it_serves_a_package() {
         let mut dev = Dev(cmd.spawn().unwrap());
         let api_addr = api.parse().unwrap();
         eventually(Duration::from_secs(30), "dev is up", || async {
-            matches!(http(api_addr, "GET", "/readyz", None, None).await, Ok((200, _)))
-                && data.join("join-command").exists()
+            matches!(
+                http(api_addr, "GET", "/readyz", None, None).await,
+                Ok((200, _))
+            ) && data.join("join-command").exists()
         })
         .await;
         if with_package {
-            eventually(Duration::from_secs(10), "install-command written", || async {
-                install.exists()
-            })
+            eventually(
+                Duration::from_secs(10),
+                "install-command written",
+                || async { install.exists() },
+            )
             .await;
             let line = std::fs::read_to_string(&install).unwrap();
             let join = std::fs::read_to_string(data.join("join-command")).unwrap();
             let args = join.trim().strip_prefix("postern-agent join ").unwrap();
-            assert!(line.trim_end().ends_with(&format!("postern-install {args}")), "{line}");
-            assert!(line.contains(&format!("https://{agent}/agent/v1/install.sh")), "{line}");
+            assert!(
+                line.trim_end()
+                    .ends_with(&format!("postern-install {args}")),
+                "{line}"
+            );
+            assert!(
+                line.contains(&format!("https://{agent}/agent/v1/install.sh")),
+                "{line}"
+            );
             assert_eq!(mode_of(install.to_str().unwrap()).0, 0o600);
         } else {
             // Written before the API listens, so it is already gone.
