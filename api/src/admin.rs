@@ -345,6 +345,13 @@ pub struct EnrollmentTokenCreated {
     /// Ready to run on the node; append `--hostname H --data-dir D` if the defaults
     /// (the machine's hostname, `/var/lib/postern-agent`) do not fit.
     pub join_command: String,
+    /// One line, run as root on a Debian or Ubuntu node, that installs the
+    /// agent package from the bastion's agent port and joins: it fetches an
+    /// install script with the bastion's CA pinned (`curl --cacert`, the CA
+    /// given inline), which checks the package's sha256 and runs the join
+    /// command's arguments. `null` when the bastion serves no agent package
+    /// (`serve --agent-package`).
+    pub install_command: Option<String>,
 }
 
 /// One entry of the tamper-evident audit log.

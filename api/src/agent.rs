@@ -11,6 +11,11 @@ pub const ALPN_ENROLL: &[u8] = b"http/1.1";
 pub const ENROLL_PATH: &str = "/agent/v1/enroll";
 /// Largest enrollment request (a CSR and a few fields).
 pub const ENROLL_MAX_BODY: usize = 16 * 1024;
+/// GET, unauthenticated, on the agent port beside enrollment: a POSIX sh script
+/// that installs the agent package and joins (the bastion's `install_command`).
+pub const INSTALL_SCRIPT_PATH: &str = "/agent/v1/install.sh";
+/// GET, unauthenticated, on the agent port: `<this>postern-agent_<version>_<arch>.deb`.
+pub const PACKAGES_PATH: &str = "/agent/v1/packages/";
 
 /// Where a bastion's agent port is, from `https://host[:port]`: what the agent
 /// dials and the bastion names in its certificate.

@@ -36,6 +36,9 @@ pub struct Config {
     pub replica: Option<crate::replicas::ReplicaConfig>,
     /// The Kubernetes listener (`--kube-addr`), when kubectl should reach edges.
     pub kube: Option<KubeConfig>,
+    /// Agent packages to serve on the agent port (`--agent-package`): files, or
+    /// directories holding `postern-agent_*.deb`. Empty: none.
+    pub agent_packages: Vec<PathBuf>,
 }
 
 /// Where the Kubernetes door listens and with which certificate.
@@ -68,6 +71,8 @@ pub enum StartError {
     Replica(#[from] crate::replicas::ReplicaError),
     #[error(transparent)]
     KubeTls(#[from] crate::kube::KubeTlsError),
+    #[error(transparent)]
+    Packages(#[from] crate::agents::packages::PackageError),
     #[error(
         "another bastion is running on the data directory {0}: SQLite belongs to one process; \
          for several replicas use PostgreSQL (--database-url postgres://… with --replica-name and --peer-addr)"
@@ -196,6 +201,8 @@ impl Bastion {
         }
         names.dedup();
         let tls = agents::server_config(&pki, &names)?;
+        settings.agent_packages =
+            load_packages(cfg.agent_packages.clone(), &settings.agent_public_url, &pki).await?;
         let (replicas, peer) = match &cfg.replica {
             Some(rc) => {
                 let peer =
@@ -409,6 +416,34 @@ impl Bastion {
         shared.store.close().await;
         result
     }
+}
+
+/// Reads the agent packages to serve, off the runtime (they may be MiBs).
+async fn load_packages(
+    paths: Vec<PathBuf>,
+    controllers: &str,
+    pki: &Pki,
+) -> Result<Option<Arc<agents::packages::AgentPackages>>, StartError> {
+    let controllers = controllers.to_string();
+    let ca_pem = pki.ca_pem().to_string();
+    let loaded = tokio::task::spawn_blocking(move || {
+        agents::packages::AgentPackages::load(&paths, &controllers, &ca_pem)
+    })
+    .await
+    .map_err(|e| StartError::Config(format!("reading the agent packages: {e}")))??;
+    if let Some(p) = &loaded {
+        for pkg in p.packages() {
+            if pkg.version != env!("CARGO_PKG_VERSION") {
+                tracing::warn!(
+                    file = %pkg.file_name,
+                    bastion = env!("CARGO_PKG_VERSION"),
+                    "serving an agent package of another version than this bastion's"
+                );
+            }
+            tracing::info!(file = %pkg.file_name, sha256 = %pkg.sha256, bytes = pkg.bytes.len(), "serving agent package");
+        }
+    }
+    Ok(loaded.map(Arc::new))
 }
 
 /// Writes last-seen times of connected nodes now and then, in batches.

@@ -122,7 +122,36 @@ struct ServeArgs {
     #[command(flatten)]
     kube: KubeArgs,
     #[command(flatten)]
+    packages: PackageArgs,
+    #[command(flatten)]
     tuning: Tuning,
+}
+
+#[derive(Args)]
+struct PackageArgs {
+    /// An agent package to serve on the agent port for the one-line join (the
+    /// enrollment tokens' install_command): a postern-agent_<version>_<arch>.deb,
+    /// or a directory of them; repeatable, one per architecture. Default, for
+    /// the packaged binary (/usr/bin/postern-bastion): the directory its
+    /// package ships the agent package in.
+    #[arg(long = "agent-package", value_name = "FILE_OR_DIR")]
+    agent_packages: Vec<PathBuf>,
+}
+
+impl PackageArgs {
+    fn paths(self) -> Vec<PathBuf> {
+        use postern_bastion::agents::packages::{PACKAGED_BINARY, SHIPPED_DIR};
+        // Only the packaged binary: a build elsewhere (tests, a checkout) on a
+        // machine that has the package must not serve it unasked.
+        let packaged =
+            std::env::current_exe().is_ok_and(|exe| exe == std::path::Path::new(PACKAGED_BINARY));
+        if self.agent_packages.is_empty() && packaged && std::path::Path::new(SHIPPED_DIR).is_dir()
+        {
+            vec![PathBuf::from(SHIPPED_DIR)]
+        } else {
+            self.agent_packages
+        }
+    }
 }
 
 #[derive(Args)]
@@ -169,6 +198,8 @@ struct DevArgs {
     /// The Kubernetes listener (kubectl through the bastion).
     #[arg(long, default_value = "127.0.0.1:6443")]
     kube_addr: SocketAddr,
+    #[command(flatten)]
+    packages: PackageArgs,
     #[command(flatten)]
     tuning: Tuning,
 }
@@ -315,6 +346,7 @@ async fn main() -> anyhow::Result<()> {
                     _ => None,
                 },
                 kube: a.kube.config(),
+                agent_packages: a.packages.paths(),
             };
             serve(cfg).await
         }
@@ -336,6 +368,7 @@ async fn main() -> anyhow::Result<()> {
                     tls: None,
                     public_url: None,
                 }),
+                agent_packages: a.packages.paths(),
             };
             run_dev(cfg).await
         }
@@ -438,8 +471,18 @@ async fn run_dev(cfg: Config) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         async move { agent.run(shutdown).await }
     });
+    let install = files
+        .install_file
+        .as_ref()
+        .map(|f| {
+            format!(
+                "  install command: {} (one line, as root on a Debian node)\n",
+                f.display()
+            )
+        })
+        .unwrap_or_default();
     eprintln!(
-        "\nPostern dev bastion is up.\n  admin API token: {tok}\n  join command:    {join}\n  try: curl -H \"Authorization: Bearer $(cat {tok})\" http://{api}/api/v1/projects/demo/edges/local/nodes\n  SSH: {ssh_note}\n",
+        "\nPostern dev bastion is up.\n  admin API token: {tok}\n  join command:    {join}\n{install}  try: curl -H \"Authorization: Bearer $(cat {tok})\" http://{api}/api/v1/projects/demo/edges/local/nodes\n  SSH: {ssh_note}\n",
         tok = files.token_file.display(),
         join = files.join_file.display(),
     );

@@ -13,6 +13,10 @@ pub struct Metrics {
     pub enrollments: AtomicU64,
     pub enrollment_failures: AtomicU64,
     pub enrollments_rejected_full: AtomicU64,
+    /// Install scripts and agent packages served on the agent port.
+    pub agent_downloads: AtomicU64,
+    /// Download requests refused (unknown file, wrong method, pool full).
+    pub agent_downloads_refused: AtomicU64,
     pub ssh_dropped_per_source: AtomicU64,
     pub rotations: AtomicU64,
     pub rotation_failures: AtomicU64,
@@ -96,7 +100,7 @@ impl Metrics {
                 "counter",
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 22] = [
+        let counters: [(&str, &str, &AtomicU64); 24] = [
             (
                 "postern_access_publish_failures_total",
                 "Access changes that could not be recorded for the other replicas (their sessions stay until next authorized).",
@@ -151,6 +155,16 @@ impl Metrics {
                 "postern_enrollment_failures_total",
                 "Enrollment requests refused.",
                 &self.enrollment_failures,
+            ),
+            (
+                "postern_agent_downloads_total",
+                "Install scripts and agent packages served on the agent port.",
+                &self.agent_downloads,
+            ),
+            (
+                "postern_agent_downloads_refused_total",
+                "Requests for the install script or agent packages refused (unknown file, wrong method, too many at once).",
+                &self.agent_downloads_refused,
             ),
             (
                 "postern_cert_rotations_total",

@@ -64,6 +64,9 @@ pub struct Settings {
     /// The SSH front door as users reach it (`host:port`) and its host key in
     /// OpenSSH's one-line form, for `GET /api/v1/ssh`; `None` when SSH is off.
     pub ssh_endpoint: Option<(String, String)>,
+    /// The agent packages and install script served on the agent port (read
+    /// once at start, see `agents::packages`); `None`: none served.
+    pub agent_packages: Option<Arc<crate::agents::packages::AgentPackages>>,
 }
 
 impl Default for Settings {
@@ -92,6 +95,7 @@ impl Default for Settings {
             kube_by_server_name: false,
             ssh_public_addr: None,
             ssh_endpoint: None,
+            agent_packages: None,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `postern-keys [--data-dir D] LOGIN [FINGERPRINT]`, for sshd:
 //!
 //! ```text
-//! AuthorizedKeysCommand /usr/local/bin/postern-keys --data-dir /var/lib/postern-agent %u %f
+//! AuthorizedKeysCommand /usr/bin/postern-keys --data-dir /var/lib/postern-agent %u %f
 //! AuthorizedKeysCommandUser root
 //! ```
 //!

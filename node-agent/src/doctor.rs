@@ -161,19 +161,31 @@ async fn sshd_keys_command(o: &DoctorOptions) -> Result<(String, Option<String>)
     Ok((command, value("authorizedkeyscommanduser")))
 }
 
+/// The sshd settings as the postern-agent package ships them, to link into
+/// `/etc/ssh/sshd_config.d/` (opt-in: the package never edits sshd's files).
+const DROP_IN: &str = "/usr/share/postern-agent/sshd_config.d/postern.conf";
+
 /// The AuthorizedKeysCommand: that it is postern-keys for this data
 /// directory, and that sshd will run it (its path and every directory above
 /// it root-owned and writable by no one else, as sshd demands).
 fn keys_command(command: &str, user: Option<&str>, data_dir: &Path) -> Vec<Check> {
     let snippet = format!(
-        "AuthorizedKeysCommand /usr/local/bin/postern-keys --data-dir {} %u %f\nAuthorizedKeysCommandUser root",
+        "AuthorizedKeysCommand /usr/bin/postern-keys --data-dir {} %u %f\nAuthorizedKeysCommandUser root",
         data_dir.display()
     );
     if command == "none" || command.is_empty() {
+        // The shipped file names the default data directory only.
+        let shipped = if data_dir == Path::new("/var/lib/postern-agent") {
+            format!(
+                "\n(the postern-agent package ships these: ln -s {DROP_IN} /etc/ssh/sshd_config.d/postern.conf)"
+            )
+        } else {
+            String::new()
+        };
         return vec![Check::fail(
             "sshd",
             format!(
-                "sshd does not ask postern-keys for keys; add to its configuration:\n{snippet}"
+                "sshd does not ask postern-keys for keys; add to its configuration:\n{snippet}{shipped}"
             ),
         )];
     }
@@ -220,7 +232,7 @@ fn keys_command(command: &str, user: Option<&str>, data_dir: &Path) -> Vec<Check
             ),
             Err(e) => Check::fail(
                 "keys helper",
-                format!("sshd will refuse to run it: {e}; install it root-owned, mode 0755, in a directory such as /usr/local/bin"),
+                format!("sshd will refuse to run it: {e}; install it root-owned, mode 0755, in a directory such as /usr/bin (where the postern-agent package puts it)"),
             ),
         });
     }
@@ -349,7 +361,7 @@ mod tests {
     fn the_keys_command_must_be_ours_for_this_data_dir() {
         let d = Path::new("/var/lib/postern-agent");
         let c = keys_command("none", None, d);
-        assert!(!c[0].ok && c[0].detail.contains("AuthorizedKeysCommand /usr/local/bin/postern-keys --data-dir /var/lib/postern-agent %u %f"));
+        assert!(!c[0].ok && c[0].detail.contains("AuthorizedKeysCommand /usr/bin/postern-keys --data-dir /var/lib/postern-agent %u %f"));
         let c = keys_command("/bin/sh --data-dir /elsewhere %u %f", Some("root"), d);
         assert!(!c[0].ok && c[0].detail.contains("/elsewhere"), "{c:?}");
         let c = keys_command(

@@ -547,7 +547,7 @@ async fn doctor_finds_what_sshd_would_refuse() {
     let (code, report) = doctor(&none);
     assert_eq!(code, Some(1), "{report}");
     assert!(
-        report.contains("AuthorizedKeysCommand /usr/local/bin/postern-keys --data-dir"),
+        report.contains("AuthorizedKeysCommand /usr/bin/postern-keys --data-dir"),
         "{report}"
     );
 

@@ -1,6 +1,7 @@
 //! Enrollment: `POST /agent/v1/enroll` over server-authenticated TLS on the agent
 //! port. A valid token and a CSR get a node record and a short-lived client
-//! certificate; every refusal leaves no node record and is audited.
+//! certificate; every refusal leaves no node record and is audited. The same
+//! connections also serve the install script and agent packages (`downloads`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,12 +13,18 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use postern_api::agent::{ENROLL_MAX_BODY, ENROLL_PATH, EnrollRequest, EnrollResponse};
+use postern_api::agent::{
+    ENROLL_MAX_BODY, ENROLL_PATH, EnrollRequest, EnrollResponse, INSTALL_SCRIPT_PATH, PACKAGES_PATH,
+};
 use postern_api::{ErrorBody, PROTOCOL_VERSION, validate};
 use serde_json::json;
 use thiserror::Error;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
+
+use super::downloads;
 
 use crate::audit::Event;
 use crate::clock::now_ms;
@@ -68,11 +75,28 @@ impl From<StoreError> for EnrollError {
     }
 }
 
-/// Serves one enrollment connection: HTTP/1.1, one request, strict deadlines.
-pub(super) async fn serve(tls: TlsStream<TcpStream>, peer: SocketAddr, shared: Arc<Shared>) {
-    let svc = hyper::service::service_fn(move |req| {
+/// How long an enrollment connection may take in all: a real enrollment is a
+/// few KiB sent at once; a trickle holds a place in the pool for at most this.
+const ENROLL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Serves one unauthenticated HTTP/1.1 connection: one request (an enrollment,
+/// or a download of the install script or an agent package), strict deadlines.
+pub(super) async fn serve(
+    tls: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    downloads: Arc<Semaphore>,
+) {
+    let conn_state = Arc::new(downloads::Conn::new(Instant::now() + ENROLL_DEADLINE));
+    let svc = hyper::service::service_fn({
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(req, peer, &shared).await) }
+        let conn_state = conn_state.clone();
+        move |req| {
+            let shared = shared.clone();
+            let downloads = downloads.clone();
+            let conn_state = conn_state.clone();
+            async move { Ok::<_, Infallible>(handle(req, peer, &shared, &downloads, &conn_state).await) }
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -80,9 +104,24 @@ pub(super) async fn serve(tls: TlsStream<TcpStream>, peer: SocketAddr, shared: A
         .keep_alive(false)
         .max_buf_size(64 * 1024)
         .serve_connection(TokioIo::new(tls), svc);
-    // A real enrollment is a few KiB sent at once; a trickle holds a place in
-    // the enrollment pool for at most this long.
-    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    let mut conn = std::pin::pin!(conn);
+    let mut draining = false;
+    // A package download moves the deadline while the connection runs.
+    loop {
+        let until = conn_state.deadline();
+        tokio::select! {
+            _ = &mut conn => return,
+            _ = tokio::time::sleep_until(until) => {
+                if conn_state.deadline() <= Instant::now() {
+                    return;
+                }
+            }
+            _ = shared.shutdown.cancelled(), if !draining => {
+                draining = true;
+                conn_state.cut_at(Instant::now() + ENROLL_DEADLINE);
+            }
+        }
+    }
 }
 
 /// Answers 503 to an enrollment that found the enrollment pool full, so the
@@ -126,11 +165,26 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     shared: &Shared,
+    downloads: &Arc<Semaphore>,
+    conn: &downloads::Conn,
 ) -> Response<Full<Bytes>> {
+    if downloads::is_download(req.uri().path()) {
+        return downloads::respond(
+            req.method(),
+            req.uri().path(),
+            peer,
+            shared,
+            downloads,
+            conn,
+        );
+    }
     if req.method() != Method::POST || req.uri().path() != ENROLL_PATH {
         let body = ErrorBody::new(
             "not_found",
-            format!("only POST {ENROLL_PATH} is served here without a client certificate"),
+            format!(
+                "only POST {ENROLL_PATH}, GET {INSTALL_SCRIPT_PATH} and GET {PACKAGES_PATH}<file> \
+                 are served here without a client certificate"
+            ),
         );
         return reply(
             StatusCode::NOT_FOUND,

@@ -6,13 +6,17 @@
 //!
 //! Enrollment has its own small pool of connections (`max_enrollments`): once a
 //! handshake says "enrollment", the connection leaves the agents' pool for that
-//! one, so a flood of enrollments cannot shut out a fleet reconnecting.
+//! one, so a flood of enrollments cannot shut out a fleet reconnecting. The
+//! install script and agent packages are served on those same connections
+//! (see `downloads` for how they share the pool).
 
 mod channel;
 pub mod client;
+mod downloads;
 mod enroll;
 pub mod fleet;
 pub mod kube_keys;
+pub mod packages;
 mod registry;
 mod rotate;
 mod tls;
@@ -39,12 +43,26 @@ use crate::state::Shared;
 /// token) cannot hold the whole enrollment pool.
 const ENROLLMENTS_PER_SOURCE: usize = 8;
 
+/// What connections without a client certificate (enrollments, downloads)
+/// draw from: one pool and a per-source limit, apart from the agents' channels,
+/// and package downloads' share of that pool.
+struct Unauthenticated {
+    enrollments: Arc<Semaphore>,
+    sources: crate::limits::PerSource,
+    downloads: Arc<Semaphore>,
+}
+
 /// Accepts on the agent port until shutdown.
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared: Arc<Shared>) {
     let acceptor = TlsAcceptor::from(tls);
     let limit = Arc::new(Semaphore::new(shared.settings.max_agent_connections));
-    let enrollments = Arc::new(Semaphore::new(shared.settings.max_enrollments));
-    let enroll_sources = crate::limits::PerSource::new(ENROLLMENTS_PER_SOURCE);
+    let pools = Arc::new(Unauthenticated {
+        enrollments: Arc::new(Semaphore::new(shared.settings.max_enrollments)),
+        sources: crate::limits::PerSource::new(ENROLLMENTS_PER_SOURCE),
+        downloads: Arc::new(Semaphore::new(downloads::pool_size(
+            shared.settings.max_enrollments,
+        ))),
+    });
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
@@ -63,8 +81,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared
                     acceptor.clone(),
                     shared.clone(),
                     permit,
-                    enrollments.clone(),
-                    enroll_sources.clone(),
+                    pools.clone(),
                 );
                 // Every idle agent holds one of these: its size is memory per node.
                 static SIZE: std::sync::Once = std::sync::Once::new();
@@ -91,8 +108,7 @@ async fn handle(
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
     permit: OwnedSemaphorePermit,
-    enrollments: Arc<Semaphore>,
-    enroll_sources: crate::limits::PerSource,
+    pools: Arc<Unauthenticated>,
 ) {
     // Boxed, as every step that runs once: this task lives as long as the
     // channel, and its size is the largest of what it awaits.
@@ -125,13 +141,13 @@ async fn handle(
     match (alpn.as_deref(), client_cert) {
         (Some(ALPN_CHANNEL), Some(cert)) => channel::run(tls, peer, cert, shared).await,
         (Some(ALPN_ENROLL), None) => {
-            let Some(_source) = enroll_sources.admit(peer.ip()) else {
+            let Some(_source) = pools.sources.admit(peer.ip()) else {
                 inc(&shared.metrics.enrollments_rejected_full);
                 tracing::warn!(%peer, "too many enrollments at once from one address; refusing this one");
                 Box::pin(enroll::serve_busy(tls)).await;
                 return;
             };
-            let Ok(enroll_permit) = enrollments.try_acquire_owned() else {
+            let Ok(enroll_permit) = pools.enrollments.clone().try_acquire_owned() else {
                 inc(&shared.metrics.enrollments_rejected_full);
                 tracing::warn!(%peer, "too many enrollments at once; refusing this one");
                 Box::pin(enroll::serve_busy(tls)).await;
@@ -139,7 +155,7 @@ async fn handle(
             };
             // From here the connection counts against enrollment's pool only.
             drop(permit);
-            Box::pin(enroll::serve(tls, peer, shared)).await;
+            Box::pin(enroll::serve(tls, peer, shared, pools.downloads.clone())).await;
             drop(enroll_permit);
         }
         _ => {

@@ -1,6 +1,7 @@
 //! `postern-bastion dev`: the five-minute experience. On first start it makes org
 //! `default`, project `demo`, edge `local` and the org admin `admin`, writes the
-//! admin's API token and a ready join command into the data directory, and enrolls
+//! admin's API token and a ready join command (and, when it serves an agent
+//! package, the one-line install) into the data directory, and enrolls
 //! one demo agent (`demo-node`) through the real agent port. Later starts reuse
 //! everything. When the machine has sshd, the demo node gets its own (see
 //! `sshd`), and the user's public key is registered for `admin`.
@@ -37,18 +38,23 @@ pub enum DevError {
 pub struct DevFiles {
     pub token_file: PathBuf,
     pub join_file: PathBuf,
+    /// The one-line install and join (`install-command`), when the bastion
+    /// serves an agent package; `None` otherwise.
+    pub install_file: Option<PathBuf>,
 }
 
 /// Creates the demo tenancy if missing; returns where the token and join command are.
 pub async fn bootstrap(shared: &Arc<Shared>, data_dir: &Path) -> Result<DevFiles, DevError> {
-    let files = DevFiles {
+    let mut files = DevFiles {
         token_file: data_dir.join("admin.token"),
         join_file: data_dir.join("join-command"),
+        install_file: None,
     };
     if shared.store.org_by_name("default").await?.is_some()
         && files.token_file.exists()
         && files.join_file.exists()
     {
+        files.install_file = write_install_command(shared, data_dir, &files.join_file)?;
         return Ok(files);
     }
     // The org and its admin, exactly as `postern-bastion init` makes them.
@@ -85,6 +91,7 @@ pub async fn bootstrap(shared: &Arc<Shared>, data_dir: &Path) -> Result<DevFiles
         format!("{}\n", enroll.join_command).as_bytes(),
     )
     .map_err(|e| DevError::Write(files.join_file.display().to_string(), e))?;
+    files.install_file = write_install_command(shared, data_dir, &files.join_file)?;
     shared
         .audit(
             Event::new("dev.bootstrap", "ok")
@@ -190,6 +197,38 @@ async fn register_key(shared: &Arc<Shared>) -> (String, Option<PathBuf>) {
         }
     };
     (note, Some(path))
+}
+
+/// Writes `install-command` beside `join-command`, for the same token, when
+/// the bastion serves an agent package; removes one left by an earlier start
+/// that did, so the file never names a package that is not served.
+fn write_install_command(
+    shared: &Shared,
+    data_dir: &Path,
+    join_file: &Path,
+) -> Result<Option<PathBuf>, DevError> {
+    let file = data_dir.join("install-command");
+    if shared.settings.agent_packages.is_none() {
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DevError::Write(file.display().to_string(), e)),
+        }
+        return Ok(None);
+    }
+    let line = std::fs::read_to_string(join_file)
+        .map_err(|e| DevError::Write(join_file.display().to_string(), e))?;
+    let (controller, token, ca_hash) = parse_join_command(&line)
+        .ok_or_else(|| DevError::Agent("join-command is malformed".into()))?;
+    let command = crate::agents::packages::install_command(
+        shared.pki.ca_pem(),
+        &controller,
+        &token,
+        &ca_hash,
+    );
+    write_private(&file, format!("{command}\n").as_bytes())
+        .map_err(|e| DevError::Write(file.display().to_string(), e))?;
+    Ok(Some(file))
 }
 
 /// Reads `--controller`, `--token` and `--ca-hash` out of a join command line.

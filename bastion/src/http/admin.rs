@@ -655,6 +655,14 @@ pub async fn issue_enrollment_token(
         t.full.expose(),
         ca_hash
     );
+    let install_command = state.settings.agent_packages.as_ref().map(|_| {
+        crate::agents::packages::install_command(
+            state.pki.ca_pem(),
+            &state.settings.agent_public_url,
+            t.full.expose(),
+            &ca_hash,
+        )
+    });
     Ok(EnrollmentTokenCreated {
         id: t.id,
         token: t.full.expose().to_string(),
@@ -663,6 +671,7 @@ pub async fn issue_enrollment_token(
         auto_approve,
         ca_hash,
         join_command,
+        install_command,
     })
 }
 
