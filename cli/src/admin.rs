@@ -14,7 +14,7 @@ pub struct ProjectsArgs {
     #[command(subcommand)]
     action: Option<ProjectsCmd>,
     /// JSON, as the API answers it
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 
@@ -53,7 +53,7 @@ pub struct EdgesArgs {
     #[command(flatten)]
     project: ProjectOnly,
     /// JSON, as the API answers it
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 
@@ -99,7 +99,7 @@ pub struct NodesArgs {
     #[command(flatten)]
     scope: Scope,
     /// JSON, as the API answers it
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 
@@ -213,7 +213,14 @@ pub async fn join_token(ctx: &Ctx, a: JoinTokenArgs) -> Result<(), CliError> {
             "; approve each with postern nodes approve NODE"
         }
     );
-    println!("  {}", safe(&t.join_command));
+    match &t.install_command {
+        // The package and the join in one line, with the CA pinned.
+        Some(line) => {
+            println!("  {}\n", safe(line));
+            println!("(the agent already installed: {})", safe(&t.join_command));
+        }
+        None => println!("  {}", safe(&t.join_command)),
+    }
     Ok(())
 }
 
@@ -222,7 +229,7 @@ pub struct UsersArgs {
     #[command(subcommand)]
     action: Option<UsersCmd>,
     /// JSON, as the API answers it
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 

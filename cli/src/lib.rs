@@ -78,17 +78,29 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Scope {
     /// The project (default: POSTERN_PROJECT, or the only one you can see)
-    #[arg(short, long, env = "POSTERN_PROJECT", value_name = "PROJECT")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "POSTERN_PROJECT",
+        value_name = "PROJECT"
+    )]
     project: Option<String>,
     /// The edge (default: POSTERN_EDGE, or the project's only edge)
-    #[arg(short, long, env = "POSTERN_EDGE", value_name = "EDGE")]
+    #[arg(short, long, global = true, env = "POSTERN_EDGE", value_name = "EDGE")]
     edge: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ProjectOnly {
     /// The project (default: POSTERN_PROJECT, or the only one you can see)
-    #[arg(short, long, env = "POSTERN_PROJECT", value_name = "PROJECT")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "POSTERN_PROJECT",
+        value_name = "PROJECT"
+    )]
     project: Option<String>,
 }
 

@@ -176,6 +176,47 @@ async fn the_cli_logs_in_lists_runs_and_reads_back() {
         serde_json::from_str(&cli.ok(&["nodes", "-p", "web", "-e", "eu-1", "--json"])).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 3);
 
+    // The operator's steps: an edge, a join token, a node that joins with it
+    // and waits for approval, approved.
+    let (o, _) = cli.expect(&["edges", "create", "lab", "-p", "web"], 0);
+    assert!(o.contains("edge lab created in web"), "{o}");
+    let jt = cli.ok(&["join-token", "-e", "lab", "--uses", "2", "--ttl", "1h"]);
+    assert!(jt.contains("A token for 2 node(s) of web/lab"), "{jt}");
+    let join = jt
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("postern-agent join ")
+                .map(|_| l.trim())
+        })
+        .unwrap_or_else(|| panic!("no join command: {jt}"));
+    let lab = b.dir.path().join("lab-1");
+    let out = postern_tests::run_join(
+        join,
+        &["--hostname", "lab-1", "--data-dir", lab.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (o, e) = cli.expect(&["nodes", "-e", "lab"], 0);
+    assert!(o.contains("lab-1") && o.contains("pending"), "{o}");
+    assert!(
+        e.contains("wait for approval: postern nodes approve NODE -p web -e lab"),
+        "{e}"
+    );
+    let (o, _) = cli.expect(&["nodes", "approve", "lab-1", "-e", "lab"], 0);
+    assert!(o.contains("node lab-1 approved"), "{o}");
+    let (_, e) = cli.expect(&["join-token", "-e", "lab", "--uses", "0"], 2);
+    assert!(e.contains("--uses"), "{e}");
+    // Two edges now: which one must be said.
+    let (_, e) = cli.expect(&["nodes"], 2);
+    assert!(
+        e.contains("which edge of web?") && e.contains("eu-1, lab"),
+        "{e}"
+    );
+    let cli = Cli {
+        config: cli.config,
+        env: vec![("POSTERN_EDGE".into(), "eu-1".into())],
+    };
+
     // A cluster with one failing node: every line prefixed by its node, the
     // failure and a summary on stderr, exit status 1.
     let (o, e) = cli.expect(&["exec", "--cluster", "--", FAIL_ON_ONE], 1);
@@ -304,6 +345,7 @@ async fn the_cli_logs_in_lists_runs_and_reads_back() {
         env: vec![
             ("POSTERN_URL".into(), url.clone()),
             ("POSTERN_TOKEN".into(), b.token.clone()),
+            ("POSTERN_EDGE".into(), "eu-1".into()),
         ],
     };
     assert!(script_user.ok(&["nodes", "--json"]).contains("web-1"));
@@ -349,6 +391,7 @@ async fn the_cli_logs_in_lists_runs_and_reads_back() {
         env: vec![
             ("POSTERN_URL".into(), url.clone()),
             ("POSTERN_TOKEN".into(), bob_token.clone()),
+            ("POSTERN_EDGE".into(), "eu-1".into()),
         ],
     };
     let (_, e) = bob.expect(&["nodes"], 2);

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const PACKAGES: [&str; 2] = ["postern-bastion", "postern-agent"];
+const PACKAGES: [&str; 3] = ["postern-bastion", "postern-agent", "postern"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -164,8 +164,9 @@ fn present(pkg: &str) -> bool {
     out.status.success() && !status.is_empty() && !status.ends_with("not-installed")
 }
 
-/// Both packages, built by `scripts/package` from this suite's binaries.
-fn build_packages(out: &Path) -> (PathBuf, PathBuf) {
+/// The packages, built by `scripts/package` from this suite's binaries: the
+/// agent's, the bastion's and the CLI's.
+fn build_packages(out: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let bin_dir = bin("postern-bastion").parent().unwrap().to_path_buf();
     let o = run(Command::new(repo().join("scripts/package"))
         .arg("--bin-dir")
@@ -178,12 +179,13 @@ fn build_packages(out: &Path) -> (PathBuf, PathBuf) {
     let (v, a) = (version(), arch());
     let agent = out.join(format!("postern-agent_{v}_{a}.deb"));
     let bastion = out.join(format!("postern-bastion_{v}_{a}.deb"));
+    let cli = out.join(format!("postern_{v}_{a}.deb"));
     let printed = String::from_utf8_lossy(&o.stdout).into_owned();
-    for p in [&agent, &bastion] {
+    for p in [&agent, &bastion, &cli] {
         assert!(p.exists(), "{} not built; printed:\n{printed}", p.display());
         assert!(printed.contains(&p.display().to_string()), "{printed}");
     }
-    (agent, bastion)
+    (agent, bastion, cli)
 }
 
 /// sshd's `safe_path` for an AuthorizedKeysCommand, checked here on its own
@@ -350,7 +352,7 @@ async fn both_packages_install_as_sshd_wants_run_reinstall_and_purge_to_nothing(
     skip_unless_installable!();
     let mut machine = Machine::take().await;
     let out_dir = tempfile::tempdir().unwrap();
-    let (agent_deb, bastion_deb) = build_packages(out_dir.path());
+    let (agent_deb, bastion_deb, cli_deb) = build_packages(out_dir.path());
 
     // Twice: the second install goes over the first, as an upgrade would.
     for round in 0..2 {
@@ -368,7 +370,9 @@ async fn both_packages_install_as_sshd_wants_run_reinstall_and_purge_to_nothing(
             "round {round}: {}",
             text(&o)
         );
-        assert!(installed("postern-agent") && installed("postern-bastion"));
+        let o = run(Command::new("dpkg").arg("-i").arg(&cli_deb));
+        assert!(o.status.success(), "dpkg -i postern: {}", text(&o));
+        assert!(installed("postern-agent") && installed("postern-bastion") && installed("postern"));
 
         // Every file and directory the packages hold: root's, and writable by
         // no one else.
@@ -379,8 +383,22 @@ async fn both_packages_install_as_sshd_wants_run_reinstall_and_purge_to_nothing(
                 assert_eq!(mode & 0o022, 0, "{path} is writable by others: {mode:o}");
             }
         }
-        for b in ["postern-agent", "postern-keys", "postern-bastion"] {
+        for b in [
+            "postern-agent",
+            "postern-keys",
+            "postern-bastion",
+            "postern",
+        ] {
             assert_eq!(mode_of(&format!("/usr/bin/{b}")), (0o755, 0, 0), "{b}");
+        }
+        // The CLI's man page and completions, where man and the shells look.
+        for f in [
+            "/usr/share/man/man1/postern.1.gz",
+            "/usr/share/bash-completion/completions/postern",
+            "/usr/share/zsh/vendor-completions/_postern",
+            "/usr/share/fish/vendor_completions.d/postern.fish",
+        ] {
+            assert_eq!(mode_of(f), (0o644, 0, 0), "{f}");
         }
         assert_sshd_accepts(Path::new("/usr/bin/postern-keys"));
         postern_agent::doctor::safe_path(Path::new("/usr/bin/postern-keys")).unwrap();
@@ -438,6 +456,7 @@ async fn both_packages_install_as_sshd_wants_run_reinstall_and_purge_to_nothing(
         ("postern-agent", "--version"),
         ("postern-keys", "--version"),
         ("postern-bastion", "--version"),
+        ("postern", "--version"),
     ] {
         let o = run(Command::new(format!("/usr/bin/{b}")).arg(arg));
         assert!(o.status.success(), "{b}: {}", text(&o));
@@ -447,6 +466,12 @@ async fn both_packages_install_as_sshd_wants_run_reinstall_and_purge_to_nothing(
             text(&o)
         );
     }
+    let o = run(Command::new("sh").args(["-c", "zcat /usr/share/man/man1/postern.1.gz"]));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(".TH postern"),
+        "{}",
+        text(&o)
+    );
     // The helper as sshd runs it: no agent yet, so no keys, and exit 0.
     let o = run(Command::new("/usr/bin/postern-keys").args([
         "--data-dir",
@@ -588,7 +613,7 @@ async fn the_install_command_installs_joins_and_brings_the_node_up_with_the_ca_p
     skip_unless_installable!();
     let mut machine = Machine::take().await;
     let out_dir = tempfile::tempdir().unwrap();
-    let (agent_deb, _) = build_packages(out_dir.path());
+    let (agent_deb, _, _) = build_packages(out_dir.path());
     let b = Bastion::start(serving(&agent_deb)).await;
     let t = b.enrollment(json!({"auto_approve": true})).await;
     let cmd = t["install_command"].as_str().unwrap().to_string();
