@@ -161,7 +161,9 @@ pub async fn nodes(ctx: &Ctx, a: NodesArgs) -> Result<(), CliError> {
         .count();
     if pending > 0 {
         eprintln!(
-            "{pending} node(s) wait for approval: postern nodes approve NODE -p {project} -e {edge}"
+            "{pending} node(s) wait for approval: postern nodes approve NODE -p {} -e {}",
+            safe(&project),
+            safe(&edge)
         );
     }
     Ok(())
@@ -204,8 +206,10 @@ pub async fn join_token(ctx: &Ctx, a: JoinTokenArgs) -> Result<(), CliError> {
         return json(&t);
     }
     println!(
-        "A token for {} node(s) of {project}/{edge}, valid until {}{}. On each node, as root:\n",
+        "A token for {} node(s) of {}/{}, valid until {}{}. On each node, as root:\n",
         t.max_uses,
+        safe(&project),
+        safe(&edge),
         safe(&t.expires_at),
         if t.auto_approve {
             ", approved at once"

@@ -127,7 +127,7 @@ fn line(e: &AuditEntry, as_json: bool, me: &str) {
     }
     if as_json {
         if let Ok(s) = serde_json::to_string(e) {
-            println!("{s}");
+            println!("{}", crate::output::json_safe(&s));
         }
         return;
     }

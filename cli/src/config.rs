@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::CliError;
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// No `Debug`: it holds the token.
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     pub url: String,
@@ -43,16 +44,10 @@ pub fn profile_path() -> Result<PathBuf, CliError> {
 /// The stored login, when there is one.
 pub fn load() -> Result<Option<Profile>, CliError> {
     let path = profile_path()?;
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(CliError::Usage(format!(
-                "cannot read your login {}: {e}",
-                path.display()
-            )));
-        }
-    };
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&read_limited(&path, 64 * 1024, "your login")?).into_owned();
     if let Ok(meta) = std::fs::metadata(&path)
         && meta.permissions().mode() & 0o077 != 0
     {
@@ -76,9 +71,13 @@ pub fn save(p: &Profile) -> Result<PathBuf, CliError> {
     let fail = |what: &str, e: std::io::Error| {
         CliError::Usage(format!("cannot {what} {}: {e}", dir.display()))
     };
-    std::fs::create_dir_all(dir).map_err(|e| fail("create", e))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| fail("restrict", e))?;
+    // A directory made here is the user's only; one that exists is theirs to
+    // keep as it is (the file itself is 0600 either way).
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(|e| fail("create", e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| fail("restrict", e))?;
+    }
     write_private(&path, &serde_json::to_string_pretty(p).unwrap_or_default())?;
     Ok(path)
 }
@@ -88,7 +87,7 @@ pub fn save(p: &Profile) -> Result<PathBuf, CliError> {
 pub fn write_private(path: &Path, text: &str) -> Result<(), CliError> {
     let fail = |e: std::io::Error| CliError::Usage(format!("cannot write {}: {e}", path.display()));
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.postern-tmp"));
+    let tmp = path.with_file_name(format!(".{name}.{}.postern-tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -100,6 +99,27 @@ pub fn write_private(path: &Path, text: &str) -> Result<(), CliError> {
         .and_then(|_| f.sync_all())
         .map_err(fail)?;
     std::fs::rename(&tmp, path).map_err(fail)
+}
+
+/// A local file the user named, read whole only if it is at most `max`
+/// bytes (`/dev/zero` or a wrong path to a disk image must not fill memory).
+pub fn read_limited(path: &Path, max: usize, what: &str) -> Result<Vec<u8>, CliError> {
+    use std::io::Read;
+    let fail =
+        |e: std::io::Error| CliError::Usage(format!("cannot read {what} {}: {e}", path.display()));
+    let mut out = Vec::new();
+    std::fs::File::open(path)
+        .map_err(fail)?
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(fail)?;
+    if out.len() > max {
+        return Err(CliError::Usage(format!(
+            "{what} {} is larger than {max} bytes",
+            path.display()
+        )));
+    }
+    Ok(out)
 }
 
 /// Forgets the login; `false` when there was none.

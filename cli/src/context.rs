@@ -24,9 +24,9 @@ pub struct Ctx {
 /// A token from `--token-file`, else `POSTERN_TOKEN`.
 pub fn token_from(global: &Global) -> Result<Option<String>, CliError> {
     if let Some(f) = &global.token_file {
-        let t = std::fs::read_to_string(f).map_err(|e| {
-            CliError::Usage(format!("cannot read the token file {}: {e}", f.display()))
-        })?;
+        let t = crate::config::read_limited(f, 8192, "the token file")?;
+        let t = String::from_utf8(t)
+            .map_err(|_| CliError::Usage(format!("the token file {} is not text", f.display())))?;
         return check_token(t).map(Some);
     }
     match std::env::var("POSTERN_TOKEN") {
@@ -53,8 +53,7 @@ pub fn tls(
     ca_file: Option<&PathBuf>,
 ) -> Result<Option<std::sync::Arc<postern_client::TlsConfig>>, CliError> {
     let Some(f) = ca_file else { return Ok(None) };
-    let pem = std::fs::read(f)
-        .map_err(|e| CliError::Usage(format!("cannot read the CA file {}: {e}", f.display())))?;
+    let pem = crate::config::read_limited(f, 1024 * 1024, "the CA file")?;
     postern_client::tls_config(Some(&pem))
         .map(Some)
         .map_err(|e| CliError::Usage(format!("{}: {e}", f.display())))
@@ -120,6 +119,7 @@ impl Ctx {
     /// The project and edge: as given, else the only ones there are.
     pub async fn scope(&self, s: &Scope) -> Result<(String, String), CliError> {
         let project = self.project(&s.project).await?;
+        let shown = crate::output::safe(&project);
         if let Some(e) = &s.edge {
             return Ok((project, e.clone()));
         }
@@ -127,10 +127,10 @@ impl Ctx {
         match edges.as_slice() {
             [one] => Ok((project, one.name.clone())),
             [] => Err(CliError::Usage(format!(
-                "project {project} has no edge yet: a project admin makes one with postern edges create NAME -p {project}"
+                "project {shown} has no edge yet: a project admin makes one with postern edges create NAME -p {shown}"
             ))),
             many => Err(CliError::Usage(format!(
-                "which edge of {project}? give -e EDGE (or set POSTERN_EDGE); it has: {}",
+                "which edge of {shown}? give -e EDGE (or set POSTERN_EDGE); it has: {}",
                 names(many.iter().map(|e| e.name.as_str()))
             ))),
         }
@@ -144,7 +144,12 @@ fn same_url(a: &str, b: &str) -> bool {
 /// At most 20 names, comma-separated.
 fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
     let all: Vec<&str> = it.collect();
-    let mut s = all.iter().take(20).copied().collect::<Vec<_>>().join(", ");
+    let mut s = all
+        .iter()
+        .take(20)
+        .map(|n| crate::output::safe(n))
+        .collect::<Vec<_>>()
+        .join(", ");
     if all.len() > 20 {
         s.push_str(&format!(" and {} more", all.len() - 20));
     }

@@ -25,13 +25,13 @@ use crate::output::{
 };
 use crate::{CliError, Ctx, Scope};
 
-/// A silent event stream is taken for dead after this (the bastion sends a
-/// keep-alive every 15 s) and resumed.
-const STREAM_IDLE: Duration = Duration::from_secs(45);
 /// How long to keep trying to resume a broken stream.
 const RESUME_FOR: Duration = Duration::from_secs(120);
 /// A partial line longer than this is shown as it is.
 const MAX_LINE: usize = 64 * 1024;
+/// Partial lines held in all: beyond, every one is shown as it is, so many
+/// nodes (or a server inventing them) cannot grow memory without bound.
+const MAX_PARTIAL_TOTAL: usize = 8 * 1024 * 1024;
 /// Output kept per node for `--group`, and in all.
 const GROUP_NODE_BYTES: usize = 256 * 1024;
 const GROUP_TOTAL_BYTES: usize = 64 * 1024 * 1024;
@@ -84,12 +84,18 @@ pub struct ExecArgs {
 pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<(), CliError> {
     let req = request(&a)?;
     let (project, edge) = ctx.scope(&a.scope).await?;
+    // Registered before the submit, so a Ctrl-C during it cancels what it
+    // started instead of leaving it running unseen.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| CliError::Usage(format!("cannot watch for Ctrl-C: {e}")))?;
     let started = Instant::now();
     let submitted = ctx
         .client
         .execute(&project, &edge, &req, a.idempotency_key.as_deref())
         .await?;
-    let exec_id = submitted.exec_id.clone();
+    // The id names the execution in messages and paths: shown safely, and
+    // only ever sent back as one path segment.
+    let exec_id = safe(&submitted.exec_id);
     let total = submitted.target_nodes.len()
         + submitted.unreachable_nodes.len()
         + submitted.unapproved_nodes.len();
@@ -97,20 +103,21 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<(), CliError> {
     let mut last_id: Option<String> = None;
     let mut cancelled = false;
     let mut broken_since: Option<Instant> = None;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     let finished = 'follow: loop {
         let stream = tokio::select! {
-            s = ctx.client.events(&project, &edge, &exec_id, last_id.as_deref()) => s,
-            _ = &mut ctrl_c => {
+            s = ctx.client.events(&project, &edge, &submitted.exec_id, last_id.as_deref()) => s,
+            _ = sigint.recv() => {
                 if cancelled { return Err(CliError::Interrupted) }
-                cancelled = cancel(ctx, &project, &edge, &exec_id, &view).await;
-                ctrl_c.set(tokio::signal::ctrl_c());
+                cancelled = true;
+                cancel(ctx, &project, &edge, &submitted.exec_id, &view, &mut sigint).await?;
                 continue;
             }
         };
         let mut stream = match stream {
-            Ok(Some(s)) => s,
+            Ok(Some(s)) => {
+                broken_since = None;
+                s
+            }
             // Nothing after the last event seen: the execution is over.
             Ok(None) => break None,
             Err(e) if resumable(&e) => {
@@ -124,18 +131,23 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<(), CliError> {
             Err(e) => return Err(e.into()),
         };
         loop {
+            // The stream times itself out when even its keep-alives stop.
             let next = tokio::select! {
-                n = tokio::time::timeout(STREAM_IDLE, stream.next()) => n,
-                _ = &mut ctrl_c => {
+                n = stream.next() => n,
+                _ = sigint.recv() => {
                     if cancelled { return Err(CliError::Interrupted) }
-                    cancelled = cancel(ctx, &project, &edge, &exec_id, &view).await;
-                    ctrl_c.set(tokio::signal::ctrl_c());
+                    cancelled = true;
+                    cancel(ctx, &project, &edge, &submitted.exec_id, &view, &mut sigint).await?;
                     continue;
                 }
             };
             match next {
-                Ok(Some(Ok(ev))) => {
-                    broken_since = None;
+                Some(Ok(ev)) => {
+                    // A server that replays what was already shown (ignoring
+                    // Last-Event-ID) is not shown twice.
+                    if !newer(ev.id.as_deref(), last_id.as_deref()) {
+                        continue;
+                    }
                     if ev.id.is_some() {
                         last_id = ev.id.clone();
                     }
@@ -144,7 +156,7 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<(), CliError> {
                     }
                 }
                 // Ended, broke or went silent before the end: resume.
-                Ok(None) | Ok(Some(Err(_))) | Err(_) => {
+                None | Some(Err(_)) => {
                     let since = *broken_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > RESUME_FOR {
                         return Err(CliError::Usage(format!(
@@ -161,7 +173,7 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<(), CliError> {
         Some(c) => c,
         None => {
             ctx.client
-                .execution(&project, &edge, &exec_id, 0, 1)
+                .execution(&project, &edge, &submitted.exec_id, 0, 1)
                 .await?
                 .node_counts
         }
@@ -177,6 +189,18 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<(), CliError> {
     }
 }
 
+/// Whether event `id` comes after `last`: ids are the store's, increasing;
+/// one that is not a number is taken as new.
+fn newer(id: Option<&str>, last: Option<&str>) -> bool {
+    match (
+        id.and_then(|i| i.parse::<u64>().ok()),
+        last.and_then(|l| l.parse::<u64>().ok()),
+    ) {
+        (Some(i), Some(l)) => i > l,
+        _ => true,
+    }
+}
+
 /// Errors worth another try: the bastion unreachable for a moment, or busy.
 fn resumable(e: &ClientError) -> bool {
     matches!(
@@ -185,14 +209,24 @@ fn resumable(e: &ClientError) -> bool {
     ) || matches!(e.status(), Some(429 | 502 | 503 | 504))
 }
 
-async fn cancel(ctx: &Ctx, project: &str, edge: &str, exec_id: &str, view: &View) -> bool {
+/// Asks the bastion to cancel; a second Ctrl-C meanwhile stops waiting.
+async fn cancel(
+    ctx: &Ctx,
+    project: &str,
+    edge: &str,
+    exec_id: &str,
+    view: &View,
+    sigint: &mut tokio::signal::unix::Signal,
+) -> Result<(), CliError> {
     view.note("cancelling: nodes not started never start, running ones are stopped (Ctrl-C again to stop waiting)");
-    match ctx.client.cancel(project, edge, exec_id).await {
-        Ok(_) => true,
-        Err(e) => {
-            view.note(&format!("could not cancel: {e}"));
-            true
+    tokio::select! {
+        r = ctx.client.cancel(project, edge, exec_id) => {
+            if let Err(e) = r {
+                view.note(&format!("could not cancel: {e}"));
+            }
+            Ok(())
         }
+        _ = sigint.recv() => Err(CliError::Interrupted),
     }
 }
 
@@ -204,16 +238,7 @@ fn request(a: &ExecArgs) -> Result<ExecuteRequest, CliError> {
             ));
         }
         (Some(f), true) => {
-            let bytes = std::fs::read(f).map_err(|e| {
-                CliError::Usage(format!("cannot read the script {}: {e}", f.display()))
-            })?;
-            if bytes.len() > MAX_COMMAND_BYTES {
-                return Err(CliError::Usage(format!(
-                    "the script {} is {} bytes; at most {MAX_COMMAND_BYTES} are sent",
-                    f.display(),
-                    bytes.len()
-                )));
-            }
+            let bytes = crate::config::read_limited(f, MAX_COMMAND_BYTES, "the script")?;
             if bytes.iter().all(u8::is_ascii_whitespace) {
                 return Err(CliError::Usage(format!(
                     "the script {} is empty",
@@ -271,8 +296,9 @@ struct View {
     bar: Option<ProgressBar>,
     color_out: bool,
     color_err: bool,
-    /// Partial lines by node and stream.
+    /// Partial lines by node and stream, and their bytes in all.
     partial: HashMap<(String, bool), Vec<u8>>,
+    partial_bytes: usize,
     /// `--group`: each node's output, and the bytes kept in all.
     kept: BTreeMap<String, Vec<u8>>,
     kept_bytes: usize,
@@ -309,6 +335,7 @@ impl View {
             color_out: stdout_color(),
             color_err: stderr_color(),
             partial: HashMap::new(),
+            partial_bytes: 0,
             kept: BTreeMap::new(),
             kept_bytes: 0,
             not_kept: false,
@@ -341,7 +368,7 @@ impl View {
         if let Mode::Json = self.mode
             && let Ok(line) = serde_json::to_string(ev)
         {
-            self.print(false, &line);
+            self.print(false, &crate::output::json_safe(&line));
         }
         match ev {
             ExecEvent::Output {
@@ -417,6 +444,7 @@ impl View {
             .partial
             .remove(&(host.to_string(), err))
             .unwrap_or_default();
+        self.partial_bytes -= buf.len();
         buf.extend_from_slice(bytes);
         let mut start = 0;
         while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
@@ -429,7 +457,16 @@ impl View {
             rest.clear();
         }
         if !rest.is_empty() {
+            self.partial_bytes += rest.len();
             self.partial.insert((host.to_string(), err), rest);
+        }
+        if self.partial_bytes > MAX_PARTIAL_TOTAL {
+            let mut all: Vec<_> = self.partial.drain().collect();
+            all.sort();
+            for ((h, e), rest) in all {
+                self.line(&h, e, &rest);
+            }
+            self.partial_bytes = 0;
         }
     }
 
@@ -446,6 +483,7 @@ impl View {
     fn flush(&mut self, host: &str) {
         for err in [false, true] {
             if let Some(rest) = self.partial.remove(&(host.to_string(), err)) {
+                self.partial_bytes -= rest.len();
                 self.line(host, err, &rest);
             }
         }
@@ -564,6 +602,12 @@ pub fn describe(status: NodeExecStatus, exit_code: Option<i32>, error: Option<&s
         (s, _) => status_word(s).to_string(),
     };
     match error {
+        // The error often starts with the status already ("cancelled: …").
+        Some(e)
+            if !matches!(status, NodeExecStatus::Failed) && e.starts_with(status_word(status)) =>
+        {
+            safe(e)
+        }
         Some(e) if !e.is_empty() => format!("{base}: {}", safe(e)),
         _ => base,
     }

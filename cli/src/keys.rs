@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
+use postern_api::admin::NodeState;
 
 use crate::output::{json, safe, table};
 use crate::{CliError, Ctx, config};
@@ -71,7 +72,8 @@ pub async fn keys(ctx: &Ctx, a: KeysArgs) -> Result<(), CliError> {
                     )
                 })?,
             };
-            let text = read_small(&path, 16 * 1024)?;
+            let text = config::read_limited(&path, 16 * 1024, "the public key")?;
+            let text = String::from_utf8_lossy(&text);
             let k = ctx.client.add_ssh_key(&user, text.trim()).await?;
             if a.json {
                 return json(&k);
@@ -91,7 +93,8 @@ pub async fn keys(ctx: &Ctx, a: KeysArgs) -> Result<(), CliError> {
                 .find(|k| k.id == key || k.fingerprint == key)
                 .ok_or_else(|| {
                     CliError::Usage(format!(
-                        "{user} has no key {}: postern keys list shows their ids and fingerprints",
+                        "{} has no key {}: postern keys list shows their ids and fingerprints",
+                        safe(&user),
                         safe(&key)
                     ))
                 })?;
@@ -113,20 +116,6 @@ fn default_public_key() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn read_small(path: &Path, max: u64) -> Result<String, CliError> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
-    if meta.len() > max {
-        return Err(CliError::Usage(format!(
-            "{} is {} bytes: not a public key",
-            path.display(),
-            meta.len()
-        )));
-    }
-    std::fs::read_to_string(path)
-        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))
-}
-
 #[derive(Debug, Args)]
 pub struct SshConfigArgs {
     /// The login on the nodes
@@ -139,6 +128,13 @@ pub struct SshConfigArgs {
     /// instead of printing it
     #[arg(long)]
     install: bool,
+}
+
+/// The bastion's name in the written ssh_config.
+const ALIAS: &str = "postern-bastion";
+
+fn plain_name_ok(h: &str) -> bool {
+    !h.contains('.') && h != ALIAS && !h.eq_ignore_ascii_case("localhost")
 }
 
 /// Most node names written as plain `Host` names; beyond, `NODE.EDGE.PROJECT`.
@@ -202,15 +198,21 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
             }
             patterns.push(format!("*.{}.{}", e.name, p.name));
             for n in ctx.client.nodes(&p.name, &e.name).await? {
-                if postern_api::validate::hostname(&n.hostname).is_ok() {
+                // Only nodes an admin let in: a pending node's name is
+                // whatever its joiner chose.
+                let admitted = matches!(n.state, NodeState::Approved | NodeState::Provisioned);
+                if admitted && postern_api::validate::hostname(&n.hostname).is_ok() {
                     *seen.entry(n.hostname).or_default() += 1;
                 }
             }
         }
     }
+    // A plain name would take over `ssh NAME` for the user: only single-label
+    // names (never a domain such as github.com), never the bastion's alias
+    // (a node so named would make the jump recurse) nor localhost.
     let plain: BTreeSet<&str> = seen
         .iter()
-        .filter(|(_, n)| **n == 1)
+        .filter(|(h, n)| **n == 1 && plain_name_ok(h))
         .map(|(h, _)| h.as_str())
         .take(MAX_PLAIN_NAMES)
         .collect();
@@ -226,7 +228,7 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
         })
         .transpose()?
         .unwrap_or_default();
-    let alias = "postern-bastion";
+    let alias = ALIAS;
     let mut text = format!(
         "# Postern: SSH through the bastion at {url} (written by postern ssh-config).\n\
          # The bastion's host key is in {known}; each node's own host key is\n\
@@ -263,8 +265,12 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
         .map(PathBuf::from)
         .ok_or_else(|| CliError::Usage("HOME is not set: cannot find ~/.ssh/config".into()))?;
     let ssh_dir = home.join(".ssh");
-    let user_config = ssh_dir.join("config");
-    let include = format!("Include {}", quoted(&file)?);
+    // A config that is a link (to dotfiles, say) is edited where it points.
+    let user_config = match std::fs::canonicalize(ssh_dir.join("config")) {
+        Ok(target) => target,
+        Err(_) => ssh_dir.join("config"),
+    };
+    let include = format!("Include {}", quoted_plain(&file)?);
     let current = match std::fs::read_to_string(&user_config) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -306,18 +312,24 @@ fn split_address(address: &str) -> Result<(String, u16), CliError> {
     Ok((host.to_string(), port))
 }
 
-/// A path as ssh_config reads it: in double quotes, so spaces stay inside it;
-/// a path ssh_config cannot hold (a quote or a line break) is refused.
+/// A path as ssh_config reads it in IdentityFile and UserKnownHostsFile: in
+/// double quotes, so spaces stay inside it, and `%` doubled, since those
+/// expand %-tokens; a path ssh_config cannot hold is refused.
 fn quoted(path: &Path) -> Result<String, CliError> {
+    Ok(quoted_plain(path)?.replace('%', "%%"))
+}
+
+/// Like [`quoted`], for `Include`, which expands no tokens.
+fn quoted_plain(path: &Path) -> Result<String, CliError> {
     let s = path.to_str().ok_or_else(|| {
         CliError::Usage(format!(
             "{} is not UTF-8: ssh_config cannot name it",
             path.display()
         ))
     })?;
-    if s.contains(['"', '\n', '\r']) {
+    if s.contains(['"', '\\', '\n', '\r']) {
         return Err(CliError::Usage(format!(
-            "{s:?} holds a quote or a line break: ssh_config cannot name it"
+            "{s:?} holds a quote, a backslash or a line break: ssh_config cannot name it"
         )));
     }
     Ok(format!("\"{s}\""))
@@ -335,6 +347,17 @@ mod tests {
         );
         assert!(quoted(Path::new("/x\nProxyCommand evil")).is_err());
         assert!(quoted(Path::new("/x\"y")).is_err());
+        assert!(quoted(Path::new("/x\\y")).is_err());
+        assert_eq!(quoted(Path::new("/100%/a")).unwrap(), "\"/100%%/a\"");
+        assert_eq!(quoted_plain(Path::new("/100%/a")).unwrap(), "\"/100%/a\"");
+    }
+
+    #[test]
+    fn plain_names_never_shadow_domains_the_alias_or_localhost() {
+        assert!(plain_name_ok("web-1"));
+        for bad in ["github.com", "postern-bastion", "localhost", "LOCALHOST"] {
+            assert!(!plain_name_ok(bad), "{bad}");
+        }
     }
 
     #[test]

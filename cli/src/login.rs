@@ -23,6 +23,17 @@ pub async fn login(global: &Global, a: LoginArgs) -> Result<(), CliError> {
         None => read_token()?,
     };
     let client = Client::new(&a.url, Some(token.clone()), tls(global.ca_file.as_ref())?)?;
+    let e = client.endpoint();
+    let loopback = e.host() == "localhost"
+        || e.host()
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !e.is_https() && !loopback {
+        eprintln!(
+            "warning: {} is plain HTTP to another machine: the token crosses the network in the clear; use https:// (the TLS proxy in front of the bastion)",
+            e.url
+        );
+    }
     let me = client.whoami().await?;
     let path = config::save(&config::Profile {
         url: client.endpoint().url.clone(),

@@ -54,19 +54,42 @@ pub fn error_line(message: &str) -> String {
     )
 }
 
-/// A server's or node's text made safe for a terminal: control characters
-/// (escape sequences above all) become `?`; tabs stay.
+/// Characters a terminal acts on or that reorder what it shows: C0 and C1
+/// controls (escape sequences above all) and Unicode's bidirectional
+/// overrides and isolates.
+fn hazardous(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}')
+}
+
+/// A server's or node's text made safe for a terminal: hazardous characters
+/// become `?`; tabs stay.
 pub fn safe(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+        .map(|c| if hazardous(c) && c != '\t' { '?' } else { c })
         .collect()
+}
+
+/// JSON text made safe for a terminal: serde_json escapes only C0 controls,
+/// so the other hazardous characters are escaped here (`\uXXXX`, which any
+/// JSON reader reads back as the same character; they only occur in strings).
+pub fn json_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if hazardous(c) && !c.is_ascii() {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Prints `value` as pretty JSON.
 pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| CliError::Usage(format!("cannot print JSON: {e}")))?;
-    println!("{text}");
+    println!("{}", json_safe(&text));
     Ok(())
 }
 
@@ -146,6 +169,12 @@ mod tests {
     #[test]
     fn escape_sequences_from_peers_never_reach_the_terminal() {
         assert_eq!(safe("ok\x1b[2J\x07\tend\r"), "ok?[2J?\tend?");
+        assert_eq!(safe("a\u{202E}b\u{9b}c"), "a?b?c");
+        let v = serde_json::json!({"data": "x\u{9b}2J\u{202E}y\u{1b}"});
+        let text = json_safe(&serde_json::to_string(&v).unwrap());
+        assert_eq!(text, r#"{"data":"x\u009b2J\u202ey\u001b"}"#);
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, v);
     }
 
     #[test]

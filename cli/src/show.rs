@@ -111,7 +111,7 @@ fn header(e: &Execution, color: bool) {
     let c = &e.node_counts;
     println!(
         "{} {}  by {}  {}",
-        paint(color, bold(), &format!("exec {}", e.exec_id)),
+        paint(color, bold(), &format!("exec {}", safe(&e.exec_id))),
         paint(color, bold(), &safe(&e.status)),
         safe(&e.username),
         safe(&e.created_at)

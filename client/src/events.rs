@@ -13,6 +13,10 @@ use crate::ClientError;
 /// `STREAM_CHUNK` bytes, base64 and JSON escaping at most sextuple it.
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
+/// A stream that sends nothing at all, not even the keep-alive comments the
+/// bastion sends every 15 s, for this long is taken for dead.
+pub const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(45);
+
 /// One event as the server sent it: its id (for `Last-Event-ID`) and body.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -22,12 +26,13 @@ pub struct Event {
 
 pub struct EventStream {
     body: Incoming,
-    buf: BytesMut,
+    lines: LineBuf,
     url: String,
     /// The fields of the event being read.
     id: Option<String>,
     data: String,
     done: bool,
+    idle: std::time::Duration,
 }
 
 impl std::fmt::Debug for EventStream {
@@ -39,14 +44,15 @@ impl std::fmt::Debug for EventStream {
 }
 
 impl EventStream {
-    pub(crate) fn new(body: Incoming, url: String) -> EventStream {
+    pub(crate) fn new(body: Incoming, url: String, idle: std::time::Duration) -> EventStream {
         EventStream {
             body,
-            buf: BytesMut::new(),
+            lines: LineBuf::default(),
             url,
             id: None,
             data: String::new(),
             done: false,
+            idle,
         }
     }
 
@@ -59,6 +65,9 @@ impl EventStream {
 
     /// The next event; `None` when the server ended the stream. Event kinds
     /// this client does not know are skipped, so a newer server still works.
+    /// Anything received, keep-alive comments included, shows the stream is
+    /// alive; [`STREAM_IDLE`] (by default) without a byte is a
+    /// [`ClientError::Timeout`].
     pub async fn next(&mut self) -> Option<Result<Event, ClientError>> {
         loop {
             while let Some(line) = self.take_line() {
@@ -98,10 +107,20 @@ impl EventStream {
             if self.done {
                 return None;
             }
-            match self.body.frame().await {
+            let frame = match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Ok(f) => f,
+                Err(_) => {
+                    self.done = true;
+                    return Some(Err(ClientError::Timeout {
+                        url: self.url.clone(),
+                        secs: self.idle.as_secs(),
+                    }));
+                }
+            };
+            match frame {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
+                        self.lines.push(&data);
                     }
                 }
                 Some(Err(e)) => {
@@ -116,25 +135,54 @@ impl EventStream {
         }
     }
 
-    /// The next complete line in the buffer, without its ending (`\n`,
-    /// `\r\n` or `\r`).
     fn take_line(&mut self) -> Option<Result<String, ClientError>> {
-        let end = self.buf.iter().position(|&b| b == b'\n' || b == b'\r');
+        match self.lines.take(self.done)? {
+            Ok(line) => Some(Ok(line)),
+            Err(why) => Some(Err(self.bad(why))),
+        }
+    }
+}
+
+/// Received bytes cut into lines (ending in `\n`, `\r\n` or `\r`, as SSE
+/// allows), each at most [`MAX_EVENT_BYTES`].
+#[derive(Debug, Default)]
+struct LineBuf {
+    buf: BytesMut,
+    /// Where the scan for a line ending stopped: the bytes before it hold
+    /// none, so a line trickled in small frames is scanned once in all.
+    scanned: usize,
+}
+
+impl LineBuf {
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete line; `done`: no more bytes will come.
+    fn take(&mut self, done: bool) -> Option<Result<String, &'static str>> {
+        let from = self.scanned.min(self.buf.len());
+        let end = self.buf[from..]
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+            .map(|i| from + i);
         let Some(end) = end else {
+            self.scanned = self.buf.len();
             if self.buf.len() > MAX_EVENT_BYTES {
-                self.buf.clear();
-                return Some(Err(self.bad("a line longer than 1 MiB")));
+                self.clear();
+                return Some(Err("a line longer than 1 MiB"));
             }
-            if self.done && !self.buf.is_empty() {
+            if done {
                 // A last line without its ending: an event cut short; drop it.
-                self.buf.clear();
+                self.clear();
             }
             return None;
         };
         // A `\r` at the very end may be the first half of `\r\n`.
-        if self.buf[end] == b'\r' && end + 1 == self.buf.len() && !self.done {
+        if self.buf[end] == b'\r' && end + 1 == self.buf.len() && !done {
+            self.scanned = end;
             return None;
         }
+        self.scanned = 0;
         let line = String::from_utf8_lossy(&self.buf[..end]).into_owned();
         let skip = if self.buf[end] == b'\r' && self.buf.get(end + 1) == Some(&b'\n') {
             2
@@ -143,5 +191,66 @@ impl EventStream {
         };
         self.buf.advance(end + skip);
         Some(Ok(line))
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.scanned = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(chunks: &[&[u8]]) -> Vec<Result<String, &'static str>> {
+        let mut l = LineBuf::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            l.push(c);
+            while let Some(line) = l.take(false) {
+                out.push(line);
+            }
+        }
+        while let Some(line) = l.take(true) {
+            out.push(line);
+        }
+        out
+    }
+
+    #[test]
+    fn lines_split_the_same_however_the_bytes_arrive() {
+        let whole: &[u8] = b"id: 1\r\ndata: {\"a\"}\n\n: keep-alive\rdata: x\r\n\r\ncut sh";
+        let expected = lines_of(&[whole]);
+        let want: Vec<Result<String, &str>> =
+            ["id: 1", "data: {\"a\"}", "", ": keep-alive", "data: x", ""]
+                .iter()
+                .map(|l| Ok(l.to_string()))
+                .collect();
+        assert_eq!(expected, want);
+        for cut in 1..whole.len() {
+            let (a, b) = whole.split_at(cut);
+            assert_eq!(lines_of(&[a, b]), expected, "cut at {cut}");
+        }
+        let bytewise: Vec<&[u8]> = whole.chunks(1).collect();
+        assert_eq!(lines_of(&bytewise), expected);
+    }
+
+    #[test]
+    fn an_overlong_line_is_an_error_and_the_next_lines_still_read() {
+        let mut l = LineBuf::default();
+        let big = vec![b'x'; 64 * 1024];
+        let mut errors = 0;
+        for _ in 0..17 {
+            l.push(&big);
+            while let Some(r) = l.take(false) {
+                assert!(r.is_err());
+                errors += 1;
+            }
+        }
+        assert_eq!(errors, 1);
+        l.push(b"\ndata: ok\n");
+        assert_eq!(l.take(false), Some(Ok(String::new())));
+        assert_eq!(l.take(false), Some(Ok("data: ok".to_string())));
     }
 }

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 pub use conn::{Endpoint, tls_config};
 pub use error::ClientError;
-pub use events::{Event, EventStream, MAX_EVENT_BYTES};
+pub use events::{Event, EventStream, MAX_EVENT_BYTES, STREAM_IDLE};
 pub use rustls::ClientConfig as TlsConfig;
 
 /// The largest answer read into memory: a page of an execution holds at most
@@ -46,6 +46,7 @@ pub struct AuditFilters {
 pub struct Client {
     conn: Arc<conn::Conn>,
     token: Option<String>,
+    stream_idle: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -72,7 +73,15 @@ impl Client {
                 timeout: Duration::from_secs(30),
             }),
             token: token.map(|t| t.trim().to_string()),
+            stream_idle: events::STREAM_IDLE,
         })
+    }
+
+    /// How long an event stream may send nothing at all (not even a
+    /// keep-alive) before it is taken for dead.
+    pub fn with_stream_idle(mut self, idle: Duration) -> Client {
+        self.stream_idle = idle;
+        self
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -361,6 +370,7 @@ impl Client {
         Ok(Some(EventStream::new(
             resp.into_body(),
             self.conn.endpoint.url.clone(),
+            self.stream_idle,
         )))
     }
 }
@@ -424,5 +434,60 @@ mod tests {
         );
         let e = api_error(500, &[b'x'; 2000]);
         assert!(e.to_string().chars().count() < 600);
+    }
+
+    /// A server that sends an SSE head, then `body` in pieces `gap` apart.
+    async fn sse_server(pieces: Vec<&'static str>, gap: Duration) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = [0u8; 4096];
+            let _ = s.read(&mut req).await;
+            s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            for p in pieces {
+                tokio::time::sleep(gap).await;
+                let chunk = format!("{:x}\r\n{p}\r\n", p.len());
+                if s.write_all(chunk.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        format!("http://{addr}")
+    }
+
+    const FINISHED: &str = "id: 7\nevent: execution_finished\ndata: {\"event\":\"execution_finished\",\"status\":\"succeeded\",\"node_counts\":{\"pending\":0,\"running\":0,\"succeeded\":1,\"failed\":0,\"timed_out\":0,\"unreachable\":0,\"not_approved\":0,\"lost\":0},\"at\":\"2026-11-30T00:00:00Z\"}\n\n";
+
+    #[tokio::test]
+    async fn keep_alives_keep_a_quiet_stream_alive_and_silence_ends_it() {
+        // Keep-alive comments every 200 ms for 2 s, against an idle limit of
+        // 500 ms: the event after them still arrives.
+        let mut pieces = vec![": keep-alive\n\n"; 10];
+        pieces.push(FINISHED);
+        let url = sse_server(pieces, Duration::from_millis(200)).await;
+        let c = Client::new(&url, Some("pat_x".into()), None)
+            .unwrap()
+            .with_stream_idle(Duration::from_millis(500));
+        let mut s = c.events("p", "e", "x", None).await.unwrap().unwrap();
+        let ev = s.next().await.unwrap().unwrap();
+        assert_eq!(ev.id.as_deref(), Some("7"));
+        assert_eq!(ev.event.name(), "execution_finished");
+
+        // Nothing at all for longer than the limit: a timeout, not a hang.
+        let url = sse_server(vec![], Duration::from_secs(0)).await;
+        let c = Client::new(&url, None, None)
+            .unwrap()
+            .with_stream_idle(Duration::from_millis(300));
+        let mut s = c.events("p", "e", "x", None).await.unwrap().unwrap();
+        let started = std::time::Instant::now();
+        let r = s.next().await.unwrap();
+        assert!(matches!(r, Err(ClientError::Timeout { .. })), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

@@ -130,7 +130,8 @@ async fn bastion(id: &Identity, timeout: Duration) -> Vec<Check> {
 /// sshd's effective AuthorizedKeysCommand and its user, from `sshd -T`.
 async fn sshd_keys_command(o: &DoctorOptions) -> Result<(String, Option<String>), String> {
     let mut cmd = tokio::process::Command::new(&o.sshd);
-    cmd.arg("-T");
+    // One that outlives its timeout is killed, not left behind.
+    cmd.arg("-T").kill_on_drop(true);
     if let Some(c) = &o.sshd_config {
         cmd.arg("-f").arg(c);
     }
@@ -273,6 +274,10 @@ pub fn safe_path(path: &Path) -> Result<(), String> {
     if !path.is_absolute() {
         return Err(format!("{} is not an absolute path", path.display()));
     }
+    // sshd judges the file a link points to, and that file's directories
+    // (realpath), not the link's.
+    let real = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let path = real.as_path();
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if !meta.is_file() {
         return Err(format!("{} is not a regular file", path.display()));
@@ -354,6 +359,18 @@ mod tests {
         std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let e = safe_path(&helper).unwrap_err();
+        assert!(e.contains("writable by group or others"), "{e}");
+
+        // Links are judged by where they point, as sshd's realpath does: a
+        // link kept anywhere to a safe helper is fine, a link kept anywhere
+        // safe to a helper in an unsafe place is not.
+        let links = tempfile::tempdir().unwrap();
+        let to_safe = links.path().join("to-sh");
+        std::os::unix::fs::symlink("/bin/sh", &to_safe).unwrap();
+        assert_eq!(safe_path(&to_safe), Ok(()));
+        let to_unsafe = links.path().join("to-helper");
+        std::os::unix::fs::symlink(&helper, &to_unsafe).unwrap();
+        let e = safe_path(&to_unsafe).unwrap_err();
         assert!(e.contains("writable by group or others"), "{e}");
     }
 

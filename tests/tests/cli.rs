@@ -544,9 +544,29 @@ async fn ssh_config_serves_real_ssh_and_ansible() {
     std::fs::copy(key.with_extension("pub"), ssh_dir.join("id_ed25519.pub")).unwrap();
     cli.ok(&["keys", "add"]);
 
+    // A node that joined but waits for approval, under the bastion's own alias
+    // in ssh_config: never written (it would make every jump recurse).
+    let t = b.enrollment(serde_json::json!({})).await;
+    let pending = b.dir.path().join("pending");
+    let out = postern_tests::run_join(
+        t["join_command"].as_str().unwrap(),
+        &[
+            "--hostname",
+            "postern-bastion",
+            "--data-dir",
+            pending.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
     let config = cli.ok(&["ssh-config", "--identity", key.to_str().unwrap()]);
     assert!(config.contains("ProxyJump postern-bastion"), "{config}");
-    assert!(config.contains("Host web-1 web-2 *.eu-1.web"), "{config}");
+    assert!(config.contains("Host web-1 web-2 *.eu-1.web\n"), "{config}");
+    assert_eq!(
+        config.matches("postern-bastion").count(),
+        2,
+        "alias and ProxyJump only: {config}"
+    );
     let known = std::fs::read_to_string(cli.config.path().join("known_hosts")).unwrap();
     assert!(
         known.starts_with(&format!("[127.0.0.1]:{} ssh-ed25519 ", b.ssh.port())),
