@@ -439,10 +439,10 @@ fn pane(socket: &Path) -> String {
     text(&tmux(socket, &["capture-pane", "-p", "-e", "-t", "cli"]).stdout)
 }
 
-/// The progress bar and Ctrl-C, in a real terminal: tmux gives `postern` a
+/// The progress bar, Ctrl-C and the token prompt, in a real terminal: tmux gives `postern` a
 /// pty, `send-keys C-c` is a real SIGINT from the terminal.
 #[tokio::test(flavor = "multi_thread")]
-async fn in_a_terminal_exec_shows_progress_and_ctrl_c_cancels_on_the_nodes() {
+async fn in_a_terminal_exec_shows_progress_ctrl_c_cancels_and_login_hides_the_token() {
     if Command::new("tmux").arg("-V").output().is_err() {
         panic!("tmux is missing: scripts/test installs it");
     }
@@ -461,7 +461,7 @@ async fn in_a_terminal_exec_shows_progress_and_ctrl_c_cancels_on_the_nodes() {
         format!(
             "#!/bin/sh\ntrap 'true' INT\nexport POSTERN_CONFIG_DIR={cfg} POSTERN_URL={url} POSTERN_TOKEN={token}\n\
              {postern} exec --cluster -- 'echo started; [ -n \"$POSTERN_TEST_FAIL\" ] && sleep 600; echo quick'\n\
-             echo EXIT=$?\nsleep 600\n",
+             echo EXIT=$?\nenv -u POSTERN_TOKEN {postern} login {url}\necho LOGIN=$?\nsleep 600\n",
             cfg = cli.config.path().display(),
             token = b.token,
             postern = bin("postern").display(),
@@ -519,6 +519,20 @@ async fn in_a_terminal_exec_shows_progress_and_ctrl_c_cancels_on_the_nodes() {
     // On the nodes: the sleeping command was stopped, as the API records.
     let exec = b.audit("cmdexec.cancel").await;
     assert_eq!(exec.len(), 1, "one cancel: {exec:?}");
+
+    // Login on a terminal asks for the token without echoing it.
+    eventually(Duration::from_secs(20), "the token prompt", || async {
+        pane(&socket).contains("API token:")
+    })
+    .await;
+    tmux(&socket, &["send-keys", "-t", "cli", &b.token, "Enter"]);
+    eventually(Duration::from_secs(20), "logged in", || async {
+        pane(&socket).contains("LOGIN=0")
+    })
+    .await;
+    let p = pane(&socket);
+    assert!(p.contains("logged in to") && p.contains("as admin"), "{p}");
+    assert!(!p.contains(&b.token), "the token was echoed: {p}");
 }
 
 /// `postern ssh-config` gives plain `ssh NODE` and Ansible a way through the
