@@ -395,6 +395,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             store.close().await;
+            store_files_to_data_dir_owner(&common);
             println!("{}", token.token);
             Ok(())
         }
@@ -442,7 +443,7 @@ async fn run_dev(cfg: Config) -> anyhow::Result<()> {
     let (demo_sshd, ssh_note) =
         match dev::sshd::start(&data_dir, &data_dir.join("demo-agent")).await {
             Ok(s) => {
-                let (note, identity) = dev::register_users_key(&shared).await;
+                let (note, identity) = dev::register_users_key(&shared, &api, &data_dir).await;
                 let client = match (ssh_addr, &ssh_host_key) {
                     (Some(addr), Some(key)) => {
                         dev::sshd::write_client_files(&data_dir, addr, key, identity.as_deref())
@@ -514,6 +515,7 @@ async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
         AuditCmd::Export(c) => (c, false),
     };
     let store = open_store(&common, false).await?;
+    store_files_to_data_dir_owner(&common);
     let audit = Audit::new(store);
     if verify {
         match audit.verify().await? {
@@ -541,6 +543,22 @@ async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
         audit.export(&mut out).await?;
         std::io::Write::flush(&mut out)?;
         Ok(())
+    }
+}
+
+/// SQLite's files, made by root for a data directory the service user owns
+/// (`init` and `audit verify` as the README runs them), go to that user, so
+/// `serve` can write them.
+fn store_files_to_data_dir_owner(common: &Common) {
+    if common.database_url.is_some() {
+        return;
+    }
+    let files = ["postern.db", "postern.db-wal", "postern.db-shm"];
+    if let Err(e) = postern_bastion::fsutil::match_dir_owner(&common.data_dir, &files) {
+        eprintln!(
+            "warning: cannot give the store's files in {} to the directory's owner ({e}); serve may not be able to write them",
+            common.data_dir.display()
+        );
     }
 }
 

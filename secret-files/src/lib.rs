@@ -43,3 +43,52 @@ pub fn private_dir(path: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
+
+/// Gives `files` in `dir` to the directory's owner when they are someone
+/// else's. Root running `postern-bastion init` or `audit verify` on a data
+/// directory the service user owns would otherwise leave a database (or its
+/// WAL files) the service cannot write. Only root can; others change nothing.
+pub fn match_dir_owner(dir: &Path, files: &[&str]) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let d = std::fs::metadata(dir)?;
+    for name in files {
+        let path = dir.join(name);
+        let Ok(m) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if m.file_type().is_file() && (m.uid() != d.uid() || m.gid() != d.gid()) {
+            std::os::unix::fs::chown(&path, Some(d.uid()), Some(d.gid()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Root's `init` in a directory the service user owns leaves the
+    /// database to that user. Needs root (the suite runs as root in CI).
+    #[test]
+    fn store_files_go_to_the_data_directory_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        // nobody, as the service user would be.
+        if let Err(e) = std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)) {
+            eprintln!("skipped: changing owners needs root ({e})");
+            return;
+        }
+        std::fs::write(dir.path().join("postern.db"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("postern.db-wal")).unwrap();
+        match_dir_owner(
+            dir.path(),
+            &["postern.db", "postern.db-wal", "postern.db-shm"],
+        )
+        .unwrap();
+        let m = std::fs::metadata(dir.path().join("postern.db")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 65534));
+        // A link is never followed: what it points at keeps its owner.
+        assert_eq!(std::fs::metadata("/etc/passwd").unwrap().uid(), 0);
+    }
+}

@@ -575,10 +575,25 @@ async fn both_packages_install_as_sshd_wants_run_reinstall_and_purge_to_nothing(
     assert!(install.contains(&format!("https://{agent}/agent/v1/install.sh")));
     machine.stop_started();
 
+    // The opt-in link into sshd's settings, made as the README says: the
+    // removal takes it away with the file it points at, so sshd never meets
+    // a dangling Include. (Only where sshd_config.d exists; the link lives
+    // only between here and the purge below.)
+    let link = Path::new("/etc/ssh/sshd_config.d/postern.conf");
+    let linked = Path::new("/etc/ssh/sshd_config.d").is_dir() && !link.exists();
+    if linked {
+        std::os::unix::fs::symlink("/usr/share/postern-agent/sshd_config.d/postern.conf", link)
+            .unwrap();
+    }
+
     // Purge: nothing of them is left, and nothing of them runs.
     let mut files: Vec<String> = PACKAGES.iter().flat_map(|p| listed(p)).collect();
     files.retain(|f| !Path::new(f).is_dir());
     let o = run(Command::new("dpkg").arg("--purge").args(PACKAGES));
+    if linked && std::fs::symlink_metadata(link).is_ok() {
+        let _ = std::fs::remove_file(link);
+        panic!("the purge left {} dangling: {}", link.display(), text(&o));
+    }
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("this node's identity"),

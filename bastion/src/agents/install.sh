@@ -28,6 +28,13 @@ package_for() {
 
 say() { printf 'postern-install: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
+# $1 as one shell word, for a command shown to be copied.
+quote() {
+    case "$1" in
+    *[!A-Za-z0-9/._-]* | '') printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")" ;;
+    *) printf '%s' "$1" ;;
+    esac
+}
 
 main() {
     [ "$(id -u)" = 0 ] || die "run this as root (sudo sh -c \"\$s\" postern-install ...)"
@@ -55,14 +62,24 @@ main() {
     trap 'exit 130' INT TERM
     printf '%s\n' "$CA_PEM" >"$tmp/ca.pem"
     got=
-    for url in $(printf '%s' "$CONTROLLERS" | tr ',' ' '); do
+    # Split on commas only, with globbing off: an IPv6 URL's brackets are not
+    # a file pattern.
+    set -f
+    old_ifs=$IFS
+    IFS=,
+    for url in $CONTROLLERS; do
+        IFS=$old_ifs
+        # --capath /dev/null: the bastion's CA and no other, not the system's
+        # store as well (curl keeps it beside --cacert).
         if curl -fsS --retry 3 --proto =https --tlsv1.3 --http1.1 --cacert "$tmp/ca.pem" \
-            -o "$tmp/$file" "${url%/}@PACKAGES_PATH@$file"; then
+            --capath /dev/null -o "$tmp/$file" "${url%/}@PACKAGES_PATH@$file"; then
             got=1
             break
         fi
         say "could not download $file from $url"
     done
+    IFS=$old_ifs
+    set +f
     [ -n "$got" ] || die "could not download $file from any of $CONTROLLERS"
     actual=$(sha256sum "$tmp/$file" | cut -d' ' -f1)
     [ "$actual" = "$sum" ] || die "$file has sha256 $actual, but the bastion said $sum: not installing it"
@@ -70,7 +87,7 @@ main() {
     POSTERN_INSTALL_SCRIPT=1 dpkg -i "$tmp/$file" </dev/null
 
     if [ -e "$data_dir/agent.json" ]; then
-        say "$data_dir already holds an enrollment: not joining again (purge postern-agent, or delete $data_dir, to join anew)"
+        say "$(quote "$data_dir") already holds an enrollment: not joining again (purge postern-agent, or delete it, to join anew)"
     else
         postern-agent join "$@" </dev/null
     fi
@@ -80,9 +97,9 @@ main() {
         systemctl restart postern-agent.service
         say "postern-agent.service is enabled and running"
     elif [ -d /run/systemd/system ]; then
-        say "postern-agent.service uses /var/lib/postern-agent; start this agent with: postern-agent run --data-dir $data_dir --sshd-port 22"
+        say "postern-agent.service uses /var/lib/postern-agent; start this agent with: postern-agent run --data-dir $(quote "$data_dir") --sshd-port 22"
     else
-        say "systemd is not running here: start the agent with: postern-agent run --data-dir $data_dir --sshd-port 22"
+        say "systemd is not running here: start the agent with: postern-agent run --data-dir $(quote "$data_dir") --sshd-port 22"
     fi
     say "for SSH through the bastion: ln -s /usr/share/postern-agent/sshd_config.d/postern.conf /etc/ssh/sshd_config.d/postern.conf, reload sshd, then run: postern-agent doctor"
 }

@@ -171,7 +171,7 @@ pub fn install_command(ca_pem: &str, controllers: &str, token: &str, ca_hash: &s
         let _ = write!(pem, " {}", shell_quote(line));
     }
     format!(
-        "s=$(printf '%s\\n'{pem} | curl -fsS --retry 3 --proto '=https' --tlsv1.3 --http1.1 --cacert /dev/stdin {url}) \
+        "s=$(printf '%s\\n'{pem} | curl -fsS --retry 3 --proto '=https' --tlsv1.3 --http1.1 --cacert /dev/stdin --capath /dev/null {url}) \
          && sh -c \"$s\" postern-install --controller {controllers} --token {token} --ca-hash {ca_hash}",
         url = shell_quote(&format!("{base}{INSTALL_SCRIPT_PATH}")),
         controllers = shell_quote(controllers),
@@ -423,7 +423,7 @@ mod tests {
             cmd,
             "s=$(printf '%s\\n' '-----BEGIN CERTIFICATE-----' AB+/= '-----END CERTIFICATE-----' \
              | curl -fsS --retry 3 --proto '=https' --tlsv1.3 --http1.1 --cacert /dev/stdin \
-             https://a:8443/agent/v1/install.sh) && sh -c \"$s\" postern-install \
+             --capath /dev/null https://a:8443/agent/v1/install.sh) && sh -c \"$s\" postern-install \
              --controller https://a:8443,https://b:8443 --token pet_x_y --ca-hash sha256:00"
         );
         assert_eq!(shell_quote("it's"), r"'it'\''s'");

@@ -139,8 +139,12 @@ pub async fn demo_agent(
 /// Registers the public key of whoever runs `dev` for `admin`, so that their
 /// plain `ssh -J` works; answers what to tell them, and the private key's path
 /// when there is one beside it.
-pub async fn register_users_key(shared: &Arc<Shared>) -> (String, Option<PathBuf>) {
-    let (note, public) = register_key(shared).await;
+pub async fn register_users_key(
+    shared: &Arc<Shared>,
+    api: &str,
+    data_dir: &Path,
+) -> (String, Option<PathBuf>) {
+    let (note, public) = register_key(shared, api, data_dir).await;
     let private = public
         .and_then(|p| {
             p.to_str()
@@ -151,8 +155,15 @@ pub async fn register_users_key(shared: &Arc<Shared>) -> (String, Option<PathBuf
     (note, private)
 }
 
-async fn register_key(shared: &Arc<Shared>) -> (String, Option<PathBuf>) {
-    let how = "add one with: curl -XPOST -H \"Authorization: Bearer $(cat postern-dev/admin.token)\" -H 'content-type: application/json' http://127.0.0.1:8080/api/v1/users/admin/ssh-keys -d \"{\\\"public_key\\\": \\\"$(cat ~/.ssh/id_ed25519.pub)\\\"}\"";
+async fn register_key(
+    shared: &Arc<Shared>,
+    api: &str,
+    data_dir: &Path,
+) -> (String, Option<PathBuf>) {
+    let how = format!(
+        "add one with: postern login http://{api} < {}; postern keys add",
+        data_dir.join("admin.token").display()
+    );
     let Some((path, line)) = sshd::users_public_key() else {
         return (
             format!("no public key in ~/.ssh (make one with ssh-keygen -t ed25519), then {how}"),
