@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use postern_api::admin::AuditEntry;
-use postern_client::AuditFilters;
+use postern_api::admin::{AuditEntry, AuditQuery};
 
 use crate::output::{json, safe, table};
 use crate::{CliError, Ctx};
@@ -42,7 +41,7 @@ pub struct AuditArgs {
 }
 
 pub async fn audit(ctx: &Ctx, a: AuditArgs) -> Result<(), CliError> {
-    let mut f = AuditFilters {
+    let mut f = AuditQuery {
         action: a.action.clone(),
         actor: a.actor.clone(),
         outcome: a.outcome.clone(),

@@ -1,8 +1,7 @@
 //! The stored login: which bastion and which token, in the user's config
 //! directory, readable by the user only (the token is a bearer secret).
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -82,23 +81,11 @@ pub fn save(p: &Profile) -> Result<PathBuf, CliError> {
     Ok(path)
 }
 
-/// Replaces `path` atomically with `text`, readable by the user only: a
-/// temporary file beside it, synced, then renamed over it.
+/// Replaces `path` atomically with `text`, readable by the user only (the
+/// project's one way to write a secret file).
 pub fn write_private(path: &Path, text: &str) -> Result<(), CliError> {
-    let fail = |e: std::io::Error| CliError::Usage(format!("cannot write {}: {e}", path.display()));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.{}.postern-tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(fail)?;
-    f.write_all(text.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)
+    postern_secret_files::write_private(path, text.as_bytes())
+        .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", path.display())))
 }
 
 /// A local file the user named, read whole only if it is at most `max`

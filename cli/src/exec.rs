@@ -107,9 +107,7 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<(), CliError> {
         let stream = tokio::select! {
             s = ctx.client.events(&project, &edge, &submitted.exec_id, last_id.as_deref()) => s,
             _ = sigint.recv() => {
-                if cancelled { return Err(CliError::Interrupted) }
-                cancelled = true;
-                cancel(ctx, &project, &edge, &submitted.exec_id, &view, &mut sigint).await?;
+                cancel(ctx, (&project, &edge, &submitted.exec_id), &view, &mut sigint, &mut cancelled).await?;
                 continue;
             }
         };
@@ -135,9 +133,7 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<(), CliError> {
             let next = tokio::select! {
                 n = stream.next() => n,
                 _ = sigint.recv() => {
-                    if cancelled { return Err(CliError::Interrupted) }
-                    cancelled = true;
-                    cancel(ctx, &project, &edge, &submitted.exec_id, &view, &mut sigint).await?;
+                    cancel(ctx, (&project, &edge, &submitted.exec_id), &view, &mut sigint, &mut cancelled).await?;
                     continue;
                 }
             };
@@ -209,15 +205,19 @@ fn resumable(e: &ClientError) -> bool {
     ) || matches!(e.status(), Some(429 | 502 | 503 | 504))
 }
 
-/// Asks the bastion to cancel; a second Ctrl-C meanwhile stops waiting.
+/// On Ctrl-C: the first asks the bastion to cancel, a second (then or while
+/// the request hangs) stops waiting.
 async fn cancel(
     ctx: &Ctx,
-    project: &str,
-    edge: &str,
-    exec_id: &str,
+    (project, edge, exec_id): (&str, &str, &str),
     view: &View,
     sigint: &mut tokio::signal::unix::Signal,
+    cancelled: &mut bool,
 ) -> Result<(), CliError> {
+    if *cancelled {
+        return Err(CliError::Interrupted);
+    }
+    *cancelled = true;
     view.note("cancelling: nodes not started never start, running ones are stopped (Ctrl-C again to stop waiting)");
     tokio::select! {
         r = ctx.client.cancel(project, edge, exec_id) => {

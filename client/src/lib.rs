@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Method;
 use postern_api::admin::{
-    AuditPage, CreateEdge, CreateEnrollmentToken, CreateProject, CreateUser, Edge,
+    AuditPage, AuditQuery, CreateEdge, CreateEnrollmentToken, CreateProject, CreateUser, Edge,
     EnrollmentTokenCreated, Node, Project, RoleBinding, User,
 };
 use postern_api::cmdexec::{CancelResponse, ExecuteRequest, ExecuteResponse, Execution, History};
@@ -29,18 +29,6 @@ pub use rustls::ClientConfig as TlsConfig;
 /// The largest answer read into memory: a page of an execution holds at most
 /// `PAGE_OUTPUT_BUDGET` of output, escaped.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
-
-/// The audit filters of `GET /api/v1/audit`, as the CLI takes them.
-#[derive(Debug, Clone, Default)]
-pub struct AuditFilters {
-    pub action: Option<String>,
-    pub actor: Option<String>,
-    pub outcome: Option<String>,
-    pub since: Option<String>,
-    pub until: Option<String>,
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
-}
 
 #[derive(Clone)]
 pub struct Client {
@@ -262,7 +250,7 @@ impl Client {
         .await
     }
 
-    pub async fn audit(&self, f: &AuditFilters) -> Result<AuditPage, ClientError> {
+    pub async fn audit(&self, f: &AuditQuery) -> Result<AuditPage, ClientError> {
         let q = query(&[
             ("limit", f.limit.map(|v| v.to_string())),
             ("offset", f.offset.map(|v| v.to_string())),

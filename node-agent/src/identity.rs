@@ -389,7 +389,8 @@ mod tests {
         let old = creds(&ca);
         identity(dir.path(), &ca, old.clone()).save().unwrap();
         std::fs::write(
-            dir.path().join(format!("{SWAP_FILE}.tmp")),
+            dir.path()
+                .join(format!("{SWAP_FILE}.{}.tmp", std::process::id())),
             b"{\"key_pem\": \"-----BEG",
         )
         .unwrap();

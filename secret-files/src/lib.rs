@@ -9,9 +9,10 @@ use std::path::Path;
 /// before the rename and the directory after it, so once this returns the new
 /// content survives a power loss too.
 pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    // `<name>.tmp`, not `with_extension`: node.key and node.crt must not share one.
+    // `<name>.<pid>.tmp`, not `with_extension`: node.key and node.crt must
+    // not share one, nor two processes writing the same file at once.
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
     {
         let mut f = std::fs::OpenOptions::new()

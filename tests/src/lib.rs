@@ -450,6 +450,33 @@ impl Bastion {
     }
 
     /// A fresh enrollment token for web/eu-1; returns the API's answer.
+    /// Server-authenticated TLS to the agent port with the enrollment
+    /// protocol (ALPN http/1.1), as an enrolling agent or the install script
+    /// opens it, trusting `ca_pem` only; used as is, a client that stalls
+    /// after its handshake.
+    pub async fn enrollment_tls(
+        &self,
+        ca_pem: &str,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        use rustls_pki_types::pem::PemObject;
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
+            .map_err(std::io::Error::other)?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).map_err(std::io::Error::other)?;
+        let mut cfg = rustls::ClientConfig::builder_with_provider(postern_agent::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(std::io::Error::other)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![postern_api::agent::ALPN_ENROLL.to_vec()];
+        let tcp = tokio::net::TcpStream::connect(self.agent).await?;
+        let name =
+            rustls_pki_types::ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+    }
+
     pub async fn enrollment(&self, body: Value) -> Value {
         self.enrollment_at("web", "eu-1", body).await
     }

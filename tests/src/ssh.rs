@@ -292,28 +292,36 @@ pub fn write_config(path: &Path, bastion_port: u16, user: &str, key: &Path, know
 }
 
 /// Runs a command, killing it after `timeout` (so a hung client fails the test
-/// instead of hanging it).
+/// instead of hanging it). Its output is read as it comes, on a thread, so a
+/// child writing more than a pipe holds (a completion script, say) cannot
+/// stall on a full pipe.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            // A grandchild may still hold the pipes: wait for them a little only.
+            let stderr = rx
+                .recv_timeout(Duration::from_secs(5))
+                .ok()
+                .and_then(Result::ok)
+                .map(|o| text(&o.stderr))
+                .unwrap_or_default();
+            panic!("{cmd:?} did not finish within {timeout:?}; stderr: {stderr}");
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{cmd:?} did not finish within {timeout:?}; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -275,7 +275,7 @@ async fn hostile_clients_on_the_agent_port_are_closed_without_harm() {
 
 /// GET / over server-authenticated TLS on the agent port (as an enrolling agent would).
 async fn enroll_port_get(b: &Bastion, ca_pem: &str) -> (u16, String) {
-    let mut tls = enrollment_tls(b, ca_pem).await.unwrap();
+    let mut tls = b.enrollment_tls(ca_pem).await.unwrap();
     tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
@@ -401,30 +401,6 @@ async fn audit_verify_detects_an_edited_or_removed_entry() {
     store.close().await;
 }
 
-/// Server-authenticated TLS with the enrollment protocol (ALPN http/1.1), as an
-/// enrolling agent opens it; used as is, an enrollment that stalls after its
-/// handshake.
-async fn enrollment_tls(
-    b: &Bastion,
-    ca_pem: &str,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    use rustls_pki_types::pem::PemObject;
-    let der = rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(postern_agent::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![postern_api::agent::ALPN_ENROLL.to_vec()];
-    let tcp = TcpStream::connect(b.agent).await?;
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-}
-
 /// Enrollment has its own small pool: a flood of enrollments that stall holds
 /// that pool and no more, the ones beyond it are told 503 at once, and a node
 /// reconnecting meanwhile gets its channel. On the code as it landed, the
@@ -445,7 +421,7 @@ async fn an_enrollment_flood_does_not_shut_out_reconnecting_agents() {
     // full while the others are being answered: that is the port's own limit).
     let mut flood = Vec::new();
     for _ in 0..30 {
-        if let Ok(tls) = enrollment_tls(&b, &ca_pem).await {
+        if let Ok(tls) = b.enrollment_tls(&ca_pem).await {
             flood.push(tls);
         }
     }

@@ -47,30 +47,8 @@ impl Cli {
         c
     }
 
-    /// Runs to the end, reading its output as it comes (a completion script
-    /// is larger than a pipe's buffer), for at most a minute.
     fn run(&self, args: &[&str]) -> Output {
-        let child = self
-            .command(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(out) => out.unwrap(),
-            Err(_) => {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-                panic!("postern {args:?} did not finish within 60 s");
-            }
-        }
+        run_with_timeout(&mut self.command(args), Duration::from_secs(60))
     }
 
     fn run_with_stdin(&self, args: &[&str], input: &str) -> Output {

@@ -14,13 +14,11 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use postern_tests::{Bastion, BastionOpts, bin, eventually, free_port, http};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const PACKAGES: [&str; 3] = ["postern-bastion", "postern-agent", "postern"];
 
@@ -269,7 +267,7 @@ fn ca_pem_of(install_command: &str) -> String {
 /// One raw request on the agent port, as an unenrolled client (TLS with the
 /// CA, ALPN http/1.1); answers the status, the head and the body.
 async fn agent_port(b: &Bastion, ca_pem: &str, raw: &[u8]) -> (u16, String, Vec<u8>) {
-    let mut tls = agent_port_tls(b, ca_pem).await;
+    let mut tls = b.enrollment_tls(ca_pem).await.unwrap();
     let _ = tls.write_all(raw).await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(15), tls.read_to_end(&mut out)).await;
@@ -284,25 +282,6 @@ async fn agent_port(b: &Bastion, ca_pem: &str, raw: &[u8]) -> (u16, String, Vec<
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, head, out[split..].to_vec())
-}
-
-async fn agent_port_tls(b: &Bastion, ca_pem: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
-    use rustls_pki_types::pem::PemObject;
-    let der = rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(postern_agent::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![postern_api::agent::ALPN_ENROLL.to_vec()];
-    let tcp = TcpStream::connect(b.agent).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap()
 }
 
 fn get(path: &str) -> Vec<u8> {
@@ -951,7 +930,7 @@ async fn slow_downloads_cannot_starve_enrollments() {
     let t = b.enrollment(json!({})).await;
     let ca = ca_pem_of(t["install_command"].as_str().unwrap());
 
-    let mut slow = agent_port_tls(&b, &ca).await;
+    let mut slow = b.enrollment_tls(&ca).await.unwrap();
     slow.write_all(&get(&format!("/agent/v1/packages/{name}")))
         .await
         .unwrap();
@@ -973,7 +952,7 @@ async fn slow_downloads_cannot_starve_enrollments() {
     drop(slow);
     let mut served = false;
     for _ in 0..100 {
-        let mut tls = agent_port_tls(&b, &ca).await;
+        let mut tls = b.enrollment_tls(&ca).await.unwrap();
         tls.write_all(&head_of(&name)).await.unwrap();
         let mut out = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
