@@ -766,7 +766,8 @@ mod tests {
 #[serde(deny_unknown_fields)]
 pub struct AgentExec {
     pub exec_id: String,
-    /// Shell command (`/bin/sh -c`) or, for `Base64`, a whole script.
+    /// Shell command (`/bin/sh -c`) or, for `Base64`, a whole script (run under the
+    /// program its `#!` line names, else `/bin/sh`).
     pub command: String,
     pub content_type: ContentType,
     pub timeout_secs: u64,

@@ -141,6 +141,9 @@ impl Bastion {
                 (Store::open_sqlite(&cfg.data_dir).await?, Some(lock))
             }
         };
+        if cfg.replica.is_none() && cfg.database_url.is_some() {
+            refuse_beside_live_replicas(&store).await?;
+        }
         let pki = Pki::load_or_create(&store, &master, cfg.node_cert_ttl).await?;
 
         let api = TcpListener::bind(cfg.api_addr)
@@ -504,4 +507,21 @@ fn lock_file(path: &std::path::Path, dir: &std::path::Path) -> Result<std::fs::F
             Err(StartError::DataDir(path.display().to_string(), e))
         }
     }
+}
+
+/// A single bastion (no `--replica-name`) believes it is alone: at start it
+/// resumes every unfinished execution and takes every node. On a database that
+/// live replicas use, it would run their work a second time; refuse it.
+async fn refuse_beside_live_replicas(store: &Store) -> Result<(), StartError> {
+    let (now, rows) = store.replicas().await?;
+    let lease = crate::replicas::REPLICA_LEASE.as_millis() as i64;
+    let live: Vec<String> = rows
+        .into_iter()
+        .filter(|r| now - r.heartbeat_at < lease)
+        .map(|r| format!("{:?}", r.name))
+        .collect();
+    if live.is_empty() {
+        return Ok(());
+    }
+    Err(crate::replicas::ReplicaError::LiveReplicas(live.join(", ")).into())
 }

@@ -195,9 +195,11 @@ struct DevArgs {
     /// The SSH front door (`ssh -J you@bastion login@node`).
     #[arg(long, default_value = "127.0.0.1:2222")]
     ssh_addr: SocketAddr,
-    /// The Kubernetes listener (kubectl through the bastion).
-    #[arg(long, default_value = "127.0.0.1:6443")]
-    kube_addr: SocketAddr,
+    /// The Kubernetes listener (kubectl through the bastion). Without it, dev
+    /// takes 127.0.0.1:6443 when free and otherwise (a k3s or kind on this
+    /// machine holds it) starts without one and says so.
+    #[arg(long)]
+    kube_addr: Option<SocketAddr>,
     #[command(flatten)]
     packages: PackageArgs,
     #[command(flatten)]
@@ -267,7 +269,7 @@ enum AuditCmd {
 
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -305,8 +307,44 @@ fn settings(t: &Tuning, public_url: Option<String>) -> Settings {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {}", error_text(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, each cause shown only when it adds
+/// something: our errors often carry their source's text already, and
+/// anyhow's "Caused by:" list would say the same sentence two or three times.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !text.contains(&s) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&s);
+        }
+    }
+    text
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logs(&cli.log_format);
     match cli.cmd {
@@ -314,13 +352,7 @@ async fn main() -> anyhow::Result<()> {
             let master_key_file = a
                 .master_key_file
                 .unwrap_or_else(|| a.common.data_dir.join("master.key"));
-            anyhow::ensure!(
-                master_key_file.exists(),
-                "master key file {} is missing: create it once with `(umask 077; head -c32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {})`, \
-                 or pass --master-key-file",
-                master_key_file.display(),
-                master_key_file.display()
-            );
+            check_master_key(&master_key_file)?;
             let cfg = Config {
                 data_dir: a.common.data_dir,
                 database_url: a.common.database_url,
@@ -351,6 +383,7 @@ async fn main() -> anyhow::Result<()> {
             serve(cfg).await
         }
         Cmd::Dev(a) => {
+            let (kube_addr, kube_note) = dev_kube_addr(a.kube_addr);
             let cfg = Config {
                 master_key_file: a.data_dir.join("master.key"),
                 data_dir: a.data_dir,
@@ -363,14 +396,14 @@ async fn main() -> anyhow::Result<()> {
                 node_cert_ttl: a.tuning.node_cert_ttl,
                 settings: settings(&a.tuning, None),
                 replica: None,
-                kube: Some(postern_bastion::app::KubeConfig {
-                    addr: a.kube_addr,
+                kube: kube_addr.map(|addr| postern_bastion::app::KubeConfig {
+                    addr,
                     tls: None,
                     public_url: None,
                 }),
                 agent_packages: a.packages.paths(),
             };
-            run_dev(cfg).await
+            run_dev(cfg, kube_note).await
         }
         Cmd::Audit { cmd } => audit(cmd).await,
         Cmd::KeysHelper {
@@ -402,6 +435,51 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Refuses to serve without a readable master key, telling "missing" from
+/// "cannot be read": a key that exists but is unreadable to this user (a 0700
+/// root directory, a root-owned 0600 file) must never be answered with advice
+/// to create one, which would overwrite it and lose the CA it seals.
+fn check_master_key(path: &std::path::Path) -> anyhow::Result<()> {
+    match std::fs::File::open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "master key file {p} does not exist: on a new bastion create it once with \
+             `(umask 077; head -c32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {p})`, \
+             or pass --master-key-file with the key this store was made with",
+            p = path.display()
+        ),
+        Err(e) => anyhow::bail!(
+            "cannot read the master key file {p}: {e} ({who}, this process runs as uid {uid}). \
+             The key may exist: do not create a new one (that loses the CA it seals). Run the \
+             bastion as the key's owner, or make the key readable to this user only \
+             (chown postern {p}; chmod 0600 {p}), with every directory above it searchable",
+            p = path.display(),
+            who = describe_owner(path),
+            uid = {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
+            },
+        ),
+    }
+}
+
+/// Owner and mode of `path`, or of the nearest directory above it that this
+/// user can look at (the one that hides it).
+fn describe_owner(path: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    for p in path.ancestors() {
+        if let Ok(m) = std::fs::metadata(p) {
+            return format!(
+                "{} is owned by uid {} with mode {:04o}",
+                p.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            );
+        }
+    }
+    "its owner cannot be read".into()
+}
+
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let bastion = Bastion::start(cfg, shutdown.clone())
@@ -416,7 +494,35 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     bastion.run().await.context("the REST API server failed")
 }
 
-async fn run_dev(cfg: Config) -> anyhow::Result<()> {
+/// The default Kubernetes listener of `dev`.
+const DEV_KUBE_ADDR: &str = "127.0.0.1:6443";
+
+/// Where `dev` listens for kubectl: the address given, else 6443 when it is
+/// free. A taken 6443 (every k3s host has one) is not a reason to fail the
+/// tour: dev starts without the Kubernetes door and says which flag brings it.
+fn dev_kube_addr(given: Option<SocketAddr>) -> (Option<SocketAddr>, Option<String>) {
+    if given.is_some() {
+        return (given, None);
+    }
+    let Ok(addr) = DEV_KUBE_ADDR.parse::<SocketAddr>() else {
+        return (None, None);
+    };
+    match std::net::TcpListener::bind(addr) {
+        Ok(probe) => {
+            drop(probe);
+            (Some(addr), None)
+        }
+        Err(e) => (
+            None,
+            Some(format!(
+                "off: {addr} is taken ({e}; a local Kubernetes?); to reach edges with kubectl, \
+                 restart dev with --kube-addr 127.0.0.1:PORT"
+            )),
+        ),
+    }
+}
+
+async fn run_dev(cfg: Config, kube_note: Option<String>) -> anyhow::Result<()> {
     let data_dir = cfg.data_dir.clone();
     let shutdown = CancellationToken::new();
     let bastion = Bastion::start(cfg, shutdown.clone())
@@ -487,6 +593,9 @@ async fn run_dev(cfg: Config) -> anyhow::Result<()> {
         tok = files.token_file.display(),
         join = files.join_file.display(),
     );
+    if let Some(note) = kube_note {
+        eprintln!("  Kubernetes: {note}\n");
+    }
     wait_for_signal().await;
     tracing::info!("shutting down");
     shutdown.cancel();
@@ -530,7 +639,8 @@ async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
                 std::process::exit(2);
             }
             Ok(n) => {
-                println!("audit log intact: {n} entries verified");
+                let entries = if n == 1 { "entry" } else { "entries" };
+                println!("audit log intact: {n} {entries} verified");
                 Ok(())
             }
             Err(brk) => {

@@ -154,7 +154,13 @@ impl MasterKey {
 
     /// For `dev` mode: loads the key file, or makes one (0600) on first start.
     pub fn load_or_create(path: &Path) -> Result<MasterKey, SecretError> {
-        if path.exists() {
+        // `try_exists`, not `exists`: a key this user may not see is an error,
+        // never a reason to write a new one over it.
+        let exists = path.try_exists().map_err(|source| SecretError::ReadKey {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if exists {
             return MasterKey::load(path);
         }
         let key = random_bytes::<32>()?;

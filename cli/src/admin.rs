@@ -30,7 +30,7 @@ pub async fn projects(ctx: &Ctx, a: ProjectsArgs) -> Result<(), CliError> {
         return if a.json {
             json(&p)
         } else {
-            println!("project {} created", safe(&p.name));
+            crate::outln!("project {} created", safe(&p.name));
             Ok(())
         };
     }
@@ -70,7 +70,7 @@ pub async fn edges(ctx: &Ctx, a: EdgesArgs) -> Result<(), CliError> {
         return if a.json {
             json(&e)
         } else {
-            println!(
+            crate::outln!(
                 "edge {} created in {}; nodes join it with a token from: postern join-token -p {} -e {}",
                 safe(&e.name),
                 safe(&project),
@@ -116,7 +116,7 @@ pub async fn nodes(ctx: &Ctx, a: NodesArgs) -> Result<(), CliError> {
         return if a.json {
             json(&n)
         } else {
-            println!("node {} approved ({})", safe(&n.hostname), n.state.as_str());
+            crate::outln!("node {} approved ({})", safe(&n.hostname), n.state.as_str());
             Ok(())
         };
     }
@@ -205,7 +205,7 @@ pub async fn join_token(ctx: &Ctx, a: JoinTokenArgs) -> Result<(), CliError> {
     if a.json {
         return json(&t);
     }
-    println!(
+    crate::outln!(
         "A token for {} node(s) of {}/{}, valid until {}{}. On each node, as root:\n",
         t.max_uses,
         safe(&project),
@@ -220,10 +220,10 @@ pub async fn join_token(ctx: &Ctx, a: JoinTokenArgs) -> Result<(), CliError> {
     match &t.install_command {
         // The package and the join in one line, with the CA pinned.
         Some(line) => {
-            println!("  {}\n", safe(line));
-            println!("(the agent already installed: {})", safe(&t.join_command));
+            crate::outln!("  {}\n", safe(line));
+            crate::outln!("(the agent already installed: {})", safe(&t.join_command));
         }
-        None => println!("  {}", safe(&t.join_command)),
+        None => crate::outln!("  {}", safe(&t.join_command)),
     }
     Ok(())
 }
@@ -295,7 +295,7 @@ pub async fn users(ctx: &Ctx, a: UsersArgs) -> Result<(), CliError> {
             if a.json {
                 return json(&u);
             }
-            println!(
+            crate::outln!(
                 "user {} created; next: postern users role {} project_member -p PROJECT --login root, then postern users token {}",
                 safe(&u.name),
                 safe(&u.name),
@@ -325,9 +325,9 @@ pub async fn users(ctx: &Ctx, a: UsersArgs) -> Result<(), CliError> {
             if a.json {
                 return json(&u);
             }
-            println!("{} now has:", safe(&u.name));
+            crate::outln!("{} now has:", safe(&u.name));
             for r in &u.roles {
-                println!(
+                crate::outln!(
                     "  {} on {}",
                     r.role,
                     r.project
@@ -358,7 +358,7 @@ pub async fn users(ctx: &Ctx, a: UsersArgs) -> Result<(), CliError> {
                 safe(&t.expires_at),
                 ctx.client.endpoint().url
             );
-            println!("{}", safe(&t.token));
+            crate::outln!("{}", safe(&t.token));
             Ok(())
         }
     }

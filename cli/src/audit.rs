@@ -126,11 +126,11 @@ fn line(e: &AuditEntry, as_json: bool, me: &str) {
     }
     if as_json {
         if let Ok(s) = serde_json::to_string(e) {
-            println!("{}", crate::output::json_safe(&s));
+            crate::outln!("{}", crate::output::json_safe(&s));
         }
         return;
     }
-    println!(
+    crate::outln!(
         "{}  {}  {}  {}  {}",
         safe(&e.at),
         safe(e.actor.as_deref().unwrap_or("-")),

@@ -78,7 +78,7 @@ pub async fn keys(ctx: &Ctx, a: KeysArgs) -> Result<(), CliError> {
             if a.json {
                 return json(&k);
             }
-            println!(
+            crate::outln!(
                 "added {} {} for {}",
                 safe(&k.algorithm),
                 safe(&k.fingerprint),
@@ -99,7 +99,7 @@ pub async fn keys(ctx: &Ctx, a: KeysArgs) -> Result<(), CliError> {
                     ))
                 })?;
             ctx.client.delete_ssh_key(&user, &found.id).await?;
-            println!(
+            crate::outln!(
                 "removed {}; sessions that used it are closed",
                 safe(&found.fingerprint)
             );
@@ -256,7 +256,7 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
         }
     }
     if !a.install {
-        print!("{text}");
+        crate::out!("{text}");
         return Ok(());
     }
     let file = dir.join("ssh_config");
@@ -287,7 +287,7 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
         // Include must come before any Host block to apply everywhere.
         config::write_private(&user_config, &format!("{include}\n\n{current}"))?;
     }
-    println!(
+    crate::outln!(
         "wrote {} and included it from {}; now: ssh {}@NODE",
         file.display(),
         user_config.display(),

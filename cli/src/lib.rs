@@ -142,8 +142,13 @@ enum Cmd {
     Audit(audit::AuditArgs),
     /// Shell completions for bash, zsh, fish, elvish or powershell
     Completions { shell: clap_complete::Shell },
-    /// The man page (roff), e.g. `postern man | man -l -`
-    Man,
+    /// The man page (roff), e.g. `postern man | man -l -`; with --dir, one
+    /// page per command (postern.1, postern-exec.1, postern-nodes-approve.1…)
+    Man {
+        /// Write every page into this directory instead of the top one to stdout
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// Runs the CLI; the process's exit status.
@@ -185,10 +190,19 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             clap_complete::generate(shell, &mut cmd, "postern", &mut std::io::stdout());
             Ok(())
         }
-        Cmd::Man => {
+        Cmd::Man { dir: None } => {
             let man = clap_mangen::Man::new(Cli::command());
             man.render(&mut std::io::stdout())
                 .map_err(|e| CliError::Usage(format!("cannot write the man page: {e}")))
+        }
+        // Every page the top one names in SEE ALSO, so none of them is missing.
+        Cmd::Man { dir: Some(dir) } => {
+            clap_mangen::generate_to(Cli::command(), &dir).map_err(|e| {
+                CliError::Usage(format!(
+                    "cannot write the man pages into {}: {e}",
+                    dir.display()
+                ))
+            })
         }
         cmd => {
             let ctx = Ctx::new(&global)?;
@@ -206,7 +220,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Cmd::Keys(a) => keys::keys(&ctx, a).await,
                 Cmd::SshConfig(a) => keys::ssh_config(&ctx, a).await,
                 Cmd::Audit(a) => audit::audit(&ctx, a).await,
-                Cmd::Login(_) | Cmd::Logout | Cmd::Completions { .. } | Cmd::Man => Ok(()),
+                Cmd::Login(_) | Cmd::Logout | Cmd::Completions { .. } | Cmd::Man { .. } => Ok(()),
             }
         }
     }

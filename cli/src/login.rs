@@ -34,7 +34,20 @@ pub async fn login(global: &Global, a: LoginArgs) -> Result<(), CliError> {
             e.url
         );
     }
-    let me = client.whoami().await?;
+    let me = client.whoami().await.map_err(|e| match e {
+        // The generic 401 text says "log in again", which reads oddly here.
+        postern_client::ClientError::Api {
+            status: 401,
+            message,
+            ..
+        } => CliError::Usage(format!(
+            "the bastion at {} refused this token ({message}): check that it was pasted whole, and \
+             that it has not expired or been revoked; an org admin makes a new one with \
+             postern users token NAME",
+            client.endpoint().url
+        )),
+        e => e.into(),
+    })?;
     let path = config::save(&config::Profile {
         url: client.endpoint().url.clone(),
         token,
@@ -43,7 +56,7 @@ pub async fn login(global: &Global, a: LoginArgs) -> Result<(), CliError> {
             .as_ref()
             .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone())),
     })?;
-    println!(
+    crate::outln!(
         "logged in to {} as {} (org {}); the token is in {}",
         client.endpoint().url,
         safe(&me.name),
@@ -79,11 +92,11 @@ fn read_token() -> Result<String, CliError> {
 
 pub fn logout() -> Result<(), CliError> {
     if config::remove()? {
-        println!(
+        crate::outln!(
             "logged out: the stored token is deleted (it stays valid until it expires or is revoked)"
         );
     } else {
-        println!("not logged in");
+        crate::outln!("not logged in");
     }
     Ok(())
 }
@@ -93,7 +106,7 @@ pub async fn whoami(ctx: &Ctx, as_json: bool) -> Result<(), CliError> {
     if as_json {
         return json(&me);
     }
-    println!(
+    crate::outln!(
         "{} (org {}) at {}",
         safe(&me.name),
         safe(&me.org),
@@ -110,10 +123,10 @@ pub async fn whoami(ctx: &Ctx, as_json: bool) -> Result<(), CliError> {
         } else {
             format!(", SSH as {}", safe(&r.logins.join(", ")))
         };
-        println!("  {} on {on}{logins}", r.role);
+        crate::outln!("  {} on {on}{logins}", r.role);
     }
     if me.roles.is_empty() {
-        println!("  no roles yet: an org admin grants them");
+        crate::outln!("  no roles yet: an org admin grants them");
     }
     Ok(())
 }

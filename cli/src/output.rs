@@ -10,6 +10,36 @@ use serde::Serialize;
 
 use crate::CliError;
 
+/// Writes to stdout; when the reader has gone (`postern audit | head`), exits
+/// at once with status 0 instead of panicking as `println!` does. Nothing
+/// more can be shown, and the reader got what it asked for.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        // Any other failure (a full disk behind a redirect) must not pass
+        // silently: the caller's output is incomplete.
+        eprintln!("postern: cannot write the output: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// `println!` for the CLI's results: see [`write_stdout`].
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::output::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` for the CLI's results: see [`write_stdout`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!($($arg)*)) };
+}
+
 pub fn color_on(stream_is_terminal: bool) -> bool {
     stream_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
@@ -89,7 +119,7 @@ pub fn json_safe(text: &str) -> String {
 pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| CliError::Usage(format!("cannot print JSON: {e}")))?;
-    println!("{}", json_safe(&text));
+    crate::outln!("{}", json_safe(&text));
     Ok(())
 }
 
@@ -121,9 +151,9 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             .join("  ")
     };
     let head = line(header.iter().map(|h| h.to_string()).collect());
-    println!("{}", paint(color, bold(), head.trim_end()));
+    crate::outln!("{}", paint(color, bold(), head.trim_end()));
     for row in rows {
-        println!("{}", line(row.iter().map(|c| safe(c)).collect()).trim_end());
+        crate::outln!("{}", line(row.iter().map(|c| safe(c)).collect()).trim_end());
     }
 }
 

@@ -109,7 +109,7 @@ pub async fn show(ctx: &Ctx, a: ShowArgs) -> Result<(), CliError> {
 
 fn header(e: &Execution, color: bool) {
     let c = &e.node_counts;
-    println!(
+    crate::outln!(
         "{} {}  by {}  {}",
         paint(color, bold(), &format!("exec {}", safe(&e.exec_id))),
         paint(color, bold(), &safe(&e.status)),
@@ -121,25 +121,25 @@ fn header(e: &Execution, color: bool) {
         TargetType::Selector => format!("selector {}", safe(e.selector.as_deref().unwrap_or(""))),
         TargetType::Node => format!("{} node(s)", e.target.as_ref().map_or(0, Vec::len)),
     };
-    println!(
+    crate::outln!(
         "  edge {}, {target}, timeout {} s",
         safe(&e.edge_id),
         e.timeout
     );
     if let Some(n) = e.max_concurrency {
-        println!("  at most {n} node(s) at once");
+        crate::outln!("  at most {n} node(s) at once");
     }
     if let Some(n) = e.max_errors {
-        println!("  stops after {n} failure(s)");
+        crate::outln!("  stops after {n} failure(s)");
     }
     if let Some(at) = &e.cancel_requested_at {
-        println!("  cancel requested at {}", safe(at));
+        crate::outln!("  cancel requested at {}", safe(at));
     }
-    println!(
+    crate::outln!(
         "  command: {}",
         one_line(&command_text(&e.command, e.content_type), 200)
     );
-    println!(
+    crate::outln!(
         "  {} node(s): {} succeeded, {} failed, {} timed out, {} unreachable, {} not approved, {} lost, {} cancelled, {} skipped, {} pending or running",
         e.nodes_total,
         c.succeeded,
@@ -158,7 +158,7 @@ fn node(n: &NodeResult, color: bool) {
     let when = took(n.started_at.as_deref(), n.finished_at.as_deref())
         .map(|t| format!(" in {t}"))
         .unwrap_or_default();
-    println!(
+    crate::outln!(
         "\n{}  {}{when}",
         paint(color, bold(), &safe(&n.hostname)),
         describe(n.status, n.exit_code, n.error.as_deref())
@@ -187,10 +187,10 @@ fn node(n: &NodeResult, color: bool) {
         } else {
             String::new()
         };
-        println!("  {}", paint(color, dim(), &format!("{name}{note}:")));
+        crate::outln!("  {}", paint(color, dim(), &format!("{name}{note}:")));
         let bytes = decode_output(text, enc).unwrap_or_default();
         for line in String::from_utf8_lossy(&bytes).lines() {
-            println!("    {}", safe(line));
+            crate::outln!("    {}", safe(line));
         }
     }
 }
@@ -232,6 +232,6 @@ pub struct CancelArgs {
 pub async fn cancel(ctx: &Ctx, a: CancelArgs) -> Result<(), CliError> {
     let (project, edge) = ctx.scope(&a.scope).await?;
     let r = ctx.client.cancel(&project, &edge, &a.exec_id).await?;
-    println!("exec {}: {}", safe(&r.exec_id), safe(&r.state));
+    crate::outln!("exec {}: {}", safe(&r.exec_id), safe(&r.state));
     Ok(())
 }

@@ -179,9 +179,18 @@ impl Conn {
                 let tls = tokio_rustls::TlsConnector::from(cfg)
                     .connect(name, tcp)
                     .await
-                    .map_err(|err| ClientError::Tls {
-                        url: e.url.clone(),
-                        why: err.to_string(),
+                    .map_err(|err| {
+                        let why = err.to_string();
+                        // A plain-HTTP server answers a ClientHello with text,
+                        // which rustls sees as a record of an unknown type.
+                        if why.contains("InvalidContentType") || why.contains("corrupt message") {
+                            ClientError::NotTls { url: e.url.clone() }
+                        } else {
+                            ClientError::Tls {
+                                url: e.url.clone(),
+                                why,
+                            }
+                        }
                     })?;
                 exchange(TokioIo::new(tls), req, &e.url).await
             } else {
@@ -240,10 +249,17 @@ where
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    sender
-        .send_request(req)
-        .await
-        .map_err(|e| broken(format!("the connection broke: {e}")))
+    sender.send_request(req).await.map_err(|e| {
+        // A TLS server (the agent or Kubernetes port) answers plain HTTP with
+        // a TLS alert, which hyper reads as a bad HTTP version.
+        if e.is_parse() && e.to_string().contains("version") {
+            ClientError::IsTls {
+                url: url.to_string(),
+            }
+        } else {
+            broken(format!("the connection broke: {e}"))
+        }
+    })
 }
 
 #[cfg(test)]

@@ -18,6 +18,16 @@ pub enum ClientError {
     )]
     Tls { url: String, why: String },
     #[error(
+        "{url} answered in plain HTTP, not TLS: use http:// for it (the bastion's REST API is plain HTTP on \
+         loopback; https:// is for a TLS proxy in front of it)"
+    )]
+    NotTls { url: String },
+    #[error(
+        "{url} speaks TLS, not plain HTTP: it is not the REST API (perhaps the agent or Kubernetes port). \
+         Use the bastion's --api-addr, or https:// for a TLS proxy in front of it"
+    )]
+    IsTls { url: String },
+    #[error(
         "the bastion at {url} did not answer within {secs} s; retry, or check its health at {url}/readyz"
     )]
     Timeout { url: String, secs: u64 },

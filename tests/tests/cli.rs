@@ -316,6 +316,20 @@ async fn the_cli_logs_in_lists_runs_and_reads_back() {
     assert!(!a.contains("api GET"), "{a}");
     let (_, e) = cli.expect(&["audit", "--since", "yesterday"], 2);
     assert!(e.contains("since"), "{e}");
+    // A reader that stops early (`postern audit | head -1`): no panic, exit 0.
+    for args in [&["audit", "--limit", "200"][..], &["nodes"], &["history"]] {
+        let mut child = cli
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let e = text(&out.stderr);
+        assert!(!e.contains("panicked"), "postern {args:?}: {e}");
+        assert_eq!(out.status.code(), Some(0), "postern {args:?}: {e}");
+    }
 
     // Scripts without a login: POSTERN_URL and POSTERN_TOKEN.
     let script_user = Cli {

@@ -174,3 +174,103 @@ async fn the_readme_tour_runs_as_written() {
     }
     drop(dev);
 }
+
+/// Quick restarts, as an operator (or a supervisor) does them: start, join a
+/// second node, restart within a second, again and again. Every restart must
+/// bring every agent back (the demo node in the process and a separate agent),
+/// and print that it is up. Once in about forty restarts, a restarted `dev`
+/// used to serve its API while no agent could come back.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_quick_restart_brings_every_agent_back() {
+    let rounds: usize = std::env::var("POSTERN_RESTART_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(12);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("postern-dev");
+    let api = format!("127.0.0.1:{}", free_port());
+    let agent_addr = format!("127.0.0.1:{}", free_port());
+    let ssh = format!("127.0.0.1:{}", free_port());
+    let kube = format!("127.0.0.1:{}", free_port());
+    let addr: std::net::SocketAddr = api.parse().unwrap();
+    let nodes = "/api/v1/projects/demo/edges/local/nodes";
+    let mut agent: Option<postern_tests::AgentProc> = None;
+    for round in 0..rounds {
+        let log = dir.path().join(format!("dev-{round}.log"));
+        let dev = Dev(Command::new(bin("postern-bastion"))
+            .args(["dev", "--data-dir"])
+            .arg(&data)
+            .args(["--api-addr", &api, "--agent-addr", &agent_addr])
+            .args(["--ssh-addr", &ssh, "--kube-addr", &kube])
+            .env("POSTERN_LOG", "info,postern_bastion=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap());
+        let up = || async {
+            let Ok(token) = std::fs::read_to_string(data.join("admin.token")) else {
+                return false;
+            };
+            let said_up = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("Postern dev bastion is up");
+            let want = if agent.is_some() { 2 } else { 1 };
+            said_up
+                && matches!(
+                    http(addr, "GET", nodes, Some(token.trim()), None).await,
+                    Ok((200, v)) if v.as_array().is_some_and(|a| {
+                        a.iter().filter(|n| n["reachable"] == true).count() == want
+                    })
+                )
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !up().await {
+            if std::time::Instant::now() > deadline {
+                let agent_log = agent.as_ref().map(|a| a.log()).unwrap_or_default();
+                panic!(
+                    "restart {round}: not every agent came back within 30 s\n--- dev:\n{}\n--- agent:\n{agent_log}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // As the report's loop did: one join with a wrong token before the restart.
+        let join = std::fs::read_to_string(data.join("join-command")).unwrap();
+        let wrong = join
+            .split_whitespace()
+            .map(|w| {
+                if w.starts_with("pet_") {
+                    "pet_000000000000000000000000_wrong"
+                } else {
+                    w
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        let out = postern_tests::run_join(
+            &wrong,
+            &[
+                "--hostname",
+                "wrong-node",
+                "--data-dir",
+                dir.path().join(format!("wrong-{round}")).to_str().unwrap(),
+            ],
+        );
+        assert!(!out.status.success(), "a wrong token joined: {out:?}");
+        if agent.is_none() {
+            let agent_dir = dir.path().join("bar-node");
+            let out = postern_tests::run_join(
+                join.trim(),
+                &[
+                    "--hostname",
+                    "bar-node",
+                    "--data-dir",
+                    agent_dir.to_str().unwrap(),
+                ],
+            );
+            assert!(out.status.success(), "{out:?}");
+            agent = Some(postern_tests::AgentProc::run(&agent_dir));
+        }
+        drop(dev);
+    }
+}

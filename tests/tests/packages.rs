@@ -446,11 +446,26 @@ async fn both_packages_install_as_sshd_wants_run_reinstall_and_purge_to_nothing(
         );
     }
     let o = run(Command::new("sh").args(["-c", "zcat /usr/share/man/man1/postern.1.gz"]));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains(".TH postern"),
-        "{}",
-        text(&o)
-    );
+    let top = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(top.contains(".TH postern"), "{}", text(&o));
+    // Every page the top one names under SEE ALSO is shipped.
+    let plain = top.replace("\\-", "-");
+    let see_also = plain.split_once("SEE ALSO").map_or("", |(_, r)| r);
+    let plain = see_also.split(".SH").next().unwrap_or_default();
+    let named: Vec<String> = plain
+        .match_indices("postern-")
+        .map(|(i, _)| {
+            plain[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+                .collect::<String>()
+        })
+        .collect();
+    assert!(named.iter().any(|n| n == "postern-exec"), "{top}");
+    for page in named {
+        let f = format!("/usr/share/man/man1/{page}.1.gz");
+        assert_eq!(mode_of(&f), (0o644, 0, 0), "{f}");
+    }
     // The helper as sshd runs it: no agent yet, so no keys, and exit 0.
     let o = run(Command::new("/usr/bin/postern-keys").args([
         "--data-dir",

@@ -58,6 +58,13 @@ pub enum ReplicaError {
         "replicas need PostgreSQL (--database-url postgres://…): SQLite belongs to one process"
     )]
     NeedsPostgres,
+    #[error(
+        "replicas {0} are running on this database: a bastion without --replica-name would \
+         take over their executions and their nodes. Start it as a replica too (--replica-name \
+         NAME --peer-addr ADDR), or stop the replicas first (a stopped replica is forgotten \
+         5 s after its last heartbeat)"
+    )]
+    LiveReplicas(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("peering: {0}")]

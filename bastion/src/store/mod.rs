@@ -51,6 +51,11 @@ pub enum StoreError {
         "cannot reach the database at {url}: {detail} (is it running, and is --database-url right?)"
     )]
     Unreachable { url: String, detail: String },
+    #[error(
+        "the database named in {url} does not exist: create it once (for example \
+         `sudo -u postgres createdb -O postern postern`), or fix --database-url / POSTERN_DATABASE_URL"
+    )]
+    NoDatabase { url: String },
 }
 
 impl StoreError {
@@ -151,6 +156,10 @@ impl Store {
                         url: redact(url),
                         detail: e.to_string(),
                     }
+                }
+                // invalid_catalog_name: PostgreSQL's "database … does not exist".
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000") => {
+                    StoreError::NoDatabase { url: redact(url) }
                 }
                 e => StoreError::Db(e),
             })?;

@@ -1,4 +1,5 @@
-//! Runs one command: `/bin/sh -c CMD`, or a whole script as `/bin/sh FILE`, in its
+//! Runs one command: `/bin/sh -c CMD`, or a whole script as `INTERPRETER FILE` (the
+//! program its `#!` line names, else `/bin/sh`), in its
 //! own process group so the timeout kills everything it started, with stdin closed
 //! and both output streams captured with bounded memory.
 
@@ -54,7 +55,32 @@ fn failed(req: &AgentExec, started: i64, error: String) -> AgentExecResult {
 /// kill other workloads first), then becomes the command's own shell. Raising
 /// one's own score needs no privilege; where /proc is read-only it is skipped.
 /// Done in a shell rather than in `pre_exec`, which would need `unsafe`.
-const RESET_OOM: &str = "echo 0 > /proc/self/oom_score_adj 2>/dev/null; exec /bin/sh \"$@\"";
+const RESET_OOM: &str = "echo 0 > /proc/self/oom_score_adj 2>/dev/null; exec \"$@\"";
+
+/// The interpreter a script names on its `#!` line, read as Linux reads it: the
+/// first word is the program, the rest of the line (trimmed) its one argument;
+/// only the first 255 bytes count. `None` when the script has no `#!` line: it
+/// then runs under `/bin/sh`, as a script without one does under a shell.
+///
+/// Run as `INTERPRETER [ARG] FILE` rather than by executing the file, so a data
+/// directory mounted `noexec` still runs scripts, and the program is the one
+/// the user wrote (a `#!/bin/bash` script under bash, a python one under python).
+pub fn shebang(script: &[u8]) -> Option<(String, Option<String>)> {
+    let rest = script.strip_prefix(b"#!")?;
+    let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = &line[..line.len().min(253)];
+    let line = std::str::from_utf8(line)
+        .ok()?
+        .trim_matches([' ', '\t', '\r']);
+    let (program, arg) = match line.split_once([' ', '\t']) {
+        Some((p, a)) => (p, Some(a.trim_matches([' ', '\t']).to_string())),
+        None => (line, None),
+    };
+    if program.is_empty() {
+        return None;
+    }
+    Some((program.to_string(), arg.filter(|a| !a.is_empty())))
+}
 
 /// The start time of process `pid` (field 22 of /proc/PID/stat, clock ticks
 /// since boot): with the pid, it names one process, not whichever reused its pid.
@@ -87,14 +113,14 @@ pub async fn run(
 ) -> AgentExecResult {
     let started = now_ms();
     let mut cmd = Command::new("/bin/sh");
-    // `$0` of the wrapper, then the arguments of the command's shell.
+    // `$0` of the wrapper, then the program it becomes and its arguments.
     cmd.arg("-c").arg(RESET_OOM).arg("/bin/sh");
     // Absolute: the command runs in `/`, and `--data-dir` may have been relative.
     let scratch = std::path::absolute(scratch).unwrap_or_else(|_| scratch.to_path_buf());
     let script_path = scratch.join(format!("{}.sh", req.exec_id));
     match req.content_type {
         ContentType::String => {
-            cmd.arg("-c").arg(&req.command);
+            cmd.arg("/bin/sh").arg("-c").arg(&req.command);
         }
         ContentType::Base64 => {
             let script = match base64::engine::general_purpose::STANDARD.decode(req.command.trim())
@@ -114,6 +140,17 @@ pub async fn run(
                     started,
                     format!("cannot write the script to {}: {e}", script_path.display()),
                 );
+            }
+            match shebang(&script) {
+                Some((program, arg)) => {
+                    cmd.arg(program);
+                    if let Some(a) = arg {
+                        cmd.arg(a);
+                    }
+                }
+                None => {
+                    cmd.arg("/bin/sh");
+                }
             }
             cmd.arg(&script_path);
         }
@@ -291,6 +328,54 @@ mod tests {
         .await;
         let out = String::from_utf8_lossy(&r.stdout.data).into_owned();
         assert!(out.ends_with("|0|0\n"), "{out:?}");
+    }
+
+    /// A script runs under the program its `#!` line names (bash, python), with
+    /// that line's one argument; without one it runs under /bin/sh.
+    #[tokio::test]
+    async fn scripts_run_under_their_shebang() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "#!/bin/bash\necho \"bash=${BASH_VERSION:+yes}\"\n",
+                "bash=yes\n",
+            ),
+            (
+                "#!/usr/bin/env python3\nimport sys\nprint('python', sys.version_info[0])\n",
+                "python 3\n",
+            ),
+            ("#! /bin/sh -e\necho first; false; echo never\n", "first\n"),
+            ("echo \"plain=${BASH_VERSION:-sh}\"\n", "plain=sh\n"),
+        ];
+        for (text, want) in cases {
+            let mut q = req(&base64::engine::general_purpose::STANDARD.encode(text));
+            q.content_type = ContentType::Base64;
+            let r = run(
+                &q,
+                dir.path(),
+                |_| {},
+                LiveOutput::new(4096),
+                CancellationToken::new(),
+            )
+            .await;
+            assert_eq!(
+                String::from_utf8_lossy(&r.stdout.data),
+                want,
+                "{text:?}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn shebang_reads_as_linux_does() {
+        assert_eq!(shebang(b"echo hi"), None);
+        assert_eq!(shebang(b"#!"), None);
+        assert_eq!(shebang(b"#!/bin/bash\n"), Some(("/bin/bash".into(), None)));
+        assert_eq!(
+            shebang(b"#!/usr/bin/env  python3 -u \r\nx"),
+            Some(("/usr/bin/env".into(), Some("python3 -u".into())))
+        );
+        assert_eq!(shebang(&[b'#', b'!', 0xff, b'\n']), None);
     }
 
     /// A cancel stops the whole group, even a command that ignores SIGTERM and a
