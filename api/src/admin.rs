@@ -164,6 +164,22 @@ pub struct Node {
     /// project admin approves the node again.
     #[serde(default)]
     pub agent_labels_pending: Option<std::collections::BTreeMap<String, String>>,
+    /// The node's part in its edge's Kubernetes door.
+    #[serde(default)]
+    pub kube_gateway: NodeKubeGateway,
+}
+
+/// Whether a node serves its edge's Kubernetes API. It does when both hold
+/// (and its agent is connected): a project admin's grant and its agent's
+/// capability. An agent's word alone never makes a gateway.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct NodeKubeGateway {
+    /// A project admin granted the node the gateway role
+    /// (`PUT …/nodes/{node}/kube-gateway`; `DELETE` takes it back).
+    pub granted: bool,
+    /// The node's agent runs with `--kube-apiserver`, as it said when its
+    /// channel last came up.
+    pub capable: bool,
 }
 
 /// `PUT …/nodes/{node}/labels`: the labels a project admin sets on a node,

@@ -116,10 +116,13 @@ pub struct Health {
     pub node_id: String,
     pub hostname: String,
     pub agent_version: String,
-    /// The agent forwards Kubernetes API requests to its cluster's API server
-    /// (`--kube-apiserver`): it is one of its edge's kube gateways.
-    #[serde(default)]
-    pub kube_gateway: bool,
+    /// The agent was started with `--kube-apiserver`: it CAN forward Kubernetes
+    /// API requests to its cluster's API server. Only a capability: the bastion
+    /// sends it requests only if a project admin granted the node the gateway
+    /// role (`PUT …/nodes/{node}/kube-gateway`); any agent may say this. Named
+    /// `kube_gateway` on the wire, as agents have always sent it.
+    #[serde(default, rename = "kube_gateway")]
+    pub kube_gateway_capable: bool,
     /// The agent reads keys from its Kubernetes Node object (`--kube-node-keys`),
     /// served at `GET /v1/kube-keys`. Absent from older agents.
     #[serde(default)]

@@ -22,6 +22,8 @@ pub const NODE_LABELS: &str = "/projects/{project}/edges/{edge}/nodes/{node}/lab
 pub const NODE_APPROVE: &str = "/projects/{project}/edges/{edge}/nodes/{node}/approve";
 pub const NODE_DISABLE: &str = "/projects/{project}/edges/{edge}/nodes/{node}/disable";
 pub const NODE_ENABLE: &str = "/projects/{project}/edges/{edge}/nodes/{node}/enable";
+/// PUT grants the node its edge's Kubernetes gateway role, DELETE takes it back.
+pub const NODE_KUBE_GATEWAY: &str = "/projects/{project}/edges/{edge}/nodes/{node}/kube-gateway";
 pub const ENROLLMENT_TOKENS: &str = "/projects/{project}/edges/{edge}/enrollment-tokens";
 pub const ENROLLMENT_TOKEN: &str = "/projects/{project}/edges/{edge}/enrollment-tokens/{token_id}";
 pub const USERS: &str = "/users";

@@ -23,7 +23,8 @@ pub enum Action {
     /// Users, roles, projects, other users' tokens.
     ManageOrg,
     ReadAudit,
-    /// Edges, node approval and deletion, enrollment tokens.
+    /// Edges, node approval and deletion, a node's Kubernetes gateway role,
+    /// enrollment tokens.
     ManageProject,
     /// List edges and nodes, read executions and history.
     ReadProject,

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::response::Response;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use postern_api::admin::Role;
+use postern_api::admin::{NodeState, Role};
 use postern_bastion::http::{issue_api_token, router};
 use postern_bastion::state::Shared;
 use postern_bastion::store::{ApiTokenRow, BindingRow};
@@ -687,6 +687,8 @@ const DOCUMENTED_ROUTES: &[&str] = &[
     "PUT /api/v1/projects/{project}/edges/{edge}/nodes/{node}/labels",
     "POST /api/v1/projects/{project}/edges/{edge}/nodes/{node}/disable",
     "POST /api/v1/projects/{project}/edges/{edge}/nodes/{node}/enable",
+    "PUT /api/v1/projects/{project}/edges/{edge}/nodes/{node}/kube-gateway",
+    "DELETE /api/v1/projects/{project}/edges/{edge}/nodes/{node}/kube-gateway",
     "POST /api/v1/projects/{project}/edges/{edge}/enrollment-tokens",
     "DELETE /api/v1/projects/{project}/edges/{edge}/enrollment-tokens/{token_id}",
     "GET /api/v1/users",
@@ -1164,4 +1166,186 @@ async fn unauditable_mutations_and_executions_do_not_happen() {
         .map(|e| e["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(outcomes, ["ok", "requested"], "{v}");
+}
+
+/// The Kubernetes gateway role is a project admin's grant to a named node
+/// (review 3, finding 1): a project member may not grant or take it back, an
+/// unknown or unapproved node is refused, what the node's agent says grants
+/// nothing, the node view shows both, every call is audited with the node, and
+/// taking the role back ends what the node serves.
+#[tokio::test]
+async fn the_kube_gateway_role_is_granted_by_a_project_admin_and_audited() {
+    let w = world().await;
+    let s = &w.shared.store;
+    let org = s.user_by_name("admin").await.unwrap().unwrap().org_id;
+    let web = s.project_by_name(&org, "web").await.unwrap().unwrap();
+    let edge = s.edge_by_name(&web.id, "eu-1").await.unwrap().unwrap();
+    s.insert_enrollment_token(&common::token_row("tok", &edge.id, 3, i64::MAX))
+        .await
+        .unwrap();
+    s.enroll_node(&common::new_node("n1", "tok", &edge.id, "gw-1"), 1)
+        .await
+        .unwrap();
+    s.enroll_node(&common::new_node("n2", "tok", &edge.id, "pending-1"), 1)
+        .await
+        .unwrap();
+    s.set_node_state("n1", NodeState::Approved, 2)
+        .await
+        .unwrap();
+    // Its agent says it can serve: that alone makes no gateway.
+    s.set_kube_gateway_capable("n1", true).await.unwrap();
+    s.set_kube_gateway_capable("n2", true).await.unwrap();
+    let (st, v) = w
+        .get("/api/v1/projects/web/edges/eu-1/nodes/gw-1", &w.member)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["kube_gateway"],
+        json!({"granted": false, "capable": true}),
+        "{v}"
+    );
+    assert!(s.kube_gateways(&edge.id).await.unwrap().is_empty());
+
+    let uri = |node: &str| format!("/api/v1/projects/web/edges/eu-1/nodes/{node}/kube-gateway");
+    // A project member may neither grant nor take back; nothing changes.
+    for method in [Method::PUT, Method::DELETE] {
+        let (st, v) = w.call(method, &uri("gw-1"), Some(&w.member), None).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+        assert_error(&v, "forbidden", "project_member may not");
+    }
+    // Someone without a role in the project does not see it; another org's admin neither.
+    let (st, _) = w
+        .call(Method::PUT, &uri("gw-1"), Some(&w.outsider), None)
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = w
+        .call(Method::PUT, &uri("gw-1"), Some(&w.other_org_admin), None)
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    // No token: 401.
+    let (st, _) = w.call(Method::PUT, &uri("gw-1"), None, None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(s.kube_gateways(&edge.id).await.unwrap().is_empty());
+    // An unknown node, an unknown edge: 404.
+    for method in [Method::PUT, Method::DELETE] {
+        let (st, v) = w
+            .call(method.clone(), &uri("ghost"), Some(&w.padmin), None)
+            .await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+        assert_error(&v, "not_found", "node \"ghost\" not found");
+        let (st, v) = w
+            .call(
+                method,
+                "/api/v1/projects/web/edges/nowhere/nodes/gw-1/kube-gateway",
+                Some(&w.padmin),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    }
+    // A node not let in yet is refused: approve it first.
+    let (st, v) = w
+        .call(Method::PUT, &uri("pending-1"), Some(&w.padmin), None)
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    assert_error(&v, "conflict", "approve it");
+    assert!(!s.node("n2").await.unwrap().unwrap().kube_gateway_granted);
+
+    // The project admin grants: shown on the node, and the node is a gateway.
+    let (st, v) = w
+        .call(Method::PUT, &uri("gw-1"), Some(&w.padmin), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["hostname"], "gw-1");
+    assert_eq!(v["kube_gateway"], json!({"granted": true, "capable": true}));
+    let gateways = s.kube_gateways(&edge.id).await.unwrap();
+    assert_eq!(
+        gateways.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
+        ["n1"]
+    );
+    // Granting again changes nothing.
+    let (st, v) = w
+        .call(Method::PUT, &uri("gw-1"), Some(&w.padmin), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (_, listed) = w
+        .get("/api/v1/projects/web/edges/eu-1/nodes", &w.member)
+        .await;
+    let shown = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["hostname"] == "gw-1")
+        .unwrap();
+    assert_eq!(shown["kube_gateway"]["granted"], true, "{listed}");
+
+    // Taking it back ends what the node serves at once (here a request
+    // registered as the Kubernetes door registers it), and nothing else.
+    let (_held, on_gw) = w
+        .shared
+        .kube_live
+        .register("u", "t", &web.id, "n1", true)
+        .unwrap();
+    let (_other, elsewhere) = w
+        .shared
+        .kube_live
+        .register("u", "t", &web.id, "n9", true)
+        .unwrap();
+    let (st, v) = w
+        .call(Method::DELETE, &uri("gw-1"), Some(&w.padmin), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["kube_gateway"],
+        json!({"granted": false, "capable": true})
+    );
+    assert!(on_gw.gateway.is_cancelled());
+    assert!(!elsewhere.gateway.is_cancelled() && !on_gw.access.is_cancelled());
+    assert!(s.kube_gateways(&edge.id).await.unwrap().is_empty());
+    // Taking back what is not held is no error.
+    let (st, _) = w
+        .call(Method::DELETE, &uri("pending-1"), Some(&w.admin), None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+
+    // Audited: the refusals, and each change with the node and what it did.
+    let (_, v) = w.get("/api/v1/audit?limit=100", &w.admin).await;
+    let entries = v["entries"].as_array().unwrap();
+    let put = "api PUT /api/v1/projects/{project}/edges/{edge}/nodes/{node}/kube-gateway";
+    let delete = "api DELETE /api/v1/projects/{project}/edges/{edge}/nodes/{node}/kube-gateway";
+    let find = |action: &str, actor: &str, outcome: &str| {
+        entries
+            .iter()
+            .filter(|e| e["action"] == action && e["actor"] == actor && e["outcome"] == outcome)
+            .collect::<Vec<_>>()
+    };
+    let denied = find(put, "mem", "denied");
+    assert!(denied.iter().any(|e| e["detail"]["status"] == 403), "{v}");
+    assert!(!find(delete, "mem", "denied").is_empty(), "{v}");
+    assert!(!find(put, "pat", "not_found").is_empty(), "{v}");
+    assert!(!find(put, "pat", "rejected").is_empty(), "the 409: {v}");
+    let granted = find(put, "pat", "ok");
+    assert_eq!(granted.len(), 2, "{v}");
+    assert!(
+        granted.iter().all(|e| e["project"] == "web"
+            && e["targets"] == json!(["gw-1"])
+            && e["detail"]["detail"]["kube_gateway"] == "granted"
+            && e["detail"]["detail"]["node_id"] == "n1"),
+        "{v}"
+    );
+    assert_eq!(
+        granted
+            .iter()
+            .filter(|e| e["detail"]["detail"]["changed"] == true)
+            .count(),
+        1,
+        "{v}"
+    );
+    // Written before it acted, as every admin change is.
+    assert!(!find(put, "pat", "requested").is_empty(), "{v}");
+    let revoked = find(delete, "pat", "ok");
+    assert_eq!(revoked.len(), 1, "{v}");
+    assert_eq!(revoked[0]["detail"]["detail"]["kube_gateway"], "revoked");
+    assert_eq!(revoked[0]["detail"]["detail"]["kube_requests_cut"], 1);
+    assert_eq!(revoked[0]["targets"], json!(["gw-1"]));
 }

@@ -6,7 +6,7 @@ mod common;
 use postern_api::admin::{NodeState, Role};
 use postern_bastion::audit::{Audit, ChainBreak, Event};
 use postern_bastion::store::{
-    ApiTokenRow, BindingRow, EnrollOutcome, NewSshKey, Store, StoreError,
+    ApiTokenRow, BindingRow, EnrollOutcome, KubeGatewayRow, NewSshKey, Store, StoreError,
 };
 
 async fn tenancy(s: &Store) -> (String, String, String) {
@@ -194,6 +194,65 @@ async fn node_lifecycle(s: &Store) {
         s.delete_node("n1").await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// The Kubernetes gateway role is a grant: what an agent says (and what older
+/// versions stored from it) lists no node; a granted node is listed while it is
+/// approved, with whether its agent says it can serve.
+async fn kube_gateways_are_granted_never_claimed(s: &Store) {
+    let (_, _, edge) = tenancy(s).await;
+    s.insert_enrollment_token(&common::token_row("tok", &edge, 5, 1_000))
+        .await
+        .unwrap();
+    for (id, host) in [("n1", "gw-1"), ("n2", "claims-1"), ("n3", "pending-1")] {
+        s.enroll_node(&common::new_node(id, "tok", &edge, host), 10)
+            .await
+            .unwrap();
+    }
+    for id in ["n1", "n2"] {
+        s.set_node_state(id, NodeState::Approved, 11).await.unwrap();
+    }
+    // Every agent claims it; a row as an older version left it claims it too.
+    assert!(s.set_kube_gateway_capable("n1", true).await.unwrap());
+    assert!(!s.set_kube_gateway_capable("n1", true).await.unwrap());
+    assert!(s.set_kube_gateway_capable("n3", true).await.unwrap());
+    sqlx::query("UPDATE nodes SET kube_gateway = 1 WHERE id = 'n2'")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    assert!(s.kube_gateways(&edge).await.unwrap().is_empty());
+    let n2 = s.node("n2").await.unwrap().unwrap();
+    assert!(n2.kube_gateway_capable && !n2.kube_gateway_granted);
+
+    // Granted: listed, once however often granted.
+    assert!(s.set_kube_gateway_granted("n1", true).await.unwrap());
+    assert!(!s.set_kube_gateway_granted("n1", true).await.unwrap());
+    let gw = |capable| KubeGatewayRow {
+        id: "n1".into(),
+        hostname: "gw-1".into(),
+        capable,
+    };
+    assert_eq!(s.kube_gateways(&edge).await.unwrap(), vec![gw(true)]);
+    let n1 = s.node("n1").await.unwrap().unwrap();
+    assert!(n1.kube_gateway_capable && n1.kube_gateway_granted);
+    // Granted in the store while pending (the API refuses it): not listed.
+    s.set_kube_gateway_granted("n3", true).await.unwrap();
+    assert_eq!(s.kube_gateways(&edge).await.unwrap(), vec![gw(true)]);
+    // The agent stops claiming it: still granted, listed as not capable.
+    s.set_kube_gateway_capable("n1", false).await.unwrap();
+    assert_eq!(s.kube_gateways(&edge).await.unwrap(), vec![gw(false)]);
+    // Disabled: not listed; taken back: not listed once enabled again.
+    s.set_kube_gateway_capable("n1", true).await.unwrap();
+    s.set_node_state("n1", NodeState::Disabled, 12)
+        .await
+        .unwrap();
+    assert!(s.kube_gateways(&edge).await.unwrap().is_empty());
+    s.set_node_state("n1", NodeState::Approved, 13)
+        .await
+        .unwrap();
+    assert_eq!(s.kube_gateways(&edge).await.unwrap(), vec![gw(true)]);
+    assert!(s.set_kube_gateway_granted("n1", false).await.unwrap());
+    assert!(s.kube_gateways(&edge).await.unwrap().is_empty());
 }
 
 async fn touch_many_nodes_in_batches(s: &Store) {
@@ -593,6 +652,7 @@ both_backends!(
     enrollment_consumes_uses_atomically,
     expired_and_revoked_tokens_enroll_nothing,
     node_lifecycle,
+    kube_gateways_are_granted_never_claimed,
     touch_many_nodes_in_batches,
     ca_is_stored_once,
     audit_chain_detects_edit_and_removal,

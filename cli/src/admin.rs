@@ -1,5 +1,5 @@
-//! The operator's steps: projects, edges, nodes (and approving them), join
-//! tokens, users and their roles.
+//! The operator's steps: projects, edges, nodes (approving them, granting the
+//! Kubernetes gateway role), join tokens, users and their roles.
 
 use std::time::Duration;
 
@@ -107,18 +107,57 @@ pub struct NodesArgs {
 enum NodesCmd {
     /// Let a node that joined with a token (without auto-approve) in (project admins)
     Approve { node: String },
+    /// Make an approved node one of its edge's Kubernetes gateways: kubectl
+    /// through the bastion may go to it (project admins). Its agent must also
+    /// run with --kube-apiserver; that alone never makes a gateway.
+    KubeGateway {
+        node: String,
+        /// Take the role back: no new request goes to it, and its open ones end
+        #[arg(long)]
+        revoke: bool,
+    },
 }
 
 pub async fn nodes(ctx: &Ctx, a: NodesArgs) -> Result<(), CliError> {
     let (project, edge) = ctx.scope(&a.scope).await?;
-    if let Some(NodesCmd::Approve { node }) = a.action {
-        let n = ctx.client.approve_node(&project, &edge, &node).await?;
-        return if a.json {
-            json(&n)
-        } else {
-            crate::outln!("node {} approved ({})", safe(&n.hostname), n.state.as_str());
-            Ok(())
-        };
+    match a.action {
+        Some(NodesCmd::Approve { node }) => {
+            let n = ctx.client.approve_node(&project, &edge, &node).await?;
+            return if a.json {
+                json(&n)
+            } else {
+                crate::outln!("node {} approved ({})", safe(&n.hostname), n.state.as_str());
+                Ok(())
+            };
+        }
+        Some(NodesCmd::KubeGateway { node, revoke }) => {
+            let n = ctx
+                .client
+                .set_kube_gateway(&project, &edge, &node, !revoke)
+                .await?;
+            if a.json {
+                return json(&n);
+            }
+            let place = format!("{}/{}", safe(&project), safe(&edge));
+            if revoke {
+                crate::outln!(
+                    "node {} is no longer a Kubernetes gateway of {place}",
+                    safe(&n.hostname)
+                );
+            } else {
+                crate::outln!(
+                    "node {} is a Kubernetes gateway of {place}",
+                    safe(&n.hostname)
+                );
+                if !n.kube_gateway.capable {
+                    eprintln!(
+                        "its agent does not run with --kube-apiserver (as of its last connection): it gets requests once it does"
+                    );
+                }
+            }
+            return Ok(());
+        }
+        None => {}
     }
     let nodes = ctx.client.nodes(&project, &edge).await?;
     if a.json {

@@ -120,7 +120,8 @@ enum Cmd {
     Projects(admin::ProjectsArgs),
     /// A project's edges; `edges create NAME` (project admins)
     Edges(admin::EdgesArgs),
-    /// An edge's nodes; `nodes approve NODE` lets a node that joined in
+    /// An edge's nodes; `nodes approve NODE` lets a node that joined in,
+    /// `nodes kube-gateway NODE [--revoke]` grants its Kubernetes gateway role
     Nodes(admin::NodesArgs),
     /// Make a token with which nodes join an edge, and print the join command
     JoinToken(admin::JoinTokenArgs),

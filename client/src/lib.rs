@@ -185,6 +185,20 @@ impl Client {
         self.call(Method::POST, &p, None::<&()>).await
     }
 
+    /// Grants (`grant`) or takes back a node's Kubernetes gateway role; answers
+    /// the node as it is now.
+    pub async fn set_kube_gateway(
+        &self,
+        project: &str,
+        edge: &str,
+        node: &str,
+        grant: bool,
+    ) -> Result<Node, ClientError> {
+        let p = path(API, routes::NODE_KUBE_GATEWAY, &[project, edge, node]);
+        let method = if grant { Method::PUT } else { Method::DELETE };
+        self.call(method, &p, None::<&()>).await
+    }
+
     pub async fn create_enrollment_token(
         &self,
         project: &str,

@@ -75,7 +75,8 @@ async fn health(State(c): State<Ctx>) -> Json<Health> {
         node_id: c.identity.meta.node_id.clone(),
         hostname: c.identity.meta.hostname.clone(),
         agent_version: postern_api::VERSION.to_string(),
-        kube_gateway: c.kube.is_some(),
+        // Only what this agent can do: the bastion decides whether it serves.
+        kube_gateway_capable: c.kube.is_some(),
         kube_node_keys: c.kube_keys.enabled(),
         exec_stream: true,
         labels: (*c.labels).clone(),

@@ -521,8 +521,9 @@ subjects:
 "#;
 
 /// A real API server with [`POSTERN_RBAC`] applied, a bastion with its Kubernetes
-/// listener, and a gateway agent `gw-1` for project `web`, edge `eu-1`; answers
-/// them and the listener's address.
+/// listener, and a gateway agent `gw-1` for project `web`, edge `eu-1`, granted
+/// the gateway role by the project's admin (its `--kube-apiserver` alone would
+/// not make it one); answers them and the listener's address.
 pub async fn door() -> (KubeCluster, crate::Bastion, String, crate::AgentProc) {
     let mut k = KubeCluster::start_new().await;
     let out = k.apply("admin", POSTERN_RBAC);
@@ -546,6 +547,8 @@ pub async fn door() -> (KubeCluster, crate::Bastion, String, crate::AgentProc) {
             ],
         )
         .await;
+    let node = b.kube_gateway("gw-1", true).await;
+    assert_eq!(node["kube_gateway"]["granted"], true, "{node}");
     (k, b, kube_addr, gateway)
 }
 

@@ -509,6 +509,24 @@ impl Bastion {
             .is_some_and(|n| n["reachable"] == true)
     }
 
+    /// Grants (`grant`) or takes back the Kubernetes gateway role of node
+    /// `hostname` of web/eu-1, as a project admin does through the REST API;
+    /// answers the node as it is now.
+    pub async fn kube_gateway(&self, hostname: &str, grant: bool) -> Value {
+        use postern_api::routes;
+        let path = routes::path(
+            routes::API,
+            routes::NODE_KUBE_GATEWAY,
+            &["web", "eu-1", hostname],
+        );
+        let method = if grant { "PUT" } else { "DELETE" };
+        let (s, v) = http(self.api, method, &path, Some(&self.token), None)
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "{method} {path}: {v}");
+        v
+    }
+
     /// Enrolls `hostname` (auto-approved) through the real join command; returns its data directory.
     pub async fn enroll(&self, hostname: &str) -> PathBuf {
         self.enroll_at("web", "eu-1", hostname, hostname).await

@@ -182,6 +182,28 @@ async fn the_cli_logs_in_lists_runs_and_reads_back() {
     );
     let (o, _) = cli.expect(&["nodes", "approve", "lab-1", "-e", "lab"], 0);
     assert!(o.contains("node lab-1 approved"), "{o}");
+    // The Kubernetes gateway role: granted to a named node (its agent does not
+    // run with --kube-apiserver, and is told so), shown on it, taken back.
+    let (o, e) = cli.expect(&["nodes", "kube-gateway", "lab-1", "-e", "lab"], 0);
+    assert!(
+        o.contains("node lab-1 is a Kubernetes gateway of web/lab"),
+        "{o}"
+    );
+    assert!(e.contains("--kube-apiserver"), "{e}");
+    let v: Value = serde_json::from_str(&cli.ok(&["nodes", "-e", "lab", "--json"])).unwrap();
+    assert_eq!(
+        v[0]["kube_gateway"],
+        serde_json::json!({"granted": true, "capable": false}),
+        "{v}"
+    );
+    let (o, _) = cli.expect(
+        &["nodes", "kube-gateway", "lab-1", "-e", "lab", "--revoke"],
+        0,
+    );
+    assert!(
+        o.contains("node lab-1 is no longer a Kubernetes gateway"),
+        "{o}"
+    );
     let (_, e) = cli.expect(&["join-token", "-e", "lab", "--uses", "0"], 2);
     assert!(e.contains("--uses"), "{e}");
     // Two edges now: which one must be said.

@@ -6,6 +6,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use postern_tests::kube::{KubeCluster, door_tls, kubeconfig_ca, kubectl_bin};
@@ -213,7 +215,7 @@ async fn kubectl_works_unchanged_through_the_bastion() {
                 .is_some_and(|g| g.iter().any(|g| g == "postern:org_admin"))
     });
     assert!(!seen.is_empty(), "the API server saw the impersonated user");
-    // Audited at the bastion with what was touched.
+    // Audited at the bastion with what was touched and the node that served it.
     eventually(Duration::from_secs(10), "kube.request audited", || async {
         s.b.audit("kube.request").await.iter().any(|e| {
             e["detail"]["verb"] == "create"
@@ -222,6 +224,7 @@ async fn kubectl_works_unchanged_through_the_bastion() {
                 && e["detail"]["status"] == 201
                 && e["detail"]["bytes_out"].as_u64().unwrap_or(0) > 0
                 && e["detail"]["duration_ms"].is_u64()
+                && e["detail"]["gateway"]["hostname"] == "gw-1"
                 && e["source_ip"] == "127.0.0.1"
         })
     })
@@ -701,4 +704,219 @@ async fn a_client_that_stops_reading_loses_its_stream_not_the_node() {
             .success()
     );
     drop(stalled);
+}
+
+/// The kube.request entries that name `hostname` as the node that served them.
+async fn served_by(s: &Setup, hostname: &str) -> Vec<Value> {
+    s.b.audit("kube.request")
+        .await
+        .into_iter()
+        .filter(|e| e["detail"]["gateway"]["hostname"] == hostname)
+        .collect()
+}
+
+/// The gateway role is granted, never claimed (review 3, finding 1): a second
+/// approved node of the edge whose agent runs with `--kube-apiserver` pointing
+/// elsewhere gets no request, not after it reconnects and not while the
+/// granted gateway is down; every request's audit entry names the node that
+/// served it; taking the role back ends the node's open watch and sends it
+/// nothing more; and requests follow a grant, not a claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_granted_node_serves_an_edge_whatever_other_agents_claim() {
+    let mut s = setup().await;
+    // Where the claiming node would send what it is given: a listener that
+    // counts connections and answers nothing.
+    let decoy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let decoy_url = format!("https://{}", decoy.local_addr().unwrap());
+    let dialled = Arc::new(AtomicUsize::new(0));
+    let counter = dialled.clone();
+    let decoy_task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = decoy.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(tcp);
+        }
+    });
+    let creds = s.k.kubeconfig_for("gateway").await;
+    let creds = creds.to_str().unwrap().to_string();
+    let claim_args = [
+        "--kube-apiserver",
+        decoy_url.as_str(),
+        "--kube-credentials",
+        creds.as_str(),
+    ];
+    let mut claimer = s.b.agent_with("claims-1", &claim_args).await;
+    eventually(
+        Duration::from_secs(15),
+        "claims-1's claim recorded",
+        || async {
+            s.b.node("claims-1")
+                .await
+                .is_some_and(|n| n["kube_gateway"]["capable"] == true)
+        },
+    )
+    .await;
+    let claims = s.b.node("claims-1").await.unwrap();
+    assert_eq!(claims["kube_gateway"]["granted"], false, "{claims}");
+    let gw = s.b.node("gw-1").await.unwrap();
+    assert_eq!(
+        gw["kube_gateway"],
+        json!({"granted": true, "capable": true}),
+        "{gw}"
+    );
+    let gw_id = gw["id"].as_str().unwrap().to_string();
+    // The claim is seen: audited as held, waiting for a grant.
+    eventually(Duration::from_secs(10), "the claim audited", || async {
+        s.b.audit("node.kube_gateway_capable")
+            .await
+            .iter()
+            .any(|e| e["outcome"] == "held" && e["detail"]["hostname"] == "claims-1")
+    })
+    .await;
+
+    let admin = kubeconfig(&s, &s.b.token, "admin.kubeconfig").await;
+    eventually(
+        Duration::from_secs(15),
+        "kubectl get namespaces",
+        || async { kubectl(&admin, &["get", "namespaces"]).status.success() },
+    )
+    .await;
+    // The claiming agent reconnects last (the review's attacker sorted first
+    // that way): still only the granted node serves.
+    claimer.stop();
+    claimer = AgentProc::run_with(&claimer.data_dir, &claim_args);
+    eventually(Duration::from_secs(15), "claims-1 back", || {
+        s.b.reachable("claims-1")
+    })
+    .await;
+    for i in 0..3 {
+        let name = format!("granted-{i}");
+        ok(&kubectl(
+            &admin,
+            &["create", "configmap", &name, "--from-literal=a=b"],
+        ));
+        ok(&kubectl(&admin, &["get", "configmap", &name]));
+    }
+    // The cluster itself saw them, so they went through the granted gateway.
+    assert!(ok(&s.k.kubectl("admin", &["get", "configmaps", "-o", "name"])).contains("granted-2"));
+    assert_eq!(
+        dialled.load(Ordering::SeqCst),
+        0,
+        "a node that only claims the role was sent requests"
+    );
+    // Every entry of those requests, the one written before a change is sent
+    // included, names the node that served it.
+    eventually(
+        Duration::from_secs(10),
+        "the creates audited with their node",
+        || async {
+            let entries = s.b.audit("kube.request").await;
+            // The only creates sent through the bastion in this test.
+            let creates: Vec<&Value> = entries
+                .iter()
+                .filter(|e| {
+                    e["detail"]["verb"] == "create" && e["detail"]["resource"] == "configmaps"
+                })
+                .collect();
+            creates
+                .iter()
+                .filter(|e| e["detail"]["status"] == 201)
+                .count()
+                >= 3
+                && creates
+                    .iter()
+                    .filter(|e| e["outcome"] == "requested")
+                    .count()
+                    >= 3
+                && creates.iter().all(|e| {
+                    e["detail"]["gateway"]["hostname"] == "gw-1"
+                        && e["detail"]["gateway"]["node_id"] == gw_id.as_str()
+                        && e["targets"]
+                            .as_array()
+                            .is_some_and(|t| t.iter().any(|t| t == "node:gw-1"))
+                })
+        },
+    )
+    .await;
+    assert!(served_by(&s, "claims-1").await.is_empty());
+
+    // The granted gateway down: the claiming node is no fallback.
+    let gw_dir = s.gateway.as_ref().unwrap().data_dir.clone();
+    s.gateway.take().unwrap().stop();
+    eventually(Duration::from_secs(15), "gw-1 unreachable", || async {
+        !s.b.reachable("gw-1").await
+    })
+    .await;
+    let e = err(&kubectl(&admin, &["get", "configmaps"]));
+    assert!(e.contains("is connected to the bastion"), "{e}");
+    assert_eq!(dialled.load(Ordering::SeqCst), 0);
+    let url = s.k.url();
+    s.gateway = Some(AgentProc::run_with(
+        &gw_dir,
+        &["--kube-apiserver", &url, "--kube-credentials", &creds],
+    ));
+    eventually(
+        Duration::from_secs(20),
+        "kubectl through gw-1 again",
+        || async { kubectl(&admin, &["get", "configmaps"]).status.success() },
+    )
+    .await;
+
+    // Taking the role back ends the watch the node serves, at once, and no
+    // new request goes anywhere: the edge has no gateway.
+    let (mut w, lines) = watch(&admin);
+    wait_line(&lines, "configmap/granted-0", Duration::from_secs(15));
+    let v = s.b.kube_gateway("gw-1", false).await;
+    assert_eq!(
+        v["kube_gateway"],
+        json!({"granted": false, "capable": true}),
+        "{v}"
+    );
+    let started = Instant::now();
+    while w.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the watch outlived the node's gateway role"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = err(&kubectl(&admin, &["get", "configmaps"]));
+    assert!(e.contains("no Kubernetes gateway"), "{e}");
+    assert_eq!(dialled.load(Ordering::SeqCst), 0);
+    eventually(
+        Duration::from_secs(10),
+        "the watch's end audited",
+        || async {
+            served_by(&s, "gw-1")
+                .await
+                .iter()
+                .any(|e| e["detail"]["verb"] == "watch" && e["detail"]["end"] == "gateway_revoked")
+        },
+    )
+    .await;
+    let revoked =
+        s.b.audit("api DELETE /api/v1/projects/{project}/edges/{edge}/nodes/{node}/kube-gateway")
+            .await;
+    assert!(
+        revoked.iter().any(|e| e["outcome"] == "ok"
+            && e["detail"]["detail"]["kube_requests_cut"].as_u64() >= Some(1)),
+        "{revoked:?}"
+    );
+
+    // Requests follow the grant: granted, the other node is sent them (and,
+    // its "API server" answering nothing, they fail), named in the audit.
+    s.b.kube_gateway("claims-1", true).await;
+    err(&kubectl(&admin, &["get", "configmaps"]));
+    assert!(
+        dialled.load(Ordering::SeqCst) >= 1,
+        "the granted node was not sent the request"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the request audited with the node it went to",
+        || async { !served_by(&s, "claims-1").await.is_empty() },
+    )
+    .await;
+    drop(claimer);
+    decoy_task.abort();
 }

@@ -196,7 +196,10 @@ pub(super) async fn run(
 
 /// What the bastion does once when a channel comes up: the node is marked
 /// provisioned and seen, its agent's health read (version, capabilities,
-/// labels), and results it still spools but the store holds released.
+/// labels), and results it still spools but the store holds released. What
+/// the agent says is its word: none of it grants the node anything (labels
+/// wait for approval once the node is in use, the Kubernetes gateway role is
+/// granted by a project admin).
 /// Answers whether the agent reads keys from Kubernetes.
 async fn first_contact(
     shared: &Arc<Shared>,
@@ -221,9 +224,7 @@ async fn first_contact(
             if node.agent_version.as_deref() != Some(version.as_str()) {
                 let _ = shared.store.set_agent_version(node_id, &version).await;
             }
-            if let Err(e) = shared.store.set_kube_gateway(node_id, h.kube_gateway).await {
-                tracing::warn!(node = %node_id, error = %e, "cannot record whether the agent is a Kubernetes gateway");
-            }
+            record_kube_capability(shared, node, h.kube_gateway_capable).await;
             // The agent's labels, checked again here: a bad one is dropped
             // (and said so), never stored or matched.
             let mut labels = h.labels;
@@ -248,6 +249,49 @@ async fn first_contact(
     }
     release_stored_results(shared, link).await;
     kube_node_keys
+}
+
+/// What the agent says of `--kube-apiserver` is recorded as a capability only:
+/// the node serves its edge's Kubernetes API when a project admin also granted
+/// it the role. A node that starts claiming it without a grant (a
+/// misconfiguration, or a compromised node after kubectl traffic) is audited,
+/// so the claim is seen; it changes nothing.
+async fn record_kube_capability(shared: &Arc<Shared>, node: &crate::store::NodeRow, capable: bool) {
+    let changed = match shared
+        .store
+        .set_kube_gateway_capable(&node.id, capable)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(node = %node.id, error = %e, "cannot record whether the agent can be a Kubernetes gateway");
+            return;
+        }
+    };
+    if !changed || !capable {
+        return;
+    }
+    let granted = node.kube_gateway_granted;
+    if !granted {
+        tracing::warn!(node = %node.id, hostname = %node.hostname, "the agent runs with --kube-apiserver but the node is not granted the Kubernetes gateway role; it gets no requests until a project admin grants it (postern nodes kube-gateway)");
+    }
+    let mut ev = crate::audit::Event::new(
+        "node.kube_gateway_capable",
+        if granted { "ok" } else { "held" },
+    )
+    .detail(serde_json::json!({
+        "hostname": node.hostname,
+        "node_id": node.id,
+        "capable": true,
+        "granted": granted,
+    }));
+    ev.targets = vec![node.hostname.clone()];
+    if let Ok(Some(edge)) = shared.store.edge_by_id(&node.edge_id).await
+        && let Ok(Some(project)) = shared.store.project_by_id(&edge.project_id).await
+    {
+        ev = ev.org(&project.org_id).project(&project.name);
+    }
+    shared.audit(ev).await;
 }
 
 /// Labels an agent reports are taken as they are until the node is first

@@ -1,4 +1,5 @@
-//! Admin endpoints for projects, edges, nodes, enrollment tokens and the audit log.
+//! Admin endpoints for projects, edges, nodes (with their Kubernetes gateway
+//! role), enrollment tokens and the audit log.
 
 use axum::Json;
 use axum::extract::State;
@@ -130,6 +131,10 @@ fn node_view(state: &AppState, project: &ProjectRow, edge: &EdgeRow, n: &NodeRow
         agent_labels: n.agent_labels.clone(),
         admin_labels: n.labels.clone(),
         agent_labels_pending: n.agent_labels_pending.clone(),
+        kube_gateway: dto::NodeKubeGateway {
+            granted: n.kube_gateway_granted,
+            capable: n.kube_gateway_capable,
+        },
     }
 }
 
@@ -562,6 +567,143 @@ pub async fn delete_node(
         .audit
         .with(|a| a.detail = Some(json!({ "node_id": n.id, "channel_closed": cut })));
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Grants a node its edge's Kubernetes gateway role: kubectl requests to the
+/// edge may go to it (when its agent also runs with `--kube-apiserver` and is
+/// connected). An agent's own claim never does this. Several nodes may hold
+/// the role; each request goes to one of them.
+#[utoipa::path(
+    put,
+    path = "/api/v1/projects/{project}/edges/{edge}/nodes/{node}/kube-gateway",
+    tag = "admin",
+    params(
+        ("project" = String, Path, description = "Project name or id"),
+        ("edge" = String, Path, description = "Edge name"),
+        ("node" = String, Path, description = "The node's hostname"),
+    ),
+    responses(
+        (status = 200, description = "The node as it is now (granting a granted node changes nothing)", body = dto::Node),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "The caller's role on the project may not manage it (needs project_admin or org_admin)", body = ErrorBody),
+        (status = 404, description = "No such project visible to the caller, edge, or node", body = ErrorBody),
+        (status = 409, description = "The node is pending (approve it first) or disabled (enable it first)", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn grant_kube_gateway(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((project, edge, node)): ApiPath<(String, String, String)>,
+) -> Result<Json<dto::Node>, ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
+    let e = resolve_edge(&state, &p, &edge).await?;
+    let n = resolve_node(&state, &caller, &e, &node).await?;
+    // The role carries users' kubectl traffic (Secrets, exec sessions): only a
+    // node already let in may hold it. Granting a pending node would also make
+    // its approval, perhaps meant for SSH only, silently a gateway's.
+    match n.state {
+        NodeState::Pending => {
+            return Err(ApiError::Conflict(format!(
+                "node {:?} is pending; approve it before granting it the Kubernetes gateway role",
+                n.hostname
+            )));
+        }
+        NodeState::Disabled => {
+            return Err(ApiError::Conflict(format!(
+                "node {:?} is disabled; enable it before granting it the Kubernetes gateway role",
+                n.hostname
+            )));
+        }
+        NodeState::Approved | NodeState::Provisioned => {}
+    }
+    let changed = state.store.set_kube_gateway_granted(&n.id, true).await?;
+    crate::kube::gateway_changed(
+        &state,
+        &crate::kube::GatewayChange {
+            org_id: p.org_id.clone(),
+            edge_id: e.id.clone(),
+            node_id: n.id.clone(),
+            granted: true,
+        },
+    )
+    .await;
+    caller.audit.with(|a| {
+        a.detail = Some(json!({
+            "node": n.hostname,
+            "node_id": n.id,
+            "kube_gateway": "granted",
+            "changed": changed,
+            "capable": n.kube_gateway_capable,
+        }))
+    });
+    let n = state
+        .store
+        .node(&n.id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("node vanished".into()))?;
+    Ok(Json(node_view(&state, &p, &e, &n)))
+}
+
+/// Takes a node's Kubernetes gateway role back: no new request goes to it, and
+/// what it serves (watches, exec and port-forward streams) ends at once, on
+/// every replica. Whatever the node's state; taking back a role the node does
+/// not hold changes nothing.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/projects/{project}/edges/{edge}/nodes/{node}/kube-gateway",
+    tag = "admin",
+    params(
+        ("project" = String, Path, description = "Project name or id"),
+        ("edge" = String, Path, description = "Edge name"),
+        ("node" = String, Path, description = "The node's hostname"),
+    ),
+    responses(
+        (status = 200, description = "The node as it is now", body = dto::Node),
+        (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
+        (status = 403, description = "The caller's role on the project may not manage it (needs project_admin or org_admin)", body = ErrorBody),
+        (status = 404, description = "No such project visible to the caller, edge, or node", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn revoke_kube_gateway(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((project, edge, node)): ApiPath<(String, String, String)>,
+) -> Result<Json<dto::Node>, ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
+    let e = resolve_edge(&state, &p, &edge).await?;
+    let n = resolve_node(&state, &caller, &e, &node).await?;
+    let changed = state.store.set_kube_gateway_granted(&n.id, false).await?;
+    // Applied even when nothing changed in the store: what this replica still
+    // has open on the node ends all the same.
+    let cut = crate::kube::gateway_changed(
+        &state,
+        &crate::kube::GatewayChange {
+            org_id: p.org_id.clone(),
+            edge_id: e.id.clone(),
+            node_id: n.id.clone(),
+            granted: false,
+        },
+    )
+    .await;
+    caller.audit.with(|a| {
+        a.detail = Some(json!({
+            "node": n.hostname,
+            "node_id": n.id,
+            "kube_gateway": "revoked",
+            "changed": changed,
+            "kube_requests_cut": cut,
+        }))
+    });
+    let n = state
+        .store
+        .node(&n.id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("node vanished".into()))?;
+    Ok(Json(node_view(&state, &p, &e, &n)))
 }
 
 /// Makes an enrollment token for an edge and the `postern-agent join` command that carries it.

@@ -57,6 +57,10 @@ pub fn router(state: AppState) -> Router {
         .route(routes::NODE_DISABLE, post(admin::disable_node))
         .route(routes::NODE_ENABLE, post(admin::enable_node))
         .route(
+            routes::NODE_KUBE_GATEWAY,
+            put(admin::grant_kube_gateway).delete(admin::revoke_kube_gateway),
+        )
+        .route(
             routes::ENROLLMENT_TOKENS,
             post(admin::create_enrollment_token),
         )

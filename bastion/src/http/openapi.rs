@@ -20,7 +20,7 @@ use super::{admin, cmdexec, exec_events, kubeconfig, ops, ssh_keys, users};
     info(
         title = "Postern API",
         description = "The bastion's REST API. `/api/v1`: projects, edges and nodes (approve, disable, \
-                       enable, delete), enrollment tokens, users and their roles, API tokens and SSH keys, \
+                       enable, delete, grant the Kubernetes gateway role), enrollment tokens, users and their roles, API tokens and SSH keys, \
                        and the audit log. `/cmdexec/v1`: send commands or whole scripts to nodes or \
                        clusters (by name, or by label selector), with rate control (max_concurrency, max_errors) and \
                        Idempotency-Key; poll their results, follow their live output as server-sent events, \
@@ -42,6 +42,8 @@ use super::{admin, cmdexec, exec_events, kubeconfig, ops, ssh_keys, users};
         admin::set_node_labels,
         admin::disable_node,
         admin::enable_node,
+        admin::grant_kube_gateway,
+        admin::revoke_kube_gateway,
         admin::create_enrollment_token,
         admin::revoke_enrollment_token,
         users::list_users,
@@ -94,6 +96,7 @@ use super::{admin, cmdexec, exec_events, kubeconfig, ops, ssh_keys, users};
         postern_api::kube_keys::KubeNodeKey,
         postern_api::kube_keys::RejectedLine,
         postern_api::admin::SetNodeLabels,
+        postern_api::admin::NodeKubeGateway,
         postern_api::cmdexec::ExecEvent,
         postern_api::cmdexec::ExecEventFrame,
         postern_api::cmdexec::OutputStream,

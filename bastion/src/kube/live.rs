@@ -1,8 +1,9 @@
 //! Open Kubernetes requests (watches, long lists, exec and port-forward streams),
-//! each with the user, the API token and the project it was authorized for, so
-//! an access change ends exactly what it no longer allows: a deleted user or a
-//! changed role everything of theirs (in that project), a revoked token what was
-//! opened with it.
+//! each with the user, the API token and the project it was authorized for, and
+//! the gateway node serving it, so an access change ends exactly what it no
+//! longer allows: a deleted user or a changed role everything of theirs (in that
+//! project), a revoked token what was opened with it, a node's gateway role
+//! taken back everything it serves.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,15 +13,27 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::{AccessChange, Change, Door, DoorFuture};
 use crate::state::Shared;
+use crate::store::KubeGatewayRow;
 
 #[derive(Debug)]
 struct Open {
     user_id: String,
     token_id: String,
     project_id: String,
+    /// The gateway node it was sent to.
+    gateway: String,
     /// A watch or an upgraded stream, which may stay open for hours.
     long: bool,
-    cancel: CancellationToken,
+    cuts: Cuts,
+}
+
+/// What ends an open request from outside, each for its own reason.
+#[derive(Debug, Clone, Default)]
+pub struct Cuts {
+    /// The caller's access was taken away.
+    pub access: CancellationToken,
+    /// The node serving it lost its gateway role.
+    pub gateway: CancellationToken,
 }
 
 /// Requests one user may hold open at once, and of those, watches and streams:
@@ -43,7 +56,10 @@ pub struct Live {
     /// before a change is not remembered after the change cleared the cache.
     epoch: AtomicU64,
     /// The gateway nodes of an edge, as the store listed them a moment ago.
-    gateways: Mutex<HashMap<String, (std::time::Instant, Vec<String>)>>,
+    gateways: Mutex<HashMap<String, (std::time::Instant, Vec<KubeGatewayRow>)>>,
+    /// Bumped by every change of a gateway grant, so a list read before the
+    /// change is neither remembered nor trusted after it.
+    gateway_epoch: AtomicU64,
 }
 
 /// How long an authorization is reused.
@@ -101,16 +117,18 @@ impl Live {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a request; `cancel` fires when access to it is taken away.
+    /// Registers a request sent to the gateway node `gateway`; its [`Cuts`]
+    /// fire when access to it, or the node's gateway role, is taken away.
     pub fn register(
         self: &std::sync::Arc<Self>,
         user_id: &str,
         token_id: &str,
         project_id: &str,
+        gateway: &str,
         long: bool,
-    ) -> Result<(OwnedRegistration, CancellationToken), String> {
+    ) -> Result<(OwnedRegistration, Cuts), String> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let cancel = CancellationToken::new();
+        let cuts = Cuts::default();
         let mut open = self.lock();
         let (mut all, mut longs) = (0, 0);
         for o in open.values().filter(|o| o.user_id == user_id) {
@@ -133,8 +151,9 @@ impl Live {
                 user_id: user_id.to_string(),
                 token_id: token_id.to_string(),
                 project_id: project_id.to_string(),
+                gateway: gateway.to_string(),
                 long,
-                cancel: cancel.clone(),
+                cuts: cuts.clone(),
             },
         );
         drop(open);
@@ -143,7 +162,7 @@ impl Live {
                 live: self.clone(),
                 id,
             },
-            cancel,
+            cuts,
         ))
     }
 
@@ -177,18 +196,51 @@ impl Live {
         cache.insert(key, (std::time::Instant::now(), c));
     }
 
-    pub fn gateways_of(&self, edge_id: &str) -> Option<Vec<String>> {
+    pub fn gateways_of(&self, edge_id: &str) -> Option<Vec<KubeGatewayRow>> {
         let g = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
         let (at, nodes) = g.get(edge_id)?;
         (at.elapsed() < CACHE_FOR).then(|| nodes.clone())
     }
 
-    pub fn remember_gateways(&self, edge_id: &str, nodes: Vec<String>) {
+    /// Where gateway grants stand: read before the gateways are read from the
+    /// store, handed to [`Live::remember_gateways`] and compared again once a
+    /// request is registered.
+    pub fn gateway_epoch(&self) -> u64 {
+        self.gateway_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Remembers an edge's gateways read at `epoch`, unless a grant changed since.
+    pub fn remember_gateways(&self, edge_id: &str, nodes: Vec<KubeGatewayRow>, epoch: u64) {
         let mut g = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
+        if self.gateway_epoch() != epoch {
+            return;
+        }
         if g.len() >= CACHE_MAX {
             g.clear();
         }
         g.insert(edge_id.to_string(), (std::time::Instant::now(), nodes));
+    }
+
+    /// A gateway grant of the edge changed: its list is read again on the next
+    /// request, and requests chosen from an older list check theirs.
+    pub fn forget_gateways(&self, edge_id: &str) {
+        let mut g = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
+        self.gateway_epoch.fetch_add(1, Ordering::SeqCst);
+        g.remove(edge_id);
+    }
+
+    /// Ends every request the node serves (its gateway role was taken back);
+    /// answers how many.
+    pub fn cut_gateway(&self, node_id: &str) -> usize {
+        let open = self.lock();
+        let mut n = 0;
+        for o in open.values().filter(|o| o.gateway == node_id) {
+            if !o.cuts.gateway.is_cancelled() {
+                o.cuts.gateway.cancel();
+                n += 1;
+            }
+        }
+        n
     }
 
     pub fn count(&self) -> usize {
@@ -214,8 +266,8 @@ impl Live {
                 } => &o.project_id == p,
                 Change::KeyDeleted { .. } => false,
             };
-            if hit && !o.cancel.is_cancelled() {
-                o.cancel.cancel();
+            if hit && !o.cuts.access.is_cancelled() {
+                o.cuts.access.cancel();
                 n += 1;
             }
         }
@@ -261,9 +313,10 @@ mod tests {
     #[test]
     fn a_change_ends_exactly_what_it_no_longer_allows() {
         let live = Arc::new(Live::default());
-        let (_a, ca) = live.register("u1", "t1", "p1", false).unwrap();
-        let (_b, cb) = live.register("u1", "t2", "p2", true).unwrap();
-        let (_c, cc) = live.register("u2", "t3", "p1", false).unwrap();
+        let (_a, ca) = live.register("u1", "t1", "p1", "n1", false).unwrap();
+        let (_b, cb) = live.register("u1", "t2", "p2", "n1", true).unwrap();
+        let (_c, cc) = live.register("u2", "t3", "p1", "n1", false).unwrap();
+        let (ca, cb, cc) = (ca.access, cb.access, cc.access);
         let key = Change::KeyDeleted {
             fingerprint: "f".into(),
         };
@@ -346,13 +399,45 @@ mod tests {
     fn one_user_cannot_hold_every_stream() {
         let live = Arc::new(Live::default());
         let held: Vec<_> = (0..MAX_LONG_PER_USER)
-            .map(|_| live.register("u1", "t", "p", true).unwrap())
+            .map(|_| live.register("u1", "t", "p", "n", true).unwrap())
             .collect();
-        assert!(live.register("u1", "t", "p", true).is_err());
+        assert!(live.register("u1", "t", "p", "n", true).is_err());
         // Short requests and other users still pass.
-        assert!(live.register("u1", "t", "p", false).is_ok());
-        assert!(live.register("u2", "t", "p", true).is_ok());
+        assert!(live.register("u1", "t", "p", "n", false).is_ok());
+        assert!(live.register("u2", "t", "p", "n", true).is_ok());
         drop(held);
-        assert!(live.register("u1", "t", "p", true).is_ok());
+        assert!(live.register("u1", "t", "p", "n", true).is_ok());
+    }
+
+    #[test]
+    fn a_gateway_taken_back_ends_what_it_serves_and_its_list_is_read_again() {
+        let live = Arc::new(Live::default());
+        let (_a, on_1) = live.register("u1", "t1", "p", "n1", true).unwrap();
+        let (_b, on_2) = live.register("u2", "t2", "p", "n2", false).unwrap();
+        assert_eq!(live.cut_gateway("n1"), 1);
+        assert!(on_1.gateway.is_cancelled() && !on_1.access.is_cancelled());
+        assert!(!on_2.gateway.is_cancelled());
+        // Once is enough.
+        assert_eq!(live.cut_gateway("n1"), 0);
+        // An access change does not count as a gateway cut, nor the other way.
+        assert_eq!(live.cut(&change("u2", Change::Unknown)), 1);
+        assert!(on_2.access.is_cancelled() && !on_2.gateway.is_cancelled());
+
+        let row = |id: &str| KubeGatewayRow {
+            id: id.into(),
+            hostname: id.into(),
+            capable: true,
+        };
+        let epoch = live.gateway_epoch();
+        live.remember_gateways("e", vec![row("n1")], epoch);
+        assert_eq!(live.gateways_of("e"), Some(vec![row("n1")]));
+        live.forget_gateways("e");
+        assert_eq!(live.gateways_of("e"), None);
+        assert_ne!(live.gateway_epoch(), epoch);
+        // Read before the change, remembered after it: not kept.
+        live.remember_gateways("e", vec![row("n1")], epoch);
+        assert_eq!(live.gateways_of("e"), None);
+        live.remember_gateways("e", vec![row("n2")], live.gateway_epoch());
+        assert_eq!(live.gateways_of("e"), Some(vec![row("n2")]));
     }
 }

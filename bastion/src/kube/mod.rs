@@ -4,8 +4,10 @@
 //! request, and forwards it over the agent channel of one of the edge's gateway
 //! agents, which calls the API server with its own credential and impersonates
 //! the Postern user with the Kubernetes groups of their role. The cluster's RBAC
-//! keeps the final word on what those groups may do.
+//! keeps the final word on what those groups may do. A gateway is a node a
+//! project admin granted the role (`gateways`), never one that only says it is.
 
+mod gateways;
 mod listen;
 mod live;
 mod proxy;
@@ -16,6 +18,8 @@ mod upgrade;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 
+pub(crate) use gateways::apply_published as apply_published_gateway;
+pub use gateways::{GatewayChange, changed as gateway_changed};
 pub use listen::{
     KubeTlsError, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SOURCE, edge_of_server_name, serve,
     server_config, server_name_of,

@@ -1,8 +1,8 @@
 //! One Kubernetes API request: authenticated with the caller's API token,
 //! authorized against their role in the edge's project, sent over the channel of
-//! one of the edge's gateway agents with the Kubernetes identity the role grants
-//! (and nothing the client claimed), streamed back, and audited with what it
-//! touched, its status, its bytes and its duration.
+//! one of the edge's granted gateway nodes with the Kubernetes identity the role
+//! grants (and nothing the client claimed), streamed back, and audited with what
+//! it touched, the node that served it, its status, its bytes and its duration.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use postern_api::kube::{self as contract, RequestInfo};
 use serde_json::{Value, json};
 
+use super::gateways::{self, ServedBy};
 use super::{KubeBody, status};
 use crate::access::{self, Denied};
 use crate::agents::{AgentBody, BoxError, NodeLink};
@@ -41,6 +42,9 @@ pub(super) struct Authorized {
     pub info: RequestInfo,
     pub peer: SocketAddr,
     pub started: Instant,
+    /// The gateway node the request is sent to, once one is chosen: every entry
+    /// from then on names it.
+    pub gateway: Option<ServedBy>,
 }
 
 impl Authorized {
@@ -56,17 +60,24 @@ impl Authorized {
             "name": i.name,
             "path": if i.is_resource { Value::Null } else { json!(i.path) },
             "kube_groups": self.groups,
+            "gateway": self.gateway.as_ref().map(|g| json!({
+                "node_id": g.node_id,
+                "hostname": g.hostname,
+            })),
         });
         if let (Some(d), Value::Object(b)) = (detail.as_object_mut(), base) {
             d.extend(b);
         }
-        Event::new(action, outcome)
+        let mut ev = Event::new(action, outcome)
             .org(&self.principal.org_id)
             .actor(&self.principal.user_name)
             .source(Some(self.peer.ip().to_string()))
             .project(&self.project.name)
-            .target(format!("edge:{}", self.edge.name))
-            .detail(detail)
+            .target(format!("edge:{}", self.edge.name));
+        if let Some(g) = &self.gateway {
+            ev = ev.target(format!("node:{}", g.hostname));
+        }
+        ev.detail(detail)
     }
 }
 
@@ -108,13 +119,29 @@ pub async fn handle(
             "the bastion serves Kubernetes at /k8s/{project}/{edge}/…: use a kubeconfig from GET /api/v1/kubeconfig",
         );
     };
-    let auth = match authorize(&shared, peer, &req, project, edge, rest, started).await {
+    let mut auth = match authorize(&shared, peer, &req, project, edge, rest, started).await {
         Ok(a) => a,
         Err(d) => {
             inc(&shared.metrics.kube_denied);
             return status::denied(&d);
         }
     };
+    // Chosen before anything is recorded, so that every entry of the request
+    // names the node that serves it.
+    let picked = match gateways::pick(&shared, &auth.edge).await {
+        Ok(p) => p,
+        Err((code, msg)) => {
+            inc(&shared.metrics.kube_denied);
+            let ev = auth.event(
+                "kube.request",
+                "error",
+                json!({ "status": code.as_u16(), "reason": msg }),
+            );
+            shared.audit(ev).await;
+            return status::response(code, &msg);
+        }
+    };
+    auth.gateway = Some(picked.served_by.clone());
     let upgrade = is_upgrade(req.headers());
     if upgrade || contract::is_mutation(&auth.info.verb) {
         // Fail closed: a change, or a shell, nobody could find in the audit log
@@ -132,25 +159,14 @@ pub async fn handle(
             );
         }
     }
-    let link = match gateway(&shared, &auth.edge).await {
-        Ok(l) => l,
-        Err((code, msg)) => {
-            inc(&shared.metrics.kube_denied);
-            let ev = auth.event(
-                "kube.request",
-                "error",
-                json!({ "status": code.as_u16(), "reason": msg }),
-            );
-            shared.audit(ev).await;
-            return status::response(code, &msg);
-        }
-    };
-    // Registered before it is sent, so an access change from now on ends it.
+    // Registered before it is sent, so an access change or the node's gateway
+    // role taken back from now on ends it.
     let long = upgrade || auth.info.verb == "watch";
     let live = match shared.kube_live.register(
         &auth.principal.user_id,
         &auth.token_id,
         &auth.project.id,
+        &picked.served_by.node_id,
         long,
     ) {
         Ok(l) => l,
@@ -166,6 +182,27 @@ pub async fn handle(
             return status::response(StatusCode::TOO_MANY_REQUESTS, &why);
         }
     };
+    let refused = match gateways::still_granted(&shared, &auth.edge, &picked).await {
+        Ok(true) => None,
+        Ok(false) => Some((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the edge's Kubernetes gateways changed while the request was opening; send it again"
+                .to_string(),
+        )),
+        Err(r) => Some(r),
+    };
+    if let Some((code, msg)) = refused {
+        inc(&shared.metrics.kube_denied);
+        shared
+            .audit(auth.event(
+                "kube.request",
+                "error",
+                json!({ "status": code.as_u16(), "reason": msg }),
+            ))
+            .await;
+        return status::response(code, &msg);
+    }
+    let link = picked.link;
     if long {
         // A change committed between the authorization above and the
         // registration cut nothing here: for what may stay open for hours,
@@ -214,6 +251,7 @@ async fn authorize(
             info,
             peer,
             started,
+            gateway: None,
         });
     }
     let (principal, expires_at_ms) = match access::authn::bearer_expiring(&shared.store, header)
@@ -296,22 +334,24 @@ async fn authorize(
         info,
         peer,
         started,
+        gateway: None,
     })
 }
 
-/// What ends a request before it is done: an access change, the expiry of the
-/// caller's token, the bastion's stop.
+/// What ends a request before it is done: an access change, the serving node's
+/// gateway role taken back, the expiry of the caller's token, the bastion's stop.
 pub(super) fn ends(
     shared: &Shared,
     auth: &Authorized,
-    cut: tokio_util::sync::CancellationToken,
+    cuts: super::live::Cuts,
 ) -> super::stream::Ends {
     let left = auth
         .expires_at_ms
         .saturating_sub(crate::clock::now_ms())
         .max(0);
     super::stream::Ends {
-        cut,
+        cut: cuts.access,
+        gateway_cut: cuts.gateway,
         expires: Some(
             tokio::time::Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0)),
         ),
@@ -320,10 +360,7 @@ pub(super) fn ends(
 }
 
 /// A request's registration among the open ones, and what ends it.
-pub(super) type Registration = (
-    super::live::OwnedRegistration,
-    tokio_util::sync::CancellationToken,
-);
+pub(super) type Registration = (super::live::OwnedRegistration, super::live::Cuts);
 
 /// The same caller, token and Kubernetes groups as when `auth` was made.
 async fn reauthorize(
@@ -343,47 +380,6 @@ async fn reauthorize(
             Some(&auth.project.name),
         )),
     }
-}
-
-/// A connected gateway agent of the edge, here or on a peer replica.
-async fn gateway(shared: &Shared, edge: &EdgeRow) -> Result<NodeLink, (StatusCode, String)> {
-    let gateways = match shared.kube_live.gateways_of(&edge.id) {
-        Some(g) => g,
-        None => {
-            let g = shared.store.kube_gateways(&edge.id).await.map_err(|e| {
-                tracing::warn!(error = %e, "cannot read the edge's Kubernetes gateways");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the bastion's database is busy or unreachable; retry in a few seconds"
-                        .to_string(),
-                )
-            })?;
-            shared.kube_live.remember_gateways(&edge.id, g.clone());
-            g
-        }
-    };
-    if gateways.is_empty() {
-        return Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "edge {:?} has no Kubernetes gateway: run one of its agents with --kube-apiserver URL --kube-credentials FILE",
-                edge.name
-            ),
-        ));
-    }
-    gateways
-        .iter()
-        .find_map(|node| shared.fleet.link(node))
-        .ok_or_else(|| {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "none of the {} Kubernetes gateway agents of edge {:?} is connected to the bastion; try again when one is back",
-                    gateways.len(),
-                    edge.name
-                ),
-            )
-        })
 }
 
 pub(super) fn is_upgrade(h: &HeaderMap) -> bool {
@@ -492,8 +488,8 @@ async fn forward(
     let agent_error = parts.headers.remove(contract::HDR_AGENT_ERROR).is_some();
     contract::retain_forwardable(&mut parts.headers);
     let code = parts.status;
-    let (reg, cancel) = live;
-    let ends = ends(&shared, &auth, cancel);
+    let (reg, cuts) = live;
+    let ends = ends(&shared, &auth, cuts);
     let mut finish = super::stream::Finish::new(shared.clone(), auth, code, agent_error);
     finish.bytes_in = bytes_in;
     let body = super::stream::relay(&shared, body, ends, finish, reg);

@@ -1,8 +1,8 @@
 //! A Kubernetes answer on its way back to the client: streamed frame by frame
 //! (a watch or a long list is never held whole), counted, ended at once when the
-//! caller's access is taken away or their token expires, and audited exactly
-//! once when it ends, however it ends (done, cut, the client gone, the gateway
-//! gone).
+//! caller's access is taken away, their token expires or the serving node loses
+//! its gateway role, and audited exactly once when it ends, however it ends
+//! (done, cut, the client gone, the gateway gone).
 
 use std::sync::Arc;
 
@@ -90,7 +90,10 @@ pub const STALL: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// How a relayed answer may be ended before it is done.
 pub struct Ends {
+    /// The caller's access was taken away.
     pub cut: CancellationToken,
+    /// The node serving it lost its Kubernetes gateway role.
+    pub gateway_cut: CancellationToken,
     /// When the caller's API token expires.
     pub expires: Option<tokio::time::Instant>,
     pub shutdown: CancellationToken,
@@ -106,6 +109,7 @@ impl Ends {
         };
         tokio::select! {
             _ = self.cut.cancelled() => "access_revoked",
+            _ = self.gateway_cut.cancelled() => "gateway_revoked",
             _ = expiry => "token_expired",
             _ = self.shutdown.cancelled() => "bastion_stopping",
         }
@@ -157,7 +161,10 @@ pub fn relay(
                 }
             }
         };
-        if matches!(end, "access_revoked" | "token_expired" | "bastion_stopping") {
+        if matches!(
+            end,
+            "access_revoked" | "gateway_revoked" | "token_expired" | "bastion_stopping"
+        ) {
             // The client is told the stream failed (if it still reads).
             let _ = tx.try_send(Err(format!("stream ended: {end}").into()));
         }
@@ -176,6 +183,7 @@ mod tests {
     async fn what_a_token_holds_open_ends_when_it_expires() {
         let ends = Ends {
             cut: CancellationToken::new(),
+            gateway_cut: CancellationToken::new(),
             expires: Some(tokio::time::Instant::now() + std::time::Duration::from_millis(50)),
             shutdown: CancellationToken::new(),
         };
@@ -188,5 +196,13 @@ mod tests {
         };
         cut.cut.cancel();
         assert_eq!(cut.reached().await, "access_revoked");
+        let revoked = Ends {
+            cut: CancellationToken::new(),
+            gateway_cut: CancellationToken::new(),
+            expires: None,
+            shutdown: CancellationToken::new(),
+        };
+        revoked.gateway_cut.cancel();
+        assert_eq!(revoked.reached().await, "gateway_revoked");
     }
 }

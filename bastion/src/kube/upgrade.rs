@@ -101,8 +101,8 @@ pub(super) async fn relay(
         let agent_error = parts.headers.remove(contract::HDR_AGENT_ERROR).is_some();
         parts.headers.remove(contract::HDR_SWITCHED);
         let code = parts.status;
-        let (reg, cancel) = live;
-        let ends = super::proxy::ends(&shared, &auth, cancel);
+        let (reg, cuts) = live;
+        let ends = super::proxy::ends(&shared, &auth, cuts);
         let finish = Finish::new(shared.clone(), auth, code, agent_error);
         let body = super::stream::relay(&shared, body, ends, finish, reg);
         let mut out = Response::from_parts(parts, body);
@@ -126,8 +126,8 @@ pub(super) async fn relay(
     out.headers_mut().insert(header::UPGRADE, switched);
     out.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    let (reg, cancel) = live;
-    let ends = super::proxy::ends(&shared, &auth, cancel);
+    let (reg, cuts) = live;
+    let ends = super::proxy::ends(&shared, &auth, cuts);
     let mut finish = Finish::new(shared.clone(), auth, StatusCode::SWITCHING_PROTOCOLS, false);
     // Counted as they pass, so an end from outside still records them.
     let (sent_up, sent_down) = (AtomicU64::new(0), AtomicU64::new(0));

@@ -1,4 +1,5 @@
-//! Events every replica must apply: an access change to cut, a node to cut off.
+//! Events every replica must apply: an access change to cut, a node to cut off,
+//! a Kubernetes gateway grant changed.
 //!
 //! They are rows in `replica_events`, written by the replica where the change
 //! was made; NOTIFY (sent in the same transaction) only wakes the others. Each
@@ -22,6 +23,8 @@ use crate::store::{ReplicaEvent, StoreError};
 
 pub const KIND_ACCESS: &str = "access";
 pub const KIND_CUT: &str = "cut";
+/// A node's Kubernetes gateway role granted or taken back (`kube::GatewayChange`).
+pub const KIND_KUBE_GATEWAY: &str = "kube_gateway";
 
 /// How often a replica reads new events without being woken.
 const POLL: Duration = Duration::from_secs(2);
@@ -151,6 +154,9 @@ async fn apply(shared: &Arc<Shared>, e: &ReplicaEvent) {
             if shared.fleet.cut_local(&e.payload) {
                 tracing::info!(node = %e.payload, by = %e.origin, "node cut off by another replica (disabled or deleted)");
             }
+        }
+        KIND_KUBE_GATEWAY => {
+            crate::kube::apply_published_gateway(shared, &e.origin, &e.payload).await
         }
         other => {
             tracing::warn!(kind = %postern_api::validate::peer_line(other, 64), "unknown replica event (a newer replica?); ignored");

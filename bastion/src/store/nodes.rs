@@ -30,6 +30,19 @@ pub struct NodeRow {
     /// Labels the agent reported after the node was approved, waiting for a
     /// project admin's approval.
     pub agent_labels_pending: Option<Labels>,
+    /// Its agent says it can forward to a Kubernetes API server: only a claim.
+    pub kube_gateway_capable: bool,
+    /// A project admin granted it the edge's Kubernetes gateway role.
+    pub kube_gateway_granted: bool,
+}
+
+/// A node granted its edge's Kubernetes gateway role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeGatewayRow {
+    pub id: String,
+    pub hostname: String,
+    /// Whether its agent said it runs with `--kube-apiserver`.
+    pub capable: bool,
 }
 
 impl NodeRow {
@@ -80,7 +93,7 @@ pub enum EnrollOutcome {
 
 // Dynamic SQL in this module is assembled only from these constants and
 // numbered placeholders, never from input; hence `AssertSqlSafe`.
-const NODE_COLS: &str = "id, edge_id, hostname, state, created_at, approved_at, last_seen_at, agent_version, cert_serial, cert_expires_at,kube_keys, kube_keys_at, agent_labels, labels, agent_labels_pending";
+const NODE_COLS: &str = "id, edge_id, hostname, state, created_at, approved_at, last_seen_at, agent_version, cert_serial, cert_expires_at,kube_keys, kube_keys_at, agent_labels, labels, agent_labels_pending, kube_gateway, kube_gateway_granted";
 
 fn node(r: sqlx::any::AnyRow) -> Result<NodeRow> {
     let state: String = r.try_get(3)?;
@@ -88,7 +101,11 @@ fn node(r: sqlx::any::AnyRow) -> Result<NodeRow> {
     let agent_labels: String = r.try_get(12)?;
     let labels: String = r.try_get(13)?;
     let pending: Option<String> = r.try_get(14)?;
+    let capable: i64 = r.try_get(15)?;
+    let granted: i64 = r.try_get(16)?;
     Ok(NodeRow {
+        kube_gateway_capable: capable != 0,
+        kube_gateway_granted: granted != 0,
         agent_labels_pending: pending.map(|p| labels_column(&id, &p)),
         agent_labels: labels_column(&id, &agent_labels),
         labels: labels_column(&id, &labels),
@@ -172,6 +189,8 @@ impl Store {
             cert_expires_at: Some(n.cert_expires_at),
             kube_keys: None,
             kube_keys_at: None,
+            kube_gateway_capable: false,
+            kube_gateway_granted: false,
         }))
     }
 
@@ -332,27 +351,52 @@ impl Store {
         Ok(r.rows_affected() > 0)
     }
 
-    /// Records whether the node's agent is a Kubernetes gateway for its edge.
-    pub async fn set_kube_gateway(&self, id: &str, gateway: bool) -> Result<()> {
-        sqlx::query("UPDATE nodes SET kube_gateway = $2 WHERE id = $1 AND kube_gateway <> $2")
-            .bind(id)
-            .bind(i64::from(gateway))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Records whether the node's agent says it can be a Kubernetes gateway
+    /// (`--kube-apiserver`); answers whether that changed. Only a claim: see
+    /// [`Store::kube_gateways`].
+    pub async fn set_kube_gateway_capable(&self, id: &str, capable: bool) -> Result<bool> {
+        let r =
+            sqlx::query("UPDATE nodes SET kube_gateway = $2 WHERE id = $1 AND kube_gateway <> $2")
+                .bind(id)
+                .bind(i64::from(capable))
+                .execute(&self.pool)
+                .await?;
+        Ok(r.rows_affected() > 0)
     }
 
-    /// The approved nodes of an edge whose agents said they are Kubernetes
-    /// gateways, most recently seen first.
-    pub async fn kube_gateways(&self, edge_id: &str) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT id FROM nodes WHERE edge_id = $1 AND kube_gateway = 1 AND state IN ('approved', 'provisioned') \
-             ORDER BY last_seen_at DESC, id LIMIT 64",
+    /// Grants (or takes back) the node its edge's Kubernetes gateway role: a
+    /// project admin's decision, never an agent's. Answers whether it changed.
+    pub async fn set_kube_gateway_granted(&self, id: &str, granted: bool) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE nodes SET kube_gateway_granted = $2 WHERE id = $1 AND kube_gateway_granted <> $2",
+        )
+        .bind(id)
+        .bind(i64::from(granted))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// The approved nodes of an edge a project admin granted the Kubernetes
+    /// gateway role, each with whether its agent said it can serve, in a fixed
+    /// order (by hostname). What an agent says alone never lists a node here.
+    pub async fn kube_gateways(&self, edge_id: &str) -> Result<Vec<KubeGatewayRow>> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT id, hostname, kube_gateway FROM nodes \
+             WHERE edge_id = $1 AND kube_gateway_granted = 1 AND state IN ('approved', 'provisioned') \
+             ORDER BY hostname, id LIMIT 64",
         )
         .bind(edge_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, hostname, capable)| KubeGatewayRow {
+                id,
+                hostname,
+                capable: capable != 0,
+            })
+            .collect())
     }
 
     pub async fn count_nodes(&self) -> Result<i64> {
