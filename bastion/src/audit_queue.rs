@@ -2,9 +2,11 @@
 //! (SSH refusals, failed logins): one owned writer drains it, so a flood costs
 //! at most `CAPACITY` pending events and one task, never a task per connection.
 //! When it is full, events are counted and dropped, and the count itself is
-//! audited once there is room again. Failed logins are aggregated per source
-//! first: the first from a source in a window is recorded at once, the rest of
-//! the window as one entry with their count and the names tried.
+//! audited once there is room again. Failed logins and downloads from the
+//! agent port (the install script, agent packages: anyone may fetch them) are
+//! aggregated per source first: the first from a source in a window is
+//! recorded at once, the rest of the window as one entry with their count and
+//! the names tried (or files fetched).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -23,12 +25,13 @@ use crate::store::Store;
 
 /// Pending events at most.
 pub const CAPACITY: usize = 1024;
-/// Failed logins from one source within this window become one entry.
+/// Failed logins (or downloads) from one source within this window become one
+/// entry.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Sources tracked at once; beyond, failures are still counted in the metrics,
 /// and audited only as part of the dropped count.
 const MAX_SOURCES: usize = 10_000;
-/// Distinct user names kept per source and window.
+/// Distinct user names (or files) kept per source and window.
 const MAX_NAMES: usize = 8;
 
 struct Pending {
@@ -40,17 +43,21 @@ struct Pending {
 #[derive(Debug)]
 struct Window {
     started: Instant,
-    /// Failures after the first, in this window.
+    /// Events after the first, in this window.
     more: u64,
     names: BTreeSet<String>,
 }
+
+/// Open windows per source, for one kind of event.
+type Windows = Arc<Mutex<HashMap<IpAddr, Window>>>;
 
 /// The queue's handle: cheap to clone.
 #[derive(Clone)]
 pub struct AuditQueue {
     tx: mpsc::Sender<Pending>,
     dropped: Arc<AtomicU64>,
-    failures: Arc<Mutex<HashMap<IpAddr, Window>>>,
+    failures: Windows,
+    downloads: Windows,
     metrics: Arc<Metrics>,
 }
 
@@ -73,7 +80,8 @@ impl AuditQueue {
         let q = AuditQueue {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
-            failures: Arc::new(Mutex::new(HashMap::new())),
+            failures: Windows::default(),
+            downloads: Windows::default(),
             metrics,
         };
         tasks.spawn(q.clone().run(audit, store, rx, shutdown));
@@ -95,40 +103,78 @@ impl AuditQueue {
         }
     }
 
+    /// Counts an event from `source` into its window in `windows`: true if it
+    /// is the window's first (to be recorded at once), else it is counted into
+    /// the window's summary (or, with too many sources tracked, as dropped).
+    fn count_in(&self, windows: &Windows, source: IpAddr, name: &str) -> bool {
+        let mut map = windows.lock().unwrap_or_else(|p| p.into_inner());
+        let full = map.len() >= MAX_SOURCES;
+        match map.get_mut(&source) {
+            Some(w) => {
+                w.more += 1;
+                if w.names.len() < MAX_NAMES {
+                    w.names.insert(name.to_string());
+                }
+                false
+            }
+            None if full => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                inc(&self.metrics.audit_dropped);
+                false
+            }
+            None => {
+                map.insert(
+                    source,
+                    Window {
+                        started: Instant::now(),
+                        more: 0,
+                        names: BTreeSet::new(),
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Whether this is the first download of `file` from `source` in its
+    /// window (then it is recorded at once, with what was sent: the script and
+    /// the package of one install are two entries); a repeat is counted for the
+    /// window's summary.
+    fn first_of_file(&self, source: IpAddr, file: &str) -> bool {
+        let mut map = self.downloads.lock().unwrap_or_else(|p| p.into_inner());
+        let full = map.len() >= MAX_SOURCES;
+        match map.get_mut(&source) {
+            Some(w) if !w.names.contains(file) && w.names.len() < MAX_NAMES => {
+                w.names.insert(file.to_string());
+                true
+            }
+            Some(w) => {
+                w.more += 1;
+                false
+            }
+            None if full => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                inc(&self.metrics.audit_dropped);
+                false
+            }
+            None => {
+                map.insert(
+                    source,
+                    Window {
+                        started: Instant::now(),
+                        more: 0,
+                        names: BTreeSet::from([file.to_string()]),
+                    },
+                );
+                true
+            }
+        }
+    }
+
     /// A failed SSH login: recorded at once if it is the first from `source` in
     /// the window, else counted into the window's summary entry.
     pub fn login_failed(&self, source: IpAddr, user: &str, keys_tried: Vec<String>) {
-        let now = Instant::now();
-        let first = {
-            let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-            let full = map.len() >= MAX_SOURCES;
-            match map.get_mut(&source) {
-                Some(w) => {
-                    w.more += 1;
-                    if w.names.len() < MAX_NAMES {
-                        w.names.insert(user.to_string());
-                    }
-                    false
-                }
-                None if full => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    inc(&self.metrics.audit_dropped);
-                    false
-                }
-                None => {
-                    map.insert(
-                        source,
-                        Window {
-                            started: now,
-                            more: 0,
-                            names: BTreeSet::new(),
-                        },
-                    );
-                    true
-                }
-            }
-        };
-        if first {
+        if self.count_in(&self.failures, source, user) {
             self.push_pending(Pending {
                 event: Event::new("ssh.auth", "denied")
                     .actor(user)
@@ -142,21 +188,42 @@ impl AuditQueue {
         }
     }
 
+    /// A download of `file` from the agent port, without authentication:
+    /// recorded at once (with `detail`) if it is the first from its source in
+    /// the window, else counted into the window's summary entry. Sources are
+    /// counted as the per-source limits count them (IPv6 by /64), so a client
+    /// cannot open a window per address of its prefix.
+    pub fn download(&self, source: IpAddr, file: &str, detail: serde_json::Value) {
+        let source = crate::limits::source_key(source);
+        if self.first_of_file(source, file) {
+            self.push(
+                Event::new("agent.download", "ok")
+                    .source(Some(source.to_string()))
+                    .target(file)
+                    .detail(detail),
+            );
+        }
+    }
+
+    /// The windows of `windows` that have ended (all of them when `all`),
+    /// removed; only those with events after their first need a summary.
+    fn ended(windows: &Windows, all: bool) -> Vec<(IpAddr, Window)> {
+        let now = Instant::now();
+        let mut map = windows.lock().unwrap_or_else(|p| p.into_inner());
+        let keys: Vec<IpAddr> = map
+            .iter()
+            .filter(|(_, w)| all || now.duration_since(w.started) >= FAILURE_WINDOW)
+            .map(|(k, _)| *k)
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| map.remove(&k).map(|w| (k, w)))
+            .filter(|(_, w)| w.more > 0)
+            .collect()
+    }
+
     /// Summary entries of the windows that have ended (all of them when `all`).
     fn close_windows(&self, all: bool) {
-        let now = Instant::now();
-        let ended: Vec<(IpAddr, Window)> = {
-            let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-            let keys: Vec<IpAddr> = map
-                .iter()
-                .filter(|(_, w)| all || now.duration_since(w.started) >= FAILURE_WINDOW)
-                .map(|(k, _)| *k)
-                .collect();
-            keys.into_iter()
-                .filter_map(|k| map.remove(&k).map(|w| (k, w)))
-                .collect()
-        };
-        for (source, w) in ended.into_iter().filter(|(_, w)| w.more > 0) {
+        for (source, w) in Self::ended(&self.failures, all) {
             self.push(
                 Event::new("ssh.auth", "denied")
                     .source(Some(source.to_string()))
@@ -165,6 +232,18 @@ impl AuditQueue {
                         "more_attempts": w.more,
                         "window_secs": FAILURE_WINDOW.as_secs(),
                         "names_tried": w.names,
+                    })),
+            );
+        }
+        for (source, w) in Self::ended(&self.downloads, all) {
+            self.push(
+                Event::new("agent.download", "ok")
+                    .source(Some(source.to_string()))
+                    .detail(json!({
+                        "reason": "repeated downloads from one source",
+                        "more_downloads": w.more,
+                        "window_secs": FAILURE_WINDOW.as_secs(),
+                        "files": w.names,
                     })),
             );
         }

@@ -1124,6 +1124,77 @@ async fn failed_logins_are_aggregated_per_source_through_a_bounded_queue() {
     t.cleanup().await;
 }
 
+/// Unauthenticated downloads on the agent port reach the audit log per source
+/// and window, like failed logins (the review's finding 6: one row per
+/// request before): the first at once with its details, the rest of the
+/// window as one entry with their count and the files fetched. A client
+/// rotating through the addresses of its IPv6 /64 is still one source.
+#[tokio::test]
+async fn downloads_are_audited_per_source_and_window() {
+    use postern_bastion::audit_queue::{AuditQueue, CAPACITY};
+    use std::sync::Arc;
+    let t = common::sqlite().await;
+    let audit = Audit::new(t.store.clone());
+    let tasks = tokio_util::task::TaskTracker::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let metrics = Arc::new(postern_bastion::metrics::Metrics::default());
+    let q = AuditQueue::start(
+        audit.clone(),
+        t.store.clone(),
+        metrics,
+        &tasks,
+        stop.clone(),
+    );
+    let flood: std::net::IpAddr = "10.1.1.1".parse().unwrap();
+    for i in 0..5_000 {
+        let file = if i % 2 == 0 {
+            "install.sh"
+        } else {
+            "postern-agent_1.0_amd64.deb"
+        };
+        q.download(flood, file, serde_json::json!({ "bytes": 10 }));
+        assert!(q.pending() <= CAPACITY);
+    }
+    for i in 0..100u16 {
+        let v6 = std::net::IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 7, 0, 0, 0, i));
+        q.download(v6, "install.sh", serde_json::json!({ "bytes": 10 }));
+    }
+    stop.cancel();
+    tasks.close();
+    tokio::time::timeout(std::time::Duration::from_secs(10), tasks.wait())
+        .await
+        .unwrap();
+    let (total, entries) = audit.page(None, 100, 0).await.unwrap();
+    // 10.1.1.1: the first of each file, then one summary; the /64: the first
+    // and one summary.
+    assert_eq!(total, 5, "{entries:#?}");
+    assert!(entries.iter().all(|e| e.action == "agent.download"));
+    let summary = |ip: &str| {
+        entries
+            .iter()
+            .find(|e| e.source_ip.as_deref() == Some(ip) && e.detail["more_downloads"].is_number())
+            .unwrap()
+    };
+    let s = summary("10.1.1.1");
+    assert_eq!(s.detail["more_downloads"], 4_998);
+    assert_eq!(s.detail["files"].as_array().unwrap().len(), 2);
+    assert_eq!(summary("2001:db8:0:7::").detail["more_downloads"], 99);
+    let mut firsts: Vec<_> = entries
+        .iter()
+        .filter(|e| e.source_ip.as_deref() == Some("10.1.1.1") && e.detail["bytes"] == 10)
+        .map(|e| e.targets.clone())
+        .collect();
+    firsts.sort();
+    assert_eq!(
+        firsts,
+        vec![
+            vec!["install.sh".to_string()],
+            vec!["postern-agent_1.0_amd64.deb".to_string()]
+        ]
+    );
+    t.cleanup().await;
+}
+
 /// Replicas write the one audit chain at once, each through its own pool (its
 /// own process in production): no entry is lost, none is refused, the chain holds.
 #[tokio::test]

@@ -458,6 +458,16 @@ impl Bastion {
         &self,
         ca_pem: &str,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        self.enrollment_tls_from(ca_pem, None).await
+    }
+
+    /// [`Bastion::enrollment_tls`] from the loopback address `from` (e.g.
+    /// 127.0.0.9): another client, as far as per-source limits can tell.
+    pub async fn enrollment_tls_from(
+        &self,
+        ca_pem: &str,
+        from: Option<&str>,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         use rustls_pki_types::pem::PemObject;
         let der = rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
             .map_err(std::io::Error::other)?;
@@ -469,7 +479,10 @@ impl Bastion {
             .with_root_certificates(roots)
             .with_no_client_auth();
         cfg.alpn_protocols = vec![postern_api::agent::ALPN_ENROLL.to_vec()];
-        let tcp = tokio::net::TcpStream::connect(self.agent).await?;
+        let tcp = match from {
+            Some(from) => connect_from(from, self.agent).await,
+            None => tokio::net::TcpStream::connect(self.agent).await?,
+        };
         let name =
             rustls_pki_types::ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
         tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))

@@ -671,6 +671,100 @@ async fn a_result_produced_while_the_bastion_is_down_arrives_after_restart() {
     .await;
 }
 
+/// The review's finding 8: a node sent its command just before its bastion
+/// died, whose "started" write was lost with it, comes back as pending. It is
+/// settled "not started" only once its agent said it never had the command:
+/// here the command ran, in one execution past its timeout and in the other
+/// past a max_errors stop, and both results are collected, each run once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_pending_node_whose_command_ran_is_followed_not_settled_as_unstarted() {
+    let mut b = Bastion::start(BastionOpts::default()).await;
+    let _a = b.agent("alpha").await;
+    let _c = b.agent("beta").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let submitted = std::time::Instant::now();
+    // Its timeout (5 s) has passed by the time the bastion is back.
+    let late = b
+        .execute(
+            json!({"target": ["alpha"], "target_type": "node", "timeout": 5,
+            "command": format!("echo x >> {d}/late; sleep 3; echo late-done")}),
+        )
+        .await;
+    // The first node to run it fails at once, the other runs on: the rollout
+    // has stopped (max_errors 0) when the bastion is back.
+    let stop = b
+        .execute(json!({"target": ["alpha", "beta"], "target_type": "node", "timeout": 60,
+            "max_errors": 0,
+            "command": format!("mkdir {d}/first 2>/dev/null && exit 1; echo x >> {d}/stop; sleep 3; echo stop-done")}))
+        .await;
+    let (late_id, stop_id) = (
+        late["exec_id"].as_str().unwrap().to_string(),
+        stop["exec_id"].as_str().unwrap().to_string(),
+    );
+    let stop_path =
+        format!("/cmdexec/v1/projects/web/edges/eu-1/execution/{stop_id}/?node_limit=10");
+    eventually(
+        Duration::from_secs(10),
+        "both commands running, the failure stored",
+        || async {
+            let (_, v) = b.get(&stop_path).await;
+            dir.path().join("late").exists()
+                && dir.path().join("stop").exists()
+                && v["nodes"]
+                    .as_array()
+                    .is_some_and(|n| n.iter().any(|n| n["status"] == "failed"))
+        },
+    )
+    .await;
+    b.kill();
+
+    // What a crash between sending and the "started" commit leaves: the
+    // nodes still pending.
+    let store = postern_bastion::store::Store::open_sqlite(&b.data_dir())
+        .await
+        .unwrap();
+    let reset = sqlx::query(
+        "UPDATE exec_results SET status = 'pending', started_at = NULL WHERE status = 'running'",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(reset.rows_affected(), 2, "both commands were running");
+    store.pool().close().await;
+    drop(store);
+    // Past the late one's timeout, both commands done on their nodes.
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(submitted.elapsed())).await;
+    b.restart().await;
+
+    let done = b.finished(&late_id, Duration::from_secs(30)).await;
+    let n = exec_node(&done, "alpha");
+    assert_eq!(
+        (n["status"].as_str(), n["stdout"].as_str()),
+        (Some("succeeded"), Some("late-done\n")),
+        "{n}"
+    );
+    let done = b.finished(&stop_id, Duration::from_secs(30)).await;
+    assert_eq!(done["node_counts"]["failed"], 1, "{done}");
+    assert_eq!(done["node_counts"]["succeeded"], 1, "{done}");
+    assert_eq!(done["node_counts"]["skipped"], 0, "{done}");
+    let ran_on = done["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["status"] == "succeeded")
+        .unwrap();
+    assert_eq!(ran_on["stdout"], "stop-done\n", "{ran_on}");
+    // Each ran once: nothing was sent again.
+    for f in ["late", "stop"] {
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(f)).unwrap(),
+            "x\n",
+            "{f}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_killed_mid_command_ends_as_lost() {
     let b = Bastion::start(BastionOpts {

@@ -20,7 +20,6 @@ use postern_api::{ErrorBody, PROTOCOL_VERSION, validate};
 use serde_json::json;
 use thiserror::Error;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
@@ -85,7 +84,7 @@ pub(super) async fn serve(
     tls: TlsStream<TcpStream>,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    downloads: Arc<Semaphore>,
+    downloads: Arc<downloads::Places>,
 ) {
     let conn_state = Arc::new(downloads::Conn::new(Instant::now() + ENROLL_DEADLINE));
     let svc = hyper::service::service_fn({
@@ -103,16 +102,21 @@ pub(super) async fn serve(
         .header_read_timeout(Duration::from_secs(10))
         .keep_alive(false)
         .max_buf_size(64 * 1024)
-        .serve_connection(TokioIo::new(tls), svc);
+        .serve_connection(
+            TokioIo::new(downloads::Counted::new(tls, conn_state.clone())),
+            svc,
+        );
     let mut conn = std::pin::pin!(conn);
     let mut draining = false;
-    // A package download moves the deadline while the connection runs.
+    // A package download moves the deadline while the connection runs, and
+    // is dropped when it stops making progress.
     loop {
         let until = conn_state.deadline();
         tokio::select! {
             _ = &mut conn => return,
             _ = tokio::time::sleep_until(until) => {
-                if conn_state.deadline() <= Instant::now() {
+                if conn_state.expired(Instant::now()) {
+                    tracing::debug!(%peer, "unauthenticated connection ended: past its deadline, or a download that stopped moving");
                     return;
                 }
             }
@@ -165,7 +169,7 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     shared: &Shared,
-    downloads: &Arc<Semaphore>,
+    downloads: &downloads::Places,
     conn: &downloads::Conn,
 ) -> Response<Full<Bytes>> {
     if downloads::is_download(req.uri().path()) {

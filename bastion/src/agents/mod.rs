@@ -49,7 +49,7 @@ const ENROLLMENTS_PER_SOURCE: usize = 8;
 struct Unauthenticated {
     enrollments: Arc<Semaphore>,
     sources: crate::limits::PerSource,
-    downloads: Arc<Semaphore>,
+    downloads: Arc<downloads::Places>,
 }
 
 /// Accepts on the agent port until shutdown.
@@ -59,9 +59,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared
     let pools = Arc::new(Unauthenticated {
         enrollments: Arc::new(Semaphore::new(shared.settings.max_enrollments)),
         sources: crate::limits::PerSource::new(ENROLLMENTS_PER_SOURCE),
-        downloads: Arc::new(Semaphore::new(downloads::pool_size(
-            shared.settings.max_enrollments,
-        ))),
+        downloads: Arc::new(downloads::Places::new(shared.settings.max_enrollments)),
     });
     loop {
         let accepted = tokio::select! {

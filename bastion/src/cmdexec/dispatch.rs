@@ -1,5 +1,16 @@
 //! One node's part of an execution: send the command once, follow it across
 //! channel drops and restarts, store the result, then let the agent forget it.
+//!
+//! Live output is gathered before it is stored: consecutive chunks of a stream
+//! become one event (up to `STREAM_CHUNK`, or what arrived within `GATHER`), and
+//! a node has at most `MAX_OUTPUT_EVENTS` of them, so an agent (compromised or
+//! not) cannot turn each byte it prints into a stored row replayed to every
+//! reader.
+//!
+//! A node resumed as pending (after a restart or a takeover) may have been sent
+//! its command just before the previous holder died: its agent is asked before
+//! the node is settled as never started, and a cancel is left with the agent
+//! so a command still in flight never starts after the record said it did not.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,12 +18,13 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 use postern_api::cmdexec::{
     AgentExec, AgentExecResult, AgentStreamLine, ContentType, ExecEvent, LIVE_BYTES_MAX,
-    MAX_ERROR_TEXT, NodeExecStatus, OutputStream, encode_output, max_result_answer,
+    MAX_ERROR_TEXT, NodeExecStatus, OutputStream, STREAM_CHUNK, encode_output, max_result_answer,
 };
 use postern_api::validate;
 
 use super::{Engine, Running};
-use crate::agents::client::{CallError, StreamAnswer, call_json, call_lines};
+use crate::agents::NodeLink;
+use crate::agents::client::{CallError, StreamAnswer, call_json, call_json_limited, call_lines};
 use crate::clock::now_ms;
 use crate::state::Shared;
 use crate::store::{ExecutionRow, ResultRow, ResultUpdate};
@@ -94,7 +106,7 @@ async fn node_part(
             NodeExecStatus::Cancelled,
             "cancelled before it started".into(),
         )
-    } else if !sent && running.stop.is_cancelled() {
+    } else if !sent && !resumed && running.stop.is_cancelled() {
         settled(
             exec,
             node_id,
@@ -106,6 +118,14 @@ async fn node_part(
             ),
         )
     } else {
+        // A resumed pending node goes through `run` even past a stop: it asks
+        // the agent first, and settles it "not started" only if the agent
+        // never had it (and never will: it leaves a cancel there).
+        let sent = match (sent, resumed) {
+            (true, _) => Sent::Yes,
+            (false, true) => Sent::Maybe,
+            (false, false) => Sent::No,
+        };
         let r = run(shared, engine, exec, running, node_id, hostname, sent).await;
         if r.status.is_error() {
             running.count_error();
@@ -182,14 +202,36 @@ fn backoff(attempt: u32, cap: Duration) -> Duration {
     max.mul_f64(0.5 + rand::random::<f64>() / 2.0)
 }
 
-/// Where this node's live output has got to, per stream.
+/// Whether the node's command was sent, as `run` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    No,
+    /// Resumed pending: the previous holder may have sent it just before it
+    /// died (its "started" write is not waited for). Its agent is asked first.
+    Maybe,
+    Yes,
+}
+
+/// Where this node's live output has got to, per stream (what was queued to
+/// the writer; `u64::MAX` once the stream stores no more), and how many output
+/// events it stored.
 #[derive(Debug, Default)]
 struct LiveOffsets {
     stdout: u64,
     stderr: u64,
+    events: u32,
 }
 
 impl LiveOffsets {
+    /// For a node followed after it started elsewhere: no live output.
+    fn stopped() -> LiveOffsets {
+        LiveOffsets {
+            stdout: u64::MAX,
+            stderr: u64::MAX,
+            events: 0,
+        }
+    }
+
     fn of(&mut self, stream: OutputStream) -> &mut u64 {
         match stream {
             OutputStream::Stdout => &mut self.stdout,
@@ -205,8 +247,17 @@ async fn run(
     running: &Running,
     node_id: &str,
     hostname: &str,
-    mut sent: bool,
+    start: Sent,
 ) -> ResultRow {
+    let mut sent = start == Sent::Yes;
+    // Until the agent said whether it has the exec: never sent from here yet,
+    // maybe by the previous holder.
+    let mut unsure = start == Sent::Maybe;
+    // The previous holder may have sent it: before settling it as not started,
+    // leave a cancel with the agent, so a command still in flight never starts.
+    let mut forbid = start == Sent::Maybe;
+    // Whether this task sent the command.
+    let mut posted = false;
     let grace = shared.settings.exec_lost_grace;
     let timeout = Duration::from_secs(u64::try_from(exec.timeout_secs).unwrap_or(60));
     let deadline_ms = exec.created_at + exec.timeout_secs * 1000;
@@ -238,10 +289,7 @@ async fn run(
     // A node resumed after a restart or a takeover streams no more live output:
     // what it printed meanwhile is in its result.
     let mut offsets = if sent {
-        LiveOffsets {
-            stdout: u64::MAX,
-            stderr: u64::MAX,
-        }
+        LiveOffsets::stopped()
     } else {
         LiveOffsets::default()
     };
@@ -264,6 +312,38 @@ async fn run(
                 ),
             );
         };
+        if unsure {
+            match known_to_agent(&conn, &exec.id, max_answer).await {
+                Ok(Some(at)) => {
+                    // Sent before the takeover: follow it as a running node
+                    // (no live output for it, as for any resumed node).
+                    unsure = false;
+                    forbid = false;
+                    sent = true;
+                    offsets = LiveOffsets::stopped();
+                    let at = at.clamp(exec.created_at, now_ms().max(exec.created_at));
+                    let _ = engine
+                        .write(
+                            ResultUpdate::Started {
+                                exec_id: exec.id.clone(),
+                                node_id: node_id.into(),
+                                hostname: hostname.into(),
+                                at,
+                            },
+                            false,
+                        )
+                        .await;
+                    continue;
+                }
+                Ok(None) => unsure = false,
+                Err(e) => {
+                    tracing::debug!(exec_id = %exec.id, node = %hostname, error = %e, "could not ask the agent about a resumed exec; will ask again");
+                    interrupted += 1;
+                    tokio::time::sleep(backoff(interrupted, Duration::from_secs(10))).await;
+                    continue;
+                }
+            }
+        }
         let asked = Instant::now();
         let (method, path, body) = if sent {
             let path = format!(
@@ -272,7 +352,32 @@ async fn run(
             );
             (Method::GET, path, bytes::Bytes::new())
         } else {
-            if now_ms() > deadline_ms {
+            let late = now_ms() > deadline_ms;
+            let stopped = running.stop.is_cancelled();
+            if forbid && (late || stopped || running.cancelled.is_cancelled()) {
+                match forbid_start(&conn, &exec.id).await {
+                    Ok(None) => forbid = false,
+                    Ok(Some(r)) if r.status.is_final() => {
+                        // It ran meanwhile after all: its result, as reported.
+                        return from_agent(exec, node_id, hostname, r);
+                    }
+                    Ok(Some(_)) => {
+                        // It started between the question and the cancel; the
+                        // cancel stops it, and its result says so.
+                        forbid = false;
+                        sent = true;
+                        offsets = LiveOffsets::stopped();
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(exec_id = %exec.id, node = %hostname, error = %e, "could not leave a cancel with the agent; will try again");
+                        interrupted += 1;
+                        tokio::time::sleep(backoff(interrupted, Duration::from_secs(10))).await;
+                        continue;
+                    }
+                }
+            }
+            if late {
                 // Never started, and its time is over: running it now would surprise.
                 return settle(
                     NodeExecStatus::Lost,
@@ -283,6 +388,19 @@ async fn run(
                 return settle(
                     NodeExecStatus::Cancelled,
                     "cancelled before it started".into(),
+                );
+            }
+            if stopped && start == Sent::Maybe && !posted {
+                // A resumed node its agent never had (and, with the cancel
+                // left there, never will): it did not start. (A new node was
+                // checked before it got here; one sent from here whose agent
+                // then lost it is sent again, as before a stop.)
+                return settle(
+                    NodeExecStatus::Skipped,
+                    format!(
+                        "not started: more nodes failed than max_errors ({}) allows",
+                        running.max_errors.unwrap_or(0)
+                    ),
                 );
             }
             let _ = engine
@@ -299,6 +417,7 @@ async fn run(
             // Counted as sent before the call: it may reach the agent even if the
             // answer does not reach us.
             sent = true;
+            posted = true;
             (
                 Method::POST,
                 "/v1/exec?stream=1".to_string(),
@@ -385,9 +504,72 @@ async fn run(
     }
 }
 
+/// Asks the agent whether it has the exec (`GET /v1/exec/{id}`, not waiting):
+/// `Some(when it started)` if it does (or answers anything but "never started
+/// here", e.g. "delivered and forgotten": then following it tells), `None` if
+/// it never saw it.
+async fn known_to_agent(
+    conn: &NodeLink,
+    exec_id: &str,
+    max_answer: usize,
+) -> Result<Option<i64>, CallError> {
+    let path = format!("/v1/exec/{exec_id}");
+    match call_json_limited::<(), AgentExecResult>(
+        conn,
+        Method::GET,
+        &path,
+        None,
+        Duration::from_secs(10),
+        max_answer,
+    )
+    .await
+    {
+        Ok(r) => Ok(Some(r.started_at_ms)),
+        Err(CallError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
+        Err(CallError::Status { .. }) => Ok(Some(now_ms())),
+        Err(e) => Err(e),
+    }
+}
+
+/// Leaves a cancel with the agent for an exec it said it never saw, so that
+/// the command, if it is still on its way from a replica that died, never
+/// starts (the agent records a cancel for an exec it has not seen). `None`
+/// when the agent holds the cancel (or is too old to take one, and so never
+/// had the exec either); else the exec's state, if it started after all.
+async fn forbid_start(
+    conn: &NodeLink,
+    exec_id: &str,
+) -> Result<Option<AgentExecResult>, CallError> {
+    let path = format!("/v1/exec/{exec_id}/cancel");
+    match call_json::<(), AgentExecResult>(conn, Method::POST, &path, None, Duration::from_secs(10))
+        .await
+    {
+        // The cancel was recorded before any start (now, or by an earlier
+        // try whose answer was lost): nothing ran.
+        Ok(r)
+            if r.status == NodeExecStatus::Cancelled
+                && r.exit_code.is_none()
+                && r.stdout.total_bytes == 0
+                && r.stderr.total_bytes == 0 =>
+        {
+            Ok(None)
+        }
+        Ok(r) => Ok(Some(r)),
+        Err(CallError::Status { status, .. })
+            if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads one call's answer: the live output into the store as events (in
-/// order, through the writer; offsets advance only past what was queued), then
-/// the result. An older agent answers with the result alone.
+/// order, through the writer, gathered by [`Gather`]; offsets advance only past
+/// what was queued), then the result. An older agent answers with the result
+/// alone. What was gathered is queued before any return, so a call that ends
+/// (or fails) loses nothing; if this future is dropped instead, what it held
+/// back was not counted in `offsets`, and the next call asks for it again.
 async fn follow(
     engine: &Engine,
     exec: &ExecutionRow,
@@ -403,60 +585,215 @@ async fn follow(
         }
         StreamAnswer::Lines(l) => l,
     };
+    let mut gather = Gather::new(offsets, hostname);
+    let queue = move |events: Vec<ExecEvent>| async move {
+        for event in events {
+            let _ = engine
+                .write(
+                    ResultUpdate::Event {
+                        exec_id: exec.id.clone(),
+                        node_id: node_id.into(),
+                        event: Box::new(event),
+                    },
+                    false,
+                )
+                .await;
+        }
+    };
     loop {
-        let Some(line) = lines.next::<AgentStreamLine>().await? else {
-            return Err(CallError::Body(
-                "the agent's stream ended without a result".into(),
-            ));
+        // `Lines::next` is cancel-safe (it keeps what it read in its buffer),
+        // and has its own deadline: this one only bounds how long gathered
+        // output waits.
+        let next = match gather.due() {
+            Some(due) => {
+                match tokio::time::timeout_at(due, lines.next::<AgentStreamLine>()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        queue(gather.flush()).await;
+                        continue;
+                    }
+                }
+            }
+            None => lines.next::<AgentStreamLine>().await,
         };
-        let event = match line {
-            AgentStreamLine::Result(r) => return Ok(r),
+        let line = match next {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                queue(gather.flush()).await;
+                return Err(CallError::Body(
+                    "the agent's stream ended without a result".into(),
+                ));
+            }
+            Err(e) => {
+                queue(gather.flush()).await;
+                return Err(e);
+            }
+        };
+        let events = match line {
+            AgentStreamLine::Result(r) => {
+                queue(gather.flush()).await;
+                return Ok(r);
+            }
             AgentStreamLine::Out {
                 stream,
                 offset,
                 data,
-            } => {
-                let at = offsets.of(stream);
-                // Only what follows what was already stored: a resumed stream
-                // may repeat, and an agent must not grow the store past its cap.
-                let end = offset.saturating_add(data.len() as u64);
-                if offset != *at || data.is_empty() || end > LIVE_BYTES_MAX as u64 {
-                    continue;
-                }
-                *at = end;
-                let (data, encoding) = encode_output(data);
-                ExecEvent::Output {
-                    hostname: hostname.into(),
+            } => gather.out(stream, offset, data, tokio::time::Instant::now()),
+            AgentStreamLine::Cut { stream, offset } => gather.cut(stream, offset),
+        };
+        queue(events).await;
+    }
+}
+
+/// How long live output is gathered before it is stored: the real agent
+/// already gathers for 50 ms, a hostile one need not, and each event is a row
+/// replayed to every reader.
+const GATHER: Duration = Duration::from_millis(100);
+/// Output events a node stores per execution at most (across both streams and
+/// every call that follows it); then live output stops on both streams with
+/// `output_truncated`, and the result keeps the head and tail as always. Full
+/// chunks reach `LIVE_BYTES_MAX` on both streams in 32 events; a command that
+/// trickles output reaches this after about 7 minutes of one event per `GATHER`.
+const MAX_OUTPUT_EVENTS: u32 = 4096;
+
+/// Output received but not yet queued: consecutive bytes of one stream.
+#[derive(Debug)]
+struct Gathered {
+    stream: OutputStream,
+    offset: u64,
+    data: Vec<u8>,
+    /// When it is queued even if nothing more arrives.
+    due: tokio::time::Instant,
+}
+
+/// Turns the agent's output lines into events. Consecutive chunks of one
+/// stream are merged up to `STREAM_CHUNK` bytes or `GATHER`; a chunk of the
+/// other stream, a cut or the end of the call queues what was gathered first,
+/// so events keep the order the agent sent. Only output that continues what
+/// was gathered or queued is taken: a resumed stream may repeat, and an agent
+/// must not grow the store past `LIVE_BYTES_MAX`.
+#[derive(Debug)]
+struct Gather<'a> {
+    offsets: &'a mut LiveOffsets,
+    hostname: &'a str,
+    pending: Option<Gathered>,
+}
+
+impl<'a> Gather<'a> {
+    fn new(offsets: &'a mut LiveOffsets, hostname: &'a str) -> Gather<'a> {
+        Gather {
+            offsets,
+            hostname,
+            pending: None,
+        }
+    }
+
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.pending.as_ref().map(|p| p.due)
+    }
+
+    /// Where the next output of `stream` must start (`u64::MAX`: stored no more).
+    fn expected(&mut self, stream: OutputStream) -> u64 {
+        match &self.pending {
+            Some(p) if p.stream == stream => p.offset.saturating_add(p.data.len() as u64),
+            _ => *self.offsets.of(stream),
+        }
+    }
+
+    /// A chunk of output: the events to queue now, often none.
+    fn out(
+        &mut self,
+        stream: OutputStream,
+        offset: u64,
+        data: Vec<u8>,
+        now: tokio::time::Instant,
+    ) -> Vec<ExecEvent> {
+        let end = offset.saturating_add(data.len() as u64);
+        if offset != self.expected(stream) || data.is_empty() || end > LIVE_BYTES_MAX as u64 {
+            return Vec::new();
+        }
+        let mut events = Vec::new();
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.stream != stream || p.data.len() + data.len() > STREAM_CHUNK)
+        {
+            events = self.flush();
+            // The events' cap may have stopped this stream just now.
+            if offset != *self.offsets.of(stream) {
+                return events;
+            }
+        }
+        match &mut self.pending {
+            Some(p) => p.data.extend_from_slice(&data),
+            None => {
+                self.pending = Some(Gathered {
                     stream,
                     offset,
                     data,
-                    encoding,
-                }
+                    due: now + GATHER,
+                })
             }
-            AgentStreamLine::Cut { stream, offset } => {
-                let at = offsets.of(stream);
-                if offset != *at {
-                    continue;
-                }
-                // Nothing more of this stream will be stored.
-                *at = u64::MAX;
-                ExecEvent::OutputTruncated {
-                    hostname: hostname.into(),
-                    stream,
-                    offset,
-                }
-            }
+        }
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.data.len() >= STREAM_CHUNK)
+        {
+            events.extend(self.flush());
+        }
+        events
+    }
+
+    /// The agent stopped live output of `stream` at `offset`.
+    fn cut(&mut self, stream: OutputStream, offset: u64) -> Vec<ExecEvent> {
+        if offset == u64::MAX || offset != self.expected(stream) {
+            return Vec::new();
+        }
+        let mut events = self.flush();
+        let at = self.offsets.of(stream);
+        if *at != u64::MAX {
+            // Nothing more of this stream will be stored.
+            *at = u64::MAX;
+            events.push(ExecEvent::OutputTruncated {
+                hostname: self.hostname.into(),
+                stream,
+                offset,
+            });
+        }
+        events
+    }
+
+    /// What was gathered, as an event to queue now; past `MAX_OUTPUT_EVENTS`,
+    /// followed by the end of live output on both streams.
+    fn flush(&mut self) -> Vec<ExecEvent> {
+        let Some(p) = self.pending.take() else {
+            return Vec::new();
         };
-        let _ = engine
-            .write(
-                ResultUpdate::Event {
-                    exec_id: exec.id.clone(),
-                    node_id: node_id.into(),
-                    event: Box::new(event),
-                },
-                false,
-            )
-            .await;
+        *self.offsets.of(p.stream) = p.offset.saturating_add(p.data.len() as u64);
+        self.offsets.events = self.offsets.events.saturating_add(1);
+        let (data, encoding) = encode_output(p.data);
+        let mut events = vec![ExecEvent::Output {
+            hostname: self.hostname.into(),
+            stream: p.stream,
+            offset: p.offset,
+            data,
+            encoding,
+        }];
+        if self.offsets.events >= MAX_OUTPUT_EVENTS {
+            for stream in [OutputStream::Stdout, OutputStream::Stderr] {
+                let at = self.offsets.of(stream);
+                if *at != u64::MAX {
+                    events.push(ExecEvent::OutputTruncated {
+                        hostname: self.hostname.into(),
+                        stream,
+                        offset: *at,
+                    });
+                    *at = u64::MAX;
+                }
+            }
+        }
+        events
     }
 }
 
@@ -670,6 +1007,133 @@ mod tests {
         big.error = Some(nasty);
         let e = without_output(big, "refused").error.unwrap();
         assert!(e.len() <= MAX_ERROR_TEXT && !e.contains('\0'));
+    }
+
+    /// The bytes of a run of output events, checking that each starts where
+    /// the one before it ended.
+    fn reassemble(events: &[ExecEvent], stream: OutputStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        for e in events {
+            if let ExecEvent::Output {
+                stream: s,
+                offset,
+                data,
+                encoding,
+                ..
+            } = e
+                && *s == stream
+            {
+                assert_eq!(*offset, got.len() as u64);
+                got.extend(postern_api::cmdexec::decode_output(data, *encoding).unwrap());
+            }
+        }
+        got
+    }
+
+    /// The review's finding 7: an agent that sends 20,000 one-byte chunks gets
+    /// two stored events (16 KiB and the rest), with every byte in order.
+    #[test]
+    fn one_byte_chunks_are_stored_as_few_events() {
+        let mut offsets = LiveOffsets::default();
+        let mut g = Gather::new(&mut offsets, "h");
+        let now = tokio::time::Instant::now();
+        let want: Vec<u8> = (0..20_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut events = Vec::new();
+        for (i, b) in want.iter().enumerate() {
+            events.extend(g.out(OutputStream::Stdout, i as u64, vec![*b], now));
+            // Queued only when a whole chunk was gathered (or when due).
+            assert_eq!(g.due(), g.pending.as_ref().map(|_| now + GATHER));
+        }
+        events.extend(g.flush());
+        assert_eq!(events.len(), 2, "{}", events.len());
+        assert_eq!(reassemble(&events, OutputStream::Stdout), want);
+        assert_eq!(offsets.stdout, 20_000);
+        assert_eq!(offsets.events, 2);
+    }
+
+    /// Alternating streams cannot be merged (events keep the agent's order),
+    /// so the cap bounds them: past it both streams end with
+    /// `output_truncated` and later output is not stored.
+    #[test]
+    fn output_events_per_node_are_capped() {
+        let mut offsets = LiveOffsets::default();
+        let mut g = Gather::new(&mut offsets, "h");
+        let now = tokio::time::Instant::now();
+        let mut events = Vec::new();
+        for i in 0..20_000u64 {
+            let stream = if i % 2 == 0 {
+                OutputStream::Stdout
+            } else {
+                OutputStream::Stderr
+            };
+            events.extend(g.out(stream, i / 2, b"x".to_vec(), now));
+        }
+        events.extend(g.flush());
+        events.extend(g.cut(OutputStream::Stdout, 10_000));
+        let outputs = events
+            .iter()
+            .filter(|e| matches!(e, ExecEvent::Output { .. }))
+            .count();
+        assert_eq!(outputs, MAX_OUTPUT_EVENTS as usize);
+        let cuts: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                ExecEvent::OutputTruncated { stream, offset, .. } => Some((*stream, *offset)),
+                _ => None,
+            })
+            .collect();
+        let half = u64::from(MAX_OUTPUT_EVENTS / 2);
+        assert_eq!(
+            cuts,
+            vec![(OutputStream::Stdout, half), (OutputStream::Stderr, half)]
+        );
+        assert!(matches!(
+            events.last(),
+            Some(ExecEvent::OutputTruncated { .. })
+        ));
+        assert_eq!((offsets.stdout, offsets.stderr), (u64::MAX, u64::MAX));
+    }
+
+    /// Repeats and gaps are dropped, a chunk of the other stream or a cut
+    /// queues what was gathered first (the agent's order is kept), and what
+    /// was gathered but not queued is not counted: the next call asks for it
+    /// again.
+    #[test]
+    fn gathering_keeps_order_and_resumes_from_what_was_queued() {
+        let mut offsets = LiveOffsets::default();
+        let now = tokio::time::Instant::now();
+        let mut g = Gather::new(&mut offsets, "h");
+        let mut events = g.out(OutputStream::Stdout, 0, b"ab".to_vec(), now);
+        events.extend(g.out(OutputStream::Stdout, 0, b"ab".to_vec(), now));
+        events.extend(g.out(OutputStream::Stdout, 5, b"zz".to_vec(), now));
+        events.extend(g.out(OutputStream::Stdout, 2, b"cd".to_vec(), now));
+        assert!(events.is_empty());
+        events.extend(g.out(OutputStream::Stderr, 0, b"e".to_vec(), now));
+        events.extend(g.cut(OutputStream::Stdout, 4));
+        events.extend(g.out(OutputStream::Stdout, 4, b"late".to_vec(), now));
+        events.extend(g.out(OutputStream::Stderr, 1, b"f".to_vec(), now));
+        drop(g);
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert_eq!(reassemble(&events[..1], OutputStream::Stdout), b"abcd");
+        assert_eq!(reassemble(&events[1..2], OutputStream::Stderr), b"e");
+        assert!(matches!(
+            events[2],
+            ExecEvent::OutputTruncated {
+                stream: OutputStream::Stdout,
+                offset: 4,
+                ..
+            }
+        ));
+        // "f" was gathered, never queued: stderr resumes at 1.
+        assert_eq!((offsets.stdout, offsets.stderr), (u64::MAX, 1));
+
+        // Larger chunks than STREAM_CHUNK are taken as they come, one event each.
+        let mut offsets = LiveOffsets::default();
+        let mut g = Gather::new(&mut offsets, "h");
+        let big = vec![b'y'; STREAM_CHUNK + 1];
+        let events = g.out(OutputStream::Stdout, 0, big.clone(), now);
+        assert_eq!(reassemble(&events, OutputStream::Stdout), big);
+        assert!(g.due().is_none());
     }
 
     #[test]
