@@ -1,8 +1,11 @@
 //! Keys from Kubernetes Node objects (`postern-agent run --kube-node-keys`): the
 //! annotation's syntax and its strict parser, the `authorized_keys` line such a key
-//! becomes, the agent's cache file, and the report the bastion polls.
+//! becomes, the agent's cache file, and the report the bastion polls. The
+//! annotation is used only when signed by a key the cluster admin holds: see
+//! [`signed`], which checks the signature and the header lines before any key
+//! line is read.
 //!
-//! The annotation [`ANNOTATION`] holds one key per line:
+//! After its header, the annotation [`ANNOTATION`] holds one key per line:
 //!
 //! ```text
 //! # comments and blank lines are skipped
@@ -25,6 +28,8 @@ use utoipa::ToSchema;
 
 use crate::ssh::check_key_text;
 use crate::validate;
+
+pub mod signed;
 
 /// The Node annotation the agent reads.
 pub const ANNOTATION: &str = "postern.dev/authorized-keys";
@@ -105,9 +110,21 @@ pub struct Parsed {
     pub rejected: Vec<RejectedLine>,
 }
 
-/// Parses the annotation's text. Never fails as a whole except on the bounds;
-/// each bad line is rejected on its own.
+/// Parses key lines. Never fails as a whole except on the bounds; each bad line
+/// is rejected on its own.
+///
+/// This is the grammar alone: it says nothing about who wrote the text. The agent
+/// reads a Node's annotation only through [`signed::evaluate`], which calls this
+/// on the lines after a verified header.
 pub fn parse_annotation(text: &str) -> Parsed {
+    parse_lines(text, 0)
+}
+
+/// [`parse_annotation`] of the lines after the first `skip` (a signed document's
+/// header), numbered as lines of the whole text so a number found in a log or in
+/// sshd's `line=N` points at the annotation's own line. The bounds count the
+/// whole text.
+pub(crate) fn parse_lines(text: &str, skip: usize) -> Parsed {
     let mut out = Parsed::default();
     let reject_all = |reason: String| Parsed {
         keys: Vec::new(),
@@ -124,7 +141,7 @@ pub fn parse_annotation(text: &str) -> Parsed {
             "the annotation has more than {MAX_LINES} lines: nothing in it is used"
         ));
     }
-    for (i, raw) in text.lines().enumerate() {
+    for (i, raw) in text.lines().enumerate().skip(skip) {
         let n = i + 1;
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -291,6 +308,12 @@ pub struct KubeKeysFile {
     pub rejected: Vec<RejectedLine>,
     /// When the agent last read the Node object (unix ms).
     pub observed_at_ms: i64,
+    /// The last signed document accepted for this Node. It stays when a later
+    /// annotation is refused or removed, so that an older document cannot be put
+    /// back (see [`signed::SignedDoc`]). `None` in a cache written before
+    /// signatures were required: the keys of such a cache are never used.
+    #[serde(default)]
+    pub signed: Option<signed::SignedDoc>,
 }
 
 /// A key learned from Kubernetes, as the bastion shows it on the node.

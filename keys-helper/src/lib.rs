@@ -10,9 +10,10 @@
 //! answer must never be taken for a whole one.
 //!
 //! With `--kube-node-keys`, the agent also serves the keys listed in the node's
-//! Kubernetes Node object, and caches them in `kube-keys.json` for this fallback;
-//! they are printed by `postern_api::kube_keys::authorized_keys_line`, with the
-//! same checks and never once expired.
+//! Kubernetes Node object (when signed by a cluster admin's key), and caches them
+//! in `kube-keys.json` for this fallback; they are printed by
+//! `postern_api::kube_keys::authorized_keys_line`, with the same checks and never
+//! once expired. A cache written before signatures were required is not read.
 //!
 //! Synchronous on purpose: no runtime to start, so an answer takes about a
 //! millisecond.
@@ -126,13 +127,18 @@ fn from_files(q: &Query) -> Result<KeysAnswer, HelperError> {
         }
     }
     // The agent's cache of keys from its Kubernetes Node object: kept exactly for
-    // when the agent (or the API server) is down.
+    // when the agent (or the API server) is down. Without `signed` it was written
+    // by an agent that did not check signatures, so anyone who could update the
+    // Node's status may have put keys in it: none of them is printed.
     let kube: KubeKeysFile = read_json(&q.data_dir.join(files::KUBE_KEYS))?.unwrap_or_default();
-    let kube_keys = kube
-        .keys
-        .into_iter()
-        .filter(|k| q.fingerprint.as_deref().is_none_or(|f| f == k.fingerprint))
-        .collect();
+    let kube_keys = if kube.signed.is_some() {
+        kube.keys
+            .into_iter()
+            .filter(|k| q.fingerprint.as_deref().is_none_or(|f| f == k.fingerprint))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(KeysAnswer {
         grants,
         break_glass,
@@ -294,6 +300,7 @@ mod tests {
 
     #[test]
     fn kube_keys_are_read_from_their_cache_for_their_logins_until_they_expire() {
+        use postern_api::kube_keys::signed::SignedDoc;
         use postern_api::kube_keys::{KubeKeysFile, parse_annotation};
         let dir = tempfile::tempdir().expect("tempdir");
         let parsed = parse_annotation(
@@ -307,6 +314,16 @@ mod tests {
             keys: parsed.keys,
             ..KubeKeysFile::default()
         };
+        // A cache from before signatures were required: nothing from it.
+        write(dir.path(), files::KUBE_KEYS, &file);
+        let a = answer(&query(dir.path(), "root", None, 1_000), AGENT_TIMEOUT).expect("answer");
+        assert!(a.lines.is_empty(), "unsigned cache: {:?}", a.lines);
+        file.signed = Some(SignedDoc {
+            signer: "SHA256:1sUhxhBabItmicnz8JFL/z1I3V1Kx1NDksZWVjhdfjA".into(),
+            serial: 1,
+            not_after_ms: 1_893_553_445_000,
+            sha256: "0".repeat(64),
+        });
         // A tampered entry in the cache is never printed.
         let mut bad = file.keys[1].clone();
         bad.public_key = "ssh-ed25519 AAAA\ncommand=\"sh\" ssh-ed25519 AAAA".into();

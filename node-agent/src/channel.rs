@@ -167,7 +167,7 @@ impl Agent {
         status.down_since_ms.store(now_ms(), Ordering::Relaxed);
         let grants = GrantStore::open(identity.data_dir());
         let kube_keys = match &options.kube_node_keys {
-            Some(k) => KubeKeys::open(identity.data_dir(), &k.node_name),
+            Some(k) => KubeKeys::open(identity.data_dir(), &k.node_name, &k.signers),
             None => KubeKeys::disabled(identity.data_dir()),
         };
         let sshd_check = options

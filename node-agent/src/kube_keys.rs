@@ -1,12 +1,19 @@
 //! `--kube-node-keys`: keys from this node's own Kubernetes Node object.
 //!
 //! The agent watches its Node with the kubelet's credentials (so it can read
-//! nothing the kubelet could not) for the [`ANNOTATION`], parses it strictly
-//! ([`postern_api::kube_keys`]), and holds the live keys for the keys helper beside
-//! the bastion's grants. The set is cached in `kube-keys.json` (0600, written
-//! atomically) and loaded at start, so it keeps working while the API server, the
-//! kubelet or the bastion is down, and after an agent restart: the break-glass
-//! path of a cluster. Expired keys are dropped on a timer and never served.
+//! nothing the kubelet could not) for the [`ANNOTATION`] and its signature
+//! [`SIG_ANNOTATION`], uses them only when signed by a key of
+//! `--kube-node-keys-signer` ([`postern_api::kube_keys::signed`]: writers of
+//! `nodes/status` can change annotations too), parses the key lines strictly, and
+//! holds the live keys for the keys helper beside the bastion's grants. An absent,
+//! unsigned or otherwise refused annotation grants nothing, at once: the cache is
+//! for when the API server cannot be asked, not for when its answer is bad.
+//!
+//! The set is cached in `kube-keys.json` (0600, written atomically) and loaded at
+//! start, so it keeps working while the API server, the kubelet or the bastion is
+//! down, and after an agent restart: the break-glass path of a cluster. The cache
+//! also keeps the last accepted document's serial, so an older document is never
+//! taken again. Expired keys are dropped on a timer and never served.
 //!
 //! The bastion learns the set by long-polling `GET /v1/kube-keys` over the channel;
 //! [`KubeKeys::wait_changed`] answers when the version moves.
@@ -19,9 +26,10 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
-use postern_api::kube_keys::{
-    ANNOTATION, KubeKey, KubeKeysFile, KubeKeysReport, KubeNodeKey, Parsed, parse_annotation,
+use postern_api::kube_keys::signed::{
+    self, Context, MAX_SIGNERS_FILE_BYTES, Outcome, SIG_ANNOTATION, Signers,
 };
+use postern_api::kube_keys::{ANNOTATION, KubeKey, KubeKeysFile, KubeKeysReport, KubeNodeKey};
 use postern_api::ssh::files;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -38,26 +46,48 @@ pub enum KubeKeysError {
     Kubeconfig(String, String),
     #[error("cannot write {0}: {1}")]
     Write(String, std::io::Error),
+    #[error("--kube-node-keys-signer {0}: {1}")]
+    Signers(String, String),
 }
 
-/// What to watch: a client with the kubelet's credentials, and the Node's name.
+/// Reads the signer keys (`--kube-node-keys-signer`): OpenSSH public keys, one per
+/// line. Refused whole when a line is bad or none is there.
+pub fn load_signers(path: &Path) -> Result<Signers, KubeKeysError> {
+    let shown = path.display().to_string();
+    let err = |e: &dyn std::fmt::Display| KubeKeysError::Signers(shown.clone(), e.to_string());
+    let meta = std::fs::metadata(path).map_err(|e| err(&e))?;
+    if meta.len() > MAX_SIGNERS_FILE_BYTES as u64 {
+        return Err(err(&format!("larger than {MAX_SIGNERS_FILE_BYTES} bytes")));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| err(&e))?;
+    Signers::parse(&text).map_err(|e| err(&e))
+}
+
+/// What to watch: a client with the kubelet's credentials, the Node's name, and
+/// the keys whose signature makes its annotation usable.
 #[derive(Clone)]
 pub struct KubeNodeKeysConfig {
     pub client: kube::Client,
     pub node_name: String,
+    pub signers: Arc<Signers>,
 }
 
 impl std::fmt::Debug for KubeNodeKeysConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeNodeKeysConfig")
             .field("node_name", &self.node_name)
+            .field("signers", &self.signers.fingerprints().collect::<Vec<_>>())
             .finish()
     }
 }
 
 impl KubeNodeKeysConfig {
     /// A client from the kubelet's kubeconfig file (its server, CA and credentials).
-    pub async fn from_kubeconfig(path: &Path, node_name: &str) -> Result<Self, KubeKeysError> {
+    pub async fn from_kubeconfig(
+        path: &Path,
+        node_name: &str,
+        signers: Signers,
+    ) -> Result<Self, KubeKeysError> {
         let shown = path.display().to_string();
         let err =
             |e: &dyn std::fmt::Display| KubeKeysError::Kubeconfig(shown.clone(), e.to_string());
@@ -69,6 +99,7 @@ impl KubeNodeKeysConfig {
         Ok(KubeNodeKeysConfig {
             client,
             node_name: node_name.to_string(),
+            signers: Arc::new(signers),
         })
     }
 }
@@ -108,16 +139,32 @@ impl KubeKeys {
     }
 
     /// Configured for Node `node_name`: starts from the cache in `data_dir` (keys
-    /// still live, well formed, and cached for this same Node).
-    pub fn open(data_dir: Option<&Path>, node_name: &str) -> KubeKeys {
+    /// still live, well formed, cached for this same Node, and from a document
+    /// signed by one of `signers`).
+    pub fn open(data_dir: Option<&Path>, node_name: &str, signers: &Signers) -> KubeKeys {
         let path = data_dir.map(|d| d.join(files::KUBE_KEYS));
         let now = now_ms();
+        let mut dropped = false;
         let file = path
             .as_deref()
             .and_then(|p| std::fs::read(p).ok())
             .and_then(|b| serde_json::from_slice::<KubeKeysFile>(&b).ok())
             .filter(|f| f.node_name == node_name)
             .map(|mut f| {
+                // A cache from before signatures were required may hold keys any
+                // status writer put there, and one whose signer was taken out of
+                // --kube-node-keys-signer holds keys nobody vouches for any more.
+                // The serial stays: it still bounds what may come next.
+                let vouched = f.signed.as_ref().is_some_and(|d| signers.contains(&d.signer));
+                if !vouched && !f.keys.is_empty() {
+                    tracing::warn!(
+                        keys = f.keys.len(),
+                        "the cached keys from the Kubernetes Node object are not signed by a --kube-node-keys-signer key; they are not used"
+                    );
+                    f.keys.clear();
+                    f.rejected.clear();
+                    dropped = true;
+                }
                 f.keys.retain(|k| k.is_live(now) && k.is_well_formed());
                 f
             })
@@ -125,6 +172,16 @@ impl KubeKeys {
                 node_name: node_name.to_string(),
                 ..KubeKeysFile::default()
             });
+        if dropped && let Some(p) = path.as_deref() {
+            // At once, not at the next change: the keys helper reads this file
+            // whenever the agent does not answer.
+            let written = serde_json::to_vec(&file)
+                .map_err(std::io::Error::other)
+                .and_then(|data| write_private(p, &data));
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "could not write the Kubernetes keys cache");
+            }
+        }
         if !file.keys.is_empty() {
             tracing::info!(
                 keys = file.keys.len(),
@@ -200,28 +257,71 @@ impl KubeKeys {
         self.report()
     }
 
-    /// Takes a freshly parsed annotation; expired keys are left out. Persists and
-    /// moves the version only when the set or its rejected lines changed.
-    pub async fn apply(&self, parsed: Parsed) -> Result<bool, KubeKeysError> {
+    /// Checks the Node's annotations (`None`: absent, or no Node) against the
+    /// signers, this Node's name and the last accepted serial, and applies what
+    /// comes out: the document's keys, or none with the reason.
+    pub async fn observe(
+        &self,
+        doc: Option<&str>,
+        sig: Option<&str>,
+        signers: &Signers,
+    ) -> Result<bool, KubeKeysError> {
+        let (node_name, floor) = {
+            let s = self.lock();
+            (s.file.node_name.clone(), s.file.signed.clone())
+        };
+        // One watch task calls this, so the floor cannot move between the check
+        // and the apply.
+        let outcome = signed::evaluate(
+            doc,
+            sig,
+            &Context {
+                node_name: &node_name,
+                signers,
+                now_ms: now_ms(),
+                floor: floor.as_ref(),
+            },
+        );
+        self.apply(outcome).await
+    }
+
+    /// Takes a checked annotation; expired keys are left out. Moves the version
+    /// only when the set or its rejected lines changed, and persists then or when
+    /// a newer document was accepted. A refused or absent document leaves the last
+    /// accepted one on record, as the floor for the next.
+    pub async fn apply(&self, outcome: Outcome) -> Result<bool, KubeKeysError> {
         let now = now_ms();
-        let changed = {
+        let Outcome { parsed, accepted } = outcome;
+        let (changed, persist) = {
             let mut s = self.lock();
             let keys: Vec<KubeKey> = parsed.keys.into_iter().filter(|k| k.is_live(now)).collect();
             s.file.observed_at_ms = now;
+            let newer = accepted.is_some() && s.file.signed != accepted;
+            if newer {
+                s.file.signed = accepted;
+            }
             if s.file.keys == keys && s.file.rejected == parsed.rejected {
-                false
+                (false, newer)
             } else {
                 for r in parsed
                     .rejected
                     .iter()
                     .filter(|r| !s.file.rejected.contains(r))
                 {
-                    tracing::warn!(
-                        annotation = ANNOTATION,
-                        line = r.line,
-                        reason = %r.reason,
-                        "skipped a line of the Node annotation; it grants nothing"
-                    );
+                    if r.line == 0 {
+                        tracing::warn!(
+                            annotation = ANNOTATION,
+                            reason = %r.reason,
+                            "the Node annotation is not used; no keys from Kubernetes"
+                        );
+                    } else {
+                        tracing::warn!(
+                            annotation = ANNOTATION,
+                            line = r.line,
+                            reason = %r.reason,
+                            "skipped a line of the Node annotation; it grants nothing"
+                        );
+                    }
                 }
                 tracing::info!(
                     keys = keys.len(),
@@ -231,11 +331,13 @@ impl KubeKeys {
                 s.file.keys = keys;
                 s.file.rejected = parsed.rejected;
                 s.version += 1;
-                true
+                (true, true)
             }
         };
         if changed {
             self.bump();
+        }
+        if persist {
             self.persist().await?;
         }
         Ok(changed)
@@ -285,9 +387,20 @@ impl KubeKeys {
     }
 }
 
-/// Watches the Node until `shutdown`: every version of the object is parsed and
-/// applied; errors (API server or kubelet credentials gone) leave the held set as
-/// it is and are retried with kube's default backoff.
+/// One annotation of the Node (`None`: no Node, or no such annotation).
+fn annotation<'n>(node: Option<&'n Node>, name: &str) -> Option<&'n str> {
+    node?
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(name)
+        .map(String::as_str)
+}
+
+/// Watches the Node until `shutdown`: every version of the object is checked and
+/// applied (no Node, or no annotation, is no keys); errors (API server or kubelet
+/// credentials gone) leave the held set as it is and are retried with kube's
+/// default backoff.
 pub async fn watch(cfg: KubeNodeKeysConfig, keys: KubeKeys, shutdown: CancellationToken) {
     let api: kube::Api<Node> = kube::Api::all(cfg.client);
     let stream = watcher::watch_object(api, &cfg.node_name).default_backoff();
@@ -295,7 +408,12 @@ pub async fn watch(cfg: KubeNodeKeysConfig, keys: KubeKeys, shutdown: Cancellati
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut healthy = true;
-    tracing::info!(node = %cfg.node_name, annotation = ANNOTATION, "watching the Kubernetes Node object for keys");
+    tracing::info!(
+        node = %cfg.node_name,
+        annotation = ANNOTATION,
+        signers = ?cfg.signers.fingerprints().collect::<Vec<_>>(),
+        "watching the Kubernetes Node object for keys signed by these keys"
+    );
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -310,16 +428,12 @@ pub async fn watch(cfg: KubeNodeKeysConfig, keys: KubeKeys, shutdown: Cancellati
                         tracing::info!(node = %cfg.node_name, "the Kubernetes API server answers again");
                         healthy = true;
                     }
-                    let text = node
-                        .as_ref()
-                        .and_then(|n| n.metadata.annotations.as_ref())
-                        .and_then(|a| a.get(ANNOTATION))
-                        .map(String::as_str)
-                        .unwrap_or_default();
                     if node.is_none() {
                         tracing::warn!(node = %cfg.node_name, "the Node object does not exist; no keys from Kubernetes");
                     }
-                    if let Err(e) = keys.apply(parse_annotation(text)).await {
+                    let doc = annotation(node.as_ref(), ANNOTATION);
+                    let sig = annotation(node.as_ref(), SIG_ANNOTATION);
+                    if let Err(e) = keys.observe(doc, sig, &cfg.signers).await {
                         tracing::warn!(error = %e, "could not write the Kubernetes keys cache");
                     }
                 }
@@ -345,25 +459,52 @@ pub async fn watch(cfg: KubeNodeKeysConfig, keys: KubeKeys, shutdown: Cancellati
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use postern_api::kube_keys::parse_annotation;
+    use postern_api::kube_keys::signed::SignedDoc;
+
     use super::*;
 
     const KEY: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL5yExNkeBgng/ew1JNV271qp65gWPUWVhuhe0Qf6L0t a";
+    /// The cluster admin's key; signatures themselves are tested in
+    /// `postern_api::kube_keys::signed`, so here documents arrive already checked.
+    const SIGNER: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDxFQIxdYoqipACxlRQNotxR29dE4Ktqc45c9Vthw5ue admin";
+    const OTHER_SIGNER: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL5yExNkeBgng/ew1JNV271qp65gWPUWVhuhe0Qf6L0t other";
+
+    fn signers(line: &str) -> Signers {
+        Signers::parse(line).unwrap()
+    }
+
+    /// What `signed::evaluate` gives for a valid document with these key lines.
+    fn accepted(serial: u64, lines: &str) -> Outcome {
+        Outcome {
+            parsed: parse_annotation(lines),
+            accepted: Some(SignedDoc {
+                signer: signers(SIGNER).fingerprints().next().unwrap().to_string(),
+                serial,
+                not_after_ms: i64::MAX,
+                sha256: format!("{serial:064x}"),
+            }),
+        }
+    }
 
     #[tokio::test]
     async fn changes_move_the_version_persist_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let keys = KubeKeys::open(Some(dir.path()), "n1");
+        let s = signers(SIGNER);
+        let keys = KubeKeys::open(Some(dir.path()), "n1", &s);
         let v0 = keys.report().version;
         assert!(
-            keys.apply(parse_annotation(&format!("logins=root {KEY}\nbad line")))
+            keys.apply(accepted(1, &format!("logins=root {KEY}\nbad line")))
                 .await
                 .unwrap()
         );
         // The same annotation again changes nothing.
         assert!(
             !keys
-                .apply(parse_annotation(&format!("logins=root {KEY}\nbad line")))
+                .apply(accepted(1, &format!("logins=root {KEY}\nbad line")))
                 .await
                 .unwrap()
         );
@@ -380,13 +521,13 @@ mod tests {
         );
         // A restart serves the cache; another Node's cache is not used.
         assert_eq!(
-            KubeKeys::open(Some(dir.path()), "n1")
+            KubeKeys::open(Some(dir.path()), "n1", &s)
                 .for_login("root", None)
                 .len(),
             1
         );
         assert!(
-            KubeKeys::open(Some(dir.path()), "n2")
+            KubeKeys::open(Some(dir.path()), "n2", &s)
                 .for_login("root", None)
                 .is_empty()
         );
@@ -397,12 +538,10 @@ mod tests {
 
     #[tokio::test]
     async fn expired_keys_are_never_held_and_a_waiter_wakes_on_change() {
-        let keys = KubeKeys::open(None, "n1");
-        keys.apply(parse_annotation(&format!(
-            "expires=2001-01-01T00:00:00Z {KEY}"
-        )))
-        .await
-        .unwrap();
+        let keys = KubeKeys::open(None, "n1", &signers(SIGNER));
+        keys.apply(accepted(1, &format!("expires=2001-01-01T00:00:00Z {KEY}")))
+            .await
+            .unwrap();
         assert!(keys.for_login("root", None).is_empty());
         assert!(keys.report().keys.is_empty());
         let v = keys.report().version;
@@ -413,7 +552,7 @@ mod tests {
             tokio::spawn(async move { keys.wait_changed(v, Duration::from_secs(30), &stop).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        keys.apply(parse_annotation(KEY)).await.unwrap();
+        keys.apply(accepted(2, KEY)).await.unwrap();
         let r = tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .unwrap()
@@ -423,5 +562,66 @@ mod tests {
         // An old version answers at once.
         let r = keys.wait_changed(0, Duration::from_secs(30), &stop).await;
         assert_eq!(r.version, v + 1);
+    }
+
+    /// What a writer of `nodes/status` can do to a node with keys: replace the
+    /// annotation, unsigned. The keys go at once (not kept from the cache), the
+    /// reason is reported, and the serial already accepted stays the floor.
+    #[tokio::test]
+    async fn an_unsigned_annotation_takes_the_keys_away_and_keeps_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = signers(SIGNER);
+        let keys = KubeKeys::open(Some(dir.path()), "n1", &s);
+        keys.apply(accepted(5, KEY)).await.unwrap();
+        assert_eq!(keys.for_login("root", None).len(), 1);
+        assert!(
+            keys.observe(Some(format!("logins=root {KEY}").as_str()), None, &s)
+                .await
+                .unwrap()
+        );
+        assert!(keys.for_login("root", None).is_empty());
+        let r = keys.report();
+        assert!(r.keys.is_empty());
+        assert_eq!(r.rejected.len(), 1);
+        assert_eq!(r.rejected[0].line, 0);
+        assert!(r.rejected[0].reason.contains(SIG_ANNOTATION), "{r:?}");
+        let cached: KubeKeysFile =
+            serde_json::from_slice(&std::fs::read(dir.path().join(files::KUBE_KEYS)).unwrap())
+                .unwrap();
+        assert!(cached.keys.is_empty());
+        assert_eq!(cached.signed.map(|d| d.serial), Some(5));
+        // Both annotations gone: nothing, and nothing to report.
+        keys.observe(None, None, &s).await.unwrap();
+        let r = keys.report();
+        assert!(r.keys.is_empty() && r.rejected.is_empty(), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_cache_nobody_configured_vouches_for_is_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KubeKeys::open(Some(dir.path()), "n1", &signers(SIGNER));
+        keys.apply(accepted(3, KEY)).await.unwrap();
+        // The signer was taken out of --kube-node-keys-signer: the keys go, also
+        // from the file the keys helper reads; the serial stays.
+        let reopened = KubeKeys::open(Some(dir.path()), "n1", &signers(OTHER_SIGNER));
+        assert!(reopened.for_login("root", None).is_empty());
+        let cached: KubeKeysFile =
+            serde_json::from_slice(&std::fs::read(dir.path().join(files::KUBE_KEYS)).unwrap())
+                .unwrap();
+        assert!(cached.keys.is_empty());
+        assert_eq!(cached.signed.map(|d| d.serial), Some(3));
+        // A cache written before signatures were required (no `signed`).
+        let old = KubeKeysFile {
+            node_name: "n1".into(),
+            keys: parse_annotation(KEY).keys,
+            ..KubeKeysFile::default()
+        };
+        std::fs::write(
+            dir.path().join(files::KUBE_KEYS),
+            serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+        let reopened = KubeKeys::open(Some(dir.path()), "n1", &signers(SIGNER));
+        assert!(reopened.for_login("root", None).is_empty());
     }
 }

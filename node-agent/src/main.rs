@@ -97,10 +97,18 @@ enum Cmd {
         #[arg(long, requires = "kube_apiserver", env = "POSTERN_KUBE_CREDENTIALS")]
         kube_credentials: Option<PathBuf>,
         /// Also let in the keys listed in this node's Kubernetes Node object
-        /// (annotation `postern.dev/authorized-keys`), read with the kubelet's
-        /// credentials and cached for when the API server is down.
+        /// (annotation `postern.dev/authorized-keys`) when signed by a key of
+        /// --kube-node-keys-signer (annotation `postern.dev/authorized-keys-sig`),
+        /// read with the kubelet's credentials and cached for when the API server
+        /// is down.
         #[arg(long, requires_all = ["kubelet_kubeconfig", "node_name"])]
         kube_node_keys: bool,
+        /// The OpenSSH public keys (one per line) of whoever may grant access
+        /// through the Node annotation: it is used only with a signature by one of
+        /// them (`ssh-keygen -Y sign -n postern-node-keys`). Required with
+        /// --kube-node-keys.
+        #[arg(long, value_name = "FILE", requires = "kube_node_keys")]
+        kube_node_keys_signer: Option<PathBuf>,
         /// The kubelet's kubeconfig (its API server, CA and credentials).
         #[arg(long, requires = "kube_node_keys")]
         kubelet_kubeconfig: Option<PathBuf>,
@@ -245,6 +253,7 @@ async fn run() -> anyhow::Result<()> {
             kube_apiserver,
             kube_credentials,
             kube_node_keys,
+            kube_node_keys_signer,
             kubelet_kubeconfig,
             node_name,
             labels,
@@ -264,9 +273,22 @@ async fn run() -> anyhow::Result<()> {
                 (true, Some(path), Some(name)) => {
                     postern_api::validate::hostname(&name)
                         .map_err(|e| anyhow::anyhow!("--node-name: {e}"))?;
+                    // Not a clap `requires`: the reason is the point of the message.
+                    let Some(signer) = kube_node_keys_signer else {
+                        anyhow::bail!(
+                            "--kube-node-keys needs --kube-node-keys-signer FILE, the public key(s) \
+                             of whoever may grant access: anyone who may update nodes/status \
+                             (CNI and monitoring DaemonSets, the kubelet) can change a Node's \
+                             annotations, so the agent uses them only when signed by one of these \
+                             keys (ssh-keygen -Y sign -n postern-node-keys; see the README)"
+                        );
+                    };
+                    let signers = postern_agent::kube_keys::load_signers(&signer)?;
                     Some(
-                        postern_agent::kube_keys::KubeNodeKeysConfig::from_kubeconfig(&path, &name)
-                            .await?,
+                        postern_agent::kube_keys::KubeNodeKeysConfig::from_kubeconfig(
+                            &path, &name, signers,
+                        )
+                        .await?,
                     )
                 }
                 _ => None,

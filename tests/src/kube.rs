@@ -10,7 +10,9 @@
 //!   and groups (the credential a Postern kube gateway agent holds);
 //! - `node:NAME`: a kubelet (`system:node:NAME`, group `system:nodes`), made on
 //!   request. The apiserver reads the token file only at start, so a node identity
-//!   not named at start restarts the apiserver once (a few seconds).
+//!   not named at start restarts the apiserver once (a few seconds);
+//! - `status-writer`: no rights until a test binds some, e.g. those of a CNI or
+//!   monitoring DaemonSet (`nodes/status` but not `nodes`).
 //!
 //! Every request is written to an audit log at `Metadata` level that tests read
 //! (e.g. to see `impersonatedUser`).
@@ -138,6 +140,11 @@ impl KubeCluster {
                 user: "gateway".into(),
                 groups: Vec::new(),
             },
+            TokenUser {
+                token: random_token(),
+                user: "status-writer".into(),
+                groups: Vec::new(),
+            },
         ];
         for n in nodes {
             users.push(node_user(n));
@@ -176,7 +183,8 @@ impl KubeCluster {
             .expect("the apiserver's serving certificate")
     }
 
-    /// The bearer token of `identity` (`admin`, `gateway` or `node:NAME`).
+    /// The bearer token of `identity` (`admin`, `gateway`, `status-writer` or
+    /// `node:NAME`).
     pub async fn token(&mut self, identity: &str) -> String {
         self.ensure(identity).await;
         self.user(identity).token.clone()
@@ -193,7 +201,7 @@ impl KubeCluster {
         self.write_kubeconfig(identity)
     }
 
-    /// Runs kubectl as `identity` (`admin` or `gateway`; a node needs
+    /// Runs kubectl as `identity` (`admin`, `gateway` or `status-writer`; a node needs
     /// [`KubeCluster::kubeconfig_for`] first) with `args`.
     pub fn kubectl(&self, identity: &str, args: &[&str]) -> Output {
         let cfg = self.write_kubeconfig(identity);
@@ -387,9 +395,9 @@ impl KubeCluster {
         if self.users.iter().any(|u| u.user == user_name(identity)) {
             return;
         }
-        let name = identity
-            .strip_prefix("node:")
-            .unwrap_or_else(|| panic!("unknown identity {identity}: admin, gateway or node:NAME"));
+        let name = identity.strip_prefix("node:").unwrap_or_else(|| {
+            panic!("unknown identity {identity}: admin, gateway, status-writer or node:NAME")
+        });
         self.users.push(node_user(name));
         self.write_tokens();
         // The token file is read only at start.
@@ -447,7 +455,7 @@ impl Drop for KubeCluster {
     }
 }
 
-/// `node:NAME` → `system:node:NAME`; `admin`, `gateway` as they are.
+/// `node:NAME` → `system:node:NAME`; `admin`, `gateway`, `status-writer` as they are.
 fn user_name(identity: &str) -> String {
     match identity.strip_prefix("node:") {
         Some(n) => format!("system:node:{n}"),
