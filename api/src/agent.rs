@@ -55,8 +55,10 @@ impl ControllerUrl {
 /// relayed SSH stream at full speed; the connection's is many times larger, so a
 /// few stalled streams (an SSH client that stops reading) cannot use up the whole
 /// channel and block cmdexec or other sessions to the node: 64 streams must stall
-/// at once (a Kubernetes user may hold 32 watches, an SSH user a few sessions)
-/// before the channel does. Credit costs nothing until data is actually in
+/// at once before the channel does. Any Kubernetes answer may stall, not only a
+/// watch, so the bastion bounds what they hold by bytes instead: one user's at
+/// most eight stream windows of a connection, the door's at most half of it
+/// (`bastion/src/kube/flow.rs`). Credit costs nothing until data is actually in
 /// flight, and what may be buffered stays bounded by the streams' own windows.
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 256 * 1024 * 1024;

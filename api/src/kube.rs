@@ -164,8 +164,9 @@ fn part(s: &str) -> String {
     out
 }
 
-/// Reads a Kubernetes API path and query (`watch=true` makes a list a watch) the
-/// way the apiserver's `RequestInfoFactory` does.
+/// Reads a Kubernetes API path and query (`watch` makes a list a watch, a
+/// `fieldSelector` on `metadata.name` names what a list reads) the way the
+/// apiserver's `RequestInfoFactory` does.
 pub fn request_info(method: &str, path: &str, query: Option<&str>) -> RequestInfo {
     // The API server decodes the path before it routes it (`/%61pi/v1/…` is
     // `/api/v1/…`): read what it will act on, not what was sent.
@@ -201,10 +202,15 @@ pub fn request_info(method: &str, path: &str, query: Option<&str>) -> RequestInf
         watch_path = true;
         rest = &rest[1..];
     }
-    // `namespaces/{ns}/{resource}…`, but `namespaces/{ns}` alone is the namespace.
-    if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
+    // `namespaces/{ns}/{resource}…`; but `namespaces/{ns}` alone is the
+    // namespace, and `namespaces/{ns}/status|finalize` are its subresources
+    // (`namespaceSubresources`): a forced finalizer removal is a change to the
+    // namespace, and is recorded as one.
+    if rest.first() == Some(&"namespaces") && rest.len() >= 2 {
         info.namespace = part(rest[1]);
-        rest = &rest[2..];
+        if rest.len() >= 3 && !NAMESPACE_SUBRESOURCES.contains(&rest[2]) {
+            rest = &rest[2..];
+        }
     }
     match rest {
         [] => {}
@@ -219,24 +225,12 @@ pub fn request_info(method: &str, path: &str, query: Option<&str>) -> RequestInf
             info.subresource = part(sub);
         }
     }
-    if info.resource == "namespaces" && !info.name.is_empty() && info.namespace.is_empty() {
-        info.namespace = info.name.clone();
-    }
-    // As the API server reads it: names and values decoded (`+` is a space), the
-    // value as Go's `strconv.ParseBool` takes it (`t`, `TRUE`, `1`, …).
-    let watch_query = query.is_some_and(|q| {
-        q.split('&').take(256).any(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            let decode = |s: &str| percent_decode(&s.replace('+', " "));
-            decode(k) == "watch"
-                && matches!(
-                    decode(v).as_str(),
-                    "1" | "t" | "T" | "true" | "TRUE" | "True"
-                )
-        })
-    });
+    // A read without a name is a list, or a watch. The API server asks the
+    // query only then; here a named read that asks for a watch counts as one
+    // too, which only ever counts more as long-lived, never less.
+    let listing = matches!(method.as_str(), "get" | "head") && info.name.is_empty() && !watch_path;
     info.verb = match method.as_str() {
-        "get" | "head" if watch_path || watch_query => "watch",
+        "get" | "head" if watch_path || is_watch_query(query) => "watch",
         "get" | "head" if info.name.is_empty() => "list",
         "get" | "head" => "get",
         "post" => "create",
@@ -249,7 +243,166 @@ pub fn request_info(method: &str, path: &str, query: Option<&str>) -> RequestInf
     .chars()
     .take(32)
     .collect();
+    if listing && let Some(name) = field_selector_name(query) {
+        info.name = part(&name);
+    }
     info
+}
+
+/// Whether the API server holds this request open as a watch (`/watch/…`, or
+/// a list asking for one): [`request_info`]'s verb, for whoever must treat
+/// watches apart (the gateway gives each its own connection).
+pub fn is_watch(method: &str, path: &str, query: Option<&str>) -> bool {
+    request_info(method, path, query).verb == "watch"
+}
+
+/// `namespaces/{ns}/…` segments the API server reads as subresources of the
+/// namespace, not as resources in it (`requestinfo.go`'s `namespaceSubresources`).
+const NAMESPACE_SUBRESOURCES: [&str; 2] = ["status", "finalize"];
+
+/// Whether the API server serves a list with this query as a watch: as
+/// apimachinery's `Convert_Slice_string_To_bool` reads the first `watch`
+/// value, only an absent one, `0` and `false` in any case are not; anything
+/// else is, the empty value and a bare `watch` included. Shared by the bastion
+/// (which caps, re-authorizes and audits watches) and the gateway (which gives
+/// each watch a connection of its own), so both count what the API server holds
+/// open.
+///
+/// Go's `url.ParseQuery` skips a pair it cannot unescape and, since Go 1.17,
+/// any `&`-separated pair holding a `;`; older API servers split pairs at `;`
+/// as well. A query either reading makes a watch is a watch here: counting a
+/// list as a watch costs a client a watch slot, the other way round costs the
+/// cap.
+pub fn is_watch_query(query: Option<&str>) -> bool {
+    let Some(q) = query else {
+        return false;
+    };
+    [false, true]
+        .into_iter()
+        .filter_map(|semicolons| first_query_value(q, "watch", semicolons))
+        .any(|v| !(v == b"0" || v.eq_ignore_ascii_case(b"false")))
+}
+
+/// The first value of `key` in `query` as Go's `url.ParseQuery` reads it (as
+/// bytes: Go does not ask for UTF-8). `semicolons`: as Go before 1.17, which
+/// also split pairs at `;`.
+fn first_query_value(query: &str, key: &str, semicolons: bool) -> Option<Vec<u8>> {
+    let separators: &[char] = if semicolons { &['&', ';'] } else { &['&'] };
+    for pair in query.split(separators) {
+        if pair.is_empty() || pair.contains(';') {
+            continue;
+        }
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if query_unescape(k).as_deref() != Some(key.as_bytes()) {
+            continue;
+        }
+        if let Some(v) = query_unescape(v) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Go's `url.QueryUnescape`: `+` is a space, `%XX` a byte, and any other `%`
+/// makes the whole text invalid (`None`).
+fn query_unescape(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
+                let (h, l) = (hex(b.get(i + 1))?, hex(b.get(i + 2))?);
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The name a list or watch reads when its `fieldSelector` requires an exact
+/// `metadata.name`, as the API server sets it (and its RBAC checks
+/// `resourceNames` against it): the selector's terms split at unescaped `,`,
+/// sorted, the first `metadata.name=` or `==` term, unescaped, if it is a valid
+/// path segment. A selector the API server cannot parse names nothing.
+fn field_selector_name(query: Option<&str>) -> Option<String> {
+    let raw = first_query_value(query?, "fieldSelector", false)?;
+    let selector = String::from_utf8_lossy(&raw);
+    // Go's `splitTerms`: `\` escapes the next character.
+    let mut terms = Vec::new();
+    let (mut start, mut escaped) = (0, false);
+    for (i, c) in selector.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            ',' => {
+                terms.push(&selector[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    terms.push(&selector[start..]);
+    terms.sort_unstable();
+    let mut name = None;
+    for term in terms.into_iter().filter(|t| !t.is_empty()) {
+        // Every term must parse, or the API server has no selector at all.
+        let (field, exact, value) = split_selector_term(term)?;
+        let value = unescape_selector_value(value)?;
+        if exact && field == "metadata.name" && name.is_none() {
+            name = Some(value);
+        }
+    }
+    // `path.IsValidPathSegmentName`.
+    name.filter(|n| !n.is_empty() && n != "." && n != ".." && !n.contains(['/', '%']))
+}
+
+/// Go's `splitTerm`: at the first operator, `!=` tried before `==` before `=`;
+/// answers (field, whether it requires equality, raw value).
+fn split_selector_term(term: &str) -> Option<(&str, bool, &str)> {
+    for (i, _) in term.char_indices() {
+        let rest = &term[i..];
+        if let Some(v) = rest.strip_prefix("!=") {
+            return Some((&term[..i], false, v));
+        }
+        if let Some(v) = rest.strip_prefix("==") {
+            return Some((&term[..i], true, v));
+        }
+        if let Some(v) = rest.strip_prefix('=') {
+            return Some((&term[..i], true, v));
+        }
+    }
+    None
+}
+
+/// Go's `fields.UnescapeValue`: `\\`, `\,` and `\=` are the characters
+/// themselves; any other escape, a trailing `\`, or a bare `,` or `=` is an error.
+fn unescape_selector_value(v: &str) -> Option<String> {
+    let mut out = String::with_capacity(v.len());
+    let mut escaped = false;
+    for c in v.chars() {
+        match c {
+            '\\' | ',' | '=' if escaped => {
+                out.push(c);
+                escaped = false;
+            }
+            _ if escaped => return None,
+            '\\' => escaped = true,
+            ',' | '=' => return None,
+            c => out.push(c),
+        }
+    }
+    (!escaped).then_some(out)
 }
 
 /// Whether a request may change cluster state, and so is audited before it is
@@ -337,31 +490,152 @@ mod tests {
         assert!(is_mutation(&i.verb));
         let i = request_info("GET", "/api/v1/%77atch/namespaces/a/pods", None);
         assert_eq!(i.verb, "watch");
-        // Every spelling of true the API server takes is a watch.
+        // Unknown methods and broken escapes are changes, never reads.
+        assert!(is_mutation(&request_info("PROPFIND", "/x%zz%", None).verb));
+        assert!(!is_mutation("list"));
+    }
+
+    #[test]
+    fn a_watch_is_what_the_api_server_serves_as_one() {
+        // apimachinery's `Convert_Slice_string_To_bool`: only an absent first
+        // value, `0` and `false` (in any case) are not a watch.
         for q in [
+            "watch=true",
             "watch=t",
-            "watch=T",
             "watch=TRUE",
             "watch=%74rue",
             "%77atch=1",
             "a=b&watch=True",
+            "watch=yes",
+            "watch=on",
+            "watch=",
+            "watch",
+            "watch&limit=5",
+            "watch=no",
+            "watch=%20false",
+            "watch=1&watch=0",
+            // The first pair Go can read is the first value.
+            "watch=%zz&watch=1",
+            // Read by an API server built with Go before 1.17, which splits at `;`.
+            "watch=1;a=b",
+            "a=b;watch=1",
         ] {
+            assert!(is_watch_query(Some(q)), "{q}");
             assert_eq!(
                 request_info("GET", "/api/v1/pods", Some(q)).verb,
                 "watch",
                 "{q}"
             );
         }
-        for q in ["watch=false", "watch=0", "watch=", "watchx=true", "watch"] {
+        for q in [
+            "watch=false",
+            "watch=False",
+            "watch=FALSE",
+            "watch=fAlSe",
+            "watch=%46alse",
+            "watch=0",
+            "watch=0&watch=1",
+            "watch=%zz&watch=0",
+            "watchx=true",
+            "xwatch",
+            "",
+            "limit=5",
+        ] {
+            assert!(!is_watch_query(Some(q)), "{q}");
             assert_eq!(
                 request_info("GET", "/api/v1/pods", Some(q)).verb,
                 "list",
                 "{q}"
             );
         }
-        // Unknown methods and broken escapes are changes, never reads.
-        assert!(is_mutation(&request_info("PROPFIND", "/x%zz%", None).verb));
-        assert!(!is_mutation("list"));
+        assert!(!is_watch_query(None));
+        // A watch is asked for by reads only.
+        assert_eq!(
+            request_info("DELETE", "/api/v1/namespaces/a/pods", Some("watch")).verb,
+            "deletecollection"
+        );
+        // Hostile queries are read to the end, however many pairs come first.
+        let q = format!("{}watch=yes", "a&".repeat(10_000));
+        assert!(is_watch_query(Some(&q)));
+    }
+
+    #[test]
+    fn namespace_subresources_are_the_namespaces_own() {
+        for sub in ["finalize", "status"] {
+            let i = request_info("PUT", &format!("/api/v1/namespaces/victim/{sub}"), None);
+            assert_eq!(
+                (
+                    i.verb.as_str(),
+                    i.resource.as_str(),
+                    i.name.as_str(),
+                    i.subresource.as_str(),
+                    i.namespace.as_str()
+                ),
+                ("update", "namespaces", "victim", sub, "victim"),
+            );
+        }
+        // Any other third segment is a resource in the namespace.
+        let i = request_info("GET", "/api/v1/namespaces/a/pods/p/status", None);
+        assert_eq!(
+            (
+                i.resource.as_str(),
+                i.name.as_str(),
+                i.subresource.as_str(),
+                i.namespace.as_str()
+            ),
+            ("pods", "p", "status", "a"),
+        );
+        let i = request_info("GET", "/api/v1/namespaces/status", None);
+        assert_eq!(
+            (i.resource.as_str(), i.name.as_str(), i.namespace.as_str()),
+            ("namespaces", "status", "status"),
+        );
+        let i = request_info("GET", "/api/v1/namespaces", None);
+        assert_eq!(
+            (i.verb.as_str(), i.resource.as_str(), i.namespace.as_str()),
+            ("list", "namespaces", ""),
+        );
+    }
+
+    #[test]
+    fn a_field_selector_on_the_name_names_what_a_list_reads() {
+        let named = |q: &str| request_info("GET", "/api/v1/namespaces/a/secrets", Some(q));
+        let i = named("fieldSelector=metadata.name%3Ddb-pass");
+        assert_eq!((i.verb.as_str(), i.name.as_str()), ("list", "db-pass"));
+        let i = named("watch=1&fieldSelector=metadata.name%3D%3Ddb-pass");
+        assert_eq!((i.verb.as_str(), i.name.as_str()), ("watch", "db-pass"));
+        // Terms are sorted, as the API server sorts them, and escapes undone.
+        assert_eq!(
+            named("fieldSelector=type%3Dx,metadata.name%3Db,metadata.name%3Da").name,
+            "a"
+        );
+        assert_eq!(named("fieldSelector=metadata.name%3Da%5C%2Cb").name, "a,b");
+        for q in [
+            "fieldSelector=metadata.name!%3Da",
+            "fieldSelector=metadata.namespace%3Da",
+            "fieldSelector=metadata.name%3D",
+            "fieldSelector=metadata.name%3D..",
+            "fieldSelector=metadata.name%3Da%2Fb",
+            // One term the API server cannot parse: no selector at all.
+            "fieldSelector=metadata.name%3Da,oops",
+            "fieldSelector=metadata.name%3Da%5Cx",
+            "labelSelector=metadata.name%3Da",
+        ] {
+            assert_eq!(named(q).name, "", "{q}");
+        }
+        // Only lists and watches: a named read keeps its own name.
+        let i = request_info(
+            "GET",
+            "/api/v1/namespaces/a/secrets/s",
+            Some("fieldSelector=metadata.name%3Dother"),
+        );
+        assert_eq!((i.verb.as_str(), i.name.as_str()), ("get", "s"));
+        let i = request_info(
+            "DELETE",
+            "/api/v1/namespaces/a/secrets",
+            Some("fieldSelector=metadata.name%3Dx"),
+        );
+        assert_eq!((i.verb.as_str(), i.name.as_str()), ("deletecollection", ""));
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct Live {
     /// Bumped by every change of a gateway grant, so a list read before the
     /// change is neither remembered nor trusted after it.
     gateway_epoch: AtomicU64,
+    /// What open answers hold of the connections they arrive on.
+    pub(super) flow: std::sync::Arc<super::flow::Ledger>,
 }
 
 /// How long an authorization is reused.

@@ -7,6 +7,7 @@
 //! keeps the final word on what those groups may do. A gateway is a node a
 //! project admin granted the role (`gateways`), never one that only says it is.
 
+mod flow;
 mod gateways;
 mod listen;
 mod live;

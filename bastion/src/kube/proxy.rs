@@ -461,15 +461,17 @@ async fn forward(
     let resp = match tokio::time::timeout(HEADERS_TIMEOUT, link.send(areq)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            let msg =
-                format!("the edge's Kubernetes gateway agent could not be reached: {e}; retry");
+            // The error names replicas, addresses and TLS details: the log
+            // has them, the user and the audit entry a fixed text.
+            tracing::warn!(node = %link.node_id(), error = %e, "Kubernetes request: the gateway agent could not be reached");
+            let msg = status::GATEWAY_UNREACHABLE;
             let ev = auth.event(
                 "kube.request",
                 "error",
                 json!({ "status": 503, "reason": msg }),
             );
             shared.audit(ev).await;
-            return status::response(StatusCode::SERVICE_UNAVAILABLE, &msg);
+            return status::response(StatusCode::SERVICE_UNAVAILABLE, msg);
         }
         Err(_) => {
             let msg = format!(
@@ -492,7 +494,7 @@ async fn forward(
     let ends = ends(&shared, &auth, cuts);
     let mut finish = super::stream::Finish::new(shared.clone(), auth, code, agent_error);
     finish.bytes_in = bytes_in;
-    let body = super::stream::relay(&shared, body, ends, finish, reg);
+    let body = super::stream::relay(&shared, body, ends, finish, reg, &link);
     Response::from_parts(parts, body)
 }
 

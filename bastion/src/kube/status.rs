@@ -10,6 +10,11 @@ use serde_json::json;
 use super::KubeBody;
 use crate::access::Denied;
 
+/// What a user reads when the bastion cannot reach the edge's gateway agent.
+/// The cause (a peer replica's name and address, a channel or TLS error) is
+/// the operators' business and goes to the bastion's log only.
+pub const GATEWAY_UNREACHABLE: &str = "the edge's Kubernetes gateway agent could not be reached; retry, and if it persists an operator finds the cause in the bastion's log";
+
 pub fn response(code: StatusCode, message: &str) -> Response<KubeBody> {
     let reason = match code {
         StatusCode::UNAUTHORIZED => "Unauthorized",

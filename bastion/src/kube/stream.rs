@@ -1,23 +1,27 @@
 //! A Kubernetes answer on its way back to the client: streamed frame by frame
 //! (a watch or a long list is never held whole), counted, ended at once when the
 //! caller's access is taken away, their token expires or the serving node loses
-//! its gateway role, and audited exactly once when it ends, however it ends
-//! (done, cut, the client gone, the gateway gone).
+//! its gateway role, ended when its client stops taking bytes for long or holds
+//! more of the gateway's connection than its share (`flow`), and audited exactly
+//! once when it ends, however it ends (done, cut, the client gone, the gateway
+//! gone). An answer cut short ends in an error, never as if it were whole.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::{Body as _, Frame, Incoming};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::KubeBody;
+use super::flow;
 use super::live::OwnedRegistration;
 use super::proxy::Authorized;
-use crate::agents::BoxError;
+use crate::agents::{BoxError, NodeLink};
 use crate::state::Shared;
 
 /// The audit entry of one request, written when it ends.
@@ -45,6 +49,13 @@ impl Finish {
             bytes_in: 0,
             bytes_out: 0,
         }
+    }
+
+    /// Whose answer this is (empty once recorded).
+    pub(super) fn user_id(&self) -> &str {
+        self.auth
+            .as_ref()
+            .map_or("", |a| a.principal.user_id.as_str())
     }
 
     /// Records the entry (once); `end` says how the answer ended.
@@ -85,7 +96,14 @@ impl Drop for Finish {
 /// Frames of an answer in flight to a client at most: a client that stops
 /// reading holds this much here, and its upstream stream stops beside it.
 const RELAY_FRAMES: usize = 8;
-/// A client that takes no frame for this long loses its stream.
+/// An answer whose client takes nothing for this long while data waits loses
+/// it: meanwhile the gateway's bytes pile up unread on a connection every
+/// stream of the node shares. A client that reads at all takes a frame (16 to
+/// 32 KiB) far sooner; one whose HTTP/2 window stays shut never does.
+pub const NO_PROGRESS: std::time::Duration = std::time::Duration::from_secs(2);
+/// The same for an upgraded stream (`exec`, `attach`, `port-forward`), where a
+/// person may pause a terminal: longer, and still within the user's share of
+/// the connection (`flow`).
 pub const STALL: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// How a relayed answer may be ended before it is done.
@@ -120,58 +138,91 @@ impl Ends {
 /// task of its own: an access change, the token's expiry or the bastion's stop
 /// ends it at once, whether or not the client is reading, and its upstream
 /// stream (and the gateway's connection to the API server) is let go with it.
+/// `link`: where the answer comes from, whose connection it is charged to
+/// while its client takes nothing.
 pub fn relay(
     shared: &Shared,
     mut upstream: Incoming,
     ends: Ends,
     mut finish: Finish,
     registration: OwnedRegistration,
+    link: &NodeLink,
 ) -> KubeBody {
+    let tab = shared
+        .kube_live
+        .flow
+        .open(&flow::connection_of(link), finish.user_id());
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(RELAY_FRAMES);
+    // How the relay ended, for the body once it has handed over every frame.
+    let (ended_tx, ended_rx) = oneshot::channel::<&'static str>();
     shared.tasks.spawn(async move {
         let _registration = registration;
         let end = loop {
             let frame = tokio::select! {
                 biased;
                 why = ends.reached() => break why,
-                _ = tx.closed() => break "client_gone",
+                () = tab.cut_off() => break "over_budget",
+                () = tx.closed() => break "client_gone",
                 f = upstream.frame() => f,
             };
-            match frame {
+            let frame = match frame {
                 None => break "complete",
                 Some(Err(e)) => {
-                    let _ = tx.try_send(Err(Box::new(e)));
+                    tracing::debug!(error = %e, "Kubernetes answer: the gateway's stream failed");
                     break "gateway_error";
                 }
-                Some(Ok(frame)) => {
-                    let n = frame.data_ref().map_or(0, |d| d.len() as u64);
-                    tokio::select! {
-                        biased;
-                        why = ends.reached() => break why,
-                                                sent = tokio::time::timeout(STALL, tx.send(Ok(frame))) => match sent {
-                            Ok(Ok(())) => finish.bytes_out += n,
-                            Ok(Err(_)) => break "client_gone",
-                            // Every stalled stream pins its window on the agent
-                            // channel, and enough of them stop the node's other
-                            // streams: a client that reads nothing for this long
-                            // loses the stream, not the node.
-                            Err(_) => break "client_stalled",
-                        },
-                    }
+                Some(Ok(frame)) => frame,
+            };
+            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            let frame = match tx.try_send(Ok(frame)) {
+                Ok(()) => {
+                    finish.bytes_out += n;
+                    continue;
                 }
+                Err(TrySendError::Closed(_)) => break "client_gone",
+                Err(TrySendError::Full(frame)) => frame,
+            };
+            // The client takes nothing for now. Until it does, what the gateway
+            // still sends waits unread on the connection: charged to this user
+            // there, within budgets that cut the longest-waiting answer rather
+            // than let the connection stall (`flow`).
+            if !tab.waiting(flow::charge(upstream.size_hint().exact())) {
+                break "over_budget";
+            }
+            let sent = tokio::select! {
+                biased;
+                why = ends.reached() => break why,
+                () = tab.cut_off() => break "over_budget",
+                sent = tokio::time::timeout(NO_PROGRESS, tx.send(frame)) => sent,
+            };
+            tab.flowing();
+            match sent {
+                Ok(Ok(())) => finish.bytes_out += n,
+                Ok(Err(_)) => break "client_gone",
+                Err(_) => break "client_stalled",
             }
         };
-        if matches!(
-            end,
-            "access_revoked" | "gateway_revoked" | "token_expired" | "bastion_stopping"
-        ) {
-            // The client is told the stream failed (if it still reads).
-            let _ = tx.try_send(Err(format!("stream ended: {end}").into()));
-        }
+        // Resets the stream at once: h2 hands what it held back to the
+        // connection.
+        drop(upstream);
+        drop(tab);
+        let _ = ended_tx.send(end);
+        drop(tx);
         finish.done(end);
     });
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    let stream = futures_util::stream::unfold((rx, Some(ended_rx)), |(mut rx, ended)| async move {
+        if let Some(frame) = rx.recv().await {
+            return Some((frame, (rx, ended)));
+        }
+        // Every frame handed over. Only a complete answer ends cleanly: one cut
+        // short ends in an error (the stream is reset), so no client takes a
+        // truncated list for a whole one.
+        let end = ended?.await.unwrap_or("bastion_stopping");
+        (end != "complete").then(|| {
+            let e = BoxError::from(format!("stream ended: {end}"));
+            (Err(e), (rx, None))
+        })
+    });
     BodyExt::boxed(StreamBody::new(stream))
 }
 

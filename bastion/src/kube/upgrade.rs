@@ -4,6 +4,10 @@
 //! after the switch travel over the agent channel as one stream's request and
 //! response bodies, as SSH bytes do. The bastion answers the client's upgrade
 //! only once the API server has agreed to it, and relays with bounded buffers.
+//! While the client takes nothing, what the gateway sends waits on the channel
+//! and is charged to the user there, as answers are (`flow`); so is what the
+//! client sends while the gateway takes nothing (stdin nobody reads), which
+//! waits in the agent's side of the channel.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,8 +19,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use postern_api::kube as contract;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc::error::TrySendError;
 
+use super::flow::{self, Tab};
 use super::proxy::{Authorized, Registration, agent_request};
 use super::stream::Finish;
 use super::{KubeBody, status};
@@ -69,8 +75,9 @@ pub(super) async fn relay(
     let resp = match tokio::time::timeout(SWITCH_TIMEOUT, link.send(areq)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            let msg =
-                format!("the edge's Kubernetes gateway agent could not be reached: {e}; retry");
+            // Replica names, addresses and TLS details stay in the log.
+            tracing::warn!(node = %link.node_id(), error = %e, "Kubernetes upgrade: the gateway agent could not be reached");
+            let msg = status::GATEWAY_UNREACHABLE;
             shared
                 .audit(auth.event(
                     "kube.request",
@@ -78,7 +85,7 @@ pub(super) async fn relay(
                     serde_json::json!({ "status": 503, "reason": msg }),
                 ))
                 .await;
-            return status::response(StatusCode::SERVICE_UNAVAILABLE, &msg);
+            return status::response(StatusCode::SERVICE_UNAVAILABLE, msg);
         }
         Err(_) => {
             let msg = format!(
@@ -104,7 +111,7 @@ pub(super) async fn relay(
         let (reg, cuts) = live;
         let ends = super::proxy::ends(&shared, &auth, cuts);
         let finish = Finish::new(shared.clone(), auth, code, agent_error);
-        let body = super::stream::relay(&shared, body, ends, finish, reg);
+        let body = super::stream::relay(&shared, body, ends, finish, reg, &link);
         let mut out = Response::from_parts(parts, body);
         out.headers_mut().remove(header::CONNECTION);
         return out;
@@ -128,6 +135,16 @@ pub(super) async fn relay(
         .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     let (reg, cuts) = live;
     let ends = super::proxy::ends(&shared, &auth, cuts);
+    let connection = flow::connection_of(&link);
+    let tab = shared
+        .kube_live
+        .flow
+        .open(&connection, &auth.principal.user_id);
+    // The other way round, the agent's receive window of the same connection.
+    let tab_up = shared
+        .kube_live
+        .flow
+        .open(&format!("{connection}>agent"), &auth.principal.user_id);
     let mut finish = Finish::new(shared.clone(), auth, StatusCode::SWITCHING_PROTOCOLS, false);
     // Counted as they pass, so an end from outside still records them.
     let (sent_up, sent_down) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -149,7 +166,19 @@ pub(super) async fn relay(
                     Ok(0) | Err(_) => break,
                     Ok(k) => {
                         sent_up.fetch_add(k as u64, Ordering::Relaxed);
-                        if tx.send(Bytes::copy_from_slice(&buf[..k])).await.is_err() {
+                        let chunk = match tx.try_send(Bytes::copy_from_slice(&buf[..k])) {
+                            Ok(()) => continue,
+                            Err(TrySendError::Closed(_)) => break,
+                            Err(TrySendError::Full(chunk)) => chunk,
+                        };
+                        // The gateway takes nothing for now: what it was sent
+                        // waits on its side of the channel, charged meanwhile.
+                        if !tab_up.waiting(flow::charge(None)) {
+                            break;
+                        }
+                        let sent = tx.send(chunk).await;
+                        tab_up.flowing();
+                        if sent.is_err() {
                             break;
                         }
                     }
@@ -162,10 +191,8 @@ pub(super) async fn relay(
                 let Ok(frame) = frame else { break };
                 if let Ok(data) = frame.into_data() {
                     sent_down.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    // A client that reads nothing for this long loses the stream.
-                    match tokio::time::timeout(super::stream::STALL, wr.write_all(&data)).await {
-                        Ok(Ok(())) => {}
-                        _ => break,
+                    if !write_to_client(&mut wr, &data, &tab).await {
+                        break;
                     }
                 }
             }
@@ -174,6 +201,12 @@ pub(super) async fn relay(
         let mut up = std::pin::pin!(up);
         let mut down = std::pin::pin!(down);
         let end = tokio::select! {
+            // An end from outside, or a cut, is what the audit entry says, even
+            // when a direction stopped because of it.
+            biased;
+            why = ends.reached() => why,
+            () = tab.cut_off() => "over_budget",
+            () = tab_up.cut_off() => "over_budget",
             _ = &mut down => {
                 // The server ended: give the client's last bytes a moment, then stop.
                 let _ = tokio::time::timeout(Duration::from_secs(1), &mut up).await;
@@ -183,11 +216,46 @@ pub(super) async fn relay(
                 let _ = tokio::time::timeout(Duration::from_secs(5), &mut down).await;
                 "complete"
             }
-            why = ends.reached() => why,
         };
         finish.bytes_in = sent_up.load(Ordering::Relaxed);
         finish.bytes_out = sent_down.load(Ordering::Relaxed);
         finish.done(end);
     });
     out
+}
+
+/// Writes `data` to the client. While the client takes nothing, what the
+/// gateway still sends waits on the channel: charged to the user there
+/// (`flow`), and the stream lost if that takes the user or the door past
+/// their budget, or lasts [`super::stream::STALL`]. Answers whether all of
+/// `data` was written.
+async fn write_to_client<W: AsyncWrite + Unpin>(wr: &mut W, mut data: &[u8], tab: &Tab) -> bool {
+    while !data.is_empty() {
+        // A write that can go at once is not waiting (`write` takes nothing
+        // when it is not ready, so trying costs nothing).
+        let now = tokio::select! {
+            biased;
+            r = wr.write(data) => Some(r),
+            () = std::future::ready(()) => None,
+        };
+        let written = match now {
+            Some(r) => r,
+            None => {
+                if !tab.waiting(flow::charge(None)) {
+                    return false;
+                }
+                let r = tokio::time::timeout(super::stream::STALL, wr.write(data)).await;
+                tab.flowing();
+                match r {
+                    Ok(r) => r,
+                    Err(_) => return false,
+                }
+            }
+        };
+        match written {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => data = &data[n..],
+        }
+    }
+    true
 }

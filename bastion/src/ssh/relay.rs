@@ -206,10 +206,13 @@ async fn open(shared: &Shared, jump: &Jump) -> Result<Opened, Refusal> {
         logins: target.logins.as_ref().unwrap_or(&no_logins),
         forward_to: &target.forward_to,
     };
+    // Call errors name peer replicas, their addresses and TLS details, which
+    // are the operators' business: they go to the log, the user (and the
+    // audit entry) read a fixed reason.
     if let Err(e) = shared.grants.ensure(shared, &agent, &grant).await {
         tracing::warn!(node = %target.place.node_id, error = %e, "grant push failed");
         return Err(named(format!(
-            "node {host} did not accept the key grant ({e}); try again"
+            "node {host} did not accept the key grant; try again (an operator finds the cause in the bastion's log)"
         )));
     }
     let (tx, body) = crate::agents::stream_body(UPSTREAM_QUEUE);
@@ -220,12 +223,20 @@ async fn open(shared: &Shared, jump: &Jump) -> Result<Opened, Refusal> {
             postern_api::ssh::CONNECT_ROUTE.replace("{port}", "22")
         ))
         .body(body)
-        .map_err(|e| named(format!("internal error: {e}")))?;
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot build the SSH connect request");
+            named("internal error; the bastion's log has the details".into())
+        })?;
     let timeout = shared.settings.agent_call_timeout;
     let resp = tokio::time::timeout(timeout, agent.send(req))
         .await
         .map_err(|_| named(format!("node {host} did not answer within {timeout:?}")))?
-        .map_err(|e| named(format!("node {host}: channel failed ({e})")))?;
+        .map_err(|e| {
+            tracing::warn!(node = %target.place.node_id, error = %e, "SSH connect: the node's channel failed");
+            named(format!(
+                "node {host} could not be reached over its channel; try again (an operator finds the cause in the bastion's log)"
+            ))
+        })?;
     if resp.status() != StatusCode::OK {
         let status = resp.status();
         let text = match Limited::new(resp.into_body(), 4096).collect().await {

@@ -6,9 +6,15 @@
 //! and so does the gateway, which trusts only the bastion's word, carried over
 //! the mutually authenticated channel.
 //!
-//! Ordinary requests share one HTTP/2 connection to the API server. An upgrade
-//! (`exec`, `attach`, `port-forward`) takes its own HTTP/1.1 connection, and the
-//! bytes after the switch travel as the channel stream's bodies.
+//! Ordinary requests share one HTTP/2 connection to the API server; a watch
+//! (as the API server reads one: [`contract::is_watch`]) takes its own. An
+//! upgrade (`exec`, `attach`, `port-forward`) takes its own HTTP/1.1
+//! connection, and the bytes after the switch travel as the channel stream's
+//! bodies.
+//!
+//! When the API server cannot be reached, the user reads a fixed text: its
+//! address, and the connection or TLS error, are for operators and go to this
+//! agent's log only.
 
 mod credentials;
 
@@ -65,6 +71,28 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// What a user reads when this gateway cannot get an answer from its API server.
+const UNREACHABLE: &str = "the edge's Kubernetes gateway could not reach its API server; an operator finds the cause in the gateway agent's log";
+/// What a user reads when the API server took too long to answer.
+const TIMED_OUT: &str = "the edge's Kubernetes API server did not answer in time; retry";
+
+/// The answer to a request the API server did not answer: the cause in the log,
+/// a fixed text for the user.
+fn unanswered(
+    gw: &Gateway,
+    status: StatusCode,
+    what: &str,
+    cause: &dyn std::fmt::Display,
+) -> Response {
+    tracing::warn!(server = %gw.server(), error = %cause, "Kubernetes gateway: {what}");
+    let text = if status == StatusCode::GATEWAY_TIMEOUT {
+        TIMED_OUT
+    } else {
+        UNREACHABLE
+    };
+    agent_error(status, text.into())
 }
 
 fn agent_error(status: StatusCode, message: String) -> Response {
@@ -219,8 +247,9 @@ pub async fn handle(
     } else {
         format!("/{rest}")
     };
-    let watch =
-        contract::request_info(req.method().as_str(), &rest, req.uri().query()).verb == "watch";
+    // The bastion's own reading (it caps and audits watches), so every watch
+    // the API server will hold open gets its own connection.
+    let watch = contract::is_watch(req.method().as_str(), &rest, req.uri().query());
     let uri = match gw.uri(&rest, req.uri().query()) {
         Ok(u) => u,
         Err(e) => return agent_error(StatusCode::BAD_REQUEST, format!("bad path: {e}")),
@@ -252,12 +281,11 @@ pub async fn handle(
     let mut sender = match sender {
         Ok(s) => s,
         Err(e) => {
-            return agent_error(
+            return unanswered(
+                &gw,
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the Kubernetes API server at {} is unreachable from the gateway: {e}",
-                    gw.server()
-                ),
+                "API server unreachable",
+                &e,
             );
         }
     };
@@ -271,21 +299,19 @@ pub async fn handle(
         Ok(Err(e)) => {
             // The connection is likely gone: the next request dials again.
             gw.h2.lock().await.take();
-            return agent_error(
+            return unanswered(
+                &gw,
                 StatusCode::BAD_GATEWAY,
-                format!(
-                    "the Kubernetes API server at {} failed the request: {e}",
-                    gw.server()
-                ),
+                "the API server failed a request",
+                &e,
             );
         }
         Err(_) => {
-            return agent_error(
+            return unanswered(
+                &gw,
                 StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "the Kubernetes API server at {} did not answer within {HEADERS_TIMEOUT:?}",
-                    gw.server()
-                ),
+                "the API server did not answer in time",
+                &format!("no headers within {HEADERS_TIMEOUT:?}"),
             );
         }
     };
@@ -306,21 +332,22 @@ async fn upgrade_request(
     let io = match gw.dial(false).await {
         Ok(io) => io,
         Err(e) => {
-            return agent_error(
+            return unanswered(
+                gw,
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the Kubernetes API server at {} is unreachable from the gateway: {e}",
-                    gw.server()
-                ),
+                "API server unreachable for an upgrade",
+                &e,
             );
         }
     };
     let (mut sender, conn) = match http1::handshake::<_, UpBody>(io).await {
         Ok(p) => p,
         Err(e) => {
-            return agent_error(
+            return unanswered(
+                gw,
                 StatusCode::BAD_GATEWAY,
-                format!("HTTP/1.1 to the API server: {e}"),
+                "HTTP/1.1 handshake with the API server failed",
+                &e,
             );
         }
     };
@@ -358,15 +385,19 @@ async fn upgrade_request(
     let resp = match tokio::time::timeout(HEADERS_TIMEOUT, sender.send_request(up)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            return agent_error(
+            return unanswered(
+                gw,
                 StatusCode::BAD_GATEWAY,
-                format!("the API server failed the upgrade: {e}"),
+                "the API server failed an upgrade",
+                &e,
             );
         }
         Err(_) => {
-            return agent_error(
+            return unanswered(
+                gw,
                 StatusCode::GATEWAY_TIMEOUT,
-                "the API server did not answer the upgrade".into(),
+                "the API server did not answer an upgrade in time",
+                &format!("no answer within {HEADERS_TIMEOUT:?}"),
             );
         }
     };
@@ -384,10 +415,20 @@ async fn upgrade_request(
     contract::retain_forwardable(&mut head);
     let upgraded = match tokio::time::timeout(CONNECT_TIMEOUT, hyper::upgrade::on(resp)).await {
         Ok(Ok(u)) => u,
-        _ => {
-            return agent_error(
+        Ok(Err(e)) => {
+            return unanswered(
+                gw,
                 StatusCode::BAD_GATEWAY,
-                "the API server's upgraded connection failed".into(),
+                "the API server's upgraded connection failed",
+                &e,
+            );
+        }
+        Err(_) => {
+            return unanswered(
+                gw,
+                StatusCode::BAD_GATEWAY,
+                "the API server's upgraded connection failed",
+                &format!("not upgraded within {CONNECT_TIMEOUT:?}"),
             );
         }
     };
