@@ -106,7 +106,19 @@ pub struct Gate {
 #[derive(Debug)]
 pub struct Admitted {
     _all: tokio::sync::OwnedSemaphorePermit,
-    _source: SourceGuard,
+    /// `None` once the connection has authenticated (see [`Admitted::authenticated`]).
+    _source: Option<SourceGuard>,
+}
+
+impl Admitted {
+    /// Gives the source's place back and keeps the listener's. For a listener
+    /// whose per-source limit is on connections that have not yet proved who
+    /// they are: on the agent port, thousands of agents may share one NAT
+    /// address once their certificates are verified, while a stranger's
+    /// handshakes from one address stay bounded.
+    pub fn authenticated(&mut self) {
+        self._source = None;
+    }
 }
 
 impl Gate {
@@ -158,7 +170,7 @@ impl Gate {
                 peer,
                 Admitted {
                     _all: all,
-                    _source: source,
+                    _source: Some(source),
                 },
             ));
         }
@@ -182,6 +194,58 @@ mod tests {
             p.admit("2001:db8::2".parse().unwrap()).is_none(),
             "same /64"
         );
+    }
+
+    /// The next connection `gate` admits within 300 ms.
+    async fn admitted_soon(
+        gate: &Gate,
+        listener: &tokio::net::TcpListener,
+        refused: &std::sync::atomic::AtomicU64,
+    ) -> Option<Admitted> {
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            gate.accept(listener, &stop, refused),
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|(_, _, admitted)| admitted)
+    }
+
+    /// A connection that has authenticated leaves its source's count (another
+    /// from that address is admitted) and stays in the listener's total.
+    #[tokio::test]
+    async fn an_authenticated_connection_counts_against_the_listener_only() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gate = Gate::new("test", 3, 1);
+        let refused = AtomicU64::new(0);
+        let mut clients = Vec::new();
+        clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let mut first = admitted_soon(&gate, &listener, &refused).await.unwrap();
+        // The source holds its one place: the next from it is dropped.
+        clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        assert!(admitted_soon(&gate, &listener, &refused).await.is_none());
+        assert_eq!(refused.load(Ordering::Relaxed), 1);
+        // Authenticated, the first leaves the source's count.
+        first.authenticated();
+        clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let mut second = admitted_soon(&gate, &listener, &refused).await.unwrap();
+        second.authenticated();
+        clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let mut third = admitted_soon(&gate, &listener, &refused).await.unwrap();
+        third.authenticated();
+        // Three in all, each authenticated: the source is free, the listener full.
+        clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        assert!(admitted_soon(&gate, &listener, &refused).await.is_none());
+        assert_eq!(refused.load(Ordering::Relaxed), 2);
+        // A place given back in the total admits the next.
+        drop(first);
+        clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        assert!(admitted_soon(&gate, &listener, &refused).await.is_some());
+        assert_eq!(refused.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -217,6 +217,12 @@ struct Tuning {
     /// Most simultaneous connections on the agent port.
     #[arg(long, default_value_t = 16_000)]
     max_agent_connections: usize,
+    /// Connections on the agent port still in their TLS handshake from one
+    /// source address (an IPv6 /64): one address cannot take the port, and the
+    /// agents behind one NAT address are not limited once connected.
+    #[arg(long, default_value_t = postern_bastion::agents::AGENT_HANDSHAKES_PER_SOURCE as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    agent_handshakes_per_source: u64,
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     handshake_timeout: Duration,
     /// How often to PING an idle agent channel; a dead link (no FIN, no RST) is
@@ -233,6 +239,14 @@ struct Tuning {
     #[arg(long, default_value_t = postern_api::cmdexec::DEFAULT_KEEP_BYTES as u64,
           value_parser = clap::value_parser!(u64).range(2..=postern_api::cmdexec::MAX_KEEP_BYTES as u64))]
     exec_keep_bytes: u64,
+    /// Live execution streams one org may hold open on this bastion (of 128 in all).
+    #[arg(long, default_value_t = postern_bastion::http::exec_events::STREAMS_PER_ORG as u64,
+          value_parser = clap::value_parser!(u64).range(1..=postern_bastion::http::exec_events::STREAMS_GLOBAL as u64))]
+    exec_streams_per_org: u64,
+    /// A live execution stream whose client takes no event for this long is
+    /// ended (clients resume where they were), so it keeps no place.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    exec_stream_stall: Duration,
     /// How long a key grant pushed to a node for an SSH jump stays valid there.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     ssh_grant_ttl: Duration,
@@ -285,12 +299,17 @@ fn settings(t: &Tuning, public_url: Option<String>) -> Settings {
         agent_public_url: public_url.unwrap_or_default(),
         rotation_check: t.rotation_check,
         max_agent_connections: t.max_agent_connections,
+        agent_handshakes_per_source: usize::try_from(t.agent_handshakes_per_source)
+            .unwrap_or(usize::MAX),
         handshake_timeout: t.handshake_timeout,
         keepalive_interval: t.keepalive_interval.max(Duration::from_secs(1)),
         keepalive_timeout: t.keepalive_timeout.max(Duration::from_secs(1)),
         exec_lost_grace: t.exec_lost_grace,
         exec_keep_bytes: usize::try_from(t.exec_keep_bytes)
             .unwrap_or(postern_api::cmdexec::DEFAULT_KEEP_BYTES),
+        exec_streams_per_org: usize::try_from(t.exec_streams_per_org)
+            .unwrap_or(postern_bastion::http::exec_events::STREAMS_PER_ORG),
+        exec_stream_stall: t.exec_stream_stall.max(Duration::from_secs(1)),
         ssh_grant_ttl: t
             .ssh_grant_ttl
             .clamp(Duration::from_secs(10), Duration::from_secs(24 * 3600)),

@@ -143,7 +143,7 @@ impl Metrics {
             ),
             (
                 "postern_agent_connections_rejected_total",
-                "Connections dropped because the connection limit was reached.",
+                "Connections dropped at once: the agent port was full, or their source address had its share of handshakes in flight.",
                 &self.connections_rejected_full,
             ),
             (

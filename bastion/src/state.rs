@@ -21,6 +21,10 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// Connections beyond this on the agent port are dropped at once.
     pub max_agent_connections: usize,
+    /// Connections on the agent port still in their TLS handshake from one
+    /// source address (IPv6 by /64); an agent's channel, once its certificate
+    /// is verified, no longer counts against its address.
+    pub agent_handshakes_per_source: usize,
     /// Enrollments served at once (their own pool, apart from agent channels).
     pub max_enrollments: usize,
     pub keepalive_interval: Duration,
@@ -35,6 +39,13 @@ pub struct Settings {
     pub exec_lost_grace: Duration,
     /// Output kept per stream and node (head and tail halves).
     pub exec_keep_bytes: usize,
+    /// Live execution streams one org may hold open on this bastion, its share
+    /// of the bastion's (see `http::exec_events`).
+    pub exec_streams_per_org: usize,
+    /// A live execution stream whose client takes no event for this long is
+    /// ended (the client resumes with Last-Event-ID), so a reader that stopped
+    /// reading does not keep its place.
+    pub exec_stream_stall: Duration,
     /// How long a key grant pushed to a node for an SSH jump stays valid.
     pub ssh_grant_ttl: Duration,
     /// An SSH client must authenticate within this (like sshd's LoginGraceTime).
@@ -75,6 +86,7 @@ impl Default for Settings {
             agent_public_url: "https://127.0.0.1:8443".into(),
             handshake_timeout: Duration::from_secs(10),
             max_agent_connections: 16_000,
+            agent_handshakes_per_source: crate::agents::AGENT_HANDSHAKES_PER_SOURCE,
             max_enrollments: 64,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
@@ -83,6 +95,8 @@ impl Default for Settings {
             agent_call_timeout: Duration::from_secs(10),
             exec_lost_grace: Duration::from_secs(120),
             exec_keep_bytes: postern_api::cmdexec::DEFAULT_KEEP_BYTES,
+            exec_streams_per_org: crate::http::exec_events::STREAMS_PER_ORG,
+            exec_stream_stall: crate::http::exec_events::STALL,
             ssh_grant_ttl: Duration::from_secs(300),
             ssh_auth_timeout: Duration::from_secs(30),
             ssh_max_startups: crate::ssh::MaxStartups::DEFAULT,
@@ -129,7 +143,7 @@ pub struct Shared {
     /// Bumped whenever execution events were committed here: live streams
     /// wake and read the store (another replica's are found by polling).
     pub exec_events: tokio::sync::watch::Sender<u64>,
-    /// Live execution streams open, per user and in all.
+    /// Live execution streams open, per user, per org and in all.
     pub exec_streams: crate::http::exec_events::StreamPermits,
 }
 
@@ -174,6 +188,8 @@ impl Shared {
         access.subscribe(Arc::new(crate::ssh::SshDoor));
         access.subscribe(Arc::new(crate::kube::KubeDoor));
         let exec_events = tokio::sync::watch::channel(0u64).0;
+        let exec_streams =
+            crate::http::exec_events::StreamPermits::new(settings.exec_streams_per_org);
         Arc::new(Shared {
             cmdexec: crate::cmdexec::Engine::new(
                 store.clone(),
@@ -183,7 +199,7 @@ impl Shared {
                 exec_events.clone(),
             ),
             exec_events,
-            exec_streams: Default::default(),
+            exec_streams,
             audit,
             store,
             pki,

@@ -73,8 +73,12 @@ async fn token_for(
 }
 
 async fn world() -> World {
+    world_with(postern_bastion::state::Settings::default()).await
+}
+
+async fn world_with(settings: postern_bastion::state::Settings) -> World {
     let t = common::sqlite().await;
-    let shared = common::shared(t.store.clone()).await;
+    let shared = common::shared_with(t.store.clone(), settings).await;
     let s = &shared.store;
     let org = s.create_org("acme", 1).await.unwrap();
     let web = s.create_project(&org.id, "web", 1).await.unwrap();
@@ -1348,4 +1352,275 @@ async fn the_kube_gateway_role_is_granted_by_a_project_admin_and_audited() {
     assert_eq!(revoked[0]["detail"]["detail"]["kube_gateway"], "revoked");
     assert_eq!(revoked[0]["detail"]["detail"]["kube_requests_cut"], 1);
     assert_eq!(revoked[0]["targets"], json!(["gw-1"]));
+}
+
+/// An execution of `project`/`edge` stored as it is, with `nodes` nodes
+/// already settled (unreachable, each with its event); finished when
+/// `finished`, else still running.
+async fn stored_execution(
+    shared: &Shared,
+    org: &str,
+    (project, edge): (&str, &str),
+    id: &str,
+    nodes: usize,
+    finished: bool,
+) {
+    use postern_api::cmdexec::NodeExecStatus;
+    use postern_bastion::store::{ExecutionRow, ResultRow};
+    let s = &shared.store;
+    let p = s.project_by_name(org, project).await.unwrap().unwrap();
+    let e = s.edge_by_name(&p.id, edge).await.unwrap().unwrap();
+    let x = ExecutionRow {
+        id: id.into(),
+        org_id: org.into(),
+        project_id: p.id,
+        project_name: project.into(),
+        edge_id: e.id,
+        edge_name: edge.into(),
+        username: "admin".into(),
+        source_ip: None,
+        command: "true".into(),
+        content_type: "string".into(),
+        target_type: "cluster".into(),
+        target: None,
+        timeout_secs: 60,
+        created_at: 1,
+        finished_at: finished.then_some(2),
+        max_concurrency: None,
+        max_errors: None,
+        selector: None,
+        cancel_requested_at: None,
+    };
+    let results: Vec<ResultRow> = (0..nodes)
+        .map(|i| {
+            let mut r = ResultRow::new(
+                id,
+                &format!("n{i}"),
+                &format!("node-{i}"),
+                NodeExecStatus::Unreachable,
+            );
+            r.finished_at = Some(2);
+            r
+        })
+        .collect();
+    s.insert_execution(&x, &results).await.unwrap();
+}
+
+/// An org holds at most its share of the bastion's live streams: one tenant
+/// filling it (users are free to create) leaves another tenant its streams.
+/// A reader who loses access is cut off on a timer, although the client
+/// reads nothing (on the code as reviewed, the check ran only when the body
+/// was polled, so an unread stream kept its place).
+#[tokio::test]
+async fn an_org_holds_its_share_of_live_streams_and_lost_access_ends_them_unread() {
+    let w = world_with(postern_bastion::state::Settings {
+        exec_streams_per_org: 4,
+        ..Default::default()
+    })
+    .await;
+    let s = &w.shared.store;
+    let acme = s.org_by_name("acme").await.unwrap().unwrap().id;
+    let globex = s.org_by_name("globex").await.unwrap().unwrap().id;
+    stored_execution(&w.shared, &acme, ("web", "eu-1"), "ex-acme", 0, false).await;
+    stored_execution(&w.shared, &globex, ("secret", "hq"), "ex-globex", 0, false).await;
+    let acme_events = "/cmdexec/v1/projects/web/edges/eu-1/execution/ex-acme/events";
+    let globex_events = "/cmdexec/v1/projects/secret/edges/hq/execution/ex-globex/events";
+
+    // Four streams of org acme (three users), none of them read: its share.
+    let mut open = Vec::new();
+    for token in [&w.admin, &w.admin, &w.padmin, &w.member] {
+        let resp = w
+            .send(Method::GET, acme_events, Some(token.as_str()), None)
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        open.push(resp);
+    }
+    let (st, v) = w.get(acme_events, &w.padmin).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_error(&v, "too_many_requests", "your organization");
+    // Another tenant is not shut out.
+    let theirs = w
+        .send(Method::GET, globex_events, Some(&w.other_org_admin), None)
+        .await;
+    assert_eq!(theirs.status(), StatusCode::OK);
+
+    // The member loses access: their unread stream ends within a recheck (5 s)
+    // and gives its place back.
+    let (st, v) = w
+        .call(Method::DELETE, "/api/v1/users/mem", Some(&w.admin), None)
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    let t0 = std::time::Instant::now();
+    let freed = loop {
+        let resp = w
+            .send(Method::GET, acme_events, Some(&w.padmin), None)
+            .await;
+        if resp.status() == StatusCode::OK {
+            break resp;
+        }
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "the revoked reader's stream still holds its place"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    drop((open, theirs, freed));
+}
+
+/// A stream whose client takes no events is ended after the stall deadline
+/// and gives its place back (on the code as reviewed, eight such streams of a
+/// finished execution still refused a ninth 30 s later); a client that reads
+/// gets every event.
+#[tokio::test]
+async fn a_stream_whose_client_reads_nothing_is_dropped_after_the_stall_deadline() {
+    let w = world_with(postern_bastion::state::Settings {
+        exec_stream_stall: std::time::Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let acme = w
+        .shared
+        .store
+        .org_by_name("acme")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    // 40 nodes' events and the end: more than a stream queues for its client.
+    stored_execution(&w.shared, &acme, ("web", "eu-1"), "ex-many", 40, true).await;
+    let events = "/cmdexec/v1/projects/web/edges/eu-1/execution/ex-many/events";
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let resp = w.send(Method::GET, events, Some(&w.admin), None).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        stalled.push(resp);
+    }
+    let (st, v) = w.get(events, &w.admin).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    let t0 = std::time::Instant::now();
+    let reader = loop {
+        let resp = w.send(Method::GET, events, Some(&w.admin), None).await;
+        if resp.status() == StatusCode::OK {
+            break resp;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(8),
+            "streams that read nothing still hold their places"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // This one reads: it gets every event, to the end.
+    let body = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        reader.into_body().collect(),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(text.matches("event: node_finished").count(), 40, "{text}");
+    assert!(text.contains("event: execution_finished"), "{text}");
+    drop(stalled);
+}
+
+/// The review's double run: a submit waits (for the audit chain) past its
+/// Idempotency-Key claim's lease, a retry with the key takes the claim over,
+/// and then the first submit reaches the store. It stores and runs nothing,
+/// says why in the audit log, and the retry's execution is the one.
+#[tokio::test]
+async fn a_submit_that_lost_its_idempotency_claim_runs_nothing() {
+    use postern_api::cmdexec::{ContentType, TargetType};
+    use postern_bastion::cmdexec::{Submission, SubmitError};
+    use postern_bastion::store::{CLAIM_LEASE_MS, IdempotencyClaim, IdempotencyKey};
+    let w = world().await;
+    let s = &w.shared.store;
+    let org = s.org_by_name("acme").await.unwrap().unwrap().id;
+    let project = s.project_by_name(&org, "web").await.unwrap().unwrap();
+    let edge = s.edge_by_name(&project.id, "eu-1").await.unwrap().unwrap();
+    s.insert_enrollment_token(&common::token_row("tok", &edge.id, 1, i64::MAX))
+        .await
+        .unwrap();
+    s.enroll_node(&common::new_node("n1", "tok", &edge.id, "node-1"), 1)
+        .await
+        .unwrap();
+    let nodes = s.list_nodes(&edge.id).await.unwrap();
+    let key = IdempotencyKey {
+        org_id: &org,
+        username: "admin",
+        key: "k-slow",
+    };
+    let day = 24 * 3600 * 1000;
+    assert_eq!(
+        s.claim_idempotency_key(&key, "h", "x-first", 1_000, day, CLAIM_LEASE_MS)
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed
+    );
+    // The first request went quiet past its lease; a retry takes the key.
+    assert!(
+        s.renew_idempotency_claim(&key, "x-first", -1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.claim_idempotency_key(&key, "h", "x-retry", 2_000, day, CLAIM_LEASE_MS)
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed
+    );
+
+    let first = Submission {
+        org_id: org.clone(),
+        project,
+        edge,
+        username: "admin".into(),
+        source_ip: None,
+        command: "echo once".into(),
+        content_type: ContentType::String,
+        target_type: TargetType::Cluster,
+        target: None,
+        timeout_secs: 60,
+        nodes,
+        selector: None,
+        max_concurrency: None,
+        max_errors: None,
+        exec_id: Some("x-first".into()),
+        idempotency_key: Some("k-slow".into()),
+    };
+    let lost = w.shared.cmdexec.submit(&w.shared, first.clone()).await;
+    assert!(
+        matches!(lost, Err(SubmitError::ClaimLost)),
+        "{:?}",
+        lost.as_ref().err()
+    );
+    assert!(s.execution("x-first").await.unwrap().is_none());
+    let (_, v) = w.get("/api/v1/audit?limit=20", &w.admin).await;
+    assert!(
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| { e["action"] == "cmdexec.execute" && e["outcome"] == "abandoned" }),
+        "{v}"
+    );
+
+    let retry = Submission {
+        exec_id: Some("x-retry".into()),
+        ..first
+    };
+    let r = w.shared.cmdexec.submit(&w.shared, retry).await.unwrap();
+    assert_eq!(r.exec_id, "x-retry");
+    assert!(s.execution("x-retry").await.unwrap().is_some());
+    // Bound to its execution: held for good.
+    assert_eq!(
+        s.claim_idempotency_key(&key, "h", "x-third", 3_000, day, CLAIM_LEASE_MS)
+            .await
+            .unwrap(),
+        IdempotencyClaim::Held {
+            request_sha256: "h".into(),
+            exec_id: "x-retry".into()
+        }
+    );
 }

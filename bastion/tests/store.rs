@@ -888,7 +888,7 @@ mod executions {
             key: "k1",
         };
         let claim = |user: &'static str, sha: &'static str, exec: &'static str, now: i64| async move {
-            s.claim_idempotency_key(&key(user), sha, exec, now, day)
+            s.claim_idempotency_key(&key(user), sha, exec, now, day, 30_000)
                 .await
         };
         assert_eq!(claim("alice", "h1", "x1", 1000).await.unwrap(), Claimed);
@@ -910,6 +910,88 @@ mod executions {
         assert_eq!(
             claim("alice", "h5", "x5", 1000 + day + 2).await.unwrap(),
             Claimed
+        );
+    }
+
+    /// A claim is held by its request for as long as that request renews its
+    /// lease, however old the claim (the review's slow first submit, waiting
+    /// for the audit chain, lost its key to a retry after 30 s and both ran);
+    /// only a claim whose lease ran out is taken over, and the request that
+    /// lost it then stores nothing. A claim bound to its execution is held
+    /// for good.
+    pub async fn idempotency_claims_are_taken_over_only_from_a_gone_request(s: &Store) {
+        use postern_bastion::store::IdempotencyClaim::{Claimed, Held};
+        let (_, project, edge) = super::tenancy(s).await;
+        let day = 24 * 3600 * 1000;
+        let lease = 30_000;
+        let k = postern_bastion::store::IdempotencyKey {
+            org_id: "o",
+            username: "alice",
+            key: "slow",
+        };
+        let held_by = |exec: &str| Held {
+            request_sha256: "h".into(),
+            exec_id: exec.into(),
+        };
+        assert_eq!(
+            s.claim_idempotency_key(&k, "h", "first", 1_000, day, lease)
+                .await
+                .unwrap(),
+            Claimed
+        );
+        // 31 s later by the claims' clock, its request still at work: held.
+        assert_eq!(
+            s.claim_idempotency_key(&k, "h", "retry", 32_000, day, lease)
+                .await
+                .unwrap(),
+            held_by("first")
+        );
+        assert!(s.renew_idempotency_claim(&k, "first", lease).await.unwrap());
+        assert_eq!(
+            s.claim_idempotency_key(&k, "h", "retry", 62_000, day, lease)
+                .await
+                .unwrap(),
+            held_by("first")
+        );
+        // Its request gone (no renewal: the lease runs out), a retry takes it.
+        assert!(s.renew_idempotency_claim(&k, "first", -1).await.unwrap());
+        assert_eq!(
+            s.claim_idempotency_key(&k, "h", "retry", 63_000, day, lease)
+                .await
+                .unwrap(),
+            Claimed
+        );
+        // The first request, arriving at last, stores nothing, and learns it.
+        assert!(
+            !s.insert_execution_owned(&exec("first", &project, &edge, 64_000), &[], None, Some(&k))
+                .await
+                .unwrap()
+        );
+        assert!(s.execution("first").await.unwrap().is_none());
+        assert!(!s.renew_idempotency_claim(&k, "first", lease).await.unwrap());
+        // Releasing what is no longer its own frees nothing.
+        s.release_idempotency_key(&k, "first").await.unwrap();
+        assert_eq!(
+            s.claim_idempotency_key(&k, "h", "third", 65_000, day, lease)
+                .await
+                .unwrap(),
+            held_by("retry")
+        );
+        // The retry's execution binds the claim: held for good, even with no
+        // lease, and not released by a late failure.
+        assert!(
+            s.insert_execution_owned(&exec("retry", &project, &edge, 66_000), &[], None, Some(&k))
+                .await
+                .unwrap()
+        );
+        assert!(s.execution("retry").await.unwrap().is_some());
+        assert!(s.renew_idempotency_claim(&k, "retry", -1).await.unwrap());
+        s.release_idempotency_key(&k, "retry").await.unwrap();
+        assert_eq!(
+            s.claim_idempotency_key(&k, "h", "fourth", 67_000, day, lease)
+                .await
+                .unwrap(),
+            held_by("retry")
         );
     }
 
@@ -1025,12 +1107,14 @@ mod executions {
 }
 use executions::{
     any_output_bytes_round_trip, cancels_are_recorded_for_the_running_replica,
+    idempotency_claims_are_taken_over_only_from_a_gone_request,
     idempotency_keys_are_claimed_once_per_user, pages_stop_at_the_output_budget,
     results_are_stored_once_and_paged,
 };
 both_backends!(
     cancels_are_recorded_for_the_running_replica,
     idempotency_keys_are_claimed_once_per_user,
+    idempotency_claims_are_taken_over_only_from_a_gone_request,
     results_are_stored_once_and_paged,
     any_output_bytes_round_trip,
     pages_stop_at_the_output_budget
@@ -1265,10 +1349,10 @@ async fn replicas_presence_and_leases() {
     // Leases: a live one is not taken; an expired one is, by one replica only.
     let (_, project, edge) = tenancy(s).await;
     let e = |id: &str| executions::exec(id, &project, &edge, 1);
-    s.insert_execution_owned(&e("live"), &[], Some(("r1", 60_000)))
+    s.insert_execution_owned(&e("live"), &[], Some(("r1", 60_000)), None)
         .await
         .unwrap();
-    s.insert_execution_owned(&e("gone"), &[], Some(("r1", -1)))
+    s.insert_execution_owned(&e("gone"), &[], Some(("r1", -1)), None)
         .await
         .unwrap();
     s.insert_execution(&e("old"), &[]).await.unwrap();

@@ -4,7 +4,10 @@
 //! summary. Ctrl-C cancels the execution on the nodes.
 //!
 //! A dropped event stream is resumed after the last event seen
-//! (`Last-Event-ID`), so nothing is shown twice or lost.
+//! (`Last-Event-ID`), so nothing is shown twice or lost. Once the command is
+//! submitted, losing the live view for good is its own outcome (exit 3, with
+//! the command that follows the execution), never "the request failed" (2):
+//! a wrapper that retries failed requests must not run the command again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
@@ -121,12 +124,12 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<(), CliError> {
             Err(e) if resumable(&e) => {
                 let since = *broken_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > RESUME_FOR {
-                    return Err(e.into());
+                    return Err(view_lost(&exec_id, (&project, &edge), &e));
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(view_lost(&exec_id, (&project, &edge), &e)),
         };
         loop {
             // The stream times itself out when even its keep-alives stop.
@@ -155,9 +158,11 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<(), CliError> {
                 None | Some(Err(_)) => {
                     let since = *broken_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > RESUME_FOR {
-                        return Err(CliError::Usage(format!(
-                            "lost the execution's event stream; it goes on: postern show {exec_id}"
-                        )));
+                        return Err(view_lost(
+                            &exec_id,
+                            (&project, &edge),
+                            &"its event stream kept breaking",
+                        ));
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue 'follow;
@@ -170,7 +175,8 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<(), CliError> {
         None => {
             ctx.client
                 .execution(&project, &edge, &submitted.exec_id, 0, 1)
-                .await?
+                .await
+                .map_err(|e| view_lost(&exec_id, (&project, &edge), &e))?
                 .node_counts
         }
     };
@@ -195,6 +201,20 @@ fn newer(id: Option<&str>, last: Option<&str>) -> bool {
         (Some(i), Some(l)) => i > l,
         _ => true,
     }
+}
+
+/// The command was submitted, and runs, but cannot be followed here: say
+/// so, and how to follow it, with an exit status of its own (3).
+fn view_lost(
+    exec_id: &str,
+    (project, edge): (&str, &str),
+    why: &dyn std::fmt::Display,
+) -> CliError {
+    CliError::LiveViewLost(format!(
+        "submitted as {exec_id}, live view lost: follow it with postern show {exec_id} -p {} -e {} ({why})",
+        safe(project),
+        safe(edge)
+    ))
 }
 
 /// Errors worth another try: the bastion unreachable for a moment, or busy.

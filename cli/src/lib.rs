@@ -3,7 +3,9 @@
 //!
 //! Exit status: 0 when everything asked for succeeded; 1 when a command ran
 //! but some node did not succeed; 2 when the request itself failed (bad
-//! arguments, not logged in, refused, bastion unreachable); 130 after Ctrl-C.
+//! arguments, not logged in, refused, bastion unreachable); 3 when `exec`
+//! submitted its command but lost the live view before the end (the command
+//! was accepted and runs: never submit it again on 3); 130 after Ctrl-C.
 
 mod admin;
 mod audit;
@@ -37,12 +39,18 @@ pub enum CliError {
     /// The user pressed Ctrl-C.
     #[error("interrupted")]
     Interrupted,
+    /// `exec` submitted its command (the bastion accepted it and it runs) but
+    /// could not follow it to its end. Not 2: a wrapper that retries a failed
+    /// request must not submit this one again.
+    #[error("{0}")]
+    LiveViewLost(String),
 }
 
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::NodesFailed(_) => 1,
+            CliError::LiveViewLost(_) => 3,
             CliError::Interrupted => 130,
             _ => 2,
         }
@@ -57,7 +65,9 @@ impl CliError {
     long_about = "Run commands on fleets of Linux hosts, reach them with SSH, and read the audit log, through a Postern bastion.\n\n\
 Log in once with `postern login URL`; scripts may instead set POSTERN_URL and POSTERN_TOKEN.\n\n\
 Exit status: 0 when everything succeeded; 1 when a command ran but some node did not succeed; \
-2 when the request failed (arguments, login, permission, bastion unreachable); 130 after Ctrl-C."
+2 when the request failed (arguments, login, permission, bastion unreachable); 3 when exec's \
+command was submitted but its live view was lost (it runs: follow it with postern show, do not \
+submit it again); 130 after Ctrl-C."
 )]
 pub struct Cli {
     /// The bastion's REST API, e.g. http://127.0.0.1:8080 (default: where you logged in)

@@ -83,6 +83,13 @@ pub fn postgres_url() -> String {
     format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }
 
+/// `serve` flags for a swarm of agents in this process: they stand for a fleet
+/// of hosts but all dial from one loopback address, where the agent port's
+/// limit of handshakes per source address would measure a NAT, not the bastion.
+pub fn one_address_fleet() -> Vec<String> {
+    vec!["--agent-handshakes-per-source".into(), "1000000".into()]
+}
+
 /// A TCP connection to `to` from the loopback address `from` (e.g. 127.0.0.9):
 /// another client, as far as the bastion's per-source limits can tell.
 pub async fn connect_from(from: &str, to: SocketAddr) -> tokio::net::TcpStream {

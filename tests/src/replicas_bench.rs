@@ -80,7 +80,12 @@ async fn handshakes(bs: &[&Bastion]) -> u64 {
 }
 
 pub async fn run(opts: &ReplicasBenchOpts) -> ReplicasReport {
-    let r1 = Bastion::start(Bastion::replica_opts("r1")).await;
+    // The others are started with r1's options.
+    let r1 = Bastion::start(crate::BastionOpts {
+        extra_args: crate::one_address_fleet(),
+        ..Bastion::replica_opts("r1")
+    })
+    .await;
     let mut r2 = Bastion::replica_of(&r1, "r2").await;
     let mut r3 = Bastion::replica_of(&r1, "r3").await;
     let url = r1.opts.database_url.clone().unwrap_or_default();

@@ -110,7 +110,13 @@ impl Flapper {
 }
 
 pub async fn run(opts: &SoakOpts) -> SoakReport {
-    let b = Arc::new(Bastion::start(BastionOpts::default()).await);
+    let b = Arc::new(
+        Bastion::start(BastionOpts {
+            extra_args: crate::one_address_fleet(),
+            ..BastionOpts::default()
+        })
+        .await,
+    );
     let pid = b.pid().unwrap_or(0);
     let counters = Arc::new(Counters::default());
 

@@ -306,7 +306,16 @@ impl Running {
 
 /// Runs the swarm and returns what was measured.
 pub async fn run(opts: &SwarmOpts) -> Report {
-    let mut bastion = Bastion::start(BastionOpts::default()).await;
+    // One address for the whole fleet (see `one_address_fleet`), and a live
+    // reader that pauses for the whole fan-out on purpose (what a paused
+    // reader costs), longer than a client that reads nothing is otherwise kept.
+    let mut extra_args = crate::one_address_fleet();
+    extra_args.extend(["--exec-stream-stall".into(), "600s".into()]);
+    let mut bastion = Bastion::start(BastionOpts {
+        extra_args,
+        ..BastionOpts::default()
+    })
+    .await;
     let n = opts.agents;
     let token = bastion
         .enrollment(json!({"max_uses": n, "auto_approve": true, "ttl_seconds": 86_400}))

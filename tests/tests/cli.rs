@@ -440,6 +440,90 @@ async fn the_cli_logs_in_lists_runs_and_reads_back() {
     assert!(e.contains("not logged in"), "{e}");
 }
 
+/// A stand-in bastion that accepts an execution (202) and then refuses its
+/// event stream (403, as for a reader whose role was taken away meanwhile):
+/// plain HTTP/1.1, one request per connection, on a thread of its own.
+fn accepting_then_refusing_bastion() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // The head, then as much of the body as it announces.
+            let head_end = loop {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break None,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break Some(i + 4);
+                }
+            };
+            let Some(head_end) = head_end else { continue };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < head_end + len {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let (status, body) = if head.starts_with("post ") && head.contains("/execute") {
+                (
+                    "202 Accepted",
+                    r#"{"exec_id":"0199-accepted","submitted_at":"2026-12-06T08:07:55.840Z","username":"alice","project_id":"web","edge_id":"eu-1","timeout":60,"target_nodes":["web-1"],"unreachable_nodes":[],"unapproved_nodes":[]}"#,
+                )
+            } else {
+                (
+                    "403 Forbidden",
+                    r#"{"error":{"code":"forbidden","message":"you may no longer read project web"}}"#,
+                )
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+/// Once `exec` has submitted, losing the live view is not "the request
+/// failed" (2): the command was accepted and runs, and a wrapper that retries
+/// on 2 would run it again (the review: a 429 after two minutes of resuming
+/// gave 2). It says where to follow the execution and exits 3.
+#[test]
+fn exec_that_loses_its_live_view_after_submitting_exits_3() {
+    let url = accepting_then_refusing_bastion();
+    let cli = Cli {
+        config: tempfile::tempdir().unwrap(),
+        env: vec![
+            ("POSTERN_URL".into(), url),
+            ("POSTERN_TOKEN".into(), "pat_test".into()),
+        ],
+    };
+    let (_, e) = cli.expect(
+        &["exec", "-p", "web", "-e", "eu-1", "--cluster", "--", "true"],
+        3,
+    );
+    assert!(
+        e.contains(
+            "submitted as 0199-accepted, live view lost: follow it with postern show 0199-accepted -p web -e eu-1"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("you may no longer read project web"), "{e}");
+}
+
 fn tmux(socket: &Path, args: &[&str]) -> Output {
     Command::new("tmux")
         .arg("-S")

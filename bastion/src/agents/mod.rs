@@ -4,6 +4,15 @@
 //! The accept loop only accepts: every handshake runs in its own task under a
 //! deadline, so a peer that stalls mid-handshake delays nobody else.
 //!
+//! Connections pass a [`crate::limits::Gate`]: at most `max_agent_connections`
+//! in all, and at most `agent_handshakes_per_source` from one address (IPv6 by
+//! its /64) until the TLS handshake has verified a node certificate. The
+//! per-source count is on handshakes only: thousands of agents behind one NAT
+//! address hold their channels in the total alone, while one address opening
+//! idle connections cannot take the port from the fleet (a failover from a
+//! dead replica included). A client must send its ClientHello within a few
+//! seconds, so each idle connection holds its place briefly.
+//!
 //! Enrollment has its own small pool of connections (`max_enrollments`): once a
 //! handshake says "enrollment", the connection leaves the agents' pool for that
 //! one, so a flood of enrollments cannot shut out a fleet reconnecting. The
@@ -27,8 +36,9 @@ use std::time::Duration;
 
 use postern_api::agent::{ALPN_CHANNEL, ALPN_ENROLL};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::Semaphore;
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::server::TlsStream;
 
 pub use enroll::{EnrollError, TOKEN_PREFIX as ENROLL_TOKEN_PREFIX, enroll};
 pub use fleet::{Fleet, NodeLink};
@@ -43,6 +53,28 @@ use crate::state::Shared;
 /// token) cannot hold the whole enrollment pool.
 const ENROLLMENTS_PER_SOURCE: usize = 8;
 
+/// TLS handshakes in flight from one source address, by default. A handshake
+/// takes milliseconds, so this admits a data centre's agents reconnecting at
+/// once through one NAT address (the rest retry within their backoff), and it
+/// is a small part of the port: one address cannot fill it.
+pub const AGENT_HANDSHAKES_PER_SOURCE: usize = 64;
+
+/// A client must send its ClientHello within this (or the handshake deadline,
+/// if shorter): an agent sends it at once, and a connection that says nothing
+/// gives its place back soon instead of at the end of the whole deadline.
+const CLIENT_HELLO_WITHIN: Duration = Duration::from_secs(3);
+
+/// Why a handshake on the agent port did not complete.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("no ClientHello within {0:?}")]
+    NoHello(Duration),
+    #[error("the handshake did not finish within {0:?}")]
+    TimedOut(Duration),
+    #[error(transparent)]
+    Tls(#[from] std::io::Error),
+}
+
 /// What connections without a client certificate (enrollments, downloads)
 /// draw from: one pool and a per-source limit, apart from the agents' channels,
 /// and package downloads' share of that pool.
@@ -54,78 +86,83 @@ struct Unauthenticated {
 
 /// Accepts on the agent port until shutdown.
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared: Arc<Shared>) {
-    let acceptor = TlsAcceptor::from(tls);
-    let limit = Arc::new(Semaphore::new(shared.settings.max_agent_connections));
+    let gate = crate::limits::Gate::new(
+        "agent port",
+        shared.settings.max_agent_connections,
+        shared.settings.agent_handshakes_per_source,
+    );
     let pools = Arc::new(Unauthenticated {
         enrollments: Arc::new(Semaphore::new(shared.settings.max_enrollments)),
         sources: crate::limits::PerSource::new(ENROLLMENTS_PER_SOURCE),
         downloads: Arc::new(downloads::Places::new(shared.settings.max_enrollments)),
     });
-    loop {
-        let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    inc(&shared.metrics.connections_rejected_full);
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                let task = handle(
-                    tcp,
-                    peer,
-                    acceptor.clone(),
-                    shared.clone(),
-                    permit,
-                    pools.clone(),
-                );
-                // Every idle agent holds one of these: its size is memory per node.
-                static SIZE: std::sync::Once = std::sync::Once::new();
-                SIZE.call_once(|| {
-                    tracing::debug!(
-                        bytes = std::mem::size_of_val(&task),
-                        "size of an agent connection's task"
-                    )
-                });
-                shared.tasks.spawn(task);
-            }
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "agent port accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+    while let Some((tcp, peer, admitted)) = gate
+        .accept(
+            &listener,
+            &shared.shutdown,
+            &shared.metrics.connections_rejected_full,
+        )
+        .await
+    {
+        let task = handle(
+            tcp,
+            peer,
+            tls.clone(),
+            shared.clone(),
+            admitted,
+            pools.clone(),
+        );
+        // Every idle agent holds one of these: its size is memory per node.
+        static SIZE: std::sync::Once = std::sync::Once::new();
+        SIZE.call_once(|| {
+            tracing::debug!(
+                bytes = std::mem::size_of_val(&task),
+                "size of an agent connection's task"
+            )
+        });
+        shared.tasks.spawn(task);
     }
+}
+
+/// The TLS handshake under two deadlines: the ClientHello within
+/// [`CLIENT_HELLO_WITHIN`], the whole handshake within `within`.
+async fn handshake(
+    tcp: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    within: Duration,
+) -> Result<TlsStream<TcpStream>, HandshakeError> {
+    let deadline = tokio::time::Instant::now() + within;
+    let hello_within = within.min(CLIENT_HELLO_WITHIN);
+    let hello = tokio::time::timeout(
+        hello_within,
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp),
+    )
+    .await
+    .map_err(|_| HandshakeError::NoHello(hello_within))??;
+    tokio::time::timeout_at(deadline, hello.into_stream(tls))
+        .await
+        .map_err(|_| HandshakeError::TimedOut(within))?
+        .map_err(HandshakeError::Tls)
 }
 
 async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     shared: Arc<Shared>,
-    permit: OwnedSemaphorePermit,
+    mut admitted: crate::limits::Admitted,
     pools: Arc<Unauthenticated>,
 ) {
     // Boxed, as every step that runs once: this task lives as long as the
     // channel, and its size is the largest of what it awaits.
-    let handshake = Box::pin(tokio::time::timeout(
-        shared.settings.handshake_timeout,
-        acceptor.accept(tcp),
-    ));
+    let handshake = Box::pin(handshake(tcp, tls, shared.settings.handshake_timeout));
     let tls = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
         r = handshake => match r {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
+            Ok(tls) => tls,
+            Err(e) => {
                 inc(&shared.metrics.handshake_failures);
                 tracing::debug!(%peer, error = %e, "agent port TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                inc(&shared.metrics.handshake_failures);
-                tracing::debug!(%peer, "agent port TLS handshake timed out");
                 return;
             }
         },
@@ -137,7 +174,14 @@ async fn handle(
         .and_then(|c| c.first())
         .map(|c| c.clone().into_owned());
     match (alpn.as_deref(), client_cert) {
-        (Some(ALPN_CHANNEL), Some(cert)) => channel::run(tls, peer, cert, shared).await,
+        (Some(ALPN_CHANNEL), Some(cert)) => {
+            // The handshake verified a certificate of our CA: from here the
+            // channel counts in the port's total only, not against its address
+            // (many agents may share one), for as long as it lasts.
+            admitted.authenticated();
+            channel::run(tls, peer, cert, shared).await;
+            drop(admitted);
+        }
         (Some(ALPN_ENROLL), None) => {
             let Some(_source) = pools.sources.admit(peer.ip()) else {
                 inc(&shared.metrics.enrollments_rejected_full);
@@ -152,7 +196,7 @@ async fn handle(
                 return;
             };
             // From here the connection counts against enrollment's pool only.
-            drop(permit);
+            drop(admitted);
             Box::pin(enroll::serve(tls, peer, shared, pools.downloads.clone())).await;
             drop(enroll_permit);
         }

@@ -55,15 +55,22 @@ pub struct Submission {
     pub max_errors: Option<postern_api::cmdexec::Rate>,
     /// The exec ID to use (claimed with an Idempotency-Key), or a new one.
     pub exec_id: Option<String>,
+    /// The Idempotency-Key `exec_id` was claimed with (the caller's, in
+    /// `org_id`): the execution is stored only while the claim is still its own.
+    pub idempotency_key: Option<String>,
 }
 
-/// Why an execution was not started; in either case nothing was stored or run.
+/// Why an execution was not started; in each case nothing was stored or run.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the audit log cannot be written: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    /// The submit took so long that its Idempotency-Key's claim ran out and
+    /// another request with that key took it over: that one runs, this not.
+    #[error("the Idempotency-Key was taken over by another request while this one was submitted")]
+    ClaimLost,
 }
 
 /// Wakes this replica's live streams: events were committed.
@@ -322,10 +329,34 @@ impl Engine {
         shared.audit.record(ev).await?;
         let lease = EXEC_LEASE.as_millis() as i64;
         let owner = self.owner.as_deref().map(|o| (o, lease));
-        shared
+        let claim = s
+            .idempotency_key
+            .as_deref()
+            .map(|key| crate::store::IdempotencyKey {
+                org_id: &s.org_id,
+                username: &s.username,
+                key,
+            });
+        let stored = shared
             .store
-            .insert_execution_owned(&exec, &results, owner)
+            .insert_execution_owned(&exec, &results, owner, claim.as_ref())
             .await?;
+        if !stored {
+            // Audited as submitted above: say it did not happen after all.
+            let mut ev = Event::new("cmdexec.execute", "abandoned")
+                .org(&s.org_id)
+                .actor(&s.username)
+                .source(s.source_ip.clone())
+                .project(&s.project.name)
+                .detail(json!({
+                    "edge": s.edge.name,
+                    "reason": "its Idempotency-Key was taken over by a later request with the same key while this one waited; nothing was run",
+                }));
+            ev.exec_id = Some(exec_id.clone());
+            shared.audit(ev).await;
+            tracing::warn!(exec_id = %exec_id, user = %s.username, "a submit lost its Idempotency-Key to a later request; not running it");
+            return Err(SubmitError::ClaimLost);
+        }
 
         events_committed(&shared.exec_events);
         let (max_concurrency, max_errors) = (exec.max_concurrency, exec.max_errors);

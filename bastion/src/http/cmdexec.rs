@@ -28,7 +28,8 @@ use crate::authz::Action;
 use crate::clock::rfc3339;
 use crate::cmdexec::{Submission, SubmitError};
 use crate::store::{
-    ExecutionPage, ExecutionRow, HistoryRow, IdempotencyClaim, IdempotencyKey, ResultRow,
+    CLAIM_LEASE_MS, ExecutionPage, ExecutionRow, HistoryRow, IdempotencyClaim, IdempotencyKey,
+    ResultRow,
 };
 
 fn check_command(req: &ExecuteRequest) -> Result<(), ApiError> {
@@ -81,7 +82,7 @@ fn check_command(req: &ExecuteRequest) -> Result<(), ApiError> {
     request_body = ExecuteRequest,
     responses(
         (status = 202, description = "Accepted: the exec ID and what was decided at submit", body = ExecuteResponse),
-        (status = 409, description = "The first request with this Idempotency-Key is still being submitted; retry", body = ErrorBody),
+        (status = 409, description = "The first request with this Idempotency-Key is still being submitted (retry), or this request took so long that a later one with the same key took its place (it ran nothing; that one is the execution)", body = ErrorBody),
         (status = 422, description = "This Idempotency-Key was used for a different request", body = ErrorBody),
         (status = 400, description = "Invalid request (unknown node, bad base64, out-of-range timeout or rate, a selector that does not parse or matches no node, a bad Idempotency-Key, ...)", body = ErrorBody),
         (status = 401, description = "Missing or invalid API token", body = ErrorBody),
@@ -224,6 +225,7 @@ pub async fn execute(
                 &exec_id,
                 crate::clock::now_ms(),
                 IDEMPOTENCY_TTL_MS,
+                CLAIM_LEASE_MS,
             )
             .await?;
         match claim {
@@ -257,18 +259,30 @@ pub async fn execute(
         max_concurrency,
         max_errors,
         exec_id: claimed.clone(),
+        idempotency_key: claimed.as_ref().and(idempotency_key.clone()),
+    };
+    // While it submits, the request renews its claim: a retry takes the key
+    // over only from a request that is gone, however long this one waits.
+    let _renewing = match (&idem, &claimed) {
+        (Some(idem), Some(exec_id)) => Some(renew_claim(&state, idem, exec_id)),
+        _ => None,
     };
     let submitted = state.cmdexec.submit(&state, submission).await;
     let resp = match submitted {
         Ok(r) => r,
         Err(err) => {
             if let (Some(idem), Some(exec_id)) = (&idem, &claimed) {
-                // Nothing was stored or run: the key is free for the retry.
+                // Nothing was stored or run: the key is free for the retry
+                // (unless another request holds it now; that one stays).
                 let _ = state.store.release_idempotency_key(idem, exec_id).await;
+                caller.audit.with(|a| a.exec_id = Some(exec_id.clone()));
             }
             return Err(match err {
                 SubmitError::Store(e) => ApiError::from(e),
                 SubmitError::Audit(e) => ApiError::audit_refused(e),
+                SubmitError::ClaimLost => ApiError::Conflict(
+                    "this request waited so long that a later request with the same Idempotency-Key took its place; this one ran nothing (the later request's execution is the one: send the request again with the key to see it)".into(),
+                ),
             });
         }
     };
@@ -300,6 +314,66 @@ pub(super) fn execution_not_found(exec_id: &str, edge: &str) -> ApiError {
 
 /// How long an Idempotency-Key holds.
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+/// How often a request renews its claim while it submits: a few times within
+/// the claim's lease, so one slow renewal does not lose it.
+const CLAIM_RENEW: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Renews the claim of `exec_id` on `idem` every [`CLAIM_RENEW`] until the
+/// returned guard is dropped (the submit ended, or the request was dropped:
+/// then the lease runs out and a retry may take the key) or the bastion shuts
+/// down. A renewal that fails is only logged: the claim is checked again, in
+/// the transaction that stores the execution.
+fn renew_claim(
+    state: &AppState,
+    idem: &IdempotencyKey<'_>,
+    exec_id: &str,
+) -> tokio_util::sync::DropGuard {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (store, shutdown) = (state.store.clone(), state.shutdown.clone());
+    let (org_id, username, key) = (
+        idem.org_id.to_string(),
+        idem.username.to_string(),
+        idem.key.to_string(),
+    );
+    let exec_id = exec_id.to_string();
+    let stopped = stop.clone();
+    state.tasks.spawn(async move {
+        let idem = IdempotencyKey {
+            org_id: &org_id,
+            username: &username,
+            key: &key,
+        };
+        loop {
+            tokio::select! {
+                _ = stopped.cancelled() => return,
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(CLAIM_RENEW) => {}
+            }
+            let renewed = tokio::time::timeout(
+                CLAIM_RENEW,
+                store.renew_idempotency_claim(&idem, &exec_id, CLAIM_LEASE_MS),
+            );
+            let renewed = tokio::select! {
+                _ = stopped.cancelled() => return,
+                r = renewed => r,
+            };
+            match renewed {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
+                    tracing::warn!(exec_id = %exec_id, "an Idempotency-Key claim was taken over while its request waited; that request will run nothing");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(exec_id = %exec_id, error = %e, "cannot renew an Idempotency-Key claim");
+                }
+                Err(_) => {
+                    tracing::warn!(exec_id = %exec_id, "renewing an Idempotency-Key claim timed out");
+                }
+            }
+        }
+    });
+    stop.drop_guard()
+}
 
 /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {

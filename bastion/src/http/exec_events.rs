@@ -1,13 +1,23 @@
 //! Live executions: the server-sent event stream of an execution (replayed
 //! from the store, then followed as the store grows) and its cancel.
 //!
-//! A stream reads the store a page at a time and only when its client has
-//! taken the previous events, so a slow or paused reader costs the bastion one
-//! page of memory and never holds up the nodes, the writer or other readers. A
+//! A stream reads the store a page at a time and only as its client takes the
+//! previous events (a few queued ahead), so a slow or paused reader costs the
+//! bastion one page of memory and never holds up the nodes, the writer or
+//! other readers. A
 //! reader more than a page behind is told it `lagged` and catches up from the
 //! store; nothing is dropped. The store is the one source for every replica:
 //! this replica's commits wake its readers at once, another's are found within
 //! a second.
+//!
+//! Each stream is fed by its own task through a small bounded queue, so what
+//! ends a stream does not wait for its client to read: the reader's access is
+//! checked again on a timer, and a client that takes no event for
+//! `exec_stream_stall` (it stopped reading; its events wait in the queue) is
+//! dropped, and gives its place back. It resumes with `Last-Event-ID`.
+//!
+//! Places are bounded three ways: per user, per org (its share, so one tenant
+//! creating users cannot take every stream from the others) and in all.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -22,7 +32,8 @@ use http::HeaderMap;
 use postern_api::ErrorBody;
 use postern_api::cmdexec::{CancelResponse, ExecEvent, ExecEventFrame};
 use serde_json::json;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use super::admin::{resolve_edge, resolve_project};
 use super::extract::{ApiPath, Caller};
@@ -33,43 +44,74 @@ use crate::clock::now_ms;
 use crate::limits::{KeyGuard, PerKey};
 use crate::store::{ExecutionRow, StoredEvent};
 
-/// Live streams open at once, for the bastion and for one user.
+/// Live streams open at once: for the bastion, for one user, and by default
+/// for one org (its share of the bastion's: a quarter, so a tenant filling its
+/// share leaves the rest to the others).
 pub const STREAMS_GLOBAL: usize = 128;
 pub const STREAMS_PER_USER: usize = 8;
+pub const STREAMS_PER_ORG: usize = 32;
+/// By default, a stream whose client takes no event for this long is ended.
+pub const STALL: Duration = Duration::from_secs(30);
 /// Events read from the store at a time: a reader holds at most this many.
 const PAGE: i64 = 32;
+/// Events queued between a stream's task and its response body.
+const QUEUE: usize = 8;
 /// How often a stream looks for events another replica committed.
 const POLL: Duration = Duration::from_secs(1);
+/// How long the check of a reader's access may take; beyond it the stream
+/// ends (the client resumes once the store answers again).
+const RECHECK_WITHIN: Duration = Duration::from_secs(10);
 
-/// Permits for live streams: a global limit and one per user, so one user
-/// cannot take every stream from the rest.
+/// Permits for live streams: a global limit, one per org and one per user, so
+/// that neither one user nor one tenant can take every stream from the rest.
 #[derive(Debug)]
 pub struct StreamPermits {
     global: Arc<Semaphore>,
-    per_user: PerKey<String>,
+    per_org: PerKey<String>,
+    per_org_max: usize,
+    /// By (org, user name): names are unique within an org only.
+    per_user: PerKey<(String, String)>,
 }
 
 impl Default for StreamPermits {
     fn default() -> Self {
-        StreamPermits {
-            global: Arc::new(Semaphore::new(STREAMS_GLOBAL)),
-            per_user: PerKey::new(STREAMS_PER_USER),
-        }
+        StreamPermits::new(STREAMS_PER_ORG)
     }
 }
 
 /// Held for as long as one stream is open.
 #[derive(Debug)]
 pub struct StreamPermit {
-    _user: KeyGuard<String>,
+    _user: KeyGuard<(String, String)>,
+    _org: KeyGuard<String>,
     _global: OwnedSemaphorePermit,
 }
 
 impl StreamPermits {
-    pub fn acquire(&self, user: &str) -> Result<StreamPermit, ApiError> {
-        let user = self.per_user.admit(user.to_string()).ok_or_else(|| {
+    /// `per_org`: the streams one org may hold at once (at most all of them).
+    pub fn new(per_org: usize) -> StreamPermits {
+        let per_org_max = per_org.clamp(1, STREAMS_GLOBAL);
+        StreamPermits {
+            global: Arc::new(Semaphore::new(STREAMS_GLOBAL)),
+            per_org: PerKey::new(per_org_max),
+            per_org_max,
+            per_user: PerKey::new(STREAMS_PER_USER),
+        }
+    }
+
+    pub fn acquire(&self, org_id: &str, user: &str) -> Result<StreamPermit, ApiError> {
+        let user = self
+            .per_user
+            .admit((org_id.to_string(), user.to_string()))
+            .ok_or_else(|| {
+                ApiError::TooManyRequests(format!(
+                    "you have {STREAMS_PER_USER} live execution streams open already; close one first"
+                ))
+            })?;
+        let org = self.per_org.admit(org_id.to_string()).ok_or_else(|| {
             ApiError::TooManyRequests(format!(
-                "you have {STREAMS_PER_USER} live execution streams open already; close one first"
+                "your organization has {} live execution streams open on this bastion, its share; close one, or retry in a few seconds",
+                self.per_org_max
             ))
         })?;
         let global = self.global.clone().try_acquire_owned().map_err(|_| {
@@ -79,6 +121,7 @@ impl StreamPermits {
         })?;
         Ok(StreamPermit {
             _user: user,
+            _org: org,
             _global: global,
         })
     }
@@ -143,12 +186,12 @@ fn last_event_id(headers: &HeaderMap) -> Result<i64, ApiError> {
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event (its `id:`); absent: from the first event", pattern = "^[0-9]{0,18}$"),
     ),
     responses(
-        (status = 200, description = "A text/event-stream: `event:` is the event's name, `data:` the event as JSON (see ExecEvent),`id:` what to send as Last-Event-ID to resume. Events so far are replayed, then new ones follow; the stream ends after `execution_finished`. A `lagged` event (no id) says the reader is more than a page behind and catching up; nothing is lost.", body = ExecEventFrame, content_type = "text/event-stream"),
+        (status = 200, description = "A text/event-stream: `event:` is the event's name, `data:` the event as JSON (see ExecEvent),`id:` what to send as Last-Event-ID to resume. Events so far are replayed, then new ones follow; the stream ends after `execution_finished`. A client that takes no event for 30 s (`--exec-stream-stall`) is disconnected; resume with Last-Event-ID. A `lagged` event (no id) says the reader is more than a page behind and catching up; nothing is lost.", body = ExecEventFrame, content_type = "text/event-stream"),
         (status = 204, description = "The execution has finished and the reader has every event (Last-Event-ID is its last): nothing more will come"),
         (status = 400, description = "Last-Event-ID is not an event id", body = ErrorBody),
         (status = 401, description = "Missing or invalid API token", body = ErrorBody),
         (status = 404, description = "Project, edge or execution not found", body = ErrorBody),
-        (status = 429, description = "Too many live streams open, by you or on the bastion", body = ErrorBody),
+        (status = 429, description = "Too many live streams open: by you, by your organization (its share of the bastion's) or on the bastion", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
     ),
     security(("bearer" = []))
@@ -175,11 +218,19 @@ pub async fn events(
     if x.finished_at.is_some() && state.store.events_after(&x.id, after, 1).await?.is_empty() {
         return Ok(http::StatusCode::NO_CONTENT.into_response());
     }
-    let permit = state.exec_streams.acquire(&caller.principal.user_name)?;
+    let permit = state
+        .exec_streams
+        .acquire(&caller.principal.org_id, &caller.principal.user_name)?;
     let authorization = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let (tx, rx) = mpsc::channel(QUEUE);
+    // Cancelled when the stream ends for cause (access gone, shutdown): the
+    // body then stops at once, even with events still queued.
+    let cut = CancellationToken::new();
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reader = Reader {
         state: state.clone(),
         exec_id: x.id,
@@ -190,18 +241,30 @@ pub async fn events(
         lagging: false,
         authorization,
         project_id: x.project_id,
-        checked: std::time::Instant::now(),
+        recheck,
+        tx,
+        cut: cut.clone(),
+        stall: state.settings.exec_stream_stall,
         _permit: permit,
     };
-    let stream = futures_util::stream::unfold(reader, |mut r| async move {
-        let ev = r.next().await?;
-        Some((Ok::<_, Infallible>(ev), r))
+    state.tasks.spawn(reader.run());
+    let stream = futures_util::stream::unfold((rx, cut), |(mut rx, cut)| async move {
+        let ev = tokio::select! {
+            biased;
+            _ = cut.cancelled() => None,
+            ev = rx.recv() => ev,
+        }?;
+        Some((Ok::<_, Infallible>(ev), (rx, cut)))
     });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
 
+/// One stream's task: reads the execution's events from the store and queues
+/// them for the response body, until the execution's end, the client's going,
+/// a stall, the reader's loss of access, or shutdown. It holds the stream's
+/// place, so the place is given back when it ends, read or not.
 struct Reader {
     state: AppState,
     exec_id: String,
@@ -214,26 +277,90 @@ struct Reader {
     /// a revoked token, a deleted user or a removed role ends the stream.
     authorization: Option<String>,
     project_id: String,
-    checked: std::time::Instant,
+    recheck: tokio::time::Interval,
+    tx: mpsc::Sender<SseEvent>,
+    cut: CancellationToken,
+    stall: Duration,
     _permit: StreamPermit,
 }
 
 /// How often an open stream checks that its reader may still read it.
 const RECHECK: Duration = Duration::from_secs(5);
 
-impl Reader {
-    async fn still_allowed(&self) -> bool {
-        let store = &self.state.store;
-        let Ok(p) = crate::access::authn::bearer(store, self.authorization.as_deref()).await else {
+/// Whether the holder of `authorization` may still read `project_id`; a store
+/// that does not answer in time counts as no.
+async fn still_allowed(state: &AppState, authorization: Option<&str>, project_id: &str) -> bool {
+    let check = async {
+        let store = &state.store;
+        let Ok(p) = crate::access::authn::bearer(store, authorization).await else {
             return false;
         };
-        crate::access::resolve::project(store, &p, &self.project_id, Action::ReadProject)
+        crate::access::resolve::project(store, &p, project_id, Action::ReadProject)
             .await
             .is_ok()
-    }
+    };
+    tokio::time::timeout(RECHECK_WITHIN, check)
+        .await
+        .unwrap_or(false)
 }
 
 impl Reader {
+    async fn run(mut self) {
+        while let Some(ev) = self.next().await {
+            if !self.deliver(ev).await {
+                break;
+            }
+        }
+        // Dropping the sender ends the body after what is queued (the
+        // execution's end, normally); `cut` has ended it already otherwise.
+    }
+
+    /// The access check that came due, on the timer whether or not the client
+    /// reads. `false`: the reader lost access, and the body is cut off at once.
+    async fn recheck_due(&self) -> bool {
+        if still_allowed(&self.state, self.authorization.as_deref(), &self.project_id).await {
+            return true;
+        }
+        tracing::info!(exec_id = %self.exec_id, "ending a live stream whose reader may no longer read it");
+        self.cut.cancel();
+        false
+    }
+
+    /// Queues `ev` for the body; `false` when the stream must end instead:
+    /// the client went, or took nothing for the stall deadline (its queue
+    /// stayed full), or lost access, or the bastion is shutting down.
+    async fn deliver(&mut self, ev: SseEvent) -> bool {
+        let stalled = tokio::time::sleep(self.stall);
+        tokio::pin!(stalled);
+        loop {
+            tokio::select! {
+                room = self.tx.reserve() => {
+                    return match room {
+                        Ok(room) => {
+                            room.send(ev);
+                            true
+                        }
+                        // The body was dropped: the client went.
+                        Err(_) => false,
+                    };
+                }
+                _ = &mut stalled => {
+                    tracing::info!(exec_id = %self.exec_id, stall = ?self.stall, "ending a live stream whose client takes no events; it may resume with Last-Event-ID");
+                    return false;
+                }
+                _ = self.recheck.tick() => {
+                    if !self.recheck_due().await {
+                        return false;
+                    }
+                }
+                _ = self.state.shutdown.cancelled() => {
+                    self.cut.cancel();
+                    return false;
+                }
+            }
+        }
+    }
+
     async fn next(&mut self) -> Option<SseEvent> {
         loop {
             if let Some(e) = self.buf.pop_front() {
@@ -247,15 +374,8 @@ impl Reader {
                         .data(e.body),
                 );
             }
-            if self.done || self.state.shutdown.is_cancelled() {
+            if self.done || self.state.shutdown.is_cancelled() || self.tx.is_closed() {
                 return None;
-            }
-            if self.checked.elapsed() >= RECHECK {
-                if !self.still_allowed().await {
-                    tracing::info!(exec_id = %self.exec_id, "ending a live stream whose reader may no longer read it");
-                    return None;
-                }
-                self.checked = std::time::Instant::now();
             }
             // Marked seen before the read: a commit during it wakes the next wait.
             self.wake.borrow_and_update();
@@ -302,7 +422,18 @@ impl Reader {
             tokio::select! {
                 _ = self.wake.changed() => {}
                 _ = tokio::time::sleep(POLL) => {}
-                _ = self.state.shutdown.cancelled() => return None,
+                _ = self.recheck.tick() => {
+                    if !self.recheck_due().await {
+                        return None;
+                    }
+                }
+                // The client went: its place is given back now, not at the
+                // next event.
+                _ = self.tx.closed() => return None,
+                _ = self.state.shutdown.cancelled() => {
+                    self.cut.cancel();
+                    return None;
+                }
             }
         }
     }

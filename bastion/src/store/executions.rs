@@ -261,8 +261,10 @@ pub struct StoredEvent {
     pub body: String,
 }
 
-/// How old a claim without its execution must be to count as abandoned.
-pub const ABANDONED_CLAIM_MS: i64 = 30_000;
+/// How long an Idempotency-Key claim holds without renewal (on the database's
+/// clock): the request that made it renews it while it submits, so only a
+/// claim whose request is gone (the client went, the replica died) runs out.
+pub const CLAIM_LEASE_MS: i64 = 30_000;
 
 /// An Idempotency-Key as it is held: per user of an org.
 #[derive(Debug, Clone, Copy)]
@@ -334,18 +336,46 @@ fn bind_result<'q>(
 impl Store {
     /// Creates the execution and all its result rows in one transaction.
     pub async fn insert_execution(&self, e: &ExecutionRow, results: &[ResultRow]) -> Result<()> {
-        self.insert_execution_owned(e, results, None).await
+        self.insert_execution_owned(e, results, None, None)
+            .await
+            .map(|_| ())
     }
 
     /// [`Store::insert_execution`], held by `owner` under a lease of `lease_ms`
     /// (on the database's clock) when several replicas share the store.
+    ///
+    /// With `claim`, the execution is the one of that Idempotency-Key: in the
+    /// same transaction the claim is bound to it (it is then held for good, see
+    /// [`Store::claim_idempotency_key`]), and when the claim no longer names
+    /// this execution (another request took it over after its lease ran out)
+    /// nothing is stored and the answer is `false`: the caller must not run it.
     pub async fn insert_execution_owned(
         &self,
         e: &ExecutionRow,
         results: &[ResultRow],
         owner: Option<(&str, i64)>,
-    ) -> Result<()> {
+        claim: Option<&IdempotencyKey<'_>>,
+    ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
+        if let Some(k) = claim {
+            // First, so that the row stays locked (PostgreSQL) until the
+            // execution is committed: a takeover waiting on it then finds it
+            // bound, not abandoned.
+            let bound = sqlx::query(
+                "UPDATE idempotency_keys SET lease_until = NULL
+                 WHERE org_id = $1 AND username = $2 AND idem_key = $3 AND exec_id = $4",
+            )
+            .bind(k.org_id)
+            .bind(k.username)
+            .bind(k.key)
+            .bind(&e.id)
+            .execute(&mut *tx)
+            .await?;
+            if bound.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
         let target = e
             .target
             .as_ref()
@@ -432,7 +462,7 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Applies a batch of result changes in one transaction, each change of
@@ -644,8 +674,13 @@ impl Store {
         Ok(n.0)
     }
 
-    /// Claims `key` for this user's request (hash `sha`) and execution, unless a
-    /// claim younger than `ttl_ms` holds it; older claims are dropped.
+    /// Claims `key` for this user's request (hash `sha`) and execution, unless
+    /// another request holds it: one whose execution exists (for `ttl_ms` from
+    /// its claim), or one still being submitted, whose lease (`lease_ms` on the
+    /// database's clock, renewed by [`Store::renew_idempotency_claim`]) has not
+    /// run out, however old it is. A claim whose lease ran out without an
+    /// execution is taken over; its request then finds, when it inserts its
+    /// execution, that the claim is no longer its own, and runs nothing.
     pub async fn claim_idempotency_key(
         &self,
         k: &IdempotencyKey<'_>,
@@ -653,39 +688,47 @@ impl Store {
         exec_id: &str,
         now: i64,
         ttl_ms: i64,
+        lease_ms: i64,
     ) -> Result<IdempotencyClaim> {
         let (org_id, username, key) = (k.org_id, k.username, k.key);
+        let db_now = super::replicas::db_now(self.backend);
         let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
             .bind(now - ttl_ms)
             .execute(&mut *tx)
             .await?;
-        // A claim whose execution never appeared (the submit failed and could
-        // not give the key back, or the bastion died in between) is abandoned
-        // after a while: the retry takes it over.
-        sqlx::query(
+        // A claim whose request is gone (the submit failed and could not give
+        // the key back, or its replica died) is taken over once its lease has
+        // run out. The lease is the row's own column, not the age of the
+        // claim: a request that waits (for the audit chain, say) keeps its
+        // claim, and a bound claim (lease NULL) is never taken. On PostgreSQL
+        // a binding in progress holds the row, and this statement, after
+        // waiting for it, checks the bound row again and leaves it.
+        let q = format!(
             "DELETE FROM idempotency_keys WHERE org_id = $1 AND username = $2 AND idem_key = $3
-               AND created_at < $4
-               AND NOT EXISTS (SELECT 1 FROM executions WHERE executions.id = idempotency_keys.exec_id)",
-        )
-        .bind(org_id)
-        .bind(username)
-        .bind(key)
-        .bind(now - ABANDONED_CLAIM_MS)
-        .execute(&mut *tx)
-        .await?;
-        let r = sqlx::query(
-            "INSERT INTO idempotency_keys (org_id, username, idem_key, request_sha256, exec_id, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(org_id)
-        .bind(username)
-        .bind(key)
-        .bind(sha)
-        .bind(exec_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+               AND lease_until IS NOT NULL AND lease_until < {db_now}
+               AND NOT EXISTS (SELECT 1 FROM executions WHERE executions.id = idempotency_keys.exec_id)"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(org_id)
+            .bind(username)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        let q = format!(
+            "INSERT INTO idempotency_keys (org_id, username, idem_key, request_sha256, exec_id, created_at, lease_until)
+             VALUES ($1, $2, $3, $4, $5, $6, {db_now} + $7) ON CONFLICT DO NOTHING"
+        );
+        let r = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(org_id)
+            .bind(username)
+            .bind(key)
+            .bind(sha)
+            .bind(exec_id)
+            .bind(now)
+            .bind(lease_ms)
+            .execute(&mut *tx)
+            .await?;
         let claim = if r.rows_affected() > 0 {
             IdempotencyClaim::Claimed
         } else {
@@ -706,7 +749,35 @@ impl Store {
         Ok(claim)
     }
 
-    /// Gives up a claim whose execution was never created (the submit failed).
+    /// Renews the lease of this request's claim for `lease_ms` from now (on the
+    /// database's clock). Answers whether the claim is still this request's
+    /// (bound to its execution or not); `false`: another request took it over.
+    pub async fn renew_idempotency_claim(
+        &self,
+        k: &IdempotencyKey<'_>,
+        exec_id: &str,
+        lease_ms: i64,
+    ) -> Result<bool> {
+        // A bound claim keeps its NULL: it is held for good already.
+        let q = format!(
+            "UPDATE idempotency_keys
+                SET lease_until = CASE WHEN lease_until IS NULL THEN NULL ELSE {} + $5 END
+              WHERE org_id = $1 AND username = $2 AND idem_key = $3 AND exec_id = $4",
+            super::replicas::db_now(self.backend)
+        );
+        let r = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(k.org_id)
+            .bind(k.username)
+            .bind(k.key)
+            .bind(exec_id)
+            .bind(lease_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Gives up a claim whose execution was never created (the submit failed);
+    /// a claim bound to its execution stays.
     pub async fn release_idempotency_key(
         &self,
         k: &IdempotencyKey<'_>,
@@ -714,7 +785,8 @@ impl Store {
     ) -> Result<()> {
         let (org_id, username, key) = (k.org_id, k.username, k.key);
         sqlx::query(
-            "DELETE FROM idempotency_keys WHERE org_id = $1 AND username = $2 AND idem_key = $3 AND exec_id = $4",
+            "DELETE FROM idempotency_keys WHERE org_id = $1 AND username = $2 AND idem_key = $3 AND exec_id = $4
+               AND lease_until IS NOT NULL",
         )
         .bind(org_id)
         .bind(username)

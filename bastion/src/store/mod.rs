@@ -20,8 +20,8 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use thiserror::Error;
 
 pub use executions::{
-    ExecutionPage, ExecutionRow, HistoryRow, IdempotencyClaim, IdempotencyKey, ResultRow,
-    ResultUpdate, StoredEvent,
+    CLAIM_LEASE_MS, ExecutionPage, ExecutionRow, HistoryRow, IdempotencyClaim, IdempotencyKey,
+    ResultRow, ResultUpdate, StoredEvent,
 };
 pub use kube_keys::KubeKeysChange;
 pub use nodes::{EnrollOutcome, KubeGatewayRow, NewNode, NodeRow};

@@ -75,6 +75,11 @@ fn uuid_like() -> String {
 
 /// A bastion's shared state over a store, without listeners: for `Router::oneshot`.
 pub async fn shared(store: Store) -> Arc<Shared> {
+    shared_with(store, Settings::default()).await
+}
+
+/// [`shared`] with these settings.
+pub async fn shared_with(store: Store, settings: Settings) -> Arc<Shared> {
     let key = MasterKey::from_hex(
         &hex::encode(postern_bastion::secrets::random_bytes::<32>().unwrap()),
         "test",
@@ -83,7 +88,7 @@ pub async fn shared(store: Store) -> Arc<Shared> {
     let pki = Pki::load_or_create(&store, &key, Duration::from_secs(3600))
         .await
         .unwrap();
-    Shared::new(store, pki, Settings::default(), CancellationToken::new())
+    Shared::new(store, pki, settings, CancellationToken::new())
 }
 
 /// An enrollment token row for `edge`, not auto-approving.
