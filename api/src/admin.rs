@@ -160,8 +160,9 @@ pub struct Node {
     /// Labels a project admin set (`PUT …/nodes/{node}/labels`).
     #[serde(default)]
     pub admin_labels: std::collections::BTreeMap<String, String>,
-    /// Labels the agent reported after the node was approved: not used until a
-    /// project admin approves the node again.
+    /// Labels the agent reports that differ from `agent_labels`: not used
+    /// until a project admin approves them (`POST …/approve` with them as
+    /// `labels`).
     #[serde(default)]
     pub agent_labels_pending: Option<std::collections::BTreeMap<String, String>>,
     /// The node's part in its edge's Kubernetes door.
@@ -180,6 +181,31 @@ pub struct NodeKubeGateway {
     /// The node's agent runs with `--kube-apiserver`, as it said when its
     /// channel last came up.
     pub capable: bool,
+}
+
+impl Node {
+    /// The labels the node's agent reports now, as an approval must name
+    /// them: the change that waits, or the approved ones when none does.
+    pub fn reported_agent_labels(&self) -> &std::collections::BTreeMap<String, String> {
+        self.agent_labels_pending
+            .as_ref()
+            .unwrap_or(&self.agent_labels)
+    }
+}
+
+/// `POST …/nodes/{node}/approve`: what the approval covers. The body may be
+/// left out, which is `{}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveNode {
+    /// The labels the node's agent reports, as the approver saw them
+    /// (`agent_labels_pending`, or `agent_labels` when nothing waits). They
+    /// become the node's agent labels only if the agent still reports exactly
+    /// these; otherwise nothing is changed and the answer is 409, saying what
+    /// it reports now. Absent: the node itself is approved (when pending), but
+    /// none of its agent's labels: what it reports keeps waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `PUT …/nodes/{node}/labels`: the labels a project admin sets on a node,

@@ -123,6 +123,18 @@ pub fn parse_label_arg(s: &str) -> Result<(String, String), LabelError> {
     Ok((k.to_string(), v.to_string()))
 }
 
+/// A label set as people read and write it: `k=v,k2=v2` in key order, or
+/// `(none)` for the empty set, so that "no labels" is never a blank.
+pub fn joined(l: &Labels) -> String {
+    if l.is_empty() {
+        return "(none)".into();
+    }
+    l.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, at most 63 bytes.
 fn is_name(s: &str) -> bool {
     let b = s.as_bytes();

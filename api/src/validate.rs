@@ -14,6 +14,10 @@ pub enum ValidationError {
     )]
     Hostname(String),
     #[error(
+        "invalid node name {0:?}: it reads as an IP address, and ssh, the bastion's jumps and resolvers would take it for one (a node so named would receive connections meant for that address); use a name with a letter in it, e.g. node-10-20-30-40"
+    )]
+    HostnameIsAddress(String),
+    #[error(
         "invalid unix login {0:?}: use 1 to 32 characters from a-z, 0-9, '_' and '-', starting with a letter or '_'"
     )]
     Login(String),
@@ -63,6 +67,37 @@ pub fn hostname(value: &str) -> Result<(), ValidationError> {
     } else {
         Err(ValidationError::Hostname(truncate(value)))
     }
+}
+
+/// A name a node enrolls under: a hostname ([`hostname`]) that does not read
+/// as an IP address ([`ip_shaped`]). The name is the joiner's choice and
+/// becomes what `ssh NAME` and the bastion's jumps reach, so it must never
+/// stand for an address: `10.20.30.40` would capture a user's `HostName
+/// 10.20.30.40`. Names are checked with this only where they are made; nodes
+/// enrolled before keep being found by [`hostname`], so they can be deleted.
+pub fn node_hostname(value: &str) -> Result<(), ValidationError> {
+    hostname(value)?;
+    if ip_shaped(value) {
+        return Err(ValidationError::HostnameIsAddress(truncate(value)));
+    }
+    Ok(())
+}
+
+/// Whether a name reads as an IP address to something that resolves names:
+/// an IPv6 or dotted-quad IPv4 address, or any of the forms the C library's
+/// `inet_aton` (and so `getaddrinfo`, and ssh) also takes as IPv4: one to
+/// four parts, each decimal, octal (a leading 0) or hex (`0x`), such as
+/// `1234`, `127.1` or `0x7f.0.0.1`. Every part being a number is the test, so
+/// names with more parts are refused too: nothing is lost by it, since a top
+/// level domain is never all digits.
+pub fn ip_shaped(value: &str) -> bool {
+    let number = |part: &str| match (part.get(..2), part.get(2..)) {
+        (Some(prefix), Some(digits)) if prefix.eq_ignore_ascii_case("0x") => {
+            digits.bytes().all(|b| b.is_ascii_hexdigit())
+        }
+        _ => !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()),
+    };
+    value.parse::<std::net::IpAddr>().is_ok() || (!value.is_empty() && value.split('.').all(number))
 }
 
 /// Unix logins as `useradd` accepts them by default (NAME_REGEX), no `$` suffix.
@@ -196,6 +231,40 @@ mod tests {
         ] {
             assert!(hostname(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn node_names_never_read_as_addresses() {
+        for good in [
+            "node-a",
+            "n1.example.com",
+            "10-20-30-40",
+            "web.10",
+            "1a",
+            "0xg",
+            "x0.1",
+        ] {
+            assert!(node_hostname(good).is_ok(), "{good:?} refused");
+        }
+        for bad in [
+            "10.20.30.40",
+            "127.1",
+            "1234",
+            "0x7f.0.0.1",
+            "0X7F",
+            "017.0.0.1",
+            "1.2.3.4.5",
+            "0x",
+        ] {
+            assert!(hostname(bad).is_ok(), "{bad:?} is a hostname to look up");
+            assert_eq!(
+                node_hostname(bad),
+                Err(ValidationError::HostnameIsAddress(bad.into())),
+                "{bad:?}"
+            );
+        }
+        assert!(ip_shaped("::1") && ip_shaped("fe80::1"));
+        assert!(node_hostname("-a").is_err() && node_hostname("").is_err());
     }
 
     #[test]

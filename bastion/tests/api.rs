@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use postern_api::admin::{NodeState, Role};
 use postern_bastion::http::{issue_api_token, router};
 use postern_bastion::state::Shared;
-use postern_bastion::store::{ApiTokenRow, BindingRow};
+use postern_bastion::store::{ApiTokenRow, BindingRow, LabelReport, NewNode};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -1623,4 +1623,296 @@ async fn a_submit_that_lost_its_idempotency_claim_runs_nothing() {
             exec_id: "x-retry".into()
         }
     );
+}
+
+/// The web/eu-1 edge of the world, for tests that enroll nodes in the store.
+async fn web_edge(w: &World) -> String {
+    let s = &w.shared.store;
+    let org = s.user_by_name("admin").await.unwrap().unwrap().org_id;
+    let project = s.project_by_name(&org, "web").await.unwrap().unwrap();
+    s.edge_by_name(&project.id, "eu-1")
+        .await
+        .unwrap()
+        .unwrap()
+        .id
+}
+
+fn labels(pairs: &[(&str, &str)]) -> postern_api::labels::Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The agent of node `id` connects and reports `pairs`, as the channel does at
+/// each connection: the node is marked provisioned, then its labels recorded.
+async fn agent_connects(w: &World, id: &str, pairs: &[(&str, &str)]) -> LabelReport {
+    let s = &w.shared.store;
+    s.mark_provisioned(id).await.unwrap();
+    s.report_agent_labels(id, &labels(pairs)).await.unwrap()
+}
+
+const NODE_N4: &str = "/api/v1/projects/web/edges/eu-1/nodes/n4";
+
+/// The review's three ways for a node to move itself into a selector, each
+/// closed: labels an agent reports become the node's only as an approval
+/// names them, whatever the node's state. (a) The agent is away when its
+/// pending node is approved: its next connection's labels wait. (b) Disable,
+/// then enable: the next connection's labels wait. (c) The labels change
+/// between what the approver saw and the approval: refused, nothing changes.
+#[tokio::test]
+async fn agent_labels_become_the_nodes_only_as_an_approval_names_them() {
+    let w = world().await;
+    let s = &w.shared.store;
+    let edge = web_edge(&w).await;
+    s.insert_enrollment_token(&common::token_row("tok", &edge, 5, i64::MAX))
+        .await
+        .unwrap();
+    s.enroll_node(&common::new_node("n4", "tok", &edge, "n4"), 1)
+        .await
+        .unwrap();
+    let approve = format!("{NODE_N4}/approve");
+
+    // Pending: what the agent reports waits, and the approver sees it.
+    assert_eq!(
+        agent_connects(&w, "n4", &[("role", "web")]).await,
+        LabelReport::Held
+    );
+    let (_, n) = w.get(NODE_N4, &w.padmin).await;
+    assert_eq!(n["state"], "pending", "{n}");
+    assert_eq!(n["labels"], json!({}), "{n}");
+    assert_eq!(n["agent_labels_pending"], json!({"role": "web"}), "{n}");
+
+    // (a) The agent steps away; the approval names what the approver saw.
+    let (st, n) = w
+        .post(&approve, &w.padmin, json!({"labels": {"role": "web"}}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{n}");
+    assert_eq!(n["state"], "approved", "{n}");
+    assert_eq!(n["labels"], json!({"role": "web"}), "{n}");
+    assert!(n["agent_labels_pending"].is_null(), "{n}");
+    // It comes back with other labels: they wait, though it was `approved`.
+    assert_eq!(
+        agent_connects(&w, "n4", &[("role", "db")]).await,
+        LabelReport::Held
+    );
+    let (_, n) = w.get(NODE_N4, &w.padmin).await;
+    assert_eq!(n["state"], "provisioned", "{n}");
+    assert_eq!(
+        n["labels"],
+        json!({"role": "web"}),
+        "(a) taken unreviewed: {n}"
+    );
+    assert_eq!(n["agent_labels_pending"], json!({"role": "db"}), "{n}");
+    // Reporting the same again records nothing new; back to the approved
+    // labels drops the change.
+    assert_eq!(
+        agent_connects(&w, "n4", &[("role", "db")]).await,
+        LabelReport::Unchanged
+    );
+    assert_eq!(
+        agent_connects(&w, "n4", &[("role", "web")]).await,
+        LabelReport::Withdrawn
+    );
+    assert!(w.get(NODE_N4, &w.padmin).await.1["agent_labels_pending"].is_null());
+
+    // (b) Disabled, then enabled: `approved` again, and still nothing is
+    // taken from the next connection.
+    assert_eq!(
+        agent_connects(&w, "n4", &[("role", "db")]).await,
+        LabelReport::Held
+    );
+    for step in ["disable", "enable"] {
+        let (st, n) = w
+            .call(
+                Method::POST,
+                &format!("{NODE_N4}/{step}"),
+                Some(&w.padmin),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{step}: {n}");
+    }
+    assert_eq!(w.get(NODE_N4, &w.padmin).await.1["state"], "approved");
+    assert_eq!(
+        agent_connects(&w, "n4", &[("role", "db"), ("tier", "payments")]).await,
+        LabelReport::Held
+    );
+    let (_, n) = w.get(NODE_N4, &w.padmin).await;
+    assert_eq!(
+        n["labels"],
+        json!({"role": "web"}),
+        "(b) taken unreviewed: {n}"
+    );
+    assert_eq!(
+        n["agent_labels_pending"],
+        json!({"role": "db", "tier": "payments"}),
+        "{n}"
+    );
+
+    // (c) The approver saw one change; the agent swapped it before the click.
+    let seen = n["agent_labels_pending"].clone();
+    agent_connects(&w, "n4", &[("role", "db"), ("tier", "gold")]).await;
+    let (st, v) = w.post(&approve, &w.padmin, json!({ "labels": seen })).await;
+    assert_eq!(
+        st,
+        StatusCode::CONFLICT,
+        "(c) approved what nobody saw: {v}"
+    );
+    assert_error(&v, "conflict", "role=db,tier=gold");
+    assert_error(&v, "conflict", "nothing was changed");
+    let (_, n) = w.get(NODE_N4, &w.padmin).await;
+    assert_eq!(n["labels"], json!({"role": "web"}), "{n}");
+    assert_eq!(
+        n["agent_labels_pending"],
+        json!({"role": "db", "tier": "gold"}),
+        "{n}"
+    );
+    // Approving without labels approves none of them.
+    let (st, n) = w.post(&approve, &w.padmin, json!({})).await;
+    assert_eq!(st, StatusCode::OK, "{n}");
+    assert_eq!(n["labels"], json!({"role": "web"}), "{n}");
+    let (st, n) = w.call(Method::POST, &approve, Some(&w.padmin), None).await;
+    assert_eq!(st, StatusCode::OK, "no body at all is {{}}: {n}");
+    assert_eq!(n["labels"], json!({"role": "web"}), "{n}");
+    // What it reports now, named: taken.
+    let (st, n) = w
+        .post(
+            &approve,
+            &w.padmin,
+            json!({"labels": {"role": "db", "tier": "gold"}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{n}");
+    assert_eq!(n["labels"], json!({"role": "db", "tier": "gold"}), "{n}");
+    assert!(n["agent_labels_pending"].is_null(), "{n}");
+    // The approval is audited with the labels it named.
+    let (_, page) = w
+        .get(
+            "/api/v1/audit?limit=100&action=api%20POST%20%2Fapi%2Fv1%2Fprojects%2F%7Bproject%7D%2Fedges%2F%7Bedge%7D%2Fnodes%2F%7Bnode%7D%2Fapprove",
+            &w.admin,
+        )
+        .await;
+    assert!(
+        page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["detail"].to_string().contains("gold")),
+        "{page}"
+    );
+
+    // A pending node approved without labels: approved, its labels still wait.
+    s.enroll_node(&common::new_node("n5", "tok", &edge, "n5"), 1)
+        .await
+        .unwrap();
+    agent_connects(&w, "n5", &[("role", "web")]).await;
+    let (st, n) = w
+        .call(
+            Method::POST,
+            "/api/v1/projects/web/edges/eu-1/nodes/n5/approve",
+            Some(&w.padmin),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{n}");
+    assert_eq!(n["state"], "approved", "{n}");
+    assert_eq!(n["labels"], json!({}), "{n}");
+    assert_eq!(n["agent_labels_pending"], json!({"role": "web"}), "{n}");
+}
+
+/// An auto-approving token is the approval of its node's first labels report,
+/// and of nothing after it.
+#[tokio::test]
+async fn an_auto_approving_token_covers_the_first_labels_report_only() {
+    let w = world().await;
+    let s = &w.shared.store;
+    let edge = web_edge(&w).await;
+    s.insert_enrollment_token(&common::token_row("tok", &edge, 5, i64::MAX))
+        .await
+        .unwrap();
+    let auto = NewNode {
+        auto_approve: true,
+        ..common::new_node("n6", "tok", &edge, "n6")
+    };
+    s.enroll_node(&auto, 1).await.unwrap();
+    assert_eq!(
+        agent_connects(&w, "n6", &[("role", "web")]).await,
+        LabelReport::Taken
+    );
+    assert_eq!(
+        agent_connects(&w, "n6", &[("role", "db")]).await,
+        LabelReport::Held
+    );
+    let (_, n) = w
+        .get("/api/v1/projects/web/edges/eu-1/nodes/n6", &w.padmin)
+        .await;
+    assert_eq!(n["labels"], json!({"role": "web"}), "{n}");
+    assert_eq!(n["agent_labels_pending"], json!({"role": "db"}), "{n}");
+}
+
+/// What the approve call may carry, and what it refuses.
+#[tokio::test]
+async fn approve_bodies_are_checked_and_change_nothing_when_refused() {
+    let w = world().await;
+    let s = &w.shared.store;
+    let edge = web_edge(&w).await;
+    s.insert_enrollment_token(&common::token_row("tok", &edge, 5, i64::MAX))
+        .await
+        .unwrap();
+    s.enroll_node(&common::new_node("n4", "tok", &edge, "n4"), 1)
+        .await
+        .unwrap();
+    let approve = format!("{NODE_N4}/approve");
+    for (body, code) in [
+        (json!({"labels": {"has space": "x"}}), "bad_request"),
+        (json!({"labels": {}, "extra": 1}), "bad_request"),
+        (json!({"labels": ["role"]}), "bad_request"),
+    ] {
+        let (st, v) = w.post(&approve, &w.padmin, body.clone()).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+    }
+    // Bytes that are not said to be JSON are not read as JSON.
+    let resp = w
+        .app
+        .clone()
+        .oneshot(
+            Request::post(approve.as_str())
+                .header("authorization", format!("Bearer {}", w.padmin))
+                .body(Body::from("{}"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // A member may not approve.
+    let (st, _) = w.post(&approve, &w.member, json!({})).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (_, n) = w.get(NODE_N4, &w.padmin).await;
+    assert_eq!(n["state"], "pending", "{n}");
+}
+
+/// A node cannot enroll under a name that reads as an IP address: the bastion
+/// refuses it itself (an agent older than this check, or no agent at all,
+/// could send one), before the token is even looked at.
+#[tokio::test]
+async fn enrollment_refuses_names_that_read_as_addresses() {
+    let w = world().await;
+    for name in ["10.20.30.40", "1234", "127.1", "0x7f.0.0.1"] {
+        let req = postern_api::agent::EnrollRequest {
+            protocol: postern_api::PROTOCOL_VERSION,
+            token: "pet_x_y".into(),
+            hostname: name.into(),
+            csr_pem: String::new(),
+            agent_version: "0.1.0".into(),
+        };
+        match postern_bastion::agents::enroll(&w.shared, &req, None).await {
+            Err(postern_bastion::agents::EnrollError::BadRequest(m)) => {
+                assert!(m.contains("IP address"), "{name}: {m}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    assert_eq!(w.shared.store.count_nodes().await.unwrap(), 0);
 }

@@ -6,7 +6,8 @@ mod common;
 use postern_api::admin::{NodeState, Role};
 use postern_bastion::audit::{Audit, ChainBreak, Event};
 use postern_bastion::store::{
-    ApiTokenRow, BindingRow, EnrollOutcome, KubeGatewayRow, NewSshKey, Store, StoreError,
+    ApiTokenRow, Approval, BindingRow, EnrollOutcome, KubeGatewayRow, LabelReport, NewNode,
+    NewSshKey, Store, StoreError,
 };
 
 async fn tenancy(s: &Store) -> (String, String, String) {
@@ -194,6 +195,154 @@ async fn node_lifecycle(s: &Store) {
         s.delete_node("n1").await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+fn labels(pairs: &[(&str, &str)]) -> postern_api::labels::Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Reported labels become a node's only through an approval that names them
+/// (or the first report under an auto-approving token), on both backends: the
+/// statements compare labels as stored text.
+async fn agent_labels_wait_for_an_approval_that_names_them(s: &Store) {
+    let (_, _, edge) = tenancy(s).await;
+    s.insert_enrollment_token(&common::token_row("tok", &edge, 5, 1_000))
+        .await
+        .unwrap();
+    s.enroll_node(&common::new_node("n1", "tok", &edge, "a"), 10)
+        .await
+        .unwrap();
+    let web = labels(&[("role", "web")]);
+    let db = labels(&[("role", "db"), ("zone", "a")]);
+    let node = || async { s.node("n1").await.unwrap().unwrap() };
+
+    assert_eq!(
+        s.report_agent_labels("n1", &web).await.unwrap(),
+        LabelReport::Held
+    );
+    assert_eq!(
+        s.report_agent_labels("n1", &web).await.unwrap(),
+        LabelReport::Unchanged
+    );
+    let n = node().await;
+    assert_eq!(
+        (n.agent_labels.len(), n.agent_labels_pending.as_ref()),
+        (0, Some(&web))
+    );
+
+    // An approval naming other labels than reported changes nothing, the
+    // state included.
+    assert_eq!(
+        s.approve_node(
+            "n1",
+            NodeState::Pending,
+            Some(NodeState::Approved),
+            Some(&db),
+            11
+        )
+        .await
+        .unwrap(),
+        Approval::LabelsDiffer
+    );
+    assert_eq!(node().await.state, NodeState::Pending);
+    // From a state the node is not in: nothing.
+    assert_eq!(
+        s.approve_node(
+            "n1",
+            NodeState::Approved,
+            Some(NodeState::Provisioned),
+            None,
+            11
+        )
+        .await
+        .unwrap(),
+        Approval::Moved
+    );
+    assert_eq!(
+        s.approve_node(
+            "n1",
+            NodeState::Pending,
+            Some(NodeState::Approved),
+            Some(&web),
+            12
+        )
+        .await
+        .unwrap(),
+        Approval::Done
+    );
+    let n = node().await;
+    assert_eq!(
+        (
+            n.state,
+            n.approved_at,
+            &n.agent_labels,
+            n.agent_labels_pending
+        ),
+        (NodeState::Approved, Some(12), &web, None)
+    );
+
+    // Approved, enabled again, whatever: a change waits.
+    s.set_node_state("n1", NodeState::Disabled, 13)
+        .await
+        .unwrap();
+    s.set_node_state("n1", NodeState::Approved, 14)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.report_agent_labels("n1", &db).await.unwrap(),
+        LabelReport::Held
+    );
+    assert_eq!(node().await.agent_labels, web);
+    // Naming the approved labels while a change waits is not approving it.
+    assert_eq!(
+        s.approve_node("n1", NodeState::Approved, None, Some(&web), 15)
+            .await
+            .unwrap(),
+        Approval::LabelsDiffer
+    );
+    assert_eq!(
+        s.report_agent_labels("n1", &web).await.unwrap(),
+        LabelReport::Withdrawn
+    );
+    s.report_agent_labels("n1", &db).await.unwrap();
+    assert_eq!(
+        s.approve_node("n1", NodeState::Approved, None, Some(&db), 16)
+            .await
+            .unwrap(),
+        Approval::Done
+    );
+    let n = node().await;
+    assert_eq!((&n.agent_labels, n.agent_labels_pending), (&db, None));
+    // Nothing waits: naming the approved labels is a no-op that succeeds.
+    assert_eq!(
+        s.approve_node("n1", NodeState::Approved, None, Some(&db), 17)
+            .await
+            .unwrap(),
+        Approval::Done
+    );
+
+    // An auto-approved node: its first report is taken, the next held.
+    let auto = NewNode {
+        auto_approve: true,
+        ..common::new_node("n2", "tok", &edge, "b")
+    };
+    s.enroll_node(&auto, 20).await.unwrap();
+    assert_eq!(
+        s.report_agent_labels("n2", &web).await.unwrap(),
+        LabelReport::Taken
+    );
+    assert_eq!(
+        s.report_agent_labels("n2", &db).await.unwrap(),
+        LabelReport::Held
+    );
+    let n = s.node("n2").await.unwrap().unwrap();
+    assert_eq!(
+        (&n.agent_labels, n.agent_labels_pending.as_ref()),
+        (&web, Some(&db))
+    );
 }
 
 /// The Kubernetes gateway role is a grant: what an agent says (and what older
@@ -653,6 +802,7 @@ both_backends!(
     expired_and_revoked_tokens_enroll_nothing,
     node_lifecycle,
     kube_gateways_are_granted_never_claimed,
+    agent_labels_wait_for_an_approval_that_names_them,
     touch_many_nodes_in_batches,
     ca_is_stored_once,
     audit_chain_detects_edit_and_removal,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use postern_api::admin::{CreateEnrollmentToken, CreateToken, Role, RoleBinding};
+use postern_api::labels::{Labels, joined};
 
 use crate::output::{ago, json, safe, table};
 use crate::{CliError, Ctx, ProjectOnly, Scope};
@@ -105,8 +106,23 @@ pub struct NodesArgs {
 
 #[derive(Debug, Subcommand)]
 enum NodesCmd {
-    /// Let a node that joined with a token (without auto-approve) in (project admins)
-    Approve { node: String },
+    /// Let a node in, and the labels its agent reports (project admins)
+    ///
+    /// A node that joined with a token without auto-approve waits for this,
+    /// and so do labels its agent reports that no approval took yet. The
+    /// labels approved are named in the call: if the agent reports others by
+    /// the time it arrives, nothing is approved.
+    Approve {
+        node: String,
+        /// The agent labels you approve, as `postern nodes` showed them
+        /// (repeat for each): refused if the agent reports others by then.
+        /// Default: those it reports as this command starts, printed
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Approve the node only: whatever its agent reports keeps waiting
+        #[arg(long, conflicts_with = "labels")]
+        no_labels: bool,
+    },
     /// Make an approved node one of its edge's Kubernetes gateways: kubectl
     /// through the bastion may go to it (project admins). Its agent must also
     /// run with --kube-apiserver; that alone never makes a gateway.
@@ -118,17 +134,49 @@ enum NodesCmd {
     },
 }
 
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    postern_api::labels::parse_label_arg(s).map_err(|e| e.to_string())
+}
+
 pub async fn nodes(ctx: &Ctx, a: NodesArgs) -> Result<(), CliError> {
     let (project, edge) = ctx.scope(&a.scope).await?;
     match a.action {
-        Some(NodesCmd::Approve { node }) => {
-            let n = ctx.client.approve_node(&project, &edge, &node).await?;
-            return if a.json {
-                json(&n)
+        Some(NodesCmd::Approve {
+            node,
+            labels,
+            no_labels,
+        }) => {
+            // The approval names the labels it covers, so the bastion takes only
+            // what was looked at: what the user gave, or what it reports now.
+            let named: Option<Labels> = if no_labels {
+                None
+            } else if labels.is_empty() {
+                let n = ctx.client.node(&project, &edge, &node).await?;
+                Some(n.reported_agent_labels().clone())
             } else {
-                crate::outln!("node {} approved ({})", safe(&n.hostname), n.state.as_str());
-                Ok(())
+                Some(labels.into_iter().collect())
             };
+            let n = ctx
+                .client
+                .approve_node(&project, &edge, &node, named.as_ref())
+                .await?;
+            if a.json {
+                return json(&n);
+            }
+            crate::outln!("node {} approved ({})", safe(&n.hostname), n.state.as_str());
+            if let Some(l) = &named {
+                crate::outln!("its agent's labels, approved: {}", safe(&joined(l)));
+            }
+            if let Some(waiting) = &n.agent_labels_pending {
+                eprintln!(
+                    "its agent reports {}, which waits for approval: postern nodes approve {} -p {} -e {}",
+                    safe(&joined(waiting)),
+                    safe(&n.hostname),
+                    safe(&project),
+                    safe(&edge)
+                );
+            }
+            return Ok(());
         }
         Some(NodesCmd::KubeGateway { node, revoke }) => {
             let n = ctx
@@ -180,6 +228,12 @@ pub async fn nodes(ctx: &Ctx, a: NodesArgs) -> Result<(), CliError> {
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()
                     .join(","),
+                // What the agent reports and no approval took yet: what
+                // `nodes approve` would approve.
+                n.agent_labels_pending
+                    .as_ref()
+                    .map(joined)
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -191,6 +245,7 @@ pub async fn nodes(ctx: &Ctx, a: NodesArgs) -> Result<(), CliError> {
             "LAST SEEN",
             "AGENT",
             "LABELS",
+            "LABELS WAITING",
         ],
         &rows,
     );
@@ -201,6 +256,17 @@ pub async fn nodes(ctx: &Ctx, a: NodesArgs) -> Result<(), CliError> {
     if pending > 0 {
         eprintln!(
             "{pending} node(s) wait for approval: postern nodes approve NODE -p {} -e {}",
+            safe(&project),
+            safe(&edge)
+        );
+    }
+    let held = nodes
+        .iter()
+        .filter(|n| n.state.as_str() != "pending" && n.agent_labels_pending.is_some())
+        .count();
+    if held > 0 {
+        eprintln!(
+            "{held} node(s) report labels that wait for approval: postern nodes approve NODE -p {} -e {}",
             safe(&project),
             safe(&edge)
         );

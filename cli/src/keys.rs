@@ -2,14 +2,14 @@
 //! ssh-config` (an ssh_config block with the bastion's host key known in
 //! advance, so that plain `ssh NODE` and Ansible go through the bastion).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use postern_api::admin::NodeState;
 
 use crate::output::{json, safe, table};
-use crate::{CliError, Ctx, config};
+use crate::{CliError, Ctx, config, ssh_names};
 
 #[derive(Debug, Args)]
 pub struct KeysArgs {
@@ -133,13 +133,25 @@ pub struct SshConfigArgs {
 /// The bastion's name in the written ssh_config.
 const ALIAS: &str = "postern-bastion";
 
+/// Names that may never be a plain `Host` name, whatever the user's setup: a
+/// domain (github.com), the bastion's alias (a node so named would make every
+/// jump recurse), localhost, and a name that reads as an IP address (a node
+/// enrolled before such names were refused).
 fn plain_name_ok(h: &str) -> bool {
-    !h.contains('.') && h != ALIAS && !h.eq_ignore_ascii_case("localhost")
+    !h.contains('.')
+        && h != ALIAS
+        && !h.eq_ignore_ascii_case("localhost")
+        && !postern_api::validate::ip_shaped(h)
 }
 
 /// Most node names written as plain `Host` names; beyond, `NODE.EDGE.PROJECT`.
 const MAX_PLAIN_NAMES: usize = 10_000;
 const MAX_EDGES: usize = 500;
+/// How long the resolver may take over all the plain names; a name it has not
+/// answered for by then is not written.
+const RESOLVE_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+/// Names listed in the written file's comment of those left out, at most.
+const MAX_LISTED: usize = 20;
 
 pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
     postern_api::validate::login(&a.login).map_err(|e| CliError::Usage(e.to_string()))?;
@@ -178,7 +190,6 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
     std::fs::create_dir_all(&dir)
         .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
     let known = dir.join("known_hosts");
-    config::write_private(&known, &format!("{known_line}\n"))?;
 
     // Every node the user can see, by plain name when that is unique, and
     // every edge by the NODE.EDGE.PROJECT pattern the bastion also accepts.
@@ -207,15 +218,47 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
             }
         }
     }
-    // A plain name would take over `ssh NAME` for the user: only single-label
-    // names (never a domain such as github.com), never the bastion's alias
-    // (a node so named would make the jump recurse) nor localhost.
-    let plain: BTreeSet<&str> = seen
+    // A plain name would take over `ssh NAME` for the user: only unique,
+    // single-label names (see plain_name_ok), and of those only the ones
+    // neither the user's ssh configuration nor their resolver gives a
+    // meaning to, since the joiner chose the name.
+    let candidates: Vec<String> = seen
         .iter()
         .filter(|(h, n)| **n == 1 && plain_name_ok(h))
-        .map(|(h, _)| h.as_str())
+        .map(|(h, _)| h.clone())
         .take(MAX_PLAIN_NAMES)
         .collect();
+    let file = dir.join("ssh_config");
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from);
+    let (plain, withheld) = match &home {
+        Some(home) => {
+            let used = ssh_names::UsedNames::load(home, &file);
+            let (in_config, free): (Vec<String>, Vec<String>) =
+                candidates.into_iter().partition(|h| used.uses(h));
+            // Looked up while nothing else waits on this command: blocking
+            // here holds up no other work.
+            let answered = ssh_names::resolved(&free, RESOLVE_BUDGET);
+            let (resolving, plain): (Vec<String>, Vec<String>) =
+                free.into_iter().partition(|h| answered.contains(h));
+            let withheld = [
+                ("your ssh configuration has them", in_config),
+                ("your resolver knows them, or did not answer", resolving),
+            ];
+            (plain, withheld)
+        }
+        None => (
+            Vec::new(),
+            [
+                (
+                    "HOME is not set, so your ssh configuration is unknown",
+                    candidates,
+                ),
+                ("", Vec::new()),
+            ],
+        ),
+    };
     let identity = a
         .identity
         .as_ref()
@@ -229,6 +272,10 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
         .transpose()?
         .unwrap_or_default();
     let alias = ALIAS;
+    // The bastion's login goes with every jump: the user's own settings come
+    // first (see ssh_names), and a `User` of theirs for every host must not
+    // become the login at the bastion.
+    let jump = format!("{}@{alias}", ep.user);
     let mut text = format!(
         "# Postern: SSH through the bastion at {url} (written by postern ssh-config).\n\
          # The bastion's host key is in {known}; each node's own host key is\n\
@@ -240,7 +287,24 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
         nodes_known = quoted(&dir.join("known_hosts_nodes"))?,
         user = ep.user,
     );
-    let mut hosts: Vec<String> = plain.iter().map(|h| h.to_string()).collect();
+    for (why, names) in &withheld {
+        if names.is_empty() {
+            continue;
+        }
+        let mut listed = names
+            .iter()
+            .take(MAX_LISTED)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if names.len() > MAX_LISTED {
+            listed.push_str(&format!(" and {} more", names.len() - MAX_LISTED));
+        }
+        text.push_str(&format!(
+            "# Only as NODE.EDGE.PROJECT, not by plain name ({why}): {listed}\n"
+        ));
+    }
+    let mut hosts = plain;
     hosts.extend(patterns);
     if hosts.is_empty() {
         text.push_str("# (no nodes visible yet: run this again once nodes have joined)\n");
@@ -248,7 +312,7 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
         // OpenSSH reads long Host lines fine; keep them readable anyway.
         for chunk in hosts.chunks(20) {
             text.push_str(&format!(
-                "Host {}\n  User {}\n  ProxyJump {alias}\n  UserKnownHostsFile {}\n  StrictHostKeyChecking accept-new\n{identity}",
+                "Host {}\n  User {}\n  ProxyJump {jump}\n  UserKnownHostsFile {}\n  StrictHostKeyChecking accept-new\n{identity}",
                 chunk.join(" "),
                 a.login,
                 quoted(&dir.join("known_hosts_nodes"))?
@@ -256,14 +320,20 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
         }
     }
     if !a.install {
+        // Printing must not break what an earlier --install set up, which
+        // reads this same file (for another address, say, when this bastion
+        // is a replica behind a load balancer): the line is added, nothing
+        // is replaced.
+        add_line(&known, &known_line)?;
         crate::out!("{text}");
         return Ok(());
     }
-    let file = dir.join("ssh_config");
+    // What is installed is written whole, the key it trusts included, and
+    // only once everything it is made of was fetched.
+    config::write_private(&known, &format!("{known_line}\n"))?;
     config::write_private(&file, &text)?;
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .ok_or_else(|| CliError::Usage("HOME is not set: cannot find ~/.ssh/config".into()))?;
+    let home =
+        home.ok_or_else(|| CliError::Usage("HOME is not set: cannot find ~/.ssh/config".into()))?;
     let ssh_dir = home.join(".ssh");
     // A config that is a link (to dotfiles, say) is edited where it points.
     let user_config = match std::fs::canonicalize(ssh_dir.join("config")) {
@@ -281,19 +351,42 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
             )));
         }
     };
-    if !current.lines().any(|l| l.trim() == include) {
+    // At the end, after `Match all`: every setting of the user's is read
+    // first, and so wins (see ssh_names).
+    let updated = ssh_names::with_include_last(&current, &include);
+    if updated != current {
         std::fs::create_dir_all(&ssh_dir)
             .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", ssh_dir.display())))?;
-        // Include must come before any Host block to apply everywhere.
-        config::write_private(&user_config, &format!("{include}\n\n{current}"))?;
+        config::write_private(&user_config, &updated)?;
     }
     crate::outln!(
-        "wrote {} and included it from {}; now: ssh {}@NODE",
+        "wrote {} and included it at the end of {} (your own settings come first); now: ssh {}@NODE",
         file.display(),
         user_config.display(),
         a.login
     );
     Ok(())
+}
+
+/// Adds `line` to the file at `path` unless it holds it already, keeping
+/// every other line as it is.
+fn add_line(path: &Path, line: &str) -> Result<(), CliError> {
+    let current = if path.exists() {
+        config::read_limited(path, 1024 * 1024, "the known hosts file")?
+    } else {
+        Vec::new()
+    };
+    let current = String::from_utf8_lossy(&current);
+    if current.lines().any(|l| l.trim() == line) {
+        return Ok(());
+    }
+    let mut text = current.into_owned();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(line);
+    text.push('\n');
+    config::write_private(path, &text)
 }
 
 fn split_address(address: &str) -> Result<(String, u16), CliError> {
@@ -353,9 +446,16 @@ mod tests {
     }
 
     #[test]
-    fn plain_names_never_shadow_domains_the_alias_or_localhost() {
+    fn plain_names_never_shadow_domains_the_alias_localhost_or_addresses() {
         assert!(plain_name_ok("web-1"));
-        for bad in ["github.com", "postern-bastion", "localhost", "LOCALHOST"] {
+        for bad in [
+            "github.com",
+            "postern-bastion",
+            "localhost",
+            "LOCALHOST",
+            "1234",
+            "0x7f",
+        ] {
             assert!(!plain_name_ok(bad), "{bad}");
         }
     }

@@ -16,6 +16,7 @@ mod keys;
 mod login;
 mod output;
 mod show;
+mod ssh_names;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -12,10 +12,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Method;
 use postern_api::admin::{
-    AuditPage, AuditQuery, CreateEdge, CreateEnrollmentToken, CreateProject, CreateUser, Edge,
-    EnrollmentTokenCreated, Node, Project, RoleBinding, User,
+    ApproveNode, AuditPage, AuditQuery, CreateEdge, CreateEnrollmentToken, CreateProject,
+    CreateUser, Edge, EnrollmentTokenCreated, Node, Project, RoleBinding, User,
 };
 use postern_api::cmdexec::{CancelResponse, ExecuteRequest, ExecuteResponse, Execution, History};
+use postern_api::labels::Labels;
 use postern_api::routes::{self, API, CMDEXEC, path, query};
 use postern_api::ssh::{AddSshKey, SshEndpoint, SshKey};
 use serde::Serialize;
@@ -175,14 +176,26 @@ impl Client {
         self.call(Method::GET, &p, None::<&()>).await
     }
 
+    pub async fn node(&self, project: &str, edge: &str, node: &str) -> Result<Node, ClientError> {
+        let p = path(API, routes::NODE, &[project, edge, node]);
+        self.call(Method::GET, &p, None::<&()>).await
+    }
+
+    /// Approves the node (when pending) and, when given, the labels its agent
+    /// reports, exactly as the caller saw them: the bastion refuses (409) if
+    /// the agent reports others by then.
     pub async fn approve_node(
         &self,
         project: &str,
         edge: &str,
         node: &str,
+        labels: Option<&Labels>,
     ) -> Result<Node, ClientError> {
         let p = path(API, routes::NODE_APPROVE, &[project, edge, node]);
-        self.call(Method::POST, &p, None::<&()>).await
+        let body = ApproveNode {
+            labels: labels.cloned(),
+        };
+        self.call(Method::POST, &p, Some(&body)).await
     }
 
     /// Grants (`grant`) or takes back a node's Kubernetes gateway role; answers

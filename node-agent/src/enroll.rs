@@ -189,7 +189,7 @@ const BUSY_RETRIES: u32 = 10;
 /// Enrolls and returns the new identity (saved to `data_dir` when given).
 pub async fn join(req: &JoinRequest) -> Result<Arc<Identity>, EnrollError> {
     let pin = parse_ca_hash(&req.ca_hash).map_err(EnrollError::BadArgument)?;
-    validate::hostname(&req.hostname).map_err(|e| EnrollError::BadArgument(e.to_string()))?;
+    validate::node_hostname(&req.hostname).map_err(|e| EnrollError::BadArgument(e.to_string()))?;
     let controllers = Controller::parse_list(&req.controller).map_err(EnrollError::BadArgument)?;
     if let Some(dir) = &req.data_dir
         && Identity::is_enrolled(dir)

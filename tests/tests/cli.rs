@@ -182,6 +182,8 @@ async fn the_cli_logs_in_lists_runs_and_reads_back() {
     );
     let (o, _) = cli.expect(&["nodes", "approve", "lab-1", "-e", "lab"], 0);
     assert!(o.contains("node lab-1 approved"), "{o}");
+    // The approval named the labels it covers: those its agent reported.
+    assert!(o.contains("its agent's labels, approved: (none)"), "{o}");
     // The Kubernetes gateway role: granted to a named node (its agent does not
     // run with --kube-apiserver, and is told so), shown on it, taken back.
     let (o, e) = cli.expect(&["nodes", "kube-gateway", "lab-1", "-e", "lab"], 0);
@@ -339,7 +341,7 @@ async fn the_cli_logs_in_lists_runs_and_reads_back() {
     let (_, e) = cli.expect(&["audit", "--since", "yesterday"], 2);
     assert!(e.contains("since"), "{e}");
     // A reader that stops early (`postern audit | head -1`): no panic, exit 0.
-    for args in [&["audit", "--limit", "200"][..], &["nodes"], &["history"]] {
+    for args in [&["audit", "--limit", "100"][..], &["nodes"], &["history"]] {
         let mut child = cli
             .command(args)
             .stdout(std::process::Stdio::piped())
@@ -388,8 +390,11 @@ async fn the_cli_logs_in_lists_runs_and_reads_back() {
     assert!(e.contains("postern login"), "{e}");
     let out = Cli::new().run_with_stdin(&["login", &url], "pat_wrong\n");
     assert_eq!(out.status.code(), Some(2));
+    // At login, the refusal says what to check, not "log in again".
     assert!(
-        text(&out.stderr).contains("not logged in or the token"),
+        text(&out.stderr).contains("refused this token")
+            && text(&out.stderr).contains("postern users token")
+            && !text(&out.stderr).contains("log in again"),
         "{}",
         text(&out.stderr)
     );
@@ -672,7 +677,12 @@ async fn ssh_config_serves_real_ssh_and_ansible() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     let config = cli.ok(&["ssh-config", "--identity", key.to_str().unwrap()]);
-    assert!(config.contains("ProxyJump postern-bastion"), "{config}");
+    // The bastion's login goes with the jump, so a `User` of the user's own
+    // for every host cannot change it.
+    assert!(
+        config.contains("ProxyJump admin@postern-bastion\n"),
+        "{config}"
+    );
     assert!(config.contains("Host web-1 web-2 *.eu-1.web\n"), "{config}");
     assert_eq!(
         config.matches("postern-bastion").count(),
@@ -727,7 +737,8 @@ async fn ssh_config_serves_real_ssh_and_ansible() {
     assert_eq!(o.matches("from-ansible").count(), 2, "{o}");
 
     // --install: written to the config directory and Included from ~/.ssh/config,
-    // before anything already there, once.
+    // after everything already there (behind `Match all`, so that it is read
+    // for every host), once.
     std::fs::write(ssh_dir.join("config"), "Host old\n  User x\n").unwrap();
     cli.ok(&["ssh-config", "--install"]);
     cli.ok(&["ssh-config", "--install"]);
@@ -736,14 +747,172 @@ async fn ssh_config_serves_real_ssh_and_ansible() {
         "Include \"{}\"",
         cli.config.path().join("ssh_config").display()
     );
-    assert!(user_config.starts_with(&include), "{user_config}");
-    assert_eq!(user_config.matches("Include").count(), 1, "{user_config}");
     assert!(
-        user_config.ends_with("Host old\n  User x\n"),
+        user_config.starts_with("Host old\n  User x\n"),
         "{user_config}"
+    );
+    assert!(
+        user_config.ends_with(&format!("\nMatch all\n{include}\n")),
+        "{user_config}"
+    );
+    assert_eq!(user_config.matches("Include").count(), 1, "{user_config}");
+    // Where the first versions put it, at the top: moved to the end.
+    std::fs::write(
+        ssh_dir.join("config"),
+        format!("{include}\n\nHost old\n  User x\n"),
+    )
+    .unwrap();
+    cli.ok(&["ssh-config", "--install"]);
+    assert_eq!(
+        std::fs::read_to_string(ssh_dir.join("config")).unwrap(),
+        user_config
     );
     let (_, e) = cli.expect(&["ssh-config", "--login", "bad login"], 2);
     assert!(e.contains("login"), "{e}");
+}
+
+/// `postern ssh-config --install` never overrides the user's own ssh
+/// configuration: its Include is read last, a node named like one of the
+/// user's hosts gets no plain alias (it stays reachable as
+/// NODE.EDGE.PROJECT), and a print-only run leaves the known_hosts the
+/// installed configuration reads as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_config_leaves_the_users_own_hosts_alone() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let helper = InstalledHelper::install();
+    // A joiner named a node after the user's own build machine.
+    let _buildbox = Node::start(&b, &helper, "buildbox").await;
+    let _web = Node::start(&b, &helper, "web-1").await;
+    let cli = Cli {
+        config: tempfile::tempdir().unwrap(),
+        env: vec![
+            ("POSTERN_URL".into(), format!("http://{}", b.api)),
+            ("POSTERN_TOKEN".into(), b.token.clone()),
+        ],
+    };
+    let key = cli.config.path().join("id_ed25519");
+    keygen(&key);
+    let ssh_dir = cli.config.path().join(".ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    std::fs::copy(key.with_extension("pub"), ssh_dir.join("id_ed25519.pub")).unwrap();
+    cli.ok(&["keys", "add"]);
+
+    let user_config = ssh_dir.join("config");
+    std::fs::write(
+        &user_config,
+        "Host buildbox\n  HostName 10.20.30.40\n  User deploy\nHost *\n  ForwardAgent yes\n",
+    )
+    .unwrap();
+    cli.ok(&[
+        "ssh-config",
+        "--install",
+        "--identity",
+        key.to_str().unwrap(),
+    ]);
+    let file = cli.config.path().join("ssh_config");
+    let installed = std::fs::read_to_string(&file).unwrap();
+    assert!(installed.contains("Host web-1 *.eu-1.web\n"), "{installed}");
+    assert!(
+        installed.contains("(your ssh configuration has them): buildbox\n"),
+        "{installed}"
+    );
+    let written = std::fs::read_to_string(&user_config).unwrap();
+    assert!(
+        written.starts_with("Host buildbox\n  HostName 10.20.30.40\n"),
+        "{written}"
+    );
+    assert!(
+        written.ends_with(&format!("Match all\nInclude \"{}\"\n", file.display())),
+        "{written}"
+    );
+
+    // What ssh makes of each name, with the user's file as ssh reads it.
+    let resolved = |host: &str| -> String {
+        let out = run_with_timeout(
+            Command::new("ssh")
+                .arg("-F")
+                .arg(&user_config)
+                .args(["-G", host]),
+            Duration::from_secs(20),
+        );
+        assert!(out.status.success(), "ssh -G {host}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let own = resolved("buildbox");
+    for line in [
+        "hostname 10.20.30.40\n",
+        "user deploy\n",
+        "forwardagent yes\n",
+    ] {
+        assert!(
+            own.contains(line),
+            "the user's buildbox lost {line:?}: {own}"
+        );
+    }
+    assert!(!own.contains("proxyjump"), "captured by Postern: {own}");
+    for host in ["web-1", "buildbox.eu-1.web"] {
+        let via = resolved(host);
+        assert!(
+            via.contains("proxyjump admin@postern-bastion\n") && via.contains("user root\n"),
+            "{host}: {via}"
+        );
+    }
+    // Real ssh, through the installed configuration: the node named
+    // buildbox by its full name, and a plain name.
+    for host in ["buildbox.eu-1.web", "web-1"] {
+        let out = run_with_timeout(
+            Command::new("ssh")
+                .arg("-F")
+                .arg(&user_config)
+                .args(["-o", "BatchMode=yes", host, "echo via-$((1+1))"])
+                .env_remove("SSH_AUTH_SOCK"),
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "ssh {host}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "via-2");
+    }
+}
+
+/// Operator review S8: a print-only `postern ssh-config` (against a replica's
+/// own address, say) must not rewrite the known_hosts an installed
+/// configuration reads; it adds the bastion's line if missing, and replaces
+/// nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn printing_ssh_config_leaves_the_installed_known_hosts_alone() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let cli = Cli {
+        config: tempfile::tempdir().unwrap(),
+        env: vec![
+            ("POSTERN_URL".into(), format!("http://{}", b.api)),
+            ("POSTERN_TOKEN".into(), b.token.clone()),
+        ],
+    };
+    cli.ok(&["ssh-config", "--install"]);
+    let known = cli.config.path().join("known_hosts");
+    let installed = std::fs::read_to_string(&known).unwrap();
+    assert!(
+        installed.starts_with(&format!("[127.0.0.1]:{} ssh-ed25519 ", b.ssh.port())),
+        "{installed}"
+    );
+    // What the installed configuration trusts for the address it was
+    // installed for, which this bastion does not answer on.
+    let other = "[10.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGQ2JQ1wJ5z0XQ9Q5a0a4wq4C9n9m6QH2b6YwFQ2pR1L\n";
+    let before = format!("{other}{installed}");
+    std::fs::write(&known, &before).unwrap();
+    let printed = cli.ok(&["ssh-config"]);
+    assert!(printed.contains("Host postern-bastion\n"), "{printed}");
+    assert_eq!(
+        std::fs::read_to_string(&known).unwrap(),
+        before,
+        "print-only rewrote the known_hosts an installed config reads"
+    );
+    // A file without the bastion's line gets it added, after what was there.
+    std::fs::write(&known, other).unwrap();
+    cli.ok(&["ssh-config"]);
+    assert_eq!(
+        std::fs::read_to_string(&known).unwrap(),
+        format!("{other}{installed}")
+    );
 }
 
 /// `postern audit --follow` prints entries as they are written, oldest first,

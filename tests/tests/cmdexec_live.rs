@@ -682,7 +682,16 @@ async fn selectors_pick_nodes_by_label() {
     let blue = json!({"target_type": "selector", "selector": "team=blue", "command": "true"});
     let (s, v) = b.post(EXECUTE, blue.clone()).await;
     assert_eq!(s, 400, "db-a's own claim is not used yet: {v}");
+    // Approving names the labels approved: without them, nothing is taken.
     let (s, n) = b.post(&format!("{nodes}/db-a/approve"), json!({})).await;
+    assert_eq!(s, 200, "{n}");
+    assert_eq!(n["labels"], json!({"role": "db", "zone": "a"}), "{n}");
+    let (s, n) = b
+        .post(
+            &format!("{nodes}/db-a/approve"),
+            json!({"labels": {"team": "blue"}}),
+        )
+        .await;
     assert_eq!(s, 200, "{n}");
     assert_eq!(n["labels"], json!({"team": "blue"}));
     assert!(n["agent_labels_pending"].is_null(), "{n}");

@@ -86,6 +86,43 @@ async fn pending_nodes_wait_for_approval() {
     assert_eq!(v["state"], "provisioned");
 }
 
+/// A node cannot join under a name that reads as an IP address: `ssh
+/// 10.20.30.40`, a user's `HostName 10.20.30.40` and the bastion's jumps
+/// would reach it. Refused with a clear message, before the token is used.
+#[tokio::test(flavor = "multi_thread")]
+async fn names_that_read_as_ip_addresses_are_refused() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let t = b.enrollment(json!({"auto_approve": true})).await;
+    let join = t["join_command"].as_str().unwrap();
+    for name in ["10.20.30.40", "1234", "127.1", "0x7f.0.0.1"] {
+        let dir = b.dir.path().join(format!("ip-{name}"));
+        let out = run_join(
+            join,
+            &["--hostname", name, "--data-dir", dir.to_str().unwrap()],
+        );
+        assert!(!out.status.success(), "{name} joined");
+        assert!(
+            stderr(&out).contains("reads as an IP address"),
+            "{name}: {}",
+            stderr(&out)
+        );
+        assert!(b.node(name).await.is_none(), "{name}");
+    }
+    // The one use of the token is still there for a proper name.
+    let dir = b.dir.path().join("named");
+    let out = run_join(
+        join,
+        &[
+            "--hostname",
+            "node-10-20-30-40",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(b.node("node-10-20-30-40").await.is_some());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_expired_and_used_up_tokens_leave_no_node() {
     let b = Bastion::start(BastionOpts::default()).await;

@@ -23,6 +23,7 @@ use crate::clock::now_ms;
 use crate::metrics::inc;
 use crate::pki::node_cert_info;
 use crate::state::Shared;
+use crate::store::LabelReport;
 
 /// Registers the channel, then reads the node's state again; unregisters it and
 /// answers `false` when the node is disabled, deleted or unreadable by then.
@@ -294,41 +295,43 @@ async fn record_kube_capability(shared: &Arc<Shared>, node: &crate::store::NodeR
     shared.audit(ev).await;
 }
 
-/// Labels an agent reports are taken as they are until the node is first
-/// connected after its approval (what the approver saw, or what an
-/// auto-approving token allowed). After that a change waits for a project
-/// admin's approval: a node, compromised or misconfigured, must not move
-/// itself into the targets of a selector (and receive their commands).
+/// Labels an agent reports become the node's only through an approval: a
+/// project admin's, which names the labels it covers, or an auto-approving
+/// token's, which covers the first report of the node it let in. Any other
+/// report that differs from the approved labels waits for a project admin,
+/// whatever the node's state: pending, approved while its agent was away,
+/// provisioned, or enabled again. A node, compromised or misconfigured, must
+/// not move itself into the targets of a selector (and receive their commands).
 async fn record_labels(shared: &Arc<Shared>, node: &crate::store::NodeRow, labels: Labels) {
     let store = &shared.store;
-    let r = if labels == node.agent_labels {
-        match node.agent_labels_pending {
-            Some(_) => store.hold_agent_labels(&node.id, None).await,
-            None => Ok(()),
+    match store.report_agent_labels(&node.id, &labels).await {
+        Ok(LabelReport::Held) => {
+            tracing::warn!(node = %node.id, hostname = %node.hostname, "the agent reports other labels than were approved; they wait for a project admin's approval (postern nodes approve)");
+            // The approved labels as they are now, not as this channel found
+            // them: an approval may have come in between.
+            let approved = match store.node(&node.id).await {
+                Ok(Some(n)) => n.agent_labels,
+                _ => node.agent_labels.clone(),
+            };
+            let mut ev =
+                crate::audit::Event::new("node.labels_held", "held").detail(serde_json::json!({
+                    "hostname": node.hostname,
+                    "labels": approved,
+                    "reported": labels,
+                }));
+            ev.targets = vec![node.hostname.clone()];
+            if let Ok(Some(edge)) = store.edge_by_id(&node.edge_id).await
+                && let Ok(Some(project)) = store.project_by_id(&edge.project_id).await
+            {
+                ev = ev.org(&project.org_id).project(&project.name);
+            }
+            shared.audit(ev).await;
         }
-    } else if matches!(node.state, NodeState::Pending | NodeState::Approved) {
-        store.set_agent_labels(&node.id, &labels).await
-    } else if node.agent_labels_pending.as_ref() != Some(&labels) {
-        tracing::warn!(node = %node.id, hostname = %node.hostname, "the agent reports other labels than it had; they wait for a project admin's approval (approve the node)");
-        let mut ev =
-            crate::audit::Event::new("node.labels_held", "held").detail(serde_json::json!({
-                "hostname": node.hostname,
-                "labels": node.agent_labels,
-                "reported": labels,
-            }));
-        ev.targets = vec![node.hostname.clone()];
-        if let Ok(Some(edge)) = store.edge_by_id(&node.edge_id).await
-            && let Ok(Some(project)) = store.project_by_id(&edge.project_id).await
-        {
-            ev = ev.org(&project.org_id).project(&project.name);
+        Ok(LabelReport::Taken) => {
+            tracing::debug!(node = %node.id, "the first labels of a node its token approved; taken");
         }
-        shared.audit(ev).await;
-        store.hold_agent_labels(&node.id, Some(&labels)).await
-    } else {
-        Ok(())
-    };
-    if let Err(e) = r {
-        tracing::warn!(node = %node.id, error = %e, "cannot record the agent's labels");
+        Ok(LabelReport::Withdrawn | LabelReport::Unchanged) => {}
+        Err(e) => tracing::warn!(node = %node.id, error = %e, "cannot record the agent's labels"),
     }
 }
 

@@ -254,7 +254,7 @@ pub async fn enroll(
             req.protocol
         )));
     }
-    validate::hostname(&req.hostname).map_err(|e| EnrollError::BadRequest(e.to_string()))?;
+    validate::node_hostname(&req.hostname).map_err(|e| EnrollError::BadRequest(e.to_string()))?;
     let Some((token_id, secret)) = parse_token(TOKEN_PREFIX, &req.token) else {
         shared.audit(deny("malformed token", None)).await;
         return Err(EnrollError::Token(

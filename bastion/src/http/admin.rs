@@ -11,12 +11,12 @@ use postern_api::admin::{
 use postern_api::{ErrorBody, validate};
 use serde_json::json;
 
-use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, OptionalApiJson};
 use super::{ApiError, AppState};
 use crate::authz::{Action, Decision, decide};
 use crate::clock::{now_ms, rfc3339};
 use crate::secrets::new_token;
-use crate::store::{EdgeRow, EnrollmentTokenRow, NodeRow, ProjectRow};
+use crate::store::{Approval, EdgeRow, EnrollmentTokenRow, NodeRow, ProjectRow};
 
 /// Resolves a project by name in the caller's org and checks `action` on it.
 pub(super) async fn resolve_project(
@@ -385,9 +385,11 @@ pub async fn set_node_labels(
     Ok(Json(node_view(&state, &p, &e, &n)))
 }
 
-/// Approves a pending node so it may be used. Approving an approved node
-/// accepts the labels its agent reported since its approval (they wait until
-/// then), and otherwise changes nothing.
+/// Approves a pending node so it may be used, and the labels its agent
+/// reports when they are sent as `labels`: exactly those the approver saw,
+/// or nothing changes (409, saying what the agent reports now). Approving an
+/// approved node approves the labels it sends, and otherwise changes nothing.
+/// The body may be left out (no body and no Content-Type), which is `{}`.
 #[utoipa::path(
     post,
     path = "/api/v1/projects/{project}/edges/{edge}/nodes/{node}/approve",
@@ -397,12 +399,16 @@ pub async fn set_node_labels(
         ("edge" = String, Path, description = "Edge name"),
         ("node" = String, Path, description = "The node's hostname"),
     ),
+    request_body = dto::ApproveNode,
     responses(
         (status = 200, description = "The node as it is now", body = dto::Node),
+        (status = 400, description = "A key or value that is not a label, malformed JSON or an unknown field", body = ErrorBody),
         (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
         (status = 403, description = "The caller's role on the project may not manage it (needs project_admin or org_admin)", body = ErrorBody),
         (status = 404, description = "No such project visible to the caller, edge, or node", body = ErrorBody),
-        (status = 409, description = "The node is disabled: enable it instead", body = ErrorBody),
+        (status = 409, description = "The node is disabled (enable it instead), changed state meanwhile, or its agent reports other labels than those sent; nothing was changed", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "A body not sent as JSON", body = ErrorBody),
         (status = 503, description = "The database or the audit log is unavailable, so nothing was changed; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
     ),
     security(("bearer" = []))
@@ -411,42 +417,61 @@ pub async fn approve_node(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath((project, edge, node)): ApiPath<(String, String, String)>,
+    OptionalApiJson(body): OptionalApiJson<dto::ApproveNode>,
 ) -> Result<Json<dto::Node>, ApiError> {
     let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
     let n = resolve_node(&state, &caller, &e, &node).await?;
-    match n.state {
-        NodeState::Pending => {
-            let to = if state.fleet.is_reachable(&n.id) {
-                NodeState::Provisioned
-            } else {
-                NodeState::Approved
-            };
-            state.store.set_node_state(&n.id, to, now_ms()).await?;
-        }
+    if let Some(labels) = &body.labels {
+        postern_api::labels::validate_labels(labels)
+            .map_err(|e| ApiError::BadRequest(format!("labels: {e}")))?;
+    }
+    let to = match n.state {
+        NodeState::Pending => Some(if state.fleet.is_reachable(&n.id) {
+            NodeState::Provisioned
+        } else {
+            NodeState::Approved
+        }),
         NodeState::Disabled => {
             return Err(ApiError::Conflict(format!(
                 "node {:?} is disabled; enable it instead of approving it",
                 n.hostname
             )));
         }
-        NodeState::Approved | NodeState::Provisioned => {
-            // Approving an approved node accepts the labels its agent reported
-            // since (they wait until then).
-            if let Some(pending) = &n.agent_labels_pending {
-                caller.audit.with(|a| {
-                    a.detail = Some(json!({ "node": n.hostname, "agent_labels": pending }))
-                });
-                state.store.approve_agent_labels(&n.id).await?;
-            }
-        }
-    }
-    let n = state
+        NodeState::Approved | NodeState::Provisioned => None,
+    };
+    caller.audit.with(|a| {
+        a.detail =
+            Some(json!({ "node": n.hostname, "state": n.state, "agent_labels": body.labels }))
+    });
+    let outcome = state
         .store
-        .node(&n.id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("node vanished".into()))?;
-    Ok(Json(node_view(&state, &p, &e, &n)))
+        .approve_node(&n.id, n.state, to, body.labels.as_ref(), now_ms())
+        .await?;
+    let current = state.store.node(&n.id).await?.ok_or_else(|| {
+        ApiError::NotFound(format!("node {:?} was deleted meanwhile", n.hostname))
+    })?;
+    match outcome {
+        Approval::Done => Ok(Json(node_view(&state, &p, &e, &current))),
+        Approval::LabelsDiffer => {
+            let sent = body.labels.unwrap_or_default();
+            let reported = current
+                .agent_labels_pending
+                .as_ref()
+                .unwrap_or(&current.agent_labels);
+            Err(ApiError::Conflict(format!(
+                "node {:?}'s agent reports the labels {}, not {} as sent: nothing was changed; look at the node again and approve what it reports",
+                n.hostname,
+                postern_api::labels::joined(reported),
+                postern_api::labels::joined(&sent),
+            )))
+        }
+        Approval::Moved => Err(ApiError::Conflict(format!(
+            "node {:?} changed meanwhile (it is {} now): nothing was changed; look at it again",
+            n.hostname,
+            current.state.as_str()
+        ))),
+    }
 }
 
 /// Disables a node: its certificate is refused and its channel is cut until it is enabled.
@@ -492,7 +517,9 @@ pub async fn disable_node(
     Ok(Json(node_view(&state, &p, &e, &n)))
 }
 
-/// Enables a disabled node again (as approved); any other node is left as it is.
+/// Enables a disabled node again (as approved); any other node is left as it
+/// is. Its agent's labels stay as approved: whatever it reports once back
+/// waits for a project admin, as ever.
 #[utoipa::path(
     post,
     path = "/api/v1/projects/{project}/edges/{edge}/nodes/{node}/enable",

@@ -132,6 +132,37 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A JSON body that may be left out: a request with no body and no
+/// `Content-Type` reads as `T::default()`, so that a bare `curl -XPOST` keeps
+/// working on a route whose body was added later and only narrows what it
+/// does. A body that is there is read as [`ApiJson`] reads it.
+#[derive(Debug)]
+pub struct OptionalApiJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if req.headers().contains_key(http::header::CONTENT_TYPE) {
+            let ApiJson(v) = ApiJson::<T>::from_request(req, state).await?;
+            return Ok(OptionalApiJson(v));
+        }
+        match axum::body::Bytes::from_request(req, state).await {
+            Ok(bytes) if bytes.is_empty() => Ok(OptionalApiJson(T::default())),
+            // Bytes without a type are not read as JSON: the client meant
+            // something, and guessing what could approve more than it asked.
+            Ok(_) => Err(ApiError::Unsupported(
+                "send the body as JSON with `Content-Type: application/json` (or send no body)"
+                    .into(),
+            )),
+            Err(r) if r.status() == http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge("request body too large".into()))
+            }
+            Err(r) => Err(ApiError::BadRequest(r.body_text())),
+        }
+    }
+}
+
 /// `T` read from a JSON object only. Serde also reads a struct from an array of
 /// its fields in order, so without this `[null, null]` would be taken as a
 /// request with every field left out, a body the API's schema does not allow.

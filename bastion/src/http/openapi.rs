@@ -97,6 +97,7 @@ use super::{admin, cmdexec, exec_events, kubeconfig, ops, ssh_keys, users};
         postern_api::kube_keys::RejectedLine,
         postern_api::admin::SetNodeLabels,
         postern_api::admin::NodeKubeGateway,
+        postern_api::admin::ApproveNode,
         postern_api::cmdexec::ExecEvent,
         postern_api::cmdexec::ExecEventFrame,
         postern_api::cmdexec::OutputStream,

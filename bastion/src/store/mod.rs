@@ -24,7 +24,7 @@ pub use executions::{
     ResultRow, ResultUpdate, StoredEvent,
 };
 pub use kube_keys::KubeKeysChange;
-pub use nodes::{EnrollOutcome, KubeGatewayRow, NewNode, NodeRow};
+pub use nodes::{Approval, EnrollOutcome, KubeGatewayRow, LabelReport, NewNode, NodeRow};
 pub use replicas::{PresenceRow, ReplicaEvent, ReplicaRow};
 pub use ssh_keys::{NewSshKey, NodePlace, SshKeyRow};
 pub use tenancy::{BindingRow, EdgeRow, OrgRow, ProjectRow, UserRow};

@@ -1,5 +1,6 @@
 //! Nodes: enrollment (consuming a token use and creating the node in one
-//! transaction), lifecycle changes and listings.
+//! transaction), lifecycle changes and listings, and the labels their agents
+//! report, which become a node's only through an approval.
 
 use postern_api::admin::NodeState;
 use sqlx::Row;
@@ -24,10 +25,11 @@ pub struct NodeRow {
     /// last changed (see `store/kube_keys.rs`).
     pub kube_keys: Option<String>,
     pub kube_keys_at: Option<i64>,
-    /// Labels its agent reports (`--label`), and those a project admin set.
+    /// Its agent's labels (`--label`) as an approval took them, and those a
+    /// project admin set.
     pub agent_labels: Labels,
     pub labels: Labels,
-    /// Labels the agent reported after the node was approved, waiting for a
+    /// Labels the agent reports that differ from `agent_labels`, waiting for a
     /// project admin's approval.
     pub agent_labels_pending: Option<Labels>,
     /// Its agent says it can forward to a Kubernetes API server: only a claim.
@@ -65,6 +67,34 @@ fn labels_column(node_id: &str, text: &str) -> Labels {
 
 fn labels_json(l: &Labels) -> String {
     serde_json::to_string(l).unwrap_or_else(|_| "{}".into())
+}
+
+/// What became of the labels a node's agent reported (see
+/// [`Store::report_agent_labels`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelReport {
+    /// Taken as the node's agent labels: the first report of a node an
+    /// auto-approving token let in (the token is that approval).
+    Taken,
+    /// Other labels than those approved, now held for a project admin's
+    /// approval (a change held before is replaced by this one).
+    Held,
+    /// The labels approved: a change that was held is dropped.
+    Withdrawn,
+    /// Nothing to record: the approved labels, or the change held already.
+    Unchanged,
+}
+
+/// What came of a project admin's approval (see [`Store::approve_node`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Approval {
+    Done,
+    /// The agent reports other labels than those the approver sent (or the
+    /// node is gone): nothing was changed.
+    LabelsDiffer,
+    /// The node left the state the approval was for (it was approved,
+    /// disabled or deleted meanwhile): nothing was changed.
+    Moved,
 }
 
 #[derive(Debug, Clone)]
@@ -147,9 +177,11 @@ impl Store {
             NodeState::Pending
         };
         let approved_at = n.auto_approve.then_some(now);
+        // An auto-approving token approves the node before it has said
+        // anything: its first labels report is what the token covers.
         let inserted = sqlx::query(
-            "INSERT INTO nodes (id, edge_id, hostname, state, created_at, approved_at, last_seen_at, agent_version, cert_serial, cert_expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, $9)",
+            "INSERT INTO nodes (id, edge_id, hostname, state, created_at, approved_at, last_seen_at, agent_version, cert_serial, cert_expires_at, agent_labels_open)
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, $9, $10)",
         )
         .bind(n.id)
         .bind(n.edge_id)
@@ -160,6 +192,7 @@ impl Store {
         .bind(n.agent_version)
         .bind(n.cert_serial)
         .bind(n.cert_expires_at)
+        .bind(i64::from(n.auto_approve))
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -305,40 +338,100 @@ impl Store {
         Ok(())
     }
 
-    /// Records the labels the node's agent reported (and drops any change that
-    /// waited for approval).
-    pub async fn set_agent_labels(&self, id: &str, labels: &Labels) -> Result<()> {
-        sqlx::query(
-            "UPDATE nodes SET agent_labels = $2, agent_labels_pending = NULL WHERE id = $1",
+    /// Records the labels the node's agent reported. They become the node's
+    /// only through an approval: the first report of a node an auto-approving
+    /// token let in is taken; any other that differs from the approved labels
+    /// is held for a project admin, whatever the node's state (pending,
+    /// approved, provisioned, or enabled again). Each step is one statement
+    /// that checks what it relies on, so an approval racing with a report
+    /// never takes labels nobody saw.
+    pub async fn report_agent_labels(&self, id: &str, reported: &Labels) -> Result<LabelReport> {
+        let json = labels_json(reported);
+        let taken = sqlx::query(
+            "UPDATE nodes SET agent_labels = $2, agent_labels_pending = NULL, agent_labels_open = 0
+             WHERE id = $1 AND agent_labels_open = 1",
         )
         .bind(id)
-        .bind(labels_json(labels))
+        .bind(&json)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        if taken.rows_affected() > 0 {
+            return Ok(LabelReport::Taken);
+        }
+        let withdrawn = sqlx::query(
+            "UPDATE nodes SET agent_labels_pending = NULL
+             WHERE id = $1 AND agent_labels = $2 AND agent_labels_pending IS NOT NULL",
+        )
+        .bind(id)
+        .bind(&json)
+        .execute(&self.pool)
+        .await?;
+        if withdrawn.rows_affected() > 0 {
+            return Ok(LabelReport::Withdrawn);
+        }
+        let held = sqlx::query(
+            "UPDATE nodes SET agent_labels_pending = $2
+             WHERE id = $1 AND agent_labels <> $2
+               AND (agent_labels_pending IS NULL OR agent_labels_pending <> $2)",
+        )
+        .bind(id)
+        .bind(&json)
+        .execute(&self.pool)
+        .await?;
+        Ok(if held.rows_affected() > 0 {
+            LabelReport::Held
+        } else {
+            LabelReport::Unchanged
+        })
     }
 
-    /// Holds a change of the agent's labels until a project admin approves it
-    /// (`None`: nothing waits any more).
-    pub async fn hold_agent_labels(&self, id: &str, labels: Option<&Labels>) -> Result<()> {
-        sqlx::query("UPDATE nodes SET agent_labels_pending = $2 WHERE id = $1")
+    /// A project admin's approval, in one transaction: the node moves from
+    /// `from` to `to` (when given), and the agent's labels `seen` (when given)
+    /// become its agent labels, but only if they are what the agent reports
+    /// now (the change held, or the approved labels when nothing is held).
+    /// Labels are compared as stored: the canonical JSON of a sorted map.
+    pub async fn approve_node(
+        &self,
+        id: &str,
+        from: NodeState,
+        to: Option<NodeState>,
+        seen: Option<&Labels>,
+        now: i64,
+    ) -> Result<Approval> {
+        let mut tx = self.write_tx().await?;
+        if let Some(to) = to {
+            let moved = sqlx::query(
+                "UPDATE nodes SET state = $2, approved_at = COALESCE(approved_at, $3)
+                 WHERE id = $1 AND state = $4",
+            )
             .bind(id)
-            .bind(labels.map(labels_json))
-            .execute(&self.pool)
+            .bind(to.as_str())
+            .bind(now)
+            .bind(from.as_str())
+            .execute(&mut *tx)
             .await?;
-        Ok(())
-    }
-
-    /// Applies the agent's labels that waited for approval; answers whether any did.
-    pub async fn approve_agent_labels(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE nodes SET agent_labels = agent_labels_pending, agent_labels_pending = NULL
-             WHERE id = $1 AND agent_labels_pending IS NOT NULL",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() > 0)
+            if moved.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(Approval::Moved);
+            }
+        }
+        if let Some(seen) = seen {
+            let taken = sqlx::query(
+                "UPDATE nodes SET agent_labels = $2, agent_labels_pending = NULL, agent_labels_open = 0
+                 WHERE id = $1
+                   AND (agent_labels_pending = $2 OR (agent_labels_pending IS NULL AND agent_labels = $2))",
+            )
+            .bind(id)
+            .bind(labels_json(seen))
+            .execute(&mut *tx)
+            .await?;
+            if taken.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(Approval::LabelsDiffer);
+            }
+        }
+        tx.commit().await?;
+        Ok(Approval::Done)
     }
 
     /// Replaces the labels a project admin set on the node.
