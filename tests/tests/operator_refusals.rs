@@ -180,11 +180,8 @@ fn a_database_that_was_never_created_is_named_with_the_fix() {
 /// Kubernetes door, and says which flag brings it back.
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_starts_when_6443_is_taken_and_says_which_flag_to_use() {
-    let held = match std::net::TcpListener::bind("127.0.0.1:6443") {
-        Ok(l) => Some(l),
-        // Something else holds it already, which is the case under test too.
-        Err(_) => None,
-    };
+    // When something else holds it already, that is the case under test too.
+    let held = std::net::TcpListener::bind("127.0.0.1:6443").ok();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("postern-dev");
     let api = format!("127.0.0.1:{}", free_port());
