@@ -432,8 +432,13 @@ pub async fn users(ctx: &Ctx, a: UsersArgs) -> Result<(), CliError> {
             }
             crate::outln!("{} now has:", safe(&u.name));
             for r in &u.roles {
+                let logins = if r.logins.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (logins: {})", safe(&r.logins.join(", ")))
+                };
                 crate::outln!(
-                    "  {} on {}",
+                    "  {} on {}{logins}",
                     r.role,
                     r.project
                         .as_deref()

@@ -60,6 +60,8 @@ fn api_message(status: u16, code: &str, message: &str) -> String {
             "not logged in or the token is no longer valid ({message}); log in again: postern login URL (or set POSTERN_TOKEN)"
         ),
         403 => format!("permission denied: {message}"),
+        // Our 404s already say what was not found.
+        404 if message.contains("not found") => message.to_string(),
         404 => format!("not found: {message}"),
         429 => format!("too many requests: {message}; wait and retry"),
         503 => format!("the bastion is unavailable: {message}; retry shortly"),

@@ -325,14 +325,28 @@ fn keys_socket(data_dir: &Path) -> Check {
             Some(e) => Check::fail(
                 "keys socket",
                 format!(
-                    "{e}; start the agent (systemctl start postern-agent); until then sshd gets only the grants on file"
+                    "{e}; start the agent ({}); until then sshd gets only the grants on file",
+                    start_hint(data_dir)
                 ),
             ),
         },
         Err(e) => Check::fail(
             "keys socket",
-            format!("{e}; start the agent (systemctl start postern-agent)"),
+            format!("{e}; start the agent ({})", start_hint(data_dir)),
         ),
+    }
+}
+
+/// How to start the agent here: with systemd when it runs (PID 1), else by
+/// hand on this data directory.
+fn start_hint(data_dir: &Path) -> String {
+    if Path::new("/run/systemd/system").is_dir() {
+        "systemctl start postern-agent".into()
+    } else {
+        format!(
+            "systemd is not running: postern-agent run --data-dir {} --sshd-port PORT-OF-SSHD",
+            data_dir.display()
+        )
     }
 }
 

@@ -101,7 +101,11 @@ main() {
     else
         say "systemd is not running here: start the agent with: postern-agent run --data-dir $(quote "$data_dir") --sshd-port 22"
     fi
-    say "for SSH through the bastion: ln -s /usr/share/postern-agent/sshd_config.d/postern.conf /etc/ssh/sshd_config.d/postern.conf, reload sshd, then run: postern-agent doctor"
+    # Said only while the link is missing: a re-run on a node set up for SSH
+    # has nothing to do there.
+    if [ ! -e /etc/ssh/sshd_config.d/postern.conf ]; then
+        say "for SSH through the bastion: ln -s /usr/share/postern-agent/sshd_config.d/postern.conf /etc/ssh/sshd_config.d/postern.conf, reload sshd, then run: postern-agent doctor"
+    fi
 }
 
 # Last, so that a script cut short in transit runs nothing.

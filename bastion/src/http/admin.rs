@@ -399,7 +399,8 @@ pub async fn set_node_labels(
         ("edge" = String, Path, description = "Edge name"),
         ("node" = String, Path, description = "The node's hostname"),
     ),
-    request_body = dto::ApproveNode,
+    // Optional: without a body, the node is approved and none of its reported labels.
+    request_body = Option<dto::ApproveNode>,
     responses(
         (status = 200, description = "The node as it is now", body = dto::Node),
         (status = 400, description = "A key or value that is not a label, malformed JSON or an unknown field", body = ErrorBody),

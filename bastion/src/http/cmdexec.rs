@@ -191,10 +191,15 @@ pub async fn execute(
                 }
             }
             if !unknown.is_empty() {
-                let shown: Vec<_> = unknown.iter().take(10).collect();
+                let shown: Vec<String> = unknown
+                    .iter()
+                    .take(10)
+                    .map(|h| postern_api::validate::peer_line(h, 64))
+                    .collect();
                 return Err(ApiError::BadRequest(format!(
-                    "unknown node(s) in edge {:?}: {shown:?}{}; nothing was run",
+                    "unknown node(s) in edge {:?}: {}{}; nothing was run",
                     e.name,
+                    shown.join(", "),
                     if unknown.len() > 10 { " and more" } else { "" }
                 )));
             }
