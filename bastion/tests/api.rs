@@ -1352,6 +1352,43 @@ async fn the_kube_gateway_role_is_granted_by_a_project_admin_and_audited() {
     assert_eq!(revoked[0]["detail"]["detail"]["kube_gateway"], "revoked");
     assert_eq!(revoked[0]["detail"]["detail"]["kube_requests_cut"], 1);
     assert_eq!(revoked[0]["targets"], json!(["gw-1"]));
+
+    // Disabling a gateway takes the role back; enabling the node again does
+    // not give it back (review 4): a project admin grants it again.
+    let (st, v) = w
+        .call(Method::PUT, &uri("gw-1"), Some(&w.padmin), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let node = "/api/v1/projects/web/edges/eu-1/nodes/gw-1";
+    let (st, v) = w
+        .call(
+            Method::POST,
+            &format!("{node}/disable"),
+            Some(&w.padmin),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["kube_gateway"]["granted"], false, "{v}");
+    let (st, v) = w
+        .call(
+            Method::POST,
+            &format!("{node}/enable"),
+            Some(&w.padmin),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["kube_gateway"]["granted"], false, "{v}");
+    assert!(s.kube_gateways(&edge.id).await.unwrap().is_empty());
+    let (_, v) = w.get("/api/v1/audit?limit=100", &w.admin).await;
+    assert!(
+        v["entries"].as_array().unwrap().iter().any(|e| e["action"]
+            == "api POST /api/v1/projects/{project}/edges/{edge}/nodes/{node}/disable"
+            && e["outcome"] == "ok"
+            && e["detail"]["detail"]["kube_gateway_revoked"] == true),
+        "{v}"
+    );
 }
 
 /// An execution of `project`/`edge` stored as it is, with `nodes` nodes

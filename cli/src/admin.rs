@@ -147,12 +147,18 @@ pub async fn nodes(ctx: &Ctx, a: NodesArgs) -> Result<(), CliError> {
             no_labels,
         }) => {
             // The approval names the labels it covers, so the bastion takes only
-            // what was looked at: what the user gave, or what it reports now.
+            // what a person looked at: what the user gave, or, asked on a
+            // terminal, what it reports now. Never what it reports now unseen:
+            // a node may have changed them since the user listed it.
             let named: Option<Labels> = if no_labels {
                 None
             } else if labels.is_empty() {
                 let n = ctx.client.node(&project, &edge, &node).await?;
-                Some(n.reported_agent_labels().clone())
+                let reported = n.reported_agent_labels().clone();
+                if !reported.is_empty() {
+                    confirm_labels(&n.hostname, &reported, &project, &edge)?;
+                }
+                Some(reported)
             } else {
                 Some(labels.into_iter().collect())
             };
@@ -169,11 +175,9 @@ pub async fn nodes(ctx: &Ctx, a: NodesArgs) -> Result<(), CliError> {
             }
             if let Some(waiting) = &n.agent_labels_pending {
                 eprintln!(
-                    "its agent reports {}, which waits for approval: postern nodes approve {} -p {} -e {}",
+                    "its agent reports {}, which waits for approval: {}",
                     safe(&joined(waiting)),
-                    safe(&n.hostname),
-                    safe(&project),
-                    safe(&edge)
+                    approve_command(&n.hostname, waiting, &project, &edge)
                 );
             }
             return Ok(());
@@ -255,10 +259,18 @@ pub async fn nodes(ctx: &Ctx, a: NodesArgs) -> Result<(), CliError> {
         .count();
     if pending > 0 {
         eprintln!(
-            "{pending} node(s) wait for approval: postern nodes approve NODE -p {} -e {}",
-            safe(&project),
-            safe(&edge)
+            "{pending} node(s) wait for approval; to approve them with the labels shown above:"
         );
+        for n in nodes
+            .iter()
+            .filter(|n| n.state.as_str() == "pending")
+            .take(10)
+        {
+            eprintln!(
+                "  {}",
+                approve_command(&n.hostname, n.reported_agent_labels(), &project, &edge)
+            );
+        }
     }
     let held = nodes
         .iter()
@@ -266,12 +278,65 @@ pub async fn nodes(ctx: &Ctx, a: NodesArgs) -> Result<(), CliError> {
         .count();
     if held > 0 {
         eprintln!(
-            "{held} node(s) report labels that wait for approval: postern nodes approve NODE -p {} -e {}",
-            safe(&project),
-            safe(&edge)
+            "{held} node(s) report labels that wait for approval; to approve what is shown above:"
         );
+        for (n, l) in nodes
+            .iter()
+            .filter(|n| n.state.as_str() != "pending")
+            .filter_map(|n| n.agent_labels_pending.as_ref().map(|l| (n, l)))
+            .take(10)
+        {
+            eprintln!("  {}", approve_command(&n.hostname, l, &project, &edge));
+        }
     }
     Ok(())
+}
+
+/// The command that approves exactly `labels` for `node`: what a hint prints,
+/// so that copying it approves what was shown, not what the node reports by then.
+fn approve_command(node: &str, labels: &Labels, project: &str, edge: &str) -> String {
+    let mut cmd = format!(
+        "postern nodes approve {} -p {} -e {}",
+        safe(node),
+        safe(project),
+        safe(edge)
+    );
+    for (k, v) in labels {
+        cmd.push_str(&format!(" --label {}={}", safe(k), safe(v)));
+    }
+    cmd
+}
+
+/// Asks, on a terminal, whether the labels the node reports now are the ones
+/// to approve; refuses without one (a script must name them with --label).
+fn confirm_labels(node: &str, labels: &Labels, project: &str, edge: &str) -> Result<(), CliError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let shown = safe(&joined(labels));
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        return Err(CliError::Usage(format!(
+            "the agent of {} reports the labels {shown}: name the labels you approve, as you checked them \
+             ({}), or approve the node only with --no-labels",
+            safe(node),
+            approve_command(node, labels, project, edge)
+        )));
+    }
+    eprint!(
+        "the agent of {} reports the labels {shown}; approve them? [y/N] ",
+        safe(node)
+    );
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| CliError::Usage(format!("cannot read the answer: {e}")))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(CliError::Usage(
+            "nothing approved; name the labels with --label K=V, or use --no-labels".into(),
+        ))
+    }
 }
 
 #[derive(Debug, Args)]

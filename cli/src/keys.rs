@@ -235,15 +235,27 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
     let (plain, withheld) = match &home {
         Some(home) => {
             let used = ssh_names::UsedNames::load(home, &file);
-            let (in_config, free): (Vec<String>, Vec<String>) =
-                candidates.into_iter().partition(|h| used.uses(h));
+            let (in_config, free): (Vec<String>, Vec<String>) = if used.canonicalizes() {
+                // ssh would complete any plain name with the user's own
+                // domains: none is safe to take.
+                (candidates, Vec::new())
+            } else {
+                candidates.into_iter().partition(|h| used.uses(h))
+            };
             // Looked up while nothing else waits on this command: blocking
             // here holds up no other work.
             let answered = ssh_names::resolved(&free, RESOLVE_BUDGET);
             let (resolving, plain): (Vec<String>, Vec<String>) =
                 free.into_iter().partition(|h| answered.contains(h));
             let withheld = [
-                ("your ssh configuration has them", in_config),
+                (
+                    if used.canonicalizes() {
+                        "your ssh configuration canonicalizes host names (CanonicalizeHostname), so any of them may be one of your hosts"
+                    } else {
+                        "your ssh configuration has them"
+                    },
+                    in_config,
+                ),
                 ("your resolver knows them, or did not answer", resolving),
             ];
             (plain, withheld)

@@ -38,6 +38,10 @@ pub const MARK: &str = "# postern ssh-config --install: Postern's nodes, read af
 #[derive(Debug, Default)]
 pub struct UsedNames {
     patterns: BTreeSet<String>,
+    /// `CanonicalizeHostname yes|always` somewhere: ssh then turns a plain
+    /// `NAME` into `NAME.DOMAIN` by its `CanonicalDomains`, so any plain name
+    /// may be one of the user's hosts, whatever `NAME` alone resolves to.
+    canonicalizes: bool,
 }
 
 /// Whose file a path in an `Include` is relative to.
@@ -86,9 +90,22 @@ impl UsedNames {
             .any(|p| !matches_every_name(p) && glob(p.as_bytes(), name.as_bytes()))
     }
 
+    /// Whether the configuration has ssh canonicalize host names: then no
+    /// plain name may be written at all.
+    pub fn canonicalizes(&self) -> bool {
+        self.canonicalizes
+    }
+
     fn add(&mut self, key: &str, args: &[String]) {
         let pattern = |p: &str| p.trim_start_matches('!').to_ascii_lowercase();
         match key {
+            "canonicalizehostname"
+                if args.first().is_some_and(|v| {
+                    matches!(v.to_ascii_lowercase().as_str(), "yes" | "always")
+                }) =>
+            {
+                self.canonicalizes = true;
+            }
             "host" => self.patterns.extend(args.iter().map(|a| pattern(a))),
             // A HostName with %-tokens is made from the name typed: not a name.
             "hostname" => {
@@ -558,5 +575,16 @@ mod tests {
             with_include_last(&later, inc),
             format!("Host old\n  User x\n\nHost new\n\n{block}")
         );
+    }
+
+    /// `CanonicalizeHostname` makes every plain name possibly the user's:
+    /// `ssh db` may mean `db.corp.example` (review 4).
+    #[test]
+    fn canonicalized_host_names_are_seen() {
+        let used =
+            UsedNames::of("Host *\n  CanonicalizeHostname yes\n  CanonicalDomains corp.example\n");
+        assert!(used.canonicalizes());
+        assert!(UsedNames::of("CanonicalizeHostname=always\n").canonicalizes());
+        assert!(!UsedNames::of("CanonicalizeHostname no\nHost x\n").canonicalizes());
     }
 }

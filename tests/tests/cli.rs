@@ -177,7 +177,8 @@ async fn the_cli_logs_in_lists_runs_and_reads_back() {
     let (o, e) = cli.expect(&["nodes", "-e", "lab"], 0);
     assert!(o.contains("lab-1") && o.contains("pending"), "{o}");
     assert!(
-        e.contains("wait for approval: postern nodes approve NODE -p web -e lab"),
+        e.contains("wait for approval; to approve them with the labels shown above:")
+            && e.contains("  postern nodes approve lab-1 -p web -e lab"),
         "{e}"
     );
     let (o, _) = cli.expect(&["nodes", "approve", "lab-1", "-e", "lab"], 0);

@@ -168,3 +168,73 @@ async fn an_approval_takes_only_the_labels_the_approver_saw() {
         .await;
     assert_eq!(r["target_nodes"], json!(["n2"]), "approved");
 }
+
+/// The CLI never approves labels nobody looked at (review 4): without
+/// `--label`, a script is refused with the exact command that approves what the
+/// node reports, and that command approves exactly those labels; a node that
+/// swapped its labels since then is refused (409) and nothing changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_approves_only_labels_a_person_named() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let t = b.enrollment(json!({})).await;
+    let dir = b.dir.path().join("n7");
+    let out = run_join(
+        t["join_command"].as_str().unwrap(),
+        &["--hostname", "n7", "--data-dir", dir.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut a = AgentProc::run_with(&dir, &["--label", "role=web"]);
+    reports(&b, "n7", &json!({"role": "web"})).await;
+    let cli = |args: &[&str]| {
+        std::process::Command::new(postern_tests::bin("postern"))
+            .args(args)
+            .args(["-p", "web", "-e", "eu-1"])
+            .env("POSTERN_URL", format!("http://{}", b.api))
+            .env("POSTERN_TOKEN", &b.token)
+            .env("POSTERN_CONFIG_DIR", b.dir.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // Piped: refused, with the command to run.
+    let out = cli(&["nodes", "approve", "n7"]);
+    let e = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("postern nodes approve n7 -p web -e eu-1 --label role=web"),
+        "{e}"
+    );
+    assert_eq!(node(&b, "n7").await["state"], "pending");
+    // The listing's hint is that same command.
+    let out = cli(&["nodes"]);
+    let e = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(e.contains("--label role=web"), "{e}");
+    // The node swaps its labels after the person looked: the command refuses.
+    a.stop();
+    let mut a = AgentProc::run_with(&dir, &["--label", "role=db"]);
+    reports(&b, "n7", &json!({"role": "db"})).await;
+    let out = cli(&["nodes", "approve", "n7", "--label", "role=web"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = node(&b, "n7").await;
+    assert_eq!(n["state"], "pending", "{n}");
+    selects_nothing(&b, "role=db").await;
+    // Named as seen now: approved, exactly those.
+    let out = cli(&["nodes", "approve", "n7", "--label", "role=db"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = node(&b, "n7").await;
+    assert_eq!(n["agent_labels"], json!({"role": "db"}), "{n}");
+    a.stop();
+}

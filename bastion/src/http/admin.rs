@@ -506,10 +506,27 @@ pub async fn disable_node(
         .store
         .set_node_state(&n.id, NodeState::Disabled, now_ms())
         .await?;
+    // A disabled node loses the Kubernetes gateway role with everything else:
+    // enabling it again must not quietly make it a gateway (review 4). A
+    // project admin grants it again, audited, if it should serve.
+    let gateway_revoked =
+        n.kube_gateway_granted && state.store.set_kube_gateway_granted(&n.id, false).await?;
+    if gateway_revoked {
+        crate::kube::gateway_changed(
+            &state,
+            &crate::kube::GatewayChange {
+                org_id: p.org_id.clone(),
+                edge_id: e.id.clone(),
+                node_id: n.id.clone(),
+                granted: false,
+            },
+        )
+        .await;
+    }
     let cut = state.fleet.disconnect(&n.id).await;
-    caller
-        .audit
-        .with(|a| a.detail = Some(json!({ "channel_closed": cut })));
+    caller.audit.with(|a| {
+        a.detail = Some(json!({ "channel_closed": cut, "kube_gateway_revoked": gateway_revoked }))
+    });
     let n = state
         .store
         .node(&n.id)
