@@ -6,9 +6,6 @@ pub mod access;
 pub mod agents;
 pub mod app;
 pub mod audit;
-pub mod audit_batch;
-
-pub mod audit_queue;
 pub mod authz;
 pub mod clock;
 pub mod cmdexec;

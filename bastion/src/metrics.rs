@@ -34,15 +34,33 @@ pub struct Metrics {
     pub kube_rejected_full: AtomicU64,
 }
 
+/// Gauges read from the fleet at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct LiveGauges {
+    pub agents_connected: u64,
+    /// With replicas: what this replica sees of its peers.
+    pub replica: Option<ReplicaGauges>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ReplicaGauges {
+    pub peers_live: u64,
+    pub remote_agents: u64,
+    pub connections_out: u64,
+    pub connections_in: u64,
+    pub routed_out: u64,
+    pub routed_in: u64,
+}
+
 pub fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
 impl Metrics {
     /// `tasks`: the bastion's live tasks (connections, relays, dispatches…), so a
-    /// leak shows as a count that only grows.
-    pub fn render(&self, fleet: &crate::agents::Fleet, tasks: usize) -> String {
-        let agents_connected = fleet.local_count();
+    /// leak shows as a count that only grows. `live`: what the fleet reads now
+    /// (metrics know no door and no fleet: the caller reads them).
+    pub fn render(&self, live: &LiveGauges, tasks: usize) -> String {
         let mut out = String::new();
         let mut gauge = |name: &str, help: &str, v: u64, kind: &str| {
             let _ = writeln!(
@@ -53,7 +71,7 @@ impl Metrics {
         gauge(
             "postern_agents_connected",
             "Agents with a live channel.",
-            agents_connected as u64,
+            live.agents_connected,
             "gauge",
         );
         gauge(
@@ -62,41 +80,41 @@ impl Metrics {
             tasks as u64,
             "gauge",
         );
-        if let Some(r) = fleet.replicas() {
+        if let Some(r) = &live.replica {
             gauge(
                 "postern_replica_peers_live",
                 "Other replicas whose heartbeat is within the lease.",
-                r.live_peers().len() as u64,
+                r.peers_live,
                 "gauge",
             );
             gauge(
                 "postern_replica_remote_agents",
                 "Agents held by other replicas, as this replica sees them.",
-                r.remote_count() as u64,
+                r.remote_agents,
                 "gauge",
             );
             gauge(
                 "postern_peer_connections_out",
                 "Peer connections this replica dialled that are up.",
-                r.peers.connections_out.load(Ordering::Relaxed),
+                r.connections_out,
                 "gauge",
             );
             gauge(
                 "postern_peer_connections_in",
                 "Peer connections other replicas dialled to this one that are up.",
-                r.peers.connections_in.load(Ordering::Relaxed),
+                r.connections_in,
                 "gauge",
             );
             gauge(
                 "postern_routed_calls_out_total",
                 "Agent calls this replica sent through a peer.",
-                r.routed_out.load(Ordering::Relaxed),
+                r.routed_out,
                 "counter",
             );
             gauge(
                 "postern_routed_calls_in_total",
                 "Agent calls peers sent through this replica to its agents.",
-                r.routed_in.load(Ordering::Relaxed),
+                r.routed_in,
                 "counter",
             );
         }

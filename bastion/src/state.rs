@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::agents::Fleet;
-use crate::audit::Audit;
+use crate::audit::Auditor;
 use crate::metrics::Metrics;
 use crate::pki::Pki;
 use crate::store::Store;
@@ -117,7 +117,8 @@ impl Default for Settings {
 #[derive(Debug)]
 pub struct Shared {
     pub store: Store,
-    pub audit: Audit,
+    /// The audit log, written in one of three named ways (see `audit`).
+    pub audit: Auditor,
     pub pki: Arc<Pki>,
     /// Every node's channel: here, or on a peer replica.
     pub fleet: Arc<Fleet>,
@@ -134,10 +135,6 @@ pub struct Shared {
     pub ssh_live: Arc<crate::ssh::Live>,
     /// Open Kubernetes requests, ended when access is taken away.
     pub kube_live: Arc<crate::kube::Live>,
-    /// Audit events unauthenticated peers cause, bounded (see `audit_queue`).
-    pub audit_queue: crate::audit_queue::AuditQueue,
-    /// Audit entries written once per request, appended in batches.
-    pub audit_batch: crate::audit_batch::AuditBatch,
     /// Permits for REST answers that may be megabytes.
     pub big_answers: crate::http::big_answers::BigAnswers,
     /// Bumped whenever execution events were committed here: live streams
@@ -169,20 +166,7 @@ impl Shared {
     ) -> Arc<Shared> {
         let tasks = TaskTracker::new();
         let metrics = Arc::new(Metrics::default());
-        let audit = Audit::new(store.clone());
-        let audit_queue = crate::audit_queue::AuditQueue::start(
-            audit.clone(),
-            store.clone(),
-            metrics.clone(),
-            &tasks,
-            shutdown.clone(),
-        );
-        let audit_batch = crate::audit_batch::AuditBatch::start(
-            audit.clone(),
-            metrics.clone(),
-            &tasks,
-            shutdown.clone(),
-        );
+        let audit = Auditor::start(store.clone(), metrics.clone(), &tasks, shutdown.clone());
         let owner = replicas.as_ref().map(|r| r.name.clone());
         let access = crate::access::AccessBus::default();
         access.subscribe(Arc::new(crate::ssh::SshDoor));
@@ -212,17 +196,7 @@ impl Shared {
             grants: crate::ssh::GrantCache::default(),
             ssh_live: Arc::default(),
             kube_live: Arc::default(),
-            audit_queue,
-            audit_batch,
             big_answers: Default::default(),
         })
-    }
-
-    /// Records an audit event; a failure is logged and counted, never silent.
-    pub async fn audit(&self, ev: crate::audit::Event) {
-        if let Err(e) = self.audit.record(ev).await {
-            crate::metrics::inc(&self.metrics.audit_failures);
-            tracing::error!(error = %e, "could not write audit entry");
-        }
     }
 }

@@ -592,7 +592,7 @@ async fn every_call_and_every_denial_is_audited() {
             .all(|e| e["actor"] != "admin")
     );
     assert_eq!(
-        w.shared.audit.verify().await.unwrap().map(|n| n > 3),
+        w.shared.audit.log().verify().await.unwrap().map(|n| n > 3),
         Ok(true)
     );
 }

@@ -1319,7 +1319,7 @@ async fn busy_or_unreachable_databases_are_unavailable_not_bugs() {
 /// by a task per connection, is gone).
 #[tokio::test]
 async fn failed_logins_are_aggregated_per_source_through_a_bounded_queue() {
-    use postern_bastion::audit_queue::{AuditQueue, CAPACITY};
+    use postern_bastion::audit::queue::{AuditQueue, CAPACITY};
     use std::sync::Arc;
     let t = common::sqlite().await;
     let audit = Audit::new(t.store.clone());
@@ -1365,7 +1365,7 @@ async fn failed_logins_are_aggregated_per_source_through_a_bounded_queue() {
 /// rotating through the addresses of its IPv6 /64 is still one source.
 #[tokio::test]
 async fn downloads_are_audited_per_source_and_window() {
-    use postern_bastion::audit_queue::{AuditQueue, CAPACITY};
+    use postern_bastion::audit::queue::{AuditQueue, CAPACITY};
     use std::sync::Arc;
     let t = common::sqlite().await;
     let audit = Audit::new(t.store.clone());

@@ -149,7 +149,7 @@ pub(crate) async fn apply_published(shared: &Shared, origin: &str, payload: &str
             "change": change,
             "doors": reports,
         }));
-    shared.audit(ev).await;
+    shared.audit.batched(ev).await;
 }
 
 #[cfg(test)]

@@ -292,7 +292,7 @@ async fn record_kube_capability(shared: &Arc<Shared>, node: &crate::store::NodeR
     {
         ev = ev.org(&project.org_id).project(&project.name);
     }
-    shared.audit(ev).await;
+    shared.audit.batched(ev).await;
 }
 
 /// Labels an agent reports become the node's only through an approval: a
@@ -325,7 +325,7 @@ async fn record_labels(shared: &Arc<Shared>, node: &crate::store::NodeRow, label
             {
                 ev = ev.org(&project.org_id).project(&project.name);
             }
-            shared.audit(ev).await;
+            shared.audit.batched(ev).await;
         }
         Ok(LabelReport::Taken) => {
             tracing::debug!(node = %node.id, "the first labels of a node its token approved; taken");

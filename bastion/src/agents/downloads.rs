@@ -13,7 +13,7 @@
 //! all of that, and the rest still turns over every few seconds for
 //! enrollments. The script is a few KiB and needs no extra place.
 //!
-//! Downloads are audited per source and window (see `audit_queue`), not one
+//! Downloads are audited per source and window (see `audit::queue`), not one
 //! entry per request: they are unauthenticated, and anyone could otherwise grow
 //! the audit log at the rate of TLS handshakes.
 
@@ -334,7 +334,7 @@ pub(super) fn respond(
     if method == Method::GET {
         // Unauthenticated: through the bounded queue, and per source and
         // window, as failed SSH logins are.
-        shared.audit_queue.download(
+        shared.audit.download(
             peer.ip(),
             &name,
             json!({ "bytes": body.len(), "sha256": sha256 }),

@@ -256,7 +256,7 @@ pub async fn enroll(
     }
     validate::node_hostname(&req.hostname).map_err(|e| EnrollError::BadRequest(e.to_string()))?;
     let Some((token_id, secret)) = parse_token(TOKEN_PREFIX, &req.token) else {
-        shared.audit(deny("malformed token", None)).await;
+        shared.audit.batched(deny("malformed token", None)).await;
         return Err(EnrollError::Token(
             "it is not a Postern enrollment token (expected pet_…)",
         ));
@@ -264,7 +264,7 @@ pub async fn enroll(
     let now = now_ms();
     let token = shared.store.enrollment_token(token_id).await?;
     let Some(token) = token.filter(|t| secret_matches(secret, &t.secret_hash)) else {
-        shared.audit(deny("unknown token", None)).await;
+        shared.audit.batched(deny("unknown token", None)).await;
         return Err(EnrollError::Token(
             "unknown or wrong token; create a new one with the admin API",
         ));
@@ -293,7 +293,10 @@ pub async fn enroll(
         None
     };
     if let Some((reason, msg)) = why {
-        shared.audit(deny(reason, org).project(&project.name)).await;
+        shared
+            .audit
+            .batched(deny(reason, org).project(&project.name))
+            .await;
         return Err(EnrollError::Token(msg));
     }
 
@@ -322,7 +325,8 @@ pub async fn enroll(
         EnrollOutcome::Enrolled(n) => n,
         EnrollOutcome::TokenExhausted => {
             shared
-                .audit(deny("used up", org).project(&project.name))
+                .audit
+                .batched(deny("used up", org).project(&project.name))
                 .await;
             return Err(EnrollError::Token(
                 "the token has expired or been used up; create a new one",
@@ -330,7 +334,8 @@ pub async fn enroll(
         }
         EnrollOutcome::HostnameTaken => {
             shared
-                .audit(deny("hostname taken", org).project(&project.name))
+                .audit
+                .batched(deny("hostname taken", org).project(&project.name))
                 .await;
             return Err(EnrollError::HostnameTaken {
                 hostname: req.hostname.clone(),
@@ -340,7 +345,8 @@ pub async fn enroll(
     };
     inc(&shared.metrics.enrollments);
     shared
-        .audit(
+        .audit
+        .batched(
             Event::new("node.enroll", "ok")
                 .org(&project.org_id)
                 .source(source_ip.clone())
@@ -352,8 +358,7 @@ pub async fn enroll(
                 })),
         )
         .await;
-    shared
-        .audit(
+    shared.audit.batched(
             Event::new("cert.issue", "ok")
                 .org(&project.org_id)
                 .source(source_ip)

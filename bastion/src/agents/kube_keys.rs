@@ -172,7 +172,7 @@ async fn record(
         }
     }
     tracing::info!(node = %node_id, added = added.len(), removed = removed.len(), rejected = set.rejected.len(), "the node's keys from Kubernetes changed");
-    shared.audit(ev).await;
+    shared.audit.batched(ev).await;
     Ok(())
 }
 

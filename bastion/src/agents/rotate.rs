@@ -111,6 +111,6 @@ pub async fn rotate_node(shared: &Shared, agent: &Arc<AgentConn>) -> Result<(), 
             ev = ev.org(p.org_id).project(p.name);
         }
     }
-    shared.audit(ev).await;
+    shared.audit.batched(ev).await;
     Ok(())
 }

@@ -326,7 +326,7 @@ impl Engine {
         ev.exec_id = Some(exec_id.clone());
         // Fail closed: a command nobody could later find in the audit log does
         // not run. Written first, so nothing is stored or sent when it fails.
-        shared.audit.record(ev).await?;
+        shared.audit.before(ev).await?;
         let lease = EXEC_LEASE.as_millis() as i64;
         let owner = self.owner.as_deref().map(|o| (o, lease));
         let claim = s
@@ -353,7 +353,7 @@ impl Engine {
                     "reason": "its Idempotency-Key was taken over by a later request with the same key while this one waited; nothing was run",
                 }));
             ev.exec_id = Some(exec_id.clone());
-            shared.audit(ev).await;
+            shared.audit.batched(ev).await;
             tracing::warn!(exec_id = %exec_id, user = %s.username, "a submit lost its Idempotency-Key to a later request; not running it");
             return Err(SubmitError::ClaimLost);
         }
@@ -597,6 +597,6 @@ impl Engine {
             .detail(json!({ "edge": e.edge_name, "responses": responses }));
         ev.targets = results.iter().map(|r| r.hostname.clone()).collect();
         ev.exec_id = Some(e.id.clone());
-        shared.audit(ev).await;
+        shared.audit.batched(ev).await;
     }
 }

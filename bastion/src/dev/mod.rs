@@ -93,7 +93,8 @@ pub async fn bootstrap(shared: &Arc<Shared>, data_dir: &Path) -> Result<DevFiles
     .map_err(|e| DevError::Write(files.join_file.display().to_string(), e))?;
     files.install_file = write_install_command(shared, data_dir, &files.join_file)?;
     shared
-        .audit(
+        .audit
+        .batched(
             Event::new("dev.bootstrap", "ok")
                 .org(&org.id)
                 .actor("admin")

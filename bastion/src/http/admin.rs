@@ -940,6 +940,7 @@ pub async fn audit_page(
     let filter = q.filter().map_err(ApiError::BadRequest)?;
     let (total, entries) = state
         .audit
+        .log()
         .page_filtered(Some(&caller.principal.org_id), &filter, limit, offset)
         .await?;
     Ok(Json(AuditPage {

@@ -484,7 +484,7 @@ pub async fn cancel(
     ev.exec_id = Some(x.id.clone());
     state
         .audit
-        .record(ev)
+        .before(ev)
         .await
         .map_err(ApiError::audit_refused)?;
     let st = match state.store.request_cancel(&x.id, now_ms()).await? {

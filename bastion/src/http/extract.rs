@@ -104,7 +104,7 @@ impl FromRequestParts<AppState> for Caller {
                 .detail(serde_json::json!({ "path": parts.uri.path() }));
             state
                 .audit
-                .record(ev)
+                .before(ev)
                 .await
                 .map_err(ApiError::audit_refused)?;
         }

@@ -186,6 +186,6 @@ async fn audit_requests_with(
     ev.project = info.project;
     ev.targets = info.targets;
     ev.exec_id = info.exec_id;
-    state.audit(ev).await;
+    state.audit.batched(ev).await;
     resp
 }

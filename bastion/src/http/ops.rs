@@ -68,6 +68,24 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&state.fleet, state.tasks.len()),
+        state
+            .metrics
+            .render(&live_gauges(&state.fleet), state.tasks.len()),
     )
+}
+
+/// What the fleet reads now, for the metrics page.
+fn live_gauges(fleet: &crate::agents::Fleet) -> crate::metrics::LiveGauges {
+    use std::sync::atomic::Ordering;
+    crate::metrics::LiveGauges {
+        agents_connected: fleet.local_count() as u64,
+        replica: fleet.replicas().map(|r| crate::metrics::ReplicaGauges {
+            peers_live: r.live_peers().len() as u64,
+            remote_agents: r.remote_count() as u64,
+            connections_out: r.peers.connections_out.load(Ordering::Relaxed),
+            connections_in: r.peers.connections_in.load(Ordering::Relaxed),
+            routed_out: r.routed_out.load(Ordering::Relaxed),
+            routed_in: r.routed_in.load(Ordering::Relaxed),
+        }),
+    }
 }

@@ -198,7 +198,7 @@ pub(crate) async fn apply_published(shared: &Shared, origin: &str, payload: &str
             "granted": change.granted,
             "kube_requests_cut": cut,
         }));
-    shared.audit(ev).await;
+    shared.audit.batched(ev).await;
 }
 
 #[cfg(test)]

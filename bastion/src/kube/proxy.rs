@@ -137,7 +137,7 @@ pub async fn handle(
                 "error",
                 json!({ "status": code.as_u16(), "reason": msg }),
             );
-            shared.audit(ev).await;
+            shared.audit.batched(ev).await;
             return status::response(code, &msg);
         }
     };
@@ -148,7 +148,7 @@ pub async fn handle(
         // does not happen.
         if let Err(e) = shared
             .audit
-            .record(auth.event("kube.request", "requested", json!({})))
+            .before(auth.event("kube.request", "requested", json!({})))
             .await
         {
             inc(&shared.metrics.audit_failures);
@@ -173,7 +173,8 @@ pub async fn handle(
         Err(why) => {
             inc(&shared.metrics.kube_denied);
             shared
-                .audit(auth.event(
+                .audit
+                .batched(auth.event(
                     "kube.request",
                     "denied",
                     json!({ "status": 429, "reason": why }),
@@ -194,7 +195,8 @@ pub async fn handle(
     if let Some((code, msg)) = refused {
         inc(&shared.metrics.kube_denied);
         shared
-            .audit(auth.event(
+            .audit
+            .batched(auth.event(
                 "kube.request",
                 "error",
                 json!({ "status": code.as_u16(), "reason": msg }),
@@ -260,7 +262,7 @@ async fn authorize(
         Ok(p) => p,
         Err(d) => {
             if matches!(d, Denied::Unauthenticated(_)) {
-                shared.audit_queue.push(
+                shared.audit.best_effort(
                     Event::new("kube.auth", "denied")
                         .source(Some(peer.ip().to_string()))
                         .detail(json!({ "reason": d.to_string(), "path": postern_api::validate::peer_line(req.uri().path(), 200) })),
@@ -284,7 +286,7 @@ async fn authorize(
     // An authenticated caller's refusals are written before the answer, never
     // dropped from a full queue: the caller waits for its own audit entries.
     let audited = |(d, ev): (Denied, Event)| async move {
-        shared.audit(ev).await;
+        shared.audit.batched(ev).await;
         d
     };
     let project = match access::resolve::visible_project(&shared.store, &principal, project).await {
@@ -470,7 +472,7 @@ async fn forward(
                 "error",
                 json!({ "status": 503, "reason": msg }),
             );
-            shared.audit(ev).await;
+            shared.audit.batched(ev).await;
             return status::response(StatusCode::SERVICE_UNAVAILABLE, msg);
         }
         Err(_) => {
@@ -482,7 +484,7 @@ async fn forward(
                 "error",
                 json!({ "status": 504, "reason": msg }),
             );
-            shared.audit(ev).await;
+            shared.audit.batched(ev).await;
             return status::response(StatusCode::GATEWAY_TIMEOUT, &msg);
         }
     };

@@ -82,7 +82,7 @@ impl Finish {
                 "from_gateway": !self.agent_error,
             }),
         );
-        self.shared.audit_batch.record_soon(ev, &self.shared.tasks);
+        self.shared.audit.batched_soon(ev, &self.shared.tasks);
     }
 }
 

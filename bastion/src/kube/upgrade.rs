@@ -79,7 +79,8 @@ pub(super) async fn relay(
             tracing::warn!(node = %link.node_id(), error = %e, "Kubernetes upgrade: the gateway agent could not be reached");
             let msg = status::GATEWAY_UNREACHABLE;
             shared
-                .audit(auth.event(
+                .audit
+                .batched(auth.event(
                     "kube.request",
                     "error",
                     serde_json::json!({ "status": 503, "reason": msg }),
@@ -92,7 +93,8 @@ pub(super) async fn relay(
                 "the edge's Kubernetes API server did not switch protocols within {SWITCH_TIMEOUT:?}"
             );
             shared
-                .audit(auth.event(
+                .audit
+                .batched(auth.event(
                     "kube.request",
                     "error",
                     serde_json::json!({ "status": 504, "reason": msg }),

@@ -124,7 +124,7 @@ impl Conn {
         if let Some(u) = &self.user {
             ev = ev.org(&u.principal.org_id).actor(&u.principal.user_name);
         }
-        self.shared.audit_queue.push(ev);
+        self.shared.audit.best_effort(ev);
     }
 
     async fn reject(&self, reply: ChannelOpenHandle, what: &str, reason: &str) {
@@ -149,9 +149,7 @@ impl Drop for Conn {
         inc(&self.shared.metrics.ssh_auth_failures);
         // Through the bounded queue, aggregated per source: a flood of failed
         // logins costs a few audit entries, not a task and a row each.
-        self.shared
-            .audit_queue
-            .login_failed(self.peer.ip(), &user, keys);
+        self.shared.audit.failed_login(self.peer.ip(), &user, keys);
     }
 }
 

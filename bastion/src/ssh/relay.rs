@@ -98,7 +98,7 @@ pub async fn run(
             if let Some(n) = &r.node {
                 ev = ev.target(format!("node:{n}"));
             }
-            shared.audit(ev).await;
+            shared.audit.batched(ev).await;
             reply
                 .reject(ChannelOpenFailure::Other {
                     code: 1,
@@ -133,7 +133,7 @@ pub async fn run(
     // Fail closed: a session nobody could find in the audit log is not opened.
     if let Err(e) = shared
         .audit
-        .record(session_event("ssh.session.start", json!({})))
+        .before(session_event("ssh.session.start", json!({})))
         .await
     {
         crate::metrics::inc(&shared.metrics.audit_failures);
@@ -163,7 +163,7 @@ pub async fn run(
             "end": how,
         }),
     );
-    shared.audit(ev).await;
+    shared.audit.batched(ev).await;
 }
 
 type Opened = (Target, NodeLink, Incoming, mpsc::Sender<Bytes>);

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{Audit, Event};
+use super::{Audit, Event};
 use crate::metrics::{Metrics, inc};
 use crate::store::Store;
 
