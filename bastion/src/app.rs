@@ -353,9 +353,11 @@ impl Bastion {
             _lock,
         } = self;
         if let Some((listener, tls)) = kube {
-            shared
-                .tasks
-                .spawn(crate::kube::serve(listener, tls, shared.clone()));
+            shared.tasks.spawn(crate::kube::serve(
+                listener,
+                tls,
+                crate::kube::Door::new(shared.clone()),
+            ));
         }
         if let Some(peer) = peer {
             shared
@@ -367,9 +369,11 @@ impl Bastion {
             .tasks
             .spawn(shared.cmdexec.clone().run_leases(shared.clone()));
         if let Some((listener, config)) = ssh {
-            shared
-                .tasks
-                .spawn(crate::ssh::serve(listener, config, shared.clone()));
+            shared.tasks.spawn(crate::ssh::serve(
+                listener,
+                config,
+                crate::ssh::Door::new(shared.clone()),
+            ));
         }
         shared
             .tasks

@@ -1,11 +1,15 @@
 //! Limits per source address, for every door that must not let one client take
 //! all of a shared pool (enrollments, large REST answers, the connections of a
 //! listener): a count per address and a guard that gives the place back when
-//! dropped.
+//! dropped. Also the limits doors read from the core's settings, with their
+//! defaults: the SSH door's admission (`MaxStartups`) and the REST door's live
+//! execution streams.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 /// The address a per-source limit counts: IPv4 as is (an IPv4-mapped IPv6
@@ -259,5 +263,90 @@ mod tests {
         assert!(p.admit(b).is_some());
         drop(g1);
         assert!(p.admit(a).is_some());
+    }
+}
+
+/// Live execution streams (`GET …/execution/{id}/events`) one bastion holds
+/// open at most, in all.
+pub const EXEC_STREAMS_GLOBAL: usize = 128;
+/// … and one org by default (`--exec-streams-per-org`): its share, so one
+/// tenant cannot take every stream of a replica.
+pub const EXEC_STREAMS_PER_ORG: usize = 32;
+/// A live stream whose client takes no event for this long ends (it resumes
+/// with Last-Event-ID), so a reader that stopped reading keeps no place.
+pub const EXEC_STREAM_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `start:rate:full`, as in sshd_config(5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxStartups {
+    pub start: usize,
+    pub rate: u8,
+    pub full: usize,
+}
+
+impl MaxStartups {
+    /// Larger than sshd's 10:30:100: a bastion is many people's way in, and the
+    /// per-source cap does the work of keeping one client from filling it.
+    pub const DEFAULT: MaxStartups = MaxStartups {
+        start: 64,
+        rate: 30,
+        full: 256,
+    };
+
+    /// The chance, in percent, that a new connection is dropped when `n` are
+    /// already authenticating.
+    pub fn drop_percent(&self, n: usize) -> u32 {
+        if n < self.start {
+            0
+        } else if n >= self.full {
+            100
+        } else {
+            let span = (self.full - self.start) as u64;
+            let over = (n - self.start) as u64;
+            let rate = u64::from(self.rate);
+            (rate + (100 - rate) * over / span) as u32
+        }
+    }
+}
+
+impl fmt::Display for MaxStartups {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.start, self.rate, self.full)
+    }
+}
+
+impl FromStr for MaxStartups {
+    type Err = String;
+
+    /// `full` alone (no early drop), or `start:rate:full` with start ≤ full,
+    /// rate 1 to 100, full ≥ 1.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "invalid max startups {s:?}: use FULL or START:RATE:FULL (e.g. 64:30:256), with 1 ≤ START ≤ FULL and RATE 1 to 100"
+            )
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        let num = |p: &str| p.trim().parse::<usize>().map_err(|_| bad());
+        let m = match parts.as_slice() {
+            [full] => {
+                let full = num(full)?;
+                MaxStartups {
+                    start: full,
+                    rate: 100,
+                    full,
+                }
+            }
+            [start, rate, full] => MaxStartups {
+                start: num(start)?,
+                rate: u8::try_from(num(rate)?).map_err(|_| bad())?,
+                full: num(full)?,
+            },
+            _ => return Err(bad()),
+        };
+        if m.full == 0 || m.start == 0 || m.start > m.full || m.rate == 0 || m.rate > 100 {
+            return Err(bad());
+        }
+        Ok(m)
     }
 }

@@ -52,7 +52,7 @@ pub struct Settings {
     pub ssh_auth_timeout: Duration,
     /// Unauthenticated SSH connections: random early drop from `start`, with
     /// probability `rate`% rising to 100% at `full` (sshd's MaxStartups).
-    pub ssh_max_startups: crate::ssh::MaxStartups,
+    pub ssh_max_startups: crate::limits::MaxStartups,
     /// Unauthenticated SSH connections from one source address at most
     /// (sshd's PerSourceMaxStartups), so one client cannot lock out the rest.
     pub ssh_per_source_max_startups: usize,
@@ -95,11 +95,11 @@ impl Default for Settings {
             agent_call_timeout: Duration::from_secs(10),
             exec_lost_grace: Duration::from_secs(120),
             exec_keep_bytes: postern_api::cmdexec::DEFAULT_KEEP_BYTES,
-            exec_streams_per_org: crate::http::exec_events::STREAMS_PER_ORG,
-            exec_stream_stall: crate::http::exec_events::STALL,
+            exec_streams_per_org: crate::limits::EXEC_STREAMS_PER_ORG,
+            exec_stream_stall: crate::limits::EXEC_STREAM_STALL,
             ssh_grant_ttl: Duration::from_secs(300),
             ssh_auth_timeout: Duration::from_secs(30),
-            ssh_max_startups: crate::ssh::MaxStartups::DEFAULT,
+            ssh_max_startups: crate::limits::MaxStartups::DEFAULT,
             ssh_per_source_max_startups: 32,
             ssh_banner_timeout: Duration::from_secs(10),
             ssh_window: 16 * 1024 * 1024,
@@ -129,19 +129,6 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub cmdexec: crate::cmdexec::Engine,
-    /// Which key grants each connected node already holds.
-    pub grants: crate::ssh::GrantCache,
-    /// Live SSH connections and relays, cut when access is taken away.
-    pub ssh_live: Arc<crate::ssh::Live>,
-    /// Open Kubernetes requests, ended when access is taken away.
-    pub kube_live: Arc<crate::kube::Live>,
-    /// Permits for REST answers that may be megabytes.
-    pub big_answers: crate::http::big_answers::BigAnswers,
-    /// Bumped whenever execution events were committed here: live streams
-    /// wake and read the store (another replica's are found by polling).
-    pub exec_events: tokio::sync::watch::Sender<u64>,
-    /// Live execution streams open, per user, per org and in all.
-    pub exec_streams: crate::http::exec_events::StreamPermits,
 }
 
 impl Shared {
@@ -169,21 +156,8 @@ impl Shared {
         let audit = Auditor::start(store.clone(), metrics.clone(), &tasks, shutdown.clone());
         let owner = replicas.as_ref().map(|r| r.name.clone());
         let access = crate::access::AccessBus::default();
-        access.subscribe(Arc::new(crate::ssh::SshDoor));
-        access.subscribe(Arc::new(crate::kube::KubeDoor));
-        let exec_events = tokio::sync::watch::channel(0u64).0;
-        let exec_streams =
-            crate::http::exec_events::StreamPermits::new(settings.exec_streams_per_org);
         Arc::new(Shared {
-            cmdexec: crate::cmdexec::Engine::new(
-                store.clone(),
-                &tasks,
-                shutdown.clone(),
-                owner,
-                exec_events.clone(),
-            ),
-            exec_events,
-            exec_streams,
+            cmdexec: crate::cmdexec::Engine::new(store.clone(), &tasks, shutdown.clone(), owner),
             audit,
             store,
             pki,
@@ -193,10 +167,6 @@ impl Shared {
             settings,
             shutdown,
             tasks,
-            grants: crate::ssh::GrantCache::default(),
-            ssh_live: Arc::default(),
-            kube_live: Arc::default(),
-            big_answers: Default::default(),
         })
     }
 }

@@ -59,6 +59,12 @@ pub trait Door: Send + Sync + std::fmt::Debug {
     /// Cuts what `change` no longer allows on this replica; answers a report
     /// (what was cut) for the audit log.
     fn apply<'a>(&'a self, shared: &'a Shared, change: &'a AccessChange) -> DoorFuture<'a>;
+    /// A node's Kubernetes gateway role changed: ends what the node serves
+    /// through this door when it lost the role. Answers how many requests
+    /// ended; doors that serve nothing through gateways keep the default.
+    fn gateway_changed(&self, _shared: &Shared, _change: &super::GatewayChange) -> usize {
+        0
+    }
 }
 
 /// The doors subscribed on this replica.
@@ -77,6 +83,14 @@ impl AccessBus {
 
     fn doors(&self) -> Vec<Arc<dyn Door>> {
         self.doors.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A gateway change applied on this replica's doors: requests ended.
+    pub(super) fn gateway_here(&self, shared: &Shared, change: &super::GatewayChange) -> usize {
+        self.doors()
+            .iter()
+            .map(|d| d.gateway_changed(shared, change))
+            .sum()
     }
 
     async fn apply_here(&self, shared: &Shared, change: &AccessChange) -> Map<String, Value> {

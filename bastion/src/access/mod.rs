@@ -3,13 +3,16 @@
 //! node a request names and ask `authz` whether the caller may reach it
 //! (`resolve`), and get one outcome, `Denied`, that each door only translates
 //! into its own protocol (a JSON error, an SSH refusal, a Kubernetes `Status`).
-//! Taking access away is an event every door subscribes to (`bus`).
+//! Taking access away is an event every door subscribes to (`bus`), and so is a
+//! node's Kubernetes gateway role changing (`gateway`).
 
 pub mod authn;
 mod bus;
+mod gateway;
 pub mod resolve;
 
 pub use bus::*;
+pub use gateway::*;
 
 use crate::store::StoreError;
 

@@ -147,6 +147,9 @@ pub struct Engine {
     /// This replica's name when executions are leased (replicas on PostgreSQL).
     owner: Option<String>,
     takeover: Arc<Notify>,
+    /// Bumped whenever execution events were committed here: live streams
+    /// wake and read the store (another replica's are found by polling).
+    events: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -162,16 +165,22 @@ impl Engine {
         tasks: &TaskTracker,
         shutdown: CancellationToken,
         owner: Option<String>,
-        events: tokio::sync::watch::Sender<u64>,
     ) -> Engine {
+        let events = tokio::sync::watch::channel(0u64).0;
         let (tx, rx) = mpsc::channel(16_384);
-        tasks.spawn(writer::run(store, rx, shutdown, events));
+        tasks.spawn(writer::run(store, rx, shutdown, events.clone()));
         Engine {
             writer: tx,
             running: Arc::new(Mutex::new(HashMap::new())),
             owner,
             takeover: Arc::new(Notify::new()),
+            events,
         }
+    }
+
+    /// Wakes when execution events were committed here (the value only counts).
+    pub fn watch_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.events.subscribe()
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Running>>> {
@@ -358,7 +367,7 @@ impl Engine {
             return Err(SubmitError::ClaimLost);
         }
 
-        events_committed(&shared.exec_events);
+        events_committed(&shared.cmdexec.events);
         let (max_concurrency, max_errors) = (exec.max_concurrency, exec.max_errors);
         if runnable.is_empty() {
             self.audit_results(shared, &exec_id).await;
@@ -444,7 +453,7 @@ impl Engine {
             if let Err(e) = shared.store.finish_execution(id, now_ms()).await {
                 tracing::warn!(exec_id = %id, error = %e, "cannot mark execution finished");
             } else {
-                events_committed(&shared.exec_events);
+                events_committed(&shared.cmdexec.events);
                 self.audit_results(shared, id).await;
             }
         }
@@ -566,7 +575,7 @@ impl Engine {
             if let Err(e) = shared.store.finish_execution(exec_id, now_ms()).await {
                 tracing::warn!(exec_id, error = %e, "cannot mark execution finished");
             }
-            events_committed(&shared.exec_events);
+            events_committed(&shared.cmdexec.events);
             self.audit_results(shared, exec_id).await;
         }
     }

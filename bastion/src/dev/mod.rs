@@ -18,7 +18,7 @@ use thiserror::Error;
 use crate::audit::Event;
 use crate::clock::now_ms;
 use crate::fsutil::write_private;
-use crate::http::{ApiError, AppState};
+use crate::http::ApiError;
 use crate::state::Shared;
 use crate::store::StoreError;
 
@@ -74,11 +74,10 @@ pub async fn bootstrap(shared: &Arc<Shared>, data_dir: &Path) -> Result<DevFiles
         Some(e) => e,
         None => shared.store.create_edge(&project.id, "local", now).await?,
     };
-    let state: AppState = shared.clone();
     write_private(&files.token_file, format!("{}\n", token.token).as_bytes())
         .map_err(|e| DevError::Write(files.token_file.display().to_string(), e))?;
     let enroll = crate::http::issue_enrollment_token(
-        &state,
+        shared,
         &edge,
         Some("admin"),
         30 * 24 * 3600,

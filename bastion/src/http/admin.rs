@@ -512,9 +512,9 @@ pub async fn disable_node(
     let gateway_revoked =
         n.kube_gateway_granted && state.store.set_kube_gateway_granted(&n.id, false).await?;
     if gateway_revoked {
-        crate::kube::gateway_changed(
+        crate::access::gateway_changed(
             &state,
-            &crate::kube::GatewayChange {
+            &crate::access::GatewayChange {
                 org_id: p.org_id.clone(),
                 edge_id: e.id.clone(),
                 node_id: n.id.clone(),
@@ -664,9 +664,9 @@ pub async fn grant_kube_gateway(
         NodeState::Approved | NodeState::Provisioned => {}
     }
     let changed = state.store.set_kube_gateway_granted(&n.id, true).await?;
-    crate::kube::gateway_changed(
+    crate::access::gateway_changed(
         &state,
-        &crate::kube::GatewayChange {
+        &crate::access::GatewayChange {
             org_id: p.org_id.clone(),
             edge_id: e.id.clone(),
             node_id: n.id.clone(),
@@ -724,9 +724,9 @@ pub async fn revoke_kube_gateway(
     let changed = state.store.set_kube_gateway_granted(&n.id, false).await?;
     // Applied even when nothing changed in the store: what this replica still
     // has open on the node ends all the same.
-    let cut = crate::kube::gateway_changed(
+    let cut = crate::access::gateway_changed(
         &state,
-        &crate::kube::GatewayChange {
+        &crate::access::GatewayChange {
             org_id: p.org_id.clone(),
             edge_id: e.id.clone(),
             node_id: n.id.clone(),
@@ -813,7 +813,7 @@ pub async fn create_enrollment_token(
 
 /// Makes an enrollment token for an edge and the join command that carries it.
 pub async fn issue_enrollment_token(
-    state: &AppState,
+    state: &crate::state::Shared,
     edge: &EdgeRow,
     created_by: Option<&str>,
     ttl_seconds: i64,

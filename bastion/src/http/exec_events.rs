@@ -47,11 +47,11 @@ use crate::store::{ExecutionRow, StoredEvent};
 /// Live streams open at once: for the bastion, for one user, and by default
 /// for one org (its share of the bastion's: a quarter, so a tenant filling its
 /// share leaves the rest to the others).
-pub const STREAMS_GLOBAL: usize = 128;
+pub const STREAMS_GLOBAL: usize = crate::limits::EXEC_STREAMS_GLOBAL;
 pub const STREAMS_PER_USER: usize = 8;
-pub const STREAMS_PER_ORG: usize = 32;
+pub const STREAMS_PER_ORG: usize = crate::limits::EXEC_STREAMS_PER_ORG;
 /// By default, a stream whose client takes no event for this long is ended.
-pub const STALL: Duration = Duration::from_secs(30);
+pub const STALL: Duration = crate::limits::EXEC_STREAM_STALL;
 /// Events read from the store at a time: a reader holds at most this many.
 const PAGE: i64 = 32;
 /// Events queued between a stream's task and its response body.
@@ -236,7 +236,7 @@ pub async fn events(
         exec_id: x.id,
         after,
         buf: VecDeque::new(),
-        wake: state.exec_events.subscribe(),
+        wake: state.cmdexec.watch_events(),
         done: false,
         lagging: false,
         authorization,

@@ -33,9 +33,46 @@ use crate::audit::Event;
 use crate::metrics::inc;
 use crate::state::Shared;
 
-pub type AppState = Arc<Shared>;
+/// The REST door: the core it serves from, and what only this door keeps
+/// (permits for big answers, the live execution streams open). Handlers read
+/// the core through it (`state.store`, `state.audit`…).
+#[derive(Debug)]
+pub struct Rest {
+    core: Arc<Shared>,
+    /// Permits for REST answers that may be megabytes.
+    pub big_answers: big_answers::BigAnswers,
+    /// Live execution streams open, per user, per org and in all.
+    pub exec_streams: exec_events::StreamPermits,
+}
 
-pub fn router(state: AppState) -> Router {
+impl std::ops::Deref for Rest {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.core
+    }
+}
+
+impl Rest {
+    /// The core, for work that outlives the request (an execution's dispatch).
+    pub fn core(&self) -> &Arc<Shared> {
+        &self.core
+    }
+
+    pub fn new(core: Arc<Shared>) -> Arc<Rest> {
+        let exec_streams = exec_events::StreamPermits::new(core.settings.exec_streams_per_org);
+        Arc::new(Rest {
+            core,
+            big_answers: Default::default(),
+            exec_streams,
+        })
+    }
+}
+
+pub type AppState = Arc<Rest>;
+
+/// The REST API of `core`, with the door's own state.
+pub fn router(core: Arc<Shared>) -> Router {
+    let state = Rest::new(core);
     let api = Router::new()
         .route(routes::WHOAMI, get(users::whoami))
         .route(

@@ -8,13 +8,10 @@
 //! replica.
 
 use http::StatusCode;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 
+use super::Door;
+use crate::access::GatewayChange;
 use crate::agents::NodeLink;
-use crate::audit::Event;
-use crate::replicas::events::KIND_KUBE_GATEWAY;
-use crate::state::Shared;
 use crate::store::{EdgeRow, KubeGatewayRow};
 
 /// The node a request was sent to, named in its audit entries.
@@ -33,19 +30,9 @@ pub(super) struct Picked {
     epoch: u64,
 }
 
-/// A node's gateway role granted or taken back, as every replica applies it.
-/// Read tolerantly: unknown fields from a newer replica are ignored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GatewayChange {
-    pub org_id: String,
-    pub edge_id: String,
-    pub node_id: String,
-    pub granted: bool,
-}
-
 type Refusal = (StatusCode, String);
 
-async fn read(shared: &Shared, edge: &EdgeRow) -> Result<Vec<KubeGatewayRow>, Refusal> {
+async fn read(shared: &Door, edge: &EdgeRow) -> Result<Vec<KubeGatewayRow>, Refusal> {
     shared.store.kube_gateways(&edge.id).await.map_err(|e| {
         tracing::warn!(error = %e, "cannot read the edge's Kubernetes gateways");
         (
@@ -57,15 +44,13 @@ async fn read(shared: &Shared, edge: &EdgeRow) -> Result<Vec<KubeGatewayRow>, Re
 
 /// A granted, capable and connected gateway of the edge; otherwise a 503 that
 /// says which of the three is missing.
-pub(super) async fn pick(shared: &Shared, edge: &EdgeRow) -> Result<Picked, Refusal> {
-    let epoch = shared.kube_live.gateway_epoch();
-    let granted = match shared.kube_live.gateways_of(&edge.id) {
+pub(super) async fn pick(shared: &Door, edge: &EdgeRow) -> Result<Picked, Refusal> {
+    let epoch = shared.live.gateway_epoch();
+    let granted = match shared.live.gateways_of(&edge.id) {
         Some(g) => g,
         None => {
             let g = read(shared, edge).await?;
-            shared
-                .kube_live
-                .remember_gateways(&edge.id, g.clone(), epoch);
+            shared.live.remember_gateways(&edge.id, g.clone(), epoch);
             g
         }
     };
@@ -120,11 +105,11 @@ pub(super) async fn pick(shared: &Shared, edge: &EdgeRow) -> Result<Picked, Refu
 /// request, perhaps a watch of hours, on a node that lost the role. Costs a
 /// read only when some grant changed meanwhile.
 pub(super) async fn still_granted(
-    shared: &Shared,
+    shared: &Door,
     edge: &EdgeRow,
     picked: &Picked,
 ) -> Result<bool, Refusal> {
-    if shared.kube_live.gateway_epoch() == picked.epoch {
+    if shared.live.gateway_epoch() == picked.epoch {
         return Ok(true);
     }
     let now = read(shared, edge).await?;
@@ -133,93 +118,16 @@ pub(super) async fn still_granted(
         .any(|g| g.id == picked.served_by.node_id && g.capable))
 }
 
-/// What a change does on this replica: the edge's list is read again, and
-/// what the node serves ends when it lost the role. Answers how many requests
-/// it ended.
-fn apply(shared: &Shared, change: &GatewayChange) -> usize {
+/// What a change does on this replica's Kubernetes door: the edge's list is
+/// read again, and what the node serves ends when it lost the role. Answers how
+/// many requests it ended.
+pub(super) fn apply(live: &super::Live, change: &GatewayChange) -> usize {
     // First the epoch (inside forget), then the cut: a request registered
     // after the cut sees the new epoch and checks its node again.
-    shared.kube_live.forget_gateways(&change.edge_id);
+    live.forget_gateways(&change.edge_id);
     if change.granted {
         0
     } else {
-        shared.kube_live.cut_gateway(&change.node_id)
-    }
-}
-
-/// A committed change of a node's gateway role: applied here now and recorded
-/// for the other replicas. Answers how many open requests it ended here.
-pub async fn changed(shared: &Shared, change: &GatewayChange) -> usize {
-    let cut = apply(shared, change);
-    if cut > 0 {
-        tracing::info!(node = %change.node_id, cut, "ended Kubernetes requests of a node whose gateway role was taken back");
-    }
-    if let Some(r) = shared.fleet.replicas() {
-        match serde_json::to_string(change) {
-            Ok(payload) => {
-                if let Err(e) = r.publish(KIND_KUBE_GATEWAY, &payload).await {
-                    tracing::error!(error = %e, node = %change.node_id, "cannot tell the other replicas that a Kubernetes gateway grant changed: they read their gateways again within seconds, but what they have open on the node stays");
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a Kubernetes gateway change for the other replicas")
-            }
-        }
-    }
-    cut
-}
-
-/// A change another replica published: applied here, and recorded in the
-/// audit log when it ended anything here.
-pub(crate) async fn apply_published(shared: &Shared, origin: &str, payload: &str) {
-    let change: GatewayChange = match serde_json::from_str(payload) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "unreadable Kubernetes gateway change from another replica; ignored");
-            return;
-        }
-    };
-    let cut = apply(shared, &change);
-    if cut == 0 {
-        return;
-    }
-    tracing::info!(node = %change.node_id, cut, by = %origin, "ended Kubernetes requests of a node whose gateway role another replica took back");
-    let me = shared
-        .fleet
-        .replicas()
-        .map(|r| r.name.clone())
-        .unwrap_or_default();
-    let ev = Event::new("kube.gateway_applied", "ok")
-        .org(&change.org_id)
-        .actor(format!("replica:{me}"))
-        .detail(json!({
-            "published_by": origin,
-            "node_id": change.node_id,
-            "granted": change.granted,
-            "kube_requests_cut": cut,
-        }));
-    shared.audit.batched(ev).await;
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn changes_travel_as_json_and_newer_fields_are_ignored() {
-        let c = GatewayChange {
-            org_id: "o".into(),
-            edge_id: "e".into(),
-            node_id: "n".into(),
-            granted: false,
-        };
-        let s = serde_json::to_string(&c).unwrap();
-        assert_eq!(serde_json::from_str::<GatewayChange>(&s).unwrap(), c);
-        let newer: GatewayChange = serde_json::from_str(
-            r#"{"org_id":"o","edge_id":"e","node_id":"n","granted":false,"why":"x"}"#,
-        )
-        .unwrap();
-        assert_eq!(newer, c);
+        live.cut_gateway(&change.node_id)
     }
 }

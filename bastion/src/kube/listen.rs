@@ -28,8 +28,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use super::Door;
 use crate::pki::Pki;
-use crate::state::Shared;
 
 /// Connections open at once on the listener, and from one source address.
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -189,7 +189,7 @@ fn given_cert(
     Ok((chain, key))
 }
 
-pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, shared: Arc<Door>) {
     let acceptor = TlsAcceptor::from(tls);
     let gate = crate::limits::Gate::new(
         "Kubernetes listener",
@@ -213,7 +213,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, shared: Arc<Sh
     }
 }
 
-async fn connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+async fn connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, shared: Arc<Door>) {
     let handshake = tokio::time::timeout(shared.settings.handshake_timeout, acceptor.accept(tcp));
     let tls = tokio::select! {
         _ = shared.shutdown.cancelled() => return,

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{AccessChange, Change, Door, DoorFuture};
+use std::sync::Arc;
+
 use crate::state::Shared;
 use crate::store::KubeGatewayRow;
 
@@ -277,23 +279,30 @@ impl Live {
     }
 }
 
-/// The Kubernetes door on the access bus.
+/// The Kubernetes door on the access bus: access taken away ends the user's
+/// open requests; a gateway role taken back ends what the node serves.
 #[derive(Debug)]
-pub struct KubeDoor;
+pub(super) struct KubeAccess {
+    pub(super) live: Arc<Live>,
+}
 
-impl Door for KubeDoor {
+impl Door for KubeAccess {
     fn name(&self) -> &'static str {
         "kube"
     }
 
-    fn apply<'a>(&'a self, shared: &'a Shared, change: &'a AccessChange) -> DoorFuture<'a> {
+    fn apply<'a>(&'a self, _core: &'a Shared, change: &'a AccessChange) -> DoorFuture<'a> {
         Box::pin(async move {
-            let cut = shared.kube_live.cut(change);
+            let cut = self.live.cut(change);
             if cut > 0 {
                 tracing::info!(user_id = %change.user_id, cut, "ended Kubernetes requests after an access change");
             }
             serde_json::json!({ "kube_requests_cut": cut })
         })
+    }
+
+    fn gateway_changed(&self, _core: &Shared, change: &crate::access::GatewayChange) -> usize {
+        super::gateways::apply(&self.live, change)
     }
 }
 

@@ -19,13 +19,42 @@ mod upgrade;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 
-pub(crate) use gateways::apply_published as apply_published_gateway;
-pub use gateways::{GatewayChange, changed as gateway_changed};
 pub use listen::{
     KubeTlsError, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SOURCE, edge_of_server_name, serve,
     server_config, server_name_of,
 };
-pub use live::{KubeDoor, Live};
+pub use live::Live;
+
+use std::sync::Arc;
+
+use crate::state::Shared;
 
 /// What the Kubernetes listener answers with.
 pub type KubeBody = BoxBody<Bytes, crate::agents::BoxError>;
+
+/// The Kubernetes door: the core it serves from, and what only this door keeps
+/// (its open requests, the gateways it picked, the bytes answers hold). Built
+/// by `app.rs`; other doors reach it only through the access bus.
+#[derive(Debug)]
+pub struct Door {
+    core: Arc<Shared>,
+    /// Open Kubernetes requests, ended when access is taken away.
+    pub live: Arc<Live>,
+}
+
+impl std::ops::Deref for Door {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.core
+    }
+}
+
+impl Door {
+    /// The door, subscribed to the core's access and gateway changes.
+    pub fn new(core: Arc<Shared>) -> Arc<Door> {
+        let live: Arc<Live> = Arc::default();
+        core.access
+            .subscribe(Arc::new(live::KubeAccess { live: live.clone() }));
+        Arc::new(Door { core, live })
+    }
+}

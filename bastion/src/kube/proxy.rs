@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use postern_api::kube::{self as contract, RequestInfo};
 use serde_json::{Value, json};
 
+use super::Door;
 use super::gateways::{self, ServedBy};
 use super::{KubeBody, status};
 use crate::access::{self, Denied};
@@ -21,7 +22,6 @@ use crate::agents::{AgentBody, BoxError, NodeLink};
 use crate::audit::Event;
 use crate::authz::{self, Decision, Principal};
 use crate::metrics::inc;
-use crate::state::Shared;
 use crate::store::{EdgeRow, ProjectRow};
 
 /// How long a gateway may take to answer with headers. Watches and exec streams
@@ -105,7 +105,7 @@ pub(super) fn route<'a>(
 }
 
 pub async fn handle(
-    shared: Arc<Shared>,
+    shared: Arc<Door>,
     peer: SocketAddr,
     sni: Option<Arc<(String, String)>>,
     req: Request<Incoming>,
@@ -162,7 +162,7 @@ pub async fn handle(
     // Registered before it is sent, so an access change or the node's gateway
     // role taken back from now on ends it.
     let long = upgrade || auth.info.verb == "watch";
-    let live = match shared.kube_live.register(
+    let live = match shared.live.register(
         &auth.principal.user_id,
         &auth.token_id,
         &auth.project.id,
@@ -222,7 +222,7 @@ pub async fn handle(
 }
 
 async fn authorize(
-    shared: &Shared,
+    shared: &Door,
     peer: SocketAddr,
     req: &Request<Incoming>,
     project: &str,
@@ -241,8 +241,8 @@ async fn authorize(
         .unwrap_or_default();
     let info = contract::request_info(req.method().as_str(), rest, req.uri().query());
     let key = super::live::CacheKey::new(header.unwrap_or_default(), project, edge);
-    let epoch = shared.kube_live.epoch();
-    if let Some(hit) = shared.kube_live.cached(&key) {
+    let epoch = shared.live.epoch();
+    if let Some(hit) = shared.live.cached(&key) {
         return Ok(Authorized {
             principal: hit.principal,
             token_id: hit.token_id,
@@ -314,7 +314,7 @@ async fn authorize(
         Ok(e) => e,
         Err(d) => return Err(audited(refuse(d, Some(&project))).await),
     };
-    shared.kube_live.remember(
+    shared.live.remember(
         key,
         super::live::Cached {
             principal: principal.clone(),
@@ -343,7 +343,7 @@ async fn authorize(
 /// What ends a request before it is done: an access change, the serving node's
 /// gateway role taken back, the expiry of the caller's token, the bastion's stop.
 pub(super) fn ends(
-    shared: &Shared,
+    shared: &Door,
     auth: &Authorized,
     cuts: super::live::Cuts,
 ) -> super::stream::Ends {
@@ -366,7 +366,7 @@ pub(super) type Registration = (super::live::OwnedRegistration, super::live::Cut
 
 /// The same caller, token and Kubernetes groups as when `auth` was made.
 async fn reauthorize(
-    shared: &Shared,
+    shared: &Door,
     auth: &Authorized,
     req: &Request<Incoming>,
 ) -> Result<(), Denied> {
@@ -428,7 +428,7 @@ pub(super) fn agent_request(
 }
 
 async fn forward(
-    shared: Arc<Shared>,
+    shared: Arc<Door>,
     auth: Authorized,
     live: Registration,
     link: NodeLink,

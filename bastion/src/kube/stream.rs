@@ -17,16 +17,16 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::Door;
 use super::KubeBody;
 use super::flow;
 use super::live::OwnedRegistration;
 use super::proxy::Authorized;
 use crate::agents::{BoxError, NodeLink};
-use crate::state::Shared;
 
 /// The audit entry of one request, written when it ends.
 pub struct Finish {
-    shared: Arc<Shared>,
+    shared: Arc<Door>,
     auth: Option<Authorized>,
     status: StatusCode,
     agent_error: bool,
@@ -36,7 +36,7 @@ pub struct Finish {
 
 impl Finish {
     pub(super) fn new(
-        shared: Arc<Shared>,
+        shared: Arc<Door>,
         auth: Authorized,
         status: StatusCode,
         agent_error: bool,
@@ -141,7 +141,7 @@ impl Ends {
 /// `link`: where the answer comes from, whose connection it is charged to
 /// while its client takes nothing.
 pub fn relay(
-    shared: &Shared,
+    shared: &Door,
     mut upstream: Incoming,
     ends: Ends,
     mut finish: Finish,
@@ -149,7 +149,7 @@ pub fn relay(
     link: &NodeLink,
 ) -> KubeBody {
     let tab = shared
-        .kube_live
+        .live
         .flow
         .open(&flow::connection_of(link), finish.user_id());
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(RELAY_FRAMES);

@@ -22,12 +22,12 @@ use postern_api::kube as contract;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::error::TrySendError;
 
+use super::Door;
 use super::flow::{self, Tab};
 use super::proxy::{Authorized, Registration, agent_request};
 use super::stream::Finish;
 use super::{KubeBody, status};
 use crate::agents::NodeLink;
-use crate::state::Shared;
 
 /// Chunks from the client in flight towards the gateway.
 const UPSTREAM_QUEUE: usize = 64;
@@ -36,7 +36,7 @@ const READ_CHUNK: usize = 32 * 1024;
 const SWITCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) async fn relay(
-    shared: Arc<Shared>,
+    shared: Arc<Door>,
     auth: Authorized,
     live: Registration,
     link: NodeLink,
@@ -138,13 +138,10 @@ pub(super) async fn relay(
     let (reg, cuts) = live;
     let ends = super::proxy::ends(&shared, &auth, cuts);
     let connection = flow::connection_of(&link);
-    let tab = shared
-        .kube_live
-        .flow
-        .open(&connection, &auth.principal.user_id);
+    let tab = shared.live.flow.open(&connection, &auth.principal.user_id);
     // The other way round, the agent's receive window of the same connection.
     let tab_up = shared
-        .kube_live
+        .live
         .flow
         .open(&format!("{connection}>agent"), &auth.principal.user_id);
     let mut finish = Finish::new(shared.clone(), auth, StatusCode::SWITCHING_PROTOCOLS, false);

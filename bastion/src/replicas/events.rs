@@ -156,7 +156,7 @@ async fn apply(shared: &Arc<Shared>, e: &ReplicaEvent) {
             }
         }
         KIND_KUBE_GATEWAY => {
-            crate::kube::apply_published_gateway(shared, &e.origin, &e.payload).await
+            crate::access::apply_published_gateway(shared, &e.origin, &e.payload).await
         }
         other => {
             tracing::warn!(kind = %postern_api::validate::peer_line(other, 64), "unknown replica event (a newer replica?); ignored");

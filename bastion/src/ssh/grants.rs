@@ -16,7 +16,6 @@ use postern_api::ssh::{GRANTS_ROUTE, Grant, GrantPush, GrantPushed};
 use crate::agents::NodeLink;
 use crate::agents::client::{CallError, call_json};
 use crate::clock::now_ms;
-use crate::state::Shared;
 
 /// Revocation pushes in flight at once.
 const REVOKE_CONCURRENCY: usize = 64;
@@ -75,7 +74,7 @@ impl GrantCache {
     /// Ensures `agent` holds a live grant; returns the grant's expiry (ms).
     pub async fn ensure(
         &self,
-        shared: &Shared,
+        shared: &super::Door,
         agent: &NodeLink,
         g: &GrantFor<'_>,
     ) -> Result<i64, CallError> {
@@ -183,7 +182,7 @@ pub struct Revoked {
 /// Takes the user's grants that `which` names back from the nodes holding them.
 /// A grant pushed before this bastion started is not known here and runs out at
 /// its expiry; it is useless without a relay, which is authorized afresh.
-pub async fn revoke(shared: &Shared, user_id: &str, which: Which<'_>) -> Revoked {
+pub async fn revoke(shared: &super::Door, user_id: &str, which: Which<'_>) -> Revoked {
     let held = shared.grants.take(user_id, which);
     let timeout = shared.settings.agent_call_timeout;
     let results: Vec<bool> = futures_util::stream::iter(held)

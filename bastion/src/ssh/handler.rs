@@ -21,7 +21,6 @@ use super::relay::{self, Jump};
 use crate::audit::Event;
 use crate::authz::Principal;
 use crate::metrics::inc;
-use crate::state::Shared;
 
 /// An authenticated SSH user: who, and with which key.
 #[derive(Debug)]
@@ -33,7 +32,7 @@ pub struct SshUser {
 }
 
 pub struct Conn {
-    shared: Arc<Shared>,
+    shared: Arc<super::Door>,
     peer: SocketAddr,
     authenticated: Arc<Notify>,
     cancel: CancellationToken,
@@ -48,7 +47,7 @@ const JUMP_ONLY: &str = "Postern is a jump host: use ssh -J <you>@<bastion> <log
 
 impl Conn {
     pub fn new(
-        shared: Arc<Shared>,
+        shared: Arc<super::Door>,
         peer: SocketAddr,
         authenticated: Arc<Notify>,
         cancel: CancellationToken,
@@ -195,7 +194,7 @@ impl russh::server::Handler for Conn {
         let Ok(public_key) = canonical(key.public_key) else {
             return Ok(Self::publickey_only());
         };
-        self._live = Some(self.shared.ssh_live.connection(
+        self._live = Some(self.shared.live.connection(
             &owner_id,
             &row.fingerprint,
             self.cancel.clone(),

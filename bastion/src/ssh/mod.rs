@@ -169,22 +169,63 @@ pub struct AccessApplied {
     pub grants_unreachable_nodes: usize,
 }
 
-/// The SSH front door as a subscriber of access changes (see `crate::access`).
+/// The SSH front door: the core it serves from, and what only this door
+/// keeps (its live connections and relays, and the grants nodes hold). Built by
+/// `app.rs`; other doors reach it only through the access bus.
 #[derive(Debug)]
-pub struct SshDoor;
+pub struct Door {
+    core: Arc<Shared>,
+    /// Live SSH connections and relays, cut when access is taken away.
+    pub live: Arc<Live>,
+    /// Which key grants each connected node already holds.
+    pub grants: GrantCache,
+}
 
-impl crate::access::Door for SshDoor {
+impl std::ops::Deref for Door {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.core
+    }
+}
+
+impl Door {
+    /// The door, subscribed to the core's access changes.
+    pub fn new(core: Arc<Shared>) -> Arc<Door> {
+        let door = Arc::new(Door {
+            core,
+            live: Arc::default(),
+            grants: GrantCache::default(),
+        });
+        door.core.access.subscribe(Arc::new(SshAccess {
+            door: Arc::downgrade(&door),
+        }));
+        door
+    }
+}
+
+/// The SSH front door as a subscriber of access changes (see `crate::access`).
+/// Weak: the bus lives in the core, which the door holds.
+#[derive(Debug)]
+struct SshAccess {
+    door: std::sync::Weak<Door>,
+}
+
+impl crate::access::Door for SshAccess {
     fn name(&self) -> &'static str {
         "ssh"
     }
 
     fn apply<'a>(
         &'a self,
-        shared: &'a Shared,
+        _core: &'a Shared,
         change: &'a crate::access::AccessChange,
     ) -> crate::access::DoorFuture<'a> {
         use crate::access::Change;
         Box::pin(async move {
+            let Some(door) = self.door.upgrade() else {
+                return serde_json::json!({ "ssh_cut": 0 });
+            };
+            let shared: &Door = &door;
             let c = match &change.what {
                 // Tokens open no SSH session.
                 Change::TokenRevoked { .. } => return serde_json::json!({ "ssh_cut": 0 }),
@@ -204,7 +245,7 @@ impl crate::access::Door for SshDoor {
 /// (already committed to the store, so nothing reauthorized from now on sees the
 /// old access).
 async fn apply_access_change(
-    shared: &Shared,
+    shared: &Door,
     user_id: &str,
     change: AccessChange<'_>,
 ) -> AccessApplied {
@@ -215,7 +256,7 @@ async fn apply_access_change(
         AccessChange::KeyDeleted(fp) => (Cut::Key(fp), Which::Key(fp)),
         AccessChange::RoleChanged(project) => (Cut::Relays(project), Which::Project(project)),
     };
-    let ssh_cut = shared.ssh_live.cut(user_id, cut);
+    let ssh_cut = shared.live.cut(user_id, cut);
     let revoked = grants::revoke(shared, user_id, which).await;
     if ssh_cut > 0 || revoked.nodes + revoked.unreached > 0 {
         tracing::info!(
@@ -234,7 +275,7 @@ async fn apply_access_change(
 }
 
 /// Accepts SSH connections until shutdown.
-pub async fn serve(listener: TcpListener, config: Arc<Config>, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, config: Arc<Config>, shared: Arc<Door>) {
     let startups = Startups::new(
         shared.settings.ssh_max_startups,
         shared.settings.ssh_per_source_max_startups,
@@ -291,7 +332,7 @@ async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     config: Arc<Config>,
-    shared: Arc<Shared>,
+    shared: Arc<Door>,
     permit: startups::Admitted,
 ) {
     let _ = tcp.set_nodelay(true);

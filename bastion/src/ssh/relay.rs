@@ -28,7 +28,6 @@ use crate::audit::Event;
 use crate::authz::Principal;
 use crate::clock::{now_ms, rfc3339};
 use crate::metrics::inc;
-use crate::state::Shared;
 
 /// The only port reachable through the front door: the node's own sshd.
 const SSH_PORT: u32 = 22;
@@ -44,7 +43,7 @@ pub struct Jump {
 }
 
 pub async fn run(
-    shared: Arc<Shared>,
+    shared: Arc<super::Door>,
     jump: Jump,
     channel: Channel<Msg>,
     reply: ChannelOpenHandle,
@@ -53,7 +52,7 @@ pub async fn run(
     let started = now_ms();
     // Registered before authorization, so an access change made meanwhile ends it.
     let kill = cancel.child_token();
-    let live = shared.ssh_live.relay(
+    let live = shared.live.relay(
         &jump.user.principal.user_id,
         &jump.user.fingerprint,
         kill.clone(),
@@ -168,7 +167,7 @@ pub async fn run(
 
 type Opened = (Target, NodeLink, Incoming, mpsc::Sender<Bytes>);
 
-async fn open(shared: &Shared, jump: &Jump) -> Result<Opened, Refusal> {
+async fn open(shared: &super::Door, jump: &Jump) -> Result<Opened, Refusal> {
     if jump.port != SSH_PORT {
         return Err(Refusal::new(format!(
             "only port 22 (the node's sshd) is reachable through Postern, not {}",
@@ -259,7 +258,7 @@ async fn open(shared: &Shared, jump: &Jump) -> Result<Opened, Refusal> {
 
 /// The user as the store has them now: the key must still be registered to them,
 /// and their roles are read anew.
-async fn current_principal(shared: &Shared, user: &SshUser) -> Result<Principal, Refusal> {
+async fn current_principal(shared: &super::Door, user: &SshUser) -> Result<Principal, Refusal> {
     let p = &user.principal;
     let key = shared
         .store
