@@ -32,6 +32,22 @@ pub const HDR_SWITCHED: &str = "postern-kube-switched";
 /// server unreachable), so the bastion can tell it from the API server's own.
 pub const HDR_AGENT_ERROR: &str = "postern-kube-agent-error";
 
+/// The suffix of the TLS server names that name an edge.
+pub const SNI_SUFFIX: &str = ".kube.postern";
+
+/// `<edge>.<project>.kube.postern` → (project, edge), when both are valid names.
+pub fn edge_of_server_name(name: &str) -> Option<(String, String)> {
+    let head = name.strip_suffix(SNI_SUFFIX)?;
+    let (edge, project) = head.split_once('.')?;
+    let ok = |s: &str| crate::validate::name("name", s).is_ok();
+    (ok(edge) && ok(project)).then(|| (project.to_string(), edge.to_string()))
+}
+
+/// The TLS server name of an edge.
+pub fn server_name_of(project: &str, edge: &str) -> String {
+    format!("{edge}.{project}{SNI_SUFFIX}")
+}
+
 /// Whether a request header may cross a Kubernetes hop (client → bastion →
 /// gateway → API server): never hop-by-hop headers (HTTP/2 refuses them), nor
 /// any credential or identity the client claims (`Authorization`,

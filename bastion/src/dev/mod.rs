@@ -170,7 +170,7 @@ async fn register_key(
             None,
         );
     };
-    let key = match crate::ssh::keys::parse_user_key(&line) {
+    let key = match postern_api::pubkey::parse_user_key(&line) {
         Ok(k) => k,
         Err(e) => {
             return (

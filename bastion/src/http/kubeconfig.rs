@@ -87,7 +87,7 @@ pub async fn kubeconfig(
             let cluster = if state.settings.kube_by_server_name {
                 json!({
                     "server": server,
-                    "tls-server-name": crate::kube::server_name_of(&project.name, &edge.name),
+                    "tls-server-name": postern_api::kube::server_name_of(&project.name, &edge.name),
                     "certificate-authority-data": ca,
                 })
             } else {

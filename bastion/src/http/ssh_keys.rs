@@ -15,8 +15,8 @@ use super::users::{may_manage_tokens_of, resolve_user};
 use super::{ApiError, AppState};
 use crate::access::{self, AccessChange, Change};
 use crate::clock::{now_ms, rfc3339};
-use crate::ssh::keys::parse_user_key;
 use crate::store::{NewSshKey, SshKeyRow, StoreError};
+use postern_api::pubkey::parse_user_key;
 
 fn view(user: &str, k: &SshKeyRow) -> SshKey {
     SshKey {

@@ -85,25 +85,12 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
-/// The suffix of the TLS server names that name an edge.
-pub const SNI_SUFFIX: &str = ".kube.postern";
+pub use postern_api::kube::{edge_of_server_name, server_name_of};
+
 /// Edge certificates kept at once; beyond, the oldest is issued again when asked.
 const MAX_ISSUED: usize = 4096;
 /// An issued certificate is replaced after this long (it is valid for 90 days).
 const REISSUE_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// `<edge>.<project>.kube.postern` → (project, edge), when both are valid names.
-pub fn edge_of_server_name(name: &str) -> Option<(String, String)> {
-    let head = name.strip_suffix(SNI_SUFFIX)?;
-    let (edge, project) = head.split_once('.')?;
-    let ok = |s: &str| postern_api::validate::name("name", s).is_ok();
-    (ok(edge) && ok(project)).then(|| (project.to_string(), edge.to_string()))
-}
-
-/// The TLS server name of an edge.
-pub fn server_name_of(project: &str, edge: &str) -> String {
-    format!("{edge}.{project}{SNI_SUFFIX}")
-}
 
 fn certified(
     provider: &rustls::crypto::CryptoProvider,
