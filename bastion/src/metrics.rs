@@ -146,7 +146,7 @@ impl Metrics {
             ),
             (
                 "postern_agent_handshakes_total",
-                "Agent channels established.",
+                "Agent channels whose TLS and HTTP/2 handshakes completed.",
                 &self.handshakes,
             ),
             (

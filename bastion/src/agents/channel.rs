@@ -143,12 +143,14 @@ pub(super) async fn run(
     });
     let conn_id = agent.conn_id;
     let node_id = node.id.clone();
+    // Counted before the node shows as reachable, so whoever sees it
+    // reachable also sees its handshake counted.
+    inc(&shared.metrics.handshakes);
     if !Box::pin(register_live(&shared, &agent)).await {
         inc(&shared.metrics.agents_refused);
         tracing::info!(%peer, node = %node_id, "node disabled, deleted or unreadable as its channel came up; closing");
         return;
     }
-    inc(&shared.metrics.handshakes);
     tracing::debug!(%peer, node = %node_id, hostname = %node.hostname, "agent channel up");
 
     let link = NodeLink::local(agent.clone());
