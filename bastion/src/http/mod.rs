@@ -9,6 +9,7 @@ mod error;
 pub mod exec_events;
 mod extract;
 mod kubeconfig;
+mod nodes;
 pub mod openapi;
 mod ops;
 mod ssh_keys;
@@ -84,18 +85,18 @@ pub fn router(core: Arc<Shared>) -> Router {
             routes::EDGES,
             get(admin::list_edges).post(admin::create_edge),
         )
-        .route(routes::NODES, get(admin::list_nodes))
+        .route(routes::NODES, get(nodes::list_nodes))
         .route(
             routes::NODE,
-            get(admin::get_node).delete(admin::delete_node),
+            get(nodes::get_node).delete(nodes::delete_node),
         )
-        .route(routes::NODE_LABELS, put(admin::set_node_labels))
-        .route(routes::NODE_APPROVE, post(admin::approve_node))
-        .route(routes::NODE_DISABLE, post(admin::disable_node))
-        .route(routes::NODE_ENABLE, post(admin::enable_node))
+        .route(routes::NODE_LABELS, put(nodes::set_node_labels))
+        .route(routes::NODE_APPROVE, post(nodes::approve_node))
+        .route(routes::NODE_DISABLE, post(nodes::disable_node))
+        .route(routes::NODE_ENABLE, post(nodes::enable_node))
         .route(
             routes::NODE_KUBE_GATEWAY,
-            put(admin::grant_kube_gateway).delete(admin::revoke_kube_gateway),
+            put(nodes::grant_kube_gateway).delete(nodes::revoke_kube_gateway),
         )
         .route(
             routes::ENROLLMENT_TOKENS,

@@ -13,7 +13,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, cmdexec, exec_events, kubeconfig, ops, ssh_keys, users};
+use super::{admin, cmdexec, exec_events, kubeconfig, nodes, ops, ssh_keys, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -35,15 +35,15 @@ use super::{admin, cmdexec, exec_events, kubeconfig, ops, ssh_keys, users};
         admin::get_project,
         admin::list_edges,
         admin::create_edge,
-        admin::list_nodes,
-        admin::get_node,
-        admin::delete_node,
-        admin::approve_node,
-        admin::set_node_labels,
-        admin::disable_node,
-        admin::enable_node,
-        admin::grant_kube_gateway,
-        admin::revoke_kube_gateway,
+        nodes::list_nodes,
+        nodes::get_node,
+        nodes::delete_node,
+        nodes::approve_node,
+        nodes::set_node_labels,
+        nodes::disable_node,
+        nodes::enable_node,
+        nodes::grant_kube_gateway,
+        nodes::revoke_kube_gateway,
         admin::create_enrollment_token,
         admin::revoke_enrollment_token,
         users::list_users,
