@@ -1313,26 +1313,39 @@ async fn busy_or_unreachable_databases_are_unavailable_not_bugs() {
     assert!(!StoreError::NotFound("user".into()).is_unavailable());
 }
 
+/// The bounded queue of unauthenticated audit events on `store`, with the log
+/// it writes to and what stops and waits for its writer.
+fn bounded_queue(
+    store: &Store,
+) -> (
+    Audit,
+    postern_bastion::audit::queue::AuditQueue,
+    tokio_util::task::TaskTracker,
+    tokio_util::sync::CancellationToken,
+) {
+    let audit = Audit::new(store.clone());
+    let tasks = tokio_util::task::TaskTracker::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let metrics = std::sync::Arc::new(postern_bastion::metrics::Metrics::default());
+    let q = postern_bastion::audit::queue::AuditQueue::start(
+        audit.clone(),
+        store.clone(),
+        metrics,
+        &tasks,
+        stop.clone(),
+    );
+    (audit, q, tasks, stop)
+}
+
 /// Failed SSH logins reach the audit log aggregated per source: the first from a
 /// source at once, the rest of its window as one entry with their count, and the
 /// queue stays bounded however many arrive (the review's 120 KB row per attempt,
 /// by a task per connection, is gone).
 #[tokio::test]
 async fn failed_logins_are_aggregated_per_source_through_a_bounded_queue() {
-    use postern_bastion::audit::queue::{AuditQueue, CAPACITY};
-    use std::sync::Arc;
+    use postern_bastion::audit::queue::CAPACITY;
     let t = common::sqlite().await;
-    let audit = Audit::new(t.store.clone());
-    let tasks = tokio_util::task::TaskTracker::new();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let metrics = Arc::new(postern_bastion::metrics::Metrics::default());
-    let q = AuditQueue::start(
-        audit.clone(),
-        t.store.clone(),
-        metrics,
-        &tasks,
-        stop.clone(),
-    );
+    let (audit, q, tasks, stop) = bounded_queue(&t.store);
     let flood: std::net::IpAddr = "10.1.1.1".parse().unwrap();
     let other: std::net::IpAddr = "10.2.2.2".parse().unwrap();
     for i in 0..5_000 {
@@ -1365,20 +1378,9 @@ async fn failed_logins_are_aggregated_per_source_through_a_bounded_queue() {
 /// rotating through the addresses of its IPv6 /64 is still one source.
 #[tokio::test]
 async fn downloads_are_audited_per_source_and_window() {
-    use postern_bastion::audit::queue::{AuditQueue, CAPACITY};
-    use std::sync::Arc;
+    use postern_bastion::audit::queue::CAPACITY;
     let t = common::sqlite().await;
-    let audit = Audit::new(t.store.clone());
-    let tasks = tokio_util::task::TaskTracker::new();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let metrics = Arc::new(postern_bastion::metrics::Metrics::default());
-    let q = AuditQueue::start(
-        audit.clone(),
-        t.store.clone(),
-        metrics,
-        &tasks,
-        stop.clone(),
-    );
+    let (audit, q, tasks, stop) = bounded_queue(&t.store);
     let flood: std::net::IpAddr = "10.1.1.1".parse().unwrap();
     for i in 0..5_000 {
         let file = if i % 2 == 0 {

@@ -639,14 +639,10 @@ async fn in_a_terminal_exec_shows_progress_ctrl_c_cancels_and_login_hides_the_to
     assert!(!p.contains(&b.token), "the token was echoed: {p}");
 }
 
-/// `postern ssh-config` gives plain `ssh NODE` and Ansible a way through the
-/// bastion, with the bastion's host key known before the first connection.
-#[tokio::test(flavor = "multi_thread")]
-async fn ssh_config_serves_real_ssh_and_ansible() {
-    let b = Bastion::start(BastionOpts::default()).await;
-    let helper = InstalledHelper::install();
-    let _n1 = Node::start(&b, &helper, "web-1").await;
-    let _n2 = Node::start(&b, &helper, "web-2").await;
+/// A user of `b` (the admin's token in the environment) with a key in
+/// `~/.ssh/id_ed25519`, registered with `keys add` (which takes
+/// `~/.ssh/id_ed25519.pub` when given no file); answers the key's path.
+fn cli_with_key(b: &Bastion) -> (Cli, std::path::PathBuf) {
     let cli = Cli {
         config: tempfile::tempdir().unwrap(),
         env: vec![
@@ -656,11 +652,23 @@ async fn ssh_config_serves_real_ssh_and_ansible() {
     };
     let key = cli.config.path().join("id_ed25519");
     keygen(&key);
-    // `keys add` with no file takes ~/.ssh/id_ed25519.pub.
     let ssh_dir = cli.config.path().join(".ssh");
     std::fs::create_dir_all(&ssh_dir).unwrap();
     std::fs::copy(key.with_extension("pub"), ssh_dir.join("id_ed25519.pub")).unwrap();
     cli.ok(&["keys", "add"]);
+    (cli, key)
+}
+
+/// `postern ssh-config` gives plain `ssh NODE` and Ansible a way through the
+/// bastion, with the bastion's host key known before the first connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_config_serves_real_ssh_and_ansible() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let helper = InstalledHelper::install();
+    let _n1 = Node::start(&b, &helper, "web-1").await;
+    let _n2 = Node::start(&b, &helper, "web-2").await;
+    let (cli, key) = cli_with_key(&b);
+    let ssh_dir = cli.config.path().join(".ssh");
 
     // A node that joined but waits for approval, under the bastion's own alias
     // in ssh_config: never written (it would make every jump recurse).
@@ -784,19 +792,8 @@ async fn ssh_config_leaves_the_users_own_hosts_alone() {
     // A joiner named a node after the user's own build machine.
     let _buildbox = Node::start(&b, &helper, "buildbox").await;
     let _web = Node::start(&b, &helper, "web-1").await;
-    let cli = Cli {
-        config: tempfile::tempdir().unwrap(),
-        env: vec![
-            ("POSTERN_URL".into(), format!("http://{}", b.api)),
-            ("POSTERN_TOKEN".into(), b.token.clone()),
-        ],
-    };
-    let key = cli.config.path().join("id_ed25519");
-    keygen(&key);
+    let (cli, key) = cli_with_key(&b);
     let ssh_dir = cli.config.path().join(".ssh");
-    std::fs::create_dir_all(&ssh_dir).unwrap();
-    std::fs::copy(key.with_extension("pub"), ssh_dir.join("id_ed25519.pub")).unwrap();
-    cli.ok(&["keys", "add"]);
 
     let user_config = ssh_dir.join("config");
     std::fs::write(

@@ -242,6 +242,20 @@ async fn node_view(b: &Bastion) -> Value {
     b.node(NODE).await.expect("the node is listed")
 }
 
+/// The agent flags that read this node's keys from its Node object, signed by
+/// the key whose public half is `signer`.
+fn node_keys_args<'a>(signer: &'a str, kubelet: &'a str) -> [&'a str; 7] {
+    [
+        "--kube-node-keys",
+        "--kube-node-keys-signer",
+        signer,
+        "--kubelet-kubeconfig",
+        kubelet,
+        "--node-name",
+        NODE,
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_in_the_node_object_let_in_at_the_nodes_sshd_and_the_bastion_shows_them() {
     let mut k = KubeCluster::start_with_nodes(&[NODE]).await;
@@ -258,15 +272,7 @@ async fn keys_in_the_node_object_let_in_at_the_nodes_sshd_and_the_bastion_shows_
     // The cluster admin's signing key; the agent gets its public half.
     let admin = signing_key(b.dir.path(), "cluster-admin");
     let signer = admin.with_extension("pub");
-    let kube_args = [
-        "--kube-node-keys",
-        "--kube-node-keys-signer",
-        signer.to_str().unwrap(),
-        "--kubelet-kubeconfig",
-        kubelet.as_str(),
-        "--node-name",
-        NODE,
-    ];
+    let kube_args = node_keys_args(signer.to_str().unwrap(), &kubelet);
     let mut node = Node::start_with(&b, &h, NODE, &kube_args).await;
     let dir = node.agent.data_dir.clone();
     let port = node.sshd.port;
@@ -534,15 +540,7 @@ async fn another_replica_shows_the_keys_of_a_node_whose_channel_it_does_not_hold
     let _agent = r2
         .agent_with(
             NODE,
-            &[
-                "--kube-node-keys",
-                "--kube-node-keys-signer",
-                signer.to_str().unwrap(),
-                "--kubelet-kubeconfig",
-                kubelet.to_str().unwrap(),
-                "--node-name",
-                NODE,
-            ],
+            &node_keys_args(signer.to_str().unwrap(), kubelet.to_str().unwrap()),
         )
         .await;
     let u = SshUser::unregistered(&r1, "oncall");
@@ -605,15 +603,7 @@ async fn whoever_may_only_update_node_status_cannot_let_a_key_in() {
         &b,
         &h,
         NODE,
-        &[
-            "--kube-node-keys",
-            "--kube-node-keys-signer",
-            signer.to_str().unwrap(),
-            "--kubelet-kubeconfig",
-            kubelet.to_str().unwrap(),
-            "--node-name",
-            NODE,
-        ],
+        &node_keys_args(signer.to_str().unwrap(), kubelet.to_str().unwrap()),
     )
     .await;
     let dir = node.agent.data_dir.clone();

@@ -104,12 +104,25 @@ impl AuditQueue {
     }
 
     /// Counts an event from `source` into its window in `windows`: true if it
-    /// is the window's first (to be recorded at once), else it is counted into
-    /// the window's summary (or, with too many sources tracked, as dropped).
-    fn count_in(&self, windows: &Windows, source: IpAddr, name: &str) -> bool {
+    /// is to be recorded at once, else it is counted into the window's summary
+    /// (or, with too many sources tracked, as dropped). What is recorded at
+    /// once: the window's first event; with `first_per_name`, also the first
+    /// of each name (downloads: the script and the package of one install are
+    /// two entries, with what was sent).
+    fn count_in(
+        &self,
+        windows: &Windows,
+        source: IpAddr,
+        name: &str,
+        first_per_name: bool,
+    ) -> bool {
         let mut map = windows.lock().unwrap_or_else(|p| p.into_inner());
         let full = map.len() >= MAX_SOURCES;
         match map.get_mut(&source) {
+            Some(w) if first_per_name && !w.names.contains(name) && w.names.len() < MAX_NAMES => {
+                w.names.insert(name.to_string());
+                true
+            }
             Some(w) => {
                 w.more += 1;
                 if w.names.len() < MAX_NAMES {
@@ -123,47 +136,19 @@ impl AuditQueue {
                 false
             }
             None => {
+                // A summary lists the names of what it counts; per name, the
+                // first is among them, recorded at once.
+                let names = if first_per_name {
+                    BTreeSet::from([name.to_string()])
+                } else {
+                    BTreeSet::new()
+                };
                 map.insert(
                     source,
                     Window {
                         started: Instant::now(),
                         more: 0,
-                        names: BTreeSet::new(),
-                    },
-                );
-                true
-            }
-        }
-    }
-
-    /// Whether this is the first download of `file` from `source` in its
-    /// window (then it is recorded at once, with what was sent: the script and
-    /// the package of one install are two entries); a repeat is counted for the
-    /// window's summary.
-    fn first_of_file(&self, source: IpAddr, file: &str) -> bool {
-        let mut map = self.downloads.lock().unwrap_or_else(|p| p.into_inner());
-        let full = map.len() >= MAX_SOURCES;
-        match map.get_mut(&source) {
-            Some(w) if !w.names.contains(file) && w.names.len() < MAX_NAMES => {
-                w.names.insert(file.to_string());
-                true
-            }
-            Some(w) => {
-                w.more += 1;
-                false
-            }
-            None if full => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                inc(&self.metrics.audit_dropped);
-                false
-            }
-            None => {
-                map.insert(
-                    source,
-                    Window {
-                        started: Instant::now(),
-                        more: 0,
-                        names: BTreeSet::from([file.to_string()]),
+                        names,
                     },
                 );
                 true
@@ -174,7 +159,7 @@ impl AuditQueue {
     /// A failed SSH login: recorded at once if it is the first from `source` in
     /// the window, else counted into the window's summary entry.
     pub fn login_failed(&self, source: IpAddr, user: &str, keys_tried: Vec<String>) {
-        if self.count_in(&self.failures, source, user) {
+        if self.count_in(&self.failures, source, user, false) {
             self.push_pending(Pending {
                 event: Event::new("ssh.auth", "denied")
                     .actor(user)
@@ -195,7 +180,7 @@ impl AuditQueue {
     /// cannot open a window per address of its prefix.
     pub fn download(&self, source: IpAddr, file: &str, detail: serde_json::Value) {
         let source = crate::limits::source_key(source);
-        if self.first_of_file(source, file) {
+        if self.count_in(&self.downloads, source, file, true) {
             self.push(
                 Event::new("agent.download", "ok")
                     .source(Some(source.to_string()))

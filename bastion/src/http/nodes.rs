@@ -301,27 +301,13 @@ pub async fn disable_node(
     let gateway_revoked =
         n.kube_gateway_granted && state.store.set_kube_gateway_granted(&n.id, false).await?;
     if gateway_revoked {
-        crate::access::gateway_changed(
-            &state,
-            &crate::access::GatewayChange {
-                org_id: p.org_id.clone(),
-                edge_id: e.id.clone(),
-                node_id: n.id.clone(),
-                granted: false,
-            },
-        )
-        .await;
+        gateway_changed(&state, &p, &e, &n, false).await;
     }
     let cut = state.fleet.disconnect(&n.id).await;
     caller.audit.with(|a| {
         a.detail = Some(json!({ "channel_closed": cut, "kube_gateway_revoked": gateway_revoked }))
     });
-    let n = state
-        .store
-        .node(&n.id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("node vanished".into()))?;
-    Ok(Json(node_view(&state, &p, &e, &n)))
+    current_view(&state, &p, &e, &n.id).await
 }
 
 /// Enables a disabled node again (as approved); any other node is left as it
@@ -359,12 +345,7 @@ pub async fn enable_node(
             .set_node_state(&n.id, NodeState::Approved, now_ms())
             .await?;
     }
-    let n = state
-        .store
-        .node(&n.id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("node vanished".into()))?;
-    Ok(Json(node_view(&state, &p, &e, &n)))
+    current_view(&state, &p, &e, &n.id).await
 }
 
 /// Deletes a node and cuts its channel; it must enroll again to come back.
@@ -453,16 +434,7 @@ pub async fn grant_kube_gateway(
         NodeState::Approved | NodeState::Provisioned => {}
     }
     let changed = state.store.set_kube_gateway_granted(&n.id, true).await?;
-    crate::access::gateway_changed(
-        &state,
-        &crate::access::GatewayChange {
-            org_id: p.org_id.clone(),
-            edge_id: e.id.clone(),
-            node_id: n.id.clone(),
-            granted: true,
-        },
-    )
-    .await;
+    gateway_changed(&state, &p, &e, &n, true).await;
     caller.audit.with(|a| {
         a.detail = Some(json!({
             "node": n.hostname,
@@ -472,12 +444,7 @@ pub async fn grant_kube_gateway(
             "capable": n.kube_gateway_capable,
         }))
     });
-    let n = state
-        .store
-        .node(&n.id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("node vanished".into()))?;
-    Ok(Json(node_view(&state, &p, &e, &n)))
+    current_view(&state, &p, &e, &n.id).await
 }
 
 /// Takes a node's Kubernetes gateway role back: no new request goes to it, and
@@ -513,16 +480,7 @@ pub async fn revoke_kube_gateway(
     let changed = state.store.set_kube_gateway_granted(&n.id, false).await?;
     // Applied even when nothing changed in the store: what this replica still
     // has open on the node ends all the same.
-    let cut = crate::access::gateway_changed(
-        &state,
-        &crate::access::GatewayChange {
-            org_id: p.org_id.clone(),
-            edge_id: e.id.clone(),
-            node_id: n.id.clone(),
-            granted: false,
-        },
-    )
-    .await;
+    let cut = gateway_changed(&state, &p, &e, &n, false).await;
     caller.audit.with(|a| {
         a.detail = Some(json!({
             "node": n.hostname,
@@ -532,10 +490,43 @@ pub async fn revoke_kube_gateway(
             "kube_requests_cut": cut,
         }))
     });
+    current_view(&state, &p, &e, &n.id).await
+}
+
+/// The node as it is now in the store, as the API shows it: what a change
+/// answers once it is done.
+async fn current_view(
+    state: &AppState,
+    project: &ProjectRow,
+    edge: &EdgeRow,
+    node_id: &str,
+) -> Result<Json<dto::Node>, ApiError> {
     let n = state
         .store
-        .node(&n.id)
+        .node(node_id)
         .await?
         .ok_or_else(|| ApiError::NotFound("node vanished".into()))?;
-    Ok(Json(node_view(&state, &p, &e, &n)))
+    Ok(Json(node_view(state, project, edge, &n)))
+}
+
+/// Publishes a committed change of `node`'s gateway role on the core's access
+/// bus (this replica's doors and the others'); answers how many requests it
+/// ended here.
+async fn gateway_changed(
+    state: &AppState,
+    project: &ProjectRow,
+    edge: &EdgeRow,
+    node: &NodeRow,
+    granted: bool,
+) -> usize {
+    crate::access::gateway_changed(
+        state,
+        &crate::access::GatewayChange {
+            org_id: project.org_id.clone(),
+            edge_id: edge.id.clone(),
+            node_id: node.id.clone(),
+            granted,
+        },
+    )
+    .await
 }
