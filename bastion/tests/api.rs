@@ -597,6 +597,31 @@ async fn every_call_and_every_denial_is_audited() {
     );
 }
 
+/// An admin who reads the log right after a change finds it: a change is
+/// answered only once its outcome is committed (a CI run once read the log
+/// between the answer and the batch's commit).
+#[tokio::test]
+async fn a_change_is_in_the_log_when_it_is_answered() {
+    let w = world().await;
+    for i in 0..40 {
+        let name = format!("p{i}");
+        let (st, v) = w
+            .post("/api/v1/projects", &w.admin, json!({ "name": name }))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        let (_, page) = w
+            .get(
+                "/api/v1/audit?limit=1&action=api%20POST%20%2Fapi%2Fv1%2Fprojects",
+                &w.admin,
+            )
+            .await;
+        assert_eq!(
+            page["entries"][0]["project"], name,
+            "round {i}: the answer came before its entry: {page}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn enrollment_tokens_carry_a_working_join_command() {
     let w = world().await;

@@ -70,6 +70,13 @@ impl Auditor {
         self.batch.record(ev).await;
     }
 
+    /// [`Auditor::batched`], and waits until the entry is committed (at most
+    /// ten seconds): for the outcome of an admin's change, so that whoever
+    /// reads the log after the answer finds it.
+    pub async fn batched_written(&self, ev: Event) {
+        self.batch.record_written(ev).await;
+    }
+
     /// [`Auditor::batched`] from code that cannot wait (a drop): queued at
     /// once when there is room, else by a task of its own on `tasks`.
     pub fn batched_soon(&self, ev: Event, tasks: &TaskTracker) {

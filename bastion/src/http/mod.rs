@@ -224,6 +224,15 @@ async fn audit_requests_with(
     ev.project = info.project;
     ev.targets = info.targets;
     ev.exec_id = info.exec_id;
-    state.audit.batched(ev).await;
+    // A change's outcome (an execution's too) is in the log before its
+    // answer: whoever reads the log next finds it. Reads only queue theirs.
+    if !matches!(
+        method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    ) {
+        state.audit.batched_written(ev).await;
+    } else {
+        state.audit.batched(ev).await;
+    }
     resp
 }
