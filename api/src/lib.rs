@@ -9,6 +9,7 @@ pub mod agent;
 mod b64;
 pub mod cmdexec;
 pub mod error;
+pub mod identity;
 pub mod kube;
 pub mod kube_keys;
 pub mod labels;

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod cmdexec;
 pub mod dev;
 pub mod http;
+pub mod identity;
 pub mod kube;
 pub mod limits;
 pub mod metrics;

@@ -1,6 +1,9 @@
-//! The bastion's certificate authority: made at first start and kept in the store
-//! with its key sealed by the operator's master key; signs node CSRs (short-lived
-//! client certificates) and the agent port's server certificate.
+//! The bastion's certificate authorities: made at first start and kept in the
+//! store with their keys sealed by the operator's master key. The X.509 CA
+//! signs node CSRs (short-lived client certificates) and the agent port's
+//! server certificate; the user CA (`identity::ssh_ca`) signs people's OpenSSH
+//! certificates. The master key also seals other secrets at rest (TOTP
+//! secrets, OpenID client secrets): [`Pki::seal`], [`Pki::open`].
 //!
 //! A node certificate names the node by id in its CN. The CSR proves possession of
 //! the key and supplies the public key; nothing else it asks for is honoured.
@@ -18,6 +21,10 @@ use thiserror::Error;
 use time::OffsetDateTime;
 
 use crate::clock::now_ms;
+use crate::identity::ssh_ca::UserCa;
+
+/// The store's row for the SSH user CA (`cert_pem` holds its public key).
+const USER_CA_ROW: &str = "ssh-user";
 use crate::secrets::{MasterKey, SecretError, random_bytes};
 use crate::store::{Store, StoreError};
 
@@ -33,6 +40,8 @@ pub enum PkiError {
     BadCsr(String),
     #[error("invalid certificate: {0}")]
     BadCert(String),
+    #[error("user CA: {0}")]
+    UserCa(String),
 }
 
 /// Node certificates start this long before their issue, for clocks that lag.
@@ -56,6 +65,9 @@ pub struct NodeCertInfo {
 }
 
 pub struct Pki {
+    /// Seals secrets kept in the store.
+    master: MasterKey,
+    user_ca: crate::identity::ssh_ca::UserCa,
     ca_pem: String,
     ca_der: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
@@ -97,19 +109,68 @@ impl Pki {
         };
         let key_pem =
             String::from_utf8(master.open(&sealed)?).map_err(|_| SecretError::Malformed)?;
-        Pki::from_pem(cert_pem, &key_pem, node_cert_ttl)
+        let user_ca = match store.load_ca_row(USER_CA_ROW).await? {
+            Some((_, sealed)) => sealed,
+            None => {
+                let ca = UserCa::generate().map_err(|e| PkiError::UserCa(e.to_string()))?;
+                let pem = ca
+                    .to_openssh()
+                    .map_err(|e| PkiError::UserCa(e.to_string()))?;
+                let sealed = master.seal(pem.as_bytes())?;
+                tracing::info!(fingerprint = %ca.fingerprint(), "created a new SSH user certificate authority");
+                store
+                    .insert_ca_row(USER_CA_ROW, ca.public_openssh(), &sealed, now_ms())
+                    .await?
+                    .1
+            }
+        };
+        let user_pem =
+            String::from_utf8(master.open(&user_ca)?).map_err(|_| SecretError::Malformed)?;
+        let user_ca =
+            UserCa::from_openssh(&user_pem).map_err(|e| PkiError::UserCa(e.to_string()))?;
+        Pki::from_pem(
+            cert_pem,
+            &key_pem,
+            node_cert_ttl,
+            master.duplicate(),
+            user_ca,
+        )
     }
 
-    /// A new CA that lives only in memory, never stored: for tests and fuzzing.
+    /// New CAs that live only in memory, never stored: for tests and fuzzing.
     pub fn in_memory(node_cert_ttl: Duration) -> Result<Arc<Pki>, PkiError> {
         let (cert_pem, key_pem) = new_ca()?;
-        Pki::from_pem(cert_pem, &key_pem, node_cert_ttl)
+        let user_ca = UserCa::generate().map_err(|e| PkiError::UserCa(e.to_string()))?;
+        Pki::from_pem(
+            cert_pem,
+            &key_pem,
+            node_cert_ttl,
+            MasterKey::random()?,
+            user_ca,
+        )
+    }
+
+    /// The SSH user CA.
+    pub fn user_ca(&self) -> &UserCa {
+        &self.user_ca
+    }
+
+    /// Seals a secret for the store.
+    pub fn seal(&self, plaintext: &[u8]) -> Result<String, SecretError> {
+        self.master.seal(plaintext)
+    }
+
+    /// Opens what [`Pki::seal`] sealed.
+    pub fn open(&self, sealed: &str) -> Result<Vec<u8>, SecretError> {
+        self.master.open(sealed)
     }
 
     fn from_pem(
         cert_pem: String,
         key_pem: &str,
         node_cert_ttl: Duration,
+        master: MasterKey,
+        user_ca: UserCa,
     ) -> Result<Arc<Pki>, PkiError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
@@ -118,6 +179,8 @@ impl Pki {
             ring::digest::digest(&ring::digest::SHA256, &ca_der).as_ref(),
         );
         Ok(Arc::new(Pki {
+            master,
+            user_ca,
             ca_pem: cert_pem,
             ca_der,
             issuer,

@@ -123,6 +123,16 @@ impl fmt::Debug for MasterKey {
 const SEAL_AAD: &[u8] = b"postern-sealed-v1";
 
 impl MasterKey {
+    /// A random key that lives only in memory: for tests and in-memory CAs.
+    pub fn random() -> Result<MasterKey, SecretError> {
+        Ok(MasterKey(random_bytes::<32>()?))
+    }
+
+    /// The same key, for a second owner.
+    pub fn duplicate(&self) -> MasterKey {
+        MasterKey(self.0)
+    }
+
     pub fn from_hex(s: &str, origin: &str) -> Result<MasterKey, SecretError> {
         let bytes = hex::decode(s.trim()).map_err(|_| SecretError::BadKey(origin.to_string()))?;
         let arr: [u8; 32] = bytes

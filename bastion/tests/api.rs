@@ -703,6 +703,18 @@ async fn a_lost_database_is_503_with_a_retry_hint_not_a_500() {
 /// and described in the document.
 const DOCUMENTED_ROUTES: &[&str] = &[
     "GET /api/v1/whoami",
+    "POST /api/v1/auth/login",
+    "POST /api/v1/auth/logout",
+    "POST /api/v1/auth/ssh-certificate",
+    "POST /api/v1/auth/invitation",
+    "POST /api/v1/users/{user}/invitation",
+    "GET /api/v1/users/{user}/sessions",
+    "DELETE /api/v1/users/{user}/sessions",
+    "DELETE /api/v1/users/{user}/mfa",
+    "POST /api/v1/users/{user}/disable",
+    "POST /api/v1/users/{user}/enable",
+    "GET /api/v1/org/policy",
+    "PUT /api/v1/org/policy",
     "GET /api/v1/kubeconfig",
     "GET /api/v1/projects",
     "POST /api/v1/projects",

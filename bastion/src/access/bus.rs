@@ -43,6 +43,14 @@ pub enum Change {
     /// One API token was revoked: what was opened with it (kubectl watches and
     /// streams) ends. SSH sessions are opened with keys, not tokens.
     TokenRevoked { token_id: String },
+    /// A login session ended (logout, an admin, the user disabled, its SSO
+    /// roles gone): what was opened with it ends, on every door: requests and
+    /// watches held under it, and SSH sessions opened with the key it
+    /// certified.
+    SessionEnded {
+        session_id: String,
+        ssh_fingerprint: Option<String>,
+    },
     /// A kind this version does not know (published by a newer replica): read
     /// as the widest cut, everything the user holds, since access was taken
     /// away and not knowing how much must not keep any of it.

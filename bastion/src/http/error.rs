@@ -156,3 +156,17 @@ impl ApiError {
         )
     }
 }
+
+impl From<crate::identity::IdentityError> for ApiError {
+    fn from(e: crate::identity::IdentityError) -> ApiError {
+        use crate::identity::IdentityError as E;
+        match e {
+            E::Refused(m) => ApiError::Unauthorized(m),
+            E::TooMany(m) => ApiError::TooManyRequests(m),
+            E::Invalid(m) => ApiError::BadRequest(m),
+            E::Store(s) => s.into(),
+            E::Secret(s) => s.into(),
+            E::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}

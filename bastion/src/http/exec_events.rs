@@ -240,6 +240,7 @@ pub async fn events(
         done: false,
         lagging: false,
         authorization,
+        source: caller.source_ip.as_deref().and_then(|s| s.parse().ok()),
         project_id: x.project_id,
         recheck,
         tx,
@@ -276,6 +277,8 @@ struct Reader {
     /// The reader's credential and project, checked again every [`RECHECK`]:
     /// a revoked token, a deleted user or a removed role ends the stream.
     authorization: Option<String>,
+    /// Where the reader connected from (a bot's token may be bound to networks).
+    source: Option<std::net::IpAddr>,
     project_id: String,
     recheck: tokio::time::Interval,
     tx: mpsc::Sender<SseEvent>,
@@ -289,10 +292,15 @@ const RECHECK: Duration = Duration::from_secs(5);
 
 /// Whether the holder of `authorization` may still read `project_id`; a store
 /// that does not answer in time counts as no.
-async fn still_allowed(state: &AppState, authorization: Option<&str>, project_id: &str) -> bool {
+async fn still_allowed(
+    state: &AppState,
+    authorization: Option<&str>,
+    source: Option<std::net::IpAddr>,
+    project_id: &str,
+) -> bool {
     let check = async {
         let store = &state.store;
-        let Ok(p) = crate::access::authn::bearer(store, authorization).await else {
+        let Ok((p, _)) = crate::access::authn::bearer(store, authorization, source).await else {
             return false;
         };
         crate::access::resolve::project(store, &p, project_id, Action::ReadProject)
@@ -318,7 +326,14 @@ impl Reader {
     /// The access check that came due, on the timer whether or not the client
     /// reads. `false`: the reader lost access, and the body is cut off at once.
     async fn recheck_due(&self) -> bool {
-        if still_allowed(&self.state, self.authorization.as_deref(), &self.project_id).await {
+        if still_allowed(
+            &self.state,
+            self.authorization.as_deref(),
+            self.source,
+            &self.project_id,
+        )
+        .await
+        {
             return true;
         }
         tracing::info!(exec_id = %self.exec_id, "ending a live stream whose reader may no longer read it");

@@ -68,6 +68,8 @@ pub fn source_ip(parts: &Parts) -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub principal: Principal,
+    /// The session or token the call came with.
+    pub credential: crate::access::authn::Credential,
     pub source_ip: Option<String>,
     pub audit: AuditCtx,
 }
@@ -84,7 +86,12 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok());
-        let principal = crate::access::authn::bearer(&state.store, header).await?;
+        let source = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ci| ci.0.ip());
+        let (principal, credential) =
+            crate::access::authn::bearer(&state.store, header, source).await?;
         let audit_first = audit.with(|a| {
             a.actor = Some(principal.user_name.clone());
             a.org_id = Some(principal.org_id.clone());
@@ -110,6 +117,7 @@ impl FromRequestParts<AppState> for Caller {
         }
         Ok(Caller {
             principal,
+            credential,
             source_ip: source_ip(parts),
             audit,
         })
@@ -240,5 +248,37 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             )),
             Err(other) => Err(ApiError::BadRequest(other.body_text())),
         }
+    }
+}
+
+/// A request that needs no credential (signing in), with where it came from
+/// and its audit context.
+#[derive(Debug, Clone)]
+pub struct Anonymous {
+    /// The peer's address; `None` only in tests that call the router
+    /// directly, which then count as one source.
+    pub source: Option<std::net::IpAddr>,
+    pub audit: AuditCtx,
+}
+
+impl Anonymous {
+    /// The source for per-source limits.
+    pub fn source_or_local(&self) -> std::net::IpAddr {
+        self.source
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Anonymous {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Anonymous {
+            source: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ci| ci.0.ip()),
+            audit: audit_ctx(parts),
+        })
     }
 }

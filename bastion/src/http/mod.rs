@@ -3,6 +3,7 @@
 //! IP by one middleware, so no handler can forget to.
 
 mod admin;
+mod auth;
 pub mod big_answers;
 mod cmdexec;
 mod error;
@@ -44,6 +45,8 @@ pub struct Rest {
     pub big_answers: big_answers::BigAnswers,
     /// Live execution streams open, per user, per org and in all.
     pub exec_streams: exec_events::StreamPermits,
+    /// Failed sign-ins per source, checked before any password is hashed.
+    pub sign_in_attempts: crate::identity::attempts::Attempts,
 }
 
 impl std::ops::Deref for Rest {
@@ -65,6 +68,7 @@ impl Rest {
             core,
             big_answers: Default::default(),
             exec_streams,
+            sign_in_attempts: Default::default(),
         })
     }
 }
@@ -123,6 +127,22 @@ pub fn router(core: Arc<Shared>) -> Router {
         .route(routes::SSH_KEYS, get(ssh_keys::list).post(ssh_keys::add))
         .route(routes::SSH_KEY, delete(ssh_keys::delete))
         .route(routes::TOKEN, delete(users::revoke_token))
+        .route(routes::AUTH_LOGIN, post(auth::login))
+        .route(routes::AUTH_LOGOUT, post(auth::logout))
+        .route(routes::AUTH_SSH_CERT, post(auth::ssh_certificate))
+        .route(routes::AUTH_INVITATION, post(auth::accept_invitation))
+        .route(routes::USER_INVITATION, post(auth::create_invitation))
+        .route(
+            routes::USER_SESSIONS,
+            get(auth::list_sessions).delete(auth::end_sessions),
+        )
+        .route(routes::USER_MFA, delete(auth::reset_mfa))
+        .route(routes::USER_DISABLE, post(auth::disable_user))
+        .route(routes::USER_ENABLE, post(auth::enable_user))
+        .route(
+            routes::ORG_POLICY,
+            get(auth::get_policy).put(auth::put_policy),
+        )
         .route(routes::AUDIT, get(admin::audit_page))
         .route(routes::KUBECONFIG, get(kubeconfig::kubeconfig))
         .route(routes::SSH_ENDPOINT, get(ssh_keys::endpoint))

@@ -13,7 +13,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, cmdexec, exec_events, kubeconfig, nodes, ops, ssh_keys, users};
+use super::{admin, auth, cmdexec, exec_events, kubeconfig, nodes, ops, ssh_keys, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,7 +25,7 @@ use super::{admin, cmdexec, exec_events, kubeconfig, nodes, ops, ssh_keys, users
                        clusters (by name, or by label selector), with rate control (max_concurrency, max_errors) and \
                        Idempotency-Key; poll their results, follow their live output as server-sent events, \
                        cancel them, list history. Authenticate with \
-                       `Authorization: Bearer pst_…`. Errors are JSON: `{\"error\": {\"code\", \"message\"}}`. \
+                       `Authorization: Bearer pss_…` (a session from `POST /api/v1/auth/login` or `postern login`) or a bot's `pst_…` token. Errors are JSON: `{\"error\": {\"code\", \"message\"}}`. \
                        Every call is audited; a change the audit log cannot record is refused with 503.",
     ),
     paths(
@@ -69,6 +69,18 @@ use super::{admin, cmdexec, exec_events, kubeconfig, nodes, ops, ssh_keys, users
         ops::healthz,
         ops::readyz,
         ops::metrics,
+        auth::login,
+        auth::logout,
+        auth::ssh_certificate,
+        auth::create_invitation,
+        auth::accept_invitation,
+        auth::list_sessions,
+        auth::end_sessions,
+        auth::reset_mfa,
+        auth::disable_user,
+        auth::enable_user,
+        auth::get_policy,
+        auth::put_policy,
     ),
     components(schemas(
         ErrorBody,
@@ -102,9 +114,20 @@ use super::{admin, cmdexec, exec_events, kubeconfig, nodes, ops, ssh_keys, users
         postern_api::cmdexec::ExecEventFrame,
         postern_api::cmdexec::OutputStream,
         postern_api::cmdexec::CancelResponse,
+        postern_api::identity::Login,
+        postern_api::identity::SessionCreated,
+        postern_api::identity::CertifyKey,
+        postern_api::identity::SshCertificate,
+        postern_api::identity::CreateInvitation,
+        postern_api::identity::InvitationCreated,
+        postern_api::identity::AcceptInvitation,
+        postern_api::identity::InvitationAccepted,
+        postern_api::identity::OrgPolicy,
+        postern_api::identity::SessionInfo,
     )),
     modifiers(&Bearer),
     tags(
+        (name = "auth", description = "Signing in (password and TOTP), sessions, SSH certificates, invitations and the org's sign-in policy"),
         (name = "admin", description = "Projects, edges, nodes and enrollment tokens"),
         (name = "users", description = "Users, their roles, and API tokens"),
         (name = "ssh-keys", description = "Users' SSH public keys"),

@@ -264,6 +264,7 @@ impl Live {
             let hit = match &change.what {
                 Change::UserDeleted | Change::Unknown => true,
                 Change::TokenRevoked { token_id } => &o.token_id == token_id,
+                Change::SessionEnded { session_id, .. } => &o.token_id == session_id,
                 Change::RoleChanged { project_id: None } => true,
                 Change::RoleChanged {
                     project_id: Some(p),

@@ -234,11 +234,6 @@ async fn authorize(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    let token_id = header
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .and_then(|t| crate::secrets::parse_token(access::authn::TOKEN_PREFIX, t.trim()))
-        .map(|(id, _)| id.to_string())
-        .unwrap_or_default();
     let info = contract::request_info(req.method().as_str(), rest, req.uri().query());
     let key = super::live::CacheKey::new(header.unwrap_or_default(), project, edge);
     let epoch = shared.live.epoch();
@@ -256,8 +251,12 @@ async fn authorize(
             gateway: None,
         });
     }
-    let (principal, expires_at_ms) = match access::authn::bearer_expiring(&shared.store, header)
-        .await
+    let (principal, credential) = match access::authn::bearer(
+        &shared.store,
+        header,
+        Some(peer.ip()),
+    )
+    .await
     {
         Ok(p) => p,
         Err(d) => {
@@ -271,6 +270,8 @@ async fn authorize(
             return Err(d);
         }
     };
+    // What the request is held under: a session or a token, cut when it ends.
+    let (token_id, expires_at_ms) = (credential.id, credential.expires_at);
     let refuse = |d: Denied, project: Option<&ProjectRow>| {
         let mut ev = Event::new("kube.request", "denied")
             .org(&principal.org_id)
@@ -374,7 +375,7 @@ async fn reauthorize(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    let now = access::authn::bearer(&shared.store, header).await?;
+    let (now, _) = access::authn::bearer(&shared.store, header, Some(auth.peer.ip())).await?;
     match authz::kube_groups(&now, &auth.project) {
         Ok(groups) if groups == auth.groups && now.user_id == auth.principal.user_id => Ok(()),
         _ => Err(Denied::forbidden(

@@ -20,6 +20,7 @@ use super::keys::{canonical, fingerprint};
 use super::relay::{self, Jump};
 use crate::audit::Event;
 use crate::authz::Principal;
+use crate::clock::now_ms;
 use crate::metrics::inc;
 
 /// An authenticated SSH user: who, and with which key.
@@ -72,7 +73,9 @@ impl Conn {
 
     /// The named user and their registered key with this fingerprint. Keys are
     /// looked up for the user named at login only: a key two users registered
-    /// authenticates each as themselves, never one as the other.
+    /// authenticates each as themselves, never one as the other. A disabled
+    /// user has none, and neither has a person whose org refuses people's
+    /// registered keys (they log in with their session's certificate).
     async fn lookup(
         &self,
         user: &str,
@@ -82,9 +85,19 @@ impl Conn {
         postern_api::validate::name("user", user).ok()?;
         let fp = fingerprint(key);
         let found = async {
-            let Some(owner) = self.shared.store.user_by_name(user).await? else {
+            let Some(owner) = self.live_user(user).await? else {
                 return Ok(None);
             };
+            if !owner.is_bot()
+                && self
+                    .shared
+                    .store
+                    .org_policy(&owner.org_id)
+                    .await?
+                    .refuse_person_keys
+            {
+                return Ok(None);
+            }
             Ok::<_, crate::store::StoreError>(
                 self.shared
                     .store
@@ -100,6 +113,87 @@ impl Conn {
                 None
             }
         }
+    }
+
+    async fn live_user(
+        &self,
+        user: &str,
+    ) -> Result<Option<crate::store::UserRow>, crate::store::StoreError> {
+        Ok(self
+            .shared
+            .store
+            .user_by_name(user)
+            .await?
+            .filter(|u| u.disabled_at.is_none()))
+    }
+
+    /// The open login session of `user` that certified `key`: such a key is
+    /// offered before its certificate, and is taken only with it.
+    async fn session_key(&self, user: &str, key: &PublicKey) -> bool {
+        if postern_api::validate::name("user", user).is_err() {
+            return false;
+        }
+        let found = async {
+            let Some(owner) = self.live_user(user).await? else {
+                return Ok(false);
+            };
+            Ok::<_, crate::store::StoreError>(
+                self.shared
+                    .store
+                    .session_by_ssh_key(&owner.id, &fingerprint(key), now_ms())
+                    .await?
+                    .is_some(),
+            )
+        };
+        found.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "store unavailable during SSH authentication");
+            false
+        })
+    }
+
+    /// A certificate's user and session, once everything russh leaves to us
+    /// is checked (see `identity::ssh_ca`); the refusal says why.
+    async fn certified(
+        &self,
+        user: &str,
+        cert: &russh::keys::Certificate,
+    ) -> Result<(crate::store::UserRow, crate::store::SessionRow), String> {
+        postern_api::validate::name("user", user).map_err(|_| "no such user".to_string())?;
+        let now = now_ms();
+        let c = self
+            .shared
+            .pki
+            .user_ca()
+            .check(cert, user, (now / 1000) as u64)?;
+        let store_down = |e: crate::store::StoreError| {
+            tracing::error!(error = %e, "store unavailable during SSH authentication");
+            "the bastion cannot check sessions now; retry".to_string()
+        };
+        let owner = self
+            .live_user(user)
+            .await
+            .map_err(store_down)?
+            .ok_or_else(|| "no such user, or disabled".to_string())?;
+        let session = self
+            .shared
+            .store
+            .session(&c.session_id)
+            .await
+            .map_err(store_down)?
+            .ok_or_else(|| "the certificate's session is unknown: log in again".to_string())?;
+        let key_fp = fingerprint(&PublicKey::new(cert.public_key().clone(), ""));
+        if session.user_id != owner.id || session.ssh_fingerprint.as_deref() != Some(&key_fp) {
+            return Err("the certificate does not match its session: log in again".into());
+        }
+        if let Some(reason) = &session.end_reason {
+            return Err(format!(
+                "the certificate's session ended ({reason}): log in again"
+            ));
+        }
+        if session.ended_at.is_some() || session.expires_at <= now {
+            return Err("the certificate's session is over: log in again".into());
+        }
+        Ok((owner, session))
     }
 
     fn note_attempt(&mut self, user: &str, key: &PublicKey) {
@@ -167,7 +261,9 @@ impl russh::server::Handler for Conn {
         // Ownership is not proven yet: answer "go on and sign" or "no", nothing more.
         // The attempt is noted either way; it is audited if no key is ever proven.
         self.note_attempt(user, offer.public_key);
-        if self.lookup(user, offer.public_key).await.is_some() {
+        if self.lookup(user, offer.public_key).await.is_some()
+            || self.session_key(user, offer.public_key).await
+        {
             Ok(Auth::Accept)
         } else {
             Ok(Self::publickey_only())
@@ -202,6 +298,51 @@ impl russh::server::Handler for Conn {
         self.user = Some(Arc::new(SshUser {
             principal,
             fingerprint: row.fingerprint,
+            public_key,
+        }));
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let key = PublicKey::new(certificate.public_key().clone(), "");
+        let (owner, session) = match self.certified(user, certificate).await {
+            Ok(found) => found,
+            Err(why) => {
+                self.note_attempt(user, &key);
+                self.shared.audit.best_effort(
+                    Event::new("ssh.certificate", "denied")
+                        .source(Some(self.peer.ip().to_string()))
+                        .actor(&postern_api::validate::peer_line(user, 80))
+                        .detail(json!({ "reason": why, "key_id": postern_api::validate::peer_line(certificate.key_id(), 120) })),
+                );
+                return Ok(Self::publickey_only());
+            }
+        };
+        let owner_id = owner.id.clone();
+        let principal = match crate::access::authn::principal(&self.shared.store, owner).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the certificate owner's roles during SSH authentication");
+                return Ok(Self::publickey_only());
+            }
+        };
+        let Ok(public_key) = canonical(&key) else {
+            return Ok(Self::publickey_only());
+        };
+        let fp = fingerprint(&key);
+        self._live = Some(
+            self.shared
+                .live
+                .connection(&owner_id, &fp, self.cancel.clone()),
+        );
+        tracing::debug!(session = %session.id, "SSH login with a session certificate");
+        self.user = Some(Arc::new(SshUser {
+            principal,
+            fingerprint: fp,
             public_key,
         }));
         Ok(Auth::Accept)

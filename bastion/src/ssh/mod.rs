@@ -228,7 +228,17 @@ impl crate::access::Door for SshAccess {
             let shared: &Door = &door;
             let c = match &change.what {
                 // Tokens open no SSH session.
-                Change::TokenRevoked { .. } => return serde_json::json!({ "ssh_cut": 0 }),
+                Change::TokenRevoked { .. }
+                | Change::SessionEnded {
+                    ssh_fingerprint: None,
+                    ..
+                } => return serde_json::json!({ "ssh_cut": 0 }),
+                // The key the session certified: what was opened with it ends,
+                // and the grants made for it are taken back.
+                Change::SessionEnded {
+                    ssh_fingerprint: Some(fingerprint),
+                    ..
+                } => AccessChange::KeyDeleted(fingerprint),
                 Change::UserDeleted | Change::Unknown => AccessChange::UserDeleted,
                 Change::KeyDeleted { fingerprint } => AccessChange::KeyDeleted(fingerprint),
                 Change::RoleChanged { project_id } => {

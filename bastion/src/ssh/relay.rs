@@ -256,18 +256,30 @@ async fn open(shared: &super::Door, jump: &Jump) -> Result<Opened, Refusal> {
     Ok((target, agent, resp.into_body(), tx))
 }
 
-/// The user as the store has them now: the key must still be registered to them,
-/// and their roles are read anew.
+/// The user as the store has them now: the key must still be registered to them
+/// (or certified by a session of theirs still open), they must not be
+/// disabled, and their roles are read anew.
 async fn current_principal(shared: &super::Door, user: &SshUser) -> Result<Principal, Refusal> {
     let p = &user.principal;
-    let key = shared
+    let registered = shared
         .store
         .user_ssh_key(&p.user_id, &user.fingerprint)
-        .await?;
-    let owner = shared.store.user_by_id(&p.user_id).await?;
-    if owner.is_none() || key.is_none() {
+        .await?
+        .is_some();
+    let key = registered
+        || shared
+            .store
+            .session_by_ssh_key(&p.user_id, &user.fingerprint, crate::clock::now_ms())
+            .await?
+            .is_some();
+    let owner = shared
+        .store
+        .user_by_id(&p.user_id)
+        .await?
+        .filter(|u| u.disabled_at.is_none());
+    if owner.is_none() || !key {
         return Err(Refusal::new(format!(
-            "the key you authenticated with ({}) is no longer registered to {}; register a key and connect again",
+            "the key you authenticated with ({}) is no longer registered to {}, or its session ended; log in again (postern login) and connect again",
             user.fingerprint, p.user_name
         )));
     }

@@ -5,10 +5,12 @@
 //! `Any` driver; the same tests run against both. Timestamps are unix milliseconds.
 
 mod executions;
+mod identity;
 mod kube_keys;
 mod nodes;
 mod replicas;
 mod ssh_keys;
+mod sso;
 mod tenancy;
 mod tokens;
 
@@ -23,10 +25,15 @@ pub use executions::{
     CLAIM_LEASE_MS, ExecutionPage, ExecutionRow, HistoryRow, IdempotencyClaim, IdempotencyKey,
     ResultRow, ResultUpdate, StoredEvent,
 };
+pub use identity::{
+    DEFAULT_SESSION_SECONDS, InvitationRow, LocalCredentials, MAX_SESSION_SECONDS, OrgPolicy,
+    SessionRow,
+};
 pub use kube_keys::KubeKeysChange;
 pub use nodes::{Approval, EnrollOutcome, KubeGatewayRow, LabelReport, NewNode, NodeRow};
 pub use replicas::{PresenceRow, ReplicaEvent, ReplicaRow};
 pub use ssh_keys::{NewSshKey, NodePlace, SshKeyRow};
+pub use sso::{GroupMappingRow, OidcProviderRow, PendingLogin, stronger};
 pub use tenancy::{BindingRow, EdgeRow, OrgRow, ProjectRow, UserRow};
 pub use tokens::{ApiTokenRow, EnrollmentTokenRow};
 
@@ -216,8 +223,14 @@ impl Store {
     // --- the CA row ---------------------------------------------------------
 
     pub async fn load_ca(&self) -> Result<Option<(String, String)>> {
+        self.load_ca_row("main").await
+    }
+
+    /// One CA row (`main`: the X.509 CA; others name theirs).
+    pub async fn load_ca_row(&self, id: &str) -> Result<Option<(String, String)>> {
         let row: Option<(String, String)> =
-            sqlx::query_as("SELECT cert_pem, key_sealed FROM ca WHERE id = 'main'")
+            sqlx::query_as("SELECT cert_pem, key_sealed FROM ca WHERE id = $1")
+                .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row)
@@ -231,12 +244,24 @@ impl Store {
         key_sealed: &str,
         now: i64,
     ) -> Result<(String, String)> {
+        self.insert_ca_row("main", cert_pem, key_sealed, now).await
+    }
+
+    /// [`Store::insert_ca`] for the CA row `id`.
+    pub async fn insert_ca_row(
+        &self,
+        id: &str,
+        cert_pem: &str,
+        key_sealed: &str,
+        now: i64,
+    ) -> Result<(String, String)> {
         let res = sqlx::query(
-            "INSERT INTO ca (id, cert_pem, key_sealed, created_at) VALUES ('main', $1, $2, $3)",
+            "INSERT INTO ca (id, cert_pem, key_sealed, created_at) VALUES ($4, $1, $2, $3)",
         )
         .bind(cert_pem)
         .bind(key_sealed)
         .bind(now)
+        .bind(id)
         .execute(&self.pool)
         .await;
         match res {
@@ -246,7 +271,7 @@ impl Store {
                 other => return Err(other),
             },
         }
-        self.load_ca()
+        self.load_ca_row(id)
             .await?
             .ok_or_else(|| StoreError::Corrupt("CA row vanished after insert".into()))
     }

@@ -33,7 +33,19 @@ pub struct UserRow {
     pub org_id: String,
     pub name: String,
     pub created_at: i64,
+    /// `person` or `bot` (see [`UserRow::is_bot`]).
+    pub kind: String,
+    pub disabled_at: Option<i64>,
+    pub email: Option<String>,
 }
+
+impl UserRow {
+    pub fn is_bot(&self) -> bool {
+        self.kind == "bot"
+    }
+}
+
+const USER_COLS: &str = "id, org_id, name, created_at, kind, disabled_at, email";
 
 /// A role held by a user: org-wide when `project_id` is `None`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,35 +183,85 @@ impl Store {
             org_id: org_id.to_string(),
             name: name.to_string(),
             created_at: now,
+            kind: "person".into(),
+            disabled_at: None,
+            email: None,
         })
     }
 
     pub async fn user_by_name(&self, name: &str) -> Result<Option<UserRow>> {
-        let row: Option<UserRow> =
-            sqlx::query_as("SELECT id, org_id, name, created_at FROM users WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLS} FROM users WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row)
     }
 
     pub async fn user_by_id(&self, id: &str) -> Result<Option<UserRow>> {
-        let row: Option<UserRow> =
-            sqlx::query_as("SELECT id, org_id, name, created_at FROM users WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLS} FROM users WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row)
     }
 
     pub async fn list_users(&self, org_id: &str) -> Result<Vec<UserRow>> {
-        let rows: Vec<UserRow> = sqlx::query_as(
-            "SELECT id, org_id, name, created_at FROM users WHERE org_id = $1 ORDER BY name",
-        )
+        let rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLS} FROM users WHERE org_id = $1 ORDER BY name"
+        )))
         .bind(org_id)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)
+    }
+
+    /// Makes a user a bot (a project's service account) with the networks its
+    /// tokens work from (`None`: any).
+    pub async fn make_bot(&self, user_id: &str, source_cidrs: Option<&[String]>) -> Result<()> {
+        sqlx::query("UPDATE users SET kind = 'bot', source_cidrs = $2 WHERE id = $1")
+            .bind(user_id)
+            .bind(source_cidrs.map(|c| serde_json::to_string(c).unwrap_or_else(|_| "[]".into())))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The networks a bot's tokens work from; `None`: any.
+    pub async fn bot_source_cidrs(&self, user_id: &str) -> Result<Option<Vec<String>>> {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT source_cidrs FROM users WHERE id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        match row.and_then(|r| r.0) {
+            Some(t) => Ok(Some(
+                serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Disables (`Some(now)`) or enables (`None`) a user; `false` when none.
+    pub async fn set_user_disabled(&self, user_id: &str, at: Option<i64>) -> Result<bool> {
+        let r = sqlx::query("UPDATE users SET disabled_at = $2 WHERE id = $1")
+            .bind(user_id)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn set_user_email(&self, user_id: &str, email: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE users SET email = $2 WHERE id = $1")
+            .bind(user_id)
+            .bind(email)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn delete_user(&self, user_id: &str) -> Result<()> {

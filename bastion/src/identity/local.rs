@@ -1,0 +1,166 @@
+//! Signing in with a name and a password, plus a TOTP code (or a recovery
+//! code) when the user enrolled one or their org requires it. Guessing is
+//! bounded per source (in memory, before any hashing) and per user (in the
+//! store, for every replica): five failures lock the user for five minutes.
+//! A wrong name, a wrong password and a missing password read the same.
+
+use std::net::IpAddr;
+
+use super::attempts::Attempts;
+use super::{IdentityError, password, recovery, totp};
+use crate::clock::{now_ms, rfc3339};
+use crate::pki::Pki;
+use crate::store::{Store, UserRow};
+
+/// Failures before a user is locked.
+pub const USER_FAILURES: i64 = 5;
+/// How long a lock lasts, ms.
+pub const USER_LOCK_MS: i64 = 5 * 60_000;
+
+/// What a person typed.
+#[derive(Debug)]
+pub struct Typed<'a> {
+    pub name: &'a str,
+    pub password: &'a str,
+    /// A TOTP code or a recovery code.
+    pub code: Option<&'a str>,
+}
+
+/// Who signed in and how.
+#[derive(Debug)]
+pub struct SignedIn {
+    pub user: UserRow,
+    /// `password`, `password+totp` or `password+recovery_code`.
+    pub method: &'static str,
+    pub mfa: bool,
+    /// Recovery codes left, when one was used.
+    pub recovery_left: Option<i64>,
+}
+
+fn wrong() -> IdentityError {
+    IdentityError::Refused("wrong name or password".into())
+}
+
+/// The second factor is missing: the client asks for it and tries again.
+pub use postern_api::identity::NEED_CODE;
+
+pub async fn sign_in(
+    store: &Store,
+    pki: &Pki,
+    attempts: &Attempts,
+    typed: Typed<'_>,
+    source: IpAddr,
+) -> Result<SignedIn, IdentityError> {
+    let now = now_ms();
+    if !attempts.allowed(source, now) {
+        return Err(IdentityError::TooMany(
+            "too many failed sign-ins from your address: wait a minute and try again".into(),
+        ));
+    }
+    let fail = |attempts: &Attempts| attempts.failed(source, now);
+    let user = store.user_by_name(typed.name).await?;
+    let creds = match &user {
+        Some(u) => store.local_credentials(&u.id).await?,
+        None => None,
+    };
+    let (Some(user), Some(creds), Some(hash)) = (
+        user,
+        creds.clone(),
+        creds.as_ref().and_then(|c| c.password_hash.clone()),
+    ) else {
+        // The same work as a real check, so timing tells no names.
+        let _ = password::verify(typed.password, &password::decoy().await).await;
+        fail(attempts);
+        return Err(wrong());
+    };
+    if let Some(until) = creds.locked_until
+        && until > now
+    {
+        return Err(IdentityError::TooMany(format!(
+            "too many failed sign-ins for {}: try again after {}, or ask an org admin to reset it",
+            user.name,
+            rfc3339(until)
+        )));
+    }
+    if !password::verify(typed.password, &hash).await? {
+        fail(attempts);
+        store
+            .sign_in_failed(&user.id, USER_FAILURES, now + USER_LOCK_MS, now)
+            .await?;
+        return Err(wrong());
+    }
+    if user.disabled_at.is_some() {
+        return Err(IdentityError::Refused(
+            "this user is disabled: ask an org admin".into(),
+        ));
+    }
+    if user.is_bot() {
+        return Err(IdentityError::Refused(
+            "a bot does not sign in: use its API token".into(),
+        ));
+    }
+    let policy = store.org_policy(&user.org_id).await?;
+    let Some(sealed) = creds.totp_sealed.as_deref() else {
+        if policy.require_mfa {
+            return Err(IdentityError::Refused(
+                "your org requires MFA and you have no authenticator enrolled: ask an org admin for a new invitation, which enrols one"
+                    .into(),
+            ));
+        }
+        store.sign_in_succeeded(&user.id).await?;
+        return Ok(SignedIn {
+            user,
+            method: "password",
+            mfa: false,
+            recovery_left: None,
+        });
+    };
+    let Some(code) = typed.code.map(str::trim).filter(|c| !c.is_empty()) else {
+        return Err(IdentityError::Refused(NEED_CODE.into()));
+    };
+    let refused = |why: &str| IdentityError::Refused(why.to_string());
+    if recovery::looks_like(code) {
+        if store
+            .use_recovery_code(&user.id, &recovery::hash(code), now)
+            .await?
+        {
+            store.sign_in_succeeded(&user.id).await?;
+            let left = store.recovery_codes_left(&user.id).await?;
+            return Ok(SignedIn {
+                user,
+                method: "password+recovery_code",
+                mfa: true,
+                recovery_left: Some(left),
+            });
+        }
+        fail(attempts);
+        store
+            .sign_in_failed(&user.id, USER_FAILURES, now + USER_LOCK_MS, now)
+            .await?;
+        return Err(refused("that recovery code is wrong or was used already"));
+    }
+    let secret = pki.open(sealed)?;
+    let step = totp::check(&secret, code, (now / 1000).max(0) as u64)?;
+    let claimed = match step {
+        Some(step) => store.claim_totp_step(&user.id, step as i64).await?,
+        None => false,
+    };
+    if !claimed {
+        fail(attempts);
+        store
+            .sign_in_failed(&user.id, USER_FAILURES, now + USER_LOCK_MS, now)
+            .await?;
+        return Err(refused(if step.is_some() {
+            "that TOTP code was used already: wait for the next one"
+        } else {
+            "wrong TOTP code: check your authenticator app and this machine's clock"
+        }));
+    }
+    store.sign_in_succeeded(&user.id).await?;
+    Ok(SignedIn {
+        user,
+        method: "password+totp",
+        mfa: true,
+        recovery_left: None,
+    })
+}
