@@ -17,6 +17,17 @@ pub struct Profile {
     /// A private CA for an `https://` bastion (a path, as given at login).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// The session's id, when `token` is a login session (not a bot's token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// When the session ends (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// Where a session's SSH key and certificate live: `<config dir>/ssh`.
+pub fn ssh_dir() -> Result<PathBuf, CliError> {
+    Ok(dir()?.join("ssh"))
 }
 
 /// `$POSTERN_CONFIG_DIR`, else `$XDG_CONFIG_HOME/postern`, else

@@ -17,6 +17,7 @@ mod login;
 mod output;
 mod show;
 mod ssh_names;
+mod totp;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -119,8 +120,11 @@ pub struct ProjectOnly {
 enum Cmd {
     /// Log in to a bastion: checks the token and stores it (0600) for later commands
     Login(login::LoginArgs),
-    /// Forget the stored login
+    /// End the session at the bastion and forget it (and its SSH key) here
     Logout,
+    /// Invitations: `invitation accept URL` sets your password and enrols
+    /// TOTP; `invitation create USER` makes one (org admins)
+    Invitation(login::InvitationArgs),
     /// Who the token belongs to, and their roles
     Whoami {
         /// JSON, as the API answers it
@@ -196,7 +200,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     };
     match cli.cmd {
         Cmd::Login(a) => login::login(&global, a).await,
-        Cmd::Logout => login::logout(),
+        Cmd::Logout => login::logout(&global).await,
+        Cmd::Invitation(a) => login::invitation(&global, a).await,
         Cmd::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "postern", &mut std::io::stdout());
@@ -232,7 +237,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Cmd::Keys(a) => keys::keys(&ctx, a).await,
                 Cmd::SshConfig(a) => keys::ssh_config(&ctx, a).await,
                 Cmd::Audit(a) => audit::audit(&ctx, a).await,
-                Cmd::Login(_) | Cmd::Logout | Cmd::Completions { .. } | Cmd::Man { .. } => Ok(()),
+                Cmd::Login(_)
+                | Cmd::Logout
+                | Cmd::Invitation(_)
+                | Cmd::Completions { .. }
+                | Cmd::Man { .. } => Ok(()),
             }
         }
     }

@@ -132,6 +132,74 @@ impl Client {
         Ok((parts.headers, value))
     }
 
+    /// Signs in with a name and password (and code); needs no token.
+    pub async fn login(
+        &self,
+        body: &postern_api::identity::Login,
+    ) -> Result<postern_api::identity::SessionCreated, ClientError> {
+        self.call(
+            Method::POST,
+            &path(API, routes::AUTH_LOGIN, &[]),
+            Some(body),
+        )
+        .await
+    }
+
+    /// Ends the session this client holds.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .call(
+                Method::POST,
+                &path(API, routes::AUTH_LOGOUT, &[]),
+                None::<&()>,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Certifies an SSH public key for this client's session.
+    pub async fn ssh_certificate(
+        &self,
+        public_key: &str,
+    ) -> Result<postern_api::identity::SshCertificate, ClientError> {
+        let body = postern_api::identity::CertifyKey {
+            public_key: public_key.to_string(),
+        };
+        self.call(
+            Method::POST,
+            &path(API, routes::AUTH_SSH_CERT, &[]),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// Accepts an invitation; needs no token.
+    pub async fn accept_invitation(
+        &self,
+        body: &postern_api::identity::AcceptInvitation,
+    ) -> Result<postern_api::identity::InvitationAccepted, ClientError> {
+        self.call(
+            Method::POST,
+            &path(API, routes::AUTH_INVITATION, &[]),
+            Some(body),
+        )
+        .await
+    }
+
+    /// Makes an invitation for a local user (org admins).
+    pub async fn create_invitation(
+        &self,
+        user: &str,
+    ) -> Result<postern_api::identity::InvitationCreated, ClientError> {
+        let body = postern_api::identity::CreateInvitation::default();
+        self.call(
+            Method::POST,
+            &path(API, routes::USER_INVITATION, &[user]),
+            Some(&body),
+        )
+        .await
+    }
+
     pub async fn whoami(&self) -> Result<User, ClientError> {
         self.call(Method::GET, &path(API, routes::WHOAMI, &[]), None::<&()>)
             .await

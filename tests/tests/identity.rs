@@ -1,0 +1,182 @@
+//! Identity end to end, with the real CLI and real OpenSSH: an invited user
+//! sets a password and enrols TOTP with `postern invitation accept`, signs in
+//! with `postern login --user`, and reaches a node through the bastion with
+//! the certificate the session got (no registered key), until the session
+//! ends: then the live SSH session is cut and the next one refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use postern_tests::ssh::{InstalledHelper, Node, run_with_timeout, text, write_config};
+use postern_tests::{Bastion, BastionOpts, bin};
+
+struct Person {
+    config: tempfile::TempDir,
+}
+
+impl Person {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("postern"));
+        c.args(args)
+            .env_remove("POSTERN_URL")
+            .env_remove("POSTERN_TOKEN")
+            .env_remove("POSTERN_TOKEN_FILE")
+            .env_remove("SSH_AUTH_SOCK")
+            .env("POSTERN_CONFIG_DIR", self.config.path())
+            .env("HOME", self.config.path());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let out = run_with_timeout(&mut self.command(args), Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "postern {args:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_in_person_reaches_nodes_with_the_sessions_certificate_until_it_ends() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let helper = InstalledHelper::install();
+    let node = Node::start(&b, &helper, "node-a").await;
+    let url = format!("http://{}", b.api);
+    let (s, v) = b
+        .post("/api/v1/users", serde_json::json!({"name": "carol"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = b
+        .put(
+            "/api/v1/users/carol/roles",
+            serde_json::json!({"role": "project_member", "project": "web", "logins": ["root"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, inv) = b
+        .post("/api/v1/users/carol/invitation", serde_json::json!({}))
+        .await;
+    assert_eq!(s, 201, "{inv}");
+
+    let carol = Person {
+        config: tempfile::tempdir().unwrap(),
+    };
+    let dir = carol.config.path();
+    std::fs::write(dir.join("invitation"), inv["invitation"].as_str().unwrap()).unwrap();
+    std::fs::write(dir.join("password"), "a long enough passphrase\n").unwrap();
+    let secret_file = dir.join("totp");
+    let out = carol.run(&[
+        "invitation",
+        "accept",
+        &url,
+        "--invitation-file",
+        dir.join("invitation").to_str().unwrap(),
+        "--password-file",
+        dir.join("password").to_str().unwrap(),
+        "--totp-secret-file",
+        secret_file.to_str().unwrap(),
+    ]);
+    let said = text(&out.stdout);
+    assert!(said.contains("Recovery codes"), "{said}");
+
+    // Sign in: the code of the next step (the enrolment spent this one).
+    let secret =
+        totp_rs::Secret::try_from_base32(std::fs::read_to_string(&secret_file).unwrap().trim())
+            .unwrap()
+            .to_vec();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let code = postern_bastion::identity::totp::code_at(&secret, now + 30).unwrap();
+    let out = carol.run(&[
+        "login",
+        &url,
+        "--user",
+        "carol",
+        "--password-file",
+        dir.join("password").to_str().unwrap(),
+        "--code",
+        &code,
+    ]);
+    let said = text(&out.stdout);
+    assert!(said.contains("password+totp"), "{said}");
+    let key = dir.join("ssh").join("id_ed25519");
+    assert!(key.with_file_name("id_ed25519-cert.pub").exists(), "{said}");
+    let login: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("login.json")).unwrap()).unwrap();
+    assert!(login["token"].as_str().unwrap().starts_with("pss_"));
+    let out = carol.run(&["whoami"]);
+    assert!(text(&out.stdout).contains("carol"));
+
+    // OpenSSH with the certificate: carol registered no key.
+    let config = dir.join("ssh_config");
+    write_config(
+        &config,
+        b.ssh.port(),
+        "carol",
+        &key,
+        &dir.join("known_hosts"),
+    );
+    let ssh = |args: &[&str]| {
+        run_with_timeout(
+            Command::new("ssh").arg("-F").arg(&config).args(args),
+            Duration::from_secs(60),
+        )
+    };
+    let out = ssh(&["-J", "bastion", "root@node-a", "echo with-a-certificate"]);
+    assert!(
+        out.status.success(),
+        "{}\nbastion log:\n{}\nsshd log:\n{}",
+        text(&out.stderr),
+        b.log(),
+        node.sshd.log()
+    );
+    assert_eq!(text(&out.stdout).trim(), "with-a-certificate");
+
+    // A live session, then the admin ends carol's sessions: it is cut.
+    let mut live = Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args(["-J", "bastion", "root@node-a", "echo started; sleep 120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 8];
+    std::io::Read::read_exact(live.stdout.as_mut().unwrap(), &mut first).unwrap();
+    let (s, v) = b.delete("/api/v1/users/carol/sessions").await;
+    assert_eq!(s, 200, "{v}");
+    let t0 = Instant::now();
+    loop {
+        if live.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the live SSH session outlived its login session"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = ssh(&["-J", "bastion", "root@node-a", "true"]);
+    assert!(!out.status.success(), "a jump after the session ended");
+    let out = carol.command(&["whoami"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("log in again"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The audit names the sign-in, the certificate and the end.
+    let (_, page) = b.get("/api/v1/audit?limit=100").await;
+    let all = page.to_string();
+    assert!(all.contains("api POST /api/v1/auth/login"), "{all}");
+    assert!(all.contains("password+totp"), "{all}");
+    assert!(all.contains("api DELETE /api/v1/users/{user}/sessions"), "{all}");
+    assert!(all.contains("\"ended\":1"), "{all}");
+}
