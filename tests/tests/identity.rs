@@ -177,6 +177,9 @@ async fn a_signed_in_person_reaches_nodes_with_the_sessions_certificate_until_it
     let all = page.to_string();
     assert!(all.contains("api POST /api/v1/auth/login"), "{all}");
     assert!(all.contains("password+totp"), "{all}");
-    assert!(all.contains("api DELETE /api/v1/users/{user}/sessions"), "{all}");
+    assert!(
+        all.contains("api DELETE /api/v1/users/{user}/sessions"),
+        "{all}"
+    );
     assert!(all.contains("\"ended\":1"), "{all}");
 }

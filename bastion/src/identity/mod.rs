@@ -9,6 +9,7 @@
 
 pub mod attempts;
 pub mod local;
+pub mod oidc;
 pub mod password;
 pub mod recovery;
 pub mod sessions;
