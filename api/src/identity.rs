@@ -148,3 +148,90 @@ pub const NEED_CODE: &str =
 
 /// Invitations look like `piv_<id>_<secret>`.
 pub const INVITATION_PREFIX: &str = "piv";
+
+/// `PUT /api/v1/sso/providers/{name}`: an OpenID provider for the caller's org.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutOidcProvider {
+    /// The issuer URL (`https://…`; `http://` only on loopback, for tests).
+    pub issuer: String,
+    pub client_id: String,
+    /// Sealed at rest; never shown again (`postern sso add --client-secret-file`).
+    pub client_secret: String,
+    /// The bastion's public URL and `/api/v1/auth/sso/callback`, as registered
+    /// at the provider.
+    pub redirect_url: String,
+    /// Default `openid email profile groups`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    /// The ID token claim that lists the person's groups (default `groups`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups_claim: Option<String>,
+    /// Only people whose verified email is in one of these domains; empty: any.
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+}
+
+/// A provider as listed (never its secret).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OidcProvider {
+    pub name: String,
+    pub issuer: String,
+    pub client_id: String,
+    pub redirect_url: String,
+    pub scopes: Vec<String>,
+    pub groups_claim: String,
+    pub allowed_domains: Vec<String>,
+}
+
+/// A provider group and the role it grants (`GET /api/v1/sso/groups`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GroupRole {
+    pub group: String,
+    pub role: crate::admin::Role,
+    /// The project; absent for `org_admin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    pub logins: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_groups: Option<Vec<String>>,
+}
+
+/// `POST /api/v1/auth/sso/device`: a headless sign-in.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartDevice {
+    pub org: String,
+    pub provider: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeviceStarted {
+    /// Open on any device with a browser.
+    pub verification_url: String,
+    /// What that page asks for (it is in the URL too).
+    pub user_code: String,
+    /// The CLI's secret for `POST /api/v1/auth/sso/collect`.
+    pub poll_code: String,
+    pub expires_in: i64,
+    /// Seconds between polls.
+    pub interval: i64,
+}
+
+/// `POST /api/v1/auth/sso/collect`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Collect {
+    pub code: String,
+}
+
+/// `pending` (poll again) or `done` with the session.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Collected {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionCreated>,
+}
+
+/// Device codes: `ABCD-EFGH` from an alphabet without look-alikes.
+pub const USER_CODE_ALPHABET: &[u8] = b"BCDFGHJKLMNPQRSTVWXZ23456789";

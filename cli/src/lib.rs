@@ -17,6 +17,7 @@ mod login;
 mod output;
 mod show;
 mod ssh_names;
+mod sso;
 mod totp;
 
 use std::path::PathBuf;

@@ -34,8 +34,23 @@ pub struct LoginArgs {
     #[arg(long, value_name = "DURATION", requires = "user")]
     ttl: Option<humantime::Duration>,
     /// Do not make an SSH key and certificate for the session
-    #[arg(long, requires = "user")]
+    #[arg(long)]
     no_ssh: bool,
+    /// Sign in through the org's identity provider (single sign-on)
+    #[arg(
+        long,
+        value_name = "PROVIDER",
+        conflicts_with = "user",
+        requires = "org"
+    )]
+    sso: Option<String>,
+    /// The org whose provider `--sso` names
+    #[arg(long, value_name = "ORG")]
+    org: Option<String>,
+    /// With --sso: print a URL and a code to open on any device, and wait
+    /// (for machines without a browser)
+    #[arg(long, requires = "sso")]
+    headless: bool,
 }
 
 /// Checks the token against the bastion before storing it, so a login that
@@ -43,6 +58,17 @@ pub struct LoginArgs {
 pub async fn login(global: &Global, a: LoginArgs) -> Result<(), CliError> {
     if a.user.is_some() {
         return sign_in(global, a).await;
+    }
+    if a.sso.is_some() {
+        return crate::sso::sign_in(
+            global,
+            a.url,
+            a.sso.unwrap_or_default(),
+            a.org.unwrap_or_default(),
+            a.headless,
+            a.no_ssh,
+        )
+        .await;
     }
     let token = match token_from(global)? {
         Some(t) => t,
@@ -160,7 +186,7 @@ fn password_from(file: Option<&Path>, prompt: &str) -> Result<String, CliError> 
 }
 
 /// A fresh Ed25519 key for a session: (private OpenSSH PEM, public line).
-fn new_ssh_key(comment: &str) -> Result<(String, String), CliError> {
+pub fn new_ssh_key(comment: &str) -> Result<(String, String), CliError> {
     let seed: [u8; 32] = rand::random();
     let mut key = ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&seed));
     key.set_comment(comment);
@@ -212,6 +238,17 @@ async fn sign_in(global: &Global, a: LoginArgs) -> Result<(), CliError> {
         }
         other => other?,
     };
+    keep_session(global, &client, &session, key).await
+}
+
+/// Stores a session and, when a key was made, its certificate: the session's
+/// own (from a password sign-in) or one asked for now (after SSO).
+pub async fn keep_session(
+    global: &Global,
+    client: &Client,
+    session: &postern_api::identity::SessionCreated,
+    key: Option<(String, String)>,
+) -> Result<(), CliError> {
     let path = config::save(&config::Profile {
         url: client.endpoint().url.clone(),
         token: session.token.clone(),
@@ -234,9 +271,23 @@ async fn sign_in(global: &Global, a: LoginArgs) -> Result<(), CliError> {
     if let Some(left) = session.recovery_codes_left {
         crate::outln!("a recovery code was used: {left} left (an org admin can reset your MFA)");
     }
-    if let (Some((private, public)), Some(cert)) = (key, session.ssh_certificate.as_deref()) {
+    let Some((private, public)) = key else {
+        return Ok(());
+    };
+    let cert = match &session.ssh_certificate {
+        Some(c) => c.clone(),
+        None => {
+            let with_session = Client::new(
+                &client.endpoint().url,
+                Some(session.token.clone()),
+                tls(global.ca_file.as_ref())?,
+            )?;
+            with_session.ssh_certificate(&public).await?.certificate
+        }
+    };
+    {
         let dir = config::ssh_dir()?;
-        write_ssh_files(&dir, &private, &public, cert)?;
+        write_ssh_files(&dir, &private, &public, &cert)?;
         crate::outln!(
             "SSH: {} holds your key and a certificate valid until the session ends; `postern ssh-config` uses it",
             dir.display()

@@ -145,6 +145,40 @@ impl Client {
         .await
     }
 
+    /// Starts a headless SSO sign-in; needs no token.
+    pub async fn sso_device(
+        &self,
+        org: &str,
+        provider: &str,
+    ) -> Result<postern_api::identity::DeviceStarted, ClientError> {
+        let body = postern_api::identity::StartDevice {
+            org: org.to_string(),
+            provider: provider.to_string(),
+        };
+        self.call(
+            Method::POST,
+            &path(API, routes::AUTH_SSO_DEVICE, &[]),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// Collects a finished SSO sign-in (`pending` until it is).
+    pub async fn sso_collect(
+        &self,
+        code: &str,
+    ) -> Result<postern_api::identity::Collected, ClientError> {
+        let body = postern_api::identity::Collect {
+            code: code.to_string(),
+        };
+        self.call(
+            Method::POST,
+            &path(API, routes::AUTH_SSO_COLLECT, &[]),
+            Some(&body),
+        )
+        .await
+    }
+
     /// Ends the session this client holds.
     pub async fn logout(&self) -> Result<(), ClientError> {
         let _: serde_json::Value = self

@@ -18,6 +18,7 @@ pub mod fuzz_bodies;
 pub mod kube;
 pub mod kube_bench;
 pub mod netns;
+pub mod oidc;
 pub mod proxy;
 pub mod replicas_bench;
 pub mod soak;

@@ -183,3 +183,232 @@ async fn a_signed_in_person_reaches_nodes_with_the_sessions_certificate_until_it
     );
     assert!(all.contains("\"ended\":1"), "{all}");
 }
+
+/// Reads the CLI's first stdout line (the URL it prints) while it waits.
+fn spawn_cli(p: &Person, args: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = p
+        .command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line.trim().to_string())
+}
+
+fn finish(child: std::process::Child) -> (bool, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn single_sign_on_maps_groups_to_roles_at_every_sign_in_and_refuses_with_reasons() {
+    use postern_tests::oidc::{self, Browser};
+    let b = Bastion::start(BastionOpts::default()).await;
+    let helper = InstalledHelper::install();
+    let node = Node::start(&b, &helper, "node-a").await;
+    let url = format!("http://{}", b.api);
+    let callback = format!("{url}/api/v1/auth/sso/callback");
+    let work = tempfile::tempdir().unwrap();
+    let users = |ann_groups: &[&str]| {
+        serde_json::json!([
+            {"sub": "u-ann", "username": "ann", "password": "pw-ann", "email": "ann@example.com",
+             "groups": ann_groups, "amr": ["pwd", "otp"]},
+            {"sub": "u-bob", "username": "bob", "password": "pw-bob", "email": "bob@example.com",
+             "groups": ["ops"], "amr": ["pwd"]},
+            {"sub": "u-eve", "username": "eve", "password": "pw-eve", "email": "eve@elsewhere.net",
+             "groups": ["ops"], "amr": ["pwd", "otp"]},
+        ])
+    };
+    let port = oidc::free_port();
+    let keys = oidc::key("k1");
+    let provider = oidc::start(
+        work.path(),
+        port,
+        &[&callback],
+        users(&["ops"]),
+        keys.clone(),
+    );
+
+    // An org admin configures the provider and maps its group "ops".
+    let (s, v) = b
+        .put(
+            "/api/v1/sso/providers/corp",
+            serde_json::json!({"issuer": provider.issuer, "client_id": "postern", "client_secret": "s3cr3t",
+                "redirect_url": callback, "allowed_domains": ["example.com"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v.get("client_secret").is_none(), "{v}");
+    let (s, v) = b
+        .put(
+            "/api/v1/sso/groups/ops/roles",
+            serde_json::json!({"role": "project_member", "project": "web", "logins": ["root"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    // The browser flow: the CLI prints the URL and waits on its loopback port.
+    let ann = Person {
+        config: tempfile::tempdir().unwrap(),
+    };
+    let (cli, start) = spawn_cli(&ann, &["login", &url, "--sso", "corp", "--org", "default"]);
+    assert!(start.contains("/api/v1/auth/sso/start?"), "{start}");
+    let (status, at) = Browser::new(work.path())
+        .sign_in(&start, "ann", "pw-ann", true)
+        .unwrap();
+    assert_eq!(status, "200", "the browser ended at {at}");
+    let (ok, said) = finish(cli);
+    assert!(ok, "{said}");
+    assert!(said.contains("sso:corp"), "{said}");
+    let out = ann.run(&["whoami"]);
+    let me = text(&out.stdout);
+    assert!(me.contains("project_member on web"), "{me}");
+
+    // The session's certificate reaches the node (ann registered no key).
+    let dir = ann.config.path();
+    let config = dir.join("ssh_config");
+    write_config(
+        &config,
+        b.ssh.port(),
+        "ann",
+        &dir.join("ssh/id_ed25519"),
+        &dir.join("known_hosts"),
+    );
+    let out = run_with_timeout(
+        Command::new("ssh").arg("-F").arg(&config).args([
+            "-J",
+            "bastion",
+            "root@node-a",
+            "echo sso-ok",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        node.sshd.log()
+    );
+
+    // Removed from the group at the provider: no role at the next sign-in.
+    drop(provider);
+    let provider = oidc::start(
+        work.path(),
+        port,
+        &[&callback],
+        users(&["dev"]),
+        keys.clone(),
+    );
+    let (cli, start) = spawn_cli(
+        &ann,
+        &[
+            "login", &url, "--sso", "corp", "--org", "default", "--no-ssh",
+        ],
+    );
+    Browser::new(work.path())
+        .sign_in(&start, "ann", "pw-ann", true)
+        .unwrap();
+    let (ok, said) = finish(cli);
+    assert!(ok, "{said}");
+    let me = text(&ann.run(&["whoami"]).stdout);
+    assert!(me.contains("no roles yet"), "{me}");
+
+    // Headless: a URL and a code for another device; the CLI polls.
+    let (cli, verify) = spawn_cli(
+        &ann,
+        &[
+            "login",
+            &url,
+            "--sso",
+            "corp",
+            "--org",
+            "default",
+            "--headless",
+            "--no-ssh",
+        ],
+    );
+    assert!(verify.contains("device="), "{verify}");
+    let (status, _) = Browser::new(work.path())
+        .sign_in(&verify, "ann", "pw-ann", true)
+        .unwrap();
+    assert_eq!(status, "200");
+    let (ok, said) = finish(cli);
+    assert!(ok, "{said}");
+
+    // An email outside the allowed domains: refused, and the CLI says why.
+    let eve = Person {
+        config: tempfile::tempdir().unwrap(),
+    };
+    let (cli, start) = spawn_cli(&eve, &["login", &url, "--sso", "corp", "--org", "default"]);
+    Browser::new(work.path())
+        .sign_in(&start, "eve", "pw-eve", true)
+        .unwrap();
+    let (ok, said) = finish(cli);
+    assert!(!ok);
+    assert!(said.contains("not in a domain"), "{said}");
+
+    // The org requires MFA: bob's provider did not assert it.
+    let (s, v) = b
+        .put(
+            "/api/v1/org/policy",
+            serde_json::json!({"require_mfa": true, "session_max_seconds": 3600,
+                "bot_token_max_seconds": 86400, "sso_mfa_values": ["otp"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let bob = Person {
+        config: tempfile::tempdir().unwrap(),
+    };
+    let (cli, start) = spawn_cli(
+        &bob,
+        &[
+            "login", &url, "--sso", "corp", "--org", "default", "--no-ssh",
+        ],
+    );
+    Browser::new(work.path())
+        .sign_in(&start, "bob", "pw-bob", true)
+        .unwrap();
+    let (ok, said) = finish(cli);
+    assert!(!ok);
+    assert!(said.contains("requires MFA"), "{said}");
+
+    // A replayed callback (same state) is refused.
+    let (cli, start) = spawn_cli(
+        &ann,
+        &[
+            "login", &url, "--sso", "corp", "--org", "default", "--no-ssh",
+        ],
+    );
+    let (_, back) = Browser::new(work.path())
+        .sign_in(&start, "ann", "pw-ann", false)
+        .unwrap();
+    assert!(back.starts_with(&callback), "{back}");
+    let (status, _) = Browser::new(work.path()).open(&back);
+    assert_eq!(status, "200", "the first use reaches the CLI");
+    let (ok, said) = finish(cli);
+    assert!(ok, "{said}");
+    let (status, body) = Browser::new(work.path()).open(&back);
+    assert_eq!(status, "401", "{body}");
+    assert!(body.contains("used already"), "{body}");
+
+    // Audited: the sign-ins with provider, groups and roles; the refusals with reasons.
+    let (_, page) = b.get("/api/v1/audit?limit=100").await;
+    let all = page.to_string();
+    assert!(
+        all.contains("sso:corp") && all.contains("\"groups\":[\"ops\"]"),
+        "{all}"
+    );
+    assert!(
+        all.contains("not in a domain") && all.contains("requires MFA"),
+        "{all}"
+    );
+    drop(provider);
+}

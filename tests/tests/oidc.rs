@@ -6,131 +6,28 @@
 //! that is down.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 
 use postern_bastion::identity::oidc::{OidcHttp, RelyingParty};
+use postern_tests::oidc::{self, Browser, Provider, key, query};
 use serde_json::json;
 
 const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
-fn provider_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("POSTERN_OIDC_PROVIDER_DIR") {
-        return PathBuf::from(d);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let out = Command::new(root.join("scripts/oidc-provider"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-struct Provider {
-    child: Child,
-    issuer: String,
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn users() -> serde_json::Value {
+    json!([{"sub": "u-ann", "username": "ann", "password": "ann-pass", "email": "ann@example.com",
+            "groups": ["ops", "admins"], "amr": ["pwd", "otp"]}])
 }
 
 fn start(work: &Path, port: u16, keys: serde_json::Value) -> Provider {
-    let issuer = format!("http://127.0.0.1:{port}");
-    let config = work.join(format!("provider-{port}-{}.json", rand::random::<u32>()));
-    std::fs::write(
-        &config,
-        json!({
-            "issuer": issuer,
-            "clients": [{"client_id": "postern", "client_secret": "s3cr3t", "redirect_uris": [REDIRECT]}],
-            "users": [
-                {"sub": "u-ann", "username": "ann", "password": "ann-pass", "email": "ann@example.com",
-                 "groups": ["ops", "admins"], "amr": ["pwd", "otp"]},
-            ],
-            "keys": keys,
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let dir = provider_dir();
-    let mut child = Command::new("node")
-        .arg(dir.join("server.mjs"))
-        .arg(&config)
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("READY "), "the provider said {line:?}");
-    Provider { child, issuer }
+    oidc::start(work, port, &[REDIRECT], users(), keys)
 }
 
-fn key(kid: &str) -> serde_json::Value {
-    let out = Command::new("node")
-        .arg(provider_dir().join("server.mjs"))
-        .args(["--gen-key", kid])
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// A person at the provider's login form: follows the redirects with a
-/// cookie jar, posts the form, answers where the provider sends them back.
-fn sign_in_at(work: &Path, auth_url: &str, user: &str, password: &str) -> Result<String, String> {
-    let jar = work.join(format!("jar-{}", rand::random::<u32>()));
-    let curl = |args: &[&str]| {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-m",
-                "20",
-                "-c",
-                jar.to_str().unwrap(),
-                "-b",
-                jar.to_str().unwrap(),
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let form = curl(&["-L", "-o", "/dev/null", "-w", "%{url_effective}", auth_url]);
-    let answer = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code} %{redirect_url}",
-        "--data-urlencode",
-        &format!("username={user}"),
-        "--data-urlencode",
-        &format!("password={password}"),
-        &format!("{form}/login"),
-    ]);
-    let (code, resume) = answer.split_once(' ').unwrap();
-    if code != "303" {
-        return Err(format!("the provider answered {code}"));
-    }
-    Ok(curl(&["-o", "/dev/null", "-w", "%{redirect_url}", resume]))
-}
-
-fn query(url: &str, name: &str) -> Option<String> {
-    let q = url.split_once('?')?.1;
-    q.split('&')
-        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-        .map(|v| v.replace("%2F", "/").replace("%3A", ":"))
+fn sign_in_at(work: &Path, url: &str, user: &str, password: &str) -> Result<String, String> {
+    Browser::new(work)
+        .sign_in(url, user, password, false)
+        .map(|(_, to)| to)
 }
 
 fn http() -> OidcHttp {

@@ -83,6 +83,9 @@ CREATE TABLE oidc_providers (
     issuer TEXT NOT NULL,
     client_id TEXT NOT NULL,
     client_secret_sealed TEXT NOT NULL,
+    -- Where the provider sends the browser back: the bastion's public URL
+    -- and /api/v1/auth/sso/callback, as registered at the provider.
+    redirect_url TEXT NOT NULL,
     scopes TEXT NOT NULL,
     groups_claim TEXT NOT NULL,
     allowed_domains TEXT NOT NULL,

@@ -14,6 +14,7 @@ mod nodes;
 pub mod openapi;
 mod ops;
 mod ssh_keys;
+mod sso;
 mod users;
 
 use std::sync::Arc;
@@ -47,6 +48,8 @@ pub struct Rest {
     pub exec_streams: exec_events::StreamPermits,
     /// Failed sign-ins per source, checked before any password is hashed.
     pub sign_in_attempts: crate::identity::attempts::Attempts,
+    /// The OpenID providers' relying parties, read from discovery.
+    pub sso: crate::identity::sso::Providers,
 }
 
 impl std::ops::Deref for Rest {
@@ -69,6 +72,7 @@ impl Rest {
             big_answers: Default::default(),
             exec_streams,
             sign_in_attempts: Default::default(),
+            sso: Default::default(),
         })
     }
 }
@@ -143,6 +147,18 @@ pub fn router(core: Arc<Shared>) -> Router {
             routes::ORG_POLICY,
             get(auth::get_policy).put(auth::put_policy),
         )
+        .route(routes::SSO_PROVIDERS, get(sso::list_providers))
+        .route(
+            routes::SSO_PROVIDER,
+            put(sso::put_provider).delete(sso::delete_provider),
+        )
+        .route(routes::SSO_GROUPS, get(sso::list_groups))
+        .route(routes::SSO_GROUP_ROLES, put(sso::put_group_role))
+        .route(routes::SSO_GROUP_ROLE, delete(sso::delete_group_role))
+        .route(routes::AUTH_SSO_START, get(sso::start))
+        .route(routes::AUTH_SSO_CALLBACK, get(sso::callback))
+        .route(routes::AUTH_SSO_DEVICE, post(sso::device))
+        .route(routes::AUTH_SSO_COLLECT, post(sso::collect))
         .route(routes::AUDIT, get(admin::audit_page))
         .route(routes::KUBECONFIG, get(kubeconfig::kubeconfig))
         .route(routes::SSH_ENDPOINT, get(ssh_keys::endpoint))

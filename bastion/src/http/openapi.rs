@@ -13,7 +13,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, auth, cmdexec, exec_events, kubeconfig, nodes, ops, ssh_keys, users};
+use super::{admin, auth, cmdexec, exec_events, kubeconfig, nodes, ops, ssh_keys, sso, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -81,6 +81,16 @@ use super::{admin, auth, cmdexec, exec_events, kubeconfig, nodes, ops, ssh_keys,
         auth::enable_user,
         auth::get_policy,
         auth::put_policy,
+        sso::put_provider,
+        sso::list_providers,
+        sso::delete_provider,
+        sso::list_groups,
+        sso::put_group_role,
+        sso::delete_group_role,
+        sso::start,
+        sso::callback,
+        sso::device,
+        sso::collect,
     ),
     components(schemas(
         ErrorBody,
@@ -124,10 +134,18 @@ use super::{admin, auth, cmdexec, exec_events, kubeconfig, nodes, ops, ssh_keys,
         postern_api::identity::InvitationAccepted,
         postern_api::identity::OrgPolicy,
         postern_api::identity::SessionInfo,
+        postern_api::identity::PutOidcProvider,
+        postern_api::identity::OidcProvider,
+        postern_api::identity::GroupRole,
+        postern_api::identity::StartDevice,
+        postern_api::identity::DeviceStarted,
+        postern_api::identity::Collect,
+        postern_api::identity::Collected,
     )),
     modifiers(&Bearer),
     tags(
         (name = "auth", description = "Signing in (password and TOTP), sessions, SSH certificates, invitations and the org's sign-in policy"),
+        (name = "sso", description = "Single sign-on: the org's OpenID providers and the roles their groups grant"),
         (name = "admin", description = "Projects, edges, nodes and enrollment tokens"),
         (name = "users", description = "Users, their roles, and API tokens"),
         (name = "ssh-keys", description = "Users' SSH public keys"),

@@ -265,66 +265,7 @@ pub async fn set_role(
 ) -> Result<Json<dto::User>, ApiError> {
     require(&caller, Action::ManageOrg)?;
     let user = resolve_user(&state, &caller, &name).await?;
-    for l in &body.logins {
-        validate::login(l)?;
-    }
-    if body.logins.len() > 64 {
-        return Err(ApiError::BadRequest("at most 64 logins per role".into()));
-    }
-    for t in &body.forward_to {
-        validate::forward_target(t)?;
-    }
-    if body.forward_to.len() > postern_api::admin::MAX_FORWARD_TO {
-        return Err(ApiError::BadRequest(format!(
-            "at most {} forward_to destinations per role",
-            postern_api::admin::MAX_FORWARD_TO
-        )));
-    }
-    if let Some(groups) = &body.kube_groups {
-        if groups.len() > postern_api::kube::MAX_GROUPS {
-            return Err(ApiError::BadRequest(format!(
-                "at most {} kube_groups per role",
-                postern_api::kube::MAX_GROUPS
-            )));
-        }
-        for g in groups {
-            postern_api::kube::check_group(g).map_err(ApiError::BadRequest)?;
-        }
-    }
-    if let Some(p) = &body.project {
-        validate::name("project", p)?;
-    }
-    let project_id = match (&body.project, body.role) {
-        (None, Role::OrgAdmin) => None,
-        (None, r) => {
-            return Err(ApiError::BadRequest(format!(
-                "role {r} is per project: give \"project\""
-            )));
-        }
-        (Some(_), Role::OrgAdmin) => {
-            return Err(ApiError::BadRequest(
-                "org_admin is org-wide: leave out \"project\"".into(),
-            ));
-        }
-        (Some(p), _) => {
-            let project = state
-                .store
-                .project_by_name(&caller.principal.org_id, p)
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("project {p:?} not found")))?;
-            caller
-                .audit
-                .with(|a| a.project = Some(project.name.clone()));
-            Some(project.id)
-        }
-    };
-    let binding = BindingRow {
-        project_id,
-        role: body.role,
-        logins: body.logins.clone(),
-        forward_to: body.forward_to.clone(),
-        kube_groups: body.kube_groups.clone(),
-    };
+    let binding = binding_of(&state, &caller, &body).await?;
     let before = state.store.bindings(&user.id).await?;
     let replaced = before
         .iter()
@@ -588,4 +529,73 @@ pub async fn revoke_token(
         a.detail = Some(detail);
     });
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A role binding as asked for, checked (logins, forwarding targets, groups,
+/// the project in the caller's org), as the store keeps it.
+pub(super) async fn binding_of(
+    state: &AppState,
+    caller: &Caller,
+    body: &RoleBinding,
+) -> Result<BindingRow, ApiError> {
+    for l in &body.logins {
+        validate::login(l)?;
+    }
+    if body.logins.len() > 64 {
+        return Err(ApiError::BadRequest("at most 64 logins per role".into()));
+    }
+    for t in &body.forward_to {
+        validate::forward_target(t)?;
+    }
+    if body.forward_to.len() > postern_api::admin::MAX_FORWARD_TO {
+        return Err(ApiError::BadRequest(format!(
+            "at most {} forward_to destinations per role",
+            postern_api::admin::MAX_FORWARD_TO
+        )));
+    }
+    if let Some(groups) = &body.kube_groups {
+        if groups.len() > postern_api::kube::MAX_GROUPS {
+            return Err(ApiError::BadRequest(format!(
+                "at most {} kube_groups per role",
+                postern_api::kube::MAX_GROUPS
+            )));
+        }
+        for g in groups {
+            postern_api::kube::check_group(g).map_err(ApiError::BadRequest)?;
+        }
+    }
+    if let Some(p) = &body.project {
+        validate::name("project", p)?;
+    }
+    let project_id = match (&body.project, body.role) {
+        (None, Role::OrgAdmin) => None,
+        (None, r) => {
+            return Err(ApiError::BadRequest(format!(
+                "role {r} is per project: give \"project\""
+            )));
+        }
+        (Some(_), Role::OrgAdmin) => {
+            return Err(ApiError::BadRequest(
+                "org_admin is org-wide: leave out \"project\"".into(),
+            ));
+        }
+        (Some(p), _) => {
+            let project = state
+                .store
+                .project_by_name(&caller.principal.org_id, p)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("project {p:?} not found")))?;
+            caller
+                .audit
+                .with(|a| a.project = Some(project.name.clone()));
+            Some(project.id)
+        }
+    };
+    Ok(BindingRow {
+        project_id,
+        role: body.role,
+        logins: body.logins.clone(),
+        forward_to: body.forward_to.clone(),
+        kube_groups: body.kube_groups.clone(),
+    })
 }

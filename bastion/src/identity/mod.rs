@@ -14,6 +14,7 @@ pub mod password;
 pub mod recovery;
 pub mod sessions;
 pub mod ssh_ca;
+pub mod sso;
 pub mod totp;
 
 use crate::access::Denied;

@@ -207,7 +207,7 @@ pub struct Asserted {
 }
 
 /// A relying party for one provider, from its discovery document.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RelyingParty {
     http: OidcHttp,
     metadata: CoreProviderMetadata,

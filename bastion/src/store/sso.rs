@@ -17,13 +17,14 @@ pub struct OidcProviderRow {
     pub issuer: String,
     pub client_id: String,
     pub client_secret_sealed: String,
+    pub redirect_url: String,
     pub scopes: Vec<String>,
     pub groups_claim: String,
     pub allowed_domains: Vec<String>,
     pub created_at: i64,
 }
 
-const PROVIDER_COLS: &str = "id, org_id, name, issuer, client_id, client_secret_sealed, scopes, groups_claim, allowed_domains, created_at";
+const PROVIDER_COLS: &str = "id, org_id, name, issuer, client_id, client_secret_sealed, scopes, groups_claim, allowed_domains, created_at, redirect_url";
 
 fn json_list(s: &str) -> Result<Vec<String>> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -41,6 +42,7 @@ fn provider(r: sqlx::any::AnyRow) -> Result<OidcProviderRow> {
         groups_claim: r.try_get(7)?,
         allowed_domains: json_list(&r.try_get::<String, _>(8)?)?,
         created_at: r.try_get(9)?,
+        redirect_url: r.try_get(10)?,
     })
 }
 
@@ -67,10 +69,12 @@ pub struct PendingLogin {
     pub finished_at: Option<i64>,
     /// The session it made, sealed, for a device code's poller to collect.
     pub session_sealed: Option<String>,
+    /// The hash of the secret that collects it.
+    pub poll_hash: Option<String>,
 }
 
 const PENDING_COLS: &str =
-    "id, kind, org_id, provider_id, sealed, expires_at, finished_at, session_sealed";
+    "id, kind, org_id, provider_id, sealed, expires_at, finished_at, session_sealed, poll_hash";
 
 fn pending(r: sqlx::any::AnyRow) -> Result<PendingLogin> {
     Ok(PendingLogin {
@@ -82,6 +86,7 @@ fn pending(r: sqlx::any::AnyRow) -> Result<PendingLogin> {
         expires_at: r.try_get(5)?,
         finished_at: r.try_get(6)?,
         session_sealed: r.try_get(7)?,
+        poll_hash: r.try_get(8)?,
     })
 }
 
@@ -90,10 +95,11 @@ impl Store {
 
     pub async fn put_oidc_provider(&self, p: &OidcProviderRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO oidc_providers (id, org_id, name, issuer, client_id, client_secret_sealed, scopes, groups_claim, allowed_domains, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            "INSERT INTO oidc_providers (id, org_id, name, issuer, client_id, client_secret_sealed, scopes, groups_claim, allowed_domains, created_at, redirect_url)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (org_id, name) DO UPDATE SET issuer = excluded.issuer, client_id = excluded.client_id,
                client_secret_sealed = excluded.client_secret_sealed, scopes = excluded.scopes,
+               redirect_url = excluded.redirect_url,
                groups_claim = excluded.groups_claim, allowed_domains = excluded.allowed_domains",
         )
         .bind(&p.id)
@@ -106,6 +112,7 @@ impl Store {
         .bind(&p.groups_claim)
         .bind(serde_json::to_string(&p.allowed_domains).unwrap_or_default())
         .bind(p.created_at)
+        .bind(&p.redirect_url)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -427,6 +434,28 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// An SSO round trip for the CLI finished: its session waits, sealed, for
+    /// the CLI to collect with the one-time secret whose hash is `poll_hash`.
+    pub async fn finish_sso_login(
+        &self,
+        id: &str,
+        poll_hash: &str,
+        session_sealed: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE pending_logins SET poll_hash = $2, session_sealed = $3, expires_at = $4
+             WHERE id = $1 AND kind = 'sso' AND session_sealed IS NULL",
+        )
+        .bind(id)
+        .bind(poll_hash)
+        .bind(session_sealed)
+        .bind(now + 120_000)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// The poller collects a device code's session once: the row keeps no
     /// session after this.
     pub async fn collect_device_login(&self, id: &str) -> Result<Option<String>> {
@@ -436,6 +465,9 @@ impl Store {
         let Some(sealed) = p.session_sealed else {
             return Ok(None);
         };
+        if p.expires_at <= crate::clock::now_ms() {
+            return Ok(None);
+        }
         let r = sqlx::query(
             "UPDATE pending_logins SET session_sealed = NULL, expires_at = 0 WHERE id = $1 AND session_sealed IS NOT NULL",
         )
