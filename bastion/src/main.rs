@@ -271,6 +271,16 @@ struct Tuning {
     /// AES-GCM (OpenSSH would then pick it first, at a CPU cost to the bastion).
     #[arg(long)]
     ssh_allow_chacha20: bool,
+    /// Let OpenID providers be on loopback or private networks, and over plain
+    /// http (a provider beside the bastion; tests). Off by default, so an org
+    /// admin cannot point the bastion into its own network.
+    #[arg(long)]
+    sso_allow_private_networks: bool,
+    /// A TLS proxy in front of the REST API (an address or CIDR; repeat for
+    /// several): from it, the client's address is read from X-Forwarded-For
+    /// for per-source limits and the audit log.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -320,6 +330,8 @@ fn settings(t: &Tuning, public_url: Option<String>) -> Settings {
         ssh_banner_timeout: t.ssh_banner_timeout.max(Duration::from_secs(1)),
         max_enrollments: usize::try_from(t.max_enrollments).unwrap_or(usize::MAX),
         ssh_allow_chacha20: t.ssh_allow_chacha20,
+        sso_private_networks: t.sso_allow_private_networks,
+        trusted_proxies: t.trusted_proxies.clone(),
         kube_public_url: None,
         kube_by_server_name: false,
         ..Settings::default()

@@ -78,6 +78,14 @@ pub struct Settings {
     /// The agent packages and install script served on the agent port (read
     /// once at start, see `agents::packages`); `None`: none served.
     pub agent_packages: Option<Arc<crate::agents::packages::AgentPackages>>,
+    /// OpenID providers may be on loopback or private networks, over plain
+    /// http (a provider beside the bastion, tests). Off: an org admin cannot
+    /// make the bastion call into its own network.
+    pub sso_private_networks: bool,
+    /// The TLS proxies in front of the REST API (CIDRs): from them the
+    /// client's address is read from `X-Forwarded-For`, for per-source limits
+    /// and the audit log.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for Settings {
@@ -108,6 +116,8 @@ impl Default for Settings {
             kube_public_url: None,
             kube_by_server_name: false,
             ssh_public_addr: None,
+            sso_private_networks: false,
+            trusted_proxies: Vec::new(),
             ssh_endpoint: None,
             agent_packages: None,
         }

@@ -211,7 +211,12 @@ fn finish(child: std::process::Child) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn single_sign_on_maps_groups_to_roles_at_every_sign_in_and_refuses_with_reasons() {
     use postern_tests::oidc::{self, Browser};
-    let b = Bastion::start(BastionOpts::default()).await;
+    // The provider runs beside the bastion, on loopback over http.
+    let b = Bastion::start(BastionOpts {
+        extra_args: vec!["--sso-allow-private-networks".into()],
+        ..BastionOpts::default()
+    })
+    .await;
     let helper = InstalledHelper::install();
     let node = Node::start(&b, &helper, "node-a").await;
     let url = format!("http://{}", b.api);

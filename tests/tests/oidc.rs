@@ -38,7 +38,8 @@ fn http() -> OidcHttp {
     .unwrap()
     .with_root_certificates(rustls::RootCertStore::empty())
     .with_no_client_auth();
-    OidcHttp::new(Arc::new(tls))
+    // The provider runs on loopback over http: allowed here only.
+    OidcHttp::new(Arc::new(tls)).private_networks(true)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -108,6 +109,42 @@ async fn a_real_provider_signs_a_person_in_and_its_answers_are_checked() {
         .await
         .unwrap();
     assert_eq!(who.subject, "u-ann");
+
+    // Without leave for private networks, a provider on loopback (or any
+    // private or link-local address, or over http) is never called: an org
+    // admin cannot point the bastion into its own network.
+    let public_only = OidcHttp::new(Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth(),
+    ));
+    for issuer in [
+        p.issuer.clone(),
+        format!("https://127.0.0.1:{port}"),
+        "https://169.254.169.254".to_string(),
+        "https://10.1.2.3".to_string(),
+        "https://[::1]:443".to_string(),
+        format!("https://localhost:{port}"),
+    ] {
+        let e = RelyingParty::discover(
+            public_only.clone(),
+            &issuer,
+            "postern",
+            None,
+            REDIRECT,
+            "groups",
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("https") || e.to_string().contains("private or loopback"),
+            "{issuer}: {e}"
+        );
+    }
 
     // A provider that is down: a clear error, quickly.
     drop(p);

@@ -362,18 +362,19 @@ pub async fn accept_invitation(
 ) -> Result<Json<InvitationAccepted>, ApiError> {
     let now = now_ms();
     let source = anon.source_or_local();
-    if !state.sign_in_attempts.allowed(source, now) {
-        return Err(IdentityError::TooMany(
-            "too many failed attempts from your address: wait a minute and try again".into(),
-        )
-        .into());
-    }
+    // Counted now, given back when it succeeds: a guesser gets the share of
+    // one source, however many requests it sends at once.
+    let attempt = state
+        .sign_in_attempts
+        .begin(source, None, now)
+        .ok_or_else(|| {
+            IdentityError::TooMany(
+                "too many failed attempts from your address: wait a minute and try again".into(),
+            )
+        })?;
     bounded("invitation", &body.invitation, 200)?;
     bounded("password", &body.password, dto::MAX_FIELD)?;
-    let fail = || {
-        state.sign_in_attempts.failed(source, now);
-        invitation_refused()
-    };
+    let fail = invitation_refused;
     let (id, secret) = parse_token(INVITATION_PREFIX, body.invitation.trim()).ok_or_else(fail)?;
     let inv = state.store.invitation(id).await?.ok_or_else(fail)?;
     if !secret_matches(secret, &inv.secret_hash) || inv.used_at.is_some() || inv.expires_at <= now {
@@ -451,6 +452,7 @@ pub async fn accept_invitation(
     } else {
         Vec::new()
     };
+    attempt.succeeded();
     // Whatever the user held before (an admin's reset) ends.
     sessions::end_all(&state, &user, "credentials reset").await?;
     let org = state

@@ -64,6 +64,39 @@ pub fn source_ip(parts: &Parts) -> Option<String> {
         .map(|ci| ci.0.ip().to_string())
 }
 
+/// The client's address: the peer's, or, when the peer is one of the
+/// `trusted` proxies, the last address in `X-Forwarded-For` that is not one of
+/// them (what the outermost trusted proxy saw). A header from anyone else is
+/// ignored, so a client cannot choose its own address.
+pub fn client_ip(
+    headers: &http::HeaderMap,
+    peer: Option<std::net::IpAddr>,
+    trusted: &[String],
+) -> Option<std::net::IpAddr> {
+    use crate::access::authn::in_cidr;
+    let peer = peer?;
+    let is_proxy = |ip: std::net::IpAddr| trusted.iter().any(|c| in_cidr(ip, c));
+    if !is_proxy(peer) {
+        return Some(peer);
+    }
+    let mut hops: Vec<std::net::IpAddr> = Vec::new();
+    for v in headers.get_all("x-forwarded-for").iter().take(16) {
+        let Ok(v) = v.to_str() else { return Some(peer) };
+        for part in v.split(',').take(32) {
+            match part.trim().parse() {
+                Ok(ip) => hops.push(ip),
+                Err(_) => return Some(peer),
+            }
+        }
+    }
+    Some(
+        hops.into_iter()
+            .rev()
+            .find(|ip| !is_proxy(*ip))
+            .unwrap_or(peer),
+    )
+}
+
 /// An authenticated caller, established from `Authorization: Bearer pst_…`.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -86,10 +119,11 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok());
-        let source = parts
+        let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ci| ci.0.ip());
+        let source = client_ip(&parts.headers, peer, &state.settings.trusted_proxies);
         let (principal, credential) =
             crate::access::authn::bearer(&state.store, header, source).await?;
         let audit_first = audit.with(|a| {
@@ -118,7 +152,7 @@ impl FromRequestParts<AppState> for Caller {
         Ok(Caller {
             principal,
             credential,
-            source_ip: source_ip(parts),
+            source_ip: source.map(|s| s.to_string()),
             audit,
         })
     }
@@ -269,16 +303,54 @@ impl Anonymous {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Anonymous {
+impl FromRequestParts<AppState> for Anonymous {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ci| ci.0.ip());
         Ok(Anonymous {
-            source: parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ci| ci.0.ip()),
+            source: client_ip(&parts.headers, peer, &state.settings.trusted_proxies),
             audit: audit_ctx(parts),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_ip;
+
+    #[test]
+    fn the_client_address_comes_from_a_trusted_proxy_only() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let mut h = http::HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.9, 10.0.0.5".parse().unwrap());
+        let trusted = vec!["127.0.0.1".to_string(), "10.0.0.0/8".to_string()];
+        // From the proxy: the last hop that is not a proxy.
+        assert_eq!(
+            client_ip(&h, Some(ip("127.0.0.1")), &trusted),
+            Some(ip("203.0.113.9"))
+        );
+        // From anyone else: the header is the client's own words, ignored.
+        assert_eq!(
+            client_ip(&h, Some(ip("198.51.100.1")), &trusted),
+            Some(ip("198.51.100.1"))
+        );
+        // No proxies configured: the peer.
+        assert_eq!(
+            client_ip(&h, Some(ip("127.0.0.1")), &[]),
+            Some(ip("127.0.0.1"))
+        );
+        // Garbage in the header: the peer, never a guess.
+        h.insert("x-forwarded-for", "not-an-ip".parse().unwrap());
+        assert_eq!(
+            client_ip(&h, Some(ip("127.0.0.1")), &trusted),
+            Some(ip("127.0.0.1"))
+        );
     }
 }

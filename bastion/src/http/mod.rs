@@ -66,13 +66,14 @@ impl Rest {
     }
 
     pub fn new(core: Arc<Shared>) -> Arc<Rest> {
+        let sso = crate::identity::sso::Providers::new(core.settings.sso_private_networks);
         let exec_streams = exec_events::StreamPermits::new(core.settings.exec_streams_per_org);
         Arc::new(Rest {
             core,
             big_answers: Default::default(),
             exec_streams,
             sign_in_attempts: Default::default(),
-            sso: Default::default(),
+            sso,
         })
     }
 }
@@ -238,10 +239,14 @@ async fn audit_requests_with(
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| path.clone());
-    let source = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
+    let source = extract::client_ip(
+        req.headers(),
+        req.extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip()),
+        &state.settings.trusted_proxies,
+    )
+    .map(|ip| ip.to_string());
     let resp = next.run(req).await;
     let status = resp.status();
     let outcome = match status.as_u16() {

@@ -512,13 +512,14 @@ pub async fn start(
     let now = now_ms();
     let (provider, trip_target) = match (&q.device, &q.org, &q.provider, &q.cli_redirect) {
         (Some(code), None, None, None) => {
-            let source = anon.source_or_local();
-            if !state.sign_in_attempts.allowed(source, now) {
-                return Err(IdentityError::TooMany(
-                    "too many bad codes from your address: wait a minute".into(),
-                )
-                .into());
-            }
+            let attempt = state
+                .sign_in_attempts
+                .begin(anon.source_or_local(), None, now)
+                .ok_or_else(|| {
+                    IdentityError::TooMany(
+                        "too many bad codes from your address: wait a minute".into(),
+                    )
+                })?;
             let code = code.trim().to_ascii_uppercase();
             let found = if code.len() <= 16 {
                 state.store.pending_by_user_code(&code).await?
@@ -528,7 +529,6 @@ pub async fn start(
             let Some(device) = found
                 .filter(|d| d.kind == "device" && d.finished_at.is_none() && d.expires_at > now)
             else {
-                state.sign_in_attempts.failed(source, now);
                 return Ok(page(
                     StatusCode::NOT_FOUND,
                     "Unknown code",
@@ -540,6 +540,7 @@ pub async fn start(
                 .oidc_provider_by_id(device.provider_id.as_deref().unwrap_or_default())
                 .await?
                 .ok_or_else(|| ApiError::NotFound("the provider of this code is gone".into()))?;
+            attempt.succeeded();
             (p, (None, Some(device.id)))
         }
         (None, Some(org), Some(provider), Some(cli)) => {
@@ -889,15 +890,13 @@ pub async fn collect(
     ApiJson(body): ApiJson<Collect>,
 ) -> Result<Json<Collected>, ApiError> {
     let now = now_ms();
-    let source = anon.source_or_local();
-    if !state.sign_in_attempts.allowed(source, now) {
-        return Err(IdentityError::TooMany(
-            "too many bad codes from your address: wait a minute".into(),
-        )
-        .into());
-    }
+    let attempt = state
+        .sign_in_attempts
+        .begin(anon.source_or_local(), None, now)
+        .ok_or_else(|| {
+            IdentityError::TooMany("too many bad codes from your address: wait a minute".into())
+        })?;
     let bad = || {
-        state.sign_in_attempts.failed(source, now);
         ApiError::Unauthorized(
             "this sign-in code is unknown, expired or was used: run postern login again".into(),
         )
@@ -916,6 +915,8 @@ pub async fn collect(
     if !matches {
         return Err(bad());
     }
+    // The right secret: polling is no guessing.
+    attempt.succeeded();
     if p.session_sealed.is_none() {
         if p.kind == "device" && p.finished_at.is_none() && p.expires_at > now {
             return Ok(Json(Collected {

@@ -1,14 +1,16 @@
 //! Signing in with a name and a password, plus a TOTP code (or a recovery
 //! code) when the user enrolled one or their org requires it. Guessing is
-//! bounded per source (in memory, before any hashing) and per user (in the
-//! store, for every replica): five failures lock the user for five minutes.
-//! A wrong name, a wrong password and a missing password read the same.
+//! bounded before any hashing: per source and per name in memory
+//! (`attempts`), and per user in the store for every replica, where each
+//! attempt is reserved before it is checked (five, then a five-minute lock),
+//! so parallel requests get no more. A wrong name, a wrong password and a
+//! missing password read the same, and so do the limits.
 
 use std::net::IpAddr;
 
 use super::attempts::Attempts;
 use super::{IdentityError, password, recovery, totp};
-use crate::clock::{now_ms, rfc3339};
+use crate::clock::now_ms;
 use crate::pki::Pki;
 use crate::store::{Store, UserRow};
 
@@ -44,6 +46,14 @@ fn wrong() -> IdentityError {
 /// The second factor is missing: the client asks for it and tries again.
 pub use postern_api::identity::NEED_CODE;
 
+/// Too many attempts, for a name or a source: the same words either way, so
+/// they tell nobody whether the user exists.
+fn too_many() -> IdentityError {
+    IdentityError::TooMany(
+        "too many failed sign-ins: wait a few minutes and try again, or ask an org admin".into(),
+    )
+}
+
 pub async fn sign_in(
     store: &Store,
     pki: &Pki,
@@ -52,12 +62,10 @@ pub async fn sign_in(
     source: IpAddr,
 ) -> Result<SignedIn, IdentityError> {
     let now = now_ms();
-    if !attempts.allowed(source, now) {
-        return Err(IdentityError::TooMany(
-            "too many failed sign-ins from your address: wait a minute and try again".into(),
-        ));
-    }
-    let fail = |attempts: &Attempts| attempts.failed(source, now);
+    // Counted before anything costly, refunded on success.
+    let attempt = attempts
+        .begin(source, Some(typed.name), now)
+        .ok_or_else(too_many)?;
     let user = store.user_by_name(typed.name).await?;
     let creds = match &user {
         Some(u) => store.local_credentials(&u.id).await?,
@@ -70,23 +78,18 @@ pub async fn sign_in(
     ) else {
         // The same work as a real check, so timing tells no names.
         let _ = password::verify(typed.password, &password::decoy().await).await;
-        fail(attempts);
         return Err(wrong());
     };
-    if let Some(until) = creds.locked_until
-        && until > now
+    // Reserved in the store for every replica before the hash: parallel
+    // attempts get at most USER_FAILURES tries per lock.
+    if !store
+        .reserve_sign_in(&user.id, USER_FAILURES, now + USER_LOCK_MS, now)
+        .await?
     {
-        return Err(IdentityError::TooMany(format!(
-            "too many failed sign-ins for {}: try again after {}, or ask an org admin to reset it",
-            user.name,
-            rfc3339(until)
-        )));
+        return Err(too_many());
     }
+    let _ = creds.locked_until;
     if !password::verify(typed.password, &hash).await? {
-        fail(attempts);
-        store
-            .sign_in_failed(&user.id, USER_FAILURES, now + USER_LOCK_MS, now)
-            .await?;
         return Err(wrong());
     }
     if user.disabled_at.is_some() {
@@ -108,6 +111,7 @@ pub async fn sign_in(
             ));
         }
         store.sign_in_succeeded(&user.id).await?;
+        attempt.succeeded();
         return Ok(SignedIn {
             user,
             method: "password",
@@ -116,6 +120,10 @@ pub async fn sign_in(
         });
     };
     let Some(code) = typed.code.map(str::trim).filter(|c| !c.is_empty()) else {
+        // The password was right: this was no guess, and the sign-in goes on
+        // with the code.
+        store.refund_sign_in(&user.id).await?;
+        attempt.succeeded();
         return Err(IdentityError::Refused(NEED_CODE.into()));
     };
     let refused = |why: &str| IdentityError::Refused(why.to_string());
@@ -125,6 +133,7 @@ pub async fn sign_in(
             .await?
         {
             store.sign_in_succeeded(&user.id).await?;
+            attempt.succeeded();
             let left = store.recovery_codes_left(&user.id).await?;
             return Ok(SignedIn {
                 user,
@@ -133,10 +142,6 @@ pub async fn sign_in(
                 recovery_left: Some(left),
             });
         }
-        fail(attempts);
-        store
-            .sign_in_failed(&user.id, USER_FAILURES, now + USER_LOCK_MS, now)
-            .await?;
         return Err(refused("that recovery code is wrong or was used already"));
     }
     let secret = pki.open(sealed)?;
@@ -146,10 +151,6 @@ pub async fn sign_in(
         None => false,
     };
     if !claimed {
-        fail(attempts);
-        store
-            .sign_in_failed(&user.id, USER_FAILURES, now + USER_LOCK_MS, now)
-            .await?;
         return Err(refused(if step.is_some() {
             "that TOTP code was used already: wait for the next one"
         } else {
@@ -157,6 +158,7 @@ pub async fn sign_in(
         }));
     }
     store.sign_in_succeeded(&user.id).await?;
+    attempt.succeeded();
     Ok(SignedIn {
         user,
         method: "password+totp",

@@ -57,17 +57,59 @@ fn herr(e: impl std::fmt::Display) -> OidcHttpError {
 #[derive(Clone)]
 pub struct OidcHttp {
     tls: tokio_rustls::TlsConnector,
+    /// Loopback and private addresses, and plain http, allowed.
+    private: bool,
+}
+
+/// Addresses a provider may not have unless private networks are allowed:
+/// the bastion's own host, private and link-local networks (cloud metadata),
+/// and what is not routable at all.
+fn private(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v) => {
+            v.is_loopback()
+                || v.is_private()
+                || v.is_link_local()
+                || v.is_unspecified()
+                || v.is_broadcast()
+                || v.is_multicast()
+                || v.octets()[0] == 100 && (v.octets()[1] & 0xc0) == 64
+                || v.octets()[0] == 0
+        }
+        std::net::IpAddr::V6(v) => match v.to_ipv4_mapped() {
+            Some(v4) => private(std::net::IpAddr::V4(v4)),
+            None => {
+                v.is_loopback()
+                    || v.is_unspecified()
+                    || v.is_multicast()
+                    || (v.segments()[0] & 0xfe00) == 0xfc00
+                    || (v.segments()[0] & 0xffc0) == 0xfe80
+            }
+        },
+    }
 }
 
 impl std::fmt::Debug for OidcHttp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OidcHttp")
+        f.debug_struct("OidcHttp")
+            .field("private", &self.private)
+            .finish()
     }
 }
 
 impl OidcHttp {
+    /// Public https providers only (see [`OidcHttp::private_networks`]).
     pub fn new(tls: Arc<rustls::ClientConfig>) -> OidcHttp {
-        OidcHttp { tls: tls.into() }
+        OidcHttp {
+            tls: tls.into(),
+            private: false,
+        }
+    }
+
+    /// Allows providers on loopback and private networks, over plain http.
+    pub fn private_networks(mut self, allow: bool) -> OidcHttp {
+        self.private = allow;
+        self
     }
 
     async fn send(&self, req: HttpRequest) -> Result<HttpResponse, OidcHttpError> {
@@ -81,8 +123,13 @@ impl OidcHttp {
         let uri = parts.uri.clone();
         let https = match uri.scheme_str() {
             Some("https") => true,
-            Some("http") => false,
-            other => return Err(herr(format!("unsupported scheme {other:?}"))),
+            Some("http") if self.private => false,
+            other => {
+                return Err(herr(format!(
+                    "the identity provider must be reached over https (not {})",
+                    other.unwrap_or("no scheme")
+                )));
+            }
         };
         let authority = uri
             .authority()
@@ -105,9 +152,22 @@ impl OidcHttp {
             HeaderValue::from_str(authority.as_str()).map_err(herr)?,
         );
         let req = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        // Resolved once and checked, then dialled by address: a name that
+        // resolves elsewhere on the second lookup gets nowhere.
+        let unreachable = || herr("cannot reach the identity provider");
+        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
             .await
-            .map_err(|e| herr(format!("cannot reach the identity provider: {e}")))?;
+            .map_err(|_| unreachable())?
+            .collect();
+        if !self.private && addrs.iter().any(|a| private(a.ip())) {
+            return Err(herr(
+                "the identity provider resolves to a private or loopback address, which this bastion does not call (see --sso-allow-private-networks)",
+            ));
+        }
+        let addr = *addrs.first().ok_or_else(unreachable)?;
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|_| unreachable())?;
         if https {
             let name = rustls_pki_types::ServerName::try_from(host).map_err(herr)?;
             let tls = self.tls.connect(name, tcp).await.map_err(herr)?;
@@ -226,8 +286,21 @@ pub struct Started {
     pub pkce_verifier: String,
 }
 
-fn rp_err(what: &str, e: impl std::fmt::Display) -> IdentityError {
-    IdentityError::Refused(format!("{what}: {e}"))
+/// An error with its causes (openidconnect says "Request failed" and keeps
+/// the reason in its source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
+fn rp_err(what: &str, e: impl std::error::Error) -> IdentityError {
+    IdentityError::Refused(format!("{what}: {}", chain(&e)))
 }
 
 impl RelyingParty {
@@ -246,7 +319,8 @@ impl RelyingParty {
             .await
             .map_err(|e| {
                 IdentityError::Refused(format!(
-                    "the identity provider {issuer} could not be read ({e}); check that it is up and its issuer URL, then try again"
+                    "the identity provider {issuer} could not be read ({}); check that it is up and its issuer URL, then try again",
+                    chain(&e)
                 ))
             })?;
         Ok(RelyingParty {

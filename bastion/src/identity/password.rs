@@ -18,6 +18,10 @@ pub const MAX_LEN: usize = 1024;
 
 /// Hashes at once at most; each takes ~19 MiB.
 static HASHING: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(4));
+/// Hashes waiting at most; past it a sign-in is told to retry, so a flood
+/// queues no unbounded work.
+const MAX_WAITING: usize = 64;
+static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Checks a new password's length; says what is wanted.
 pub fn acceptable(password: &str) -> Result<(), IdentityError> {
@@ -38,10 +42,16 @@ pub fn acceptable(password: &str) -> Result<(), IdentityError> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, IdentityError> {
-    let _permit = HASHING
-        .acquire()
-        .await
-        .map_err(|_| IdentityError::Internal("password hashing closed".into()))?;
+    use std::sync::atomic::Ordering;
+    if WAITING.fetch_add(1, Ordering::SeqCst) >= MAX_WAITING {
+        WAITING.fetch_sub(1, Ordering::SeqCst);
+        return Err(IdentityError::TooMany(
+            "the bastion is busy signing people in: retry in a few seconds".into(),
+        ));
+    }
+    let permit = HASHING.acquire().await;
+    WAITING.fetch_sub(1, Ordering::SeqCst);
+    let _permit = permit.map_err(|_| IdentityError::Internal("password hashing closed".into()))?;
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| IdentityError::Internal(format!("password hashing failed: {e}")))

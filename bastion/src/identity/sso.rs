@@ -32,8 +32,10 @@ pub struct Providers {
     cache: Mutex<HashMap<String, (Instant, RelyingParty)>>,
 }
 
-impl Default for Providers {
-    fn default() -> Self {
+impl Providers {
+    /// `private_networks`: providers may be on loopback or private networks
+    /// (see `Settings::sso_private_networks`).
+    pub fn new(private_networks: bool) -> Self {
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls_native_certs::load_native_certs().certs {
             let _ = roots.add(c);
@@ -49,13 +51,11 @@ impl Default for Providers {
                 .with_no_client_auth()
         });
         Providers {
-            http: OidcHttp::new(Arc::new(tls)),
+            http: OidcHttp::new(Arc::new(tls)).private_networks(private_networks),
             cache: Mutex::new(HashMap::new()),
         }
     }
-}
 
-impl Providers {
     /// The relying party of `p` (a copy: a sign-in's JWKS refresh is kept
     /// with [`Providers::keep`]).
     pub async fn relying_party(

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use russh::keys::PublicKey;
 use russh::server::ChannelOpenHandle;
@@ -323,6 +324,7 @@ impl russh::server::Handler for Conn {
             }
         };
         let owner_id = owner.id.clone();
+        let owner_org = owner.org_id.clone();
         let principal = match crate::access::authn::principal(&self.shared.store, owner).await {
             Ok(p) => p,
             Err(e) => {
@@ -339,7 +341,25 @@ impl russh::server::Handler for Conn {
                 .live
                 .connection(&owner_id, &fp, self.cancel.clone()),
         );
-        tracing::debug!(session = %session.id, "SSH login with a session certificate");
+        // The connection ends with its session: a shell or a tunnel opened a
+        // minute before the session expires does not outlive it.
+        let cancel = self.cancel.clone();
+        let left = Duration::from_millis((session.expires_at - now_ms()).max(0) as u64);
+        self.shared.tasks.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(left) => cancel.cancel(),
+            }
+        });
+        self.shared.audit.best_effort(
+            Event::new("ssh.login", "ok")
+                .org(&owner_org)
+                .actor(user)
+                .source(Some(self.peer.ip().to_string()))
+                .detail(
+                    json!({ "method": "certificate", "session_id": session.id, "fingerprint": fp }),
+                ),
+        );
         self.user = Some(Arc::new(SshUser {
             principal,
             fingerprint: fp,

@@ -215,39 +215,16 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Counts a failed sign-in; from the `threshold`th on, locks the user out
-    /// until `lock_until`. Answers the failures so far.
-    pub async fn sign_in_failed(
-        &self,
-        user_id: &str,
-        threshold: i64,
-        lock_until: i64,
-        now: i64,
-    ) -> Result<i64> {
+    /// Gives one reserved attempt back (it proved the password), without
+    /// lifting a lock.
+    pub async fn refund_sign_in(&self, user_id: &str) -> Result<()> {
         sqlx::query(
-            "INSERT INTO local_credentials (user_id, failures, updated_at) VALUES ($1, 0, $2)
-             ON CONFLICT (user_id) DO NOTHING",
+            "UPDATE local_credentials SET failures = failures - 1 WHERE user_id = $1 AND failures > 0",
         )
         .bind(user_id)
-        .bind(now)
         .execute(&self.pool)
         .await?;
-        sqlx::query(
-            "UPDATE local_credentials SET failures = failures + 1,
-               locked_until = CASE WHEN failures + 1 >= $2 THEN $3 ELSE locked_until END
-             WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .bind(threshold)
-        .bind(lock_until)
-        .execute(&self.pool)
-        .await?;
-        let n: i64 = sqlx::query("SELECT failures FROM local_credentials WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
-        Ok(n)
+        Ok(())
     }
 
     pub async fn sign_in_succeeded(&self, user_id: &str) -> Result<()> {
@@ -492,20 +469,74 @@ impl Store {
         self.session(id).await
     }
 
-    /// Ends every open session of a user; answers those it ended.
+    /// Ends every session of a user that has not ended (expired ones too:
+    /// a disabled user enabled again must not find one alive); answers those
+    /// it ended. Every one, however many: a page at a time until none is left.
     pub async fn end_user_sessions(
         &self,
         user_id: &str,
         reason: &str,
         now: i64,
     ) -> Result<Vec<SessionRow>> {
-        let open = self.open_sessions(user_id, now).await?;
-        let mut ended = Vec::with_capacity(open.len());
-        for s in open {
-            if let Some(s) = self.end_session(&s.id, reason, now).await? {
-                ended.push(s);
+        let q = format!(
+            "SELECT {SESSION_COLS} FROM login_sessions WHERE user_id = $1 AND ended_at IS NULL LIMIT 500"
+        );
+        let mut ended = Vec::new();
+        loop {
+            let open: Vec<SessionRow> = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(session)
+                .collect::<Result<_>>()?;
+            if open.is_empty() {
+                return Ok(ended);
+            }
+            for s in open {
+                if let Some(s) = self.end_session(&s.id, reason, now).await? {
+                    ended.push(s);
+                }
             }
         }
-        Ok(ended)
+    }
+
+    /// Reserves one sign-in attempt for a user before any hashing: counts it
+    /// as a failure now (a success refunds it, [`Store::sign_in_succeeded`]),
+    /// and answers `false` while the user is locked. The `threshold`th
+    /// reservation locks the user until `lock_until`; a lock that has run out
+    /// starts the count again. One statement, so parallel attempts (on any
+    /// replica) get at most `threshold` tries per lock.
+    pub async fn reserve_sign_in(
+        &self,
+        user_id: &str,
+        threshold: i64,
+        lock_until: i64,
+        now: i64,
+    ) -> Result<bool> {
+        sqlx::query(
+            "INSERT INTO local_credentials (user_id, failures, updated_at) VALUES ($1, 0, $2)
+             ON CONFLICT (user_id) DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let r = sqlx::query(
+            "UPDATE local_credentials SET
+               failures = CASE WHEN locked_until IS NOT NULL AND locked_until <= $4 THEN 1 ELSE failures + 1 END,
+               locked_until = CASE
+                 WHEN locked_until IS NOT NULL AND locked_until <= $4 THEN NULL
+                 WHEN failures + 1 >= $2 THEN $3
+                 ELSE locked_until END
+             WHERE user_id = $1 AND (locked_until IS NULL OR locked_until <= $4)",
+        )
+        .bind(user_id)
+        .bind(threshold)
+        .bind(lock_until)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 }
