@@ -317,7 +317,7 @@ impl russh::server::Handler for Conn {
                 self.shared.audit.best_effort(
                     Event::new("ssh.certificate", "denied")
                         .source(Some(self.peer.ip().to_string()))
-                        .actor(&postern_api::validate::peer_line(user, 80))
+                        .actor(postern_api::validate::peer_line(user, 80))
                         .detail(json!({ "reason": why, "key_id": postern_api::validate::peer_line(certificate.key_id(), 120) })),
                 );
                 return Ok(Self::publickey_only());

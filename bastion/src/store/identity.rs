@@ -362,7 +362,7 @@ impl Store {
             "INSERT INTO login_sessions (id, user_id, secret_hash, method, mfa, source_ip, ssh_fingerprint, created_at, expires_at, ended_at, end_reason)
              VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, NULL, NULL)",
         )
-        .bind(&id)
+        .bind(id)
         .bind(user_id)
         .bind(secret_hash)
         .bind(method)
