@@ -28,6 +28,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("agent_channel", agent_channel),
     ("authorized_key", authorized_key),
     ("csr", csr),
+    ("identity", identity),
     ("keys_helper", keys_helper),
     ("kube_annotation", kube_annotation),
     ("kube_request", kube_request),
@@ -491,4 +492,97 @@ pub fn rest_bodies(data: &[u8]) {
             }
         }
     }
+}
+
+/// What strangers send to sign in, and what an identity provider or a client
+/// hands the bastion: ID tokens, TOTP and recovery codes, session and
+/// invitation tokens, SSH certificates, the sign-in bodies. Nothing panics,
+/// and nothing made of random bytes is ever accepted as a signed token or a
+/// certificate of the bastion's user CA.
+pub fn identity(data: &[u8]) {
+    use postern_bastion::identity::{oidc, recovery, sso, totp};
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    match which % 8 {
+        0 => {
+            let jwks = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","use":"sig","alg":"ES256",
+                "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+            assert!(
+                oidc::verify(&text, jwks, "https://idp.example", "postern", "n", "groups").is_err(),
+                "an ID token nobody signed was accepted"
+            );
+        }
+        1 => {
+            let secret = b"12345678901234567890";
+            if let Ok(Some(_)) = totp::check(secret, &text, 1_800_000_000) {
+                assert!(text.len() == 6 && text.bytes().all(|b| b.is_ascii_digit()));
+            }
+        }
+        2 => {
+            let h = recovery::hash(&text);
+            assert_eq!(h.len(), 64);
+            let _ = recovery::looks_like(&text);
+        }
+        3 => {
+            for prefix in ["pss", "pst", "piv"] {
+                if let Some((id, secret)) = postern_bastion::secrets::parse_token(prefix, &text) {
+                    assert!(id.len() == 24 && secret.len() <= 64);
+                }
+            }
+        }
+        4 => {
+            let ca = user_ca();
+            let now = 1_800_000_000;
+            for cert in [
+                ssh_key::Certificate::from_openssh(&text).ok(),
+                ssh_key::Certificate::from_bytes(rest).ok(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                assert!(
+                    ca.check(&cert, "ann", now).is_err(),
+                    "a certificate the user CA never signed was accepted"
+                );
+            }
+        }
+        5 => {
+            parses::<postern_api::identity::Login>(rest);
+            parses::<postern_api::identity::AcceptInvitation>(rest);
+            parses::<postern_api::identity::PutOidcProvider>(rest);
+            parses::<postern_api::identity::Collect>(rest);
+            parses::<postern_api::identity::StartDevice>(rest);
+            parses::<postern_api::identity::OrgPolicy>(rest);
+        }
+        6 => {
+            let who = oidc::Asserted {
+                subject: text.to_string(),
+                email: Some(text.to_string()),
+                email_verified: Some(true),
+                preferred_username: Some(text.to_string()),
+                groups: vec![],
+                amr: vec![],
+                acr: None,
+            };
+            if let Some(n) = sso::user_name_for(&who) {
+                assert!(validate::name("user", &n).is_ok(), "{n:?}");
+            }
+        }
+        _ => {
+            let mut h = http::HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_bytes(rest) {
+                h.insert("x-forwarded-for", v);
+            }
+            let peer: std::net::IpAddr = "127.0.0.1".parse().expect("an address");
+            let got = postern_bastion::http::client_ip(&h, Some(peer), &["127.0.0.1".into()]);
+            assert!(got.is_some());
+        }
+    }
+}
+
+fn user_ca() -> &'static postern_bastion::identity::ssh_ca::UserCa {
+    static CA: OnceLock<postern_bastion::identity::ssh_ca::UserCa> = OnceLock::new();
+    CA.get_or_init(|| postern_bastion::identity::ssh_ca::UserCa::generate().expect("a CA"))
 }

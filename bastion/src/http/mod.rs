@@ -29,7 +29,7 @@ use serde_json::json;
 
 pub use admin::issue_enrollment_token;
 pub use error::ApiError;
-pub use extract::{ApiJson, ApiQuery, AuditCtx, Caller, TOKEN_PREFIX};
+pub use extract::{ApiJson, ApiQuery, AuditCtx, Caller, TOKEN_PREFIX, client_ip};
 pub use users::issue_api_token;
 
 use crate::audit::Event;
