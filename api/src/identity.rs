@@ -235,3 +235,22 @@ pub struct Collected {
 
 /// Device codes: `ABCD-EFGH` from an alphabet without look-alikes.
 pub const USER_CODE_ALPHABET: &[u8] = b"BCDFGHJKLMNPQRSTVWXZ23456789";
+
+/// `POST /api/v1/auth/kube-certificate`: a CSR (PEM) for the Kubernetes door.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubeCsr {
+    pub csr: String,
+}
+
+/// A client certificate for the Kubernetes door, naming the caller's session.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KubeCertificate {
+    /// PEM.
+    pub certificate: String,
+    /// RFC 3339: an hour at most, never past the session's end.
+    pub expires_at: String,
+}
+
+/// Longest CSR accepted (PEM).
+pub const MAX_CSR: usize = 8192;

@@ -37,6 +37,7 @@ pub const TOKEN: &str = "/tokens/{token_id}";
 pub const AUTH_LOGIN: &str = "/auth/login";
 pub const AUTH_LOGOUT: &str = "/auth/logout";
 pub const AUTH_SSH_CERT: &str = "/auth/ssh-certificate";
+pub const AUTH_KUBE_CERT: &str = "/auth/kube-certificate";
 pub const AUTH_INVITATION: &str = "/auth/invitation";
 pub const USER_INVITATION: &str = "/users/{user}/invitation";
 pub const USER_SESSIONS: &str = "/users/{user}/sessions";

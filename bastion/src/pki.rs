@@ -237,6 +237,42 @@ impl Pki {
         })
     }
 
+    /// Signs a person's CSR for the Kubernetes door: a TLS client certificate
+    /// naming the login session `session_id` (its CN, under [`USER_ORG`]),
+    /// valid until `not_after_ms` (the caller caps it at the session's end).
+    pub fn sign_user_csr(
+        &self,
+        csr_pem: &str,
+        session_id: &str,
+        not_after_ms: i64,
+    ) -> Result<Issued, PkiError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::BadCsr(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, session_id);
+        dn.push(DnType::OrganizationName, USER_ORG);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let (serial, serial_hex) = new_serial()?;
+        params.serial_number = Some(serial);
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::milliseconds(NOT_BEFORE_SLACK_MS);
+        let not_after =
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(not_after_ms) * 1_000_000)
+                .map_err(|e| PkiError::BadCsr(e.to_string()))?;
+        params.not_after = not_after;
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            serial: serial_hex,
+            not_after_ms,
+        })
+    }
+
     /// A certificate naming replica `name`, for both ends of peering (server and
     /// client). Made at every start, so it is never older than the process.
     pub fn replica_cert(
@@ -339,6 +375,17 @@ pub fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
 pub const NODE_ORG: &str = "postern node";
 /// The organization of replica certificates; a certificate without it is never a peer's.
 pub const REPLICA_ORG: &str = "postern replica";
+/// The organization of people's client certificates (the Kubernetes door); a
+/// certificate without it is never a person's, and one with it never a node's.
+pub const USER_ORG: &str = "postern user";
+
+/// The login session a person's client certificate names (see
+/// [`Pki::sign_user_csr`]); an error for any other certificate.
+pub fn user_cert_session(der: &[u8]) -> Result<String, PkiError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::BadCert(e.to_string()))?;
+    subject_of(&cert, USER_ORG)
+}
 
 /// The CN of a certificate of our CA whose organization is `org` exactly.
 fn subject_of(
@@ -403,7 +450,8 @@ mod tests {
         assert!(c.rotation_due(issued + 6_000));
     }
 
-    /// A node certificate never passes as a peer's, nor a replica's as a node's:
+    /// A node certificate never passes as a peer's, nor a replica's as a node's,
+    /// nor either as a person's:
     /// both come from the one CA, so the organization alone tells them apart.
     #[test]
     fn node_and_replica_certificates_are_not_interchangeable() {
@@ -426,5 +474,17 @@ mod tests {
         assert!(replica_name_of(&node).is_err());
         assert!(replica_name_of(&server[0]).is_err());
         assert!(node_cert_info(&server[0]).is_err());
+        // A person's certificate names their session, and passes for nothing
+        // else; nothing else passes for a person's.
+        let not_after = now_ms() + 600_000;
+        let user =
+            pem_to_der(&pki.sign_user_csr(&csr, "s-1", not_after).unwrap().cert_pem).unwrap();
+        assert_eq!(user_cert_session(&user).unwrap(), "s-1");
+        assert!(node_cert_info(&user).is_err());
+        assert!(replica_name_of(&user).is_err());
+        for other in [&node, &replica[0], &server[0]] {
+            assert!(user_cert_session(other).is_err());
+        }
+        assert!(pki.sign_user_csr("not a csr", "s-1", not_after).is_err());
     }
 }

@@ -706,6 +706,7 @@ const DOCUMENTED_ROUTES: &[&str] = &[
     "POST /api/v1/auth/login",
     "POST /api/v1/auth/logout",
     "POST /api/v1/auth/ssh-certificate",
+    "POST /api/v1/auth/kube-certificate",
     "POST /api/v1/auth/invitation",
     "POST /api/v1/users/{user}/invitation",
     "GET /api/v1/users/{user}/sessions",

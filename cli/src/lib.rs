@@ -13,6 +13,7 @@ mod config;
 mod context;
 mod exec;
 mod keys;
+mod kube;
 mod login;
 mod output;
 mod show;
@@ -123,6 +124,9 @@ enum Cmd {
     Login(login::LoginArgs),
     /// End the session at the bastion and forget it (and its SSH key) here
     Logout,
+    /// kubectl through the bastion: `kube config` prints a kubeconfig, `kube
+    /// credentials` is the credential plugin it runs
+    Kube(kube::KubeArgs),
     /// Invitations: `invitation accept URL` sets your password and enrols
     /// TOTP; `invitation create USER` makes one (org admins)
     Invitation(login::InvitationArgs),
@@ -203,6 +207,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Login(a) => login::login(&global, a).await,
         Cmd::Logout => login::logout(&global).await,
         Cmd::Invitation(a) => login::invitation(&global, a).await,
+        Cmd::Kube(a) => kube::run(&global, a).await,
         Cmd::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "postern", &mut std::io::stdout());
@@ -241,6 +246,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Cmd::Login(_)
                 | Cmd::Logout
                 | Cmd::Invitation(_)
+                | Cmd::Kube(_)
                 | Cmd::Completions { .. }
                 | Cmd::Man { .. } => Ok(()),
             }

@@ -179,6 +179,38 @@ impl Client {
         .await
     }
 
+    /// A client certificate for the Kubernetes door, for this client's session.
+    pub async fn kube_certificate(
+        &self,
+        csr_pem: &str,
+    ) -> Result<postern_api::identity::KubeCertificate, ClientError> {
+        let body = postern_api::identity::KubeCsr {
+            csr: csr_pem.to_string(),
+        };
+        self.call(
+            Method::POST,
+            &path(API, routes::AUTH_KUBE_CERT, &[]),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// The kubeconfig (YAML) for the edges this client may reach.
+    pub async fn kubeconfig(&self, project: Option<&str>) -> Result<String, ClientError> {
+        let mut p = path(API, routes::KUBECONFIG, &[]);
+        if let Some(project) = project {
+            p.push_str(&format!("?project={project}"));
+        }
+        let (parts, bytes) = self
+            .conn
+            .send_read(Method::GET, &p, &self.headers(&[]), None, MAX_ANSWER_BYTES)
+            .await?;
+        if !parts.status.is_success() {
+            return Err(api_error(parts.status.as_u16(), &bytes));
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// Ends the session this client holds.
     pub async fn logout(&self) -> Result<(), ClientError> {
         let _: serde_json::Value = self

@@ -1050,3 +1050,147 @@ async fn one_users_stalled_answers_never_stop_the_gateways_channel() {
     .await;
     drop(stalled);
 }
+
+/// A person's kubeconfig holds no secret: kubectl runs `postern kube
+/// credentials`, which gets a client certificate for the login session; when
+/// the session ends, kubectl is refused and told to log in again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_persons_kubeconfig_holds_no_secret_and_kubectl_uses_the_sessions_certificate() {
+    let s = setup().await;
+    let b = &s.b;
+    let (st, v) = b.post("/api/v1/users", json!({ "name": "kim" })).await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = b
+        .put(
+            "/api/v1/users/kim/roles",
+            json!({ "role": "read_only", "project": "web" }),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, inv) = b.post("/api/v1/users/kim/invitation", json!({})).await;
+    assert_eq!(st, 201, "{inv}");
+    let password = "kim's long passphrase";
+    let (code, v) = http(
+        b.api,
+        "POST",
+        "/api/v1/auth/invitation",
+        None,
+        Some(json!({ "invitation": inv["invitation"], "password": password })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{v}");
+
+    let home = s.dir.path().join("kim");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("pw"), password).unwrap();
+    let bin_dir = postern_tests::bin("postern")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let postern = |args: &[&str]| {
+        Command::new(postern_tests::bin("postern"))
+            .args(args)
+            .env("POSTERN_CONFIG_DIR", &home)
+            .env("HOME", &home)
+            .env_remove("POSTERN_TOKEN")
+            .env_remove("POSTERN_URL")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let url = format!("http://{}", b.api);
+    let out = postern(&[
+        "login",
+        &url,
+        "--user",
+        "kim",
+        "--password-file",
+        home.join("pw").to_str().unwrap(),
+        "--no-ssh",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = postern(&["kube", "config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg_text = String::from_utf8(out.stdout).unwrap();
+    for secret in [
+        "token",
+        "client-key",
+        "client-certificate",
+        "pss_",
+        "pst_",
+        "password",
+    ] {
+        assert!(
+            !cfg_text.contains(secret),
+            "the kubeconfig holds {secret}:\n{cfg_text}"
+        );
+    }
+    assert!(cfg_text.contains("command: postern"), "{cfg_text}");
+    let cfg = home.join("kubeconfig");
+    std::fs::write(&cfg, &cfg_text).unwrap();
+    let kubectl_as_kim = |args: &[&str]| {
+        Command::new(kubectl_bin())
+            .arg("--kubeconfig")
+            .arg(&cfg)
+            .arg("--request-timeout=20s")
+            .args(args)
+            .env("PATH", &path)
+            .env("POSTERN_CONFIG_DIR", &home)
+            .env("HOME", &home)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "kim's kubectl get configmaps",
+        || async { kubectl_as_kim(&["get", "configmaps"]).status.success() },
+    )
+    .await;
+    // The request reached the cluster as kim, by the session's certificate.
+    let who = ok(&kubectl_as_kim(&["auth", "can-i", "list", "configmaps"]));
+    assert_eq!(who.trim(), "yes");
+    let e = err(&kubectl_as_kim(&["create", "configmap", "nope"]));
+    assert!(e.contains("forbidden"), "{e}");
+
+    // The plugin answers in the version asked.
+    let plugin = Command::new(postern_tests::bin("postern"))
+        .args(["kube", "credentials"])
+        .env("POSTERN_CONFIG_DIR", &home)
+        .env("HOME", &home)
+        .env("KUBERNETES_EXEC_INFO", r#"{"kind":"ExecCredential","apiVersion":"client.authentication.k8s.io/v1","spec":{"interactive":false}}"#)
+        .output()
+        .unwrap();
+    let cred: Value = serde_json::from_slice(&plugin.stdout).unwrap();
+    assert_eq!(cred["apiVersion"], "client.authentication.k8s.io/v1");
+    assert!(
+        cred["status"]["clientCertificateData"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert!(cred["status"]["expirationTimestamp"].is_string());
+
+    // The session ends: kubectl is refused, and told what to do.
+    let (st, v) = b.delete("/api/v1/users/kim/sessions").await;
+    assert_eq!(st, 200, "{v}");
+    let e = err(&kubectl_as_kim(&["get", "configmaps"]));
+    assert!(e.contains("log in again"), "{e}");
+    // A node's or a replica's certificate (the same CA) never passes for a
+    // person: only a certificate naming a session does (pki tests), and a
+    // bearer, when sent, decides over any certificate.
+}

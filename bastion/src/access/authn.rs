@@ -92,6 +92,36 @@ pub async fn session_principal(
     Ok((principal(store, user).await?, credential))
 }
 
+/// The principal of a login session named by a client certificate the
+/// bastion signed for it (the Kubernetes door's mutual TLS: possession of the
+/// key is proven by the handshake, so no secret is compared here).
+pub async fn certified_session(
+    store: &Store,
+    session_id: &str,
+) -> Result<(Principal, Credential), Denied> {
+    let row = store.session(session_id).await?.ok_or_else(|| {
+        Denied::Unauthenticated(
+            "your Postern session is unknown: log in again with postern login".into(),
+        )
+    })?;
+    if row.ended_at.is_some() || row.expires_at <= now_ms() {
+        return Err(Denied::Unauthenticated(format!(
+            "your Postern session {}: log in again with postern login",
+            match &row.end_reason {
+                Some(r) => format!("ended ({r})"),
+                None => "is over".to_string(),
+            }
+        )));
+    }
+    let user = live_user(store, &row.user_id).await?;
+    let credential = Credential {
+        id: row.id,
+        kind: CredentialKind::Session,
+        expires_at: row.expires_at,
+    };
+    Ok((principal(store, user).await?, credential))
+}
+
 /// The principal of an API token, from `source` (a bot's token may be bound
 /// to networks).
 pub async fn token_principal(

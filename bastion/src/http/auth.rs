@@ -263,6 +263,52 @@ pub async fn ssh_certificate(
     }))
 }
 
+/// How long a Kubernetes client certificate lives at most: kubectl asks for
+/// a new one (through `postern kube credentials`) when it runs out.
+const KUBE_CERT_MS: i64 = 3_600_000;
+
+/// Signs a client certificate for the Kubernetes door, for the caller's
+/// session: an hour at most, never past the session's end.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/kube-certificate",
+    tag = "auth",
+    request_body = dto::KubeCsr,
+    responses(
+        (status = 200, description = "A client certificate naming the session", body = dto::KubeCertificate),
+        (status = 400, description = "Malformed JSON, not a CSR, or called with an API token", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or ended credential: log in again", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body not sent with `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database or the audit log is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn kube_certificate(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<dto::KubeCsr>,
+) -> Result<Json<dto::KubeCertificate>, ApiError> {
+    bounded("csr", &body.csr, dto::MAX_CSR)?;
+    let session = own_session(&state, &caller).await?;
+    let not_after = session.expires_at.min(now_ms() + KUBE_CERT_MS);
+    let issued = state
+        .pki
+        .sign_user_csr(&body.csr, &session.id, not_after)
+        .map_err(|e| {
+            ApiError::BadRequest(format!("{e}: send a PEM certificate signing request"))
+        })?;
+    caller.audit.with(|a| {
+        a.detail = Some(json!({
+            "session_id": session.id, "serial": issued.serial, "expires_at": rfc3339(not_after),
+        }))
+    });
+    Ok(Json(dto::KubeCertificate {
+        certificate: issued.cert_pem,
+        expires_at: rfc3339(not_after),
+    }))
+}
+
 /// Makes a one-time invitation with which a local user sets their password
 /// and enrols TOTP (replacing any open one).
 #[utoipa::path(

@@ -1,7 +1,10 @@
 //! `GET /api/v1/kubeconfig`: one kubeconfig with a context for every edge (a
 //! cluster) the caller may reach through the bastion's Kubernetes door. Its
-//! server is the door, with the bastion's CA; its credential is the API token the
-//! caller presented, so no cluster credential ever reaches a user.
+//! server is the door, with the bastion's CA. A person's (asked with a login
+//! session) holds no secret at all: its user runs `postern kube credentials`,
+//! kubectl's exec credential plugin, which hands kubectl a client
+//! certificate for the current session, an hour at most. A bot's holds the
+//! API token it asked with. No cluster credential ever reaches anyone.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -65,6 +68,7 @@ pub async fn kubeconfig(
         None => state.store.list_projects(&p.org_id).await?,
     };
     let ca = base64::engine::general_purpose::STANDARD.encode(state.pki.ca_pem());
+    let person = caller.credential.kind == crate::access::authn::CredentialKind::Session;
     let user = format!("postern-{}", p.user_name);
     let (mut clusters, mut contexts) = (Vec::new(), Vec::new());
     for project in projects {
@@ -119,7 +123,20 @@ pub async fn kubeconfig(
         "clusters": clusters,
         "contexts": contexts,
         "current-context": current,
-        "users": [{ "name": user, "user": { "token": token } }],
+        "users": [{ "name": user, "user": if person {
+            // v1beta1: what kubectl 1.20 (Debian's) speaks, and newer ones
+            // still do; the plugin answers in the version asked.
+            json!({ "exec": {
+                "apiVersion": "client.authentication.k8s.io/v1beta1",
+                "command": "postern",
+                "args": ["kube", "credentials"],
+                "installHint": "kubectl runs postern, the Postern CLI, for a certificate: install it (the postern package) and log in with postern login",
+                "provideClusterInfo": false,
+                "interactiveMode": "Never",
+            }})
+        } else {
+            json!({ "token": token })
+        } }],
         "preferences": {},
     });
     let yaml = serde_yaml::to_string(&doc).map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -135,6 +135,7 @@ pub fn router(core: Arc<Shared>) -> Router {
         .route(routes::AUTH_LOGIN, post(auth::login))
         .route(routes::AUTH_LOGOUT, post(auth::logout))
         .route(routes::AUTH_SSH_CERT, post(auth::ssh_certificate))
+        .route(routes::AUTH_KUBE_CERT, post(auth::kube_certificate))
         .route(routes::AUTH_INVITATION, post(auth::accept_invitation))
         .route(routes::USER_INVITATION, post(auth::create_invitation))
         .route(

@@ -57,10 +57,24 @@ pub fn server_config(
     given: Option<(&Path, &Path)>,
 ) -> Result<Arc<ServerConfig>, KubeTlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // A client certificate is asked for, never required: people's come from
+    // `postern kube credentials` (signed for their session, see
+    // `Pki::sign_user_csr`); bots send a bearer token instead.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(pki.ca_der().clone())
+        .map_err(|e| KubeTlsError::Tls(e.to_string()))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| KubeTlsError::Tls(e.to_string()))?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| KubeTlsError::Tls(e.to_string()))?
-        .with_no_client_auth();
+        .with_client_cert_verifier(verifier);
     let mut cfg = match given {
         Some(_) => {
             let (chain, key) = given_cert(given)?;
@@ -217,6 +231,15 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, sha
         },
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    // A person's certificate names their session; a node's or a replica's
+    // (the same CA) names none and is ignored here.
+    let session: Option<Arc<String>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| crate::pki::user_cert_session(c).ok())
+        .map(Arc::new);
     let edge: Option<Arc<(String, String)>> = tls
         .get_ref()
         .1
@@ -229,9 +252,10 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, sha
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let shared = shared2.clone();
         let edge = edge.clone();
+        let session = session.clone();
         let busy = seen.start();
         async move {
-            let resp = super::proxy::handle(shared, peer, edge, req).await;
+            let resp = super::proxy::handle(shared, peer, edge, session, req).await;
             Ok::<_, std::convert::Infallible>(resp.map(|b| {
                 http_body_util::BodyExt::boxed(Busy {
                     inner: b,

@@ -108,6 +108,7 @@ pub async fn handle(
     shared: Arc<Door>,
     peer: SocketAddr,
     sni: Option<Arc<(String, String)>>,
+    session: Option<Arc<String>>,
     req: Request<Incoming>,
 ) -> Response<KubeBody> {
     let started = Instant::now();
@@ -119,7 +120,18 @@ pub async fn handle(
             "the bastion serves Kubernetes at /k8s/{project}/{edge}/…: use a kubeconfig from GET /api/v1/kubeconfig",
         );
     };
-    let mut auth = match authorize(&shared, peer, &req, project, edge, rest, started).await {
+    let mut auth = match authorize(
+        &shared,
+        peer,
+        session.as_deref(),
+        &req,
+        project,
+        edge,
+        rest,
+        started,
+    )
+    .await
+    {
         Ok(a) => a,
         Err(d) => {
             inc(&shared.metrics.kube_denied);
@@ -221,9 +233,11 @@ pub async fn handle(
     forward(shared, auth, live, link, req, rest.to_string()).await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn authorize(
     shared: &Door,
     peer: SocketAddr,
+    session: Option<&String>,
     req: &Request<Incoming>,
     project: &str,
     edge: &str,
@@ -235,7 +249,19 @@ async fn authorize(
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
     let info = contract::request_info(req.method().as_str(), rest, req.uri().query());
-    let key = super::live::CacheKey::new(header.unwrap_or_default(), project, edge);
+    // A bearer, when sent, decides; else the client certificate's session. Its
+    // cache key starts with a NUL, which no header value can hold, so no
+    // header can pass for it.
+    let certified = match (header, session) {
+        (None, Some(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let cert_key = certified.map(|s| format!("\0mtls:{s}"));
+    let key = super::live::CacheKey::new(
+        cert_key.as_deref().or(header).unwrap_or_default(),
+        project,
+        edge,
+    );
     let epoch = shared.live.epoch();
     if let Some(hit) = shared.live.cached(&key) {
         return Ok(Authorized {
@@ -251,13 +277,11 @@ async fn authorize(
             gateway: None,
         });
     }
-    let (principal, credential) = match access::authn::bearer(
-        &shared.store,
-        header,
-        Some(peer.ip()),
-    )
-    .await
-    {
+    let found = match certified {
+        Some(s) => access::authn::certified_session(&shared.store, s).await,
+        None => access::authn::bearer(&shared.store, header, Some(peer.ip())).await,
+    };
+    let (principal, credential) = match found {
         Ok(p) => p,
         Err(d) => {
             if matches!(d, Denied::Unauthenticated(_)) {
@@ -375,7 +399,10 @@ async fn reauthorize(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    let (now, _) = access::authn::bearer(&shared.store, header, Some(auth.peer.ip())).await?;
+    let (now, _) = match header {
+        None => access::authn::certified_session(&shared.store, &auth.token_id).await?,
+        Some(_) => access::authn::bearer(&shared.store, header, Some(auth.peer.ip())).await?,
+    };
     match authz::kube_groups(&now, &auth.project) {
         Ok(groups) if groups == auth.groups && now.user_id == auth.principal.user_id => Ok(()),
         _ => Err(Denied::forbidden(
