@@ -254,3 +254,33 @@ pub struct KubeCertificate {
 
 /// Longest CSR accepted (PEM).
 pub const MAX_CSR: usize = 8192;
+
+/// `POST /api/v1/projects/{project}/bots`: a service account of the project
+/// (Ansible in CI, cron jobs): it holds API tokens and never signs in.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBot {
+    /// A user name (bots and people share the namespace).
+    pub name: String,
+    /// Its role in the project (`project_admin`, `project_member`, `read_only`).
+    pub role: crate::admin::Role,
+    /// Unix logins it may use over SSH.
+    #[serde(default)]
+    pub logins: Vec<String>,
+    /// Networks (CIDRs) its tokens work from; absent: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_cidrs: Option<Vec<String>>,
+}
+
+/// A bot as listed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Bot {
+    pub name: String,
+    pub project: String,
+    pub role: crate::admin::Role,
+    pub logins: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_cidrs: Option<Vec<String>>,
+    /// Its tokens (never their secrets).
+    pub tokens: Vec<crate::admin::TokenInfo>,
+}

@@ -215,8 +215,33 @@ async fn bad_tokens_are_401_with_a_clear_message() {
     let (s, v) = w.get("/api/v1/projects", t.full.expose()).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_error(&v, "unauthorized", "expired");
+    // People sign in; tokens are for bots, and always expire.
+    let (s, v) = w
+        .post(
+            "/api/v1/users/admin/tokens",
+            &w.admin,
+            json!({"ttl_seconds": 3600}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_error(&v, "bad_request", "API tokens are for bots");
+    let (s, v) = w
+        .post(
+            "/api/v1/projects/web/bots",
+            &w.admin,
+            json!({"name": "ci", "role": "read_only"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = w.post("/api/v1/users/ci/tokens", &w.admin, json!({})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_error(&v, "bad_request", "ttl_seconds is required");
     let (_, created) = w
-        .post("/api/v1/users/admin/tokens", &w.admin, json!({}))
+        .post(
+            "/api/v1/users/ci/tokens",
+            &w.admin,
+            json!({"ttl_seconds": 3600}),
+        )
         .await;
     let fresh = created["token"].as_str().unwrap().to_string();
     assert_eq!(w.get("/api/v1/whoami", &fresh).await.0, StatusCode::OK);
@@ -412,13 +437,23 @@ async fn out_of_range_limits_and_bad_queries_are_400() {
     }
     let (s, v) = w
         .post(
-            "/api/v1/users/admin/tokens",
+            "/api/v1/projects/web/bots",
             &w.admin,
-            json!({"ttl_seconds": 5}),
+            json!({"name": "ci", "role": "read_only"}),
         )
         .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert_error(&v, "bad_request", "between 60 and");
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    for ttl in [5, 400 * 86_400] {
+        let (s, v) = w
+            .post(
+                "/api/v1/users/ci/tokens",
+                &w.admin,
+                json!({ "ttl_seconds": ttl }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_error(&v, "bad_request", "between 60 and");
+    }
 }
 
 #[tokio::test]
@@ -542,17 +577,25 @@ async fn roles_and_users_validate_logins_and_scopes() {
     // Token names: at most 100 characters, however many bytes they take.
     let (s, v) = w
         .post(
-            "/api/v1/users/carol/tokens",
+            "/api/v1/projects/web/bots",
             &w.admin,
-            json!({"name": "é".repeat(100)}),
+            json!({"name": "names-bot", "role": "read_only"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = w
+        .post(
+            "/api/v1/users/names-bot/tokens",
+            &w.admin,
+            json!({"name": "é".repeat(100), "ttl_seconds": 3600}),
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let (s, _) = w
         .post(
-            "/api/v1/users/carol/tokens",
+            "/api/v1/users/names-bot/tokens",
             &w.admin,
-            json!({"name": "é".repeat(101)}),
+            json!({"name": "é".repeat(101), "ttl_seconds": 3600}),
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
@@ -716,6 +759,9 @@ const DOCUMENTED_ROUTES: &[&str] = &[
     "POST /api/v1/users/{user}/enable",
     "GET /api/v1/org/policy",
     "PUT /api/v1/org/policy",
+    "GET /api/v1/projects/{project}/bots",
+    "POST /api/v1/projects/{project}/bots",
+    "DELETE /api/v1/projects/{project}/bots/{name}",
     "GET /api/v1/sso/providers",
     "PUT /api/v1/sso/providers/{name}",
     "DELETE /api/v1/sso/providers/{name}",

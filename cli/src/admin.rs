@@ -423,7 +423,7 @@ enum UsersCmd {
         #[arg(long = "login", value_name = "LOGIN")]
         logins: Vec<String>,
     },
-    /// Make an API token for a user and print it (once)
+    /// Make an API token for a bot and print it (once); people sign in instead
     Token {
         user: String,
         /// How long it is valid, e.g. 8h or 30d
@@ -466,7 +466,7 @@ pub async fn users(ctx: &Ctx, a: UsersArgs) -> Result<(), CliError> {
                 return json(&u);
             }
             crate::outln!(
-                "user {} created; next: postern users role {} project_member -p PROJECT --login root, then postern users token {}",
+                "user {} created; next: postern users role {} project_member -p PROJECT --login root, then postern invitation create {} (or map their SSO group)",
                 safe(&u.name),
                 safe(&u.name),
                 safe(&u.name)
@@ -534,6 +534,102 @@ pub async fn users(ctx: &Ctx, a: UsersArgs) -> Result<(), CliError> {
                 ctx.client.endpoint().url
             );
             crate::outln!("{}", safe(&t.token));
+            Ok(())
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BotsArgs {
+    #[command(subcommand)]
+    action: Option<BotsCmd>,
+    /// The project
+    #[arg(long, short, global = true, env = "POSTERN_PROJECT")]
+    project: Option<String>,
+    /// JSON, as the API answers it
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum BotsCmd {
+    /// Make a bot (a service account) with a role in the project; then give
+    /// it a token with postern users token NAME --ttl 30d
+    Create {
+        name: String,
+        /// project_admin, project_member or read_only
+        #[arg(long, default_value = "project_member")]
+        role: Role,
+        /// A Unix login it may use over SSH (repeat for several)
+        #[arg(long = "login")]
+        logins: Vec<String>,
+        /// A network its tokens work from, e.g. 10.0.0.0/8 (repeat for several; default any)
+        #[arg(long = "source")]
+        sources: Vec<String>,
+    },
+    /// Delete a bot: its tokens stop working
+    Rm { name: String },
+}
+
+pub async fn bots(ctx: &Ctx, a: BotsArgs) -> Result<(), CliError> {
+    let project = ctx.project(&a.project).await?;
+    match a.action {
+        None => {
+            let bots = ctx.client.bots(&project).await?;
+            if a.json {
+                return json(&bots);
+            }
+            let rows: Vec<Vec<String>> = bots
+                .iter()
+                .map(|b| {
+                    vec![
+                        b.name.clone(),
+                        b.role.to_string(),
+                        b.logins.join(","),
+                        b.source_cidrs
+                            .as_ref()
+                            .map(|c| c.join(","))
+                            .unwrap_or_else(|| "any".into()),
+                        b.tokens.iter().filter(|t| !t.revoked).count().to_string(),
+                    ]
+                })
+                .collect();
+            table(&["BOT", "ROLE", "LOGINS", "FROM", "TOKENS"], &rows);
+            Ok(())
+        }
+        Some(BotsCmd::Create {
+            name,
+            role,
+            logins,
+            sources,
+        }) => {
+            let b = ctx
+                .client
+                .create_bot(
+                    &project,
+                    &postern_api::identity::CreateBot {
+                        name,
+                        role,
+                        logins,
+                        source_cidrs: (!sources.is_empty()).then_some(sources),
+                    },
+                )
+                .await?;
+            if a.json {
+                return json(&b);
+            }
+            crate::outln!(
+                "bot {} made ({} on {}); give it a token: postern users token {} --ttl 30d",
+                safe(&b.name),
+                b.role,
+                safe(&b.project),
+                safe(&b.name)
+            );
+            Ok(())
+        }
+        Some(BotsCmd::Rm { name }) => {
+            ctx.client.delete_bot(&project, &name).await?;
+            crate::outln!("bot {} deleted; its tokens no longer work", safe(&name));
             Ok(())
         }
     }

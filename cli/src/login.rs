@@ -94,8 +94,8 @@ pub async fn login(global: &Global, a: LoginArgs) -> Result<(), CliError> {
             ..
         } => CliError::Usage(format!(
             "the bastion at {} refused this token ({message}): check that it was pasted whole, and \
-             that it has not expired or been revoked; an org admin makes a new one with \
-             postern users token NAME",
+             that it has not expired or been revoked; a project admin makes a new one for a bot with \
+             postern users token NAME (people sign in with postern login URL --sso or --user)",
             client.endpoint().url
         )),
         e => e.into(),

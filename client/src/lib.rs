@@ -211,6 +211,45 @@ impl Client {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// Makes a bot in a project.
+    pub async fn create_bot(
+        &self,
+        project: &str,
+        body: &postern_api::identity::CreateBot,
+    ) -> Result<postern_api::identity::Bot, ClientError> {
+        self.call(
+            Method::POST,
+            &path(API, routes::BOTS, &[project]),
+            Some(body),
+        )
+        .await
+    }
+
+    /// A project's bots.
+    pub async fn bots(
+        &self,
+        project: &str,
+    ) -> Result<Vec<postern_api::identity::Bot>, ClientError> {
+        self.call(
+            Method::GET,
+            &path(API, routes::BOTS, &[project]),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Deletes a bot.
+    pub async fn delete_bot(&self, project: &str, name: &str) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .call(
+                Method::DELETE,
+                &path(API, routes::BOT, &[project, name]),
+                None::<&()>,
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Ends the session this client holds.
     pub async fn logout(&self) -> Result<(), ClientError> {
         let _: serde_json::Value = self

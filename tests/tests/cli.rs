@@ -400,8 +400,14 @@ async fn the_cli_logs_in_lists_runs_and_reads_back() {
         text(&out.stderr)
     );
 
-    // A user with no role on the project sees nothing of it and runs nothing.
-    cli.ok(&["users", "create", "bob"]);
+    // People get no API token: they sign in.
+    cli.ok(&["users", "create", "pam"]);
+    let (_, e) = cli.expect(&["users", "token", "pam", "--ttl", "1h"], 2);
+    assert!(e.contains("API tokens are for bots"), "{e}");
+    // A bot of another project sees nothing of this one and runs nothing.
+    cli.ok(&["projects", "create", "lab"]);
+    cli.ok(&["bots", "create", "bob", "-p", "lab", "--role", "read_only"]);
+    assert!(cli.ok(&["bots", "-p", "lab"]).contains("bob"));
     let bob_token = cli
         .ok(&["users", "token", "bob", "--ttl", "1h"])
         .trim()
@@ -414,8 +420,8 @@ async fn the_cli_logs_in_lists_runs_and_reads_back() {
             ("POSTERN_EDGE".into(), "eu-1".into()),
         ],
     };
-    let (_, e) = bob.expect(&["nodes"], 2);
-    assert!(e.contains("you can see no project"), "{e}");
+    let (_, e) = bob.expect(&["nodes", "-p", "web"], 2);
+    assert!(e.contains("not found"), "{e}");
     let (_, e) = bob.expect(
         &["exec", "-p", "web", "-e", "eu-1", "--cluster", "--", "true"],
         2,
@@ -423,8 +429,8 @@ async fn the_cli_logs_in_lists_runs_and_reads_back() {
     assert!(e.contains("not found"), "{e}");
     // Given a read-only role, bob may look but not run.
     cli.ok(&["users", "role", "bob", "read_only", "-p", "web"]);
-    assert!(bob.ok(&["nodes"]).contains("web-1"));
-    let (_, e) = bob.expect(&["exec", "--cluster", "--", "true"], 2);
+    assert!(bob.ok(&["nodes", "-p", "web"]).contains("web-1"));
+    let (_, e) = bob.expect(&["exec", "-p", "web", "--cluster", "--", "true"], 2);
     assert!(e.contains("permission denied"), "{e}");
     assert_eq!(
         b.audit("cmdexec.execute").await.len(),

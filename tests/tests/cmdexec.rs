@@ -506,20 +506,21 @@ async fn only_org_admins_execute_and_readers_see_their_projects_only() {
     let make_user = |name: &'static str, role: Value| {
         let b = &b;
         async move {
-            assert_eq!(b.post("/api/v1/users", json!({"name": name})).await.0, 201);
-            let (s, v) = postern_tests::http(
-                b.api,
-                "PUT",
-                &format!("/api/v1/users/{name}/roles"),
-                Some(&b.token),
-                Some(role),
+            // A bot: people sign in; tokens are for automation.
+            let project = role["project"].as_str().unwrap().to_string();
+            let (s, v) = b
+                .post(
+                    &format!("/api/v1/projects/{project}/bots"),
+                    json!({"name": name, "role": role["role"]}),
+                )
+                .await;
+            assert_eq!(s, 201, "{v}");
+            b.post(
+                &format!("/api/v1/users/{name}/tokens"),
+                json!({"ttl_seconds": 3600}),
             )
             .await
-            .unwrap();
-            assert_eq!(s, 200, "{v}");
-            b.post(&format!("/api/v1/users/{name}/tokens"), json!({}))
-                .await
-                .1["token"]
+            .1["token"]
                 .as_str()
                 .unwrap()
                 .to_string()

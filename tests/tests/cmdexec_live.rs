@@ -60,14 +60,22 @@ fn lines_in(dir: &Path, file: &str) -> Vec<String> {
         .collect()
 }
 
-/// A user with this role and an API token of theirs.
+/// A bot with this role (in its project) and an API token of its.
 async fn user(b: &Bastion, name: &str, role: Value) -> String {
-    assert_eq!(b.post("/api/v1/users", json!({"name": name})).await.0, 201);
-    let (s, v) = b.put(&format!("/api/v1/users/{name}/roles"), role).await;
-    assert_eq!(s, 200, "{v}");
-    b.post(&format!("/api/v1/users/{name}/tokens"), json!({}))
-        .await
-        .1["token"]
+    let project = role["project"].as_str().unwrap().to_string();
+    let (s, v) = b
+        .post(
+            &format!("/api/v1/projects/{project}/bots"),
+            json!({"name": name, "role": role["role"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    b.post(
+        &format!("/api/v1/users/{name}/tokens"),
+        json!({"ttl_seconds": 3600}),
+    )
+    .await
+    .1["token"]
         .as_str()
         .unwrap()
         .to_string()

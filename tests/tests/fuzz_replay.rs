@@ -87,6 +87,7 @@ replay_targets!(
     agent_channel,
     authorized_key,
     csr,
+    identity,
     keys_helper,
     kube_annotation,
     kube_request,

@@ -33,19 +33,20 @@ async fn setup() -> Setup {
     }
 }
 
-/// A user with `role` in project `project`; answers (token, token id).
+/// A bot with `role` in project `project`; answers (token, token id).
 async fn user(b: &Bastion, name: &str, role: &str, project: &str) -> (String, String) {
-    let (s, v) = b.post("/api/v1/users", json!({ "name": name })).await;
-    assert_eq!(s, 201, "{v}");
     let (s, v) = b
-        .put(
-            &format!("/api/v1/users/{name}/roles"),
-            json!({ "role": role, "project": project }),
+        .post(
+            &format!("/api/v1/projects/{project}/bots"),
+            json!({ "name": name, "role": role }),
         )
         .await;
-    assert_eq!(s, 200, "{v}");
+    assert_eq!(s, 201, "{v}");
     let (s, v) = b
-        .post(&format!("/api/v1/users/{name}/tokens"), json!({}))
+        .post(
+            &format!("/api/v1/users/{name}/tokens"),
+            json!({"ttl_seconds": 3600}),
+        )
         .await;
     assert_eq!(s, 201, "{v}");
     (

@@ -5,6 +5,7 @@
 mod admin;
 mod auth;
 pub mod big_answers;
+mod bots;
 mod cmdexec;
 mod error;
 pub mod exec_events;
@@ -149,6 +150,8 @@ pub fn router(core: Arc<Shared>) -> Router {
             routes::ORG_POLICY,
             get(auth::get_policy).put(auth::put_policy),
         )
+        .route(routes::BOTS, get(bots::list_bots).post(bots::create_bot))
+        .route(routes::BOT, delete(bots::delete_bot))
         .route(routes::SSO_PROVIDERS, get(sso::list_providers))
         .route(
             routes::SSO_PROVIDER,

@@ -13,7 +13,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, auth, cmdexec, exec_events, kubeconfig, nodes, ops, ssh_keys, sso, users};
+use super::{
+    admin, auth, bots, cmdexec, exec_events, kubeconfig, nodes, ops, ssh_keys, sso, users,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -82,6 +84,9 @@ use super::{admin, auth, cmdexec, exec_events, kubeconfig, nodes, ops, ssh_keys,
         auth::enable_user,
         auth::get_policy,
         auth::put_policy,
+        bots::create_bot,
+        bots::list_bots,
+        bots::delete_bot,
         sso::put_provider,
         sso::list_providers,
         sso::delete_provider,
@@ -137,6 +142,8 @@ use super::{admin, auth, cmdexec, exec_events, kubeconfig, nodes, ops, ssh_keys,
         postern_api::identity::SessionInfo,
         postern_api::identity::KubeCsr,
         postern_api::identity::KubeCertificate,
+        postern_api::identity::CreateBot,
+        postern_api::identity::Bot,
         postern_api::identity::PutOidcProvider,
         postern_api::identity::OidcProvider,
         postern_api::identity::GroupRole,

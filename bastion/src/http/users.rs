@@ -49,6 +49,31 @@ pub(super) fn may_manage_tokens_of(caller: &Caller, user: &UserRow) -> Result<()
     require(caller, Action::ManageOrg)
 }
 
+/// [`may_manage_tokens_of`], and a bot's tokens also by a project admin of
+/// the bot's project.
+async fn may_manage_bot_tokens(
+    state: &AppState,
+    caller: &Caller,
+    user: &UserRow,
+) -> Result<(), ApiError> {
+    if !user.is_bot() || may_manage_tokens_of(caller, user).is_ok() {
+        return may_manage_tokens_of(caller, user);
+    }
+    let admin_of_its_project = state.store.bindings(&user.id).await?.iter().any(|b| {
+        b.project_id
+            .as_deref()
+            .and_then(|p| caller.principal.project_role(p))
+            == Some(Role::ProjectAdmin)
+    });
+    if admin_of_its_project {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "only an org_admin or a project_admin of the bot's project manages its tokens".into(),
+        ))
+    }
+}
+
 pub(super) async fn user_view(state: &AppState, user: &UserRow) -> Result<dto::User, ApiError> {
     let org = state
         .store
@@ -357,7 +382,7 @@ pub async fn remove_role(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn token_view(user: &UserRow, t: &ApiTokenRow) -> TokenInfo {
+pub(super) fn token_view(user: &UserRow, t: &ApiTokenRow) -> TokenInfo {
     TokenInfo {
         id: t.id.clone(),
         user: user.name.clone(),
@@ -391,7 +416,7 @@ pub async fn list_tokens(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     let user = resolve_user(&state, &caller, &name).await?;
-    may_manage_tokens_of(&caller, &user)?;
+    may_manage_bot_tokens(&state, &caller, &user).await?;
     let tokens = state.store.list_api_tokens(&user.id).await?;
     Ok(Json(tokens.iter().map(|t| token_view(&user, t)).collect()))
 }
@@ -424,13 +449,26 @@ pub async fn create_token(
     ApiJson(body): ApiJson<CreateToken>,
 ) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
     let user = resolve_user(&state, &caller, &name).await?;
-    may_manage_tokens_of(&caller, &user)?;
-    let ttl = validate::range(
-        "ttl_seconds",
-        body.ttl_seconds.unwrap_or(dto::TOKEN_TTL_DEFAULT_SECS),
-        60,
-        dto::TOKEN_TTL_MAX_SECS,
-    )?;
+    may_manage_bot_tokens(&state, &caller, &user).await?;
+    // People sign in and hold sessions; long-lived tokens are for automation.
+    if !user.is_bot() {
+        return Err(ApiError::BadRequest(format!(
+            "API tokens are for bots: {} signs in (postern login URL --sso PROVIDER --org ORG, or --user NAME) and gets a session; for automation, make a bot with POST /api/v1/projects/{{project}}/bots",
+            user.name
+        )));
+    }
+    let max = state
+        .store
+        .org_policy(&user.org_id)
+        .await?
+        .bot_token_max_seconds
+        .min(dto::TOKEN_TTL_MAX_SECS);
+    let Some(ttl) = body.ttl_seconds else {
+        return Err(ApiError::BadRequest(format!(
+            "ttl_seconds is required for a bot's token (60 to {max}): a bot's token always expires"
+        )));
+    };
+    let ttl = validate::range("ttl_seconds", ttl, 60, max)?;
     if let Some(n) = &body.name
         && (n.chars().count() > 100 || n.chars().any(char::is_control))
     {
@@ -510,7 +548,7 @@ pub async fn revoke_token(
     if owner.org_id != caller.principal.org_id {
         return Err(not_found());
     }
-    may_manage_tokens_of(&caller, &owner)?;
+    may_manage_bot_tokens(&state, &caller, &owner).await?;
     state.store.revoke_api_token(&t.id, now_ms()).await?;
     // What the token holds open (kubectl watches, exec streams) ends now.
     let mut detail = json!({ "token_id": t.id });
