@@ -579,3 +579,132 @@ async fn bad_sign_in_input_is_refused_clearly_and_changes_nothing() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn bots_hold_expiring_tokens_bound_to_their_networks_and_never_sign_in() {
+    let w = world().await;
+    let (st, v) = w
+        .call(
+            Method::POST,
+            "/api/v1/projects/web/bots",
+            Some(&w.admin),
+            Some(json!({"name": "ci", "role": "project_member", "logins": ["deploy"], "source_cidrs": ["10.0.0.0/8"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(v["source_cidrs"], json!(["10.0.0.0/8"]));
+    // Refused: org_admin, bad networks, a taken name.
+    for (body, status) in [
+        (
+            json!({"name": "boss", "role": "org_admin"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "b2", "role": "read_only", "source_cidrs": ["10.0.0.0/40"]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "b3", "role": "read_only", "source_cidrs": ["not-a-net"]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "ann", "role": "read_only"}),
+            StatusCode::CONFLICT,
+        ),
+        (
+            json!({"name": "b4", "role": "read_only", "extra": 1}),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (st, v) = w
+            .call(
+                Method::POST,
+                "/api/v1/projects/web/bots",
+                Some(&w.admin),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(st, status, "{body}: {v}");
+    }
+    // A token must expire, within the org's maximum.
+    let (st, v) = w
+        .call(
+            Method::POST,
+            "/api/v1/users/ci/tokens",
+            Some(&w.admin),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, t) = w
+        .call(
+            Method::POST,
+            "/api/v1/users/ci/tokens",
+            Some(&w.admin),
+            Some(json!({"ttl_seconds": 3600})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{t}");
+    // From outside its networks (here: no address at all), the token is refused and says why.
+    let (st, v) = w
+        .call(
+            Method::GET,
+            "/api/v1/whoami",
+            Some(t["token"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(message(&v).contains("source networks"), "{v}");
+    // A bot never signs in, and a member may not make bots.
+    let s = &w.shared.store;
+    let ci = s.user_by_name("ci").await.unwrap().unwrap();
+    s.set_local_credentials(
+        &ci.id,
+        Some(
+            &postern_bastion::identity::password::hash(PASSWORD)
+                .await
+                .unwrap(),
+        ),
+        None,
+        1,
+    )
+    .await
+    .unwrap();
+    let (st, v) = w.login(json!({"name": "ci", "password": PASSWORD})).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(message(&v).contains("bot"), "{v}");
+    let ann = s.user_by_name("ann").await.unwrap().unwrap();
+    let ann_token = issue_api_token(s, &ann, None, 3600).await.unwrap().token;
+    let (st, _) = w
+        .call(
+            Method::POST,
+            "/api/v1/projects/web/bots",
+            Some(&ann_token),
+            Some(json!({"name": "sneaky", "role": "read_only"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    // Listed with its tokens; deleted, its token stops.
+    let (st, v) = w
+        .call(
+            Method::GET,
+            "/api/v1/projects/web/bots",
+            Some(&w.admin),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v[0]["name"], "ci");
+    assert_eq!(v[0]["tokens"].as_array().unwrap().len(), 1);
+    let (st, _) = w
+        .call(
+            Method::DELETE,
+            "/api/v1/projects/web/bots/ci",
+            Some(&w.admin),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert!(s.user_by_name("ci").await.unwrap().is_none());
+}

@@ -417,3 +417,50 @@ async fn single_sign_on_maps_groups_to_roles_at_every_sign_in_and_refuses_with_r
     );
     drop(provider);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_org_that_refuses_peoples_keys_lets_only_certificates_and_bots_keys_in() {
+    use postern_tests::ssh::SshUser;
+    let b = Bastion::start(BastionOpts::default()).await;
+    let helper = InstalledHelper::install();
+    let node = Node::start(&b, &helper, "node-a").await;
+    let alice = SshUser::create(&b, "alice", Some(("project_member", &["root"]))).await;
+    let out = alice.jump("root", "node-a", "true");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        node.sshd.log()
+    );
+    // A bot with a registered key (Ansible in CI).
+    let (s, v) = b
+        .post(
+            "/api/v1/projects/web/bots",
+            serde_json::json!({"name": "ansible", "role": "project_member", "logins": ["root"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let bot = SshUser::unregistered(&b, "ansible");
+    let public = std::fs::read_to_string(bot.key.with_extension("pub")).unwrap();
+    let (s, v) = b
+        .post(
+            "/api/v1/users/ansible/ssh-keys",
+            serde_json::json!({ "public_key": public.trim() }),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    let (s, v) = b
+        .put(
+            "/api/v1/org/policy",
+            serde_json::json!({"require_mfa": false, "session_max_seconds": 28800,
+                "bot_token_max_seconds": 86400, "refuse_person_keys": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let refused = alice.jump_refused("root", "node-a");
+    assert!(refused.contains("Permission denied"), "{refused}");
+    let out = bot.jump("root", "node-a", "echo bot-ok");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "bot-ok");
+}
