@@ -19,7 +19,7 @@
 //! Places are bounded three ways: per user, per org (its share, so one tenant
 //! creating users cannot take every stream from the others) and in all.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +71,36 @@ pub struct StreamPermits {
     per_org_max: usize,
     /// By (org, user name): names are unique within an org only.
     per_user: PerKey<(String, String)>,
+    /// The streams open, by whom and under which credential, so that taking
+    /// access away (`crate::access`) cuts them at once, not at the next
+    /// recheck.
+    open: Arc<std::sync::Mutex<HashMap<u64, Holder>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// Who holds an open stream, and how to cut it.
+#[derive(Debug)]
+struct Holder {
+    user_id: String,
+    credential_id: String,
+    project_id: String,
+    cut: CancellationToken,
+}
+
+/// Takes a stream off [`StreamPermits::open`] when it ends.
+#[derive(Debug)]
+struct Registered {
+    id: u64,
+    open: Arc<std::sync::Mutex<HashMap<u64, Holder>>>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 impl Default for StreamPermits {
@@ -82,6 +112,7 @@ impl Default for StreamPermits {
 /// Held for as long as one stream is open.
 #[derive(Debug)]
 pub struct StreamPermit {
+    _registered: Option<Registered>,
     _user: KeyGuard<(String, String)>,
     _org: KeyGuard<String>,
     _global: OwnedSemaphorePermit,
@@ -96,6 +127,48 @@ impl StreamPermits {
             per_org: PerKey::new(per_org_max),
             per_org_max,
             per_user: PerKey::new(STREAMS_PER_USER),
+            open: Arc::default(),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Cuts the open streams that `change` no longer allows: those held
+    /// under a revoked token or an ended session, all of a deleted or
+    /// disabled user's, and those into a project whose role changed (the
+    /// client resumes, and is authorized afresh). Answers how many.
+    pub fn cut(&self, change: &crate::access::AccessChange) -> usize {
+        use crate::access::Change;
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for h in open.values().filter(|h| h.user_id == change.user_id) {
+            let hit = match &change.what {
+                Change::UserDeleted | Change::Unknown => true,
+                Change::TokenRevoked { token_id } => &h.credential_id == token_id,
+                Change::SessionEnded { session_id, .. } => &h.credential_id == session_id,
+                Change::RoleChanged { project_id: None } => true,
+                Change::RoleChanged {
+                    project_id: Some(p),
+                } => &h.project_id == p,
+                Change::KeyDeleted { .. } => false,
+            };
+            if hit && !h.cut.is_cancelled() {
+                h.cut.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Registers an open stream (see [`StreamPermits::cut`]).
+    fn register(&self, holder: Holder) -> Registered {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, holder);
+        Registered {
+            id,
+            open: self.open.clone(),
         }
     }
 
@@ -120,6 +193,7 @@ impl StreamPermits {
             ))
         })?;
         Ok(StreamPermit {
+            _registered: None,
             _user: user,
             _org: org,
             _global: global,
@@ -218,7 +292,7 @@ pub async fn events(
     if x.finished_at.is_some() && state.store.events_after(&x.id, after, 1).await?.is_empty() {
         return Ok(http::StatusCode::NO_CONTENT.into_response());
     }
-    let permit = state
+    let mut permit = state
         .exec_streams
         .acquire(&caller.principal.org_id, &caller.principal.user_name)?;
     let authorization = headers
@@ -229,6 +303,12 @@ pub async fn events(
     // Cancelled when the stream ends for cause (access gone, shutdown): the
     // body then stops at once, even with events still queued.
     let cut = CancellationToken::new();
+    permit._registered = Some(state.exec_streams.register(Holder {
+        user_id: caller.principal.user_id.clone(),
+        credential_id: caller.credential.id.clone(),
+        project_id: x.project_id.clone(),
+        cut: cut.clone(),
+    }));
     let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reader = Reader {
@@ -372,6 +452,8 @@ impl Reader {
                     self.cut.cancel();
                     return false;
                 }
+                // Cut from outside (access taken away, see StreamPermits::cut).
+                _ = self.cut.cancelled() => return false,
             }
         }
     }
@@ -389,7 +471,11 @@ impl Reader {
                         .data(e.body),
                 );
             }
-            if self.done || self.state.shutdown.is_cancelled() || self.tx.is_closed() {
+            if self.done
+                || self.state.shutdown.is_cancelled()
+                || self.tx.is_closed()
+                || self.cut.is_cancelled()
+            {
                 return None;
             }
             // Marked seen before the read: a commit during it wakes the next wait.
@@ -445,6 +531,7 @@ impl Reader {
                 // The client went: its place is given back now, not at the
                 // next event.
                 _ = self.tx.closed() => return None,
+                _ = self.cut.cancelled() => return None,
                 _ = self.state.shutdown.cancelled() => {
                     self.cut.cancel();
                     return None;

@@ -69,12 +69,45 @@ impl Rest {
     pub fn new(core: Arc<Shared>) -> Arc<Rest> {
         let sso = crate::identity::sso::Providers::new(core.settings.sso_private_networks);
         let exec_streams = exec_events::StreamPermits::new(core.settings.exec_streams_per_org);
-        Arc::new(Rest {
+        let rest = Arc::new(Rest {
             core,
             big_answers: Default::default(),
             exec_streams,
             sign_in_attempts: Default::default(),
             sso,
+        });
+        rest.core.access.subscribe(Arc::new(RestAccess {
+            rest: Arc::downgrade(&rest),
+        }));
+        rest
+    }
+}
+
+/// The REST door as a subscriber of access changes: it cuts the live
+/// execution streams a change no longer allows, at once. Weak: the bus lives
+/// in the core, which the door holds.
+#[derive(Debug)]
+struct RestAccess {
+    rest: std::sync::Weak<Rest>,
+}
+
+impl crate::access::Door for RestAccess {
+    fn name(&self) -> &'static str {
+        "rest"
+    }
+
+    fn apply<'a>(
+        &'a self,
+        _core: &'a Shared,
+        change: &'a crate::access::AccessChange,
+    ) -> crate::access::DoorFuture<'a> {
+        Box::pin(async move {
+            let cut = self
+                .rest
+                .upgrade()
+                .map(|r| r.exec_streams.cut(change))
+                .unwrap_or(0);
+            serde_json::json!({ "streams_cut": cut })
         })
     }
 }
