@@ -281,8 +281,23 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
                 quoted(&p)?
             ))
         })
-        .transpose()?
-        .unwrap_or_default();
+        .transpose()?;
+    // Signed in with a session: its key and certificate (made by postern
+    // login), for the bastion and the nodes alike, unless --identity says
+    // otherwise. ssh reads the certificate beside the key by itself; it is
+    // named too, so a reader of the file sees where it comes from.
+    let session_key = config::ssh_dir()?.join("id_ed25519");
+    let identity = match identity {
+        Some(i) => i,
+        None if session_key.with_file_name("id_ed25519-cert.pub").exists() => format!(
+            "  IdentityFile {}
+  CertificateFile {}
+",
+            quoted(&session_key)?,
+            quoted(&session_key.with_file_name("id_ed25519-cert.pub"))?
+        ),
+        None => String::new(),
+    };
     let alias = ALIAS;
     // The bastion's login goes with every jump: the user's own settings come
     // first (see ssh_names), and a `User` of theirs for every host must not

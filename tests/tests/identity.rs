@@ -138,6 +138,24 @@ async fn a_signed_in_person_reaches_nodes_with_the_sessions_certificate_until_it
     );
     assert_eq!(text(&out.stdout).trim(), "with-a-certificate");
 
+    // postern ssh-config names the session's key and certificate: plain
+    // ssh with it reaches the node by NODE.EDGE.PROJECT.
+    let out = carol.run(&["ssh-config"]);
+    let cfg_text = text(&out.stdout);
+    assert!(cfg_text.contains("CertificateFile"), "{cfg_text}");
+    let generated = dir.join("generated_ssh_config");
+    std::fs::write(&generated, format!("{cfg_text}Host *\n  BatchMode yes\n")).unwrap();
+    let out = run_with_timeout(
+        Command::new("ssh")
+            .arg("-F")
+            .arg(&generated)
+            .args(["node-a.eu-1.web", "echo via-ssh-config"])
+            .env("HOME", dir),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}\n{cfg_text}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "via-ssh-config");
+
     // A live session, then the admin ends carol's sessions: it is cut.
     let mut live = Command::new("ssh")
         .arg("-F")
