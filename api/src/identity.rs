@@ -184,7 +184,7 @@ pub struct OidcProvider {
     pub allowed_domains: Vec<String>,
 }
 
-/// A provider group and the role it grants (`GET /api/v1/sso/groups`).
+/// A provider group and the role it grants (`GET /api/v1/sso/providers/{name}/groups`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GroupRole {
     pub group: String,
@@ -209,7 +209,7 @@ pub struct StartDevice {
 pub struct DeviceStarted {
     /// Open on any device with a browser.
     pub verification_url: String,
-    /// What that page asks for (it is in the URL too).
+    /// What that page asks for (typed: the link alone approves nothing).
     pub user_code: String,
     /// The CLI's secret for `POST /api/v1/auth/sso/collect`.
     pub poll_code: String,
@@ -223,6 +223,10 @@ pub struct DeviceStarted {
 #[serde(deny_unknown_fields)]
 pub struct Collect {
     pub code: String,
+    /// For a browser sign-in: the secret whose base64url SHA-256 the CLI sent
+    /// to `/auth/sso/start` as `cli_challenge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifier: Option<String>,
 }
 
 /// `pending` (poll again) or `done` with the session.

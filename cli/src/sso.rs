@@ -49,6 +49,14 @@ pub async fn sign_in(
     } else {
         browser(&client, &org, &provider).await?
     };
+    // A session of another org is someone else's sign-in reaching this CLI.
+    if session.org != org {
+        return Err(CliError::Usage(format!(
+            "the bastion answered a session of org {} where {} was asked for: not keeping it; run postern login again",
+            safe(&session.org),
+            safe(&org)
+        )));
+    }
     let key = if no_ssh {
         None
     } else {
@@ -76,9 +84,24 @@ async fn browser(
         .local_addr()
         .map_err(|e| CliError::Usage(e.to_string()))?
         .port();
-    let cli_redirect = format!("http://127.0.0.1:{port}/callback");
+    // Two secrets of this run: `state` comes back on the loopback redirect
+    // (a request without it is not this sign-in's), and the verifier goes
+    // only to the bastion, with the code (a code without it is worth
+    // nothing, so a code some page delivers here, or ours sent elsewhere,
+    // gets nobody a session).
+    let mut raw = [0u8; 64];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+        .map_err(|_| CliError::Usage("the system random number generator failed".into()))?;
+    let b64 = |b: &[u8]| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    };
+    let state = b64(&raw[..24]);
+    let verifier = b64(&raw[24..]);
+    let challenge = b64(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref());
+    let cli_redirect = format!("http://127.0.0.1:{port}/callback?state={state}");
     let start = format!(
-        "{}/api/v1/auth/sso/start?org={}&provider={}&cli_redirect={}",
+        "{}/api/v1/auth/sso/start?org={}&provider={}&cli_redirect={}&cli_challenge={challenge}",
         client.endpoint().url.trim_end_matches('/'),
         percent(org),
         percent(provider),
@@ -101,9 +124,11 @@ async fn browser(
                 continue;
             };
             let tx = tx.clone();
+            let state = state.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let tx = tx.clone();
+                    let state = state.clone();
                     async move {
                         let params: Vec<(String, String)> =
                             serde_urlencoded::from_str(req.uri().query().unwrap_or_default())
@@ -114,7 +139,8 @@ async fn browser(
                                 .find(|(k, _)| k == name)
                                 .map(|(_, v)| v.clone())
                         };
-                        let ours = req.uri().path() == "/callback";
+                        let ours = req.uri().path() == "/callback"
+                            && param("state").as_deref() == Some(state.as_str());
                         let (status, text) = match (param("code"), param("error")) {
                             (Some(c), _) if ours && c.len() <= 256 => {
                                 let _ = tx.try_send(Ok(c));
@@ -159,7 +185,7 @@ async fn browser(
         ))
     })?
     .map_err(|why| CliError::Usage(format!("the sign-in was refused: {}", safe(&why))))?;
-    collected(client.sso_collect(&code).await?)
+    collected(client.sso_collect(&code, Some(&verifier)).await?)
 }
 
 fn collected(
@@ -179,17 +205,17 @@ async fn device(
 ) -> Result<postern_api::identity::SessionCreated, CliError> {
     let d = client.sso_device(org, provider).await?;
     eprintln!(
-        "On any device with a browser, open the URL below and sign in with {provider} (code {}, valid {} minutes):",
-        safe(&d.user_code),
+        "On any device with a browser, open the URL below, type the code, and sign in with {provider} (valid {} minutes):",
         d.expires_in / 60
     );
     crate::outln!("{}", d.verification_url);
+    crate::outln!("code: {}", safe(&d.user_code));
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(d.expires_in.clamp(1, 900) as u64);
     let every = Duration::from_secs(d.interval.clamp(1, 10) as u64);
     loop {
         tokio::time::sleep(every).await;
-        let c = client.sso_collect(&d.poll_code).await?;
+        let c = client.sso_collect(&d.poll_code, None).await?;
         if c.status == "done" {
             return collected(c);
         }

@@ -167,9 +167,11 @@ impl Client {
     pub async fn sso_collect(
         &self,
         code: &str,
+        verifier: Option<&str>,
     ) -> Result<postern_api::identity::Collected, ClientError> {
         let body = postern_api::identity::Collect {
             code: code.to_string(),
+            verifier: verifier.map(str::to_string),
         };
         self.call(
             Method::POST,

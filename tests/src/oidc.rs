@@ -171,12 +171,68 @@ impl Browser {
         Ok((status, if follow { effective } else { redirect }))
     }
 
+    /// A headless sign-in's page at `url` (the bastion's): types `code`,
+    /// reads the confirmation (answered too), and continues; answers where
+    /// the bastion sends the browser (the provider).
+    pub fn approve_device(&self, url: &str, code: &str) -> Result<(String, String), String> {
+        let page = self.curl(&[url]);
+        let csrf = field(&page, "csrf").ok_or_else(|| format!("no csrf field in {page}"))?;
+        let form = |to: &str, extra: &[&str]| {
+            let mut args = vec![
+                "--data-urlencode".to_string(),
+                format!("code={code}"),
+                "--data-urlencode".to_string(),
+                format!("csrf={csrf}"),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args.push(format!("{url}/{to}"));
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.curl(&refs)
+        };
+        let confirm = form("confirm", &[]);
+        if !confirm.contains("Approve this sign-in?") {
+            return Err(confirm);
+        }
+        let to = form(
+            "approve",
+            &["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}"],
+        );
+        match to.split_once(' ') {
+            Some(("303", provider)) => Ok((confirm, provider.to_string())),
+            _ => Err(to),
+        }
+    }
+
+    /// Posts the device form without this browser's cookie (as a page on
+    /// another site would make a visitor's browser do): answers the status.
+    pub fn post_without_cookie(url: &str, code: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "20", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args([
+                "--data-urlencode",
+                &format!("code={code}"),
+                "--data-urlencode",
+                "csrf=0",
+            ])
+            .arg(format!("{url}/approve"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Opens `url`, following redirects; answers the status and body.
     pub fn open(&self, url: &str) -> (String, String) {
         let out = self.curl(&["-L", "-w", "\n%{http_code}", url]);
         let (body, status) = out.rsplit_once('\n').unwrap_or(("", ""));
         (status.to_string(), body.to_string())
     }
+}
+
+/// The value of the hidden form field `name` in an HTML page.
+fn field(page: &str, name: &str) -> Option<String> {
+    let at = page.find(&format!("name=\"{name}\" value=\""))?;
+    let rest = &page[at + name.len() + 15..];
+    rest.split('"').next().map(str::to_string)
 }
 
 /// A query parameter of `url`, decoded.

@@ -272,7 +272,7 @@ async fn single_sign_on_maps_groups_to_roles_at_every_sign_in_and_refuses_with_r
     assert!(v.get("client_secret").is_none(), "{v}");
     let (s, v) = b
         .put(
-            "/api/v1/sso/groups/ops/roles",
+            "/api/v1/sso/providers/corp/groups/ops/roles",
             serde_json::json!({"role": "project_member", "project": "web", "logins": ["root"]}),
         )
         .await;
@@ -344,10 +344,11 @@ async fn single_sign_on_maps_groups_to_roles_at_every_sign_in_and_refuses_with_r
     let me = text(&ann.run(&["whoami"]).stdout);
     assert!(me.contains("no roles yet"), "{me}");
 
-    // Headless: a URL and a code for another device; the CLI polls.
-    let (cli, verify) = spawn_cli(
-        &ann,
-        &[
+    // Headless: a URL and a code for another device; the CLI polls. The
+    // link alone approves nothing: the person types the code, and is told
+    // what they approve (the org, the provider, where the request came from).
+    let mut child = ann
+        .command(&[
             "login",
             &url,
             "--sso",
@@ -356,14 +357,43 @@ async fn single_sign_on_maps_groups_to_roles_at_every_sign_in_and_refuses_with_r
             "default",
             "--headless",
             "--no-ssh",
-        ],
-    );
-    assert!(verify.contains("device="), "{verify}");
-    let (status, _) = Browser::new(work.path())
-        .sign_in(&verify, "ann", "pw-ann", true)
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let (verify, code) = {
+        use std::io::BufRead;
+        let mut r = std::io::BufReader::new(child.stdout.as_mut().unwrap());
+        let (mut a, mut b) = (String::new(), String::new());
+        r.read_line(&mut a).unwrap();
+        r.read_line(&mut b).unwrap();
+        (
+            a.trim().to_string(),
+            b.trim().trim_start_matches("code: ").to_string(),
+        )
+    };
+    assert!(
+        verify.ends_with("/api/v1/auth/sso/device") && !verify.contains(&code),
+        "{verify}"
+    );
+    // From another site (no cookie of this browser): nothing is approved.
+    assert_eq!(Browser::post_without_cookie(&verify, &code), "400");
+    // A wrong code is refused.
+    assert!(
+        Browser::new(work.path())
+            .approve_device(&verify, "BBBB-CCCC")
+            .is_err()
+    );
+    let phone = Browser::new(work.path());
+    let (confirm, to_provider) = phone.approve_device(&verify, &code).unwrap();
+    assert!(
+        confirm.contains("default") && confirm.contains("corp") && confirm.contains("127.0.0.1"),
+        "{confirm}"
+    );
+    let (status, _) = phone.sign_in(&to_provider, "ann", "pw-ann", true).unwrap();
     assert_eq!(status, "200");
-    let (ok, said) = finish(cli);
+    let (ok, said) = finish(child);
     assert!(ok, "{said}");
 
     // An email outside the allowed domains: refused, and the CLI says why.
@@ -414,7 +444,34 @@ async fn single_sign_on_maps_groups_to_roles_at_every_sign_in_and_refuses_with_r
         .sign_in(&start, "ann", "pw-ann", false)
         .unwrap();
     assert!(back.starts_with(&callback), "{back}");
-    let (status, _) = Browser::new(work.path()).open(&back);
+    // Where the bastion sends the browser: the CLI's listener, with a code
+    // that is worth nothing without the verifier only that CLI holds.
+    let to_cli = String::from_utf8_lossy(
+        &Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{redirect_url}", &back])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    let code = oidc::query(&to_cli, "code").expect("a code for the CLI");
+    for verifier in [None, Some("not-the-clis-verifier")] {
+        let mut body = serde_json::json!({ "code": code });
+        if let Some(v) = verifier {
+            body["verifier"] = serde_json::json!(v);
+        }
+        let (s, v) =
+            postern_tests::http(b.api, "POST", "/api/v1/auth/sso/collect", None, Some(body))
+                .await
+                .unwrap();
+        assert_eq!(s, 401, "{v}");
+    }
+    // The listener takes only its own sign-in (its state), then the real
+    // delivery completes the CLI's login.
+    let forged = to_cli.replace("state=", "state=x");
+    let (status, _) = Browser::new(work.path()).open(&forged);
+    assert_eq!(status, "404", "a request without the CLI's state");
+    let (status, _) = Browser::new(work.path()).open(&to_cli);
     assert_eq!(status, "200", "the first use reaches the CLI");
     let (ok, said) = finish(cli);
     assert!(ok, "{said}");

@@ -102,17 +102,19 @@ CREATE TABLE sso_identities (
     PRIMARY KEY (provider_id, subject)
 );
 
--- A provider group grants a role in a project ('' scope: org-wide).
+-- A group of one provider grants a role in a project ('' scope: org-wide).
+-- Per provider: a weaker provider's "admins" is not a stronger one's.
 CREATE TABLE group_mappings (
     id TEXT PRIMARY KEY,
     org_id TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    provider_id TEXT NOT NULL REFERENCES oidc_providers(id) ON DELETE CASCADE,
     group_name TEXT NOT NULL,
     scope TEXT NOT NULL,
     role TEXT NOT NULL,
     logins TEXT NOT NULL,
     kube_groups TEXT,
     created_at BIGINT NOT NULL,
-    UNIQUE (org_id, group_name, scope)
+    UNIQUE (provider_id, group_name, scope)
 );
 
 -- A sign-in under way: an SSO round trip (state, nonce and PKCE verifier, kept

@@ -195,7 +195,12 @@ pub fn router(core: Arc<Shared>) -> Router {
         .route(routes::SSO_GROUP_ROLE, delete(sso::delete_group_role))
         .route(routes::AUTH_SSO_START, get(sso::start))
         .route(routes::AUTH_SSO_CALLBACK, get(sso::callback))
-        .route(routes::AUTH_SSO_DEVICE, post(sso::device))
+        .route(
+            routes::AUTH_SSO_DEVICE,
+            get(sso::device_page).post(sso::device),
+        )
+        .route(routes::AUTH_SSO_DEVICE_CONFIRM, post(sso::device_confirm))
+        .route(routes::AUTH_SSO_DEVICE_APPROVE, post(sso::device_approve))
         .route(routes::AUTH_SSO_COLLECT, post(sso::collect))
         .route(routes::AUDIT, get(admin::audit_page))
         .route(routes::KUBECONFIG, get(kubeconfig::kubeconfig))

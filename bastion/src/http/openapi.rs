@@ -96,6 +96,9 @@ use super::{
         sso::start,
         sso::callback,
         sso::device,
+        sso::device_page,
+        sso::device_confirm,
+        sso::device_approve,
         sso::collect,
     ),
     components(schemas(

@@ -10,6 +10,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use base64::Engine as _;
 use http::StatusCode;
 use postern_api::admin::RoleBinding;
 use postern_api::identity::{
@@ -175,7 +176,6 @@ pub async fn put_provider(
         created_at: now_ms(),
     };
     state.store.put_oidc_provider(&row).await?;
-    state.sso.forget(&row.id);
     let view = provider_view(&row);
     caller.audit.with(|a| {
         a.targets.push(format!("sso:{name}"));
@@ -241,11 +241,12 @@ pub async fn delete_provider(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The org's group → role mappings.
+/// A provider's group → role mappings.
 #[utoipa::path(
     get,
-    path = "/api/v1/sso/groups",
+    path = "/api/v1/sso/providers/{name}/groups",
     tag = "sso",
+    params(("name" = String, Path, description = "The provider's name")),
     responses(
         (status = 200, description = "The mappings", body = [GroupRole]),
         (status = 401, description = "Missing, invalid, expired or ended credential: log in again", body = ErrorBody),
@@ -257,13 +258,15 @@ pub async fn delete_provider(
 pub async fn list_groups(
     State(state): State<AppState>,
     caller: Caller,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Vec<GroupRole>>, ApiError> {
     require(&caller, Action::ManageOrg)?;
+    let provider = own_provider(&state, &caller, &name).await?;
     let org = &caller.principal.org_id;
     let projects = state.store.list_projects(org).await?;
     let out = state
         .store
-        .group_mappings(org)
+        .group_mappings(&provider.id)
         .await?
         .into_iter()
         .map(|m| GroupRole {
@@ -282,6 +285,23 @@ pub async fn list_groups(
     Ok(Json(out))
 }
 
+/// A provider of the caller's org, by name, or 404.
+async fn own_provider(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+) -> Result<OidcProviderRow, ApiError> {
+    let not_found = || ApiError::NotFound(format!("provider {name:?} not found"));
+    if validate::name("provider", name).is_err() {
+        return Err(not_found());
+    }
+    state
+        .store
+        .oidc_provider(&caller.principal.org_id, name)
+        .await?
+        .ok_or_else(not_found)
+}
+
 fn group_ok(group: &str) -> Result<(), ApiError> {
     if group.is_empty() || group.len() > 256 || group.chars().any(char::is_control) {
         return Err(ApiError::BadRequest(
@@ -291,13 +311,17 @@ fn group_ok(group: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Maps a provider group to a role (in a project, or org-wide for
-/// org_admin); people in the group get it at their next sign-in.
+/// Maps a group of one provider to a role (in a project, or org-wide for
+/// org_admin); people that provider puts in the group get it at their next
+/// sign-in.
 #[utoipa::path(
     put,
-    path = "/api/v1/sso/groups/{group}/roles",
+    path = "/api/v1/sso/providers/{name}/groups/{group}/roles",
     tag = "sso",
-    params(("group" = String, Path, description = "The group as the provider names it in the groups claim")),
+    params(
+        ("name" = String, Path, description = "The provider's name"),
+        ("group" = String, Path, description = "The group as the provider names it in the groups claim"),
+    ),
     request_body = RoleBinding,
     responses(
         (status = 200, description = "Saved", body = GroupRole),
@@ -314,10 +338,11 @@ fn group_ok(group: &str) -> Result<(), ApiError> {
 pub async fn put_group_role(
     State(state): State<AppState>,
     caller: Caller,
-    ApiPath(group): ApiPath<String>,
+    ApiPath((name, group)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<RoleBinding>,
 ) -> Result<Json<GroupRole>, ApiError> {
     require(&caller, Action::ManageOrg)?;
+    let provider = own_provider(&state, &caller, &name).await?;
     group_ok(&group)?;
     if !body.forward_to.is_empty() {
         return Err(ApiError::BadRequest(
@@ -327,7 +352,13 @@ pub async fn put_group_role(
     let binding = binding_of(&state, &caller, &body).await?;
     state
         .store
-        .put_group_mapping(&caller.principal.org_id, &group, &binding, now_ms())
+        .put_group_mapping(
+            &caller.principal.org_id,
+            &provider.id,
+            &group,
+            &binding,
+            now_ms(),
+        )
         .await?;
     caller.audit.with(|a| {
         a.targets
@@ -348,9 +379,10 @@ pub async fn put_group_role(
 /// until their next sign-in; end their sessions to take it at once.
 #[utoipa::path(
     delete,
-    path = "/api/v1/sso/groups/{group}/roles/{scope}",
+    path = "/api/v1/sso/providers/{name}/groups/{group}/roles/{scope}",
     tag = "sso",
     params(
+        ("name" = String, Path, description = "The provider's name"),
         ("group" = String, Path, description = "The group"),
         ("scope" = String, Path, description = "The project's name, or `org` for the org-wide role"),
     ),
@@ -366,9 +398,10 @@ pub async fn put_group_role(
 pub async fn delete_group_role(
     State(state): State<AppState>,
     caller: Caller,
-    ApiPath((group, scope)): ApiPath<(String, String)>,
+    ApiPath((name, group, scope)): ApiPath<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
     require(&caller, Action::ManageOrg)?;
+    let provider = own_provider(&state, &caller, &name).await?;
     let org = &caller.principal.org_id;
     let scope_id = if scope == "org" {
         None
@@ -384,7 +417,7 @@ pub async fn delete_group_role(
     };
     if !state
         .store
-        .delete_group_mapping(org, &group, scope_id.as_deref())
+        .delete_group_mapping(&provider.id, &group, scope_id.as_deref())
         .await?
     {
         return Err(ApiError::NotFound("no such group mapping".into()));
@@ -407,16 +440,25 @@ struct RoundTrip {
     /// The device sign-in this round trip finishes.
     #[serde(default)]
     device_id: Option<String>,
+    /// The hash of a secret only the CLI that started the sign-in holds: the
+    /// code its listener gets is worth nothing without it (a page that
+    /// delivers its own code to the listener, or a code sent elsewhere).
+    #[serde(default)]
+    cli_challenge: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartQuery {
-    org: Option<String>,
-    provider: Option<String>,
-    cli_redirect: Option<String>,
-    device: Option<String>,
+    org: String,
+    provider: String,
+    cli_redirect: String,
+    cli_challenge: String,
 }
+
+/// Sign-ins under way for one provider at most: strangers start them, and
+/// each is a row for minutes.
+const MAX_PENDING_PER_PROVIDER: i64 = 10_000;
 
 /// A page for the person in the browser, with its status.
 fn page(status: StatusCode, title: &str, text: &str) -> Response {
@@ -485,22 +527,23 @@ async fn relying_party(state: &AppState, p: &OidcProviderRow) -> Result<RelyingP
     Ok(state.sso.relying_party(p, &secret).await?)
 }
 
-/// Starts a sign-in at the org's provider: the browser is sent there.
+/// Starts a sign-in at the org's provider for the CLI waiting on a loopback
+/// port: the browser is sent to the provider.
 #[utoipa::path(
     get,
     path = "/api/v1/auth/sso/start",
     tag = "auth",
     params(
-        ("org" = Option<String>, Query, description = "The org (with provider)"),
-        ("provider" = Option<String>, Query, description = "The org's provider"),
-        ("cli_redirect" = Option<String>, Query, description = "The CLI's loopback listener, http://127.0.0.1:PORT/callback"),
-        ("device" = Option<String>, Query, description = "A headless sign-in's code, instead of the three above"),
+        ("org" = String, Query, description = "The org"),
+        ("provider" = String, Query, description = "The org's provider"),
+        ("cli_redirect" = String, Query, description = "The CLI's loopback listener, http://127.0.0.1:PORT/callback"),
+        ("cli_challenge" = String, Query, description = "base64url(SHA-256(verifier)) of a secret the CLI keeps and sends to /auth/sso/collect"),
     ),
     responses(
         (status = 303, description = "To the provider"),
         (status = 400, description = "A bad or missing parameter", body = ErrorBody),
-        (status = 404, description = "No such org, provider or device code", body = ErrorBody),
-        (status = 429, description = "Too many bad device codes from this source", body = ErrorBody),
+        (status = 404, description = "No such org or provider", body = ErrorBody),
+        (status = 429, description = "Too many sign-ins started from this source, or under way", body = ErrorBody),
         (status = 503, description = "The provider or the database is unavailable; retry", body = ErrorBody),
     ),
 )]
@@ -509,65 +552,79 @@ pub async fn start(
     anon: Anonymous,
     ApiQuery(q): ApiQuery<StartQuery>,
 ) -> Result<Response, ApiError> {
-    let now = now_ms();
-    let (provider, trip_target) = match (&q.device, &q.org, &q.provider, &q.cli_redirect) {
-        (Some(code), None, None, None) => {
-            let attempt = state
-                .sign_in_attempts
-                .begin(anon.source_or_local(), None, now)
-                .ok_or_else(|| {
-                    IdentityError::TooMany(
-                        "too many bad codes from your address: wait a minute".into(),
-                    )
-                })?;
-            let code = code.trim().to_ascii_uppercase();
-            let found = if code.len() <= 16 {
-                state.store.pending_by_user_code(&code).await?
-            } else {
-                None
-            };
-            let Some(device) = found
-                .filter(|d| d.kind == "device" && d.finished_at.is_none() && d.expires_at > now)
-            else {
-                return Ok(page(
-                    StatusCode::NOT_FOUND,
-                    "Unknown code",
-                    "This sign-in code is unknown or has expired: run postern login --headless again.",
-                ));
-            };
-            let p = state
-                .store
-                .oidc_provider_by_id(device.provider_id.as_deref().unwrap_or_default())
-                .await?
-                .ok_or_else(|| ApiError::NotFound("the provider of this code is gone".into()))?;
-            attempt.succeeded();
-            (p, (None, Some(device.id)))
-        }
-        (None, Some(org), Some(provider), Some(cli)) => {
-            if !cli_redirect_ok(cli) {
-                return Err(ApiError::BadRequest(
-                    "cli_redirect must be the CLI's loopback listener, http://127.0.0.1:PORT/…"
-                        .into(),
-                ));
-            }
-            (
-                provider_named(&state, org, provider).await?,
-                (Some(cli.clone()), None),
+    // Counted per source like failed sign-ins: strangers start these.
+    state
+        .sign_in_attempts
+        .begin(anon.source_or_local(), None, now_ms())
+        .ok_or_else(|| {
+            IdentityError::TooMany(
+                "too many sign-ins started from your address: wait a minute".into(),
             )
-        }
-        _ => {
-            return Err(ApiError::BadRequest(
-                "give org, provider and cli_redirect (postern login --sso does), or device".into(),
-            ));
-        }
-    };
-    let rp = relying_party(&state, &provider).await?;
+        })?;
+    if !cli_redirect_ok(&q.cli_redirect) {
+        return Err(ApiError::BadRequest(
+            "cli_redirect must be the CLI's loopback listener, http://127.0.0.1:PORT/…".into(),
+        ));
+    }
+    if q.cli_challenge.len() != 43
+        || !q
+            .cli_challenge
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ApiError::BadRequest(
+            "cli_challenge must be base64url(SHA-256(verifier)), 43 characters".into(),
+        ));
+    }
+    let provider = provider_named(&state, &q.org, &q.provider).await?;
+    round_trip(
+        &state,
+        &anon,
+        &provider,
+        RoundTarget::Cli {
+            redirect: q.cli_redirect,
+            challenge: q.cli_challenge,
+        },
+    )
+    .await
+}
+
+/// Where a round trip's session goes.
+enum RoundTarget {
+    Cli { redirect: String, challenge: String },
+    Device(String),
+}
+
+/// Records a round trip to `provider` (nonce, PKCE verifier, target) and
+/// sends the browser there.
+async fn round_trip(
+    state: &AppState,
+    anon: &Anonymous,
+    provider: &OidcProviderRow,
+    target: RoundTarget,
+) -> Result<Response, ApiError> {
+    let now = now_ms();
+    if state.store.pending_logins_open(&provider.id, now).await? >= MAX_PENDING_PER_PROVIDER {
+        return Err(IdentityError::TooMany(
+            "too many sign-ins are under way with this provider: retry in a minute".into(),
+        )
+        .into());
+    }
+    let rp = relying_party(state, provider).await?;
     let s = rp.start(&provider.scopes);
+    let (cli_redirect, cli_challenge, device_id) = match target {
+        RoundTarget::Cli {
+            redirect,
+            challenge,
+        } => (Some(redirect), Some(challenge), None),
+        RoundTarget::Device(id) => (None, None, Some(id)),
+    };
     let trip = RoundTrip {
         nonce: s.nonce,
         pkce_verifier: s.pkce_verifier,
-        cli_redirect: trip_target.0,
-        device_id: trip_target.1,
+        cli_redirect,
+        device_id,
+        cli_challenge,
     };
     let sealed = state
         .pki
@@ -703,7 +760,7 @@ pub async fn callback(
         Err(e) => return Ok(refused(e.to_string())),
     };
     // A refreshed JWKS serves the next sign-ins too.
-    state.sso.keep(&provider.id, rp);
+    state.sso.keep(&provider, rp);
     let source = anon.source.map(|s| s.to_string());
     let (user, session, detail) = match crate::identity::sso::admit(
         &state,
@@ -764,13 +821,19 @@ pub async fn callback(
             &format!("Signed in as {}. Go back to your terminal.", user.name),
         ));
     }
-    let Some(cli) = trip.cli_redirect else {
+    let (Some(cli), Some(challenge)) = (trip.cli_redirect, trip.cli_challenge) else {
         return Err(ApiError::Internal("a sign-in with nowhere to go".into()));
     };
     let secret = hex::encode(random_bytes::<24>()?);
+    // Collected with the code and the CLI's verifier both (see `collect`).
     if !state
         .store
-        .finish_sso_login(&pending.id, &sha256_hex(secret.as_bytes()), &sealed, now)
+        .finish_sso_login(
+            &pending.id,
+            &sha256_hex(format!("{secret}:{challenge}").as_bytes()),
+            &sealed,
+            now,
+        )
         .await?
     {
         return Ok(refused("this sign-in was finished already".into()));
@@ -796,9 +859,10 @@ fn user_code() -> Result<String, ApiError> {
     tag = "auth",
     request_body = StartDevice,
     responses(
-        (status = 201, description = "Open the URL anywhere; poll /auth/sso/collect", body = DeviceStarted),
+        (status = 201, description = "Open the URL anywhere and type the code; poll /auth/sso/collect", body = DeviceStarted),
         (status = 400, description = "Malformed JSON, an unknown field, or an invalid value", body = ErrorBody),
         (status = 404, description = "No such org or provider", body = ErrorBody),
+        (status = 429, description = "Too many sign-ins started from this source, or under way", body = ErrorBody),
         (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
         (status = 415, description = "Body not sent with `Content-Type: application/json`", body = ErrorBody),
     ),
@@ -808,8 +872,27 @@ pub async fn device(
     anon: Anonymous,
     ApiJson(body): ApiJson<StartDevice>,
 ) -> Result<(StatusCode, Json<DeviceStarted>), ApiError> {
-    let p = provider_named(&state, &body.org, &body.provider).await?;
     let now = now_ms();
+    state
+        .sign_in_attempts
+        .begin(anon.source_or_local(), None, now)
+        .ok_or_else(|| {
+            IdentityError::TooMany(
+                "too many sign-ins started from your address: wait a minute".into(),
+            )
+        })?;
+    let p = provider_named(&state, &body.org, &body.provider).await?;
+    if state.store.pending_logins_open(&p.id, now).await? >= MAX_PENDING_PER_PROVIDER {
+        return Err(IdentityError::TooMany(
+            "too many sign-ins are under way with this provider: retry in a minute".into(),
+        )
+        .into());
+    }
+    // Shown to whoever approves the code: where the request came from.
+    let asked = state.pki.seal(
+        &serde_json::to_vec(&json!({ "source": anon.source.map(|s| s.to_string()) }))
+            .unwrap_or_default(),
+    )?;
     let secret = hex::encode(random_bytes::<24>()?);
     let mut code = user_code()?;
     let mut id = None;
@@ -823,7 +906,7 @@ pub async fn device(
                 None,
                 Some(&code),
                 Some(&sha256_hex(secret.as_bytes())),
-                "",
+                &asked,
                 now,
                 now + DEVICE_MS,
             )
@@ -854,10 +937,12 @@ pub async fn device(
     Ok((
         StatusCode::CREATED,
         Json(DeviceStarted {
+            // The code is typed, never carried by the link: a link alone
+            // approves nothing.
             verification_url: format!(
-                "{origin}{}{}?device={code}",
+                "{origin}{}{}",
                 postern_api::routes::API,
-                postern_api::routes::AUTH_SSO_START
+                postern_api::routes::AUTH_SSO_DEVICE
             ),
             user_code: code,
             poll_code: format!("{id}_{secret}"),
@@ -908,10 +993,22 @@ pub async fn collect(
         .filter(|(i, s)| i.len() <= 64 && s.len() <= 128)
         .ok_or_else(bad)?;
     let p: PendingLogin = state.store.pending_by_id(id).await?.ok_or_else(bad)?;
+    // A loopback sign-in's code goes with the verifier of the challenge its
+    // CLI sent to `start`; a device code's poll secret stands alone (only
+    // the CLI that asked for it holds it).
+    let presented = match (p.kind.as_str(), &body.verifier) {
+        ("sso", Some(v)) if v.len() <= 128 => {
+            let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(ring::digest::digest(&ring::digest::SHA256, v.as_bytes()));
+            format!("{secret}:{challenge}")
+        }
+        ("device", None) => secret.to_string(),
+        _ => return Err(bad()),
+    };
     let matches = p
         .poll_hash
         .as_deref()
-        .is_some_and(|h| crate::secrets::secret_matches(secret, h));
+        .is_some_and(|h| crate::secrets::secret_matches(&presented, h));
     if !matches {
         return Err(bad());
     }
@@ -939,10 +1036,239 @@ pub async fn collect(
         .ok_or_else(|| ApiError::Internal("a finished sign-in could not be read".into()))?;
     anon.audit.with(|a| {
         a.actor = Some(session.user.clone());
-        a.detail = Some(json!({ "session_id": session.id }));
+        a.org_id = p.org_id.clone();
+        a.detail = Some(json!({ "session_id": session.id, "kind": p.kind }));
     });
     Ok(Json(Collected {
         status: "done".into(),
         session: Some(session),
     }))
+}
+
+/// The cookie that ties the device pages' forms to the browser that loaded
+/// them: `SameSite=Strict`, so a page elsewhere cannot post them for a
+/// visitor (and push their sign-in into someone else's device request).
+const CSRF_COOKIE: &str = "postern_sso_csrf";
+
+fn csrf_of(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == CSRF_COOKIE)
+        .map(|(_, v)| v.to_string())
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A page with a form, and the CSRF cookie its form carries.
+fn form_page(title: &str, body: &str, csrf: &str) -> Response {
+    let mut resp = (
+        StatusCode::OK,
+        [(http::header::CACHE_CONTROL, "no-store")],
+        Html(format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Postern: {t}</title></head>\
+             <body><h1>{t}</h1>{body}</body></html>",
+            t = esc(title)
+        )),
+    )
+        .into_response();
+    let cookie = format!(
+        "{CSRF_COOKIE}={csrf}; Path={}{}; HttpOnly; SameSite=Strict; Max-Age=900",
+        postern_api::routes::API,
+        "/auth/sso"
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(http::header::SET_COOKIE, v);
+    }
+    resp
+}
+
+/// The headless sign-in page: type the code your terminal shows.
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/sso/device",
+    tag = "auth",
+    responses((status = 200, description = "A page with a form for the code", content_type = "text/html")),
+)]
+pub async fn device_page() -> Result<Response, ApiError> {
+    let csrf = hex::encode(random_bytes::<32>()?);
+    Ok(form_page(
+        "Sign in a device",
+        &format!(
+            "<p>Type the code that <code>postern login --headless</code> shows in your terminal.</p>\
+             <form method=\"post\" action=\"{api}/auth/sso/device/confirm\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <input type=\"text\" name=\"code\" autofocus autocomplete=\"off\" placeholder=\"ABCD-EFGH\">\
+             <button type=\"submit\">Next</button></form>",
+            api = postern_api::routes::API
+        ),
+        &csrf,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct DeviceForm {
+    code: String,
+    csrf: String,
+}
+
+/// The form's fields, once its CSRF field matches the browser's cookie.
+fn device_form(headers: &http::HeaderMap, body: &[u8]) -> Result<DeviceForm, Response> {
+    let refused = |why: &str| page(StatusCode::BAD_REQUEST, "Start again", why);
+    let form: DeviceForm = serde_urlencoded::from_bytes(body)
+        .map_err(|_| refused("This form is incomplete: open the sign-in page again."))?;
+    match csrf_of(headers) {
+        Some(c) if crate::secrets::secret_matches(&form.csrf, &sha256_hex(c.as_bytes())) => {}
+        _ => {
+            return Err(refused(
+                "This form did not come from this browser's sign-in page: open the sign-in page again and type the code there.",
+            ));
+        }
+    }
+    Ok(form)
+}
+
+/// The device request a code names, while it waits; a page otherwise.
+async fn waiting_device(
+    state: &AppState,
+    anon: &Anonymous,
+    code: &str,
+) -> Result<Result<PendingLogin, Response>, ApiError> {
+    let now = now_ms();
+    let Some(attempt) = state
+        .sign_in_attempts
+        .begin(anon.source_or_local(), None, now)
+    else {
+        return Ok(Err(page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many tries",
+            "Too many wrong codes from your address: wait a minute.",
+        )));
+    };
+    let code = code.trim().to_ascii_uppercase();
+    let found = if code.len() <= 16 {
+        state.store.pending_by_user_code(&code).await?
+    } else {
+        None
+    };
+    match found.filter(|d| d.kind == "device" && d.finished_at.is_none() && d.expires_at > now) {
+        Some(d) => {
+            attempt.succeeded();
+            Ok(Ok(d))
+        }
+        None => Ok(Err(page(
+            StatusCode::NOT_FOUND,
+            "Unknown code",
+            "This code is unknown or has expired: check it, or run postern login --headless again.",
+        ))),
+    }
+}
+
+/// Step two: what the code would approve, said plainly, before anything
+/// happens.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/sso/device/confirm",
+    tag = "auth",
+    responses(
+        (status = 200, description = "A page naming the org, the provider and where the request came from, with a Continue button", content_type = "text/html"),
+        (status = 400, description = "A form without this browser's CSRF cookie", content_type = "text/html"),
+        (status = 404, description = "An unknown or expired code", content_type = "text/html"),
+    ),
+)]
+pub async fn device_confirm(
+    State(state): State<AppState>,
+    anon: Anonymous,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let form = match device_form(&headers, &body) {
+        Ok(f) => f,
+        Err(p) => return Ok(p),
+    };
+    let device = match waiting_device(&state, &anon, &form.code).await? {
+        Ok(d) => d,
+        Err(p) => return Ok(p),
+    };
+    let provider = state
+        .store
+        .oidc_provider_by_id(device.provider_id.as_deref().unwrap_or_default())
+        .await?
+        .ok_or_else(|| ApiError::NotFound("the provider of this code is gone".into()))?;
+    let org = state
+        .store
+        .org_by_id(&provider.org_id)
+        .await?
+        .map(|o| o.name)
+        .unwrap_or_default();
+    let asked_from = state
+        .pki
+        .open(&device.sealed)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["source"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "an unknown address".into());
+    let age = (now_ms() - device.expires_at + DEVICE_MS).max(0) / 1000;
+    let csrf = csrf_of(&headers).unwrap_or_default();
+    Ok(form_page(
+        "Approve this sign-in?",
+        &format!(
+            "<p id=\"request\">A device asked {age} s ago, from <b>{from}</b>, to sign in to the org <b>{org}</b> \
+             with <b>{provider}</b>. Continuing gives <b>that device</b> a session as you.</p>\
+             <p>Continue only if you started it yourself, just now, with <code>postern login --headless</code>.</p>\
+             <form method=\"post\" action=\"{api}/auth/sso/device/approve\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf_field}\">\
+             <input type=\"hidden\" name=\"code\" value=\"{code}\">\
+             <button type=\"submit\">Continue to {provider}</button></form>",
+            from = esc(&asked_from),
+            org = esc(&org),
+            provider = esc(&provider.name),
+            code = esc(&form.code),
+            csrf_field = esc(&form.csrf),
+            api = postern_api::routes::API
+        ),
+        &csrf,
+    ))
+}
+
+/// Step three: the person confirmed; off to the provider.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/sso/device/approve",
+    tag = "auth",
+    responses(
+        (status = 303, description = "To the provider"),
+        (status = 400, description = "A form without this browser's CSRF cookie", content_type = "text/html"),
+        (status = 404, description = "An unknown or expired code", content_type = "text/html"),
+    ),
+)]
+pub async fn device_approve(
+    State(state): State<AppState>,
+    anon: Anonymous,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let form = match device_form(&headers, &body) {
+        Ok(f) => f,
+        Err(p) => return Ok(p),
+    };
+    let device = match waiting_device(&state, &anon, &form.code).await? {
+        Ok(d) => d,
+        Err(p) => return Ok(p),
+    };
+    let provider = state
+        .store
+        .oidc_provider_by_id(device.provider_id.as_deref().unwrap_or_default())
+        .await?
+        .ok_or_else(|| ApiError::NotFound("the provider of this code is gone".into()))?;
+    round_trip(&state, &anon, &provider, RoundTarget::Device(device.id)).await
 }

@@ -25,11 +25,33 @@ use crate::store::{BindingRow, OidcProviderRow, UserRow, stronger};
 const DISCOVERY_TTL: Duration = Duration::from_secs(300);
 
 /// Relying parties by provider id, each read from discovery at most every
-/// [`DISCOVERY_TTL`] (and its JWKS again on an unknown `kid`).
+/// [`DISCOVERY_TTL`] after it was fetched (a sign-in does not extend it, so a
+/// key the provider dropped is dropped here within the TTL), and its JWKS
+/// again on an unknown `kid`. An entry is for one version of the provider's
+/// row (its fingerprint): an admin's change applies at the next sign-in on
+/// every replica, with nothing to broadcast.
 #[derive(Debug)]
 pub struct Providers {
     http: OidcHttp,
-    cache: Mutex<HashMap<String, (Instant, RelyingParty)>>,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    fetched: Instant,
+    row: String,
+    rp: RelyingParty,
+}
+
+/// What of a provider's row the relying party is made from.
+fn fingerprint(p: &OidcProviderRow) -> String {
+    crate::secrets::sha256_hex(
+        format!(
+            "{}\n{}\n{}\n{}\n{}",
+            p.issuer, p.client_id, p.client_secret_sealed, p.redirect_url, p.groups_claim
+        )
+        .as_bytes(),
+    )
 }
 
 impl Providers {
@@ -63,10 +85,12 @@ impl Providers {
         p: &OidcProviderRow,
         client_secret: &str,
     ) -> Result<RelyingParty, IdentityError> {
-        if let Some((at, rp)) = self.lock().get(&p.id)
-            && at.elapsed() < DISCOVERY_TTL
+        let row = fingerprint(p);
+        if let Some(c) = self.lock().get(&p.id)
+            && c.fetched.elapsed() < DISCOVERY_TTL
+            && c.row == row
         {
-            return Ok(rp.clone());
+            return Ok(c.rp.clone());
         }
         let rp = RelyingParty::discover(
             self.http.clone(),
@@ -77,25 +101,34 @@ impl Providers {
             &p.groups_claim,
         )
         .await?;
-        self.keep(&p.id, rp.clone());
-        Ok(rp)
-    }
-
-    /// Keeps a relying party (after a JWKS refresh) for the next sign-ins.
-    pub fn keep(&self, provider_id: &str, rp: RelyingParty) {
         let mut c = self.lock();
         if c.len() > 1024 {
             c.clear();
         }
-        c.insert(provider_id.to_string(), (Instant::now(), rp));
+        c.insert(
+            p.id.clone(),
+            Cached {
+                fetched: Instant::now(),
+                row,
+                rp: rp.clone(),
+            },
+        );
+        Ok(rp)
     }
 
-    /// Forgets a provider (changed or deleted).
-    pub fn forget(&self, provider_id: &str) {
-        self.lock().remove(provider_id);
+    /// Keeps a relying party whose JWKS a sign-in fetched again, for the
+    /// next sign-ins; its discovery keeps its age, and a copy made from
+    /// another version of the row is not kept.
+    pub fn keep(&self, p: &OidcProviderRow, rp: RelyingParty) {
+        let row = fingerprint(p);
+        if let Some(c) = self.lock().get_mut(&p.id)
+            && c.row == row
+        {
+            c.rp = rp;
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, RelyingParty)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -135,7 +168,9 @@ fn admitted(
     if !p.allowed_domains.is_empty() {
         let email = who.email.as_deref().unwrap_or_default();
         let domain = email.rsplit_once('@').map(|(_, d)| d.to_lowercase());
-        let ok = who.email_verified != Some(false)
+        // Verified, said so: a provider that lets people edit their email
+        // and says nothing must not let anyone pick a domain.
+        let ok = who.email_verified == Some(true)
             && domain.is_some_and(|d| p.allowed_domains.iter().any(|a| a.eq_ignore_ascii_case(&d)));
         if !ok {
             return Err(IdentityError::Refused(format!(
@@ -224,15 +259,27 @@ pub async fn admit(
                     p.name
                 ))
             })?;
-            let user = match store.create_user(&p.org_id, &name, now).await {
-                Ok(u) => u,
-                Err(crate::store::StoreError::Conflict(_)) => {
-                    return Err(IdentityError::Refused(format!(
-                        "the user name {name} is taken by another account: ask an org admin"
-                    )));
+            // Names are unique across orgs: a name taken (by anyone, in any
+            // org) gets a suffix rather than refusing the person for good.
+            let mut made = None;
+            for n in 1..=9 {
+                let candidate = if n == 1 {
+                    name.clone()
+                } else {
+                    format!("{}-{n}", &name[..name.len().min(60)])
+                };
+                match store.create_user(&p.org_id, &candidate, now).await {
+                    Ok(u) => {
+                        made = Some(u);
+                        break;
+                    }
+                    Err(crate::store::StoreError::Conflict(_)) => continue,
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
-            };
+            }
+            let user = made.ok_or_else(|| {
+                IdentityError::Refused(format!("no free user name near {name}: ask an org admin"))
+            })?;
             store
                 .link_sso_user(&p.id, &who.subject, &user.id, now)
                 .await?;
@@ -258,7 +305,7 @@ pub async fn admit(
     {
         store.set_user_email(&user.id, Some(email)).await?;
     }
-    let mappings = store.group_mappings(&p.org_id).await?;
+    let mappings = store.group_mappings(&p.id).await?;
     let granted = bindings_for(&mappings, &who.groups);
     let lost = store.replace_sso_bindings(&user.id, &granted, now).await?;
     // A role a group no longer grants ends what it held, at once.

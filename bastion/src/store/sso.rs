@@ -199,14 +199,15 @@ impl Store {
     pub async fn put_group_mapping(
         &self,
         org_id: &str,
+        provider_id: &str,
         group: &str,
         b: &BindingRow,
         now: i64,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO group_mappings (id, org_id, group_name, scope, role, logins, kube_groups, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (org_id, group_name, scope) DO UPDATE SET role = excluded.role,
+            "INSERT INTO group_mappings (id, org_id, group_name, scope, role, logins, kube_groups, created_at, provider_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (provider_id, group_name, scope) DO UPDATE SET role = excluded.role,
                logins = excluded.logins, kube_groups = excluded.kube_groups",
         )
         .bind(new_id())
@@ -217,6 +218,7 @@ impl Store {
         .bind(serde_json::to_string(&b.logins).unwrap_or_default())
         .bind(b.kube_groups.as_ref().map(|g| serde_json::to_string(g).unwrap_or_default()))
         .bind(now)
+        .bind(provider_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -239,12 +241,13 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    pub async fn group_mappings(&self, org_id: &str) -> Result<Vec<GroupMappingRow>> {
+    /// One provider's group mappings.
+    pub async fn group_mappings(&self, provider_id: &str) -> Result<Vec<GroupMappingRow>> {
         let rows = sqlx::query(
             "SELECT id, org_id, group_name, scope, role, logins, kube_groups FROM group_mappings
-             WHERE org_id = $1 ORDER BY group_name, scope",
+             WHERE provider_id = $1 ORDER BY group_name, scope",
         )
-        .bind(org_id)
+        .bind(provider_id)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
@@ -366,6 +369,29 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(id)
+    }
+
+    /// Sign-ins under way for a provider (or, with `None`, anonymous ones in
+    /// all), for a cap on what strangers can make the store hold.
+    pub async fn pending_logins_open(&self, provider_id: &str, now: i64) -> Result<i64> {
+        Ok(sqlx::query(
+            "SELECT COUNT(*) FROM pending_logins WHERE provider_id = $1 AND finished_at IS NULL AND expires_at > $2",
+        )
+        .bind(provider_id)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?)
+    }
+
+    /// Whether the user came from single sign-on (linked to a provider).
+    pub async fn is_sso_user(&self, user_id: &str) -> Result<bool> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT provider_id FROM sso_identities WHERE user_id = $1 LIMIT 1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.is_some())
     }
 
     /// Claims the SSO round trip of a `state` once, while it is valid.
