@@ -708,3 +708,113 @@ async fn bots_hold_expiring_tokens_bound_to_their_networks_and_never_sign_in() {
     assert_eq!(st, StatusCode::NO_CONTENT);
     assert!(s.user_by_name("ci").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn bots_get_no_more_than_their_makers_hold_and_never_mint_their_own_credentials() {
+    let w = world().await;
+    let s = &w.shared.store;
+    // pat: project admin on web with the login deploy only.
+    let org = s.org_by_name("acme").await.unwrap().unwrap();
+    let web = s.project_by_name(&org.id, "web").await.unwrap().unwrap();
+    let pat = s.create_user(&org.id, "pat", 1).await.unwrap();
+    s.set_binding(
+        &pat.id,
+        &BindingRow {
+            project_id: Some(web.id.clone()),
+            role: Role::ProjectAdmin,
+            logins: vec!["deploy".into()],
+            forward_to: vec![],
+            kube_groups: Some(vec!["web-readers".into()]),
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    let pat_token = issue_api_token(s, &pat, None, 3600).await.unwrap().token;
+    let (st, v) = w
+        .call(
+            Method::POST,
+            "/api/v1/projects/web/bots",
+            Some(&pat_token),
+            Some(json!({"name": "b1", "role": "project_admin", "logins": ["root"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    assert!(message(&v).contains("login root"), "{v}");
+    let (st, v) = w
+        .call(
+            Method::POST,
+            "/api/v1/projects/web/bots",
+            Some(&pat_token),
+            Some(json!({"name": "b1", "role": "project_member", "logins": ["deploy"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let b1 = s.user_by_name("b1").await.unwrap().unwrap();
+    let b = &s.bindings(&b1.id).await.unwrap()[0];
+    assert_eq!(
+        b.kube_groups,
+        Some(vec!["web-readers".to_string()]),
+        "the maker's groups, no more"
+    );
+    // The project admin gives it a token; the bot cannot mint itself more,
+    // nor register itself a key.
+    let (st, t) = w
+        .call(
+            Method::POST,
+            "/api/v1/users/b1/tokens",
+            Some(&pat_token),
+            Some(json!({"ttl_seconds": 600})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{t}");
+    let bot = t["token"].as_str().unwrap();
+    let (st, v) = w
+        .call(
+            Method::POST,
+            "/api/v1/users/b1/tokens",
+            Some(bot),
+            Some(json!({"ttl_seconds": 600})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl b1";
+    let (st, v) = w
+        .call(
+            Method::POST,
+            "/api/v1/users/b1/ssh-keys",
+            Some(bot),
+            Some(json!({"public_key": key})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+
+    // Someone who signs in through SSO gets no registered key: it would
+    // outlive their groups.
+    let ann = s.user_by_name("ann").await.unwrap().unwrap();
+    let provider = postern_bastion::store::OidcProviderRow {
+        id: "p1".into(),
+        org_id: org.id.clone(),
+        name: "corp".into(),
+        issuer: "https://idp.example".into(),
+        client_id: "c".into(),
+        client_secret_sealed: "x".into(),
+        redirect_url: "https://b/api/v1/auth/sso/callback".into(),
+        scopes: vec!["openid".into()],
+        groups_claim: "groups".into(),
+        allowed_domains: vec![],
+        created_at: 1,
+    };
+    s.put_oidc_provider(&provider).await.unwrap();
+    s.link_sso_user("p1", "sub-ann", &ann.id, 1).await.unwrap();
+    let (st, v) = w
+        .call(
+            Method::POST,
+            "/api/v1/users/ann/ssh-keys",
+            Some(&w.admin),
+            Some(json!({"public_key": key})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("single sign-on"), "{v}");
+}

@@ -290,9 +290,7 @@ pub async fn ssh_config(ctx: &Ctx, a: SshConfigArgs) -> Result<(), CliError> {
     let identity = match identity {
         Some(i) => i,
         None if session_key.with_file_name("id_ed25519-cert.pub").exists() => format!(
-            "  IdentityFile {}
-  CertificateFile {}
-",
+            "  IdentityFile {}\n  CertificateFile {}\n  IdentitiesOnly yes\n",
             quoted(&session_key)?,
             quoted(&session_key.with_file_name("id_ed25519-cert.pub"))?
         ),

@@ -369,6 +369,7 @@ pub async fn logout(global: &Global) -> Result<(), CliError> {
         for f in ["id_ed25519", "id_ed25519.pub", "id_ed25519-cert.pub"] {
             let _ = std::fs::remove_file(dir.join(f));
         }
+        let _ = std::fs::remove_file(config::dir()?.join("kube-credential.json"));
         config::remove()?;
         crate::outln!("logged out");
     } else if config::remove()? {

@@ -89,6 +89,24 @@ pub async fn create_bot(
             "source_cidrs: at most {MAX_CIDRS} networks such as 10.0.0.0/8 or 2001:db8::/32"
         )));
     }
+    // A project admin gives a bot no more than they hold: logins of their
+    // own, and their own Kubernetes groups (an org admin gives any).
+    let mut kube_groups = None;
+    if !caller.principal.is_org_admin() {
+        let mine = caller
+            .principal
+            .bindings
+            .iter()
+            .find(|b| b.project_id.as_deref() == Some(p.id.as_str()));
+        let my_logins = mine.map(|b| b.logins.clone()).unwrap_or_default();
+        if let Some(l) = body.logins.iter().find(|l| !my_logins.contains(l)) {
+            return Err(ApiError::Forbidden(format!(
+                "you may not give a bot the login {l}: it is not one of yours on {} (an org admin may)",
+                p.name
+            )));
+        }
+        kube_groups = mine.and_then(|b| b.kube_groups.clone());
+    }
     let binding = binding_of(
         &state,
         &caller,
@@ -97,7 +115,7 @@ pub async fn create_bot(
             project: Some(p.name.clone()),
             logins: body.logins.clone(),
             forward_to: vec![],
-            kube_groups: None,
+            kube_groups,
         },
     )
     .await?;

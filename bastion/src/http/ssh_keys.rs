@@ -119,6 +119,14 @@ pub async fn add(
 ) -> Result<(StatusCode, Json<SshKey>), ApiError> {
     let user = resolve_user(&state, &caller, &name).await?;
     may_manage_tokens_of(&caller, &user)?;
+    // Someone who signs in through SSO holds roles only as long as their
+    // groups say: a registered key would outlive them.
+    if state.store.is_sso_user(&user.id).await? {
+        return Err(ApiError::BadRequest(format!(
+            "{} signs in with single sign-on and uses the session's certificate (postern login): a registered key would outlive their groups",
+            user.name
+        )));
+    }
     let key = parse_user_key(&body.public_key).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let row = state
         .store

@@ -774,7 +774,12 @@ pub async fn callback(
         Err(IdentityError::Refused(why)) => {
             let out = refused(why.clone());
             anon.audit.with(|a| {
-                    a.actor = who.preferred_username.as_deref().or(who.email.as_deref()).map(|n| validate::peer_line(n, 64));
+                    // The provider's word, marked as such: not one of our users.
+                a.actor = who
+                    .preferred_username
+                    .as_deref()
+                    .or(who.email.as_deref())
+                    .map(|n| format!("{}:{}", provider.name, validate::peer_line(n, 64)));
                     a.detail = Some(json!({ "reason": why, "provider": provider.name, "groups": who.groups.iter().take(64).collect::<Vec<_>>(), "amr": who.amr }));
                 });
             return Ok(out);

@@ -44,6 +44,13 @@ pub(super) async fn resolve_user(
 /// Org admins manage everyone; a user may manage their own tokens.
 pub(super) fn may_manage_tokens_of(caller: &Caller, user: &UserRow) -> Result<(), ApiError> {
     if caller.principal.user_id == user.id {
+        // A bot's credentials are its admins' to give: a leaked token must
+        // not mint itself lasting ones.
+        if user.is_bot() {
+            return Err(ApiError::Forbidden(
+                "a bot does not manage its own tokens or keys: its project's admins do".into(),
+            ));
+        }
         return Ok(());
     }
     require(caller, Action::ManageOrg)
@@ -56,7 +63,10 @@ async fn may_manage_bot_tokens(
     caller: &Caller,
     user: &UserRow,
 ) -> Result<(), ApiError> {
-    if !user.is_bot() || may_manage_tokens_of(caller, user).is_ok() {
+    if !user.is_bot()
+        || caller.principal.user_id == user.id
+        || may_manage_tokens_of(caller, user).is_ok()
+    {
         return may_manage_tokens_of(caller, user);
     }
     let admin_of_its_project = state.store.bindings(&user.id).await?.iter().any(|b| {

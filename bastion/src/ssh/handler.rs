@@ -89,6 +89,19 @@ impl Conn {
             let Some(owner) = self.live_user(user).await? else {
                 return Ok(None);
             };
+            // A bot's keys work from its networks only; SSO users have none
+            // (their roles last only as long as their groups).
+            if owner.is_bot()
+                && let Some(cidrs) = self.shared.store.bot_source_cidrs(&owner.id).await?
+                && !cidrs
+                    .iter()
+                    .any(|c| crate::access::authn::in_cidr(self.peer.ip(), c))
+            {
+                return Ok(None);
+            }
+            if !owner.is_bot() && self.shared.store.is_sso_user(&owner.id).await? {
+                return Ok(None);
+            }
             if !owner.is_bot()
                 && self
                     .shared
