@@ -1126,20 +1126,19 @@ struct DeviceForm {
     csrf: String,
 }
 
-/// The form's fields, once its CSRF field matches the browser's cookie.
-fn device_form(headers: &http::HeaderMap, body: &[u8]) -> Result<DeviceForm, Response> {
-    let refused = |why: &str| page(StatusCode::BAD_REQUEST, "Start again", why);
+/// The form's fields, once its CSRF field matches the browser's cookie; else
+/// what to tell the person.
+fn device_form(headers: &http::HeaderMap, body: &[u8]) -> Result<DeviceForm, &'static str> {
     let form: DeviceForm = serde_urlencoded::from_bytes(body)
-        .map_err(|_| refused("This form is incomplete: open the sign-in page again."))?;
+        .map_err(|_| "This form is incomplete: open the sign-in page again.")?;
     match csrf_of(headers) {
-        Some(c) if crate::secrets::secret_matches(&form.csrf, &sha256_hex(c.as_bytes())) => {}
-        _ => {
-            return Err(refused(
-                "This form did not come from this browser's sign-in page: open the sign-in page again and type the code there.",
-            ));
+        Some(c) if crate::secrets::secret_matches(&form.csrf, &sha256_hex(c.as_bytes())) => {
+            Ok(form)
         }
+        _ => Err(
+            "This form did not come from this browser's sign-in page: open the sign-in page again and type the code there.",
+        ),
     }
-    Ok(form)
 }
 
 /// The device request a code names, while it waits; a page otherwise.
@@ -1198,7 +1197,7 @@ pub async fn device_confirm(
 ) -> Result<Response, ApiError> {
     let form = match device_form(&headers, &body) {
         Ok(f) => f,
-        Err(p) => return Ok(p),
+        Err(why) => return Ok(page(StatusCode::BAD_REQUEST, "Start again", why)),
     };
     let device = match waiting_device(&state, &anon, &form.code).await? {
         Ok(d) => d,
@@ -1264,7 +1263,7 @@ pub async fn device_approve(
 ) -> Result<Response, ApiError> {
     let form = match device_form(&headers, &body) {
         Ok(f) => f,
-        Err(p) => return Ok(p),
+        Err(why) => return Ok(page(StatusCode::BAD_REQUEST, "Start again", why)),
     };
     let device = match waiting_device(&state, &anon, &form.code).await? {
         Ok(d) => d,

@@ -347,6 +347,15 @@ mod tests {
         assert!(cc.is_cancelled());
         drop((_a, _b, _c));
         assert_eq!(live.count(), 0);
+        // A watch held under a login session ends with the session, and only it.
+        let (_d, cd) = live.register("u3", "s1", "p1", "n1", true).unwrap();
+        let (_e, ce) = live.register("u3", "s2", "p1", "n1", true).unwrap();
+        let ended = Change::SessionEnded {
+            session_id: "s1".into(),
+            ssh_fingerprint: None,
+        };
+        assert_eq!(live.cut(&change("u3", ended)), 1);
+        assert!(cd.access.is_cancelled() && !ce.access.is_cancelled());
     }
 
     #[test]
