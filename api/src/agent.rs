@@ -8,6 +8,8 @@ pub const ALPN_CHANNEL: &[u8] = b"postern-agent/1";
 /// ALPN for enrollment: HTTP/1.1, server-authenticated only.
 pub const ALPN_ENROLL: &[u8] = b"http/1.1";
 
+/// Enrollment tokens look like `pet_<id>_<secret>`.
+pub const ENROLL_TOKEN_PREFIX: &str = "pet";
 pub const ENROLL_PATH: &str = "/agent/v1/enroll";
 /// Largest enrollment request (a CSR and a few fields).
 pub const ENROLL_MAX_BODY: usize = 16 * 1024;

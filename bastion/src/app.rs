@@ -362,12 +362,10 @@ impl Bastion {
         if let Some(peer) = peer {
             shared
                 .tasks
-                .spawn(crate::replicas::peers::serve(peer, shared.clone()));
+                .spawn(crate::peer_port::serve(peer, shared.clone()));
         }
-        crate::replicas::Replicas::start(&shared);
-        shared
-            .tasks
-            .spawn(shared.cmdexec.clone().run_leases(shared.clone()));
+        crate::replication::start(&shared);
+        shared.tasks.spawn(shared.cmdexec.clone().run_leases());
         if let Some((listener, config)) = ssh {
             shared.tasks.spawn(crate::ssh::serve(
                 listener,
@@ -377,10 +375,12 @@ impl Bastion {
         }
         shared
             .tasks
-            .spawn(agents::serve(agent, tls, shared.clone()));
-        shared.tasks.spawn(agents::run_rotation(shared.clone()));
+            .spawn(crate::agent_port::serve(agent, tls, shared.clone()));
+        shared
+            .tasks
+            .spawn(crate::agent_port::run_rotation(shared.clone()));
         shared.tasks.spawn(flush_last_seen(shared.clone()));
-        if let Err(e) = shared.cmdexec.recover(&shared).await {
+        if let Err(e) = shared.cmdexec.recover().await {
             tracing::error!(error = %e, "cannot resume unfinished executions");
         }
 

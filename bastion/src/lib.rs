@@ -3,6 +3,7 @@
 //! flags, so tests drive all of this in process.
 
 pub mod access;
+pub mod agent_port;
 pub mod agents;
 pub mod app;
 pub mod audit;
@@ -14,9 +15,12 @@ pub mod http;
 pub mod identity;
 pub mod kube;
 pub mod limits;
+pub mod link;
 pub mod metrics;
+pub mod peer_port;
 pub mod pki;
 pub mod replicas;
+pub mod replication;
 pub mod secrets;
 pub mod ssh;
 pub mod state;

@@ -350,3 +350,9 @@ impl FromStr for MaxStartups {
         Ok(m)
     }
 }
+
+/// TLS handshakes in flight from one source address, by default. A handshake
+/// takes milliseconds, so this admits a data centre's agents reconnecting at
+/// once through one NAT address (the rest retry within their backoff), and it
+/// is a small part of the port: one address cannot fill it.
+pub const AGENT_HANDSHAKES_PER_SOURCE: usize = 64;

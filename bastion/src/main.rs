@@ -220,7 +220,7 @@ struct Tuning {
     /// Connections on the agent port still in their TLS handshake from one
     /// source address (an IPv6 /64): one address cannot take the port, and the
     /// agents behind one NAT address are not limited once connected.
-    #[arg(long, default_value_t = postern_bastion::agents::AGENT_HANDSHAKES_PER_SOURCE as u64,
+    #[arg(long, default_value_t = postern_bastion::limits::AGENT_HANDSHAKES_PER_SOURCE as u64,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     agent_handshakes_per_source: u64,
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]

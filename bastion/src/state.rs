@@ -94,7 +94,7 @@ impl Default for Settings {
             agent_public_url: "https://127.0.0.1:8443".into(),
             handshake_timeout: Duration::from_secs(10),
             max_agent_connections: 16_000,
-            agent_handshakes_per_source: crate::agents::AGENT_HANDSHAKES_PER_SOURCE,
+            agent_handshakes_per_source: crate::limits::AGENT_HANDSHAKES_PER_SOURCE,
             max_enrollments: 64,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
@@ -165,13 +165,29 @@ impl Shared {
         let metrics = Arc::new(Metrics::default());
         let audit = Auditor::start(store.clone(), metrics.clone(), &tasks, shutdown.clone());
         let owner = replicas.as_ref().map(|r| r.name.clone());
-        let access = crate::access::AccessBus::default();
+        let access =
+            crate::access::AccessBus::new(replicas.clone(), audit.clone(), metrics.clone());
+        let fleet = Arc::new(Fleet::new(replicas));
+        let cmdexec = crate::cmdexec::Engine::new(
+            crate::cmdexec::Deps {
+                store: store.clone(),
+                audit: audit.clone(),
+                fleet: fleet.clone(),
+                settings: crate::cmdexec::ExecSettings {
+                    exec_lost_grace: settings.exec_lost_grace,
+                    exec_keep_bytes: settings.exec_keep_bytes,
+                },
+                tasks: tasks.clone(),
+                shutdown: shutdown.clone(),
+            },
+            owner,
+        );
         Arc::new(Shared {
-            cmdexec: crate::cmdexec::Engine::new(store.clone(), &tasks, shutdown.clone(), owner),
+            cmdexec,
             audit,
             store,
             pki,
-            fleet: Arc::new(Fleet::new(replicas)),
+            fleet,
             access,
             metrics,
             settings,

@@ -1719,7 +1719,7 @@ async fn a_submit_that_lost_its_idempotency_claim_runs_nothing() {
         exec_id: Some("x-first".into()),
         idempotency_key: Some("k-slow".into()),
     };
-    let lost = w.shared.cmdexec.submit(&w.shared, first.clone()).await;
+    let lost = w.shared.cmdexec.submit(first.clone()).await;
     assert!(
         matches!(lost, Err(SubmitError::ClaimLost)),
         "{:?}",
@@ -1740,7 +1740,7 @@ async fn a_submit_that_lost_its_idempotency_claim_runs_nothing() {
         exec_id: Some("x-retry".into()),
         ..first
     };
-    let r = w.shared.cmdexec.submit(&w.shared, retry).await.unwrap();
+    let r = w.shared.cmdexec.submit(retry).await.unwrap();
     assert_eq!(r.exec_id, "x-retry");
     assert!(s.execution("x-retry").await.unwrap().is_some());
     // Bound to its execution: held for good.
@@ -2037,8 +2037,8 @@ async fn enrollment_refuses_names_that_read_as_addresses() {
             csr_pem: String::new(),
             agent_version: "0.1.0".into(),
         };
-        match postern_bastion::agents::enroll(&w.shared, &req, None).await {
-            Err(postern_bastion::agents::EnrollError::BadRequest(m)) => {
+        match postern_bastion::agent_port::enroll(&w.shared, &req, None).await {
+            Err(postern_bastion::agent_port::EnrollError::BadRequest(m)) => {
                 assert!(m.contains("IP address"), "{name}: {m}");
             }
             other => panic!("{name}: {other:?}"),

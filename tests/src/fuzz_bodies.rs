@@ -582,7 +582,7 @@ pub fn identity(data: &[u8]) {
     }
 }
 
-fn user_ca() -> &'static postern_bastion::identity::ssh_ca::UserCa {
-    static CA: OnceLock<postern_bastion::identity::ssh_ca::UserCa> = OnceLock::new();
-    CA.get_or_init(|| postern_bastion::identity::ssh_ca::UserCa::generate().expect("a CA"))
+fn user_ca() -> &'static postern_bastion::pki::ssh_user_ca::UserCa {
+    static CA: OnceLock<postern_bastion::pki::ssh_user_ca::UserCa> = OnceLock::new();
+    CA.get_or_init(|| postern_bastion::pki::ssh_user_ca::UserCa::generate().expect("a CA"))
 }

@@ -15,8 +15,9 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::audit::Event;
-use crate::state::Shared;
+use crate::audit::{Auditor, Event};
+use crate::metrics::Metrics;
+use crate::replicas::Replicas;
 
 /// What was taken away from `user_id`. Read tolerantly (unknown fields are
 /// ignored): a replica of an older version must still apply what a newer one
@@ -66,22 +67,49 @@ pub trait Door: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
     /// Cuts what `change` no longer allows on this replica; answers a report
     /// (what was cut) for the audit log.
-    fn apply<'a>(&'a self, shared: &'a Shared, change: &'a AccessChange) -> DoorFuture<'a>;
+    fn apply<'a>(&'a self, change: &'a AccessChange) -> DoorFuture<'a>;
     /// A node's Kubernetes gateway role changed: ends what the node serves
     /// through this door when it lost the role. Answers how many requests
     /// ended; doors that serve nothing through gateways keep the default.
-    fn gateway_changed(&self, _shared: &Shared, _change: &super::GatewayChange) -> usize {
+    fn gateway_changed(&self, _change: &super::GatewayChange) -> usize {
         0
     }
 }
 
-/// The doors subscribed on this replica.
-#[derive(Debug, Default)]
+/// The doors subscribed on this replica, and what publishing needs: the other
+/// replicas (changes are recorded for them), the audit log and the metrics.
+#[derive(Debug)]
 pub struct AccessBus {
     doors: RwLock<Vec<Arc<dyn Door>>>,
+    replicas: Option<Arc<Replicas>>,
+    audit: Auditor,
+    metrics: Arc<Metrics>,
 }
 
 impl AccessBus {
+    pub fn new(
+        replicas: Option<Arc<Replicas>>,
+        audit: Auditor,
+        metrics: Arc<Metrics>,
+    ) -> AccessBus {
+        AccessBus {
+            doors: RwLock::default(),
+            replicas,
+            audit,
+            metrics,
+        }
+    }
+
+    /// The other replicas, when there are.
+    pub(super) fn replicas(&self) -> Option<&Arc<Replicas>> {
+        self.replicas.as_ref()
+    }
+
+    /// The audit log, for what other replicas' changes cut here.
+    pub(super) fn audit(&self) -> &Auditor {
+        &self.audit
+    }
+
     pub fn subscribe(&self, door: Arc<dyn Door>) {
         self.doors
             .write()
@@ -94,35 +122,42 @@ impl AccessBus {
     }
 
     /// A gateway change applied on this replica's doors: requests ended.
-    pub(super) fn gateway_here(&self, shared: &Shared, change: &super::GatewayChange) -> usize {
-        self.doors()
-            .iter()
-            .map(|d| d.gateway_changed(shared, change))
-            .sum()
+    pub(super) fn gateway_here(&self, change: &super::GatewayChange) -> usize {
+        self.doors().iter().map(|d| d.gateway_changed(change)).sum()
     }
 
-    async fn apply_here(&self, shared: &Shared, change: &AccessChange) -> Map<String, Value> {
+    async fn apply_here(&self, change: &AccessChange) -> Map<String, Value> {
         let mut reports = Map::new();
         for door in self.doors() {
-            reports.insert(door.name().to_string(), door.apply(shared, change).await);
+            reports.insert(door.name().to_string(), door.apply(change).await);
         }
         reports
     }
+
+    /// Publishes a committed access change: applies it on this replica's
+    /// doors now and records it for the other replicas. Answers this
+    /// replica's door reports, by door name, for the audit entry of the call
+    /// that made the change.
+    pub async fn publish(&self, change: AccessChange) -> Map<String, Value> {
+        publish(self, change).await
+    }
+
+    /// A change another replica published (see [`apply_published`]).
+    pub async fn apply_published(&self, origin: &str, payload: &str) {
+        apply_published(self, origin, payload).await;
+    }
 }
 
-/// Publishes a committed access change: applies it on this replica's doors now
-/// and records it for the other replicas. Answers this replica's door reports,
-/// by door name, for the audit entry of the call that made the change.
-pub async fn publish(shared: &Shared, change: AccessChange) -> Map<String, Value> {
-    let reports = shared.access.apply_here(shared, &change).await;
-    if let Some(r) = shared.fleet.replicas() {
+async fn publish(bus: &AccessBus, change: AccessChange) -> Map<String, Value> {
+    let reports = bus.apply_here(&change).await;
+    if let Some(r) = bus.replicas() {
         match serde_json::to_string(&change) {
             Ok(payload) => {
                 if let Err(e) = r
                     .publish(crate::replicas::events::KIND_ACCESS, &payload)
                     .await
                 {
-                    crate::metrics::inc(&shared.metrics.access_publish_failures);
+                    crate::metrics::inc(&bus.metrics.access_publish_failures);
                     tracing::error!(error = %e, user_id = %change.user_id, "cannot record an access change for the other replicas: their sessions of this user stay until they next authorize");
                 }
             }
@@ -146,7 +181,7 @@ fn cut_anything(v: &Value) -> bool {
 
 /// A change another replica published: applied to this replica's doors, and
 /// recorded in the audit log when it cut anything here.
-pub(crate) async fn apply_published(shared: &Shared, origin: &str, payload: &str) {
+async fn apply_published(bus: &AccessBus, origin: &str, payload: &str) {
     let change: AccessChange = match serde_json::from_str(payload) {
         Ok(c) => c,
         Err(e) => {
@@ -154,15 +189,11 @@ pub(crate) async fn apply_published(shared: &Shared, origin: &str, payload: &str
             return;
         }
     };
-    let reports = shared.access.apply_here(shared, &change).await;
+    let reports = bus.apply_here(&change).await;
     if !reports.values().any(cut_anything) {
         return;
     }
-    let me = shared
-        .fleet
-        .replicas()
-        .map(|r| r.name.clone())
-        .unwrap_or_default();
+    let me = bus.replicas().map(|r| r.name.clone()).unwrap_or_default();
     let ev = Event::new("access.applied", "ok")
         .org(&change.org_id)
         .actor(format!("replica:{me}"))
@@ -171,7 +202,7 @@ pub(crate) async fn apply_published(shared: &Shared, origin: &str, payload: &str
             "change": change,
             "doors": reports,
         }));
-    shared.audit.batched(ev).await;
+    bus.audit.batched(ev).await;
 }
 
 #[cfg(test)]

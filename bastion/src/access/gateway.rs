@@ -7,9 +7,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::AccessBus;
 use crate::audit::Event;
 use crate::replicas::events::KIND_KUBE_GATEWAY;
-use crate::state::Shared;
 
 /// A node's gateway role granted or taken back, as every replica applies it.
 /// Read tolerantly: unknown fields from a newer replica are ignored.
@@ -21,15 +21,26 @@ pub struct GatewayChange {
     pub granted: bool,
 }
 
-/// A committed change of a node's gateway role: applied on this replica's
-/// doors now and recorded for the other replicas. Answers how many open
-/// requests it ended here.
-pub async fn gateway_changed(shared: &Shared, change: &GatewayChange) -> usize {
-    let cut = shared.access.gateway_here(shared, change);
+impl AccessBus {
+    /// A committed change of a node's gateway role: applied on this
+    /// replica's doors now and recorded for the other replicas. Answers how
+    /// many open requests it ended here.
+    pub async fn gateway_changed(&self, change: &GatewayChange) -> usize {
+        gateway_changed(self, change).await
+    }
+
+    /// A gateway change another replica published.
+    pub async fn apply_published_gateway(&self, origin: &str, payload: &str) {
+        apply_published_gateway(self, origin, payload).await;
+    }
+}
+
+async fn gateway_changed(bus: &AccessBus, change: &GatewayChange) -> usize {
+    let cut = bus.gateway_here(change);
     if cut > 0 {
         tracing::info!(node = %change.node_id, cut, "ended Kubernetes requests of a node whose gateway role was taken back");
     }
-    if let Some(r) = shared.fleet.replicas() {
+    if let Some(r) = bus.replicas() {
         match serde_json::to_string(change) {
             Ok(payload) => {
                 if let Err(e) = r.publish(KIND_KUBE_GATEWAY, &payload).await {
@@ -46,7 +57,7 @@ pub async fn gateway_changed(shared: &Shared, change: &GatewayChange) -> usize {
 
 /// A change another replica published: applied here, and recorded in the
 /// audit log when it ended anything here.
-pub(crate) async fn apply_published_gateway(shared: &Shared, origin: &str, payload: &str) {
+async fn apply_published_gateway(bus: &AccessBus, origin: &str, payload: &str) {
     let change: GatewayChange = match serde_json::from_str(payload) {
         Ok(c) => c,
         Err(e) => {
@@ -54,16 +65,12 @@ pub(crate) async fn apply_published_gateway(shared: &Shared, origin: &str, paylo
             return;
         }
     };
-    let cut = shared.access.gateway_here(shared, &change);
+    let cut = bus.gateway_here(&change);
     if cut == 0 {
         return;
     }
     tracing::info!(node = %change.node_id, cut, by = %origin, "ended Kubernetes requests of a node whose gateway role another replica took back");
-    let me = shared
-        .fleet
-        .replicas()
-        .map(|r| r.name.clone())
-        .unwrap_or_default();
+    let me = bus.replicas().map(|r| r.name.clone()).unwrap_or_default();
     let ev = Event::new("kube.gateway_applied", "ok")
         .org(&change.org_id)
         .actor(format!("replica:{me}"))
@@ -73,7 +80,7 @@ pub(crate) async fn apply_published_gateway(shared: &Shared, origin: &str, paylo
             "granted": change.granted,
             "kube_requests_cut": cut,
         }));
-    shared.audit.batched(ev).await;
+    bus.audit().batched(ev).await;
 }
 
 #[cfg(test)]

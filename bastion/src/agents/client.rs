@@ -3,31 +3,16 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{Method, Request};
+use http_body_util::{BodyExt, Limited};
 use postern_api::agent::{Health, routes};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use thiserror::Error;
 
 use super::fleet::NodeLink;
 use super::registry::AgentBody;
 
-#[derive(Debug, Error)]
-pub enum CallError {
-    #[error("agent call timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("agent channel failed: {0}")]
-    Channel(#[from] hyper::Error),
-    #[error("agent answered {status}: {body}")]
-    Status { status: StatusCode, body: String },
-    #[error("agent answer unreadable: {0}")]
-    Body(String),
-    #[error("the node's channel moved to another replica")]
-    Moved,
-    #[error("peer replica: {0}")]
-    Peer(String),
-}
+pub use crate::link::{CallError, full};
 
 /// An agent's answer read as an error: bounded and free of control bytes, since
 /// parse errors quote what the agent sent (serde's "unknown variant …") and the
@@ -38,12 +23,6 @@ fn unreadable(e: impl std::fmt::Display) -> CallError {
 
 /// Largest JSON answer read from an agent on these control calls.
 const MAX_ANSWER: usize = 1024 * 1024;
-
-pub fn full(data: impl Into<Bytes>) -> AgentBody {
-    Full::new(data.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
 
 /// A request to the agent: `path` (with its query) and a JSON body.
 fn request(method: Method, path: &str, body: Bytes) -> Result<Request<AgentBody>, CallError> {

@@ -20,12 +20,7 @@ use super::client::CallError;
 use super::registry::{AgentBody, AgentConn, BoxError, Registry};
 use crate::replicas::Replicas;
 
-/// The header naming the node a peer request is for.
-pub const NODE_HEADER: &str = "postern-node";
-/// Marks an answer written by the peer itself (the node moved, its channel
-/// failed), never by the agent: the caller retries instead of taking it as the
-/// agent's refusal.
-pub const PEER_ERROR_HEADER: &str = "postern-peer-error";
+pub use crate::link::{NODE_HEADER, PEER_ERROR_HEADER};
 
 /// A route to one node's agent, good for one or many calls.
 #[derive(Clone, Debug)]
@@ -46,7 +41,7 @@ enum Route {
 
 impl NodeLink {
     /// A link over a channel this replica holds.
-    pub(super) fn local(agent: Arc<AgentConn>) -> NodeLink {
+    pub(crate) fn local(agent: Arc<AgentConn>) -> NodeLink {
         NodeLink {
             node_id: agent.node_id.clone(),
             route: Route::Local(agent),
@@ -201,7 +196,7 @@ impl Fleet {
     }
 
     /// Registers a channel that came up here (see `channel::register_live`).
-    pub(super) async fn register(&self, agent: Arc<AgentConn>) {
+    pub(crate) async fn register(&self, agent: Arc<AgentConn>) {
         let (node, conn) = (agent.node_id.clone(), agent.conn_id);
         self.registry.insert(agent);
         if let Some(r) = &self.replicas {
@@ -211,7 +206,7 @@ impl Fleet {
     }
 
     /// Unregisters a channel if it is still the node's; records it gone.
-    pub(super) async fn unregister(&self, node_id: &str, conn_id: u64) -> bool {
+    pub(crate) async fn unregister(&self, node_id: &str, conn_id: u64) -> bool {
         let removed = self.registry.remove(node_id, conn_id);
         if removed && let Some(r) = &self.replicas {
             r.local_down(node_id.to_string(), conn_id).await;
@@ -219,7 +214,7 @@ impl Fleet {
         removed
     }
 
-    pub(super) fn next_conn_id(&self) -> u64 {
+    pub(crate) fn next_conn_id(&self) -> u64 {
         self.registry.next_conn_id()
     }
 
@@ -255,7 +250,7 @@ impl Fleet {
         self.registry.node_ids()
     }
 
-    pub(super) fn local_snapshot(&self) -> Vec<Arc<AgentConn>> {
+    pub(crate) fn local_snapshot(&self) -> Vec<Arc<AgentConn>> {
         self.registry.snapshot()
     }
 
@@ -265,7 +260,7 @@ impl Fleet {
     }
 
     /// Counts a channel closed because the bastion is shutting down.
-    pub(super) fn drained_one(&self) {
+    pub(crate) fn drained_one(&self) {
         self.drained
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }

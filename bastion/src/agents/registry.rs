@@ -9,15 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use hyper::client::conn::http2::SendRequest;
 use tokio_util::sync::CancellationToken;
 
 use crate::pki::NodeCertInfo;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Request bodies the bastion sends to agents.
-pub type AgentBody = BoxBody<Bytes, BoxError>;
+pub use crate::link::{AgentBody, BoxError};
 
 /// A request body that carries a byte stream to the node (an SSH session, a
 /// Kubernetes upgrade), fed through a queue of `queue` chunks at most; the

@@ -22,15 +22,15 @@ use postern_api::cmdexec::{
 };
 use postern_api::validate;
 
+use super::Deps;
 use super::{Engine, Running};
 use crate::agents::NodeLink;
 use crate::agents::client::{CallError, StreamAnswer, call_json, call_json_limited, call_lines};
 use crate::clock::now_ms;
-use crate::state::Shared;
 use crate::store::{ExecutionRow, ResultRow, ResultUpdate};
 
 pub(super) fn spawn(
-    shared: &Arc<Shared>,
+    shared: &Arc<Deps>,
     engine: &Engine,
     exec: Arc<ExecutionRow>,
     running: Arc<Running>,
@@ -70,7 +70,7 @@ pub(super) enum Start {
 /// skipped or cancelled if the rollout stopped meanwhile, else runs and counts
 /// towards `max_errors` before it gives its slot back.
 async fn node_part(
-    shared: &Arc<Shared>,
+    shared: &Arc<Deps>,
     engine: &Engine,
     exec: &ExecutionRow,
     running: &Running,
@@ -241,7 +241,7 @@ impl LiveOffsets {
 }
 
 async fn run(
-    shared: &Arc<Shared>,
+    shared: &Arc<Deps>,
     engine: &Engine,
     exec: &ExecutionRow,
     running: &Running,
@@ -801,7 +801,7 @@ impl<'a> Gather<'a> {
 /// then ends with the cancelled result); `taken` learns that the agent took
 /// it. An agent too old to cancel lets the command run to its end.
 fn send_cancel(
-    shared: &Arc<Shared>,
+    shared: &Arc<Deps>,
     exec_id: &str,
     node_id: &str,
     hostname: &str,
@@ -854,7 +854,7 @@ fn send_cancel(
 /// holds (not for being unavailable) is stored without its output after a few
 /// tries, with the reason, so its execution can still finish.
 async fn store_result(
-    shared: &Arc<Shared>,
+    shared: &Arc<Deps>,
     engine: &Engine,
     exec: &ExecutionRow,
     node_id: &str,

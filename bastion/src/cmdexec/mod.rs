@@ -30,7 +30,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::Event;
 use crate::clock::{now_ms, rfc3339};
-use crate::state::Shared;
 use crate::store::{
     EdgeRow, ExecutionRow, NodeRow, ProjectRow, ResultRow, ResultUpdate, Store, StoreError,
 };
@@ -142,6 +141,8 @@ impl Running {
 /// The engine's handle: cheap to clone, owned by the bastion's shared state.
 #[derive(Clone)]
 pub struct Engine {
+    /// What the engine works with, from the core.
+    deps: Arc<Deps>,
     writer: mpsc::Sender<writer::Op>,
     running: Arc<Mutex<HashMap<String, Arc<Running>>>>,
     /// This replica's name when executions are leased (replicas on PostgreSQL).
@@ -158,18 +159,39 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// What the engine works with, from the core: handles, cheap to clone. The
+/// engine takes these, not the whole core, so it knows nothing else of it.
+#[derive(Debug)]
+pub struct Deps {
+    pub store: Store,
+    pub audit: crate::audit::Auditor,
+    pub fleet: Arc<crate::agents::Fleet>,
+    pub settings: ExecSettings,
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+/// The settings the engine reads (see `state::Settings`).
+#[derive(Debug, Clone)]
+pub struct ExecSettings {
+    pub exec_lost_grace: Duration,
+    pub exec_keep_bytes: usize,
+}
+
 impl Engine {
-    /// Starts the batch writer on `tasks`; it drains and stops on `shutdown`.
-    pub fn new(
-        store: Store,
-        tasks: &TaskTracker,
-        shutdown: CancellationToken,
-        owner: Option<String>,
-    ) -> Engine {
+    /// Starts the batch writer on `deps.tasks`; it drains and stops on
+    /// `deps.shutdown`.
+    pub fn new(deps: Deps, owner: Option<String>) -> Engine {
         let events = tokio::sync::watch::channel(0u64).0;
         let (tx, rx) = mpsc::channel(16_384);
-        tasks.spawn(writer::run(store, rx, shutdown, events.clone()));
+        deps.tasks.spawn(writer::run(
+            deps.store.clone(),
+            rx,
+            deps.shutdown.clone(),
+            events.clone(),
+        ));
         Engine {
+            deps: Arc::new(deps),
             writer: tx,
             running: Arc::new(Mutex::new(HashMap::new())),
             owner,
@@ -247,11 +269,8 @@ impl Engine {
     }
 
     /// Creates the execution, audits it, and starts the fan-out. Returns at once.
-    pub async fn submit(
-        &self,
-        shared: &Arc<Shared>,
-        s: Submission,
-    ) -> Result<ExecuteResponse, SubmitError> {
+    pub async fn submit(&self, s: Submission) -> Result<ExecuteResponse, SubmitError> {
+        let shared = &self.deps;
         let now = now_ms();
         let exec_id = s.exec_id.clone().unwrap_or_else(crate::store::new_id);
         let (mut target_nodes, mut unreachable, mut unapproved) = (vec![], vec![], vec![]);
@@ -367,7 +386,7 @@ impl Engine {
             return Err(SubmitError::ClaimLost);
         }
 
-        events_committed(&shared.cmdexec.events);
+        events_committed(&self.events);
         let (max_concurrency, max_errors) = (exec.max_concurrency, exec.max_errors);
         if runnable.is_empty() {
             self.audit_results(shared, &exec_id).await;
@@ -404,7 +423,8 @@ impl Engine {
     /// Resumes unfinished executions at start: all of them for a single
     /// bastion; for a replica, those whose lease ran out and its own from before
     /// a restart (a live replica's are left to it).
-    pub async fn recover(&self, shared: &Arc<Shared>) -> Result<usize, StoreError> {
+    pub async fn recover(&self) -> Result<usize, StoreError> {
+        let shared = &self.deps;
         let Some(owner) = self.owner.clone() else {
             let open = shared.store.unfinished_results().await?;
             return Ok(self.resume(shared, open).await);
@@ -427,7 +447,7 @@ impl Engine {
     /// here; answers how many executions were taken.
     async fn take_expired(
         &self,
-        shared: &Arc<Shared>,
+        shared: &Arc<Deps>,
         owner: &str,
         own: bool,
     ) -> Result<usize, StoreError> {
@@ -453,7 +473,7 @@ impl Engine {
             if let Err(e) = shared.store.finish_execution(id, now_ms()).await {
                 tracing::warn!(exec_id = %id, error = %e, "cannot mark execution finished");
             } else {
-                events_committed(&shared.cmdexec.events);
+                events_committed(&self.events);
                 self.audit_results(shared, id).await;
             }
         }
@@ -463,7 +483,7 @@ impl Engine {
     /// Follows each given unfinished (execution, node) from where the store has
     /// it, with its rate control: nodes already running hold their slots, and
     /// failures already stored count against `max_errors`.
-    async fn resume(&self, shared: &Arc<Shared>, open: Vec<(ExecutionRow, ResultRow)>) -> usize {
+    async fn resume(&self, shared: &Arc<Deps>, open: Vec<(ExecutionRow, ResultRow)>) -> usize {
         let n = open.len();
         let mut per_exec: HashMap<String, (Arc<ExecutionRow>, Vec<ResultRow>)> = HashMap::new();
         for (e, r) in open {
@@ -517,7 +537,8 @@ impl Engine {
     /// For a replica: renews the leases of the executions running here, stops
     /// the ones another replica took, and takes over expired ones. Runs until
     /// shutdown.
-    pub async fn run_leases(self, shared: Arc<Shared>) {
+    pub async fn run_leases(self) {
+        let shared = self.deps.clone();
         let Some(owner) = self.owner.clone() else {
             return;
         };
@@ -566,7 +587,7 @@ impl Engine {
     }
 
     /// Called once a node's final result is durable.
-    async fn node_done(&self, shared: &Arc<Shared>, exec_id: &str) {
+    async fn node_done(&self, shared: &Arc<Deps>, exec_id: &str) {
         let Some(counter) = self.counter(exec_id) else {
             return;
         };
@@ -575,13 +596,13 @@ impl Engine {
             if let Err(e) = shared.store.finish_execution(exec_id, now_ms()).await {
                 tracing::warn!(exec_id, error = %e, "cannot mark execution finished");
             }
-            events_committed(&shared.cmdexec.events);
+            events_committed(&self.events);
             self.audit_results(shared, exec_id).await;
         }
     }
 
     /// The audit entry with every node's response (status, exit code, output size and hash).
-    async fn audit_results(&self, shared: &Arc<Shared>, exec_id: &str) {
+    async fn audit_results(&self, shared: &Arc<Deps>, exec_id: &str) {
         let Ok(Some((e, results))) = shared.store.execution_summary(exec_id).await else {
             return;
         };

@@ -297,7 +297,7 @@ pub async fn issue_enrollment_token(
     max_uses: i64,
     auto_approve: bool,
 ) -> Result<EnrollmentTokenCreated, ApiError> {
-    let t = new_token(crate::agents::ENROLL_TOKEN_PREFIX)?;
+    let t = new_token(postern_api::agent::ENROLL_TOKEN_PREFIX)?;
     let now = now_ms();
     let row = EnrollmentTokenRow {
         id: t.id.clone(),

@@ -21,7 +21,7 @@ use super::extract::{Anonymous, ApiJson, ApiPath, Caller, OptionalApiJson};
 use super::users::{may_manage_tokens_of, resolve_user};
 use super::{ApiError, AppState};
 use crate::access::authn::CredentialKind;
-use crate::access::{self, AccessChange, Change};
+use crate::access::{AccessChange, Change};
 use crate::authz::Action;
 use crate::clock::{now_ms, rfc3339};
 use crate::identity::{IdentityError, local, password, recovery, sessions, totp};
@@ -641,15 +641,14 @@ async fn set_disabled(
     if disable {
         let n = sessions::end_all(state, &user, "user disabled").await?;
         // Tokens and keys too: everything the user holds ends.
-        let cut = access::publish(
-            state,
-            AccessChange {
+        let cut = state
+            .access
+            .publish(AccessChange {
                 org_id: user.org_id.clone(),
                 user_id: user.id.clone(),
                 what: Change::UserDeleted,
-            },
-        )
-        .await;
+            })
+            .await;
         detail = json!({ "disabled": true, "sessions_ended": n, "cut": cut });
     }
     caller.audit.with(|a| a.detail = Some(detail.clone()));

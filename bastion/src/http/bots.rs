@@ -16,7 +16,7 @@ use super::admin::resolve_project;
 use super::extract::{ApiJson, ApiPath, Caller};
 use super::users::{binding_of, token_view};
 use super::{ApiError, AppState};
-use crate::access::{self, AccessChange, Change};
+use crate::access::{AccessChange, Change};
 use crate::authz::Action;
 use crate::clock::now_ms;
 use crate::store::UserRow;
@@ -240,15 +240,14 @@ pub async fn delete_bot(
     let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
     let bot = project_bot(&state, &caller, &p.id, &name).await?;
     state.store.delete_user(&bot.id).await?;
-    let cut = access::publish(
-        &state,
-        AccessChange {
+    let cut = state
+        .access
+        .publish(AccessChange {
             org_id: bot.org_id.clone(),
             user_id: bot.id.clone(),
             what: Change::UserDeleted,
-        },
-    )
-    .await;
+        })
+        .await;
     caller.audit.with(|a| {
         a.targets.push(format!("bot:{}", bot.name));
         a.detail = Some(json!({ "cut": cut }));

@@ -272,7 +272,7 @@ pub async fn execute(
         (Some(idem), Some(exec_id)) => Some(renew_claim(&state, idem, exec_id)),
         _ => None,
     };
-    let submitted = state.cmdexec.submit(state.core(), submission).await;
+    let submitted = state.cmdexec.submit(submission).await;
     let resp = match submitted {
         Ok(r) => r,
         Err(err) => {

@@ -167,6 +167,14 @@ impl From<crate::identity::IdentityError> for ApiError {
             E::Store(s) => s.into(),
             E::Secret(s) => s.into(),
             E::Internal(m) => ApiError::Internal(m),
+            E::Pki(e) => ApiError::Internal(e.to_string()),
         }
+    }
+}
+
+impl From<crate::pki::PkiError> for ApiError {
+    fn from(e: crate::pki::PkiError) -> ApiError {
+        tracing::error!(error = %e, "certificate authority error");
+        ApiError::Internal(e.to_string())
     }
 }

@@ -98,7 +98,6 @@ impl crate::access::Door for RestAccess {
 
     fn apply<'a>(
         &'a self,
-        _core: &'a Shared,
         change: &'a crate::access::AccessChange,
     ) -> crate::access::DoorFuture<'a> {
         Box::pin(async move {

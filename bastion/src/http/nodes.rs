@@ -519,14 +519,13 @@ async fn gateway_changed(
     node: &NodeRow,
     granted: bool,
 ) -> usize {
-    crate::access::gateway_changed(
-        state,
-        &crate::access::GatewayChange {
+    state
+        .access
+        .gateway_changed(&crate::access::GatewayChange {
             org_id: project.org_id.clone(),
             edge_id: edge.id.clone(),
             node_id: node.id.clone(),
             granted,
-        },
-    )
-    .await
+        })
+        .await
 }

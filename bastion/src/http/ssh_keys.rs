@@ -13,7 +13,7 @@ use super::admin::plain_id;
 use super::extract::{ApiJson, ApiPath, Caller};
 use super::users::{may_manage_tokens_of, resolve_user};
 use super::{ApiError, AppState};
-use crate::access::{self, AccessChange, Change};
+use crate::access::{AccessChange, Change};
 use crate::clock::{now_ms, rfc3339};
 use crate::store::{NewSshKey, SshKeyRow, StoreError};
 use postern_api::pubkey::parse_user_key;
@@ -198,7 +198,7 @@ pub async fn delete(
     let mut detail = serde_json::Map::new();
     detail.insert("key_id".into(), json!(key_id));
     detail.insert("fingerprint".into(), json!(fingerprint));
-    detail.extend(access::publish(&state, change).await);
+    detail.extend(state.access.publish(change).await);
     caller
         .audit
         .with(|a| a.detail = Some(serde_json::Value::Object(detail)));

@@ -251,6 +251,7 @@ pub async fn delete_provider(
         (status = 200, description = "The mappings", body = [GroupRole]),
         (status = 401, description = "Missing, invalid, expired or ended credential: log in again", body = ErrorBody),
         (status = 403, description = "Only an org_admin", body = ErrorBody),
+        (status = 404, description = "No such provider", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
     ),
     security(("bearer" = []))
@@ -328,7 +329,7 @@ fn group_ok(group: &str) -> Result<(), ApiError> {
         (status = 400, description = "Malformed JSON, an unknown field, or an invalid value", body = ErrorBody),
         (status = 401, description = "Missing, invalid, expired or ended credential: log in again", body = ErrorBody),
         (status = 403, description = "Only an org_admin", body = ErrorBody),
-        (status = 404, description = "No such project", body = ErrorBody),
+        (status = 404, description = "No such provider or project", body = ErrorBody),
         (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
         (status = 415, description = "Body not sent with `Content-Type: application/json`", body = ErrorBody),
         (status = 503, description = "The database or the audit log is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
@@ -390,7 +391,7 @@ pub async fn put_group_role(
         (status = 204, description = "Removed"),
         (status = 401, description = "Missing, invalid, expired or ended credential: log in again", body = ErrorBody),
         (status = 403, description = "Only an org_admin", body = ErrorBody),
-        (status = 404, description = "No such mapping", body = ErrorBody),
+        (status = 404, description = "No such provider, project or mapping", body = ErrorBody),
         (status = 503, description = "The database or the audit log is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
     ),
     security(("bearer" = []))

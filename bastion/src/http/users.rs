@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::admin::{plain_id, require};
 use super::extract::{ApiJson, ApiPath, Caller, TOKEN_PREFIX};
 use super::{ApiError, AppState};
-use crate::access::{self, AccessChange, Change};
+use crate::access::{AccessChange, Change};
 use crate::authz::Action;
 use crate::clock::{now_ms, rfc3339};
 use crate::secrets::new_token;
@@ -256,15 +256,14 @@ pub async fn delete_user(
         ));
     }
     state.store.delete_user(&user.id).await?;
-    let applied = access::publish(
-        &state,
-        AccessChange {
+    let applied = state
+        .access
+        .publish(AccessChange {
             org_id: caller.principal.org_id.clone(),
             user_id: user.id.clone(),
             what: Change::UserDeleted,
-        },
-    )
-    .await;
+        })
+        .await;
     caller
         .audit
         .with(|a| a.detail = Some(Value::Object(applied)));
@@ -327,7 +326,7 @@ pub async fn set_role(
             },
         };
         if let Value::Object(d) = &mut detail {
-            d.extend(access::publish(&state, change).await);
+            d.extend(state.access.publish(change).await);
         }
     }
     caller.audit.with(|a| a.detail = Some(detail));
@@ -385,7 +384,7 @@ pub async fn remove_role(
         user_id: user.id.clone(),
         what: Change::RoleChanged { project_id },
     };
-    let applied = access::publish(&state, change).await;
+    let applied = state.access.publish(change).await;
     caller
         .audit
         .with(|a| a.detail = Some(Value::Object(applied)));
@@ -570,7 +569,7 @@ pub async fn revoke_token(
         },
     };
     if let Value::Object(d) = &mut detail {
-        d.extend(access::publish(&state, change).await);
+        d.extend(state.access.publish(change).await);
     }
     caller.audit.with(|a| {
         a.targets.push(format!("user:{}", owner.name));

@@ -1,7 +1,7 @@
 //! Who a person is, proven once, and the short-lived credentials every door
 //! takes from that proof. A person signs in (a password and a TOTP code, or an
 //! OpenID provider) and gets a login session (`sessions`); from the session
-//! come the REST/CLI bearer, an OpenSSH user certificate (`ssh_ca`) and the
+//! come the REST/CLI bearer, an OpenSSH user certificate (`pki::ssh_user_ca`) and the
 //! Kubernetes client certificate, each ending with the session.
 //!
 //! This is core: it knows no door. The REST door's sign-in endpoints call it,
@@ -13,7 +13,6 @@ pub mod oidc;
 pub mod password;
 pub mod recovery;
 pub mod sessions;
-pub mod ssh_ca;
 pub mod sso;
 pub mod totp;
 
@@ -40,6 +39,8 @@ pub enum IdentityError {
     Secret(#[from] SecretError),
     #[error("{0}")]
     Internal(String),
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
 }
 
 impl From<Denied> for IdentityError {

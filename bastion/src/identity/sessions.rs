@@ -82,17 +82,16 @@ pub async fn end_all(
 }
 
 async fn publish_end(shared: &Shared, org_id: &str, row: &SessionRow) -> Value {
-    let reports = crate::access::publish(
-        shared,
-        AccessChange {
+    let reports = shared
+        .access
+        .publish(AccessChange {
             org_id: org_id.to_string(),
             user_id: row.user_id.clone(),
             what: Change::SessionEnded {
                 session_id: row.id.clone(),
                 ssh_fingerprint: row.ssh_fingerprint.clone(),
             },
-        },
-    )
-    .await;
+        })
+        .await;
     json!({ "session_id": row.id, "cut": reports })
 }

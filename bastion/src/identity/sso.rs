@@ -310,17 +310,16 @@ pub async fn admit(
     let lost = store.replace_sso_bindings(&user.id, &granted, now).await?;
     // A role a group no longer grants ends what it held, at once.
     for project_id in &lost {
-        crate::access::publish(
-            shared,
-            AccessChange {
+        shared
+            .access
+            .publish(AccessChange {
                 org_id: user.org_id.clone(),
                 user_id: user.id.clone(),
                 what: Change::RoleChanged {
                     project_id: project_id.clone(),
                 },
-            },
-        )
-        .await;
+            })
+            .await;
     }
     let method = format!("sso:{}", p.name);
     let session = sessions::issue(store, &user, &method, mfa, source, None).await?;

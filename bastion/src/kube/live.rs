@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use crate::access::{AccessChange, Change, Door, DoorFuture};
 use std::sync::Arc;
 
-use crate::state::Shared;
 use crate::store::KubeGatewayRow;
 
 #[derive(Debug)]
@@ -292,7 +291,7 @@ impl Door for KubeAccess {
         "kube"
     }
 
-    fn apply<'a>(&'a self, _core: &'a Shared, change: &'a AccessChange) -> DoorFuture<'a> {
+    fn apply<'a>(&'a self, change: &'a AccessChange) -> DoorFuture<'a> {
         Box::pin(async move {
             let cut = self.live.cut(change);
             if cut > 0 {
@@ -302,7 +301,7 @@ impl Door for KubeAccess {
         })
     }
 
-    fn gateway_changed(&self, _core: &Shared, change: &crate::access::GatewayChange) -> usize {
+    fn gateway_changed(&self, change: &crate::access::GatewayChange) -> usize {
         super::gateways::apply(&self.live, change)
     }
 }

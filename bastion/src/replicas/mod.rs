@@ -15,7 +15,6 @@
 //!   peer that holds it, over mutually authenticated HTTP/2.
 
 pub mod events;
-mod listen;
 pub mod peers;
 
 use std::collections::HashMap;
@@ -28,16 +27,15 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 use crate::pki::Pki;
-use crate::state::Shared;
 use crate::store::{ReplicaRow, Store, StoreError};
 
 /// A replica silent for this long is dead.
 pub const REPLICA_LEASE: Duration = Duration::from_secs(5);
-const HEARTBEAT: Duration = Duration::from_secs(1);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Presence changes are written together when they arrive within this.
-const PRESENCE_BATCH: Duration = Duration::from_millis(20);
+pub(crate) const PRESENCE_BATCH: Duration = Duration::from_millis(20);
 /// A NOTIFY payload must stay under 8000 bytes.
-const MAX_PAYLOAD: usize = 7000;
+pub(crate) const MAX_PAYLOAD: usize = 7000;
 
 /// How this process takes part, from `serve --replica-name … --peer-addr …`.
 #[derive(Debug, Clone)]
@@ -110,7 +108,7 @@ struct View {
 }
 
 #[derive(Debug)]
-enum PresenceOp {
+pub(crate) enum PresenceOp {
     Up(String, u64),
     Down(String, u64),
 }
@@ -119,29 +117,29 @@ enum PresenceOp {
 #[derive(Debug)]
 pub struct Replicas {
     pub name: String,
-    store: Store,
-    advertise: String,
-    started_at: AtomicI64,
+    pub(crate) store: Store,
+    pub(crate) advertise: String,
+    pub(crate) started_at: AtomicI64,
     pub(crate) channels: Channels,
     view: Mutex<View>,
     /// Nodes held by other replicas: node → (replica, connection).
-    remote: Mutex<HashMap<String, (String, u64)>>,
-    ops: mpsc::Sender<PresenceOp>,
-    ops_rx: Mutex<Option<mpsc::Receiver<PresenceOp>>>,
+    pub(crate) remote: Mutex<HashMap<String, (String, u64)>>,
+    pub(crate) ops: mpsc::Sender<PresenceOp>,
+    pub(crate) ops_rx: Mutex<Option<mpsc::Receiver<PresenceOp>>>,
     pub peers: peers::PeerPool,
-    db_ok: AtomicBool,
+    pub(crate) db_ok: AtomicBool,
     pub routed_out: AtomicU64,
     pub routed_in: AtomicU64,
     pub(crate) events: events::EventLog,
     /// When the table of replicas was last read on demand (rate limit).
-    refreshed: Mutex<Option<Instant>>,
+    pub(crate) refreshed: Mutex<Option<Instant>>,
     /// Signs presence notices: a login that can see the channel's name (a
     /// monitoring role reads LISTEN statements in pg_stat_activity) must not be
     /// able to make nodes look moved or gone.
-    notice_key: ring::hmac::Key,
+    pub(crate) notice_key: ring::hmac::Key,
     /// Set when another process took this replica's name: on the way out it
     /// must not erase what now belongs to that process.
-    superseded: AtomicBool,
+    pub(crate) superseded: AtomicBool,
 }
 
 impl Replicas {
@@ -254,22 +252,6 @@ impl Replicas {
         if let Err(e) = self.publish(events::KIND_CUT, node_id).await {
             tracing::error!(node = %node_id, error = %e, "cannot tell the other replicas to cut the node off; a channel there ends at its next certificate check");
         }
-    }
-
-    /// Starts heartbeat, presence writer and listener on the bastion's tasks.
-    pub fn start(shared: &Arc<Shared>) {
-        let Some(r) = shared.fleet.replicas().cloned() else {
-            return;
-        };
-        let rx = r.ops_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(rx) = rx {
-            shared
-                .tasks
-                .spawn(write_presence(shared.clone(), r.clone(), rx));
-        }
-        shared.tasks.spawn(heartbeat(shared.clone(), r.clone()));
-        shared.tasks.spawn(events::run(shared.clone(), r.clone()));
-        shared.tasks.spawn(listen::run(shared.clone(), r));
     }
 
     /// A presence notice: `replica|changes|mac`.
@@ -385,7 +367,7 @@ impl Replicas {
     }
 
     /// Takes a reading of the table of replicas, made at `db_now`.
-    fn set_view(&self, db_now: i64, rows: Vec<ReplicaRow>) {
+    pub(crate) fn set_view(&self, db_now: i64, rows: Vec<ReplicaRow>) {
         let mut v = self.view();
         v.read_at = Instant::now();
         v.db_now = db_now;
@@ -427,147 +409,6 @@ pub(crate) async fn notify(store: &Store, channel: &str, payload: &str) {
         .await
     {
         tracing::warn!(channel, error = %e, "could not notify the other replicas");
-    }
-}
-
-async fn heartbeat(shared: Arc<Shared>, r: Arc<Replicas>) {
-    let mut tick = tokio::time::interval(HEARTBEAT);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let started = r.started_at.load(Ordering::Relaxed);
-        let beat = tokio::time::timeout(HEARTBEAT * 2, async {
-            if !shared.store.heartbeat(&r.name, started).await? {
-                // Our row was removed (an operator, or a namesake took it): join
-                // again; the channels we hold are re-announced below.
-                tracing::warn!(replica = %r.name, "this replica's row was gone; joining again");
-                let lease = REPLICA_LEASE.as_millis() as i64;
-                let at = match shared.store.join_replicas(&r.name, &r.advertise, lease).await {
-                    Err(StoreError::Conflict(what)) => {
-                        // Another process runs under our name: two of us would
-                        // take each other's nodes and leases. Stop this one,
-                        // leaving the name's rows to the other.
-                        tracing::error!(replica = %r.name, "another live replica holds {what}; stopping this one");
-                        r.superseded.store(true, Ordering::Relaxed);
-                        shared.shutdown.cancel();
-                        return Err(StoreError::Conflict(what));
-                    }
-                    other => other?,
-                };
-                r.started_at.store(at, Ordering::Relaxed);
-                let held: Vec<(String, u64)> = shared
-                    .fleet
-                    .local_node_ids()
-                    .into_iter()
-                    .filter_map(|n| shared.fleet.local(&n).map(|c| (n, c.conn_id)))
-                    .collect();
-                shared.store.presence_up(&r.name, &held).await?;
-            }
-            shared.store.replicas().await
-        })
-        .await;
-        match beat {
-            Ok(Ok((db_now, rows))) => {
-                r.set_view(db_now, rows);
-                shared.fleet.bump();
-                if !r.db_ok.swap(true, Ordering::Relaxed) {
-                    tracing::info!("database reachable again");
-                }
-                // A peer's death makes its nodes unreachable with time alone;
-                // waiters re-check on their own every second.
-            }
-            Ok(Err(e)) => {
-                if r.db_ok.swap(false, Ordering::Relaxed) {
-                    tracing::error!(error = %e, "cannot beat the replica heartbeat: database unavailable");
-                }
-            }
-            Err(_) => {
-                if r.db_ok.swap(false, Ordering::Relaxed) {
-                    tracing::error!("the replica heartbeat timed out: database unavailable");
-                }
-            }
-        }
-    }
-}
-
-/// Writes presence changes in batches and tells the others. A batch that fails
-/// is retried, since a node's channel here that is not on record is invisible
-/// to the other replicas.
-async fn write_presence(shared: Arc<Shared>, r: Arc<Replicas>, mut rx: mpsc::Receiver<PresenceOp>) {
-    let mut ops = Vec::new();
-    loop {
-        let first = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            op = rx.recv() => match op { Some(op) => op, None => return },
-        };
-        ops.push(first);
-        tokio::time::sleep(PRESENCE_BATCH).await;
-        while let Ok(op) = rx.try_recv() {
-            ops.push(op);
-            if ops.len() >= 4096 {
-                break;
-            }
-        }
-        // Up then down of one connection within a batch cancel out.
-        let mut up: Vec<(String, u64)> = Vec::new();
-        let mut down: Vec<(String, u64)> = Vec::new();
-        for op in ops.drain(..) {
-            match op {
-                PresenceOp::Up(n, c) => up.push((n, c)),
-                PresenceOp::Down(n, c) => {
-                    if let Some(i) = up.iter().position(|(un, uc)| *un == n && *uc == c) {
-                        up.swap_remove(i);
-                    } else {
-                        down.push((n, c));
-                    }
-                }
-            }
-        }
-        // A channel that is gone by now is not announced up.
-        up.retain(|(n, c)| shared.fleet.local(n).is_some_and(|a| a.conn_id == *c));
-        let changes = up
-            .iter()
-            .map(|(n, c)| format!("+{n}:{c}"))
-            .chain(down.iter().map(|(n, c)| format!("-{n}:{c}")));
-        let mut payloads = Vec::new();
-        let mut payload = String::new();
-        for c in changes {
-            if payload.len() + c.len() + 1 > MAX_PAYLOAD {
-                payloads.push(format!("{}|{payload}", r.name));
-                payload.clear();
-            }
-            if !payload.is_empty() {
-                payload.push(',');
-            }
-            payload.push_str(&c);
-        }
-        if !payload.is_empty() {
-            payloads.push(format!("{}|{payload}", r.name));
-        }
-        let payloads: Vec<String> = payloads.iter().map(|p| r.sign(p)).collect();
-        let mut attempt = 0u32;
-        loop {
-            let written = shared
-                .store
-                .presence_apply(&r.name, &up, &down, Some((&r.channels.presence, &payloads)))
-                .await;
-            match written {
-                Ok(()) => break,
-                Err(e) => {
-                    attempt += 1;
-                    if attempt == 1 {
-                        tracing::warn!(error = %e, "cannot record which nodes this replica holds; retrying");
-                    }
-                    tokio::select! {
-                        _ = shared.shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25)))) => {}
-                    }
-                }
-            }
-        }
     }
 }
 

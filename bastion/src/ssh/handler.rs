@@ -166,7 +166,7 @@ impl Conn {
     }
 
     /// A certificate's user and session, once everything russh leaves to us
-    /// is checked (see `identity::ssh_ca`); the refusal says why.
+    /// is checked (see `pki::ssh_user_ca`); the refusal says why.
     async fn certified(
         &self,
         user: &str,

@@ -217,7 +217,6 @@ impl crate::access::Door for SshAccess {
 
     fn apply<'a>(
         &'a self,
-        _core: &'a Shared,
         change: &'a crate::access::AccessChange,
     ) -> crate::access::DoorFuture<'a> {
         use crate::access::Change;

@@ -11,8 +11,8 @@ use postern_api::agent::{CsrResponse, InstallCert, routes};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use super::client::{CallError, call_json};
-use super::registry::AgentConn;
+use crate::agents::AgentConn;
+use crate::agents::client::{CallError, call_json};
 use crate::audit::Event;
 use crate::clock::now_ms;
 use crate::metrics::inc;
@@ -72,7 +72,7 @@ pub async fn rotate_node(shared: &Shared, agent: &Arc<AgentConn>) -> Result<(), 
     let timeout = shared.settings.agent_call_timeout;
     // Rotation runs on the replica holding the channel: the certificate it
     // tracks belongs to that channel.
-    let link = super::fleet::NodeLink::local(agent.clone());
+    let link = crate::agents::NodeLink::local(agent.clone());
     let csr: CsrResponse =
         call_json::<(), _>(&link, Method::POST, routes::CSR, None, timeout).await?;
     // The node's state now, not when its channel came up: a node disabled or

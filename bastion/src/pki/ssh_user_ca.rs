@@ -9,7 +9,7 @@ use ssh_key::certificate::{Builder, CertType};
 use ssh_key::private::Ed25519Keypair;
 use ssh_key::{Certificate, Fingerprint, HashAlg, LineEnding, PrivateKey, PublicKey};
 
-use super::IdentityError;
+use super::PkiError;
 use crate::secrets::random_bytes;
 
 /// Certificates start this long before their issue, for clocks that lag.
@@ -42,23 +42,23 @@ pub struct Certified {
     pub valid_before: u64,
 }
 
-fn internal(e: impl std::fmt::Display) -> IdentityError {
-    IdentityError::Internal(format!("user CA: {e}"))
+fn internal(e: impl std::fmt::Display) -> PkiError {
+    PkiError::UserCa(e.to_string())
 }
 
 impl UserCa {
     /// A new CA.
-    pub fn generate() -> Result<UserCa, IdentityError> {
+    pub fn generate() -> Result<UserCa, PkiError> {
         let seed = random_bytes::<32>()?;
         UserCa::from_key(PrivateKey::from(Ed25519Keypair::from_seed(&seed)))
     }
 
     /// The CA of an OpenSSH private key (as stored, once unsealed).
-    pub fn from_openssh(pem: &str) -> Result<UserCa, IdentityError> {
+    pub fn from_openssh(pem: &str) -> Result<UserCa, PkiError> {
         UserCa::from_key(PrivateKey::from_openssh(pem).map_err(internal)?)
     }
 
-    fn from_key(key: PrivateKey) -> Result<UserCa, IdentityError> {
+    fn from_key(key: PrivateKey) -> Result<UserCa, PkiError> {
         let public = key.public_key().to_openssh().map_err(internal)?;
         let fingerprint = key.public_key().fingerprint(HashAlg::Sha256);
         Ok(UserCa {
@@ -69,7 +69,7 @@ impl UserCa {
     }
 
     /// The private key in OpenSSH form, to be sealed before it is stored.
-    pub fn to_openssh(&self) -> Result<String, IdentityError> {
+    pub fn to_openssh(&self) -> Result<String, PkiError> {
         Ok(self
             .key
             .to_openssh(LineEnding::LF)
@@ -95,7 +95,7 @@ impl UserCa {
         session_id: &str,
         now: u64,
         valid_before: u64,
-    ) -> Result<Certificate, IdentityError> {
+    ) -> Result<Certificate, PkiError> {
         let nonce = random_bytes::<32>()?;
         let serial = u64::from_be_bytes(random_bytes::<8>()?);
         let mut b = Builder::new(

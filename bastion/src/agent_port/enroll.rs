@@ -33,7 +33,7 @@ use crate::state::Shared;
 use crate::store::{EnrollOutcome, NewNode, StoreError};
 
 /// Enrollment tokens look like `pet_<id>_<secret>`.
-pub const TOKEN_PREFIX: &str = "pet";
+pub use postern_api::agent::ENROLL_TOKEN_PREFIX as TOKEN_PREFIX;
 
 #[derive(Debug, Error)]
 pub enum EnrollError {

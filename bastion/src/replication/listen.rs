@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 
-use super::Replicas;
+use crate::replicas::Replicas;
 use crate::state::Shared;
 
 const RELOAD: Duration = Duration::from_secs(30);

@@ -1,7 +1,7 @@
 //! The bastion's certificate authorities: made at first start and kept in the
 //! store with their keys sealed by the operator's master key. The X.509 CA
 //! signs node CSRs (short-lived client certificates) and the agent port's
-//! server certificate; the user CA (`identity::ssh_ca`) signs people's OpenSSH
+//! server certificate; the user CA (`pki::ssh_user_ca`) signs people's OpenSSH
 //! certificates. The master key also seals other secrets at rest (TOTP
 //! secrets, OpenID client secrets): [`Pki::seal`], [`Pki::open`].
 //!
@@ -21,7 +21,9 @@ use thiserror::Error;
 use time::OffsetDateTime;
 
 use crate::clock::now_ms;
-use crate::identity::ssh_ca::UserCa;
+pub mod ssh_user_ca;
+
+use ssh_user_ca::UserCa;
 
 /// The store's row for the SSH user CA (`cert_pem` holds its public key).
 const USER_CA_ROW: &str = "ssh-user";
@@ -67,7 +69,7 @@ pub struct NodeCertInfo {
 pub struct Pki {
     /// Seals secrets kept in the store.
     master: MasterKey,
-    user_ca: crate::identity::ssh_ca::UserCa,
+    user_ca: crate::pki::ssh_user_ca::UserCa,
     ca_pem: String,
     ca_der: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
@@ -140,7 +142,7 @@ impl Pki {
     /// New CAs that live only in memory, never stored: for tests and fuzzing.
     pub fn in_memory(node_cert_ttl: Duration) -> Result<Arc<Pki>, PkiError> {
         let (cert_pem, key_pem) = new_ca()?;
-        let user_ca = UserCa::generate().map_err(|e| PkiError::UserCa(e.to_string()))?;
+        let user_ca = UserCa::generate()?;
         Pki::from_pem(
             cert_pem,
             &key_pem,

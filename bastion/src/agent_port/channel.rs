@@ -16,9 +16,8 @@ use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use super::client;
-use super::fleet::NodeLink;
-use super::registry::AgentConn;
+use crate::agents::client;
+use crate::agents::{AgentConn, NodeLink};
 use crate::clock::now_ms;
 use crate::metrics::inc;
 use crate::pki::node_cert_info;
@@ -121,7 +120,7 @@ pub(super) async fn run(
         .initial_stream_window_size(postern_api::agent::STREAM_WINDOW)
         .initial_connection_window_size(postern_api::agent::CONNECTION_WINDOW)
         .max_frame_size(postern_api::agent::MAX_FRAME)
-        .handshake::<_, super::AgentBody>(TokioIo::new(tls));
+        .handshake::<_, crate::agents::AgentBody>(TokioIo::new(tls));
     let (sender, conn) = match Box::pin(tokio::time::timeout(s.handshake_timeout, handshake)).await
     {
         Ok(Ok(pair)) => pair,
@@ -344,7 +343,7 @@ mod tests {
     use crate::store::{EnrollmentTokenRow, NewNode, Store};
 
     /// A real h2 client handle over an in-memory pipe to a server that answers 200.
-    async fn sender() -> hyper::client::conn::http2::SendRequest<super::super::AgentBody> {
+    async fn sender() -> hyper::client::conn::http2::SendRequest<crate::agents::AgentBody> {
         let (client, server) = tokio::io::duplex(64 * 1024);
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(|_req| async {
