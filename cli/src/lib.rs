@@ -9,6 +9,7 @@
 
 mod admin;
 mod audit;
+mod bots;
 mod config;
 mod context;
 mod exec;
@@ -148,7 +149,7 @@ enum Cmd {
     /// Users and their roles (org admins)
     Users(admin::UsersArgs),
     /// A project's bots (service accounts for automation); `bots create NAME`
-    Bots(admin::BotsArgs),
+    Bots(bots::BotsArgs),
     /// Run a command or a script on nodes, with live output
     Exec(exec::ExecArgs),
     /// The project's executions, newest first
@@ -238,7 +239,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Cmd::Nodes(a) => admin::nodes(&ctx, a).await,
                 Cmd::JoinToken(a) => admin::join_token(&ctx, a).await,
                 Cmd::Users(a) => admin::users(&ctx, a).await,
-                Cmd::Bots(a) => admin::bots(&ctx, a).await,
+                Cmd::Bots(a) => bots::bots(&ctx, a).await,
                 Cmd::Exec(a) => exec::exec(&ctx, a).await,
                 Cmd::History(a) => show::history(&ctx, a).await,
                 Cmd::Show(a) => show::show(&ctx, a).await,

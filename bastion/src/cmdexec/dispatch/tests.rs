@@ -1,5 +1,6 @@
 //! Tests of the parent module.
 #![allow(clippy::unwrap_used)]
+use super::follow::*;
 use super::*;
 use postern_api::cmdexec::Output;
 
