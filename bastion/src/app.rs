@@ -31,7 +31,10 @@ pub struct Config {
     /// Extra DNS names / IPs for the agent port's certificate.
     pub tls_names: Vec<String>,
     pub node_cert_ttl: Duration,
+    /// The core's settings.
     pub settings: Settings,
+    /// Each door's own settings.
+    pub doors: DoorSettings,
     /// One replica of several on PostgreSQL (`--replica-name`, `--peer-addr`).
     pub replica: Option<crate::replicas::ReplicaConfig>,
     /// The Kubernetes listener (`--kube-addr`), when kubectl should reach edges.
@@ -39,6 +42,19 @@ pub struct Config {
     /// Agent packages to serve on the agent port (`--agent-package`): files, or
     /// directories holding `postern-agent_*.deb`. Empty: none.
     pub agent_packages: Vec<PathBuf>,
+}
+
+/// Each door's own settings, as the flags give them; the composition adds
+/// what it learns as it binds the listeners (the REST door's view of the
+/// Kubernetes and SSH doors' public addresses).
+#[derive(Debug, Clone, Default)]
+pub struct DoorSettings {
+    pub ssh: crate::ssh::Settings,
+    pub rest: crate::http::Settings,
+    pub agent_port: crate::agent_port::Settings,
+    /// `--ssh-public-addr`: where users dial the SSH front door (`host:port`),
+    /// when that is not its listen address.
+    pub ssh_public_addr: Option<String>,
 }
 
 /// Where the Kubernetes door listens and with which certificate.
@@ -95,6 +111,7 @@ pub struct Bastion {
     ssh: Option<(TcpListener, Arc<russh::server::Config>)>,
     peer: Option<TcpListener>,
     kube: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    doors: DoorSettings,
     /// Held while running on SQLite: one process per data directory.
     _lock: Option<std::fs::File>,
 }
@@ -174,7 +191,7 @@ impl Bastion {
                         })?;
                 Some((
                     listener,
-                    Arc::new(crate::ssh::server_config(host_key, &cfg.settings)),
+                    Arc::new(crate::ssh::server_config(host_key, &cfg.doors.ssh)),
                 ))
             }
             None => None,
@@ -194,6 +211,7 @@ impl Bastion {
         }
         names.extend(cfg.tls_names.iter().cloned());
         let mut settings = cfg.settings.clone();
+        let mut doors = cfg.doors.clone();
         if settings.agent_public_url.is_empty() {
             settings.agent_public_url = format!("https://{agent_local}");
         }
@@ -216,7 +234,7 @@ impl Bastion {
                             addr: rc.peer_addr,
                             source,
                         })?;
-                let queue = settings.max_agent_connections.saturating_mul(2);
+                let queue = doors.agent_port.max_agent_connections.saturating_mul(2);
                 let channels = master.derive("postern replica notification channels");
                 let notices = master.derive("postern replica presence notices");
                 let r =
@@ -260,8 +278,8 @@ impl Bastion {
                     kube_names.push(c.host);
                 }
                 kube_names.dedup();
-                settings.kube_public_url = Some(public);
-                settings.kube_by_server_name = k.tls.is_none();
+                doors.rest.kube_public_url = Some(public);
+                doors.rest.kube_by_server_name = k.tls.is_none();
                 let tls = crate::kube::server_config(
                     &pki,
                     &kube_names,
@@ -277,7 +295,7 @@ impl Bastion {
                 addr,
                 source,
             })?;
-            let address = match &settings.ssh_public_addr {
+            let address = match &doors.ssh_public_addr {
                 Some(a) => a.clone(),
                 None if local.ip().is_unspecified() => {
                     let host = postern_api::agent::ControllerUrl::parse(&settings.agent_public_url)
@@ -294,7 +312,7 @@ impl Bastion {
                 .keys
                 .first()
                 .and_then(|k| k.public_key().to_openssh().ok());
-            settings.ssh_endpoint = key.map(|k| (address, k));
+            doors.rest.ssh_endpoint = key.map(|k| (address, k));
         }
         let shared = Shared::with_replicas(store, pki, settings, shutdown, replicas);
         Ok(Bastion {
@@ -305,6 +323,7 @@ impl Bastion {
             ssh,
             peer,
             kube,
+            doors,
             _lock: lock,
         })
     }
@@ -350,6 +369,7 @@ impl Bastion {
             ssh,
             peer,
             kube,
+            doors,
             _lock,
         } = self;
         if let Some((listener, tls)) = kube {
@@ -370,22 +390,26 @@ impl Bastion {
             shared.tasks.spawn(crate::ssh::serve(
                 listener,
                 config,
-                crate::ssh::Door::new(shared.clone()),
+                crate::ssh::Door::new(shared.clone(), doors.ssh.clone()),
             ));
         }
-        shared
-            .tasks
-            .spawn(crate::agent_port::serve(agent, tls, shared.clone()));
-        shared
-            .tasks
-            .spawn(crate::agent_port::run_rotation(shared.clone()));
+        shared.tasks.spawn(crate::agent_port::serve(
+            agent,
+            tls,
+            shared.clone(),
+            doors.agent_port.clone(),
+        ));
+        shared.tasks.spawn(crate::agent_port::run_rotation(
+            shared.clone(),
+            doors.agent_port.rotation_check,
+        ));
         shared.tasks.spawn(flush_last_seen(shared.clone()));
         if let Err(e) = shared.cmdexec.recover().await {
             tracing::error!(error = %e, "cannot resume unfinished executions");
         }
 
-        let app =
-            crate::http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let app = crate::http::router(shared.clone(), doors.rest.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
         let shutdown = shared.shutdown.clone();
         let served =
             axum::serve(api, app).with_graceful_shutdown(async move { shutdown.cancelled().await });

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use postern_bastion::state::Settings;
 use postern_bastion::{Bastion, Config, audit::Audit, dev, store::Store};
 use tokio_util::sync::CancellationToken;
 
@@ -88,10 +87,8 @@ async fn run() -> anyhow::Result<()> {
                 create_master_key: false,
                 tls_names: a.tls_names,
                 node_cert_ttl: a.tuning.node_cert_ttl,
-                settings: Settings {
-                    ssh_public_addr: a.ssh_public_addr,
-                    ..settings(&a.tuning, a.agent_public_url)
-                },
+                settings: settings(&a.tuning, a.agent_public_url),
+                doors: door_settings(&a.tuning, a.ssh_public_addr),
                 replica: match (a.replica_name, a.peer_addr) {
                     (Some(name), Some(peer_addr)) => {
                         Some(postern_bastion::replicas::ReplicaConfig {
@@ -120,6 +117,7 @@ async fn run() -> anyhow::Result<()> {
                 tls_names: vec![],
                 node_cert_ttl: a.tuning.node_cert_ttl,
                 settings: settings(&a.tuning, None),
+                doors: door_settings(&a.tuning, None),
                 replica: None,
                 kube: kube_addr.map(|addr| postern_bastion::app::KubeConfig {
                     addr,

@@ -13,24 +13,16 @@ use crate::metrics::Metrics;
 use crate::pki::Pki;
 use crate::store::Store;
 
+/// The core's settings. Each door has its own (`ssh::Settings`,
+/// `http::Settings`, `agent_port::Settings`), given to it in `app.rs`.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The URL agents dial (`https://host:port`), printed in join commands.
     pub agent_public_url: String,
     /// A TLS handshake on the agent port must finish within this.
     pub handshake_timeout: Duration,
-    /// Connections beyond this on the agent port are dropped at once.
-    pub max_agent_connections: usize,
-    /// Connections on the agent port still in their TLS handshake from one
-    /// source address (IPv6 by /64); an agent's channel, once its certificate
-    /// is verified, no longer counts against its address.
-    pub agent_handshakes_per_source: usize,
-    /// Enrollments served at once (their own pool, apart from agent channels).
-    pub max_enrollments: usize,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
-    /// How often to look for certificates due for rotation.
-    pub rotation_check: Duration,
     /// How often to write last-seen times of connected nodes.
     pub last_seen_flush: Duration,
     /// Timeout of a single call from the bastion to an agent.
@@ -39,53 +31,9 @@ pub struct Settings {
     pub exec_lost_grace: Duration,
     /// Output kept per stream and node (head and tail halves).
     pub exec_keep_bytes: usize,
-    /// Live execution streams one org may hold open on this bastion, its share
-    /// of the bastion's (see `http::exec_events`).
-    pub exec_streams_per_org: usize,
-    /// A live execution stream whose client takes no event for this long is
-    /// ended (the client resumes with Last-Event-ID), so a reader that stopped
-    /// reading does not keep its place.
-    pub exec_stream_stall: Duration,
-    /// How long a key grant pushed to a node for an SSH jump stays valid.
-    pub ssh_grant_ttl: Duration,
-    /// An SSH client must authenticate within this (like sshd's LoginGraceTime).
-    pub ssh_auth_timeout: Duration,
-    /// Unauthenticated SSH connections: random early drop from `start`, with
-    /// probability `rate`% rising to 100% at `full` (sshd's MaxStartups).
-    pub ssh_max_startups: crate::limits::MaxStartups,
-    /// Unauthenticated SSH connections from one source address at most
-    /// (sshd's PerSourceMaxStartups), so one client cannot lock out the rest.
-    pub ssh_per_source_max_startups: usize,
-    /// A client must send its SSH identification line within this.
-    pub ssh_banner_timeout: Duration,
-    /// SSH channel window and largest packet (flow control, throughput).
-    pub ssh_window: u32,
-    pub ssh_max_packet: u32,
-    /// Also offer chacha20-poly1305 (slower here; for clients without AES-GCM).
-    pub ssh_allow_chacha20: bool,
-    /// Where kubectl reaches the Kubernetes door (`https://host:port`), named in
-    /// downloaded kubeconfigs; `None` when the door is off.
-    pub kube_public_url: Option<String>,
-    /// Kubeconfigs name the edge in the TLS server name (the bastion issues the
-    /// certificates); `false` with an operator's certificate: in the path.
-    pub kube_by_server_name: bool,
-    /// `--ssh-public-addr`: where users dial the SSH front door (`host:port`),
-    /// when that is not its listen address.
-    pub ssh_public_addr: Option<String>,
-    /// The SSH front door as users reach it (`host:port`) and its host key in
-    /// OpenSSH's one-line form, for `GET /api/v1/ssh`; `None` when SSH is off.
-    pub ssh_endpoint: Option<(String, String)>,
     /// The agent packages and install script served on the agent port (read
     /// once at start, see `agents::packages`); `None`: none served.
     pub agent_packages: Option<Arc<crate::agents::packages::AgentPackages>>,
-    /// OpenID providers may be on loopback or private networks, over plain
-    /// http (a provider beside the bastion, tests). Off: an org admin cannot
-    /// make the bastion call into its own network.
-    pub sso_private_networks: bool,
-    /// The TLS proxies in front of the REST API (CIDRs): from them the
-    /// client's address is read from `X-Forwarded-For`, for per-source limits
-    /// and the audit log.
-    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for Settings {
@@ -93,32 +41,12 @@ impl Default for Settings {
         Settings {
             agent_public_url: "https://127.0.0.1:8443".into(),
             handshake_timeout: Duration::from_secs(10),
-            max_agent_connections: 16_000,
-            agent_handshakes_per_source: crate::limits::AGENT_HANDSHAKES_PER_SOURCE,
-            max_enrollments: 64,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
-            rotation_check: Duration::from_secs(30),
             last_seen_flush: Duration::from_secs(30),
             agent_call_timeout: Duration::from_secs(10),
             exec_lost_grace: Duration::from_secs(120),
             exec_keep_bytes: postern_api::cmdexec::DEFAULT_KEEP_BYTES,
-            exec_streams_per_org: crate::limits::EXEC_STREAMS_PER_ORG,
-            exec_stream_stall: crate::limits::EXEC_STREAM_STALL,
-            ssh_grant_ttl: Duration::from_secs(300),
-            ssh_auth_timeout: Duration::from_secs(30),
-            ssh_max_startups: crate::limits::MaxStartups::DEFAULT,
-            ssh_per_source_max_startups: 32,
-            ssh_banner_timeout: Duration::from_secs(10),
-            ssh_window: 16 * 1024 * 1024,
-            ssh_max_packet: 64 * 1024 - 1024,
-            ssh_allow_chacha20: false,
-            kube_public_url: None,
-            kube_by_server_name: false,
-            ssh_public_addr: None,
-            sso_private_networks: false,
-            trusted_proxies: Vec::new(),
-            ssh_endpoint: None,
             agent_packages: None,
         }
     }

@@ -73,12 +73,13 @@ async fn token_for(
 }
 
 async fn world() -> World {
-    world_with(postern_bastion::state::Settings::default()).await
+    world_with(postern_bastion::http::Settings::default()).await
 }
 
-async fn world_with(settings: postern_bastion::state::Settings) -> World {
+/// A world whose REST door has these settings.
+async fn world_with(rest: postern_bastion::http::Settings) -> World {
     let t = common::sqlite().await;
-    let shared = common::shared_with(t.store.clone(), settings).await;
+    let shared = common::shared(t.store.clone()).await;
     let s = &shared.store;
     let org = s.create_org("acme", 1).await.unwrap();
     let web = s.create_project(&org.id, "web", 1).await.unwrap();
@@ -88,7 +89,7 @@ async fn world_with(settings: postern_bastion::state::Settings) -> World {
     let secret = s.create_project(&other.id, "secret", 1).await.unwrap();
     s.create_edge(&secret.id, "hq", 1).await.unwrap();
     World {
-        app: router(shared.clone()),
+        app: router(shared.clone(), rest),
         admin: token_for(&shared, &org.id, "admin", Some((None, Role::OrgAdmin))).await,
         padmin: token_for(
             &shared,
@@ -1542,7 +1543,7 @@ async fn stored_execution(
 /// was polled, so an unread stream kept its place).
 #[tokio::test]
 async fn an_org_holds_its_share_of_live_streams_and_lost_access_ends_them_unread() {
-    let w = world_with(postern_bastion::state::Settings {
+    let w = world_with(postern_bastion::http::Settings {
         exec_streams_per_org: 4,
         ..Default::default()
     })
@@ -1604,7 +1605,7 @@ async fn an_org_holds_its_share_of_live_streams_and_lost_access_ends_them_unread
 /// gets every event.
 #[tokio::test]
 async fn a_stream_whose_client_reads_nothing_is_dropped_after_the_stall_deadline() {
-    let w = world_with(postern_bastion::state::Settings {
+    let w = world_with(postern_bastion::http::Settings {
         exec_stream_stall: std::time::Duration::from_secs(2),
         ..Default::default()
     })

@@ -66,7 +66,7 @@ async fn world() -> World {
     .unwrap();
     let admin_token = issue_api_token(s, &admin, None, 3600).await.unwrap().token;
     World {
-        app: router(shared.clone()),
+        app: router(shared.clone(), Default::default()),
         shared,
         admin: admin_token,
         _t: t,

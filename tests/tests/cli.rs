@@ -137,6 +137,22 @@ async fn the_cli_logs_in_lists_runs_and_reads_back() {
     assert!(who.contains("admin") && who.contains("org_admin"), "{who}");
 
     // One project, one edge: no -p/-e needed. A table for people, JSON for scripts.
+    // A node shows as reachable as soon as its channel is registered, and as
+    // provisioned a moment later (its first health answer is read then):
+    // under load the listing may come between the two.
+    eventually(
+        Duration::from_secs(15),
+        "every node provisioned",
+        || async {
+            let nodes = cli.ok(&["nodes"]);
+            ["web-1", "web-2", "web-3"].iter().all(|h| {
+                nodes
+                    .lines()
+                    .any(|l| l.starts_with(h) && l.contains("provisioned"))
+            })
+        },
+    )
+    .await;
     let nodes = cli.ok(&["nodes"]);
     let header = nodes.lines().next().unwrap();
     assert!(

@@ -72,17 +72,48 @@ struct Unauthenticated {
     downloads: Arc<downloads::Places>,
 }
 
+/// The agent port's own settings (built in `app.rs` from the flags).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Connections beyond this on the agent port are dropped at once.
+    pub max_agent_connections: usize,
+    /// Connections on the agent port still in their TLS handshake from one
+    /// source address (IPv6 by /64); an agent's channel, once its certificate
+    /// is verified, no longer counts against its address.
+    pub agent_handshakes_per_source: usize,
+    /// Enrollments served at once (their own pool, apart from agent channels).
+    pub max_enrollments: usize,
+    /// How often to look for certificates due for rotation.
+    pub rotation_check: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_agent_connections: 16_000,
+            agent_handshakes_per_source: AGENT_HANDSHAKES_PER_SOURCE,
+            max_enrollments: 64,
+            rotation_check: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Accepts on the agent port until shutdown.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared: Arc<Shared>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shared: Arc<Shared>,
+    settings: Settings,
+) {
     let gate = crate::limits::Gate::new(
         "agent port",
-        shared.settings.max_agent_connections,
-        shared.settings.agent_handshakes_per_source,
+        settings.max_agent_connections,
+        settings.agent_handshakes_per_source,
     );
     let pools = Arc::new(Unauthenticated {
-        enrollments: Arc::new(Semaphore::new(shared.settings.max_enrollments)),
+        enrollments: Arc::new(Semaphore::new(settings.max_enrollments)),
         sources: crate::limits::PerSource::new(ENROLLMENTS_PER_SOURCE),
-        downloads: Arc::new(downloads::Places::new(shared.settings.max_enrollments)),
+        downloads: Arc::new(downloads::Places::new(settings.max_enrollments)),
     });
     while let Some((tcp, peer, admitted)) = gate
         .accept(

@@ -20,9 +20,9 @@ use crate::pki::{node_cert_info, pem_to_der};
 use crate::state::Shared;
 
 /// Runs until shutdown, rotating certificates that are due.
-pub async fn run_rotation(shared: Arc<Shared>) {
+pub async fn run_rotation(shared: Arc<Shared>, every: std::time::Duration) {
     let limit = Arc::new(Semaphore::new(32));
-    let mut tick = tokio::time::interval(shared.settings.rotation_check);
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -37,6 +37,50 @@ use crate::audit::Event;
 use crate::metrics::inc;
 use crate::state::Shared;
 
+/// The REST door's own settings (built in `app.rs` from the flags and what
+/// the other listeners turned out to be).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Live execution streams one org may hold open on this bastion, its share
+    /// of the bastion's (see `exec_events`).
+    pub exec_streams_per_org: usize,
+    /// A live execution stream whose client takes no event for this long is
+    /// ended (the client resumes with Last-Event-ID), so a reader that stopped
+    /// reading does not keep its place.
+    pub exec_stream_stall: std::time::Duration,
+    /// Where kubectl reaches the Kubernetes door (`https://host:port`), named in
+    /// downloaded kubeconfigs; `None` when the door is off.
+    pub kube_public_url: Option<String>,
+    /// Kubeconfigs name the edge in the TLS server name (the bastion issues the
+    /// certificates); `false` with an operator's certificate: in the path.
+    pub kube_by_server_name: bool,
+    /// The SSH front door as users reach it (`host:port`) and its host key in
+    /// OpenSSH's one-line form, for `GET /api/v1/ssh`; `None` when SSH is off.
+    pub ssh_endpoint: Option<(String, String)>,
+    /// OpenID providers may be on loopback or private networks, over plain
+    /// http (a provider beside the bastion, tests). Off: an org admin cannot
+    /// make the bastion call into its own network.
+    pub sso_private_networks: bool,
+    /// The TLS proxies in front of the REST API (CIDRs): from them the
+    /// client's address is read from `X-Forwarded-For`, for per-source limits
+    /// and the audit log.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            exec_streams_per_org: crate::limits::EXEC_STREAMS_PER_ORG,
+            exec_stream_stall: crate::limits::EXEC_STREAM_STALL,
+            kube_public_url: None,
+            kube_by_server_name: false,
+            ssh_endpoint: None,
+            sso_private_networks: false,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
 /// The REST door: the core it serves from, and what only this door keeps
 /// (permits for big answers, the live execution streams open). Handlers read
 /// the core through it (`state.store`, `state.audit`…).
@@ -51,6 +95,8 @@ pub struct Rest {
     pub sign_in_attempts: crate::identity::attempts::Attempts,
     /// The OpenID providers' relying parties, read from discovery.
     pub sso: crate::identity::sso::Providers,
+    /// This door's settings (read before the core's, which hold none of them).
+    pub settings: Settings,
 }
 
 impl std::ops::Deref for Rest {
@@ -66,15 +112,16 @@ impl Rest {
         &self.core
     }
 
-    pub fn new(core: Arc<Shared>) -> Arc<Rest> {
-        let sso = crate::identity::sso::Providers::new(core.settings.sso_private_networks);
-        let exec_streams = exec_events::StreamPermits::new(core.settings.exec_streams_per_org);
+    pub fn new(core: Arc<Shared>, settings: Settings) -> Arc<Rest> {
+        let sso = crate::identity::sso::Providers::new(settings.sso_private_networks);
+        let exec_streams = exec_events::StreamPermits::new(settings.exec_streams_per_org);
         let rest = Arc::new(Rest {
             core,
             big_answers: Default::default(),
             exec_streams,
             sign_in_attempts: Default::default(),
             sso,
+            settings,
         });
         rest.core.access.subscribe(Arc::new(RestAccess {
             rest: Arc::downgrade(&rest),
@@ -114,8 +161,8 @@ impl crate::access::Door for RestAccess {
 pub type AppState = Arc<Rest>;
 
 /// The REST API of `core`, with the door's own state.
-pub fn router(core: Arc<Shared>) -> Router {
-    let state = Rest::new(core);
+pub fn router(core: Arc<Shared>, settings: Settings) -> Router {
+    let state = Rest::new(core, settings);
     let api = Router::new()
         .route(routes::WHOAMI, get(users::whoami))
         .route(

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use postern_bastion::app::DoorSettings;
 use postern_bastion::state::Settings;
 
 #[derive(Parser)]
@@ -287,33 +288,46 @@ pub(crate) enum AuditCmd {
 pub(crate) fn settings(t: &Tuning, public_url: Option<String>) -> Settings {
     Settings {
         agent_public_url: public_url.unwrap_or_default(),
-        rotation_check: t.rotation_check,
-        max_agent_connections: t.max_agent_connections,
-        agent_handshakes_per_source: usize::try_from(t.agent_handshakes_per_source)
-            .unwrap_or(usize::MAX),
         handshake_timeout: t.handshake_timeout,
         keepalive_interval: t.keepalive_interval.max(Duration::from_secs(1)),
         keepalive_timeout: t.keepalive_timeout.max(Duration::from_secs(1)),
         exec_lost_grace: t.exec_lost_grace,
         exec_keep_bytes: usize::try_from(t.exec_keep_bytes)
             .unwrap_or(postern_api::cmdexec::DEFAULT_KEEP_BYTES),
-        exec_streams_per_org: usize::try_from(t.exec_streams_per_org)
-            .unwrap_or(postern_bastion::http::exec_events::STREAMS_PER_ORG),
-        exec_stream_stall: t.exec_stream_stall.max(Duration::from_secs(1)),
-        ssh_grant_ttl: t
-            .ssh_grant_ttl
-            .clamp(Duration::from_secs(10), Duration::from_secs(24 * 3600)),
-        ssh_auth_timeout: t.ssh_auth_timeout.max(Duration::from_secs(1)),
-        ssh_max_startups: t.ssh_max_startups,
-        ssh_per_source_max_startups: usize::try_from(t.ssh_per_source_max_startups)
-            .unwrap_or(usize::MAX),
-        ssh_banner_timeout: t.ssh_banner_timeout.max(Duration::from_secs(1)),
-        max_enrollments: usize::try_from(t.max_enrollments).unwrap_or(usize::MAX),
-        ssh_allow_chacha20: t.ssh_allow_chacha20,
-        sso_private_networks: t.sso_allow_private_networks,
-        trusted_proxies: t.trusted_proxies.clone(),
-        kube_public_url: None,
-        kube_by_server_name: false,
         ..Settings::default()
+    }
+}
+
+/// Each door's own settings, from the flags.
+pub(crate) fn door_settings(t: &Tuning, ssh_public_addr: Option<String>) -> DoorSettings {
+    DoorSettings {
+        ssh: postern_bastion::ssh::Settings {
+            ssh_grant_ttl: t
+                .ssh_grant_ttl
+                .clamp(Duration::from_secs(10), Duration::from_secs(24 * 3600)),
+            ssh_auth_timeout: t.ssh_auth_timeout.max(Duration::from_secs(1)),
+            ssh_max_startups: t.ssh_max_startups,
+            ssh_per_source_max_startups: usize::try_from(t.ssh_per_source_max_startups)
+                .unwrap_or(usize::MAX),
+            ssh_banner_timeout: t.ssh_banner_timeout.max(Duration::from_secs(1)),
+            ssh_allow_chacha20: t.ssh_allow_chacha20,
+            ..postern_bastion::ssh::Settings::default()
+        },
+        rest: postern_bastion::http::Settings {
+            exec_streams_per_org: usize::try_from(t.exec_streams_per_org)
+                .unwrap_or(postern_bastion::http::exec_events::STREAMS_PER_ORG),
+            exec_stream_stall: t.exec_stream_stall.max(Duration::from_secs(1)),
+            sso_private_networks: t.sso_allow_private_networks,
+            trusted_proxies: t.trusted_proxies.clone(),
+            ..postern_bastion::http::Settings::default()
+        },
+        agent_port: postern_bastion::agent_port::Settings {
+            rotation_check: t.rotation_check,
+            max_agent_connections: t.max_agent_connections,
+            agent_handshakes_per_source: usize::try_from(t.agent_handshakes_per_source)
+                .unwrap_or(usize::MAX),
+            max_enrollments: usize::try_from(t.max_enrollments).unwrap_or(usize::MAX),
+        },
+        ssh_public_addr,
     }
 }

@@ -116,7 +116,7 @@ impl GrantCache {
             Method::PUT,
             GRANTS_ROUTE,
             Some(&push),
-            shared.settings.agent_call_timeout,
+            shared.core.settings.agent_call_timeout,
         )
         .await?;
         let mut held = self.lock();
@@ -184,7 +184,7 @@ pub struct Revoked {
 /// its expiry; it is useless without a relay, which is authorized afresh.
 pub async fn revoke(shared: &super::Door, user_id: &str, which: Which<'_>) -> Revoked {
     let held = shared.grants.take(user_id, which);
-    let timeout = shared.settings.agent_call_timeout;
+    let timeout = shared.core.settings.agent_call_timeout;
     let results: Vec<bool> = futures_util::stream::iter(held)
         .map(|(node_id, fps)| async move {
             let Some(agent) = shared.fleet.link(&node_id) else {

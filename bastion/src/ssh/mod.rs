@@ -114,7 +114,7 @@ const CIPHERS_WITH_CHACHA: &[russh::cipher::Name] = &[
 
 /// The russh configuration: public keys only, strict key exchange (russh's default
 /// list carries `kex-strict-s-v00@openssh.com`), AES-GCM, large windows.
-pub fn server_config(host_key: PrivateKey, s: &crate::state::Settings) -> Config {
+pub fn server_config(host_key: PrivateKey, s: &Settings) -> Config {
     let methods = MethodSet::from(&[MethodKind::PublicKey][..]);
     let cipher = if s.ssh_allow_chacha20 {
         CIPHERS_WITH_CHACHA
@@ -169,6 +169,43 @@ pub struct AccessApplied {
     pub grants_unreachable_nodes: usize,
 }
 
+/// The SSH front door's own settings (built in `app.rs` from the flags).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a key grant pushed to a node for an SSH jump stays valid.
+    pub ssh_grant_ttl: Duration,
+    /// An SSH client must authenticate within this (like sshd's LoginGraceTime).
+    pub ssh_auth_timeout: Duration,
+    /// Unauthenticated SSH connections: random early drop from `start`, with
+    /// probability `rate`% rising to 100% at `full` (sshd's MaxStartups).
+    pub ssh_max_startups: crate::limits::MaxStartups,
+    /// Unauthenticated SSH connections from one source address at most
+    /// (sshd's PerSourceMaxStartups), so one client cannot lock out the rest.
+    pub ssh_per_source_max_startups: usize,
+    /// A client must send its SSH identification line within this.
+    pub ssh_banner_timeout: Duration,
+    /// SSH channel window and largest packet (flow control, throughput).
+    pub ssh_window: u32,
+    pub ssh_max_packet: u32,
+    /// Also offer chacha20-poly1305 (slower here; for clients without AES-GCM).
+    pub ssh_allow_chacha20: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            ssh_grant_ttl: Duration::from_secs(300),
+            ssh_auth_timeout: Duration::from_secs(30),
+            ssh_max_startups: crate::limits::MaxStartups::DEFAULT,
+            ssh_per_source_max_startups: 32,
+            ssh_banner_timeout: Duration::from_secs(10),
+            ssh_window: 16 * 1024 * 1024,
+            ssh_max_packet: 64 * 1024 - 1024,
+            ssh_allow_chacha20: false,
+        }
+    }
+}
+
 /// The SSH front door: the core it serves from, and what only this door
 /// keeps (its live connections and relays, and the grants nodes hold). Built by
 /// `app.rs`; other doors reach it only through the access bus.
@@ -179,6 +216,8 @@ pub struct Door {
     pub live: Arc<Live>,
     /// Which key grants each connected node already holds.
     pub grants: GrantCache,
+    /// This door's settings (read before the core's, which hold none of them).
+    pub settings: Settings,
 }
 
 impl std::ops::Deref for Door {
@@ -190,11 +229,12 @@ impl std::ops::Deref for Door {
 
 impl Door {
     /// The door, subscribed to the core's access changes.
-    pub fn new(core: Arc<Shared>) -> Arc<Door> {
+    pub fn new(core: Arc<Shared>, settings: Settings) -> Arc<Door> {
         let door = Arc::new(Door {
             core,
             live: Arc::default(),
             grants: GrantCache::default(),
+            settings,
         });
         door.core.access.subscribe(Arc::new(SshAccess {
             door: Arc::downgrade(&door),

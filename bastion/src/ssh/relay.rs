@@ -226,7 +226,7 @@ async fn open(shared: &super::Door, jump: &Jump) -> Result<Opened, Refusal> {
             tracing::error!(error = %e, "cannot build the SSH connect request");
             named("internal error; the bastion's log has the details".into())
         })?;
-    let timeout = shared.settings.agent_call_timeout;
+    let timeout = shared.core.settings.agent_call_timeout;
     let resp = tokio::time::timeout(timeout, agent.send(req))
         .await
         .map_err(|_| named(format!("node {host} did not answer within {timeout:?}")))?
