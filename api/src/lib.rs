@@ -14,6 +14,7 @@ pub mod kube;
 pub mod kube_keys;
 pub mod labels;
 pub mod pubkey;
+pub mod recordings;
 pub mod routes;
 pub mod ssh;
 pub mod validate;

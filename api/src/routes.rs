@@ -59,6 +59,11 @@ pub const AUTH_SSO_DEVICE_CONFIRM: &str = "/auth/sso/device/confirm";
 pub const AUTH_SSO_DEVICE_APPROVE: &str = "/auth/sso/device/approve";
 pub const AUTH_SSO_COLLECT: &str = "/auth/sso/collect";
 pub const AUDIT: &str = "/audit";
+pub const RECORDING_POLICY: &str = "/projects/{project}/recording-policy";
+pub const RECORDINGS: &str = "/recordings";
+pub const RECORDING: &str = "/recordings/{id}";
+pub const RECORDING_SEGMENTS: &str = "/recordings/{id}/segments";
+pub const RECORDING_CAST: &str = "/recordings/{id}/cast";
 pub const KUBECONFIG: &str = "/kubeconfig";
 pub const SSH_ENDPOINT: &str = "/ssh";
 

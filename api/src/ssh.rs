@@ -95,7 +95,18 @@ pub struct Grant {
     /// `forward_to`); empty: no forwarding.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward_to: Vec<String>,
+    /// A just-in-time credential of the bastion's terminating mode: one login,
+    /// a minute at most, taken back as soon as the bastion has logged in with
+    /// it. It neither sets nor follows the logins of the user's other grants
+    /// (those follow the user's role; this one names the login asked for).
+    /// An agent older than this field refuses such a grant (unknown field), so
+    /// the terminating mode fails closed there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub once: bool,
 }
+
+/// The longest life of a just-in-time grant ([`Grant::once`]).
+pub const ONCE_GRANT_MAX_MS: i64 = 60_000;
 
 impl Grant {
     pub fn allows_login(&self, login: &str) -> bool {
@@ -339,6 +350,7 @@ mod tests {
             // 2030-01-02T03:04:05Z
             expires_at_ms: 1_893_553_445_000,
             forward_to: vec![],
+            once: false,
         }
     }
 

@@ -19,6 +19,7 @@ pub mod link;
 pub mod metrics;
 pub mod peer_port;
 pub mod pki;
+pub mod recording;
 pub mod replicas;
 pub mod replication;
 pub mod secrets;

@@ -243,6 +243,7 @@ mod tests {
             logins: logins.iter().map(|l| l.to_string()).collect(),
             expires_at_ms,
             forward_to: vec![],
+            once: false,
         }
     }
 

@@ -14,6 +14,7 @@ mod kubeconfig;
 mod nodes;
 pub mod openapi;
 mod ops;
+mod recordings;
 mod ssh_keys;
 mod sso;
 mod users;
@@ -249,6 +250,17 @@ pub fn router(core: Arc<Shared>, settings: Settings) -> Router {
         .route(routes::AUTH_SSO_DEVICE_APPROVE, post(sso::device_approve))
         .route(routes::AUTH_SSO_COLLECT, post(sso::collect))
         .route(routes::AUDIT, get(admin::audit_page))
+        .route(
+            routes::RECORDING_POLICY,
+            get(recordings::get_policy).put(recordings::put_policy),
+        )
+        .route(routes::RECORDINGS, get(recordings::list))
+        .route(
+            routes::RECORDING,
+            get(recordings::get).delete(recordings::delete),
+        )
+        .route(routes::RECORDING_SEGMENTS, get(recordings::segments))
+        .route(routes::RECORDING_CAST, get(recordings::cast))
         .route(routes::KUBECONFIG, get(kubeconfig::kubeconfig))
         .route(routes::SSH_ENDPOINT, get(ssh_keys::endpoint))
         .route_layer(middleware::from_fn_with_state(

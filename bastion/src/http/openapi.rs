@@ -14,7 +14,8 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::{
-    admin, auth, bots, cmdexec, exec_events, kubeconfig, nodes, ops, ssh_keys, sso, users,
+    admin, auth, bots, cmdexec, exec_events, kubeconfig, nodes, ops, recordings, ssh_keys, sso,
+    users,
 };
 
 #[derive(OpenApi)]
@@ -23,7 +24,7 @@ use super::{
         title = "Postern API",
         description = "The bastion's REST API. `/api/v1`: projects, edges and nodes (approve, disable, \
                        enable, delete, grant the Kubernetes gateway role), enrollment tokens, users and their roles, API tokens and SSH keys, \
-                       and the audit log. `/cmdexec/v1`: send commands or whole scripts to nodes or \
+                       session recordings and their policy, and the audit log. `/cmdexec/v1`: send commands or whole scripts to nodes or \
                        clusters (by name, or by label selector), with rate control (max_concurrency, max_errors) and \
                        Idempotency-Key; poll their results, follow their live output as server-sent events, \
                        cancel them, list history. Authenticate with \
@@ -100,6 +101,13 @@ use super::{
         sso::device_confirm,
         sso::device_approve,
         sso::collect,
+        recordings::get_policy,
+        recordings::put_policy,
+        recordings::list,
+        recordings::get,
+        recordings::segments,
+        recordings::cast,
+        recordings::delete,
     ),
     components(schemas(
         ErrorBody,
@@ -133,6 +141,13 @@ use super::{
         postern_api::cmdexec::ExecEventFrame,
         postern_api::cmdexec::OutputStream,
         postern_api::cmdexec::CancelResponse,
+        postern_api::recordings::RecordingLevel,
+        postern_api::recordings::RecordingPolicy,
+        postern_api::recordings::LabelRule,
+        postern_api::recordings::RecordingView,
+        postern_api::recordings::RecordingPage,
+        postern_api::recordings::Segment,
+        postern_api::recordings::SegmentList,
         postern_api::identity::Login,
         postern_api::identity::SessionCreated,
         postern_api::identity::CertifyKey,

@@ -105,6 +105,7 @@ impl GrantCache {
             logins: g.logins.to_vec(),
             expires_at_ms: now + ttl_ms,
             forward_to: g.forward_to.to_vec(),
+            once: false,
         };
         let expires = grant.expires_at_ms;
         let push = GrantPush {

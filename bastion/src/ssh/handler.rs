@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::keys::{canonical, fingerprint};
 use super::relay::{self, Jump};
+use super::terminate::bridge::{self, Opening};
+use super::terminate::{Destination, Upstreams};
 use crate::audit::Event;
 use crate::authz::Principal;
 use crate::clock::now_ms;
@@ -43,9 +45,28 @@ pub struct Conn {
     _live: Option<super::live::Registered>,
     /// The name a client tried to log in as, for the audit entry of a failed login.
     tried: Option<(String, Vec<String>)>,
+    /// `LOGIN+NODE`: the bastion terminates this connection's sessions.
+    dest: Option<Destination>,
+    /// Its connections to nodes, shared by its channels.
+    upstreams: Arc<Upstreams>,
 }
 
-const JUMP_ONLY: &str = "Postern is a jump host: use ssh -J <you>@<bastion> <login>@<node>";
+const JUMP_ONLY: &str = "a session on the bastion needs a node: ssh LOGIN+NODE@<bastion> (recorded), or ssh -J <you>@<bastion> LOGIN@NODE";
+
+/// How a login name reads: a Postern user (a jump), or a node to terminate to.
+enum Login {
+    Jump,
+    Terminate(Destination),
+    Bad(String),
+}
+
+fn login(user: &str) -> Login {
+    match super::terminate::destination(user) {
+        None => Login::Jump,
+        Some(Ok(d)) => Login::Terminate(d),
+        Some(Err(why)) => Login::Bad(why),
+    }
+}
 
 impl Conn {
     pub fn new(
@@ -62,6 +83,8 @@ impl Conn {
             user: None,
             _live: None,
             tried: None,
+            dest: None,
+            upstreams: Arc::default(),
         }
     }
 
@@ -89,36 +112,7 @@ impl Conn {
             let Some(owner) = self.live_user(user).await? else {
                 return Ok(None);
             };
-            // A bot's keys work from its networks only; SSO users have none
-            // (their roles last only as long as their groups).
-            if owner.is_bot()
-                && let Some(cidrs) = self.shared.store.bot_source_cidrs(&owner.id).await?
-                && !cidrs
-                    .iter()
-                    .any(|c| crate::access::authn::in_cidr(self.peer.ip(), c))
-            {
-                return Ok(None);
-            }
-            if !owner.is_bot() && self.shared.store.is_sso_user(&owner.id).await? {
-                return Ok(None);
-            }
-            if !owner.is_bot()
-                && self
-                    .shared
-                    .store
-                    .org_policy(&owner.org_id)
-                    .await?
-                    .refuse_person_keys
-            {
-                return Ok(None);
-            }
-            Ok::<_, crate::store::StoreError>(
-                self.shared
-                    .store
-                    .user_ssh_key(&owner.id, &fp)
-                    .await?
-                    .map(|row| (row, owner)),
-            )
+            self.usable(owner, &fp).await
         };
         match found.await {
             Ok(r) => r,
@@ -127,6 +121,77 @@ impl Conn {
                 None
             }
         }
+    }
+
+    /// The one user who registered this key, for a `LOGIN+NODE` login (which
+    /// names no user): a key several users registered names none of them.
+    async fn lookup_by_key(
+        &self,
+        key: &PublicKey,
+    ) -> Option<(crate::store::SshKeyRow, crate::store::UserRow)> {
+        let fp = fingerprint(key);
+        let found = async {
+            let owners = self.shared.store.ssh_key_owners(&fp, 2).await?;
+            let [only] = owners.as_slice() else {
+                return Ok(None);
+            };
+            let Some(owner) = self
+                .shared
+                .store
+                .user_by_id(&only.user_id)
+                .await?
+                .filter(|u| u.disabled_at.is_none())
+            else {
+                return Ok(None);
+            };
+            self.usable(owner, &fp).await
+        };
+        match found.await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "store unavailable during SSH authentication");
+                None
+            }
+        }
+    }
+
+    /// The owner's registered key with this fingerprint, if the owner may log
+    /// in with registered keys from here.
+    async fn usable(
+        &self,
+        owner: crate::store::UserRow,
+        fp: &str,
+    ) -> Result<Option<(crate::store::SshKeyRow, crate::store::UserRow)>, crate::store::StoreError>
+    {
+        // A bot's keys work from its networks only; SSO users have none
+        // (their roles last only as long as their groups).
+        if owner.is_bot()
+            && let Some(cidrs) = self.shared.store.bot_source_cidrs(&owner.id).await?
+            && !cidrs
+                .iter()
+                .any(|c| crate::access::authn::in_cidr(self.peer.ip(), c))
+        {
+            return Ok(None);
+        }
+        if !owner.is_bot() && self.shared.store.is_sso_user(&owner.id).await? {
+            return Ok(None);
+        }
+        if !owner.is_bot()
+            && self
+                .shared
+                .store
+                .org_policy(&owner.org_id)
+                .await?
+                .refuse_person_keys
+        {
+            return Ok(None);
+        }
+        Ok(self
+            .shared
+            .store
+            .user_ssh_key(&owner.id, fp)
+            .await?
+            .map(|row| (row, owner)))
     }
 
     async fn live_user(
@@ -163,6 +228,20 @@ impl Conn {
             tracing::error!(error = %e, "store unavailable during SSH authentication");
             false
         })
+    }
+
+    /// Whether an open session certified `key`, whoever's (a `LOGIN+NODE`
+    /// login names no user; the certificate that follows does).
+    async fn session_key_any(&self, key: &PublicKey) -> bool {
+        self.shared
+            .store
+            .session_by_fingerprint(&fingerprint(key), now_ms())
+            .await
+            .map(|s| s.is_some())
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "store unavailable during SSH authentication");
+                false
+            })
     }
 
     /// A certificate's user and session, once everything russh leaves to us
@@ -245,6 +324,21 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// What a terminated channel needs, when this connection is `LOGIN+NODE`.
+    fn opening(&self, user: Arc<SshUser>, session: &Session) -> Option<Opening> {
+        Some(Opening {
+            shared: self.shared.clone(),
+            user,
+            dest: self.dest.clone()?,
+            peer: self.peer,
+            upstreams: self.upstreams.clone(),
+            cancel: self.cancel.clone(),
+            server: session.handle(),
+        })
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         if self.user.is_some() {
@@ -275,9 +369,18 @@ impl russh::server::Handler for Conn {
         // Ownership is not proven yet: answer "go on and sign" or "no", nothing more.
         // The attempt is noted either way; it is audited if no key is ever proven.
         self.note_attempt(user, offer.public_key);
-        if self.lookup(user, offer.public_key).await.is_some()
-            || self.session_key(user, offer.public_key).await
-        {
+        let known = match login(user) {
+            Login::Jump => {
+                self.lookup(user, offer.public_key).await.is_some()
+                    || self.session_key(user, offer.public_key).await
+            }
+            Login::Terminate(_) => {
+                self.lookup_by_key(offer.public_key).await.is_some()
+                    || self.session_key_any(offer.public_key).await
+            }
+            Login::Bad(_) => false,
+        };
+        if known {
             Ok(Auth::Accept)
         } else {
             Ok(Self::publickey_only())
@@ -289,10 +392,16 @@ impl russh::server::Handler for Conn {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let Some((row, owner)) = self.lookup(user, key.public_key).await else {
+        let (found, dest) = match login(user) {
+            Login::Jump => (self.lookup(user, key.public_key).await, None),
+            Login::Terminate(d) => (self.lookup_by_key(key.public_key).await, Some(d)),
+            Login::Bad(_) => (None, None),
+        };
+        let Some((row, owner)) = found else {
             self.note_attempt(user, key.public_key);
             return Ok(Self::publickey_only());
         };
+        self.dest = dest;
         let owner_id = owner.id.clone();
         let principal = match crate::access::authn::principal(&self.shared.store, owner).await {
             Ok(p) => p,
@@ -323,7 +432,24 @@ impl russh::server::Handler for Conn {
         certificate: &russh::keys::Certificate,
     ) -> Result<Auth, Self::Error> {
         let key = PublicKey::new(certificate.public_key().clone(), "");
-        let (owner, session) = match self.certified(user, certificate).await {
+        // A `LOGIN+NODE` login names a node; the certificate names the user
+        // (the bastion issues each for one).
+        let (name, dest) = match login(user) {
+            Login::Jump => (Ok(user.to_string()), None),
+            Login::Terminate(d) => match certificate.valid_principals() {
+                [one] => (Ok(one.clone()), Some(d)),
+                _ => (
+                    Err("the certificate names no single Postern user".to_string()),
+                    None,
+                ),
+            },
+            Login::Bad(why) => (Err(why), None),
+        };
+        let checked = match name {
+            Ok(name) => self.certified(&name, certificate).await,
+            Err(why) => Err(why),
+        };
+        let (owner, session) = match checked {
             Ok(found) => found,
             Err(why) => {
                 self.note_attempt(user, &key);
@@ -338,6 +464,7 @@ impl russh::server::Handler for Conn {
         };
         let owner_id = owner.id.clone();
         let owner_org = owner.org_id.clone();
+        let owner_name = owner.name.clone();
         let principal = match crate::access::authn::principal(&self.shared.store, owner).await {
             Ok(p) => p,
             Err(e) => {
@@ -364,6 +491,8 @@ impl russh::server::Handler for Conn {
                 _ = tokio::time::sleep(left) => cancel.cancel(),
             }
         });
+        self.dest = dest;
+        let user = owner_name.as_str();
         self.shared.audit.best_effort(
             Event::new("ssh.login", "ok")
                 .org(&owner_org)
@@ -394,13 +523,21 @@ impl russh::server::Handler for Conn {
         _originator_address: &str,
         _originator_port: u32,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(user) = self.user.clone() else {
             self.reject(reply, "direct-tcpip", "not authenticated")
                 .await;
             return Ok(());
         };
+        if let Some(o) = self.opening(user.clone(), session) {
+            // `ssh -L` on a terminated connection: forwarded from the node.
+            let host = postern_api::validate::peer_line(host_to_connect, 256);
+            self.shared
+                .tasks
+                .spawn(bridge::forward(o, channel, reply, host, port_to_connect));
+            return Ok(());
+        }
         let jump = Jump {
             user,
             // The client's text: bounded and printable before it is logged,
@@ -421,11 +558,17 @@ impl russh::server::Handler for Conn {
 
     async fn channel_open_session(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.reject(reply, "session", JUMP_ONLY).await;
+        let Some(o) = self.user.clone().and_then(|u| self.opening(u, session)) else {
+            self.reject(reply, "session", JUMP_ONLY).await;
+            return Ok(());
+        };
+        // Authorization and the node's login take round trips; the
+        // connection's loop must keep serving other channels meanwhile.
+        self.shared.tasks.spawn(bridge::session(o, channel, reply));
         Ok(())
     }
 

@@ -1,11 +1,17 @@
-//! The SSH front door: a russh server that unmodified OpenSSH clients use as a jump
-//! host (`ssh -J alice@bastion root@node`).
+//! The SSH front door: a russh server that unmodified OpenSSH clients reach nodes
+//! through, two ways.
 //!
-//! A user proves a registered key; each direct-tcpip channel to `<node>:22` is
-//! authorized for that node's project, a short-lived grant for the key is pushed to
-//! the node, and the bytes are relayed over the node's agent channel to its sshd.
-//! Nothing else is served: sessions, remote forwarding, agent and X11 forwarding
-//! are refused with a reason and audited.
+//! - **Relay** (`ssh -J alice@bastion root@node`): a user proves a registered key
+//!   or their session's certificate; each direct-tcpip channel to `<node>:22` is
+//!   authorized for that node's project, a short-lived grant for the key is pushed
+//!   to the node, and the bytes are relayed over the node's agent channel to its
+//!   sshd, end-to-end encrypted: the bastion sees who, where, when and how much.
+//! - **Terminate** (`ssh root+node@bastion`, see `terminate`): the bastion is the
+//!   SSH server, logs in to the node itself with a one-time key, bridges the
+//!   channels, and records them as the project's policy says.
+//!
+//! Remote forwarding, agent and X11 forwarding are refused with a reason and
+//! audited either way.
 //!
 //! Unauthenticated connections are bounded in number and in time: a client must
 //! send its identification line within `ssh_banner_timeout` and authenticate
@@ -20,6 +26,7 @@ pub mod live;
 mod relay;
 mod startups;
 mod target;
+mod terminate;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -216,6 +223,8 @@ pub struct Door {
     pub live: Arc<Live>,
     /// Which key grants each connected node already holds.
     pub grants: GrantCache,
+    /// Records the sessions this door terminates (`LOGIN+NODE`).
+    pub recorder: Arc<crate::recording::Recorder>,
     /// This door's settings (read before the core's, which hold none of them).
     pub settings: Settings,
 }
@@ -230,10 +239,18 @@ impl std::ops::Deref for Door {
 impl Door {
     /// The door, subscribed to the core's access changes.
     pub fn new(core: Arc<Shared>, settings: Settings) -> Arc<Door> {
+        let replica = core
+            .fleet
+            .replicas()
+            .map(|r| r.name.clone())
+            .unwrap_or_else(|| "local".into());
+        let recorder =
+            crate::recording::Recorder::new(core.store.clone(), replica, core.tasks.clone());
         let door = Arc::new(Door {
             core,
             live: Arc::default(),
             grants: GrantCache::default(),
+            recorder,
             settings,
         });
         door.core.access.subscribe(Arc::new(SshAccess {
@@ -325,6 +342,7 @@ async fn apply_access_change(
 
 /// Accepts SSH connections until shutdown.
 pub async fn serve(listener: TcpListener, config: Arc<Config>, shared: Arc<Door>) {
+    shared.recorder.recover().await;
     let startups = Startups::new(
         shared.settings.ssh_max_startups,
         shared.settings.ssh_per_source_max_startups,

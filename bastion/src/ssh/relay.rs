@@ -13,6 +13,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use postern_api::admin::NodeState;
+use postern_api::recordings::RecordingLevel;
 use russh::server::ChannelOpenHandle;
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg, ChannelOpenFailure};
@@ -146,11 +147,32 @@ pub async fn run(
         return;
     }
     reply.accept().await;
+    // Listed beside the recordings, as what it is: not recorded.
+    let listed = shared
+        .recorder
+        .relayed(&crate::recording::Meta {
+            org_id: jump.user.principal.org_id.clone(),
+            project_id: target.project.id.clone(),
+            node_id: target.place.node_id.clone(),
+            hostname: target.place.hostname.clone(),
+            user_id: jump.user.principal.user_id.clone(),
+            user_name: jump.user.principal.user_name.clone(),
+            login: String::new(),
+            kind: "jump",
+            command: String::new(),
+            width: 0,
+            height: 0,
+            term: String::new(),
+        })
+        .await;
     inc(&shared.metrics.ssh_sessions);
     tracing::info!(user = %jump.user.principal.user_name, node = %target.place.hostname, "SSH jump relayed");
     let (up, down, how) = pump(channel, from_node, to_node, kill).await;
     drop(agent);
     drop(live);
+    if let Some(id) = &listed {
+        shared.recorder.relay_ended(id, up + down).await;
+    }
     let ended = now_ms();
     let ev = session_event(
         "ssh.session.end",
@@ -195,6 +217,13 @@ async fn open(shared: &super::Door, jump: &Jump) -> Result<Opened, Refusal> {
             "node {host} is not connected to the bastion (agent down or network cut); try again when it is back"
         )));
     };
+    // A session that must be recorded cannot go through a relay the bastion
+    // cannot see into; the refusal names the way that can.
+    if super::terminate::level(shared, &principal, &target).await? == RecordingLevel::Strict {
+        return Err(named(format!(
+            "sessions on node {host} must be recorded, which ssh -J cannot be (it is encrypted end to end): connect with ssh LOGIN+{host}@<bastion> instead"
+        )));
+    }
     let no_logins = Vec::new();
     let grant = GrantFor {
         user_id: &principal.user_id,
@@ -214,6 +243,23 @@ async fn open(shared: &super::Door, jump: &Jump) -> Result<Opened, Refusal> {
             "node {host} did not accept the key grant; try again (an operator finds the cause in the bastion's log)"
         )));
     }
+    let (from_node, to_node) = connect_sshd(shared, &agent, &target).await?;
+    Ok((target, agent, from_node, to_node))
+}
+
+/// A byte stream to the node's own sshd, over its agent channel: what comes
+/// from sshd, and a sender for what goes to it.
+pub(super) async fn connect_sshd(
+    shared: &super::Door,
+    agent: &NodeLink,
+    target: &Target,
+) -> Result<(Incoming, mpsc::Sender<Bytes>), Refusal> {
+    let named = |reason: String| Refusal {
+        reason,
+        project: Some(target.project.name.clone()),
+        node: Some(target.place.node_id.clone()),
+    };
+    let host = &target.place.hostname;
     let (tx, body) = crate::agents::stream_body(UPSTREAM_QUEUE);
     let req = Request::builder()
         .method(Method::POST)
@@ -253,13 +299,16 @@ async fn open(shared: &super::Door, jump: &Jump) -> Result<Opened, Refusal> {
             "node {host} could not reach its sshd ({status}): {text}"
         )));
     }
-    Ok((target, agent, resp.into_body(), tx))
+    Ok((resp.into_body(), tx))
 }
 
 /// The user as the store has them now: the key must still be registered to them
 /// (or certified by a session of theirs still open), they must not be
 /// disabled, and their roles are read anew.
-async fn current_principal(shared: &super::Door, user: &SshUser) -> Result<Principal, Refusal> {
+pub(super) async fn current_principal(
+    shared: &super::Door,
+    user: &SshUser,
+) -> Result<Principal, Refusal> {
     let p = &user.principal;
     let registered = shared
         .store

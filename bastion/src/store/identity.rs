@@ -434,6 +434,25 @@ impl Store {
             .transpose()
     }
 
+    /// The open session that certified this key, whoever's it is.
+    pub async fn session_by_fingerprint(
+        &self,
+        fingerprint: &str,
+        now: i64,
+    ) -> Result<Option<SessionRow>> {
+        let q = format!(
+            "SELECT {SESSION_COLS} FROM login_sessions
+             WHERE ssh_fingerprint = $1 AND ended_at IS NULL AND expires_at > $2 LIMIT 1"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(fingerprint)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(session)
+            .transpose()
+    }
+
     /// Records the SSH key certified for a session (one per session: a second
     /// certificate must be for the same key).
     pub async fn set_session_ssh_key(&self, id: &str, fingerprint: &str) -> Result<bool> {

@@ -8,6 +8,7 @@ mod executions;
 mod identity;
 mod kube_keys;
 mod nodes;
+mod recordings;
 mod replicas;
 mod ssh_keys;
 mod sso;
@@ -31,6 +32,7 @@ pub use identity::{
 };
 pub use kube_keys::KubeKeysChange;
 pub use nodes::{Approval, EnrollOutcome, KubeGatewayRow, LabelReport, NewNode, NodeRow};
+pub use recordings::{ChunkRow, RecordingFilter, RecordingRow};
 pub use replicas::{PresenceRow, ReplicaEvent, ReplicaRow};
 pub use ssh_keys::{NewSshKey, NodePlace, SshKeyRow};
 pub use sso::{GroupMappingRow, OidcProviderRow, PendingLogin, stronger};

@@ -129,6 +129,18 @@ impl Store {
             .await?)
     }
 
+    /// The users who registered this key (at most `max`): the terminating
+    /// mode's login names a node, not a user, so the key must name its owner;
+    /// a key two users registered names neither.
+    pub async fn ssh_key_owners(&self, fingerprint: &str, max: i64) -> Result<Vec<SshKeyRow>> {
+        let q = format!("SELECT {KEY_COLS} FROM ssh_keys WHERE fingerprint = $1 LIMIT $2");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(fingerprint)
+            .bind(max)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// Every node of the org with this hostname (one per edge at most).
     pub async fn nodes_named(&self, org_id: &str, hostname: &str) -> Result<Vec<NodePlace>> {
         let rows = sqlx::query(

@@ -57,6 +57,14 @@ fn check(g: &Grant) -> Result<(), GrantError> {
     {
         return bad("a forward_to destination is not host:port");
     }
+    if g.once
+        && (g.logins.len() != 1
+            || g.expires_at_ms - now_ms() > postern_api::ssh::ONCE_GRANT_MAX_MS + 5_000)
+    {
+        // Its login is the one asked for, never "any"; its life a minute (and
+        // a little for clocks), so a leaked one is worth little.
+        return bad("a just-in-time grant names exactly one login and lives a minute at most");
+    }
     if g.id.is_empty()
         || g.id.len() > 64
         || !g.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -117,7 +125,13 @@ impl GrantStore {
             all.retain(|g| g.is_live(now) && !revoke.contains(&g.fingerprint));
             for g in new.into_iter().filter(|g| g.is_live(now)) {
                 all.retain(|o| !(o.user == g.user && o.fingerprint == g.fingerprint));
-                for o in all.iter_mut().filter(|o| o.user == g.user) {
+                // A just-in-time grant names one login for one login; the
+                // role's logins are the other grants' business, and theirs
+                // are not its.
+                for o in all
+                    .iter_mut()
+                    .filter(|o| o.user == g.user && !o.once && !g.once)
+                {
                     o.logins.clone_from(&g.logins);
                     o.forward_to.clone_from(&g.forward_to);
                 }
@@ -192,6 +206,29 @@ impl GrantStore {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_just_in_time_grant_keeps_its_own_login_and_changes_no_other() {
+        let store = GrantStore::open(None);
+        let mut role = grant("g-role", "SHA256:role", now_ms() + 600_000);
+        role.logins = vec!["root".into(), "deploy".into()];
+        store.merge(vec![role], &[]).await.unwrap();
+        let mut once = grant("g-once", "SHA256:once", now_ms() + 30_000);
+        once.logins = vec!["deploy".into()];
+        once.once = true;
+        store.merge(vec![once.clone()], &[]).await.unwrap();
+        // The role's grant still lets root in; the one-off lets only deploy.
+        assert_eq!(store.for_login("root", Some("SHA256:role")).len(), 1);
+        assert!(store.for_login("root", Some("SHA256:once")).is_empty());
+        assert_eq!(store.for_login("deploy", Some("SHA256:once")).len(), 1);
+        // A longer life, or any login, is refused.
+        let mut long = once.clone();
+        long.expires_at_ms = now_ms() + 3_600_000;
+        assert!(store.merge(vec![long], &[]).await.is_err());
+        let mut any = once;
+        any.logins = vec![];
+        assert!(store.merge(vec![any], &[]).await.is_err());
+    }
+
     fn grant(id: &str, fp: &str, expires_at_ms: i64) -> Grant {
         Grant {
             id: id.into(),
@@ -201,6 +238,7 @@ mod tests {
             logins: vec!["root".into()],
             expires_at_ms,
             forward_to: vec![],
+            once: false,
         }
     }
 

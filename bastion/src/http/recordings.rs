@@ -1,0 +1,492 @@
+//! Recordings through the REST API: a project's recording policy, the list of
+//! recorded (and relayed, unrecorded) sessions, one's metadata and segments,
+//! its cast (asciicast v2, with HTTP Range), and its deletion (org admins,
+//! audited).
+//!
+//! A caller sees the recordings of the projects they may read, and nothing of
+//! the others: another project's recording reads as one that does not exist.
+//! The cast is streamed a few segments at a time, so serving a 100 MiB
+//! recording holds a few hundred KiB; a segment that cannot be read is served
+//! as a marker of the same length, and the rest of the recording still plays.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode, header};
+use postern_api::ErrorBody;
+use postern_api::recordings::{
+    NOT_RECORDED, RecordingPage, RecordingPolicy, RecordingQuery, RecordingView, Segment,
+    SegmentList,
+};
+use serde_json::json;
+
+use super::admin::{plain_id, require, resolve_project};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::{ApiError, AppState};
+use crate::authz::Action;
+use crate::clock::{now_ms, rfc3339};
+use crate::store::{RecordingFilter, RecordingRow};
+
+/// Segments read from the store at once while streaming a cast.
+const SEGMENTS_PER_READ: i64 = 8;
+/// No segment the bastion writes inflates past this.
+const SEGMENT_MAX: usize = 4 * crate::recording::SEGMENT_BYTES;
+
+/// The project's recording policy (its default when none was set).
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects/{project}/recording-policy",
+    tag = "recordings",
+    params(("project" = String, Path, description = "Project name or id")),
+    responses(
+        (status = 200, description = "The policy", body = RecordingPolicy),
+        (status = 401, description = "Missing, invalid, expired or revoked credential", body = ErrorBody),
+        (status = 404, description = "No such project visible to the caller", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_policy(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(project): ApiPath<String>,
+) -> Result<Json<RecordingPolicy>, ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
+    Ok(Json(
+        state
+            .store
+            .recording_policy(&p.id)
+            .await?
+            .unwrap_or_default(),
+    ))
+}
+
+/// Sets the project's recording policy (project admins). It applies to
+/// sessions opened from now on; a `strict` level also refuses `ssh -J` to the
+/// nodes and roles it covers.
+#[utoipa::path(
+    put,
+    path = "/api/v1/projects/{project}/recording-policy",
+    tag = "recordings",
+    params(("project" = String, Path, description = "Project name or id")),
+    request_body = RecordingPolicy,
+    responses(
+        (status = 200, description = "The policy now in force", body = RecordingPolicy),
+        (status = 400, description = "Malformed JSON, an unknown field or level, a selector that does not parse, or too many rules", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked credential", body = ErrorBody),
+        (status = 403, description = "Only a project admin may set it", body = ErrorBody),
+        (status = 404, description = "No such project visible to the caller", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn put_policy(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(project): ApiPath<String>,
+    ApiJson(policy): ApiJson<RecordingPolicy>,
+) -> Result<Json<RecordingPolicy>, ApiError> {
+    let p = resolve_project(&state, &caller, &project, Action::ManageProject).await?;
+    policy.validate().map_err(ApiError::BadRequest)?;
+    state
+        .store
+        .set_recording_policy(&p.id, &policy, now_ms())
+        .await?;
+    caller
+        .audit
+        .with(|a| a.detail = Some(json!({ "recording_policy": policy })));
+    Ok(Json(policy))
+}
+
+/// The projects whose recordings the caller may see (`None`: all the org's).
+fn visible(caller: &Caller) -> Option<Vec<String>> {
+    if caller.principal.is_org_admin() {
+        return None;
+    }
+    Some(
+        caller
+            .principal
+            .bindings
+            .iter()
+            .filter_map(|b| b.project_id.clone())
+            .collect(),
+    )
+}
+
+async fn view(state: &AppState, r: &RecordingRow) -> RecordingView {
+    let project = match state.store.project_by_id(&r.project_id).await {
+        Ok(Some(p)) => p.name,
+        _ => r.project_id.clone(),
+    };
+    let relay = r.kind == "jump";
+    RecordingView {
+        id: r.id.clone(),
+        project,
+        node: r.hostname.clone(),
+        node_id: r.node_id.clone(),
+        user: r.user_name.clone(),
+        login: r.login.clone(),
+        mode: if relay { "relay" } else { "terminate" }.into(),
+        kind: r.kind.clone(),
+        command: r.command.clone(),
+        policy: if relay {
+            NOT_RECORDED.into()
+        } else {
+            r.policy.clone()
+        },
+        status: r.status.clone(),
+        started_at: rfc3339(r.started_at),
+        ended_at: r.ended_at.map(rfc3339),
+        width: r.width.clamp(0, u32::MAX as i64) as u32,
+        height: r.height.clamp(0, u32::MAX as i64) as u32,
+        chunks: r.chunks,
+        cast_bytes: r.cast_bytes,
+        stored_bytes: r.stored_bytes,
+        gaps: r.gaps,
+        last_hash: r.last_hash.clone(),
+    }
+}
+
+/// Recorded and relayed SSH sessions the caller may see, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/recordings",
+    tag = "recordings",
+    params(RecordingQuery),
+    responses(
+        (status = 200, description = "A page of sessions", body = RecordingPage),
+        (status = 400, description = "limit or offset out of range, a filter that is not valid, or an unknown query parameter", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked credential", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<RecordingQuery>,
+) -> Result<Json<RecordingPage>, ApiError> {
+    let (limit, offset) = q.bounds()?;
+    let (since_ms, until_ms) = q.times().map_err(ApiError::BadRequest)?;
+    let name = |field: &str, v: &Option<String>| -> Result<Option<String>, ApiError> {
+        match v {
+            Some(s) if s.is_empty() || s.len() > 253 || s.chars().any(char::is_control) => Err(
+                ApiError::BadRequest(format!("{field} must be 1 to 253 printable characters")),
+            ),
+            other => Ok(other.clone()),
+        }
+    };
+    let relay = match q.mode.as_deref() {
+        None => None,
+        Some("relay") => Some(true),
+        Some("terminate") => Some(false),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "mode must be relay or terminate".into(),
+            ));
+        }
+    };
+    let mut projects = visible(&caller);
+    if let Some(p) = name("project", &q.project)? {
+        let p = resolve_project(&state, &caller, &p, Action::ReadProject).await?;
+        projects = Some(vec![p.id]);
+    }
+    let f = RecordingFilter {
+        org_id: caller.principal.org_id.clone(),
+        projects,
+        user: name("user", &q.user)?,
+        hostname: name("node", &q.node)?,
+        relay,
+        since_ms,
+        until_ms,
+    };
+    let (total, rows) = state.store.list_recordings(&f, limit, offset).await?;
+    let mut recordings = Vec::with_capacity(rows.len());
+    for r in &rows {
+        recordings.push(view(&state, r).await);
+    }
+    Ok(Json(RecordingPage {
+        total,
+        limit,
+        offset,
+        recordings,
+    }))
+}
+
+/// The recording, if the caller may see it; else the same 404 as for none.
+async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<RecordingRow, ApiError> {
+    let missing = || ApiError::NotFound(format!("recording {id:?} not found"));
+    if !plain_id(id) {
+        return Err(missing());
+    }
+    let r = state.store.recording(id).await?.ok_or_else(missing)?;
+    let may = r.org_id == caller.principal.org_id
+        && visible(caller).is_none_or(|ps| ps.contains(&r.project_id));
+    if !may {
+        return Err(missing());
+    }
+    caller
+        .audit
+        .with(|a| a.targets.push(format!("recording:{id}")));
+    Ok(r)
+}
+
+/// One recording's metadata.
+#[utoipa::path(
+    get,
+    path = "/api/v1/recordings/{id}",
+    tag = "recordings",
+    params(("id" = String, Path, description = "The recording's id")),
+    responses(
+        (status = 200, description = "The recording", body = RecordingView),
+        (status = 401, description = "Missing, invalid, expired or revoked credential", body = ErrorBody),
+        (status = 404, description = "No such recording visible to the caller", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<RecordingView>, ApiError> {
+    let r = find(&state, &caller, &id).await?;
+    Ok(Json(view(&state, &r).await))
+}
+
+/// A recording's segments: where each lies in the cast, and the chained
+/// SHA-256 that `postern recording verify` checks against the audit log.
+#[utoipa::path(
+    get,
+    path = "/api/v1/recordings/{id}/segments",
+    tag = "recordings",
+    params(("id" = String, Path, description = "The recording's id")),
+    responses(
+        (status = 200, description = "The segments, in order", body = SegmentList),
+        (status = 401, description = "Missing, invalid, expired or revoked credential", body = ErrorBody),
+        (status = 404, description = "No such recording visible to the caller", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn segments(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<SegmentList>, ApiError> {
+    let r = find(&state, &caller, &id).await?;
+    let rows = state
+        .store
+        .recording_chunks(&r.id, 0, r.chunks, false)
+        .await?;
+    Ok(Json(SegmentList {
+        recording: r.id,
+        segments: rows
+            .into_iter()
+            .map(|c| Segment {
+                seq: c.seq,
+                offset: c.offset,
+                length: c.raw_len,
+                at_ms: c.at_ms,
+                sha256: c.sha256,
+            })
+            .collect(),
+    }))
+}
+
+/// `bytes=a-b`, `bytes=a-` or `bytes=-n` against a cast of `len` bytes: the
+/// first and last byte, or `Err` for a range that cannot be served.
+fn range(headers: &HeaderMap, len: i64) -> Option<Result<(i64, i64), ()>> {
+    let v = headers.get(header::RANGE)?.to_str().ok()?;
+    let spec = v.strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        // One range is what players ask for; several are answered whole.
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let parsed = match (a.trim(), b.trim()) {
+        ("", n) => n.parse::<i64>().ok().map(|n| (len - n.min(len), len - 1)),
+        (a, "") => a.parse::<i64>().ok().map(|a| (a, len - 1)),
+        (a, b) => match (a.parse::<i64>(), b.parse::<i64>()) {
+            (Ok(a), Ok(b)) if a <= b => Some((a, b.min(len - 1))),
+            _ => None,
+        },
+    };
+    Some(match parsed {
+        Some((a, b)) if a >= 0 && a < len && a <= b => Ok((a, b)),
+        _ => Err(()),
+    })
+}
+
+/// A segment as served: its lines, or (when the stored bytes cannot be read) a
+/// marker line of the same length, so offsets hold and the rest still plays.
+fn segment_bytes(recording: &str, c: &crate::store::ChunkRow) -> Bytes {
+    let want = c.raw_len.max(0) as usize;
+    match crate::recording::decompress(c.data.as_deref().unwrap_or_default(), SEGMENT_MAX) {
+        Ok(lines) if lines.len() == want => Bytes::from(lines),
+        other => {
+            tracing::error!(
+                recording,
+                seq = c.seq,
+                ok = other.is_ok(),
+                "a recording segment cannot be read; served as a marker"
+            );
+            let mut m = format!(
+                "[{:.6}, \"m\", \"segment {} of this recording cannot be read\"]",
+                c.at_ms as f64 / 1000.0,
+                c.seq
+            )
+            .into_bytes();
+            m.truncate(want.saturating_sub(1));
+            m.resize(want.saturating_sub(1), b' ');
+            if want > 0 {
+                m.push(b'\n');
+            }
+            Bytes::from(m)
+        }
+    }
+}
+
+/// The recording as an asciicast v2 file (`asciinema play` plays it as is).
+/// `Range: bytes=…` is honoured, so a player can seek without the whole file.
+#[utoipa::path(
+    get,
+    path = "/api/v1/recordings/{id}/cast",
+    tag = "recordings",
+    params(
+        ("id" = String, Path, description = "The recording's id"),
+        ("Range" = Option<String>, Header, description = "bytes=FIRST-LAST, bytes=FIRST- or bytes=-SUFFIX"),
+    ),
+    responses(
+        (status = 200, description = "The whole cast", content_type = "application/x-asciicast"),
+        (status = 206, description = "The range asked for", content_type = "application/x-asciicast"),
+        (status = 401, description = "Missing, invalid, expired or revoked credential", body = ErrorBody),
+        (status = 404, description = "No such recording visible to the caller", body = ErrorBody),
+        (status = 416, description = "The range lies outside the cast", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn cast(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let r = find(&state, &caller, &id).await?;
+    if r.kind == "jump" {
+        return Err(ApiError::NotFound(format!(
+            "session {id} went through ssh -J and was not recorded (it is encrypted end to end)"
+        )));
+    }
+    let len = r.cast_bytes;
+    let (first, last, status) = match range(&headers, len) {
+        None => (0, len - 1, StatusCode::OK),
+        Some(Ok((a, b))) => (a, b, StatusCode::PARTIAL_CONTENT),
+        Some(Err(())) => {
+            let body = json!({ "error": { "code": "range_not_satisfiable", "message": format!("the cast is {len} bytes; ask for a range within it") } });
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+                Json(body),
+            )
+                .into_response());
+        }
+    };
+    let start_seq = if first > 0 {
+        state
+            .store
+            .chunk_at_offset(&r.id, first)
+            .await?
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    let store = state.store.clone();
+    let rec = r.id.clone();
+    let total = r.chunks;
+    // Segments are read a few at a time as the client takes them.
+    let stream = futures_util::stream::unfold((start_seq, first), move |(seq, at): (i64, i64)| {
+        let store = store.clone();
+        let rec = rec.clone();
+        async move {
+            if seq >= total || at > last {
+                return None;
+            }
+            let rows = match store
+                .recording_chunks(&rec, seq, SEGMENTS_PER_READ, true)
+                .await
+            {
+                Ok(rows) if !rows.is_empty() => rows,
+                Ok(_) => return None,
+                Err(e) => return Some((Err(std::io::Error::other(e)), (total, at))),
+            };
+            let mut out = Vec::new();
+            let mut next = seq;
+            let mut pos = at;
+            for c in &rows {
+                next = c.seq + 1;
+                let seg = segment_bytes(&rec, c);
+                let seg_end = c.offset + seg.len() as i64 - 1;
+                if seg_end < pos {
+                    continue;
+                }
+                let from = (pos - c.offset).max(0) as usize;
+                let to = (last.min(seg_end) - c.offset + 1) as usize;
+                out.extend_from_slice(&seg[from..to]);
+                pos = c.offset + to as i64;
+                if pos > last {
+                    break;
+                }
+            }
+            Some((Ok::<_, std::io::Error>(Bytes::from(out)), (next, pos)))
+        }
+    });
+    let mut resp = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/x-asciicast")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(
+            header::CONTENT_LENGTH,
+            (last - first + 1).max(0).to_string(),
+        );
+    if status == StatusCode::PARTIAL_CONTENT {
+        resp = resp.header(header::CONTENT_RANGE, format!("bytes {first}-{last}/{len}"));
+    }
+    resp.body(Body::from_stream(stream))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Deletes a recording (org admins; audited with who and which).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/recordings/{id}",
+    tag = "recordings",
+    params(("id" = String, Path, description = "The recording's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing, invalid, expired or revoked credential", body = ErrorBody),
+        (status = 403, description = "Only an org admin may delete recordings", body = ErrorBody),
+        (status = 404, description = "No such recording visible to the caller", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let r = find(&state, &caller, &id).await?;
+    require(&caller, Action::ManageOrg)?;
+    state.store.delete_recording(&r.id).await?;
+    caller.audit.with(|a| {
+        a.detail = Some(json!({
+            "recording": r.id, "user": r.user_name, "node": r.hostname,
+            "started_at": rfc3339(r.started_at), "last_hash": r.last_hash,
+        }))
+    });
+    Ok(StatusCode::NO_CONTENT)
+}
