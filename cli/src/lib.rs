@@ -17,6 +17,7 @@ mod keys;
 mod kube;
 mod login;
 mod output;
+mod recordings;
 mod show;
 mod ssh_names;
 mod sso;
@@ -49,12 +50,15 @@ pub enum CliError {
     /// request must not submit this one again.
     #[error("{0}")]
     LiveViewLost(String),
+    /// `recordings verify` found a recording changed, or could not check it.
+    #[error("{0}")]
+    VerifyFailed(String),
 }
 
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
-            CliError::NodesFailed(_) => 1,
+            CliError::NodesFailed(_) | CliError::VerifyFailed(_) => 1,
             CliError::LiveViewLost(_) => 3,
             CliError::Interrupted => 130,
             _ => 2,
@@ -164,6 +168,12 @@ enum Cmd {
     SshConfig(keys::SshConfigArgs),
     /// The audit log, newest first, with filters; --follow for new entries
     Audit(audit::AuditArgs),
+    /// Recorded SSH sessions (and ssh -J ones, which are not): list, show,
+    /// verify, rm; `recordings policy PROJECT` shows or sets what is recorded
+    #[command(alias = "recording")]
+    Recordings(recordings::RecordingsArgs),
+    /// Play a recorded session in the terminal, or print it (--format text|cast)
+    Play(recordings::PlayArgs),
     /// Shell completions for bash, zsh, fish, elvish or powershell
     Completions { shell: clap_complete::Shell },
     /// The man page (roff), e.g. `postern man | man -l -`; with --dir, one
@@ -247,6 +257,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Cmd::Keys(a) => keys::keys(&ctx, a).await,
                 Cmd::SshConfig(a) => keys::ssh_config(&ctx, a).await,
                 Cmd::Audit(a) => audit::audit(&ctx, a).await,
+                Cmd::Recordings(a) => recordings::recordings(&ctx, a).await,
+                Cmd::Play(a) => recordings::play(&ctx, a).await,
                 Cmd::Login(_)
                 | Cmd::Logout
                 | Cmd::Invitation(_)

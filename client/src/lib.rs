@@ -5,6 +5,7 @@
 mod conn;
 mod error;
 mod events;
+mod recordings;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -528,14 +528,13 @@ pub async fn forward(
     };
     let down = async {
         while let Some(m) = nrd.wait().await {
-            match m {
-                ChannelMsg::Data { data } => {
-                    if cwr.data_bytes(data).await.is_err() {
-                        break;
-                    }
-                }
-                ChannelMsg::Eof | ChannelMsg::Close => break,
-                _ => {}
+            let delivered = match m {
+                ChannelMsg::Data { data } => cwr.data_bytes(data).await.is_ok(),
+                ChannelMsg::Eof | ChannelMsg::Close => false,
+                _ => true,
+            };
+            if !delivered {
+                break;
             }
         }
         let _ = cwr.eof().await;
