@@ -180,12 +180,15 @@ pub struct RecordingPage {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct RecordingQuery {
+    /// Sessions in the page, 1 to 100; default 10.
     pub limit: Option<i64>,
+    /// Sessions to skip; default 0.
     pub offset: Option<i64>,
     /// The user who was recorded.
     pub user: Option<String>,
     /// The node's hostname.
     pub node: Option<String>,
+    /// The project's name.
     pub project: Option<String>,
     /// `terminate` or `relay`.
     pub mode: Option<String>,

@@ -381,7 +381,9 @@ impl Engine {
                     "reason": "its Idempotency-Key was taken over by a later request with the same key while this one waited; nothing was run",
                 }));
             ev.exec_id = Some(exec_id.clone());
-            shared.audit.batched(ev).await;
+            // In the log before the caller hears of it (as every outcome an
+            // answer reports): whoever reads the log after the answer finds it.
+            shared.audit.batched_written(ev).await;
             tracing::warn!(exec_id = %exec_id, user = %s.username, "a submit lost its Idempotency-Key to a later request; not running it");
             return Err(SubmitError::ClaimLost);
         }

@@ -77,6 +77,8 @@ pub async fn get_policy(
         (status = 400, description = "Malformed JSON, an unknown field or level, a selector that does not parse, or too many rules", body = ErrorBody),
         (status = 401, description = "Missing, invalid, expired or revoked credential", body = ErrorBody),
         (status = 403, description = "Only a project admin may set it", body = ErrorBody),
+        (status = 413, description = "The body is larger than the API takes", body = ErrorBody),
+        (status = 415, description = "The body is not JSON (Content-Type: application/json)", body = ErrorBody),
         (status = 404, description = "No such project visible to the caller", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry", body = ErrorBody),
     ),
