@@ -113,6 +113,28 @@ async fn the_ansible_examples_run_green_through_the_bastion() {
         );
     }
 
+    // The same playbooks through the terminating mode, recorded: each node's
+    // tasks are exec recordings under alice.
+    let out = playbook(&dir, &["-i", "inventory-recorded.ini", "fleet-command.yml"]);
+    for n in ["node-a", "node-b", "node-c"] {
+        assert!(recap(&out, n).contains("failed=0"), "{}", recap(&out, n));
+        assert!(out.contains(&format!("\"msg\": \"{n}: ")), "{out}");
+    }
+    let (s, v) = b
+        .get("/api/v1/recordings?mode=terminate&user=alice&limit=100")
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for n in ["node-a", "node-b", "node-c"] {
+        assert!(
+            v["recordings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["node"] == n && r["kind"] == "exec" && r["login"] == "root"),
+            "no recording of the playbook on {n}: {v}"
+        );
+    }
+
     // Every node's sessions were audited under alice (they are still open:
     // ControlPersist keeps them warm, so look at their starts).
     let sessions = b.audit("ssh.session.start").await;

@@ -348,6 +348,71 @@ async fn terminated_sessions_run_copy_and_are_recorded_tamper_evidently() {
         text(&out.stderr)
     );
 
+    // ssh -L from a terminated connection: to what the role names, only.
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    let (s, v) = b
+        .put(
+            "/api/v1/users/alice/roles",
+            json!({"role": "project_member", "project": "web", "logins": ["root", "ghost"],
+                "forward_to": [format!("127.0.0.1:{echo_port}")]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = echo.accept() {
+            let mut buf = [0u8; 5];
+            if s.read_exact(&mut buf).is_ok() {
+                let _ = std::io::Write::write_all(&mut s, &buf);
+            }
+        }
+    });
+    let (ok_port, bad_port) = (postern_tests::free_port(), postern_tests::free_port());
+    let mut fwd = Command::new("ssh")
+        .args(["-F", &cfg, "-N", "-o", "ExitOnForwardFailure=yes"])
+        .arg("-L")
+        .arg(format!("127.0.0.1:{ok_port}:127.0.0.1:{echo_port}"))
+        .arg("-L")
+        .arg(format!("127.0.0.1:{bad_port}:127.0.0.1:1"))
+        .arg("root+node-a@bastion")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut conn = loop {
+        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", ok_port)) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the forward never listened");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    std::io::Write::write_all(&mut conn, b"ping!").unwrap();
+    let mut back = [0u8; 5];
+    conn.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping!");
+    let mut bad = std::net::TcpStream::connect(("127.0.0.1", bad_port)).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        bad.read(&mut buf).unwrap_or(0),
+        0,
+        "a forward outside forward_to is closed"
+    );
+    let _ = fwd.kill();
+    let _ = fwd.wait();
+    let denied = b.audit("ssh.connect").await;
+    assert!(
+        denied.iter().any(|e| e["detail"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("does not allow forwarding to 127.0.0.1:1")),
+        "{denied:?}"
+    );
+
     // Another project's member sees none of it.
     let (s, v) = b.post("/api/v1/projects", json!({"name": "other"})).await;
     assert_eq!(s, 201, "{v}");
