@@ -20,6 +20,7 @@ pub mod kube_bench;
 pub mod netns;
 pub mod oidc;
 pub mod proxy;
+pub mod recording_bench;
 pub mod replicas_bench;
 pub mod soak;
 pub mod sse;

@@ -40,7 +40,7 @@ CREATE INDEX recordings_by_org_time ON recordings (org_id, started_at);
 CREATE INDEX recordings_by_project_time ON recordings (project_id, started_at);
 
 -- A segment of a cast: up to 64 KiB or 1 s of asciicast v2 lines, compressed
--- (raw deflate). at_offset is where its lines start in the whole cast, so a
+-- (zstd). at_offset is where its lines start in the whole cast, so a
 -- byte range maps to segments; at_ms where its first event is. sha256 chains:
 -- hex(SHA-256(previous segment's sha256 || lines)), the first's previous being
 -- the recording's id.

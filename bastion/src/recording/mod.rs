@@ -2,8 +2,8 @@
 //! `login+node` mode) writes of it, and where.
 //!
 //! A recording is an asciicast v2 cast (`o` output, `r` resize, `m` markers),
-//! cut into segments of at most 64 KiB or 1 s of lines, each compressed (raw
-//! deflate) and chained by SHA-256 to the one before (see
+//! cut into segments of at most 64 KiB or 1 s of lines, each compressed (zstd)
+//! and chained by SHA-256 to the one before (see
 //! `postern_api::recordings::chain`), and stored in the store beside everything
 //! else, so every replica serves every recording. The session's final audit
 //! entry holds the chain's head, so an edit anywhere is found offline.

@@ -1,12 +1,10 @@
 //! One recording: the lines a session adds (`Tape`), and the task that writes
 //! them to the store in chained, compressed segments.
 
-use std::io::Write;
+use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flate2::Compression;
-use flate2::write::DeflateEncoder;
 use postern_api::recordings::{RecordingLevel, chain};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -410,25 +408,16 @@ impl Writer {
     }
 }
 
+/// zstd at its default level: on terminal output a third of deflate's size
+/// for about the same CPU (measured in `postern-recording-bench`).
 fn compress(lines: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut e = DeflateEncoder::new(Vec::with_capacity(lines.len() / 4), Compression::default());
-    e.write_all(lines)?;
-    e.finish()
+    zstd::bulk::compress(lines, 3)
 }
 
 /// Inflates a stored segment, refusing one that would grow past `max` (a
 /// corrupt or hostile row must not take the reader's memory).
 pub fn decompress(data: &[u8], max: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    let mut d = flate2::read::DeflateDecoder::new(data).take(max as u64 + 1);
-    d.read_to_end(&mut out)?;
-    if out.len() > max {
-        return Err(std::io::Error::other(
-            "segment larger than any the bastion writes",
-        ));
-    }
-    Ok(out)
+    zstd::bulk::decompress(data, max)
 }
 
 #[cfg(test)]
