@@ -80,6 +80,11 @@ pub struct RecordingPolicy {
     /// Per node label selector.
     #[serde(default)]
     pub labels: Vec<LabelRule>,
+    /// Also record what users type (`i` events), not only what the terminal
+    /// shows: typed input the terminal hides (`stty -echo`, passwords) is in
+    /// the recording too. Off by default.
+    #[serde(default)]
+    pub input: bool,
 }
 
 fn best_effort() -> RecordingLevel {
@@ -92,6 +97,7 @@ impl Default for RecordingPolicy {
             default: RecordingLevel::BestEffort,
             roles: BTreeMap::new(),
             labels: Vec::new(),
+            input: false,
         }
     }
 }

@@ -269,7 +269,6 @@ pub async fn run(bytes: u64, runs: usize, sessions: usize, large_mb: u64) -> Rec
         modes.push(f);
     }
 
-
     // 60 commands of an admin's hour, about 2 MB of output, with pauses.
     let interactive = "for i in $(seq 1 60); do ls -l /usr/bin /usr/lib | head -c 33000; ps aux | head -20; sleep 0.2; done # interactive-workload";
     let interactive_out = run_output(&config, terminate, interactive);

@@ -204,11 +204,9 @@ async fn terminated_sessions_run_copy_and_are_recorded_tamper_evidently() {
     assert_eq!(header["version"], 2);
     assert!(text_cast.contains("hello-42"), "{text_cast}");
     assert!(text_cast.contains("exit status 0"), "{text_cast}");
+    // scp's own protocol is an exec: marked as a transfer, and recorded like
+    // any exec (the command's text is the client's word); sftp's bytes are not.
     let scp = ended_exec(&b, "scp").await;
-    assert!(
-        scp["stored_bytes"].as_i64().unwrap() < 10_000,
-        "a file transfer's bytes are not recorded: {scp}"
-    );
     assert!(
         cast(&b, scp["id"].as_str().unwrap())
             .await
@@ -288,7 +286,10 @@ async fn terminated_sessions_run_copy_and_are_recorded_tamper_evidently() {
     let mut data = chunk.data.unwrap();
     let n = data.len() / 2;
     data[n] ^= 0x20;
-    store.overwrite_chunk_data(&id, 0, &data).await.unwrap();
+    store
+        .overwrite_chunk(&id, 0, Some(&data), None)
+        .await
+        .unwrap();
     let out = postern(&b, &["recordings", "verify", &id]);
     assert_eq!(
         out.status.code(),
@@ -488,6 +489,146 @@ async fn terminated_sessions_run_copy_and_are_recorded_tamper_evidently() {
     assert_eq!(s, 400, "{v}");
     let (s, v) = b.get("/api/v1/projects/web/recording-policy").await;
     assert_eq!((s, &v["default"]), (200, &json!("best_effort")), "{v}");
+
+    // A project role shows one's own recordings; a project admin's, all.
+    for (bot, role, sees_alices) in [
+        ("mo", "project_member", false),
+        ("ro", "read_only", false),
+        ("pa", "project_admin", true),
+    ] {
+        let (s, v) = b
+            .post(
+                "/api/v1/projects/web/bots",
+                json!({"name": bot, "role": role}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let (s, v) = b
+            .post(
+                &format!("/api/v1/users/{bot}/tokens"),
+                json!({"ttl_seconds": 3600}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let t = v["token"].as_str().unwrap().to_string();
+        let (s, v) =
+            postern_tests::http(b.api, "GET", "/api/v1/recordings?limit=100", Some(&t), None)
+                .await
+                .unwrap();
+        assert_eq!(s, 200, "{v}");
+        let any = v["recordings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["user"] == "alice");
+        assert_eq!(any, sees_alices, "{role}: {v}");
+        let (s, _) = postern_tests::http(
+            b.api,
+            "GET",
+            &format!("/api/v1/recordings/{id}/cast"),
+            Some(&t),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, if sees_alices { 200 } else { 404 }, "{role}");
+    }
+
+    // A key two users registered names neither: the login names the user.
+    let (s, v) = b.post("/api/v1/users", json!({"name": "mallory"})).await;
+    assert_eq!(s, 201, "{v}");
+    let public = std::fs::read_to_string(alice.key.with_extension("pub")).unwrap();
+    let (s, v) = b
+        .post(
+            "/api/v1/users/mallory/ssh-keys",
+            json!({"public_key": public.trim()}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let out = alice.ssh(&["root+node-a@bastion", "true"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("root+web-1+alice"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = alice.ssh(&["root+node-a+alice@bastion", "echo named-$((1+1))"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "named-2");
+
+    // Strict, with input: a command's text does not switch the recording
+    // off, and what is typed is recorded even when the terminal hides it.
+    let (s, v) = b
+        .put(
+            "/api/v1/projects/web/recording-policy",
+            json!({"default": "strict", "input": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let out = alice.ssh(&[
+        "root+node-a+alice@bastion",
+        "scp 2>/dev/null; echo HIDDEN-$((6*7))",
+    ]);
+    assert!(
+        text(&out.stdout).contains("HIDDEN-42"),
+        "{}",
+        text(&out.stderr)
+    );
+    let hidden = ended_exec(&b, "HIDDEN").await;
+    assert!(
+        cast(&b, hidden["id"].as_str().unwrap())
+            .await
+            .contains("HIDDEN-42")
+    );
+    let mut typed = Command::new("ssh")
+        .args([
+            "-F",
+            &cfg,
+            "root+node-a+alice@bastion",
+            "stty -echo 2>/dev/null; read x; echo read-done",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(typed.stdin.as_mut().unwrap(), b"typed-secret\n").unwrap();
+    let out = typed.wait_with_output().unwrap();
+    assert!(text(&out.stdout).contains("read-done"));
+    let read = ended_exec(&b, "read x").await;
+    let c = cast(&b, read["id"].as_str().unwrap()).await;
+    assert!(c.contains(r#""i", "typed-secret"#), "{c}");
+
+    // A damaged segment length: that cast ends there, the bastion stays up,
+    // and the other recordings still play.
+    let exit3 = ended_exec(&b, "exit 3").await;
+    store
+        .overwrite_chunk(exit3["id"].as_str().unwrap(), 0, None, Some(20_000_000_000))
+        .await
+        .unwrap();
+    let r = postern_tests::http(
+        b.api,
+        "GET",
+        &format!("/api/v1/recordings/{}/cast", exit3["id"].as_str().unwrap()),
+        Some(&b.token),
+        None,
+    )
+    .await;
+    assert!(
+        r.is_err() || r.as_ref().unwrap().0 != 200 || r.as_ref().unwrap().1 == json!(""),
+        "{r:?}"
+    );
+    let (s, _) = b.get("/readyz").await;
+    assert_eq!(s, 200);
+    let out = postern(
+        &b,
+        &["play", hidden["id"].as_str().unwrap(), "--format", "text"],
+    );
+    assert!(
+        text(&out.stdout).contains("HIDDEN-42"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -102,19 +102,50 @@ pub async fn put_policy(
     Ok(Json(policy))
 }
 
-/// The projects whose recordings the caller may see (`None`: all the org's).
-fn visible(caller: &Caller) -> Option<Vec<String>> {
+/// Whose recordings the caller may see: an org admin the org's, a project
+/// admin their projects', anyone else only their own (a project role lets one
+/// work on its nodes, not watch everyone else's root shells there).
+struct Visible {
+    /// `None`: the whole org.
+    all_of: Option<Vec<String>>,
+    own_in: Vec<String>,
+}
+
+fn visible(caller: &Caller) -> Visible {
+    use postern_api::admin::Role;
     if caller.principal.is_org_admin() {
-        return None;
+        return Visible {
+            all_of: None,
+            own_in: Vec::new(),
+        };
     }
-    Some(
-        caller
-            .principal
-            .bindings
-            .iter()
-            .filter_map(|b| b.project_id.clone())
-            .collect(),
-    )
+    let (mut all_of, mut own_in) = (Vec::new(), Vec::new());
+    for b in &caller.principal.bindings {
+        if let Some(p) = &b.project_id {
+            if b.role == Role::ProjectAdmin {
+                all_of.push(p.clone());
+            } else {
+                own_in.push(p.clone());
+            }
+        }
+    }
+    Visible {
+        all_of: Some(all_of),
+        own_in,
+    }
+}
+
+impl Visible {
+    fn may_see(&self, caller: &Caller, r: &RecordingRow) -> bool {
+        match &self.all_of {
+            None => true,
+            Some(ps) => {
+                ps.contains(&r.project_id)
+                    || (self.own_in.contains(&r.project_id)
+                        && r.user_id == caller.principal.user_id)
+            }
+        }
+    }
 }
 
 async fn view(state: &AppState, r: &RecordingRow) -> RecordingView {
@@ -190,14 +221,20 @@ pub async fn list(
             ));
         }
     };
-    let mut projects = visible(&caller);
+    let mut v = visible(&caller);
     if let Some(p) = name("project", &q.project)? {
         let p = resolve_project(&state, &caller, &p, Action::ReadProject).await?;
-        projects = Some(vec![p.id]);
+        let all = v.all_of.as_ref().is_none_or(|ps| ps.contains(&p.id));
+        v = Visible {
+            all_of: Some(if all { vec![p.id.clone()] } else { Vec::new() }),
+            own_in: if all { Vec::new() } else { vec![p.id] },
+        };
     }
     let f = RecordingFilter {
         org_id: caller.principal.org_id.clone(),
-        projects,
+        projects: v.all_of,
+        own_projects: v.own_in,
+        own_user_id: caller.principal.user_id.clone(),
         user: name("user", &q.user)?,
         hostname: name("node", &q.node)?,
         relay,
@@ -224,8 +261,7 @@ async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<RecordingRo
         return Err(missing());
     }
     let r = state.store.recording(id).await?.ok_or_else(missing)?;
-    let may = r.org_id == caller.principal.org_id
-        && visible(caller).is_none_or(|ps| ps.contains(&r.project_id));
+    let may = r.org_id == caller.principal.org_id && visible(caller).may_see(caller, &r);
     if !may {
         return Err(missing());
     }
@@ -298,34 +334,51 @@ pub async fn segments(
     }))
 }
 
-/// `bytes=a-b`, `bytes=a-` or `bytes=-n` against a cast of `len` bytes: the
-/// first and last byte, or `Err` for a range that cannot be served.
+/// `Range: bytes=a-b`, `bytes=a-` or `bytes=-n` against a cast of `len` bytes,
+/// as RFC 9110 reads it: `None` to answer the whole cast (no header, several
+/// ranges, or one that does not parse: ignored), `Some(Err)` for a range that
+/// starts past the end (416), else the first and last byte (the last clamped).
 fn range(headers: &HeaderMap, len: i64) -> Option<Result<(i64, i64), ()>> {
     let v = headers.get(header::RANGE)?.to_str().ok()?;
-    let spec = v.strip_prefix("bytes=")?;
+    let spec = v.trim().strip_prefix("bytes=")?;
     if spec.contains(',') {
-        // One range is what players ask for; several are answered whole.
         return None;
     }
-    let (a, b) = spec.split_once('-')?;
-    let parsed = match (a.trim(), b.trim()) {
-        ("", n) => n.parse::<i64>().ok().map(|n| (len - n.min(len), len - 1)),
-        (a, "") => a.parse::<i64>().ok().map(|a| (a, len - 1)),
-        (a, b) => match (a.parse::<i64>(), b.parse::<i64>()) {
-            (Ok(a), Ok(b)) if a <= b => Some((a, b.min(len - 1))),
-            _ => None,
-        },
+    // Digits only: no sign, no space inside; too long to be an offset here
+    // reads as "to the end".
+    let num = |s: &str| -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(s.parse::<u64>().unwrap_or(u64::MAX))
     };
-    Some(match parsed {
-        Some((a, b)) if a >= 0 && a < len && a <= b => Ok((a, b)),
-        _ => Err(()),
-    })
+    let len_u = len.max(0) as u64;
+    let (a, b) = spec.split_once('-')?;
+    let (first, last) = if a.is_empty() {
+        let n = num(b)?;
+        if n == 0 {
+            return Some(Err(()));
+        }
+        (len_u.saturating_sub(n), len_u.saturating_sub(1))
+    } else {
+        let first = num(a)?;
+        let last = if b.is_empty() { u64::MAX } else { num(b)? };
+        if last < first {
+            return None;
+        }
+        (first, last.min(len_u.saturating_sub(1)))
+    };
+    if first >= len_u {
+        return Some(Err(()));
+    }
+    Some(Ok((first as i64, last as i64)))
 }
 
 /// A segment as served: its lines, or (when the stored bytes cannot be read) a
 /// marker line of the same length, so offsets hold and the rest still plays.
 fn segment_bytes(recording: &str, c: &crate::store::ChunkRow) -> Bytes {
-    let want = c.raw_len.max(0) as usize;
+    // Checked by the caller: 0 <= raw_len <= SEGMENT_MAX.
+    let want = c.raw_len.clamp(0, SEGMENT_MAX as i64) as usize;
     match crate::recording::decompress(c.data.as_deref().unwrap_or_default(), SEGMENT_MAX) {
         Ok(lines) if lines.len() == want => Bytes::from(lines),
         other => {
@@ -429,6 +482,20 @@ pub async fn cast(
             let mut next = seq;
             let mut pos = at;
             for c in &rows {
+                // A row no writer makes (a length past any segment's, a hole
+                // or an overlap) ends the answer here: its offsets cannot be
+                // trusted, and its length must not take memory.
+                if c.raw_len < 0
+                    || c.raw_len > SEGMENT_MAX as i64
+                    || c.seq != next
+                    || c.offset > pos
+                {
+                    tracing::error!(recording = %rec, seq = c.seq, raw_len = c.raw_len, "a recording segment's metadata is corrupt; the cast ends before it");
+                    return Some((
+                        Err(std::io::Error::other("corrupt segment")),
+                        (total, last + 1),
+                    ));
+                }
                 next = c.seq + 1;
                 let seg = segment_bytes(&rec, c);
                 let seg_end = c.offset + seg.len() as i64 - 1;
@@ -491,4 +558,38 @@ pub async fn delete(
         }))
     });
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(v: &str, len: i64) -> Option<Result<(i64, i64), ()>> {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, v.parse().unwrap());
+        range(&h, len)
+    }
+
+    #[test]
+    fn ranges_read_as_rfc_9110_says() {
+        assert_eq!(r("bytes=0-9", 100), Some(Ok((0, 9))));
+        assert_eq!(r("bytes=90-", 100), Some(Ok((90, 99))));
+        assert_eq!(r("bytes=-10", 100), Some(Ok((90, 99))));
+        assert_eq!(r("bytes=-1000", 100), Some(Ok((0, 99))));
+        assert_eq!(r("bytes=0-99999999999999999999", 100), Some(Ok((0, 99))));
+        assert_eq!(r("bytes=100-", 100), Some(Err(())));
+        assert_eq!(r("bytes=-0", 100), Some(Err(())));
+        // Ignored: the whole cast.
+        for v in [
+            "bytes=5-2",
+            "bytes=+3-+5",
+            "bytes=--9223372036854775808",
+            "bytes=0-1,5-6",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=-",
+        ] {
+            assert_eq!(r(v, 100), None, "{v}");
+        }
+    }
 }

@@ -265,6 +265,10 @@ pub(crate) struct Tuning {
     /// AES-GCM (OpenSSH would then pick it first, at a CPU cost to the bastion).
     #[arg(long)]
     pub(crate) ssh_allow_chacha20: bool,
+    /// The most one session recording may hold (bytes of cast). Past it the
+    /// cast says so and records no more; a strict session ends there.
+    #[arg(long, default_value_t = 512 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024 * 1024..))]
+    pub(crate) recording_max_bytes: u64,
     /// Let OpenID providers be on loopback or private networks, and over plain
     /// http (a provider beside the bastion; tests). Off by default, so an org
     /// admin cannot point the bastion into its own network.
@@ -311,6 +315,7 @@ pub(crate) fn door_settings(t: &Tuning, ssh_public_addr: Option<String>) -> Door
                 .unwrap_or(usize::MAX),
             ssh_banner_timeout: t.ssh_banner_timeout.max(Duration::from_secs(1)),
             ssh_allow_chacha20: t.ssh_allow_chacha20,
+            recording_max_bytes: t.recording_max_bytes,
             ..postern_bastion::ssh::Settings::default()
         },
         rest: postern_bastion::http::Settings {

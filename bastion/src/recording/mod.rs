@@ -37,6 +37,8 @@ pub struct Recorder {
     /// stopped is marked `interrupted` when it starts again.
     replica: String,
     tasks: tokio_util::task::TaskTracker,
+    /// The most one recording may hold, in bytes of cast.
+    max_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,11 +52,13 @@ impl Recorder {
         store: Store,
         replica: String,
         tasks: tokio_util::task::TaskTracker,
+        max_bytes: u64,
     ) -> Arc<Recorder> {
         Arc::new(Recorder {
             store,
             replica,
             tasks,
+            max_bytes,
         })
     }
 

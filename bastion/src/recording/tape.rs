@@ -115,6 +115,11 @@ pub struct Tape {
     filling: Arc<Mutex<Filling>>,
     full: mpsc::Sender<Pending>,
     done: oneshot::Receiver<Ended>,
+    /// Bytes of cast so far, and the most there may be.
+    written: std::sync::atomic::AtomicU64,
+    max_bytes: u64,
+    level: RecordingLevel,
+    cut: CancellationToken,
 }
 
 pub(super) async fn start(
@@ -153,7 +158,7 @@ pub(super) async fn start(
         store: recorder.store.clone(),
         id: id.clone(),
         level,
-        cut,
+        cut: cut.clone(),
         seq: 0,
         offset: 0,
         head: id.clone(),
@@ -170,6 +175,10 @@ pub(super) async fn start(
         filling,
         full,
         done,
+        written: std::sync::atomic::AtomicU64::new(0),
+        max_bytes: recorder.max_bytes,
+        level,
+        cut,
     })
 }
 
@@ -182,14 +191,35 @@ impl Tape {
     /// waits while two are already waiting: a slow store slows the session
     /// rather than growing its memory).
     async fn line(&self, code: &str, text: &str) {
+        use std::sync::atomic::Ordering;
         let secs = self.secs();
+        let data = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into());
+        let line = format!("[{secs:.6}, \"{code}\", {data}]\n");
+        let before = self.written.fetch_add(line.len() as u64, Ordering::Relaxed);
+        if before + line.len() as u64 > self.max_bytes {
+            if before <= self.max_bytes {
+                // Once: the cast says where it stops, and a strict session
+                // (which may not run unrecorded) ends here.
+                self.written.store(u64::MAX / 2, Ordering::Relaxed);
+                let mut f = lock(&self.filling);
+                let _ = writeln!(
+                    f.lines,
+                    "[{secs:.6}, \"m\", \"recording limit of {} bytes reached: the rest of this session is not recorded\"]",
+                    self.max_bytes
+                );
+                if self.level == RecordingLevel::Strict {
+                    tracing::warn!(recording = %self.id, "strict recording full: ending the session");
+                    self.cut.cancel();
+                }
+            }
+            return;
+        }
         let ready = {
             let mut f = lock(&self.filling);
             if f.first.is_none() {
                 f.first = Some((Instant::now(), (secs * 1000.0) as i64));
             }
-            let data = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into());
-            let _ = writeln!(f.lines, "[{secs:.6}, \"{code}\", {data}]");
+            f.lines.extend_from_slice(line.as_bytes());
             if f.lines.len() >= SEGMENT_BYTES {
                 f.take()
             } else {
@@ -231,6 +261,12 @@ impl Tape {
 
     /// Ends the recording: what is buffered is written, the row is closed,
     /// and the chain's head returned.
+    /// Input from the user (`i`), when the policy records it.
+    pub async fn input(&self, data: &[u8]) {
+        let text = String::from_utf8_lossy(data).into_owned();
+        self.line("i", &text).await;
+    }
+
     pub async fn finish(self) -> Option<Ended> {
         let Tape { full, done, .. } = self;
         drop(full);

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::keys::{canonical, fingerprint};
 use super::relay::{self, Jump};
 use super::terminate::bridge::{self, Opening};
-use super::terminate::{Destination, Upstreams};
+use super::terminate::{AMBIGUOUS_KEY, Destination, Upstreams};
 use crate::audit::Event;
 use crate::authz::Principal;
 use crate::clock::now_ms;
@@ -49,6 +49,9 @@ pub struct Conn {
     dest: Option<Destination>,
     /// Its connections to nodes, shared by its channels.
     upstreams: Arc<Upstreams>,
+    /// `LOGIN+NODE` with a key several users registered: every channel is
+    /// refused with what to do instead.
+    ambiguous: bool,
 }
 
 const JUMP_ONLY: &str = "a session on the bastion needs a node: ssh LOGIN+NODE@<bastion> (recorded), or ssh -J <you>@<bastion> LOGIN@NODE";
@@ -85,6 +88,7 @@ impl Conn {
             tried: None,
             dest: None,
             upstreams: Arc::default(),
+            ambiguous: false,
         }
     }
 
@@ -124,16 +128,19 @@ impl Conn {
     }
 
     /// The one user who registered this key, for a `LOGIN+NODE` login (which
-    /// names no user): a key several users registered names none of them.
+    /// names no user): `Err(())` when several did (registering proves no
+    /// possession, so a key names none of them by itself).
     async fn lookup_by_key(
         &self,
         key: &PublicKey,
-    ) -> Option<(crate::store::SshKeyRow, crate::store::UserRow)> {
+    ) -> Result<Option<(crate::store::SshKeyRow, crate::store::UserRow)>, ()> {
         let fp = fingerprint(key);
         let found = async {
             let owners = self.shared.store.ssh_key_owners(&fp, 2).await?;
-            let [only] = owners.as_slice() else {
-                return Ok(None);
+            let only = match owners.as_slice() {
+                [] => return Ok(Ok(None)),
+                [only] => only,
+                _ => return Ok(Err(())),
             };
             let Some(owner) = self
                 .shared
@@ -142,15 +149,15 @@ impl Conn {
                 .await?
                 .filter(|u| u.disabled_at.is_none())
             else {
-                return Ok(None);
+                return Ok(Ok(None));
             };
-            self.usable(owner, &fp).await
+            self.usable(owner, &fp).await.map(Ok)
         };
         match found.await {
             Ok(r) => r,
-            Err(e) => {
+            Err::<_, crate::store::StoreError>(e) => {
                 tracing::error!(error = %e, "store unavailable during SSH authentication");
-                None
+                Ok(None)
             }
         }
     }
@@ -374,8 +381,12 @@ impl russh::server::Handler for Conn {
                 self.lookup(user, offer.public_key).await.is_some()
                     || self.session_key(user, offer.public_key).await
             }
+            Login::Terminate(Destination { user: Some(u), .. }) => {
+                self.lookup(&u, offer.public_key).await.is_some()
+                    || self.session_key(&u, offer.public_key).await
+            }
             Login::Terminate(_) => {
-                self.lookup_by_key(offer.public_key).await.is_some()
+                !matches!(self.lookup_by_key(offer.public_key).await, Ok(None))
                     || self.session_key_any(offer.public_key).await
             }
             Login::Bad(_) => false,
@@ -394,7 +405,19 @@ impl russh::server::Handler for Conn {
     ) -> Result<Auth, Self::Error> {
         let (found, dest) = match login(user) {
             Login::Jump => (self.lookup(user, key.public_key).await, None),
-            Login::Terminate(d) => (self.lookup_by_key(key.public_key).await, Some(d)),
+            Login::Terminate(d) => match &d.user {
+                Some(u) => (self.lookup(u, key.public_key).await, Some(d)),
+                None => match self.lookup_by_key(key.public_key).await {
+                    Ok(found) => (found, Some(d)),
+                    Err(()) => {
+                        // The key is proven; whose it is, is not. The
+                        // connection stays open only to say so on each channel.
+                        self.ambiguous = true;
+                        self.dest = Some(d);
+                        return Ok(Auth::Accept);
+                    }
+                },
+            },
             Login::Bad(_) => (None, None),
         };
         let Some((row, owner)) = found else {
@@ -437,7 +460,7 @@ impl russh::server::Handler for Conn {
         let (name, dest) = match login(user) {
             Login::Jump => (Ok(user.to_string()), None),
             Login::Terminate(d) => match certificate.valid_principals() {
-                [one] => (Ok(one.clone()), Some(d)),
+                [one] if d.user.as_ref().is_none_or(|u| u == one) => (Ok(one.clone()), Some(d)),
                 _ => (
                     Err("the certificate names no single Postern user".to_string()),
                     None,
@@ -525,6 +548,10 @@ impl russh::server::Handler for Conn {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.ambiguous {
+            self.reject(reply, "direct-tcpip", AMBIGUOUS_KEY).await;
+            return Ok(());
+        }
         let Some(user) = self.user.clone() else {
             self.reject(reply, "direct-tcpip", "not authenticated")
                 .await;
@@ -562,6 +589,10 @@ impl russh::server::Handler for Conn {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.ambiguous {
+            self.reject(reply, "session", AMBIGUOUS_KEY).await;
+            return Ok(());
+        }
         let Some(o) = self.user.clone().and_then(|u| self.opening(u, session)) else {
             self.reject(reply, "session", JUMP_ONLY).await;
             return Ok(());

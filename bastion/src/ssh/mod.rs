@@ -196,6 +196,8 @@ pub struct Settings {
     pub ssh_max_packet: u32,
     /// Also offer chacha20-poly1305 (slower here; for clients without AES-GCM).
     pub ssh_allow_chacha20: bool,
+    /// The most one session recording may hold, in bytes of cast.
+    pub recording_max_bytes: u64,
 }
 
 impl Default for Settings {
@@ -209,6 +211,7 @@ impl Default for Settings {
             ssh_window: 16 * 1024 * 1024,
             ssh_max_packet: 64 * 1024 - 1024,
             ssh_allow_chacha20: false,
+            recording_max_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -244,8 +247,12 @@ impl Door {
             .replicas()
             .map(|r| r.name.clone())
             .unwrap_or_else(|| "local".into());
-        let recorder =
-            crate::recording::Recorder::new(core.store.clone(), replica, core.tasks.clone());
+        let recorder = crate::recording::Recorder::new(
+            core.store.clone(),
+            replica,
+            core.tasks.clone(),
+            settings.recording_max_bytes,
+        );
         let door = Arc::new(Door {
             core,
             live: Arc::default(),

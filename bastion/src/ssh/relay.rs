@@ -98,7 +98,8 @@ pub async fn run(
             if let Some(n) = &r.node {
                 ev = ev.target(format!("node:{n}"));
             }
-            shared.audit.batched(ev).await;
+            // In the log before the user reads the refusal (whoever looks finds it).
+            shared.audit.batched_written(ev).await;
             reply
                 .reject(ChannelOpenFailure::Other {
                     code: 1,

@@ -52,8 +52,12 @@ pub struct ChunkRow {
 #[derive(Debug, Clone, Default)]
 pub struct RecordingFilter {
     pub org_id: String,
-    /// `None`: every project of the org (org admins); else only these.
+    /// `None`: every project of the org (org admins); else every recording
+    /// of these projects (their project admins)...
     pub projects: Option<Vec<String>>,
+    /// ...and in these, only `own_user_id`'s own (members, read_only).
+    pub own_projects: Vec<String>,
+    pub own_user_id: String,
     pub user: Option<String>,
     pub hostname: Option<String>,
     /// `Some(true)`: relayed (`ssh -J`) sessions only; `Some(false)`: recorded ones.
@@ -263,15 +267,32 @@ impl Store {
         let mut conds = vec!["org_id = $1".to_string()];
         let mut binds = vec![Bind::Text(&f.org_id)];
         if let Some(ps) = &f.projects {
-            if ps.is_empty() {
+            if ps.is_empty() && f.own_projects.is_empty() {
                 return Ok((0, Vec::new()));
             }
-            let mut marks = Vec::new();
-            for p in ps {
-                binds.push(Bind::Text(p));
-                marks.push(format!("${}", binds.len()));
+            let mut either = Vec::new();
+            if !ps.is_empty() {
+                let mut marks = Vec::new();
+                for p in ps {
+                    binds.push(Bind::Text(p));
+                    marks.push(format!("${}", binds.len()));
+                }
+                either.push(format!("project_id IN ({})", marks.join(", ")));
             }
-            conds.push(format!("project_id IN ({})", marks.join(", ")));
+            if !f.own_projects.is_empty() {
+                let mut marks = Vec::new();
+                for p in &f.own_projects {
+                    binds.push(Bind::Text(p));
+                    marks.push(format!("${}", binds.len()));
+                }
+                binds.push(Bind::Text(&f.own_user_id));
+                either.push(format!(
+                    "(project_id IN ({}) AND user_id = ${})",
+                    marks.join(", "),
+                    binds.len()
+                ));
+            }
+            conds.push(format!("({})", either.join(" OR ")));
         }
         for (col, v) in [("user_name", &f.user), ("hostname", &f.hostname)] {
             if let Some(v) = v {
@@ -385,20 +406,36 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// For tests of tamper evidence: the stored bytes of one segment, as
-    /// someone with write access to the database could change them.
-    pub async fn overwrite_chunk_data(
+    /// For tests of tamper evidence and of damaged rows: one segment's stored
+    /// bytes or length changed, as someone with write access to the database
+    /// (or a bad disk) could change them.
+    pub async fn overwrite_chunk(
         &self,
         recording_id: &str,
         seq: i64,
-        data: &[u8],
+        data: Option<&[u8]>,
+        raw_len: Option<i64>,
     ) -> Result<()> {
-        sqlx::query("UPDATE recording_chunks SET data = $3 WHERE recording_id = $1 AND seq = $2")
+        if let Some(d) = data {
+            sqlx::query(
+                "UPDATE recording_chunks SET data = $3 WHERE recording_id = $1 AND seq = $2",
+            )
             .bind(recording_id)
             .bind(seq)
-            .bind(data)
+            .bind(d)
             .execute(&self.pool)
             .await?;
+        }
+        if let Some(n) = raw_len {
+            sqlx::query(
+                "UPDATE recording_chunks SET raw_len = $3 WHERE recording_id = $1 AND seq = $2",
+            )
+            .bind(recording_id)
+            .bind(seq)
+            .bind(n)
+            .execute(&self.pool)
+            .await?;
+        }
         Ok(())
     }
 }

@@ -57,7 +57,8 @@ impl Opening {
         if let Some(n) = &r.node {
             ev = ev.target(format!("node:{n}"));
         }
-        self.shared.audit.batched(ev).await;
+        // In the log before the user reads the refusal (whoever looks finds it).
+        self.shared.audit.batched_written(ev).await;
         reply
             .reject(ChannelOpenFailure::Other {
                 code: 1,
@@ -67,8 +68,9 @@ impl Opening {
     }
 }
 
-/// Whether an exec moves files (scp, rsync): its bytes are a transfer, marked
-/// in the recording, not a terminal's output.
+/// Whether an exec looks like a file transfer (scp, rsync): only the marker
+/// says so. Its output is recorded like any other: the command's text is the
+/// client's word, and `scp; bash -i` must not run unrecorded.
 fn is_transfer(command: &str) -> bool {
     let first = command.split_whitespace().next().unwrap_or("");
     let prog = first.rsplit('/').next().unwrap_or(first);
@@ -160,9 +162,12 @@ pub async fn session(o: Opening, channel: Channel<Msg>, reply: ChannelOpenHandle
     let b = Bridge {
         o: &o,
         level: a.level,
+        input: a.input,
         meta: std::sync::Mutex::new(meta),
         tape: OnceLock::new(),
         record_output: AtomicBool::new(true),
+        started: AtomicBool::new(false),
+        asked: std::sync::Mutex::new(std::collections::VecDeque::new()),
         kill: kill.clone(),
         up: AtomicU64::new(0),
         down: AtomicU64::new(0),
@@ -205,12 +210,26 @@ pub async fn session(o: Opening, channel: Channel<Msg>, reply: ChannelOpenHandle
         .await;
 }
 
+/// A request sent on to the node whose answer is awaited, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Other,
+    Subsystem,
+}
+
 struct Bridge<'a> {
     o: &'a Opening,
     level: RecordingLevel,
+    /// Record the user's input too (the policy's `input`).
+    input: bool,
     meta: std::sync::Mutex<Meta>,
     tape: OnceLock<Tape>,
+    /// Off only once the node accepted a subsystem (sftp: a binary protocol).
     record_output: AtomicBool,
+    /// A shell, exec or subsystem was asked for: a channel runs one.
+    started: AtomicBool,
+    /// Requests awaiting the node's answer, oldest first.
+    asked: std::sync::Mutex<std::collections::VecDeque<Asked>>,
     kill: CancellationToken,
     up: AtomicU64,
     down: AtomicU64,
@@ -220,6 +239,32 @@ struct Bridge<'a> {
 impl Bridge<'_> {
     fn meta(&self) -> std::sync::MutexGuard<'_, Meta> {
         self.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ask(&self, what: Asked) {
+        self.asked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(what);
+    }
+
+    /// The node answered the oldest request: a subsystem it accepted stops the
+    /// output's recording (its bytes are sftp's, marked as such).
+    fn answered(&self, ok: bool) {
+        let what = self
+            .asked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+        if ok && what == Some(Asked::Subsystem) {
+            self.record_output.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// A second shell, exec or subsystem on one channel is refused here (sshd
+    /// would refuse it too; the recording must not be misled by it).
+    fn first_start(&self) -> bool {
+        !self.started.swap(true, Ordering::Relaxed)
     }
 
     /// Starts the recording at the session's first shell, exec or subsystem;
@@ -267,6 +312,11 @@ impl Bridge<'_> {
                 let sent = match msg {
                     ChannelMsg::Data { data } => {
                         self.up.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        if self.input
+                            && let Some(t) = self.tape.get()
+                        {
+                            t.input(&data).await;
+                        }
                         nwr.data_bytes(data).await
                     }
                     ChannelMsg::ExtendedData { data, ext } => {
@@ -289,6 +339,7 @@ impl Bridge<'_> {
                             m.height = row_height.clamp(1, 10_000);
                             m.term = postern_api::validate::peer_line(&term, 64);
                         }
+                        self.ask(Asked::Other);
                         nwr.request_pty(
                             true,
                             &term,
@@ -300,11 +351,20 @@ impl Bridge<'_> {
                         )
                         .await
                     }
+                    ChannelMsg::RequestShell { .. }
+                    | ChannelMsg::Exec { .. }
+                    | ChannelMsg::RequestSubsystem { .. }
+                        if !self.first_start() =>
+                    {
+                        let _ = server.channel_failure(cid).await;
+                        Ok(())
+                    }
                     ChannelMsg::RequestShell { .. } => {
                         if !self.start("shell", "").await {
                             let _ = server.channel_failure(cid).await;
                             break;
                         }
+                        self.ask(Asked::Other);
                         nwr.request_shell(true).await
                     }
                     ChannelMsg::Exec { command, .. } => {
@@ -314,7 +374,6 @@ impl Bridge<'_> {
                             break;
                         }
                         let transfer = is_transfer(&text);
-                        self.record_output.store(!transfer, Ordering::Relaxed);
                         if let Some(t) = self.tape.get() {
                             let shown = postern_api::validate::peer_line(&text, COMMAND_MAX);
                             t.marker(&if transfer {
@@ -324,6 +383,7 @@ impl Bridge<'_> {
                             })
                             .await;
                         }
+                        self.ask(Asked::Other);
                         nwr.exec(true, command).await
                     }
                     ChannelMsg::RequestSubsystem { name, .. } => {
@@ -331,9 +391,10 @@ impl Bridge<'_> {
                             let _ = server.channel_failure(cid).await;
                             break;
                         }
-                        // A subsystem (sftp) speaks a binary protocol: its
-                        // bytes are transfers, marked, not a terminal's output.
-                        self.record_output.store(false, Ordering::Relaxed);
+                        // A subsystem (sftp) speaks a binary protocol: once
+                        // the node runs it (its answer, not the client's
+                        // word), its bytes are marked, not recorded.
+                        self.ask(Asked::Subsystem);
                         if let Some(t) = self.tape.get() {
                             t.marker(&format!(
                                 "subsystem: {}",
@@ -361,11 +422,14 @@ impl Bridge<'_> {
                         ..
                     } => nwr.set_env(false, variable_name, variable_value).await,
                     ChannelMsg::Signal { signal } => nwr.signal(signal).await,
-                    ChannelMsg::RequestX11 { .. } | ChannelMsg::AgentForward { .. } => {
+                    ChannelMsg::RequestX11 { .. } => {
                         // Refused, as on the jump path: never towards a node.
                         let _ = server.channel_failure(cid).await;
                         Ok(())
                     }
+                    // The handler refuses agent forwarding (and russh answers
+                    // it): nothing to send on, nothing more to answer.
+                    ChannelMsg::AgentForward { .. } => Ok(()),
                     _ => Ok(()),
                 };
                 if sent.is_err() {
@@ -397,14 +461,20 @@ impl Bridge<'_> {
                     }
                     ChannelMsg::Eof => cwr.eof().await,
                     ChannelMsg::Close => break,
-                    ChannelMsg::Success => server
-                        .channel_success(cid)
-                        .await
-                        .map_err(|_| russh::Error::SendError),
-                    ChannelMsg::Failure => server
-                        .channel_failure(cid)
-                        .await
-                        .map_err(|_| russh::Error::SendError),
+                    ChannelMsg::Success => {
+                        self.answered(true);
+                        server
+                            .channel_success(cid)
+                            .await
+                            .map_err(|_| russh::Error::SendError)
+                    }
+                    ChannelMsg::Failure => {
+                        self.answered(false);
+                        server
+                            .channel_failure(cid)
+                            .await
+                            .map_err(|_| russh::Error::SendError)
+                    }
                     ChannelMsg::ExitStatus { exit_status } => {
                         if let Some(t) = self.tape.get() {
                             t.marker(&format!("exit status {exit_status}")).await;

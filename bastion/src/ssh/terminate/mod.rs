@@ -37,18 +37,25 @@ use crate::audit::Event;
 use crate::authz::Principal;
 use crate::clock::now_ms;
 
-/// Where a `LOGIN+NODE` user name leads.
+/// Where a `LOGIN+NODE[+USER]` user name leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
     pub login: String,
     /// `hostname` or `hostname.edge.project`, as for a jump.
     pub node: String,
+    /// The Postern user, when named: a key several users registered names
+    /// none of them by itself (registering proves no possession of a key).
+    pub user: Option<String>,
 }
 
 /// Reads the SSH user name: `None` when it names no destination (a jump
 /// login), else the destination or why it cannot be one.
 pub fn destination(user: &str) -> Option<Result<Destination, String>> {
-    let (login, node) = user.split_once('+')?;
+    let (login, rest) = user.split_once('+')?;
+    let (node, named) = match rest.split_once('+') {
+        Some((node, named)) => (node, Some(named)),
+        None => (rest, None),
+    };
     Some(if postern_api::validate::login(login).is_err() {
         Err(format!(
             "{:?} is not a unix login: connect as LOGIN+NODE (for example root+web-1)",
@@ -56,13 +63,19 @@ pub fn destination(user: &str) -> Option<Result<Destination, String>> {
         ))
     } else if node.is_empty() || node.len() > 253 {
         Err("no node named after the '+': connect as LOGIN+NODE".into())
+    } else if named.is_some_and(|u| postern_api::validate::name("user", u).is_err()) {
+        Err("after a second '+' comes your Postern user name: LOGIN+NODE+USER".into())
     } else {
         Ok(Destination {
             login: login.to_string(),
             node: node.to_string(),
+            user: named.map(str::to_string),
         })
     })
 }
+
+/// What a connection refused for a key that names no single user hears.
+pub const AMBIGUOUS_KEY: &str = "the key you used is registered to more than one Postern user: name yours in the login, as LOGIN+NODE+USER (for example root+web-1+alice), or log in with postern login and use its certificate";
 
 /// The recording level that applies to `principal` on `target`: the project's
 /// policy (its default when none was set) for the user's role and the node's
@@ -72,6 +85,15 @@ pub async fn level(
     principal: &Principal,
     target: &Target,
 ) -> Result<RecordingLevel, Refusal> {
+    Ok(policy(shared, principal, target).await?.0)
+}
+
+/// The level, and whether input is recorded too.
+async fn policy(
+    shared: &super::Door,
+    principal: &Principal,
+    target: &Target,
+) -> Result<(RecordingLevel, bool), Refusal> {
     let policy = shared
         .store
         .recording_policy(&target.project.id)
@@ -92,7 +114,7 @@ pub async fn level(
             .map(|n| n.labels)
             .unwrap_or_default()
     };
-    Ok(policy.level(role, &labels))
+    Ok((policy.level(role, &labels), policy.input))
 }
 
 /// What one terminated channel is allowed: the node, the login, the level.
@@ -101,6 +123,8 @@ pub struct Authorized {
     pub principal: Principal,
     pub target: Target,
     pub level: RecordingLevel,
+    /// Record what the user types too.
+    pub input: bool,
 }
 
 /// Authorizes `dest` for `user` now (each channel asks again: a connection may
@@ -137,11 +161,12 @@ pub async fn authorize(
             }
         )));
     }
-    let level = level(shared, &principal, &target).await?;
+    let (level, input) = policy(shared, &principal, &target).await?;
     Ok(Authorized {
         principal,
         target,
         level,
+        input,
     })
 }
 
@@ -408,4 +433,32 @@ async fn login_to_node(
         .clone()
         .unwrap_or_default();
     Ok((handle, host_key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_login_names_its_node_and_maybe_its_user() {
+        assert!(destination("alice").is_none());
+        let d = destination("root+web-1").unwrap().unwrap();
+        assert_eq!(
+            (d.login.as_str(), d.node.as_str(), d.user),
+            ("root", "web-1", None)
+        );
+        let d = destination("root+web-1.eu-1.shop+alice").unwrap().unwrap();
+        assert_eq!(d.node, "web-1.eu-1.shop");
+        assert_eq!(d.user.as_deref(), Some("alice"));
+        for bad in [
+            "+web-1",
+            "root+",
+            "Root Login+web-1",
+            "root+web-1+",
+            "root+web-1+Al ice",
+            "root+web-1+a+b",
+        ] {
+            assert!(destination(bad).unwrap().is_err(), "{bad}");
+        }
+    }
 }
