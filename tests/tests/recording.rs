@@ -917,3 +917,47 @@ async fn strict_refuses_the_relay_and_a_lost_store_ends_the_session_best_effort_
     let c = cast(&b, gapped["id"].as_str().unwrap()).await;
     assert!(c.contains("could not be stored"), "{c}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recording_stops_at_its_limit_and_a_strict_session_with_it() {
+    let b = Bastion::start(BastionOpts {
+        extra_args: vec!["--recording-max-bytes".into(), "1048576".into()],
+        ..BastionOpts::default()
+    })
+    .await;
+    let helper = InstalledHelper::install();
+    let _node = Node::start(&b, &helper, "node-a").await;
+    let alice = SshUser::create(&b, "alice", Some(("project_member", &["root"]))).await;
+
+    // best_effort: the session runs to its end, the recording stops at 1 MiB.
+    let out = alice.ssh(&["root+node-a@bastion", "seq 1 1000000 # over-the-limit"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        out.stdout.len(),
+        6_888_896,
+        "the whole output reached the client"
+    );
+    let r = ended_exec(&b, "over-the-limit").await;
+    let size = r["cast_bytes"].as_i64().unwrap();
+    assert!(size <= 1_048_576 + 4096, "the recording holds {size} bytes");
+    let c = cast(&b, r["id"].as_str().unwrap()).await;
+    assert!(
+        c.contains("recording limit of 1048576 bytes reached"),
+        "{}",
+        &c[c.len().saturating_sub(300)..]
+    );
+
+    // strict: no unrecorded output; the session ends at the limit.
+    let (s, v) = b
+        .put(
+            "/api/v1/projects/web/recording-policy",
+            json!({"default": "strict"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let out = alice.ssh(&["root+node-a@bastion", "seq 1 1000000 # strict-limit"]);
+    assert!(
+        out.stdout.len() < 6_888_896,
+        "a strict session ran past its recording's limit"
+    );
+}
