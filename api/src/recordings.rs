@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use crate::admin::Role;
 
@@ -183,7 +183,7 @@ pub struct RecordingPage {
 }
 
 /// `GET /api/v1/recordings?…`: filters, all optional.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordingQuery {
     /// Sessions in the page, 1 to 100; default 10.

@@ -187,7 +187,16 @@ async fn view(state: &AppState, r: &RecordingRow) -> RecordingView {
     get,
     path = "/api/v1/recordings",
     tag = "recordings",
-    params(RecordingQuery),
+    params(
+        ("limit" = Option<i64>, Query, description = "Sessions in the page, 1 to 100; default 10", minimum = 1, maximum = 100),
+        ("offset" = Option<i64>, Query, description = "Sessions to skip; default 0", minimum = 0),
+        ("user" = Option<String>, Query, description = "Only this user's sessions", min_length = 1, max_length = 253),
+        ("node" = Option<String>, Query, description = "Only sessions on the node with this hostname", min_length = 1, max_length = 253),
+        ("project" = Option<String>, Query, description = "Only sessions in this project", min_length = 1, max_length = 253),
+        ("mode" = Option<String>, Query, description = "`terminate` (recorded) or `relay` (metadata only)", pattern = "^(terminate|relay)$"),
+        ("since" = Option<String>, Query, description = "Only sessions started at or after this time (RFC 3339, e.g. 2026-11-30T12:00:00Z)"),
+        ("until" = Option<String>, Query, description = "Only sessions started before this time (RFC 3339)"),
+    ),
     responses(
         (status = 200, description = "A page of sessions", body = RecordingPage),
         (status = 400, description = "limit or offset out of range, a filter that is not valid, or an unknown query parameter", body = ErrorBody),

@@ -156,6 +156,7 @@ pub(super) async fn start(
     let (done_tx, done) = oneshot::channel();
     let writer = Writer {
         store: recorder.store.clone(),
+        zstd: None,
         id: id.clone(),
         level,
         cut: cut.clone(),
@@ -191,17 +192,34 @@ impl Tape {
     /// waits while two are already waiting: a slow store slows the session
     /// rather than growing its memory).
     async fn line(&self, code: &str, text: &str) {
+        if let Some(p) = self.append(code, text) {
+            // The writer is gone only once the session is being cut.
+            let _ = self.full.send(p).await;
+        }
+    }
+
+    /// Adds the line under the lock; a full segment comes back to be handed
+    /// to the writer.
+    fn append(&self, code: &str, text: &str) -> Option<Pending> {
         use std::sync::atomic::Ordering;
         let secs = self.secs();
-        let data = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into());
-        let line = format!("[{secs:.6}, \"{code}\", {data}]\n");
-        let before = self.written.fetch_add(line.len() as u64, Ordering::Relaxed);
-        if before + line.len() as u64 > self.max_bytes {
+        // Written straight into the segment (no line of its own: this runs
+        // for every packet of output), and taken back if over the limit.
+        let mut f = lock(&self.filling);
+        let start = f.lines.len();
+        let _ = write!(f.lines, "[{secs:.6}, \"{code}\", ");
+        if serde_json::to_writer(&mut f.lines, text).is_err() {
+            f.lines.extend_from_slice(b"\"\"");
+        }
+        f.lines.extend_from_slice(b"]\n");
+        let len = (f.lines.len() - start) as u64;
+        let before = self.written.fetch_add(len, Ordering::Relaxed);
+        if before + len > self.max_bytes {
+            f.lines.truncate(start);
             if before <= self.max_bytes {
                 // Once: the cast says where it stops, and a strict session
                 // (which may not run unrecorded) ends here.
                 self.written.store(u64::MAX / 2, Ordering::Relaxed);
-                let mut f = lock(&self.filling);
                 let _ = writeln!(
                     f.lines,
                     "[{secs:.6}, \"m\", \"recording limit of {} bytes reached: the rest of this session is not recorded\"]",
@@ -212,23 +230,15 @@ impl Tape {
                     self.cut.cancel();
                 }
             }
-            return;
+            return None;
         }
-        let ready = {
-            let mut f = lock(&self.filling);
-            if f.first.is_none() {
-                f.first = Some((Instant::now(), (secs * 1000.0) as i64));
-            }
-            f.lines.extend_from_slice(line.as_bytes());
-            if f.lines.len() >= SEGMENT_BYTES {
-                f.take()
-            } else {
-                None
-            }
-        };
-        if let Some(p) = ready {
-            // The writer is gone only once the session is being cut.
-            let _ = self.full.send(p).await;
+        if f.first.is_none() {
+            f.first = Some((Instant::now(), (secs * 1000.0) as i64));
+        }
+        if f.lines.len() >= SEGMENT_BYTES {
+            f.take()
+        } else {
+            None
         }
     }
 
@@ -306,6 +316,9 @@ fn complete_utf8(bytes: &[u8]) -> usize {
 
 struct Writer {
     store: Store,
+    /// One zstd context for the recording's life (making one per segment
+    /// showed in the profile).
+    zstd: Option<zstd::bulk::Compressor<'static>>,
     id: String,
     level: RecordingLevel,
     cut: CancellationToken,
@@ -387,7 +400,7 @@ impl Writer {
             lines = marked;
         }
         let sha = chain(&self.head, &lines);
-        let data = match compress(&lines) {
+        let data = match self.compress(&lines) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "cannot compress a recording segment");
@@ -426,6 +439,16 @@ impl Writer {
             }
         }
         self.lose(lines.len());
+    }
+
+    fn compress(&mut self, lines: &[u8]) -> std::io::Result<Vec<u8>> {
+        if self.zstd.is_none() {
+            self.zstd = Some(zstd::bulk::Compressor::new(3)?);
+        }
+        match &mut self.zstd {
+            Some(z) => z.compress(lines),
+            None => compress(lines),
+        }
     }
 
     fn lose(&mut self, n: usize) {

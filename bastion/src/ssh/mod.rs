@@ -112,7 +112,8 @@ pub async fn load_or_create_host_key(
 /// bastion spend a third of its CPU in ring's portable Poly1305 (profiled); AES-GCM
 /// runs on AES-NI. Every OpenSSH since 6.2 speaks it. `--ssh-allow-chacha20` adds
 /// chacha20-poly1305 for clients that lack AES-GCM.
-const CIPHERS: &[russh::cipher::Name] = &[russh::cipher::AES_256_GCM, russh::cipher::AES_128_GCM];
+pub(crate) const CIPHERS: &[russh::cipher::Name] =
+    &[russh::cipher::AES_256_GCM, russh::cipher::AES_128_GCM];
 const CIPHERS_WITH_CHACHA: &[russh::cipher::Name] = &[
     russh::cipher::AES_256_GCM,
     russh::cipher::AES_128_GCM,
