@@ -149,8 +149,13 @@ pub struct RecordingView {
     pub login: String,
     /// `terminate` (recorded by the bastion) or `relay` (`ssh -J`: not recorded).
     pub mode: String,
-    /// `shell`, `exec`, `subsystem` (terminate), or `jump` (relay).
+    /// `shell`, `exec`, `subsystem` (terminate), `jump` (relay), or
+    /// `kube_exec`, `kube_attach` (kubectl through the Kubernetes door: `node`
+    /// is the gateway that served it, `login` the container).
     pub kind: String,
+    /// kubectl exec and attach: the pod, as `NAMESPACE/NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     /// The command of an exec, the name of a subsystem; empty for a shell.
     pub command: String,
     /// The level the policy asked for (`off`, `best_effort`, `strict`), or

@@ -376,7 +376,7 @@ impl Bastion {
             shared.tasks.spawn(crate::kube::serve(
                 listener,
                 tls,
-                crate::kube::Door::new(shared.clone()),
+                crate::kube::Door::new(shared.clone(), doors.ssh.recording_max_bytes),
             ));
         }
         if let Some(peer) = peer {

@@ -813,6 +813,7 @@ const DOCUMENTED_ROUTES: &[&str] = &[
     "DELETE /api/v1/recordings/{id}",
     "GET /api/v1/recordings/{id}/segments",
     "GET /api/v1/recordings/{id}/cast",
+    "GET /api/v1/recordings/{id}/live",
     "GET /api/v1/ssh",
     "POST /cmdexec/v1/projects/{project_id}/edges/{edge_id}/execute/",
     "GET /cmdexec/v1/projects/{project_id}/edges/{edge_id}/execution/{exec_id}/",
@@ -1392,7 +1393,7 @@ async fn the_kube_gateway_role_is_granted_by_a_project_admin_and_audited() {
     // registered as the Kubernetes door registers it), and nothing else. The
     // REST door never calls the Kubernetes door: the change reaches it on the
     // core's access bus.
-    let kube = postern_bastion::kube::Door::new(w.shared.clone());
+    let kube = postern_bastion::kube::Door::new(w.shared.clone(), 1 << 20);
     let (_held, on_gw) = kube.live.register("u", "t", &web.id, "n1", true).unwrap();
     let (_other, elsewhere) = kube.live.register("u", "t", &web.id, "n9", true).unwrap();
     let (st, v) = w

@@ -63,6 +63,12 @@ enum RecordingsCmd {
     Rm { id: String },
     /// A project's recording policy; with flags, set it
     Policy(PolicyArgs),
+    /// How many days the org keeps recordings after a session ends (0: until
+    /// deleted); with a number, set it (org admins; every deletion is audited)
+    Retention {
+        #[arg(value_parser = clap::value_parser!(i64).range(0..=postern_api::identity::RECORDING_RETENTION_DAYS_MAX))]
+        days: Option<i64>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +125,21 @@ pub async fn recordings(ctx: &Ctx, a: RecordingsArgs) -> Result<(), CliError> {
             Ok(())
         }
         Some(RecordingsCmd::Policy(p)) => policy(ctx, p, a.json).await,
+        Some(RecordingsCmd::Retention { days }) => {
+            let mut p = ctx.client.org_policy().await?;
+            if let Some(d) = days {
+                p.recording_retention_days = d;
+                p = ctx.client.set_org_policy(&p).await?;
+            }
+            match p.recording_retention_days {
+                0 => println!("recordings are kept until an org admin deletes them"),
+                d => println!(
+                    "recordings are deleted {d} day{} after their session ended (each deletion is in the audit log)",
+                    if d == 1 { "" } else { "s" }
+                ),
+            }
+            Ok(())
+        }
     }
 }
 
@@ -369,6 +390,10 @@ pub struct PlayArgs {
     /// Print instead of playing: text or cast (default when stdout is not a terminal: text)
     #[arg(long, value_enum)]
     format: Option<Format>,
+    /// Watch a session as it happens (org and project admins): what it showed
+    /// so far at once, then its output as it comes, until it ends
+    #[arg(long, short = 'f', conflicts_with = "from")]
+    follow: bool,
 }
 
 pub async fn play(ctx: &Ctx, a: PlayArgs) -> Result<(), CliError> {
@@ -396,13 +421,20 @@ pub async fn play(ctx: &Ctx, a: PlayArgs) -> Result<(), CliError> {
             from_byte = s.offset as u64;
         }
     }
-    let mut body = ctx.client.recording_cast(&a.id, from_byte).await?;
+    let mut body = if a.follow {
+        ctx.client.recording_live(&a.id).await?
+    } else {
+        ctx.client.recording_cast(&a.id, from_byte).await?
+    };
     if let Some(Format::Cast) = format {
         let mut out = std::io::stdout().lock();
         while let Some(f) = body.frame().await {
             let f = f.map_err(|e| CliError::Usage(format!("the cast stopped arriving: {e}")))?;
             if let Ok(d) = f.into_data() {
                 out.write_all(&d).map_err(write_err)?;
+                if a.follow {
+                    out.flush().map_err(write_err)?;
+                }
             }
         }
         return out.flush().map_err(write_err);
@@ -433,6 +465,8 @@ pub async fn play(ctx: &Ctx, a: PlayArgs) -> Result<(), CliError> {
                     out.write_all(text.strip(data).as_bytes())
                         .map_err(write_err)?;
                 }
+                // Following: shown as it arrives, the pace is the session's.
+                ("o", _) if a.follow => out.write_all(data.as_bytes()).map_err(write_err)?,
                 ("o", _) => {
                     if t >= a.from {
                         let wait =
@@ -456,6 +490,9 @@ pub async fn play(ctx: &Ctx, a: PlayArgs) -> Result<(), CliError> {
             return Err(CliError::Usage(
                 "the cast holds a line longer than any Postern writes; is it a cast?".into(),
             ));
+        }
+        if a.follow {
+            out.flush().map_err(write_err)?;
         }
         match body.frame().await {
             Some(Ok(f)) => {

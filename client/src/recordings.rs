@@ -20,6 +20,28 @@ impl Client {
         .await
     }
 
+    /// The org's sign-in and retention policy (org admins).
+    pub async fn org_policy(&self) -> Result<postern_api::identity::OrgPolicy, ClientError> {
+        self.call(
+            Method::GET,
+            &path(API, routes::ORG_POLICY, &[]),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn set_org_policy(
+        &self,
+        policy: &postern_api::identity::OrgPolicy,
+    ) -> Result<postern_api::identity::OrgPolicy, ClientError> {
+        self.call(
+            Method::PUT,
+            &path(API, routes::ORG_POLICY, &[]),
+            Some(policy),
+        )
+        .await
+    }
+
     pub async fn set_recording_policy(
         &self,
         project: &str,
@@ -80,6 +102,16 @@ impl Client {
     /// The cast from byte `from` on, as a body still to read (a recording may
     /// be far larger than any answer the client holds in memory).
     pub async fn recording_cast(&self, id: &str, from: u64) -> Result<Incoming, ClientError> {
+        self.cast_body(routes::RECORDING_CAST, id, from).await
+    }
+
+    /// A session as it happens (org and project admins): the cast so far,
+    /// then what is stored as it comes, until the session ends.
+    pub async fn recording_live(&self, id: &str) -> Result<Incoming, ClientError> {
+        self.cast_body(routes::RECORDING_LIVE, id, 0).await
+    }
+
+    async fn cast_body(&self, route: &str, id: &str, from: u64) -> Result<Incoming, ClientError> {
         let mut extra = Vec::new();
         if from > 0 {
             extra.push(("range", format!("bytes={from}-")));
@@ -88,7 +120,7 @@ impl Client {
             .conn
             .send(
                 Method::GET,
-                &path(API, routes::RECORDING_CAST, &[id]),
+                &path(API, route, &[id]),
                 &self.headers(&extra),
                 None,
             )

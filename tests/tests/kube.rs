@@ -496,9 +496,10 @@ async fn a_missing_gateway_or_api_server_is_a_clear_error_never_a_hang() {
 
 /// A stand-in for the one part that cannot run here, a kubelet: TLS on loopback
 /// (the API server does not verify a kubelet without --kubelet-certificate-authority),
-/// answering an `exec` upgrade with 101 and then echoing every byte.
-async fn echo_kubelet() -> (u16, tokio::task::JoinHandle<String>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// answering an `exec` upgrade with 101 and then echoing every byte; over
+/// WebSocket it first says hello on stdout, as a container's shell would.
+/// Each connection's request head comes back when its stream ends.
+async fn echo_kubelet() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
     let cert = rustls_pki_types::CertificateDer::from(key.cert.der().to_vec());
     let pk = rustls_pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into());
@@ -513,8 +514,24 @@ async fn echo_kubelet() -> (u16, tokio::task::JoinHandle<String>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let task = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
+    let (heads, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, heads) = (acceptor.clone(), heads.clone());
+            tokio::spawn(async move {
+                let _ = heads.send(echo_one(acceptor, tcp).await);
+            });
+        }
+    });
+    (port, rx)
+}
+
+async fn echo_one(acceptor: tokio_rustls::TlsAcceptor, tcp: tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    {
         let mut tls = acceptor.accept(tcp).await.unwrap();
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
@@ -523,11 +540,24 @@ async fn echo_kubelet() -> (u16, tokio::task::JoinHandle<String>) {
             head.push(byte[0]);
         }
         let head = String::from_utf8_lossy(&head).into_owned();
-        tls.write_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n",
-        )
-        .await
-        .unwrap();
+        if head.to_ascii_lowercase().contains("upgrade: websocket") {
+            tls.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            // A binary message on channel 1 (stdout).
+            let hello = b"\x01ws-hello-from-the-pod\n";
+            let mut frame = vec![0x82, hello.len() as u8];
+            frame.extend_from_slice(hello);
+            tls.write_all(&frame).await.unwrap();
+        } else {
+            tls.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        }
         let mut buf = [0u8; 4096];
         loop {
             match tls.read(&mut buf).await {
@@ -540,15 +570,14 @@ async fn echo_kubelet() -> (u16, tokio::task::JoinHandle<String>) {
             }
         }
         head
-    });
-    (port, task)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_upgrades_are_relayed_as_byte_streams_through_the_api_server() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = setup().await;
-    let (kubelet_port, kubelet) = echo_kubelet().await;
+    let (kubelet_port, mut kubelet) = echo_kubelet().await;
     // A node whose kubelet is the stand-in, and a pod bound to it (no scheduler
     // runs here, and no controller makes service-account tokens).
     let out = s.k.apply(
@@ -590,8 +619,11 @@ async fn exec_upgrades_are_relayed_as_byte_streams_through_the_api_server() {
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: spdy/3.1"), "{head}");
-    // Bytes both ways, through bastion, agent channel, gateway and API server.
-    for msg in [&b"hello through every hop\n"[..], &vec![7u8; 200_000][..]] {
+    // Bytes both ways, through bastion, agent channel, gateway and API server:
+    // a SPDY data frame, then bytes that are no frame the reader knows.
+    let mut frame = vec![0, 0, 0, 3, 0, 0, 0, 24];
+    frame.extend_from_slice(b"hello through every hop\n");
+    for msg in [&frame[..], &vec![7u8; 200_000][..]] {
         tls.write_all(msg).await.unwrap();
         let mut back = vec![0u8; msg.len()];
         tokio::time::timeout(Duration::from_secs(20), tls.read_exact(&mut back))
@@ -607,7 +639,7 @@ async fn exec_upgrades_are_relayed_as_byte_streams_through_the_api_server() {
         assert_eq!(back, msg);
     }
     drop(tls);
-    let kubelet_saw = tokio::time::timeout(Duration::from_secs(20), kubelet)
+    let kubelet_saw = tokio::time::timeout(Duration::from_secs(20), kubelet.recv())
         .await
         .expect("the stand-in kubelet ends with the stream")
         .unwrap();
@@ -638,6 +670,122 @@ async fn exec_upgrades_are_relayed_as_byte_streams_through_the_api_server() {
         s.k.audit_find(|e| e["impersonatedUser"]["username"] == "system:admin")
             .is_empty()
     );
+    // Recorded, under the project's default policy (best_effort): the pod,
+    // the container, the command and what the pod sent, with the chain's head
+    // in the exec's final audit entry.
+    let rec = ended_kube_recording(&s, "kube_exec", 0).await;
+    assert_eq!(
+        (&rec["pod"], &rec["login"], &rec["command"], &rec["node"]),
+        (
+            &json!("default/p1"),
+            &json!("c"),
+            &json!("sh"),
+            &json!("gw-1")
+        ),
+        "{rec}"
+    );
+    let cast = recording_cast(&s, rec["id"].as_str().unwrap()).await;
+    assert!(cast.contains("hello through every hop"), "{cast}");
+    assert!(cast.contains("input and resizes are not"), "{cast}");
+    let entries = s.b.audit("kube.request").await;
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["detail"]["recording"]["id"] == rec["id"]
+                && e["detail"]["recording"]["last_hash"] == rec["last_hash"]),
+        "{entries:?}"
+    );
+
+    // kubectl 1.30 and later speak WebSocket (v4.channel.k8s.io): stdout is
+    // recorded from its channel, a resize from the client's.
+    let mut tls = door_tls(&s.kube_addr, &admin, b"http/1.1").await;
+    let req = format!(
+        "GET /api/v1/namespaces/default/pods/p1/exec?command=bash&container=c&stdin=true&stdout=true&tty=true HTTP/1.1\r\n\
+         Host: eu-1.web.kube.postern\r\nAuthorization: Bearer {}\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n",
+        s.b.token
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("ws-hello-from-the-pod") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(20), tls.read(&mut buf))
+            .await
+            .expect("the pod's hello over WebSocket")
+            .unwrap();
+        assert!(n > 0, "{}\n{}", String::from_utf8_lossy(&got), s.b.log());
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        String::from_utf8_lossy(&got)
+            .to_ascii_lowercase()
+            .starts_with("http/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // A resize, masked as a client's frames are.
+    let resize = b"\x04{\"Width\":120,\"Height\":40}";
+    let key = [9u8, 8, 7, 6];
+    let mut frame = vec![0x82, 0x80 | resize.len() as u8];
+    frame.extend_from_slice(&key);
+    frame.extend(resize.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    tls.write_all(&frame).await.unwrap();
+    let mut echo = vec![0u8; frame.len()];
+    tokio::time::timeout(Duration::from_secs(20), tls.read_exact(&mut echo))
+        .await
+        .expect("the resize's echo")
+        .unwrap();
+    drop(tls);
+    let rec = ended_kube_recording(&s, "kube_exec", 1).await;
+    assert_eq!(rec["command"], "bash", "{rec}");
+    let cast = recording_cast(&s, rec["id"].as_str().unwrap()).await;
+    assert!(cast.contains("ws-hello-from-the-pod"), "{cast}");
+    assert!(cast.contains(r#""r", "120x40""#), "{cast}");
+    assert!(!cast.contains("input and resizes"), "{cast}");
+}
+
+/// The `n`th (oldest first) recording of `kind`, once it has ended.
+async fn ended_kube_recording(s: &Setup, kind: &str, n: usize) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (st, v) = s.b.get("/api/v1/recordings?limit=100").await;
+        assert_eq!(st, 200, "{v}");
+        let mut of_kind: Vec<Value> = v["recordings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["kind"] == kind)
+            .cloned()
+            .collect();
+        of_kind.reverse();
+        if let Some(r) = of_kind.get(n).filter(|r| r["status"] == "ended") {
+            return r.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ended {kind} recording #{n}: {v}\n{}",
+            s.b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn recording_cast(s: &Setup, id: &str) -> String {
+    let (st, v) = http(
+        s.b.api,
+        "GET",
+        &format!("/api/v1/recordings/{id}/cast"),
+        Some(&s.b.token),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 200, "{v}");
+    match v {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -490,6 +490,26 @@ async fn terminated_sessions_run_copy_and_are_recorded_tamper_evidently() {
     let (s, v) = b.get("/api/v1/projects/web/recording-policy").await;
     assert_eq!((s, &v["default"]), (200, &json!("best_effort")), "{v}");
 
+    // Retention, org-wide: set from the CLI, kept in the org's policy;
+    // out of range refused before anything is sent.
+    let out = postern(&b, &["recordings", "retention", "30"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("deleted 30 days after"));
+    let (s, v) = b.get("/api/v1/org/policy").await;
+    assert_eq!(
+        (s, &v["recording_retention_days"]),
+        (200, &json!(30)),
+        "{v}"
+    );
+    let out = postern(&b, &["recordings", "retention", "4000"]);
+    assert!(!out.status.success());
+    let out = postern(&b, &["recordings", "retention", "0"]);
+    assert!(
+        text(&out.stdout).contains("kept until"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // A project role shows one's own recordings; a project admin's, all.
     for (bot, role, sees_alices) in [
         ("mo", "project_member", false),
@@ -532,6 +552,18 @@ async fn terminated_sessions_run_copy_and_are_recorded_tamper_evidently() {
         .await
         .unwrap();
         assert_eq!(s, if sees_alices { 200 } else { 404 }, "{role}");
+        // Watching live is for admins: a project admin may (the session
+        // has ended, so the watch is the whole cast and ends at once).
+        let (s, _) = postern_tests::http(
+            b.api,
+            "GET",
+            &format!("/api/v1/recordings/{id}/live"),
+            Some(&t),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, if sees_alices { 200 } else { 404 }, "{role} live");
     }
 
     // A key two users registered names neither: the login names the user.
@@ -677,8 +709,36 @@ async fn an_interactive_session_replays_as_the_terminal_showed_it() {
         }
     };
     wait_for("#");
+    // An org admin watches the session live: what it showed so far, then
+    // what it shows as it comes, ending when it ends.
+    let live = wait_recording(&b, "the live shell", |r| {
+        r["kind"] == "shell" && r["status"] == "live"
+    })
+    .await;
+    let live_id = live["id"].as_str().unwrap().to_string();
+    let (mut watcher, watched) = follow(
+        Command::new(bin("postern"))
+            .args(["play", &live_id, "--follow", "--format", "text"])
+            .env("POSTERN_URL", format!("http://{}", b.api))
+            .env("POSTERN_TOKEN", &b.token)
+            .env_remove("POSTERN_TOKEN_FILE")
+            .env("POSTERN_CONFIG_DIR", b.dir.path().join("cli-config"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     tmux(&["send-keys", "-t", "rec", "echo mark-$((40+2))", "Enter"]);
     wait_for("mark-42");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !watched.lock().unwrap().contains("mark-42") {
+        assert!(
+            Instant::now() < deadline,
+            "the live watch did not show mark-42 within 5 s: {:?}",
+            watched.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     tmux(&["resize-window", "-t", "rec", "-x", "120", "-y", "40"]);
     std::thread::sleep(Duration::from_millis(300));
     tmux(&["send-keys", "-t", "rec", "stty size", "Enter"]);
@@ -700,6 +760,19 @@ async fn an_interactive_session_replays_as_the_terminal_showed_it() {
         rs
     };
     tmux(&["kill-server"]);
+    // The watch ended with the session, by itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = watcher.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the live watch outlived the session"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}");
     let shell = rs
         .iter()
         .find(|r| r["kind"] == "shell")

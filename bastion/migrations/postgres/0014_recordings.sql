@@ -34,7 +34,10 @@ CREATE TABLE recordings (
     cast_bytes BIGINT NOT NULL DEFAULT 0,
     stored_bytes BIGINT NOT NULL DEFAULT 0,
     gaps BIGINT NOT NULL DEFAULT 0,
-    last_hash TEXT NOT NULL
+    last_hash TEXT NOT NULL,
+    -- kubectl exec and attach: the pod, as NAMESPACE/NAME (the container is
+    -- the login, the gateway node the node).
+    pod TEXT
 );
 CREATE INDEX recordings_by_org_time ON recordings (org_id, started_at);
 CREATE INDEX recordings_by_project_time ON recordings (project_id, started_at);
@@ -58,3 +61,8 @@ CREATE TABLE recording_chunks (
 -- The terminating mode's login names a node, not a user: a session's
 -- certified key is looked up by itself.
 CREATE INDEX login_sessions_ssh_fingerprint ON login_sessions (ssh_fingerprint);
+
+-- Per-org retention: recordings (and relayed sessions' rows) are deleted this
+-- many days after they ended, each deletion audited; 0 keeps them.
+ALTER TABLE org_policies ADD COLUMN recording_retention_days BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX recordings_by_end ON recordings (ended_at);

@@ -80,11 +80,11 @@ pub struct StreamPermits {
 
 /// Who holds an open stream, and how to cut it.
 #[derive(Debug)]
-struct Holder {
-    user_id: String,
-    credential_id: String,
-    project_id: String,
-    cut: CancellationToken,
+pub(crate) struct Holder {
+    pub user_id: String,
+    pub credential_id: String,
+    pub project_id: String,
+    pub cut: CancellationToken,
 }
 
 /// Takes a stream off [`StreamPermits::open`] when it ends.
@@ -116,6 +116,14 @@ pub struct StreamPermit {
     _user: KeyGuard<(String, String)>,
     _org: KeyGuard<String>,
     _global: OwnedSemaphorePermit,
+}
+
+impl StreamPermit {
+    /// Registers the stream this permit holds, so an access change cuts it
+    /// (see [`StreamPermits::cut`]).
+    pub(crate) fn register(&mut self, permits: &StreamPermits, holder: Holder) {
+        self._registered = Some(permits.register(holder));
+    }
 }
 
 impl StreamPermits {
@@ -178,18 +186,18 @@ impl StreamPermits {
             .admit((org_id.to_string(), user.to_string()))
             .ok_or_else(|| {
                 ApiError::TooManyRequests(format!(
-                    "you have {STREAMS_PER_USER} live execution streams open already; close one first"
+                    "you have {STREAMS_PER_USER} live streams (execution events, session watches) open already; close one first"
                 ))
             })?;
         let org = self.per_org.admit(org_id.to_string()).ok_or_else(|| {
             ApiError::TooManyRequests(format!(
-                "your organization has {} live execution streams open on this bastion, its share; close one, or retry in a few seconds",
+                "your organization has {} live streams (execution events, session watches) open on this bastion, its share; close one, or retry in a few seconds",
                 self.per_org_max
             ))
         })?;
         let global = self.global.clone().try_acquire_owned().map_err(|_| {
             ApiError::TooManyRequests(format!(
-                "the bastion has {STREAMS_GLOBAL} live execution streams open; retry in a few seconds"
+                "the bastion has {STREAMS_GLOBAL} live streams open; retry in a few seconds"
             ))
         })?;
         Ok(StreamPermit {

@@ -261,6 +261,7 @@ pub fn router(core: Arc<Shared>, settings: Settings) -> Router {
         )
         .route(routes::RECORDING_SEGMENTS, get(recordings::segments))
         .route(routes::RECORDING_CAST, get(recordings::cast))
+        .route(routes::RECORDING_LIVE, get(recordings::live))
         .route(routes::KUBECONFIG, get(kubeconfig::kubeconfig))
         .route(routes::SSH_ENDPOINT, get(ssh_keys::endpoint))
         .route_layer(middleware::from_fn_with_state(

@@ -107,6 +107,7 @@ use super::{
         recordings::get,
         recordings::segments,
         recordings::cast,
+        recordings::live,
         recordings::delete,
     ),
     components(schemas(

@@ -12,6 +12,7 @@ mod gateways;
 mod listen;
 mod live;
 mod proxy;
+mod record;
 mod status;
 mod stream;
 mod upgrade;
@@ -40,6 +41,8 @@ pub struct Door {
     core: Arc<Shared>,
     /// Open Kubernetes requests, ended when access is taken away.
     pub live: Arc<Live>,
+    /// Records `kubectl exec` and `attach` as the project's policy asks.
+    pub recorder: Arc<crate::recording::Recorder>,
 }
 
 impl std::ops::Deref for Door {
@@ -51,10 +54,26 @@ impl std::ops::Deref for Door {
 
 impl Door {
     /// The door, subscribed to the core's access and gateway changes.
-    pub fn new(core: Arc<Shared>) -> Arc<Door> {
+    /// `recording_max_bytes`: the most one recording may hold.
+    pub fn new(core: Arc<Shared>, recording_max_bytes: u64) -> Arc<Door> {
         let live: Arc<Live> = Arc::default();
         core.access
             .subscribe(Arc::new(live::KubeAccess { live: live.clone() }));
-        Arc::new(Door { core, live })
+        let replica = core
+            .fleet
+            .replicas()
+            .map(|r| r.name.clone())
+            .unwrap_or_else(|| "local".into());
+        let recorder = crate::recording::Recorder::new(
+            core.store.clone(),
+            replica,
+            core.tasks.clone(),
+            recording_max_bytes,
+        );
+        Arc::new(Door {
+            core,
+            live,
+            recorder,
+        })
     }
 }

@@ -32,6 +32,8 @@ pub struct Finish {
     agent_error: bool,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// A recorded exec or attach: its id and chain head, for the final entry.
+    pub recording: Option<crate::recording::Ended>,
 }
 
 impl Finish {
@@ -48,6 +50,7 @@ impl Finish {
             agent_error,
             bytes_in: 0,
             bytes_out: 0,
+            recording: None,
         }
     }
 
@@ -80,6 +83,7 @@ impl Finish {
                 "duration_ms": u64::try_from(auth.started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 "end": end,
                 "from_gateway": !self.agent_error,
+                "recording": self.recording.take(),
             }),
         );
         self.shared.audit.batched_soon(ev, &self.shared.tasks);

@@ -21,12 +21,13 @@ use hyper_util::rt::TokioIo;
 use postern_api::kube as contract;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
 
 use super::Door;
 use super::flow::{self, Tab};
 use super::proxy::{Authorized, Registration, agent_request};
 use super::stream::Finish;
-use super::{KubeBody, status};
+use super::{KubeBody, record, status};
 use crate::agents::NodeLink;
 
 /// Chunks from the client in flight towards the gateway.
@@ -51,6 +52,21 @@ pub(super) async fn relay(
         .get(header::UPGRADE)
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static("SPDY/3.1"));
+    let query = req.uri().query().map(str::to_string);
+    // What the recording policy asks is known before anything is sent on: a
+    // strict session that cannot be recorded never reaches the pod.
+    let plan = record::plan(&shared, &auth, upgrade_to.to_str().unwrap_or_default()).await;
+    if let record::Plan::Refuse(msg) = &plan {
+        shared
+            .audit
+            .batched(auth.event(
+                "kube.request",
+                "denied",
+                serde_json::json!({ "status": 503, "reason": msg }),
+            ))
+            .await;
+        return status::response(StatusCode::SERVICE_UNAVAILABLE, msg);
+    }
     let mut areq = match agent_request(
         &auth,
         req.method(),
@@ -119,6 +135,39 @@ pub(super) async fn relay(
         return out;
     };
     let (parts, from_gateway) = resp.into_parts();
+    let wire = record::Wire::of(
+        switched.to_str().unwrap_or_default(),
+        parts
+            .headers
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok()),
+    );
+    // Ended when a strict recording cannot write: the stream ends with it.
+    let recording_failed = CancellationToken::new();
+    let session = match record::begin(
+        &shared,
+        &auth,
+        &plan,
+        wire,
+        query.as_deref(),
+        recording_failed.clone(),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(()) => {
+            let msg = "this project records every session and the recording cannot be stored right now; retry shortly";
+            shared
+                .audit
+                .batched(auth.event(
+                    "kube.request",
+                    "error",
+                    serde_json::json!({ "status": 503, "reason": msg }),
+                ))
+                .await;
+            return status::response(StatusCode::SERVICE_UNAVAILABLE, msg);
+        }
+    };
     let mut out = Response::new(
         Empty::<Bytes>::new()
             .map_err(|never| match never {})
@@ -158,64 +207,80 @@ pub(super) async fn relay(
         };
         let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
         let mut from_gateway = from_gateway;
-        let up = async {
-            let mut buf = vec![0u8; READ_CHUNK];
-            loop {
-                match rd.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => {
-                        sent_up.fetch_add(k as u64, Ordering::Relaxed);
-                        let chunk = match tx.try_send(Bytes::copy_from_slice(&buf[..k])) {
-                            Ok(()) => continue,
-                            Err(TrySendError::Closed(_)) => break,
-                            Err(TrySendError::Full(chunk)) => chunk,
-                        };
-                        // The gateway takes nothing for now: what it was sent
-                        // waits on its side of the channel, charged meanwhile.
-                        if !tab_up.waiting(flow::charge(None)) {
-                            break;
+        let (tape, mut from_pod, mut to_pod, input) = match session {
+            Some(s) => (Some(s.tape), Some(s.down), Some(s.up), s.input),
+            None => (None, None, None, false),
+        };
+        let end = {
+            let up = async {
+                let mut buf = vec![0u8; READ_CHUNK];
+                loop {
+                    match rd.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => {
+                            sent_up.fetch_add(k as u64, Ordering::Relaxed);
+                            if let (Some(t), Some(r)) = (&tape, to_pod.as_mut()) {
+                                record::from_client(t, r, input, &buf[..k]).await;
+                            }
+                            let chunk = match tx.try_send(Bytes::copy_from_slice(&buf[..k])) {
+                                Ok(()) => continue,
+                                Err(TrySendError::Closed(_)) => break,
+                                Err(TrySendError::Full(chunk)) => chunk,
+                            };
+                            // The gateway takes nothing for now: what it was sent
+                            // waits on its side of the channel, charged meanwhile.
+                            if !tab_up.waiting(flow::charge(None)) {
+                                break;
+                            }
+                            let sent = tx.send(chunk).await;
+                            tab_up.flowing();
+                            if sent.is_err() {
+                                break;
+                            }
                         }
-                        let sent = tx.send(chunk).await;
-                        tab_up.flowing();
-                        if sent.is_err() {
+                    }
+                }
+                drop(tx);
+            };
+            let down = async {
+                while let Some(frame) = from_gateway.frame().await {
+                    let Ok(frame) = frame else { break };
+                    if let Ok(data) = frame.into_data() {
+                        sent_down.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        if let (Some(t), Some(r)) = (&tape, from_pod.as_mut()) {
+                            record::from_server(t, r, &data).await;
+                        }
+                        if !write_to_client(&mut wr, &data, &tab).await {
                             break;
                         }
                     }
                 }
-            }
-            drop(tx);
-        };
-        let down = async {
-            while let Some(frame) = from_gateway.frame().await {
-                let Ok(frame) = frame else { break };
-                if let Ok(data) = frame.into_data() {
-                    sent_down.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if !write_to_client(&mut wr, &data, &tab).await {
-                        break;
-                    }
+                let _ = wr.shutdown().await;
+            };
+            let mut up = std::pin::pin!(up);
+            let mut down = std::pin::pin!(down);
+            tokio::select! {
+                // An end from outside, or a cut, is what the audit entry says, even
+                // when a direction stopped because of it.
+                biased;
+                why = ends.reached() => why,
+                () = recording_failed.cancelled() => "recording_failed",
+                () = tab.cut_off() => "over_budget",
+                () = tab_up.cut_off() => "over_budget",
+                _ = &mut down => {
+                    // The server ended: give the client's last bytes a moment, then stop.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), &mut up).await;
+                    "complete"
+                }
+                _ = &mut up => {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), &mut down).await;
+                    "complete"
                 }
             }
-            let _ = wr.shutdown().await;
         };
-        let mut up = std::pin::pin!(up);
-        let mut down = std::pin::pin!(down);
-        let end = tokio::select! {
-            // An end from outside, or a cut, is what the audit entry says, even
-            // when a direction stopped because of it.
-            biased;
-            why = ends.reached() => why,
-            () = tab.cut_off() => "over_budget",
-            () = tab_up.cut_off() => "over_budget",
-            _ = &mut down => {
-                // The server ended: give the client's last bytes a moment, then stop.
-                let _ = tokio::time::timeout(Duration::from_secs(1), &mut up).await;
-                "complete"
-            }
-            _ = &mut up => {
-                let _ = tokio::time::timeout(Duration::from_secs(5), &mut down).await;
-                "complete"
-            }
-        };
+        if let Some(t) = tape {
+            finish.recording = t.finish().await;
+        }
         finish.bytes_in = sent_up.load(Ordering::Relaxed);
         finish.bytes_out = sent_down.load(Ordering::Relaxed);
         finish.done(end);

@@ -14,6 +14,7 @@
 //! segment and writes a gap marker in the next; `strict` ends the session at
 //! once (and no session opens when its recording cannot be started).
 
+pub mod retention;
 mod tape;
 
 pub use tape::{Ended, Meta, Tape, decompress};

@@ -32,12 +32,15 @@ pub struct Meta {
     pub user_id: String,
     pub user_name: String,
     pub login: String,
-    /// `shell`, `exec`, `subsystem`; `jump` for a relayed session.
+    /// `shell`, `exec`, `subsystem`; `jump` for a relayed session;
+    /// `kube_exec`, `kube_attach` for kubectl's.
     pub kind: &'static str,
     pub command: String,
     pub width: u32,
     pub height: u32,
     pub term: String,
+    /// kubectl exec and attach: `NAMESPACE/POD`.
+    pub pod: Option<String>,
 }
 
 impl Meta {
@@ -66,6 +69,7 @@ impl Meta {
             gaps: 0,
             // The chain starts from the recording's id.
             last_hash: id.to_string(),
+            pod: self.pod.clone(),
         }
     }
 }

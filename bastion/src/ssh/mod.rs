@@ -351,6 +351,11 @@ async fn apply_access_change(
 /// Accepts SSH connections until shutdown.
 pub async fn serve(listener: TcpListener, config: Arc<Config>, shared: Arc<Door>) {
     shared.recorder.recover().await;
+    shared.tasks.spawn(crate::recording::retention::run(
+        shared.store.clone(),
+        shared.audit.clone(),
+        shared.shutdown.clone(),
+    ));
     let startups = Startups::new(
         shared.settings.ssh_max_startups,
         shared.settings.ssh_per_source_max_startups,

@@ -164,6 +164,7 @@ pub async fn run(
             width: 0,
             height: 0,
             term: String::new(),
+            pod: None,
         })
         .await;
     inc(&shared.metrics.ssh_sessions);

@@ -18,6 +18,8 @@ pub struct OrgPolicy {
     /// People's registered SSH keys are refused (bots keep theirs).
     pub refuse_person_keys: bool,
     pub bot_token_max_seconds: i64,
+    /// Recordings are deleted this many days after they ended; 0 keeps them.
+    pub recording_retention_days: i64,
 }
 
 /// Eight hours: a working day.
@@ -35,6 +37,7 @@ impl Default for OrgPolicy {
             sso_mfa_values: Vec::new(),
             refuse_person_keys: false,
             bot_token_max_seconds: DEFAULT_BOT_TOKEN_SECONDS,
+            recording_retention_days: 0,
         }
     }
 }
@@ -95,7 +98,8 @@ impl Store {
 
     pub async fn org_policy(&self, org_id: &str) -> Result<OrgPolicy> {
         let row = sqlx::query(
-            "SELECT require_mfa, session_max_seconds, sso_mfa_values, refuse_person_keys, bot_token_max_seconds
+            "SELECT require_mfa, session_max_seconds, sso_mfa_values, refuse_person_keys, bot_token_max_seconds,
+               recording_retention_days
              FROM org_policies WHERE org_id = $1",
         )
         .bind(org_id)
@@ -112,18 +116,20 @@ impl Store {
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             refuse_person_keys: r.try_get::<i64, _>(3)? != 0,
             bot_token_max_seconds: r.try_get(4)?,
+            recording_retention_days: r.try_get(5)?,
         })
     }
 
     pub async fn set_org_policy(&self, org_id: &str, p: &OrgPolicy, now: i64) -> Result<()> {
         let values = serde_json::to_string(&p.sso_mfa_values).unwrap_or_else(|_| "[]".into());
         sqlx::query(
-            "INSERT INTO org_policies (org_id, require_mfa, session_max_seconds, sso_mfa_values, refuse_person_keys, bot_token_max_seconds, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO org_policies (org_id, require_mfa, session_max_seconds, sso_mfa_values, refuse_person_keys, bot_token_max_seconds, recording_retention_days, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (org_id) DO UPDATE SET require_mfa = excluded.require_mfa,
                session_max_seconds = excluded.session_max_seconds, sso_mfa_values = excluded.sso_mfa_values,
                refuse_person_keys = excluded.refuse_person_keys,
-               bot_token_max_seconds = excluded.bot_token_max_seconds, updated_at = excluded.updated_at",
+               bot_token_max_seconds = excluded.bot_token_max_seconds,
+               recording_retention_days = excluded.recording_retention_days, updated_at = excluded.updated_at",
         )
         .bind(org_id)
         .bind(i64::from(p.require_mfa))
@@ -131,6 +137,7 @@ impl Store {
         .bind(values)
         .bind(i64::from(p.refuse_person_keys))
         .bind(p.bot_token_max_seconds)
+        .bind(p.recording_retention_days)
         .bind(now)
         .execute(&self.pool)
         .await?;

@@ -35,6 +35,8 @@ pub struct RecordingRow {
     pub stored_bytes: i64,
     pub gaps: i64,
     pub last_hash: String,
+    /// kubectl exec and attach: `NAMESPACE/POD`.
+    pub pod: Option<String>,
 }
 
 /// A stored segment, without or with its data.
@@ -68,7 +70,7 @@ pub struct RecordingFilter {
 
 const COLS: &str = "id, org_id, project_id, node_id, hostname, user_id, user_name, login, kind, \
     command, policy, replica, width, height, started_at, ended_at, status, chunks, cast_bytes, \
-    stored_bytes, gaps, last_hash";
+    stored_bytes, gaps, last_hash, pod";
 
 fn read(r: sqlx::any::AnyRow) -> Result<RecordingRow> {
     Ok(RecordingRow {
@@ -94,6 +96,7 @@ fn read(r: sqlx::any::AnyRow) -> Result<RecordingRow> {
         stored_bytes: r.try_get(19)?,
         gaps: r.try_get(20)?,
         last_hash: r.try_get(21)?,
+        pod: r.try_get(22)?,
     })
 }
 
@@ -143,8 +146,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO recordings (id, org_id, project_id, node_id, hostname, user_id, user_name, \
              login, kind, command, policy, replica, width, height, started_at, ended_at, status, \
-             chunks, cast_bytes, stored_bytes, gaps, last_hash) VALUES ($1, $2, $3, $4, $5, $6, \
-             $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+             chunks, cast_bytes, stored_bytes, gaps, last_hash, pod) VALUES ($1, $2, $3, $4, $5, $6, \
+             $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
         )
         .bind(&r.id)
         .bind(&r.org_id)
@@ -168,6 +171,7 @@ impl Store {
         .bind(r.stored_bytes)
         .bind(r.gaps)
         .bind(&r.last_hash)
+        .bind(&r.pod)
         .execute(&self.pool)
         .await
         .map_err(|e| StoreError::conflict_or(e, format!("recording {}", r.id)))?;
@@ -389,6 +393,24 @@ impl Store {
         .await?
         .map(|r| r.try_get(0))
         .transpose()?)
+    }
+
+    /// Ended recordings older than their org's retention, oldest first, at
+    /// most `max` of them (orgs that keep recordings have retention 0).
+    pub async fn expired_recordings(&self, now: i64, max: i64) -> Result<Vec<RecordingRow>> {
+        let q = format!(
+            "SELECT {COLS} FROM recordings WHERE ended_at IS NOT NULL \
+             AND org_id IN (SELECT org_id FROM org_policies WHERE recording_retention_days > 0) \
+             AND ended_at < $1 - (SELECT recording_retention_days FROM org_policies p \
+                                  WHERE p.org_id = recordings.org_id) * 86400000 \
+             ORDER BY ended_at LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(now)
+            .bind(max)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(read).collect()
     }
 
     pub async fn delete_recording(&self, id: &str) -> Result<bool> {

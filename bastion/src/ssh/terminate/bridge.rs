@@ -158,6 +158,7 @@ pub async fn session(o: Opening, channel: Channel<Msg>, reply: ChannelOpenHandle
         width: 80,
         height: 24,
         term: String::new(),
+        pod: None,
     };
     let b = Bridge {
         o: &o,
