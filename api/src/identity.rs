@@ -127,16 +127,7 @@ pub struct OrgPolicy {
     pub refuse_person_keys: bool,
     /// Longest bot token (default 90 days).
     pub bot_token_max_seconds: i64,
-    /// Session recordings (and relayed sessions' rows) are deleted this many
-    /// days after the session ended, each deletion in the audit log; 0 (the
-    /// default) keeps them until an org admin deletes them. 0 to 3650.
-    #[serde(default)]
-    #[schema(minimum = 0, maximum = 3650)]
-    pub recording_retention_days: i64,
 }
-
-/// Longest recording retention an org may set: ten years.
-pub const RECORDING_RETENTION_DAYS_MAX: i64 = 3650;
 
 /// A session as listed (never its secret).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

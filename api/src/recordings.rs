@@ -187,6 +187,21 @@ pub struct RecordingPage {
     pub recordings: Vec<RecordingView>,
 }
 
+/// Longest recording retention an org may set: ten years.
+pub const RETENTION_DAYS_MAX: i64 = 3650;
+
+/// `GET`/`PUT /api/v1/org/recording-retention`: how long the org keeps
+/// recordings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingRetention {
+    /// Recordings (and relayed sessions' rows) are deleted this many days
+    /// after their session ended, each deletion in the audit log; 0 keeps
+    /// them until an org admin deletes one. 0 to 3650.
+    #[schema(minimum = 0, maximum = 3650)]
+    pub days: i64,
+}
+
 /// `GET /api/v1/recordings?…`: filters, all optional.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -65,6 +65,7 @@ pub const RECORDING: &str = "/recordings/{id}";
 pub const RECORDING_SEGMENTS: &str = "/recordings/{id}/segments";
 pub const RECORDING_CAST: &str = "/recordings/{id}/cast";
 pub const RECORDING_LIVE: &str = "/recordings/{id}/live";
+pub const ORG_RECORDING_RETENTION: &str = "/org/recording-retention";
 pub const KUBECONFIG: &str = "/kubeconfig";
 pub const SSH_ENDPOINT: &str = "/ssh";
 

@@ -372,6 +372,21 @@ impl Bastion {
             doors,
             _lock,
         } = self;
+        // Recordings are the core's, whichever doors make them: what this
+        // replica left live is closed before any door opens (a new session's
+        // recording is never taken for a lost one), and every replica
+        // applies retention.
+        let replica = shared
+            .fleet
+            .replicas()
+            .map(|r| r.name.clone())
+            .unwrap_or_else(|| "local".into());
+        crate::recording::recover_interrupted(&shared.store, &replica).await;
+        shared.tasks.spawn(crate::recording::retention::run(
+            shared.store.clone(),
+            shared.audit.clone(),
+            shared.shutdown.clone(),
+        ));
         if let Some((listener, tls)) = kube {
             shared.tasks.spawn(crate::kube::serve(
                 listener,

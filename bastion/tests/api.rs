@@ -814,6 +814,8 @@ const DOCUMENTED_ROUTES: &[&str] = &[
     "GET /api/v1/recordings/{id}/segments",
     "GET /api/v1/recordings/{id}/cast",
     "GET /api/v1/recordings/{id}/live",
+    "GET /api/v1/org/recording-retention",
+    "PUT /api/v1/org/recording-retention",
     "GET /api/v1/ssh",
     "POST /cmdexec/v1/projects/{project_id}/edges/{edge_id}/execute/",
     "GET /cmdexec/v1/projects/{project_id}/edges/{edge_id}/execution/{exec_id}/",

@@ -536,8 +536,6 @@ async fn bad_sign_in_input_is_refused_clearly_and_changes_nothing() {
         json!({"require_mfa": true, "session_max_seconds": 10, "bot_token_max_seconds": 86400}),
         json!({"require_mfa": true, "session_max_seconds": 9_999_999, "bot_token_max_seconds": 86400}),
         json!({"require_mfa": true, "session_max_seconds": 3600, "bot_token_max_seconds": 86400, "sso_mfa_values": [""]}),
-        json!({"require_mfa": true, "session_max_seconds": 3600, "bot_token_max_seconds": 86400, "recording_retention_days": -1}),
-        json!({"require_mfa": true, "session_max_seconds": 3600, "bot_token_max_seconds": 86400, "recording_retention_days": 3651}),
     ] {
         let (st, v) = w
             .call(

@@ -43,11 +43,18 @@ async fn retention_applies(store: Store) {
     let now = 1_800_000_000_000;
     let keeps = store.create_org("keeps", 1).await.unwrap();
     let forgets = store.create_org("forgets", 1).await.unwrap();
+    store
+        .set_recording_retention(&forgets.id, 30, 1)
+        .await
+        .unwrap();
+    // An org policy set afterwards keeps the retention.
     let policy = OrgPolicy {
-        recording_retention_days: 30,
+        require_mfa: true,
         ..OrgPolicy::default()
     };
-    store.set_org_policy(&forgets.id, &policy, 1).await.unwrap();
+    store.set_org_policy(&forgets.id, &policy, 2).await.unwrap();
+    let p = store.org_policy(&forgets.id).await.unwrap();
+    assert_eq!((p.require_mfa, p.recording_retention_days), (true, 30));
     let shared = common::shared(store.clone()).await;
     // (id, org, started, ended): ended 31 days ago goes; the rest stays.
     let cases: [(&str, &str, i64, Option<i64>); 5] = [

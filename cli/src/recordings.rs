@@ -66,7 +66,7 @@ enum RecordingsCmd {
     /// How many days the org keeps recordings after a session ends (0: until
     /// deleted); with a number, set it (org admins; every deletion is audited)
     Retention {
-        #[arg(value_parser = clap::value_parser!(i64).range(0..=postern_api::identity::RECORDING_RETENTION_DAYS_MAX))]
+        #[arg(value_parser = clap::value_parser!(i64).range(0..=postern_api::recordings::RETENTION_DAYS_MAX))]
         days: Option<i64>,
     },
 }
@@ -126,12 +126,11 @@ pub async fn recordings(ctx: &Ctx, a: RecordingsArgs) -> Result<(), CliError> {
         }
         Some(RecordingsCmd::Policy(p)) => policy(ctx, p, a.json).await,
         Some(RecordingsCmd::Retention { days }) => {
-            let mut p = ctx.client.org_policy().await?;
-            if let Some(d) = days {
-                p.recording_retention_days = d;
-                p = ctx.client.set_org_policy(&p).await?;
-            }
-            match p.recording_retention_days {
+            let r = match days {
+                Some(d) => ctx.client.set_recording_retention(d).await?,
+                None => ctx.client.recording_retention().await?,
+            };
+            match r.days {
                 0 => println!("recordings are kept until an org admin deletes them"),
                 d => println!(
                     "recordings are deleted {d} day{} after their session ended (each deletion is in the audit log)",

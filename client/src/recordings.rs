@@ -4,7 +4,7 @@
 use http::Method;
 use hyper::body::Incoming;
 use postern_api::recordings::{
-    RecordingPage, RecordingPolicy, RecordingQuery, RecordingView, SegmentList,
+    RecordingPage, RecordingPolicy, RecordingQuery, RecordingRetention, RecordingView, SegmentList,
 };
 use postern_api::routes::{self, API, path, query};
 
@@ -20,24 +20,24 @@ impl Client {
         .await
     }
 
-    /// The org's sign-in and retention policy (org admins).
-    pub async fn org_policy(&self) -> Result<postern_api::identity::OrgPolicy, ClientError> {
+    /// How long the org keeps recordings (org admins).
+    pub async fn recording_retention(&self) -> Result<RecordingRetention, ClientError> {
         self.call(
             Method::GET,
-            &path(API, routes::ORG_POLICY, &[]),
+            &path(API, routes::ORG_RECORDING_RETENTION, &[]),
             None::<&()>,
         )
         .await
     }
 
-    pub async fn set_org_policy(
+    pub async fn set_recording_retention(
         &self,
-        policy: &postern_api::identity::OrgPolicy,
-    ) -> Result<postern_api::identity::OrgPolicy, ClientError> {
+        days: i64,
+    ) -> Result<RecordingRetention, ClientError> {
         self.call(
             Method::PUT,
-            &path(API, routes::ORG_POLICY, &[]),
-            Some(policy),
+            &path(API, routes::ORG_RECORDING_RETENTION, &[]),
+            Some(&RecordingRetention { days }),
         )
         .await
     }

@@ -15,7 +15,7 @@ fn examples_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../ansible-examples")
 }
 
-fn playbook(dir: &Path, args: &[&str]) -> String {
+fn playbook(b: &Bastion, dir: &Path, args: &[&str]) -> String {
     let out = run_with_timeout(
         Command::new("ansible-playbook")
             .args(args)
@@ -23,14 +23,19 @@ fn playbook(dir: &Path, args: &[&str]) -> String {
             .env("ANSIBLE_CONFIG", dir.join("ansible.cfg"))
             .env("ANSIBLE_NOCOLOR", "1")
             .env("ANSIBLE_LOCAL_TEMP", dir.join("tmp"))
-            .env("ANSIBLE_SSH_CONTROL_PATH_DIR", dir.join("cp")),
+            .env("ANSIBLE_SSH_CONTROL_PATH_DIR", dir.join("cp"))
+            .env(
+                "ANSIBLE_SSH_ARGS",
+                "-F ssh_config -o ControlMaster=auto -o ControlPersist=60s -E /tmp/sshmaster.log",
+            ),
         Duration::from_secs(300),
     );
     let stdout = text(&out.stdout);
     assert!(
         out.status.success(),
-        "ansible-playbook {args:?} failed:\n{stdout}\n{}",
-        text(&out.stderr)
+        "ansible-playbook {args:?} failed:\n{stdout}\n{}\n--- the bastion's log ---\n{}",
+        text(&out.stderr),
+        b.log()
     );
     stdout
 }
@@ -80,7 +85,7 @@ async fn the_ansible_examples_run_green_through_the_bastion() {
     )
     .unwrap();
 
-    let out = playbook(&dir, &["facts.yml"]);
+    let out = playbook(&b, &dir, &["facts.yml"]);
     for n in ["node-a", "node-b", "node-c"] {
         let r = recap(&out, n);
         assert!(r.contains("failed=0") && r.contains("unreachable=0"), "{r}");
@@ -89,13 +94,13 @@ async fn the_ansible_examples_run_green_through_the_bastion() {
 
     let demo = dir.join("managed");
     let demo_var = format!("demo_dir={}/{{{{ inventory_hostname }}}}", demo.display());
-    let out = playbook(&dir, &["files.yml", "-e", &demo_var]);
+    let out = playbook(&b, &dir, &["files.yml", "-e", &demo_var]);
     for n in ["node-a", "node-b", "node-c"] {
         assert!(recap(&out, n).contains("changed=2"), "{}", recap(&out, n));
         let content = std::fs::read_to_string(demo.join(n).join("managed.conf")).unwrap();
         assert!(content.contains(&format!("node = {n}")), "{content}");
     }
-    let out = playbook(&dir, &["files.yml", "-e", &demo_var]);
+    let out = playbook(&b, &dir, &["files.yml", "-e", &demo_var]);
     for n in ["node-a", "node-b", "node-c"] {
         assert!(
             recap(&out, n).contains("changed=0"),
@@ -104,7 +109,7 @@ async fn the_ansible_examples_run_green_through_the_bastion() {
         );
     }
 
-    let out = playbook(&dir, &["fleet-command.yml"]);
+    let out = playbook(&b, &dir, &["fleet-command.yml"]);
     for n in ["node-a", "node-b", "node-c"] {
         assert!(recap(&out, n).contains("failed=0"), "{}", recap(&out, n));
         assert!(
@@ -115,7 +120,11 @@ async fn the_ansible_examples_run_green_through_the_bastion() {
 
     // The same playbooks through the terminating mode, recorded: each node's
     // tasks are exec recordings under alice.
-    let out = playbook(&dir, &["-i", "inventory-recorded.ini", "fleet-command.yml"]);
+    let out = playbook(
+        &b,
+        &dir,
+        &["-i", "inventory-recorded.ini", "fleet-command.yml"],
+    );
     for n in ["node-a", "node-b", "node-c"] {
         assert!(recap(&out, n).contains("failed=0"), "{}", recap(&out, n));
         assert!(out.contains(&format!("\"msg\": \"{n}: ")), "{out}");

@@ -495,12 +495,21 @@ async fn terminated_sessions_run_copy_and_are_recorded_tamper_evidently() {
     let out = postern(&b, &["recordings", "retention", "30"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("deleted 30 days after"));
-    let (s, v) = b.get("/api/v1/org/policy").await;
-    assert_eq!(
-        (s, &v["recording_retention_days"]),
-        (200, &json!(30)),
-        "{v}"
-    );
+    let (s, v) = b.get("/api/v1/org/recording-retention").await;
+    assert_eq!((s, &v["days"]), (200, &json!(30)), "{v}");
+    // Bad input changes nothing.
+    for bad in [
+        json!({"days": -1}),
+        json!({"days": 3651}),
+        json!({"days": "30"}),
+        json!({"days": 30, "keep": true}),
+        json!({}),
+    ] {
+        let (s, v) = b.put("/api/v1/org/recording-retention", bad.clone()).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
+    let (_, v) = b.get("/api/v1/org/recording-retention").await;
+    assert_eq!(v["days"], 30, "{v}");
     let out = postern(&b, &["recordings", "retention", "4000"]);
     assert!(!out.status.success());
     let out = postern(&b, &["recordings", "retention", "0"]);
@@ -587,6 +596,44 @@ async fn terminated_sessions_run_copy_and_are_recorded_tamper_evidently() {
     let out = alice.ssh(&["root+node-a+alice@bastion", "echo named-$((1+1))"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "named-2");
+    // A command that closes its output before it exits: sshd sends EOF, then
+    // the exit status. The client closes on EOF; the status still reaches it
+    // (before, the bastion passed EOF on at once and the status was lost:
+    // ssh said 255, and OpenSSH's multiplexing master died under Ansible).
+    // Through a multiplexing master (Ansible's ControlMaster), whose session
+    // closes as soon as it has EOF both ways.
+    let sock = b.dir.path().join("mux.sock");
+    let cfg = alice.config.display().to_string();
+    let mux = |extra: &[&str]| {
+        let mut c = Command::new("ssh");
+        c.args(["-F", &cfg, "-o", "LogLevel=ERROR", "-S"])
+            .arg(&sock)
+            .args(extra)
+            .stdin(Stdio::null());
+        c
+    };
+    let mut master = mux(&["-M", "-N", "root+node-a+alice@bastion"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "the master never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..3 {
+        let out = run_with_timeout(
+            &mut mux(&[
+                "root+node-a+alice@bastion",
+                "exec >&- 2>&-; sleep 0.3; exit 7",
+            ]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    }
+    let _ = master.kill();
+    let _ = master.wait();
 
     // Strict, with input: a command's text does not switch the recording
     // off, and what is typed is recorded even when the terminal hides it.

@@ -65,4 +65,4 @@ CREATE INDEX login_sessions_ssh_fingerprint ON login_sessions (ssh_fingerprint);
 -- Per-org retention: recordings (and relayed sessions' rows) are deleted this
 -- many days after they ended, each deletion audited; 0 keeps them.
 ALTER TABLE org_policies ADD COLUMN recording_retention_days BIGINT NOT NULL DEFAULT 0;
-CREATE INDEX recordings_by_end ON recordings (ended_at);
+CREATE INDEX recordings_by_org_end ON recordings (org_id, ended_at);

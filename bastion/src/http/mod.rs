@@ -262,6 +262,10 @@ pub fn router(core: Arc<Shared>, settings: Settings) -> Router {
         .route(routes::RECORDING_SEGMENTS, get(recordings::segments))
         .route(routes::RECORDING_CAST, get(recordings::cast))
         .route(routes::RECORDING_LIVE, get(recordings::live))
+        .route(
+            routes::ORG_RECORDING_RETENTION,
+            get(recordings::get_retention).put(recordings::put_retention),
+        )
         .route(routes::KUBECONFIG, get(kubeconfig::kubeconfig))
         .route(routes::SSH_ENDPOINT, get(ssh_keys::endpoint))
         .route_layer(middleware::from_fn_with_state(

@@ -108,6 +108,8 @@ use super::{
         recordings::segments,
         recordings::cast,
         recordings::live,
+        recordings::get_retention,
+        recordings::put_retention,
         recordings::delete,
     ),
     components(schemas(
@@ -144,6 +146,7 @@ use super::{
         postern_api::cmdexec::CancelResponse,
         postern_api::recordings::RecordingLevel,
         postern_api::recordings::RecordingPolicy,
+        postern_api::recordings::RecordingRetention,
         postern_api::recordings::LabelRule,
         postern_api::recordings::RecordingView,
         postern_api::recordings::RecordingPage,

@@ -5,10 +5,14 @@
 //!
 //! Two wires, both read incrementally (a frame of any length costs no memory
 //! beyond the piece at hand):
-//! - WebSocket (`v4`/`v5.channel.k8s.io`, `channel.k8s.io`, and the text
-//!   `base64.channel.k8s.io`): each message starts with its channel: 1 stdout
-//!   and 2 stderr are output, 3 the status at the end (a marker), and from the
-//!   client 0 stdin (input, when the policy records it) and 4 a resize.
+//! - WebSocket (`channel.k8s.io` in its versions, and the `base64` ones): read
+//!   as the kubelet's and API server's `wsstream` reads it, frame by frame:
+//!   every data frame (a continuation too, and any opcode but close, ping and
+//!   pong) starts with its channel: 1 stdout and 2 stderr are output, 3 the
+//!   status at the end (a marker), and from the client 0 stdin (input, when the
+//!   policy records it) and 4 a resize. Reading the way the far end reads is
+//!   what keeps a client from framing input so that the recorder and the pod
+//!   see different things.
 //! - SPDY/3.1 (kubectl before 1.30, and any that falls back): every data frame
 //!   the server sends is output, whatever stream it is on, so no choice of
 //!   stream order by the client hides output. Which client stream is stdin or
@@ -30,10 +34,16 @@ pub enum Wire {
 impl Wire {
     /// `upgrade`: the switched-to protocol; `subprotocol`: the WebSocket
     /// subprotocol the server chose.
+    ///
+    /// `None` for a WebSocket subprotocol that is not Kubernetes' channel
+    /// protocol (nothing else is known to carry a session).
     pub fn of(upgrade: &str, subprotocol: Option<&str>) -> Option<Wire> {
         if upgrade.eq_ignore_ascii_case("websocket") {
-            let base64 = subprotocol.is_some_and(|p| p.trim().starts_with("base64."));
-            Some(Wire::WebSocket { base64 })
+            let p = subprotocol?.trim();
+            let known = KNOWN_SUBPROTOCOLS.contains(&p);
+            known.then(|| Wire::WebSocket {
+                base64: p.split('.').any(|part| part == "base64"),
+            })
         } else if upgrade.to_ascii_lowercase().starts_with("spdy/") {
             Some(Wire::Spdy)
         } else {
@@ -41,6 +51,19 @@ impl Wire {
         }
     }
 }
+
+/// The WebSocket subprotocols the kubelet and the API server speak for exec,
+/// attach and port-forward.
+pub const KNOWN_SUBPROTOCOLS: [&str; 8] = [
+    "channel.k8s.io",
+    "base64.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v4.channel.k8s.io",
+    "v4.base64.channel.k8s.io",
+    "v5.channel.k8s.io",
+    "portforward.k8s.io",
+];
 
 /// What a piece of the stream meant to the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +73,12 @@ pub enum Seen {
     Resize(u32, u32),
     /// The status on the error channel (bounded text).
     Status(String),
+    /// Something the reader could not read (said in the recording).
+    Unreadable(&'static str),
 }
+
+/// The channel of a frame whose rest is skipped.
+const SKIPPED: u8 = 255;
 
 /// Longest resize or status message read; the rest is skipped.
 const SMALL_MESSAGE: usize = 512;
@@ -144,7 +172,9 @@ impl Reader {
             }
             Wire::WebSocket { .. } => {
                 let opcode = h[0] & 0x0f;
-                self.control = opcode & 0x08 != 0;
+                // wsstream (x/net/websocket) treats only close, ping and pong
+                // as control frames; every other opcode is data.
+                self.control = matches!(opcode, 8..=10);
                 let (len, at) = match h[1] & 0x7f {
                     126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 4),
                     127 => (
@@ -156,8 +186,8 @@ impl Reader {
                 self.mask = (h[1] & 0x80 != 0).then(|| [h[at], h[at + 1], h[at + 2], h[at + 3]]);
                 self.mask_at = 0;
                 self.left = len;
-                // A new message (not a continuation) starts with its channel.
-                if !self.control && opcode != 0 {
+                // Each data frame, a continuation too, starts with its channel.
+                if !self.control {
                     self.channel = None;
                     self.at_message_start = true;
                     self.carry.clear();
@@ -203,13 +233,28 @@ impl Reader {
                         .extend(rest.iter().filter(|b| !b.is_ascii_whitespace()));
                     let whole = self.carry.len() / 4 * 4;
                     let text: Vec<u8> = self.carry.drain(..whole).collect();
-                    let decoded = base64::engine::general_purpose::STANDARD
-                        .decode(&text)
-                        .unwrap_or_default();
-                    self.channel_bytes(&decoded, out);
+                    self.decode(&text, out);
                 } else {
                     self.channel_bytes(rest, out);
                 }
+            }
+        }
+    }
+
+    /// base64 text of the frame's channel; what does not decode is said
+    /// once, and the rest of the frame is skipped.
+    fn decode(&mut self, text: &[u8], out: &mut Vec<Seen>) {
+        if self.channel == Some(SKIPPED) {
+            return;
+        }
+        match LENIENT.decode(text) {
+            Ok(decoded) => self.channel_bytes(&decoded, out),
+            Err(_) => {
+                self.channel = Some(SKIPPED);
+                self.carry.clear();
+                out.push(Seen::Unreadable(
+                    "a base64 frame that does not decode (the rest of it is not recorded)",
+                ));
             }
         }
     }
@@ -231,15 +276,16 @@ impl Reader {
     }
 
     fn frame_end(&mut self, out: &mut Vec<Seen>) {
-        let fin = match self.wire {
-            Wire::Spdy => true,
-            Wire::WebSocket { .. } => self.head.first().is_some_and(|b| b & 0x80 != 0),
-        };
         let control = self.control;
         self.head.clear();
         self.control = false;
-        if control || !fin || matches!(self.wire, Wire::Spdy) {
+        if control || matches!(self.wire, Wire::Spdy) {
             return;
+        }
+        // The frame's last base64 characters (Go decodes a frame whole).
+        if !self.carry.is_empty() {
+            let text = std::mem::take(&mut self.carry);
+            self.decode(&text, out);
         }
         let small = std::mem::take(&mut self.small);
         match (self.from_client, self.channel) {
@@ -255,6 +301,14 @@ impl Reader {
         }
     }
 }
+
+/// base64 as Go's `StdEncoding` reads it: trailing bits need not be zero.
+const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
 
 /// Output pieces in a row join (fewer, larger cast lines).
 fn push_output(out: &mut Vec<Seen>, bytes: &[u8]) {
@@ -300,9 +354,14 @@ pub fn exec_query(query: Option<&str>) -> (String, String) {
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query.unwrap_or_default()).unwrap_or_default();
     for (k, v) in pairs {
+        // No control characters (PostgreSQL refuses a NUL in text; a log or
+        // a terminal should not get escapes from a query).
+        let clean = |v: &str, max: usize| -> String {
+            v.chars().filter(|c| !c.is_control()).take(max).collect()
+        };
         match k.as_str() {
-            "command" if command.len() < 64 => command.push(v.chars().take(1024).collect()),
-            "container" => container = v.chars().take(253).collect(),
+            "command" if command.len() < 64 => command.push(clean(&v, 1024)),
+            "container" => container = clean(&v, 253),
             _ => {}
         }
     }
@@ -317,42 +376,41 @@ pub fn exec_query(query: Option<&str>) -> (String, String) {
     (command, container)
 }
 
-/// A kubectl exec or attach being recorded: the tape and a reader per direction.
+/// A kubectl exec or attach being recorded: its tape, and a reader per
+/// direction once the API server has said which protocol it speaks.
 pub(super) struct Session {
     pub tape: crate::recording::Tape,
-    pub down: Reader,
-    pub up: Reader,
+    pub down: Option<Reader>,
+    pub up: Option<Reader>,
     pub input: bool,
+    strict: bool,
 }
 
 /// What the policy asks of an upgrade, decided before it is sent on.
 pub(super) enum Plan {
-    /// Not recorded (policy `off`, or not an exec or attach).
+    /// Not recorded: policy `off`, or a port-forward (forwarded bytes, as
+    /// `ssh -L`'s, are not a terminal).
     No,
     Record {
         level: postern_api::recordings::RecordingLevel,
         input: bool,
         kind: &'static str,
     },
-    /// Strict, and it cannot be recorded: the session is not opened.
+    /// It cannot be recorded as the policy requires: not opened.
     Refuse(String),
 }
 
-/// The plan for an `exec`/`attach` upgrade to `upgrade` (`SPDY/3.1`,
-/// `websocket`) under the project's policy (by the user's role; a pod has no
-/// node labels).
+/// The plan for an upgrade to `upgrade` (`SPDY/3.1`, `websocket`) offering
+/// the WebSocket `subprotocols`, under the project's policy (by the user's
+/// role; a pod has no node labels).
 pub(super) async fn plan(
     door: &super::Door,
     auth: &super::proxy::Authorized,
     upgrade: &str,
+    subprotocols: &[String],
 ) -> Plan {
     use postern_api::recordings::RecordingLevel;
     let i = &auth.info;
-    let kind = match (i.resource.as_str(), i.subresource.as_str()) {
-        ("pods", "exec") => "kube_exec",
-        ("pods", "attach") => "kube_attach",
-        _ => return Plan::No,
-    };
     let policy = match door.store.recording_policy(&auth.project.id).await {
         Ok(p) => p.unwrap_or_default(),
         Err(e) => {
@@ -371,14 +429,46 @@ pub(super) async fn plan(
     if level == RecordingLevel::Off {
         return Plan::No;
     }
-    if Wire::of(upgrade, None).is_none() {
-        return if level == RecordingLevel::Strict {
+    let strict = level == RecordingLevel::Strict;
+    let kind = match (i.resource.as_str(), i.subresource.as_str()) {
+        ("pods", "exec") => "kube_exec",
+        ("pods", "attach") => "kube_attach",
+        ("pods", "portforward") => return Plan::No,
+        // Another way to a shell (the kubelet's own exec through
+        // `nodes/proxy`, a service's or an aggregated API's upgrade) is not
+        // read here: where every session must be recorded, it is refused.
+        _ if strict => {
+            return Plan::Refuse(
+                "this project records every session, and only kubectl exec, attach and port-forward upgrades can be; this one is refused".into(),
+            );
+        }
+        _ => return Plan::No,
+    };
+    let readable = match Wire::of(upgrade, None) {
+        Some(Wire::Spdy) => true,
+        // Whichever of the offered subprotocols the server picks must be one
+        // the reader knows.
+        _ if upgrade.eq_ignore_ascii_case("websocket") => {
+            !subprotocols.is_empty()
+                && subprotocols
+                    .iter()
+                    .all(|p| KNOWN_SUBPROTOCOLS.contains(&p.as_str()))
+        }
+        _ => false,
+    };
+    if !readable {
+        return if strict {
             Plan::Refuse(
-                "this project records every session, and a session over this protocol cannot be recorded; use kubectl (SPDY or WebSocket)".into(),
+                "this project records every session, and this protocol cannot be recorded; use kubectl (SPDY or WebSocket v4/v5.channel.k8s.io)".into(),
             )
         } else {
             Plan::No
         };
+    }
+    if strict && policy.input && upgrade.to_ascii_lowercase().starts_with("spdy/") {
+        return Plan::Refuse(
+            "this project records what is typed, which the bastion can read only over WebSocket: use kubectl 1.30 or later against an API server that speaks it".into(),
+        );
     }
     Plan::Record {
         level,
@@ -387,14 +477,14 @@ pub(super) async fn plan(
     }
 }
 
-/// Starts the recording the plan asked for, once the API server switched to
-/// `wire`. `Err`: strict, and the recording cannot be stored (the stream is
-/// ended). `cut` ends the stream when a strict recording fails later.
+/// Starts the recording the plan asked for, before the upgrade is sent on,
+/// so a strict session whose recording cannot be stored never reaches the
+/// pod. `Err`: that refusal. `cut` ends the stream when a strict recording
+/// fails later.
 pub(super) async fn begin(
     door: &super::Door,
     auth: &super::proxy::Authorized,
     plan: &Plan,
-    wire: Option<Wire>,
     query: Option<&str>,
     cut: tokio_util::sync::CancellationToken,
 ) -> Result<Option<Session>, ()> {
@@ -403,9 +493,6 @@ pub(super) async fn begin(
         return Ok(None);
     };
     let strict = level == RecordingLevel::Strict;
-    let Some(wire) = wire else {
-        return if strict { Err(()) } else { Ok(None) };
-    };
     let i = &auth.info;
     let (command, container) = exec_query(query);
     let (node_id, hostname) = auth
@@ -429,25 +516,45 @@ pub(super) async fn begin(
         pod: Some(format!("{}/{}", i.namespace, i.name)),
     };
     match door.recorder.start(meta, level, cut).await {
-        Ok(tape) => {
-            if wire == Wire::Spdy {
-                tape.marker("kubectl over SPDY: output recorded; input and resizes are not")
-                    .await;
-            }
-            Ok(Some(Session {
-                tape,
-                down: Reader::new(wire, false),
-                up: Reader::new(wire, true),
-                input,
-            }))
-        }
+        Ok(tape) => Ok(Some(Session {
+            tape,
+            down: None,
+            up: None,
+            input,
+            strict,
+        })),
         Err(e) if strict => {
-            tracing::warn!(error = %e, "a strict kubectl session cannot be recorded; ended");
+            tracing::warn!(error = %e, "a strict kubectl session cannot be recorded; refused");
             Err(())
         }
         Err(e) => {
             tracing::warn!(error = %e, "a kubectl session goes unrecorded (best_effort)");
             Ok(None)
+        }
+    }
+}
+
+impl Session {
+    /// The API server switched to `wire`: read it from now on. `false`: it
+    /// cannot be read and the session must not go on (strict).
+    pub async fn switched(&mut self, wire: Option<Wire>) -> bool {
+        match wire {
+            Some(w) => {
+                if w == Wire::Spdy {
+                    self.tape
+                        .marker("kubectl over SPDY: output recorded; input and resizes are not")
+                        .await;
+                }
+                self.down = Some(Reader::new(w, false));
+                self.up = Some(Reader::new(w, true));
+                true
+            }
+            None => {
+                self.tape
+                    .marker("the API server switched to a protocol the bastion cannot read: nothing more is recorded")
+                    .await;
+                !self.strict
+            }
         }
     }
 }
@@ -460,6 +567,7 @@ pub(super) async fn from_server(tape: &crate::recording::Tape, down: &mut Reader
         match s {
             Seen::Output(o) => tape.output(&o).await,
             Seen::Status(st) => tape.marker(&format!("status: {st}")).await,
+            Seen::Unreadable(what) => tape.marker(what).await,
             Seen::Input(_) | Seen::Resize(..) => {}
         }
     }
@@ -479,6 +587,7 @@ pub(super) async fn from_client(
         match s {
             Seen::Input(i) if input => tape.input(&i).await,
             Seen::Resize(w, h) => tape.resize(w, h).await,
+            Seen::Unreadable(what) => tape.marker(what).await,
             _ => {}
         }
     }
@@ -544,9 +653,11 @@ mod tests {
         let mut down = ws_frame(true, 2, b"\x01hello ", None);
         down.extend(ws_frame(true, 9, b"ping", None));
         down.extend(ws_frame(true, 2, b"\x02oops", None));
-        // A message in two frames: the channel only on the first.
+        // Each frame, a continuation too, starts with its channel.
         down.extend(ws_frame(false, 2, b"\x01big-", None));
-        down.extend(ws_frame(true, 0, &vec![b'x'; 70_000], None));
+        let mut big = vec![1u8];
+        big.extend(vec![b'x'; 70_000]);
+        down.extend(ws_frame(true, 0, &big, None));
         down.extend(ws_frame(true, 2, b"\x03{\"status\":\"Success\"}", None));
         let seen = read(ws, false, &down);
         let mut want = b"hello oopsbig-".to_vec();
@@ -569,15 +680,62 @@ mod tests {
         );
     }
 
+    /// Framed as x/net/websocket reads it (the kubelet's and the API server's
+    /// wsstream): a continuation's first byte is its channel, and opcodes
+    /// other than close, ping and pong are data. A client that frames its
+    /// input otherwise still has it recorded as the pod reads it.
+    #[test]
+    fn frames_are_read_as_the_pod_side_reads_them() {
+        let ws = Wire::WebSocket { base64: false };
+        let k = Some([7, 7, 7, 7]);
+        let mut up = ws_frame(false, 2, b"\x04", k);
+        up.extend(ws_frame(true, 0, b"\x00rm -rf /\n", k));
+        up.extend(ws_frame(true, 0xb, b"\x00id\n", k));
+        up.extend(ws_frame(true, 9, b"\x00ping", k));
+        assert_eq!(
+            read(ws, true, &up),
+            vec![Seen::Input(b"rm -rf /\nid\n".to_vec())]
+        );
+    }
+
+    #[test]
+    fn subprotocols_are_known_or_none() {
+        let of = |p| Wire::of("websocket", Some(p));
+        assert_eq!(
+            of("v4.channel.k8s.io"),
+            Some(Wire::WebSocket { base64: false })
+        );
+        assert_eq!(
+            of("base64.channel.k8s.io"),
+            Some(Wire::WebSocket { base64: true })
+        );
+        assert_eq!(
+            of("v4.base64.channel.k8s.io"),
+            Some(Wire::WebSocket { base64: true })
+        );
+        assert_eq!(of("chat"), None);
+        assert_eq!(Wire::of("websocket", None), None);
+        assert_eq!(Wire::of("SPDY/3.1", None), Some(Wire::Spdy));
+        assert_eq!(Wire::of("h2c", None), None);
+    }
+
     #[test]
     fn base64_channels_are_decoded() {
         let ws = Wire::WebSocket { base64: true };
         let mut down = ws_frame(true, 1, b"1aGVsbG8g", None); // "hello "
-        down.extend(ws_frame(false, 1, b"2d2", None));
-        down.extend(ws_frame(true, 0, b"9ybGQ=", None)); // "world"
+        down.extend(ws_frame(false, 1, b"2d29y", None)); // "wor", on stderr
+        down.extend(ws_frame(true, 0, b"1bGQ=", None)); // "ld"
+        // Trailing bits that are not zero, as Go's decoder allows.
+        down.extend(ws_frame(true, 1, b"1Ch==", None)); // "\n"
         assert_eq!(
             read(ws, false, &down),
-            vec![Seen::Output(b"hello world".to_vec())]
+            vec![Seen::Output(b"hello world\n".to_vec())]
+        );
+        assert_eq!(
+            read(ws, false, &ws_frame(true, 1, b"1!!!!", None)),
+            vec![Seen::Unreadable(
+                "a base64 frame that does not decode (the rest of it is not recorded)"
+            )]
         );
     }
 
@@ -633,5 +791,7 @@ mod tests {
         let long = format!("command={}", "é".repeat(5000));
         assert!(exec_query(Some(&long)).0.len() <= 4096);
         assert_eq!(exec_query(None), (String::new(), String::new()));
+        let (c, k) = exec_query(Some("command=sh%00&container=%00%1b%5B2J"));
+        assert_eq!((c.as_str(), k.as_str()), ("sh", "[2J"));
     }
 }

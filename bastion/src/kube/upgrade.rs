@@ -55,7 +55,23 @@ pub(super) async fn relay(
     let query = req.uri().query().map(str::to_string);
     // What the recording policy asks is known before anything is sent on: a
     // strict session that cannot be recorded never reaches the pod.
-    let plan = record::plan(&shared, &auth, upgrade_to.to_str().unwrap_or_default()).await;
+    let offered: Vec<String> = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .take(16)
+        .collect();
+    let plan = record::plan(
+        &shared,
+        &auth,
+        upgrade_to.to_str().unwrap_or_default(),
+        &offered,
+    )
+    .await;
     if let record::Plan::Refuse(msg) = &plan {
         shared
             .audit
@@ -84,6 +100,32 @@ pub(super) async fn relay(
             );
         }
     };
+    // The recording starts before the upgrade is sent on: a strict session
+    // whose recording cannot be stored never reaches the pod.
+    let recording_failed = CancellationToken::new();
+    let mut session = match record::begin(
+        &shared,
+        &auth,
+        &plan,
+        query.as_deref(),
+        recording_failed.clone(),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(()) => {
+            let msg = "this project records every session and the recording cannot be stored right now; retry shortly";
+            shared
+                .audit
+                .batched(auth.event(
+                    "kube.request",
+                    "error",
+                    serde_json::json!({ "status": 503, "reason": msg }),
+                ))
+                .await;
+            return status::response(StatusCode::SERVICE_UNAVAILABLE, msg);
+        }
+    };
     areq.headers_mut().insert(contract::HDR_UPGRADE, upgrade_to);
     // The client's (zero) length was for its upgrade request; over the channel
     // the body is the byte stream after the switch, of no known length.
@@ -91,6 +133,9 @@ pub(super) async fn relay(
     let resp = match tokio::time::timeout(SWITCH_TIMEOUT, link.send(areq)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
+            if let Some(rec) = session.take() {
+                shared.recorder.discard(rec.tape).await;
+            }
             // Replica names, addresses and TLS details stay in the log.
             tracing::warn!(node = %link.node_id(), error = %e, "Kubernetes upgrade: the gateway agent could not be reached");
             let msg = status::GATEWAY_UNREACHABLE;
@@ -105,6 +150,9 @@ pub(super) async fn relay(
             return status::response(StatusCode::SERVICE_UNAVAILABLE, msg);
         }
         Err(_) => {
+            if let Some(rec) = session.take() {
+                shared.recorder.discard(rec.tape).await;
+            }
             let msg = format!(
                 "the edge's Kubernetes API server did not switch protocols within {SWITCH_TIMEOUT:?}"
             );
@@ -120,6 +168,11 @@ pub(super) async fn relay(
         }
     };
     let Some(switched) = resp.headers().get(contract::HDR_SWITCHED).cloned() else {
+        // Nothing was switched, so nothing ran: the empty recording goes (the
+        // audit log has the refusal).
+        if let Some(rec) = session.take() {
+            shared.recorder.discard(rec.tape).await;
+        }
         // The API server refused the upgrade (no such pod, RBAC, …): its answer
         // goes back as it is, counted and audited like any other.
         let (mut parts, body) = resp.into_parts();
@@ -142,32 +195,23 @@ pub(super) async fn relay(
             .get(header::SEC_WEBSOCKET_PROTOCOL)
             .and_then(|v| v.to_str().ok()),
     );
-    // Ended when a strict recording cannot write: the stream ends with it.
-    let recording_failed = CancellationToken::new();
-    let session = match record::begin(
-        &shared,
-        &auth,
-        &plan,
-        wire,
-        query.as_deref(),
-        recording_failed.clone(),
-    )
-    .await
+    if let Some(rec) = session.as_mut()
+        && !rec.switched(wire).await
     {
-        Ok(s) => s,
-        Err(()) => {
-            let msg = "this project records every session and the recording cannot be stored right now; retry shortly";
-            shared
-                .audit
-                .batched(auth.event(
-                    "kube.request",
-                    "error",
-                    serde_json::json!({ "status": 503, "reason": msg }),
-                ))
-                .await;
-            return status::response(StatusCode::SERVICE_UNAVAILABLE, msg);
+        if let Some(rec) = session.take() {
+            rec.tape.finish().await;
         }
-    };
+        let msg = "this project records every session, and the API server answered in a protocol that cannot be recorded; the session is ended";
+        shared
+            .audit
+            .batched(auth.event(
+                "kube.request",
+                "error",
+                serde_json::json!({ "status": 503, "reason": msg }),
+            ))
+            .await;
+        return status::response(StatusCode::SERVICE_UNAVAILABLE, msg);
+    }
     let mut out = Response::new(
         Empty::<Bytes>::new()
             .map_err(|never| match never {})
@@ -208,7 +252,7 @@ pub(super) async fn relay(
         let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
         let mut from_gateway = from_gateway;
         let (tape, mut from_pod, mut to_pod, input) = match session {
-            Some(s) => (Some(s.tape), Some(s.down), Some(s.up), s.input),
+            Some(s) => (Some(s.tape), s.down, s.up, s.input),
             None => (None, None, None, false),
         };
         let end = {

@@ -30,6 +30,23 @@ pub const SEGMENT_BYTES: usize = 64 * 1024;
 /// ...or when its first line is this old.
 pub const SEGMENT_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Marks what `replica` left live as interrupted (it was killed, or its host
+/// lost, mid-session): what reached the store is all there is. Run by the
+/// bastion at its start, whichever doors it serves.
+pub async fn recover_interrupted(store: &Store, replica: &str) {
+    match store
+        .interrupt_recordings(replica, crate::clock::now_ms())
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            n,
+            "recordings left live by this replica's last run are marked interrupted"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot mark interrupted recordings"),
+    }
+}
+
 /// Starts recordings; one per door that terminates sessions.
 #[derive(Debug, Clone)]
 pub struct Recorder {
@@ -63,23 +80,6 @@ impl Recorder {
         })
     }
 
-    /// Marks what this replica left live as interrupted (it was killed, or its
-    /// host lost, mid-session): what reached the store is all there is.
-    pub async fn recover(&self) {
-        match self
-            .store
-            .interrupt_recordings(&self.replica, crate::clock::now_ms())
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                n,
-                "recordings left live by this replica's last run are marked interrupted"
-            ),
-            Err(e) => tracing::warn!(error = %e, "cannot mark interrupted recordings"),
-        }
-    }
-
     /// Starts recording a session under `level` (never `off`): the row is
     /// written first, so a strict session is refused when the store cannot
     /// take it. `cut` ends the session; a strict recording that cannot write
@@ -91,6 +91,17 @@ impl Recorder {
         cut: tokio_util::sync::CancellationToken,
     ) -> Result<Tape, RecordError> {
         tape::start(self, meta, level, cut).await
+    }
+
+    /// Ends a recording of a session that never ran (the far end refused
+    /// it) and deletes it: there is nothing to keep, and the audit log has
+    /// the refusal.
+    pub async fn discard(&self, tape: Tape) {
+        let id = tape.id.clone();
+        tape.finish().await;
+        if let Err(e) = self.store.delete_recording(&id).await {
+            tracing::warn!(error = %e, recording = %id, "cannot delete the empty recording of a refused session");
+        }
     }
 
     /// A row for a `ssh -J` session, which the bastion cannot see into: the

@@ -20,7 +20,8 @@ use crate::store::Store;
 pub const EVERY: Duration = Duration::from_secs(600);
 /// Recordings deleted per statement batch.
 const BATCH: i64 = 200;
-/// Batches per sweep: the rest waits for the next one.
+const DAY_MS: i64 = 86_400_000;
+/// Batches per org and sweep: the rest waits for the next one.
 const BATCHES: usize = 50;
 
 /// Sweeps now and then every [`EVERY`] until shutdown.
@@ -49,35 +50,39 @@ pub async fn sweep(
     now: i64,
 ) -> Result<usize, crate::store::StoreError> {
     let mut deleted = 0;
-    for _ in 0..BATCHES {
-        let rows = store.expired_recordings(now, BATCH).await?;
-        let full = rows.len() as i64 == BATCH;
-        for r in rows {
-            // One that another replica deleted first is its to audit.
-            if !store.delete_recording(&r.id).await? {
-                continue;
+    for (org, days) in store.retention_orgs().await? {
+        let before = now.saturating_sub(days.saturating_mul(DAY_MS));
+        for _ in 0..BATCHES {
+            let rows = store.recordings_ended_before(&org, before, BATCH).await?;
+            let full = rows.len() as i64 == BATCH;
+            for r in rows {
+                // One that another replica deleted first is its to audit.
+                if !store.delete_recording(&r.id).await? {
+                    continue;
+                }
+                deleted += 1;
+                // Written before the next deletion: the log never lags the
+                // store by more than one recording.
+                audit
+                    .batched_written(
+                        Event::new("recording.expired", "ok")
+                            .org(r.org_id.clone())
+                            .actor("postern (the org's recording retention)")
+                            .project(r.project_id.clone())
+                            .target(format!("recording:{}", r.id))
+                            .target(format!("node:{}", r.hostname))
+                            .detail(json!({
+                                "recording": r.id, "user": r.user_name, "node": r.hostname,
+                                "kind": r.kind, "started_at": rfc3339(r.started_at),
+                                "ended_at": r.ended_at.map(rfc3339), "last_hash": r.last_hash,
+                                "retention_days": days,
+                            })),
+                    )
+                    .await;
             }
-            deleted += 1;
-            // Written before the next deletion: the log never lags the store
-            // by more than one recording.
-            audit
-                .batched_written(
-                    Event::new("recording.expired", "ok")
-                        .org(r.org_id.clone())
-                        .actor("postern (the org's recording retention)")
-                        .project(r.project_id.clone())
-                        .target(format!("recording:{}", r.id))
-                        .target(format!("node:{}", r.hostname))
-                        .detail(json!({
-                            "recording": r.id, "user": r.user_name, "node": r.hostname,
-                            "kind": r.kind, "started_at": rfc3339(r.started_at),
-                            "ended_at": r.ended_at.map(rfc3339), "last_hash": r.last_hash,
-                        })),
-                )
-                .await;
-        }
-        if !full {
-            break;
+            if !full {
+                break;
+            }
         }
     }
     Ok(deleted)

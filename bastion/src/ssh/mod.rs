@@ -350,12 +350,6 @@ async fn apply_access_change(
 
 /// Accepts SSH connections until shutdown.
 pub async fn serve(listener: TcpListener, config: Arc<Config>, shared: Arc<Door>) {
-    shared.recorder.recover().await;
-    shared.tasks.spawn(crate::recording::retention::run(
-        shared.store.clone(),
-        shared.audit.clone(),
-        shared.shutdown.clone(),
-    ));
     let startups = Startups::new(
         shared.settings.ssh_max_startups,
         shared.settings.ssh_per_source_max_startups,
@@ -461,7 +455,11 @@ async fn connection(
     }
     drop(permit);
     tokio::select! {
-        _ = &mut session => {}
+        r = &mut session => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = ?e, "SSH connection ended with an error");
+            }
+        }
         _ = shared.shutdown.cancelled() => {
             let _ = tokio::time::timeout(
                 Duration::from_secs(2),

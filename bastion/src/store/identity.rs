@@ -120,16 +120,37 @@ impl Store {
         })
     }
 
+    /// Sets how long the org keeps recordings, leaving its other rules as
+    /// they are (or at their defaults, when none were set).
+    pub async fn set_recording_retention(&self, org_id: &str, days: i64, now: i64) -> Result<()> {
+        let d = OrgPolicy::default();
+        sqlx::query(
+            "INSERT INTO org_policies (org_id, require_mfa, session_max_seconds, sso_mfa_values, refuse_person_keys, bot_token_max_seconds, recording_retention_days, updated_at)
+             VALUES ($1, $2, $3, '[]', $4, $5, $6, $7)
+             ON CONFLICT (org_id) DO UPDATE SET recording_retention_days = excluded.recording_retention_days,
+               updated_at = excluded.updated_at",
+        )
+        .bind(org_id)
+        .bind(i64::from(d.require_mfa))
+        .bind(d.session_max_seconds)
+        .bind(i64::from(d.refuse_person_keys))
+        .bind(d.bot_token_max_seconds)
+        .bind(days)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub async fn set_org_policy(&self, org_id: &str, p: &OrgPolicy, now: i64) -> Result<()> {
         let values = serde_json::to_string(&p.sso_mfa_values).unwrap_or_else(|_| "[]".into());
         sqlx::query(
-            "INSERT INTO org_policies (org_id, require_mfa, session_max_seconds, sso_mfa_values, refuse_person_keys, bot_token_max_seconds, recording_retention_days, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO org_policies (org_id, require_mfa, session_max_seconds, sso_mfa_values, refuse_person_keys, bot_token_max_seconds, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (org_id) DO UPDATE SET require_mfa = excluded.require_mfa,
                session_max_seconds = excluded.session_max_seconds, sso_mfa_values = excluded.sso_mfa_values,
                refuse_person_keys = excluded.refuse_person_keys,
-               bot_token_max_seconds = excluded.bot_token_max_seconds,
-               recording_retention_days = excluded.recording_retention_days, updated_at = excluded.updated_at",
+               bot_token_max_seconds = excluded.bot_token_max_seconds, updated_at = excluded.updated_at",
         )
         .bind(org_id)
         .bind(i64::from(p.require_mfa))
@@ -137,7 +158,6 @@ impl Store {
         .bind(values)
         .bind(i64::from(p.refuse_person_keys))
         .bind(p.bot_token_max_seconds)
-        .bind(p.recording_retention_days)
         .bind(now)
         .execute(&self.pool)
         .await?;

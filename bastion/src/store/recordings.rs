@@ -395,18 +395,35 @@ impl Store {
         .transpose()?)
     }
 
-    /// Ended recordings older than their org's retention, oldest first, at
-    /// most `max` of them (orgs that keep recordings have retention 0).
-    pub async fn expired_recordings(&self, now: i64, max: i64) -> Result<Vec<RecordingRow>> {
+    /// The orgs that delete recordings, with their retention in days.
+    pub async fn retention_orgs(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT org_id, recording_retention_days FROM org_policies \
+             WHERE recording_retention_days > 0",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// `org_id`'s recordings that ended before `before`, oldest first, at most
+    /// `max` (by the index on (org_id, ended_at): what an org keeps is never
+    /// read for another's retention).
+    pub async fn recordings_ended_before(
+        &self,
+        org_id: &str,
+        before: i64,
+        max: i64,
+    ) -> Result<Vec<RecordingRow>> {
         let q = format!(
-            "SELECT {COLS} FROM recordings WHERE ended_at IS NOT NULL \
-             AND org_id IN (SELECT org_id FROM org_policies WHERE recording_retention_days > 0) \
-             AND ended_at < $1 - (SELECT recording_retention_days FROM org_policies p \
-                                  WHERE p.org_id = recordings.org_id) * 86400000 \
-             ORDER BY ended_at LIMIT $2"
+            "SELECT {COLS} FROM recordings WHERE org_id = $1 AND ended_at IS NOT NULL \
+             AND ended_at < $2 ORDER BY ended_at LIMIT $3"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(q))
-            .bind(now)
+            .bind(org_id)
+            .bind(before)
             .bind(max)
             .fetch_all(&self.pool)
             .await?;

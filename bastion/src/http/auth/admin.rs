@@ -195,7 +195,6 @@ fn policy_dto(p: &OrgPolicy) -> dto::OrgPolicy {
         sso_mfa_values: p.sso_mfa_values.clone(),
         refuse_person_keys: p.refuse_person_keys,
         bot_token_max_seconds: p.bot_token_max_seconds,
-        recording_retention_days: p.recording_retention_days,
     }
 }
 
@@ -256,12 +255,6 @@ pub async fn put_policy(
         60,
         postern_api::admin::TOKEN_TTL_MAX_SECS,
     )?;
-    let recording_retention_days = validate::range(
-        "recording_retention_days",
-        body.recording_retention_days,
-        0,
-        postern_api::identity::RECORDING_RETENTION_DAYS_MAX,
-    )?;
     if body.sso_mfa_values.len() > 16
         || body
             .sso_mfa_values
@@ -278,7 +271,8 @@ pub async fn put_policy(
         sso_mfa_values: body.sso_mfa_values,
         refuse_person_keys: body.refuse_person_keys,
         bot_token_max_seconds,
-        recording_retention_days,
+        // Set apart (`PUT /org/recording-retention`); this upsert keeps it.
+        recording_retention_days: 0,
     };
     state
         .store

@@ -26,7 +26,6 @@ use super::super::extract::{ApiPath, Caller};
 use super::super::{ApiError, AppState};
 use super::cast::segment_bytes;
 use super::{SEGMENT_MAX, SEGMENTS_PER_READ, find};
-use crate::store::RecordingRow;
 
 /// How often the watch looks for segments (the recorder stores one at least
 /// every second while there is output).
@@ -37,12 +36,16 @@ const QUEUE: usize = 4;
 /// starts again), rather than holding its place.
 const READ_WITHIN: Duration = Duration::from_secs(10);
 
-/// Whether the caller may watch `r` live: an org admin, or an admin of its project.
-fn may_watch(caller: &Caller, r: &RecordingRow) -> bool {
-    caller.principal.is_org_admin()
-        || caller.principal.bindings.iter().any(|b| {
-            b.role == Role::ProjectAdmin && b.project_id.as_deref() == Some(r.project_id.as_str())
-        })
+/// How often an open watch checks that its watcher may still watch.
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// Whether `p` may watch a session of `project_id` live: an org admin, or an
+/// admin of that project.
+fn may_watch(p: &crate::authz::Principal, project_id: &str) -> bool {
+    p.is_org_admin()
+        || p.bindings
+            .iter()
+            .any(|b| b.role == Role::ProjectAdmin && b.project_id.as_deref() == Some(project_id))
 }
 
 /// A session as it happens: the cast so far, then what the session shows
@@ -66,6 +69,7 @@ pub async fn live(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    headers: http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let r = find(&state, &caller, &id).await?;
     if r.kind == "jump" {
@@ -73,7 +77,7 @@ pub async fn live(
             "session {id} went through ssh -J and was not recorded (it is encrypted end to end)"
         )));
     }
-    if !may_watch(&caller, &r) {
+    if !may_watch(&caller.principal, &r.project_id) {
         return Err(ApiError::Forbidden(
             "only org admins and the project's admins may watch a session live; play the recording when the session has ended (postern play ID)".into(),
         ));
@@ -96,10 +100,16 @@ pub async fn live(
             "recording": r.id, "user": r.user_name, "node": r.hostname, "live": r.status == "live",
         }))
     });
-    let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(QUEUE);
     let watch = Watch {
         state: state.clone(),
         id: r.id,
+        project_id: r.project_id,
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        source: caller.source_ip.as_deref().and_then(|s| s.parse().ok()),
         next: 0,
         tx,
         cut: cut.clone(),
@@ -119,7 +129,7 @@ pub async fn live(
             _ = cut.cancelled() => None,
             seg = rx.recv() => seg,
         }?;
-        Some((Ok::<_, std::io::Error>(seg), (rx, cut)))
+        Some((seg, (rx, cut)))
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-asciicast")
@@ -133,9 +143,13 @@ pub async fn live(
 struct Watch {
     state: AppState,
     id: String,
+    project_id: String,
+    /// The watcher's credential and address, checked again every [`RECHECK`].
+    authorization: Option<String>,
+    source: Option<std::net::IpAddr>,
     /// The next segment to send.
     next: i64,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
     cut: CancellationToken,
     stall: Duration,
 }
@@ -144,57 +158,102 @@ impl Watch {
     async fn run(mut self) {
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.cut.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            // Whether the session had ended before this read: then what the
-            // read finds is all there will be.
-            let ended =
-                match tokio::time::timeout(READ_WITHIN, self.state.store.recording(&self.id)).await
-                {
-                    Ok(Ok(Some(r))) => r.status != "live",
-                    // Deleted while watched, or the store is gone: the watch ends.
-                    _ => return,
-                };
-            loop {
-                let rows = match tokio::time::timeout(
-                    READ_WITHIN,
-                    self.state
-                        .store
-                        .recording_chunks(&self.id, self.next, SEGMENTS_PER_READ, true),
-                )
-                .await
-                {
-                    Ok(Ok(rows)) => rows,
-                    _ => return,
-                };
-                let full = rows.len() as i64 == SEGMENTS_PER_READ;
-                for c in &rows {
-                    if c.seq != self.next || c.raw_len < 0 || c.raw_len > SEGMENT_MAX as i64 {
-                        tracing::error!(recording = %self.id, seq = c.seq, "a recording segment's metadata is corrupt; the live watch ends before it");
+                // The watcher went away: its place is given back now, not at
+                // the next segment (an idle session may have none for hours).
+                _ = self.tx.closed() => return,
+                _ = recheck.tick() => {
+                    if !self.still_allowed().await {
+                        tracing::info!(recording = %self.id, "ending a live watch whose watcher may no longer watch it");
+                        self.cut.cancel();
                         return;
                     }
-                    self.next = c.seq + 1;
-                    let seg = segment_bytes(&self.id, c);
-                    // A watcher that takes nothing loses its watch after the
-                    // stall deadline; the session goes on regardless.
-                    match tokio::time::timeout(self.stall, self.tx.send(seg)).await {
-                        Ok(Ok(())) => {}
-                        _ => {
-                            self.cut.cancel();
-                            return;
-                        }
-                    }
+                    continue;
                 }
-                if !full {
-                    break;
-                }
+                _ = tick.tick() => {}
             }
-            if ended {
-                return;
+            match self.poll().await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(why) => {
+                    // Not the session's end: the watcher's answer breaks, so a
+                    // player does not take it for one.
+                    let _ = self.tx.try_send(Err(std::io::Error::other(why)));
+                    return;
+                }
             }
         }
+    }
+
+    /// Whether the watcher's credential still holds and still makes them an
+    /// admin of the session's project (a store that does not answer: no).
+    async fn still_allowed(&self) -> bool {
+        let check = async {
+            let Ok((p, _)) = crate::access::authn::bearer(
+                &self.state.store,
+                self.authorization.as_deref(),
+                self.source,
+            )
+            .await
+            else {
+                return false;
+            };
+            may_watch(&p, &self.project_id)
+        };
+        tokio::time::timeout(READ_WITHIN, check)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Sends what was stored since the last poll. `Ok(false)`: the session
+    /// has ended and all of it was sent (or the watcher stopped taking it).
+    async fn poll(&mut self) -> Result<bool, &'static str> {
+        // Whether the session had ended before this read: then what the read
+        // finds is all there will be.
+        let ended =
+            match tokio::time::timeout(READ_WITHIN, self.state.store.recording(&self.id)).await {
+                Ok(Ok(Some(r))) => r.status != "live",
+                Ok(Ok(None)) => return Err("the recording was deleted"),
+                _ => return Err("the store did not answer; watch again"),
+            };
+        loop {
+            let rows = match tokio::time::timeout(
+                READ_WITHIN,
+                self.state
+                    .store
+                    .recording_chunks(&self.id, self.next, SEGMENTS_PER_READ, true),
+            )
+            .await
+            {
+                Ok(Ok(rows)) => rows,
+                _ => return Err("the store did not answer; watch again"),
+            };
+            let full = rows.len() as i64 == SEGMENTS_PER_READ;
+            for c in &rows {
+                if c.seq != self.next || c.raw_len < 0 || c.raw_len > SEGMENT_MAX as i64 {
+                    tracing::error!(recording = %self.id, seq = c.seq, "a recording segment's metadata is corrupt; the live watch ends before it");
+                    return Err("a segment of the recording is damaged");
+                }
+                self.next = c.seq + 1;
+                let seg = segment_bytes(&self.id, c);
+                // A watcher that takes nothing loses its watch after the
+                // stall deadline; the session goes on regardless.
+                match tokio::time::timeout(self.stall, self.tx.send(Ok(seg))).await {
+                    Ok(Ok(())) => {}
+                    _ => {
+                        self.cut.cancel();
+                        return Ok(false);
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(!ended)
     }
 }

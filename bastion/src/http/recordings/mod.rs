@@ -14,8 +14,8 @@ use axum::extract::State;
 use http::StatusCode;
 use postern_api::ErrorBody;
 use postern_api::recordings::{
-    NOT_RECORDED, RecordingPage, RecordingPolicy, RecordingQuery, RecordingView, Segment,
-    SegmentList,
+    NOT_RECORDED, RETENTION_DAYS_MAX, RecordingPage, RecordingPolicy, RecordingQuery,
+    RecordingRetention, RecordingView, Segment, SegmentList,
 };
 use serde_json::json;
 
@@ -205,6 +205,7 @@ async fn view(state: &AppState, r: &RecordingRow) -> RecordingView {
         (status = 200, description = "A page of sessions", body = RecordingPage),
         (status = 400, description = "limit or offset out of range, a filter that is not valid, or an unknown query parameter", body = ErrorBody),
         (status = 401, description = "Missing, invalid, expired or revoked credential", body = ErrorBody),
+        (status = 404, description = "The project filter names no project the caller may read", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -345,6 +346,65 @@ pub async fn segments(
             })
             .collect(),
     }))
+}
+
+/// How long the caller's org keeps recordings (org admins).
+#[utoipa::path(
+    get,
+    path = "/api/v1/org/recording-retention",
+    tag = "recordings",
+    responses(
+        (status = 200, description = "The retention", body = RecordingRetention),
+        (status = 401, description = "Missing, invalid, expired or revoked credential", body = ErrorBody),
+        (status = 403, description = "Only an org admin", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_retention(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<RecordingRetention>, ApiError> {
+    require(&caller, Action::ManageOrg)?;
+    let p = state.store.org_policy(&caller.principal.org_id).await?;
+    Ok(Json(RecordingRetention {
+        days: p.recording_retention_days,
+    }))
+}
+
+/// Sets how long the caller's org keeps recordings: every replica deletes,
+/// and audits, what ended longer ago (org admins).
+#[utoipa::path(
+    put,
+    path = "/api/v1/org/recording-retention",
+    tag = "recordings",
+    request_body = RecordingRetention,
+    responses(
+        (status = 200, description = "Set", body = RecordingRetention),
+        (status = 400, description = "days outside 0 to 3650, or a field that is not known", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked credential", body = ErrorBody),
+        (status = 403, description = "Only an org admin", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Body not sent with `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn put_retention(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<RecordingRetention>,
+) -> Result<Json<RecordingRetention>, ApiError> {
+    require(&caller, Action::ManageOrg)?;
+    let days = postern_api::validate::range("days", body.days, 0, RETENTION_DAYS_MAX)?;
+    state
+        .store
+        .set_recording_retention(&caller.principal.org_id, days, now_ms())
+        .await?;
+    caller
+        .audit
+        .with(|a| a.detail = Some(json!({ "recording_retention_days": days })));
+    Ok(Json(RecordingRetention { days }))
 }
 
 /// Deletes a recording (org admins; audited with who and which).

@@ -440,6 +440,14 @@ impl Bridge<'_> {
             let _ = nwr.eof().await;
         };
         let down = async {
+            // sshd sends EOF when the command's output ends, which may be
+            // before its exit status. The client closes the channel once it
+            // has EOF both ways, and russh answers that close at once, so an
+            // exit status sent on after it is lost (OpenSSH's multiplexing
+            // master then reports "Control master terminated unexpectedly",
+            // and Ansible a host it cannot reach). The EOF waits for the exit
+            // status, or the node's close.
+            let mut eof_held = false;
             while let Some(msg) = nrd.wait().await {
                 let sent = match msg {
                     ChannelMsg::Data { data } => {
@@ -460,7 +468,10 @@ impl Bridge<'_> {
                         }
                         cwr.extended_data_bytes(ext, data).await
                     }
-                    ChannelMsg::Eof => cwr.eof().await,
+                    ChannelMsg::Eof => {
+                        eof_held = true;
+                        Ok(())
+                    }
                     ChannelMsg::Close => break,
                     ChannelMsg::Success => {
                         self.answered(true);
@@ -480,17 +491,33 @@ impl Bridge<'_> {
                         if let Some(t) = self.tape.get() {
                             t.marker(&format!("exit status {exit_status}")).await;
                         }
-                        cwr.exit_status(exit_status).await
+                        let sent = cwr.exit_status(exit_status).await;
+                        if std::mem::take(&mut eof_held) {
+                            let _ = cwr.eof().await;
+                        }
+                        sent
                     }
                     ChannelMsg::ExitSignal {
                         signal_name,
                         core_dumped,
                         error_message,
                         lang_tag,
-                    } => server
-                        .exit_signal_request(cid, signal_name, core_dumped, error_message, lang_tag)
-                        .await
-                        .map_err(|_| russh::Error::SendError),
+                    } => {
+                        let sent = server
+                            .exit_signal_request(
+                                cid,
+                                signal_name,
+                                core_dumped,
+                                error_message,
+                                lang_tag,
+                            )
+                            .await
+                            .map_err(|_| russh::Error::SendError);
+                        if std::mem::take(&mut eof_held) {
+                            let _ = cwr.eof().await;
+                        }
+                        sent
+                    }
                     _ => Ok(()),
                 };
                 if sent.is_err() {
