@@ -703,7 +703,8 @@ async fn exec_upgrades_are_relayed_as_byte_streams_through_the_api_server() {
         "GET /api/v1/namespaces/default/pods/p1/exec?command=bash&container=c&stdin=true&stdout=true&tty=true HTTP/1.1\r\n\
          Host: eu-1.web.kube.postern\r\nAuthorization: Bearer {}\r\n\
          Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n",
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: \r\nSec-WebSocket-Protocol: , v4.channel.k8s.io\r\n\r\n",
         s.b.token
     );
     tls.write_all(req.as_bytes()).await.unwrap();
@@ -737,6 +738,22 @@ async fn exec_upgrades_are_relayed_as_byte_streams_through_the_api_server() {
         .expect("the resize's echo")
         .unwrap();
     drop(tls);
+    // The kubelet was offered exactly what the recorder read: one line, no
+    // empty entry (which it would take for the binary protocol).
+    let kubelet_saw = tokio::time::timeout(Duration::from_secs(20), kubelet.recv())
+        .await
+        .expect("the stand-in kubelet ends with the stream")
+        .unwrap()
+        .to_ascii_lowercase();
+    assert_eq!(
+        kubelet_saw.matches("sec-websocket-protocol:").count(),
+        1,
+        "{kubelet_saw}"
+    );
+    assert!(
+        kubelet_saw.contains("sec-websocket-protocol: v4.channel.k8s.io\r\n"),
+        "{kubelet_saw}"
+    );
     let rec = ended_kube_recording(&s, "kube_exec", 1).await;
     assert_eq!(rec["command"], "bash", "{rec}");
     let cast = recording_cast(&s, rec["id"].as_str().unwrap()).await;

@@ -36,10 +36,16 @@ impl Wire {
     /// subprotocol the server chose.
     ///
     /// `None` for a WebSocket subprotocol that is not Kubernetes' channel
-    /// protocol (nothing else is known to carry a session).
+    /// protocol (nothing else is known to carry a session); none at all is
+    /// the binary channel protocol.
     pub fn of(upgrade: &str, subprotocol: Option<&str>) -> Option<Wire> {
         if upgrade.eq_ignore_ascii_case("websocket") {
-            let p = subprotocol?.trim();
+            // None or empty: the first, binary `channel.k8s.io`, as the
+            // kubelet speaks it when no subprotocol was agreed.
+            let p = subprotocol.map(str::trim).unwrap_or_default();
+            if p.is_empty() {
+                return Some(Wire::WebSocket { base64: false });
+            }
             let known = KNOWN_SUBPROTOCOLS.contains(&p);
             known.then(|| Wire::WebSocket {
                 base64: p.split('.').any(|part| part == "base64"),
@@ -229,8 +235,9 @@ impl Reader {
                     rest = r;
                 }
                 if base64 {
+                    // As Go's decoder: only CR and LF are skipped.
                     self.carry
-                        .extend(rest.iter().filter(|b| !b.is_ascii_whitespace()));
+                        .extend(rest.iter().filter(|b| **b != b'\r' && **b != b'\n'));
                     let whole = self.carry.len() / 4 * 4;
                     let text: Vec<u8> = self.carry.drain(..whole).collect();
                     self.decode(&text, out);
@@ -302,12 +309,15 @@ impl Reader {
     }
 }
 
-/// base64 as Go's `StdEncoding` reads it: trailing bits need not be zero.
+/// base64 as Go's `StdEncoding` reads it: padding required, trailing bits need
+/// not be zero. (Go drops a whole frame that does not decode; here the groups
+/// before the bad one are already recorded, so a recording may show input a
+/// pod never got, never the other way round.)
 const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     base64::engine::GeneralPurposeConfig::new()
         .with_decode_allow_trailing_bits(true)
-        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireCanonical),
 );
 
 /// Output pieces in a row join (fewer, larger cast lines).
@@ -448,12 +458,11 @@ pub(super) async fn plan(
         Some(Wire::Spdy) => true,
         // Whichever of the offered subprotocols the server picks must be one
         // the reader knows.
-        _ if upgrade.eq_ignore_ascii_case("websocket") => {
-            !subprotocols.is_empty()
-                && subprotocols
-                    .iter()
-                    .all(|p| KNOWN_SUBPROTOCOLS.contains(&p.as_str()))
-        }
+        // None offered is the binary channel protocol; else the server may
+        // pick any of them.
+        _ if upgrade.eq_ignore_ascii_case("websocket") => subprotocols
+            .iter()
+            .all(|p| KNOWN_SUBPROTOCOLS.contains(&p.as_str())),
         _ => false,
     };
     if !readable {
@@ -714,7 +723,11 @@ mod tests {
             Some(Wire::WebSocket { base64: true })
         );
         assert_eq!(of("chat"), None);
-        assert_eq!(Wire::of("websocket", None), None);
+        assert_eq!(
+            Wire::of("websocket", None),
+            Some(Wire::WebSocket { base64: false })
+        );
+        assert_eq!(of(""), Some(Wire::WebSocket { base64: false }));
         assert_eq!(Wire::of("SPDY/3.1", None), Some(Wire::Spdy));
         assert_eq!(Wire::of("h2c", None), None);
     }

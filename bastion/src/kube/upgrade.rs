@@ -33,8 +33,10 @@ use crate::agents::NodeLink;
 /// Chunks from the client in flight towards the gateway.
 const UPSTREAM_QUEUE: usize = 64;
 const READ_CHUNK: usize = 32 * 1024;
-/// How long the API server may take to agree to the upgrade.
-const SWITCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the API server may take to agree to the upgrade: longer than the
+/// agent waits for it (55 s), so the bastion never gives up on an upgrade the
+/// agent may still complete.
+const SWITCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(super) async fn relay(
     shared: Arc<Door>,
@@ -100,6 +102,15 @@ pub(super) async fn relay(
             );
         }
     };
+    // The subprotocols go on exactly as the recorder read them: one line, no
+    // empty entries (the kubelet reads only the first line, and an empty entry
+    // as the binary protocol), so the one it picks is one the reader knows.
+    areq.headers_mut().remove(header::SEC_WEBSOCKET_PROTOCOL);
+    if !offered.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&offered.join(", "))
+    {
+        areq.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+    }
     // The recording starts before the upgrade is sent on: a strict session
     // whose recording cannot be stored never reaches the pod.
     let recording_failed = CancellationToken::new();
@@ -133,8 +144,9 @@ pub(super) async fn relay(
     let resp = match tokio::time::timeout(SWITCH_TIMEOUT, link.send(areq)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
+            // Whether the pod started is unknown: what was recorded is kept.
             if let Some(rec) = session.take() {
-                shared.recorder.discard(rec.tape).await;
+                rec.tape.finish().await;
             }
             // Replica names, addresses and TLS details stay in the log.
             tracing::warn!(node = %link.node_id(), error = %e, "Kubernetes upgrade: the gateway agent could not be reached");
@@ -151,7 +163,7 @@ pub(super) async fn relay(
         }
         Err(_) => {
             if let Some(rec) = session.take() {
-                shared.recorder.discard(rec.tape).await;
+                rec.tape.finish().await;
             }
             let msg = format!(
                 "the edge's Kubernetes API server did not switch protocols within {SWITCH_TIMEOUT:?}"
@@ -168,15 +180,20 @@ pub(super) async fn relay(
         }
     };
     let Some(switched) = resp.headers().get(contract::HDR_SWITCHED).cloned() else {
-        // Nothing was switched, so nothing ran: the empty recording goes (the
-        // audit log has the refusal).
-        if let Some(rec) = session.take() {
-            shared.recorder.discard(rec.tape).await;
-        }
         // The API server refused the upgrade (no such pod, RBAC, …): its answer
         // goes back as it is, counted and audited like any other.
         let (mut parts, body) = resp.into_parts();
         let agent_error = parts.headers.remove(contract::HDR_AGENT_ERROR).is_some();
+        if let Some(rec) = session.take() {
+            if agent_error {
+                // The agent's own failure, perhaps after the switch: kept.
+                rec.tape.finish().await;
+            } else {
+                // A clean refusal: nothing ran, the empty recording goes (the
+                // audit log has the refusal).
+                shared.recorder.discard(rec.tape).await;
+            }
+        }
         parts.headers.remove(contract::HDR_SWITCHED);
         let code = parts.status;
         let (reg, cuts) = live;
@@ -245,6 +262,10 @@ pub(super) async fn relay(
         let upgraded = match tokio::time::timeout(Duration::from_secs(10), on_upgrade).await {
             Ok(Ok(u)) => u,
             _ => {
+                // The pod's side has switched; what it sent is recorded.
+                if let Some(s) = session {
+                    finish.recording = s.tape.finish().await;
+                }
                 finish.done("client_gone");
                 return;
             }

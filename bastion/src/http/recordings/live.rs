@@ -123,13 +123,19 @@ pub async fn live(
             _ = shutdown.cancelled() => {}
         }
     });
-    let stream = futures_util::stream::unfold((rx, cut), |(mut rx, cut)| async move {
-        let seg = tokio::select! {
+    // A cut (access gone, a stalled watcher, shutdown) breaks the answer with
+    // an error rather than ending it, so a player never takes it for the
+    // session's end; the session's end is the task's sender going away.
+    let stream = futures_util::stream::unfold(Some((rx, cut)), |state| async move {
+        let (mut rx, cut) = state?;
+        tokio::select! {
             biased;
-            _ = cut.cancelled() => None,
-            seg = rx.recv() => seg,
-        }?;
-        Some((seg, (rx, cut)))
+            _ = cut.cancelled() => Some((
+                Err(std::io::Error::other("the live watch was ended (access, a stall or shutdown); watch again")),
+                None,
+            )),
+            seg = rx.recv() => seg.map(|seg| (seg, Some((rx, cut)))),
+        }
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-asciicast")
@@ -182,7 +188,11 @@ impl Watch {
                 Err(why) => {
                     // Not the session's end: the watcher's answer breaks, so a
                     // player does not take it for one.
-                    let _ = self.tx.try_send(Err(std::io::Error::other(why)));
+                    let _ = tokio::time::timeout(
+                        self.stall,
+                        self.tx.send(Err(std::io::Error::other(why))),
+                    )
+                    .await;
                     return;
                 }
             }

@@ -447,7 +447,7 @@ impl Bridge<'_> {
             // master then reports "Control master terminated unexpectedly",
             // and Ansible a host it cannot reach). The EOF waits for the exit
             // status, or the node's close.
-            let mut eof_held = false;
+            let (mut eof_held, mut ended) = (false, false);
             while let Some(msg) = nrd.wait().await {
                 let sent = match msg {
                     ChannelMsg::Data { data } => {
@@ -468,6 +468,8 @@ impl Bridge<'_> {
                         }
                         cwr.extended_data_bytes(ext, data).await
                     }
+                    // After the exit status, nothing is left to wait for.
+                    ChannelMsg::Eof if ended => cwr.eof().await,
                     ChannelMsg::Eof => {
                         eof_held = true;
                         Ok(())
@@ -492,6 +494,7 @@ impl Bridge<'_> {
                             t.marker(&format!("exit status {exit_status}")).await;
                         }
                         let sent = cwr.exit_status(exit_status).await;
+                        ended = true;
                         if std::mem::take(&mut eof_held) {
                             let _ = cwr.eof().await;
                         }
@@ -513,6 +516,7 @@ impl Bridge<'_> {
                             )
                             .await
                             .map_err(|_| russh::Error::SendError);
+                        ended = true;
                         if std::mem::take(&mut eof_held) {
                             let _ = cwr.eof().await;
                         }
