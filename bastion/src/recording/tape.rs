@@ -205,11 +205,16 @@ impl Tape {
     /// Adds the line under the lock; a full segment comes back to be handed
     /// to the writer.
     fn append(&self, code: &str, text: &str) -> Option<Pending> {
+        let mut f = lock(&self.filling);
+        self.append_locked(&mut f, code, text)
+    }
+
+    /// [`Tape::append`] with the segment already in hand.
+    fn append_locked(&self, f: &mut Filling, code: &str, text: &str) -> Option<Pending> {
         use std::sync::atomic::Ordering;
         let secs = self.secs();
         // Written straight into the segment (no line of its own: this runs
         // for every packet of output), and taken back if over the limit.
-        let mut f = lock(&self.filling);
         let start = f.lines.len();
         let _ = write!(f.lines, "[{secs:.6}, \"{code}\", ");
         if serde_json::to_writer(&mut f.lines, text).is_err() {
@@ -249,16 +254,35 @@ impl Tape {
     /// Output from the node (`o`).
     pub async fn output(&self, data: &[u8]) {
         for piece in data.chunks(PIECE) {
-            let text = {
+            // One lock per piece, and the bytes read in place: this runs for
+            // every packet a session prints (a copy and an allocation per
+            // packet showed in the profile of a recorded bulk print).
+            let full = {
                 let mut f = lock(&self.filling);
-                let mut bytes = std::mem::take(&mut f.carry);
-                bytes.extend_from_slice(piece);
-                let cut = complete_utf8(&bytes);
-                f.carry = bytes.split_off(cut);
-                String::from_utf8_lossy(&bytes).into_owned()
+                // The end of a character cut off the last piece comes first;
+                // most pieces have none.
+                let joined;
+                let bytes: &[u8] = if f.carry.is_empty() {
+                    piece
+                } else {
+                    let mut b = std::mem::take(&mut f.carry);
+                    b.extend_from_slice(piece);
+                    joined = b;
+                    &joined
+                };
+                let (now, rest) = bytes.split_at(complete_utf8(bytes));
+                f.carry = rest.to_vec();
+                if now.is_empty() {
+                    None
+                } else {
+                    // Borrowed when valid UTF-8, the usual case.
+                    let text = String::from_utf8_lossy(now);
+                    self.append_locked(&mut f, "o", &text)
+                }
             };
-            if !text.is_empty() {
-                self.line("o", &text).await;
+            if let Some(p) = full {
+                // The writer is gone only once the session is being cut.
+                let _ = self.full.send(p).await;
             }
         }
     }
