@@ -48,6 +48,25 @@ pub(super) struct Authorized {
 }
 
 impl Authorized {
+    /// A request answered here, not sent on (or no longer): its
+    /// `kube.request` entry, with the status and the reason the client reads.
+    pub(super) async fn refused(
+        &self,
+        door: &Door,
+        outcome: &str,
+        code: StatusCode,
+        msg: &str,
+    ) -> Response<KubeBody> {
+        door.audit
+            .batched(self.event(
+                "kube.request",
+                outcome,
+                json!({ "status": code.as_u16(), "reason": msg }),
+            ))
+            .await;
+        status::response(code, msg)
+    }
+
     pub(super) fn event(&self, action: &str, outcome: &str, mut detail: Value) -> Event {
         let i = &self.info;
         let base = json!({
@@ -144,13 +163,7 @@ pub async fn handle(
         Ok(p) => p,
         Err((code, msg)) => {
             inc(&shared.metrics.kube_denied);
-            let ev = auth.event(
-                "kube.request",
-                "error",
-                json!({ "status": code.as_u16(), "reason": msg }),
-            );
-            shared.audit.batched(ev).await;
-            return status::response(code, &msg);
+            return auth.refused(&shared, "error", code, &msg).await;
         }
     };
     auth.gateway = Some(picked.served_by.clone());
@@ -184,15 +197,9 @@ pub async fn handle(
         Ok(l) => l,
         Err(why) => {
             inc(&shared.metrics.kube_denied);
-            shared
-                .audit
-                .batched(auth.event(
-                    "kube.request",
-                    "denied",
-                    json!({ "status": 429, "reason": why }),
-                ))
+            return auth
+                .refused(&shared, "denied", StatusCode::TOO_MANY_REQUESTS, &why)
                 .await;
-            return status::response(StatusCode::TOO_MANY_REQUESTS, &why);
         }
     };
     let refused = match gateways::still_granted(&shared, &auth.edge, &picked).await {
@@ -206,15 +213,7 @@ pub async fn handle(
     };
     if let Some((code, msg)) = refused {
         inc(&shared.metrics.kube_denied);
-        shared
-            .audit
-            .batched(auth.event(
-                "kube.request",
-                "error",
-                json!({ "status": code.as_u16(), "reason": msg }),
-            ))
-            .await;
-        return status::response(code, &msg);
+        return auth.refused(&shared, "error", code, &msg).await;
     }
     let link = picked.link;
     if long {
@@ -494,26 +493,22 @@ async fn forward(
             // The error names replicas, addresses and TLS details: the log
             // has them, the user and the audit entry a fixed text.
             tracing::warn!(node = %link.node_id(), error = %e, "Kubernetes request: the gateway agent could not be reached");
-            let msg = status::GATEWAY_UNREACHABLE;
-            let ev = auth.event(
-                "kube.request",
-                "error",
-                json!({ "status": 503, "reason": msg }),
-            );
-            shared.audit.batched(ev).await;
-            return status::response(StatusCode::SERVICE_UNAVAILABLE, msg);
+            return auth
+                .refused(
+                    &shared,
+                    "error",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    status::GATEWAY_UNREACHABLE,
+                )
+                .await;
         }
         Err(_) => {
             let msg = format!(
                 "the edge's Kubernetes API server did not answer within {HEADERS_TIMEOUT:?}"
             );
-            let ev = auth.event(
-                "kube.request",
-                "error",
-                json!({ "status": 504, "reason": msg }),
-            );
-            shared.audit.batched(ev).await;
-            return status::response(StatusCode::GATEWAY_TIMEOUT, &msg);
+            return auth
+                .refused(&shared, "error", StatusCode::GATEWAY_TIMEOUT, &msg)
+                .await;
         }
     };
     let (mut parts, body) = resp.into_parts();

@@ -75,15 +75,9 @@ pub(super) async fn relay(
     )
     .await;
     if let record::Plan::Refuse(msg) = &plan {
-        shared
-            .audit
-            .batched(auth.event(
-                "kube.request",
-                "denied",
-                serde_json::json!({ "status": 503, "reason": msg }),
-            ))
+        return auth
+            .refused(&shared, "denied", StatusCode::SERVICE_UNAVAILABLE, msg)
             .await;
-        return status::response(StatusCode::SERVICE_UNAVAILABLE, msg);
     }
     let mut areq = match agent_request(
         &auth,
@@ -126,15 +120,9 @@ pub(super) async fn relay(
         Ok(s) => s,
         Err(()) => {
             let msg = "this project records every session and the recording cannot be stored right now; retry shortly";
-            shared
-                .audit
-                .batched(auth.event(
-                    "kube.request",
-                    "error",
-                    serde_json::json!({ "status": 503, "reason": msg }),
-                ))
+            return auth
+                .refused(&shared, "error", StatusCode::SERVICE_UNAVAILABLE, msg)
                 .await;
-            return status::response(StatusCode::SERVICE_UNAVAILABLE, msg);
         }
     };
     areq.headers_mut().insert(contract::HDR_UPGRADE, upgrade_to);
@@ -150,16 +138,14 @@ pub(super) async fn relay(
             }
             // Replica names, addresses and TLS details stay in the log.
             tracing::warn!(node = %link.node_id(), error = %e, "Kubernetes upgrade: the gateway agent could not be reached");
-            let msg = status::GATEWAY_UNREACHABLE;
-            shared
-                .audit
-                .batched(auth.event(
-                    "kube.request",
+            return auth
+                .refused(
+                    &shared,
                     "error",
-                    serde_json::json!({ "status": 503, "reason": msg }),
-                ))
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    status::GATEWAY_UNREACHABLE,
+                )
                 .await;
-            return status::response(StatusCode::SERVICE_UNAVAILABLE, msg);
         }
         Err(_) => {
             if let Some(rec) = session.take() {
@@ -168,15 +154,9 @@ pub(super) async fn relay(
             let msg = format!(
                 "the edge's Kubernetes API server did not switch protocols within {SWITCH_TIMEOUT:?}"
             );
-            shared
-                .audit
-                .batched(auth.event(
-                    "kube.request",
-                    "error",
-                    serde_json::json!({ "status": 504, "reason": msg }),
-                ))
+            return auth
+                .refused(&shared, "error", StatusCode::GATEWAY_TIMEOUT, &msg)
                 .await;
-            return status::response(StatusCode::GATEWAY_TIMEOUT, &msg);
         }
     };
     let Some(switched) = resp.headers().get(contract::HDR_SWITCHED).cloned() else {
@@ -219,15 +199,9 @@ pub(super) async fn relay(
             rec.tape.finish().await;
         }
         let msg = "this project records every session, and the API server answered in a protocol that cannot be recorded; the session is ended";
-        shared
-            .audit
-            .batched(auth.event(
-                "kube.request",
-                "error",
-                serde_json::json!({ "status": 503, "reason": msg }),
-            ))
+        return auth
+            .refused(&shared, "error", StatusCode::SERVICE_UNAVAILABLE, msg)
             .await;
-        return status::response(StatusCode::SERVICE_UNAVAILABLE, msg);
     }
     let mut out = Response::new(
         Empty::<Bytes>::new()
