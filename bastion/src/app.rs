@@ -376,11 +376,7 @@ impl Bastion {
         // replica left live is closed before any door opens (a new session's
         // recording is never taken for a lost one), and every replica
         // applies retention.
-        let replica = shared
-            .fleet
-            .replicas()
-            .map(|r| r.name.clone())
-            .unwrap_or_else(|| "local".into());
+        let replica = crate::recording::replica_name(&shared.fleet);
         crate::recording::recover_interrupted(&shared.store, &replica).await;
         shared.tasks.spawn(crate::recording::retention::run(
             shared.store.clone(),

@@ -58,6 +58,16 @@ impl Principal {
             .any(|b| b.project_id.is_none() && b.role == Role::OrgAdmin)
     }
 
+    /// The role that governs what this principal does in the project: org
+    /// admin when it is one, else its role there.
+    pub fn effective_role(&self, project_id: &str) -> Option<Role> {
+        if self.is_org_admin() {
+            Some(Role::OrgAdmin)
+        } else {
+            self.project_role(project_id)
+        }
+    }
+
     pub fn project_role(&self, project_id: &str) -> Option<Role> {
         self.bindings
             .iter()

@@ -59,14 +59,9 @@ impl Door {
         let live: Arc<Live> = Arc::default();
         core.access
             .subscribe(Arc::new(live::KubeAccess { live: live.clone() }));
-        let replica = core
-            .fleet
-            .replicas()
-            .map(|r| r.name.clone())
-            .unwrap_or_else(|| "local".into());
         let recorder = crate::recording::Recorder::new(
             core.store.clone(),
-            replica,
+            crate::recording::replica_name(&core.fleet),
             core.tasks.clone(),
             recording_max_bytes,
         );

@@ -430,11 +430,7 @@ pub(super) async fn plan(
             );
         }
     };
-    let role = if auth.principal.is_org_admin() {
-        Some(postern_api::admin::Role::OrgAdmin)
-    } else {
-        auth.principal.project_role(&auth.project.id)
-    };
+    let role = auth.principal.effective_role(&auth.project.id);
     let level = policy.level(role, &Default::default());
     if level == RecordingLevel::Off {
         return Plan::No;

@@ -30,6 +30,15 @@ pub const SEGMENT_BYTES: usize = 64 * 1024;
 /// ...or when its first line is this old.
 pub const SEGMENT_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The name this bastion writes recordings under: its replica's, or `local`
+/// when it runs alone. What it left `live` is found by it at its next start.
+pub fn replica_name(fleet: &crate::agents::Fleet) -> String {
+    fleet
+        .replicas()
+        .map(|r| r.name.clone())
+        .unwrap_or_else(|| "local".into())
+}
+
 /// Marks what `replica` left live as interrupted (it was killed, or its host
 /// lost, mid-session): what reached the store is all there is. Run by the
 /// bastion at its start, whichever doors it serves.

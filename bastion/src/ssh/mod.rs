@@ -243,14 +243,9 @@ impl std::ops::Deref for Door {
 impl Door {
     /// The door, subscribed to the core's access changes.
     pub fn new(core: Arc<Shared>, settings: Settings) -> Arc<Door> {
-        let replica = core
-            .fleet
-            .replicas()
-            .map(|r| r.name.clone())
-            .unwrap_or_else(|| "local".into());
         let recorder = crate::recording::Recorder::new(
             core.store.clone(),
-            replica,
+            crate::recording::replica_name(&core.fleet),
             core.tasks.clone(),
             settings.recording_max_bytes,
         );

@@ -99,11 +99,7 @@ async fn policy(
         .recording_policy(&target.project.id)
         .await?
         .unwrap_or_default();
-    let role = if principal.is_org_admin() {
-        Some(postern_api::admin::Role::OrgAdmin)
-    } else {
-        principal.project_role(&target.project.id)
-    };
+    let role = principal.effective_role(&target.project.id);
     let labels = if policy.labels.is_empty() {
         Default::default()
     } else {
