@@ -386,16 +386,36 @@ async fn still_allowed(
     source: Option<std::net::IpAddr>,
     project_id: &str,
 ) -> bool {
-    let check = async {
-        let store = &state.store;
-        let Ok((p, _)) = crate::access::authn::bearer(store, authorization, source).await else {
-            return false;
-        };
-        crate::access::resolve::project(store, &p, project_id, Action::ReadProject)
+    still_holds(state, authorization, source, |p| async move {
+        crate::access::resolve::project(&state.store, &p, project_id, Action::ReadProject)
             .await
             .is_ok()
+    })
+    .await
+}
+
+/// Whether the credential in `authorization` (from `source`) still signs
+/// someone in, and `check` still passes for them, within [`RECHECK_WITHIN`]:
+/// how a long-lived stream learns that its reader's access is gone. A store
+/// that does not answer in time counts as no.
+pub(super) async fn still_holds<F, Fut>(
+    state: &AppState,
+    authorization: Option<&str>,
+    source: Option<std::net::IpAddr>,
+    check: F,
+) -> bool
+where
+    F: FnOnce(crate::authz::Principal) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let run = async {
+        let Ok((p, _)) = crate::access::authn::bearer(&state.store, authorization, source).await
+        else {
+            return false;
+        };
+        check(p).await
     };
-    tokio::time::timeout(RECHECK_WITHIN, check)
+    tokio::time::timeout(RECHECK_WITHIN, run)
         .await
         .unwrap_or(false)
 }

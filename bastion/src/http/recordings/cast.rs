@@ -56,6 +56,15 @@ fn range(headers: &HeaderMap, len: i64) -> Option<Result<(i64, i64), ()>> {
     Some(Ok((first as i64, last as i64)))
 }
 
+/// Whether a stored segment's metadata is one a writer makes: the segment
+/// after the last one served (no hole, no overlap), and no longer than any
+/// segment the bastion writes. One that is not ends what is served of the
+/// recording there: its offsets cannot be trusted, and its length must not
+/// take memory.
+pub(super) fn in_order(c: &crate::store::ChunkRow, next: i64) -> bool {
+    c.seq == next && (0..=SEGMENT_MAX as i64).contains(&c.raw_len)
+}
+
 /// A segment as served: its lines, or (when the stored bytes cannot be read) a
 /// marker line of the same length, so offsets hold and the rest still plays.
 pub(super) fn segment_bytes(recording: &str, c: &crate::store::ChunkRow) -> Bytes {
@@ -167,11 +176,7 @@ pub async fn cast(
                 // A row no writer makes (a length past any segment's, a hole
                 // or an overlap) ends the answer here: its offsets cannot be
                 // trusted, and its length must not take memory.
-                if c.raw_len < 0
-                    || c.raw_len > SEGMENT_MAX as i64
-                    || c.seq != next
-                    || c.offset > pos
-                {
+                if !in_order(c, next) || c.offset > pos {
                     tracing::error!(recording = %rec, seq = c.seq, raw_len = c.raw_len, "a recording segment's metadata is corrupt; the cast ends before it");
                     return Some((
                         Err(std::io::Error::other("corrupt segment")),

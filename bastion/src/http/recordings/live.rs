@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use super::super::exec_events::Holder;
 use super::super::extract::{ApiPath, Caller};
 use super::super::{ApiError, AppState};
-use super::cast::segment_bytes;
-use super::{SEGMENT_MAX, SEGMENTS_PER_READ, find};
+use super::cast::{in_order, segment_bytes};
+use super::{SEGMENTS_PER_READ, find};
 
 /// How often the watch looks for segments (the recorder stores one at least
 /// every second while there is output).
@@ -202,21 +202,13 @@ impl Watch {
     /// Whether the watcher's credential still holds and still makes them an
     /// admin of the session's project (a store that does not answer: no).
     async fn still_allowed(&self) -> bool {
-        let check = async {
-            let Ok((p, _)) = crate::access::authn::bearer(
-                &self.state.store,
-                self.authorization.as_deref(),
-                self.source,
-            )
-            .await
-            else {
-                return false;
-            };
-            may_watch(&p, &self.project_id)
-        };
-        tokio::time::timeout(READ_WITHIN, check)
-            .await
-            .unwrap_or(false)
+        super::super::exec_events::still_holds(
+            &self.state,
+            self.authorization.as_deref(),
+            self.source,
+            |p| std::future::ready(may_watch(&p, &self.project_id)),
+        )
+        .await
     }
 
     /// Sends what was stored since the last poll. `Ok(false)`: the session
@@ -244,7 +236,7 @@ impl Watch {
             };
             let full = rows.len() as i64 == SEGMENTS_PER_READ;
             for c in &rows {
-                if c.seq != self.next || c.raw_len < 0 || c.raw_len > SEGMENT_MAX as i64 {
+                if !in_order(c, self.next) {
                     tracing::error!(recording = %self.id, seq = c.seq, "a recording segment's metadata is corrupt; the live watch ends before it");
                     return Err("a segment of the recording is damaged");
                 }
