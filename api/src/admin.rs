@@ -437,6 +437,35 @@ pub struct PageQuery {
     pub offset: Option<i64>,
 }
 
+/// Query of `GET …/nodes`: with none of it, every node of the edge; with
+/// any, one page of the nodes that match, and `X-Total-Count` says how many do.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeListQuery {
+    /// Nodes whose hostname contains this (case-insensitive), up to 253 bytes.
+    pub q: Option<String>,
+    /// Nodes carrying this label, `key=value` (or `key` for any value).
+    pub label: Option<String>,
+    /// 1 to 1000; default 100 when any of the query is given.
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// The largest page of nodes.
+pub const MAX_NODE_PAGE: i64 = 1000;
+
+/// `GET /api/v1/audit/verify`: whether the audit log's hash chain holds.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerified {
+    /// Every entry's hash matches its content and links to the one before.
+    pub ok: bool,
+    /// Entries checked (the whole log, every org's: it is one chain).
+    pub checked: i64,
+    /// Where and how the chain breaks, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
 /// Query of `GET /api/v1/audit`: a page, and what to keep. Every filter is
 /// optional; together they all must hold.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod agent;
 mod b64;
 pub mod cmdexec;
+pub mod console;
 pub mod error;
 pub mod identity;
 pub mod kube;

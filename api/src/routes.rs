@@ -59,6 +59,8 @@ pub const AUTH_SSO_DEVICE_CONFIRM: &str = "/auth/sso/device/confirm";
 pub const AUTH_SSO_DEVICE_APPROVE: &str = "/auth/sso/device/approve";
 pub const AUTH_SSO_COLLECT: &str = "/auth/sso/collect";
 pub const AUDIT: &str = "/audit";
+/// Walks the audit log's hash chain (org admins).
+pub const AUDIT_VERIFY: &str = "/audit/verify";
 pub const RECORDING_POLICY: &str = "/projects/{project}/recording-policy";
 pub const RECORDINGS: &str = "/recordings";
 pub const RECORDING: &str = "/recordings/{id}";
@@ -139,6 +141,13 @@ pub fn query(pairs: &[(&str, Option<String>)]) -> String {
     }
     out
 }
+
+/// The web console's sign-in (a cookie session) and its session.
+pub const AUTH_CONSOLE: &str = "/auth/console";
+/// The console's SSO sign-in: to the provider and back to the console.
+pub const AUTH_SSO_CONSOLE: &str = "/auth/sso/console";
+/// A shell on a node in the browser (WebSocket), through the terminating SSH mode.
+pub const TERMINAL: &str = "/projects/{project}/edges/{edge}/nodes/{node}/terminal";
 
 #[cfg(test)]
 mod tests {

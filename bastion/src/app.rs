@@ -312,6 +312,16 @@ impl Bastion {
                 .keys
                 .first()
                 .and_then(|k| k.public_key().to_openssh().ok());
+            let reach = match local.ip() {
+                ip if ip.is_unspecified() && ip.is_ipv6() => {
+                    SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), local.port())
+                }
+                ip if ip.is_unspecified() => {
+                    SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port())
+                }
+                _ => local,
+            };
+            doors.rest.ssh_local = key.clone().map(|k| (reach, k));
             doors.rest.ssh_endpoint = key.map(|k| (address, k));
         }
         let shared = Shared::with_replicas(store, pki, settings, shutdown, replicas);

@@ -427,3 +427,50 @@ pub async fn audit_page(
         entries,
     }))
 }
+
+/// One walk of the audit chain at a time on a bastion: each reads the whole log.
+static VERIFYING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// Walks the audit log's hash chain: whether any entry was edited, removed
+/// or reordered.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit/verify",
+    tag = "audit",
+    responses(
+        (status = 200, description = "Whether the chain holds, and where it breaks", body = dto::AuditVerified),
+        (status = 401, description = "Missing, invalid, expired or revoked credential", body = ErrorBody),
+        (status = 403, description = "Only an org_admin may verify the audit log", body = ErrorBody),
+        (status = 429, description = "A verification is running on this bastion; retry in a minute", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn audit_verify(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<dto::AuditVerified>, ApiError> {
+    require(&caller, Action::ReadAudit)?;
+    let _one = VERIFYING.try_acquire().map_err(|_| {
+        ApiError::TooManyRequests(
+            "a verification of the audit log is running on this bastion: retry in a minute".into(),
+        )
+    })?;
+    let walked = state.audit.log().verify().await?;
+    let out = match walked {
+        Ok(checked) => dto::AuditVerified {
+            ok: true,
+            checked,
+            message: None,
+        },
+        Err(b) => dto::AuditVerified {
+            ok: false,
+            checked: 0,
+            message: Some(b.to_string()),
+        },
+    };
+    caller.audit.with(|a| {
+        a.detail = Some(json!({ "ok": out.ok, "checked": out.checked, "message": out.message }))
+    });
+    Ok(Json(out))
+}

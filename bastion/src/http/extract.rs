@@ -105,6 +105,8 @@ pub struct Caller {
     pub credential: crate::access::authn::Credential,
     pub source_ip: Option<String>,
     pub audit: AuditCtx,
+    /// The call came from the web console, its session in a cookie.
+    pub console: bool,
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -124,8 +126,22 @@ impl FromRequestParts<AppState> for Caller {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ci| ci.0.ip());
         let source = client_ip(&parts.headers, peer, &state.settings.trusted_proxies);
-        let (principal, credential) =
-            crate::access::authn::bearer(&state.store, header, source).await?;
+        // A request with no Authorization header may come from the console,
+        // with its session in a cookie (CSRF and Origin checked there).
+        let cookie = match header {
+            None => super::console::session::cookie_token(&parts.headers),
+            Some(_) => None,
+        };
+        let (principal, credential, console) = match cookie {
+            Some(token) => {
+                let (p, c, _) = super::console::session::authenticate(state, parts, &token).await?;
+                (p, c, true)
+            }
+            None => {
+                let (p, c) = crate::access::authn::bearer(&state.store, header, source).await?;
+                (p, c, false)
+            }
+        };
         let audit_first = audit.with(|a| {
             a.actor = Some(principal.user_name.clone());
             a.org_id = Some(principal.org_id.clone());
@@ -154,6 +170,7 @@ impl FromRequestParts<AppState> for Caller {
             credential,
             source_ip: source.map(|s| s.to_string()),
             audit,
+            console,
         })
     }
 }

@@ -7,6 +7,7 @@ mod auth;
 pub mod big_answers;
 mod bots;
 mod cmdexec;
+pub mod console;
 mod error;
 pub mod exec_events;
 mod extract;
@@ -66,6 +67,12 @@ pub struct Settings {
     /// client's address is read from `X-Forwarded-For`, for per-source limits
     /// and the audit log.
     pub trusted_proxies: Vec<String>,
+    /// A console session ends after this long without a request.
+    pub console_idle: std::time::Duration,
+    /// The SSH door as this bastion reaches it itself (its listening address)
+    /// and its host key: the browser terminal logs in there. `None` when SSH
+    /// is off.
+    pub ssh_local: Option<(std::net::SocketAddr, String)>,
 }
 
 impl Default for Settings {
@@ -78,6 +85,10 @@ impl Default for Settings {
             ssh_endpoint: None,
             sso_private_networks: false,
             trusted_proxies: Vec::new(),
+            console_idle: std::time::Duration::from_secs(
+                postern_api::console::DEFAULT_IDLE_SECONDS,
+            ),
+            ssh_local: None,
         }
     }
 }
@@ -214,6 +225,12 @@ pub fn router(core: Arc<Shared>, settings: Settings) -> Router {
         .route(routes::SSH_KEY, delete(ssh_keys::delete))
         .route(routes::TOKEN, delete(users::revoke_token))
         .route(routes::AUTH_LOGIN, post(auth::login))
+        .route(
+            routes::AUTH_CONSOLE,
+            post(console::sign_in).get(console::current),
+        )
+        .route(routes::AUTH_SSO_CONSOLE, get(sso::console_start))
+        .route(routes::TERMINAL, get(console::terminal::open))
         .route(routes::AUTH_LOGOUT, post(auth::logout))
         .route(routes::AUTH_SSH_CERT, post(auth::ssh_certificate))
         .route(routes::AUTH_KUBE_CERT, post(auth::kube_certificate))
@@ -250,6 +267,7 @@ pub fn router(core: Arc<Shared>, settings: Settings) -> Router {
         .route(routes::AUTH_SSO_DEVICE_APPROVE, post(sso::device_approve))
         .route(routes::AUTH_SSO_COLLECT, post(sso::collect))
         .route(routes::AUDIT, get(admin::audit_page))
+        .route(routes::AUDIT_VERIFY, get(admin::audit_verify))
         .route(
             routes::RECORDING_POLICY,
             get(recordings::get_policy).put(recordings::put_policy),
@@ -294,6 +312,9 @@ pub fn router(core: Arc<Shared>, settings: Settings) -> Router {
     Router::new()
         .nest(routes::API, api)
         .nest(routes::CMDEXEC, cmdexec)
+        .route("/", get(console::assets::index))
+        .route("/favicon.svg", get(console::assets::favicon))
+        .route("/assets/{*path}", get(console::assets::asset))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

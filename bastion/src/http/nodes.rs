@@ -11,13 +11,13 @@ use postern_api::{ErrorBody, validate};
 use serde_json::json;
 
 use super::admin::{resolve_edge, resolve_project};
-use super::extract::{ApiJson, ApiPath, Caller, OptionalApiJson};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, OptionalApiJson};
 use super::{ApiError, AppState};
 use crate::authz::Action;
 use crate::clock::{now_ms, rfc3339};
 use crate::store::{Approval, EdgeRow, NodeRow, ProjectRow};
 
-async fn resolve_node(
+pub(super) async fn resolve_node(
     state: &AppState,
     caller: &Caller,
     edge: &EdgeRow,
@@ -71,7 +71,9 @@ fn node_view(state: &AppState, project: &ProjectRow, edge: &EdgeRow, n: &NodeRow
     }
 }
 
-/// The nodes of an edge, with their state and whether their agent is connected.
+/// The nodes of an edge, with their state and whether their agent is
+/// connected; searched, filtered by label and paged when asked (the console
+/// pages an edge of 10,000 nodes this way).
 #[utoipa::path(
     get,
     path = "/api/v1/projects/{project}/edges/{edge}/nodes",
@@ -79,9 +81,14 @@ fn node_view(state: &AppState, project: &ProjectRow, edge: &EdgeRow, n: &NodeRow
     params(
         ("project" = String, Path, description = "Project name or id"),
         ("edge" = String, Path, description = "Edge name"),
+        ("q" = Option<String>, Query, description = "Only hostnames containing this (case-insensitive)"),
+        ("label" = Option<String>, Query, description = "Only nodes with this label: key=value, or key"),
+        ("limit" = Option<i64>, Query, description = "Nodes in the page, 1 to 1000; default 100 when any query parameter is given, else every node", minimum = 1, maximum = 1000),
+        ("offset" = Option<i64>, Query, description = "Matching nodes to skip", minimum = 0),
     ),
     responses(
-        (status = 200, description = "Nodes, by hostname", body = Vec<dto::Node>),
+        (status = 200, description = "Nodes, by hostname", body = Vec<dto::Node>, headers(("X-Total-Count" = i64, description = "Nodes that match, in all"))),
+        (status = 400, description = "A limit, offset, search or label out of range", body = ErrorBody),
         (status = 401, description = "Missing, invalid, expired or revoked API token", body = ErrorBody),
         (status = 404, description = "No such project visible to the caller, or no such edge in it", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait"))),
@@ -92,13 +99,52 @@ pub async fn list_nodes(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath((project, edge)): ApiPath<(String, String)>,
-) -> Result<Json<Vec<dto::Node>>, ApiError> {
+    ApiQuery(q): ApiQuery<dto::NodeListQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let paged = q.q.is_some() || q.label.is_some() || q.limit.is_some() || q.offset.is_some();
+    let limit = validate::range("limit", q.limit.unwrap_or(100), 1, dto::MAX_NODE_PAGE)?;
+    let offset = validate::range("offset", q.offset.unwrap_or(0), 0, i64::MAX)?;
+    let search = q.q.as_deref().unwrap_or_default().to_ascii_lowercase();
+    if search.len() > 253 {
+        return Err(ApiError::BadRequest("q is longer than 253 bytes".into()));
+    }
+    let label = match q.label.as_deref() {
+        None | Some("") => None,
+        Some(l) if l.len() > 400 => {
+            return Err(ApiError::BadRequest(
+                "label is longer than 400 bytes".into(),
+            ));
+        }
+        Some(l) => Some(match l.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (l.to_string(), None),
+        }),
+    };
     let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
     let nodes = state.store.list_nodes(&e.id).await?;
-    Ok(Json(
-        nodes.iter().map(|n| node_view(&state, &p, &e, n)).collect(),
-    ))
+    let views = nodes.iter().map(|n| node_view(&state, &p, &e, n));
+    if !paged {
+        return Ok(Json(views.collect::<Vec<_>>()).into_response());
+    }
+    let matching: Vec<dto::Node> = views
+        .filter(|n| search.is_empty() || n.hostname.to_ascii_lowercase().contains(&search))
+        .filter(|n| match &label {
+            None => true,
+            Some((k, want)) => n
+                .labels
+                .get(k)
+                .is_some_and(|v| want.as_ref().is_none_or(|w| w == v)),
+        })
+        .collect();
+    let total = matching.len();
+    let page: Vec<dto::Node> = matching
+        .into_iter()
+        .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+        .take(limit as usize)
+        .collect();
+    Ok(([("x-total-count", total.to_string())], Json(page)).into_response())
 }
 
 /// One node of an edge.

@@ -14,8 +14,8 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::{
-    admin, auth, bots, cmdexec, exec_events, kubeconfig, nodes, ops, recordings, ssh_keys, sso,
-    users,
+    admin, auth, bots, cmdexec, console, exec_events, kubeconfig, nodes, ops, recordings, ssh_keys,
+    sso, users,
 };
 
 #[derive(OpenApi)]
@@ -95,6 +95,11 @@ use super::{
         sso::put_group_role,
         sso::delete_group_role,
         sso::start,
+        sso::console_start,
+        admin::audit_verify,
+        console::sign_in,
+        console::current,
+        console::terminal::open,
         sso::callback,
         sso::device,
         sso::device_page,
@@ -173,6 +178,10 @@ use super::{
         postern_api::identity::DeviceStarted,
         postern_api::identity::Collect,
         postern_api::identity::Collected,
+        postern_api::console::ConsoleLogin,
+        postern_api::admin::AuditVerified,
+        postern_api::console::ConsoleSession,
+        postern_api::console::TerminalControl,
     )),
     modifiers(&Bearer),
     tags(
@@ -184,6 +193,7 @@ use super::{
         (name = "audit", description = "The tamper-evident audit log"),
         (name = "cmdexec", description = "Remote commands on nodes and clusters"),
         (name = "kubernetes", description = "kubectl and helm through the bastion"),
+        (name = "console", description = "The web console's browser terminal (its pages use the rest of this API)"),
         (name = "ops", description = "Liveness, readiness and metrics; no token needed"),
     )
 )]

@@ -243,6 +243,7 @@ pub async fn admit(
     p: &OidcProviderRow,
     who: &Asserted,
     source: Option<&str>,
+    ttl_seconds: Option<i64>,
 ) -> Result<(UserRow, NewSession, Value), IdentityError> {
     let store = &shared.store;
     let policy = store.org_policy(&p.org_id).await?;
@@ -322,7 +323,7 @@ pub async fn admit(
             .await;
     }
     let method = format!("sso:{}", p.name);
-    let session = sessions::issue(store, &user, &method, mfa, source, None).await?;
+    let session = sessions::issue(store, &user, &method, mfa, source, ttl_seconds).await?;
     let roles: Vec<Value> = granted
         .iter()
         .map(|b| json!({ "role": b.role, "project_id": b.project_id, "logins": b.logins }))

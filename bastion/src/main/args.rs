@@ -279,6 +279,10 @@ pub(crate) struct Tuning {
     /// for per-source limits and the audit log.
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     pub(crate) trusted_proxies: Vec<String>,
+    /// A web console session ends after this long without a request (or a
+    /// keystroke in its terminal); at most 12 hours.
+    #[arg(long, default_value = "15min", value_parser = humantime::parse_duration)]
+    pub(crate) console_idle: Duration,
 }
 
 #[derive(Subcommand)]
@@ -324,6 +328,9 @@ pub(crate) fn door_settings(t: &Tuning, ssh_public_addr: Option<String>) -> Door
             exec_stream_stall: t.exec_stream_stall.max(Duration::from_secs(1)),
             sso_private_networks: t.sso_allow_private_networks,
             trusted_proxies: t.trusted_proxies.clone(),
+            console_idle: t
+                .console_idle
+                .clamp(Duration::from_secs(1), Duration::from_secs(12 * 3600)),
             ..postern_bastion::http::Settings::default()
         },
         agent_port: postern_bastion::agent_port::Settings {

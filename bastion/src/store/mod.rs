@@ -4,6 +4,7 @@
 //! Queries are runtime-checked and written once for both backends through sqlx's
 //! `Any` driver; the same tests run against both. Timestamps are unix milliseconds.
 
+mod console;
 mod executions;
 mod identity;
 mod kube_keys;
@@ -22,6 +23,7 @@ use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use thiserror::Error;
 
+pub use console::ConsoleRow;
 pub use executions::{
     CLAIM_LEASE_MS, ExecutionPage, ExecutionRow, HistoryRow, IdempotencyClaim, IdempotencyKey,
     ResultRow, ResultUpdate, StoredEvent,

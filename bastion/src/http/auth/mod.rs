@@ -211,13 +211,25 @@ async fn own_session(state: &AppState, caller: &Caller) -> Result<SessionRow, Ap
     ),
     security(("bearer" = []))
 )]
-pub async fn logout(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let session = own_session(&state, &caller).await?;
     let cut = sessions::end(&state, &caller.principal.org_id, &session.id, "logout").await?;
     caller
         .audit
         .with(|a| a.detail = Some(json!({ "session_id": session.id, "cut": cut })));
-    Ok(StatusCode::NO_CONTENT)
+    // The console's cookie goes with its session.
+    Ok(match crate::http::console::is_console(&caller) {
+        true => (
+            StatusCode::NO_CONTENT,
+            crate::http::console::clear_cookies(),
+        )
+            .into_response(),
+        false => StatusCode::NO_CONTENT.into_response(),
+    })
 }
 
 /// Certifies an SSH public key for the caller's session.

@@ -105,10 +105,7 @@ pub async fn live(
         state: state.clone(),
         id: r.id,
         project_id: r.project_id,
-        authorization: headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
+        authorization: super::super::exec_events::credential_of(&headers),
         source: caller.source_ip.as_deref().and_then(|s| s.parse().ok()),
         next: 0,
         tx,

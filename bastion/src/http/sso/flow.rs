@@ -20,7 +20,18 @@ struct RoundTrip {
     /// delivers its own code to the listener, or a code sent elsewhere).
     #[serde(default)]
     cli_challenge: Option<String>,
+    /// A console sign-in: the hash of the value of the cookie the browser
+    /// that started it got (see `console_start`).
+    #[serde(default)]
+    console_bind: Option<String>,
 }
+
+/// The cookie that ties a console's SSO round trip to the browser that
+/// started it: a page elsewhere cannot have someone's browser finish a
+/// sign-in it started (and so sign them in to the page's own account). Lax:
+/// it must come back on the provider's redirect, a top-level navigation from
+/// another site.
+const CONSOLE_BIND_COOKIE: &str = "postern_sso_bind";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,10 +175,89 @@ pub async fn start(
     .await
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleStartQuery {
+    org: String,
+    provider: String,
+}
+
+/// Starts a console sign-in at the org's provider: the browser is sent to
+/// the provider, and comes back to the console signed in.
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/sso/console",
+    tag = "auth",
+    params(
+        ("org" = String, Query, description = "The org"),
+        ("provider" = String, Query, description = "The org's provider"),
+    ),
+    responses(
+        (status = 303, description = "To the provider"),
+        (status = 400, description = "A bad or missing parameter", body = ErrorBody),
+        (status = 404, description = "No such org or provider", body = ErrorBody),
+        (status = 429, description = "Too many sign-ins started from this source, or under way", body = ErrorBody),
+        (status = 503, description = "The provider or the database is unavailable; retry", body = ErrorBody),
+    ),
+)]
+pub async fn console_start(
+    State(state): State<AppState>,
+    anon: Anonymous,
+    headers: http::HeaderMap,
+    ApiQuery(q): ApiQuery<ConsoleStartQuery>,
+) -> Result<Response, ApiError> {
+    state
+        .sign_in_attempts
+        .begin(anon.source_or_local(), None, now_ms())
+        .ok_or_else(|| {
+            IdentityError::TooMany(
+                "too many sign-ins started from your address: wait a minute".into(),
+            )
+        })?;
+    let provider = provider_named(&state, &q.org, &q.provider).await?;
+    let bind = hex::encode(random_bytes::<24>()?);
+    let mut resp = round_trip(
+        &state,
+        &anon,
+        &provider,
+        RoundTarget::Console(sha256_hex(bind.as_bytes())),
+    )
+    .await?;
+    let tls = crate::http::console::session::over_tls(&state, &headers, anon.source);
+    let cookie = format!(
+        "{CONSOLE_BIND_COOKIE}={bind}; Path=/api/v1/auth/sso; HttpOnly; SameSite=Lax; Max-Age={}{}",
+        ROUND_TRIP_MS / 1000,
+        if tls { "; Secure" } else { "" }
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&cookie) {
+        resp.headers_mut().append(http::header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+/// The value of the console's binding cookie in `headers`, if any.
+fn console_bind_cookie(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .take(16)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == CONSOLE_BIND_COOKIE)
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| v.len() <= 128)
+}
+
 /// Where a round trip's session goes.
 pub(super) enum RoundTarget {
-    Cli { redirect: String, challenge: String },
+    Cli {
+        redirect: String,
+        challenge: String,
+    },
     Device(String),
+    /// The console, in the browser whose cookie hashes to this.
+    Console(String),
 }
 
 /// Records a round trip to `provider` (nonce, PKCE verifier, target) and
@@ -187,12 +277,13 @@ pub(super) async fn round_trip(
     }
     let rp = relying_party(state, provider).await?;
     let s = rp.start(&provider.scopes);
-    let (cli_redirect, cli_challenge, device_id) = match target {
+    let (cli_redirect, cli_challenge, device_id, console_bind) = match target {
         RoundTarget::Cli {
             redirect,
             challenge,
-        } => (Some(redirect), Some(challenge), None),
-        RoundTarget::Device(id) => (None, None, Some(id)),
+        } => (Some(redirect), Some(challenge), None, None),
+        RoundTarget::Device(id) => (None, None, Some(id), None),
+        RoundTarget::Console(bind) => (None, None, None, Some(bind)),
     };
     let trip = RoundTrip {
         nonce: s.nonce,
@@ -200,6 +291,7 @@ pub(super) async fn round_trip(
         cli_redirect,
         device_id,
         cli_challenge,
+        console_bind,
     };
     let sealed = state
         .pki
@@ -257,6 +349,7 @@ pub struct CallbackQuery {
 pub async fn callback(
     State(state): State<AppState>,
     anon: Anonymous,
+    headers: http::HeaderMap,
     axum::extract::Query(q): axum::extract::Query<CallbackQuery>,
 ) -> Result<Response, ApiError> {
     let now = now_ms();
@@ -314,6 +407,14 @@ pub async fn callback(
             None => shown,
         }
     };
+    if let Some(bind) = &trip.console_bind {
+        let presented = console_bind_cookie(&headers).map(|c| sha256_hex(c.as_bytes()));
+        if presented.as_deref() != Some(bind.as_str()) {
+            return Ok(refused(
+                "this sign-in was started in another browser (or its cookie expired): start again from the console".into(),
+            ));
+        }
+    }
     if let Some(e) = &q.error {
         return Ok(refused(format!(
             "{} refused: {} {}",
@@ -342,6 +443,9 @@ pub async fn callback(
         &provider,
         &who,
         source.as_deref(),
+        trip.console_bind
+            .is_some()
+            .then_some(postern_api::console::MAX_CONSOLE_SECONDS),
     )
     .await
     {
@@ -400,6 +504,27 @@ pub async fn callback(
             "Signed in",
             &format!("Signed in as {}. Go back to your terminal.", user.name),
         ));
+    }
+    if trip.console_bind.is_some() {
+        crate::http::console::session::open(&state, &session.row, now_ms()).await?;
+        let tls = crate::http::console::session::over_tls(&state, &headers, anon.source);
+        let mut resp = Redirect::to("/").into_response();
+        let cookies = [
+            crate::http::console::session::set_cookie(
+                Some(session.token.expose()),
+                session.row.expires_at,
+                tls,
+            ),
+            format!(
+                "{CONSOLE_BIND_COOKIE}=; Path=/api/v1/auth/sso; HttpOnly; SameSite=Lax; Max-Age=0"
+            ),
+        ];
+        for c in cookies {
+            if let Ok(v) = http::HeaderValue::from_str(&c) {
+                resp.headers_mut().append(http::header::SET_COOKIE, v);
+            }
+        }
+        return Ok(resp);
     }
     let (Some(cli), Some(challenge)) = (trip.cli_redirect, trip.cli_challenge) else {
         return Err(ApiError::Internal("a sign-in with nowhere to go".into()));

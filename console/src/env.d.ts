@@ -1,0 +1,2 @@
+// Stylesheets imported from scripts are bundled by Vite.
+declare module '*.css';

@@ -1,0 +1,158 @@
+// The console's end-to-end flows in Debian's Chromium (driven by
+// playwright-core, never a downloaded browser), against a real bastion,
+// agents and sshd that tests/tests/console.rs started. Asserts on page text
+// and on the terminal's buffer; a screenshot of the page is kept on failure.
+// Env: URL, CAROL_PASSWORD, CAROL_CODE (org admin, and project member of web
+// with login root), DAVE_PASSWORD, DAVE_CODE (read_only on web),
+// ARTIFACTS (where screenshots go).
+import { chromium } from 'playwright-core';
+import assert from 'node:assert/strict';
+
+const url = process.env.URL;
+const artifacts = process.env.ARTIFACTS ?? '/tmp';
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+const step = async (name, page, f) => {
+  const t0 = Date.now();
+  try {
+    await f();
+    console.log(`ok ${name} (${Date.now() - t0} ms)`);
+  } catch (e) {
+    await page.screenshot({ path: `${artifacts}/console-${name}.png`, fullPage: true }).catch(() => {});
+    console.log(`FAILED ${name}: page text:\n${await page.locator('body').innerText().catch(() => '')}`);
+    throw e;
+  }
+};
+async function signIn(name, password, code) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 720 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(20000);
+  const t0 = Date.now();
+  await page.goto(url);
+  await page.getByLabel('User', { exact: true }).fill(name);
+  await page.getByLabel('Password', { exact: true }).fill(password);
+  await page.getByLabel('Code', { exact: true }).fill(code);
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+  await page.getByTestId('who').filter({ hasText: name }).waitFor();
+  console.log(`signed in ${name} in ${Date.now() - t0} ms`);
+  return { context, page };
+}
+
+try {
+  // Carol: an org admin with a login on web's nodes.
+  const { context, page } = await signIn('carol', process.env.CAROL_PASSWORD, process.env.CAROL_CODE);
+  await step('cookie', page, async () => {
+    const cookies = await context.cookies();
+    const c = cookies.find((c) => c.name === 'postern_console');
+    assert.ok(c, JSON.stringify(cookies));
+    assert.equal(c.httpOnly, true);
+    assert.equal(c.sameSite, 'Strict');
+    assert.equal(await page.evaluate(() => document.cookie.includes('pss_')), false);
+  });
+  await step('nodes', page, async () => {
+    // An org admin sees every project; web is the one with the nodes.
+    await page.getByLabel('Project', { exact: true }).selectOption('web');
+    await page.getByTestId('nodes').getByText('node-a', { exact: true }).waitFor();
+    await page.getByTestId('nodes').getByText('node-b', { exact: true }).waitFor();
+    await page.getByLabel('Search', { exact: true }).fill('node-b');
+    await page.getByTestId('nodes').getByText('node-a', { exact: true }).waitFor({ state: 'detached' });
+  });
+  await step('run', page, async () => {
+    await page.goto(`${url}/#/run`);
+    await page.getByLabel('every node of the edge').check();
+    await page.getByLabel('Command', { exact: true }).fill('echo $((6*7))');
+    await page.getByRole('button', { name: 'Run' }).click();
+    for (const h of ['node-a', 'node-b']) {
+      await page.locator(`article[data-host="${h}"] pre`).filter({ hasText: '42' }).waitFor();
+    }
+    await page.getByTestId('exec-status').filter({ hasText: 'succeeded' }).waitFor();
+  });
+  await step('cancel', page, async () => {
+    await page.goto(`${url}/#/run`);
+    await page.getByLabel('every node of the edge').check();
+    await page.getByLabel('Command', { exact: true }).fill('sleep 60');
+    await page.getByRole('button', { name: 'Run' }).click();
+    await page.getByRole('button', { name: 'Cancel' }).click();
+    await page.getByTestId('exec-status').filter({ hasText: 'cancelled' }).waitFor({ timeout: 30000 });
+  });
+  await step('terminal', page, async () => {
+    await page.goto(`${url}/#/terminal/web/eu-1/node-a`);
+    await page.getByLabel('Login', { exact: true }).fill('root');
+    await page.getByRole('button', { name: 'Open' }).click();
+    await page.getByTestId('terminal-status').filter({ hasText: 'open' }).waitFor();
+    await page.locator('.xterm-helper-textarea').focus();
+    await page.keyboard.type('echo browser-$((6*7))\n');
+    await page.waitForFunction(() => {
+      const t = window.__posternTerminal;
+      if (!t) return false;
+      const b = t.buffer.active;
+      let s = '';
+      for (let i = 0; i < b.length; i++) s += b.getLine(i)?.translateToString(true) + '\n';
+      return s.includes('browser-42');
+    });
+    // Ctrl+C reaches the shell, and exit ends the session.
+    await page.keyboard.type('sleep 30');
+    await page.keyboard.press('Control+C');
+    await page.keyboard.type('exit\n');
+    await page.getByTestId('terminal-status').filter({ hasText: /exited|closed/ }).waitFor();
+  });
+  await step('recording', page, async () => {
+    await page.goto(`${url}/#/recordings`);
+    await page.getByTestId('recordings').getByRole('link').first().click();
+    await page.getByTestId('player-state').filter({ hasText: 'ended' }).waitFor({ timeout: 60000 });
+    const text = await page.evaluate(() => {
+      const b = window.__posternPlayer.buffer.active;
+      let s = '';
+      for (let i = 0; i < b.length; i++) s += b.getLine(i)?.translateToString(true) + '\n';
+      return s;
+    });
+    assert.match(text, /browser-42/);
+  });
+  await step('kubeconfig', page, async () => {
+    await page.goto(`${url}/#/account`);
+    const [download] = await Promise.all([page.waitForEvent('download'), page.getByTestId('kubeconfig').click()]);
+    await download.saveAs(`${artifacts}/kubeconfig`);
+  });
+  await step('audit', page, async () => {
+    await page.goto(`${url}/#/audit`);
+    await page.getByLabel('Actor', { exact: true }).fill('carol');
+    await page.getByRole('button', { name: 'Filter' }).click();
+    await page.getByTestId('audit').getByText('carol').first().waitFor();
+    await page.getByRole('button', { name: 'Verify the chain' }).click();
+    await page.getByTestId('chain').filter({ hasText: 'The chain holds' }).waitFor();
+  });
+  await step('idle-or-logout', page, async () => {
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByRole('status').filter({ hasText: 'signed out' }).waitFor();
+  });
+  await context.close();
+
+  // Dave: read only: no run button, and the API refuses a forced run.
+  const dave = await signIn('dave', process.env.DAVE_PASSWORD, process.env.DAVE_CODE);
+  await step('read-only', dave.page, async () => {
+    await dave.page.goto(`${url}/#/run`);
+    await dave.page.getByText('lets you read, not run commands').waitFor();
+    assert.equal(await dave.page.getByRole('button', { name: 'Run' }).count(), 0);
+    const status = await dave.page.evaluate(async () => {
+      const r = await fetch('/api/v1/auth/console');
+      const s = await r.json();
+      const x = await fetch('/cmdexec/v1/projects/web/edges/eu-1/execute/', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', 'X-Postern-CSRF': s.csrf_token },
+        body: JSON.stringify({ command: 'id', target_type: 'cluster' }),
+      });
+      return x.status;
+    });
+    assert.equal(status, 403);
+    // Another project's nodes are never shown.
+    await dave.page.goto(`${url}/#/nodes`);
+    await dave.page.getByTestId('nodes').getByText('node-a', { exact: true }).waitFor();
+    assert.equal(await dave.page.getByText('secret-node').count(), 0);
+  });
+  await dave.context.close();
+  console.log('all console flows passed');
+} finally {
+  await browser.close();
+}

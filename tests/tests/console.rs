@@ -1,0 +1,345 @@
+//! The web console end to end: a real bastion, two nodes with real agents
+//! and sshd, people who set their password and TOTP through invitations, and
+//! Debian's Chromium driven by `console/tests/e2e.mjs` (playwright-core,
+//! installed by scripts/test with `npm ci`). Beside it, the console's
+//! security over plain HTTP: the cookie's flags, CSRF, Origin, the idle
+//! timeout, the terminal's WebSocket from another site, and the CSP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use postern_tests::ssh::{InstalledHelper, Node, run_with_timeout, text};
+use postern_tests::{Bastion, BastionOpts, bin};
+use serde_json::json;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A person with a password and TOTP, set through an invitation as a person
+/// does; answers their password and a code for the next sign-in.
+async fn person(b: &Bastion, name: &str, roles: &[serde_json::Value]) -> (String, String) {
+    let (s, v) = b.post("/api/v1/users", json!({ "name": name })).await;
+    assert_eq!(s, 201, "{v}");
+    for role in roles {
+        let (s, v) = b
+            .put(&format!("/api/v1/users/{name}/roles"), role.clone())
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let (s, inv) = b
+        .post(&format!("/api/v1/users/{name}/invitation"), json!({}))
+        .await;
+    assert_eq!(s, 201, "{inv}");
+    let dir = b.dir.path().join(format!("person-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let password = format!("{name}'s long enough passphrase");
+    std::fs::write(dir.join("invitation"), inv["invitation"].as_str().unwrap()).unwrap();
+    std::fs::write(dir.join("password"), format!("{password}\n")).unwrap();
+    let out = run_with_timeout(
+        Command::new(bin("postern"))
+            .args(["invitation", "accept", &format!("http://{}", b.api)])
+            .arg("--invitation-file")
+            .arg(dir.join("invitation"))
+            .arg("--password-file")
+            .arg(dir.join("password"))
+            .arg("--totp-secret-file")
+            .arg(dir.join("totp"))
+            .env_remove("POSTERN_URL")
+            .env_remove("POSTERN_TOKEN")
+            .env("POSTERN_CONFIG_DIR", &dir)
+            .env("HOME", &dir),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let secret =
+        totp_rs::Secret::try_from_base32(std::fs::read_to_string(dir.join("totp")).unwrap().trim())
+            .unwrap()
+            .to_vec();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // The next step's code: the enrolment spent this one.
+    let code = postern_bastion::identity::totp::code_at(&secret, now + 30).unwrap();
+    (password, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_uses_the_console_in_a_real_browser() {
+    let node_modules = repo().join("console/node_modules/playwright-core");
+    if !node_modules.exists() || !Path::new("/usr/bin/chromium").exists() {
+        panic!(
+            "the console's browser test needs Debian's chromium and `npm ci` in console/: run scripts/test, which installs both"
+        );
+    }
+    // With a Kubernetes door: the console downloads a kubeconfig for it.
+    let b = Bastion::start(BastionOpts {
+        extra_args: vec![
+            "--kube-addr".into(),
+            format!("127.0.0.1:{}", postern_tests::free_port()),
+        ],
+        ..BastionOpts::default()
+    })
+    .await;
+    let helper = InstalledHelper::install();
+    let _a = Node::start(&b, &helper, "node-a").await;
+    let _b = Node::start(&b, &helper, "node-b").await;
+    // Another project's node, which nobody of web may see.
+    let (s, v) = b.post("/api/v1/projects", json!({ "name": "other" })).await;
+    assert_eq!(s, 201, "{v}");
+    b.create_edge("other", "x").await;
+    b.enroll_at("other", "x", "secret-node", "secret-node")
+        .await;
+    let (s, v) = b
+        .put(
+            "/api/v1/projects/web/recording-policy",
+            json!({ "default": "best_effort" }),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // Carol runs commands and reads the audit log (an org admin) and logs in
+    // to web's nodes as root (a project member).
+    let (carol_pw, carol_code) = person(
+        &b,
+        "carol",
+        &[
+            json!({ "role": "org_admin" }),
+            json!({ "role": "project_member", "project": "web", "logins": ["root"] }),
+        ],
+    )
+    .await;
+    let (dave_pw, dave_code) = person(
+        &b,
+        "dave",
+        &[json!({ "role": "read_only", "project": "web" })],
+    )
+    .await;
+    let artifacts = b.dir.path().join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let out = run_with_timeout(
+        Command::new("node")
+            .arg(repo().join("console/tests/e2e.mjs"))
+            .current_dir(repo().join("console"))
+            .env("URL", format!("http://{}", b.api))
+            .env("CAROL_PASSWORD", carol_pw)
+            .env("CAROL_CODE", carol_code)
+            .env("DAVE_PASSWORD", dave_pw)
+            .env("DAVE_CODE", dave_code)
+            .env("ARTIFACTS", &artifacts),
+        Duration::from_secs(300),
+    );
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    if !out.status.success() {
+        // Screenshots stay for whoever reads the failure.
+        let kept = std::env::temp_dir().join("postern-console-artifacts");
+        let _ = std::fs::create_dir_all(&kept);
+        for f in std::fs::read_dir(&artifacts)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::copy(f.path(), kept.join(f.file_name()));
+        }
+        panic!(
+            "the browser flows failed (screenshots in {}):\n{said}\nbastion log:\n{}",
+            kept.display(),
+            b.log()
+        );
+    }
+    assert!(said.contains("all console flows passed"), "{said}");
+    eprintln!("{said}");
+
+    // The kubeconfig the console downloaded is one kubectl reads, and it
+    // names the bastion's Kubernetes door and Postern's credential plugin.
+    let kubeconfig = artifacts.join("kubeconfig");
+    let out = Command::new("kubectl")
+        .args(["config", "view", "-o", "json", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!v["clusters"].as_array().unwrap().is_empty(), "{v}");
+    assert!(v.to_string().contains("postern"), "{v}");
+
+    // The session the terminal opened went through the SSH door: audited as
+    // a terminated SSH session of carol's on node-a.
+    let entries = b.audit("ssh.terminate.login").await;
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["actor"] == "carol" && e.to_string().contains("node-a")),
+        "{entries:?}"
+    );
+}
+
+/// The cookie's value from a `Set-Cookie` header, and the header.
+fn session_cookie(h: &http::HeaderMap) -> (String, String) {
+    let set = h
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("postern_console="))
+        .expect("a console cookie");
+    let value = set.split(';').next().unwrap().to_string();
+    (value, set)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_refuses_other_sites_missing_csrf_tokens_and_idle_sessions() {
+    use postern_tests::http_with;
+    let b = Bastion::start(BastionOpts {
+        extra_args: vec!["--console-idle".into(), "3s".into()],
+        ..BastionOpts::default()
+    })
+    .await;
+    let (pw, code) = person(
+        &b,
+        "erin",
+        &[json!({ "role": "project_member", "project": "web", "logins": ["root"] })],
+    )
+    .await;
+    let here = format!("http://{}", b.api);
+    let body = |v: serde_json::Value| Some(("application/json", bytes::Bytes::from(v.to_string())));
+    let login = json!({ "name": "erin", "password": pw, "code": code });
+
+    // A page of another site cannot sign anyone in.
+    let (s, _, v) = http_with(
+        b.api,
+        "POST",
+        "/api/v1/auth/console",
+        None,
+        &[("origin", "https://evil.example")],
+        body(login.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 403, "{v}");
+    // The console's own page can; the session is in an HttpOnly, SameSite=Strict
+    // cookie (not Secure over plain http), never in the body.
+    let (s, h, v) = http_with(
+        b.api,
+        "POST",
+        "/api/v1/auth/console",
+        None,
+        &[("origin", &here)],
+        body(login),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 201, "{v}");
+    let (cookie, set) = session_cookie(&h);
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/"),
+        "{set}"
+    );
+    assert!(!set.contains("Secure"), "{set}");
+    assert!(
+        !v.to_string().contains("pss_"),
+        "the bearer leaked into the body: {v}"
+    );
+    let csrf = v["csrf_token"].as_str().unwrap().to_string();
+    let c = [("cookie", cookie.as_str())];
+    let (s, _, v) = http_with(b.api, "GET", "/api/v1/whoami", None, &c, None)
+        .await
+        .unwrap();
+    assert_eq!((s, v["name"].as_str()), (200, Some("erin")));
+
+    // Writes: no token, a wrong token, another site's Origin: refused, and
+    // nothing changes (the session still works).
+    let add_key = json!({ "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ5b2F0cGVydHVyYmF0aW9uc2hvdWxkbm90c2F5MTIz x" });
+    for (extra, why) in [
+        (vec![], "no token"),
+        (vec![("x-postern-csrf", "wrong")], "a wrong token"),
+        (
+            vec![
+                ("x-postern-csrf", csrf.as_str()),
+                ("origin", "https://evil.example"),
+            ],
+            "another site",
+        ),
+    ] {
+        let mut hs = c.to_vec();
+        hs.extend(extra);
+        let (s, _, v) = http_with(
+            b.api,
+            "POST",
+            "/api/v1/users/erin/ssh-keys",
+            None,
+            &hs,
+            body(add_key.clone()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, 403, "{why}: {v}");
+    }
+    let (s, _, v) = http_with(b.api, "GET", "/api/v1/users/erin/ssh-keys", None, &c, None)
+        .await
+        .unwrap();
+    assert_eq!((s, v.as_array().map(Vec::len)), (200, Some(0)), "{v}");
+
+    // The terminal's WebSocket: another site's page, or no CSRF subprotocol.
+    let ws = |origin: &'static str, proto: String| {
+        let cookie = cookie.clone();
+        async move {
+            let hs = [
+                ("cookie", cookie.as_str()),
+                ("origin", origin),
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("sec-websocket-protocol", proto.as_str()),
+            ];
+            http_with(
+                b.api,
+                "GET",
+                "/api/v1/projects/web/edges/eu-1/nodes/node-x/terminal?login=root",
+                None,
+                &hs,
+                None,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let (s, _, v) = ws(
+        "https://evil.example",
+        format!("postern-terminal, csrf.{csrf}"),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, _, v) = ws("null", "postern-terminal".into()).await;
+    assert_eq!(s, 403, "{v}");
+
+    // The page: a Content-Security-Policy that allows no inline script, and
+    // no inline script in it.
+    let (s, h, page) = http_with(b.api, "GET", "/", None, &[], None).await.unwrap();
+    assert_eq!(s, 200);
+    let csp = h.get("content-security-policy").unwrap().to_str().unwrap();
+    assert!(
+        csp.starts_with("default-src 'self'") && csp.contains("script-src 'self';"),
+        "{csp}"
+    );
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    let page = page.as_str().unwrap();
+    assert!(
+        !page.contains("<script>") && page.contains("type=\"module\""),
+        "{page}"
+    );
+
+    // Idle for longer than the timeout (3 s here): signed out, and stays so.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (s, _, v) = http_with(b.api, "GET", "/api/v1/whoami", None, &c, None)
+        .await
+        .unwrap();
+    assert_eq!(s, 401, "{v}");
+    assert!(v.to_string().contains("without use"), "{v}");
+    let (s, _, _) = http_with(b.api, "GET", "/api/v1/whoami", None, &c, None)
+        .await
+        .unwrap();
+    assert_eq!(s, 401);
+}
