@@ -28,7 +28,8 @@ const step = async (name, page, f) => {
 async function signIn(name, password, code) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 720 } });
   const page = await context.newPage();
-  page.setDefaultTimeout(20000);
+  // Generous: CI runs this beside the rest of the suite on 2 cores.
+  page.setDefaultTimeout(60000);
   const t0 = Date.now();
   await page.goto(url);
   await page.getByLabel('User', { exact: true }).fill(name);
@@ -75,7 +76,7 @@ try {
     await page.getByLabel('Command', { exact: true }).fill('sleep 60');
     await page.getByRole('button', { name: 'Run' }).click();
     await page.getByRole('button', { name: 'Cancel' }).click();
-    await page.getByTestId('exec-status').filter({ hasText: 'cancelled' }).waitFor({ timeout: 30000 });
+    await page.getByTestId('exec-status').filter({ hasText: 'cancelled' }).waitFor();
   });
   await step('terminal', page, async () => {
     await page.goto(`${url}/#/terminal/web/eu-1/node-a`);
@@ -91,7 +92,7 @@ try {
       let s = '';
       for (let i = 0; i < b.length; i++) s += b.getLine(i)?.translateToString(true) + '\n';
       return s.includes('browser-42');
-    });
+    }, null, { timeout: 60000 });
     // Ctrl+C reaches the shell, and exit ends the session.
     await page.keyboard.type('sleep 30');
     await page.keyboard.press('Control+C');
