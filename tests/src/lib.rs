@@ -126,6 +126,21 @@ pub fn init_bench_logs() {
         .init();
 }
 
+/// The TOTP code of the next 30-second step for the base32 secret in
+/// `secret_file` (as `postern invitation accept --totp-secret-file` wrote
+/// it): the enrolment spent the current step's code, and a code is taken once.
+pub fn next_totp_code(secret_file: &Path) -> String {
+    let text = std::fs::read_to_string(secret_file).expect("the TOTP secret file");
+    let secret = totp_rs::Secret::try_from_base32(text.trim())
+        .expect("a base32 TOTP secret")
+        .to_vec();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs();
+    postern_bastion::identity::totp::code_at(&secret, now + 30).expect("a TOTP code")
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 ///
 /// Chosen below the kernel's ephemeral range (32768 and up on Linux), from which

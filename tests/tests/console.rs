@@ -54,17 +54,7 @@ async fn person(b: &Bastion, name: &str, roles: &[serde_json::Value]) -> (String
         Duration::from_secs(60),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let secret =
-        totp_rs::Secret::try_from_base32(std::fs::read_to_string(dir.join("totp")).unwrap().trim())
-            .unwrap()
-            .to_vec();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    // The next step's code: the enrolment spent this one.
-    let code = postern_bastion::identity::totp::code_at(&secret, now + 30).unwrap();
-    (password, code)
+    (password, postern_tests::next_totp_code(&dir.join("totp")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,15 +84,7 @@ async fn a_signed_in_person_reaches_nodes_with_the_sessions_certificate_until_it
     assert!(said.contains("Recovery codes"), "{said}");
 
     // Sign in: the code of the next step (the enrolment spent this one).
-    let secret =
-        totp_rs::Secret::try_from_base32(std::fs::read_to_string(&secret_file).unwrap().trim())
-            .unwrap()
-            .to_vec();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let code = postern_bastion::identity::totp::code_at(&secret, now + 30).unwrap();
+    let code = postern_tests::next_totp_code(&secret_file);
     let out = carol.run(&[
         "login",
         &url,

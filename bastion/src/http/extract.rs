@@ -106,7 +106,7 @@ pub struct Caller {
     pub source_ip: Option<String>,
     pub audit: AuditCtx,
     /// The call came from the web console, its session in a cookie.
-    pub console: bool,
+    pub console: Option<super::console::session::ConsoleAuth>,
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -134,12 +134,13 @@ impl FromRequestParts<AppState> for Caller {
         };
         let (principal, credential, console) = match cookie {
             Some(token) => {
-                let (p, c, _) = super::console::session::authenticate(state, parts, &token).await?;
-                (p, c, true)
+                let (p, c, console) =
+                    super::console::session::authenticate(state, parts, &token).await?;
+                (p, c, Some(console))
             }
             None => {
                 let (p, c) = crate::access::authn::bearer(&state.store, header, source).await?;
-                (p, c, false)
+                (p, c, None)
             }
         };
         let audit_first = audit.with(|a| {

@@ -85,12 +85,7 @@ async fn may_manage_bot_tokens(
 }
 
 pub(super) async fn user_view(state: &AppState, user: &UserRow) -> Result<dto::User, ApiError> {
-    let org = state
-        .store
-        .org_by_id(&user.org_id)
-        .await?
-        .map(|o| o.name)
-        .unwrap_or_default();
+    let org = state.store.org_name(&user.org_id).await?;
     let mut roles = Vec::new();
     for b in state.store.bindings(&user.id).await? {
         let project = match &b.project_id {

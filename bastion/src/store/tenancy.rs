@@ -94,6 +94,16 @@ impl Store {
         Ok(row.map(|(id, name)| OrgRow { id, name }))
     }
 
+    /// The name of the org `id`, for answers that show it; empty when the
+    /// org is gone (a user's org outlives every request that names it).
+    pub async fn org_name(&self, id: &str) -> Result<String> {
+        Ok(self
+            .org_by_id(id)
+            .await?
+            .map(|o| o.name)
+            .unwrap_or_default())
+    }
+
     pub async fn create_project(&self, org_id: &str, name: &str, now: i64) -> Result<ProjectRow> {
         let id = new_id();
         sqlx::query("INSERT INTO projects (id, org_id, name, created_at) VALUES ($1, $2, $3, $4)")

@@ -195,12 +195,7 @@ pub async fn accept_invitation(
     attempt.succeeded();
     // Whatever the user held before (an admin's reset) ends.
     sessions::end_all(&state, &user, "credentials reset").await?;
-    let org = state
-        .store
-        .org_by_id(&user.org_id)
-        .await?
-        .map(|o| o.name)
-        .unwrap_or_default();
+    let org = state.store.org_name(&user.org_id).await?;
     anon.audit.with(|a| {
         a.detail = Some(json!({ "invitation_id": inv.id, "totp": totp_secret.is_some() }));
     });

@@ -78,6 +78,57 @@ async fn certify(
         .map_err(|e| ApiError::Internal(format!("cannot encode the certificate: {e}")))
 }
 
+/// A local user's sign-in with a password (and a code when they enrolled
+/// one), for the CLI and the console alike: the fields bounded, attempts
+/// counted, and a refusal audited in the user's org (when the name is a
+/// user) with `detail` and the reason.
+pub(crate) async fn password_sign_in(
+    state: &AppState,
+    anon: &Anonymous,
+    name: &str,
+    password: &str,
+    code: Option<&str>,
+    detail: serde_json::Value,
+) -> Result<local::SignedIn, ApiError> {
+    bounded("name", name, 64)?;
+    bounded("password", password, dto::MAX_FIELD)?;
+    if let Some(c) = code {
+        bounded("code", c, 64)?;
+    }
+    let typed = local::Typed {
+        name,
+        password,
+        code,
+    };
+    match local::sign_in(
+        &state.store,
+        &state.pki,
+        &state.sign_in_attempts,
+        typed,
+        anon.source_or_local(),
+    )
+    .await
+    {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            let mut detail = detail;
+            if let Some(d) = detail.as_object_mut() {
+                d.insert("reason".into(), e.to_string().into());
+            }
+            // A refusal for a real user shows in their org's log.
+            let org = match state.store.user_by_name(name).await {
+                Ok(Some(u)) => Some(u.org_id),
+                _ => None,
+            };
+            anon.audit.with(|a| {
+                a.org_id = org;
+                a.detail = Some(detail);
+            });
+            Err(e.into())
+        }
+    }
+}
+
 /// Signs a local user in.
 #[utoipa::path(
     post,
@@ -102,41 +153,16 @@ pub async fn login(
     anon.audit.with(|a| {
         a.actor = Some(validate::peer_line(&body.name, 64));
     });
-    bounded("name", &body.name, 64)?;
-    bounded("password", &body.password, dto::MAX_FIELD)?;
-    if let Some(c) = &body.code {
-        bounded("code", c, 64)?;
-    }
     let key = body.ssh_public_key.as_deref().map(public_key).transpose()?;
-    let typed = local::Typed {
-        name: &body.name,
-        password: &body.password,
-        code: body.code.as_deref(),
-    };
-    let signed = match local::sign_in(
-        &state.store,
-        &state.pki,
-        &state.sign_in_attempts,
-        typed,
-        anon.source_or_local(),
+    let signed = password_sign_in(
+        &state,
+        &anon,
+        &body.name,
+        &body.password,
+        body.code.as_deref(),
+        json!({ "method": "password" }),
     )
-    .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            let reason = e.to_string();
-            // A refusal for a real user shows in their org's log.
-            let org = match state.store.user_by_name(&body.name).await {
-                Ok(Some(u)) => Some(u.org_id),
-                _ => None,
-            };
-            anon.audit.with(|a| {
-                a.org_id = org;
-                a.detail = Some(json!({ "method": "password", "reason": reason }));
-            });
-            return Err(e.into());
-        }
-    };
+    .await?;
     let user = signed.user;
     let source = anon.source.map(|s| s.to_string());
     let new = sessions::issue(
@@ -152,12 +178,7 @@ pub async fn login(
         Some(k) => Some(certify(&state, &user, &new.row, k).await?),
         None => None,
     };
-    let org = state
-        .store
-        .org_by_id(&user.org_id)
-        .await?
-        .map(|o| o.name)
-        .unwrap_or_default();
+    let org = state.store.org_name(&user.org_id).await?;
     anon.audit.with(|a| {
         a.actor = Some(user.name.clone());
         a.org_id = Some(user.org_id.clone());
@@ -222,13 +243,13 @@ pub async fn logout(
         .audit
         .with(|a| a.detail = Some(json!({ "session_id": session.id, "cut": cut })));
     // The console's cookie goes with its session.
-    Ok(match crate::http::console::is_console(&caller) {
-        true => (
+    Ok(match caller.console {
+        Some(_) => (
             StatusCode::NO_CONTENT,
             crate::http::console::clear_cookies(),
         )
             .into_response(),
-        false => StatusCode::NO_CONTENT.into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
     })
 }
 

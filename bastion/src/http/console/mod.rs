@@ -22,9 +22,8 @@ use serde_json::json;
 
 use super::extract::{Anonymous, ApiJson, Caller};
 use super::{ApiError, AppState};
-use crate::access::authn::CredentialKind;
 use crate::clock::{now_ms, rfc3339};
-use crate::identity::{local, sessions};
+use crate::identity::sessions;
 
 /// Signs a local user in to the console: the session goes into a cookie.
 #[utoipa::path(
@@ -51,48 +50,21 @@ pub async fn sign_in(
 ) -> Result<Response, ApiError> {
     anon.audit
         .with(|a| a.actor = Some(validate::peer_line(&body.name, 64)));
-    for (what, v) in [("name", &body.name), ("password", &body.password)] {
-        if v.len() > postern_api::identity::MAX_FIELD {
-            return Err(ApiError::BadRequest(format!("{what} is too long")));
-        }
-    }
-    if body.code.as_ref().is_some_and(|c| c.len() > 64) {
-        return Err(ApiError::BadRequest("code is too long".into()));
-    }
     // A page of another site cannot sign someone in to its own account here.
     if session::same_origin(&headers) == Some(false) {
         return Err(ApiError::Forbidden(
             "this sign-in came from a page of another site: sign in on the console itself".into(),
         ));
     }
-    let typed = local::Typed {
-        name: &body.name,
-        password: &body.password,
-        code: body.code.as_deref(),
-    };
-    let signed = match local::sign_in(
-        &state.store,
-        &state.pki,
-        &state.sign_in_attempts,
-        typed,
-        anon.source_or_local(),
+    let signed = super::auth::password_sign_in(
+        &state,
+        &anon,
+        &body.name,
+        &body.password,
+        body.code.as_deref(),
+        json!({ "method": "password", "console": true }),
     )
-    .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            let reason = e.to_string();
-            let org = match state.store.user_by_name(&body.name).await {
-                Ok(Some(u)) => Some(u.org_id),
-                _ => None,
-            };
-            anon.audit.with(|a| {
-                a.org_id = org;
-                a.detail = Some(json!({ "method": "password", "console": true, "reason": reason }));
-            });
-            return Err(e.into());
-        }
-    };
+    .await?;
     let source = anon.source.map(|s| s.to_string());
     let new = sessions::issue(
         &state.store,
@@ -104,7 +76,8 @@ pub async fn sign_in(
     )
     .await?;
     let console = session::open(&state, &new.row, now_ms()).await?;
-    let (user, org) = session::user_and_org(&state, &signed.user.id).await?;
+    let user = signed.user;
+    let org = state.store.org_name(&user.org_id).await?;
     anon.audit.with(|a| {
         a.actor = Some(user.name.clone());
         a.org_id = Some(user.org_id.clone());
@@ -144,34 +117,27 @@ pub async fn sign_in(
         (status = 503, description = "The database is unavailable; retry", body = ErrorBody),
     ),
 )]
-pub async fn current(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: http::HeaderMap,
-) -> Result<Response, ApiError> {
-    let token = match (caller.console, session::cookie_token(&headers)) {
-        (true, Some(t)) => t,
-        _ => {
-            return Err(ApiError::BadRequest(
-                "this is the console's call: it reads the console's cookie, not a bearer".into(),
-            ));
-        }
+pub async fn current(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let Some(console) = &caller.console else {
+        return Err(ApiError::BadRequest(
+            "this is the console's call: it reads the console's cookie, not a bearer".into(),
+        ));
     };
     let row = state
         .store
         .session(&caller.credential.id)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("your session is gone: sign in again".into()))?;
-    let console = state
-        .store
-        .console_session(&row.id)
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("not a console session: sign in again".into()))?;
-    let (user, org) = session::user_and_org(&state, &caller.principal.user_id).await?;
+    let org = state.store.org_name(&caller.principal.org_id).await?;
     Ok((
         [(http::header::CACHE_CONTROL, "no-store")],
         Json(session::view(
-            &state, &token, &row, &console, &user.name, &org,
+            &state,
+            &console.token,
+            &row,
+            &console.row,
+            &caller.principal.user_name,
+            &org,
         )),
     )
         .into_response())
@@ -184,10 +150,4 @@ pub fn clear_cookies() -> [(http::HeaderName, String); 2] {
         (SET_COOKIE, session::set_cookie(None, 0, false)),
         (SET_COOKIE, session::set_cookie(None, 0, true)),
     ]
-}
-
-/// Whether a caller signed in through the console (for answers that also
-/// clear its cookie).
-pub fn is_console(caller: &Caller) -> bool {
-    caller.console && caller.credential.kind == CredentialKind::Session
 }

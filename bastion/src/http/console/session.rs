@@ -26,11 +26,11 @@ use crate::clock::{now_ms, rfc3339};
 use crate::http::{ApiError, AppState};
 use crate::identity::sessions;
 use crate::secrets::parse_token;
-use crate::store::{ConsoleRow, SessionRow, UserRow};
+use crate::store::{ConsoleRow, SessionRow};
 
-/// The console's session token from the request's cookies, if any.
-pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    // Bounded: at most 16 Cookie headers of 8 KiB are looked at.
+/// The value of the first cookie named one of `names`, at most `max` bytes.
+/// Bounded: at most 16 Cookie headers of 8 KiB each are looked at.
+pub fn cookie(headers: &HeaderMap, names: &[&str], max: usize) -> Option<String> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -39,9 +39,23 @@ pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
         .filter(|v| v.len() <= 8192)
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE_TLS || *k == COOKIE_PLAIN)
+        .find(|(k, _)| names.contains(k))
         .map(|(_, v)| v.trim().to_string())
-        .filter(|v| v.starts_with(SESSION_PREFIX) && v.len() <= 256)
+        .filter(|v| v.len() <= max)
+}
+
+/// The console's session token from the request's cookies, if any.
+pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    cookie(headers, &[COOKIE_TLS, COOKIE_PLAIN], 256).filter(|v| v.starts_with(SESSION_PREFIX))
+}
+
+/// What the console's cookie established about a request, beside its
+/// principal: the session's bearer (its CSRF token derives from it) and its
+/// console row.
+#[derive(Debug, Clone)]
+pub struct ConsoleAuth {
+    pub token: String,
+    pub row: ConsoleRow,
 }
 
 /// The CSRF token of the session whose bearer is `token`.
@@ -180,7 +194,7 @@ pub async fn authenticate(
     state: &AppState,
     parts: &Parts,
     token: &str,
-) -> Result<(Principal, Credential, ConsoleRow), ApiError> {
+) -> Result<(Principal, Credential, ConsoleAuth), ApiError> {
     let (principal, credential) = crate::access::authn::session_principal(&state.store, token)
         .await
         .map_err(|e| match e {
@@ -229,23 +243,14 @@ pub async fn authenticate(
         .store
         .touch_console_session(&credential.id, now, console.idle_ms)
         .await?;
-    Ok((principal, credential, console))
-}
-
-/// The user row and org name of a signed-in principal.
-pub async fn user_and_org(state: &AppState, user_id: &str) -> Result<(UserRow, String), ApiError> {
-    let user = state
-        .store
-        .user_by_id(user_id)
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("your user is gone: sign in again".into()))?;
-    let org = state
-        .store
-        .org_by_id(&user.org_id)
-        .await?
-        .map(|o| o.name)
-        .unwrap_or_default();
-    Ok((user, org))
+    Ok((
+        principal,
+        credential,
+        ConsoleAuth {
+            token: token.to_string(),
+            row: console,
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -81,14 +81,11 @@ pub async fn open(
             "a terminal opens only from the console's own page (the Origin is another site's or missing)".into(),
         ));
     }
-    let token = match (caller.console, session::cookie_token(&headers)) {
-        (true, Some(t)) => t,
-        _ => {
-            return Err(ApiError::BadRequest(
-                "the browser terminal is the console's: from a shell, use ssh LOGIN+NODE@bastion"
-                    .into(),
-            ));
-        }
+    let Some(console) = caller.console.clone() else {
+        return Err(ApiError::BadRequest(
+            "the browser terminal is the console's: from a shell, use ssh LOGIN+NODE@bastion"
+                .into(),
+        ));
     };
     let offered: Vec<String> = headers
         .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -102,7 +99,7 @@ pub async fn open(
     let csrf_ok = offered
         .iter()
         .filter_map(|p| p.strip_prefix("csrf."))
-        .any(|t| session::csrf_matches(&token, t));
+        .any(|t| session::csrf_matches(&console.token, t));
     if !csrf_ok || !offered.iter().any(|p| p == PROTOCOL) {
         return Err(ApiError::Forbidden(format!(
             "the terminal needs the subprotocols {PROTOCOL} and csrf.TOKEN (the console's CSRF token): reload the console"
@@ -135,39 +132,29 @@ pub async fn open(
             "the terminal is a WebSocket: open it with the console".into(),
         ));
     };
-    let console = state
-        .store
-        .console_session(&caller.credential.id)
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("not a console session: sign in again".into()))?;
-    let sealed = state.pki.open(&console.terminal_key_sealed)?;
+    let sealed = state.pki.open(&console.row.terminal_key_sealed)?;
     let key = std::str::from_utf8(&sealed)
         .ok()
         .and_then(|pem| PrivateKey::from_openssh(pem).ok())
         .ok_or_else(|| ApiError::Internal("the terminal's sealed key could not be read".into()))?;
-    let session_row = state
-        .store
-        .session(&caller.credential.id)
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("your session is gone: sign in again".into()))?;
     let now = (now_ms() / 1000) as u64;
     let cert = state.pki.user_ca().certify(
         key.public_key(),
         &caller.principal.user_name,
-        &session_row.id,
+        &caller.credential.id,
         now,
-        (session_row.expires_at / 1000) as u64,
+        (caller.credential.expires_at / 1000) as u64,
     )?;
     let dest = format!("{}+{}.{}.{}", q.login, n.hostname, e.name, p.name);
     caller.audit.with(|a| {
         a.project = Some(p.id.clone());
         a.targets = vec![format!("node:{}", n.hostname)];
-        a.detail = Some(json!({ "login": q.login, "session_id": session_row.id }));
+        a.detail = Some(json!({ "login": q.login, "session_id": caller.credential.id }));
     });
     let shutdown = state.shutdown.clone();
     let store = state.core().clone();
-    let session_id = session_row.id.clone();
-    let idle_ms = console.idle_ms;
+    let session_id = caller.credential.id.clone();
+    let idle_ms = console.row.idle_ms;
     let up = Upstream {
         door,
         host_key,

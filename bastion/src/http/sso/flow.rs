@@ -113,6 +113,21 @@ async fn relying_party(state: &AppState, p: &OidcProviderRow) -> Result<RelyingP
     Ok(state.sso.relying_party(p, &secret).await?)
 }
 
+/// Counts a sign-in started from the caller's address, like a failed one:
+/// strangers start these, and each costs a call to the provider.
+fn count_start(state: &AppState, anon: &Anonymous) -> Result<(), ApiError> {
+    state
+        .sign_in_attempts
+        .begin(anon.source_or_local(), None, now_ms())
+        .map(|_| ())
+        .ok_or_else(|| {
+            IdentityError::TooMany(
+                "too many sign-ins started from your address: wait a minute".into(),
+            )
+            .into()
+        })
+}
+
 /// Starts a sign-in at the org's provider for the CLI waiting on a loopback
 /// port: the browser is sent to the provider.
 #[utoipa::path(
@@ -138,15 +153,7 @@ pub async fn start(
     anon: Anonymous,
     ApiQuery(q): ApiQuery<StartQuery>,
 ) -> Result<Response, ApiError> {
-    // Counted per source like failed sign-ins: strangers start these.
-    state
-        .sign_in_attempts
-        .begin(anon.source_or_local(), None, now_ms())
-        .ok_or_else(|| {
-            IdentityError::TooMany(
-                "too many sign-ins started from your address: wait a minute".into(),
-            )
-        })?;
+    count_start(&state, &anon)?;
     if !cli_redirect_ok(&q.cli_redirect) {
         return Err(ApiError::BadRequest(
             "cli_redirect must be the CLI's loopback listener, http://127.0.0.1:PORT/…".into(),
@@ -206,14 +213,7 @@ pub async fn console_start(
     headers: http::HeaderMap,
     ApiQuery(q): ApiQuery<ConsoleStartQuery>,
 ) -> Result<Response, ApiError> {
-    state
-        .sign_in_attempts
-        .begin(anon.source_or_local(), None, now_ms())
-        .ok_or_else(|| {
-            IdentityError::TooMany(
-                "too many sign-ins started from your address: wait a minute".into(),
-            )
-        })?;
+    count_start(&state, &anon)?;
     let provider = provider_named(&state, &q.org, &q.provider).await?;
     let bind = hex::encode(random_bytes::<24>()?);
     let mut resp = round_trip(
@@ -233,20 +233,6 @@ pub async fn console_start(
         resp.headers_mut().append(http::header::SET_COOKIE, v);
     }
     Ok(resp)
-}
-
-/// The value of the console's binding cookie in `headers`, if any.
-fn console_bind_cookie(headers: &http::HeaderMap) -> Option<String> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .take(16)
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == CONSOLE_BIND_COOKIE)
-        .map(|(_, v)| v.trim().to_string())
-        .filter(|v| v.len() <= 128)
 }
 
 /// Where a round trip's session goes.
@@ -408,7 +394,9 @@ pub async fn callback(
         }
     };
     if let Some(bind) = &trip.console_bind {
-        let presented = console_bind_cookie(&headers).map(|c| sha256_hex(c.as_bytes()));
+        let presented =
+            crate::http::console::session::cookie(&headers, &[CONSOLE_BIND_COOKIE], 128)
+                .map(|c| sha256_hex(c.as_bytes()));
         if presented.as_deref() != Some(bind.as_str()) {
             return Ok(refused(
                 "this sign-in was started in another browser (or its cookie expired): start again from the console".into(),
@@ -465,12 +453,7 @@ pub async fn callback(
         }
         Err(e) => return Err(e.into()),
     };
-    let org = state
-        .store
-        .org_by_id(&user.org_id)
-        .await?
-        .map(|o| o.name)
-        .unwrap_or_default();
+    let org = state.store.org_name(&user.org_id).await?;
     let created = SessionCreated {
         id: session.row.id.clone(),
         token: session.token.expose().to_string(),
