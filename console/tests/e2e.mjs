@@ -25,17 +25,41 @@ const step = async (name, page, f) => {
     throw e;
   }
 };
-async function signIn(name, password, code) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 720 } });
+// Hostile text the pages must show as text: markup, a right-to-left
+// override, and a word far wider than any screen.
+const HOSTILE = `<script>window.__pwned=1</script><img src=x onerror="window.__pwned=1">\u202Eevil ${'W'.repeat(3000)}`;
+
+/** Fails when anything ran or when the page is wider than its viewport. */
+async function intact(page) {
+  assert.equal(await page.evaluate(() => window.__pwned), undefined, 'hostile markup ran');
+  const [scroll, width] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+  assert.ok(scroll <= width + 1, `the page is ${scroll}px wide in a ${width}px viewport`);
+}
+
+async function signIn(name, password, code, viewport = { width: 1280, height: 720 }) {
+  const context = await browser.newContext({ viewport });
   const page = await context.newPage();
   // Generous: CI runs this beside the rest of the suite on 2 cores.
   page.setDefaultTimeout(60000);
   const t0 = Date.now();
+  page.on('dialog', (d) => { throw new Error(`a dialog opened: ${d.message()}`); });
   await page.goto(url);
-  await page.getByLabel('User', { exact: true }).fill(name);
-  await page.getByLabel('Password', { exact: true }).fill(password);
-  await page.getByLabel('Code', { exact: true }).fill(code);
-  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+  if (viewport.keyboard) {
+    // Only the keyboard: Tab to each field, Enter to send.
+    await page.getByLabel('User', { exact: true }).waitFor();
+    await page.keyboard.press('Tab');
+    await page.keyboard.type(name);
+    await page.keyboard.press('Tab');
+    await page.keyboard.type(password);
+    await page.keyboard.press('Tab');
+    await page.keyboard.type(code);
+    await page.keyboard.press('Enter');
+  } else {
+    await page.getByLabel('User', { exact: true }).fill(name);
+    await page.getByLabel('Password', { exact: true }).fill(password);
+    await page.getByLabel('Code', { exact: true }).fill(code);
+    await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+  }
   await page.getByTestId('who').filter({ hasText: name }).waitFor();
   console.log(`signed in ${name} in ${Date.now() - t0} ms`);
   return { context, page };
@@ -69,6 +93,25 @@ try {
       await page.locator(`article[data-host="${h}"] pre`).filter({ hasText: '42' }).waitFor();
     }
     await page.getByTestId('exec-status').filter({ hasText: 'succeeded' }).waitFor();
+  });
+  await step('hostile', page, async () => {
+    // A command and its output full of markup, bidi and a 3,000-character
+    // word; and a sign-in refused for such a "name" lands in the audit log.
+    await page.evaluate(async (h) => {
+      await fetch('/api/v1/auth/console', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ name: h.slice(0, 60), password: 'x' }) });
+    }, HOSTILE);
+    await page.goto(`${url}/#/run`);
+    await page.getByLabel('every node of the edge').check();
+    await page.getByLabel('Command', { exact: true }).fill(`printf '%s\\n' '${HOSTILE.replaceAll("'", '')}'`);
+    await page.getByRole('button', { name: 'Run' }).click();
+    await page.getByTestId('exec-status').filter({ hasText: 'succeeded' }).waitFor();
+    await page.locator('article[data-host="node-a"] pre').filter({ hasText: 'WWWW' }).waitFor();
+    await intact(page);
+    for (const p of ['executions', 'audit', 'nodes']) {
+      await page.goto(`${url}/#/${p}`);
+      await page.locator('table tbody tr').first().waitFor();
+      await intact(page);
+    }
   });
   await step('cancel', page, async () => {
     await page.goto(`${url}/#/run`);
@@ -131,7 +174,18 @@ try {
   await context.close();
 
   // Dave: read only: no run button, and the API refuses a forced run.
-  const dave = await signIn('dave', process.env.DAVE_PASSWORD, process.env.DAVE_CODE);
+  // Dave signs in with the keyboard alone, on a phone-sized screen.
+  const dave = await signIn('dave', process.env.DAVE_PASSWORD, process.env.DAVE_CODE, { width: 390, height: 844, keyboard: true });
+  await step('phone', dave.page, async () => {
+    // Read-only pages with rows in them (a reader sees no one else's
+    // recordings, so that list stays empty for Dave).
+    for (const p of ['nodes', 'executions', 'audit']) {
+      await dave.page.goto(`${url}/#/${p}`);
+      await dave.page.locator('main h1').waitFor();
+      if (p !== 'audit') await dave.page.locator('table tbody tr').first().waitFor();
+      await intact(dave.page);
+    }
+  });
   await step('read-only', dave.page, async () => {
     await dave.page.goto(`${url}/#/run`);
     await dave.page.getByText('lets you read, not run commands').waitFor();
@@ -153,6 +207,24 @@ try {
     assert.equal(await dave.page.getByText('secret-node').count(), 0);
   });
   await dave.context.close();
+  // Fay signs in through the org's OpenID provider and lands in the console.
+  const sso = await browser.newContext({ viewport: { width: 1280, height: 720 } });
+  const fay = await sso.newPage();
+  fay.setDefaultTimeout(60000);
+  await step('sso', fay, async () => {
+    await fay.goto(url);
+    await fay.getByLabel('Org', { exact: true }).fill('default');
+    await fay.getByLabel('Provider', { exact: true }).fill('corp');
+    await fay.getByRole('button', { name: 'Sign in with SSO' }).click();
+    await fay.locator('input[name=username]').fill('fay');
+    await fay.locator('input[name=password]').fill('pw-fay');
+    await fay.locator('input[name=password]').press('Enter');
+    await fay.getByTestId('who').filter({ hasText: 'fay' }).waitFor();
+    await fay.getByTestId('nodes').getByText('node-a', { exact: true }).waitFor();
+    await fay.goto(`${url}/#/account`);
+    await fay.getByText('sso:corp').first().waitFor();
+  });
+  await sso.close();
   console.log('all console flows passed');
 } finally {
   await browser.close();

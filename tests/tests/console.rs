@@ -65,11 +65,13 @@ async fn a_person_uses_the_console_in_a_real_browser() {
             "the console's browser test needs Debian's chromium and `npm ci` in console/: run scripts/test, which installs both"
         );
     }
-    // With a Kubernetes door: the console downloads a kubeconfig for it.
+    // With a Kubernetes door (the console downloads a kubeconfig for it),
+    // and an OpenID provider beside it on loopback.
     let b = Bastion::start(BastionOpts {
         extra_args: vec![
             "--kube-addr".into(),
             format!("127.0.0.1:{}", postern_tests::free_port()),
+            "--sso-allow-private-networks".into(),
         ],
         ..BastionOpts::default()
     })
@@ -107,6 +109,33 @@ async fn a_person_uses_the_console_in_a_real_browser() {
         &[json!({ "role": "read_only", "project": "web" })],
     )
     .await;
+    // Fay signs in through the org's provider (a real oidc-provider), whose
+    // group "ops" reads web.
+    let callback = format!("http://{}/api/v1/auth/sso/callback", b.api);
+    let provider = postern_tests::oidc::start(
+        b.dir.path(),
+        postern_tests::oidc::free_port(),
+        &[&callback],
+        json!([{ "sub": "u-fay", "username": "fay", "password": "pw-fay",
+                 "email": "fay@example.com", "groups": ["ops"], "amr": ["pwd", "otp"] }]),
+        postern_tests::oidc::key("k1"),
+    );
+    let (s, v) = b
+        .put(
+            "/api/v1/sso/providers/corp",
+            json!({ "issuer": provider.issuer, "client_id": "postern", "client_secret": "s3cr3t",
+                    "redirect_url": callback, "allowed_domains": ["example.com"] }),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = b
+        .put(
+            "/api/v1/sso/providers/corp/groups/ops/roles",
+            json!({ "role": "read_only", "project": "web" }),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+
     let artifacts = b.dir.path().join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let out = run_with_timeout(
