@@ -21,6 +21,10 @@ export type Me = { session: Schemas['ConsoleSession']; user: Schemas['User'] };
 export function mayRun(me: Me, _project: string): boolean {
   return me.user.roles.some((r) => r.role === 'org_admin');
 }
+/** Whether a person manages `project` (approve, disable, enable its nodes; watch its sessions live). */
+export function mayManage(me: Me, project: string): boolean {
+  return me.user.roles.some((r) => r.role === 'org_admin' || (r.role === 'project_admin' && r.project === project));
+}
 /** Whether a person has unix logins on `project`'s nodes (a terminal). */
 export function mayShell(me: Me, project: string): boolean {
   return me.user.roles.some((r) => (r.logins?.length ?? 0) > 0 && (r.role === 'org_admin' || r.project === project));

@@ -65,6 +65,16 @@ async function signIn(name, password, code, viewport = { width: 1280, height: 72
   return { context, page };
 }
 
+// The text in an xterm.js buffer the page exposes as window[name] (a
+// function, not a string: the page's CSP forbids eval, rightly).
+const bufferHas = (page, name, needle) => page.waitForFunction(([name, needle]) => {
+  const t = window[name];
+  if (!t) return false;
+  const b = t.buffer.active;
+  let s = '';
+  for (let i = 0; i < b.length; i++) s += b.getLine(i)?.translateToString(true) + '\n';
+  return s.includes(needle);
+}, [name, needle]);
 try {
   // Carol: an org admin with a login on web's nodes.
   const { context, page } = await signIn('carol', process.env.CAROL_PASSWORD, process.env.CAROL_CODE);
@@ -167,13 +177,6 @@ try {
     await page.getByRole('button', { name: 'Verify the chain' }).click();
     await page.getByTestId('chain').filter({ hasText: 'The chain holds' }).waitFor();
   });
-  await step('idle-or-logout', page, async () => {
-    await page.getByRole('button', { name: 'Sign out' }).click();
-    await page.getByRole('status').filter({ hasText: 'signed out' }).waitFor();
-  });
-  await context.close();
-
-  // Dave: read only: no run button, and the API refuses a forced run.
   // Dave signs in with the keyboard alone, on a phone-sized screen.
   const dave = await signIn('dave', process.env.DAVE_PASSWORD, process.env.DAVE_CODE, { width: 390, height: 844, keyboard: true });
   await step('phone', dave.page, async () => {
@@ -206,7 +209,53 @@ try {
     await dave.page.getByTestId('nodes').getByText('node-a', { exact: true }).waitFor();
     assert.equal(await dave.page.getByText('secret-node').count(), 0);
   });
+  await step('watch-live', page, async () => {
+    // Carol's own terminal in one tab, its live view in another.
+    const shell = await context.newPage();
+    shell.setDefaultTimeout(60000);
+    await shell.goto(`${url}/#/terminal/web/eu-1/node-b`);
+    await shell.getByLabel('Login', { exact: true }).fill('root');
+    await shell.getByRole('button', { name: 'Open' }).click();
+    await shell.getByTestId('terminal-status').filter({ hasText: 'open' }).waitFor();
+    await shell.locator('.xterm-helper-textarea').focus();
+    await shell.keyboard.type('echo before-$((6*7))\n');
+    await bufferHas(shell, '__posternTerminal', 'before-42');
+    await page.goto(`${url}/#/recordings`);
+    await page.getByRole('link', { name: 'Watch live' }).first().click();
+    await page.getByTestId('live-state').filter({ hasText: 'live' }).waitFor();
+    await shell.keyboard.type('echo live-$((6*7))\n');
+    await bufferHas(page, '__posternLive', 'live-42');
+    await shell.keyboard.type('exit\n');
+    await page.getByTestId('live-state').filter({ hasText: 'ended' }).waitFor();
+    await shell.close();
+  });
+  await step('admin', page, async () => {
+    // Disable a node and enable it again; end Dave's sessions.
+    await page.goto(`${url}/#/nodes`);
+    const row = page.getByTestId('nodes').locator('tr', { hasText: 'node-b' });
+    await row.getByRole('button', { name: 'Disable' }).click();
+    await row.getByText('disabled').waitFor();
+    await row.getByRole('button', { name: 'Enable' }).click();
+    await row.getByRole('button', { name: 'Disable' }).waitFor();
+    await page.goto(`${url}/#/admin`);
+    const dave = page.getByTestId('users').locator('tr', { hasText: 'dave' }).first();
+    await dave.getByRole('button', { name: 'Manage' }).click();
+    await page.getByRole('button', { name: "End dave's sessions" }).click();
+    await page.getByRole('button', { name: "End dave's sessions" }).waitFor();
+  });
+  await step('dave-signed-out', dave.page, async () => {
+    await dave.page.goto(`${url}/#/executions`);
+    await dave.page.getByLabel('User', { exact: true }).waitFor();
+    await dave.page.getByRole('status').filter({ hasText: /ended|sign in/i }).waitFor();
+  });
   await dave.context.close();
+  await step('idle-or-logout', page, async () => {
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByRole('status').filter({ hasText: 'signed out' }).waitFor();
+  });
+  await context.close();
+
+  // Dave: read only: no run button, and the API refuses a forced run.
   // Fay signs in through the org's OpenID provider and lands in the console.
   const sso = await browser.newContext({ viewport: { width: 1280, height: 720 } });
   const fay = await sso.newPage();

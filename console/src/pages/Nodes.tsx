@@ -4,9 +4,12 @@ import { useEffect, useState } from 'preact/hooks';
 import { ApiError, post, query, seg, type Schemas } from '../api/client';
 import { Err, Labels, PlacePicker, usePlace } from './common';
 import { When } from '../time';
-import { mayRun, mayShell, type Me } from '../main';
+import { mayManage, mayShell, type Me } from '../main';
 
 const PAGE = 50;
+
+/** Approved, with or without its certificate yet: a node that serves. */
+const active = (n: Schemas['Node']) => n.state === 'approved' || n.state === 'provisioned';
 
 export function Nodes({ me }: { me: Me }) {
   const place = usePlace();
@@ -18,7 +21,7 @@ export function Nodes({ me }: { me: Me }) {
   const [total, setTotal] = useState(0);
   const [error, setError] = useState('');
   const [n, setN] = useState(0);
-  const admin = mayRun(me, project);
+  const admin = mayManage(me, project);
 
   useEffect(() => {
     if (!project || !edge) return;
@@ -38,9 +41,11 @@ export function Nodes({ me }: { me: Me }) {
     return () => { live = false; };
   }, [project, edge, q, label, offset, n]);
 
-  async function approve(node: Schemas['Node']) {
+  async function act(node: Schemas['Node'], what: 'approve' | 'disable' | 'enable') {
     try {
-      await post(`/api/v1/projects/${seg(project)}/edges/${seg(edge)}/nodes/${seg(node.hostname)}/approve`, { labels: node.agent_labels_pending ?? node.agent_labels });
+      const path = `/api/v1/projects/${seg(project)}/edges/${seg(edge)}/nodes/${seg(node.hostname)}/${what}`;
+      // Approval names the labels the admin saw, never whatever the agent says by then.
+      await post(path, what === 'approve' ? { labels: node.agent_labels_pending ?? node.agent_labels } : undefined);
       setN(n + 1);
     } catch (e) {
       setError((e as ApiError).message);
@@ -68,12 +73,14 @@ export function Nodes({ me }: { me: Me }) {
               <td>{node.agent_version ?? ''}</td>
               <td>{node.kube_keys ? `${node.kube_keys.keys?.length ?? 0}` : ''}</td>
               <td class="actions">
-                {mayShell(me, project) && node.state === 'approved' && node.reachable && (
+                {mayShell(me, project) && active(node) && node.reachable && (
                   <a href={`#/terminal/${seg(project)}/${seg(edge)}/${seg(node.hostname)}`}>Terminal</a>
                 )}
                 {admin && (node.state === 'pending' || node.agent_labels_pending) && (
-                  <button type="button" onClick={() => approve(node)}>Approve</button>
+                  <button type="button" onClick={() => act(node, 'approve')}>Approve</button>
                 )}
+                {admin && active(node) && <button type="button" onClick={() => act(node, 'disable')}>Disable</button>}
+                {admin && node.state === 'disabled' && <button type="button" onClick={() => act(node, 'enable')}>Enable</button>}
               </td>
             </tr>
           ))}

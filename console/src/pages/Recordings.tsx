@@ -4,14 +4,15 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import { query, seg, type Schemas } from '../api/client';
 import { Err, useApi } from './common';
 import { When } from '../time';
-import type { Me } from '../main';
+import { mayManage, type Me } from '../main';
 
-export function Recordings({ route }: { me: Me; route: string[] }) {
+export function Recordings({ me, route }: { me: Me; route: string[] }) {
+  if (route[1] && route[2] === 'live') return <Live id={route[1]} />;
   if (route[1]) return <Player id={route[1]} />;
-  return <List />;
+  return <List me={me} />;
 }
 
-function List() {
+function List({ me }: { me: Me }) {
   const [offset, setOffset] = useState(0);
   const [page, error] = useApi<Schemas['RecordingPage']>(`/api/v1/recordings${query({ limit: 25, offset })}`);
   return (
@@ -28,7 +29,7 @@ function List() {
               <td>{r.node}</td>
               <td>{r.login}</td>
               <td>{r.kind}{r.command ? `: ${r.command}` : ''}</td>
-              <td>{r.status}</td>
+              <td>{r.status}{!r.ended_at && mayManage(me, r.project) && <> <a href={`#/recordings/${seg(r.id)}/live`}>Watch live</a></>}</td>
             </tr>
           ))}
         </tbody>
@@ -127,6 +128,56 @@ function Player({ id }: { id: string }) {
         <span data-testid="player-state">{state}</span> <span class="muted">{at.toFixed(1)} s</span>
       </div>
       <div class="terminal" ref={host} data-testid="player" />
+    </section>
+  );
+}
+
+/** A session as it happens, read-only: the cast so far, then each stored
+ * segment (a second or so behind), until the session ends. */
+function Live({ id }: { id: string }) {
+  const host = useRef<HTMLDivElement>(null);
+  const [state, setState] = useState('connecting');
+  useEffect(() => {
+    const abort = new AbortController();
+    let term: import('@xterm/xterm').Terminal | undefined;
+    (async () => {
+      const { Terminal } = await import('@xterm/xterm');
+      await import('@xterm/xterm/css/xterm.css');
+      term = new Terminal({ disableStdin: true });
+      term.open(host.current!);
+      (window as any).__posternLive = term;
+      const r = await fetch(`/api/v1/recordings/${seg(id)}/live`, { credentials: 'same-origin', signal: abort.signal });
+      if (!r.ok || !r.body) {
+        const b = await r.json().catch(() => null);
+        throw new Error(b?.error?.message ?? `the live view could not be opened (${r.status})`);
+      }
+      setState('live');
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      let rest = '';
+      let header = true;
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        const lines = (rest + value).split('\n');
+        rest = lines.pop() ?? '';
+        for (const l of lines) {
+          if (!l) continue;
+          if (header) { header = false; continue; }
+          try {
+            const [, kind, data] = JSON.parse(l);
+            if (kind === 'o') term.write(data);
+          } catch { /* a marker line the player does not show */ }
+        }
+      }
+      setState('ended');
+    })().catch((e) => { if (!abort.signal.aborted) setState(`stopped: ${(e as Error).message}`); });
+    return () => { abort.abort(); term?.dispose(); };
+  }, [id]);
+  return (
+    <section>
+      <h1>Live session</h1>
+      <p data-testid="live-state">{state}</p>
+      <div class="terminal" ref={host} data-testid="live" />
     </section>
   );
 }
