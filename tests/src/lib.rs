@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 pub mod ansible;
+pub mod console;
 pub mod fuzz_bodies;
 pub mod kube;
 pub mod kube_bench;

@@ -10,51 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use postern_tests::console::person;
 use postern_tests::ssh::{InstalledHelper, Node, run_with_timeout, text};
-use postern_tests::{Bastion, BastionOpts, bin};
+use postern_tests::{Bastion, BastionOpts};
 use serde_json::json;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A person with a password and TOTP, set through an invitation as a person
-/// does; answers their password and a code for the next sign-in.
-async fn person(b: &Bastion, name: &str, roles: &[serde_json::Value]) -> (String, String) {
-    let (s, v) = b.post("/api/v1/users", json!({ "name": name })).await;
-    assert_eq!(s, 201, "{v}");
-    for role in roles {
-        let (s, v) = b
-            .put(&format!("/api/v1/users/{name}/roles"), role.clone())
-            .await;
-        assert_eq!(s, 200, "{v}");
-    }
-    let (s, inv) = b
-        .post(&format!("/api/v1/users/{name}/invitation"), json!({}))
-        .await;
-    assert_eq!(s, 201, "{inv}");
-    let dir = b.dir.path().join(format!("person-{name}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let password = format!("{name}'s long enough passphrase");
-    std::fs::write(dir.join("invitation"), inv["invitation"].as_str().unwrap()).unwrap();
-    std::fs::write(dir.join("password"), format!("{password}\n")).unwrap();
-    let out = run_with_timeout(
-        Command::new(bin("postern"))
-            .args(["invitation", "accept", &format!("http://{}", b.api)])
-            .arg("--invitation-file")
-            .arg(dir.join("invitation"))
-            .arg("--password-file")
-            .arg(dir.join("password"))
-            .arg("--totp-secret-file")
-            .arg(dir.join("totp"))
-            .env_remove("POSTERN_URL")
-            .env_remove("POSTERN_TOKEN")
-            .env("POSTERN_CONFIG_DIR", &dir)
-            .env("HOME", &dir),
-        Duration::from_secs(60),
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    (password, postern_tests::next_totp_code(&dir.join("totp")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
