@@ -324,3 +324,35 @@ async fn the_console_refuses_other_sites_missing_csrf_tokens_and_idle_sessions()
         .unwrap();
     assert_eq!(s, 401);
 }
+
+/// The console's TypeScript types are generated from the API's OpenAPI
+/// document (`npm run types`); they must be those of this API, or the
+/// console compiles against calls the bastion does not answer.
+#[test]
+fn the_consoles_types_are_generated_from_this_apis_document() {
+    use utoipa::OpenApi;
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("openapi.json");
+    std::fs::write(
+        &doc,
+        serde_json::to_string(&postern_bastion::http::openapi::ApiDoc::openapi()).unwrap(),
+    )
+    .unwrap();
+    let out_file = dir.path().join("schema.d.ts");
+    let console = repo().join("console");
+    let out = run_with_timeout(
+        Command::new(console.join("node_modules/.bin/openapi-typescript"))
+            .arg(&doc)
+            .arg("-o")
+            .arg(&out_file)
+            .current_dir(&console),
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let fresh = std::fs::read_to_string(&out_file).unwrap();
+    let committed = std::fs::read_to_string(console.join("src/api/schema.d.ts")).unwrap();
+    assert!(
+        fresh == committed,
+        "console/src/api/schema.d.ts is not this API's: regenerate it (see console/package.json's `types`) and rebuild the console"
+    );
+}

@@ -21,6 +21,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/audit/verify": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Walks the audit log's hash chain: whether any entry was edited, removed
+         *     or reordered.
+         */
+        get: operations["audit_verify"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/auth/console": {
         parameters: {
             query?: never;
@@ -457,7 +477,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The nodes of an edge, with their state and whether their agent is connected. */
+        /**
+         * The nodes of an edge, with their state and whether their agent is
+         *     connected; searched, filtered by label and paged when asked (the console
+         *     pages an edge of 10,000 nodes this way).
+         */
         get: operations["list_nodes"];
         put?: never;
         post?: never;
@@ -1314,6 +1338,18 @@ export interface components {
              * @description Entries in the whole log of the caller's org.
              */
             total: number;
+        };
+        /** @description `GET /api/v1/audit/verify`: whether the audit log's hash chain holds. */
+        AuditVerified: {
+            /**
+             * Format: int64
+             * @description Entries checked (the whole log, every org's: it is one chain).
+             */
+            checked: number;
+            /** @description Where and how the chain breaks, when it does. */
+            message?: string | null;
+            /** @description Every entry's hash matches its content and links to the one before. */
+            ok: boolean;
         };
         /** @description A bot as listed. */
         Bot: {
@@ -2298,6 +2334,64 @@ export interface operations {
             };
             /** @description Only an org_admin may read the audit log */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The database is unavailable; retry */
+            503: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    audit_verify: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Whether the chain holds, and where it breaks */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditVerified"];
+                };
+            };
+            /** @description Missing, invalid, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Only an org_admin may verify the audit log */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A verification is running on this bastion; retry in a minute */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4228,7 +4322,16 @@ export interface operations {
     };
     list_nodes: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Only hostnames containing this (case-insensitive) */
+                q?: string;
+                /** @description Only nodes with this label: key=value, or key */
+                label?: string;
+                /** @description Nodes in the page, 1 to 1000; default 100 when any query parameter is given, else every node */
+                limit?: number;
+                /** @description Matching nodes to skip */
+                offset?: number;
+            };
             header?: never;
             path: {
                 /** @description Project name or id */
@@ -4243,10 +4346,21 @@ export interface operations {
             /** @description Nodes, by hostname */
             200: {
                 headers: {
+                    /** @description Nodes that match, in all */
+                    "X-Total-Count"?: number;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["Node"][];
+                };
+            };
+            /** @description A limit, offset, search or label out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description Missing, invalid, expired or revoked API token */

@@ -18,7 +18,7 @@ export function Audit({ me }: { me: Me }) {
   async function verify() {
     setChain('checking…');
     try {
-      const r = await get<{ ok?: boolean; checked?: number; message?: string }>('/api/v1/audit/verify');
+      const r = await get<Schemas['AuditVerified']>('/api/v1/audit/verify');
       setChain(r.ok ? `The chain holds (${r.checked} entries).` : `The chain is broken: ${r.message ?? ''}`);
     } catch (e) {
       setChain((e as Error).message);
