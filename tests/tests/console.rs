@@ -22,9 +22,12 @@ fn repo() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_uses_the_console_in_a_real_browser() {
     let node_modules = repo().join("console/node_modules/playwright-core");
-    if !node_modules.exists() || !Path::new("/usr/bin/chromium").exists() {
+    if !node_modules.exists()
+        || !Path::new("/usr/bin/chromium").exists()
+        || !Path::new("/usr/bin/firefox-esr").exists()
+    {
         panic!(
-            "the console's browser test needs Debian's chromium and `npm ci` in console/: run scripts/test, which installs both"
+            "the console's browser test needs Debian's chromium and firefox-esr, and `npm ci` in console/: run scripts/test, which installs them"
         );
     }
     // With a Kubernetes door (the console downloads a kubeconfig for it),
@@ -98,6 +101,16 @@ async fn a_person_uses_the_console_in_a_real_browser() {
         .await;
     assert_eq!(s, 200, "{v}");
 
+    // Gus uses Firefox (Debian's firefox-esr), with the same rights as Carol.
+    let (gus_pw, gus_code) = person(
+        &b,
+        "gus",
+        &[
+            json!({ "role": "org_admin" }),
+            json!({ "role": "project_member", "project": "web", "logins": ["root"] }),
+        ],
+    )
+    .await;
     let artifacts = b.dir.path().join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let out = run_with_timeout(
@@ -131,6 +144,24 @@ async fn a_person_uses_the_console_in_a_real_browser() {
         );
     }
     assert!(said.contains("all console flows passed"), "{said}");
+    eprintln!("{said}");
+
+    let out = run_with_timeout(
+        Command::new("node")
+            .arg(repo().join("console/tests/firefox.mjs"))
+            .current_dir(repo().join("console"))
+            .env("URL", format!("http://{}", b.api))
+            .env("NAME", "gus")
+            .env("PASSWORD", gus_pw)
+            .env("CODE", gus_code),
+        Duration::from_secs(300),
+    );
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success() && said.contains("firefox flows passed"),
+        "the Firefox flows failed:\n{said}\nbastion log:\n{}",
+        b.log()
+    );
     eprintln!("{said}");
 
     // The kubeconfig the console downloaded is one kubectl reads, and it

@@ -22,6 +22,12 @@ export function Account({ me }: { me: Me }) {
     <section>
       <h1>Account</h1>
       <p>Signed in as <strong>{me.session.user}</strong> ({me.session.method}{me.session.mfa ? ', MFA' : ''}) until <When at={me.session.expires_at} />; idle sessions end after {Math.round(me.session.idle_timeout_seconds / 60)} minutes.</p>
+      <h2>Your roles</h2>
+      <ul data-testid="roles">
+        {me.user.roles.map((r) => (
+          <li>{r.role}{r.project ? ` on ${r.project}` : ''}{r.logins?.length ? `, logs in as ${r.logins.join(', ')}` : ''}</li>
+        ))}
+      </ul>
       <h2>Kubernetes</h2>
       <PlacePicker place={place} />
       <p><a download="kubeconfig" href={`/api/v1/kubeconfig?project=${seg(project)}`} data-testid="kubeconfig">Download the kubeconfig of {project}</a> (it holds no secret: kubectl asks <code>postern kube credentials</code>).</p>

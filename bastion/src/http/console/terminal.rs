@@ -261,7 +261,12 @@ async fn run(
         let channel = handle
             .channel_open_session()
             .await
-            .map_err(|_| "the SSH door refused to open a shell".to_string())?;
+            .map_err(|_| {
+                let (login, node) = up.user.split_once('+').unwrap_or((&up.user, ""));
+                format!(
+                    "the SSH door refused a shell as {login} on {node}: one of your roles must give you that login there (the Account page lists yours), or ask the project's admin"
+                )
+            })?;
         channel
             .request_pty(false, "xterm-256color", up.cols, up.rows, 0, 0, &[])
             .await
