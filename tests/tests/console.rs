@@ -203,8 +203,15 @@ fn session_cookie(h: &http::HeaderMap) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_refuses_other_sites_missing_csrf_tokens_and_idle_sessions() {
     use postern_tests::http_with;
+    // 127.0.0.1 plays the TLS proxy too: what it says in X-Forwarded-Proto
+    // decides the cookie's name and Secure.
     let b = Bastion::start(BastionOpts {
-        extra_args: vec!["--console-idle".into(), "3s".into()],
+        extra_args: vec![
+            "--console-idle".into(),
+            "3s".into(),
+            "--trusted-proxy".into(),
+            "127.0.0.1".into(),
+        ],
         ..BastionOpts::default()
     })
     .await;
@@ -343,6 +350,75 @@ async fn the_console_refuses_other_sites_missing_csrf_tokens_and_idle_sessions()
         "{page}"
     );
 
+    // Through the TLS proxy (which names the client too): a `__Host-`
+    // cookie, Secure; over https only that name counts, so a cookie planted
+    // under the plain name (by another host, or a plain-http answer) is not
+    // a session there.
+    let (pw2, code2) = person(
+        &b,
+        "erin2",
+        &[json!({ "role": "read_only", "project": "web" })],
+    )
+    .await;
+    let via_tls = [
+        ("origin", here.as_str()),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-for", "198.51.100.7"),
+    ];
+    let (s, h, v) = http_with(
+        b.api,
+        "POST",
+        "/api/v1/auth/console",
+        None,
+        &via_tls,
+        body(json!({ "name": "erin2", "password": pw2, "code": code2 })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 201, "{v}");
+    let set = h
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("__Host-postern="))
+        .unwrap_or_else(|| panic!("no __Host- cookie: {h:?}"));
+    assert!(set.contains("; Secure") && set.contains("Path=/;"), "{set}");
+    let token = set
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("__Host-postern=")
+        .to_string();
+    let host_cookie = format!("__Host-postern={token}");
+    let plain_cookie = format!("postern_console={token}");
+    let with = |c: &str| {
+        vec![
+            ("cookie", c.to_string()),
+            ("x-forwarded-proto", "https".to_string()),
+        ]
+    };
+    for (c, want) in [(&host_cookie, 200), (&plain_cookie, 401)] {
+        let hs = with(c);
+        let hs: Vec<(&str, &str)> = hs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (s, h, v) = http_with(b.api, "GET", "/api/v1/whoami", None, &hs, None)
+            .await
+            .unwrap();
+        assert_eq!(s, want, "{c}: {v}");
+        assert_eq!(h.get("x-content-type-options").unwrap(), "nosniff");
+    }
+
+    // Every page carries framing rules, and a sign-in page runs no script.
+    let (s, h, _) = http_with(b.api, "GET", "/api/v1/auth/sso/callback", None, &[], None)
+        .await
+        .unwrap();
+    assert_eq!(s, 401);
+    assert_eq!(h.get("x-frame-options").unwrap(), "DENY");
+    let csp = h.get("content-security-policy").unwrap().to_str().unwrap();
+    assert!(
+        csp.starts_with("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+
     // Idle for longer than the timeout (3 s here): signed out, and stays so.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (s, _, v) = http_with(b.api, "GET", "/api/v1/whoami", None, &c, None)
@@ -386,4 +462,149 @@ fn the_consoles_types_are_generated_from_this_apis_document() {
         fresh == committed,
         "console/src/api/schema.d.ts is not this API's: regenerate it (see console/package.json's `types`) and rebuild the console"
     );
+}
+
+/// A terminal WebSocket of the console for `cookie` (with its CSRF token),
+/// or the HTTP status it was refused with.
+async fn terminal(
+    b: &Bastion,
+    cookie: &str,
+    csrf: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    u16,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!(
+        "ws://{}/api/v1/projects/web/edges/eu-1/nodes/node-a/terminal?login=root&cols=100&rows=30",
+        b.api
+    )
+    .into_client_request()
+    .unwrap();
+    let h = req.headers_mut();
+    h.insert("cookie", cookie.parse().unwrap());
+    h.insert("origin", format!("http://{}", b.api).parse().unwrap());
+    h.insert(
+        "sec-websocket-protocol",
+        format!("postern-terminal, csrf.{csrf}").parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("the terminal's WebSocket: {e}"),
+    }
+}
+
+/// Reads the terminal until its output holds `needle` (binary frames) or a
+/// control message does (text frames); answers all it read.
+async fn read_until(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    needle: &str,
+    within: Duration,
+) -> String {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut seen = String::new();
+    let _ = tokio::time::timeout(within, async {
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Binary(b) => seen.push_str(&String::from_utf8_lossy(&b)),
+                Message::Text(t) => seen.push_str(t.as_str()),
+                Message::Close(_) => {
+                    seen.push_str("<closed>");
+                    return;
+                }
+                _ => {}
+            }
+            if seen.contains(needle) {
+                return;
+            }
+        }
+        seen.push_str("<closed>");
+    })
+    .await;
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_ends_with_its_idle_session_and_one_person_holds_at_most_eight() {
+    use futures_util::SinkExt;
+    use postern_tests::http_with;
+    use tokio_tungstenite::tungstenite::Message;
+    let b = Bastion::start(BastionOpts {
+        extra_args: vec!["--console-idle".into(), "4s".into()],
+        ..BastionOpts::default()
+    })
+    .await;
+    let helper = InstalledHelper::install();
+    let _node = Node::start(&b, &helper, "node-a").await;
+    let (pw, code) = person(
+        &b,
+        "ivy",
+        &[json!({ "role": "project_member", "project": "web", "logins": ["root"] })],
+    )
+    .await;
+    let here = format!("http://{}", b.api);
+    let login = json!({ "name": "ivy", "password": pw, "code": code });
+    let (s, h, v) = http_with(
+        b.api,
+        "POST",
+        "/api/v1/auth/console",
+        None,
+        &[("origin", &here)],
+        Some(("application/json", bytes::Bytes::from(login.to_string()))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 201, "{v}");
+    let (cookie, _) = session_cookie(&h);
+    let csrf = v["csrf_token"].as_str().unwrap().to_string();
+
+    // Eight terminals at once; a ninth is refused, and says why.
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        open.push(terminal(&b, &cookie, &csrf).await.expect("a terminal"));
+    }
+    assert_eq!(terminal(&b, &cookie, &csrf).await.err(), Some(429));
+    let mut ws = open.pop().unwrap();
+    drop(open);
+
+    // Typing is using: the shell answers, and the session stays.
+    ws.send(Message::Binary("echo typed-$((6*7))\n".into()))
+        .await
+        .unwrap();
+    let seen = read_until(&mut ws, "typed-42", Duration::from_secs(30)).await;
+    assert!(seen.contains("typed-42"), "{seen}");
+    let typed = std::time::Instant::now();
+
+    // Nothing for longer than the timeout: the terminal says so and ends,
+    // and a keystroke then revives nothing.
+    let seen = read_until(&mut ws, "without use", Duration::from_secs(20)).await;
+    assert!(seen.contains("without use: sign in again"), "{seen}");
+    // Never before the timeout (4 s).
+    let quiet = typed.elapsed();
+    assert!(
+        quiet >= Duration::from_secs(4),
+        "ended {quiet:?} after the last keystroke"
+    );
+    let _ = ws.send(Message::Binary("echo back\n".into())).await;
+    let (s, _, v) = http_with(
+        b.api,
+        "GET",
+        "/api/v1/whoami",
+        None,
+        &[("cookie", cookie.as_str())],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 401, "{v}");
+
+    // An opened terminal is audited as opened (101), not as an error.
+    let entries = b
+        .audit("api GET /api/v1/projects/{project}/edges/{edge}/nodes/{node}/terminal")
+        .await;
+    assert!(entries.iter().any(|e| e["outcome"] == "ok"), "{entries:?}");
 }

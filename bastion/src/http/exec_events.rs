@@ -303,7 +303,7 @@ pub async fn events(
     let mut permit = state
         .exec_streams
         .acquire(&caller.principal.org_id, &caller.principal.user_name)?;
-    let authorization = credential_of(&headers);
+    let authorization = credential_of(&caller, &headers);
     let (tx, rx) = mpsc::channel(QUEUE);
     // Cancelled when the stream ends for cause (access gone, shutdown): the
     // body then stops at once, even with events still queued.
@@ -375,14 +375,17 @@ struct Reader {
 /// How often an open stream checks that its reader may still read it.
 const RECHECK: Duration = Duration::from_secs(5);
 
-/// The credential a long-lived stream re-checks: the `Authorization` header,
-/// or the console's session cookie read as the same bearer.
-pub(super) fn credential_of(headers: &http::HeaderMap) -> Option<String> {
-    headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| super::console::session::cookie_token(headers).map(|t| format!("Bearer {t}")))
+/// The credential a long-lived stream re-checks: the one the caller came
+/// with (the console's cookie, read as the same bearer, or the
+/// `Authorization` header).
+pub(super) fn credential_of(caller: &Caller, headers: &http::HeaderMap) -> Option<String> {
+    match &caller.console {
+        Some(c) => Some(format!("Bearer {}", c.token)),
+        None => headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    }
 }
 
 /// Whether the holder of `authorization` may still read `project_id`; a store

@@ -129,7 +129,14 @@ impl FromRequestParts<AppState> for Caller {
         // A request with no Authorization header may come from the console,
         // with its session in a cookie (CSRF and Origin checked there).
         let cookie = match header {
-            None => super::console::session::cookie_token(&parts.headers),
+            None => {
+                let tls = super::console::session::over_tls(
+                    &state.settings.trusted_proxies,
+                    &parts.headers,
+                    peer,
+                );
+                super::console::session::cookie_token(&parts.headers, tls)
+            }
             Some(_) => None,
         };
         let (principal, credential, console) = match cookie {
@@ -307,9 +314,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 /// and its audit context.
 #[derive(Debug, Clone)]
 pub struct Anonymous {
-    /// The peer's address; `None` only in tests that call the router
-    /// directly, which then count as one source.
+    /// The client's address (from `X-Forwarded-For` when the peer is a
+    /// trusted proxy); `None` only in tests that call the router directly,
+    /// which then count as one source.
     pub source: Option<std::net::IpAddr>,
+    /// The TCP peer itself (a trusted proxy's, when there is one).
+    pub peer: Option<std::net::IpAddr>,
     pub audit: AuditCtx,
 }
 
@@ -334,6 +344,7 @@ impl FromRequestParts<AppState> for Anonymous {
             .map(|ci| ci.0.ip());
         Ok(Anonymous {
             source: client_ip(&parts.headers, peer, &state.settings.trusted_proxies),
+            peer,
             audit: audit_ctx(parts),
         })
     }

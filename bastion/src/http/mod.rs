@@ -109,6 +109,8 @@ pub struct Rest {
     pub sso: crate::identity::sso::Providers,
     /// This door's settings (read before the core's, which hold none of them).
     pub settings: Settings,
+    /// The browser terminals open, per person and in all.
+    pub terminals: Arc<console::terminal::Permits>,
 }
 
 impl std::ops::Deref for Rest {
@@ -134,6 +136,7 @@ impl Rest {
             sign_in_attempts: Default::default(),
             sso,
             settings,
+            terminals: Default::default(),
         });
         rest.core.access.subscribe(Arc::new(RestAccess {
             rest: Arc::downgrade(&rest),
@@ -321,7 +324,40 @@ pub fn router(core: Arc<Shared>, settings: Settings) -> Router {
         .merge(openapi::swagger())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(postern_api::admin::MAX_BODY_BYTES))
+        .layer(middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// Headers every answer carries unless its handler set its own: no content
+/// sniffing, no framing (the console's cookie rides along with any page of
+/// this origin, Swagger UI's and the sign-in pages' too), no referrer, and
+/// for HTML a policy that runs no script and loads nothing from elsewhere.
+/// The console's pages set a policy of their own (`console::assets`).
+async fn security_headers(req: Request, next: Next) -> Response {
+    use http::header::{self, HeaderValue};
+    // Swagger UI's page has script of its own: it keeps the framing rules
+    // and goes without a policy.
+    let swagger = req.uri().path().starts_with("/swagger-ui");
+    let mut resp = next.run(req).await;
+    let html = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    let h = resp.headers_mut();
+    for (name, value) in [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        h.entry(name).or_insert(HeaderValue::from_static(value));
+    }
+    if html && !swagger {
+        h.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ));
+    }
+    resp
 }
 
 async fn not_found() -> ApiError {
@@ -376,7 +412,8 @@ async fn audit_requests_with(
     let resp = next.run(req).await;
     let status = resp.status();
     let outcome = match status.as_u16() {
-        200..=399 => "ok",
+        // 101: a WebSocket (the terminal) was opened.
+        101..=399 => "ok",
         401 | 403 => "denied",
         404 => "not_found",
         400..=499 => "rejected",

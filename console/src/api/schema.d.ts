@@ -5049,6 +5049,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many terminals open or opened in the last minute, by you or on this bastion */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description The bastion's SSH door is off */
             503: {
                 headers: {

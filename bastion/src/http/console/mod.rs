@@ -75,7 +75,7 @@ pub async fn sign_in(
         Some(MAX_CONSOLE_SECONDS),
     )
     .await?;
-    let console = session::open(&state, &new.row, now_ms()).await?;
+    session::open(&state, &new.row, now_ms()).await?;
     let user = signed.user;
     let org = state.store.org_name(&user.org_id).await?;
     anon.audit.with(|a| {
@@ -88,8 +88,8 @@ pub async fn sign_in(
         }));
     });
     let token = new.token.expose();
-    let tls = session::over_tls(&state, &headers, anon.source);
-    let view = session::view(&state, token, &new.row, &console, &user.name, &org);
+    let tls = session::over_tls(&state.settings.trusted_proxies, &headers, anon.peer);
+    let view = session::view(&state, token, &new.row, &user.name, &org);
     Ok((
         StatusCode::CREATED,
         [
@@ -135,7 +135,6 @@ pub async fn current(State(state): State<AppState>, caller: Caller) -> Result<Re
             &state,
             &console.token,
             &row,
-            &console.row,
             &caller.principal.user_name,
             &org,
         )),

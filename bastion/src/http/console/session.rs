@@ -44,9 +44,12 @@ pub fn cookie(headers: &HeaderMap, names: &[&str], max: usize) -> Option<String>
         .filter(|v| v.len() <= max)
 }
 
-/// The console's session token from the request's cookies, if any.
-pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    cookie(headers, &[COOKIE_TLS, COOKIE_PLAIN], 256).filter(|v| v.starts_with(SESSION_PREFIX))
+/// The console's session token from the request's cookies, if any: over
+/// https only the `__Host-` cookie (which no other host, and no plain-http
+/// answer, can have set), over plain http only the plain one.
+pub fn cookie_token(headers: &HeaderMap, tls: bool) -> Option<String> {
+    let name = if tls { COOKIE_TLS } else { COOKIE_PLAIN };
+    cookie(headers, &[name], 256).filter(|v| v.starts_with(SESSION_PREFIX))
 }
 
 /// What the console's cookie established about a request, beside its
@@ -96,25 +99,91 @@ pub fn same_origin(headers: &HeaderMap) -> Option<bool> {
 }
 
 /// Whether the browser reached the console over https: through one of the
-/// trusted TLS proxies, which say so in `X-Forwarded-Proto`.
-pub fn over_tls(
-    state: &AppState,
-    parts_headers: &HeaderMap,
-    peer: Option<std::net::IpAddr>,
-) -> bool {
-    let from_proxy = peer.is_some_and(|ip| {
-        state
-            .settings
-            .trusted_proxies
-            .iter()
-            .any(|c| crate::access::authn::in_cidr(ip, c))
-    });
+/// `trusted` TLS proxies (`peer` is the TCP peer, not the client address
+/// read from `X-Forwarded-For`), which says so in `X-Forwarded-Proto`.
+pub fn over_tls(trusted: &[String], headers: &HeaderMap, peer: Option<std::net::IpAddr>) -> bool {
+    let from_proxy =
+        peer.is_some_and(|ip| trusted.iter().any(|c| crate::access::authn::in_cidr(ip, c)));
     from_proxy
-        && parts_headers
+        && headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
 }
+
+/// A console session's idle clock. Uses are written at most every
+/// [`IdleClock::every_ms`] (a busy page is not a write a request), so a
+/// session counts as idle once its last written use is older than the
+/// timeout plus that interval: it never ends before the timeout, and at most
+/// that interval after it.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleClock {
+    pub idle_ms: i64,
+}
+
+impl IdleClock {
+    pub fn of(state: &AppState) -> IdleClock {
+        IdleClock {
+            idle_ms: i64::try_from(state.settings.console_idle.as_millis()).unwrap_or(i64::MAX / 4),
+        }
+    }
+
+    /// How often a use is written at most: 30 s, or a quarter of a shorter
+    /// timeout.
+    pub fn every_ms(&self) -> i64 {
+        TOUCH_EVERY_MS.min(self.idle_ms / 4).max(1)
+    }
+
+    /// How old the last written use may be in a live session.
+    pub fn alive_ms(&self) -> i64 {
+        self.idle_ms + self.every_ms()
+    }
+
+    pub fn expired(&self, last_used_at: i64, now: i64) -> bool {
+        now - last_used_at > self.alive_ms()
+    }
+
+    /// Records a use at `now` (unless one was written lately, or the session
+    /// is idle already: then it stays so).
+    pub async fn touch(
+        &self,
+        store: &crate::store::Store,
+        id: &str,
+        now: i64,
+    ) -> Result<(), crate::store::StoreError> {
+        store
+            .touch_console_session(id, now, self.every_ms(), self.alive_ms())
+            .await
+    }
+
+    /// The timeout as people say it.
+    pub fn said(&self) -> String {
+        match self.idle_ms {
+            ms if ms >= 120_000 && ms % 60_000 == 0 => format!("{} minutes", ms / 60_000),
+            ms => format!("{} seconds", ms / 1000),
+        }
+    }
+}
+
+/// Ends a console session that went idle, on every door; the refusal its
+/// caller shows.
+pub async fn end_idle(
+    state: &crate::state::Shared,
+    org_id: &str,
+    id: &str,
+    clock: IdleClock,
+) -> ApiError {
+    if let Err(e) = sessions::end(state, org_id, id, "idle").await {
+        return e.into();
+    }
+    ApiError::Unauthorized(format!(
+        "your console session ended after {} without use: sign in again",
+        clock.said()
+    ))
+}
+
+/// How often a console session's last use is written at most.
+const TOUCH_EVERY_MS: i64 = 30_000;
 
 /// The `Set-Cookie` value that hands the browser `token` until `expires_at`
 /// (unix ms), or that clears the cookie when `token` is `None`.
@@ -156,7 +225,6 @@ pub async fn open(
     }
     let row = ConsoleRow {
         session_id: session.id.clone(),
-        idle_ms: state.settings.console_idle.as_millis() as i64,
         last_used_at: now,
         terminal_key_sealed: sealed,
     };
@@ -169,7 +237,6 @@ pub fn view(
     state: &AppState,
     token: &str,
     session: &SessionRow,
-    console: &ConsoleRow,
     user: &str,
     org: &str,
 ) -> ConsoleSession {
@@ -180,7 +247,7 @@ pub fn view(
         method: session.method.clone(),
         mfa: session.mfa,
         csrf_token: csrf_token(token),
-        idle_timeout_seconds: (console.idle_ms / 1000).max(0) as u64,
+        idle_timeout_seconds: state.settings.console_idle.as_secs(),
         expires_at: rfc3339(session.expires_at),
         terminal: state.settings.ssh_local.is_some(),
     }
@@ -211,12 +278,9 @@ pub async fn authenticate(
             ApiError::Unauthorized("this cookie is not a console session: sign in again".into())
         })?;
     let now = now_ms();
-    if now - console.last_used_at > console.idle_ms {
-        sessions::end(state, &principal.org_id, &credential.id, "idle").await?;
-        return Err(ApiError::Unauthorized(format!(
-            "your console session ended after {} minutes without use: sign in again",
-            console.idle_ms / 60_000
-        )));
+    let clock = IdleClock::of(state);
+    if clock.expired(console.last_used_at, now) {
+        return Err(end_idle(state, &principal.org_id, &credential.id, clock).await);
     }
     let safe = matches!(
         parts.method,
@@ -239,10 +303,7 @@ pub async fn authenticate(
             )));
         }
     }
-    state
-        .store
-        .touch_console_session(&credential.id, now, console.idle_ms)
-        .await?;
+    clock.touch(&state.store, &credential.id, now).await?;
     Ok((
         principal,
         credential,
@@ -275,17 +336,24 @@ mod tests {
             http::header::COOKIE,
             "other=1; postern_console=pss_x_y; more=2".parse().unwrap(),
         );
-        assert_eq!(cookie_token(&h).as_deref(), Some("pss_x_y"));
+        assert_eq!(cookie_token(&h, false).as_deref(), Some("pss_x_y"));
+        // Over https only the `__Host-` cookie counts.
+        assert_eq!(cookie_token(&h, true), None);
+        h.append(
+            http::header::COOKIE,
+            "__Host-postern=pss_h_s".parse().unwrap(),
+        );
+        assert_eq!(cookie_token(&h, true).as_deref(), Some("pss_h_s"));
         let mut h = HeaderMap::new();
         h.append(
             http::header::COOKIE,
             "postern_console=nope".parse().unwrap(),
         );
-        assert_eq!(cookie_token(&h), None);
+        assert_eq!(cookie_token(&h, false), None);
         let mut h = HeaderMap::new();
         let long = format!("postern_console=pss_{}", "a".repeat(300));
         h.append(http::header::COOKIE, long.parse().unwrap());
-        assert_eq!(cookie_token(&h), None);
+        assert_eq!(cookie_token(&h, false), None);
     }
 
     #[test]

@@ -42,9 +42,81 @@ const MAX_FRAME: usize = 64 * 1024;
 const SEND_TIMEOUT: Duration = Duration::from_secs(20);
 /// The SSH door must answer within this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
-/// While a terminal is in use its console session is marked used this often,
-/// so typing in a shell counts as using the console.
-const TOUCH_EVERY: Duration = Duration::from_secs(30);
+/// Terminals one person may have open on this bastion, and open in a minute.
+pub const TERMINALS_PER_USER: usize = 8;
+pub const OPENS_PER_MINUTE: usize = 20;
+/// Terminals open on this bastion in all.
+pub const TERMINALS_TOTAL: usize = 512;
+
+/// The terminals open on this bastion, per person and in all. Each is an SSH
+/// connection to the door from this bastion's own address, where the door's
+/// per-source limits count all of them together: without a person's share,
+/// one person (any role may try) could hold every place, and fill the audit
+/// log with refused logins.
+#[derive(Debug, Default)]
+pub struct Permits {
+    state: std::sync::Mutex<PermitState>,
+}
+
+#[derive(Debug, Default)]
+struct PermitState {
+    total: usize,
+    /// Per user: terminals open, and when the last ones were opened.
+    users: std::collections::HashMap<String, (usize, std::collections::VecDeque<i64>)>,
+}
+
+/// One open terminal's place; given back when dropped.
+#[derive(Debug)]
+pub struct Permit {
+    permits: Arc<Permits>,
+    user: String,
+}
+
+impl Permits {
+    pub fn acquire(self: &Arc<Self>, user: &str, now: i64) -> Result<Permit, ApiError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.total >= TERMINALS_TOTAL {
+            return Err(ApiError::TooManyRequests(
+                "this bastion has as many terminals open as it allows: try again in a minute"
+                    .into(),
+            ));
+        }
+        let (open, opened) = st.users.entry(user.to_string()).or_default();
+        while opened.front().is_some_and(|t| now - t >= 60_000) {
+            opened.pop_front();
+        }
+        if *open >= TERMINALS_PER_USER {
+            return Err(ApiError::TooManyRequests(format!(
+                "you have {TERMINALS_PER_USER} terminals open: close one first"
+            )));
+        }
+        if opened.len() >= OPENS_PER_MINUTE {
+            return Err(ApiError::TooManyRequests(format!(
+                "you opened {OPENS_PER_MINUTE} terminals in the last minute: wait a minute"
+            )));
+        }
+        *open += 1;
+        opened.push_back(now);
+        st.total += 1;
+        Ok(Permit {
+            permits: self.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut st = self.permits.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.total = st.total.saturating_sub(1);
+        if let Some((open, opened)) = st.users.get_mut(&self.user) {
+            *open = open.saturating_sub(1);
+            if *open == 0 && opened.is_empty() {
+                st.users.remove(&self.user);
+            }
+        }
+    }
+}
 
 /// Opens a shell on a node (WebSocket).
 #[utoipa::path(
@@ -65,6 +137,7 @@ const TOUCH_EVERY: Duration = Duration::from_secs(30);
         (status = 401, description = "No console session", body = ErrorBody),
         (status = 403, description = "Another site's page, or no CSRF token among the subprotocols", body = ErrorBody),
         (status = 404, description = "No such project visible to the caller, edge or node", body = ErrorBody),
+        (status = 429, description = "Too many terminals open or opened in the last minute, by you or on this bastion", body = ErrorBody),
         (status = 503, description = "The bastion's SSH door is off", body = ErrorBody),
     ),
 )]
@@ -132,6 +205,9 @@ pub async fn open(
             "the terminal is a WebSocket: open it with the console".into(),
         ));
     };
+    let permit = state
+        .terminals
+        .acquire(&caller.principal.user_id, now_ms())?;
     let sealed = state.pki.open(&console.row.terminal_key_sealed)?;
     let key = std::str::from_utf8(&sealed)
         .ok()
@@ -152,9 +228,13 @@ pub async fn open(
         a.detail = Some(json!({ "login": q.login, "session_id": caller.credential.id }));
     });
     let shutdown = state.shutdown.clone();
-    let store = state.core().clone();
-    let session_id = caller.credential.id.clone();
-    let idle_ms = console.row.idle_ms;
+    let session = Watched {
+        core: state.core().clone(),
+        org_id: caller.principal.org_id.clone(),
+        id: caller.credential.id.clone(),
+        last_used_at: console.row.last_used_at,
+        clock: session::IdleClock::of(&state),
+    };
     let up = Upstream {
         door,
         host_key,
@@ -169,12 +249,37 @@ pub async fn open(
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
         .on_upgrade(move |socket| async move {
+            let _permit = permit;
             tokio::select! {
-                _ = run(socket, up, &store, &session_id, idle_ms) => {}
+                _ = run(socket, up, session) => {}
                 _ = shutdown.cancelled() => {}
             }
         })
         .into_response())
+}
+
+/// The console session a terminal keeps in use, and checks is still in use.
+struct Watched {
+    core: Arc<crate::state::Shared>,
+    org_id: String,
+    id: String,
+    /// The last use written when the terminal opened.
+    last_used_at: i64,
+    clock: session::IdleClock,
+}
+
+impl Watched {
+    /// The time the session goes idle, as the store says now; `None` when it
+    /// went idle already (it is then ended, here and on every door) or is
+    /// gone.
+    async fn alive_until(&self) -> Option<i64> {
+        let row = self.core.store.console_session(&self.id).await.ok()??;
+        if self.clock.expired(row.last_used_at, now_ms()) {
+            let _ = session::end_idle(&self.core, &self.org_id, &self.id, self.clock).await;
+            return None;
+        }
+        Some(row.last_used_at + self.clock.alive_ms())
+    }
 }
 
 /// Where the terminal's SSH connection goes and with what.
@@ -224,13 +329,7 @@ async fn send_control(socket: &mut WebSocket, v: serde_json::Value) {
 }
 
 /// Bridges the WebSocket and a shell through the SSH door until either ends.
-async fn run(
-    mut socket: WebSocket,
-    up: Upstream,
-    core: &crate::state::Shared,
-    session_id: &str,
-    idle_ms: i64,
-) {
+async fn run(mut socket: WebSocket, up: Upstream, session: Watched) {
     let config = Arc::new(russh::client::Config {
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),
@@ -282,6 +381,7 @@ async fn run(
         Ok(Ok(c)) => c,
         Ok(Err(why)) => {
             send_control(&mut socket, json!({ "type": "error", "message": why })).await;
+            close(socket).await;
             return;
         }
         Err(_) => {
@@ -290,18 +390,39 @@ async fn run(
                 json!({ "type": "error", "message": "the SSH door did not answer in time; try again" }),
             )
             .await;
+            close(socket).await;
             return;
         }
     };
-    let mut touch = tokio::time::interval(
-        TOUCH_EVERY.min(Duration::from_millis((idle_ms / 4).max(250) as u64)),
-    );
-    let mut used = false;
+    // The idle clock: a keystroke is a use, written at the next tick; a
+    // keystroke after the session went idle (no use here or in any other
+    // tab) ends it instead of reviving it.
+    let clock = session.clock;
+    let mut alive_until = session.last_used_at + clock.alive_ms();
+    let mut last_key: Option<i64> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(
+        u64::try_from(clock.every_ms()).unwrap_or(30_000),
+    ));
+    let idle_out = json!({
+        "type": "error",
+        "message": format!("your console session ended after {} without use: sign in again", clock.said()),
+    });
     loop {
         tokio::select! {
             msg = socket.recv() => match msg {
                 Some(Ok(Message::Binary(b))) => {
-                    used = true;
+                    let now = now_ms();
+                    if now > alive_until {
+                        match session.alive_until().await {
+                            Some(t) => alive_until = t,
+                            None => {
+                                send_control(&mut socket, idle_out.clone()).await;
+                                break;
+                            }
+                        }
+                    }
+                    last_key = Some(now);
+                    alive_until = alive_until.max(now + clock.alive_ms());
                     if channel.data_bytes(b).await.is_err() {
                         break;
                     }
@@ -314,7 +435,7 @@ async fn run(
                             let _ = channel.window_change(cols, rows, 0, 0).await;
                         }
                         Err(_) => {
-                            send_control(&mut socket, json!({ "type": "error", "message": "unknown control message" })).await;
+                            send_control(&mut socket, json!({ "type": "error", "message": "unknown control message: the console sends only {\"type\":\"resize\",\"cols\":N,\"rows\":N}" })).await;
                         }
                     }
                 }
@@ -337,9 +458,19 @@ async fn run(
                 Some(ChannelMsg::Close) | None => break,
                 Some(_) => {}
             },
-            _ = touch.tick() => {
-                if std::mem::take(&mut used) {
-                    let _ = core.store.touch_console_session(session_id, now_ms(), idle_ms).await;
+            _ = tick.tick() => {
+                if let Some(t) = last_key.take() {
+                    // Written as of the keystroke, so a use just inside the
+                    // timeout is not lost to the tick's lateness.
+                    let _ = clock.touch(&session.core.store, &session.id, t).await;
+                } else if now_ms() > alive_until {
+                    match session.alive_until().await {
+                        Some(t) => alive_until = t,
+                        None => {
+                            send_control(&mut socket, idle_out.clone()).await;
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -348,6 +479,12 @@ async fn run(
     let _ = handle
         .disconnect(russh::Disconnect::ByApplication, "", "")
         .await;
+    close(socket).await;
+}
+
+/// Ends the WebSocket with a close frame (the browser then sees a clean end,
+/// not 1005), within the send deadline.
+async fn close(mut socket: WebSocket) {
     let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Close(None))).await;
 }
 

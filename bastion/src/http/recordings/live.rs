@@ -105,7 +105,7 @@ pub async fn live(
         state: state.clone(),
         id: r.id,
         project_id: r.project_id,
-        authorization: super::super::exec_events::credential_of(&headers),
+        authorization: super::super::exec_events::credential_of(&caller, &headers),
         source: caller.source_ip.as_deref().and_then(|s| s.parse().ok()),
         next: 0,
         tx,

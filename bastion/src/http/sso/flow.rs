@@ -30,8 +30,36 @@ struct RoundTrip {
 /// started it: a page elsewhere cannot have someone's browser finish a
 /// sign-in it started (and so sign them in to the page's own account). Lax:
 /// it must come back on the provider's redirect, a top-level navigation from
-/// another site.
-const CONSOLE_BIND_COOKIE: &str = "postern_sso_bind";
+/// another site. Over https it is a `__Host-` cookie, which no other host and
+/// no plain-http answer can plant.
+fn bind_cookie_name(tls: bool) -> &'static str {
+    if tls {
+        "__Host-postern_sso_bind"
+    } else {
+        "postern_sso_bind"
+    }
+}
+
+/// The `Set-Cookie` value of the binding cookie: `value` for the round
+/// trip's length, or cleared.
+fn bind_cookie(tls: bool, value: Option<&str>) -> String {
+    // `__Host-` needs `Path=/` and `Secure`.
+    let (path, secure) = if tls {
+        ("/", "; Secure")
+    } else {
+        ("/api/v1/auth/sso", "")
+    };
+    format!(
+        "{}={}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+        bind_cookie_name(tls),
+        value.unwrap_or_default(),
+        if value.is_some() {
+            ROUND_TRIP_MS / 1000
+        } else {
+            0
+        },
+    )
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -223,13 +251,12 @@ pub async fn console_start(
         RoundTarget::Console(sha256_hex(bind.as_bytes())),
     )
     .await?;
-    let tls = crate::http::console::session::over_tls(&state, &headers, anon.source);
-    let cookie = format!(
-        "{CONSOLE_BIND_COOKIE}={bind}; Path=/api/v1/auth/sso; HttpOnly; SameSite=Lax; Max-Age={}{}",
-        ROUND_TRIP_MS / 1000,
-        if tls { "; Secure" } else { "" }
+    let tls = crate::http::console::session::over_tls(
+        &state.settings.trusted_proxies,
+        &headers,
+        anon.peer,
     );
-    if let Ok(v) = http::HeaderValue::from_str(&cookie) {
+    if let Ok(v) = http::HeaderValue::from_str(&bind_cookie(tls, Some(&bind))) {
         resp.headers_mut().append(http::header::SET_COOKIE, v);
     }
     Ok(resp)
@@ -339,6 +366,12 @@ pub async fn callback(
     axum::extract::Query(q): axum::extract::Query<CallbackQuery>,
 ) -> Result<Response, ApiError> {
     let now = now_ms();
+    // Whether the browser came over https (the console's cookies' names).
+    let tls = crate::http::console::session::over_tls(
+        &state.settings.trusted_proxies,
+        &headers,
+        anon.peer,
+    );
     let refused = |why: String| {
         anon.audit
             .with(|a| a.detail = Some(json!({ "reason": why })));
@@ -395,7 +428,7 @@ pub async fn callback(
     };
     if let Some(bind) = &trip.console_bind {
         let presented =
-            crate::http::console::session::cookie(&headers, &[CONSOLE_BIND_COOKIE], 128)
+            crate::http::console::session::cookie(&headers, &[bind_cookie_name(tls)], 128)
                 .map(|c| sha256_hex(c.as_bytes()));
         if presented.as_deref() != Some(bind.as_str()) {
             return Ok(refused(
@@ -490,7 +523,6 @@ pub async fn callback(
     }
     if trip.console_bind.is_some() {
         crate::http::console::session::open(&state, &session.row, now_ms()).await?;
-        let tls = crate::http::console::session::over_tls(&state, &headers, anon.source);
         let mut resp = Redirect::to("/").into_response();
         let cookies = [
             crate::http::console::session::set_cookie(
@@ -498,9 +530,7 @@ pub async fn callback(
                 session.row.expires_at,
                 tls,
             ),
-            format!(
-                "{CONSOLE_BIND_COOKIE}=; Path=/api/v1/auth/sso; HttpOnly; SameSite=Lax; Max-Age=0"
-            ),
+            bind_cookie(tls, None),
         ];
         for c in cookies {
             if let Ok(v) = http::HeaderValue::from_str(&c) {
