@@ -141,6 +141,41 @@ async fn enrollment_consumes_uses_atomically(s: &Store) {
     assert_eq!(s.list_nodes(&edge).await.unwrap().len(), 2);
 }
 
+async fn nodes_are_paged_and_searched_in_the_store(s: &Store) {
+    let (_, _, edge) = tenancy(s).await;
+    s.insert_enrollment_token(&common::token_row("tok", &edge, 100, 1_000))
+        .await
+        .unwrap();
+    for (i, h) in ["web-1", "web-2", "web-10", "db-1", "a_b", "a%b"]
+        .iter()
+        .enumerate()
+    {
+        s.enroll_node(&common::new_node(&format!("n{i}"), "tok", &edge, h), 10)
+            .await
+            .unwrap();
+    }
+    let names = |rows: &[postern_bastion::store::NodeRow]| {
+        rows.iter().map(|r| r.hostname.clone()).collect::<Vec<_>>()
+    };
+    let (total, rows) = s.page_nodes(&edge, "", 2, 0).await.unwrap();
+    assert_eq!(
+        (total, names(&rows)),
+        (6, vec!["a%b".to_string(), "a_b".into()])
+    );
+    let (total, rows) = s.page_nodes(&edge, "WEB", 2, 1).await.unwrap();
+    assert_eq!(
+        (total, names(&rows)),
+        (3, vec!["web-10".to_string(), "web-2".into()])
+    );
+    // Wildcards in the search are plain characters.
+    let (total, rows) = s.page_nodes(&edge, "_", 10, 0).await.unwrap();
+    assert_eq!((total, names(&rows)), (1, vec!["a_b".to_string()]));
+    let (total, _) = s.page_nodes(&edge, "%", 10, 0).await.unwrap();
+    assert_eq!(total, 1);
+    let (total, rows) = s.page_nodes(&edge, "", 10, i64::MAX / 2).await.unwrap();
+    assert_eq!((total, rows.len()), (6, 0));
+}
+
 async fn expired_and_revoked_tokens_enroll_nothing(s: &Store) {
     let (_, _, edge) = tenancy(s).await;
     s.insert_enrollment_token(&common::token_row("old", &edge, 5, 100))
@@ -799,6 +834,7 @@ both_backends!(
     role_bindings_round_trip,
     api_tokens_revoke,
     enrollment_consumes_uses_atomically,
+    nodes_are_paged_and_searched_in_the_store,
     expired_and_revoked_tokens_enroll_nothing,
     node_lifecycle,
     kube_gateways_are_granted_never_claimed,

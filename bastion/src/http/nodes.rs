@@ -123,11 +123,21 @@ pub async fn list_nodes(
     };
     let p = resolve_project(&state, &caller, &project, Action::ReadProject).await?;
     let e = resolve_edge(&state, &p, &edge).await?;
+    if paged && label.is_none() {
+        // Searched and paged in the store: a page reads its rows only.
+        let (total, rows) = state
+            .store
+            .page_nodes(&e.id, &search, limit, offset)
+            .await?;
+        let page: Vec<dto::Node> = rows.iter().map(|n| node_view(&state, &p, &e, n)).collect();
+        return Ok(([("x-total-count", total.to_string())], Json(page)).into_response());
+    }
     let nodes = state.store.list_nodes(&e.id).await?;
     let views = nodes.iter().map(|n| node_view(&state, &p, &e, n));
     if !paged {
         return Ok(Json(views.collect::<Vec<_>>()).into_response());
     }
+    // By label: labels are a node's JSON, matched here.
     let matching: Vec<dto::Node> = views
         .filter(|n| search.is_empty() || n.hostname.to_ascii_lowercase().contains(&search))
         .filter(|n| match &label {

@@ -259,6 +259,49 @@ impl Store {
             .collect()
     }
 
+    /// One page of an edge's nodes by hostname, those whose hostname contains
+    /// `search` (ASCII case ignored) when given, and how many match in all:
+    /// the console's page of an edge of 10,000 nodes reads 50 rows, not all.
+    pub async fn page_nodes(
+        &self,
+        edge_id: &str,
+        search: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(i64, Vec<NodeRow>)> {
+        // `%`, `_` and `\` in the search are themselves, not wildcards.
+        let pattern = format!(
+            "%{}%",
+            search
+                .to_ascii_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let filter = "edge_id = $1 AND LOWER(hostname) LIKE $2 ESCAPE '\\'";
+        let (total,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM nodes WHERE {filter}"
+        )))
+        .bind(edge_id)
+        .bind(&pattern)
+        .fetch_one(&self.pool)
+        .await?;
+        let q = format!(
+            "SELECT {NODE_COLS} FROM nodes WHERE {filter} ORDER BY hostname LIMIT $3 OFFSET $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(edge_id)
+            .bind(&pattern)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(node)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((total, rows))
+    }
+
     pub async fn set_node_state(&self, id: &str, state: NodeState, now: i64) -> Result<()> {
         let approved_at =
             matches!(state, NodeState::Approved | NodeState::Provisioned).then_some(now);
