@@ -146,6 +146,15 @@ try {
       for (let i = 0; i < b.length; i++) s += b.getLine(i)?.translateToString(true) + '\n';
       return s.includes('browser-42');
     }, null, { timeout: 60000 });
+    // UTF-8 both ways (as xterm.js hands over what an input method
+    // composed: Playwright's typing of non-ASCII goes around the key events
+    // xterm.js reads), and a paste (xterm.js's paste, as the clipboard gives
+    // it: bracketed, so Enter runs it).
+    await page.evaluate(() => window.__posternTerminal.input('echo héllo-✓-$((6*7))\r', true));
+    await bufferHas(page, '__posternTerminal', 'héllo-✓-42');
+    await page.evaluate(() => window.__posternTerminal.paste('echo pasted-$((6*7))'));
+    await page.keyboard.press('Enter');
+    await bufferHas(page, '__posternTerminal', 'pasted-42');
     // Ctrl+C reaches the shell, and exit ends the session.
     await page.keyboard.type('sleep 30');
     await page.keyboard.press('Control+C');
