@@ -136,10 +136,26 @@ pub struct Health {
     /// from older agents, which are sent commands the old way.
     #[serde(default)]
     pub exec_stream: bool,
+    /// The agent takes the release of a result on the command's own request
+    /// (`POST /v1/exec?stream=1&release=1`): the body is the command's JSON
+    /// and a newline, held open until the bastion has stored the result and
+    /// sends [`RELEASE_LINE`]; one request per node instead of a POST and a
+    /// DELETE. Absent from older agents, which are sent the DELETE.
+    #[serde(default)]
+    pub exec_release_inline: bool,
+    /// How many finished results the agent still spools (at most
+    /// `MAX_SPOOLED_LISTED`): with none, the bastion skips asking for the
+    /// list at connect. Absent from older agents, which are asked.
+    #[serde(default)]
+    pub spooled_finished: Option<u32>,
     /// Labels from `--label k=v`, validated by the agent; the bastion checks them again.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
 }
+
+/// What the bastion sends on a command's held-open request body once the
+/// node's result is stored: the agent may drop its spooled copy.
+pub const RELEASE_LINE: &[u8] = b"release\n";
 
 /// `sha256:<hex>` of the CA certificate's DER, the pin carried by the join command.
 pub fn format_ca_hash(digest: &[u8]) -> String {

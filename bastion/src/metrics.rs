@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Metrics {
     pub handshakes: AtomicU64,
     pub handshake_failures: AtomicU64,
+    /// Channels whose first-contact bookkeeping (health, labels, spool) is done.
+    pub first_contacts: AtomicU64,
     pub agents_refused: AtomicU64,
     pub connections_rejected_full: AtomicU64,
     pub enrollments: AtomicU64,
@@ -118,7 +120,7 @@ impl Metrics {
                 "counter",
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 24] = [
+        let counters: [(&str, &str, &AtomicU64); 25] = [
             (
                 "postern_access_publish_failures_total",
                 "Access changes that could not be recorded for the other replicas (their sessions stay until next authorized).",
@@ -148,6 +150,11 @@ impl Metrics {
                 "postern_agent_handshakes_total",
                 "Agent channels whose TLS and HTTP/2 handshakes completed.",
                 &self.handshakes,
+            ),
+            (
+                "postern_agent_first_contacts_total",
+                "Agent channels whose first contact (health, version, labels, spooled results) is done; behind postern_agent_handshakes_total while a reconnecting fleet is being caught up.",
+                &self.first_contacts,
             ),
             (
                 "postern_agent_handshake_failures_total",

@@ -368,7 +368,12 @@ impl Bastion {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(bin("postern-bastion"));
+        // A benchmark may run another build of the bastion beside this one's
+        // (today's against a baseline, in one run).
+        let exe = std::env::var_os("POSTERN_BASTION_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| bin("postern-bastion"));
+        let mut cmd = Command::new(exe);
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(self.data_dir())
@@ -668,6 +673,12 @@ impl Bastion {
     }
 
     /// A metric's value from `/metrics`.
+    /// The whole `/metrics` page.
+    pub async fn metrics_text(&self) -> String {
+        let (_, v) = http(self.api, "GET", "/metrics", None, None).await.unwrap();
+        v.as_str().unwrap_or_default().to_string()
+    }
+
     pub async fn metric(&self, name: &str) -> u64 {
         let (_, v) = http(self.api, "GET", "/metrics", None, None).await.unwrap();
         let text = v.as_str().unwrap_or_default().to_string();

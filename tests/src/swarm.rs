@@ -27,6 +27,9 @@ pub struct SwarmOpts {
     pub fanout_runs: usize,
     /// Also run one fan-out to every node with a paused live reader.
     pub live: bool,
+    /// How long to watch the bastion's CPU with every agent connected and
+    /// nothing asked of it (zero: not measured).
+    pub idle: Duration,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -53,9 +56,16 @@ pub struct Report {
     pub agents: usize,
     pub enroll_secs: f64,
     pub connect_secs: f64,
+    /// From the start of the connections to every channel's first contact
+    /// done (versions, labels, spools read): until then the bastion is busy.
+    pub settled_secs: f64,
     pub bastion_rss_before_kib: u64,
     pub bastion_rss_connected_kib: u64,
     pub bastion_kib_per_agent: f64,
+    /// Bastion CPU while every agent sat idle for `idle_secs`, per agent per
+    /// minute (µs).
+    pub idle_secs: f64,
+    pub idle_cpu_us_per_agent_minute: Option<f64>,
     pub restart_reconnect_secs: Option<f64>,
     pub bastion_kib_per_agent_after_restart: Option<f64>,
     pub agents_gave_up: usize,
@@ -304,6 +314,56 @@ impl Running {
     }
 }
 
+/// A profiler run over one phase of the swarm (`idle`, `fanout-N`): the
+/// command in `POSTERN_SWARM_PROFILE`, with `{pid}` the bastion's and
+/// `{phase}` the phase's name, started as the phase starts and stopped with
+/// SIGINT as it ends (as `perf record -p` expects).
+pub struct Profiler(Option<std::process::Child>);
+
+impl Profiler {
+    pub fn start(pid: u32, phase: &str) -> Profiler {
+        let Ok(cmd) = std::env::var("POSTERN_SWARM_PROFILE") else {
+            return Profiler(None);
+        };
+        let cmd = cmd
+            .replace("{pid}", &pid.to_string())
+            .replace("{phase}", phase);
+        tracing::info!(%cmd, "profiling");
+        // exec: the signal goes to the profiler, not to a shell around it.
+        let child = std::process::Command::new("sh")
+            .args(["-c", &format!("exec {cmd}")])
+            .spawn()
+            .ok();
+        // perf needs a moment to attach to every thread.
+        std::thread::sleep(Duration::from_secs(1));
+        Profiler(child)
+    }
+
+    pub fn stop(mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits until every connected agent's first contact is done, so what is
+/// measured next is the bastion at rest, not catching up. A bastion without
+/// the counter (a baseline build) is given a fixed minute instead.
+async fn settled(bastion: &Bastion, n: usize) {
+    let text = bastion.metrics_text().await;
+    if !text.contains("postern_agent_first_contacts_total") {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        return;
+    }
+    eventually(Duration::from_secs(600), "first contacts done", || async {
+        bastion.metric("postern_agent_first_contacts_total").await >= n as u64
+    })
+    .await;
+}
+
 /// Runs the swarm and returns what was measured.
 pub async fn run(opts: &SwarmOpts) -> Report {
     // One address for the whole fleet (see `one_address_fleet`), and a live
@@ -336,6 +396,15 @@ pub async fn run(opts: &SwarmOpts) -> Report {
     // Let the enrollment burst settle before the baseline.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_before = rss_kib(pid);
+    // A profiler to attach now, before any agent connects (heaptrack -p,
+    // perf record -p): `{pid}` is the bastion's. It runs beside the swarm.
+    let _attached = std::env::var("POSTERN_SWARM_ATTACH").ok().map(|cmd| {
+        let cmd = cmd.replace("{pid}", &pid.to_string());
+        tracing::info!(%cmd, "attaching");
+        let child = std::process::Command::new("sh").args(["-c", &cmd]).spawn();
+        std::thread::sleep(Duration::from_secs(10));
+        child
+    });
 
     let t1 = Instant::now();
     let swarm = Running::start(identities, opts.backoff_cap);
@@ -347,14 +416,28 @@ pub async fn run(opts: &SwarmOpts) -> Report {
     )
     .await;
     let connect_secs = t1.elapsed().as_secs_f64();
+    settled(&bastion, n).await;
+    let settled_secs = t1.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_connected = rss_kib(pid);
     let per_agent = (rss_connected.saturating_sub(rss_before)) as f64 / n as f64;
+    let idle_cpu = if opts.idle.is_zero() {
+        None
+    } else {
+        let profiler = Profiler::start(pid, "idle");
+        let c0 = cpu_secs(pid);
+        tokio::time::sleep(opts.idle).await;
+        let used = cpu_secs(pid) - c0;
+        profiler.stop();
+        Some(used * 1e6 / n as f64 / (opts.idle.as_secs_f64() / 60.0))
+    };
 
     let mut fanouts = Vec::new();
     for &size in &opts.fanout {
         if size <= n {
+            let profiler = Profiler::start(pid, &format!("fanout-{size}"));
             fanouts.push(fanout(&bastion, size, n, opts.fanout_runs).await);
+            profiler.stop();
         }
     }
 
@@ -383,6 +466,7 @@ pub async fn run(opts: &SwarmOpts) -> Report {
         )
         .await;
         restart_secs = Some(t3.elapsed().as_secs_f64());
+        settled(&bastion, n).await;
         tracing::info!(?ready_after, "bastion ready after restart");
         tokio::time::sleep(Duration::from_secs(3)).await;
         let rss = rss_kib(bastion.pid().unwrap_or(0));
@@ -395,9 +479,12 @@ pub async fn run(opts: &SwarmOpts) -> Report {
         agents: n,
         enroll_secs,
         connect_secs,
+        settled_secs,
         bastion_rss_before_kib: rss_before,
         bastion_rss_connected_kib: rss_connected,
         bastion_kib_per_agent: per_agent,
+        idle_secs: opts.idle.as_secs_f64(),
+        idle_cpu_us_per_agent_minute: idle_cpu,
         restart_reconnect_secs: restart_secs,
         bastion_kib_per_agent_after_restart: per_agent_after,
         agents_gave_up: gave_up,

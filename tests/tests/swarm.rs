@@ -16,6 +16,7 @@ async fn a_small_swarm_connects_and_survives_a_restart() {
         fanout: vec![200],
         fanout_runs: 1,
         live: true,
+        idle: Duration::ZERO,
     })
     .await;
     assert_eq!(r.agents_gave_up, 0);

@@ -93,6 +93,8 @@ pub(super) async fn run(
             return;
         }
     };
+    // Parsed: its DER is not kept for the channel's life.
+    drop(cert);
     let node = match shared.store.node(&info.node_id).await {
         Ok(Some(n)) if n.state != NodeState::Disabled => n,
         Ok(Some(_)) => {
@@ -139,6 +141,7 @@ pub(super) async fn run(
         cancel: cancel.clone(),
         cert: std::sync::Mutex::new(info),
         rotating: AtomicBool::new(false),
+        release_inline: AtomicBool::new(false),
     });
     let conn_id = agent.conn_id;
     let node_id = node.id.clone();
@@ -209,18 +212,26 @@ async fn first_contact(
     node: &crate::store::NodeRow,
 ) -> bool {
     let node_id = &node.id;
-    let now = now_ms();
+    // Each write below is made only when it changes something: a fleet of
+    // 10,000 reconnecting after a restart costs the health call each and few
+    // statements. (Last-seen times are written in batches by the flush.)
     if node.state == NodeState::Approved {
         let _ = shared.store.mark_provisioned(node_id).await;
     }
-    let _ = shared
-        .store
-        .touch_nodes(std::slice::from_ref(node_id), now)
-        .await;
+    if node.last_seen_at.is_none() {
+        // Never seen before: seen now, not at the next flush.
+        let _ = shared
+            .store
+            .touch_nodes(std::slice::from_ref(node_id), now_ms())
+            .await;
+    }
     let mut kube_node_keys = false;
+    let mut spooled = None;
     match client::health(link, shared.settings.agent_call_timeout).await {
         Ok(h) => {
             kube_node_keys = h.kube_node_keys;
+            spooled = h.spooled_finished;
+            link.set_release_inline(h.exec_release_inline);
             // The agent's word: bounded and printable before it is stored.
             let version = postern_api::validate::peer_line(&h.agent_version, 64);
             if node.agent_version.as_deref() != Some(version.as_str()) {
@@ -249,7 +260,10 @@ async fn first_contact(
         }
         Err(e) => tracing::debug!(node = %node_id, error = %e, "agent health call failed"),
     }
-    release_stored_results(shared, link).await;
+    if spooled != Some(0) {
+        release_stored_results(shared, link).await;
+    }
+    inc(&shared.metrics.first_contacts);
     kube_node_keys
 }
 
@@ -259,6 +273,9 @@ async fn first_contact(
 /// misconfiguration, or a compromised node after kubectl traffic) is audited,
 /// so the claim is seen; it changes nothing.
 async fn record_kube_capability(shared: &Arc<Shared>, node: &crate::store::NodeRow, capable: bool) {
+    if node.kube_gateway_capable == capable {
+        return;
+    }
     let changed = match shared
         .store
         .set_kube_gateway_capable(&node.id, capable)
@@ -304,6 +321,13 @@ async fn record_kube_capability(shared: &Arc<Shared>, node: &crate::store::NodeR
 /// provisioned, or enabled again. A node, compromised or misconfigured, must
 /// not move itself into the targets of a selector (and receive their commands).
 async fn record_labels(shared: &Arc<Shared>, node: &crate::store::NodeRow, labels: Labels) {
+    // What was approved, nothing held, and no first report still to take:
+    // the store would answer Unchanged. (Skipping writes nothing, so it can
+    // never take or hold labels by mistake.)
+    if !node.agent_labels_open && node.agent_labels_pending.is_none() && node.agent_labels == labels
+    {
+        return;
+    }
     let store = &shared.store;
     match store.report_agent_labels(&node.id, &labels).await {
         Ok(LabelReport::Held) => {
@@ -421,6 +445,7 @@ mod tests {
                     not_after_ms: i64::MAX,
                 }),
                 rotating: AtomicBool::new(false),
+                release_inline: AtomicBool::new(false),
             })
         };
         // A live node registers.

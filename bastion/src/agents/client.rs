@@ -26,11 +26,19 @@ const MAX_ANSWER: usize = 1024 * 1024;
 
 /// A request to the agent: `path` (with its query) and a JSON body.
 fn request(method: Method, path: &str, body: Bytes) -> Result<Request<AgentBody>, CallError> {
+    request_with(method, path, full(body))
+}
+
+fn request_with(
+    method: Method,
+    path: &str,
+    body: AgentBody,
+) -> Result<Request<AgentBody>, CallError> {
     Request::builder()
         .method(method)
         .uri(format!("http://agent{path}"))
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(full(body))
+        .body(body)
         .map_err(|e| CallError::Body(e.to_string()))
 }
 
@@ -151,18 +159,18 @@ pub enum StreamAnswer {
 /// `application/x-ndjson`. Headers must come within `timeout`; the lines by
 /// `deadline`.
 /// `body` is JSON already serialized: one execution's request is the same for
-/// all its nodes, and is serialized once.
+/// all its nodes, and is serialized once (or a stream that starts with it).
 pub async fn call_lines(
     agent: &NodeLink,
     method: Method,
     path: &str,
-    body: Bytes,
+    body: AgentBody,
     timeout: Duration,
     deadline: Duration,
     max_line: usize,
 ) -> Result<StreamAnswer, CallError> {
     let started = tokio::time::Instant::now();
-    let fut = async { agent.send(request(method, path, body)?).await };
+    let fut = async { agent.send(request_with(method, path, body)?).await };
     let resp = tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| CallError::Timeout(timeout))??;

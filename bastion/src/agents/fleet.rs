@@ -52,6 +52,23 @@ impl NodeLink {
         &self.node_id
     }
 
+    /// Whether a command's result is released on its own request (see
+    /// `Health::exec_release_inline`). Known for this replica's channels only:
+    /// a peer's are sent the DELETE, which every agent takes.
+    pub fn releases_inline(&self) -> bool {
+        match &self.route {
+            Route::Local(c) => c.release_inline.load(std::sync::atomic::Ordering::Relaxed),
+            Route::Peer { .. } => false,
+        }
+    }
+
+    pub(crate) fn set_release_inline(&self, yes: bool) {
+        if let Route::Local(c) = &self.route {
+            c.release_inline
+                .store(yes, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Names the channel behind this link, across replicas: a grant pushed over
     /// one channel is not assumed held after the agent reconnects.
     pub fn channel_key(&self) -> (&str, u64) {

@@ -44,6 +44,9 @@ pub struct AgentConn {
     /// connection itself keeps the one it was opened with).
     pub cert: Mutex<NodeCertInfo>,
     pub rotating: AtomicBool,
+    /// Its agent takes a result's release on the command's own request
+    /// (health's `exec_release_inline`), read once the channel is up.
+    pub release_inline: AtomicBool,
 }
 
 impl std::fmt::Debug for AgentConn {

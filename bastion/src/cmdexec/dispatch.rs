@@ -93,6 +93,8 @@ async fn node_part(
         },
         (_, None) => None,
     };
+    // The request the result came on, held open to release it (see `run`).
+    let mut release = None;
     let result = if !sent && running.cancelled.is_cancelled() {
         if resumed {
             // It may have reached the node before a crash: the agent keeps a
@@ -126,7 +128,17 @@ async fn node_part(
             (false, true) => Sent::Maybe,
             (false, false) => Sent::No,
         };
-        let r = run(shared, engine, exec, running, node_id, hostname, sent).await;
+        let r = run(
+            shared,
+            engine,
+            exec,
+            running,
+            node_id,
+            hostname,
+            sent,
+            &mut release,
+        )
+        .await;
         if r.status.is_error() {
             running.count_error();
         }
@@ -135,7 +147,7 @@ async fn node_part(
     // The slot is free only once the node's command ended and its failure, if
     // any, was counted: the next node never starts past a stop.
     drop(permit);
-    store_result(shared, engine, exec, node_id, result).await;
+    store_result(shared, engine, exec, node_id, result, release).await;
 }
 
 fn settled(
@@ -240,6 +252,13 @@ impl LiveOffsets {
     }
 }
 
+/// Where a result's release goes when the agent takes it on the command's
+/// own request: the request's body, held open until the result is stored.
+type Release = tokio::sync::mpsc::Sender<bytes::Bytes>;
+
+/// Runs the node's command to its result. When the result came on a request
+/// whose body the agent reads to its release, `release` holds that body.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     shared: &Arc<Deps>,
     engine: &Engine,
@@ -248,6 +267,7 @@ async fn run(
     node_id: &str,
     hostname: &str,
     start: Sent,
+    release: &mut Option<Release>,
 ) -> ResultRow {
     let mut sent = start == Sent::Yes;
     // Until the agent said whether it has the exec: never sent from here yet,
@@ -424,6 +444,17 @@ async fn run(
                 request.clone(),
             )
         };
+        // One request per node: the command, its stream, and (once the result
+        // is stored) its release, for an agent that takes it that way.
+        let (path, body, mut held) = if method == Method::POST && conn.releases_inline() {
+            let (tx, body) = crate::agents::stream_body(2);
+            // The queue takes both at once: the request is sent as it is built.
+            let _ = tx.try_send(request.clone());
+            let _ = tx.try_send(bytes::Bytes::from_static(b"\n"));
+            ("/v1/exec?stream=1&release=1".to_string(), body, Some(tx))
+        } else {
+            (path, crate::agents::client::full(body), None)
+        };
         let call = call_lines(
             &conn,
             method,
@@ -456,6 +487,7 @@ async fn run(
         };
         let why_unusable = match answer {
             Ok(r) if r.status.is_final() && r.exec_id == exec.id => {
+                *release = held.take();
                 return from_agent(exec, node_id, hostname, r);
             }
             Ok(r) if r.exec_id != exec.id => "the agent answered for another exec ID".to_string(),
@@ -626,6 +658,7 @@ async fn store_result(
     exec: &ExecutionRow,
     node_id: &str,
     mut result: ResultRow,
+    release: Option<Release>,
 ) {
     let mut refused = 0u32;
     let mut attempt = 0u32;
@@ -646,7 +679,21 @@ async fn store_result(
         attempt += 1;
         tokio::time::sleep(backoff(attempt, Duration::from_secs(60))).await;
     }
-    if let Some(conn) = shared.fleet.link(node_id) {
+    // On the command's own request when the agent reads it for that; else
+    // (or when that request is gone) a DELETE. One lost either way is
+    // released when the channel next comes up.
+    let released = match release {
+        Some(tx) => matches!(
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                tx.send(bytes::Bytes::from_static(postern_api::agent::RELEASE_LINE)),
+            )
+            .await,
+            Ok(Ok(()))
+        ),
+        None => false,
+    };
+    if !released && let Some(conn) = shared.fleet.link(node_id) {
         let path = format!("/v1/exec/{}", exec.id);
         let _ = call_json::<(), serde_json::Value>(
             &conn,

@@ -136,7 +136,6 @@ pub async fn execute(
         }
         (_, None) => None,
     };
-    let all = state.store.list_nodes(&e.id).await?;
     let nodes = match (req.target_type, &req.target) {
         (TargetType::Selector, Some(_)) => {
             return Err(ApiError::BadRequest(
@@ -147,7 +146,10 @@ pub async fn execute(
             let sel = selector
                 .as_ref()
                 .ok_or_else(|| ApiError::Internal("selector missing after validation".into()))?;
-            let picked: Vec<_> = all
+            let picked: Vec<_> = state
+                .store
+                .list_nodes(&e.id)
+                .await?
                 .into_iter()
                 .filter(|n| sel.matches(&n.effective_labels()))
                 .collect();
@@ -160,7 +162,7 @@ pub async fn execute(
             }
             picked
         }
-        (TargetType::Cluster, None) => all,
+        (TargetType::Cluster, None) => state.store.list_nodes(&e.id).await?,
         (TargetType::Cluster, Some(_)) => {
             return Err(ApiError::BadRequest(
                 "target must be absent or null when target_type is cluster (it means every node of the edge)".into(),
@@ -177,17 +179,28 @@ pub async fn execute(
             )));
         }
         (TargetType::Node, Some(t)) => {
+            let mut named = Vec::with_capacity(t.len());
             let mut seen = HashSet::new();
-            let mut unknown = Vec::new();
-            let mut picked = Vec::new();
             for h in t {
                 validate::hostname(h)?;
-                if !seen.insert(h.as_str()) {
-                    continue;
+                if seen.insert(h.as_str()) {
+                    named.push(h.as_str());
                 }
-                match all.iter().find(|n| &n.hostname == h) {
-                    Some(n) => picked.push(n.clone()),
-                    None => unknown.push(h.clone()),
+            }
+            // Only the named rows are read, whatever the size of the edge.
+            let mut found: std::collections::HashMap<String, crate::store::NodeRow> = state
+                .store
+                .nodes_by_hostnames(&e.id, &named)
+                .await?
+                .into_iter()
+                .map(|n| (n.hostname.clone(), n))
+                .collect();
+            let mut unknown = Vec::new();
+            let mut picked = Vec::with_capacity(named.len());
+            for h in named {
+                match found.remove(h) {
+                    Some(n) => picked.push(n),
+                    None => unknown.push(h.to_string()),
                 }
             }
             if !unknown.is_empty() {

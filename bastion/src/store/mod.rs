@@ -156,24 +156,36 @@ impl Store {
             Backend::Sqlite => 4,
             Backend::Postgres => 16,
         };
-        let pool = AnyPoolOptions::new()
+        let mut options = AnyPoolOptions::new()
             .max_connections(max)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await
-            .map_err(|e| match e {
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => {
-                    StoreError::Unreachable {
-                        url: redact(url),
-                        detail: e.to_string(),
-                    }
+            .acquire_timeout(Duration::from_secs(10));
+        if backend == Backend::Sqlite {
+            // A write on one pooled connection empties the page cache of the
+            // others (WAL), which then read every page again with a system
+            // call each: mapped, those reads are memory reads (measured on a
+            // 10,000-node fan-out, where they were a third of SQLite's time).
+            // Durability is untouched (synchronous stays FULL).
+            options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(&mut *conn, "PRAGMA mmap_size = 268435456").await?;
+                    sqlx::Executor::execute(&mut *conn, "PRAGMA cache_size = -16384").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(url).await.map_err(|e| match e {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => {
+                StoreError::Unreachable {
+                    url: redact(url),
+                    detail: e.to_string(),
                 }
-                // invalid_catalog_name: PostgreSQL's "database … does not exist".
-                sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000") => {
-                    StoreError::NoDatabase { url: redact(url) }
-                }
-                e => StoreError::Db(e),
-            })?;
+            }
+            // invalid_catalog_name: PostgreSQL's "database … does not exist".
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000") => {
+                StoreError::NoDatabase { url: redact(url) }
+            }
+            e => StoreError::Db(e),
+        })?;
         if backend == Backend::Sqlite {
             // WAL lets readers proceed during writes; the setting persists in the file.
             sqlx::query("PRAGMA journal_mode=WAL")

@@ -32,6 +32,9 @@ pub struct NodeRow {
     /// Labels the agent reports that differ from `agent_labels`, waiting for a
     /// project admin's approval.
     pub agent_labels_pending: Option<Labels>,
+    /// The node's first label report is still to come, and an auto-approving
+    /// token covers it (see `report_agent_labels`).
+    pub agent_labels_open: bool,
     /// Its agent says it can forward to a Kubernetes API server: only a claim.
     pub kube_gateway_capable: bool,
     /// A project admin granted it the edge's Kubernetes gateway role.
@@ -123,7 +126,7 @@ pub enum EnrollOutcome {
 
 // Dynamic SQL in this module is assembled only from these constants and
 // numbered placeholders, never from input; hence `AssertSqlSafe`.
-const NODE_COLS: &str = "id, edge_id, hostname, state, created_at, approved_at, last_seen_at, agent_version, cert_serial, cert_expires_at,kube_keys, kube_keys_at, agent_labels, labels, agent_labels_pending, kube_gateway, kube_gateway_granted";
+const NODE_COLS: &str = "id, edge_id, hostname, state, created_at, approved_at, last_seen_at, agent_version, cert_serial, cert_expires_at,kube_keys, kube_keys_at, agent_labels, labels, agent_labels_pending, kube_gateway, kube_gateway_granted, agent_labels_open";
 
 fn node(r: sqlx::any::AnyRow) -> Result<NodeRow> {
     let state: String = r.try_get(3)?;
@@ -133,7 +136,9 @@ fn node(r: sqlx::any::AnyRow) -> Result<NodeRow> {
     let pending: Option<String> = r.try_get(14)?;
     let capable: i64 = r.try_get(15)?;
     let granted: i64 = r.try_get(16)?;
+    let open: i64 = r.try_get(17)?;
     Ok(NodeRow {
+        agent_labels_open: open != 0,
         kube_gateway_capable: capable != 0,
         kube_gateway_granted: granted != 0,
         agent_labels_pending: pending.map(|p| labels_column(&id, &p)),
@@ -210,6 +215,7 @@ impl Store {
             agent_labels: Labels::new(),
             labels: Labels::new(),
             agent_labels_pending: None,
+            agent_labels_open: n.auto_approve,
             id: n.id.to_string(),
             edge_id: n.edge_id.to_string(),
             hostname: n.hostname.to_string(),
@@ -257,6 +263,33 @@ impl Store {
             .into_iter()
             .map(node)
             .collect()
+    }
+
+    /// The edge's nodes of these hostnames (those that exist), in no order:
+    /// a command to a few named nodes of a 10,000-node edge reads those rows,
+    /// not the edge's every row. Asked in chunks, so no statement carries
+    /// more parameters than either database takes.
+    pub async fn nodes_by_hostnames(
+        &self,
+        edge_id: &str,
+        hostnames: &[&str],
+    ) -> Result<Vec<NodeRow>> {
+        let mut out = Vec::with_capacity(hostnames.len());
+        for chunk in hostnames.chunks(256) {
+            let marks: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+            let q = format!(
+                "SELECT {NODE_COLS} FROM nodes WHERE edge_id = $1 AND hostname IN ({})",
+                marks.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str())).bind(edge_id);
+            for h in chunk {
+                query = query.bind(*h);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                out.push(node(row)?);
+            }
+        }
+        Ok(out)
     }
 
     /// One page of an edge's nodes by hostname, those whose hostname contains

@@ -170,7 +170,13 @@ pub fn stream(
                 if woke == Ok(true) {
                     // Gather what follows for a moment: a command that writes a
                     // byte at a time is sent (and stored) in chunks, not bytes.
-                    tokio::time::sleep(COALESCE).await;
+                    // A command that ends meanwhile is not kept waiting: its
+                    // output and result go at once (a short command's answer
+                    // no longer takes 50 ms more than the command).
+                    tokio::select! {
+                        _ = tokio::time::sleep(COALESCE) => {}
+                        _ = result.changed() => {}
+                    }
                 }
             }
         }

@@ -27,6 +27,10 @@ struct Args {
     /// Also run one fan-out to every node with a paused live reader (events).
     #[arg(long)]
     live: bool,
+    /// With every agent connected, watch the bastion's CPU this long before
+    /// the fan-outs (0: not measured).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    idle: Duration,
     /// Also time `ansible all -m command -a hostname` on this many hosts over real sshd.
     #[arg(long)]
     ansible_hosts: Option<usize>,
@@ -49,6 +53,7 @@ async fn main() {
             fanout: args.fanout.clone(),
             fanout_runs: args.fanout_runs,
             live: args.live,
+            idle: args.idle,
         })
         .await;
         println!("{}", serde_json::to_string(&report).unwrap_or_default());
