@@ -181,10 +181,14 @@ async fn exec_held(
     let mut body = request.into_body();
     let mut line = bytes::BytesMut::new();
     let deadline = tokio::time::Instant::now() + EXEC_LINE_WITHIN;
+    // Where the search for the newline got to: each frame is looked at once,
+    // however small the frames come.
+    let mut scanned = 0;
     let newline = loop {
-        if let Some(at) = line.iter().position(|b| *b == b'\n') {
-            break at;
+        if let Some(at) = line[scanned..].iter().position(|b| *b == b'\n') {
+            break scanned + at;
         }
+        scanned = line.len();
         if line.len() > limit {
             return Err(fail(
                 StatusCode::PAYLOAD_TOO_LARGE,
