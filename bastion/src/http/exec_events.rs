@@ -324,6 +324,7 @@ pub async fn events(
         wake: state.cmdexec.watch_events(),
         done: false,
         lagging: false,
+        read_after_finish: false,
         authorization,
         source: caller.source_ip.as_deref().and_then(|s| s.parse().ok()),
         project_id: x.project_id,
@@ -359,6 +360,8 @@ struct Reader {
     wake: tokio::sync::watch::Receiver<u64>,
     done: bool,
     lagging: bool,
+    /// The execution was seen finished and the events read once more since.
+    read_after_finish: bool,
     /// The reader's credential and project, checked again every [`RECHECK`]:
     /// a revoked token, a deleted user or a removed role ends the stream.
     authorization: Option<String>,
@@ -555,6 +558,13 @@ impl Reader {
             // resumed after its last event) or gone (its project was deleted).
             match self.state.store.execution(&self.exec_id).await {
                 Ok(Some(x)) if x.finished_at.is_none() => {}
+                // Its last events commit with its end, possibly between the
+                // read above and this one: read once more before ending, so
+                // `execution_finished` is never missed.
+                Ok(Some(_)) if !self.read_after_finish => {
+                    self.read_after_finish = true;
+                    continue;
+                }
                 Ok(_) => return None,
                 Err(_) => {}
             }
