@@ -555,6 +555,12 @@ async fn another_replica_shows_the_keys_of_a_node_whose_channel_it_does_not_hold
         node_view(&r1).await["kube_keys"]["keys"][0]["fingerprint"] == fp.as_str()
     })
     .await;
+    // Audited in a batch by the replica that holds the channel: committed
+    // shortly after the keys themselves.
+    eventually(Duration::from_secs(10), "the change audited", || async {
+        !r1.audit("node.kube_keys").await.is_empty()
+    })
+    .await;
     let audits = r1.audit("node.kube_keys").await;
     assert_eq!(audits.len(), 1, "{audits:?}");
     assert_eq!(audits[0]["detail"]["added"], serde_json::json!([fp]));

@@ -65,7 +65,7 @@ export function Run({ me }: { me: Me; route: string[] }) {
           <label>Errors tolerated <input placeholder="no limit, 0 or 10%" value={errors} onInput={(e) => setErrors(e.currentTarget.value)} /></label>
           <label>Timeout (s) <input type="number" min={1} value={timeout} onInput={(e) => setTimeout_(e.currentTarget.value)} /></label>
         </div>
-        <button type="submit" disabled={busy}>Run</button>
+        <button type="submit" disabled={busy || !project || !edge} title={!edge ? 'Waiting for the edges of the project' : undefined}>Run</button>
         <Err text={error} />
       </form>
     </section>
