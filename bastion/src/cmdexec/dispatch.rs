@@ -25,7 +25,9 @@ use postern_api::validate;
 use super::Deps;
 use super::{Engine, Running};
 use crate::agents::NodeLink;
-use crate::agents::client::{CallError, StreamAnswer, call_json, call_json_limited, call_lines};
+use crate::agents::client::{
+    CallError, StreamAnswer, call_json, call_json_limited, call_lines, full,
+};
 use crate::clock::now_ms;
 use crate::store::{ExecutionRow, ResultRow, ResultUpdate};
 
@@ -365,12 +367,13 @@ async fn run(
             }
         }
         let asked = Instant::now();
-        let (method, path, body) = if sent {
+        // `held`: the request's body, kept to release the result on it.
+        let (method, path, body, mut held) = if sent {
             let path = format!(
                 "/v1/exec/{}/stream?stdout={}&stderr={}",
                 exec.id, offsets.stdout, offsets.stderr
             );
-            (Method::GET, path, bytes::Bytes::new())
+            (Method::GET, path, full(bytes::Bytes::new()), None)
         } else {
             let late = now_ms() > deadline_ms;
             let stopped = running.stop.is_cancelled();
@@ -438,22 +441,27 @@ async fn run(
             // answer does not reach us.
             sent = true;
             posted = true;
-            (
-                Method::POST,
-                "/v1/exec?stream=1".to_string(),
-                request.clone(),
-            )
-        };
-        // One request per node: the command, its stream, and (once the result
-        // is stored) its release, for an agent that takes it that way.
-        let (path, body, mut held) = if method == Method::POST && conn.releases_inline() {
-            let (tx, body) = crate::agents::stream_body(2);
-            // The queue takes both at once: the request is sent as it is built.
-            let _ = tx.try_send(request.clone());
-            let _ = tx.try_send(bytes::Bytes::from_static(b"\n"));
-            ("/v1/exec?stream=1&release=1".to_string(), body, Some(tx))
-        } else {
-            (path, crate::agents::client::full(body), None)
+            if conn.releases_inline() {
+                // One request per node: the command, its stream, and (once
+                // the result is stored) its release.
+                let (tx, body) = crate::agents::stream_body(2);
+                // The queue takes both at once: the request is sent as it is built.
+                let _ = tx.try_send(request.clone());
+                let _ = tx.try_send(bytes::Bytes::from_static(b"\n"));
+                (
+                    Method::POST,
+                    "/v1/exec?stream=1&release=1".to_string(),
+                    body,
+                    Some(tx),
+                )
+            } else {
+                (
+                    Method::POST,
+                    "/v1/exec?stream=1".to_string(),
+                    full(request.clone()),
+                    None,
+                )
+            }
         };
         let call = call_lines(
             &conn,

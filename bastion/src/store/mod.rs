@@ -312,6 +312,14 @@ pub fn redact(url: &str) -> String {
     format!("{scheme}://{shown}@{host}")
 }
 
+/// `$from,$from+1,…`: `n` numbered placeholders for an `IN (…)` list.
+fn placeholders(from: usize, n: usize) -> String {
+    (0..n)
+        .map(|i| format!("${}", from + i))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }

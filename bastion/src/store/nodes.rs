@@ -276,10 +276,9 @@ impl Store {
     ) -> Result<Vec<NodeRow>> {
         let mut out = Vec::with_capacity(hostnames.len());
         for chunk in hostnames.chunks(256) {
-            let marks: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
             let q = format!(
                 "SELECT {NODE_COLS} FROM nodes WHERE edge_id = $1 AND hostname IN ({})",
-                marks.join(", ")
+                super::placeholders(2, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str())).bind(edge_id);
             for h in chunk {
@@ -388,14 +387,10 @@ impl Store {
     /// thousands of connected agents cost a handful of writes per flush.
     pub async fn touch_nodes(&self, ids: &[String], now: i64) -> Result<()> {
         for chunk in ids.chunks(500) {
-            let mut q = String::from("UPDATE nodes SET last_seen_at = $1 WHERE id IN (");
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    q.push(',');
-                }
-                q.push_str(&format!("${}", i + 2));
-            }
-            q.push(')');
+            let q = format!(
+                "UPDATE nodes SET last_seen_at = $1 WHERE id IN ({})",
+                super::placeholders(2, chunk.len())
+            );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str())).bind(now);
             for id in chunk {
                 query = query.bind(id);

@@ -8,7 +8,7 @@
 
 use sqlx::Row;
 
-use super::{Backend, Result, Store, StoreError};
+use super::{Backend, Result, Store, StoreError, placeholders};
 
 /// The database's clock in unix milliseconds, as SQL.
 pub(crate) fn db_now(backend: Backend) -> &'static str {
@@ -32,13 +32,6 @@ pub struct PresenceRow {
     pub node_id: String,
     pub replica: String,
     pub conn_id: i64,
-}
-
-fn placeholders(from: usize, n: usize) -> String {
-    (0..n)
-        .map(|i| format!("${}", from + i))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 impl Store {

@@ -76,10 +76,9 @@ impl Store {
             .map(|id| (id.clone(), NodeCounts::default()))
             .collect();
         for chunk in exec_ids.chunks(100) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let q = format!(
                 "SELECT exec_id, status, COUNT(*) FROM exec_results WHERE exec_id IN ({}) GROUP BY exec_id, status",
-                placeholders.join(",")
+                crate::store::placeholders(1, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str()));
             for id in chunk {
@@ -135,10 +134,9 @@ impl Store {
     ) -> Result<Vec<ResultRow>> {
         let mut out = Vec::new();
         for chunk in exec_ids.chunks(100) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let q = format!(
                 "SELECT {cols} FROM exec_results WHERE exec_id IN ({}) ORDER BY hostname",
-                placeholders.join(",")
+                crate::store::placeholders(1, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str()));
             for id in chunk {
@@ -201,11 +199,9 @@ impl Store {
     pub async fn stored_final(&self, node_id: &str, exec_ids: &[String]) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for chunk in exec_ids.chunks(100) {
-            let placeholders: Vec<String> =
-                (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
             let q = format!(
                 "SELECT exec_id FROM exec_results WHERE node_id = $1 AND exec_id IN ({}) AND status NOT IN ('pending', 'running')",
-                placeholders.join(",")
+                crate::store::placeholders(2, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str())).bind(node_id);
             for id in chunk {
