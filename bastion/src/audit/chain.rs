@@ -217,7 +217,7 @@ impl Audit {
                 None => self.load_head().await?,
             };
             let row = new_row(&ev, prev_seq, prev_hash);
-            let res = insert(&row).execute(self.store.pool()).await;
+            let res = insert(&row).execute(self.store.write_pool()).await;
             match res {
                 Ok(_) => {
                     *head = Some((row.seq, row.hash));
@@ -248,7 +248,7 @@ impl Audit {
         let pg = self.store.backend() == crate::store::Backend::Postgres;
         let mut head = self.head.lock().await;
         for _attempt in 0..5 {
-            let mut tx = self.store.pool().begin().await?;
+            let mut tx = self.store.write_tx().await?;
             let (mut seq, mut hash) = if pg {
                 *head = None;
                 lock_chain(&mut tx).await?
@@ -288,7 +288,7 @@ impl Audit {
     }
 
     async fn record_locked(&self, ev: &Event) -> Result<i64, AuditError> {
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.store.write_tx().await?;
         let (prev_seq, prev_hash) = lock_chain(&mut tx).await?;
         let row = new_row(ev, prev_seq, prev_hash);
         insert(&row).execute(&mut *tx).await?;

@@ -120,6 +120,12 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Where write transactions run. On SQLite, one connection of its own:
+    /// SQLite takes one writer at a time anyway, and a connection that alone
+    /// writes keeps its page cache across transactions (a write on another
+    /// connection empties it), while writers queue here instead of polling
+    /// the file lock under the busy timeout. On PostgreSQL, `pool` itself.
+    writes: AnyPool,
     backend: Backend,
     /// Kept for connections outside the pool (LISTEN needs its own session).
     url: std::sync::Arc<str>,
@@ -156,24 +162,28 @@ impl Store {
             Backend::Sqlite => 4,
             Backend::Postgres => 16,
         };
-        let mut options = AnyPoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(Duration::from_secs(10));
-        if backend == Backend::Sqlite {
-            // A write on one pooled connection empties the page cache of the
-            // others (WAL), which then read every page again with a system
-            // call each: mapped, those reads are memory reads (measured on a
-            // 10,000-node fan-out, where they were a third of SQLite's time).
-            // Durability is untouched (synchronous stays FULL).
-            options = options.after_connect(|conn, _| {
-                Box::pin(async move {
-                    sqlx::Executor::execute(&mut *conn, "PRAGMA mmap_size = 268435456").await?;
-                    sqlx::Executor::execute(&mut *conn, "PRAGMA cache_size = -16384").await?;
-                    Ok(())
-                })
-            });
-        }
-        let pool = options.connect(url).await.map_err(|e| match e {
+        let options = |max: u32| {
+            let mut options = AnyPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(Duration::from_secs(10));
+            if backend == Backend::Sqlite {
+                // A write on one pooled connection empties the page cache of
+                // the others (WAL), which then read every page again with a
+                // system call each: mapped, those reads are memory reads
+                // (measured on a 10,000-node fan-out, where they were a third
+                // of SQLite's time). Durability is untouched (synchronous
+                // stays FULL).
+                options = options.after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::Executor::execute(&mut *conn, "PRAGMA mmap_size = 268435456").await?;
+                        sqlx::Executor::execute(&mut *conn, "PRAGMA cache_size = -16384").await?;
+                        Ok(())
+                    })
+                });
+            }
+            options
+        };
+        let unreachable = |e: sqlx::Error| match e {
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => {
                 StoreError::Unreachable {
                     url: redact(url),
@@ -185,7 +195,8 @@ impl Store {
                 StoreError::NoDatabase { url: redact(url) }
             }
             e => StoreError::Db(e),
-        })?;
+        };
+        let pool = options(max).connect(url).await.map_err(unreachable)?;
         if backend == Backend::Sqlite {
             // WAL lets readers proceed during writes; the setting persists in the file.
             sqlx::query("PRAGMA journal_mode=WAL")
@@ -196,8 +207,21 @@ impl Store {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
+        let writes = match backend {
+            // Kept open and warm: no idle close, no ping before each use.
+            Backend::Sqlite => options(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .test_before_acquire(false)
+                .connect(url)
+                .await
+                .map_err(unreachable)?,
+            Backend::Postgres => pool.clone(),
+        };
         Ok(Store {
             pool,
+            writes,
             backend,
             url: url.into(),
         })
@@ -216,14 +240,20 @@ impl Store {
         &self.pool
     }
 
+    /// The pool for single-statement writes outside [`Store::write_tx`]: on
+    /// SQLite the one writing connection, so writes keep its cache warm.
+    pub(crate) fn write_pool(&self) -> &AnyPool {
+        &self.writes
+    }
+
     /// Opens a transaction that will write. On SQLite it takes the write lock at
     /// BEGIN (`BEGIN IMMEDIATE`), so it waits its turn under the busy timeout; a
     /// deferred transaction that first reads and then writes is refused outright
     /// with "database is locked" when another writer got there first.
     pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => self.writes.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.writes.begin().await?,
         })
     }
 
@@ -233,6 +263,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.writes.close().await;
         self.pool.close().await;
     }
 

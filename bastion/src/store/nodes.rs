@@ -395,7 +395,8 @@ impl Store {
             for id in chunk {
                 query = query.bind(id);
             }
-            query.execute(&self.pool).await?;
+            // The writing connection: a write elsewhere would empty its cache.
+            query.execute(&self.writes).await?;
         }
         Ok(())
     }
