@@ -12,5 +12,5 @@ mod registry;
 mod tls;
 
 pub use fleet::{Fleet, NodeLink};
-pub use registry::{AgentBody, AgentConn, BoxError, stream_body};
+pub use registry::{AgentBody, AgentConn, BoxError, held_body, stream_body};
 pub use tls::server_config;

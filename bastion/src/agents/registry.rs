@@ -32,6 +32,22 @@ pub fn stream_body(queue: usize) -> (tokio::sync::mpsc::Sender<Bytes>, AgentBody
     )
 }
 
+/// A request body that sends `head` at once and then stays open for one more
+/// chunk: the one sent on the returned sender, or none if it is dropped. Much
+/// smaller than [`stream_body`]'s queue, for a body held per node of a fan-out.
+pub fn held_body(head: [Bytes; 2]) -> (tokio::sync::oneshot::Sender<Bytes>, AgentBody) {
+    use futures_util::StreamExt;
+    let (tx, rx) = tokio::sync::oneshot::channel::<Bytes>();
+    let tail = futures_util::stream::once(rx).filter_map(|r| std::future::ready(r.ok()));
+    let stream = futures_util::stream::iter(head)
+        .chain(tail)
+        .map(|b| Ok::<_, BoxError>(hyper::body::Frame::data(b)));
+    (
+        tx,
+        http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(stream)),
+    )
+}
+
 /// One live channel.
 pub struct AgentConn {
     pub node_id: String,
@@ -135,5 +151,52 @@ impl Registry {
             c.cancel.cancel();
         }
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    async fn chunks(mut body: AgentBody) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.expect("frame").into_data() {
+                out.push(data);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_held_body_sends_its_head_then_the_one_chunk_then_ends() {
+        let (tx, body) = held_body([Bytes::from_static(b"{}"), Bytes::from_static(b"\n")]);
+        let read = tokio::spawn(chunks(body));
+        tx.send(Bytes::from_static(b"release\n"))
+            .expect("the body is open");
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), read)
+            .await
+            .expect("the body ended")
+            .expect("no panic");
+        assert_eq!(got, [&b"{}"[..], b"\n", b"release\n"]);
+    }
+
+    #[tokio::test]
+    async fn a_held_body_ends_after_its_head_when_the_sender_is_dropped() {
+        let (tx, body) = held_body([Bytes::from_static(b"{}"), Bytes::from_static(b"\n")]);
+        drop(tx);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), chunks(body))
+            .await
+            .expect("the body ended");
+        assert_eq!(got, [&b"{}"[..], b"\n"]);
+    }
+
+    #[tokio::test]
+    async fn a_held_body_refuses_the_chunk_once_it_is_gone() {
+        let (tx, body) = held_body([Bytes::from_static(b"{}"), Bytes::from_static(b"\n")]);
+        drop(body);
+        assert!(tx.send(Bytes::from_static(b"release\n")).is_err());
     }
 }
