@@ -3,6 +3,12 @@
 //! not 10,000. A caller that needs to know its result is durable (before telling
 //! the agent to drop its spool) waits for the batch's acknowledgement.
 //!
+//! Under load (the last batch held several changes), commits are at least
+//! `COMMIT_SPACING` apart, so each carries more rows: a commit rewrites every
+//! page its rows touched and syncs the file, and on a 10,000-node fan-out
+//! the syncs were a fifth of the writer's time. A lone change (one command
+//! to one node) commits at once.
+//!
 //! One bad row must not fail its neighbours: when a batch fails for anything but
 //! an unavailable database, each change is written again on its own, and only the
 //! ones that fail alone are reported failed. The callers retry those.
@@ -13,6 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::store::{ResultUpdate, Store, StoreError};
 
 const MAX_BATCH: usize = 512;
+/// The least time between two commits while changes keep coming.
+const COMMIT_SPACING: std::time::Duration = std::time::Duration::from_millis(10);
+/// A batch this large says changes keep coming.
+const BUSY_BATCH: usize = 4;
 
 /// Why a change was not written.
 #[derive(Debug, Clone)]
@@ -46,6 +56,8 @@ pub(super) async fn run(
     events: tokio::sync::watch::Sender<u64>,
 ) {
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
+    // When the last commit started, if its batch said the writer is busy.
+    let mut busy_since: Option<tokio::time::Instant> = None;
     loop {
         let first = tokio::select! {
             op = rx.recv() => op,
@@ -57,12 +69,25 @@ pub(super) async fn run(
         };
         let Some(first) = first else { return };
         batch.push(first);
+        // Busy: what arrives within the spacing joins this commit (at most a
+        // full batch; a shutdown does not wait).
+        let due = busy_since
+            .map(|t| t + COMMIT_SPACING)
+            .filter(|_| !shutdown.is_cancelled());
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
-                Err(_) => break,
+                Err(_) => {
+                    let Some(due) = due else { break };
+                    match tokio::time::timeout_at(due, rx.recv()).await {
+                        Ok(Some(op)) => batch.push(op),
+                        _ => break,
+                    }
+                }
             }
         }
+        let started = tokio::time::Instant::now();
+        busy_since = (batch.len() >= BUSY_BATCH).then_some(started);
         if write_batch(&store, &mut batch).await {
             // Readers of live streams look for what was just committed.
             super::events_committed(&events);
