@@ -23,6 +23,7 @@ pub mod oidc;
 pub mod proxy;
 pub mod recording_bench;
 pub mod replicas_bench;
+pub mod scale_bench;
 pub mod soak;
 pub mod sse;
 pub mod ssh;
@@ -435,6 +436,13 @@ impl Bastion {
     pub async fn restart(&mut self) {
         self.stop();
         self.spawn().await;
+    }
+
+    /// Starts a killed or stopped bastion again on the same addresses and data.
+    pub async fn revive(&mut self) {
+        if self.child.is_none() {
+            self.spawn().await;
+        }
     }
 
     pub fn log(&self) -> String {
