@@ -5,7 +5,7 @@
 use postern_api::cmdexec::{ExecEvent, NodeCounts, NodeExecStatus};
 use sqlx::Row;
 
-use super::{Result, Store, StoreError};
+use super::{Backend, Result, Store, StoreError};
 
 mod idempotency;
 mod reads;
@@ -194,8 +194,12 @@ fn changed_rows(rows: Vec<sqlx::any::AnyRow>) -> std::collections::HashSet<(Stri
         .collect()
 }
 
-/// `($1,$2,…),(…)…`: `rows` rows of `cols` placeholders.
-fn values_list(rows: usize, cols: usize) -> String {
+/// `(?,?,…),(…)…` on SQLite, `($1,$2,…),(…)…` on PostgreSQL: `rows` rows of
+/// `cols` placeholders, every parameter of the statement in order. SQLite
+/// finds a named parameter (`$1`) by a linear search of the statement's
+/// names when binding, so binding named ones costs the square of their
+/// number; anonymous ones are bound by position.
+fn values_list(backend: Backend, rows: usize, cols: usize) -> String {
     let mut q = String::with_capacity(rows * cols * 5);
     for i in 0..rows {
         if i > 0 {
@@ -206,25 +210,49 @@ fn values_list(rows: usize, cols: usize) -> String {
             if c > 0 {
                 q.push(',');
             }
-            q.push_str(&format!("${}", i * cols + c + 1));
+            match backend {
+                Backend::Sqlite => q.push('?'),
+                Backend::Postgres => q.push_str(&format!("${}", i * cols + c + 1)),
+            }
         }
         q.push(')');
     }
     q
 }
 
+/// Rows a multi-row statement takes at most: about 4,096 parameters.
+const MAX_STATEMENT_PARAMS: usize = 4096;
+
+/// `items` cut into statements of at most [`MAX_STATEMENT_PARAMS`]
+/// parameters, each a power of two rows long (the largest first): few
+/// statements, and few distinct ones for the statement cache to prepare.
+fn statement_chunks<T>(items: &[T], cols: usize) -> impl Iterator<Item = &[T]> {
+    let max = (MAX_STATEMENT_PARAMS / cols.max(1)).max(1);
+    let max = 1usize << max.ilog2();
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let n = rest.len().min(max);
+        let n = 1usize << n.ilog2();
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Some(head)
+    })
+}
+
 /// Appends events in their order, many to a statement.
 async fn insert_events(
+    backend: Backend,
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     events: &[(String, ExecEvent)],
     now: i64,
 ) -> Result<()> {
-    // 4 values a row: 48 rows a statement (binding costs the square of the
-    // parameters on SQLite).
-    for chunk in events.chunks(48) {
+    for chunk in statement_chunks(events, 4) {
         let q = format!(
             "INSERT INTO exec_events (exec_id, kind, body, created_at) VALUES {}",
-            values_list(chunk.len(), 4)
+            values_list(backend, chunk.len(), 4)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str()));
         for (exec_id, e) in chunk {
@@ -386,25 +414,11 @@ impl Store {
             .bind(e.cancel_requested_at)
             .execute(&mut *tx)
             .await?;
-        // 16 columns a row. SQLite finds each of a statement's parameters by
-        // a linear search of its names (sqlite3_bind_parameter_name), so a
-        // statement's binding costs the square of its parameters: 12 rows
-        // (192 parameters) a statement, not the 999 SQLite would allow.
-        for chunk in results.chunks(12) {
-            let mut q = format!("INSERT INTO exec_results ({RESULT_COLS}) VALUES ");
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    q.push(',');
-                }
-                q.push('(');
-                for c in 0..16 {
-                    if c > 0 {
-                        q.push(',');
-                    }
-                    q.push_str(&format!("${}", i * 16 + c + 1));
-                }
-                q.push(')');
-            }
+        for chunk in statement_chunks(results, 16) {
+            let q = format!(
+                "INSERT INTO exec_results ({RESULT_COLS}) VALUES {}",
+                values_list(self.backend, chunk.len(), 16)
+            );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str()));
             for r in chunk {
                 query = bind_result(query, r);
@@ -481,15 +495,13 @@ impl Store {
         let now = crate::clock::now_ms();
         let mut tx = self.write_tx().await?;
         let mut events: Vec<(String, ExecEvent)> = Vec::new();
-        // Statements of about 200 parameters: binding one costs the square of
-        // its parameters on SQLite (see insert_execution_owned).
-        for chunk in started.chunks(64) {
+        for chunk in statement_chunks(&started, 3) {
             let q = format!(
                 "UPDATE exec_results SET status = 'running', started_at = v.column3 FROM (VALUES {}) AS v
                  WHERE exec_results.exec_id = v.column1 AND exec_results.node_id = v.column2
                    AND exec_results.status = 'pending'
                  RETURNING exec_results.exec_id, exec_results.node_id",
-                values_list(chunk.len(), 3)
+                values_list(self.backend, chunk.len(), 3)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str()));
             for (exec_id, node_id, _, at) in chunk {
@@ -511,8 +523,8 @@ impl Store {
                 .into_iter()
                 .map(|(e, ev)| (e.to_string(), ev.clone())),
         );
-        // 16 values a row, as RESULT_COLS: 12 rows a statement.
-        for chunk in finished.chunks(12) {
+        // 16 values a row, as RESULT_COLS.
+        for chunk in statement_chunks(&finished, 16) {
             let q = format!(
                 "UPDATE exec_results SET hostname = v.column3, status = v.column4, exit_code = v.column5,
                    error = v.column6, stdout = v.column7, stdout_truncated = v.column8,
@@ -523,7 +535,7 @@ impl Store {
                  WHERE exec_results.exec_id = v.column1 AND exec_results.node_id = v.column2
                    AND exec_results.status IN ('pending', 'running')
                  RETURNING exec_results.exec_id, exec_results.node_id",
-                values_list(chunk.len(), 16)
+                values_list(self.backend, chunk.len(), 16)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str()));
             for r in chunk {
@@ -536,7 +548,7 @@ impl Store {
                 }
             }
         }
-        insert_events(&mut tx, &events, now).await?;
+        insert_events(self.backend, &mut tx, &events, now).await?;
         tx.commit().await?;
         Ok(!events.is_empty())
     }
@@ -651,5 +663,36 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok(n.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_lists_are_positional_on_sqlite_and_numbered_on_postgres() {
+        assert_eq!(values_list(Backend::Sqlite, 2, 3), "(?,?,?),(?,?,?)");
+        assert_eq!(
+            values_list(Backend::Postgres, 2, 3),
+            "($1,$2,$3),($4,$5,$6)"
+        );
+    }
+
+    #[test]
+    fn statements_take_every_row_once_in_order_in_few_shapes() {
+        for (n, cols) in [(0, 16), (1, 16), (10, 16), (1000, 16), (513, 3), (7, 5000)] {
+            let items: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = statement_chunks(&items, cols).collect();
+            let flat: Vec<usize> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            assert_eq!(flat, items, "n={n} cols={cols}");
+            for c in &chunks {
+                assert!(c.len().is_power_of_two(), "{} rows", c.len());
+                assert!(c.len() * cols <= MAX_STATEMENT_PARAMS || c.len() == 1);
+            }
+        }
+        let items = vec![0u8; 1000];
+        let sizes: Vec<usize> = statement_chunks(&items, 16).map(<[u8]>::len).collect();
+        assert_eq!(sizes, [256, 256, 256, 128, 64, 32, 8]);
     }
 }
