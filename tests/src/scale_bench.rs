@@ -10,10 +10,11 @@
 //!    until every first contact is done; memory per agent on each replica.
 //! 2. A fan-out of `hostname` to every node posted to replica 1 (half the
 //!    calls routed through replica 2), with the CPU of both replicas.
-//! 3. `kill -9` of replica 2 and a restart on the same addresses: its agents
-//!    fail over to replica 1 until that holds `max_agent_connections` (16,000
-//!    by default, under the file limit), the rest wait for replica 2 again.
-//!    Timed until every agent is connected again, and whether any gave up.
+//! 3. `kill -9` of replica 2 and a restart on the same addresses once its
+//!    lease has run out: its agents fail over to replica 1 until that holds
+//!    `max_agent_connections` (16,000 by default, under the file limit), the
+//!    rest wait for replica 2 again. Timed from the kill until every agent is
+//!    connected again, and whether any gave up.
 //! 4. The same fan-out again, on the fleet as the restart left it.
 
 use std::io::{BufRead, BufReader, Write};
@@ -269,6 +270,10 @@ pub async fn run(opts: &ScaleBenchOpts) -> ScaleReport {
     let agents_moved = r2.metric("postern_agents_connected").await;
     let killed = Instant::now();
     r2.kill();
+    // A name whose heartbeat is fresh is refused to a new process (two under
+    // one name would take each other's nodes): the restart waits for the
+    // replica lease (5 s), as a service manager's restart delay would.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     r2.revive().await;
     eventually(
         Duration::from_secs(900),
