@@ -680,22 +680,30 @@ impl Bastion {
         }
     }
 
-    /// A metric's value from `/metrics`.
     /// The whole `/metrics` page.
     pub async fn metrics_text(&self) -> String {
         let (_, v) = http(self.api, "GET", "/metrics", None, None).await.unwrap();
         v.as_str().unwrap_or_default().to_string()
     }
 
+    /// A metric's value from `/metrics`.
     pub async fn metric(&self, name: &str) -> u64 {
-        let (_, v) = http(self.api, "GET", "/metrics", None, None).await.unwrap();
-        let text = v.as_str().unwrap_or_default().to_string();
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|l| {
                 l.strip_prefix(name)
                     .and_then(|rest| rest.trim().parse().ok())
             })
             .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+    }
+
+    /// A metric summed over several replicas.
+    pub async fn metric_total(bastions: &[&Bastion], name: &str) -> u64 {
+        let mut n = 0;
+        for b in bastions {
+            n += b.metric(name).await;
+        }
+        n
     }
 }
 

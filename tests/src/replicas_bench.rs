@@ -63,22 +63,6 @@ pub struct ReplicasReport {
     pub kill: KillFigures,
 }
 
-async fn connected(bs: &[&Bastion]) -> u64 {
-    let mut n = 0;
-    for b in bs {
-        n += b.metric("postern_agents_connected").await;
-    }
-    n
-}
-
-async fn handshakes(bs: &[&Bastion]) -> u64 {
-    let mut n = 0;
-    for b in bs {
-        n += b.metric("postern_agent_handshakes_total").await;
-    }
-    n
-}
-
 pub async fn run(opts: &ReplicasBenchOpts) -> ReplicasReport {
     // The others are started with r1's options.
     let r1 = Bastion::start(crate::BastionOpts {
@@ -117,7 +101,7 @@ pub async fn run(opts: &ReplicasBenchOpts) -> ReplicasReport {
     let swarm = Running::start(identities, opts.backoff_cap);
     let all = [&r1, &r2, &r3];
     eventually(Duration::from_secs(600), "all agents connected", || async {
-        connected(&all).await == n as u64
+        Bastion::metric_total(&all, "postern_agents_connected").await == n as u64
     })
     .await;
     let connect_secs = t.elapsed().as_secs_f64();
@@ -148,17 +132,19 @@ pub async fn run(opts: &ReplicasBenchOpts) -> ReplicasReport {
     // 3. r3 dies.
     let moved = r3.metric("postern_agents_connected").await;
     let rest = [&r1, &r2];
-    let hs0 = handshakes(&rest).await;
+    let hs0 = Bastion::metric_total(&rest, "postern_agent_handshakes_total").await;
     let killed = Instant::now();
     r3.kill();
     eventually(
         Duration::from_secs(300),
         "r3's agents on the others",
-        || async { connected(&rest).await == nodes as u64 },
+        || async { Bastion::metric_total(&rest, "postern_agents_connected").await == nodes as u64 },
     )
     .await;
     let back_secs = killed.elapsed().as_secs_f64();
-    let hs = handshakes(&rest).await.saturating_sub(hs0);
+    let hs = Bastion::metric_total(&rest, "postern_agent_handshakes_total")
+        .await
+        .saturating_sub(hs0);
     let kill = KillFigures {
         agents_moved: moved,
         back_secs,

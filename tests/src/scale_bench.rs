@@ -70,22 +70,6 @@ pub struct ScaleReport {
     pub agents_gave_up: usize,
 }
 
-async fn connected(bs: &[&Bastion]) -> u64 {
-    let mut n = 0;
-    for b in bs {
-        n += b.metric("postern_agents_connected").await;
-    }
-    n
-}
-
-async fn first_contacts(bs: &[&Bastion]) -> u64 {
-    let mut n = 0;
-    for b in bs {
-        n += b.metric("postern_agent_first_contacts_total").await;
-    }
-    n
-}
-
 /// One child process running a slice of the swarm; closing its stdin stops it.
 struct Part {
     child: Child,
@@ -241,12 +225,12 @@ pub async fn run(opts: &ScaleBenchOpts) -> ScaleReport {
     let enroll_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     eventually(Duration::from_secs(900), "all agents connected", || async {
-        connected(&[&r1, &r2]).await == n as u64
+        Bastion::metric_total(&[&r1, &r2], "postern_agents_connected").await == n as u64
     })
     .await;
     let connect_secs = t1.elapsed().as_secs_f64();
     eventually(Duration::from_secs(900), "first contacts done", || async {
-        first_contacts(&[&r1, &r2]).await >= n as u64
+        Bastion::metric_total(&[&r1, &r2], "postern_agent_first_contacts_total").await >= n as u64
     })
     .await;
     let settled_secs = t1.elapsed().as_secs_f64();
@@ -278,7 +262,9 @@ pub async fn run(opts: &ScaleBenchOpts) -> ScaleReport {
     eventually(
         Duration::from_secs(900),
         "every agent back after the kill",
-        || async { connected(&[&r1, &r2]).await == n as u64 },
+        || async {
+            Bastion::metric_total(&[&r1, &r2], "postern_agents_connected").await == n as u64
+        },
     )
     .await;
     let back_secs = killed.elapsed().as_secs_f64();
