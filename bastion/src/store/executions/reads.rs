@@ -215,9 +215,14 @@ impl Store {
     }
 
     /// Results not yet final, with their executions: what a restarted bastion resumes.
+    /// Found through the open executions (a result is open only while its
+    /// execution is): the status has no index, so a status change rewrites
+    /// only its row.
     pub async fn unfinished_results(&self) -> Result<Vec<(ExecutionRow, ResultRow)>> {
         let q = format!(
-            "SELECT {SUMMARY_COLS} FROM exec_results WHERE status IN ('pending', 'running')"
+            "SELECT {SUMMARY_COLS} FROM exec_results
+             WHERE exec_id IN (SELECT id FROM executions WHERE finished_at IS NULL)
+               AND status IN ('pending', 'running')"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
             .fetch_all(&self.pool)
