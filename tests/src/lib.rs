@@ -256,6 +256,14 @@ pub struct Bastion {
     log: PathBuf,
 }
 
+/// The bastion binary to run: this build's, unless a benchmark runs another
+/// build beside it (today's against a baseline, in one run).
+fn bastion_exe() -> PathBuf {
+    std::env::var_os("POSTERN_BASTION_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin("postern-bastion"))
+}
+
 impl Bastion {
     pub async fn start(opts: BastionOpts) -> Bastion {
         let dir = tempfile::tempdir().unwrap();
@@ -263,7 +271,9 @@ impl Bastion {
         std::fs::write(&key, hex_key()).unwrap();
         std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
-        let mut init = Command::new(bin("postern-bastion"));
+        // The build that serves also initializes: another build's migrations
+        // would be refused by it.
+        let mut init = Command::new(bastion_exe());
         init.args(["init", "--data-dir"])
             .arg(dir.path().join("data"));
         if let Some(u) = &opts.database_url {
@@ -304,6 +314,11 @@ impl Bastion {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The URL of this bastion's embedded SQLite database.
+    pub fn sqlite_url(&self) -> String {
+        format!("sqlite://{}", self.data_dir().join("postern.db").display())
     }
 
     /// Options for replica `name` of a new deployment on a fresh PostgreSQL schema.
@@ -369,12 +384,7 @@ impl Bastion {
             .append(true)
             .open(&self.log)
             .unwrap();
-        // A benchmark may run another build of the bastion beside this one's
-        // (today's against a baseline, in one run).
-        let exe = std::env::var_os("POSTERN_BASTION_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| bin("postern-bastion"));
-        let mut cmd = Command::new(exe);
+        let mut cmd = Command::new(bastion_exe());
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(self.data_dir())

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::ssh::{InstalledHelper, Node, SshUser};
 use crate::ssh_bench::{BenchOpts, PathFigures, measure_path};
-use crate::swarm::{FanoutReport, Running, enroll_all, fanout_on};
+use crate::swarm::{FanoutReport, Running, enroll_all, fanout_on, store_reader};
 use crate::{Bastion, eventually};
 
 #[derive(Debug, Clone)]
@@ -73,9 +73,7 @@ pub async fn run(opts: &ReplicasBenchOpts) -> ReplicasReport {
     let mut r2 = Bastion::replica_of(&r1, "r2").await;
     let mut r3 = Bastion::replica_of(&r1, "r3").await;
     let url = r1.opts.database_url.clone().unwrap_or_default();
-    let store = postern_bastion::store::Store::open(&url)
-        .await
-        .unwrap_or_else(|e| panic!("store: {e}"));
+    let store = store_reader(&url).await;
     let n = opts.agents;
 
     // The swarm: agent i lists replica i % 3 first, the others after it.

@@ -25,7 +25,7 @@ use postern_agent::JoinRequest;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::swarm::{FanoutReport, Running, enroll_all, fanout_on, rss_kib};
+use crate::swarm::{FanoutReport, Running, enroll_all, fanout_on, rss_kib, store_reader};
 use crate::{Bastion, eventually};
 
 #[derive(Debug, Clone)]
@@ -171,9 +171,7 @@ pub async fn run(opts: &ScaleBenchOpts) -> ScaleReport {
     .await;
     let mut r2 = Bastion::replica_of(&r1, "r2").await;
     let url = r1.opts.database_url.clone().unwrap_or_default();
-    let store = postern_bastion::store::Store::open(&url)
-        .await
-        .unwrap_or_else(|e| panic!("store: {e}"));
+    let store = store_reader(&url).await;
     let n = opts.agents;
     let token = r1
         .enrollment(json!({"max_uses": n, "auto_approve": true, "ttl_seconds": 86_400}))

@@ -109,13 +109,22 @@ pub fn median(v: &[f64]) -> f64 {
     s.get(s.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// The bastion's database, for the benchmark's own queries. Opened without
+/// migrations: a baseline build run beside this one keeps the schema it made.
+pub async fn store_reader(url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("the bastion's database at {url}: {e}"))
+}
+
 /// Runs `hostname` on the first `nodes` swarm nodes, `runs` times; each run is timed
 /// from the POST to the moment no result of it is pending or running in the store.
 async fn fanout(bastion: &Bastion, nodes: usize, total: usize, runs: usize) -> FanoutReport {
     let pid = bastion.pid().unwrap_or(0);
-    let store = postern_bastion::store::Store::open_sqlite(&bastion.data_dir())
-        .await
-        .unwrap_or_else(|e| panic!("store: {e}"));
+    let store = store_reader(&bastion.sqlite_url()).await;
     let r = fanout_on(bastion, &store, &[pid], nodes, total, runs).await;
     store.close().await;
     r
@@ -125,7 +134,7 @@ async fn fanout(bastion: &Bastion, nodes: usize, total: usize, runs: usize) -> F
 /// `pids` (every replica taking part) and peak memory is the largest of them.
 pub async fn fanout_on(
     bastion: &Bastion,
-    store: &postern_bastion::store::Store,
+    store: &sqlx::AnyPool,
     pids: &[u32],
     nodes: usize,
     total: usize,
@@ -160,7 +169,7 @@ pub async fn fanout_on(
                 "SELECT COUNT(*) FROM executions WHERE id = $1 AND finished_at IS NULL",
             )
             .bind(&exec_id)
-            .fetch_one(store.pool())
+            .fetch_one(store)
             .await
             .unwrap_or((1,));
             peak = pids.iter().map(|p| rss_kib(*p)).fold(peak, u64::max);
@@ -178,7 +187,7 @@ pub async fn fanout_on(
         let last_start: (Option<i64>,) =
             sqlx::query_as("SELECT MAX(started_at) FROM exec_results WHERE exec_id = $1")
                 .bind(&exec_id)
-                .fetch_one(store.pool())
+                .fetch_one(store)
                 .await
                 .unwrap_or((None,));
         dispatches.push(
@@ -190,7 +199,7 @@ pub async fn fanout_on(
             "SELECT COUNT(*) FROM exec_results WHERE exec_id = $1 AND status <> 'succeeded'",
         )
         .bind(&exec_id)
-        .fetch_one(store.pool())
+        .fetch_one(store)
         .await
         .unwrap_or((0,));
         failed_nodes += failed.0;
@@ -198,7 +207,7 @@ pub async fn fanout_on(
             let e: Option<(Option<String>,)> =
                 sqlx::query_as("SELECT error FROM exec_results WHERE exec_id = $1 AND status <> 'succeeded' LIMIT 1")
                     .bind(&exec_id)
-                    .fetch_optional(store.pool())
+                    .fetch_optional(store)
                     .await
                     .unwrap_or(None);
             example_error = e.and_then(|e| e.0);
@@ -495,9 +504,7 @@ pub async fn run(opts: &SwarmOpts) -> Report {
 
 async fn live_fanout(bastion: &Bastion, n: usize, without: Option<u64>) -> LiveReport {
     let pid = bastion.pid().unwrap_or(0);
-    let store = postern_bastion::store::Store::open_sqlite(&bastion.data_dir())
-        .await
-        .unwrap_or_else(|e| panic!("store: {e}"));
+    let store = store_reader(&bastion.sqlite_url()).await;
     let rss_before = rss_kib(pid);
     let (s, v) = bastion
         .post(
@@ -518,7 +525,7 @@ async fn live_fanout(bastion: &Bastion, n: usize, without: Option<u64>) -> LiveR
         let open: (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM executions WHERE id = $1 AND finished_at IS NULL")
                 .bind(&exec_id)
-                .fetch_one(store.pool())
+                .fetch_one(&store)
                 .await
                 .unwrap_or((1,));
         peak = peak.max(rss_kib(pid));
