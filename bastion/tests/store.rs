@@ -980,7 +980,36 @@ mod executions {
         let (_, page) = s.history(&project, 1, 0).await.unwrap();
         assert_eq!(page[0].execution.command, "é".repeat(4096));
         assert!(page[0].command_truncated);
-        s.finish_execution("e1", 123).await.unwrap();
+        // Not while any of its results is open: a finished execution is never
+        // resumed, so they would stay open for good.
+        assert!(!s.finish_execution("e1", 123).await.unwrap());
+        assert_eq!(
+            s.settled_unfinished_executions().await.unwrap(),
+            ["e2", "e3"],
+            "no result open (none at all, here), not finished"
+        );
+        let rest: Vec<ResultUpdate> = (1..150)
+            .map(|i| {
+                let mut r = ResultRow::new(
+                    "e1",
+                    &format!("n{i:03}"),
+                    &format!("h{i:03}"),
+                    NodeExecStatus::Succeeded,
+                );
+                r.finished_at = Some(100);
+                ResultUpdate::Finished(Box::new(r))
+            })
+            .collect();
+        s.apply_result_updates(&rest).await.unwrap();
+        assert_eq!(
+            s.settled_unfinished_executions().await.unwrap(),
+            ["e1", "e2", "e3"]
+        );
+        assert!(s.finish_execution("e1", 123).await.unwrap());
+        assert_eq!(
+            s.settled_unfinished_executions().await.unwrap(),
+            ["e2", "e3"]
+        );
         let page = s
             .execution_page("e1", 10, 0, usize::MAX)
             .await
@@ -1007,21 +1036,21 @@ mod executions {
         let kinds = |evs: Vec<postern_bastion::store::StoredEvent>| {
             evs.into_iter().map(|e| e.kind).collect::<Vec<_>>()
         };
-        let evs = s.events_after("e1", 0, 100).await.unwrap();
+        let evs = s.events_after("e1", 0, 200).await.unwrap();
         let ids: Vec<i64> = evs.iter().map(|e| e.id).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
         assert!(evs[0].body.contains("\"h000\""), "{}", evs[0].body);
         assert!(evs[2].body.contains("\"exit_code\":3"), "{}", evs[2].body);
         assert!(evs[2].body.contains("\"h000\""), "{}", evs[2].body);
+        let kinds_all = kinds(evs);
         assert_eq!(
-            kinds(evs),
-            [
-                "node_started",
-                "node_started",
-                "node_finished",
-                "execution_finished"
-            ]
+            kinds_all[..3],
+            ["node_started", "node_started", "node_finished"]
         );
+        // Then the other 149 ends, then the execution's.
+        assert_eq!(kinds_all.len(), 153);
+        assert!(kinds_all[3..152].iter().all(|k| k == "node_finished"));
+        assert_eq!(kinds_all[152], "execution_finished");
         assert!(!s.finish_execution("e1", 124).await.unwrap());
         let after_first = ids[0];
         assert_eq!(

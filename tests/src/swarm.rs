@@ -201,7 +201,7 @@ pub async fn fanout_on(
         .bind(&exec_id)
         .fetch_one(store)
         .await
-        .unwrap_or((0,));
+        .unwrap_or_else(|e| panic!("counting the failed nodes: {e}"));
         failed_nodes += failed.0;
         if failed.0 > 0 && example_error.is_none() {
             let e: Option<(Option<String>,)> =

@@ -766,6 +766,74 @@ async fn a_resumed_pending_node_whose_command_ran_is_followed_not_settled_as_uns
     }
 }
 
+/// A bastion that stopped between its last node's result and marking the
+/// execution finished (a crash, a shutdown, a failed write): at its next start
+/// the execution is finished and its stream ended, not left running with
+/// nothing to resume.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_execution_settled_but_not_finished_is_finished_at_the_next_start() {
+    let mut b = Bastion::start(BastionOpts::default()).await;
+    let _a = b.agent("alpha").await;
+    let r = b
+        .execute(json!({"target": ["alpha"], "target_type": "node", "command": "echo hi"}))
+        .await;
+    let id = r["exec_id"].as_str().unwrap().to_string();
+    let pool = postern_tests::swarm::store_reader(&b.sqlite_url()).await;
+    let finished = |pool: sqlx::AnyPool| {
+        let id = id.clone();
+        async move {
+            let (at, ends): (Option<i64>, i64) = sqlx::query_as(
+                "SELECT finished_at, (SELECT COUNT(*) FROM exec_events
+                   WHERE exec_id = $1 AND kind = 'execution_finished')
+                 FROM executions WHERE id = $1",
+            )
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (at.is_some(), ends)
+        }
+    };
+    eventually(Duration::from_secs(15), "the execution finished", || {
+        let f = finished(pool.clone());
+        async move { f.await == (true, 1) }
+    })
+    .await;
+    b.kill();
+
+    // What a stop just before the finish leaves: every result stored, the
+    // execution open, no event ending its stream.
+    sqlx::query("UPDATE executions SET finished_at = NULL WHERE id = $1")
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM exec_events WHERE exec_id = $1 AND kind = 'execution_finished'")
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(finished(pool.clone()).await, (false, 0));
+    b.restart().await;
+
+    eventually(
+        Duration::from_secs(15),
+        "finished at the next start, its stream ended once",
+        || {
+            let f = finished(pool.clone());
+            async move { f.await == (true, 1) }
+        },
+    )
+    .await;
+    let (_, v) = b
+        .get(&format!(
+            "/cmdexec/v1/projects/web/edges/eu-1/execution/{id}/"
+        ))
+        .await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    pool.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_killed_mid_command_ends_as_lost() {
     let b = Bastion::start(BastionOpts {

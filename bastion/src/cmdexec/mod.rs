@@ -429,7 +429,12 @@ impl Engine {
         let shared = &self.deps;
         let Some(owner) = self.owner.clone() else {
             let open = shared.store.unfinished_results().await?;
-            return Ok(self.resume(shared, open).await);
+            let n = self.resume(shared, open).await;
+            // Every node settled, but the bastion stopped (or could not write)
+            // before it marked the execution finished.
+            let settled = shared.store.settled_unfinished_executions().await?;
+            self.finish_settled(shared, &settled).await;
+            return Ok(n);
         };
         // This replica's own leases from before a restart count only on the first
         // pass: once taken, they are live and its own again.
@@ -471,15 +476,29 @@ impl Engine {
         self.resume(shared, open).await;
         // Every node settled but the execution not marked finished (its replica
         // died in between): finish it here.
-        for id in ids.iter().filter(|id| !with_nodes.contains(*id)) {
-            if let Err(e) = shared.store.finish_execution(id, now_ms()).await {
-                tracing::warn!(exec_id = %id, error = %e, "cannot mark execution finished");
-            } else {
-                events_committed(&self.events);
-                self.audit_results(shared, id).await;
+        let settled: Vec<String> = ids
+            .iter()
+            .filter(|id| !with_nodes.contains(*id))
+            .cloned()
+            .collect();
+        self.finish_settled(shared, &settled).await;
+        Ok(ids.len())
+    }
+
+    /// Finishes executions whose nodes are all settled, with their audit entry.
+    async fn finish_settled(&self, shared: &Arc<Deps>, ids: &[String]) {
+        for id in ids {
+            match shared.store.finish_execution(id, now_ms()).await {
+                Ok(true) => {
+                    events_committed(&self.events);
+                    self.audit_results(shared, id).await;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(exec_id = %id, error = %e, "cannot mark execution finished");
+                }
             }
         }
-        Ok(ids.len())
     }
 
     /// Follows each given unfinished (execution, node) from where the store has

@@ -554,11 +554,15 @@ impl Store {
     }
 
     /// Marks the execution finished, with the event that ends its stream. Answers
-    /// whether this call finished it.
+    /// whether this call finished it: not when it was finished already, nor while
+    /// any of its results is still open (a finished execution is never resumed,
+    /// so its open results would stay open for good).
     pub async fn finish_execution(&self, exec_id: &str, at: i64) -> Result<bool> {
         let mut tx = self.write_tx().await?;
         let r = sqlx::query(
-            "UPDATE executions SET finished_at = $2 WHERE id = $1 AND finished_at IS NULL",
+            "UPDATE executions SET finished_at = $2 WHERE id = $1 AND finished_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM exec_results
+                               WHERE exec_id = $1 AND status IN ('pending', 'running'))",
         )
         .bind(exec_id)
         .bind(at)

@@ -230,6 +230,20 @@ impl Store {
         self.with_executions(rows).await
     }
 
+    /// Unfinished executions with no open result: every node settled, but the
+    /// bastion stopped before it marked the execution finished.
+    pub async fn settled_unfinished_executions(&self) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM executions e WHERE finished_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM exec_results r
+                               WHERE r.exec_id = e.id AND r.status IN ('pending', 'running'))
+             ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
     /// The unfinished results of these executions (a replica taking them over).
     pub async fn unfinished_results_of(
         &self,
