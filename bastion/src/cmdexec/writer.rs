@@ -8,10 +8,9 @@
 //! page its rows touched and syncs the file. On a 10,000-node fan-out, 10 ms
 //! apart, a commit carried about 4 nodes; 50 ms apart, about 15: a quarter
 //! of the syncs, a fifth fewer page writes, and the writer thread's CPU per
-//! node 0.55× (measured). A
-//! result is then durable, and seen by live readers, up to 50 ms later while
-//! the writer is busy; a lone change (one command to one node) commits at
-//! once.
+//! node 0.55× (measured). A result is then durable, and seen by live
+//! readers, up to 50 ms later while the writer is busy. A change that comes
+//! after a quiet commit (one command to one node, say) commits at once.
 //!
 //! One bad row must not fail its neighbours: when a batch fails for anything but
 //! an unavailable database, each change is written again on its own, and only the
