@@ -988,19 +988,26 @@ mod executions {
             ["e2", "e3"],
             "no result open (none at all, here), not finished"
         );
-        let rest: Vec<ResultUpdate> = (1..150)
-            .map(|i| {
-                let mut r = ResultRow::new(
-                    "e1",
-                    &format!("n{i:03}"),
-                    &format!("h{i:03}"),
-                    NodeExecStatus::Succeeded,
-                );
-                r.finished_at = Some(100);
-                ResultUpdate::Finished(Box::new(r))
-            })
-            .collect();
+        let settle = |i: usize| {
+            let mut r = ResultRow::new(
+                "e1",
+                &format!("n{i:03}"),
+                &format!("h{i:03}"),
+                NodeExecStatus::Succeeded,
+            );
+            r.finished_at = Some(100);
+            ResultUpdate::Finished(Box::new(r))
+        };
+        // Every pending one settled; n001 still running.
+        let rest: Vec<ResultUpdate> = (2..150).map(settle).collect();
         s.apply_result_updates(&rest).await.unwrap();
+        assert!(!s.finish_execution("e1", 123).await.unwrap());
+        assert_eq!(
+            s.settled_unfinished_executions().await.unwrap(),
+            ["e2", "e3"],
+            "a running result is open too"
+        );
+        s.apply_result_updates(&[settle(1)]).await.unwrap();
         assert_eq!(
             s.settled_unfinished_executions().await.unwrap(),
             ["e1", "e2", "e3"]

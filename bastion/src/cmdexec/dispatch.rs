@@ -216,7 +216,7 @@ const CANCEL_RESEND: Duration = Duration::from_secs(10);
 const WRITE_TRIES_WITH_OUTPUT: u32 = 5;
 
 /// Exponential backoff with full jitter: 200 ms doubling, at most `cap`.
-fn backoff(attempt: u32, cap: Duration) -> Duration {
+pub(super) fn backoff(attempt: u32, cap: Duration) -> Duration {
     let exp = Duration::from_millis(200).saturating_mul(1u32 << attempt.min(10));
     let max = exp.min(cap);
     max.mul_f64(0.5 + rand::random::<f64>() / 2.0)

@@ -428,13 +428,13 @@ impl Engine {
     pub async fn recover(&self) -> Result<usize, StoreError> {
         let shared = &self.deps;
         let Some(owner) = self.owner.clone() else {
-            let open = shared.store.unfinished_results().await?;
-            let n = self.resume(shared, open).await;
             // Every node settled, but the bastion stopped (or could not write)
-            // before it marked the execution finished.
+            // before it marked the execution finished. Found before anything
+            // resumes: a resumed node's task may finish its execution too.
             let settled = shared.store.settled_unfinished_executions().await?;
+            let open = shared.store.unfinished_results().await?;
             self.finish_settled(shared, &settled).await;
-            return Ok(n);
+            return Ok(self.resume(shared, open).await);
         };
         // This replica's own leases from before a restart count only on the first
         // pass: once taken, they are live and its own again.
@@ -614,11 +614,25 @@ impl Engine {
         };
         if counter.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.running().remove(exec_id);
-            if let Err(e) = shared.store.finish_execution(exec_id, now_ms()).await {
-                tracing::warn!(exec_id, error = %e, "cannot mark execution finished");
+            // Until it is written (the node's task ends at shutdown, and the
+            // next start, or another replica, finishes it then). Audited by
+            // whoever finished it, once.
+            let mut attempt = 0u32;
+            let finished = loop {
+                match shared.store.finish_execution(exec_id, now_ms()).await {
+                    Ok(done) => break done,
+                    Err(e) => {
+                        tracing::warn!(exec_id, error = %e, "cannot mark execution finished; will try again");
+                        attempt += 1;
+                        tokio::time::sleep(dispatch::backoff(attempt, Duration::from_secs(60)))
+                            .await;
+                    }
+                }
+            };
+            if finished {
+                events_committed(&self.events);
+                self.audit_results(shared, exec_id).await;
             }
-            events_committed(&self.events);
-            self.audit_results(shared, exec_id).await;
         }
     }
 
