@@ -259,9 +259,21 @@ pub struct Bastion {
 /// The bastion binary to run: this build's, unless a benchmark runs another
 /// build beside it (today's against a baseline, in one run).
 fn bastion_exe() -> PathBuf {
-    std::env::var_os("POSTERN_BASTION_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| bin("postern-bastion"))
+    match std::env::var_os("POSTERN_BASTION_BIN") {
+        Some(p) => {
+            // Said once: a stray export would otherwise test another build
+            // without a word.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!(
+                    "running the bastion at {} (POSTERN_BASTION_BIN)",
+                    std::path::Path::new(&p).display()
+                );
+            });
+            PathBuf::from(p)
+        }
+        None => bin("postern-bastion"),
+    }
 }
 
 impl Bastion {
