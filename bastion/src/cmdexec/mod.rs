@@ -488,17 +488,20 @@ impl Engine {
     /// Finishes executions whose nodes are all settled, with their audit entry.
     async fn finish_settled(&self, shared: &Arc<Deps>, ids: &[String]) {
         for id in ids {
-            match shared.store.finish_execution(id, now_ms()).await {
-                Ok(true) => {
-                    events_committed(&self.events);
-                    self.audit_results(shared, id).await;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(exec_id = %id, error = %e, "cannot mark execution finished");
-                }
+            if let Err(e) = self.finish(shared, id).await {
+                tracing::warn!(exec_id = %id, error = %e, "cannot mark execution finished");
             }
         }
+    }
+
+    /// Marks the execution finished; whoever finished it (not another task or
+    /// replica that got there first) wakes its readers and audits it, once.
+    async fn finish(&self, shared: &Arc<Deps>, exec_id: &str) -> Result<(), StoreError> {
+        if shared.store.finish_execution(exec_id, now_ms()).await? {
+            events_committed(&self.events);
+            self.audit_results(shared, exec_id).await;
+        }
+        Ok(())
     }
 
     /// Follows each given unfinished (execution, node) from where the store has
@@ -615,23 +618,12 @@ impl Engine {
         if counter.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.running().remove(exec_id);
             // Until it is written (the node's task ends at shutdown, and the
-            // next start, or another replica, finishes it then). Audited by
-            // whoever finished it, once.
+            // next start, or another replica, finishes it then).
             let mut attempt = 0u32;
-            let finished = loop {
-                match shared.store.finish_execution(exec_id, now_ms()).await {
-                    Ok(done) => break done,
-                    Err(e) => {
-                        tracing::warn!(exec_id, error = %e, "cannot mark execution finished; will try again");
-                        attempt += 1;
-                        tokio::time::sleep(dispatch::backoff(attempt, Duration::from_secs(60)))
-                            .await;
-                    }
-                }
-            };
-            if finished {
-                events_committed(&self.events);
-                self.audit_results(shared, exec_id).await;
+            while let Err(e) = self.finish(shared, exec_id).await {
+                tracing::warn!(exec_id, error = %e, "cannot mark execution finished; will try again");
+                attempt += 1;
+                tokio::time::sleep(dispatch::backoff(attempt, Duration::from_secs(60))).await;
             }
         }
     }
