@@ -46,9 +46,25 @@ fn purge_in_background() {
     }
 }
 
+/// jemalloc's heap figures for `/metrics` (see `metrics::HeapGauges`).
+#[cfg(feature = "jemalloc")]
+fn jemalloc_heap() -> Option<postern_bastion::metrics::HeapGauges> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    // The figures are a snapshot taken at the last epoch: take one now.
+    epoch::advance().ok()?;
+    Some(postern_bastion::metrics::HeapGauges {
+        allocated: stats::allocated::read().ok()? as u64,
+        active: stats::active::read().ok()? as u64,
+        resident: stats::resident::read().ok()? as u64,
+    })
+}
+
 fn main() -> std::process::ExitCode {
     #[cfg(feature = "jemalloc")]
-    purge_in_background();
+    {
+        purge_in_background();
+        postern_bastion::metrics::set_heap_reader(jemalloc_heap);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -42,6 +42,33 @@ pub struct LiveGauges {
     pub agents_connected: u64,
     /// With replicas: what this replica sees of its peers.
     pub replica: Option<ReplicaGauges>,
+    /// The allocator's figures, when the binary's allocator gives them.
+    pub heap: Option<HeapGauges>,
+}
+
+/// What the allocator holds, in bytes: `allocated` is what live objects asked
+/// for, `active` the pages holding them (the difference is space inside pages
+/// between objects), `resident` what the allocator keeps in memory, freed pages
+/// not yet returned included. Memory per agent is read from these.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HeapGauges {
+    pub allocated: u64,
+    pub active: u64,
+    pub resident: u64,
+}
+
+/// Set once by the binary that chose the allocator (the library does not know
+/// which one it runs under: tests run it under the system's).
+static HEAP_READER: std::sync::OnceLock<fn() -> Option<HeapGauges>> = std::sync::OnceLock::new();
+
+/// Makes `/metrics` show the allocator's figures, read by `reader` at each scrape.
+pub fn set_heap_reader(reader: fn() -> Option<HeapGauges>) {
+    let _ = HEAP_READER.set(reader);
+}
+
+/// The allocator's figures now, if the binary said how to read them.
+pub fn heap() -> Option<HeapGauges> {
+    HEAP_READER.get().and_then(|read| read())
 }
 
 #[derive(Debug, Default, Clone)]
@@ -118,6 +145,26 @@ impl Metrics {
                 "Agent calls peers sent through this replica to its agents.",
                 r.routed_in,
                 "counter",
+            );
+        }
+        if let Some(h) = &live.heap {
+            gauge(
+                "postern_heap_allocated_bytes",
+                "Bytes live objects asked the allocator for.",
+                h.allocated,
+                "gauge",
+            );
+            gauge(
+                "postern_heap_active_bytes",
+                "Bytes in the allocator's pages that hold live objects.",
+                h.active,
+                "gauge",
+            );
+            gauge(
+                "postern_heap_resident_bytes",
+                "Bytes the allocator keeps in memory, freed pages not yet returned included.",
+                h.resident,
+                "gauge",
             );
         }
         let counters: [(&str, &str, &AtomicU64); 25] = [

@@ -62,6 +62,14 @@ pub struct Report {
     pub bastion_rss_before_kib: u64,
     pub bastion_rss_connected_kib: u64,
     pub bastion_kib_per_agent: f64,
+    /// The same at the end of the idle watch (`idle_secs` later): what the
+    /// connection storm freed has been returned by then.
+    pub bastion_kib_per_agent_idle_end: Option<f64>,
+    /// The allocator's figures per agent (a bastion that shows them on
+    /// `/metrics`), three seconds after the fleet settled and at the end of
+    /// the idle watch.
+    pub heap_per_agent: Option<HeapKib>,
+    pub heap_per_agent_idle_end: Option<HeapKib>,
     /// Bastion CPU while every agent sat idle for `idle_secs`, per agent per
     /// minute (µs).
     pub idle_secs: f64,
@@ -90,6 +98,44 @@ pub struct LiveReport {
     pub bastion_peak_rss_without_reader_kib: Option<u64>,
     /// Time to read the whole stream once the reader resumed.
     pub read_secs: f64,
+}
+
+/// The bastion allocator's figures in KiB (see `postern_heap_*` on `/metrics`):
+/// what live objects asked for, the pages holding them, what it keeps resident.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct HeapKib {
+    pub allocated: f64,
+    pub active: f64,
+    pub resident: f64,
+}
+
+impl HeapKib {
+    /// The allocator's figures now; `None` from a build that does not show them.
+    pub async fn read(bastion: &Bastion) -> Option<HeapKib> {
+        let text = bastion.metrics_text().await;
+        let get = |name: &str| {
+            text.lines().find_map(|l| {
+                l.strip_prefix(name)
+                    .filter(|rest| rest.starts_with(' '))
+                    .and_then(|rest| rest.trim().parse::<f64>().ok())
+            })
+        };
+        Some(HeapKib {
+            allocated: get("postern_heap_allocated_bytes")? / 1024.0,
+            active: get("postern_heap_active_bytes")? / 1024.0,
+            resident: get("postern_heap_resident_bytes")? / 1024.0,
+        })
+    }
+
+    /// What `self` holds beyond `before`, per one of `n`.
+    pub fn per(self, before: HeapKib, n: usize) -> HeapKib {
+        let n = n.max(1) as f64;
+        HeapKib {
+            allocated: (self.allocated - before.allocated) / n,
+            active: (self.active - before.active) / n,
+            resident: (self.resident - before.resident) / n,
+        }
+    }
 }
 
 /// CPU seconds (user + system) the process has used.
@@ -405,6 +451,7 @@ pub async fn run(opts: &SwarmOpts) -> Report {
     // Let the enrollment burst settle before the baseline.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_before = rss_kib(pid);
+    let heap_before = HeapKib::read(&bastion).await;
     // A profiler to attach now, before any agent connects (heaptrack -p,
     // perf record -p): `{pid}` is the bastion's. It runs beside the swarm.
     let _attached = std::env::var("POSTERN_SWARM_ATTACH").ok().map(|cmd| {
@@ -430,16 +477,19 @@ pub async fn run(opts: &SwarmOpts) -> Report {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_connected = rss_kib(pid);
     let per_agent = (rss_connected.saturating_sub(rss_before)) as f64 / n as f64;
-    let idle_cpu = if opts.idle.is_zero() {
-        None
-    } else {
+    let heap_per = |now: Option<HeapKib>| Some(now?.per(heap_before?, n));
+    let heap_per_agent = heap_per(HeapKib::read(&bastion).await);
+    let (mut idle_cpu, mut per_agent_idle_end, mut heap_per_agent_idle_end) = (None, None, None);
+    if !opts.idle.is_zero() {
         let profiler = Profiler::start(pid, "idle");
         let c0 = cpu_secs(pid);
         tokio::time::sleep(opts.idle).await;
         let used = cpu_secs(pid) - c0;
         profiler.stop();
-        Some(used * 1e6 / n as f64 / (opts.idle.as_secs_f64() / 60.0))
-    };
+        idle_cpu = Some(used * 1e6 / n as f64 / (opts.idle.as_secs_f64() / 60.0));
+        per_agent_idle_end = Some(rss_kib(pid).saturating_sub(rss_before) as f64 / n as f64);
+        heap_per_agent_idle_end = heap_per(HeapKib::read(&bastion).await);
+    }
 
     let mut fanouts = Vec::new();
     for &size in &opts.fanout {
@@ -492,6 +542,9 @@ pub async fn run(opts: &SwarmOpts) -> Report {
         bastion_rss_before_kib: rss_before,
         bastion_rss_connected_kib: rss_connected,
         bastion_kib_per_agent: per_agent,
+        bastion_kib_per_agent_idle_end: per_agent_idle_end,
+        heap_per_agent,
+        heap_per_agent_idle_end,
         idle_secs: opts.idle.as_secs_f64(),
         idle_cpu_us_per_agent_minute: idle_cpu,
         restart_reconnect_secs: restart_secs,

@@ -87,5 +87,6 @@ fn live_gauges(fleet: &crate::agents::Fleet) -> crate::metrics::LiveGauges {
             routed_out: r.routed_out.load(Ordering::Relaxed),
             routed_in: r.routed_in.load(Ordering::Relaxed),
         }),
+        heap: crate::metrics::heap(),
     }
 }
