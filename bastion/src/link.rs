@@ -1,14 +1,17 @@
 //! The wire of a call to a node's agent, wherever its channel is (here, or
-//! on a peer replica that holds it): the request body type, the error a call
-//! ends in, and the headers a peer reads. A leaf: the fleet (`agents`) and the
+//! on a peer replica that holds it): the request and answer body types, the
+//! error a call ends in, and the headers a peer reads. A leaf: the fleet (`agents`) and the
 //! peers (`replicas`) both speak it, and neither names the other for it.
 
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, SizeHint};
 use thiserror::Error;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -28,6 +31,8 @@ pub enum CallError {
     Timeout(Duration),
     #[error("agent channel failed: {0}")]
     Channel(#[from] hyper::Error),
+    #[error("agent channel failed: {0}")]
+    Stream(#[from] h2::Error),
     #[error("agent answered {status}: {body}")]
     Status { status: StatusCode, body: String },
     #[error("agent answer unreadable: {0}")]
@@ -43,4 +48,94 @@ pub fn full(data: impl Into<Bytes>) -> AgentBody {
     Full::new(data.into())
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// An agent's answer as it streams: from the node's own channel here (h2),
+/// or relayed by the peer replica that holds it (hyper).
+#[derive(Debug)]
+pub struct AgentIncoming(Source);
+
+#[derive(Debug)]
+enum Source {
+    /// `data_done`: every DATA frame was read; trailers (if any) are next.
+    /// `left`: what the answer's content-length says is still to come.
+    Local {
+        recv: h2::RecvStream,
+        data_done: bool,
+        left: Option<u64>,
+    },
+    Peer(hyper::body::Incoming),
+}
+
+impl AgentIncoming {
+    /// `length`: the answer's content-length, if it gave one.
+    pub fn local(recv: h2::RecvStream, length: Option<u64>) -> Self {
+        AgentIncoming(Source::Local {
+            recv,
+            data_done: false,
+            left: length,
+        })
+    }
+
+    pub fn peer(body: hyper::body::Incoming) -> Self {
+        AgentIncoming(Source::Peer(body))
+    }
+}
+
+impl Body for AgentIncoming {
+    type Data = Bytes;
+    type Error = CallError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, CallError>>> {
+        match &mut self.get_mut().0 {
+            Source::Peer(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(CallError::from))),
+            Source::Local {
+                recv,
+                data_done,
+                left,
+            } => {
+                if !*data_done {
+                    match ready!(recv.poll_data(cx)) {
+                        Some(Ok(data)) => {
+                            // The window opens again as the reader takes the
+                            // bytes: a reader that stops holds the agent back,
+                            // never the bastion's memory.
+                            let _ = recv.flow_control().release_capacity(data.len());
+                            if let Some(left) = left {
+                                *left = left.saturating_sub(data.len() as u64);
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                        None => *data_done = true,
+                    }
+                }
+                match ready!(recv.poll_trailers(cx)) {
+                    Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                    Ok(None) => Poll::Ready(None),
+                    Err(e) => Poll::Ready(Some(Err(e.into()))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Source::Local { recv, .. } => recv.is_end_stream(),
+            Source::Peer(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Source::Local { left: Some(n), .. } => SizeHint::with_exact(*n),
+            Source::Local { left: None, .. } => SizeHint::default(),
+            Source::Peer(body) => body.size_hint(),
+        }
+    }
 }

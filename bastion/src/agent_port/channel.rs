@@ -10,7 +10,6 @@ use postern_api::labels::Labels;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use postern_api::admin::NodeState;
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
@@ -114,23 +113,26 @@ pub(super) async fn run(
     };
 
     let s = &shared.settings;
-    let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(s.keepalive_interval)
-        .keep_alive_timeout(s.keepalive_timeout)
-        .keep_alive_while_idle(true)
-        .initial_stream_window_size(postern_api::agent::STREAM_WINDOW)
+    // hyper's client settings, on h2 itself (see `agents::wire`).
+    let handshake = h2::client::Builder::new()
+        .initial_max_send_streams(100)
+        .initial_window_size(postern_api::agent::STREAM_WINDOW)
         .initial_connection_window_size(postern_api::agent::CONNECTION_WINDOW)
         .max_frame_size(postern_api::agent::MAX_FRAME)
-        .handshake::<_, crate::agents::AgentBody>(TokioIo::new(tls));
-    let (sender, conn) = match Box::pin(tokio::time::timeout(s.handshake_timeout, handshake)).await
-    {
-        Ok(Ok(pair)) => pair,
-        _ => {
-            inc(&shared.metrics.handshake_failures);
-            return;
-        }
-    };
+        .max_header_list_size(16 * 1024)
+        .max_send_buffer_size(1024 * 1024)
+        .max_local_error_reset_streams(Some(1024))
+        .enable_push(false)
+        .handshake::<_, bytes::Bytes>(tls);
+    let (sender, mut conn) =
+        match Box::pin(tokio::time::timeout(s.handshake_timeout, handshake)).await {
+            Ok(Ok(pair)) => pair,
+            _ => {
+                inc(&shared.metrics.handshake_failures);
+                return;
+            }
+        };
+    let pings = conn.ping_pong();
     let cancel = shared.shutdown.child_token();
     let agent = Arc::new(AgentConn {
         node_id: node.id.clone(),
@@ -156,7 +158,7 @@ pub(super) async fn run(
     tracing::debug!(%peer, node = %node_id, hostname = %node.hostname, "agent channel up");
 
     let link = NodeLink::local(agent.clone());
-    let mut conn = std::pin::pin!(conn);
+    let keep_alive = keep_alive(pings, s.keepalive_interval, s.keepalive_timeout);
     // Bookkeeping runs beside the connection so the channel is served meanwhile.
     // Its steps are boxed: this task lives as long as the channel, once per
     // node, and its size is the largest of what it awaits; boxed, what runs
@@ -178,6 +180,10 @@ pub(super) async fn run(
             }
             true
         }
+        () = keep_alive => {
+            tracing::debug!(node = %node_id, "agent channel did not answer a ping in time; closing it");
+            true
+        }
         _ = cancel.cancelled() => false,
         _ = bookkeeping => false,
     };
@@ -197,6 +203,23 @@ pub(super) async fn run(
     )
     .await;
     tracing::debug!(node = %node_id, "agent channel down");
+}
+
+/// Pings the agent every `every` and answers when one is not answered within
+/// `within` (or the channel can no longer ping): a silent peer, a dropped
+/// route, a half-open socket end the channel. Each side pings; a busy channel
+/// is pinged too (one small frame every `every`).
+async fn keep_alive(pings: Option<h2::PingPong>, every: Duration, within: Duration) {
+    let Some(mut pings) = pings else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        match tokio::time::timeout(within, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
 }
 
 /// What the bastion does once when a channel comes up: the node is marked
@@ -365,9 +388,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::store::{EnrollmentTokenRow, NewNode, Store};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
 
     /// A real h2 client handle over an in-memory pipe to a server that answers 200.
-    async fn sender() -> hyper::client::conn::http2::SendRequest<crate::agents::AgentBody> {
+    async fn sender() -> h2::client::SendRequest<bytes::Bytes> {
         let (client, server) = tokio::io::duplex(64 * 1024);
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(|_req| async {
@@ -379,10 +403,7 @@ mod tests {
                 .serve_connection(TokioIo::new(server), svc)
                 .await;
         });
-        let (sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
-                .await
-                .unwrap();
+        let (sender, conn) = h2::client::handshake(client).await.unwrap();
         tokio::spawn(conn);
         sender
     }

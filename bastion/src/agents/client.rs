@@ -90,7 +90,7 @@ pub async fn call_json_limited<Req: Serialize, Resp: DeserializeOwned>(
 /// An answer of newline-delimited JSON, read one line at a time as it comes:
 /// each line at most `max_line` bytes, the whole by `deadline`.
 pub struct LineStream {
-    body: hyper::body::Incoming,
+    body: crate::link::AgentIncoming,
     buf: bytes::BytesMut,
     /// How much of `buf` is known to hold no newline.
     scanned: usize,
@@ -136,7 +136,7 @@ impl LineStream {
                         "the agent's stream ended inside a line".into(),
                     ));
                 }
-                Some(Err(e)) => return Err(CallError::Channel(e)),
+                Some(Err(e)) => return Err(e),
                 Some(Ok(f)) => {
                     if let Ok(data) = f.into_data() {
                         self.buf.extend_from_slice(&data);

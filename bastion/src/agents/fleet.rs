@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::client::CallError;
 use super::registry::{AgentBody, AgentConn, BoxError, Registry};
+use crate::link::AgentIncoming;
 use crate::replicas::Replicas;
 
 pub use crate::link::{NODE_HEADER, PEER_ERROR_HEADER};
@@ -98,13 +99,12 @@ impl NodeLink {
 
     /// Sends one request to the node's agent (the URI's path and query are used)
     /// and answers its response head; the body streams as it is read.
-    pub async fn send(&self, req: Request<AgentBody>) -> Result<Response<Incoming>, CallError> {
+    pub async fn send(
+        &self,
+        req: Request<AgentBody>,
+    ) -> Result<Response<AgentIncoming>, CallError> {
         match &self.route {
-            Route::Local(agent) => {
-                let mut sender = agent.sender.clone();
-                sender.ready().await?;
-                Ok(sender.send_request(req).await?)
-            }
+            Route::Local(agent) => super::wire::send(&agent.sender, req).await,
             Route::Peer {
                 replicas, replica, ..
             } => {
@@ -128,7 +128,7 @@ impl NodeLink {
                         resp.status()
                     )));
                 }
-                Ok(resp)
+                Ok(resp.map(AgentIncoming::peer))
             }
         }
     }
@@ -302,12 +302,7 @@ impl Fleet {
             );
         };
         let req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
-        let mut sender = agent.sender.clone();
-        let sent = async {
-            sender.ready().await?;
-            sender.send_request(req).await
-        };
-        match sent.await {
+        match super::wire::send(&agent.sender, req).await {
             Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
             Err(e) => plain(
                 StatusCode::BAD_GATEWAY,

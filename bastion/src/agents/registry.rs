@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use hyper::client::conn::http2::SendRequest;
+use h2::client::SendRequest;
 use tokio_util::sync::CancellationToken;
 
 use crate::pki::NodeCertInfo;
@@ -54,7 +54,7 @@ pub struct AgentConn {
     pub conn_id: u64,
     pub peer: SocketAddr,
     pub connected_at_ms: i64,
-    pub sender: SendRequest<AgentBody>,
+    pub sender: SendRequest<Bytes>,
     pub cancel: CancellationToken,
     /// The certificate the agent holds now (updated on rotation, while the
     /// connection itself keeps the one it was opened with).

@@ -8,10 +8,11 @@
 
 use std::sync::Arc;
 
+use crate::link::AgentIncoming;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Body as _, Frame, Incoming};
+use hyper::body::{Body as _, Frame};
 use serde_json::json;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::oneshot;
@@ -146,7 +147,7 @@ impl Ends {
 /// while its client takes nothing.
 pub fn relay(
     shared: &Door,
-    mut upstream: Incoming,
+    mut upstream: AgentIncoming,
     ends: Ends,
     mut finish: Finish,
     registration: OwnedRegistration,

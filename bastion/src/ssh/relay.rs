@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::link::AgentIncoming as Incoming;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use postern_api::admin::NodeState;
 use postern_api::recordings::RecordingLevel;
 use russh::server::ChannelOpenHandle;

@@ -17,10 +17,10 @@ pub(super) mod bridge;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::link::AgentIncoming as Incoming;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::Method;
-use hyper::body::Incoming;
 use postern_api::admin::NodeState;
 use postern_api::recordings::RecordingLevel;
 use postern_api::ssh::{GRANTS_ROUTE, Grant, GrantPush, GrantPushed, ONCE_GRANT_MAX_MS};
