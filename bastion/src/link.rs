@@ -31,7 +31,9 @@ pub enum CallError {
     Timeout(Duration),
     #[error("agent channel failed: {0}")]
     Channel(#[from] hyper::Error),
-    #[error("agent channel failed: {0}")]
+    /// Shown bounded: h2's text quotes what the agent sent (a GOAWAY's debug
+    /// data, up to a frame), and these errors are logged per call.
+    #[error("agent channel failed: {}", postern_api::validate::peer_text(&.0.to_string(), 200))]
     Stream(#[from] h2::Error),
     #[error("agent answered {status}: {body}")]
     Status { status: StatusCode, body: String },

@@ -2,16 +2,20 @@
 //! names a live node, open HTTP/2 as the client on the connection the agent
 //! dialled, register it, and hold it until it ends, the node is cut off, or the
 //! bastion shuts down (then the senders are dropped and h2 sends GOAWAY).
+//! The channel's task drives the HTTP/2 connection and its keep-alive.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use postern_api::labels::Labels;
-use std::sync::atomic::AtomicBool;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use postern_api::admin::NodeState;
 use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -114,6 +118,7 @@ pub(super) async fn run(
 
     let s = &shared.settings;
     // hyper's client settings, on h2 itself (see `agents::wire`).
+    let reads = Arc::new(AtomicU64::new(0));
     let handshake = h2::client::Builder::new()
         .initial_max_send_streams(100)
         .initial_window_size(postern_api::agent::STREAM_WINDOW)
@@ -123,7 +128,10 @@ pub(super) async fn run(
         .max_send_buffer_size(1024 * 1024)
         .max_local_error_reset_streams(Some(1024))
         .enable_push(false)
-        .handshake::<_, bytes::Bytes>(tls);
+        .handshake::<_, bytes::Bytes>(Watched {
+            io: tls,
+            reads: reads.clone(),
+        });
     let (sender, mut conn) =
         match Box::pin(tokio::time::timeout(s.handshake_timeout, handshake)).await {
             Ok(Ok(pair)) => pair,
@@ -139,7 +147,7 @@ pub(super) async fn run(
         conn_id: shared.fleet.next_conn_id(),
         peer,
         connected_at_ms: now_ms(),
-        sender,
+        sender: tokio::sync::Mutex::new(sender),
         cancel: cancel.clone(),
         cert: std::sync::Mutex::new(info),
         rotating: AtomicBool::new(false),
@@ -158,7 +166,7 @@ pub(super) async fn run(
     tracing::debug!(%peer, node = %node_id, hostname = %node.hostname, "agent channel up");
 
     let link = NodeLink::local(agent.clone());
-    let keep_alive = keep_alive(pings, s.keepalive_interval, s.keepalive_timeout);
+    let keep_alive = keep_alive(pings, reads, s.keepalive_interval, s.keepalive_timeout);
     // Bookkeeping runs beside the connection so the channel is served meanwhile.
     // Its steps are boxed: this task lives as long as the channel, once per
     // node, and its size is the largest of what it awaits; boxed, what runs
@@ -187,15 +195,21 @@ pub(super) async fn run(
         _ = cancel.cancelled() => false,
         _ = bookkeeping => false,
     };
+    // A dead connection goes at once: the calls still on it fail now, not
+    // after the bookkeeping below.
+    let mut conn = (!ended_by_peer).then_some(conn);
     Box::pin(shared.fleet.unregister(&node_id, conn_id)).await;
     drop(link);
     drop(agent);
-    if !ended_by_peer && shared.shutdown.is_cancelled() {
+    if let Some(conn) = conn.as_mut()
+        && shared.shutdown.is_cancelled()
+    {
         shared.fleet.drained_one();
-        // Graceful: the last sender is gone, so h2 sends GOAWAY; give it a moment
-        // to flush before the socket closes.
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut conn).await;
+        // Graceful: once no call holds the channel, h2 sends GOAWAY; give it
+        // a moment to flush before the socket closes.
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
     }
+    drop(conn);
     let _ = Box::pin(
         shared
             .store
@@ -205,20 +219,104 @@ pub(super) async fn run(
     tracing::debug!(node = %node_id, "agent channel down");
 }
 
-/// Pings the agent every `every` and answers when one is not answered within
-/// `within` (or the channel can no longer ping): a silent peer, a dropped
-/// route, a half-open socket end the channel. Each side pings; a busy channel
-/// is pinged too (one small frame every `every`).
-async fn keep_alive(pings: Option<h2::PingPong>, every: Duration, within: Duration) {
+/// The channel's TLS stream, counting the reads that brought bytes: a
+/// channel that is receiving is alive, whether or not a ping's answer is
+/// queued behind the data the agent is sending.
+struct Watched<T> {
+    io: T,
+    reads: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Answers when the channel is dead: after `every` with nothing received,
+/// the agent is pinged, and a ping whose answer has not come within `within`
+/// while nothing else came either means a silent peer, a dropped route or a
+/// half-open socket. A channel bringing data is not pinged (as hyper did), and
+/// a pong late behind a long download does not end it.
+async fn keep_alive(
+    pings: Option<h2::PingPong>,
+    reads: Arc<AtomicU64>,
+    every: Duration,
+    within: Duration,
+) {
     let Some(mut pings) = pings else {
         return std::future::pending().await;
     };
+    let mut seen = reads.load(Ordering::Relaxed);
     loop {
         tokio::time::sleep(every).await;
-        match tokio::time::timeout(within, pings.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
-            Ok(Err(_)) | Err(_) => return,
+        let now = reads.load(Ordering::Relaxed);
+        if now != seen {
+            seen = now;
+            continue;
         }
+        if pings.send_ping(h2::Ping::opaque()).is_err() {
+            return;
+        }
+        let mut deadline = tokio::time::Instant::now() + within;
+        loop {
+            let pong =
+                tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| pings.poll_pong(cx)))
+                    .await;
+            match pong {
+                Ok(Ok(_)) => break,
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    let now = reads.load(Ordering::Relaxed);
+                    if now == seen {
+                        return;
+                    }
+                    // Still receiving: the pong is behind that data.
+                    seen = now;
+                    deadline += within;
+                }
+            }
+        }
+        seen = reads.load(Ordering::Relaxed);
     }
 }
 
@@ -457,7 +555,7 @@ mod tests {
                 conn_id: id,
                 peer: "127.0.0.1:1".parse().unwrap(),
                 connected_at_ms: 0,
-                sender: sender().await,
+                sender: tokio::sync::Mutex::new(sender().await),
                 cancel: tokio_util::sync::CancellationToken::new(),
                 cert: std::sync::Mutex::new(crate::pki::NodeCertInfo {
                     node_id: "n1".into(),

@@ -54,7 +54,8 @@ pub struct AgentConn {
     pub conn_id: u64,
     pub peer: SocketAddr,
     pub connected_at_ms: i64,
-    pub sender: SendRequest<Bytes>,
+    /// One handle, so that streams open one at a time (`wire::send`).
+    pub sender: tokio::sync::Mutex<SendRequest<Bytes>>,
     pub cancel: CancellationToken,
     /// The certificate the agent holds now (updated on rotation, while the
     /// connection itself keeps the one it was opened with).

@@ -18,21 +18,30 @@ use h2::{Reason, SendStream};
 use http::{HeaderName, HeaderValue, Method, Request, Response, header};
 use http_body_util::BodyExt;
 use hyper::body::Body;
+use tokio::sync::{Mutex, oneshot};
 
 use crate::link::{AgentBody, AgentIncoming, CallError};
 
 /// Sends `req` on the channel and answers the agent's response head; the
 /// answer's body streams as it is read, the request's keeps going on its own
 /// task when it was not sent whole at once.
+///
+/// Streams are opened one at a time, as hyper did: a request waits here (not
+/// in h2's queue of streams to open) while the agent's stream limit is
+/// reached, so a caller that gives up meanwhile sends nothing.
 pub async fn send(
-    sender: &SendRequest<Bytes>,
+    sender: &Mutex<SendRequest<Bytes>>,
     req: Request<AgentBody>,
 ) -> Result<Response<AgentIncoming>, CallError> {
     let (mut parts, body) = req.into_parts();
     strip_connection_headers(&mut parts.headers);
     // As hyper did: a body of known length says so (the agent may read it).
     if let Some(len) = body.size_hint().exact()
-        && (len != 0 || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH))
+        && (len != 0
+            || !matches!(
+                parts.method,
+                Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT
+            ))
     {
         parts
             .headers
@@ -40,10 +49,16 @@ pub async fn send(
             .or_insert_with(|| HeaderValue::from(len));
     }
     let eos = body.is_end_stream();
-    let mut sender = sender.clone().ready().await?;
-    let (answer, stream) = sender.send_request(Request::from_parts(parts, ()), eos)?;
+    let (answer, stream) = {
+        let mut sender = sender.lock().await;
+        std::future::poll_fn(|cx| sender.poll_ready(cx)).await?;
+        sender.send_request(Request::from_parts(parts, ()), eos)?
+    };
+    // Dropped with this call before the answer came (its caller gave up):
+    // the stream is reset, not fed on to an agent nobody listens to.
+    let (answered, cancelled) = oneshot::channel::<()>();
     if !eos {
-        let mut pipe = Box::pin(pipe(body, stream));
+        let mut pipe = Box::pin(pipe(body, stream, cancelled));
         // A body that is all there already (most: a JSON request) is sent
         // now; only one that waits for more gets a task.
         let mut cx = Context::from_waker(Waker::noop());
@@ -52,6 +67,7 @@ pub async fn send(
         }
     }
     let answer = answer.await?;
+    let _ = answered.send(());
     let length = answer
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -60,19 +76,40 @@ pub async fn send(
     Ok(answer.map(|recv| AgentIncoming::local(recv, length)))
 }
 
+/// Feeds the request body on until it ends, unless the call is dropped
+/// before its answer came: then the stream is reset (CANCEL).
+async fn pipe(body: AgentBody, mut tx: SendStream<Bytes>, answered: oneshot::Receiver<()>) {
+    {
+        let mut feed = pin!(feed(body, &mut tx));
+        tokio::select! {
+            biased;
+            () = &mut feed => return,
+            r = answered => if r.is_ok() {
+                feed.await;
+                return;
+            },
+        }
+    }
+    tx.send_reset(Reason::CANCEL);
+}
+
 /// Feeds `body` into the stream, a frame once the stream has room, until the
 /// body ends, fails (the stream is reset) or the agent resets the stream.
 /// The same steps as hyper's `PipeToSendStream`.
-async fn pipe(body: AgentBody, mut tx: SendStream<Bytes>) {
+async fn feed(body: AgentBody, tx: &mut SendStream<Bytes>) {
     let mut body = pin!(body);
     loop {
         // Room for at least a byte before the next frame is read: the body's
         // source is held back while the agent is.
         tx.reserve_capacity(1);
         if tx.capacity() == 0 {
-            let room = std::future::poll_fn(|cx| match tx.poll_capacity(cx) {
-                Poll::Ready(Some(Ok(0))) => Poll::Pending,
-                other => other,
+            let room = std::future::poll_fn(|cx| {
+                loop {
+                    match tx.poll_capacity(cx) {
+                        Poll::Ready(Some(Ok(0))) => {}
+                        other => return other,
+                    }
+                }
             })
             .await;
             if !matches!(room, Some(Ok(_))) {
@@ -135,5 +172,123 @@ fn strip_connection_headers(headers: &mut http::HeaderMap) {
         .is_some_and(|te| te.as_bytes() != b"trailers")
     {
         headers.remove(header::TE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    use super::*;
+
+    /// A real HTTP/2 server (hyper's, as the agent runs) on an in-memory
+    /// pipe, allowing `streams` at once, and an h2 client handle to it.
+    async fn channel<F, Fut>(streams: u32, serve: F) -> Mutex<SendRequest<Bytes>>
+    where
+        F: Fn(Request<hyper::body::Incoming>) -> Fut + Send + Sync + Clone + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let (client, server) = tokio::io::duplex(1024 * 1024);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let serve = serve.clone();
+                async move { Ok::<_, std::convert::Infallible>(serve(req).await) }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .max_concurrent_streams(streams)
+                .serve_connection(TokioIo::new(server), svc)
+                .await;
+        });
+        let (sender, conn) = h2::client::handshake(client).await.unwrap();
+        tokio::spawn(conn);
+        Mutex::new(sender)
+    }
+
+    fn get(path: &str, body: AgentBody) -> Request<AgentBody> {
+        Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://agent{path}"))
+            .body(body)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_its_answer_resets_its_stream() {
+        let (outcome_tx, mut outcome) = tokio::sync::mpsc::channel::<&'static str>(1);
+        let sender = channel(16, move |req: Request<hyper::body::Incoming>| {
+            let outcome_tx = outcome_tx.clone();
+            async move {
+                // Reads the body to its end, answering only then.
+                let read = req.into_body().collect().await;
+                let _ = outcome_tx
+                    .send(if read.is_ok() { "ended" } else { "reset" })
+                    .await;
+                Response::new(Full::new(Bytes::new()))
+            }
+        })
+        .await;
+        let (body_tx, body) = crate::agents::stream_body(4);
+        body_tx.send(Bytes::from_static(b"first")).await.unwrap();
+        // The caller gives up before any answer, its body still open.
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(200), send(&sender, get("/x", body))).await;
+        assert!(gave_up.is_err());
+        let seen = tokio::time::timeout(Duration::from_secs(5), outcome.recv())
+            .await
+            .expect("the agent was left waiting on a stream nobody answers");
+        assert_eq!(seen, Some("reset"));
+        drop(body_tx);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_gives_up_while_the_agents_streams_are_taken_is_never_sent() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let (r, s) = (release.clone(), seen.clone());
+        let sender = Arc::new(
+            channel(1, move |req: Request<hyper::body::Incoming>| {
+                let (release, seen) = (r.clone(), s.clone());
+                async move {
+                    let path = req.uri().path().to_string();
+                    seen.lock().unwrap().push(path.clone());
+                    if path == "/a" {
+                        release.notified().await;
+                    }
+                    Response::new(Full::new(Bytes::new()))
+                }
+            })
+            .await,
+        );
+        let held = {
+            let sender = sender.clone();
+            tokio::spawn(async move { send(&sender, get("/a", crate::link::full("a"))).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // "/b" waits for a stream in h2; "/c" waits here, and gives up.
+        let queued = {
+            let sender = sender.clone();
+            tokio::spawn(async move { send(&sender, get("/b", crate::link::full("b"))).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(200),
+            send(&sender, get("/c", crate::link::full("c"))),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        release.notify_one();
+        assert!(held.await.unwrap().is_ok());
+        assert!(queued.await.unwrap().is_ok());
+        // A later call goes through, and "/c" never reached the agent.
+        send(&sender, get("/d", crate::link::full("d")))
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen, ["/a", "/b", "/d"]);
     }
 }
