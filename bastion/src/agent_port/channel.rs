@@ -272,11 +272,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 }
 
+/// How many intervals in a row a receiving channel goes unpinged, and how
+/// many times its ping's deadline is extended while data keeps coming: an
+/// agent that sends but never reads (so never answers) is found within
+/// `every` × 4 + `within` × 4 all the same.
+const MAX_SKIPS: u32 = 3;
+const MAX_EXTENSIONS: u32 = 3;
+
 /// Answers when the channel is dead: after `every` with nothing received,
 /// the agent is pinged, and a ping whose answer has not come within `within`
 /// while nothing else came either means a silent peer, a dropped route or a
-/// half-open socket. A channel bringing data is not pinged (as hyper did), and
-/// a pong late behind a long download does not end it.
+/// half-open socket. A channel bringing data is pinged only every fourth
+/// interval (hyper skipped it altogether), and a pong late behind a download
+/// is waited for up to four times `within`.
 async fn keep_alive(
     pings: Option<h2::PingPong>,
     reads: Arc<AtomicU64>,
@@ -287,17 +295,22 @@ async fn keep_alive(
         return std::future::pending().await;
     };
     let mut seen = reads.load(Ordering::Relaxed);
+    let mut skipped = 0;
     loop {
         tokio::time::sleep(every).await;
         let now = reads.load(Ordering::Relaxed);
-        if now != seen {
+        if now != seen && skipped < MAX_SKIPS {
             seen = now;
+            skipped += 1;
             continue;
         }
+        skipped = 0;
+        seen = now;
         if pings.send_ping(h2::Ping::opaque()).is_err() {
             return;
         }
         let mut deadline = tokio::time::Instant::now() + within;
+        let mut extended = 0;
         loop {
             let pong =
                 tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| pings.poll_pong(cx)))
@@ -307,11 +320,12 @@ async fn keep_alive(
                 Ok(Err(_)) => return,
                 Err(_) => {
                     let now = reads.load(Ordering::Relaxed);
-                    if now == seen {
+                    if now == seen || extended == MAX_EXTENSIONS {
                         return;
                     }
-                    // Still receiving: the pong is behind that data.
+                    // Still receiving: the pong may be behind that data.
                     seen = now;
+                    extended += 1;
                     deadline += within;
                 }
             }

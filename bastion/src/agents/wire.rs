@@ -8,8 +8,7 @@
 //! answer. The connection itself is driven by the channel's task
 //! (`agent_port::channel`).
 
-use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -17,10 +16,10 @@ use h2::client::SendRequest;
 use h2::{Reason, SendStream};
 use http::{HeaderName, HeaderValue, Method, Request, Response, header};
 use http_body_util::BodyExt;
-use hyper::body::Body;
+use hyper::body::{Body, Frame};
 use tokio::sync::{Mutex, oneshot};
 
-use crate::link::{AgentBody, AgentIncoming, CallError};
+use crate::link::{AgentBody, AgentIncoming, BoxError, CallError};
 
 /// Sends `req` on the channel and answers the agent's response head; the
 /// answer's body streams as it is read, the request's keeps going on its own
@@ -49,21 +48,47 @@ pub async fn send(
             .or_insert_with(|| HeaderValue::from(len));
     }
     let eos = body.is_end_stream();
-    let (answer, stream) = {
+    let (answer, mut stream) = {
         let mut sender = sender.lock().await;
         std::future::poll_fn(|cx| sender.poll_ready(cx)).await?;
-        sender.send_request(Request::from_parts(parts, ()), eos)?
+        let sent = sender.send_request(Request::from_parts(parts, ()), eos)?;
+        // A stream that had to queue for the agent's stream limit is waited
+        // for here, still holding the handle: h2 keeps one waker per stream,
+        // so the next call must not wait on this stream while its body pipe
+        // does too (one of the two would never be woken).
+        std::future::poll_fn(|cx| sender.poll_ready(cx)).await?;
+        sent
     };
     // Dropped with this call before the answer came (its caller gave up):
     // the stream is reset, not fed on to an agent nobody listens to.
     let (answered, cancelled) = oneshot::channel::<()>();
     if !eos {
-        let mut pipe = Box::pin(pipe(body, stream, cancelled));
-        // A body that is all there already (most: a JSON request) is sent
-        // now; only one that waits for more gets a task.
+        let mut body = body;
+        // A body that is all there already (most: a JSON request, bounded by
+        // its caller) goes to h2 whole, which sends it as the agent's window
+        // allows; only one that waits for more gets a task to feed it.
         let mut cx = Context::from_waker(Waker::noop());
-        if pipe.as_mut().poll(&mut cx).is_pending() {
-            tokio::spawn(pipe);
+        let first = match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(first) => Some(first),
+            Poll::Pending => None,
+        };
+        let whole = match &first {
+            Some(Some(Ok(frame))) => frame.is_data() && body.is_end_stream(),
+            _ => false,
+        };
+        match first {
+            Some(Some(Ok(frame))) if whole => {
+                if let Ok(data) = frame.into_data() {
+                    let _ = stream.send_data(data, true);
+                }
+            }
+            Some(None) => {
+                // Ended without a frame (a body is not polled past its end).
+                let _ = stream.send_data(Bytes::new(), true);
+            }
+            first => {
+                tokio::spawn(pipe(first.flatten(), body, stream, cancelled));
+            }
         }
     }
     let answer = answer.await?;
@@ -76,11 +101,20 @@ pub async fn send(
     Ok(answer.map(|recv| AgentIncoming::local(recv, length)))
 }
 
-/// Feeds the request body on until it ends, unless the call is dropped
-/// before its answer came: then the stream is reset (CANCEL).
-async fn pipe(body: AgentBody, mut tx: SendStream<Bytes>, answered: oneshot::Receiver<()>) {
+/// A frame read from the request body, or its failure.
+type BodyFrame = Result<Frame<Bytes>, BoxError>;
+
+/// Feeds the request body on (after `first`, already read from it) until it
+/// ends, unless the call is dropped before its answer came: then the stream
+/// is reset (CANCEL).
+async fn pipe(
+    first: Option<BodyFrame>,
+    body: AgentBody,
+    mut tx: SendStream<Bytes>,
+    answered: oneshot::Receiver<()>,
+) {
     {
-        let mut feed = pin!(feed(body, &mut tx));
+        let mut feed = pin!(feed(first, body, &mut tx));
         tokio::select! {
             biased;
             () = &mut feed => return,
@@ -95,8 +129,8 @@ async fn pipe(body: AgentBody, mut tx: SendStream<Bytes>, answered: oneshot::Rec
 
 /// Feeds `body` into the stream, a frame once the stream has room, until the
 /// body ends, fails (the stream is reset) or the agent resets the stream.
-/// The same steps as hyper's `PipeToSendStream`.
-async fn feed(body: AgentBody, tx: &mut SendStream<Bytes>) {
+/// The same steps as hyper's `PipeToSendStream`. `first` was read already.
+async fn feed(mut first: Option<BodyFrame>, body: AgentBody, tx: &mut SendStream<Bytes>) {
     let mut body = pin!(body);
     loop {
         // Room for at least a byte before the next frame is read: the body's
@@ -117,13 +151,16 @@ async fn feed(body: AgentBody, tx: &mut SendStream<Bytes>) {
                 return;
             }
         }
-        let frame = {
-            let next = body.frame();
-            let reset = std::future::poll_fn(|cx| tx.poll_reset(cx));
-            tokio::select! {
-                biased;
-                _ = reset => return,
-                f = next => f,
+        let frame = match first.take() {
+            Some(frame) => Some(frame),
+            None => {
+                let next = body.frame();
+                let reset = std::future::poll_fn(|cx| tx.poll_reset(cx));
+                tokio::select! {
+                    biased;
+                    _ = reset => return,
+                    f = next => f,
+                }
             }
         };
         match frame {
@@ -178,6 +215,7 @@ fn strip_connection_headers(headers: &mut http::HeaderMap) {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use std::future::Future;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -290,5 +328,54 @@ mod tests {
             .unwrap();
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen, ["/a", "/b", "/d"]);
+    }
+
+    /// A streamed body on a stream that had to queue for the agent's stream
+    /// limit, read whole by the agent before it answers, while another call
+    /// waits behind it: both are answered once the first stream ends.
+    #[tokio::test]
+    async fn a_queued_stream_with_a_streamed_body_is_fed_once_it_opens() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let r = release.clone();
+        let sender = Arc::new(
+            channel(1, move |req: Request<hyper::body::Incoming>| {
+                let release = r.clone();
+                async move {
+                    if req.uri().path() == "/a" {
+                        release.notified().await;
+                    }
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    Response::new(Full::new(body))
+                }
+            })
+            .await,
+        );
+        let held = {
+            let sender = sender.clone();
+            tokio::spawn(async move { send(&sender, get("/a", crate::link::full("a"))).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (body_tx, body) = crate::agents::stream_body(4);
+        let queued = {
+            let sender = sender.clone();
+            tokio::spawn(async move { send(&sender, get("/b", body)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let behind = {
+            let sender = sender.clone();
+            tokio::spawn(async move { send(&sender, get("/c", crate::link::full("c"))).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        body_tx.send(Bytes::from_static(b"streamed")).await.unwrap();
+        drop(body_tx);
+        release.notify_one();
+        for call in [held, queued, behind] {
+            let answer = tokio::time::timeout(Duration::from_secs(5), call)
+                .await
+                .expect("a call was never woken")
+                .unwrap()
+                .unwrap();
+            assert!(answer.status().is_success());
+        }
     }
 }
