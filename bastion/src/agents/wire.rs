@@ -51,13 +51,18 @@ pub async fn send(
     let (answer, mut stream) = {
         let mut sender = sender.lock().await;
         std::future::poll_fn(|cx| sender.poll_ready(cx)).await?;
-        let sent = sender.send_request(Request::from_parts(parts, ()), eos)?;
+        let (answer, stream) = sender.send_request(Request::from_parts(parts, ()), eos)?;
         // A stream that had to queue for the agent's stream limit is waited
         // for here, still holding the handle: h2 keeps one waker per stream,
         // so the next call must not wait on this stream while its body pipe
-        // does too (one of the two would never be woken).
+        // does too (one of the two would never be woken). A caller that gives
+        // up meanwhile resets it (h2 would not: the handle still refers to it).
+        let mut queued = ResetOnDrop(Some(stream));
         std::future::poll_fn(|cx| sender.poll_ready(cx)).await?;
-        sent
+        let Some(stream) = queued.0.take() else {
+            return Err(CallError::Body("the request's stream was lost".into()));
+        };
+        (answer, stream)
     };
     // Dropped with this call before the answer came (its caller gave up):
     // the stream is reset, not fed on to an agent nobody listens to.
@@ -78,8 +83,10 @@ pub async fn send(
         };
         match first {
             Some(Some(Ok(frame))) if whole => {
-                if let Ok(data) = frame.into_data() {
-                    let _ = stream.send_data(data, true);
+                if let Ok(data) = frame.into_data()
+                    && stream.send_data(data, true).is_err()
+                {
+                    stream.send_reset(Reason::INTERNAL_ERROR);
                 }
             }
             Some(None) => {
@@ -99,6 +106,17 @@ pub async fn send(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     Ok(answer.map(|recv| AgentIncoming::local(recv, length)))
+}
+
+/// Resets the stream it holds when dropped still holding it.
+struct ResetOnDrop(Option<SendStream<Bytes>>);
+
+impl Drop for ResetOnDrop {
+    fn drop(&mut self) {
+        if let Some(stream) = &mut self.0 {
+            stream.send_reset(Reason::CANCEL);
+        }
+    }
 }
 
 /// A frame read from the request body, or its failure.
@@ -176,7 +194,11 @@ async fn feed(mut first: Option<BodyFrame>, body: AgentBody, tx: &mut SendStream
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     let eos = body.is_end_stream();
-                    if tx.send_data(data, eos).is_err() || eos {
+                    if tx.send_data(data, eos).is_err() {
+                        tx.send_reset(Reason::INTERNAL_ERROR);
+                        return;
+                    }
+                    if eos {
                         return;
                     }
                 }
@@ -377,5 +399,51 @@ mod tests {
                 .unwrap();
             assert!(answer.status().is_success());
         }
+    }
+
+    /// A call that gives up while its stream is queued for the agent's
+    /// stream limit resets it: the agent, which reads a body before it
+    /// answers, is not left waiting on a half-open stream once it opens.
+    #[tokio::test]
+    async fn a_call_that_gives_up_while_its_stream_is_queued_resets_it() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let waiting = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let (r, w) = (release.clone(), waiting.clone());
+        let sender = Arc::new(
+            channel(1, move |req: Request<hyper::body::Incoming>| {
+                let (release, waiting) = (r.clone(), w.clone());
+                async move {
+                    if req.uri().path() == "/a" {
+                        release.notified().await;
+                    }
+                    // How many handlers are waiting for their body now.
+                    waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                    waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    Response::new(Full::new(body.unwrap_or_default()))
+                }
+            })
+            .await,
+        );
+        let held = {
+            let sender = sender.clone();
+            tokio::spawn(async move { send(&sender, get("/a", crate::link::full("a"))).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(300),
+            send(&sender, get("/b", crate::link::full("b"))),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        release.notify_one();
+        assert!(held.await.unwrap().is_ok());
+        // No further call comes to clear h2's hold on "/b".
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            waiting.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the agent waits on a stream the bastion gave up"
+        );
     }
 }
