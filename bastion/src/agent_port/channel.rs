@@ -8,14 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use postern_api::labels::Labels;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use postern_api::admin::NodeState;
 use rustls_pki_types::CertificateDer;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -128,9 +125,16 @@ pub(super) async fn run(
         .max_send_buffer_size(1024 * 1024)
         .max_local_error_reset_streams(Some(1024))
         .enable_push(false)
-        .handshake::<_, bytes::Bytes>(Watched {
-            io: tls,
-            reads: reads.clone(),
+        .handshake::<_, bytes::Bytes>({
+            // Counts the reads that brought bytes: a channel that is receiving
+            // is alive, whether or not a ping's answer is queued behind the
+            // data the agent is sending (`keep_alive`).
+            let reads = reads.clone();
+            tokio_util::io::InspectReader::new(tls, move |got: &[u8]| {
+                if !got.is_empty() {
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            })
         });
     let (sender, mut conn) =
         match Box::pin(tokio::time::timeout(s.handshake_timeout, handshake)).await {
@@ -217,59 +221,6 @@ pub(super) async fn run(
     )
     .await;
     tracing::debug!(node = %node_id, "agent channel down");
-}
-
-/// The channel's TLS stream, counting the reads that brought bytes: a
-/// channel that is receiving is alive, whether or not a ping's answer is
-/// queued behind the data the agent is sending.
-struct Watched<T> {
-    io: T,
-    reads: Arc<AtomicU64>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.reads.fetch_add(1, Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }
 
 /// How many intervals in a row a receiving channel goes unpinged, and how

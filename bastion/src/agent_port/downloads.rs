@@ -17,12 +17,9 @@
 //! entry per request: they are unauthenticated, and anyone could otherwise grow
 //! the audit log at the rate of TLS handshakes.
 
-use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,7 +28,7 @@ use http_body_util::Full;
 use postern_api::ErrorBody;
 use postern_api::agent::{INSTALL_SCRIPT_PATH, PACKAGES_PATH};
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -106,7 +103,7 @@ pub(super) fn is_download(path: &str) -> bool {
 pub(super) struct Conn {
     deadline: Mutex<Instant>,
     place: Mutex<Option<Place>>,
-    /// Bytes of the answer the TLS layer took (see [`Counted`]).
+    /// Bytes of the answer the TLS layer took (see [`counted`]).
     written: AtomicU64,
     /// While a download holds a place: when its progress is looked at next,
     /// and `written` as of the last look.
@@ -175,66 +172,14 @@ impl Conn {
 /// [`Conn`]. What is counted is what the TLS layer took, which is at most its
 /// buffer (64 KiB) ahead of what the socket took: a client that stops reading
 /// stops the count once the socket buffers are full.
-#[derive(Debug)]
-pub(super) struct Counted<S> {
+pub(super) fn counted<S: AsyncWrite>(
     inner: S,
     conn: Arc<Conn>,
-}
-
-impl<S> Counted<S> {
-    pub(super) fn new(inner: S, conn: Arc<Conn>) -> Counted<S> {
-        Counted { inner, conn }
-    }
-
-    fn count(&self, r: &Poll<std::io::Result<usize>>) {
-        if let Poll::Ready(Ok(n)) = r {
-            self.conn.written.fetch_add(*n as u64, Ordering::Relaxed);
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.count(&r);
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.count(&r);
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+) -> tokio_util::io::InspectWriter<S, impl FnMut(&[u8])> {
+    tokio_util::io::InspectWriter::new(inner, move |written: &[u8]| {
+        conn.written
+            .fetch_add(written.len() as u64, Ordering::Relaxed);
+    })
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {

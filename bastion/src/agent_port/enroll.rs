@@ -103,7 +103,7 @@ pub(super) async fn serve(
         .keep_alive(false)
         .max_buf_size(64 * 1024)
         .serve_connection(
-            TokioIo::new(downloads::Counted::new(tls, conn_state.clone())),
+            TokioIo::new(downloads::counted(tls, conn_state.clone())),
             svc,
         );
     let mut conn = std::pin::pin!(conn);
