@@ -77,12 +77,8 @@ pub async fn send(
             Poll::Ready(first) => Some(first),
             Poll::Pending => None,
         };
-        let whole = match &first {
-            Some(Some(Ok(frame))) => frame.is_data() && body.is_end_stream(),
-            _ => false,
-        };
         match first {
-            Some(Some(Ok(frame))) if whole => {
+            Some(Some(Ok(frame))) if frame.is_data() && body.is_end_stream() => {
                 if let Ok(data) = frame.into_data()
                     && stream.send_data(data, true).is_err()
                 {
@@ -269,12 +265,22 @@ mod tests {
         Mutex::new(sender)
     }
 
-    fn get(path: &str, body: AgentBody) -> Request<AgentBody> {
+    fn post(path: &str, body: AgentBody) -> Request<AgentBody> {
         Request::builder()
             .method(Method::POST)
             .uri(format!("http://agent{path}"))
             .body(body)
             .unwrap()
+    }
+
+    /// A call on its own task, as a node's task makes it.
+    fn spawn_call(
+        sender: &Arc<Mutex<SendRequest<Bytes>>>,
+        path: &'static str,
+        body: AgentBody,
+    ) -> tokio::task::JoinHandle<Result<Response<AgentIncoming>, CallError>> {
+        let sender = sender.clone();
+        tokio::spawn(async move { send(&sender, post(path, body)).await })
     }
 
     #[tokio::test]
@@ -296,7 +302,7 @@ mod tests {
         body_tx.send(Bytes::from_static(b"first")).await.unwrap();
         // The caller gives up before any answer, its body still open.
         let gave_up =
-            tokio::time::timeout(Duration::from_millis(200), send(&sender, get("/x", body))).await;
+            tokio::time::timeout(Duration::from_millis(200), send(&sender, post("/x", body))).await;
         assert!(gave_up.is_err());
         let seen = tokio::time::timeout(Duration::from_secs(5), outcome.recv())
             .await
@@ -324,20 +330,14 @@ mod tests {
             })
             .await,
         );
-        let held = {
-            let sender = sender.clone();
-            tokio::spawn(async move { send(&sender, get("/a", crate::link::full("a"))).await })
-        };
+        let held = spawn_call(&sender, "/a", crate::link::full("a"));
         tokio::time::sleep(Duration::from_millis(100)).await;
         // "/b" waits for a stream in h2; "/c" waits here, and gives up.
-        let queued = {
-            let sender = sender.clone();
-            tokio::spawn(async move { send(&sender, get("/b", crate::link::full("b"))).await })
-        };
+        let queued = spawn_call(&sender, "/b", crate::link::full("b"));
         tokio::time::sleep(Duration::from_millis(100)).await;
         let gave_up = tokio::time::timeout(
             Duration::from_millis(200),
-            send(&sender, get("/c", crate::link::full("c"))),
+            send(&sender, post("/c", crate::link::full("c"))),
         )
         .await;
         assert!(gave_up.is_err());
@@ -345,7 +345,7 @@ mod tests {
         assert!(held.await.unwrap().is_ok());
         assert!(queued.await.unwrap().is_ok());
         // A later call goes through, and "/c" never reached the agent.
-        send(&sender, get("/d", crate::link::full("d")))
+        send(&sender, post("/d", crate::link::full("d")))
             .await
             .unwrap();
         let seen = seen.lock().unwrap().clone();
@@ -372,21 +372,12 @@ mod tests {
             })
             .await,
         );
-        let held = {
-            let sender = sender.clone();
-            tokio::spawn(async move { send(&sender, get("/a", crate::link::full("a"))).await })
-        };
+        let held = spawn_call(&sender, "/a", crate::link::full("a"));
         tokio::time::sleep(Duration::from_millis(100)).await;
         let (body_tx, body) = crate::agents::stream_body(4);
-        let queued = {
-            let sender = sender.clone();
-            tokio::spawn(async move { send(&sender, get("/b", body)).await })
-        };
+        let queued = spawn_call(&sender, "/b", body);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let behind = {
-            let sender = sender.clone();
-            tokio::spawn(async move { send(&sender, get("/c", crate::link::full("c"))).await })
-        };
+        let behind = spawn_call(&sender, "/c", crate::link::full("c"));
         tokio::time::sleep(Duration::from_millis(100)).await;
         body_tx.send(Bytes::from_static(b"streamed")).await.unwrap();
         drop(body_tx);
@@ -425,14 +416,11 @@ mod tests {
             })
             .await,
         );
-        let held = {
-            let sender = sender.clone();
-            tokio::spawn(async move { send(&sender, get("/a", crate::link::full("a"))).await })
-        };
+        let held = spawn_call(&sender, "/a", crate::link::full("a"));
         tokio::time::sleep(Duration::from_millis(100)).await;
         let gave_up = tokio::time::timeout(
             Duration::from_millis(300),
-            send(&sender, get("/b", crate::link::full("b"))),
+            send(&sender, post("/b", crate::link::full("b"))),
         )
         .await;
         assert!(gave_up.is_err());
