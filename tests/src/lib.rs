@@ -711,12 +711,7 @@ impl Bastion {
     /// A metric's value from `/metrics`.
     pub async fn metric(&self, name: &str) -> u64 {
         let text = self.metrics_text().await;
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(name)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+        metric_in(&text, name).unwrap_or_else(|| panic!("no metric {name} in {text}"))
     }
 
     /// A metric summed over several replicas.
@@ -727,6 +722,15 @@ impl Bastion {
         }
         n
     }
+}
+
+/// A metric's value in a `/metrics` page, if the page has it.
+pub fn metric_in<T: std::str::FromStr>(text: &str, name: &str) -> Option<T> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .filter(|rest| rest.starts_with(' '))
+            .and_then(|rest| rest.trim().parse().ok())
+    })
 }
 
 impl Drop for Bastion {

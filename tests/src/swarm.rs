@@ -113,13 +113,7 @@ impl HeapKib {
     /// The allocator's figures now; `None` from a build that does not show them.
     pub async fn read(bastion: &Bastion) -> Option<HeapKib> {
         let text = bastion.metrics_text().await;
-        let get = |name: &str| {
-            text.lines().find_map(|l| {
-                l.strip_prefix(name)
-                    .filter(|rest| rest.starts_with(' '))
-                    .and_then(|rest| rest.trim().parse::<f64>().ok())
-            })
-        };
+        let get = |name: &str| crate::metric_in::<f64>(&text, name);
         Some(HeapKib {
             allocated: get("postern_heap_allocated_bytes")? / 1024.0,
             active: get("postern_heap_active_bytes")? / 1024.0,
