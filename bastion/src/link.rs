@@ -4,6 +4,8 @@
 //! peers (`replicas`) both speak it, and neither names the other for it.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -41,8 +43,60 @@ pub enum CallError {
     Body(String),
     #[error("the node's channel moved to another replica")]
     Moved,
+    /// The channel ended while the call waited for it (it was parked, or
+    /// being parked or woken).
+    #[error("agent channel closed")]
+    Closed,
     #[error("peer replica: {0}")]
     Peer(String),
+}
+
+/// What a channel's calls hold of it: how many are open (a request being
+/// sent, an answer being read), and when the last one ended. A channel parks
+/// only when none is open and it has been quiet a while.
+#[derive(Debug)]
+pub struct Usage {
+    open: AtomicUsize,
+    last_ms: AtomicI64,
+}
+
+impl Usage {
+    pub fn new(now_ms: i64) -> Self {
+        Usage {
+            open: AtomicUsize::new(0),
+            last_ms: AtomicI64::new(now_ms),
+        }
+    }
+
+    /// Calls open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// When the last call ended (or the channel came up, before any).
+    pub fn last_ms(&self) -> i64 {
+        self.last_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// One call's hold on its channel, from its start until it is dropped.
+#[derive(Debug)]
+pub struct InUse(Arc<Usage>);
+
+impl InUse {
+    pub fn new(usage: &Arc<Usage>) -> Self {
+        usage.open.fetch_add(1, Ordering::AcqRel);
+        InUse(usage.clone())
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0
+            .last_ms
+            .store(crate::clock::now_ms(), Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A body of these bytes.
@@ -65,17 +119,20 @@ enum Source {
         recv: h2::RecvStream,
         data_done: bool,
         left: Option<u64>,
+        _in_use: InUse,
     },
     Peer(hyper::body::Incoming),
 }
 
 impl AgentIncoming {
     /// `length`: the answer's content-length, if it gave one.
-    pub fn local(recv: h2::RecvStream, length: Option<u64>) -> Self {
+    /// `in_use` keeps the channel from parking while the answer is read.
+    pub fn local(recv: h2::RecvStream, length: Option<u64>, in_use: InUse) -> Self {
         AgentIncoming(Source::Local {
             recv,
             data_done: false,
             left: length,
+            _in_use: in_use,
         })
     }
 
@@ -100,6 +157,7 @@ impl Body for AgentIncoming {
                 recv,
                 data_done,
                 left,
+                ..
             } => {
                 if !*data_done {
                     match ready!(recv.poll_data(cx)) {

@@ -11,6 +11,11 @@ pub struct Metrics {
     /// Channels whose first-contact bookkeeping (health, labels, spool) is done.
     pub first_contacts: AtomicU64,
     pub agents_refused: AtomicU64,
+    /// Agent channels that gave up their HTTP/2 connection while idle, that
+    /// started a new one, and that are parked now.
+    pub agent_parks: AtomicU64,
+    pub agent_wakes: AtomicU64,
+    pub agents_parked: AtomicU64,
     pub connections_rejected_full: AtomicU64,
     pub enrollments: AtomicU64,
     pub enrollment_failures: AtomicU64,
@@ -104,6 +109,12 @@ impl Metrics {
             "gauge",
         );
         gauge(
+            "postern_agents_parked",
+            "Agent channels parked: idle, holding their TLS session without an HTTP/2 connection until the next call.",
+            self.agents_parked.load(Ordering::Relaxed),
+            "gauge",
+        );
+        gauge(
             "postern_tasks",
             "Tasks the bastion is running (connections, relays, dispatches, writers).",
             tasks as u64,
@@ -167,7 +178,17 @@ impl Metrics {
                 "gauge",
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 25] = [
+        let counters: [(&str, &str, &AtomicU64); 27] = [
+            (
+                "postern_agent_parks_total",
+                "Times an idle agent channel gave up its HTTP/2 connection (see --agent-park-after).",
+                &self.agent_parks,
+            ),
+            (
+                "postern_agent_wakes_total",
+                "Times a parked agent channel started a new HTTP/2 connection for a call.",
+                &self.agent_wakes,
+            ),
             (
                 "postern_access_publish_failures_total",
                 "Access changes that could not be recorded for the other replicas (their sessions stay until next authorized).",

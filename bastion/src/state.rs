@@ -23,6 +23,9 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// An agent channel with no call for this long gives up its HTTP/2
+    /// connection until the next call (`agent_port::channel`); zero: never.
+    pub park_after: Duration,
     /// How often to write last-seen times of connected nodes.
     pub last_seen_flush: Duration,
     /// Timeout of a single call from the bastion to an agent.
@@ -43,6 +46,7 @@ impl Default for Settings {
             handshake_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
+            park_after: Duration::from_secs(60),
             last_seen_flush: Duration::from_secs(30),
             agent_call_timeout: Duration::from_secs(10),
             exec_lost_grace: Duration::from_secs(120),

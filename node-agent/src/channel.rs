@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use postern_api::agent::ALPN_CHANNEL;
+use postern_channel::{Control, Framed, Role};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
@@ -275,6 +276,58 @@ impl Agent {
         }
     }
 
+    /// Serves a framed channel (`postern_channel`): HTTP/2 while it is live;
+    /// when the bastion parks it, the connection is dropped (what still runs
+    /// of its calls carries on, unanswered, as after a reset) and the channel
+    /// is held, pinged both ways, until the bastion wakes it with a new one.
+    async fn serve_framed<S>(
+        &self,
+        tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        http2: &hyper::server::conn::http2::Builder<TokioExecutor>,
+        service: S,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String>
+    where
+        S: hyper::service::HttpService<hyper::body::Incoming> + Clone,
+        S::Future: Send + 'static,
+        S::ResBody: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let opts = &self.options;
+        let framed = Framed::new(tls, Role::Agent);
+        loop {
+            {
+                let conn = http2.serve_connection(TokioIo::new(framed.io()), service.clone());
+                let park = std::future::poll_fn(|cx| framed.poll_park(cx));
+                tokio::select! {
+                    r = serve_until_shutdown(conn, shutdown) => return r,
+                    () = park => {}
+                }
+            }
+            tracing::debug!("channel to the bastion parked");
+            tokio::time::timeout(opts.keepalive_timeout, framed.send(Control::Parked))
+                .await
+                .map_err(|_| "the bastion did not take the channel's park in time".to_string())?
+                .map_err(|e| format!("parking the channel failed: {e}"))?;
+            let woken = tokio::select! {
+                r = framed.parked(opts.keepalive_interval, opts.keepalive_timeout) => r,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            match woken {
+                Ok(Some(Control::Wake)) => {
+                    framed.rearm();
+                    tracing::debug!("channel to the bastion woken");
+                }
+                Ok(Some(other)) => {
+                    return Err(format!("the bastion sent {other:?} on a parked channel"));
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("parked channel failed: {e}")),
+            }
+        }
+    }
+
     /// One connection, from dial to close.
     async fn session(
         &self,
@@ -294,11 +347,15 @@ impl Agent {
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
-        if tls.get_ref().1.alpn_protocol() != Some(ALPN_CHANNEL) {
-            return Err(
-                "the bastion did not agree to the agent protocol (version mismatch?)".into(),
-            );
-        }
+        let framed = match tls.get_ref().1.alpn_protocol() {
+            Some(postern_channel::ALPN) => true,
+            Some(ALPN_CHANNEL) => false,
+            _ => {
+                return Err(
+                    "the bastion did not agree to the agent protocol (version mismatch?)".into(),
+                );
+            }
+        };
         self.status.mark_up();
         tracing::info!(controller = %controller.url, "channel to the bastion up");
 
@@ -317,26 +374,49 @@ impl Agent {
             labels: Arc::new(opts.labels.clone()),
             channel_ended,
         });
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
             .max_concurrent_streams(postern_api::agent::MAX_CHANNEL_STREAMS)
             .keep_alive_interval(opts.keepalive_interval)
-            .keep_alive_timeout(opts.keepalive_timeout)
-            .serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));
-        let mut conn = std::pin::pin!(conn);
-        let result = tokio::select! {
-            r = &mut conn => r.map_err(|e| e.to_string()),
-            _ = shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(Duration::from_secs(5), &mut conn).await;
-                Ok(())
-            }
+            .keep_alive_timeout(opts.keepalive_timeout);
+        let service = TowerToHyperService::new(router);
+        let result = if framed {
+            self.serve_framed(tls, &http2, service, shutdown).await
+        } else {
+            let conn = http2.serve_connection(TokioIo::new(tls), service);
+            serve_until_shutdown(conn, shutdown).await
         };
         self.status.mark_down();
         result
+    }
+}
+
+/// hyper's server connection over a channel, until it ends or the agent shuts
+/// down (then gracefully, for up to 5 s). `Err` says why it failed.
+async fn serve_until_shutdown<I, S>(
+    conn: hyper::server::conn::http2::Connection<TokioIo<I>, S, TokioExecutor>,
+    shutdown: &CancellationToken,
+) -> Result<(), String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Future: Send + 'static,
+    S::ResBody: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = &mut conn => r.map_err(|e| e.to_string()),
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut conn).await;
+            Ok(())
+        }
     }
 }
 

@@ -129,7 +129,8 @@ pub fn channel_config(
         .with_root_certificates(roots)
         .with_client_auth_cert(vec![cert_der(&creds.cert_pem)?], key)
         .map_err(crypto)?;
-    cfg.alpn_protocols = vec![ALPN_CHANNEL.to_vec()];
+    // The framed channel, which parks while idle, where the bastion knows it.
+    cfg.alpn_protocols = vec![postern_channel::ALPN.to_vec(), ALPN_CHANNEL.to_vec()];
     // One long-lived connection per agent: no session cache worth its memory.
     cfg.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(cfg))

@@ -609,3 +609,69 @@ async fn kill_9_in_a_loop_during_rotation_leaves_a_working_identity() {
     .await;
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n");
 }
+
+/// Runs `echo word` on `host` and answers its output.
+async fn echo(b: &Bastion, host: &str, word: &str) -> String {
+    let r = b
+        .execute(
+            json!({"target": [host], "target_type": "node", "command": format!("echo {word}")}),
+        )
+        .await;
+    let done = b
+        .finished(r["exec_id"].as_str().unwrap(), Duration::from_secs(20))
+        .await;
+    let n = postern_tests::exec_node(&done, host);
+    assert_eq!(n["status"], "succeeded", "{n}");
+    n["stdout"].as_str().unwrap().to_string()
+}
+
+/// An idle channel gives up its HTTP/2 connection and keeps its TLS session
+/// (pinged both ways while parked); the next call wakes it on the same
+/// session, and commands run as before. An agent killed while parked is
+/// found by the parked channel's pings.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_channel_parks_and_the_next_call_wakes_it() {
+    let quick = ["--keepalive-interval", "1s", "--keepalive-timeout", "2s"];
+    let mut extra: Vec<String> = quick.iter().map(|s| s.to_string()).collect();
+    extra.extend(["--agent-park-after".to_string(), "1s".to_string()]);
+    let b = Bastion::start(BastionOpts {
+        extra_args: extra,
+        ..BastionOpts::default()
+    })
+    .await;
+    let mut agent = b.agent_with("idle", &quick).await;
+    assert_eq!(echo(&b, "idle", "one").await, "one\n");
+
+    for round in 1..=2u64 {
+        eventually(Duration::from_secs(15), "the channel parked", || async {
+            b.metric("postern_agents_parked").await == 1
+                && b.metric("postern_agent_parks_total").await == round
+        })
+        .await;
+        // Parked through several pings each way: still the same channel.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(b.metric("postern_agents_parked").await, 1);
+        assert!(b.reachable("idle").await);
+        let word = format!("woken{round}");
+        assert_eq!(echo(&b, "idle", &word).await, format!("{word}\n"));
+        assert_eq!(b.metric("postern_agent_wakes_total").await, round);
+    }
+    assert_eq!(
+        b.metric("postern_agent_handshakes_total").await,
+        1,
+        "the channel was redialled instead of woken"
+    );
+
+    eventually(Duration::from_secs(15), "parked again", || async {
+        b.metric("postern_agents_parked").await == 1
+    })
+    .await;
+    agent.kill();
+    eventually(
+        Duration::from_secs(10),
+        "a dead parked agent found",
+        || async { !b.reachable("idle").await },
+    )
+    .await;
+    assert_eq!(b.metric("postern_agents_parked").await, 0);
+}

@@ -17,12 +17,13 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use crate::agents::client;
-use crate::agents::{AgentConn, NodeLink};
+use crate::agents::{AgentConn, ChannelHandle, NodeLink};
 use crate::clock::now_ms;
 use crate::metrics::inc;
 use crate::pki::node_cert_info;
 use crate::state::Shared;
 use crate::store::LabelReport;
+use postern_channel::{Control, Framed, Role};
 
 /// Registers the channel, then reads the node's state again; unregisters it and
 /// answers `false` when the node is disabled, deleted or unreadable by then.
@@ -79,11 +80,53 @@ async fn release_stored_results(shared: &Shared, agent: &NodeLink) {
     }
 }
 
+/// The byte stream h2 runs on: the TLS stream itself, or the framing that
+/// lets the channel park (`postern_channel`).
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+type Counted = tokio_util::io::InspectReader<TlsStream<TcpStream>, Box<dyn FnMut(&[u8]) + Send>>;
+type H2Conn = h2::client::Connection<Box<dyn Io>, bytes::Bytes>;
+
+/// hyper's client settings, on h2 itself (see `agents::wire`).
+async fn h2_handshake(
+    io: Box<dyn Io>,
+    within: Duration,
+) -> Option<(h2::client::SendRequest<bytes::Bytes>, H2Conn)> {
+    let handshake = h2::client::Builder::new()
+        .initial_max_send_streams(100)
+        .initial_window_size(postern_api::agent::STREAM_WINDOW)
+        .initial_connection_window_size(postern_api::agent::CONNECTION_WINDOW)
+        .max_frame_size(postern_api::agent::MAX_FRAME)
+        .max_header_list_size(16 * 1024)
+        .max_send_buffer_size(1024 * 1024)
+        .max_local_error_reset_streams(Some(1024))
+        .enable_push(false)
+        .handshake::<_, bytes::Bytes>(io);
+    match Box::pin(tokio::time::timeout(within, handshake)).await {
+        Ok(Ok(pair)) => Some(pair),
+        _ => None,
+    }
+}
+
+/// What ended a turn of the channel's loop.
+enum Turn {
+    /// The agent closed, failed or went silent.
+    PeerEnded,
+    /// The bastion ends it: shutdown, the node cut off.
+    Ended,
+    ParkDue,
+    Wanted,
+}
+
+/// `framed`: the agent speaks `postern_channel`'s framing, so the channel
+/// parks after `park_after` without a call.
 pub(super) async fn run(
     tls: TlsStream<TcpStream>,
     peer: SocketAddr,
     cert: CertificateDer<'static>,
     shared: Arc<Shared>,
+    framed: bool,
 ) {
     let info = match node_cert_info(&cert) {
         Ok(i) => i,
@@ -114,44 +157,36 @@ pub(super) async fn run(
     };
 
     let s = &shared.settings;
-    // hyper's client settings, on h2 itself (see `agents::wire`).
+    // Counts the reads that brought bytes: a channel that is receiving is
+    // alive, whether or not a ping's answer is queued behind the data the
+    // agent is sending (`keep_alive`).
     let reads = Arc::new(AtomicU64::new(0));
-    let handshake = h2::client::Builder::new()
-        .initial_max_send_streams(100)
-        .initial_window_size(postern_api::agent::STREAM_WINDOW)
-        .initial_connection_window_size(postern_api::agent::CONNECTION_WINDOW)
-        .max_frame_size(postern_api::agent::MAX_FRAME)
-        .max_header_list_size(16 * 1024)
-        .max_send_buffer_size(1024 * 1024)
-        .max_local_error_reset_streams(Some(1024))
-        .enable_push(false)
-        .handshake::<_, bytes::Bytes>({
-            // Counts the reads that brought bytes: a channel that is receiving
-            // is alive, whether or not a ping's answer is queued behind the
-            // data the agent is sending (`keep_alive`).
-            let reads = reads.clone();
-            tokio_util::io::InspectReader::new(tls, move |got: &[u8]| {
-                if !got.is_empty() {
-                    reads.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        });
-    let (sender, mut conn) =
-        match Box::pin(tokio::time::timeout(s.handshake_timeout, handshake)).await {
-            Ok(Ok(pair)) => pair,
-            _ => {
-                inc(&shared.metrics.handshake_failures);
-                return;
+    let counted: Counted = tokio_util::io::InspectReader::new(tls, {
+        let reads = reads.clone();
+        Box::new(move |got: &[u8]| {
+            if !got.is_empty() {
+                reads.fetch_add(1, Ordering::Relaxed);
             }
-        };
-    let pings = conn.ping_pong();
+        })
+    });
+    let (framed, io): (Option<Framed<Counted>>, Box<dyn Io>) = if framed {
+        let f = Framed::new(counted, Role::Bastion);
+        let io = Box::new(f.io());
+        (Some(f), io)
+    } else {
+        (None, Box::new(counted))
+    };
+    let Some((sender, conn)) = h2_handshake(io, s.handshake_timeout).await else {
+        inc(&shared.metrics.handshake_failures);
+        return;
+    };
     let cancel = shared.shutdown.child_token();
     let agent = Arc::new(AgentConn {
         node_id: node.id.clone(),
         conn_id: shared.fleet.next_conn_id(),
         peer,
         connected_at_ms: now_ms(),
-        sender: tokio::sync::Mutex::new(sender),
+        sender: ChannelHandle::new(sender),
         cancel: cancel.clone(),
         cert: std::sync::Mutex::new(info),
         rotating: AtomicBool::new(false),
@@ -170,7 +205,6 @@ pub(super) async fn run(
     tracing::debug!(%peer, node = %node_id, hostname = %node.hostname, "agent channel up");
 
     let link = NodeLink::local(agent.clone());
-    let keep_alive = keep_alive(pings, reads, s.keepalive_interval, s.keepalive_timeout);
     // Bookkeeping runs beside the connection so the channel is served meanwhile.
     // Its steps are boxed: this task lives as long as the channel, once per
     // node, and its size is the largest of what it awaits; boxed, what runs
@@ -185,23 +219,133 @@ pub(super) async fn run(
         }
         std::future::pending::<()>().await;
     };
-    let ended_by_peer = tokio::select! {
-        r = &mut conn => {
-            if let Err(e) = r {
-                tracing::debug!(node = %node_id, error = %e, "agent channel closed with error");
-            }
-            true
-        }
-        () = keep_alive => {
-            tracing::debug!(node = %node_id, "agent channel did not answer a ping in time; closing it");
-            true
-        }
-        _ = cancel.cancelled() => false,
-        _ = bookkeeping => false,
+    let mut bookkeeping = Box::pin(bookkeeping);
+    let park_after = match &framed {
+        Some(_) if !s.park_after.is_zero() => Some(s.park_after),
+        _ => None,
     };
+    let live_conn = |mut conn: H2Conn| {
+        let pings = keep_alive(
+            conn.ping_pong(),
+            reads.clone(),
+            s.keepalive_interval,
+            s.keepalive_timeout,
+        );
+        (conn, Box::pin(pings))
+    };
+    // The live connection and its keep-alive (`None` while parked, when the
+    // handle is held here).
+    let mut live = Some(live_conn(conn));
+    let mut held = None;
+    // After a park that could not be made now, the next try waits a while.
+    let mut next_try = tokio::time::Instant::now();
+    let ended_by_peer = loop {
+        let turn = match live.as_mut() {
+            Some((conn, keep_alive)) => {
+                tokio::select! {
+                    r = &mut *conn => {
+                        if let Err(e) = r {
+                            tracing::debug!(node = %node_id, error = %e, "agent channel closed with error");
+                        }
+                        Turn::PeerEnded
+                    }
+                    () = keep_alive.as_mut() => {
+                        tracing::debug!(node = %node_id, "agent channel did not answer a ping in time; closing it");
+                        Turn::PeerEnded
+                    }
+                    () = quiet(agent.sender.usage(), park_after, next_try) => Turn::ParkDue,
+                    _ = cancel.cancelled() => Turn::Ended,
+                    _ = &mut bookkeeping => Turn::Ended,
+                }
+            }
+            None => {
+                let Some(f) = &framed else {
+                    break true;
+                };
+                tokio::select! {
+                    r = f.parked(s.keepalive_interval, s.keepalive_timeout) => {
+                        match r {
+                            Ok(Some(c)) => tracing::debug!(node = %node_id, control = ?c, "the agent sent out of turn on a parked channel; closing it"),
+                            Ok(None) => tracing::debug!(node = %node_id, "parked agent channel closed by the agent"),
+                            Err(e) => tracing::debug!(node = %node_id, error = %e, "parked agent channel failed"),
+                        }
+                        Turn::PeerEnded
+                    }
+                    () = agent.sender.wanted() => Turn::Wanted,
+                    _ = cancel.cancelled() => Turn::Ended,
+                    _ = &mut bookkeeping => Turn::Ended,
+                }
+            }
+        };
+        match turn {
+            Turn::PeerEnded => break true,
+            Turn::Ended => break false,
+            Turn::ParkDue => {
+                let Some(f) = &framed else { continue };
+                next_try = tokio::time::Instant::now() + Duration::from_secs(1);
+                // Not while a call holds the handle or is open, nor with a
+                // chunk half written (the agent's h2 would read it cut).
+                let Some(mut slot) = agent.sender.try_hold() else {
+                    continue;
+                };
+                if agent.sender.usage().open() > 0 || !f.at_boundary() {
+                    continue;
+                }
+                *slot = None;
+                live = None;
+                if let Err(e) = f.park(s.keepalive_timeout).await {
+                    tracing::debug!(node = %node_id, error = %e, "agent channel failed while parking; closing it");
+                    break true;
+                }
+                held = Some(slot);
+                inc(&shared.metrics.agent_parks);
+                inc(&shared.metrics.agents_parked);
+            }
+            Turn::Wanted => {
+                let (Some(f), Some(mut slot)) = (&framed, held.take()) else {
+                    continue;
+                };
+                shared.metrics.agents_parked.fetch_sub(1, Ordering::Relaxed);
+                f.rearm();
+                if let Err(e) = tokio::time::timeout(s.keepalive_timeout, f.send(Control::Wake))
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+                {
+                    tracing::debug!(node = %node_id, error = %e, "agent channel failed while waking; closing it");
+                    break true;
+                }
+                let Some((sender, conn)) =
+                    h2_handshake(Box::new(f.io()), s.handshake_timeout).await
+                else {
+                    tracing::debug!(node = %node_id, "agent channel's new HTTP/2 connection failed; closing it");
+                    break true;
+                };
+                *slot = Some(sender);
+                drop(slot);
+                live = Some(live_conn(conn));
+                inc(&shared.metrics.agent_wakes);
+            }
+        }
+    };
+    if held.is_some() {
+        // Ended parked: calls waiting for the handle find none (`Closed`).
+        shared.metrics.agents_parked.fetch_sub(1, Ordering::Relaxed);
+        if let Some(f) = &framed
+            && !ended_by_peer
+        {
+            // Closed on purpose: the agent sees TLS end cleanly.
+            let _ = tokio::time::timeout(Duration::from_secs(2), f.close()).await;
+        }
+    }
+    drop(held);
+    drop(bookkeeping);
     // A dead connection goes at once: the calls still on it fail now, not
     // after the bookkeeping below.
-    let mut conn = (!ended_by_peer).then_some(conn);
+    let mut conn = if ended_by_peer {
+        None
+    } else {
+        live.map(|(conn, _)| conn)
+    };
     Box::pin(shared.fleet.unregister(&node_id, conn_id)).await;
     drop(link);
     drop(agent);
@@ -221,6 +365,33 @@ pub(super) async fn run(
     )
     .await;
     tracing::debug!(node = %node_id, "agent channel down");
+}
+
+/// Answers once the channel has had no call open for `after`, not before
+/// `not_before` (never when `after` is `None`: the agent cannot park).
+async fn quiet(
+    usage: &crate::link::Usage,
+    after: Option<Duration>,
+    not_before: tokio::time::Instant,
+) {
+    let Some(after) = after else {
+        return std::future::pending().await;
+    };
+    tokio::time::sleep_until(not_before).await;
+    loop {
+        let since = Duration::from_millis(u64::try_from(now_ms() - usage.last_ms()).unwrap_or(0));
+        if usage.open() == 0 && since >= after {
+            return;
+        }
+        // With a call open, its end moves the mark: look again a whole
+        // `after` later.
+        let wait = if usage.open() > 0 {
+            after
+        } else {
+            after - since
+        };
+        tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
+    }
 }
 
 /// How many intervals in a row a receiving channel goes unpinged, and how
@@ -520,7 +691,7 @@ mod tests {
                 conn_id: id,
                 peer: "127.0.0.1:1".parse().unwrap(),
                 connected_at_ms: 0,
-                sender: tokio::sync::Mutex::new(sender().await),
+                sender: ChannelHandle::new(sender().await),
                 cancel: tokio_util::sync::CancellationToken::new(),
                 cert: std::sync::Mutex::new(crate::pki::NodeCertInfo {
                     node_id: "n1".into(),

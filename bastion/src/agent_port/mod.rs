@@ -193,12 +193,13 @@ async fn handle(
         .and_then(|c| c.first())
         .map(|c| c.clone().into_owned());
     match (alpn.as_deref(), client_cert) {
-        (Some(ALPN_CHANNEL), Some(cert)) => {
+        (Some(alpn @ (ALPN_CHANNEL | postern_channel::ALPN)), Some(cert)) => {
             // The handshake verified a certificate of our CA: from here the
             // channel counts in the port's total only, not against its address
             // (many agents may share one), for as long as it lasts.
             admitted.authenticated();
-            channel::run(tls, peer, cert, shared).await;
+            let framed = alpn == postern_channel::ALPN;
+            channel::run(tls, peer, cert, shared, framed).await;
             drop(admitted);
         }
         (Some(ALPN_ENROLL), None) => {

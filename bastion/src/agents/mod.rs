@@ -16,3 +16,4 @@ mod wire;
 pub use fleet::{Fleet, NodeLink};
 pub use registry::{AgentBody, AgentConn, BoxError, held_body, stream_body};
 pub use tls::server_config;
+pub use wire::ChannelHandle;

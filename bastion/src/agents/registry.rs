@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use h2::client::SendRequest;
 use tokio_util::sync::CancellationToken;
 
 use crate::pki::NodeCertInfo;
@@ -54,8 +53,9 @@ pub struct AgentConn {
     pub conn_id: u64,
     pub peer: SocketAddr,
     pub connected_at_ms: i64,
-    /// One handle, so that streams open one at a time (`wire::send`).
-    pub sender: tokio::sync::Mutex<SendRequest<Bytes>>,
+    /// One handle, so that streams open one at a time (`wire::send`); held
+    /// by the channel's task while it is parked.
+    pub sender: super::wire::ChannelHandle,
     pub cancel: CancellationToken,
     /// The certificate the agent holds now (updated on rotation, while the
     /// connection itself keeps the one it was opened with).

@@ -26,7 +26,12 @@ pub fn server_config(pki: &Pki, names: &[String]) -> Result<Arc<ServerConfig>, P
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| PkiError::BadCert(e.to_string()))?;
-    cfg.alpn_protocols = vec![ALPN_CHANNEL.to_vec(), ALPN_ENROLL.to_vec()];
+    // The framed channel first: an agent that offers it can park (`postern_channel`).
+    cfg.alpn_protocols = vec![
+        postern_channel::ALPN.to_vec(),
+        ALPN_CHANNEL.to_vec(),
+        ALPN_ENROLL.to_vec(),
+    ];
     // Agents hold one long connection; resumption tickets would only cost memory.
     cfg.send_tls13_tickets = 0;
     Ok(Arc::new(cfg))

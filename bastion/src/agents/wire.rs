@@ -8,7 +8,9 @@
 //! answer. The connection itself is driven by the channel's task
 //! (`agent_port::channel`).
 
+use std::future::Future;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -17,9 +19,50 @@ use h2::{Reason, SendStream};
 use http::{HeaderName, HeaderValue, Method, Request, Response, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
-use tokio::sync::{Mutex, oneshot};
+use tokio::sync::{Mutex, MutexGuard, Notify, oneshot};
 
-use crate::link::{AgentBody, AgentIncoming, BoxError, CallError};
+use crate::link::{AgentBody, AgentIncoming, BoxError, CallError, InUse, Usage};
+
+/// A channel's HTTP/2 handle as its calls share it: one at a time (streams
+/// open in turn), and absent while the channel is parked (its task holds it
+/// then, and gives it back live or ends it).
+#[derive(Debug)]
+pub struct ChannelHandle {
+    slot: Mutex<Option<SendRequest<Bytes>>>,
+    /// Told by a call that found the handle held: when the channel's task is
+    /// the holder, parked, it wakes the channel.
+    wanted: Notify,
+    usage: Arc<Usage>,
+}
+
+impl ChannelHandle {
+    pub fn new(h2: SendRequest<Bytes>) -> Self {
+        ChannelHandle {
+            slot: Mutex::new(Some(h2)),
+            wanted: Notify::new(),
+            usage: Arc::new(Usage::new(crate::clock::now_ms())),
+        }
+    }
+
+    pub fn usage(&self) -> &Arc<Usage> {
+        &self.usage
+    }
+
+    /// The handle, unless a call holds it now (the channel's task, to park).
+    pub fn try_hold(&self) -> Option<MutexGuard<'_, Option<SendRequest<Bytes>>>> {
+        let held = self.slot.try_lock().ok()?;
+        // A call told `wanted` when it found the handle held by another call
+        // (not by a park): that is no reason to wake what is parked next.
+        let mut stale = pin!(self.wanted.notified());
+        let _ = stale.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        Some(held)
+    }
+
+    /// Answers when a call waits for the handle.
+    pub async fn wanted(&self) {
+        self.wanted.notified().await;
+    }
+}
 
 /// Sends `req` on the channel and answers the agent's response head; the
 /// answer's body streams as it is read, the request's keeps going on its own
@@ -27,11 +70,13 @@ use crate::link::{AgentBody, AgentIncoming, BoxError, CallError};
 ///
 /// Streams are opened one at a time, as hyper did: a request waits here (not
 /// in h2's queue of streams to open) while the agent's stream limit is
-/// reached, so a caller that gives up meanwhile sends nothing.
+/// reached, so a caller that gives up meanwhile sends nothing. A parked
+/// channel is woken first.
 pub async fn send(
-    sender: &Mutex<SendRequest<Bytes>>,
+    sender: &ChannelHandle,
     req: Request<AgentBody>,
 ) -> Result<Response<AgentIncoming>, CallError> {
+    let in_use = InUse::new(&sender.usage);
     let (mut parts, body) = req.into_parts();
     strip_connection_headers(&mut parts.headers);
     // As hyper did: a body of known length says so (the agent may read it).
@@ -49,7 +94,16 @@ pub async fn send(
     }
     let eos = body.is_end_stream();
     let (answer, mut stream) = {
-        let mut sender = sender.lock().await;
+        let mut slot = match sender.slot.try_lock() {
+            Ok(slot) => slot,
+            Err(_) => {
+                sender.wanted.notify_one();
+                sender.slot.lock().await
+            }
+        };
+        let Some(sender) = slot.as_mut() else {
+            return Err(CallError::Closed);
+        };
         std::future::poll_fn(|cx| sender.poll_ready(cx)).await?;
         let (answer, stream) = sender.send_request(Request::from_parts(parts, ()), eos)?;
         // A stream that had to queue for the agent's stream limit is waited
@@ -90,7 +144,8 @@ pub async fn send(
                 let _ = stream.send_data(Bytes::new(), true);
             }
             first => {
-                tokio::spawn(pipe(first.flatten(), body, stream, cancelled));
+                let in_use = InUse::new(&sender.usage);
+                tokio::spawn(pipe(first.flatten(), body, stream, cancelled, in_use));
             }
         }
     }
@@ -101,7 +156,7 @@ pub async fn send(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    Ok(answer.map(|recv| AgentIncoming::local(recv, length)))
+    Ok(answer.map(|recv| AgentIncoming::local(recv, length, in_use)))
 }
 
 /// Resets the stream it holds when dropped still holding it.
@@ -126,6 +181,7 @@ async fn pipe(
     body: AgentBody,
     mut tx: SendStream<Bytes>,
     answered: oneshot::Receiver<()>,
+    _in_use: InUse,
 ) {
     {
         let mut feed = pin!(feed(first, body, &mut tx));
@@ -244,7 +300,7 @@ mod tests {
 
     /// A real HTTP/2 server (hyper's, as the agent runs) on an in-memory
     /// pipe, allowing `streams` at once, and an h2 client handle to it.
-    async fn channel<F, Fut>(streams: u32, serve: F) -> Mutex<SendRequest<Bytes>>
+    async fn channel<F, Fut>(streams: u32, serve: F) -> ChannelHandle
     where
         F: Fn(Request<hyper::body::Incoming>) -> Fut + Send + Sync + Clone + 'static,
         Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
@@ -262,7 +318,7 @@ mod tests {
         });
         let (sender, conn) = h2::client::handshake(client).await.unwrap();
         tokio::spawn(conn);
-        Mutex::new(sender)
+        ChannelHandle::new(sender)
     }
 
     fn post(path: &str, body: AgentBody) -> Request<AgentBody> {
@@ -275,7 +331,7 @@ mod tests {
 
     /// A call on its own task, as a node's task makes it.
     fn spawn_call(
-        sender: &Arc<Mutex<SendRequest<Bytes>>>,
+        sender: &Arc<ChannelHandle>,
         path: &'static str,
         body: AgentBody,
     ) -> tokio::task::JoinHandle<Result<Response<AgentIncoming>, CallError>> {
@@ -433,5 +489,67 @@ mod tests {
             0,
             "the agent waits on a stream the bastion gave up"
         );
+    }
+
+    /// A call on a parked channel (its task holds the handle, empty) tells
+    /// the task so and waits; it goes out on the connection the wake puts
+    /// back, or fails `Closed` when the channel ended parked. Meanwhile, and
+    /// until its answer is read, it counts as open: the channel does not park
+    /// under it.
+    #[tokio::test]
+    async fn a_call_on_a_parked_channel_wakes_it_and_waits_for_it() {
+        let handle = Arc::new(
+            channel(16, |_req: Request<hyper::body::Incoming>| async {
+                Response::new(Full::new(Bytes::from_static(b"ok")))
+            })
+            .await,
+        );
+        let mut slot = handle.try_hold().unwrap();
+        let h2 = slot.take().unwrap();
+        let call = spawn_call(&handle, "/a", crate::link::full("a"));
+        tokio::time::timeout(Duration::from_secs(5), handle.wanted())
+            .await
+            .expect("a call waiting on a parked channel did not ask for it");
+        assert_eq!(handle.usage().open(), 1);
+        // Woken (the same connection stands in for a new one).
+        *slot = Some(h2);
+        drop(slot);
+        let answer = call.await.unwrap().unwrap();
+        assert_eq!(handle.usage().open(), 1, "an answer being read is open");
+        let body = answer.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        assert_eq!(handle.usage().open(), 0);
+
+        // Ended while parked.
+        let mut slot = handle.try_hold().unwrap();
+        *slot = None;
+        let call = spawn_call(&handle, "/b", crate::link::full("b"));
+        handle.wanted().await;
+        drop(slot);
+        assert!(matches!(call.await.unwrap(), Err(CallError::Closed)));
+        assert_eq!(handle.usage().open(), 0);
+    }
+
+    /// Calls that only waited for each other leave no reason to wake behind:
+    /// the channel's task, parking later, is not woken by it.
+    #[tokio::test]
+    async fn calls_waiting_for_each_other_do_not_wake_a_later_park() {
+        let handle = Arc::new(
+            channel(16, |_req: Request<hyper::body::Incoming>| async {
+                Response::new(Full::new(Bytes::new()))
+            })
+            .await,
+        );
+        {
+            // A call holding the handle, another finding it held.
+            let busy = handle.slot.lock().await;
+            let waiting = spawn_call(&handle, "/a", crate::link::full("a"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(busy);
+            waiting.await.unwrap().unwrap();
+        }
+        let _parked = handle.try_hold().unwrap();
+        let woken = tokio::time::timeout(Duration::from_millis(200), handle.wanted()).await;
+        assert!(woken.is_err(), "a stale request woke the parked channel");
     }
 }

@@ -226,6 +226,12 @@ pub(crate) struct Tuning {
     /// How long a PING may go unanswered before the channel is dropped.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub(crate) keepalive_timeout: Duration,
+    /// An agent channel with no call for this long gives its HTTP/2 connection
+    /// up (its buffers, about 30 KiB per agent) and starts a new one on the
+    /// same TLS session at the next call, without a round trip; 0s: never.
+    /// Agents older than this release are never parked.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub(crate) agent_park_after: Duration,
     /// How long a node running a command may stay disconnected before its result is `lost`.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub(crate) exec_lost_grace: Duration,
@@ -299,6 +305,7 @@ pub(crate) fn settings(t: &Tuning, public_url: Option<String>) -> Settings {
         handshake_timeout: t.handshake_timeout,
         keepalive_interval: t.keepalive_interval.max(Duration::from_secs(1)),
         keepalive_timeout: t.keepalive_timeout.max(Duration::from_secs(1)),
+        park_after: t.agent_park_after,
         exec_lost_grace: t.exec_lost_grace,
         exec_keep_bytes: usize::try_from(t.exec_keep_bytes)
             .unwrap_or(postern_api::cmdexec::DEFAULT_KEEP_BYTES),
