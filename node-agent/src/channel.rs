@@ -47,6 +47,9 @@ pub struct AgentOptions {
     /// How to ask sshd about the keys helper before relaying a session
     /// (`None`: relay without asking).
     pub sshd_check: Option<crate::doctor::DoctorOptions>,
+    /// Offer the framed channel, which the bastion parks while idle
+    /// (`postern_channel`); `false`: the plain one only.
+    pub park: bool,
 }
 
 impl Default for AgentOptions {
@@ -63,6 +66,7 @@ impl Default for AgentOptions {
             kube_node_keys: None,
             labels: Default::default(),
             sshd_check: None,
+            park: true,
         }
     }
 }
@@ -335,8 +339,13 @@ impl Agent {
         shutdown: &CancellationToken,
     ) -> Result<(), String> {
         // Built per attempt so a rotated certificate is used from the next connection.
-        let cfg = channel_config(&self.identity.ca_pem, &self.identity.credentials())
+        let mut cfg = channel_config(&self.identity.ca_pem, &self.identity.credentials())
             .map_err(|e| e.to_string())?;
+        if !self.options.park {
+            let mut plain = (*cfg).clone();
+            plain.alpn_protocols = vec![ALPN_CHANNEL.to_vec()];
+            cfg = Arc::new(plain);
+        }
         let name = controller.server_name()?;
         let opts = &self.options;
         let tcp = controller.connect_tcp(opts.connect_timeout).await?;

@@ -88,6 +88,10 @@ enum Cmd {
         /// How long a PING may go unanswered before the channel is dropped.
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         keepalive_timeout: Duration,
+        /// Offer only the plain channel (ALPN postern-agent/1), which the bastion
+        /// never parks: an idle channel then keeps its HTTP/2 connection.
+        #[arg(long)]
+        no_park: bool,
         /// Make this agent a Kubernetes gateway for its edge: the URL of the
         /// cluster's API server (kubectl through the bastion reaches it here).
         #[arg(long, requires = "kube_credentials", env = "POSTERN_KUBE_APISERVER")]
@@ -250,6 +254,7 @@ async fn run() -> anyhow::Result<()> {
             break_glass_grace,
             keepalive_interval,
             keepalive_timeout,
+            no_park,
             kube_apiserver,
             kube_credentials,
             kube_node_keys,
@@ -309,6 +314,7 @@ async fn run() -> anyhow::Result<()> {
                     break_glass,
                     keepalive_interval: keepalive_interval.max(Duration::from_secs(1)),
                     keepalive_timeout: keepalive_timeout.max(Duration::from_secs(1)),
+                    park: !no_park,
                     kube_node_keys,
                     labels,
                     sshd_check: Some(postern_agent::doctor::DoctorOptions {

@@ -74,6 +74,8 @@ pub struct Report {
     /// minute (µs).
     pub idle_secs: f64,
     pub idle_cpu_us_per_agent_minute: Option<f64>,
+    /// Channels parked at the end of the idle watch (a bastion that parks).
+    pub parked_idle_end: Option<u64>,
     pub restart_reconnect_secs: Option<f64>,
     pub bastion_kib_per_agent_after_restart: Option<f64>,
     pub agents_gave_up: usize,
@@ -474,6 +476,7 @@ pub async fn run(opts: &SwarmOpts) -> Report {
     let heap_per = |now: Option<HeapKib>| Some(now?.per(heap_before?, n));
     let heap_per_agent = heap_per(HeapKib::read(&bastion).await);
     let (mut idle_cpu, mut per_agent_idle_end, mut heap_per_agent_idle_end) = (None, None, None);
+    let mut parked_idle_end = None;
     if !opts.idle.is_zero() {
         let profiler = Profiler::start(pid, "idle");
         let c0 = cpu_secs(pid);
@@ -483,6 +486,7 @@ pub async fn run(opts: &SwarmOpts) -> Report {
         idle_cpu = Some(used * 1e6 / n as f64 / (opts.idle.as_secs_f64() / 60.0));
         per_agent_idle_end = Some(rss_kib(pid).saturating_sub(rss_before) as f64 / n as f64);
         heap_per_agent_idle_end = heap_per(HeapKib::read(&bastion).await);
+        parked_idle_end = crate::metric_in(&bastion.metrics_text().await, "postern_agents_parked");
     }
 
     let mut fanouts = Vec::new();
@@ -541,6 +545,7 @@ pub async fn run(opts: &SwarmOpts) -> Report {
         heap_per_agent_idle_end,
         idle_secs: opts.idle.as_secs_f64(),
         idle_cpu_us_per_agent_minute: idle_cpu,
+        parked_idle_end,
         restart_reconnect_secs: restart_secs,
         bastion_kib_per_agent_after_restart: per_agent_after,
         agents_gave_up: gave_up,

@@ -675,3 +675,68 @@ async fn an_idle_channel_parks_and_the_next_call_wakes_it() {
     .await;
     assert_eq!(b.metric("postern_agents_parked").await, 0);
 }
+
+/// An agent that offers only the plain channel (as agents before parking
+/// did, or `--no-park`) is served on it and never parked.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_without_the_framed_channel_is_served_and_never_parked() {
+    let b = Bastion::start(BastionOpts {
+        extra_args: vec!["--agent-park-after".into(), "1s".into()],
+        ..BastionOpts::default()
+    })
+    .await;
+    let _agent = b.agent_with("plain", &["--no-park"]).await;
+    assert_eq!(echo(&b, "plain", "one").await, "one\n");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(b.metric("postern_agent_parks_total").await, 0);
+    assert_eq!(echo(&b, "plain", "two").await, "two\n");
+    assert_eq!(b.metric("postern_agent_handshakes_total").await, 1);
+}
+
+/// A node with a valid certificate that speaks the framed channel out of
+/// turn (a control chunk where HTTP/2 was due, a kind that does not exist,
+/// garbage inside a DATA chunk) has its channel closed; nothing else moves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_speaking_the_framed_channel_out_of_turn_is_closed() {
+    let b = Bastion::start(BastionOpts::default()).await;
+    let agent = b.agent("steady").await;
+    let ca_pem = std::fs::read_to_string(agent.data_dir.join("ca.crt")).unwrap();
+    let dir = b.enroll("hostile").await;
+    let creds = Credentials {
+        key_pem: std::fs::read_to_string(dir.join("node.key")).unwrap(),
+        cert_pem: std::fs::read_to_string(dir.join("node.crt")).unwrap(),
+    };
+    let cfg = postern_agent::tls::channel_config(&ca_pem, &creds).unwrap();
+    let cases: [&[u8]; 4] = [
+        // PARK, which only the bastion sends.
+        &[1, 0, 0, 0],
+        // A kind that does not exist.
+        &[9, 0, 0, 0],
+        // A control chunk with a length.
+        &[4, 0, 0, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        // The longest DATA chunk, holding no HTTP/2.
+        &[
+            0, 0xff, 0xff, 0xff, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+    ];
+    for bytes in cases {
+        let tcp = TcpStream::connect(b.agent).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(cfg.clone())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(postern_channel::ALPN));
+        tls.write_all(bytes).await.unwrap();
+        assert!(
+            closed_within(tls, Duration::from_secs(5)).await,
+            "{bytes:?} was not closed"
+        );
+    }
+    eventually(Duration::from_secs(5), "hostile unreachable", || async {
+        !b.reachable("hostile").await
+    })
+    .await;
+    assert!(b.reachable("steady").await);
+    assert_eq!(echo(&b, "steady", "still").await, "still\n");
+}
