@@ -51,7 +51,7 @@ const STRAYS_AFTER_WAKE: u8 = 2;
 const DATA: u8 = 0;
 
 /// The least time between two PINGs a parked side answers (either side
-/// pings at most once a second).
+/// pings at most once a second; closer ones are let go unanswered).
 pub const MIN_PING_GAP: Duration = Duration::from_millis(100);
 
 /// A chunk without bytes, which steers the channel.
@@ -243,10 +243,49 @@ where
                         return Poll::Ready(Err(invalid("HTTP/2 bytes on a parked channel")));
                     }
                     Some((kind, 0)) => match Control::from_kind(kind) {
+                        // Parking: a PING or PONG that crossed the last wake.
+                        Some(Control::Ping | Control::Pong) if discard_data && inner.strays > 0 => {
+                            inner.strays -= 1;
+                        }
                         Some(c) => return Poll::Ready(Ok(Some(c))),
                         None => return Poll::Ready(Err(invalid("an unknown chunk"))),
                     },
                     Some(_) => return Poll::Ready(Err(invalid("a control chunk with a length"))),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Answers once the next chunk is DATA (a new h2 connection's first
+    /// bytes), letting through a PING or PONG that crossed the wake. The agent
+    /// waits for it under a deadline after WAKE: hyper's own keep-alive starts
+    /// only once its handshake is done, and a bastion gone between WAKE and
+    /// its preface would otherwise be waited for without end. Cancel-safe.
+    pub async fn data_ahead(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            let mut g = self.lock();
+            let inner = &mut *g;
+            loop {
+                if inner.rd_left > 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                match ready!(inner.poll_header(cx))? {
+                    None => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                    Some((DATA, len)) if len > 0 => inner.rd_left = len,
+                    Some((kind, 0))
+                        if matches!(
+                            Control::from_kind(kind),
+                            Some(Control::Ping | Control::Pong)
+                        ) && inner.strays > 0 =>
+                    {
+                        inner.strays -= 1;
+                    }
+                    Some(_) => {
+                        return Poll::Ready(Err(invalid(
+                            "a chunk out of turn where HTTP/2 was due",
+                        )));
+                    }
                 }
             }
         })
@@ -272,15 +311,18 @@ where
 
     /// Holds a parked channel: PINGs the peer after `every` without a
     /// chunk from it, answers its PINGs, and fails when a PING goes
-    /// unanswered `within`, the peer closes, or it sends out of turn.
-    /// Answers the first control other than PING and PONG (WAKE, for the
-    /// agent), or `None` when the peer closed the channel. PINGs closer
-    /// together than [`MIN_PING_GAP`] are refused: answering a flood would
-    /// cost this side a record each. Cancel-safe.
+    /// unanswered `within`, the peer closes, or it sends out of turn (a PONG
+    /// for no PING). Answers the first control other than PING and PONG
+    /// (WAKE, for the agent), or `None` when the peer closed the channel.
+    /// PINGs closer together than [`MIN_PING_GAP`] go unanswered: a flood
+    /// costs this side a read each, never a record (the network may bunch
+    /// honest ones, so they are no error). Cancel-safe.
     pub async fn parked(&self, every: Duration, within: Duration) -> io::Result<Option<Control>> {
         let mut ping_at = Instant::now() + every;
         let mut answer_by: Option<Instant> = None;
-        let mut last_ping: Option<Instant> = None;
+        let mut last_pong: Option<Instant> = None;
+        // PINGs sent and not answered yet.
+        let mut owed: u32 = 0;
         loop {
             let heard = tokio::select! {
                 r = self.recv(false) => r?,
@@ -292,6 +334,7 @@ where
                         ));
                     }
                     timed(within, self.send(Control::Ping)).await?;
+                    owed = owed.saturating_add(1);
                     answer_by = Some(Instant::now() + within);
                     continue;
                 }
@@ -302,13 +345,13 @@ where
             match heard {
                 Some(Control::Ping) => {
                     let now = Instant::now();
-                    if last_ping.is_some_and(|t| now - t < MIN_PING_GAP) {
-                        return Err(invalid("pinged too often"));
+                    if last_pong.is_none_or(|t| now - t >= MIN_PING_GAP) {
+                        last_pong = Some(now);
+                        timed(within, self.send(Control::Pong)).await?;
                     }
-                    last_ping = Some(now);
-                    timed(within, self.send(Control::Pong)).await?;
                 }
-                Some(Control::Pong) => {}
+                Some(Control::Pong) if owed > 0 => owed -= 1,
+                Some(Control::Pong) => return Err(invalid("a PONG for no PING")),
                 other => return Ok(other),
             }
         }
@@ -782,12 +825,44 @@ mod tests {
         bastion.close().await.unwrap();
         drop(bastion);
         assert_eq!(parked.await.unwrap().unwrap(), None);
+        // PINGs in a bunch: one answered, the channel kept; a PONG for no
+        // PING: an error.
         let (bastion, node) = pair(1024);
         let parked = tokio::spawn(async move { node.parked(LONG, LONG).await });
         for _ in 0..3 {
             bastion.send(Control::Ping).await.unwrap();
         }
+        assert_eq!(bastion.recv(false).await.unwrap(), Some(Control::Pong));
+        let answered_twice = tokio::time::timeout(short, bastion.recv(false)).await;
+        assert!(answered_twice.is_err(), "{answered_twice:?}");
+        bastion.send(Control::Pong).await.unwrap();
         let e = parked.await.unwrap().unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    }
+
+    /// A PING or PONG that crossed a wake is let through where the next
+    /// connection's bytes, or a new park's PARKED, are due; anything else
+    /// out of turn there is an error.
+    #[tokio::test]
+    async fn strays_that_crossed_a_wake_are_let_through() {
+        let (bastion, node) = pair(1024);
+        node.rearm();
+        bastion.send(Control::Ping).await.unwrap();
+        bastion.io().write_all(b"preface").await.unwrap();
+        node.data_ahead().await.unwrap();
+        let mut got = [0u8; 7];
+        node.io().read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"preface");
+
+        let (bastion, node) = pair(1024);
+        bastion.rearm();
+        node.send(Control::Pong).await.unwrap();
+        node.send(Control::Parked).await.unwrap();
+        bastion.park(LONG).await.unwrap();
+
+        let (bastion, node) = pair(1024);
+        node.rearm();
+        bastion.send(Control::Wake).await.unwrap();
+        assert!(node.data_ahead().await.is_err());
     }
 }

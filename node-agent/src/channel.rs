@@ -301,6 +301,16 @@ impl Agent {
         let opts = &self.options;
         let framed = Framed::new(tls, Role::Agent);
         loop {
+            // The bastion's preface comes first, at once; a bastion gone
+            // before it is not waited for (hyper's keep-alive starts later).
+            tokio::select! {
+                r = tokio::time::timeout(opts.keepalive_timeout, framed.data_ahead()) => match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(format!("the bastion's HTTP/2 did not begin: {e}")),
+                    Err(_) => return Err("the bastion's HTTP/2 did not begin in time".into()),
+                },
+                _ = shutdown.cancelled() => return Ok(()),
+            }
             {
                 let conn = http2.serve_connection(TokioIo::new(framed.io()), service.clone());
                 let park = std::future::poll_fn(|cx| framed.poll_park(cx));

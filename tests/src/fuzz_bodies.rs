@@ -27,6 +27,7 @@ pub type Body = fn(&[u8]);
 pub const TARGETS: &[(&str, Body)] = &[
     ("agent_channel", agent_channel),
     ("authorized_key", authorized_key),
+    ("channel_framing", channel_framing),
     ("csr", csr),
     ("identity", identity),
     ("keys_helper", keys_helper),
@@ -98,6 +99,169 @@ pub fn agent_channel(data: &[u8]) {
                 let _ = agent::parse_ca_hash(s);
             }
         }
+    }
+}
+
+/// The agent channel's framing (`postern_channel`) fed by a hostile peer, on
+/// either side, live (what h2 reads) or parked (the controls). Nothing panics
+/// or waits on bytes that came, and the framing reads exactly what a plain
+/// reading of the chunks says: h2 gets the DATA chunks' bytes in order, a
+/// control out of turn or a chunk cut short is an error, the agent stops at
+/// PARK.
+pub fn channel_framing(data: &[u8]) {
+    use postern_channel::{Framed, Role};
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    use tokio::io::AsyncReadExt;
+
+    let Some((&mode, peer)) = data.split_first() else {
+        return;
+    };
+    let role = if mode & 1 == 0 {
+        Role::Bastion
+    } else {
+        Role::Agent
+    };
+    let (live, flag) = (mode & 2 == 0, mode & 4 != 0);
+    let side = Framed::new(Fed::new(peer), role);
+    let mut cx = Context::from_waker(Waker::noop());
+    // Every byte is there and then the end: one poll decides, except at PARK.
+    let chunks = plain_chunks(peer);
+    if live {
+        if flag {
+            side.rearm();
+        }
+        let mut got = Vec::new();
+        let mut io = side.io();
+        let read = std::pin::pin!(io.read_to_end(&mut got))
+            .as_mut()
+            .poll(&mut cx);
+        let mut want = Vec::new();
+        let mut strays = if flag { 2 } else { 0 };
+        let expected = 'walk: {
+            for c in &chunks {
+                match *c {
+                    Chunk::Data(bytes) if !bytes.is_empty() => want.extend_from_slice(bytes),
+                    Chunk::Control(1, 0) if role == Role::Agent => break 'walk "park",
+                    Chunk::Control(4 | 5, 0) if strays > 0 => strays -= 1,
+                    _ => break 'walk "error",
+                }
+            }
+            "end"
+        };
+        match (expected, read) {
+            ("end", Poll::Ready(Ok(_))) => assert_eq!(got, want),
+            ("error", Poll::Ready(Err(_))) => {}
+            ("park", Poll::Pending) => {
+                assert_eq!(got, want);
+                assert!(
+                    std::pin::pin!(std::future::poll_fn(|cx| side.poll_park(cx)))
+                        .as_mut()
+                        .poll(&mut cx)
+                        .is_ready()
+                );
+            }
+            (e, r) => panic!("expected {e}, read {r:?}, chunks {chunks:?}"),
+        }
+    } else {
+        let got = std::pin::pin!(side.recv(flag)).as_mut().poll(&mut cx);
+        let expected: Result<Option<u8>, ()> = 'walk: {
+            for c in &chunks {
+                match *c {
+                    Chunk::Data(bytes) if flag && !bytes.is_empty() => {}
+                    Chunk::Control(kind @ 1..=5, 0) => break 'walk Ok(Some(kind)),
+                    _ => break 'walk Err(()),
+                }
+            }
+            Ok(None)
+        };
+        match (expected, got) {
+            (Ok(None), Poll::Ready(Ok(None))) | (Err(()), Poll::Ready(Err(_))) => {}
+            (Ok(Some(kind)), Poll::Ready(Ok(Some(c)))) => assert_eq!(c as u8, kind),
+            (e, r) => panic!("expected {e:?}, got {r:?}, chunks {chunks:?}"),
+        }
+    }
+}
+
+/// A chunk as a plain reading of the framing sees it; `Cut` is a header or
+/// DATA that the end cut short.
+#[derive(Debug)]
+enum Chunk<'a> {
+    Data(&'a [u8]),
+    Control(u8, usize),
+    Cut,
+}
+
+fn plain_chunks(mut peer: &[u8]) -> Vec<Chunk<'_>> {
+    let mut out = Vec::new();
+    while !peer.is_empty() {
+        let Some((head, rest)) = peer.split_first_chunk::<4>() else {
+            out.push(Chunk::Cut);
+            break;
+        };
+        let len = usize::from(head[1]) << 16 | usize::from(head[2]) << 8 | usize::from(head[3]);
+        if head[0] != 0 {
+            out.push(Chunk::Control(head[0], len));
+            if len > 0 {
+                break;
+            }
+            peer = rest;
+            continue;
+        }
+        if rest.len() < len {
+            out.push(Chunk::Cut);
+            break;
+        }
+        out.push(Chunk::Data(&rest[..len]));
+        peer = &rest[len..];
+    }
+    out
+}
+
+/// What a peer sent, all of it there, then the end; what is written is kept.
+struct Fed<'a> {
+    peer: &'a [u8],
+}
+
+impl<'a> Fed<'a> {
+    fn new(peer: &'a [u8]) -> Self {
+        Fed { peer }
+    }
+}
+
+impl tokio::io::AsyncRead for Fed<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        // A byte or few at a time, as TLS records may cut it.
+        let n = buf.remaining().min(self.peer.len()).min(3);
+        buf.put_slice(&self.peer[..n]);
+        self.peer = &self.peer[n..];
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Fed<'_> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 

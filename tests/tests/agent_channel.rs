@@ -662,10 +662,25 @@ async fn an_idle_channel_parks_and_the_next_call_wakes_it() {
         "the channel was redialled instead of woken"
     );
 
-    eventually(Duration::from_secs(15), "parked again", || async {
-        b.metric("postern_agents_parked").await == 1
+    // A second node, parked, is disabled: its channel is cut at once, as a
+    // live one is.
+    let _other = b.agent_with("cut", &quick).await;
+    eventually(Duration::from_secs(15), "both parked", || async {
+        b.metric("postern_agents_parked").await == 2
     })
     .await;
+    let (s, v) = b
+        .post(
+            "/api/v1/projects/web/edges/eu-1/nodes/cut/disable",
+            json!({}),
+        )
+        .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("disabled")));
+    eventually(Duration::from_secs(1), "the parked channel cut", || async {
+        b.metric("postern_agents_connected").await == 1
+    })
+    .await;
+    assert_eq!(b.metric("postern_agents_parked").await, 1);
     agent.kill();
     eventually(
         Duration::from_secs(10),

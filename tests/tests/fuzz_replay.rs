@@ -86,6 +86,7 @@ macro_rules! replay_targets {
 replay_targets!(
     agent_channel,
     authorized_key,
+    channel_framing,
     csr,
     identity,
     keys_helper,

@@ -243,6 +243,8 @@ pub(super) async fn run(
         let turn = match live.as_mut() {
             Some((conn, keep_alive)) => {
                 tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => Turn::Ended,
                     r = &mut *conn => {
                         if let Err(e) = r {
                             tracing::debug!(node = %node_id, error = %e, "agent channel closed with error");
@@ -254,7 +256,6 @@ pub(super) async fn run(
                         Turn::PeerEnded
                     }
                     () = quiet(agent.sender.usage(), park_after, next_try) => Turn::ParkDue,
-                    _ = cancel.cancelled() => Turn::Ended,
                     _ = &mut bookkeeping => Turn::Ended,
                 }
             }
@@ -263,6 +264,8 @@ pub(super) async fn run(
                     break true;
                 };
                 tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => Turn::Ended,
                     r = f.parked(s.keepalive_interval, s.keepalive_timeout) => {
                         match r {
                             Ok(Some(c)) => tracing::debug!(node = %node_id, control = ?c, "the agent sent out of turn on a parked channel; closing it"),
@@ -272,7 +275,6 @@ pub(super) async fn run(
                         Turn::PeerEnded
                     }
                     () = agent.sender.wanted() => Turn::Wanted,
-                    _ = cancel.cancelled() => Turn::Ended,
                     _ = &mut bookkeeping => Turn::Ended,
                 }
             }
@@ -293,9 +295,19 @@ pub(super) async fn run(
                 }
                 *slot = None;
                 live = None;
-                if let Err(e) = f.park(s.keepalive_timeout).await {
-                    tracing::debug!(node = %node_id, error = %e, "agent channel failed while parking; closing it");
-                    break true;
+                let parked = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => None,
+                    r = f.park(s.keepalive_timeout) => Some(r),
+                };
+                match parked {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        tracing::debug!(node = %node_id, error = %e, "agent channel failed while parking; closing it");
+                        break true;
+                    }
+                    // Cut off or shut down meanwhile: nothing more to say to it.
+                    None => break true,
                 }
                 held = Some(slot);
                 inc(&shared.metrics.agent_parks);
@@ -307,18 +319,26 @@ pub(super) async fn run(
                 };
                 shared.metrics.agents_parked.fetch_sub(1, Ordering::Relaxed);
                 f.rearm();
-                if let Err(e) = tokio::time::timeout(s.keepalive_timeout, f.send(Control::Wake))
-                    .await
-                    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-                {
-                    tracing::debug!(node = %node_id, error = %e, "agent channel failed while waking; closing it");
-                    break true;
-                }
-                let Some((sender, conn)) =
-                    h2_handshake(Box::new(f.io()), s.handshake_timeout).await
-                else {
-                    tracing::debug!(node = %node_id, "agent channel's new HTTP/2 connection failed; closing it");
-                    break true;
+                let wake = async {
+                    tokio::time::timeout(s.keepalive_timeout, f.send(Control::Wake))
+                        .await
+                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+                    h2_handshake(Box::new(f.io()), s.handshake_timeout)
+                        .await
+                        .ok_or_else(|| std::io::Error::other("the HTTP/2 handshake failed"))
+                };
+                let woken = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => None,
+                    r = wake => Some(r),
+                };
+                let (sender, conn) = match woken {
+                    Some(Ok(pair)) => pair,
+                    Some(Err(e)) => {
+                        tracing::debug!(node = %node_id, error = %e, "agent channel failed while waking; closing it");
+                        break true;
+                    }
+                    None => break true,
                 };
                 *slot = Some(sender);
                 drop(slot);
@@ -333,6 +353,9 @@ pub(super) async fn run(
         if let Some(f) = &framed
             && !ended_by_peer
         {
+            if shared.shutdown.is_cancelled() {
+                shared.fleet.drained_one();
+            }
             // Closed on purpose: the agent sees TLS end cleanly.
             let _ = tokio::time::timeout(Duration::from_secs(2), f.close()).await;
         }
@@ -379,17 +402,16 @@ async fn quiet(
     };
     tokio::time::sleep_until(not_before).await;
     loop {
+        // Open calls first: a call that ends after this read moves the mark
+        // read next.
+        let open = usage.open();
         let since = Duration::from_millis(u64::try_from(now_ms() - usage.last_ms()).unwrap_or(0));
-        if usage.open() == 0 && since >= after {
+        if open == 0 && since >= after {
             return;
         }
         // With a call open, its end moves the mark: look again a whole
         // `after` later.
-        let wait = if usage.open() > 0 {
-            after
-        } else {
-            after - since
-        };
+        let wait = if open > 0 { after } else { after - since };
         tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
     }
 }
