@@ -44,15 +44,15 @@ const HEADER: usize = 4;
 const MAX_CHUNK: usize = (1 << 24) - 1;
 /// At most this many of h2's slices go into one write.
 const MAX_SLICES: usize = 16;
-/// PING and PONG that may still arrive once a channel is live again: each
-/// side's last ping may cross the wake.
-const STRAYS_AFTER_WAKE: u8 = 2;
 
 const DATA: u8 = 0;
 
 /// The least time between two PINGs a parked side answers (either side
 /// pings at most once a second; closer ones are let go unanswered).
 pub const MIN_PING_GAP: Duration = Duration::from_millis(100);
+/// PINGs in a row, each too soon after the last answered one, that a parked
+/// side lets go before it takes them for a flood.
+pub const MAX_EARLY_PINGS: u32 = 32;
 
 /// A chunk without bytes, which steers the channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +113,13 @@ struct Inner<T> {
     wr_head: [u8; HEADER],
     wr_sent: usize,
     wr_left: usize,
-    strays: u8,
+    /// PINGs this side sent and no PONG answered yet: their PONGs may still
+    /// come after a wake, or during the next park.
+    owed: u32,
+    /// A read's error kept for the next read (bytes before it went first),
+    /// and whether one was given.
+    failed: Option<io::Error>,
+    broken: bool,
     /// The agent read PARK while its h2 ran: h2 reads nothing more.
     park: bool,
     park_waker: Option<Waker>,
@@ -141,7 +147,9 @@ where
                 wr_head: [0; HEADER],
                 wr_sent: HEADER,
                 wr_left: 0,
-                strays: 0,
+                owed: 0,
+                failed: None,
+                broken: false,
                 park: false,
                 park_waker: None,
             })),
@@ -169,6 +177,11 @@ where
         .await
     }
 
+    /// Runs `f` on the stream underneath (a test reads what was written).
+    pub fn with_io<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.lock().io)
+    }
+
     /// Whether nothing of a chunk is half written: the bastion parks only
     /// then, so the agent's h2 never sees a chunk cut short.
     pub fn at_boundary(&self) -> bool {
@@ -187,13 +200,11 @@ where
         Poll::Pending
     }
 
-    /// Live again (after WAKE): reading and writing are h2's, and a PING or
-    /// PONG that crossed the wake is let through.
+    /// Live again (after WAKE): reading and writing are h2's.
     pub fn rearm(&self) {
         let mut g = self.lock();
         g.park = false;
         g.park_waker = None;
-        g.strays = STRAYS_AFTER_WAKE;
     }
 
     /// Sends `control`, first ending a DATA chunk left unfinished (its rest
@@ -209,6 +220,9 @@ where
                 inner.wr_head = [control as u8, 0, 0, 0];
                 inner.wr_sent = 0;
                 queued = true;
+                if control == Control::Ping {
+                    inner.owed = inner.owed.saturating_add(1);
+                }
                 ready!(inner.poll_finish_chunk(cx))?;
             }
             Pin::new(&mut inner.io).poll_flush(cx)
@@ -244,9 +258,7 @@ where
                     }
                     Some((kind, 0)) => match Control::from_kind(kind) {
                         // Parking: a PING or PONG that crossed the last wake.
-                        Some(Control::Ping | Control::Pong) if discard_data && inner.strays > 0 => {
-                            inner.strays -= 1;
-                        }
+                        Some(c) if discard_data && inner.stray(c) => {}
                         Some(c) => return Poll::Ready(Ok(Some(c))),
                         None => return Poll::Ready(Err(invalid("an unknown chunk"))),
                     },
@@ -273,13 +285,7 @@ where
                 match ready!(inner.poll_header(cx))? {
                     None => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
                     Some((DATA, len)) if len > 0 => inner.rd_left = len,
-                    Some((kind, 0))
-                        if matches!(
-                            Control::from_kind(kind),
-                            Some(Control::Ping | Control::Pong)
-                        ) && inner.strays > 0 =>
-                    {
-                        inner.strays -= 1;
+                    Some((kind, 0)) if Control::from_kind(kind).is_some_and(|c| inner.stray(c)) => {
                     }
                     Some(_) => {
                         return Poll::Ready(Err(invalid(
@@ -314,15 +320,15 @@ where
     /// unanswered `within`, the peer closes, or it sends out of turn (a PONG
     /// for no PING). Answers the first control other than PING and PONG
     /// (WAKE, for the agent), or `None` when the peer closed the channel.
-    /// PINGs closer together than [`MIN_PING_GAP`] go unanswered: a flood
-    /// costs this side a read each, never a record (the network may bunch
-    /// honest ones, so they are no error). Cancel-safe.
+    /// PINGs closer together than [`MIN_PING_GAP`] go unanswered (the
+    /// network may bunch honest ones), and more than [`MAX_EARLY_PINGS`] of
+    /// them in a row are a flood: an error. Cancel-safe as to the stream
+    /// (PINGs owed are counted in it); a new call starts its timers anew.
     pub async fn parked(&self, every: Duration, within: Duration) -> io::Result<Option<Control>> {
         let mut ping_at = Instant::now() + every;
         let mut answer_by: Option<Instant> = None;
         let mut last_pong: Option<Instant> = None;
-        // PINGs sent and not answered yet.
-        let mut owed: u32 = 0;
+        let mut early = 0u32;
         loop {
             let heard = tokio::select! {
                 r = self.recv(false) => r?,
@@ -334,7 +340,6 @@ where
                         ));
                     }
                     timed(within, self.send(Control::Ping)).await?;
-                    owed = owed.saturating_add(1);
                     answer_by = Some(Instant::now() + within);
                     continue;
                 }
@@ -346,12 +351,23 @@ where
                 Some(Control::Ping) => {
                     let now = Instant::now();
                     if last_pong.is_none_or(|t| now - t >= MIN_PING_GAP) {
+                        early = 0;
                         last_pong = Some(now);
                         timed(within, self.send(Control::Pong)).await?;
+                    } else {
+                        early += 1;
+                        if early > MAX_EARLY_PINGS {
+                            return Err(invalid("pinged too often"));
+                        }
                     }
                 }
-                Some(Control::Pong) if owed > 0 => owed -= 1,
-                Some(Control::Pong) => return Err(invalid("a PONG for no PING")),
+                Some(Control::Pong) => {
+                    let mut g = self.lock();
+                    if g.owed == 0 {
+                        return Err(invalid("a PONG for no PING"));
+                    }
+                    g.owed -= 1;
+                }
                 other => return Ok(other),
             }
         }
@@ -368,6 +384,23 @@ async fn timed<R>(
             "the agent channel's peer did not keep up",
         )
     })?
+}
+
+impl<T> Inner<T> {
+    /// Whether `c` may be passed over where it is not the turn of controls:
+    /// a PING (the peer pinged before it read WAKE or PARK; answering is not
+    /// owed), or the PONG of a PING this side sent. Anything else there is
+    /// out of turn.
+    fn stray(&mut self, c: Control) -> bool {
+        match c {
+            Control::Ping => true,
+            Control::Pong if self.owed > 0 => {
+                self.owed -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 impl<T> Inner<T>
@@ -428,6 +461,9 @@ impl<T> AsyncRead for FramedIo<T>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    /// Reads on through the chunks while bytes are there and `buf` has
+    /// room, so small chunks cost one read, not one each. An error met after
+    /// some bytes were read is kept for the next read.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -435,10 +471,34 @@ where
     ) -> Poll<io::Result<()>> {
         let mut g = self.0.lock();
         let inner = &mut *g;
+        if let Some(e) = inner.failed.take() {
+            inner.broken = true;
+            return Poll::Ready(Err(e));
+        }
+        if inner.broken {
+            return Poll::Ready(Err(invalid("the channel failed before")));
+        }
+        let start = buf.filled().len();
+        // What a step's outcome makes of this read: bytes read so far win
+        // over a wait or an error (which is kept).
+        macro_rules! settle {
+            ($e:expr) => {
+                match $e {
+                    Poll::Ready(Ok(v)) => v,
+                    Poll::Pending if buf.filled().len() > start => return Poll::Ready(Ok(())),
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) if buf.filled().len() > start => {
+                        inner.failed = Some(e);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                }
+            };
+        }
         loop {
             if inner.park {
                 // This connection is being dropped; what follows is not its.
-                return Poll::Pending;
+                settle!(Poll::<io::Result<()>>::Pending);
             }
             if buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
@@ -446,27 +506,33 @@ where
             if inner.rd_left > 0 {
                 let n = if buf.remaining() <= inner.rd_left {
                     let before = buf.filled().len();
-                    ready!(Pin::new(&mut inner.io).poll_read(cx, buf))?;
+                    settle!(Pin::new(&mut inner.io).poll_read(cx, buf));
                     buf.filled().len() - before
                 } else {
                     // Only this chunk's rest: the next header is ours to read.
                     let dst = buf.initialize_unfilled_to(inner.rd_left);
                     let mut part = ReadBuf::new(dst);
-                    ready!(Pin::new(&mut inner.io).poll_read(cx, &mut part))?;
+                    let read = Pin::new(&mut inner.io).poll_read(cx, &mut part);
                     let n = part.filled().len();
+                    settle!(read);
                     buf.advance(n);
                     n
                 };
                 if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                    settle!(Poll::<io::Result<()>>::Ready(Err(
+                        io::ErrorKind::UnexpectedEof.into()
+                    )));
                 }
                 inner.rd_left -= n;
-                return Poll::Ready(Ok(()));
+                continue;
             }
-            match ready!(inner.poll_header(cx))? {
-                // The end of the stream: h2 sees it as one.
+            match settle!(inner.poll_header(cx)) {
+                // The end of the stream: h2 sees it as one (after the bytes
+                // before it, at the next read).
                 None => return Poll::Ready(Ok(())),
-                Some((DATA, 0)) => return Poll::Ready(Err(invalid("an empty DATA chunk"))),
+                Some((DATA, 0)) => settle!(Poll::<io::Result<()>>::Ready(Err(invalid(
+                    "an empty DATA chunk"
+                )))),
                 Some((DATA, len)) => inner.rd_left = len,
                 Some((kind, 0)) => match (inner.role, Control::from_kind(kind)) {
                     (Role::Agent, Some(Control::Park)) => {
@@ -474,18 +540,15 @@ where
                         if let Some(w) = inner.park_waker.take() {
                             w.wake();
                         }
-                        return Poll::Pending;
                     }
-                    (_, Some(Control::Ping | Control::Pong)) if inner.strays > 0 => {
-                        inner.strays -= 1;
-                    }
-                    _ => {
-                        return Poll::Ready(Err(invalid(
-                            "a control chunk out of turn on a live channel",
-                        )));
-                    }
+                    (_, Some(c)) if inner.stray(c) => {}
+                    _ => settle!(Poll::<io::Result<()>>::Ready(Err(invalid(
+                        "a control chunk out of turn on a live channel"
+                    )))),
                 },
-                Some(_) => return Poll::Ready(Err(invalid("a control chunk with a length"))),
+                Some(_) => settle!(Poll::<io::Result<()>>::Ready(Err(invalid(
+                    "a control chunk with a length"
+                )))),
             }
         }
     }
@@ -721,14 +784,16 @@ mod tests {
         Framed::new(a, role).recv(discard).await
     }
 
-    async fn live_read(bytes: &[u8], role: Role, strays: bool) -> io::Result<Vec<u8>> {
+    /// What h2 reads of `bytes` from the peer, this side having sent
+    /// `pings` PINGs first.
+    async fn live_read(bytes: &[u8], role: Role, pings: u32) -> io::Result<Vec<u8>> {
         let (a, mut b) = duplex(1024);
+        let side = Framed::new(a, role);
+        for _ in 0..pings {
+            side.send(Control::Ping).await.unwrap();
+        }
         b.write_all(bytes).await.unwrap();
         drop(b);
-        let side = Framed::new(a, role);
-        if strays {
-            side.rearm();
-        }
         let mut got = Vec::new();
         side.io().read_to_end(&mut got).await.map(|_| got)
     }
@@ -753,48 +818,32 @@ mod tests {
                 .unwrap(),
             Some(Control::Parked)
         );
-        // Live: an empty DATA chunk, a PARK sent to the bastion, PING without
-        // a wake before it, a third stray after one.
-        assert!(
-            live_read(&[0, 0, 0, 0], Role::Bastion, false)
+        // Live: an empty DATA chunk, a PARK sent to the bastion, a PONG for
+        // no PING; PINGs pass, and the PONGs of PINGs sent.
+        assert!(live_read(&[0, 0, 0, 0], Role::Bastion, 0).await.is_err());
+        assert!(live_read(&[1, 0, 0, 0], Role::Bastion, 0).await.is_err());
+        assert!(live_read(&[5, 0, 0, 0], Role::Bastion, 0).await.is_err());
+        let crossed = [4, 0, 0, 0, 5, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 1, 42];
+        assert_eq!(live_read(&crossed, Role::Bastion, 2).await.unwrap(), [42]);
+        assert!(live_read(&crossed, Role::Bastion, 1).await.is_err());
+        // Chunks read on in one go; an error after bytes comes after them.
+        let mut io = {
+            let (a, mut b) = duplex(1024);
+            b.write_all(&[0, 0, 0, 1, 1, 0, 0, 0, 2, 2, 3, 9, 0, 0, 0])
                 .await
-                .is_err()
-        );
-        assert!(
-            live_read(&[1, 0, 0, 0], Role::Bastion, false)
-                .await
-                .is_err()
-        );
-        assert!(
-            live_read(&[4, 0, 0, 0], Role::Bastion, false)
-                .await
-                .is_err()
-        );
-        assert_eq!(
-            live_read(
-                &[4, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 1, 42],
-                Role::Bastion,
-                true
-            )
-            .await
-            .unwrap(),
-            [42]
-        );
-        assert!(
-            live_read(&[4, 0, 0, 0, 5, 0, 0, 0, 4, 0, 0, 0], Role::Bastion, true)
-                .await
-                .is_err()
-        );
+                .unwrap();
+            drop(b);
+            Framed::new(a, Role::Bastion).io()
+        };
+        let mut buf = [0u8; 16];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 3);
+        assert_eq!(&buf[..3], [1, 2, 3]);
+        assert!(io.read(&mut buf).await.is_err());
+        assert!(io.read(&mut buf).await.is_err());
         // A stream cut inside a chunk is an error, at a boundary an end.
-        assert!(
-            live_read(&[0, 0, 0, 5, 1], Role::Agent, false)
-                .await
-                .is_err()
-        );
+        assert!(live_read(&[0, 0, 0, 5, 1], Role::Agent, 0).await.is_err());
         assert_eq!(
-            live_read(&[0, 0, 0, 1, 1], Role::Agent, false)
-                .await
-                .unwrap(),
+            live_read(&[0, 0, 0, 1, 1], Role::Agent, 0).await.unwrap(),
             [1]
         );
     }
@@ -854,11 +903,20 @@ mod tests {
         node.io().read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"preface");
 
+        // The bastion pinged just before it woke the channel, and parks it
+        // again before the PONG came: the PONG passes, as does a PING.
         let (bastion, node) = pair(1024);
-        bastion.rearm();
+        bastion.send(Control::Ping).await.unwrap();
         node.send(Control::Pong).await.unwrap();
+        node.send(Control::Ping).await.unwrap();
         node.send(Control::Parked).await.unwrap();
         bastion.park(LONG).await.unwrap();
+        // A second PONG would be for no PING.
+        let (bastion, node) = pair(1024);
+        bastion.send(Control::Ping).await.unwrap();
+        node.send(Control::Pong).await.unwrap();
+        node.send(Control::Pong).await.unwrap();
+        assert!(bastion.park(LONG).await.is_err());
 
         let (bastion, node) = pair(1024);
         node.rearm();

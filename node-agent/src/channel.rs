@@ -303,8 +303,10 @@ impl Agent {
         loop {
             // The bastion's preface comes first, at once; a bastion gone
             // before it is not waited for (hyper's keep-alive starts later).
+            // The first preface also waits for the bastion's store lookup.
+            let within = opts.keepalive_timeout.max(opts.connect_timeout);
             tokio::select! {
-                r = tokio::time::timeout(opts.keepalive_timeout, framed.data_ahead()) => match r {
+                r = tokio::time::timeout(within, framed.data_ahead()) => match r {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Err(format!("the bastion's HTTP/2 did not begin: {e}")),
                     Err(_) => return Err("the bastion's HTTP/2 did not begin in time".into()),

@@ -103,16 +103,18 @@ pub fn agent_channel(data: &[u8]) {
 }
 
 /// The agent channel's framing (`postern_channel`) fed by a hostile peer, on
-/// either side, live (what h2 reads) or parked (the controls). Nothing panics
-/// or waits on bytes that came, and the framing reads exactly what a plain
+/// either side: live (what h2 reads), parked (the controls, with h2's bytes
+/// skipped or refused), waiting for a new connection's bytes after a wake,
+/// and the write side (h2's writes cut anywhere, then a park). Nothing panics
+/// or waits on bytes that came, and the framing does exactly what a plain
 /// reading of the chunks says: h2 gets the DATA chunks' bytes in order, a
 /// control out of turn or a chunk cut short is an error, the agent stops at
-/// PARK.
+/// PARK, and what is written reads back as written.
 pub fn channel_framing(data: &[u8]) {
-    use postern_channel::{Framed, Role};
+    use postern_channel::{Control, Framed, Role};
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
     let Some((&mode, peer)) = data.split_first() else {
         return;
@@ -122,73 +124,181 @@ pub fn channel_framing(data: &[u8]) {
     } else {
         Role::Agent
     };
-    let (live, flag) = (mode & 2 == 0, mode & 4 != 0);
-    let side = Framed::new(Fed::new(peer), role);
+    // The stream under sometimes has nothing yet: every read then waits once.
+    let pends = mode & 16 != 0;
     let mut cx = Context::from_waker(Waker::noop());
-    // Every byte is there and then the end: one poll decides, except at PARK.
     let chunks = plain_chunks(peer);
-    if live {
-        if flag {
-            side.rearm();
-        }
-        let mut got = Vec::new();
-        let mut io = side.io();
-        let read = std::pin::pin!(io.read_to_end(&mut got))
-            .as_mut()
-            .poll(&mut cx);
-        let mut want = Vec::new();
-        let mut strays = if flag { 2 } else { 0 };
-        let expected = 'walk: {
-            for c in &chunks {
-                match *c {
-                    Chunk::Data(bytes) if !bytes.is_empty() => want.extend_from_slice(bytes),
-                    Chunk::Control(1, 0) if role == Role::Agent => break 'walk "park",
-                    Chunk::Control(4 | 5, 0) if strays > 0 => strays -= 1,
-                    _ => break 'walk "error",
+    match (mode >> 1) & 7 {
+        // Live: what h2 reads.
+        0 => {
+            let side = Framed::new(Fed::new(peer, pends), role);
+            let mut io = side.io();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            // Polled until the end, an error, or waits that read nothing
+            // (PARK): the stream under never waits twice in a row.
+            let left = |side: &Framed<Fed<'_>>| side.with_io(|f| f.peer.len());
+            let mut idle = 0;
+            let outcome = loop {
+                let before = left(&side);
+                let mut rb = ReadBuf::new(&mut buf);
+                match std::pin::Pin::new(&mut io).poll_read(&mut cx, &mut rb) {
+                    Poll::Ready(Ok(())) if rb.filled().is_empty() => break "end",
+                    Poll::Ready(Ok(())) => got.extend_from_slice(rb.filled()),
+                    Poll::Ready(Err(_)) => break "error",
+                    Poll::Pending if left(&side) == before => {
+                        idle += 1;
+                        if idle == 2 {
+                            break "park";
+                        }
+                        continue;
+                    }
+                    Poll::Pending => {}
                 }
+                idle = 0;
+            };
+            let mut want = Vec::new();
+            let expected = 'walk: {
+                for c in &chunks {
+                    match *c {
+                        Chunk::Data(bytes) if !bytes.is_empty() => want.extend_from_slice(bytes),
+                        Chunk::Control(1, 0) if role == Role::Agent => break 'walk "park",
+                        Chunk::Control(4, 0) => {}
+                        Chunk::CutData(bytes) => {
+                            want.extend_from_slice(bytes);
+                            break 'walk "error";
+                        }
+                        _ => break 'walk "error",
+                    }
+                }
+                "end"
+            };
+            assert_eq!(outcome, expected, "chunks {chunks:?}");
+            assert_eq!(got, want, "chunks {chunks:?}");
+            if expected == "park" {
+                let mut park = std::pin::pin!(std::future::poll_fn(|cx| side.poll_park(cx)));
+                assert!(park.as_mut().poll(&mut cx).is_ready());
             }
-            "end"
-        };
-        match (expected, read) {
-            ("end", Poll::Ready(Ok(_))) => assert_eq!(got, want),
-            ("error", Poll::Ready(Err(_))) => {}
-            ("park", Poll::Pending) => {
-                assert_eq!(got, want);
-                assert!(
-                    std::pin::pin!(std::future::poll_fn(|cx| side.poll_park(cx)))
+        }
+        // Parked (controls; h2's bytes refused) and parking (h2's bytes and
+        // PINGs skipped), then after a wake (h2's bytes due).
+        op @ 1..=3 => {
+            let side = Framed::new(Fed::new(peer, pends), role);
+            let skip = op == 2;
+            let poll = |cx: &mut Context<'_>| {
+                if op == 3 {
+                    std::pin::pin!(side.data_ahead())
                         .as_mut()
-                        .poll(&mut cx)
-                        .is_ready()
-                );
+                        .poll(cx)
+                        .map(|r| r.map(|()| None))
+                } else {
+                    std::pin::pin!(side.recv(skip)).as_mut().poll(cx)
+                }
+            };
+            // A wait is followed by bytes: polled again (cancel-safe).
+            let got = loop {
+                match poll(&mut cx) {
+                    Poll::Ready(r) => break r,
+                    Poll::Pending => continue,
+                }
+            };
+            let expected: Result<Option<u8>, ()> = 'walk: {
+                for c in &chunks {
+                    match *c {
+                        Chunk::Data(bytes) if op == 3 && !bytes.is_empty() => break 'walk Ok(None),
+                        // A DATA header is all it waits for.
+                        Chunk::CutData(_) if op == 3 => break 'walk Ok(None),
+                        Chunk::Data(bytes) if skip && !bytes.is_empty() => {}
+                        Chunk::Control(4, 0) if op != 1 => {}
+                        Chunk::Control(kind @ 1..=5, 0) if op != 3 => break 'walk Ok(Some(kind)),
+                        _ => break 'walk Err(()),
+                    }
+                }
+                if op == 3 { Err(()) } else { Ok(None) }
+            };
+            match (expected, got) {
+                (Ok(None), Ok(None)) | (Err(()), Err(_)) => {}
+                (Ok(Some(kind)), Ok(Some(c))) => assert_eq!(c as u8, kind),
+                (e, r) => panic!("expected {e:?}, got {r:?}, chunks {chunks:?}"),
             }
-            (e, r) => panic!("expected {e}, read {r:?}, chunks {chunks:?}"),
         }
-    } else {
-        let got = std::pin::pin!(side.recv(flag)).as_mut().poll(&mut cx);
-        let expected: Result<Option<u8>, ()> = 'walk: {
-            for c in &chunks {
-                match *c {
-                    Chunk::Data(bytes) if flag && !bytes.is_empty() => {}
-                    Chunk::Control(kind @ 1..=5, 0) => break 'walk Ok(Some(kind)),
-                    _ => break 'walk Err(()),
+        // The write side: h2's writes, in pieces the input sizes, through a
+        // stream that takes at most a few bytes at a time, given up at some
+        // point, then PARKED (after zeros for the chunk's rest).
+        _ => {
+            let cap = usize::from(mode >> 5) + 1;
+            let side = Framed::new(Fed::sink(cap), role);
+            let mut io = side.io();
+            let mut written = Vec::new();
+            let mut rest = peer;
+            'writes: while let Some((&len, tail)) = rest.split_first() {
+                let len = (usize::from(len) % 48 + 1).min(tail.len());
+                if len == 0 {
+                    break;
+                }
+                let (piece, tail) = tail.split_at(len);
+                rest = tail;
+                let (a, b) = piece.split_at(piece.len() / 2);
+                let slices = [std::io::IoSlice::new(a), std::io::IoSlice::new(b)];
+                let mut io = std::pin::Pin::new(&mut io);
+                match io.as_mut().poll_write_vectored(&mut cx, &slices) {
+                    Poll::Ready(Ok(n)) => {
+                        assert!(n > 0 && n <= piece.len());
+                        written.extend_from_slice(&piece[..n]);
+                        // h2 gives up here when the input says so.
+                        if n < piece.len() && len % 2 == 0 {
+                            break 'writes;
+                        }
+                        if n < piece.len() {
+                            written.extend_from_slice(&piece[n..]);
+                            let mut left = &piece[n..];
+                            while !left.is_empty() {
+                                match io.as_mut().poll_write(&mut cx, left) {
+                                    Poll::Ready(Ok(k)) => left = &left[k..],
+                                    r => panic!("a sink that takes bytes refused: {r:?}"),
+                                }
+                            }
+                        }
+                    }
+                    r => panic!("a sink that takes bytes refused: {r:?}"),
                 }
             }
-            Ok(None)
-        };
-        match (expected, got) {
-            (Ok(None), Poll::Ready(Ok(None))) | (Err(()), Poll::Ready(Err(_))) => {}
-            (Ok(Some(kind)), Poll::Ready(Ok(Some(c)))) => assert_eq!(c as u8, kind),
-            (e, r) => panic!("expected {e:?}, got {r:?}, chunks {chunks:?}"),
+            let parked = std::pin::pin!(side.send(Control::Parked))
+                .as_mut()
+                .poll(&mut cx);
+            assert!(matches!(parked, Poll::Ready(Ok(()))), "{parked:?}");
+            let out = side_sink(&side);
+            let chunks = plain_chunks(&out);
+            let Some((Chunk::Control(2, 0), data)) = chunks.split_last() else {
+                panic!("PARKED does not end what was written: {chunks:?}");
+            };
+            let mut sent = Vec::new();
+            for c in data {
+                let Chunk::Data(bytes) = c else {
+                    panic!("not DATA before PARKED: {chunks:?}");
+                };
+                assert!(!bytes.is_empty());
+                sent.extend_from_slice(bytes);
+            }
+            assert!(sent.starts_with(&written), "{sent:?} against {written:?}");
+            assert!(sent[written.len()..].iter().all(|&b| b == 0));
         }
+    }
+
+    fn side_sink(side: &Framed<Fed<'_>>) -> Vec<u8> {
+        let mut out = Vec::new();
+        side.with_io(|f: &Fed<'_>| out.extend_from_slice(&f.out));
+        out
     }
 }
 
-/// A chunk as a plain reading of the framing sees it; `Cut` is a header or
-/// DATA that the end cut short.
+/// A chunk as a plain reading of the framing sees it: `CutData` is DATA the
+/// end cut short (what came of it), `Cut` a header cut short.
 #[derive(Debug)]
 enum Chunk<'a> {
     Data(&'a [u8]),
     Control(u8, usize),
+    CutData(&'a [u8]),
     Cut,
 }
 
@@ -209,7 +319,7 @@ fn plain_chunks(mut peer: &[u8]) -> Vec<Chunk<'_>> {
             continue;
         }
         if rest.len() < len {
-            out.push(Chunk::Cut);
+            out.push(Chunk::CutData(rest));
             break;
         }
         out.push(Chunk::Data(&rest[..len]));
@@ -218,14 +328,32 @@ fn plain_chunks(mut peer: &[u8]) -> Vec<Chunk<'_>> {
     out
 }
 
-/// What a peer sent, all of it there, then the end; what is written is kept.
+/// What a peer sent, all of it there (after a wait before each read, when
+/// `pends`), then the end; writes are kept, at most `cap` bytes a call.
 struct Fed<'a> {
     peer: &'a [u8],
+    pends: bool,
+    waited: bool,
+    cap: usize,
+    out: Vec<u8>,
 }
 
 impl<'a> Fed<'a> {
-    fn new(peer: &'a [u8]) -> Self {
-        Fed { peer }
+    fn new(peer: &'a [u8], pends: bool) -> Self {
+        Fed {
+            peer,
+            pends,
+            waited: false,
+            cap: usize::MAX,
+            out: Vec::new(),
+        }
+    }
+
+    fn sink(cap: usize) -> Self {
+        Fed {
+            cap,
+            ..Fed::new(&[], false)
+        }
     }
 }
 
@@ -235,7 +363,12 @@ impl tokio::io::AsyncRead for Fed<'_> {
         _: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        // A byte or few at a time, as TLS records may cut it.
+        if self.pends && !self.waited && !self.peer.is_empty() {
+            self.waited = true;
+            return std::task::Poll::Pending;
+        }
+        self.waited = false;
+        // A few bytes at a time, as TLS records may cut them.
         let n = buf.remaining().min(self.peer.len()).min(3);
         buf.put_slice(&self.peer[..n]);
         self.peer = &self.peer[n..];
@@ -245,11 +378,13 @@ impl tokio::io::AsyncRead for Fed<'_> {
 
 impl tokio::io::AsyncWrite for Fed<'_> {
     fn poll_write(
-        self: std::pin::Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::task::Poll::Ready(Ok(buf.len()))
+        let n = buf.len().min(self.cap);
+        self.out.extend_from_slice(&buf[..n]);
+        std::task::Poll::Ready(Ok(n))
     }
     fn poll_flush(
         self: std::pin::Pin<&mut Self>,

@@ -300,18 +300,17 @@ pub(super) async fn run(
                     _ = cancel.cancelled() => None,
                     r = f.park(s.keepalive_timeout) => Some(r),
                 };
+                held = Some(slot);
+                inc(&shared.metrics.agents_parked);
                 match parked {
-                    Some(Ok(())) => {}
+                    Some(Ok(())) => inc(&shared.metrics.agent_parks),
                     Some(Err(e)) => {
                         tracing::debug!(node = %node_id, error = %e, "agent channel failed while parking; closing it");
                         break true;
                     }
-                    // Cut off or shut down meanwhile: nothing more to say to it.
-                    None => break true,
+                    // Cut off or shut down meanwhile: closed as a parked one is.
+                    None => break false,
                 }
-                held = Some(slot);
-                inc(&shared.metrics.agent_parks);
-                inc(&shared.metrics.agents_parked);
             }
             Turn::Wanted => {
                 let (Some(f), Some(mut slot)) = (&framed, held.take()) else {
@@ -338,7 +337,12 @@ pub(super) async fn run(
                         tracing::debug!(node = %node_id, error = %e, "agent channel failed while waking; closing it");
                         break true;
                     }
-                    None => break true,
+                    None => {
+                        // Cut off or shut down meanwhile: closed as a parked one is.
+                        held = Some(slot);
+                        inc(&shared.metrics.agents_parked);
+                        break false;
+                    }
                 };
                 *slot = Some(sender);
                 drop(slot);
