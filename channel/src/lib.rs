@@ -44,6 +44,9 @@ const HEADER: usize = 4;
 const MAX_CHUNK: usize = (1 << 24) - 1;
 /// At most this many of h2's slices go into one write.
 const MAX_SLICES: usize = 16;
+/// The most of a new connection's first write that is held (its preface is
+/// 24 bytes).
+const MAX_HELD: usize = 64;
 
 const DATA: u8 = 0;
 
@@ -113,6 +116,11 @@ struct Inner<T> {
     wr_head: [u8; HEADER],
     wr_sent: usize,
     wr_left: usize,
+    /// Whole chunks not written yet, which go out before anything else: a
+    /// wake's WAKE and the new connection's preface, held so that they leave
+    /// with its first frames (one record, one write) instead of each alone.
+    held: Vec<u8>,
+    hold_next: bool,
     /// PINGs this side sent and no PONG answered yet: their PONGs may still
     /// come after a wake, or during the next park.
     owed: u32,
@@ -147,6 +155,8 @@ where
                 wr_head: [0; HEADER],
                 wr_sent: HEADER,
                 wr_left: 0,
+                held: Vec::new(),
+                hold_next: false,
                 owed: 0,
                 failed: None,
                 broken: false,
@@ -186,7 +196,7 @@ where
     /// then, so the agent's h2 never sees a chunk cut short.
     pub fn at_boundary(&self) -> bool {
         let g = self.lock();
-        g.wr_sent == HEADER && g.wr_left == 0
+        g.wr_sent == HEADER && g.wr_left == 0 && g.held.is_empty() && !g.hold_next
     }
 
     /// Answers once the agent's live h2 read PARK: its connection is to be
@@ -198,6 +208,17 @@ where
         }
         g.park_waker = Some(cx.waker().clone());
         Poll::Pending
+    }
+
+    /// The bastion's wake: WAKE, then a new h2 connection on [`Framed::io`].
+    /// WAKE and the connection's first write (its preface) are held and go
+    /// out with its next write or flush.
+    pub fn wake(&self) {
+        let mut g = self.lock();
+        g.park = false;
+        g.park_waker = None;
+        g.held.extend_from_slice(&[Control::Wake as u8, 0, 0, 0]);
+        g.hold_next = true;
     }
 
     /// Live again (after WAKE): reading and writing are h2's.
@@ -407,6 +428,20 @@ impl<T> Inner<T>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    /// Writes the held chunks, and lets their buffer go.
+    fn poll_write_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.hold_next = false;
+        while !self.held.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.held))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.held.drain(..n);
+        }
+        self.held = Vec::new();
+        Poll::Ready(Ok(()))
+    }
+
     /// Reads a whole header: its kind and length, or `None` at a clean end.
     fn poll_header(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<(u8, usize)>>> {
         while self.rd_got < HEADER {
@@ -432,6 +467,7 @@ where
     /// zeros for DATA its writer (h2, now dropped) never gave.
     fn poll_finish_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         const ZEROS: [u8; 1024] = [0; 1024];
+        ready!(self.poll_write_held(cx))?;
         while self.wr_sent < HEADER || self.wr_left > 0 {
             let n = if self.wr_sent < HEADER {
                 ready!(Pin::new(&mut self.io).poll_write(cx, &self.wr_head[self.wr_sent..]))?
@@ -581,6 +617,21 @@ where
             // Being dropped: nothing more of this connection goes out.
             return Poll::Pending;
         }
+        if inner.hold_next && inner.wr_sent == HEADER && inner.wr_left == 0 {
+            // A new connection's first write (its preface): held, whole.
+            inner.hold_next = false;
+            let n = total.min(MAX_HELD);
+            inner
+                .held
+                .extend_from_slice(&[DATA, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
+            let mut owed = n;
+            for b in bufs {
+                let k = b.len().min(owed);
+                inner.held.extend_from_slice(&b[..k]);
+                owed -= k;
+            }
+            return Poll::Ready(Ok(n));
+        }
         // The chunk's length was promised when it began: whatever h2 writes
         // next continues its byte stream, so the chunk's rest is taken from
         // these slices, up to what is still owed.
@@ -591,11 +642,15 @@ where
                 inner.wr_sent = 0;
                 inner.wr_left = n;
             }
-            let mut slices = [io::IoSlice::new(&[]); MAX_SLICES + 1];
+            let mut slices = [io::IoSlice::new(&[]); MAX_SLICES + 2];
             let mut used = 0;
-            if inner.wr_sent < HEADER {
-                slices[0] = io::IoSlice::new(&inner.wr_head[inner.wr_sent..]);
+            if !inner.held.is_empty() {
+                slices[0] = io::IoSlice::new(&inner.held);
                 used = 1;
+            }
+            if inner.wr_sent < HEADER {
+                slices[used] = io::IoSlice::new(&inner.wr_head[inner.wr_sent..]);
+                used += 1;
             }
             let mut owed = inner.wr_left;
             for b in bufs {
@@ -613,6 +668,12 @@ where
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            let held = inner.held.len().min(n);
+            inner.held.drain(..held);
+            if inner.held.is_empty() && held > 0 {
+                inner.held = Vec::new();
+            }
+            let n = n - held;
             let head = (HEADER - inner.wr_sent).min(n);
             inner.wr_sent += head;
             let data = n - head;
@@ -629,6 +690,9 @@ where
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut g = self.0.lock();
+        if !g.park {
+            ready!(g.poll_write_held(cx))?;
+        }
         Pin::new(&mut g.io).poll_flush(cx)
     }
 
@@ -638,6 +702,7 @@ where
             // A connection being dropped for a park never closes the session.
             return Poll::Ready(Ok(()));
         }
+        ready!(g.poll_write_held(cx))?;
         Pin::new(&mut g.io).poll_shutdown(cx)
     }
 }
@@ -725,8 +790,7 @@ mod tests {
             // Parked: pings answered.
             bastion.send(Control::Ping).await.unwrap();
             assert_eq!(bastion.recv(false).await.unwrap(), Some(Control::Pong));
-            bastion.rearm();
-            bastion.send(Control::Wake).await.unwrap();
+            bastion.wake();
         }
         let (mut sender, conn) = h2::client::handshake(bastion.io()).await.unwrap();
         tokio::spawn(conn);
@@ -922,5 +986,86 @@ mod tests {
         node.rearm();
         bastion.send(Control::Wake).await.unwrap();
         assert!(node.data_ahead().await.is_err());
+    }
+
+    /// Counts the writes that reach the stream under.
+    #[derive(Default)]
+    struct Counted {
+        writes: usize,
+        out: Vec<u8>,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes += 1;
+            self.out.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.writes += 1;
+            let mut n = 0;
+            for b in bufs {
+                self.out.extend_from_slice(b);
+                n += b.len();
+            }
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A wake's WAKE and the new connection's preface leave with its first
+    /// frames, in one write; a flush sends them alone when nothing follows.
+    #[tokio::test]
+    async fn a_wake_leaves_with_the_first_frames_in_one_write() {
+        let side = Framed::new(Counted::default(), Role::Bastion);
+        side.wake();
+        assert!(!side.at_boundary());
+        let mut io = side.io();
+        io.write_all(b"PRI-PREFACE").await.unwrap();
+        assert_eq!(side.with_io(|c| c.writes), 0);
+        io.write_all(b"SETTINGS").await.unwrap();
+        let mut want = vec![3, 0, 0, 0, 0, 0, 0, 11];
+        want.extend_from_slice(b"PRI-PREFACE");
+        want.extend_from_slice(&[0, 0, 0, 8]);
+        want.extend_from_slice(b"SETTINGS");
+        assert_eq!(side.with_io(|c| (c.writes, c.out.clone())), (1, want));
+        assert!(side.at_boundary());
+
+        let side = Framed::new(Counted::default(), Role::Bastion);
+        side.wake();
+        let mut io = side.io();
+        io.write_all(b"PRI").await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(
+            side.with_io(|c| c.out.clone()),
+            [3, 0, 0, 0, 0, 0, 0, 3, b'P', b'R', b'I']
+        );
+        assert!(side.at_boundary());
     }
 }

@@ -23,7 +23,7 @@ use crate::metrics::inc;
 use crate::pki::node_cert_info;
 use crate::state::Shared;
 use crate::store::LabelReport;
-use postern_channel::{Control, Framed, Role};
+use postern_channel::{Framed, Role};
 
 /// Registers the channel, then reads the node's state again; unregisters it and
 /// answers `false` when the node is disabled, deleted or unreadable by then.
@@ -317,11 +317,10 @@ pub(super) async fn run(
                     continue;
                 };
                 shared.metrics.agents_parked.fetch_sub(1, Ordering::Relaxed);
-                f.rearm();
+                // WAKE and the preface leave with the new connection's first
+                // frames (and the call's request, when it is ready by then).
+                f.wake();
                 let wake = async {
-                    tokio::time::timeout(s.keepalive_timeout, f.send(Control::Wake))
-                        .await
-                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
                     h2_handshake(Box::new(f.io()), s.handshake_timeout)
                         .await
                         .ok_or_else(|| std::io::Error::other("the HTTP/2 handshake failed"))
