@@ -217,6 +217,14 @@ where
         let mut g = self.lock();
         g.park = false;
         g.park_waker = None;
+        // What is owed of a chunk begun before (a PING or PONG whose send
+        // was dropped half-way) goes first, as `send` would have sent it.
+        let (head, sent, left) = (g.wr_head, g.wr_sent, g.wr_left);
+        g.held.extend_from_slice(&head[sent..]);
+        let len = g.held.len() + left;
+        g.held.resize(len, 0);
+        g.wr_sent = HEADER;
+        g.wr_left = 0;
         g.held.extend_from_slice(&[Control::Wake as u8, 0, 0, 0]);
         g.hold_next = true;
     }
@@ -1067,5 +1075,75 @@ mod tests {
             [3, 0, 0, 0, 0, 0, 0, 3, b'P', b'R', b'I']
         );
         assert!(side.at_boundary());
+    }
+
+    /// Takes `allow` bytes, then waits.
+    struct Halting {
+        allow: std::sync::atomic::AtomicUsize,
+        out: std::sync::Mutex<Vec<u8>>,
+    }
+
+    impl AsyncRead for Halting {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Halting {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            use std::sync::atomic::Ordering::Relaxed;
+            let n = buf.len().min(self.allow.load(Relaxed));
+            if n == 0 {
+                return Poll::Pending;
+            }
+            self.allow.fetch_sub(n, Relaxed);
+            self.out.lock().unwrap().extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A PING cut half-way (its send dropped when a call came) is finished
+    /// before WAKE, so the agent reads whole headers.
+    #[tokio::test]
+    async fn a_ping_cut_by_a_wake_is_finished_before_it() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let side = Framed::new(
+            Halting {
+                allow: 2.into(),
+                out: Default::default(),
+            },
+            Role::Bastion,
+        );
+        {
+            let mut ping = std::pin::pin!(side.send(Control::Ping));
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(ping.as_mut().poll(&mut cx).is_pending());
+        }
+        side.wake();
+        side.with_io(|h| h.allow.store(usize::MAX, Relaxed));
+        let mut io = side.io();
+        io.write_all(b"PRI").await.unwrap();
+        io.write_all(b"S").await.unwrap();
+        let out = side.with_io(|h| h.out.lock().unwrap().clone());
+        assert_eq!(
+            out,
+            [
+                4, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 3, b'P', b'R', b'I', 0, 0, 0, 1, b'S'
+            ]
+        );
     }
 }

@@ -318,9 +318,10 @@ pub(super) async fn run(
                 };
                 shared.metrics.agents_parked.fetch_sub(1, Ordering::Relaxed);
                 // WAKE and the preface leave with the new connection's first
-                // frames (and the call's request, when it is ready by then).
-                f.wake();
+                // frames (its SETTINGS; the call's request follows). Inside
+                // the race, so a cut-off sends no WAKE.
                 let wake = async {
+                    f.wake();
                     h2_handshake(Box::new(f.io()), s.handshake_timeout)
                         .await
                         .ok_or_else(|| std::io::Error::other("the HTTP/2 handshake failed"))
