@@ -133,6 +133,11 @@ struct Inner<T> {
     park_waker: Option<Waker>,
 }
 
+/// The header of a DATA chunk of `n` bytes (`n` ≤ [`MAX_CHUNK`]).
+fn data_head(n: usize) -> [u8; HEADER] {
+    [DATA, (n >> 16) as u8, (n >> 8) as u8, n as u8]
+}
+
 fn invalid(what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
@@ -196,7 +201,7 @@ where
     /// then, so the agent's h2 never sees a chunk cut short.
     pub fn at_boundary(&self) -> bool {
         let g = self.lock();
-        g.wr_sent == HEADER && g.wr_left == 0 && g.held.is_empty() && !g.hold_next
+        g.chunk_done() && g.held.is_empty() && !g.hold_next
     }
 
     /// Answers once the agent's live h2 read PARK: its connection is to be
@@ -215,8 +220,6 @@ where
     /// out with its next write or flush.
     pub fn wake(&self) {
         let mut g = self.lock();
-        g.park = false;
-        g.park_waker = None;
         // What is owed of a chunk begun before (a PING or PONG whose send
         // was dropped half-way) goes first, as `send` would have sent it.
         let (head, sent, left) = (g.wr_head, g.wr_sent, g.wr_left);
@@ -326,12 +329,7 @@ where
         })
         .await
     }
-}
 
-impl<T> Framed<T>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
     /// The bastion's park, once its h2 connection is dropped at a chunk
     /// boundary: PARK, then the agent's h2 bytes still on their way are
     /// skipped until its PARKED. Each step within `within`.
@@ -416,6 +414,20 @@ async fn timed<R>(
 }
 
 impl<T> Inner<T> {
+    /// Whether nothing is owed of the chunk being written.
+    fn chunk_done(&self) -> bool {
+        self.wr_sent == HEADER && self.wr_left == 0
+    }
+
+    /// `n` bytes of the held chunks went out; once none are left, their
+    /// buffer goes too.
+    fn consume_held(&mut self, n: usize) {
+        self.held.drain(..n);
+        if self.held.is_empty() {
+            self.held = Vec::new();
+        }
+    }
+
     /// Whether `c` may be passed over where it is not the turn of controls:
     /// a PING (the peer pinged before it read WAKE or PARK; answering is not
     /// owed), or the PONG of a PING this side sent. Anything else there is
@@ -444,9 +456,8 @@ where
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.held.drain(..n);
+            self.consume_held(n);
         }
-        self.held = Vec::new();
         Poll::Ready(Ok(()))
     }
 
@@ -476,7 +487,7 @@ where
     fn poll_finish_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         const ZEROS: [u8; 1024] = [0; 1024];
         ready!(self.poll_write_held(cx))?;
-        while self.wr_sent < HEADER || self.wr_left > 0 {
+        while !self.chunk_done() {
             let n = if self.wr_sent < HEADER {
                 ready!(Pin::new(&mut self.io).poll_write(cx, &self.wr_head[self.wr_sent..]))?
             } else {
@@ -625,13 +636,11 @@ where
             // Being dropped: nothing more of this connection goes out.
             return Poll::Pending;
         }
-        if inner.hold_next && inner.wr_sent == HEADER && inner.wr_left == 0 {
+        if inner.hold_next && inner.chunk_done() {
             // A new connection's first write (its preface): held, whole.
             inner.hold_next = false;
             let n = total.min(MAX_HELD);
-            inner
-                .held
-                .extend_from_slice(&[DATA, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
+            inner.held.extend_from_slice(&data_head(n));
             let mut owed = n;
             for b in bufs {
                 let k = b.len().min(owed);
@@ -644,9 +653,9 @@ where
         // next continues its byte stream, so the chunk's rest is taken from
         // these slices, up to what is still owed.
         loop {
-            if inner.wr_sent == HEADER && inner.wr_left == 0 {
+            if inner.chunk_done() {
                 let n = total.min(MAX_CHUNK);
-                inner.wr_head = [DATA, (n >> 16) as u8, (n >> 8) as u8, n as u8];
+                inner.wr_head = data_head(n);
                 inner.wr_sent = 0;
                 inner.wr_left = n;
             }
@@ -677,9 +686,8 @@ where
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             let held = inner.held.len().min(n);
-            inner.held.drain(..held);
-            if inner.held.is_empty() && held > 0 {
-                inner.held = Vec::new();
+            if held > 0 {
+                inner.consume_held(held);
             }
             let n = n - held;
             let head = (HEADER - inner.wr_sent).min(n);
@@ -698,9 +706,7 @@ where
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut g = self.0.lock();
-        if !g.park {
-            ready!(g.poll_write_held(cx))?;
-        }
+        ready!(g.poll_write_held(cx))?;
         Pin::new(&mut g.io).poll_flush(cx)
     }
 
@@ -996,14 +1002,33 @@ mod tests {
         assert!(node.data_ahead().await.is_err());
     }
 
-    /// Counts the writes that reach the stream under.
-    #[derive(Default)]
-    struct Counted {
-        writes: usize,
-        out: Vec<u8>,
+    /// The stream under, as a test sees it: takes at most `allow` bytes
+    /// (then waits), counts the writes that reach it, never has bytes to read.
+    struct Sink {
+        allow: std::sync::atomic::AtomicUsize,
+        writes: std::sync::atomic::AtomicUsize,
+        out: Mutex<Vec<u8>>,
     }
 
-    impl AsyncRead for Counted {
+    impl Sink {
+        fn new(allow: usize) -> Self {
+            Sink {
+                allow: allow.into(),
+                writes: 0.into(),
+                out: Mutex::default(),
+            }
+        }
+
+        fn out(&self) -> Vec<u8> {
+            self.out.lock().unwrap().clone()
+        }
+
+        fn writes(&self) -> usize {
+            self.writes.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    impl AsyncRead for Sink {
         fn poll_read(
             self: Pin<&mut Self>,
             _: &mut Context<'_>,
@@ -1013,27 +1038,34 @@ mod tests {
         }
     }
 
-    impl AsyncWrite for Counted {
+    impl AsyncWrite for Sink {
         fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            self.writes += 1;
-            self.out.extend_from_slice(buf);
-            Poll::Ready(Ok(buf.len()))
+            self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
         }
         fn poll_write_vectored(
-            mut self: Pin<&mut Self>,
+            self: Pin<&mut Self>,
             _: &mut Context<'_>,
             bufs: &[io::IoSlice<'_>],
         ) -> Poll<io::Result<usize>> {
-            self.writes += 1;
+            use std::sync::atomic::Ordering::Relaxed;
+            let mut allow = self.allow.load(Relaxed);
+            if allow == 0 {
+                return Poll::Pending;
+            }
+            self.writes.fetch_add(1, Relaxed);
+            let mut out = self.out.lock().unwrap();
             let mut n = 0;
             for b in bufs {
-                self.out.extend_from_slice(b);
-                n += b.len();
+                let k = b.len().min(allow);
+                out.extend_from_slice(&b[..k]);
+                allow -= k;
+                n += k;
             }
+            self.allow.fetch_sub(n, Relaxed);
             Poll::Ready(Ok(n))
         }
         fn is_write_vectored(&self) -> bool {
@@ -1051,69 +1083,30 @@ mod tests {
     /// frames, in one write; a flush sends them alone when nothing follows.
     #[tokio::test]
     async fn a_wake_leaves_with_the_first_frames_in_one_write() {
-        let side = Framed::new(Counted::default(), Role::Bastion);
+        let side = Framed::new(Sink::new(usize::MAX), Role::Bastion);
         side.wake();
         assert!(!side.at_boundary());
         let mut io = side.io();
         io.write_all(b"PRI-PREFACE").await.unwrap();
-        assert_eq!(side.with_io(|c| c.writes), 0);
+        assert_eq!(side.with_io(Sink::writes), 0);
         io.write_all(b"SETTINGS").await.unwrap();
         let mut want = vec![3, 0, 0, 0, 0, 0, 0, 11];
         want.extend_from_slice(b"PRI-PREFACE");
         want.extend_from_slice(&[0, 0, 0, 8]);
         want.extend_from_slice(b"SETTINGS");
-        assert_eq!(side.with_io(|c| (c.writes, c.out.clone())), (1, want));
+        assert_eq!(side.with_io(|c| (c.writes(), c.out())), (1, want));
         assert!(side.at_boundary());
 
-        let side = Framed::new(Counted::default(), Role::Bastion);
+        let side = Framed::new(Sink::new(usize::MAX), Role::Bastion);
         side.wake();
         let mut io = side.io();
         io.write_all(b"PRI").await.unwrap();
         io.flush().await.unwrap();
         assert_eq!(
-            side.with_io(|c| c.out.clone()),
+            side.with_io(Sink::out),
             [3, 0, 0, 0, 0, 0, 0, 3, b'P', b'R', b'I']
         );
         assert!(side.at_boundary());
-    }
-
-    /// Takes `allow` bytes, then waits.
-    struct Halting {
-        allow: std::sync::atomic::AtomicUsize,
-        out: std::sync::Mutex<Vec<u8>>,
-    }
-
-    impl AsyncRead for Halting {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Poll::Pending
-        }
-    }
-
-    impl AsyncWrite for Halting {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            use std::sync::atomic::Ordering::Relaxed;
-            let n = buf.len().min(self.allow.load(Relaxed));
-            if n == 0 {
-                return Poll::Pending;
-            }
-            self.allow.fetch_sub(n, Relaxed);
-            self.out.lock().unwrap().extend_from_slice(&buf[..n]);
-            Poll::Ready(Ok(n))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
     }
 
     /// A PING cut half-way (its send dropped when a call came) is finished
@@ -1121,13 +1114,7 @@ mod tests {
     #[tokio::test]
     async fn a_ping_cut_by_a_wake_is_finished_before_it() {
         use std::sync::atomic::Ordering::Relaxed;
-        let side = Framed::new(
-            Halting {
-                allow: 2.into(),
-                out: Default::default(),
-            },
-            Role::Bastion,
-        );
+        let side = Framed::new(Sink::new(2), Role::Bastion);
         {
             let mut ping = std::pin::pin!(side.send(Control::Ping));
             let mut cx = Context::from_waker(Waker::noop());
@@ -1138,7 +1125,7 @@ mod tests {
         let mut io = side.io();
         io.write_all(b"PRI").await.unwrap();
         io.write_all(b"S").await.unwrap();
-        let out = side.with_io(|h| h.out.lock().unwrap().clone());
+        let out = side.with_io(Sink::out);
         assert_eq!(
             out,
             [

@@ -109,6 +109,22 @@ async fn h2_handshake(
     }
 }
 
+/// Counts a channel in `postern_agents_parked` for as long as it is held.
+struct ParkedGauge<'a>(&'a AtomicU64);
+
+impl<'a> ParkedGauge<'a> {
+    fn new(gauge: &'a AtomicU64) -> Self {
+        inc(gauge);
+        ParkedGauge(gauge)
+    }
+}
+
+impl Drop for ParkedGauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What ended a turn of the channel's loop.
 enum Turn {
     /// The agent closed, failed or went silent.
@@ -234,7 +250,7 @@ pub(super) async fn run(
         (conn, Box::pin(pings))
     };
     // The live connection and its keep-alive (`None` while parked, when the
-    // handle is held here).
+    // handle is held here, with the channel counted as parked).
     let mut live = Some(live_conn(conn));
     let mut held = None;
     // After a park that could not be made now, the next try waits a while.
@@ -300,8 +316,7 @@ pub(super) async fn run(
                     _ = cancel.cancelled() => None,
                     r = f.park(s.keepalive_timeout) => Some(r),
                 };
-                held = Some(slot);
-                inc(&shared.metrics.agents_parked);
+                held = Some((slot, ParkedGauge::new(&shared.metrics.agents_parked)));
                 match parked {
                     Some(Ok(())) => inc(&shared.metrics.agent_parks),
                     Some(Err(e)) => {
@@ -313,10 +328,9 @@ pub(super) async fn run(
                 }
             }
             Turn::Wanted => {
-                let (Some(f), Some(mut slot)) = (&framed, held.take()) else {
+                let (Some(f), Some((mut slot, parked))) = (&framed, held.take()) else {
                     continue;
                 };
-                shared.metrics.agents_parked.fetch_sub(1, Ordering::Relaxed);
                 // WAKE and the preface leave with the new connection's first
                 // frames (its SETTINGS; the call's request follows). Inside
                 // the race, so a cut-off sends no WAKE.
@@ -339,13 +353,13 @@ pub(super) async fn run(
                     }
                     None => {
                         // Cut off or shut down meanwhile: closed as a parked one is.
-                        held = Some(slot);
-                        inc(&shared.metrics.agents_parked);
+                        held = Some((slot, parked));
                         break false;
                     }
                 };
                 *slot = Some(sender);
                 drop(slot);
+                drop(parked);
                 live = Some(live_conn(conn));
                 inc(&shared.metrics.agent_wakes);
             }
@@ -353,7 +367,6 @@ pub(super) async fn run(
     };
     if held.is_some() {
         // Ended parked: calls waiting for the handle find none (`Closed`).
-        shared.metrics.agents_parked.fetch_sub(1, Ordering::Relaxed);
         if let Some(f) = &framed
             && !ended_by_peer
         {
