@@ -4,7 +4,9 @@
 //! costs one commit, not one per request. Nothing is dropped: the queue is
 //! bounded and a full queue makes the request that ends wait. A batch that
 //! fails is written again entry by entry, so one bad entry never loses the
-//! others; what still fails is logged and counted.
+//! others; what still fails is logged and counted. Under load, commits are
+//! spaced so that each carries more entries (`store::pacing`); the entries go
+//! in a few multi-row statements (`Audit::record_many`).
 //!
 //! A caller may also wait until its entry is committed (`record_written`): an
 //! admin's change is answered only once its outcome is in the log, so the
@@ -20,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{Audit, Event};
 use crate::metrics::{Metrics, inc};
+use crate::store::pacing;
 
 /// Entries waiting at most.
 pub const CAPACITY: usize = 4096;
@@ -94,6 +97,9 @@ async fn write(
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    // When the next commit may start, if the last one said the appender is
+    // busy (`store::pacing`).
+    let mut next_due: Option<tokio::time::Instant> = None;
     loop {
         let first = tokio::select! {
             ev = rx.recv() => ev,
@@ -101,12 +107,9 @@ async fn write(
         };
         let Some(first) = first else { return };
         batch.push(first);
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(ev) => batch.push(ev),
-                Err(_) => break,
-            }
-        }
+        pacing::gather(&mut rx, &mut batch, BATCH, next_due).await;
+        let started = tokio::time::Instant::now();
+        next_due = pacing::spacing(batch.len()).map(|d| started + d);
         flush(&audit, &metrics, &mut batch).await;
     }
     // Stopping: what was queued is still written, within a bound.

@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 
 use crate::clock::{now_ms, rfc3339};
 use crate::secrets::sha256_hex;
+use crate::store::many_rows::{statement_chunks, values_list};
 use crate::store::{Store, StoreError};
 
 use super::Event;
@@ -175,8 +176,17 @@ fn insert(row: &Row_) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArgumen
             "INSERT INTO audit_log ({COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
         )
     });
-    sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
-        .bind(row.seq)
+    bind_row(sqlx::query(sqlx::AssertSqlSafe(q.as_str())), row)
+}
+
+/// Columns of an `audit_log` row, as bound.
+const ROW_PARAMS: usize = 14;
+
+fn bind_row<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    row: &'q Row_,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    q.bind(row.seq)
         .bind(&row.id)
         .bind(row.at)
         .bind(&row.org_id)
@@ -190,6 +200,32 @@ fn insert(row: &Row_) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArgumen
         .bind(&row.detail)
         .bind(&row.prev_hash)
         .bind(&row.hash)
+}
+
+/// Appends `rows`, many to a statement: a batch of a door's entries costs a
+/// statement or two, not one round trip to the database each. A clash with
+/// another writer fails the statement, and so the transaction, whole.
+async fn insert_many(
+    backend: crate::store::Backend,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    rows: &[Row_],
+) -> Result<(), sqlx::Error> {
+    for chunk in statement_chunks(rows, ROW_PARAMS) {
+        if let [row] = chunk {
+            insert(row).execute(&mut **tx).await?;
+            continue;
+        }
+        let q = format!(
+            "INSERT INTO audit_log ({COLS}) VALUES {}",
+            values_list(backend, chunk.len(), ROW_PARAMS)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(q.as_str()));
+        for row in chunk {
+            query = bind_row(query, row);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 impl Audit {
@@ -258,25 +294,23 @@ impl Audit {
                     None => self.load_head().await?,
                 }
             };
-            let mut clash = false;
+            let mut rows = Vec::with_capacity(evs.len());
             for ev in &evs {
                 let row = new_row(ev, seq, std::mem::take(&mut hash));
-                match insert(&row).execute(&mut *tx).await {
-                    Ok(_) => (seq, hash) = (row.seq, row.hash),
-                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                        clash = true;
-                        break;
-                    }
-                    Err(e) => {
-                        *head = None;
-                        return Err(e.into());
-                    }
-                }
+                (seq, hash) = (row.seq, row.hash.clone());
+                rows.push(row);
             }
-            if clash {
-                // Another writer on the file appended first: reload the head.
-                *head = None;
-                continue;
+            match insert_many(self.store.backend(), &mut tx, &rows).await {
+                Ok(()) => {}
+                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                    // Another writer on the file appended first: reload the head.
+                    *head = None;
+                    continue;
+                }
+                Err(e) => {
+                    *head = None;
+                    return Err(e.into());
+                }
             }
             tx.commit().await?;
             if !pg {
@@ -478,5 +512,43 @@ impl Audit {
                 n += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn events(n: usize, tag: &str) -> Vec<Event> {
+        (0..n)
+            .map(|i| {
+                Event::new("kube.request", "ok")
+                    .actor(format!("{tag}-{i}"))
+                    .detail(json!({ "i": i }))
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_goes_in_many_rows_a_statement_and_the_chain_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        let audit = Audit::new(store.clone());
+        // 300 entries: statements of 256, 32, 8 and 4 rows.
+        assert_eq!(audit.record_many(events(300, "a")).await.unwrap(), 300);
+        // Another appender on the same file: each one's cached head goes
+        // stale in turn, its first statement clashes, the head is read again,
+        // and nothing is lost.
+        let other = Audit::new(store.clone());
+        assert_eq!(other.record_many(events(1, "b")).await.unwrap(), 301);
+        assert_eq!(audit.record_many(events(3, "c")).await.unwrap(), 304);
+        assert_eq!(other.record_many(events(5, "d")).await.unwrap(), 309);
+        assert_eq!(audit.record_many(events(2, "e")).await.unwrap(), 311);
+        assert_eq!(audit.verify().await.unwrap().unwrap(), 311);
+        let (total, page) = audit.page(None, 3, 0).await.unwrap();
+        assert_eq!(total, 311);
+        let actors: Vec<_> = page.iter().filter_map(|e| e.actor.as_deref()).collect();
+        assert_eq!(actors, ["e-1", "e-0", "d-4"]);
     }
 }

@@ -3,46 +3,20 @@
 //! not 10,000. A caller that needs to know its result is durable (before telling
 //! the agent to drop its spool) waits for the batch's acknowledgement.
 //!
-//! Under load, commits are spaced so that each carries more rows: a commit
-//! rewrites every page its rows touched and syncs the file. The spacing grows
-//! with the last batch (`SPACING_PER_CHANGE` a change, up to `MAX_SPACING`),
-//! so a steady trickle keeps its changes' latency low and a flood settles at
-//! the longest spacing: its batches grow with the spacing, and the spacing
-//! with its batches. On a 10,000-node fan-out, 10 ms apart, a commit carried
-//! about 4 nodes; 50 ms apart, about 15: a quarter of the syncs, a fifth
-//! fewer page writes, and the writer thread's CPU per node 0.55× (measured).
-//! A change that comes after a quiet commit (one command to one node, say)
-//! commits at once.
+//! Under load, commits are spaced so that each carries more rows
+//! (`store::pacing`): a change that comes after a quiet commit (one command
+//! to one node, say) commits at once.
 //!
 //! One bad row must not fail its neighbours: when a batch fails for anything but
 //! an unavailable database, each change is written again on its own, and only the
 //! ones that fail alone are reported failed. The callers retry those.
 
-use std::time::Duration;
-
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{ResultUpdate, Store, StoreError};
+use crate::store::{ResultUpdate, Store, StoreError, pacing};
 
 const MAX_BATCH: usize = 512;
-/// The longest wait between two commits while changes keep coming.
-const MAX_SPACING: Duration = Duration::from_millis(50);
-/// The wait after a busy commit, for each change it carried.
-const SPACING_PER_CHANGE: Duration = Duration::from_micros(2_500);
-/// A batch this large says changes keep coming.
-const BUSY_BATCH: usize = 4;
-
-/// How long after a commit of `changes` the next one may start: none after a
-/// quiet commit; after a busy one, longer the more it carried (4 changes:
-/// 10 ms; 20 or more: `MAX_SPACING`).
-fn spacing(changes: usize) -> Option<Duration> {
-    (changes >= BUSY_BATCH).then(|| {
-        SPACING_PER_CHANGE
-            .saturating_mul(u32::try_from(changes).unwrap_or(u32::MAX))
-            .min(MAX_SPACING)
-    })
-}
 
 /// Why a change was not written.
 #[derive(Debug, Clone)]
@@ -89,23 +63,12 @@ pub(super) async fn run(
         };
         let Some(first) = first else { return };
         batch.push(first);
-        // Busy: what arrives within the spacing joins this commit (at most a
-        // full batch; a shutdown does not wait).
+        // Busy: what arrives within the spacing joins this commit (a
+        // shutdown does not wait).
         let due = next_due.filter(|_| !shutdown.is_cancelled());
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => {
-                    let Some(due) = due else { break };
-                    match tokio::time::timeout_at(due, rx.recv()).await {
-                        Ok(Some(op)) => batch.push(op),
-                        _ => break,
-                    }
-                }
-            }
-        }
+        pacing::gather(&mut rx, &mut batch, MAX_BATCH, due).await;
         let started = tokio::time::Instant::now();
-        next_due = spacing(batch.len()).map(|d| started + d);
+        next_due = pacing::spacing(batch.len()).map(|d| started + d);
         if write_batch(&store, &mut batch).await {
             // Readers of live streams look for what was just committed.
             super::events_committed(&events);
@@ -152,24 +115,4 @@ async fn write_batch(store: &Store, batch: &mut Vec<Op>) -> bool {
         }
     }
     events
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spacing_grows_with_the_last_batch_up_to_its_longest() {
-        assert_eq!(spacing(0), None);
-        assert_eq!(
-            spacing(BUSY_BATCH - 1),
-            None,
-            "a quiet commit: the next at once"
-        );
-        assert_eq!(spacing(BUSY_BATCH), Some(Duration::from_millis(10)));
-        assert_eq!(spacing(10), Some(Duration::from_millis(25)));
-        assert_eq!(spacing(20), Some(MAX_SPACING));
-        assert_eq!(spacing(MAX_BATCH), Some(MAX_SPACING));
-        assert_eq!(spacing(usize::MAX), Some(MAX_SPACING));
-    }
 }

@@ -1,0 +1,115 @@
+//! How a batch writer (the cmdexec results' writer, the audit appender)
+//! gathers its batches and spaces its commits under load. A commit rewrites
+//! every page its rows touched and syncs the file, so under load each should
+//! carry many changes: after a busy commit, what arrives within the spacing
+//! joins the next one. The spacing grows with the last batch
+//! (`SPACING_PER_CHANGE` a change, up to `MAX_SPACING`), so a steady trickle
+//! keeps its latency low and a flood settles at the longest spacing: its
+//! batches grow with the spacing, and the spacing with its batches. A change
+//! that comes after a quiet commit commits at once.
+//!
+//! Measured on a 10,000-node fan-out: 10 ms apart, a commit carried about 4
+//! nodes; 50 ms apart, about 15, with a quarter of the syncs and the writer
+//! thread's CPU per node 0.55×.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// The longest wait between two commits while changes keep coming.
+pub(crate) const MAX_SPACING: Duration = Duration::from_millis(50);
+/// The wait after a busy commit, for each change it carried.
+const SPACING_PER_CHANGE: Duration = Duration::from_micros(2_500);
+/// A batch this large says changes keep coming.
+pub(crate) const BUSY_BATCH: usize = 4;
+
+/// How long after a commit of `changes` the next one may start: none after a
+/// quiet commit; after a busy one, longer the more it carried (4 changes:
+/// 10 ms; 20 or more: `MAX_SPACING`).
+pub(crate) fn spacing(changes: usize) -> Option<Duration> {
+    (changes >= BUSY_BATCH).then(|| {
+        SPACING_PER_CHANGE
+            .saturating_mul(u32::try_from(changes).unwrap_or(u32::MAX))
+            .min(MAX_SPACING)
+    })
+}
+
+/// Adds to `batch` (which holds the first change) what is queued, up to
+/// `max`; with a `due` time (the writer is busy), also what arrives until
+/// then.
+pub(crate) async fn gather<T>(
+    rx: &mut mpsc::Receiver<T>,
+    batch: &mut Vec<T>,
+    max: usize,
+    due: Option<Instant>,
+) {
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => {
+                let Some(due) = due else { break };
+                match tokio::time::timeout_at(due, rx.recv()).await {
+                    Ok(Some(op)) => batch.push(op),
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spacing_grows_with_the_last_batch_up_to_its_longest() {
+        assert_eq!(spacing(0), None);
+        assert_eq!(
+            spacing(BUSY_BATCH - 1),
+            None,
+            "a quiet commit: the next at once"
+        );
+        assert_eq!(spacing(BUSY_BATCH), Some(Duration::from_millis(10)));
+        assert_eq!(spacing(10), Some(Duration::from_millis(25)));
+        assert_eq!(spacing(20), Some(MAX_SPACING));
+        assert_eq!(spacing(512), Some(MAX_SPACING));
+        assert_eq!(spacing(usize::MAX), Some(MAX_SPACING));
+    }
+
+    #[tokio::test]
+    async fn a_busy_writer_gathers_until_due_and_a_quiet_one_takes_what_is_queued() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for i in 0..3 {
+            tx.send(i).await.unwrap();
+        }
+        let mut batch = vec![];
+        gather(&mut rx, &mut batch, 16, None).await;
+        assert_eq!(batch, [0, 1, 2], "quiet: what is queued, no wait");
+        let t0 = Instant::now();
+        let late = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            late.send(3).await.unwrap();
+        });
+        let mut batch = vec![];
+        gather(
+            &mut rx,
+            &mut batch,
+            16,
+            Some(t0 + Duration::from_millis(100)),
+        )
+        .await;
+        assert_eq!(batch, [3], "busy: what arrives before the due time joins");
+        assert!(
+            t0.elapsed() >= Duration::from_millis(100),
+            "and it waits until then"
+        );
+        for i in 0..5 {
+            tx.send(i).await.unwrap();
+        }
+        let mut batch = vec![];
+        gather(&mut rx, &mut batch, 2, Some(Instant::now() + MAX_SPACING)).await;
+        assert_eq!(batch, [0, 1], "never more than the batch's size");
+    }
+}
