@@ -253,6 +253,14 @@ impl KubeCluster {
             .collect()
     }
 
+    /// The process ids of the API server and etcd, while they run.
+    pub fn pids(&self) -> (Option<u32>, Option<u32>) {
+        (
+            self.apiserver.as_ref().map(Child::id),
+            self.etcd.as_ref().map(Child::id),
+        )
+    }
+
     /// Kills the apiserver and etcd (the "API server down" case); the data stays.
     pub fn stop(&mut self) {
         for c in [self.apiserver.take(), self.etcd.take()]

@@ -224,6 +224,7 @@ async fn kubectl_works_unchanged_through_the_bastion() {
                 && e["detail"]["namespace"] == "default"
                 && e["detail"]["status"] == 201
                 && e["detail"]["bytes_out"].as_u64().unwrap_or(0) > 0
+                && e["detail"]["end"] == "complete"
                 && e["detail"]["duration_ms"].is_u64()
                 && e["detail"]["gateway"]["hostname"] == "gw-1"
                 && e["source_ip"] == "127.0.0.1"
