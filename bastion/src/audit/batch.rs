@@ -2,9 +2,11 @@
 //! per API call, thousands a second), appended in batches: one owned writer
 //! takes whatever has queued and appends it in one transaction, so a burst
 //! costs one commit, not one per request. Nothing is dropped: the queue is
-//! bounded and a full queue makes the request that ends wait. A batch that
-//! fails is written again entry by entry, so one bad entry never loses the
-//! others; what still fails is logged and counted. Under load, commits are
+//! bounded and a full queue makes the request that ends wait. A batch the
+//! database cannot take now (unreachable, busy) is tried again whole, with
+//! backoff, until shutdown; a batch that fails otherwise is written again
+//! entry by entry, so one bad entry never loses the others; what still fails
+//! is logged and counted. Under load, commits are
 //! spaced so that each carries more entries (`store::pacing`); the entries go
 //! in a few multi-row statements (`Audit::record_many`).
 //!
@@ -30,6 +32,10 @@ pub const CAPACITY: usize = 4096;
 const BATCH: usize = 512;
 /// How long the writer keeps draining at shutdown.
 const DRAIN: Duration = Duration::from_secs(10);
+/// The first wait before a batch is tried again while the database is
+/// unreachable, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_CAP: Duration = Duration::from_secs(5);
 /// How long `record_written` waits for its commit before it goes on (the entry
 /// stays queued; a log that slow is already logged and counted).
 const WRITTEN_WAIT: Duration = Duration::from_secs(10);
@@ -102,15 +108,20 @@ async fn write(
     let mut next_due: Option<tokio::time::Instant> = None;
     loop {
         let first = tokio::select! {
-            ev = rx.recv() => ev,
+            biased;
             _ = shutdown.cancelled() => break,
+            ev = rx.recv() => ev,
         };
         let Some(first) = first else { return };
         batch.push(first);
-        pacing::gather(&mut rx, &mut batch, BATCH, next_due).await;
+        // An entry someone waits for (an admin's change is answered once its
+        // entry is committed) is not held for the spacing; a shutdown does
+        // not wait either.
+        let due = next_due.filter(|_| !shutdown.is_cancelled());
+        pacing::gather(&mut rx, &mut batch, BATCH, due, |(_, done)| done.is_some()).await;
         let started = tokio::time::Instant::now();
         next_due = pacing::spacing(batch.len()).map(|d| started + d);
-        flush(&audit, &metrics, &mut batch).await;
+        flush(&audit, &metrics, &mut batch, &shutdown).await;
     }
     // Stopping: what was queued is still written, within a bound.
     let _ = tokio::time::timeout(DRAIN, async {
@@ -118,29 +129,117 @@ async fn write(
         while let Some(ev) = rx.recv().await {
             batch.push(ev);
             if batch.len() >= BATCH {
-                flush(&audit, &metrics, &mut batch).await;
+                flush(&audit, &metrics, &mut batch, &shutdown).await;
             }
         }
-        flush(&audit, &metrics, &mut batch).await;
+        flush(&audit, &metrics, &mut batch, &shutdown).await;
     })
     .await;
 }
 
-async fn flush(audit: &Audit, metrics: &Metrics, batch: &mut Vec<Queued>) {
+/// Writes the batch. While the database is unreachable or busy, the whole
+/// batch is tried again with backoff (until shutdown) rather than entry by
+/// entry: each of those would wait out the same outage, one after the other.
+/// Any other failure is written again entry by entry, so one bad entry never
+/// loses the others.
+async fn flush(
+    audit: &Audit,
+    metrics: &Metrics,
+    batch: &mut Vec<Queued>,
+    shutdown: &CancellationToken,
+) {
     if batch.is_empty() {
         return;
     }
     let (evs, waiting): (Vec<Event>, Vec<_>) = std::mem::take(batch).into_iter().unzip();
-    if let Err(e) = audit.record_many(evs.clone()).await {
-        tracing::warn!(error = %e, entries = evs.len(), "audit batch failed; writing its entries one by one");
-        for ev in evs {
-            if let Err(e) = audit.record(ev).await {
-                inc(&metrics.audit_failures);
-                tracing::error!(error = %e, "could not write audit entry");
+    let mut wait = RETRY_FIRST;
+    let failed = loop {
+        match audit.record_many(evs.clone()).await {
+            Ok(_) => break None,
+            Err(e) if e.is_unavailable() && !shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, entries = evs.len(), "audit log unwritable; trying the batch again in {wait:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                wait = (wait * 2).min(RETRY_CAP);
+            }
+            Err(e) => break Some(e),
+        }
+    };
+    match failed {
+        None => {}
+        Some(e) if e.is_unavailable() => {
+            // Stopping, with the database still away.
+            metrics
+                .audit_failures
+                .fetch_add(evs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error = %e, entries = evs.len(), "audit log unwritable at shutdown; entries not written");
+        }
+        Some(e) => {
+            tracing::warn!(error = %e, entries = evs.len(), "audit batch failed; writing its entries one by one");
+            for ev in evs {
+                if let Err(e) = audit.record(ev).await {
+                    inc(&metrics.audit_failures);
+                    tracing::error!(error = %e, "could not write audit entry");
+                }
             }
         }
     }
     for done in waiting.into_iter().flatten() {
         let _ = done.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::Store;
+    use sqlx::Connection;
+
+    #[tokio::test]
+    async fn entries_wait_out_an_unwritable_log_and_none_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        let audit = Audit::new(store);
+        let metrics = Arc::new(Metrics::default());
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let batch = AuditBatch::start(audit.clone(), metrics.clone(), &tasks, shutdown.clone());
+        // Another writer holds the file's write lock for two of SQLite's busy
+        // timeouts (5 s each): written entry by entry, the first entry would
+        // have waited out one on its own and been lost.
+        let url = format!("sqlite://{}", dir.path().join("postern.db").display());
+        let mut other = sqlx::sqlite::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        for i in 0..3 {
+            batch
+                .record(Event::new("test", "ok").actor(format!("a{i}")))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        batch
+            .record_written(Event::new("test", "ok").actor("a3"))
+            .await;
+        assert_eq!(audit.verify().await.unwrap().unwrap(), 4);
+        let (_, page) = audit.page(None, 10, 0).await.unwrap();
+        let actors: Vec<_> = page.iter().filter_map(|e| e.actor.as_deref()).collect();
+        assert_eq!(actors, ["a3", "a2", "a1", "a0"]);
+        assert_eq!(
+            metrics
+                .audit_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        shutdown.cancel();
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .unwrap();
     }
 }

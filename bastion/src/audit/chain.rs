@@ -32,6 +32,13 @@ pub enum AuditError {
     Contended(u32),
 }
 
+impl AuditError {
+    /// The database is unreachable or busy: the same append may succeed later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, AuditError::Store(e) if e.is_unavailable())
+    }
+}
+
 impl From<sqlx::Error> for AuditError {
     fn from(e: sqlx::Error) -> Self {
         AuditError::Store(StoreError::Db(e))

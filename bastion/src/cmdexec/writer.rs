@@ -66,7 +66,9 @@ pub(super) async fn run(
         // Busy: what arrives within the spacing joins this commit (a
         // shutdown does not wait).
         let due = next_due.filter(|_| !shutdown.is_cancelled());
-        pacing::gather(&mut rx, &mut batch, MAX_BATCH, due).await;
+        // Every result's node waits for its acknowledgement before it drops
+        // its spool; that is the flood itself, so none is hurried.
+        pacing::gather(&mut rx, &mut batch, MAX_BATCH, due, |_| false).await;
         let started = tokio::time::Instant::now();
         next_due = pacing::spacing(batch.len()).map(|d| started + d);
         if write_batch(&store, &mut batch).await {

@@ -37,24 +37,29 @@ pub(crate) fn spacing(changes: usize) -> Option<Duration> {
 
 /// Adds to `batch` (which holds the first change) what is queued, up to
 /// `max`; with a `due` time (the writer is busy), also what arrives until
-/// then.
+/// then, unless the batch holds a change someone waits for (`waited`): that
+/// one commits as soon as it can.
 pub(crate) async fn gather<T>(
     rx: &mut mpsc::Receiver<T>,
     batch: &mut Vec<T>,
     max: usize,
     due: Option<Instant>,
+    waited: impl Fn(&T) -> bool,
 ) {
+    let mut due = due.filter(|_| !batch.iter().any(&waited));
     while batch.len() < max {
-        match rx.try_recv() {
-            Ok(op) => batch.push(op),
-            Err(_) => {
-                let Some(due) = due else { break };
-                match tokio::time::timeout_at(due, rx.recv()).await {
-                    Ok(Some(op)) => batch.push(op),
-                    _ => break,
-                }
-            }
+        let op = match (rx.try_recv(), due) {
+            (Ok(op), _) => op,
+            (Err(_), None) => break,
+            (Err(_), Some(at)) => match tokio::time::timeout_at(at, rx.recv()).await {
+                Ok(Some(op)) => op,
+                _ => break,
+            },
+        };
+        if waited(&op) {
+            due = None;
         }
+        batch.push(op);
     }
 }
 
@@ -84,7 +89,7 @@ mod tests {
             tx.send(i).await.unwrap();
         }
         let mut batch = vec![];
-        gather(&mut rx, &mut batch, 16, None).await;
+        gather(&mut rx, &mut batch, 16, None, |_| false).await;
         assert_eq!(batch, [0, 1, 2], "quiet: what is queued, no wait");
         let t0 = Instant::now();
         let late = tx.clone();
@@ -98,6 +103,7 @@ mod tests {
             &mut batch,
             16,
             Some(t0 + Duration::from_millis(100)),
+            |_| false,
         )
         .await;
         assert_eq!(batch, [3], "busy: what arrives before the due time joins");
@@ -109,7 +115,64 @@ mod tests {
             tx.send(i).await.unwrap();
         }
         let mut batch = vec![];
-        gather(&mut rx, &mut batch, 2, Some(Instant::now() + MAX_SPACING)).await;
+        gather(
+            &mut rx,
+            &mut batch,
+            2,
+            Some(Instant::now() + MAX_SPACING),
+            |_| false,
+        )
+        .await;
         assert_eq!(batch, [0, 1], "never more than the batch's size");
+        while rx.try_recv().is_ok() {}
+    }
+
+    #[tokio::test]
+    async fn a_change_someone_waits_for_is_not_held_for_the_spacing() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let waited = |v: &i32| *v < 0;
+        // Arriving while a busy writer gathers: the batch goes at once.
+        let t0 = Instant::now();
+        let late = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            late.send(-1).await.unwrap();
+        });
+        let mut batch = vec![1];
+        gather(
+            &mut rx,
+            &mut batch,
+            16,
+            Some(t0 + Duration::from_secs(30)),
+            waited,
+        )
+        .await;
+        assert_eq!(batch, [1, -1]);
+        assert!(t0.elapsed() < Duration::from_secs(30), "not held until due");
+        // Queued behind others, or the first of its batch: the same.
+        tx.send(2).await.unwrap();
+        tx.send(-2).await.unwrap();
+        let mut batch = vec![];
+        gather(
+            &mut rx,
+            &mut batch,
+            16,
+            Some(Instant::now() + Duration::from_secs(30)),
+            waited,
+        )
+        .await;
+        assert_eq!(batch, [2, -2]);
+        let mut batch = vec![-3];
+        let t1 = Instant::now();
+        gather(
+            &mut rx,
+            &mut batch,
+            16,
+            Some(t1 + Duration::from_secs(30)),
+            waited,
+        )
+        .await;
+        assert_eq!(batch, [-3]);
+        assert!(t1.elapsed() < Duration::from_secs(30));
     }
 }
