@@ -16,7 +16,6 @@
 //! one commit.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -44,27 +43,9 @@ const WRITTEN_WAIT: Duration = Duration::from_secs(10);
 /// An entry, and who waits for it to be committed.
 type Queued = (Event, Option<oneshot::Sender<()>>);
 
-/// Entries from code that cannot wait, waiting for room in a full queue at
-/// most (each in a task of its own). Beyond it the log has been unwritable for
-/// long while requests still end: such an entry is dropped and counted, as a
-/// fail-open entry is, rather than held in memory without bound.
-pub const MAX_OVERFLOW: usize = CAPACITY;
-
 #[derive(Debug, Clone)]
 pub struct AuditBatch {
     tx: mpsc::Sender<Queued>,
-    /// Entries waiting for room now (`record_soon`).
-    overflow: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
-}
-
-/// One entry counted in the overflow, until it is queued.
-struct Overflowing(Arc<AtomicUsize>);
-
-impl Drop for Overflowing {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl AuditBatch {
@@ -75,12 +56,8 @@ impl AuditBatch {
         shutdown: CancellationToken,
     ) -> AuditBatch {
         let (tx, rx) = mpsc::channel(CAPACITY);
-        tasks.spawn(write(audit, metrics.clone(), rx, shutdown));
-        AuditBatch {
-            tx,
-            overflow: Arc::new(AtomicUsize::new(0)),
-            metrics,
-        }
+        tasks.spawn(write(audit, metrics, rx, shutdown));
+        AuditBatch { tx }
     }
 
     /// Queues an entry; waits while the queue is full.
@@ -104,27 +81,13 @@ impl AuditBatch {
     }
 
     /// Queues an entry from code that cannot wait (a drop): at once when there
-    /// is room, else from a task of its own, up to [`MAX_OVERFLOW`] of them.
+    /// is room, else from a task of its own.
     pub fn record_soon(&self, ev: Event, tasks: &TaskTracker) {
         match self.tx.try_send((ev, None)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full((ev, _))) => {
-                if self.overflow.fetch_add(1, Ordering::Relaxed) >= MAX_OVERFLOW {
-                    self.overflow.fetch_sub(1, Ordering::Relaxed);
-                    let n = self.metrics.audit_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                    // Logged at 1, 2, 4, 8… failures: an outage does not
-                    // flood the log as well.
-                    if n.is_power_of_two() {
-                        tracing::error!(action = %ev.action, failures = n, "audit queue full (is the database reachable?); entry not written");
-                    }
-                    return;
-                }
-                let counted = Overflowing(self.overflow.clone());
                 let me = self.clone();
-                tasks.spawn(async move {
-                    let _counted = counted;
-                    me.record(ev).await;
-                });
+                tasks.spawn(async move { me.record(ev).await });
             }
             Err(mpsc::error::TrySendError::Closed((ev, _))) => {
                 tracing::error!(action = %ev.action, "audit writer gone; entry not written");
@@ -273,56 +236,6 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             0
         );
-        shutdown.cancel();
-        tasks.close();
-        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn entries_that_cannot_wait_are_held_within_a_bound_while_the_log_is_unwritable() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(dir.path()).await.unwrap();
-        let audit = Audit::new(store);
-        let metrics = Arc::new(Metrics::default());
-        let tasks = TaskTracker::new();
-        let shutdown = CancellationToken::new();
-        let batch = AuditBatch::start(audit.clone(), metrics.clone(), &tasks, shutdown.clone());
-        let url = format!("sqlite://{}", dir.path().join("postern.db").display());
-        let mut other = sqlx::sqlite::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut other)
-            .await
-            .unwrap();
-        // Requests ending while the log is locked: the appender holds a
-        // batch, the queue fills, then the overflow; the rest are dropped.
-        let sent = CAPACITY + MAX_OVERFLOW + 2 * BATCH;
-        for i in 0..sent {
-            batch.record_soon(Event::new("test", "ok").actor(format!("a{i}")), &tasks);
-            if i % 256 == 0 {
-                tokio::task::yield_now().await;
-            }
-        }
-        let failures = || {
-            metrics
-                .audit_failures
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
-        assert!(tasks.len() <= MAX_OVERFLOW + 1, "{} tasks", tasks.len());
-        let dropped = failures();
-        assert!(dropped >= BATCH as u64, "{dropped} dropped");
-        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
-        // What was held is all written once the log is back.
-        let expected = sent as i64 - dropped as i64;
-        for _ in 0..300 {
-            if audit.verify().await.unwrap().unwrap() == expected {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(audit.verify().await.unwrap().unwrap(), expected);
-        assert_eq!(failures(), dropped);
         shutdown.cancel();
         tasks.close();
         tokio::time::timeout(Duration::from_secs(5), tasks.wait())
