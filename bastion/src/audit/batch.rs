@@ -35,7 +35,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// The first wait before a batch is tried again while the database is
 /// unreachable, and the longest.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
-const RETRY_CAP: Duration = Duration::from_secs(5);
+const RETRY_CAP: Duration = Duration::from_secs(2);
 /// How long `record_written` waits for its commit before it goes on (the entry
 /// stays queued; a log that slow is already logged and counted).
 const WRITTEN_WAIT: Duration = Duration::from_secs(10);
@@ -160,7 +160,9 @@ async fn flush(
                 tracing::warn!(error = %e, entries = evs.len(), "audit log unwritable; trying the batch again in {wait:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled() => {}
+                    // No further attempt: the drain after shutdown has its
+                    // own bound, and this one could take a whole timeout.
+                    _ = shutdown.cancelled() => break Some(e),
                 }
                 wait = (wait * 2).min(RETRY_CAP);
             }
