@@ -1,14 +1,21 @@
 //! Audit entries that doors write once per request (the Kubernetes door: one
 //! per API call, thousands a second), appended in batches: one owned writer
 //! takes whatever has queued and appends it in one transaction, so a burst
-//! costs one commit, not one per request. Nothing is dropped: the queue is
-//! bounded and a full queue makes the request that ends wait. A batch the
-//! database cannot take now (unreachable, busy) is tried again whole, with
-//! backoff, until shutdown; a batch that fails otherwise is written again
-//! entry by entry, so one bad entry never loses the others; what still fails
-//! is logged and counted. Under load, commits are
+//! costs one commit, not one per request. Nothing is dropped while the bastion
+//! runs: the queue is bounded, a full queue makes `record` wait, and an entry
+//! from code that cannot wait (`record_soon`, from a drop) waits for room in a
+//! task of its own. A batch the database cannot take now (unreachable, busy)
+//! is tried again whole, with backoff, until shutdown; a batch that fails
+//! otherwise is written again entry by entry, so one bad entry never loses the
+//! others; what still fails is logged and counted. Under load, commits are
 //! spaced so that each carries more entries (`store::pacing`); the entries go
 //! in a few multi-row statements (`Audit::record_many`).
+//!
+//! Known limit: during a long outage, or while a flood of fail-closed writes
+//! (`Auditor::before`, one commit each) takes the writing connection turn
+//! after turn, the tasks of `record_soon` grow with the requests that end.
+//! Bounding them would drop entries; writing fail-closed entries through this
+//! appender (one commit for many) would remove the flood's advantage.
 //!
 //! A caller may also wait until its entry is committed (`record_written`): an
 //! admin's change is answered only once its outcome is in the log, so the
