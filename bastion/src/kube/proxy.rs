@@ -168,24 +168,10 @@ pub async fn handle(
     };
     auth.gateway = Some(picked.served_by.clone());
     let upgrade = is_upgrade(req.headers());
-    if upgrade || contract::is_mutation(&auth.info.verb) {
-        // Fail closed: a change, or a shell, nobody could find in the audit log
-        // does not happen.
-        if let Err(e) = shared
-            .audit
-            .before(auth.event("kube.request", "requested", json!({})))
-            .await
-        {
-            inc(&shared.metrics.audit_failures);
-            tracing::error!(error = %e, "audit log unwritable; refusing a Kubernetes request");
-            return status::response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the bastion cannot write its audit log, so the request was not sent; retry shortly",
-            );
-        }
-    }
     // Registered before it is sent, so an access change or the node's gateway
-    // role taken back from now on ends it.
+    // role taken back from now on ends it; and before the fail-closed entry
+    // below, so one user's share of open requests also bounds how many of
+    // those one-commit writes they hold waiting at once.
     let long = upgrade || auth.info.verb == "watch";
     let live = match shared.live.register(
         &auth.principal.user_id,
@@ -202,6 +188,22 @@ pub async fn handle(
                 .await;
         }
     };
+    if upgrade || contract::is_mutation(&auth.info.verb) {
+        // Fail closed: a change, or a shell, nobody could find in the audit log
+        // does not happen.
+        if let Err(e) = shared
+            .audit
+            .before(auth.event("kube.request", "requested", json!({})))
+            .await
+        {
+            inc(&shared.metrics.audit_failures);
+            tracing::error!(error = %e, "audit log unwritable; refusing a Kubernetes request");
+            return status::response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the bastion cannot write its audit log, so the request was not sent; retry shortly",
+            );
+        }
+    }
     let refused = match gateways::still_granted(&shared, &auth.edge, &picked).await {
         Ok(true) => None,
         Ok(false) => Some((
