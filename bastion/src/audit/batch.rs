@@ -53,6 +53,7 @@ type Queued = (Event, Option<oneshot::Sender<()>>);
 #[derive(Debug, Clone)]
 pub struct AuditBatch {
     tx: mpsc::Sender<Queued>,
+    metrics: Arc<Metrics>,
 }
 
 impl AuditBatch {
@@ -63,14 +64,20 @@ impl AuditBatch {
         shutdown: CancellationToken,
     ) -> AuditBatch {
         let (tx, rx) = mpsc::channel(CAPACITY);
-        tasks.spawn(write(audit, metrics, rx, shutdown));
-        AuditBatch { tx }
+        tasks.spawn(write(audit, metrics.clone(), rx, shutdown));
+        AuditBatch { tx, metrics }
+    }
+
+    /// An entry that came after the appender stopped: logged and counted.
+    fn gone(&self, ev: &Event) {
+        inc(&self.metrics.audit_failures);
+        tracing::error!(action = %ev.action, "audit writer stopped (the bastion is stopping); entry not written");
     }
 
     /// Queues an entry; waits while the queue is full.
     pub async fn record(&self, ev: Event) {
         if let Err(e) = self.tx.send((ev, None)).await {
-            tracing::error!(action = %e.0.0.action, "audit writer gone; entry not written");
+            self.gone(&e.0.0);
         }
     }
 
@@ -79,7 +86,7 @@ impl AuditBatch {
     pub async fn record_written(&self, ev: Event) {
         let (done, written) = oneshot::channel();
         if let Err(e) = self.tx.send((ev, Some(done))).await {
-            tracing::error!(action = %e.0.0.action, "audit writer gone; entry not written");
+            self.gone(&e.0.0);
             return;
         }
         if tokio::time::timeout(WRITTEN_WAIT, written).await.is_err() {
@@ -96,9 +103,7 @@ impl AuditBatch {
                 let me = self.clone();
                 tasks.spawn(async move { me.record(ev).await });
             }
-            Err(mpsc::error::TrySendError::Closed((ev, _))) => {
-                tracing::error!(action = %ev.action, "audit writer gone; entry not written");
-            }
+            Err(mpsc::error::TrySendError::Closed((ev, _))) => self.gone(&ev),
         }
     }
 }
@@ -130,9 +135,10 @@ async fn write(
         next_due = pacing::spacing(batch.len()).map(|d| started + d);
         flush(&audit, &metrics, &mut batch, &shutdown).await;
     }
-    // Stopping: what was queued is still written, within a bound.
-    let _ = tokio::time::timeout(DRAIN, async {
-        rx.close();
+    // Stopping: what was queued is still written, within a bound; what is
+    // left then is counted.
+    rx.close();
+    let drained = tokio::time::timeout(DRAIN, async {
         while let Some(ev) = rx.recv().await {
             batch.push(ev);
             if batch.len() >= BATCH {
@@ -142,6 +148,17 @@ async fn write(
         flush(&audit, &metrics, &mut batch, &shutdown).await;
     })
     .await;
+    if drained.is_err() {
+        // A batch cut in its write is not counted: it may have committed.
+        let left = batch.len() + rx.len();
+        metrics
+            .audit_failures
+            .fetch_add(left as u64, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(
+            entries = left,
+            "audit entries not written within {DRAIN:?} of the stop"
+        );
+    }
 }
 
 /// Writes the batch. While the database is unreachable or busy, the whole
@@ -250,5 +267,16 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), tasks.wait())
             .await
             .unwrap();
+        // After the stop, an entry is counted as not written, however it
+        // comes.
+        batch.record(Event::new("test", "late")).await;
+        batch.record_soon(Event::new("test", "late"), &tasks);
+        batch.record_written(Event::new("test", "late")).await;
+        assert_eq!(
+            metrics
+                .audit_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
     }
 }
