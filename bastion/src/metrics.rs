@@ -90,6 +90,10 @@ pub fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+pub fn add(c: &AtomicU64, n: usize) {
+    c.fetch_add(n as u64, Ordering::Relaxed);
+}
+
 impl Metrics {
     /// `tasks`: the bastion's live tasks (connections, relays, dispatches…), so a
     /// leak shows as a count that only grows. `live`: what the fleet reads now

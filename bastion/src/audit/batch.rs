@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Audit, Event};
-use crate::metrics::{Metrics, inc};
+use crate::metrics::{Metrics, add, inc};
 use crate::store::pacing;
 
 /// Entries waiting at most.
@@ -151,9 +151,7 @@ async fn write(
     if drained.is_err() {
         // A batch cut in its write is not counted: it may have committed.
         let left = batch.len() + rx.len();
-        metrics
-            .audit_failures
-            .fetch_add(left as u64, std::sync::atomic::Ordering::Relaxed);
+        add(&metrics.audit_failures, left);
         tracing::error!(
             entries = left,
             "audit entries not written within {DRAIN:?} of the stop"
@@ -197,9 +195,7 @@ async fn flush(
         None => {}
         Some(e) if e.is_unavailable() => {
             // Stopping, with the database still away.
-            metrics
-                .audit_failures
-                .fetch_add(evs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            add(&metrics.audit_failures, evs.len());
             tracing::error!(error = %e, entries = evs.len(), "audit log unwritable at shutdown; entries not written");
         }
         Some(e) => {

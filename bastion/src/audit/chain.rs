@@ -218,10 +218,6 @@ async fn insert_many(
     rows: &[Row_],
 ) -> Result<(), sqlx::Error> {
     for chunk in statement_chunks(rows, ROW_PARAMS) {
-        if let [row] = chunk {
-            insert(row).execute(&mut **tx).await?;
-            continue;
-        }
         let q = format!(
             "INSERT INTO audit_log ({COLS}) VALUES {}",
             values_list(backend, chunk.len(), ROW_PARAMS)
