@@ -29,6 +29,11 @@ pub struct Metrics {
     pub rotation_failures: AtomicU64,
     pub api_requests: AtomicU64,
     pub audit_failures: AtomicU64,
+    /// Transactions the audit appender committed (entries ÷ commits says how
+    /// well it batches), and its entries waiting outside its queue.
+    pub audit_commits: AtomicU64,
+    pub audit_appended: AtomicU64,
+    pub audit_waiting: AtomicU64,
     pub audit_dropped: AtomicU64,
     pub ssh_sessions: AtomicU64,
     pub ssh_denied: AtomicU64,
@@ -119,6 +124,12 @@ impl Metrics {
             "gauge",
         );
         gauge(
+            "postern_audit_waiting",
+            "Audit entries of ended requests waiting for room in the appender's full queue; past 16,384 the Kubernetes door takes no new request.",
+            self.audit_waiting.load(Ordering::Relaxed),
+            "gauge",
+        );
+        gauge(
             "postern_tasks",
             "Tasks the bastion is running (connections, relays, dispatches, writers).",
             tasks as u64,
@@ -182,7 +193,17 @@ impl Metrics {
                 "gauge",
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 27] = [
+        let counters: [(&str, &str, &AtomicU64); 29] = [
+            (
+                "postern_audit_appended_total",
+                "Audit entries the appender wrote (÷ postern_audit_commits_total: entries a commit).",
+                &self.audit_appended,
+            ),
+            (
+                "postern_audit_commits_total",
+                "Transactions the audit appender committed (several entries each under load).",
+                &self.audit_commits,
+            ),
             (
                 "postern_agent_parks_total",
                 "Times an idle agent channel gave up its HTTP/2 connection (see --agent-park-after).",

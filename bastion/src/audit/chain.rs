@@ -30,6 +30,10 @@ pub enum AuditError {
     Store(#[from] StoreError),
     #[error("audit entry could not be appended after {0} attempts (concurrent writers)")]
     Contended(u32),
+    /// A fail-closed entry the appender could not commit (its action must not
+    /// happen).
+    #[error("audit entry not written: {0}")]
+    Unwritten(String),
 }
 
 impl AuditError {

@@ -3,7 +3,8 @@
 //!
 //! - [`Auditor::before`]: written before the action, or the action does not
 //!   happen (fail closed). For what changes something: an admin change, an SSH
-//!   session, an execution, a Kubernetes change.
+//!   session, an execution, a Kubernetes change. Through the batch appender
+//!   too, so a flood of them shares commits.
 //! - [`Auditor::batched`]: queued for an appender that writes many in one
 //!   transaction; waits while the queue is full and never drops. For records of
 //!   what happened or was refused, where the caller must not fail because the
@@ -58,9 +59,11 @@ impl Auditor {
     }
 
     /// Fail closed: the entry is in the chain when this returns `Ok`; on an
-    /// error the caller must not act (and answers 503).
-    pub async fn before(&self, ev: Event) -> Result<i64, AuditError> {
-        self.log.record(ev).await
+    /// error the caller must not act (and answers 503). Written by the batch
+    /// appender, so concurrent changes share one commit; refused at once while
+    /// the database is away, and after ten seconds without a commit.
+    pub async fn before(&self, ev: Event) -> Result<(), AuditError> {
+        self.batch.record_before(ev).await
     }
 
     /// Never dropped: queued for the batch appender, waiting while its queue
@@ -81,6 +84,14 @@ impl Auditor {
     /// once when there is room, else by a task of its own on `tasks`.
     pub fn batched_soon(&self, ev: Event, tasks: &TaskTracker) {
         self.batch.record_soon(ev, tasks);
+    }
+
+    /// So many entries of [`Auditor::batched_soon`] wait for room (a long
+    /// database outage) that a door creating them takes no new request until
+    /// the appender catches up: entries are never dropped, so this bounds
+    /// what waits.
+    pub fn behind(&self) -> bool {
+        self.batch.behind()
     }
 
     /// Bounded, for what unauthenticated peers cause: dropped (and counted)

@@ -167,11 +167,21 @@ pub async fn handle(
         }
     };
     auth.gateway = Some(picked.served_by.clone());
+    // Every request ends in an entry written from a drop; during a long
+    // database outage those wait in memory. Past a bound, no new request is
+    // taken (nor audited: that entry would wait too) until the log catches up.
+    if shared.audit.behind() {
+        inc(&shared.metrics.kube_denied);
+        return status::response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the bastion's audit log is behind, so no request is sent until it catches up; retry shortly",
+        );
+    }
     let upgrade = is_upgrade(req.headers());
     // Registered before it is sent, so an access change or the node's gateway
     // role taken back from now on ends it; and before the fail-closed entry
     // below, so one user's share of open requests also bounds how many of
-    // those one-commit writes they hold waiting at once.
+    // those writes they hold waiting at once.
     let long = upgrade || auth.info.verb == "watch";
     let live = match shared.live.register(
         &auth.principal.user_id,
