@@ -1,8 +1,9 @@
 //! The Kubernetes door measured against the same API server reached directly,
 //! with the same client, in one run: latency of a small GET (p50, p99), requests
-//! per second at 16 concurrent HTTP/2 connections, how long a change takes to
-//! reach a watch, and the CPU the bastion and the gateway agent spend per 1,000
-//! requests.
+//! per second at 16 concurrent HTTP/2 connections, small changes per second
+//! (each written to the audit log before it is sent, fail closed), how long a
+//! change takes to reach a watch, and the CPU the bastion and the gateway agent
+//! spend per 1,000 requests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -108,6 +109,78 @@ async fn rate(t: &Target, connections: usize, run_for: Duration) -> (f64, u64) {
         }));
     }
     let start = Instant::now();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    (total as f64 / start.elapsed().as_secs_f64(), total)
+}
+
+/// Small changes per second over `connections` connections: each connection
+/// patches a ConfigMap of its own, again and again (through the door, each
+/// change's fail-closed audit entry is committed before it is sent).
+async fn write_rate(t: &Target, connections: usize, run_for: Duration) -> (f64, u64) {
+    let tag = rand::random::<u32>();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = t.connect().await;
+            let name = format!("bench-w-{tag}-{c}");
+            let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}});
+            let send = |method: &str, path: String, ctype: &str, body: String| {
+                http::Request::builder()
+                    .method(method)
+                    .uri(format!("https://{}{path}", t.addr))
+                    .header("authorization", format!("Bearer {}", t.token))
+                    .header("content-type", ctype)
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap()
+            };
+            let resp = s
+                .send_request(send(
+                    "POST",
+                    "/api/v1/namespaces/default/configmaps".into(),
+                    "application/json",
+                    obj.to_string(),
+                ))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 201);
+            resp.into_body().collect().await.unwrap();
+            (s, name)
+        }));
+    }
+    let mut ready = Vec::new();
+    for task in tasks {
+        ready.push(task.await.unwrap());
+    }
+    let until = Instant::now() + run_for;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (mut s, name) in ready {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < until {
+                let req = http::Request::patch(format!(
+                    "https://{}/api/v1/namespaces/default/configmaps/{name}",
+                    t.addr
+                ))
+                .header("authorization", format!("Bearer {}", t.token))
+                .header("content-type", "application/merge-patch+json")
+                .body(Full::new(Bytes::from(
+                    json!({"data": {"n": n.to_string()}}).to_string(),
+                )))
+                .unwrap();
+                let resp = s.send_request(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.into_body().collect().await.unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
     let mut total = 0;
     for task in tasks {
         total += task.await.unwrap();
@@ -242,6 +315,19 @@ pub async fn run(o: &KubeBenchOpts) -> Value {
     let bastion_cpu = door_cpu["bastion"].as_f64().unwrap_or_default();
     let gateway_cpu = door_cpu["gateway"].as_f64().unwrap_or_default();
 
+    let before = others(None);
+    let (direct_wps, direct_w) = write_rate(&direct, o.connections, o.rate_for).await;
+    let direct_write_cpu = per_request(before, direct_w);
+    let commits = |m: &str| crate::metric_in::<f64>(m, "postern_audit_commits_total");
+    let commits_before = commits(&b.metrics_text().await);
+    let before = others(Some((bastion_pid, gateway.pid())));
+    let (door_wps, door_w) = write_rate(&door, o.connections, o.rate_for).await;
+    let door_write_cpu = per_request(before, door_w);
+    // From a bastion that counts its audit commits (an older one does not).
+    let audit_commits = commits(&b.metrics_text().await)
+        .zip(commits_before)
+        .map(|(after, before)| (after - before) / door_w.max(1) as f64 * 1000.0);
+
     let mut direct_watch = watch_delays(&direct, &direct, o.watch_events).await;
     let mut door_watch = watch_delays(&door, &direct, o.watch_events).await;
     let (dw, bw) = (median(&mut direct_watch), median(&mut door_watch));
@@ -258,6 +344,14 @@ pub async fn run(o: &KubeBenchOpts) -> Value {
             "bastion": door_rps,
             "ratio": door_rps / direct_rps,
         },
+        "small_writes_per_second": {
+            "connections": o.connections,
+            "direct": direct_wps,
+            "bastion": door_wps,
+            "ratio": door_wps / direct_wps,
+            "audit_commits_per_1000_writes": audit_commits,
+        },
+        "cpu_ms_per_small_write_by_process": { "direct": direct_write_cpu, "through_the_bastion": door_write_cpu },
         "watch_event_ms_median": { "direct": dw, "bastion": bw, "added": bw - dw },
         "cpu_seconds_per_1000_requests": { "bastion": bastion_cpu, "gateway": gateway_cpu },
         "cpu_seconds_per_1000_requests_by_process": { "direct": direct_cpu, "through_the_bastion": door_cpu },

@@ -15,27 +15,32 @@
 //!   cannot take the writing connection commit after commit and leave the
 //!   others' entries waiting.
 //!
-//! An entry someone waits for is never held for the spacing. A batch the
-//! database cannot take now (unreachable, busy) is tried again whole, with
-//! backoff, until shutdown; its fail-closed entries are refused at once
-//! instead (their actions do not happen), and so is every fail-closed entry
-//! that comes while the appender waits for the database. A batch that fails
-//! otherwise is written again entry by entry, so one bad entry never loses the
-//! others; what still fails is logged and counted. Under load, commits are
+//! An entry someone waits for goes ahead of the others (a queue of its own)
+//! and is never held for the spacing. A batch the database cannot take now
+//! (unreachable, busy) is tried again whole, with backoff, until shutdown; its
+//! fail-closed entries, and those that came during the failed attempt, are
+//! refused instead (their actions do not happen), and one that comes during
+//! the backoff cuts it short: the first change after the database is back
+//! goes in at once. A batch that fails otherwise is written again entry by
+//! entry, so one bad entry never loses the others; what still fails is logged
+//! and counted. Under load, commits are
 //! spaced so that each carries more entries (`store::pacing`); the entries go
 //! in a few multi-row statements (`Audit::record_many`).
 //!
-//! Memory: the tasks of `record_soon` are counted. Past `SPILL_LIMIT` of them
-//! (a long outage, with requests still ending) the appender says it is behind
-//! ([`AuditBatch::behind`]), and the doors that create such entries refuse new
-//! requests until it catches up: entries are never dropped, and what waits is
-//! bounded by the limit and the requests already open.
+//! Memory: the tasks of `record_soon` are counted, in all and by the user
+//! whose request made them. Past `SPILL_LIMIT` of them (a long outage, with
+//! requests still ending), or `SPILL_LIMIT_PER_OWNER` of one user's, the
+//! appender says it is behind ([`AuditBatch::behind`]), and the doors that
+//! create such entries refuse new requests (anyone's, or that user's) until it
+//! catches up: entries are never dropped, and what waits is bounded by the
+//! limits and the requests already open.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,9 +50,14 @@ use crate::store::pacing;
 
 /// Entries waiting at most.
 pub const CAPACITY: usize = 4096;
+/// Entries someone waits for (fail-closed ones, outcomes an admin waits on)
+/// queued at most; they go ahead of the rest.
+const WAITED_CAPACITY: usize = 1024;
 /// Tasks of `record_soon` waiting for room at most before the appender says
-/// it is behind (about 1 KiB each with their entry).
+/// it is behind for everyone (about 1 KiB each with their entry), and for the
+/// requests of one user.
 const SPILL_LIMIT: usize = 16_384;
+const SPILL_LIMIT_PER_OWNER: usize = 1024;
 /// Entries in one transaction at most.
 const BATCH: usize = 512;
 /// How long the writer keeps draining at shutdown.
@@ -55,6 +65,8 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// The first wait before a batch is tried again while the database is
 /// unreachable, and the longest.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// The shortest wait between two attempts, when someone waits for one.
+const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_CAP: Duration = Duration::from_secs(2);
 /// How long `record_written` waits for its commit before it goes on (the entry
 /// stays queued; a log that slow is already logged and counted).
@@ -92,17 +104,66 @@ type Queued = (Event, Reply);
 /// What the appender and its callers share.
 #[derive(Debug)]
 struct State {
-    /// The appender is waiting for the database: fail-closed entries are
-    /// refused at once, queued ones too.
-    unavailable: watch::Sender<bool>,
+    /// Tasks of `record_soon` waiting for room, by whose request made them
+    /// (the total is `postern_audit_waiting`).
+    waiting_by: Mutex<HashMap<String, usize>>,
+}
+
+/// The limits on what waits.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    capacity: usize,
+    waited_capacity: usize,
+    spill: usize,
+    spill_per_owner: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct AuditBatch {
     tx: mpsc::Sender<Queued>,
+    /// Entries someone waits for: taken ahead of `tx`'s, so that an admin's
+    /// change or a session start never waits behind a backlog of records.
+    waited_tx: mpsc::Sender<Queued>,
     metrics: Arc<Metrics>,
     state: Arc<State>,
-    spill_limit: usize,
+    limits: Limits,
+}
+
+/// The appender's two queues, taken in turn while both hold entries (a flood
+/// of either leaves the other half of each batch); waiting, the one of
+/// entries someone waits for first.
+struct Queues {
+    waited: mpsc::Receiver<Queued>,
+    rest: mpsc::Receiver<Queued>,
+    turn: bool,
+}
+
+impl pacing::Queue<Queued> for Queues {
+    fn try_next(&mut self) -> Option<Queued> {
+        self.turn = !self.turn;
+        let (a, b) = if self.turn {
+            (&mut self.waited, &mut self.rest)
+        } else {
+            (&mut self.rest, &mut self.waited)
+        };
+        a.try_recv().or_else(|_| b.try_recv()).ok()
+    }
+
+    async fn next(&mut self) -> Option<Queued> {
+        tokio::select! {
+            biased;
+            Some(q) = self.waited.recv() => Some(q),
+            Some(q) = self.rest.recv() => Some(q),
+            else => None,
+        }
+    }
+}
+
+impl Queues {
+    fn close(&mut self) {
+        self.waited.close();
+        self.rest.close();
+    }
 }
 
 impl AuditBatch {
@@ -112,7 +173,13 @@ impl AuditBatch {
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> AuditBatch {
-        AuditBatch::start_sized(audit, metrics, tasks, shutdown, CAPACITY, SPILL_LIMIT)
+        let limits = Limits {
+            capacity: CAPACITY,
+            waited_capacity: WAITED_CAPACITY,
+            spill: SPILL_LIMIT,
+            spill_per_owner: SPILL_LIMIT_PER_OWNER,
+        };
+        AuditBatch::start_sized(audit, metrics, tasks, shutdown, limits)
     }
 
     fn start_sized(
@@ -120,19 +187,25 @@ impl AuditBatch {
         metrics: Arc<Metrics>,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
-        capacity: usize,
-        spill_limit: usize,
+        limits: Limits,
     ) -> AuditBatch {
-        let (tx, rx) = mpsc::channel(capacity);
+        let (tx, rest) = mpsc::channel(limits.capacity);
+        let (waited_tx, waited) = mpsc::channel(limits.waited_capacity);
         let state = Arc::new(State {
-            unavailable: watch::Sender::new(false),
+            waiting_by: Mutex::new(HashMap::new()),
         });
-        tasks.spawn(write(audit, metrics.clone(), state.clone(), rx, shutdown));
+        let queues = Queues {
+            waited,
+            rest,
+            turn: false,
+        };
+        tasks.spawn(write(audit, metrics.clone(), queues, shutdown));
         AuditBatch {
             tx,
+            waited_tx,
             metrics,
             state,
-            spill_limit,
+            limits,
         }
     }
 
@@ -153,7 +226,7 @@ impl AuditBatch {
     /// failed, which is logged and counted), at most [`WRITTEN_WAIT`].
     pub async fn record_written(&self, ev: Event) {
         let (done, written) = oneshot::channel();
-        if let Err(e) = self.tx.send((ev, Reply::Committed(done))).await {
+        if let Err(e) = self.waited_tx.send((ev, Reply::Committed(done))).await {
             self.gone(&e.0.0);
             return;
         }
@@ -162,32 +235,23 @@ impl AuditBatch {
         }
     }
 
-    /// Fail closed: `Ok` once the entry is committed. Refused at once while
-    /// the appender waits for the database, and after [`BEFORE_WAIT`]; a
-    /// refused entry is not written later (unless its batch was already
-    /// being committed when the caller gave up).
+    /// Fail closed: `Ok` once the entry is committed. Refused when an
+    /// attempt to write it, or any attempt made after it came, finds the
+    /// database unreachable or busy, and after [`BEFORE_WAIT`]; a refused
+    /// entry is not written later (unless its batch was already being
+    /// committed when the caller gave up).
     pub async fn record_before(&self, ev: Event) -> Result<(), AuditError> {
-        let away = || AuditError::Unwritten("the database is unreachable or busy".into());
-        let mut unavailable = self.state.unavailable.subscribe();
-        if *unavailable.borrow_and_update() {
-            return Err(away());
-        }
         let (tx, rx) = oneshot::channel();
         let written = tokio::time::timeout(BEFORE_WAIT, async {
-            self.tx
+            self.waited_tx
                 .send((ev, Reply::Closed(tx)))
                 .await
                 .map_err(|_| AuditError::Unwritten("the bastion is stopping".into()))?;
-            // Queued behind a batch that waits for the database: refused as
-            // soon as the appender knows (this entry is then skipped).
-            tokio::select! {
-                written = rx => written.unwrap_or_else(|_| {
-                    Err(AuditError::Unwritten(
-                        "the appender stopped before its commit".into(),
-                    ))
-                }),
-                _ = unavailable.wait_for(|away| *away) => Err(away()),
-            }
+            rx.await.unwrap_or_else(|_| {
+                Err(AuditError::Unwritten(
+                    "the appender stopped before its commit".into(),
+                ))
+            })
         })
         .await;
         written.unwrap_or_else(|_| {
@@ -198,36 +262,64 @@ impl AuditBatch {
     }
 
     /// Queues an entry from code that cannot wait (a drop): at once when there
-    /// is room, else from a task of its own (counted: see [`Self::behind`]).
-    pub fn record_soon(&self, ev: Event, tasks: &TaskTracker) {
+    /// is room, else from a task of its own, counted for `owner` (whose
+    /// request made it; see [`Self::behind`]).
+    pub fn record_soon(&self, ev: Event, owner: &str, tasks: &TaskTracker) {
         match self.tx.try_send((ev, Reply::None)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full((ev, _))) => {
                 let me = self.clone();
-                self.metrics.audit_waiting.fetch_add(1, Ordering::Relaxed);
+                let owner = owner.to_string();
+                me.waiting(&owner, true);
                 tasks.spawn(async move {
                     me.record(ev).await;
-                    me.metrics.audit_waiting.fetch_sub(1, Ordering::Relaxed);
+                    me.waiting(&owner, false);
                 });
             }
             Err(mpsc::error::TrySendError::Closed((ev, _))) => self.gone(&ev),
         }
     }
 
-    /// So many entries of `record_soon` wait for room that a door creating
-    /// them should take no new request until the appender catches up.
-    pub fn behind(&self) -> bool {
-        self.metrics.audit_waiting.load(Ordering::Relaxed) >= self.spill_limit as u64
+    /// Counts a task of `record_soon` in or out, in all and for its owner.
+    fn waiting(&self, owner: &str, more: bool) {
+        let mut by = self
+            .state
+            .waiting_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if more {
+            *by.entry(owner.to_string()).or_default() += 1;
+            self.metrics.audit_waiting.fetch_add(1, Ordering::Relaxed);
+        } else {
+            if let Some(n) = by.get_mut(owner) {
+                *n -= 1;
+                if *n == 0 {
+                    by.remove(owner);
+                }
+            }
+            self.metrics.audit_waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// So many entries of `record_soon` wait for room, in all or of `owner`'s
+    /// requests, that a door creating them should take no new request (of
+    /// anyone's, or of `owner`'s) until the appender catches up: one user
+    /// cannot use up everyone's room.
+    pub fn behind(&self, owner: &str) -> bool {
+        if self.metrics.audit_waiting.load(Ordering::Relaxed) >= self.limits.spill as u64 {
+            return true;
+        }
+        let by = self
+            .state
+            .waiting_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        by.get(owner)
+            .is_some_and(|&n| n >= self.limits.spill_per_owner)
     }
 }
 
-async fn write(
-    audit: Audit,
-    metrics: Arc<Metrics>,
-    state: Arc<State>,
-    mut rx: mpsc::Receiver<Queued>,
-    shutdown: CancellationToken,
-) {
+async fn write(audit: Audit, metrics: Arc<Metrics>, mut rx: Queues, shutdown: CancellationToken) {
     let mut batch = Vec::with_capacity(BATCH);
     // When the next commit may start, if the last one said the appender is
     // busy (`store::pacing`).
@@ -236,7 +328,7 @@ async fn write(
         let first = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            ev = rx.recv() => ev,
+            ev = pacing::Queue::next(&mut rx) => ev,
         };
         let Some(first) = first else { return };
         batch.push(first);
@@ -249,7 +341,7 @@ async fn write(
         flush(
             &audit,
             &metrics,
-            &state,
+            &mut rx,
             std::mem::take(&mut batch),
             &shutdown,
         )
@@ -259,13 +351,13 @@ async fn write(
     // left then is counted.
     rx.close();
     let drained = tokio::time::timeout(DRAIN, async {
-        while let Some(ev) = rx.recv().await {
+        while let Some(ev) = pacing::Queue::next(&mut rx).await {
             batch.push(ev);
             if batch.len() >= BATCH {
                 flush(
                     &audit,
                     &metrics,
-                    &state,
+                    &mut rx,
                     std::mem::take(&mut batch),
                     &shutdown,
                 )
@@ -275,7 +367,7 @@ async fn write(
         flush(
             &audit,
             &metrics,
-            &state,
+            &mut rx,
             std::mem::take(&mut batch),
             &shutdown,
         )
@@ -290,7 +382,7 @@ async fn write(
             .iter()
             .filter(|(_, r)| !matches!(r, Reply::Closed(_)))
             .count()
-            + std::iter::from_fn(|| rx.try_recv().ok())
+            + std::iter::from_fn(|| pacing::Queue::try_next(&mut rx))
                 .filter(|(_, r)| !matches!(r, Reply::Closed(_)))
                 .count();
         add(&metrics.audit_failures, left);
@@ -317,19 +409,26 @@ fn answer(reply: Reply, result: Result<(), AuditError>) {
 /// Refuses the batch's fail-closed entries (`why`) and keeps the rest.
 fn refuse_closed(batch: &mut Vec<Queued>, why: &AuditError) {
     for (_, reply) in batch.extract_if(.., |(_, r)| matches!(r, Reply::Closed(_))) {
-        answer(reply, Err(AuditError::Unwritten(why.to_string())));
+        answer(
+            reply,
+            Err(AuditError::Unwritten(format!(
+                "the database is unreachable or busy ({why})"
+            ))),
+        );
     }
 }
 
 /// Writes the batch. While the database is unreachable or busy, the whole
 /// batch is tried again with backoff (until shutdown) rather than entry by
 /// entry: each of those would wait out the same outage, one after the other.
-/// Its fail-closed entries are refused at once. Any other failure is written
-/// again entry by entry, so one bad entry never loses the others.
+/// Fail-closed entries are refused instead, those queued meanwhile too, and
+/// one that comes during the backoff cuts it short, so the first change after
+/// the database is back goes in at once. Any other failure is written again
+/// entry by entry, so one bad entry never loses the others.
 async fn flush(
     audit: &Audit,
     metrics: &Metrics,
-    state: &State,
+    rx: &mut Queues,
     mut batch: Vec<Queued>,
     shutdown: &CancellationToken,
 ) {
@@ -339,27 +438,39 @@ async fn flush(
         if batch.is_empty() {
             return;
         }
+        let tried = tokio::time::Instant::now();
         let evs: Vec<Event> = batch.iter().map(|(ev, _)| ev.clone()).collect();
         match audit.record_many(evs).await {
             Ok(_) => {
                 inc(&metrics.audit_commits);
                 add(&metrics.audit_appended, batch.len());
-                state
-                    .unavailable
-                    .send_if_modified(|away| std::mem::replace(away, false));
                 break None;
             }
             Err(e) if e.is_unavailable() && !shutdown.is_cancelled() => {
-                state
-                    .unavailable
-                    .send_if_modified(|away| !std::mem::replace(away, true));
+                // Those that came while this attempt failed are refused with
+                // it: the database was away after they came.
+                while let Ok(q) = rx.waited.try_recv() {
+                    batch.push(q);
+                }
                 refuse_closed(&mut batch, &e);
+                if batch.is_empty() {
+                    return;
+                }
                 tracing::warn!(error = %e, entries = batch.len(), "audit log unwritable; trying the batch again in {wait:?}");
                 tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
+                    biased;
                     // No further attempt: the drain after shutdown has its
                     // own bound, and this one could take a whole timeout.
                     _ = shutdown.cancelled() => break Some(e),
+                    _ = tokio::time::sleep(wait) => {}
+                    Some(q) = rx.waited.recv() => {
+                        // Someone waits: try now, but not in a tight loop.
+                        batch.push(q);
+                        tokio::time::sleep_until(tried + RETRY_MIN).await;
+                        while let Ok(q) = rx.waited.try_recv() {
+                            batch.push(q);
+                        }
+                    }
                 }
                 wait = (wait * 2).min(RETRY_CAP);
             }
@@ -382,6 +493,8 @@ async fn flush(
         }
         Some(e) => {
             tracing::warn!(error = %e, entries = batch.len(), "audit batch failed; writing its entries one by one");
+            // Those someone waits for first: each may take a timeout.
+            batch.sort_by_key(|(_, r)| !r.waited());
             for (ev, reply) in batch.drain(..) {
                 if reply.abandoned() {
                     continue;
@@ -420,7 +533,14 @@ mod tests {
         batch: AuditBatch,
     }
 
-    async fn fixture(capacity: usize, spill_limit: usize) -> Fixture {
+    const LIMITS: Limits = Limits {
+        capacity: CAPACITY,
+        waited_capacity: WAITED_CAPACITY,
+        spill: SPILL_LIMIT,
+        spill_per_owner: SPILL_LIMIT_PER_OWNER,
+    };
+
+    async fn fixture(limits: Limits) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(dir.path()).await.unwrap();
         let audit = Audit::new(store);
@@ -432,8 +552,7 @@ mod tests {
             metrics.clone(),
             &tasks,
             shutdown.clone(),
-            capacity,
-            spill_limit,
+            limits,
         );
         let url = format!("sqlite://{}", dir.path().join("postern.db").display());
         Fixture {
@@ -459,7 +578,7 @@ mod tests {
     }
 
     async fn actors(audit: &Audit) -> Vec<String> {
-        let (_, page) = audit.page(None, 100, 0).await.unwrap();
+        let (_, page) = audit.page(None, 1000, 0).await.unwrap();
         page.iter().filter_map(|e| e.actor.clone()).collect()
     }
 
@@ -469,7 +588,7 @@ mod tests {
 
     #[tokio::test]
     async fn entries_wait_out_an_unwritable_log_and_none_is_lost() {
-        let f = fixture(CAPACITY, SPILL_LIMIT).await;
+        let f = fixture(LIMITS).await;
         let batch = &f.batch;
         // Another writer holds the file's write lock for two of SQLite's busy
         // timeouts (5 s each): written entry by entry, the first entry would
@@ -491,29 +610,38 @@ mod tests {
                     .await
             }
         });
-        tokio::time::sleep(Duration::from_secs(7)).await;
-        assert!(queued.is_finished(), "refused while the log is away");
-        let refused = queued.await.unwrap().unwrap_err().to_string();
-        assert!(refused.contains("unreachable or busy"), "{refused}");
-        // One that comes now is refused at once.
-        let refused = batch
-            .record_before(Event::new("test", "requested").actor("b1"))
+        let refused = tokio::time::timeout(Duration::from_secs(9), queued)
             .await
+            .expect("refused while the log is away, before its own ten seconds")
+            .unwrap()
             .unwrap_err()
             .to_string();
         assert!(refused.contains("unreachable or busy"), "{refused}");
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        // One that comes during the backoff is tried at once, and refused
+        // by that attempt.
+        let refused = tokio::time::timeout(
+            Duration::from_secs(9),
+            batch.record_before(Event::new("test", "requested").actor("b1")),
+        )
+        .await
+        .expect("refused by the next attempt")
+        .unwrap_err()
+        .to_string();
+        assert!(refused.contains("unreachable or busy"), "{refused}");
         sqlx::query("COMMIT").execute(&mut other).await.unwrap();
-        batch
-            .record_written(Event::new("test", "ok").actor("a3"))
-            .await;
-        // The log is back: fail-closed entries go in again.
+        // The log is back: the first change goes in at once, its backoff cut
+        // short, and the stuck batch with it.
         batch
             .record_before(Event::new("test", "requested").actor("b2"))
             .await
             .unwrap();
+        batch
+            .record_written(Event::new("test", "ok").actor("a3"))
+            .await;
         assert_eq!(f.audit.verify().await.unwrap().unwrap(), 5);
-        assert_eq!(actors(&f.audit).await, ["b2", "a3", "a2", "a1", "a0"]);
+        let mut got = actors(&f.audit).await;
+        got.sort();
+        assert_eq!(got, ["a0", "a1", "a2", "a3", "b2"]);
         assert_eq!(load(&f.metrics.audit_failures), 0);
         f.shutdown.cancel();
         f.tasks.close();
@@ -523,7 +651,7 @@ mod tests {
         // After the stop, an entry is counted as not written, however it
         // comes; a fail-closed one is refused (its action does not happen).
         batch.record(Event::new("test", "late")).await;
-        batch.record_soon(Event::new("test", "late"), &f.tasks);
+        batch.record_soon(Event::new("test", "late"), "u", &f.tasks);
         batch.record_written(Event::new("test", "late")).await;
         assert!(
             batch
@@ -536,7 +664,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flood_of_fail_closed_entries_shares_commits_with_the_rest() {
-        let f = fixture(CAPACITY, SPILL_LIMIT).await;
+        let f = fixture(LIMITS).await;
         // Held for less than a busy timeout: the appender waits for the lock
         // while the flood and the ended requests' entries queue.
         let mut other = lock(&f.url).await;
@@ -551,8 +679,11 @@ mod tests {
                     .record_before(Event::new("test", "requested").actor(format!("b{i}")))
                     .await
             });
-            f.batch
-                .record_soon(Event::new("test", "ok").actor(format!("r{i}")), &f.tasks);
+            f.batch.record_soon(
+                Event::new("test", "ok").actor(format!("r{i}")),
+                "u",
+                &f.tasks,
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         sqlx::query("COMMIT").execute(&mut other).await.unwrap();
@@ -573,39 +704,116 @@ mod tests {
 
     #[tokio::test]
     async fn entries_that_wait_for_room_are_bounded_by_refusing_new_requests() {
-        // A queue of 2 and room for 3 waiting: what a long outage with
-        // requests still ending looks like, in small.
-        let f = fixture(2, 3).await;
-        let mut other = lock(&f.url).await;
-        assert!(!f.batch.behind());
-        for i in 0..8 {
-            f.batch
-                .record_soon(Event::new("test", "ok").actor(format!("r{i}")), &f.tasks);
+        // A queue of 2, room for 6 waiting in all and 4 per user: what a long
+        // outage with requests still ending looks like, in small.
+        let f = fixture(Limits {
+            capacity: 2,
+            waited_capacity: 2,
+            spill: 6,
+            spill_per_owner: 4,
+        })
+        .await;
+        // Nothing reaches the appender before the first await: 2 queued,
+        // the rest waiting.
+        for i in 0..6 {
+            f.batch.record_soon(
+                Event::new("test", "ok").actor(format!("m{i}")),
+                "mallory",
+                &f.tasks,
+            );
         }
-        assert!(
-            f.batch.behind(),
-            "8 entries: one in the batch, 2 queued, the rest waiting"
-        );
-        assert!(load(&f.metrics.audit_waiting) >= 5);
-        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
-        // Caught up: nothing was dropped.
-        f.batch
-            .record_written(Event::new("test", "ok").actor("last"))
-            .await;
+        assert_eq!(load(&f.metrics.audit_waiting), 4);
+        assert!(f.batch.behind("mallory"), "mallory used up her share");
+        assert!(!f.batch.behind("alice"), "alice still has room");
+        for i in 0..2 {
+            f.batch.record_soon(
+                Event::new("test", "ok").actor(format!("a{i}")),
+                "alice",
+                &f.tasks,
+            );
+        }
+        assert!(f.batch.behind("alice"), "the room in all is used up");
+        // Caught up: nothing was dropped, and the counts are back to zero.
         tokio::time::timeout(Duration::from_secs(10), async {
-            while f.batch.behind() || f.audit.verify().await.unwrap().unwrap() < 9 {
+            while f.batch.behind("alice") || f.audit.verify().await.unwrap().unwrap() < 8 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
         .await
         .unwrap();
         assert_eq!(load(&f.metrics.audit_waiting), 0);
+        assert!(!f.batch.behind("mallory"));
+        assert!(f.batch.state.waiting_by.lock().unwrap().is_empty());
         let mut got = actors(&f.audit).await;
         got.sort();
-        assert_eq!(
-            got,
-            ["last", "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7"]
-        );
+        assert_eq!(got, ["a0", "a1", "m0", "m1", "m2", "m3", "m4", "m5"]);
+        assert_eq!(load(&f.metrics.audit_failures), 0);
+    }
+
+    #[tokio::test]
+    async fn an_entry_someone_waits_for_goes_ahead_of_a_backlog() {
+        let f = fixture(Limits {
+            capacity: 8,
+            ..LIMITS
+        })
+        .await;
+        // The log is slow (locked for a moment): ended requests' entries
+        // fill the queue and 200 more wait for room.
+        let mut other = lock(&f.url).await;
+        for i in 0..208 {
+            f.batch.record_soon(
+                Event::new("test", "ok").actor(format!("r{i}")),
+                "u",
+                &f.tasks,
+            );
+        }
+        let change = tokio::spawn({
+            let batch = f.batch.clone();
+            async move {
+                batch
+                    .record_before(Event::new("test", "requested").actor("change"))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        change.await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while f.audit.verify().await.unwrap().unwrap() < 209 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap();
+        // Oldest first: the change is among the first entries written, not
+        // behind the 208 queued before it.
+        let mut order = actors(&f.audit).await;
+        order.reverse();
+        let at = order.iter().position(|a| a == "change").unwrap();
+        assert!(at < 20, "the change was entry {at} of 209");
+    }
+
+    #[tokio::test]
+    async fn the_first_change_after_an_outage_goes_in_at_once() {
+        let f = fixture(LIMITS).await;
+        let mut other = lock(&f.url).await;
+        // Only fail-closed entries: each waits out a busy timeout and is
+        // refused; nothing is left to try again.
+        for _ in 0..2 {
+            assert!(
+                f.batch
+                    .record_before(Event::new("test", "requested"))
+                    .await
+                    .is_err()
+            );
+        }
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        // Not refused for an outage that is over.
+        f.batch
+            .record_before(Event::new("test", "requested").actor("back"))
+            .await
+            .unwrap();
+        assert_eq!(actors(&f.audit).await, ["back"]);
         assert_eq!(load(&f.metrics.audit_failures), 0);
     }
 }

@@ -60,8 +60,9 @@ impl Auditor {
 
     /// Fail closed: the entry is in the chain when this returns `Ok`; on an
     /// error the caller must not act (and answers 503). Written by the batch
-    /// appender, so concurrent changes share one commit; refused at once while
-    /// the database is away, and after ten seconds without a commit.
+    /// appender, ahead of entries nobody waits for, so concurrent changes
+    /// share one commit; refused when the database is away, and after ten
+    /// seconds without a commit.
     pub async fn before(&self, ev: Event) -> Result<(), AuditError> {
         self.batch.record_before(ev).await
     }
@@ -81,17 +82,19 @@ impl Auditor {
     }
 
     /// [`Auditor::batched`] from code that cannot wait (a drop): queued at
-    /// once when there is room, else by a task of its own on `tasks`.
-    pub fn batched_soon(&self, ev: Event, tasks: &TaskTracker) {
-        self.batch.record_soon(ev, tasks);
+    /// once when there is room, else by a task of its own on `tasks`, counted
+    /// for `owner` (the user whose request it records).
+    pub fn batched_soon(&self, ev: Event, owner: &str, tasks: &TaskTracker) {
+        self.batch.record_soon(ev, owner, tasks);
     }
 
     /// So many entries of [`Auditor::batched_soon`] wait for room (a long
-    /// database outage) that a door creating them takes no new request until
-    /// the appender catches up: entries are never dropped, so this bounds
-    /// what waits.
-    pub fn behind(&self) -> bool {
-        self.batch.behind()
+    /// database outage, a log slower than the requests), in all or of
+    /// `owner`'s requests, that a door creating them takes no new request of
+    /// anyone's, or of `owner`'s, until the appender catches up: entries are
+    /// never dropped, so this bounds what waits.
+    pub fn behind(&self, owner: &str) -> bool {
+        self.batch.behind(owner)
     }
 
     /// Bounded, for what unauthenticated peers cause: dropped (and counted)

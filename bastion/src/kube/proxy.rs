@@ -168,9 +168,10 @@ pub async fn handle(
     };
     auth.gateway = Some(picked.served_by.clone());
     // Every request ends in an entry written from a drop; during a long
-    // database outage those wait in memory. Past a bound, no new request is
-    // taken (nor audited: that entry would wait too) until the log catches up.
-    if shared.audit.behind() {
+    // database outage those wait in memory. Past a bound, in all or for this
+    // user, no new request is taken (nor audited: that entry would wait too)
+    // until the log catches up.
+    if shared.audit.behind(&auth.principal.user_id) {
         inc(&shared.metrics.kube_denied);
         return status::response(
             StatusCode::SERVICE_UNAVAILABLE,

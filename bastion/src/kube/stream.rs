@@ -87,7 +87,9 @@ impl Finish {
                 "recording": self.recording.take(),
             }),
         );
-        self.shared.audit.batched_soon(ev, &self.shared.tasks);
+        self.shared
+            .audit
+            .batched_soon(ev, &auth.principal.user_id, &self.shared.tasks);
     }
 }
 

@@ -101,10 +101,11 @@ impl StoreError {
                     return code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
                 }
                 // PostgreSQL: connection failures (class 08), too many connections,
-                // shutting down (57P…), serialization failure and deadlock.
+                // shutting down (57P…), serialization failure, deadlock, and a
+                // lock not granted within `lock_timeout` (busy, as SQLite's).
                 code.starts_with("08")
                     || code.starts_with("57P")
-                    || matches!(&*code, "53300" | "40001" | "40P01")
+                    || matches!(&*code, "53300" | "40001" | "40P01" | "55P03")
             }
             _ => false,
         }

@@ -12,6 +12,7 @@
 //! nodes; 50 ms apart, about 15, with a quarter of the syncs and the writer
 //! thread's CPU per node 0.55×.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -35,12 +36,31 @@ pub(crate) fn spacing(changes: usize) -> Option<Duration> {
     })
 }
 
+/// Where a batch writer takes its changes from: one queue, or several taken
+/// in turn (the audit appender's).
+pub(crate) trait Queue<T> {
+    /// What is queued now, if anything.
+    fn try_next(&mut self) -> Option<T>;
+    /// The next change; `None` once every sender is gone.
+    fn next(&mut self) -> impl Future<Output = Option<T>> + Send;
+}
+
+impl<T: Send> Queue<T> for mpsc::Receiver<T> {
+    fn try_next(&mut self) -> Option<T> {
+        self.try_recv().ok()
+    }
+
+    fn next(&mut self) -> impl Future<Output = Option<T>> + Send {
+        self.recv()
+    }
+}
+
 /// Adds to `batch` (which holds the first change) what is queued, up to
 /// `max`; with a `due` time (the writer is busy), also what arrives until
 /// then, unless the batch holds a change someone waits for (`waited`): that
 /// one commits as soon as it can.
 pub(crate) async fn gather<T>(
-    rx: &mut mpsc::Receiver<T>,
+    rx: &mut impl Queue<T>,
     batch: &mut Vec<T>,
     max: usize,
     due: Option<Instant>,
@@ -48,10 +68,10 @@ pub(crate) async fn gather<T>(
 ) {
     let mut due = due.filter(|_| !batch.iter().any(&waited));
     while batch.len() < max {
-        let op = match (rx.try_recv(), due) {
-            (Ok(op), _) => op,
-            (Err(_), None) => break,
-            (Err(_), Some(at)) => match tokio::time::timeout_at(at, rx.recv()).await {
+        let op = match (rx.try_next(), due) {
+            (Some(op), _) => op,
+            (None, None) => break,
+            (None, Some(at)) => match tokio::time::timeout_at(at, rx.next()).await {
                 Ok(Some(op)) => op,
                 _ => break,
             },
