@@ -116,10 +116,29 @@ async fn rate(t: &Target, connections: usize, run_for: Duration) -> (f64, u64) {
     (total as f64 / start.elapsed().as_secs_f64(), total)
 }
 
-/// Small changes per second over `connections` connections: each connection
-/// patches a ConfigMap of its own, again and again (through the door, each
-/// change's fail-closed audit entry is committed before it is sent).
-async fn write_rate(t: &Target, connections: usize, run_for: Duration) -> (f64, u64) {
+/// A ConfigMap of each connection's own, created for [`write_rate`].
+struct Writer {
+    s: SendRequest<Full<Bytes>>,
+    name: String,
+}
+
+fn change(
+    t: &Target,
+    method: &str,
+    path: &str,
+    ctype: &str,
+    body: String,
+) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
+        .method(method)
+        .uri(format!("https://{}{path}", t.addr))
+        .header("authorization", format!("Bearer {}", t.token))
+        .header("content-type", ctype)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+async fn writers(t: &Target, connections: usize) -> Vec<Writer> {
     let tag = rand::random::<u32>();
     let mut tasks = Vec::new();
     for c in 0..connections {
@@ -128,64 +147,71 @@ async fn write_rate(t: &Target, connections: usize, run_for: Duration) -> (f64, 
             let mut s = t.connect().await;
             let name = format!("bench-w-{tag}-{c}");
             let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}});
-            let send = |method: &str, path: String, ctype: &str, body: String| {
-                http::Request::builder()
-                    .method(method)
-                    .uri(format!("https://{}{path}", t.addr))
-                    .header("authorization", format!("Bearer {}", t.token))
-                    .header("content-type", ctype)
-                    .body(Full::new(Bytes::from(body)))
-                    .unwrap()
-            };
-            let resp = s
-                .send_request(send(
-                    "POST",
-                    "/api/v1/namespaces/default/configmaps".into(),
-                    "application/json",
-                    obj.to_string(),
-                ))
-                .await
-                .unwrap();
+            let req = change(
+                &t,
+                "POST",
+                "/api/v1/namespaces/default/configmaps",
+                "application/json",
+                obj.to_string(),
+            );
+            let resp = s.send_request(req).await.unwrap();
             assert_eq!(resp.status(), 201);
             resp.into_body().collect().await.unwrap();
-            (s, name)
+            Writer { s, name }
         }));
     }
-    let mut ready = Vec::new();
+    let mut out = Vec::new();
     for task in tasks {
-        ready.push(task.await.unwrap());
+        out.push(task.await.unwrap());
     }
+    out
+}
+
+/// Small changes per second: each writer patches its ConfigMap again and
+/// again (through the door, each change's fail-closed audit entry is
+/// committed before it is sent); the ConfigMaps are deleted after.
+async fn write_rate(t: &Target, writers: Vec<Writer>, run_for: Duration) -> (f64, u64) {
     let until = Instant::now() + run_for;
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for (mut s, name) in ready {
+    for mut w in writers {
         let t = t.clone();
         tasks.push(tokio::spawn(async move {
+            let path = format!("/api/v1/namespaces/default/configmaps/{}", w.name);
             let mut n = 0u64;
             while Instant::now() < until {
-                let req = http::Request::patch(format!(
-                    "https://{}/api/v1/namespaces/default/configmaps/{name}",
-                    t.addr
-                ))
-                .header("authorization", format!("Bearer {}", t.token))
-                .header("content-type", "application/merge-patch+json")
-                .body(Full::new(Bytes::from(
-                    json!({"data": {"n": n.to_string()}}).to_string(),
-                )))
-                .unwrap();
-                let resp = s.send_request(req).await.unwrap();
+                let body = json!({"data": {"n": n.to_string()}}).to_string();
+                let req = change(&t, "PATCH", &path, "application/merge-patch+json", body);
+                let resp = w.s.send_request(req).await.unwrap();
                 assert_eq!(resp.status(), 200);
                 resp.into_body().collect().await.unwrap();
                 n += 1;
             }
-            n
+            (n, w, path)
         }));
     }
     let mut total = 0;
+    let mut done = Vec::new();
     for task in tasks {
-        total += task.await.unwrap();
+        let (n, w, path) = task.await.unwrap();
+        total += n;
+        done.push((w, path));
     }
-    (total as f64 / start.elapsed().as_secs_f64(), total)
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    for (mut w, path) in done {
+        let resp =
+            w.s.send_request(change(
+                &t.clone(),
+                "DELETE",
+                &path,
+                "application/json",
+                String::new(),
+            ))
+            .await
+            .unwrap();
+        resp.into_body().collect().await.unwrap();
+    }
+    (rate, total)
 }
 
 /// Milliseconds from a change's request to its event on a watch through `t`.
@@ -315,15 +341,18 @@ pub async fn run(o: &KubeBenchOpts) -> Value {
     let bastion_cpu = door_cpu["bastion"].as_f64().unwrap_or_default();
     let gateway_cpu = door_cpu["gateway"].as_f64().unwrap_or_default();
 
+    let w = writers(&direct, o.connections).await;
     let before = others(None);
-    let (direct_wps, direct_w) = write_rate(&direct, o.connections, o.rate_for).await;
+    let (direct_wps, direct_w) = write_rate(&direct, w, o.rate_for).await;
     let direct_write_cpu = per_request(before, direct_w);
+    let w = writers(&door, o.connections).await;
     let commits = |m: &str| crate::metric_in::<f64>(m, "postern_audit_commits_total");
     let commits_before = commits(&b.metrics_text().await);
     let before = others(Some((bastion_pid, gateway.pid())));
-    let (door_wps, door_w) = write_rate(&door, o.connections, o.rate_for).await;
+    let (door_wps, door_w) = write_rate(&door, w, o.rate_for).await;
     let door_write_cpu = per_request(before, door_w);
-    // From a bastion that counts its audit commits (an older one does not).
+    // From a bastion that counts its audit commits (an older one does not);
+    // the deletes at the end are in it too (one per connection).
     let audit_commits = commits(&b.metrics_text().await)
         .zip(commits_before)
         .map(|(after, before)| (after - before) / door_w.max(1) as f64 * 1000.0);

@@ -15,8 +15,8 @@
 //!   cannot take the writing connection commit after commit and leave the
 //!   others' entries waiting.
 //!
-//! An entry someone waits for goes ahead of the others (a queue of its own)
-//! and is never held for the spacing. A batch the database cannot take now
+//! A fail-closed entry goes ahead of the others (a queue of its own), and no
+//! entry someone waits for is held for the spacing. A batch the database cannot take now
 //! (unreachable, busy) is tried again whole, with backoff, until shutdown; its
 //! fail-closed entries, and those that came during the failed attempt, are
 //! refused instead (their actions do not happen), and one that comes during
@@ -50,8 +50,7 @@ use crate::store::pacing;
 
 /// Entries waiting at most.
 pub const CAPACITY: usize = 4096;
-/// Entries someone waits for (fail-closed ones, outcomes an admin waits on)
-/// queued at most; they go ahead of the rest.
+/// Fail-closed entries queued at most; they go ahead of the rest.
 const WAITED_CAPACITY: usize = 1024;
 /// Tasks of `record_soon` waiting for room at most before the appender says
 /// it is behind for everyone (about 1 KiB each with their entry), and for the
@@ -116,13 +115,16 @@ struct Limits {
     waited_capacity: usize,
     spill: usize,
     spill_per_owner: usize,
+    before_wait: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct AuditBatch {
     tx: mpsc::Sender<Queued>,
-    /// Entries someone waits for: taken ahead of `tx`'s, so that an admin's
-    /// change or a session start never waits behind a backlog of records.
+    /// Fail-closed entries: taken ahead of `tx`'s, so that an admin's change
+    /// or a session start never waits behind a backlog of records. Only
+    /// those: what unauthenticated peers cause (a refused request's outcome)
+    /// never competes with them.
     waited_tx: mpsc::Sender<Queued>,
     metrics: Arc<Metrics>,
     state: Arc<State>,
@@ -178,6 +180,7 @@ impl AuditBatch {
             waited_capacity: WAITED_CAPACITY,
             spill: SPILL_LIMIT,
             spill_per_owner: SPILL_LIMIT_PER_OWNER,
+            before_wait: BEFORE_WAIT,
         };
         AuditBatch::start_sized(audit, metrics, tasks, shutdown, limits)
     }
@@ -226,7 +229,7 @@ impl AuditBatch {
     /// failed, which is logged and counted), at most [`WRITTEN_WAIT`].
     pub async fn record_written(&self, ev: Event) {
         let (done, written) = oneshot::channel();
-        if let Err(e) = self.waited_tx.send((ev, Reply::Committed(done))).await {
+        if let Err(e) = self.tx.send((ev, Reply::Committed(done))).await {
             self.gone(&e.0.0);
             return;
         }
@@ -237,12 +240,14 @@ impl AuditBatch {
 
     /// Fail closed: `Ok` once the entry is committed. Refused when an
     /// attempt to write it, or any attempt made after it came, finds the
-    /// database unreachable or busy, and after [`BEFORE_WAIT`]; a refused
-    /// entry is not written later (unless its batch was already being
-    /// committed when the caller gave up).
+    /// database unreachable or busy (SQLite: after its busy timeout;
+    /// PostgreSQL: after the pool's wait for a connection), and after
+    /// [`BEFORE_WAIT`]; a refused entry is not written later (unless its
+    /// batch was already being committed when the caller gave up).
     pub async fn record_before(&self, ev: Event) -> Result<(), AuditError> {
         let (tx, rx) = oneshot::channel();
-        let written = tokio::time::timeout(BEFORE_WAIT, async {
+        let wait = self.limits.before_wait;
+        let written = tokio::time::timeout(wait, async {
             self.waited_tx
                 .send((ev, Reply::Closed(tx)))
                 .await
@@ -256,7 +261,7 @@ impl AuditBatch {
         .await;
         written.unwrap_or_else(|_| {
             Err(AuditError::Unwritten(format!(
-                "not committed within {BEFORE_WAIT:?}"
+                "not committed within {wait:?}"
             )))
         })
     }
@@ -306,7 +311,11 @@ impl AuditBatch {
     /// anyone's, or of `owner`'s) until the appender catches up: one user
     /// cannot use up everyone's room.
     pub fn behind(&self, owner: &str) -> bool {
-        if self.metrics.audit_waiting.load(Ordering::Relaxed) >= self.limits.spill as u64 {
+        let waiting = self.metrics.audit_waiting.load(Ordering::Relaxed);
+        if waiting == 0 {
+            return false;
+        }
+        if waiting >= self.limits.spill as u64 {
             return true;
         }
         let by = self
@@ -409,13 +418,12 @@ fn answer(reply: Reply, result: Result<(), AuditError>) {
 /// Refuses the batch's fail-closed entries (`why`) and keeps the rest.
 fn refuse_closed(batch: &mut Vec<Queued>, why: &AuditError) {
     for (_, reply) in batch.extract_if(.., |(_, r)| matches!(r, Reply::Closed(_))) {
-        answer(
-            reply,
-            Err(AuditError::Unwritten(format!(
-                "the database is unreachable or busy ({why})"
-            ))),
-        );
+        answer(reply, Err(refusal(why)));
     }
+}
+
+fn refusal(why: &AuditError) -> AuditError {
+    AuditError::Unwritten(format!("the database is unreachable or busy ({why})"))
 }
 
 /// Writes the batch. While the database is unreachable or busy, the whole
@@ -447,12 +455,12 @@ async fn flush(
                 break None;
             }
             Err(e) if e.is_unavailable() && !shutdown.is_cancelled() => {
-                // Those that came while this attempt failed are refused with
-                // it: the database was away after they came.
-                while let Ok(q) = rx.waited.try_recv() {
-                    batch.push(q);
-                }
+                // Fail-closed entries that came while this attempt failed
+                // are refused with it: the database was away after they came.
                 refuse_closed(&mut batch, &e);
+                while let Ok(q) = rx.waited.try_recv() {
+                    answer(q.1, Err(refusal(&e)));
+                }
                 if batch.is_empty() {
                     return;
                 }
@@ -464,10 +472,13 @@ async fn flush(
                     _ = shutdown.cancelled() => break Some(e),
                     _ = tokio::time::sleep(wait) => {}
                     Some(q) = rx.waited.recv() => {
-                        // Someone waits: try now, but not in a tight loop.
+                        // A change waits: try now, but not in a tight loop,
+                        // and with at most a batch of them.
                         batch.push(q);
                         tokio::time::sleep_until(tried + RETRY_MIN).await;
-                        while let Ok(q) = rx.waited.try_recv() {
+                        while batch.len() < BATCH
+                            && let Ok(q) = rx.waited.try_recv()
+                        {
                             batch.push(q);
                         }
                     }
@@ -538,6 +549,9 @@ mod tests {
         waited_capacity: WAITED_CAPACITY,
         spill: SPILL_LIMIT,
         spill_per_owner: SPILL_LIMIT_PER_OWNER,
+        // Longer than SQLite's busy timeout can take on a loaded machine (it
+        // counts the sleeps it asks for, not the time that passes).
+        before_wait: Duration::from_secs(60),
     };
 
     async fn fixture(limits: Limits) -> Fixture {
@@ -601,7 +615,7 @@ mod tests {
         }
         // A fail-closed entry queued behind the stuck batch is refused as
         // soon as the appender finds the log unwritable (after one busy
-        // timeout), not after its own ten seconds, and is never written.
+        // timeout), not after its own wait, and is never written.
         let queued = tokio::spawn({
             let batch = batch.clone();
             async move {
@@ -610,9 +624,9 @@ mod tests {
                     .await
             }
         });
-        let refused = tokio::time::timeout(Duration::from_secs(9), queued)
+        let refused = tokio::time::timeout(Duration::from_secs(30), queued)
             .await
-            .expect("refused while the log is away, before its own ten seconds")
+            .expect("refused while the log is away")
             .unwrap()
             .unwrap_err()
             .to_string();
@@ -620,7 +634,7 @@ mod tests {
         // One that comes during the backoff is tried at once, and refused
         // by that attempt.
         let refused = tokio::time::timeout(
-            Duration::from_secs(9),
+            Duration::from_secs(30),
             batch.record_before(Event::new("test", "requested").actor("b1")),
         )
         .await
@@ -711,6 +725,7 @@ mod tests {
             waited_capacity: 2,
             spill: 6,
             spill_per_owner: 4,
+            ..LIMITS
         })
         .await;
         // Nothing reaches the appender before the first await: 2 queued,

@@ -60,7 +60,7 @@ impl Auditor {
 
     /// Fail closed: the entry is in the chain when this returns `Ok`; on an
     /// error the caller must not act (and answers 503). Written by the batch
-    /// appender, ahead of entries nobody waits for, so concurrent changes
+    /// appender, ahead of the other entries, so concurrent changes
     /// share one commit; refused when the database is away, and after ten
     /// seconds without a commit.
     pub async fn before(&self, ev: Event) -> Result<(), AuditError> {
