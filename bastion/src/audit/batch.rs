@@ -133,7 +133,7 @@ pub struct AuditBatch {
 
 /// The appender's two queues, taken in turn while both hold entries (a flood
 /// of either leaves the other half of each batch); waiting, the one of
-/// entries someone waits for first.
+/// fail-closed entries first.
 struct Queues {
     waited: mpsc::Receiver<Queued>,
     rest: mpsc::Receiver<Queued>,
@@ -225,8 +225,10 @@ impl AuditBatch {
         }
     }
 
-    /// Queues an entry and waits until the batch holding it is committed (or
-    /// failed, which is logged and counted), at most [`WRITTEN_WAIT`].
+    /// Queues an entry (waiting while the queue is full, as [`Self::record`]:
+    /// an outcome is never dropped) and waits until the batch holding it is
+    /// committed (or failed, which is logged and counted), at most
+    /// [`WRITTEN_WAIT`].
     pub async fn record_written(&self, ev: Event) {
         let (done, written) = oneshot::channel();
         if let Err(e) = self.tx.send((ev, Reply::Committed(done))).await {

@@ -74,9 +74,10 @@ impl Auditor {
         self.batch.record(ev).await;
     }
 
-    /// [`Auditor::batched`], and waits until the entry is committed (at most
-    /// ten seconds): for the outcome of an admin's change, so that whoever
-    /// reads the log after the answer finds it.
+    /// [`Auditor::batched`] (waiting while the queue is full), and waits until
+    /// the entry is committed (at most ten seconds): for the outcome of an
+    /// admin's change, so that whoever reads the log after the answer finds
+    /// it.
     pub async fn batched_written(&self, ev: Event) {
         self.batch.record_written(ev).await;
     }
