@@ -1245,6 +1245,13 @@ async fn unauditable_mutations_and_executions_do_not_happen() {
     .execute(s.pool())
     .await
     .unwrap();
+    let failures = || {
+        w.shared
+            .metrics
+            .audit_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let failed_before = failures();
     let (st, v) = w
         .post("/api/v1/projects", &w.admin, json!({ "name": "new-one" }))
         .await;
@@ -1264,6 +1271,9 @@ async fn unauditable_mutations_and_executions_do_not_happen() {
         )
         .await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    // Each refusal is counted for the operator's alert: its fail-closed
+    // entry, and its outcome (which the full log refuses too).
+    assert_eq!(failures() - failed_before, 4);
     // Reads go on; nothing was created or run.
     let (st, v) = w.get("/api/v1/projects", &w.admin).await;
     assert_eq!(st, StatusCode::OK, "{v}");

@@ -261,11 +261,17 @@ impl AuditBatch {
             })
         })
         .await;
-        written.unwrap_or_else(|_| {
+        let written = written.unwrap_or_else(|_| {
             Err(AuditError::Unwritten(format!(
                 "not committed within {wait:?}"
             )))
-        })
+        });
+        // Counted here, whichever door refuses its action: an operator's
+        // alert on the failures sees every refused change.
+        if written.is_err() {
+            inc(&self.metrics.audit_failures);
+        }
+        written
     }
 
     /// Queues an entry from code that cannot wait (a drop): at once when there
@@ -658,14 +664,19 @@ mod tests {
         let mut got = actors(&f.audit).await;
         got.sort();
         assert_eq!(got, ["a0", "a1", "a2", "a3", "b2"]);
-        assert_eq!(load(&f.metrics.audit_failures), 0);
+        assert_eq!(
+            load(&f.metrics.audit_failures),
+            2,
+            "b0 and b1, refused; nothing else lost"
+        );
         f.shutdown.cancel();
         f.tasks.close();
         tokio::time::timeout(Duration::from_secs(5), f.tasks.wait())
             .await
             .unwrap();
         // After the stop, an entry is counted as not written, however it
-        // comes; a fail-closed one is refused (its action does not happen).
+        // comes; a fail-closed one is refused (its action does not happen),
+        // and counted too.
         batch.record(Event::new("test", "late")).await;
         batch.record_soon(Event::new("test", "late"), "u", &f.tasks);
         batch.record_written(Event::new("test", "late")).await;
@@ -675,7 +686,7 @@ mod tests {
                 .await
                 .is_err()
         );
-        assert_eq!(load(&f.metrics.audit_failures), 3);
+        assert_eq!(load(&f.metrics.audit_failures), 2 + 4);
     }
 
     #[tokio::test]
@@ -831,6 +842,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(actors(&f.audit).await, ["back"]);
-        assert_eq!(load(&f.metrics.audit_failures), 0);
+        assert_eq!(load(&f.metrics.audit_failures), 2, "the two refused");
     }
 }

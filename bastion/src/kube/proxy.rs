@@ -207,7 +207,6 @@ pub async fn handle(
             .before(auth.event("kube.request", "requested", json!({})))
             .await
         {
-            inc(&shared.metrics.audit_failures);
             tracing::error!(error = %e, "audit log unwritable; refusing a Kubernetes request");
             return status::response(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -137,7 +137,6 @@ pub async fn run(
         .before(session_event("ssh.session.start", json!({})))
         .await
     {
-        crate::metrics::inc(&shared.metrics.audit_failures);
         tracing::error!(error = %e, "audit log unwritable; refusing the SSH jump");
         reply
             .reject(ChannelOpenFailure::Other {

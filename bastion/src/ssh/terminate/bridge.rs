@@ -133,7 +133,6 @@ pub async fn session(o: Opening, channel: Channel<Msg>, reply: ChannelOpenHandle
         .before(event("ssh.session.start", json!({})))
         .await
     {
-        inc(&shared.metrics.audit_failures);
         tracing::error!(error = %e, "audit log unwritable; refusing the SSH session");
         reply
             .reject(ChannelOpenFailure::Other {
