@@ -202,7 +202,12 @@ impl AuditBatch {
             rest,
             turn: false,
         };
-        tasks.spawn(write(audit, metrics.clone(), queues, shutdown));
+        let writer = Writer {
+            audit,
+            metrics: metrics.clone(),
+            shutdown,
+        };
+        tasks.spawn(writer.run(queues));
         AuditBatch {
             tx,
             waited_tx,
@@ -336,77 +341,158 @@ impl AuditBatch {
     }
 }
 
-async fn write(audit: Audit, metrics: Arc<Metrics>, mut rx: Queues, shutdown: CancellationToken) {
-    let mut batch = Vec::with_capacity(BATCH);
-    // When the next commit may start, if the last one said the appender is
-    // busy (`store::pacing`).
-    let mut next_due: Option<tokio::time::Instant> = None;
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            ev = pacing::Queue::next(&mut rx) => ev,
-        };
-        let Some(first) = first else { return };
-        batch.push(first);
-        // An entry someone waits for is not held for the spacing; a shutdown
-        // does not wait either.
-        let due = next_due.filter(|_| !shutdown.is_cancelled());
-        pacing::gather(&mut rx, &mut batch, BATCH, due, |(_, r)| r.waited()).await;
-        let started = tokio::time::Instant::now();
-        next_due = pacing::spacing(batch.len()).map(|d| started + d);
-        flush(
-            &audit,
-            &metrics,
-            &mut rx,
-            std::mem::take(&mut batch),
-            &shutdown,
-        )
-        .await;
-    }
-    // Stopping: what was queued is still written, within a bound; what is
-    // left then is counted.
-    rx.close();
-    let drained = tokio::time::timeout(DRAIN, async {
-        while let Some(ev) = pacing::Queue::next(&mut rx).await {
-            batch.push(ev);
-            if batch.len() >= BATCH {
-                flush(
-                    &audit,
-                    &metrics,
-                    &mut rx,
-                    std::mem::take(&mut batch),
-                    &shutdown,
-                )
-                .await;
-            }
+/// The appender's task: what it writes to, counts in, and stops on.
+struct Writer {
+    audit: Audit,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+}
+
+impl Writer {
+    async fn run(self, mut rx: Queues) {
+        let mut batch = Vec::with_capacity(BATCH);
+        // When the next commit may start, if the last one said the appender is
+        // busy (`store::pacing`).
+        let mut next_due: Option<tokio::time::Instant> = None;
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                ev = pacing::Queue::next(&mut rx) => ev,
+            };
+            let Some(first) = first else { return };
+            batch.push(first);
+            // An entry someone waits for is not held for the spacing; a shutdown
+            // does not wait either.
+            let due = next_due.filter(|_| !self.shutdown.is_cancelled());
+            pacing::gather(&mut rx, &mut batch, BATCH, due, |(_, r)| r.waited()).await;
+            let started = tokio::time::Instant::now();
+            next_due = pacing::spacing(batch.len()).map(|d| started + d);
+            self.flush(&mut rx, std::mem::take(&mut batch)).await;
         }
-        flush(
-            &audit,
-            &metrics,
-            &mut rx,
-            std::mem::take(&mut batch),
-            &shutdown,
-        )
+        // Stopping: what was queued is still written, within a bound; what is
+        // left then is counted.
+        rx.close();
+        let drained = tokio::time::timeout(DRAIN, async {
+            while let Some(ev) = pacing::Queue::next(&mut rx).await {
+                batch.push(ev);
+                if batch.len() >= BATCH {
+                    self.flush(&mut rx, std::mem::take(&mut batch)).await;
+                }
+            }
+            self.flush(&mut rx, std::mem::take(&mut batch)).await;
+        })
         .await;
-    })
-    .await;
-    if drained.is_err() {
-        // A batch cut in its write is not counted: it may have committed.
-        // Fail-closed entries are not lost entries: their actions were
-        // refused when their senders were dropped.
-        let left = batch
-            .iter()
-            .filter(|(_, r)| !matches!(r, Reply::Closed(_)))
-            .count()
-            + std::iter::from_fn(|| pacing::Queue::try_next(&mut rx))
+        if drained.is_err() {
+            // A batch cut in its write is not counted: it may have committed.
+            // Fail-closed entries are not lost entries: their actions were
+            // refused when their senders were dropped.
+            let left = batch
+                .into_iter()
+                .chain(std::iter::from_fn(|| pacing::Queue::try_next(&mut rx)))
                 .filter(|(_, r)| !matches!(r, Reply::Closed(_)))
                 .count();
-        add(&metrics.audit_failures, left);
-        tracing::error!(
-            entries = left,
-            "audit entries not written within {DRAIN:?} of the stop"
-        );
+            add(&self.metrics.audit_failures, left);
+            tracing::error!(
+                entries = left,
+                "audit entries not written within {DRAIN:?} of the stop"
+            );
+        }
+    }
+
+    /// Writes the batch. While the database is unreachable or busy, the whole
+    /// batch is tried again with backoff (until shutdown) rather than entry by
+    /// entry: each of those would wait out the same outage, one after the other.
+    /// Fail-closed entries are refused instead, those queued meanwhile too, and
+    /// one that comes during the backoff cuts it short, so the first change after
+    /// the database is back goes in at once. Any other failure is written again
+    /// entry by entry, so one bad entry never loses the others.
+    async fn flush(&self, rx: &mut Queues, mut batch: Vec<Queued>) {
+        let mut wait = RETRY_FIRST;
+        let failed = loop {
+            batch.retain(|(_, r)| !r.abandoned());
+            if batch.is_empty() {
+                return;
+            }
+            let tried = tokio::time::Instant::now();
+            let evs: Vec<Event> = batch.iter().map(|(ev, _)| ev.clone()).collect();
+            match self.audit.record_many(evs).await {
+                Ok(_) => {
+                    inc(&self.metrics.audit_commits);
+                    add(&self.metrics.audit_appended, batch.len());
+                    break None;
+                }
+                Err(e) if e.is_unavailable() && !self.shutdown.is_cancelled() => {
+                    // Fail-closed entries that came while this attempt failed
+                    // are refused with it: the database was away after they came.
+                    refuse_closed(&mut batch, &e);
+                    while let Ok(q) = rx.waited.try_recv() {
+                        answer(q.1, Err(refusal(&e)));
+                    }
+                    if batch.is_empty() {
+                        return;
+                    }
+                    tracing::warn!(error = %e, entries = batch.len(), "audit log unwritable; trying the batch again in {wait:?}");
+                    tokio::select! {
+                        biased;
+                        // No further attempt: the drain after shutdown has its
+                        // own bound, and this one could take a whole timeout.
+                        _ = self.shutdown.cancelled() => break Some(e),
+                        _ = tokio::time::sleep(wait) => {}
+                        Some(q) = rx.waited.recv() => {
+                            // A change waits: try now, but not in a tight loop,
+                            // and with at most a batch of them.
+                            batch.push(q);
+                            tokio::time::sleep_until(tried + RETRY_MIN).await;
+                            while batch.len() < BATCH
+                                && let Ok(q) = rx.waited.try_recv()
+                            {
+                                batch.push(q);
+                            }
+                        }
+                    }
+                    wait = (wait * 2).min(RETRY_CAP);
+                }
+                Err(e) => break Some(e),
+            }
+        };
+        match failed {
+            None => {
+                for (_, reply) in batch.drain(..) {
+                    answer(reply, Ok(()));
+                }
+            }
+            Some(e) if e.is_unavailable() => {
+                // Stopping, with the database still away.
+                refuse_closed(&mut batch, &e);
+                add(&self.metrics.audit_failures, batch.len());
+                tracing::error!(error = %e, entries = batch.len(), "audit log unwritable at shutdown; entries not written");
+                // Those waiting for a commit are let go (the loss is counted).
+                batch.clear();
+            }
+            Some(e) => {
+                tracing::warn!(error = %e, entries = batch.len(), "audit batch failed; writing its entries one by one");
+                // Those someone waits for first: each may take a timeout.
+                batch.sort_by_key(|(_, r)| !r.waited());
+                for (ev, reply) in batch.drain(..) {
+                    if reply.abandoned() {
+                        continue;
+                    }
+                    let written = self.audit.record(ev).await.map(|_| ());
+                    if written.is_ok() {
+                        inc(&self.metrics.audit_commits);
+                        inc(&self.metrics.audit_appended);
+                    }
+                    if let Err(e) = &written {
+                        if !matches!(reply, Reply::Closed(_)) {
+                            inc(&self.metrics.audit_failures);
+                        }
+                        tracing::error!(error = %e, "could not write audit entry");
+                    }
+                    answer(reply, written);
+                }
+            }
+        }
     }
 }
 
@@ -432,107 +518,6 @@ fn refuse_closed(batch: &mut Vec<Queued>, why: &AuditError) {
 
 fn refusal(why: &AuditError) -> AuditError {
     AuditError::Unwritten(format!("the database is unreachable or busy ({why})"))
-}
-
-/// Writes the batch. While the database is unreachable or busy, the whole
-/// batch is tried again with backoff (until shutdown) rather than entry by
-/// entry: each of those would wait out the same outage, one after the other.
-/// Fail-closed entries are refused instead, those queued meanwhile too, and
-/// one that comes during the backoff cuts it short, so the first change after
-/// the database is back goes in at once. Any other failure is written again
-/// entry by entry, so one bad entry never loses the others.
-async fn flush(
-    audit: &Audit,
-    metrics: &Metrics,
-    rx: &mut Queues,
-    mut batch: Vec<Queued>,
-    shutdown: &CancellationToken,
-) {
-    let mut wait = RETRY_FIRST;
-    let failed = loop {
-        batch.retain(|(_, r)| !r.abandoned());
-        if batch.is_empty() {
-            return;
-        }
-        let tried = tokio::time::Instant::now();
-        let evs: Vec<Event> = batch.iter().map(|(ev, _)| ev.clone()).collect();
-        match audit.record_many(evs).await {
-            Ok(_) => {
-                inc(&metrics.audit_commits);
-                add(&metrics.audit_appended, batch.len());
-                break None;
-            }
-            Err(e) if e.is_unavailable() && !shutdown.is_cancelled() => {
-                // Fail-closed entries that came while this attempt failed
-                // are refused with it: the database was away after they came.
-                refuse_closed(&mut batch, &e);
-                while let Ok(q) = rx.waited.try_recv() {
-                    answer(q.1, Err(refusal(&e)));
-                }
-                if batch.is_empty() {
-                    return;
-                }
-                tracing::warn!(error = %e, entries = batch.len(), "audit log unwritable; trying the batch again in {wait:?}");
-                tokio::select! {
-                    biased;
-                    // No further attempt: the drain after shutdown has its
-                    // own bound, and this one could take a whole timeout.
-                    _ = shutdown.cancelled() => break Some(e),
-                    _ = tokio::time::sleep(wait) => {}
-                    Some(q) = rx.waited.recv() => {
-                        // A change waits: try now, but not in a tight loop,
-                        // and with at most a batch of them.
-                        batch.push(q);
-                        tokio::time::sleep_until(tried + RETRY_MIN).await;
-                        while batch.len() < BATCH
-                            && let Ok(q) = rx.waited.try_recv()
-                        {
-                            batch.push(q);
-                        }
-                    }
-                }
-                wait = (wait * 2).min(RETRY_CAP);
-            }
-            Err(e) => break Some(e),
-        }
-    };
-    match failed {
-        None => {
-            for (_, reply) in batch.drain(..) {
-                answer(reply, Ok(()));
-            }
-        }
-        Some(e) if e.is_unavailable() => {
-            // Stopping, with the database still away.
-            refuse_closed(&mut batch, &e);
-            add(&metrics.audit_failures, batch.len());
-            tracing::error!(error = %e, entries = batch.len(), "audit log unwritable at shutdown; entries not written");
-            // Those waiting for a commit are let go (the loss is counted).
-            batch.clear();
-        }
-        Some(e) => {
-            tracing::warn!(error = %e, entries = batch.len(), "audit batch failed; writing its entries one by one");
-            // Those someone waits for first: each may take a timeout.
-            batch.sort_by_key(|(_, r)| !r.waited());
-            for (ev, reply) in batch.drain(..) {
-                if reply.abandoned() {
-                    continue;
-                }
-                let written = audit.record(ev).await.map(|_| ());
-                if written.is_ok() {
-                    inc(&metrics.audit_commits);
-                    inc(&metrics.audit_appended);
-                }
-                if let Err(e) = &written {
-                    if !matches!(reply, Reply::Closed(_)) {
-                        inc(&metrics.audit_failures);
-                    }
-                    tracing::error!(error = %e, "could not write audit entry");
-                }
-                answer(reply, written);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
