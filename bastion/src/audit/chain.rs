@@ -180,16 +180,6 @@ fn new_row(ev: &Event, prev_seq: i64, prev_hash: String) -> Row_ {
     row
 }
 
-fn insert(row: &Row_) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
-    static Q: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let q = Q.get_or_init(|| {
-        format!(
-            "INSERT INTO audit_log ({COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
-        )
-    });
-    bind_row(sqlx::query(sqlx::AssertSqlSafe(q.as_str())), row)
-}
-
 /// Columns of an `audit_log` row, as bound.
 const ROW_PARAMS: usize = 14;
 
@@ -244,39 +234,10 @@ impl Audit {
     }
 
     /// Appends an event. Audit failures are errors for the caller: an action whose
-    /// record cannot be written should not be reported as done.
+    /// record cannot be written should not be reported as done. The same
+    /// append as a batch's, of one.
     pub async fn record(&self, ev: Event) -> Result<i64, AuditError> {
-        let ev = ev.bounded();
-        let mut head = self.head.lock().await;
-        if self.store.backend() == crate::store::Backend::Postgres {
-            // Replicas append to one chain: a transaction-scoped advisory lock
-            // orders writers across processes, and the head is read under it.
-            *head = None;
-            return self.record_locked(&ev).await;
-        }
-        for _attempt in 0..5 {
-            let (prev_seq, prev_hash) = match head.as_ref() {
-                Some(h) => h.clone(),
-                None => self.load_head().await?,
-            };
-            let row = new_row(&ev, prev_seq, prev_hash);
-            let res = insert(&row).execute(self.store.write_pool()).await;
-            match res {
-                Ok(_) => {
-                    *head = Some((row.seq, row.hash));
-                    return Ok(row.seq);
-                }
-                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                    // Another writer on the file appended first: reload the head.
-                    *head = None;
-                }
-                Err(e) => {
-                    *head = None;
-                    return Err(e.into());
-                }
-            }
-        }
-        Err(AuditError::Contended(5))
+        self.record_many(vec![ev]).await
     }
 
     /// Appends several events in one transaction, in order: one commit (and one
@@ -326,15 +287,6 @@ impl Audit {
             return Ok(seq);
         }
         Err(AuditError::Contended(5))
-    }
-
-    async fn record_locked(&self, ev: &Event) -> Result<i64, AuditError> {
-        let mut tx = self.store.write_tx().await?;
-        let (prev_seq, prev_hash) = lock_chain(&mut tx).await?;
-        let row = new_row(ev, prev_seq, prev_hash);
-        insert(&row).execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(row.seq)
     }
 
     async fn load_head(&self) -> Result<(i64, String), AuditError> {

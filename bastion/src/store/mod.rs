@@ -243,12 +243,6 @@ impl Store {
         &self.pool
     }
 
-    /// The pool for single-statement writes outside [`Store::write_tx`]: on
-    /// SQLite the one writing connection, so writes keep its cache warm.
-    pub(crate) fn write_pool(&self) -> &AnyPool {
-        &self.writes
-    }
-
     /// Opens a transaction that will write. On SQLite it takes the write lock at
     /// BEGIN (`BEGIN IMMEDIATE`), so it waits its turn under the busy timeout; a
     /// deferred transaction that first reads and then writes is refused outright
