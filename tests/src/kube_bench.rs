@@ -201,7 +201,7 @@ async fn write_rate(t: &Target, writers: Vec<Writer>, run_for: Duration) -> (f64
     for (mut w, path) in done {
         let resp =
             w.s.send_request(change(
-                &t.clone(),
+                t,
                 "DELETE",
                 &path,
                 "application/json",
